@@ -1,0 +1,143 @@
+"""The dead-letter store: find, show, replay and purge webhooks that could not be delivered."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+import redis.asyncio as aioredis
+
+from delivery import keys, metrics
+from delivery.outbox import Outbox, unlink_dead_letter
+from delivery.records import PendingDelivery
+from schemas.dead_letters import DeadLetter, DeadLetterReason
+
+# Index entries read per round trip while filtering.
+SCAN_BATCH = 500
+# Most index entries one page may look at before it answers with what it found (and a cursor).
+MAX_SCAN_PER_PAGE = 20_000
+
+_decode = msgspec.json.Decoder(DeadLetter).decode
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    tenant: str | None = None
+    reason: DeadLetterReason | None = None
+    task_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, dead: DeadLetter) -> bool:
+        return (
+            (self.tenant is None or dead.tenant == self.tenant)
+            and (self.reason is None or dead.reason is self.reason)
+            and (self.task_id is None or dead.task_id == self.task_id)
+        )
+
+
+class InvalidCursor(ValueError):
+    """A cursor that this store did not hand out."""
+
+
+class DeadLetterStore:
+    def __init__(self, *, redis: aioredis.Redis, outbox: Outbox) -> None:
+        self._redis = redis
+        self._outbox = outbox
+
+    async def get(self, dl_id: str) -> DeadLetter | None:
+        raw = await self._redis.get(keys.dead_letter(dl_id))
+        return _decode(raw) if raw else None
+
+    async def count(self) -> int:
+        return int(await self._redis.zcard(keys.DEAD_LETTERS))
+
+    async def page(
+        self, where: DeadLetterFilter, *, limit: int, cursor: str | None = None
+    ) -> tuple[list[DeadLetter], str | None]:
+        """Newest first; ``next_cursor`` is None on the last page."""
+        items: list[DeadLetter] = []
+        scanned = 0
+        position = _parse_cursor(cursor)
+        async for dead, pos in self._scan(where, position):
+            scanned += 1
+            position = pos
+            if dead is not None and where.matches(dead):
+                items.append(dead)
+                if len(items) == limit:
+                    break
+            if scanned >= MAX_SCAN_PER_PAGE:
+                break
+        else:
+            return items, None
+        return items, _format_cursor(position)
+
+    async def all(self, where: DeadLetterFilter) -> AsyncIterator[DeadLetter]:
+        async for dead, _ in self._scan(where, None):
+            if dead is not None and where.matches(dead):
+                yield dead
+
+    async def _scan(
+        self, where: DeadLetterFilter, position: tuple[float, str] | None
+    ) -> AsyncIterator[tuple[DeadLetter | None, tuple[float, str]]]:
+        index = keys.dead_letters_of(where.tenant) if where.tenant else keys.DEAD_LETTERS
+        low = where.since.timestamp() * 1000 if where.since else "-inf"
+        high: float | str = where.until.timestamp() * 1000 if where.until else "+inf"
+        while True:
+            if position is not None:
+                high = position[0]
+            rows = await self._redis.zrevrangebyscore(index, high, low, start=0, num=SCAN_BATCH, withscores=True)
+            if position is not None:
+                # Members that share the cursor's score come in reverse order: skip up to the cursor's id.
+                rows = [(m, s) for m, s in rows if s < position[0] or m.decode() < position[1]]
+            if not rows:
+                return
+            records = await self._redis.mget([keys.dead_letter(m.decode()) for m, _ in rows])
+            for (member, score), raw in zip(rows, records, strict=True):
+                position = (score, member.decode())
+                yield (_decode(raw) if raw else None), position
+
+    async def delete(self, dead: DeadLetter) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            unlink_dead_letter(pipe, dead.id, dead.tenant, dead.event.id)
+            await pipe.execute()
+
+    async def replay(self, dead: DeadLetter) -> bool:
+        """Owe the same event again, on a fresh schedule; False when a replay is already in flight."""
+        delivery = PendingDelivery(
+            tenant=dead.tenant,
+            task_id=dead.task_id,
+            url=dead.url,
+            event=dead.event,
+            attempts=dead.attempts,
+            first_attempt_at=dead.first_attempt_at,
+            dead_letter_id=dead.id,
+            replays=dead.replays,
+        )
+        created = await self._redis.set(keys.delivery(dead.event.id), msgspec.json.encode(delivery), nx=True)
+        if not created:
+            return False
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.DUE, {dead.event.id: time.time()})
+            pipe.hincrby(keys.STATS, metrics.REPLAYED, 1)
+            await pipe.execute()
+        return True
+
+
+def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if not cursor:
+        return None
+    score, sep, member = cursor.partition(":")
+    try:
+        if not sep or not member.startswith("dl_"):
+            raise ValueError(cursor)
+        return float(score), member
+    except ValueError:
+        raise InvalidCursor(f"{cursor!r} is not a cursor from this list") from None
+
+
+def _format_cursor(position: tuple[float, str] | None) -> str | None:
+    return None if position is None else f"{position[0]!r}:{position[1]}"

@@ -1,0 +1,131 @@
+"""The delivery engine of one worker process: attempts webhooks now and claims the ones that fall due.
+
+Webhooks of events a worker just produced are attempted at once (they are already leased to this process
+by the transaction that wrote the event); every other webhook is found by polling the durable schedule.
+In-flight attempts are bounded by a semaphore; the poller claims no more than there are free slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+
+from delivery.outbox import Outbox, webhook_attempt
+from delivery.policy import decide
+from delivery.records import PendingDelivery
+from delivery.signing_secrets import SecretStore
+from delivery.webhook import WebhookSender
+
+log = logging.getLogger("relay.delivery")
+
+# Webhooks one process attempts at once.
+DEFAULT_CONCURRENCY = 256
+# How often the schedule is polled when nothing is due.
+DEFAULT_POLL_INTERVAL_S = 0.25
+# Most webhooks claimed in one poll.
+DEFAULT_CLAIM_BATCH = 200
+
+_encode = msgspec.json.Encoder().encode
+
+
+class DeliveryEngine:
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        sender: WebhookSender,
+        secrets: SecretStore,
+        schedule_s: Sequence[float],
+        concurrency: int = DEFAULT_CONCURRENCY,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        claim_batch: int = DEFAULT_CLAIM_BATCH,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._outbox = outbox
+        self._sender = sender
+        self._secrets = secrets
+        self._schedule_s = tuple(schedule_s)
+        self._poll_interval_s = poll_interval_s
+        self._claim_batch = claim_batch
+        self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll(), name="relay-delivery-poller")
+
+    async def stop(self, *, grace_s: float = 5.0) -> None:
+        """Stop claiming; give attempts in flight ``grace_s`` to finish (the rest resume after their lease)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._in_flight:
+            _, pending = await asyncio.wait(self._in_flight, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def dispatch(self, delivery: PendingDelivery, secrets: Sequence[str] | None = None) -> None:
+        """Attempt ``delivery`` (already leased to this process) as soon as a slot is free."""
+        task = asyncio.create_task(self._attempt(delivery, secrets))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _attempt(self, delivery: PendingDelivery, secrets: Sequence[str] | None) -> None:
+        async with self._slots:
+            try:
+                await self.attempt(delivery, secrets)
+            except Exception:
+                # Redis went away or a bug: the lease runs out and this webhook is claimed again.
+                log.exception("webhook attempt for event %s of task %s failed", delivery.event_id, delivery.task_id)
+
+    async def attempt(self, delivery: PendingDelivery, secrets: Sequence[str] | None = None) -> None:
+        """Make one attempt and record what follows it."""
+        live = list(secrets) if secrets else await self._secrets.live(delivery.tenant)
+        at = datetime.now(UTC)
+        result = await self._sender.send(delivery.url, delivery.event_id, _encode(delivery.event), live)
+        decision = decide(result, run_attempts=delivery.run_attempts + 1, schedule_s=self._schedule_s)
+        attempt = webhook_attempt(
+            delivery,
+            at=at,
+            status_code=result.status_code,
+            error=result.error,
+            duration_ms=result.duration_ms,
+            delivered=result.ok,
+        )
+        dead = await self._outbox.record(delivery, attempt, decision)
+        if dead is not None:
+            log.warning(
+                "event %s of task %s is a dead letter (%s, %s attempts): %s",
+                delivery.event_id,
+                delivery.task_id,
+                dead.reason.value,
+                dead.attempts,
+                dead.last_error,
+            )
+
+    async def _poll(self) -> None:
+        while True:
+            free = self._concurrency - len(self._in_flight)
+            claimed: list[PendingDelivery] = []
+            if free > 0:
+                try:
+                    claimed = await self._outbox.claim(limit=min(free, self._claim_batch))
+                except Exception:
+                    log.exception("claiming due webhooks failed; trying again")
+            for delivery in claimed:
+                self.dispatch(delivery)
+            if len(claimed) < self._claim_batch:
+                await asyncio.sleep(self._poll_interval_s)
+            else:
+                await asyncio.sleep(0)

@@ -1,0 +1,49 @@
+"""Relay's exceptions, one tree::
+
+RelayError
+├── ConfigError                 a setting that cannot work
+├── InvalidCallbackUrl          a webhook URL that is not absolute http(s)
+├── DeliveryError               a webhook that cannot be delivered
+│   ├── EndpointGone            the receiver answered 410
+│   └── ForbiddenAddress        the URL reaches a private, loopback, link-local or metadata address
+└── NotFound                    no such task / dead letter for this caller
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """The root of every error Relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """A setting is missing or cannot work."""
+
+
+class InvalidCallbackUrl(RelayError):
+    """A callback URL that is not an absolute http(s) URL."""
+
+
+class DeliveryError(RelayError):
+    """A webhook cannot be delivered."""
+
+
+class EndpointGone(DeliveryError):
+    """The receiver answered 410 Gone: stop trying."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"{url} answered 410 Gone")
+        self.url = url
+
+
+class ForbiddenAddress(DeliveryError):
+    """The callback's host is, or resolves to, an address Relay must not reach."""
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(f"{host} resolves to {address}, a private, loopback, link-local or metadata address")
+        self.host = host
+        self.address = address
+
+
+class NotFound(RelayError):
+    """No such object for this caller (another tenant's ids answer the same)."""

@@ -1,0 +1,96 @@
+"""Cluster-wide counters kept in Redis, so any API node's ``/metrics`` shows every worker's work.
+
+Writers add ``HINCRBY`` commands to pipelines they already send; the reader turns the hash into
+Prometheus metric families.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from delivery import keys
+from schemas.deliveries import Channel, DeliveryOutcome
+from schemas.tasks import TaskStatus
+
+# Delivery latency buckets (seconds from the event's creation to its delivery).
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+
+
+def task_counter(status: str) -> str:
+    return f"tasks:{status}"
+
+
+def delivery_counter(channel: Channel, outcome: DeliveryOutcome) -> str:
+    return f"deliveries:{channel.value}:{outcome.value}"
+
+
+DEAD_LETTERED = "dead_letters:total"
+REPLAYED = "dead_letters:replayed"
+
+
+def add_latency(pipe: Any, seconds: float) -> None:
+    """Record one delivery latency on a pipeline."""
+    index = bisect.bisect_left(LATENCY_BUCKETS_S, seconds)
+    bucket = repr(LATENCY_BUCKETS_S[index]) if index < len(LATENCY_BUCKETS_S) else "+Inf"
+    pipe.hincrby(keys.LATENCY, bucket, 1)
+    pipe.hincrbyfloat(keys.LATENCY, "sum", seconds)
+
+
+def families(
+    stats: Mapping[bytes, bytes],
+    latency: Mapping[bytes, bytes],
+    *,
+    dead_letters: int,
+    due: int,
+    queued: int | None,
+) -> Iterator[Any]:
+    """Prometheus metric families from the raw Redis hashes."""
+    counts = {k.decode(): int(float(v)) for k, v in stats.items()}
+    tasks = CounterMetricFamily("relay_tasks", "Tasks by what happened to them", labels=["status"])
+    tasks.add_metric(["submitted"], counts.get(task_counter("submitted"), 0))
+    for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+        tasks.add_metric([status.value], counts.get(task_counter(status.value), 0))
+    yield tasks
+
+    deliveries = CounterMetricFamily(
+        "relay_deliveries", "Delivery attempts by channel and outcome", labels=["channel", "outcome"]
+    )
+    for channel in Channel:
+        for outcome in DeliveryOutcome:
+            deliveries.add_metric([channel.value, outcome.value], counts.get(delivery_counter(channel, outcome), 0))
+    yield deliveries
+
+    dead_total = CounterMetricFamily("relay_dead_lettered", "Events that became dead letters")
+    dead_total.add_metric([], counts.get(DEAD_LETTERED, 0))
+    yield dead_total
+    replayed = CounterMetricFamily("relay_dead_letters_replayed", "Dead letters sent again by replay")
+    replayed.add_metric([], counts.get(REPLAYED, 0))
+    yield replayed
+
+    stored = GaugeMetricFamily("relay_dead_letters", "Dead letters stored now")
+    stored.add_metric([], dead_letters)
+    yield stored
+
+    depth = GaugeMetricFamily("relay_queue_depth", "Work waiting", labels=["queue"])
+    depth.add_metric(["webhooks_due"], due)
+    if queued is not None:
+        depth.add_metric(["tasks"], queued)
+    yield depth
+
+    raw = {k.decode(): float(v) for k, v in latency.items()}
+    buckets: list[tuple[str, float]] = []
+    running = 0.0
+    for bound in LATENCY_BUCKETS_S:
+        running += raw.get(repr(bound), 0.0)
+        buckets.append((repr(bound), running))
+    running += raw.get("+Inf", 0.0)
+    buckets.append(("+Inf", running))
+    histogram = HistogramMetricFamily(
+        "relay_delivery_latency_seconds", "From an event's creation to its delivery (webhook 2xx or socket ack)"
+    )
+    histogram.add_metric([], buckets, sum_value=raw.get("sum", 0.0))
+    yield histogram

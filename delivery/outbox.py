@@ -1,0 +1,137 @@
+"""The durable webhook schedule: every owed webhook sits in one Redis sorted set by due time.
+
+A record (``relay:dlv:{event_id}``) and its entry in ``relay:due`` are written in the same transaction
+as the event itself. Workers claim due entries with a lease (the score moves to the end of the lease),
+attempt them, and write the outcome: delivered (gone), retry (new due time) or dead (a dead letter).
+Nothing waits in a worker's memory; a worker killed mid-attempt loses only its lease.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from delivery import keys, metrics
+from delivery.ids import new_id
+from delivery.policy import Decision, Verdict
+from delivery.records import PendingDelivery
+from schemas.dead_letters import DeadLetter
+from schemas.deliveries import Attempt, Channel, DeliveryOutcome
+
+_CLAIM_LUA = (Path(__file__).with_name("claim_due.lua")).read_text()
+_encode = msgspec.json.Encoder().encode
+_decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
+
+
+class Outbox:
+    def __init__(self, *, redis: aioredis.Redis, lease_s: float, attempts_ttl_s: int) -> None:
+        self._redis = redis
+        self._lease_s = lease_s
+        self._attempts_ttl_s = attempts_ttl_s
+        self._claim = redis.register_script(_CLAIM_LUA)
+
+    @property
+    def lease_s(self) -> float:
+        return self._lease_s
+
+    def stage(self, pipe: Any, delivery: PendingDelivery, *, due_at: float) -> None:
+        """Add the commands that owe ``delivery`` to a pipeline (the caller executes it)."""
+        pipe.set(keys.delivery(delivery.event_id), _encode(delivery))
+        pipe.zadd(keys.DUE, {delivery.event_id: due_at})
+
+    async def claim(self, *, limit: int, now: float | None = None) -> list[PendingDelivery]:
+        moment = time.time() if now is None else now
+        raw = await self._claim(keys=[keys.DUE], args=[moment, limit, moment + self._lease_s, keys.delivery("")])
+        return [_decode_delivery(r) for r in raw]
+
+    async def pending(self) -> int:
+        return int(await self._redis.zcard(keys.DUE))
+
+    async def record(
+        self, delivery: PendingDelivery, attempt: Attempt, decision: Decision, *, now: float | None = None
+    ) -> DeadLetter | None:
+        """Write an attempt and what follows it in one transaction; return the dead letter if it died."""
+        moment = time.time() if now is None else now
+        delivery.attempts = attempt.attempt
+        delivery.run_attempts += 1
+        delivery.last_status_code = attempt.status_code
+        delivery.last_error = attempt.error
+        if delivery.first_attempt_at is None:
+            delivery.first_attempt_at = attempt.at
+        dead: DeadLetter | None = None
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(keys.attempts(delivery.task_id), _encode(attempt))
+            pipe.expire(keys.attempts(delivery.task_id), self._attempts_ttl_s)
+            pipe.hincrby(keys.STATS, metrics.delivery_counter(Channel.WEBHOOK, attempt.outcome), 1)
+            if decision.verdict is Verdict.RETRY:
+                pipe.set(keys.delivery(delivery.event_id), _encode(delivery))
+                pipe.zadd(keys.DUE, {delivery.event_id: moment + decision.delay_s})
+            else:
+                pipe.zrem(keys.DUE, delivery.event_id)
+                pipe.delete(keys.delivery(delivery.event_id))
+                if decision.verdict is Verdict.DELIVERED:
+                    created = delivery.event.created_at.timestamp()
+                    metrics.add_latency(pipe, max(0.0, moment - created))
+                    if delivery.dead_letter_id:
+                        unlink_dead_letter(pipe, delivery.dead_letter_id, delivery.tenant, delivery.event_id)
+                else:
+                    assert decision.reason is not None
+                    dead = DeadLetter(
+                        id=delivery.dead_letter_id or new_id("dl"),
+                        tenant=delivery.tenant,
+                        task_id=delivery.task_id,
+                        event=delivery.event,
+                        url=delivery.url,
+                        reason=decision.reason,
+                        attempts=delivery.attempts,
+                        last_status_code=attempt.status_code,
+                        last_error=attempt.error,
+                        first_attempt_at=delivery.first_attempt_at,
+                        dead_at=datetime.fromtimestamp(moment, UTC),
+                        replays=delivery.replays + (1 if delivery.dead_letter_id else 0),
+                    )
+                    link_dead_letter(pipe, dead)
+                    pipe.hincrby(keys.STATS, metrics.DEAD_LETTERED, 1)
+            await pipe.execute()
+        return dead
+
+
+def webhook_attempt(
+    delivery: PendingDelivery,
+    *,
+    at: datetime,
+    status_code: int | None,
+    error: str | None,
+    duration_ms: float,
+    delivered: bool,
+) -> Attempt:
+    return Attempt(
+        event_id=delivery.event_id,
+        channel=Channel.WEBHOOK,
+        attempt=delivery.attempts + 1,
+        at=at,
+        outcome=DeliveryOutcome.DELIVERED if delivered else DeliveryOutcome.FAILED,
+        status_code=status_code,
+        error=error,
+        duration_ms=duration_ms,
+    )
+
+
+def link_dead_letter(pipe: Any, dead: DeadLetter) -> None:
+    score = dead.dead_at.timestamp() * 1000
+    pipe.set(keys.dead_letter(dead.id), _encode(dead))
+    pipe.zadd(keys.DEAD_LETTERS, {dead.id: score})
+    pipe.zadd(keys.dead_letters_of(dead.tenant), {dead.id: score})
+    pipe.set(keys.dead_letter_of_event(dead.event.id), dead.id)
+
+
+def unlink_dead_letter(pipe: Any, dl_id: str, tenant: str, event_id: str) -> None:
+    pipe.delete(keys.dead_letter(dl_id))
+    pipe.zrem(keys.DEAD_LETTERS, dl_id)
+    pipe.zrem(keys.dead_letters_of(tenant), dl_id)
+    pipe.delete(keys.dead_letter_of_event(event_id))

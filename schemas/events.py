@@ -1,0 +1,33 @@
+"""Events: what happened to a task. The same Event is the webhook body and the WebSocket payload."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class EventType(enum.Enum):
+    PROGRESS = "task.progress"
+    COMPLETED = "task.completed"
+    FAILED = "task.failed"
+
+    @property
+    def final(self) -> bool:
+        return self is not EventType.PROGRESS
+
+
+class Event(msgspec.Struct):
+    id: str
+    type: EventType
+    task_id: str
+    seq: int
+    created_at: datetime
+    data: Any
+
+
+class EventList(msgspec.Struct):
+    events: list[Event]
+    next_cursor: str | None = None  # every retained event fits one page

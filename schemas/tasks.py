@@ -1,0 +1,69 @@
+"""Tasks: what a client submits and what it reads back."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class TaskStatus(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+
+
+class Webhook(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+
+
+class TaskSubmission(msgspec.Struct, forbid_unknown_fields=True):
+    kind: str
+    input: Any = None
+    webhook: Webhook | None = None
+    websocket: bool = False
+
+
+class TaskError(msgspec.Struct):
+    type: str
+    message: str
+
+
+class Progress(msgspec.Struct):
+    percent: float
+    message: str | None = None
+
+
+class Task(msgspec.Struct, omit_defaults=False):
+    id: str
+    kind: str
+    status: TaskStatus
+    input: Any
+    created_at: datetime
+    result: Any = None
+    error: TaskError | None = None
+    progress: Progress | None = None
+    webhook: Webhook | None = None
+    websocket: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    ws_token: str | None = None
+
+
+class TaskRecord(Task, kw_only=True):
+    """A task as stored: the public fields plus what only Relay reads."""
+
+    tenant: str
+    last_seq: int = 0
+
+    def public(self) -> Task:
+        """The task as its owner sees it."""
+        fields = {f: getattr(self, f) for f in Task.__struct_fields__}
+        return Task(**fields)

@@ -1,0 +1,96 @@
+"""``/v1/dead-letters``: operators see every tenant's, a tenant only its own."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+
+from delivery.dead_letters import DeadLetterFilter, InvalidCursor
+from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
+from service.auth import Principal
+from service.state import ApiState
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def _scope(principal: Principal, tenant: str | None) -> str | None:
+    """The tenant filter in force: a tenant's own filter never widens its view."""
+    if principal.tenant is None:
+        return tenant
+    if tenant is not None and tenant != principal.tenant:
+        return "\x00no-such-tenant"  # asked for another tenant's: matches nothing
+    return principal.tenant
+
+
+class DeadLetterController(Controller):
+    path = "/v1/dead-letters"
+    tags = ["dead letters"]
+
+    @get("/", summary="Dead letters, newest first")
+    async def list_dead_letters(
+        self,
+        state_: NamedDependency[ApiState],
+        principal: NamedDependency[Principal],
+        reason: Annotated[DeadLetterReason | None, QueryParameter(query="reason")] = None,
+        tenant: Annotated[str | None, QueryParameter(query="tenant")] = None,
+        task_id: Annotated[str | None, QueryParameter(query="task_id")] = None,
+        since: Annotated[datetime | None, QueryParameter(query="since")] = None,
+        until: Annotated[datetime | None, QueryParameter(query="until")] = None,
+        limit: Annotated[int, QueryParameter(query="limit", ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[str | None, QueryParameter(query="cursor")] = None,
+    ) -> DeadLetterPage:
+        where = DeadLetterFilter(
+            tenant=_scope(principal, tenant), reason=reason, task_id=task_id, since=since, until=until
+        )
+        try:
+            items, next_cursor = await state_.dead_letters.page(where, limit=limit, cursor=cursor)
+        except InvalidCursor as exc:
+            raise ValidationException(str(exc)) from None
+        return DeadLetterPage(items=items, next_cursor=next_cursor)
+
+    @get("/{dl_id:str}", summary="One dead letter")
+    async def read(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
+    ) -> DeadLetter:
+        return await _visible(state_, principal, dl_id)
+
+    @post("/{dl_id:str}/replay", status_code=HTTP_202_ACCEPTED, summary="Send a dead letter again")
+    async def replay_one(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
+    ) -> ReplayOne:
+        dead = await _visible(state_, principal, dl_id)
+        return ReplayOne(replayed=int(await state_.dead_letters.replay(dead)))
+
+    @post("/replay", status_code=HTTP_202_ACCEPTED, summary="Replay every dead letter that matches")
+    async def replay_many(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], data: JSONBody[ReplayFilter]
+    ) -> ReplayResult:
+        where = DeadLetterFilter(
+            tenant=_scope(principal, data.tenant), reason=data.reason, since=data.since, until=data.until
+        )
+        matched = replayed = 0
+        async for dead in state_.dead_letters.all(where):
+            matched += 1
+            if not data.dry_run and await state_.dead_letters.replay(dead):
+                replayed += 1
+        return ReplayResult(matched=matched, replayed=replayed)
+
+    @delete("/{dl_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a dead letter")
+    async def remove(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
+    ) -> None:
+        await state_.dead_letters.delete(await _visible(state_, principal, dl_id))
+
+
+async def _visible(state_: ApiState, principal: Principal, dl_id: str) -> DeadLetter:
+    dead = await state_.dead_letters.get(dl_id) if dl_id.startswith("dl_") else None
+    if dead is None or not principal.can_see(dead.tenant):
+        raise NotFoundException(f"no dead letter {dl_id}")
+    return dead

@@ -1,0 +1,71 @@
+"""Health, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from dramatiq.brokers.redis import RedisBroker
+from litestar import Response, get
+from litestar.di import NamedDependency
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from delivery import keys, metrics
+from service.broker import QUEUE, ping
+from service.state import ApiState
+
+log = logging.getLogger("relay.api")
+
+# /ready gives up on a dependency that takes longer than this to answer.
+READY_TIMEOUT_S = 2.0
+
+
+@get("/health", tags=["operations"], summary="200 while the process runs", exclude_from_auth=True)
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready", tags=["operations"], summary="200 when Redis and the broker answer, else 503")
+async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(state_.redis.ping(), READY_TIMEOUT_S)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"unavailable: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(asyncio.to_thread(ping, state_.broker), READY_TIMEOUT_S)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"unavailable: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    return Response({"status": "ready" if healthy else "not ready", **checks}, status_code=200 if healthy else 503)
+
+
+class _Snapshot:
+    """A prometheus_client collector over values already read from Redis."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._families
+
+
+@get("/metrics", tags=["operations"], summary="Prometheus text exposition", media_type=CONTENT_TYPE_LATEST)
+async def prometheus_metrics(state_: NamedDependency[ApiState]) -> Response[bytes]:
+    async with state_.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.STATS)
+        pipe.hgetall(keys.LATENCY)
+        pipe.zcard(keys.DEAD_LETTERS)
+        pipe.zcard(keys.DUE)
+        stats, latency, dead, due = await pipe.execute()
+    queued = None
+    if isinstance(state_.broker, RedisBroker):
+        queued = int(await state_.redis.llen(f"{state_.broker.namespace}:{QUEUE}"))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(list(metrics.families(stats, latency, dead_letters=dead, due=due, queued=queued))))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

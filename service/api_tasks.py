@@ -1,0 +1,141 @@
+"""``/v1/tasks`` and the tenant's signing secret."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
+
+from delivery.address_guard import check_callback_url
+from delivery.errors import ForbiddenAddress, InvalidCallbackUrl
+from delivery.ids import new_id, utcnow
+from schemas.api import SigningSecret
+from schemas.deliveries import AttemptList
+from schemas.events import EventList
+from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
+from service.auth import Principal, require_tenant
+from service.state import ApiState
+
+# Idempotency keys longer than this are refused.
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
+class TooManyRequests(HTTPException):
+    status_code = 429
+
+
+class TaskController(Controller):
+    path = "/v1"
+    tags = ["tasks"]
+
+    @post("/tasks", status_code=HTTP_202_ACCEPTED, summary="Submit a task")
+    async def submit(
+        self,
+        state_: NamedDependency[ApiState],
+        principal: NamedDependency[Principal],
+        data: JSONBody[TaskSubmission],
+        idempotency_key: Annotated[str | None, HeaderParameter(header="idempotency-key")] = None,
+    ) -> Task:
+        tenant = require_tenant(principal)
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+            raise ValidationException(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        if state_.rate_limiter is not None:
+            wait_s = await state_.rate_limiter.retry_after_s(tenant)
+            if wait_s is not None:
+                raise TooManyRequests(
+                    detail=f"more than {state_.settings.submit_rate:g} submissions a second; retry in {wait_s} s",
+                    headers={"Retry-After": str(wait_s)},
+                )
+        kind = state_.kinds.get(data.kind)
+        if kind is None:
+            raise ValidationException(
+                f"unknown task kind {data.kind!r}; known kinds: {', '.join(state_.kinds.names())}"
+            )
+        try:
+            kind.parse_input(data.input)
+        except msgspec.ValidationError as exc:
+            raise ValidationException(f"input does not fit task kind {data.kind!r}: {exc}") from None
+        if data.webhook is not None:
+            await _check_webhook(data.webhook.url, allow_private=state_.settings.allow_private_callbacks)
+        record = TaskRecord(
+            id=new_id("task"),
+            kind=data.kind,
+            status=TaskStatus.QUEUED,
+            input=data.input,
+            created_at=utcnow(),
+            webhook=data.webhook,
+            websocket=data.websocket,
+            ws_token=secrets.token_urlsafe(24),
+            tenant=tenant,
+        )
+        stored = await state_.tasks.create(record, idempotency_key=idempotency_key)
+        if stored.id == record.id:
+            try:
+                await state_.enqueue(record.id)
+            except Exception as exc:
+                await state_.tasks.discard(record)
+                raise HTTPException(
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE, detail="the task queue is unavailable; try again"
+                ) from exc
+        return stored.public()
+
+    @get("/tasks/{task_id:str}", summary="Read a task")
+    async def read(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], task_id: FromPath[str]
+    ) -> Task:
+        return (await _owned(state_, principal, task_id)).public()
+
+    @get("/tasks/{task_id:str}/events", summary="A task's events, oldest first")
+    async def events(
+        self,
+        state_: NamedDependency[ApiState],
+        principal: NamedDependency[Principal],
+        task_id: FromPath[str],
+        after_seq: Annotated[int, QueryParameter(query="after_seq", ge=0)] = 0,
+    ) -> EventList:
+        await _owned(state_, principal, task_id)
+        return EventList(events=await state_.events.events_after(task_id, after_seq))
+
+    @get("/tasks/{task_id:str}/deliveries", summary="Every delivery attempt of a task's events, oldest first")
+    async def deliveries(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], task_id: FromPath[str]
+    ) -> AttemptList:
+        await _owned(state_, principal, task_id)
+        return AttemptList(attempts=await state_.events.attempts(task_id))
+
+    @get("/signing-secret", summary="The secret that signs this tenant's webhooks")
+    async def signing_secret(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
+    ) -> SigningSecret:
+        return SigningSecret(secret=await state_.secrets.current(require_tenant(principal)))
+
+    @post("/signing-secret/rotate", status_code=200, summary="Rotate the signing secret (the old one signs 24 h more)")
+    async def rotate(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
+    ) -> Response[SigningSecret]:
+        secret = await state_.secrets.rotate(require_tenant(principal))
+        return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
+
+
+async def _owned(state_: ApiState, principal: Principal, task_id: str) -> TaskRecord:
+    record = await state_.tasks.get(task_id) if task_id.startswith("task_") else None
+    if record is None or principal.tenant != record.tenant:
+        raise NotFoundException(f"no task {task_id}")
+    return record
+
+
+async def _check_webhook(url: str, *, allow_private: bool) -> None:
+    try:
+        await check_callback_url(url, allow_private=allow_private)
+    except InvalidCallbackUrl as exc:
+        raise ValidationException(f"webhook.url: {exc}") from None
+    except ForbiddenAddress as exc:
+        raise ValidationException(f"webhook.url: {exc}") from None
+    except OSError as exc:
+        raise ValidationException(f"webhook.url: cannot resolve its host ({exc.strerror or exc})") from None

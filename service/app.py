@@ -1,0 +1,108 @@
+"""The Litestar application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from litestar import Litestar, MediaType, Request, Response
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+
+from service import __version__
+from service.api_dead_letters import DeadLetterController
+from service.api_ops import health, prometheus_metrics, ready
+from service.api_tasks import TaskController
+from service.auth import Principal
+from service.settings import Settings
+from service.state import ApiState
+
+log = logging.getLogger("relay.api")
+
+STATIC_DIR = Path(__file__).with_name("static")
+
+
+def create_app(settings: Settings) -> Litestar:
+    holder: dict[str, ApiState] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        holder["state"] = ApiState.open(settings)
+        try:
+            yield
+        finally:
+            await holder.pop("state").close()
+
+    def provide_state() -> ApiState:
+        return holder["state"]
+
+    def provide_principal(request: Request) -> Principal:  # type: ignore[type-arg]
+        return holder["state"].auth.identify(request)
+
+    return Litestar(
+        route_handlers=[
+            TaskController,
+            DeadLetterController,
+            health,
+            ready,
+            prometheus_metrics,
+            create_static_files_router(path="/static", directories=[STATIC_DIR], name="static"),
+        ],
+        dependencies={
+            "state_": Provide(provide_state, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+        },
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        exception_handlers={
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        openapi_config=OpenAPIConfig(title="Relay", version=__version__, path="/schema"),
+        debug=False,
+    )
+
+
+def _body(status_code: int, detail: str, extra: object = None) -> dict[str, object]:
+    body: dict[str, object] = {"status_code": status_code, "detail": detail}
+    if extra:
+        body["extra"] = extra
+    return body
+
+
+def _validation_error(request: Request, exc: ValidationException) -> Response[dict[str, object]]:  # type: ignore[type-arg]
+    # A request that parses but does not fit (unknown kind, bad input, bad URL, bad query) is a 422.
+    return Response(
+        _body(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, exc.extra),
+        status_code=HTTP_422_UNPROCESSABLE_ENTITY,
+        media_type=MediaType.JSON,
+    )
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response[dict[str, object]]:  # type: ignore[type-arg]
+    return Response(
+        _body(exc.status_code, exc.detail, exc.extra),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type=MediaType.JSON,
+    )
+
+
+def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, object]]:  # type: ignore[type-arg]
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(
+        _body(HTTP_500_INTERNAL_SERVER_ERROR, "internal error; it has been logged"),
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+        media_type=MediaType.JSON,
+    )
+
+
+def app_from_env() -> Litestar:
+    """The factory uvicorn calls in each API worker process (``relay api --workers N``)."""
+    return create_app(Settings.from_env())

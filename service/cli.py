@@ -1,0 +1,109 @@
+"""The ``relay`` command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from delivery.errors import ConfigError
+from service.settings import Settings
+
+# Where `relay serve` looks for settings besides the environment.
+TOML_PATH = Path("relay.toml")
+
+
+def _settings(*, toml: bool = False) -> Settings:
+    try:
+        return Settings.from_env(toml_path=TOML_PATH if toml else None)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="relay")
+def main() -> None:
+    """Relay: run work on Dramatiq workers and deliver its results by WebSocket and signed webhooks."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 64), help="worker processes")
+@click.option(
+    "--threads", default=16, show_default=True, type=click.IntRange(1, 1024), help="tasks at once per worker process"
+)
+def serve(host: str, port: int, processes: int, threads: int) -> None:
+    """Everything in one: Redis (embedded unless RELAY_REDIS_URL is set), the API and the workers."""
+    from service.serve import serve as run
+
+    try:
+        sys.exit(run(_settings(toml=True), host=host, port=port, processes=processes, threads=threads))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256), help="API processes")
+def api(host: str, port: int, workers: int) -> None:
+    """The HTTP and WebSocket API only (needs RELAY_REDIS_URL)."""
+    import uvicorn
+
+    settings = _settings()
+    if settings.redis_url is None:
+        raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        ws_per_message_deflate=False,  # ~40 KB a socket for little gain on small JSON frames
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@main.command()
+@click.option("--processes", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--threads", default=16, show_default=True, type=click.IntRange(1, 1024), help="tasks at once per process"
+)
+def worker(processes: int, threads: int) -> None:
+    """Dramatiq workers only (needs RELAY_REDIS_URL; RELAY_BROKER_URL may point at RabbitMQ)."""
+    settings = _settings()
+    if settings.redis_url is None:
+        raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "service.worker_main",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--queues",
+        "relay",
+    ]
+    os.execv(sys.executable, argv)
+
+
+def _attach_client_commands() -> None:
+    from service.cli_client import dlq, submit
+
+    main.add_command(dlq)
+    main.add_command(submit)
+
+
+_attach_client_commands()
+
+if __name__ == "__main__":
+    main()

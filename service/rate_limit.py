@@ -1,0 +1,29 @@
+"""Submissions per second per tenant: a token bucket in Redis (burst = rate), shared by every API node."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from delivery import keys
+
+_LUA = Path(__file__).with_name("rate_limit.lua").read_text()
+
+
+class RateLimiter:
+    def __init__(self, *, redis: aioredis.Redis, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be above 0")
+        self._rate = rate
+        self._burst = max(1.0, rate)
+        self._script = redis.register_script(_LUA)
+
+    async def retry_after_s(self, tenant: str) -> int | None:
+        """None when ``tenant`` may submit now (and takes a token), else whole seconds to wait."""
+        allowed, wait = await self._script(keys=[keys.rate(tenant)], args=[self._rate, self._burst, time.time()])
+        if int(allowed):
+            return None
+        return max(1, math.ceil(float(wait)))

@@ -1,0 +1,185 @@
+"""Relay's settings: one frozen Struct, built from the environment (and ./relay.toml under serve) once."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from delivery.errors import ConfigError
+
+# The Standard Webhooks example schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
+DEFAULT_RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+DEFAULT_DATA_DIR = "./.relay"
+DEFAULT_WEBHOOK_TIMEOUT_S = 15.0
+DEFAULT_WS_ACK_TIMEOUT_S = 10.0
+DEFAULT_WS_PING_INTERVAL_S = 20.0
+DEFAULT_WS_PING_TIMEOUT_S = 20.0
+DEFAULT_EVENT_RETENTION_S = 86400
+DEFAULT_MAX_BODY_BYTES = 262144
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str | None = None
+    broker_url: str | None = None
+    data_dir: str = DEFAULT_DATA_DIR
+    api_keys: dict[str, str] = msgspec.field(default_factory=dict)  # key -> tenant
+    admin_token: str | None = None
+    retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
+    webhook_timeout_s: float = DEFAULT_WEBHOOK_TIMEOUT_S
+    ws_ack_timeout_s: float = DEFAULT_WS_ACK_TIMEOUT_S
+    ws_ping_interval_s: float = DEFAULT_WS_PING_INTERVAL_S
+    ws_ping_timeout_s: float = DEFAULT_WS_PING_TIMEOUT_S
+    event_retention_s: int = DEFAULT_EVENT_RETENTION_S
+    allow_private_callbacks: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    task_modules: tuple[str, ...] = ()
+    submit_rate: float = 0.0
+
+    @property
+    def effective_broker_url(self) -> str:
+        url = self.broker_url or self.redis_url
+        if not url:
+            raise ConfigError("RELAY_REDIS_URL is not set (relay serve starts an embedded Redis and sets it)")
+        return url
+
+    @property
+    def record_ttl_s(self) -> int:
+        """Task records and attempt logs outlive the event log while webhooks may still be retrying."""
+        return int(self.event_retention_s + sum(self.retry_schedule_s) + 3600)
+
+    @property
+    def storage_url(self) -> str:
+        if not self.redis_url:
+            raise ConfigError("RELAY_REDIS_URL is not set (relay serve starts an embedded Redis and sets it)")
+        return self.redis_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, toml_path: Path | None = None) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``), with ``toml_path`` values under them."""
+        values: dict[str, str] = {}
+        if toml_path is not None and toml_path.is_file():
+            values.update(_read_toml(toml_path))
+        values.update({k: v for k, v in (os.environ if env is None else env).items() if k.startswith("RELAY_")})
+        try:
+            return cls(
+                redis_url=values.get("RELAY_REDIS_URL") or None,
+                broker_url=values.get("RELAY_BROKER_URL") or None,
+                data_dir=values.get("RELAY_DATA_DIR") or DEFAULT_DATA_DIR,
+                api_keys=parse_api_keys(values.get("RELAY_API_KEYS", "")),
+                admin_token=values.get("RELAY_ADMIN_TOKEN") or None,
+                retry_schedule_s=parse_schedule(values.get("RELAY_RETRY_SCHEDULE")),
+                webhook_timeout_s=_positive(values, "RELAY_WEBHOOK_TIMEOUT", DEFAULT_WEBHOOK_TIMEOUT_S),
+                ws_ack_timeout_s=_positive(values, "RELAY_WS_ACK_TIMEOUT", DEFAULT_WS_ACK_TIMEOUT_S),
+                ws_ping_interval_s=_positive(values, "RELAY_WS_PING_INTERVAL", DEFAULT_WS_PING_INTERVAL_S),
+                ws_ping_timeout_s=_positive(values, "RELAY_WS_PING_TIMEOUT", DEFAULT_WS_PING_TIMEOUT_S),
+                event_retention_s=int(_positive(values, "RELAY_EVENT_RETENTION", DEFAULT_EVENT_RETENTION_S)),
+                allow_private_callbacks=_bool(values, "RELAY_ALLOW_PRIVATE_CALLBACKS"),
+                max_body_bytes=int(_positive(values, "RELAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+                task_modules=tuple(m.strip() for m in values.get("RELAY_TASK_MODULES", "").split(",") if m.strip()),
+                submit_rate=_non_negative(values, "RELAY_SUBMIT_RATE", 0.0),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings in a child process."""
+        env = {
+            "RELAY_DATA_DIR": self.data_dir,
+            "RELAY_API_KEYS": ",".join(f"{tenant}={key}" for key, tenant in self.api_keys.items()),
+            "RELAY_RETRY_SCHEDULE": ",".join(repr(s) for s in self.retry_schedule_s),
+            "RELAY_WEBHOOK_TIMEOUT": repr(self.webhook_timeout_s),
+            "RELAY_WS_ACK_TIMEOUT": repr(self.ws_ack_timeout_s),
+            "RELAY_WS_PING_INTERVAL": repr(self.ws_ping_interval_s),
+            "RELAY_WS_PING_TIMEOUT": repr(self.ws_ping_timeout_s),
+            "RELAY_EVENT_RETENTION": str(self.event_retention_s),
+            "RELAY_ALLOW_PRIVATE_CALLBACKS": "true" if self.allow_private_callbacks else "false",
+            "RELAY_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "RELAY_TASK_MODULES": ",".join(self.task_modules),
+            "RELAY_SUBMIT_RATE": repr(self.submit_rate),
+        }
+        for name, value in (
+            ("RELAY_REDIS_URL", self.redis_url),
+            ("RELAY_BROKER_URL", self.broker_url),
+            ("RELAY_ADMIN_TOKEN", self.admin_token),
+        ):
+            if value:
+                env[name] = value
+        return env
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """``tenant=key,tenant=key`` -> {key: tenant}."""
+    keys: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        tenant, sep, key = item.partition("=")
+        if not sep or not tenant.strip() or not key.strip():
+            raise ValueError(f"RELAY_API_KEYS: {item!r} is not tenant=key")
+        keys[key.strip()] = tenant.strip()
+    return keys
+
+
+def parse_schedule(text: str | None) -> tuple[float, ...]:
+    if text is None or not text.strip():
+        return DEFAULT_RETRY_SCHEDULE_S
+    try:
+        schedule = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"RELAY_RETRY_SCHEDULE: {text!r} is not comma-separated seconds") from None
+    if any(s < 0 for s in schedule):
+        raise ValueError("RELAY_RETRY_SCHEDULE: delays cannot be negative")
+    return schedule
+
+
+def _positive(values: Mapping[str, str], name: str, default: float) -> float:
+    number = _non_negative(values, name, default)
+    if number == 0:
+        raise ValueError(f"{name} must be above 0")
+    return number
+
+
+def _non_negative(values: Mapping[str, str], name: str, default: float) -> float:
+    raw = values.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}: {raw!r} is not a number") from None
+    if number < 0:
+        raise ValueError(f"{name} cannot be negative")
+    return number
+
+
+def _bool(values: Mapping[str, str], name: str) -> bool:
+    raw = values.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{name}: {raw!r} is not true or false")
+
+
+def _read_toml(path: Path) -> dict[str, str]:
+    """``relay.toml`` keys are the variable names, with or without ``RELAY_``, any case."""
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = key.upper()
+        if not name.startswith("RELAY_"):
+            name = "RELAY_" + name
+        if isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, list):
+            out[name] = ",".join(str(v) for v in value)
+        else:
+            out[name] = str(value)
+    return out

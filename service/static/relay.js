@@ -1,0 +1,1 @@
+// The browser client arrives with the WebSocket channel.

@@ -1,0 +1,151 @@
+"""Task records in Redis, and the writes that move a task through its states.
+
+Every state change that produces an event (progress, completion, failure) is one transaction that
+updates the task, appends the event to the log, publishes it and, for a final event with a webhook,
+stages the webhook in the durable schedule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from delivery import keys, metrics
+from delivery.event_log import stage_event
+from delivery.ids import new_id
+from delivery.outbox import Outbox
+from delivery.records import PendingDelivery
+from delivery.signing_secrets import live_secrets
+from schemas.events import Event, EventType
+from schemas.tasks import Progress, TaskError, TaskRecord, TaskStatus
+
+# How long an Idempotency-Key keeps answering with the first task.
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(TaskRecord).decode
+
+_ALLOWED = {
+    TaskStatus.QUEUED: {TaskStatus.RUNNING, TaskStatus.FAILED},
+    TaskStatus.RUNNING: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED},
+    TaskStatus.SUCCEEDED: set(),
+    TaskStatus.FAILED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    def __init__(self, task_id: str, old: TaskStatus, new: TaskStatus) -> None:
+        super().__init__(f"task {task_id} cannot go from {old.value} to {new.value}")
+
+
+def move(record: TaskRecord, status: TaskStatus) -> None:
+    if status not in _ALLOWED[record.status]:
+        raise IllegalTransition(record.id, record.status, status)
+    record.status = status
+
+
+def idempotency_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class TaskStore:
+    def __init__(self, *, redis: aioredis.Redis, record_ttl_s: int, retention_s: int) -> None:
+        self._redis = redis
+        self._record_ttl_s = record_ttl_s
+        self._retention_s = retention_s
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        raw = await self._redis.get(keys.task(task_id))
+        return _decode(raw) if raw else None
+
+    async def get_owned(self, task_id: str, tenant: str) -> TaskRecord | None:
+        record = await self.get(task_id)
+        return record if record is not None and record.tenant == tenant else None
+
+    async def create(self, record: TaskRecord, *, idempotency_key: str | None) -> TaskRecord:
+        """Store a new task; with a key already used by this tenant, return that key's task instead."""
+        if idempotency_key is not None:
+            idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key))
+            claimed = await self._redis.set(idem, record.id, nx=True, ex=IDEMPOTENCY_TTL_S)
+            if not claimed:
+                first_id = await self._redis.get(idem)
+                first = await self.get(first_id.decode()) if first_id else None
+                if first is not None:
+                    return first
+                await self._redis.set(idem, record.id, ex=IDEMPOTENCY_TTL_S)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
+            pipe.hincrby(keys.STATS, metrics.task_counter("submitted"), 1)
+            await pipe.execute()
+        return record
+
+    async def discard(self, record: TaskRecord) -> None:
+        """Forget a task that could not be enqueued (its submitter got an error, not a 202)."""
+        await self._redis.delete(keys.task(record.id))
+
+    async def mark_running(self, record: TaskRecord) -> None:
+        move(record, TaskStatus.RUNNING)
+        record.started_at = record.started_at or datetime.now(UTC)
+        await self._redis.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
+
+    async def report_progress(self, record: TaskRecord, percent: float, message: str | None) -> Event:
+        record.progress = Progress(percent=percent, message=message)
+        event = self._next_event(record, EventType.PROGRESS, {"percent": percent, "message": message})
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
+            stage_event(pipe, event, retention_s=self._retention_s)
+            await pipe.execute()
+        return event
+
+    async def finish(
+        self, record: TaskRecord, *, result: Any = None, error: TaskError | None = None, outbox: Outbox
+    ) -> tuple[Event, PendingDelivery | None, list[str]]:
+        """Record the final state and its event; stage the webhook leased to the caller.
+
+        Returns the event, the staged webhook (if the task has one) and the tenant's live signing secrets,
+        so that the caller can attempt the webhook at once without another round trip.
+        """
+        status = TaskStatus.FAILED if error is not None else TaskStatus.SUCCEEDED
+        move(record, status)
+        record.finished_at = datetime.now(UTC)
+        if error is None:
+            record.result = result
+            event_type, data = EventType.COMPLETED, {"status": status.value, "result": result}
+        else:
+            record.error = error
+            event_type, data = EventType.FAILED, {"status": status.value, "error": msgspec.to_builtins(error)}
+        event = self._next_event(record, event_type, data)
+        delivery = None
+        if record.webhook is not None:
+            delivery = PendingDelivery(tenant=record.tenant, task_id=record.id, url=record.webhook.url, event=event)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
+            stage_event(pipe, event, retention_s=self._retention_s)
+            pipe.hincrby(keys.STATS, metrics.task_counter(status.value), 1)
+            if delivery is not None:
+                outbox.stage(pipe, delivery, due_at=time.time() + outbox.lease_s)
+                pipe.get(keys.secrets(record.tenant))
+            replies = await pipe.execute()
+        secrets = live_secrets(replies[-1]) if delivery is not None else []
+        return event, delivery, secrets
+
+    @staticmethod
+    def _next_event(record: TaskRecord, event_type: EventType, data: Any) -> Event:
+        record.last_seq += 1
+        return Event(
+            id=new_id("evt"),
+            type=event_type,
+            task_id=record.id,
+            seq=record.last_seq,
+            created_at=datetime.now(UTC),
+            data=data,
+        )

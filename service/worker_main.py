@@ -1,0 +1,31 @@
+"""The module ``relay worker`` hands to Dramatiq's CLI: it builds the broker and declares the actor.
+
+Dramatiq imports it in every worker process, so the settings come from the environment here.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.middleware import AsyncIO
+
+from service.broker import ACTOR, ACTOR_TIME_LIMIT_MS, QUEUE, create_broker
+from service.settings import Settings
+from service.worker import RuntimeMiddleware, run_task
+
+settings = Settings.from_env()
+broker = create_broker(settings)
+broker.add_middleware(AsyncIO())
+broker.add_middleware(RuntimeMiddleware(settings))
+dramatiq.set_broker(broker)
+
+# Failures of the task itself end the task; what escapes the actor is Redis or the broker failing, so retry.
+run_task_actor = dramatiq.actor(
+    run_task,
+    actor_name=ACTOR,
+    queue_name=QUEUE,
+    broker=broker,
+    max_retries=5,
+    min_backoff=1000,
+    max_backoff=30_000,
+    time_limit=ACTOR_TIME_LIMIT_MS,
+)

@@ -1,0 +1,608 @@
+"""`relay dlq ...` and `relay submit` against a small fake of the Relay API on a real local port.
+
+The fake answers with canned but realistic JSON; the real API is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import click
+import msgspec
+import pytest
+from click.testing import CliRunner, Result
+
+from schemas.dead_letters import DeadLetter
+from schemas.tasks import Task
+from service.cli_client import dlq, submit
+
+ADMIN_TOKEN = "admin-secret-7f3a"
+TENANT_KEY = "acme-key-91c2"
+PAGE_SIZE = 2  # the fake's largest page, so three dead letters take two pages
+
+
+def _event(task_id: str, seq: int, type_: str, data: object) -> dict[str, Any]:
+    return {
+        "id": f"evt_{task_id[5:]}_{seq}",
+        "type": type_,
+        "task_id": task_id,
+        "seq": seq,
+        "created_at": f"2025-03-01T10:00:{seq:02d}Z",
+        "data": data,
+    }
+
+
+def _dead_letter(n: int, *, tenant: str, reason: str, status: int | None, error: str | None) -> dict[str, Any]:
+    task_id = f"task_01JNQ{n}ZC8W4T6YV0K2M9R5XH3D"
+    return {
+        "id": f"dl_01JNQ{n}ZF2A7B3C4D5E6F7G8H9J",
+        "tenant": tenant,
+        "task_id": task_id,
+        "event": _event(task_id, 2, "task.completed", {"status": "succeeded", "result": {"n": n}}),
+        "url": f"https://hooks.example.com/{tenant}/relay",
+        "reason": reason,
+        "attempts": 9,
+        "last_status_code": status,
+        "last_error": error,
+        "first_attempt_at": f"2025-03-0{n}T10:00:05Z",
+        "dead_at": f"2025-03-0{n + 1}T12:30:00Z",
+        "replays": n - 1,
+    }
+
+
+def _dead_letters() -> dict[str, dict[str, Any]]:
+    letters = [
+        _dead_letter(1, tenant="acme", reason="retries_exhausted", status=None, error="[Errno 111] Connection refused"),
+        _dead_letter(2, tenant="globex", reason="endpoint_gone", status=410, error=None),
+        _dead_letter(3, tenant="acme", reason="retries_exhausted", status=500, error="Internal Server Error"),
+    ]
+    return {letter["id"]: letter for letter in letters}
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+    authorization: str | None
+
+
+@dataclass
+class FakeRelay:
+    url: str = ""
+    dead_letters: dict[str, dict[str, Any]] = field(default_factory=_dead_letters)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    revealed: dict[str, int] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def requests(self, method: str, path_prefix: str = "/") -> list[Seen]:
+        return [s for s in self.seen if s.method == method and s.path.startswith(path_prefix)]
+
+    def handle(self, seen: Seen) -> tuple[int, Any]:
+        with self.lock:
+            self.seen.append(seen)
+            return self._route(seen)
+
+    def _route(self, req: Seen) -> tuple[int, Any]:
+        routes = [
+            ("GET", r"/v1/dead-letters", self._list, ADMIN_TOKEN),
+            ("POST", r"/v1/dead-letters/replay", self._replay_all, ADMIN_TOKEN),
+            ("GET", r"/v1/dead-letters/(dl_\w+)", self._get_dead_letter, None),
+            ("DELETE", r"/v1/dead-letters/(dl_\w+)", self._delete, ADMIN_TOKEN),
+            ("POST", r"/v1/dead-letters/(dl_\w+)/replay", self._replay_one, ADMIN_TOKEN),
+            ("POST", r"/v1/tasks", self._submit, TENANT_KEY),
+            ("GET", r"/v1/tasks/(task_\w+)", self._get_task, TENANT_KEY),
+            ("GET", r"/v1/tasks/(task_\w+)/events", self._events, TENANT_KEY),
+            ("GET", r"/v1/tasks/(task_\w+)/deliveries", self._deliveries, TENANT_KEY),
+        ]
+        for method, pattern, handler, token in routes:
+            match = re.fullmatch(pattern, req.path)
+            if match is None or method != req.method:
+                continue
+            allowed = {ADMIN_TOKEN, TENANT_KEY} if token is None else {token}
+            if req.authorization not in {f"Bearer {t}" for t in allowed}:
+                return _error(401, "No valid API key or admin token")
+            return handler(req, *match.groups())
+        return _error(404, f"No route for {req.method} {req.path}")
+
+    def _list(self, req: Seen) -> tuple[int, Any]:
+        query = {name: values[0] for name, values in req.query.items()}
+        items = sorted(self.dead_letters.values(), key=lambda d: d["dead_at"], reverse=True)
+        items = [d for d in items if all(d[f] == query[f] for f in ("reason", "tenant", "task_id") if f in query)]
+        start = int(query.get("cursor", "0"))
+        end = start + min(int(query.get("limit", "100")), PAGE_SIZE)
+        return 200, {"items": items[start:end], "next_cursor": str(end) if end < len(items) else None}
+
+    def _get_dead_letter(self, req: Seen, dl_id: str) -> tuple[int, Any]:
+        if dl_id not in self.dead_letters:
+            return _error(404, f"Dead letter {dl_id} not found")
+        return 200, self.dead_letters[dl_id]
+
+    def _delete(self, req: Seen, dl_id: str) -> tuple[int, Any]:
+        if self.dead_letters.pop(dl_id, None) is None:
+            return _error(404, f"Dead letter {dl_id} not found")
+        return 204, None
+
+    def _replay_one(self, req: Seen, dl_id: str) -> tuple[int, Any]:
+        if dl_id not in self.dead_letters:
+            return _error(404, f"Dead letter {dl_id} not found")
+        return 202, {"replayed": 1}
+
+    def _replay_all(self, req: Seen) -> tuple[int, Any]:
+        body = req.body or {}
+        matched = sum(
+            1 for d in self.dead_letters.values() if all(d[f] == body[f] for f in ("reason", "tenant") if f in body)
+        )
+        return 202, {"matched": matched, "replayed": 0 if body.get("dry_run") else matched}
+
+    def _submit(self, req: Seen) -> tuple[int, Any]:
+        kind = req.body["kind"]
+        if kind not in ("echo", "fail"):
+            return _error(422, f"Unknown task kind {kind!r}")
+        task_id = f"task_01JNR{len(self.tasks)}ZC8W4T6YV0K2M9R5XH3D"
+        self.tasks[task_id] = {
+            "id": task_id,
+            "kind": kind,
+            "status": "queued",
+            "input": req.body["input"],
+            "result": None,
+            "error": None,
+            "progress": None,
+            "webhook": req.body["webhook"],
+            "websocket": req.body["websocket"],
+            "created_at": "2025-03-01T10:00:00Z",
+            "started_at": None,
+            "finished_at": None,
+            "ws_token": "wst_" + task_id[5:],
+        }
+        final = (
+            _event(task_id, 2, "task.completed", {"status": "succeeded", "result": req.body["input"]})
+            if kind == "echo"
+            else _event(task_id, 2, "task.failed", {"status": "failed", "error": _boom()})
+        )
+        self.events[task_id] = [_event(task_id, 1, "task.progress", {"percent": 50, "message": "halfway"}), final]
+        self.revealed[task_id] = 0
+        return 202, self.tasks[task_id]
+
+    def _get_task(self, req: Seen, task_id: str) -> tuple[int, Any]:
+        if task_id not in self.tasks:
+            return _error(404, f"Task {task_id} not found")
+        return 200, self.tasks[task_id]
+
+    def _events(self, req: Seen, task_id: str) -> tuple[int, Any]:
+        # One more event becomes visible per poll, so a follower has to poll more than once.
+        self.revealed[task_id] = min(self.revealed[task_id] + 1, len(self.events[task_id]))
+        visible = self.events[task_id][: self.revealed[task_id]]
+        if self.revealed[task_id] == 1:
+            self.tasks[task_id] |= {"status": "running", "started_at": "2025-03-01T10:00:01Z"}
+        else:
+            self._finish(task_id)
+        after_seq = int(req.query["after_seq"][0])
+        return 200, {"events": [e for e in visible if e["seq"] > after_seq]}
+
+    def _finish(self, task_id: str) -> None:
+        task = self.tasks[task_id]
+        task["finished_at"] = "2025-03-01T10:00:02Z"
+        if task["kind"] == "echo":
+            task |= {"status": "succeeded", "result": task["input"]}
+        else:
+            task |= {"status": "failed", "error": _boom()}
+
+    def _deliveries(self, req: Seen, task_id: str) -> tuple[int, Any]:
+        letter = next(d for d in self.dead_letters.values() if d["task_id"] == task_id)
+        event_id = letter["event"]["id"]
+        attempts = [
+            {
+                "event_id": event_id,
+                "channel": "webhook",
+                "attempt": n,
+                "at": f"2025-03-01T1{n}:00:00Z",
+                "outcome": "failed",
+                "status_code": 500,
+                "error": None,
+                "duration_ms": 41.5,
+            }
+            for n in (1, 2)
+        ]
+        return 200, {"attempts": attempts}
+
+
+def _boom() -> dict[str, str]:
+    return {"type": "RuntimeError", "message": "boom"}
+
+
+def _error(status: int, detail: str) -> tuple[int, Any]:
+    return status, {"status_code": status, "detail": detail}
+
+
+def _handler_for(fake: FakeRelay) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("content-length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            seen = Seen(
+                method=self.command,
+                path=parts.path,
+                query=parse_qs(parts.query),
+                body=json.loads(raw) if raw else None,
+                authorization=self.headers.get("authorization"),
+            )
+            status, payload = fake.handle(seen)
+            body = b"" if payload is None else json.dumps(payload).encode()
+            self.send_response(status)
+            if payload is not None:
+                self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeRelay]:
+    fake = FakeRelay()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(fake))
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-relay-api", daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run(command: click.Command, args: Sequence[str], env: dict[str, str | None] | None = None) -> Result:
+    """Invoke ``command`` with a clean RELAY_* environment and a wide, colourless terminal."""
+    base: dict[str, str | None] = {
+        "RELAY_URL": None,
+        "RELAY_ADMIN_TOKEN": None,
+        "RELAY_API_KEY": None,
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+        "FORCE_COLOR": None,
+        "TTY_COMPATIBLE": None,
+    }
+    # catch_exceptions=False: a crash must fail the test, not pass for "exit status 1".
+    return CliRunner().invoke(command, list(args), env=base | (env or {}), catch_exceptions=False)
+
+
+def as_admin(fake: FakeRelay, *args: str) -> list[str]:
+    return [*args, "--url", fake.url, "--token", ADMIN_TOKEN]
+
+
+def as_tenant(fake: FakeRelay, *args: str) -> list[str]:
+    return [*args, "--url", fake.url, "--token", TENANT_KEY]
+
+
+def stderr_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+# --- dlq list -----------------------------------------------------------------------------------
+
+
+def test_list_prints_a_table_newest_first_across_pages(fake_api: FakeRelay) -> None:
+    result = run(dlq, as_admin(fake_api, "list"))
+
+    assert result.exit_code == 0, result.output
+    positions = [result.stdout.index(dl_id) for dl_id in sorted(fake_api.dead_letters, reverse=True)]
+    assert positions == sorted(positions)  # dl_…3 (died last) first
+    assert "[Errno 111] Connection refused" in result.stdout  # API text is not read as rich markup
+    assert "500: Internal Server Error" in result.stdout
+    assert "endpoint_gone" in result.stdout
+    assert "2025-03-04 12:30:00Z" in result.stdout
+    pages = fake_api.requests("GET", "/v1/dead-letters")
+    assert [p.query.get("cursor") for p in pages] == [None, ["2"]]
+    assert all(p.authorization == f"Bearer {ADMIN_TOKEN}" for p in pages)
+
+
+def test_list_json_prints_one_dead_letter_per_line(fake_api: FakeRelay) -> None:
+    result = run(dlq, as_admin(fake_api, "list", "--json"))
+
+    assert result.exit_code == 0, result.output
+    letters = [msgspec.json.decode(line, type=DeadLetter) for line in result.stdout.splitlines()]
+    assert [d.id for d in letters] == sorted(fake_api.dead_letters, reverse=True)
+    assert letters[-1].last_error == "[Errno 111] Connection refused"
+
+
+def test_list_stops_at_the_limit(fake_api: FakeRelay) -> None:
+    result = run(dlq, as_admin(fake_api, "list", "--json", "--limit", "1"))
+
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1
+    assert [p.query["limit"] for p in fake_api.requests("GET", "/v1/dead-letters")] == [["1"]]
+
+
+def test_list_sends_filters_with_times_in_utc(fake_api: FakeRelay) -> None:
+    args = ["list", "--json", "--reason", "retries_exhausted", "--tenant", "acme", "--task-id", "task_x"]
+    args += ["--since", "2025-03-01T01:00:00+01:00", "--until", "2025-03-05T00:00:00"]
+    result = run(dlq, as_admin(fake_api, *args))
+
+    assert result.exit_code == 0, result.output
+    (page,) = fake_api.requests("GET", "/v1/dead-letters")
+    assert page.query == {
+        "reason": ["retries_exhausted"],
+        "tenant": ["acme"],
+        "task_id": ["task_x"],
+        "since": ["2025-03-01T00:00:00Z"],
+        "until": ["2025-03-05T00:00:00Z"],
+        "limit": ["100"],
+    }
+
+
+def test_list_rejects_a_time_that_is_not_rfc3339(fake_api: FakeRelay) -> None:
+    result = run(dlq, as_admin(fake_api, "list", "--since", "yesterday"))
+
+    assert result.exit_code == 2
+    assert "RFC 3339" in result.stderr
+    assert fake_api.seen == []
+
+
+def test_url_and_token_come_from_the_environment(fake_api: FakeRelay) -> None:
+    result = run(dlq, ["list", "--json"], env={"RELAY_URL": fake_api.url, "RELAY_ADMIN_TOKEN": ADMIN_TOKEN})
+
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 3
+
+
+# --- dlq show -----------------------------------------------------------------------------------
+
+
+def test_show_missing_id_exits_1_with_the_detail(fake_api: FakeRelay) -> None:
+    result = run(dlq, as_admin(fake_api, "show", "dl_missing"))
+
+    assert result.exit_code == 1
+    assert stderr_lines(result) == ["relay: Dead letter dl_missing not found (HTTP 404)"]
+    assert result.stdout == ""
+
+
+def test_show_as_operator_prints_fields_and_event_without_the_attempt_log(fake_api: FakeRelay) -> None:
+    dl_id = next(iter(fake_api.dead_letters))
+    result = run(dlq, as_admin(fake_api, "show", dl_id))
+
+    assert result.exit_code == 0, result.output
+    letter = fake_api.dead_letters[dl_id]
+    for text in (dl_id, letter["url"], "[Errno 111] Connection refused", letter["event"]["id"], "task.completed"):
+        assert text in result.stdout
+    assert "Per-attempt log not readable" in result.stdout
+    assert fake_api.requests("GET", "/v1/tasks/")[0].path.endswith("/deliveries")
+
+
+def test_show_as_the_owner_lists_every_attempt(fake_api: FakeRelay) -> None:
+    dl_id = next(iter(fake_api.dead_letters))
+    result = run(dlq, as_tenant(fake_api, "show", dl_id))
+
+    assert result.exit_code == 0, result.output
+    attempt_rows = [line for line in result.stdout.splitlines() if "webhook" in line and "failed" in line]
+    assert len(attempt_rows) == 2
+    assert "Per-attempt log not readable" not in result.stdout
+
+
+def test_show_json_prints_the_api_answer(fake_api: FakeRelay) -> None:
+    dl_id = next(iter(fake_api.dead_letters))
+    result = run(dlq, as_admin(fake_api, "show", dl_id, "--json"))
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == fake_api.dead_letters[dl_id]
+
+
+# --- dlq replay ---------------------------------------------------------------------------------
+
+
+def test_replay_of_several_ids_posts_each(fake_api: FakeRelay) -> None:
+    ids = sorted(fake_api.dead_letters)[:2]
+    result = run(dlq, as_admin(fake_api, "replay", *ids))
+
+    assert result.exit_code == 0, result.output
+    assert [s.path for s in fake_api.requests("POST")] == [f"/v1/dead-letters/{i}/replay" for i in ids]
+    assert "replayed 2 of 2" in result.stdout
+
+
+def test_replay_goes_on_past_a_missing_id_and_exits_1(fake_api: FakeRelay) -> None:
+    dl_id = next(iter(fake_api.dead_letters))
+    result = run(dlq, as_admin(fake_api, "replay", "dl_missing", dl_id))
+
+    assert result.exit_code == 1
+    assert "replayed 1 of 2" in result.stdout
+    assert stderr_lines(result) == ["relay: dl_missing: Dead letter dl_missing not found (HTTP 404)"]
+    assert len(fake_api.requests("POST")) == 2
+
+
+def test_replay_all_dry_run_sends_dry_run_and_prints_matched(fake_api: FakeRelay) -> None:
+    result = run(dlq, as_admin(fake_api, "replay", "--all", "--reason", "retries_exhausted", "--dry-run"))
+
+    assert result.exit_code == 0, result.output
+    (request,) = fake_api.requests("POST")
+    assert request.path == "/v1/dead-letters/replay"
+    assert request.body == {"reason": "retries_exhausted", "dry_run": True}
+    assert result.stdout.strip() == "dry run: 2 would be replayed"
+
+
+def test_replay_all_prints_matched_and_replayed(fake_api: FakeRelay) -> None:
+    result = run(dlq, as_admin(fake_api, "replay", "--all", "--tenant", "globex", "--since", "2025-03-01T00:00:00Z"))
+
+    assert result.exit_code == 0, result.output
+    (request,) = fake_api.requests("POST")
+    assert request.body == {"tenant": "globex", "since": "2025-03-01T00:00:00Z", "dry_run": False}
+    assert result.stdout.strip() == "matched 1, replayed 1"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param([], id="neither-ids-nor-all"),
+        pytest.param(["dl_1", "--all"], id="ids-and-all"),
+        pytest.param(["dl_1", "--reason", "endpoint_gone"], id="filter-with-ids"),
+        pytest.param(["dl_1", "--dry-run"], id="dry-run-with-ids"),
+    ],
+)
+def test_replay_needs_ids_or_all_and_exits_2(fake_api: FakeRelay, args: list[str]) -> None:
+    result = run(dlq, as_admin(fake_api, "replay", *args))
+
+    assert result.exit_code == 2
+    assert "Usage:" in result.stderr
+    assert fake_api.seen == []
+
+
+# --- dlq purge ----------------------------------------------------------------------------------
+
+
+def test_purge_all_deletes_every_listed_id_across_two_pages(fake_api: FakeRelay) -> None:
+    ids = set(fake_api.dead_letters)
+    result = run(dlq, as_admin(fake_api, "purge", "--all"))
+
+    assert result.exit_code == 0, result.output
+    assert len(fake_api.requests("GET", "/v1/dead-letters")) == 2
+    assert {s.path.rsplit("/", 1)[1] for s in fake_api.requests("DELETE")} == ids
+    assert fake_api.dead_letters == {}
+    assert "deleted 3 of 3" in result.stdout
+
+
+def test_purge_all_with_a_filter_keeps_the_others(fake_api: FakeRelay) -> None:
+    result = run(dlq, as_admin(fake_api, "purge", "--all", "--tenant", "acme"))
+
+    assert result.exit_code == 0, result.output
+    assert [d["tenant"] for d in fake_api.dead_letters.values()] == ["globex"]
+    assert "deleted 2 of 2" in result.stdout
+
+
+def test_purge_ids_deletes_those(fake_api: FakeRelay) -> None:
+    first, second, third = sorted(fake_api.dead_letters)
+    result = run(dlq, as_admin(fake_api, "purge", first, third))
+
+    assert result.exit_code == 0, result.output
+    assert list(fake_api.dead_letters) == [second]
+    assert "deleted 2 of 2" in result.stdout
+
+
+# --- submit -------------------------------------------------------------------------------------
+
+
+def test_submit_posts_the_body_and_prints_the_task(fake_api: FakeRelay) -> None:
+    args = ["echo", "--input", '{"n": 1}', "--webhook", "https://hooks.example.com/in", "--websocket"]
+    result = run(submit, as_tenant(fake_api, *args))
+
+    assert result.exit_code == 0, result.output
+    (request,) = fake_api.requests("POST", "/v1/tasks")
+    assert request.body == {
+        "kind": "echo",
+        "input": {"n": 1},
+        "webhook": {"url": "https://hooks.example.com/in"},
+        "websocket": True,
+    }
+    assert request.authorization == f"Bearer {TENANT_KEY}"
+    task = msgspec.json.decode(result.stdout, type=Task)
+    assert task.id.startswith("task_")
+    assert task.status.value == "queued"
+    assert task.ws_token
+
+
+def test_submit_without_input_or_channels_sends_nulls(fake_api: FakeRelay) -> None:
+    result = run(submit, as_tenant(fake_api, "echo"))
+
+    assert result.exit_code == 0, result.output
+    (request,) = fake_api.requests("POST", "/v1/tasks")
+    assert request.body == {"kind": "echo", "input": None, "webhook": None, "websocket": False}
+
+
+def test_submit_rejects_input_that_is_not_json(fake_api: FakeRelay) -> None:
+    result = run(submit, as_tenant(fake_api, "echo", "--input", "{n: 1}"))
+
+    assert result.exit_code == 2
+    assert "not valid JSON" in result.stderr
+    assert fake_api.seen == []
+
+
+def test_submit_shows_the_apis_detail_for_a_refused_task(fake_api: FakeRelay) -> None:
+    result = run(submit, as_tenant(fake_api, "nope"))
+
+    assert result.exit_code == 1
+    assert stderr_lines(result) == ["relay: Unknown task kind 'nope' (HTTP 422)"]
+
+
+def test_submit_wait_prints_the_result_and_exits_0(fake_api: FakeRelay) -> None:
+    result = run(submit, as_tenant(fake_api, "echo", "--input", '{"n": 1}', "--wait"))
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"n": 1}
+    assert "50.0% halfway" in result.stderr
+    assert len(fake_api.requests("GET", "/v1/tasks/")) >= 3  # two event polls, then the task
+
+
+def test_submit_wait_exits_1_when_the_task_failed(fake_api: FakeRelay) -> None:
+    result = run(submit, as_tenant(fake_api, "fail", "--input", '{"message": "boom"}', "--wait"))
+
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"type": "RuntimeError", "message": "boom"}
+    assert stderr_lines(result)[-1].startswith("relay: task task_") and "failed: boom" in result.stderr
+
+
+def test_submit_needs_a_tenant_key_not_the_admin_token(fake_api: FakeRelay) -> None:
+    result = run(submit, ["echo", "--url", fake_api.url], env={"RELAY_ADMIN_TOKEN": ADMIN_TOKEN})
+
+    assert result.exit_code == 2
+    assert "--token" in result.stderr
+    assert fake_api.seen == []
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        pytest.param(dlq, ["list"], id="dlq-list"),
+        pytest.param(dlq, ["replay", "--all"], id="dlq-replay-all"),
+        pytest.param(submit, ["echo", "--wait"], id="submit"),
+    ],
+)
+def test_unreachable_api_exits_1_with_one_line(command: click.Command, args: list[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run(command, [*args, "--url", url, "--token", ADMIN_TOKEN])
+
+    assert result.exit_code == 1
+    assert stderr_lines(result) == [f"relay: cannot reach the API at {url} (connection refused)"]
+    assert ADMIN_TOKEN not in result.output
+
+
+def test_a_bad_url_is_a_usage_error() -> None:
+    result = run(dlq, ["list", "--url", "127.0.0.1:8000", "--token", ADMIN_TOKEN])
+
+    assert result.exit_code == 2
+    assert "not an absolute http(s) URL" in result.stderr
+
+
+def test_a_rejected_token_shows_the_detail_but_never_the_token(fake_api: FakeRelay) -> None:
+    result = run(dlq, ["list", "--url", fake_api.url, "--token", "wrong-token-123"])
+
+    assert result.exit_code == 1
+    assert stderr_lines(result) == ["relay: No valid API key or admin token (HTTP 401)"]
+    assert "wrong-token-123" not in result.output
