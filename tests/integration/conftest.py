@@ -1,0 +1,70 @@
+"""Fixtures that run Relay for real: `relay api` and `relay worker` processes on a real Redis, a real receiver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support import Api, Receiver, RelayProcess, relay_env, run_receiver
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with run_receiver() as r:
+        yield r
+
+
+StartRelay = Callable[..., RelayProcess]
+
+
+@pytest.fixture
+def start_relay(redis_url: str, request: pytest.FixtureRequest) -> Iterator[StartRelay]:
+    """``start_relay("api" | "worker", *args, wait=True, **RELAY_ENV)`` starts a process stopped after the test."""
+    started: list[RelayProcess] = []
+
+    def start(role: str, *args: str, wait: bool = True, **env: str) -> RelayProcess:
+        if role == "worker" and not args:
+            args = ("--processes", "1", "--threads", "8")
+        process = RelayProcess(role, relay_env(redis_url, **env), *args)
+        started.append(process)
+        return process.start(wait=wait)
+
+    yield start
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for process in started:  # signal every process first, so that they stop side by side
+        process.signal_stop()
+    for process in started:
+        process.stop()
+        if failed:
+            print(f"----- relay {process.role} output -----\n{process.output()[-5000:]}")
+        process.log_path.unlink(missing_ok=True)
+
+
+@dataclass
+class Relay:
+    api: RelayProcess
+    worker: RelayProcess
+    client: Api
+
+
+@pytest.fixture
+def relay(start_relay: StartRelay) -> Iterator[Relay]:
+    """One API and one worker with the test settings of :func:`tests.support.relay_env`."""
+    api = start_relay("api", wait=False)
+    worker = start_relay("worker", wait=False)
+    api.wait_ready()
+    worker.wait_ready()
+    client = Api(api.url)
+    yield Relay(api=api, worker=worker, client=client)
+    client.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report

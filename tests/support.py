@@ -1,0 +1,259 @@
+"""Helpers for tests that run real processes: our `relay api` / `relay worker`, and a webhook receiver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RELAY = [sys.executable, "-m", "service.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 20.0, interval_s: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {message}")
+        time.sleep(interval_s)
+
+
+def relay_env(redis_url: str, **overrides: str) -> dict[str, str]:
+    """A child environment for Relay: test tenants, fast retries, private callbacks allowed (loopback receiver)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(
+        RELAY_REDIS_URL=redis_url,
+        RELAY_API_KEYS="acme=key-acme,globex=key-globex",
+        RELAY_ADMIN_TOKEN="admin-token",
+        RELAY_ALLOW_PRIVATE_CALLBACKS="true",
+        RELAY_RETRY_SCHEDULE="0.2,0.4,0.6",
+        RELAY_WEBHOOK_TIMEOUT="3",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+class RelayProcess:
+    """One `relay api` or `relay worker` child process, its output kept in a log file."""
+
+    def __init__(self, role: str, env: Mapping[str, str], *args: str) -> None:
+        self.role = role
+        self.env = dict(env)
+        self.args = list(args)
+        self.port = free_port() if role == "api" else None
+        self.log_path = Path(tempfile.mkstemp(prefix=f"relay-{role}-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True) -> RelayProcess:
+        cmd = [*RELAY, self.role, *self.args]
+        if self.role == "api":
+            cmd += ["--port", str(self.port)]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"relay {self.role} exited ({self.process.returncode}):\n{self.output()}")
+            if self.role == "api":
+                try:
+                    return httpx.get(self.url + "/health", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+            return "Worker process is ready for action" in self.output()
+
+        wait_until(ready, timeout_s=timeout_s, interval_s=0.1, message=f"relay {self.role} to start")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no clean shutdown, as when a machine dies."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def signal_stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM and wait (a clean shutdown); kill after ``timeout_s``."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            # The leader only: Dramatiq's main process passes SIGTERM on to its workers, and a worker that
+            # gets a second SIGTERM exits mid-shutdown and hangs on its threads.
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def restart(self) -> RelayProcess:
+        self.stop()
+        return self.start()
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A real HTTP receiver (aiohttp, in a thread) that records every webhook.
+
+    ``responses[path]`` is a list of (status, headers) answers used in turn; the last one repeats.
+    Paths without a script answer 200.
+    """
+
+    port: int
+    received: list[Received] = field(default_factory=list)
+    responses: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def script(self, path: str, *answers: int | tuple[int, dict[str, str]]) -> str:
+        self.responses[path] = [a if isinstance(a, tuple) else (a, {}) for a in answers]
+        return self.url(path)
+
+    def on(self, path: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.path == path]
+
+    def wait_for(self, path: str, count: int = 1, timeout_s: float = 20.0) -> list[Received]:
+        return wait_until(lambda: len(self.on(path)) >= count and self.on(path), timeout_s=timeout_s,
+                          message=f"{count} webhook(s) on {path}")
+
+
+@contextmanager
+def run_receiver() -> Iterator[Receiver]:
+    import asyncio
+
+    from aiohttp import web
+
+    receiver = Receiver(port=free_port())
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        with receiver.lock:
+            receiver.received.append(Received(request.path, dict(request.headers), body, time.time()))
+            answers = receiver.responses.get(request.path)
+            if answers:
+                status, headers = answers.pop(0) if len(answers) > 1 else answers[0]
+            else:
+                status, headers = 200, {}
+        return web.Response(status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", receiver.port).start())
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started.wait(10)
+    try:
+        yield receiver
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+class Api:
+    """A tiny client for tests: ``api.post("/v1/tasks", json=..., key="key-acme")``."""
+
+    def __init__(self, base_url: str) -> None:
+        self.client = httpx.Client(base_url=base_url, timeout=10)
+
+    def request(self, method: str, path: str, *, key: str | None = "key-acme", **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return self.client.request(method, path, headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", path, **kwargs)
+
+    def submit(self, kind: str = "echo", input: Any = None, *, webhook: str | None = None, key: str = "key-acme",
+               **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": kind, "input": input}
+        if webhook is not None:
+            body["webhook"] = {"url": webhook}
+        body.update(extra.pop("body", {}))
+        response = self.post("/v1/tasks", json=body, key=key, **extra)
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    def task(self, task_id: str, key: str = "key-acme") -> dict[str, Any]:
+        response = self.get(f"/v1/tasks/{task_id}", key=key)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_task(self, task_id: str, *, timeout_s: float = 20.0, key: str = "key-acme") -> dict[str, Any]:
+        return dict(wait_until(lambda: (t := self.task(task_id, key)) and t["status"] in ("succeeded", "failed") and t,
+                               timeout_s=timeout_s, message=f"task {task_id} to finish"))
+
+    def close(self) -> None:
+        self.client.close()
