@@ -67,6 +67,7 @@ class RelayProcess:
         self.port = free_port() if role == "api" else None
         self.log_path = Path(tempfile.mkstemp(prefix=f"relay-{role}-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
+        self._signalled = False
 
     @property
     def url(self) -> str:
@@ -77,6 +78,7 @@ class RelayProcess:
         cmd = [*RELAY, self.role, *self.args]
         if self.role == "api":
             cmd += ["--port", str(self.port)]
+        self._signalled = False
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
@@ -107,7 +109,9 @@ class RelayProcess:
             self.process.wait(10)
 
     def signal_stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        """SIGTERM once (a second SIGTERM makes a Dramatiq worker exit mid-shutdown and hang on its threads)."""
+        if self.process is not None and self.process.poll() is None and not self._signalled:
+            self._signalled = True
             self.process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
@@ -115,9 +119,8 @@ class RelayProcess:
         if self.process is None:
             return None
         if self.process.poll() is None:
-            # The leader only: Dramatiq's main process passes SIGTERM on to its workers, and a worker that
-            # gets a second SIGTERM exits mid-shutdown and hangs on its threads.
-            self.process.send_signal(signal.SIGTERM)
+            # The leader only: Dramatiq's main process passes SIGTERM on to its workers.
+            self.signal_stop()
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
