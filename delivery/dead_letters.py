@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -89,15 +90,17 @@ class DeadLetterStore:
         while True:
             if position is not None:
                 high = position[0]
-            rows = await self._redis.zrevrangebyscore(index, high, low, start=0, num=SCAN_BATCH, withscores=True)
+            raw_rows = await self._redis.zrevrangebyscore(index, high, low, start=0, num=SCAN_BATCH, withscores=True)
+            rows = [(m.decode(), float(s)) for m, s in cast(list[tuple[bytes, float]], raw_rows)]
             if position is not None:
                 # Members that share the cursor's score come in reverse order: skip up to the cursor's id.
-                rows = [(m, s) for m, s in rows if s < position[0] or m.decode() < position[1]]
+                after = position
+                rows = [(m, s) for m, s in rows if s < after[0] or m < after[1]]
             if not rows:
                 return
-            records = await self._redis.mget([keys.dead_letter(m.decode()) for m, _ in rows])
+            records = await self._redis.mget([keys.dead_letter(m) for m, _ in rows])
             for (member, score), raw in zip(rows, records, strict=True):
-                position = (score, member.decode())
+                position = (score, member)
                 yield (_decode(raw) if raw else None), position
 
     async def delete(self, dead: DeadLetter) -> None:

@@ -19,7 +19,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(list[SecretEntry]).decode
 
 
-def live_secrets(raw: bytes | None, *, now: float | None = None) -> list[str]:
+def live_secrets(raw: bytes | str | None, *, now: float | None = None) -> list[str]:
     """The secrets that sign now, newest first, from the stored value."""
     if not raw:
         return []
@@ -58,7 +58,7 @@ class SecretStore:
                         if entry.expires_at is None:
                             entry.expires_at = now + ROTATION_OVERLAP_S
                     new = SecretEntry(secret=generate_secret(), created_at=now)
-                    pipe.multi()
+                    pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(key, _encode([new, *entries]))
                     await pipe.execute()
                     return new.secret

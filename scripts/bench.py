@@ -287,6 +287,7 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
 
     wait_until(worker, workers_ready, "'ready for action'")
     return {
+        "redis": redis_url,
         "api": f"http://127.0.0.1:{api_port}",
         "receiver": f"http://127.0.0.1:{receiver_port}",
         "hook": f"http://127.0.0.1:{receiver_port}/hook",
@@ -387,6 +388,18 @@ class Client:
             return str((await response.json())["secret"])
 
 
+def redis_calls(url: str) -> collections.Counter[str]:
+    """Calls of each Redis command so far (commands run inside Lua scripts count too)."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(url, socket_timeout=5)
+    try:
+        info = client.info("commandstats")
+    finally:
+        client.close()
+    return collections.Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()})
+
+
 async def run_closed(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
     """Call ``one(i)`` for i in range(n), ``concurrency`` at a time."""
     indexes: Iterator[int] = iter(range(n))
@@ -468,6 +481,7 @@ async def phase_throughput(
         client.errors.clear()
         if profile is not None:
             profile.start()
+        calls0 = await asyncio.to_thread(redis_calls, client.urls["redis"])
         cpu0 = meter.read()
         first = time.time()
         await run_closed(n, concurrency, one)
@@ -475,6 +489,8 @@ async def phase_throughput(
         await client.wait_for(session, len(sent), drain_timeout_s)
         ended = time.time()
         cpu = meter.diff(cpu0, meter.read())
+        calls = await asyncio.to_thread(redis_calls, client.urls["redis"]) - calls0
+        calls.subtract({"info": 1})
         if profile is not None:
             profile.stop()
         drained = await client.drain(session)
@@ -494,6 +510,9 @@ async def phase_throughput(
         "signature": signature,
         "cpu_s": cpu,
         "cpu_us_per_task": {k: round(v / max(1, len(arrived)) * 1e6) for k, v in cpu.items()},
+        "redis_calls_per_task": {
+            k: round(v / max(1, len(arrived)), 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0
+        },
     }
 
 
@@ -595,7 +614,7 @@ class Profiler:
             self.files[name] = out
             self._procs[name] = subprocess.Popen(
                 [py_spy, "record", "--pid", str(self._stack.services[name].popen.pid), "--subprocesses",
-                 "--format", "raw", "--rate", "100", "--nonblocking", "-o", str(out)],
+                 "--format", "raw", "--rate", "200", "--gil", "--nonblocking", "-o", str(out)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(self._outdir / f"{name}.err").open("wb"),
             )
         time.sleep(0.5)  # py-spy attaches
@@ -614,35 +633,44 @@ class Profiler:
 
 
 def hot_spots(path: Path, top: int) -> dict[str, Any]:
-    """Functions by share of samples from a py-spy raw (collapsed) file: own time and time including callees."""
+    """Shares of GIL-holding samples from a py-spy raw (collapsed) file.
+
+    ``own``: functions by their own time; ``packages``: own time by top-level package (``redis``,
+    ``asyncio``, ``delivery`` ...); ``ours``: Relay's functions including everything they call.
+    """
     own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
+    ours: collections.Counter[str] = collections.Counter()
     samples = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
-        count = int(count_text)
-        frames = [_function(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        frames = [_parse_frame(f) for f in stack.split(";") if not f.startswith(("process ", "thread "))]
         if not frames:
             continue
+        count = int(count_text)
         samples += count
-        own[frames[-1]] += count
-        for name in set(frames):
-            total[name] += count
-    share = lambda c: round(100 * c / samples, 1) if samples else 0.0  # noqa: E731
-    return {
-        "samples": samples,
-        "own": [(name, share(c)) for name, c in own.most_common(top)],
-        "total": [(name, share(c)) for name, c in total.most_common(top * 3) if share(c) < 99.5][:top],
-    }
+        func, module = frames[-1]
+        own[f"{module}:{func}"] += count
+        packages[module.split("/")[0].removesuffix(".py")] += count
+        for name in {f"{m}:{f}" for f, m in frames if m.startswith(OUR_PACKAGES)}:
+            ours[name] += count
+
+    def shares(counter: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * c / samples, 1)) for name, c in counter.most_common(top)]
+
+    return {"samples": samples, "own": shares(own), "packages": shares(packages), "ours": shares(ours)}
 
 
-def _function(frame: str) -> str:
-    """``func (path/to/module.py:123)`` -> ``module.py:func``."""
+# Relay's own packages, as py-spy names their files.
+OUR_PACKAGES = ("delivery/", "service/", "schemas/")
+
+
+def _parse_frame(frame: str) -> tuple[str, str]:
+    """``func (pkg/module.py:123)`` -> (``func``, ``pkg/module.py``)."""
     func, _, where = frame.partition(" (")
-    filename = where.rstrip(")").rsplit(":", 1)[0]
-    return f"{Path(filename).name}:{func}" if filename else func
+    return func, where.rstrip(")").rsplit(":", 1)[0]
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -671,6 +699,8 @@ def print_report(result: dict[str, Any]) -> None:
     table.add_row("", "latency p50 / p99", f"{_ms(thr['p50_ms'])} / {_ms(thr['p99_ms'])}")
     table.add_row("", "delivered / missing / duplicates", f"{thr['delivered']} / {thr['missing']} / {thr['duplicates']}")
     table.add_row("", "signature check", thr["signature"])
+    per_task = thr["redis_calls_per_task"]
+    table.add_row("", "Redis commands per task", f"{sum(per_task.values()):.1f}")
     if thr["submit_errors"]:
         table.add_row("", "submit errors", str(thr["submit_errors"]))
     table.add_row("half rate", f"paced open loop at {paced['rate_per_s']:,}/s for {cfg['paced_s']:g} s",
@@ -694,19 +724,19 @@ def print_report(result: dict[str, Any]) -> None:
         ]
         cpu.add_row(group, *cells, f"{thr['cpu_us_per_task'][group]:,}")
     console.print(cpu)
+    top_calls = ", ".join(f"{k} {v:g}" for k, v in list(per_task.items())[:10])
+    console.print(f"Redis commands per task (throughput, incl. inside Lua): {top_calls}", highlight=False)
 
     for name, spots in result.get("profile", {}).items():
-        prof = Table(title=f"py-spy: {name} ({spots['samples']} samples, throughput phase)", title_justify="left")
-        prof.add_column("own time", overflow="fold")
-        prof.add_column("%", justify="right")
-        prof.add_column("including callees", overflow="fold")
-        prof.add_column("%", justify="right")
-        for i in range(max(len(spots["own"]), len(spots["total"]))):
-            a = spots["own"][i] if i < len(spots["own"]) else ("", "")
-            b = spots["total"][i] if i < len(spots["total"]) else ("", "")
-            prof.add_row(a[0], str(a[1]), b[0], str(b[1]))
-        console.print(prof)
-        console.print(f"  raw profile: {spots['file']}")
+        console.print(
+            f"\n[bold]py-spy --gil: {name}[/] ({spots['samples']} samples holding the GIL, throughput phase)"
+        )
+        for title, key in (("own time by package", "packages"), ("own time by function", "own"),
+                           ("Relay's functions, including callees", "ours")):
+            console.print(f"  {title}:", highlight=False)
+            for func, share in spots[key]:
+                console.print(f"    {share:5.1f}%  {func}", highlight=False, soft_wrap=True)
+        console.print(f"  raw: {spots['file']}", highlight=False, soft_wrap=True)
 
 
 def _ms(value: float | None) -> str:

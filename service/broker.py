@@ -25,7 +25,9 @@ def create_broker(settings: Settings) -> dramatiq.Broker:
     if url.startswith(("redis://", "rediss://", "unix://")):
         # Maintenance (requeueing a dead worker's messages) is driven by the worker's own heartbeat loop
         # (see service.worker), not left to Dramatiq's 0.1 % chance per fetch.
-        broker: dramatiq.Broker = RedisBroker(url=url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, maintenance_chance=0)
+        broker: dramatiq.Broker = RedisBroker(  # type: ignore[no-untyped-call]
+            url=url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, maintenance_chance=0
+        )
     elif url.startswith(("amqp://", "amqps://")):
         broker = RabbitmqBroker(url=url, confirm_delivery=True)
     else:

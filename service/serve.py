@@ -66,6 +66,7 @@ def serve(settings: Settings, *, host: str, port: int, processes: int, threads: 
         settings = msgspec.structs.replace(settings, **changes)
         env = {**os.environ, **settings.to_env()}
         relay = [sys.executable, "-m", "service.cli"]
+        names = ["api", "worker"]
         children.append(
             subprocess.Popen([*relay, "api", "--host", host, "--port", str(port)], env=env, start_new_session=True)
         )
@@ -78,12 +79,9 @@ def serve(settings: Settings, *, host: str, port: int, processes: int, threads: 
         )
         _banner(settings, host=host, port=port, embedded=embedded, creds=creds)
         while not stopping:
-            for child in children:
+            for name, child in zip(names, children, strict=True):
                 if child.poll() is not None:
-                    rich.print(
-                        f"[red]relay: a child process exited ({child.args[3]}, status {child.returncode}); "
-                        "stopping[/red]"
-                    )
+                    rich.print(f"[red]relay: the {name} process exited (status {child.returncode}); stopping[/red]")
                     stopping = True
             time.sleep(0.2)
         return 0
@@ -108,7 +106,7 @@ def _banner(
     settings: Settings, *, host: str, port: int, embedded: EmbeddedRedis | None, creds: dict[str, str] | None
 ) -> None:
     url = f"http://{host}:{port}"
-    lines = [f"[bold]Relay[/bold] is starting at [link={url}]{url}[/link]  (Ctrl-C stops everything)"]
+    lines = [f"Relay is starting at {url}  (Ctrl-C stops everything)"]
     if embedded is not None:
         lines.append(f"  Redis:        embedded, {embedded.url}, data in {embedded.dir}")
     else:
@@ -124,4 +122,5 @@ def _banner(
         '-H \'content-type: application/json\' -d \'{"kind": "echo", "input": {"hello": 1}}\''
     )
     lines.append(f"  API docs:     {url}/schema/swagger")
-    rich.print("\n".join(lines))
+    # Plain print: rich would wrap the curl line, and it must stay copy-pasteable.
+    print("\n".join(lines), flush=True)

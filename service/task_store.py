@@ -49,6 +49,10 @@ def move(record: TaskRecord, status: TaskStatus) -> None:
     record.status = status
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def idempotency_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -78,7 +82,7 @@ class TaskStore:
             claimed = await self._redis.set(idem, record.id, nx=True, ex=IDEMPOTENCY_TTL_S)
             if not claimed:
                 first_id = await self._redis.get(idem)
-                first = await self.get(first_id.decode()) if first_id else None
+                first = await self.get(_text(first_id)) if first_id else None
                 if first is not None:
                     return first
                 await self._redis.set(idem, record.id, ex=IDEMPOTENCY_TTL_S)

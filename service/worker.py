@@ -45,6 +45,8 @@ class Runtime:
     def __init__(self, settings: Settings, broker: dramatiq.Broker) -> None:
         self.settings = settings
         self.broker = broker
+        # httpx logs every request at INFO: too loud at thousands a second, and URLs may carry tokens.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.kinds: KindRegistry = load_kinds(settings.task_modules)
         self.redis = connect(settings.storage_url)
         ttl = settings.record_ttl_s

@@ -20,7 +20,6 @@ dramatiq.set_broker(broker)
 
 # Failures of the task itself end the task; what escapes the actor is Redis or the broker failing, so retry.
 run_task_actor = dramatiq.actor(
-    run_task,
     actor_name=ACTOR,
     queue_name=QUEUE,
     broker=broker,
@@ -28,4 +27,4 @@ run_task_actor = dramatiq.actor(
     min_backoff=1000,
     max_backoff=30_000,
     time_limit=ACTOR_TIME_LIMIT_MS,
-)
+)(run_task)
