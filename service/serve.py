@@ -102,6 +102,13 @@ def serve(settings: Settings, *, host: str, port: int, processes: int, threads: 
         rich.print("relay: stopped", file=sys.stderr)
 
 
+def _example_key(settings: Settings, creds: dict[str, str] | None) -> str:
+    """The key to show in the example: the generated dev key, else a placeholder (a configured key is not shown)."""
+    if creds is not None and settings.api_keys.get(creds["api_key"]) == DEV_TENANT:
+        return creds["api_key"]
+    return "<your API key>"
+
+
 def _banner(
     settings: Settings, *, host: str, port: int, embedded: EmbeddedRedis | None, creds: dict[str, str] | None
 ) -> None:
@@ -118,7 +125,7 @@ def _banner(
             lines.append(f"  admin token:  {creds['admin_token']}")
         lines.append(f"  (kept in {Path(settings.data_dir) / 'credentials.json'})")
     lines.append(
-        f"  try:          curl -s -X POST {url}/v1/tasks -H 'Authorization: Bearer <dev API key>' "
+        f"  try:          curl -s -X POST {url}/v1/tasks -H 'Authorization: Bearer {_example_key(settings, creds)}' "
         '-H \'content-type: application/json\' -d \'{"kind": "echo", "input": {"hello": 1}}\''
     )
     lines.append(f"  API docs:     {url}/schema/swagger")

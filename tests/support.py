@@ -150,19 +150,26 @@ class Receiver:
     """A real HTTP receiver (aiohttp, in a thread) that records every webhook.
 
     ``responses[path]`` is a list of (status, headers) answers used in turn; the last one repeats.
-    Paths without a script answer 200.
+    Paths without a script answer 200. ``delays[path]`` likewise lists seconds to hold each request
+    (recorded on arrival) before answering; the last one repeats; paths without one answer at once.
     """
 
     port: int
     received: list[Received] = field(default_factory=list)
     responses: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    delays: dict[str, list[float]] = field(default_factory=dict)
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def script(self, path: str, *answers: int | tuple[int, dict[str, str]]) -> str:
         self.responses[path] = [a if isinstance(a, tuple) else (a, {}) for a in answers]
+        return self.url(path)
+
+    def delay(self, path: str, *seconds: float) -> str:
+        """Hold the requests to ``path`` these many seconds in turn (the last repeats) before answering."""
+        self.delays[path] = list(seconds)
         return self.url(path)
 
     def on(self, path: str) -> list[Received]:
@@ -175,12 +182,12 @@ class Receiver:
 
 
 @contextmanager
-def run_receiver() -> Iterator[Receiver]:
+def run_receiver(port: int | None = None) -> Iterator[Receiver]:
     import asyncio
 
     from aiohttp import web
 
-    receiver = Receiver(port=free_port())
+    receiver = Receiver(port=port or free_port())
     loop = asyncio.new_event_loop()
     started = threading.Event()
 
@@ -193,6 +200,10 @@ def run_receiver() -> Iterator[Receiver]:
                 status, headers = answers.pop(0) if len(answers) > 1 else answers[0]
             else:
                 status, headers = 200, {}
+            delays = receiver.delays.get(request.path)
+            delay_s = (delays.pop(0) if len(delays) > 1 else delays[0]) if delays else 0.0
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         return web.Response(status=status, headers=headers)
 
     app = web.Application()
@@ -260,3 +271,29 @@ class Api:
 
     def close(self) -> None:
         self.client.close()
+
+
+def webhook_attempts(api: Api, task_id: str, key: str = "key-acme") -> list[dict[str, Any]]:
+    """The webhook attempts of a task, as ``GET /v1/tasks/{id}/deliveries`` lists them."""
+    response = api.get(f"/v1/tasks/{task_id}/deliveries", key=key)
+    assert response.status_code == 200, response.text
+    return [a for a in response.json()["attempts"] if a["channel"] == "webhook"]
+
+
+def dead_letters(api: Api, key: str = "admin-token", **params: Any) -> list[dict[str, Any]]:
+    """One page of ``GET /v1/dead-letters`` with these query parameters."""
+    response = api.get("/v1/dead-letters", key=key, params=params)
+    assert response.status_code == 200, response.text
+    return list(response.json()["items"])
+
+
+def wait_dead_letter(api: Api, task_id: str, *, timeout_s: float = 20.0, **match: Any) -> dict[str, Any]:
+    """Wait for the task's dead letter (optionally with fields equal to ``match``) and return it."""
+
+    def found() -> dict[str, Any] | None:
+        for item in dead_letters(api, task_id=task_id):
+            if all(item.get(name) == value for name, value in match.items()):
+                return item
+        return None
+
+    return dict(wait_until(found, timeout_s=timeout_s, message=f"a dead letter of {task_id} with {match}"))

@@ -1,0 +1,219 @@
+"""Settings from the environment (and relay.toml under serve): the contract's defaults, clear errors, round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from delivery.errors import ConfigError
+from service.settings import Settings, parse_api_keys
+
+
+def test_defaults_match_the_contract() -> None:
+    settings = Settings.from_env({})
+    assert settings.redis_url is None
+    assert settings.broker_url is None
+    assert settings.data_dir == "./.relay"
+    assert settings.api_keys == {}
+    assert settings.admin_token is None
+    assert settings.retry_schedule_s == (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+    assert settings.webhook_timeout_s == 15.0
+    assert settings.ws_ack_timeout_s == 10.0
+    assert settings.ws_ping_interval_s == 20.0
+    assert settings.ws_ping_timeout_s == 20.0
+    assert settings.event_retention_s == 86400
+    assert settings.allow_private_callbacks is False
+    assert settings.max_body_bytes == 262144
+    assert settings.task_modules == ()
+    assert settings.submit_rate == 0.0
+
+
+def test_only_relay_variables_are_read() -> None:
+    settings = Settings.from_env({"REDIS_URL": "redis://elsewhere:1/0", "MAX_BODY_BYTES": "5"})
+    assert settings.redis_url is None
+    assert settings.max_body_bytes == 262144
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env({
+        "RELAY_REDIS_URL": "redis://127.0.0.1:7000/1",
+        "RELAY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/",
+        "RELAY_DATA_DIR": "/tmp/relay-data",
+        "RELAY_API_KEYS": "acme=key-acme",
+        "RELAY_ADMIN_TOKEN": "adm",
+        "RELAY_RETRY_SCHEDULE": "0.5, 2,10",
+        "RELAY_WEBHOOK_TIMEOUT": "2.5",
+        "RELAY_WS_ACK_TIMEOUT": "3",
+        "RELAY_WS_PING_INTERVAL": "4",
+        "RELAY_WS_PING_TIMEOUT": "6",
+        "RELAY_EVENT_RETENTION": "60",
+        "RELAY_ALLOW_PRIVATE_CALLBACKS": "yes",
+        "RELAY_MAX_BODY_BYTES": "1024",
+        "RELAY_TASK_MODULES": " mod.a , mod.b ,",
+        "RELAY_SUBMIT_RATE": "2.5",
+    })
+    assert settings.redis_url == "redis://127.0.0.1:7000/1"
+    assert settings.effective_broker_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert settings.data_dir == "/tmp/relay-data"
+    assert settings.api_keys == {"key-acme": "acme"}
+    assert settings.admin_token == "adm"
+    assert settings.retry_schedule_s == (0.5, 2.0, 10.0)
+    assert settings.webhook_timeout_s == 2.5
+    assert settings.ws_ack_timeout_s == 3.0
+    assert settings.ws_ping_interval_s == 4.0
+    assert settings.ws_ping_timeout_s == 6.0
+    assert settings.event_retention_s == 60
+    assert settings.allow_private_callbacks is True
+    assert settings.max_body_bytes == 1024
+    assert settings.task_modules == ("mod.a", "mod.b")
+    assert settings.submit_rate == 2.5
+
+
+def test_broker_defaults_to_the_redis_url() -> None:
+    assert Settings.from_env({"RELAY_REDIS_URL": "redis://127.0.0.1:7000/0"}).effective_broker_url == (
+        "redis://127.0.0.1:7000/0"
+    )
+
+
+def test_no_redis_url_is_a_config_error_when_storage_is_needed() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(ConfigError, match="RELAY_REDIS_URL"):
+        _ = settings.storage_url
+    with pytest.raises(ConfigError, match="RELAY_REDIS_URL"):
+        _ = settings.effective_broker_url
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "on", " True "])
+def test_true_spellings(value: str) -> None:
+    assert Settings.from_env({"RELAY_ALLOW_PRIVATE_CALLBACKS": value}).allow_private_callbacks is True
+
+
+@pytest.mark.parametrize("value", ["0", "false", "False", "no", "off", ""])
+def test_false_spellings(value: str) -> None:
+    assert Settings.from_env({"RELAY_ALLOW_PRIVATE_CALLBACKS": value}).allow_private_callbacks is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "y", "enabled"])
+def test_a_bad_boolean_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="RELAY_ALLOW_PRIVATE_CALLBACKS"):
+        Settings.from_env({"RELAY_ALLOW_PRIVATE_CALLBACKS": value})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "RELAY_WEBHOOK_TIMEOUT",
+        "RELAY_WS_ACK_TIMEOUT",
+        "RELAY_WS_PING_INTERVAL",
+        "RELAY_WS_PING_TIMEOUT",
+        "RELAY_EVENT_RETENTION",
+        "RELAY_MAX_BODY_BYTES",
+        "RELAY_SUBMIT_RATE",
+    ],
+)
+@pytest.mark.parametrize("value", ["abc", "-1", "1O", "nan", "inf"])
+def test_a_bad_number_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("name", ["RELAY_WEBHOOK_TIMEOUT", "RELAY_MAX_BODY_BYTES", "RELAY_EVENT_RETENTION"])
+def test_zero_is_refused_where_it_cannot_work(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: "0"})
+
+
+def test_a_submit_rate_of_zero_means_no_limit() -> None:
+    assert Settings.from_env({"RELAY_SUBMIT_RATE": "0"}).submit_rate == 0.0
+
+
+@pytest.mark.parametrize("value", ["5,x", "5,,10", "-1,5", "nan", "5,inf"])
+def test_a_bad_retry_schedule_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="RELAY_RETRY_SCHEDULE"):
+        Settings.from_env({"RELAY_RETRY_SCHEDULE": value})
+
+
+def test_api_keys_map_each_key_to_its_tenant() -> None:
+    assert parse_api_keys(" acme = key-a , globex=key-g,acme=key-a2,") == {
+        "key-a": "acme",
+        "key-g": "globex",
+        "key-a2": "acme",
+    }
+    assert parse_api_keys("") == {}
+
+
+def test_an_api_key_may_contain_equals_signs() -> None:
+    assert parse_api_keys("acme=abc==") == {"abc==": "acme"}
+
+
+@pytest.mark.parametrize("value", ["acme", "=key", "acme=", "acme= ", "acme=k,globex"])
+def test_a_malformed_api_key_entry_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="RELAY_API_KEYS"):
+        Settings.from_env({"RELAY_API_KEYS": value})
+
+
+def test_one_key_for_two_tenants_is_refused() -> None:
+    with pytest.raises(ConfigError, match="RELAY_API_KEYS"):
+        Settings.from_env({"RELAY_API_KEYS": "acme=shared,globex=shared"})
+
+
+def test_relay_toml_values_sit_under_the_environment(tmp_path: Path) -> None:
+    toml = tmp_path / "relay.toml"
+    toml.write_text(
+        'max_body_bytes = 2048\n'
+        'RELAY_WEBHOOK_TIMEOUT = 3.5\n'
+        'allow_private_callbacks = true\n'
+        'retry_schedule = [1, 2.5, 10]\n'
+        'api_keys = "acme=from-toml"\n'
+        'submit_rate = 4\n'
+    )
+    settings = Settings.from_env({"RELAY_MAX_BODY_BYTES": "4096", "RELAY_SUBMIT_RATE": "1"}, toml_path=toml)
+    assert settings.max_body_bytes == 4096  # the environment wins
+    assert settings.submit_rate == 1.0
+    assert settings.webhook_timeout_s == 3.5  # the file fills in the rest
+    assert settings.allow_private_callbacks is True
+    assert settings.retry_schedule_s == (1.0, 2.5, 10.0)
+    assert settings.api_keys == {"from-toml": "acme"}
+
+
+def test_a_missing_relay_toml_is_ignored(tmp_path: Path) -> None:
+    assert Settings.from_env({}, toml_path=tmp_path / "relay.toml") == Settings.from_env({})
+
+
+def test_a_bad_value_in_relay_toml_names_the_variable(tmp_path: Path) -> None:
+    toml = tmp_path / "relay.toml"
+    toml.write_text('max_body_bytes = "lots"\n')
+    with pytest.raises(ConfigError, match="RELAY_MAX_BODY_BYTES"):
+        Settings.from_env({}, toml_path=toml)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {
+            "RELAY_REDIS_URL": "redis://127.0.0.1:7000/0",
+            "RELAY_BROKER_URL": "amqp://127.0.0.1:5672/",
+            "RELAY_DATA_DIR": "/var/lib/relay",
+            "RELAY_API_KEYS": "acme=key-a,globex=key-g,acme=key-a2",
+            "RELAY_ADMIN_TOKEN": "adm",
+            "RELAY_RETRY_SCHEDULE": "0.1,0.2,1.5,3600",
+            "RELAY_WEBHOOK_TIMEOUT": "0.75",
+            "RELAY_WS_ACK_TIMEOUT": "1.25",
+            "RELAY_WS_PING_INTERVAL": "5",
+            "RELAY_WS_PING_TIMEOUT": "7",
+            "RELAY_EVENT_RETENTION": "120",
+            "RELAY_ALLOW_PRIVATE_CALLBACKS": "true",
+            "RELAY_MAX_BODY_BYTES": "999",
+            "RELAY_TASK_MODULES": "a.b,c",
+            "RELAY_SUBMIT_RATE": "0.3",
+        },
+    ],
+    ids=["defaults", "everything-set"],
+)
+def test_to_env_rebuilds_the_same_settings(env: dict[str, str]) -> None:
+    settings = Settings.from_env(env)
+    child_env = settings.to_env()
+    assert all(name.startswith("RELAY_") for name in child_env)
+    assert Settings.from_env(child_env) == settings
