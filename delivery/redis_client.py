@@ -7,6 +7,8 @@ task cancellation; Relay turns it off and bounds its own blocking calls instead.
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 # Connections one process may open; the API and the engine pipeline their commands, so few are needed.
 DEFAULT_MAX_CONNECTIONS = 64
@@ -19,4 +21,7 @@ def connect(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> aior
         socket_connect_timeout=5,
         max_connections=max_connections,
         health_check_interval=30,
+        # from_url leaves redis-py with no retries: after a Redis restart every pooled connection would fail
+        # its next command (a 500 from the API). Reconnect and retry connection errors a few times instead.
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
     )

@@ -7,9 +7,12 @@ pool slows sharply with many requests in flight (see ``scripts/bench``). Connect
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Sequence
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -56,10 +59,8 @@ class WebhookSender:
             return AttemptResult(None, str(exc), _ms_since(started), forbidden=True)
         except InvalidCallbackUrl as exc:
             return AttemptResult(None, f"invalid URL: {exc}", _ms_since(started), forbidden=True)
-        except httpx.TimeoutException:
-            return AttemptResult(None, "timed out", _ms_since(started))
         except httpx.HTTPError as exc:
-            return AttemptResult(None, _describe(exc), _ms_since(started))
+            return AttemptResult(None, _describe_transport_error(exc), _ms_since(started))
         except OSError as exc:  # DNS failures surface from the guarded resolver as OSError
             return AttemptResult(None, _describe(exc), _ms_since(started))
         retry_after = None
@@ -71,6 +72,21 @@ class WebhookSender:
 
 def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _describe_transport_error(exc: httpx.HTTPError) -> str:
+    # httpx-aiohttp maps every aiohttp connection error, "connection refused" included, to ConnectTimeout:
+    # look at the aiohttp error underneath to say what really happened.
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        errno = cause.os_error.errno
+        reason = os.strerror(errno).lower() if errno else str(cause.os_error)
+        return f"cannot connect: {reason}"[:MAX_ERROR_CHARS]
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return "the receiver closed the connection without answering"
+    if isinstance(exc, httpx.TimeoutException) or isinstance(cause, asyncio.TimeoutError):
+        return "timed out"
+    return _describe(cause if cause is not None else exc)
 
 
 def _describe(exc: BaseException) -> str:

@@ -383,6 +383,22 @@ class Client:
         while time.monotonic() < deadline and await self.received(session) < expected:
             await asyncio.sleep(0.05)
 
+    async def explain(self, session: aiohttp.ClientSession, task_ids: list[str]) -> list[dict[str, Any]]:
+        """What Relay says about tasks whose webhook never arrived: status and delivery attempts."""
+        found = []
+        for task_id in task_ids:
+            url = f"{self.urls['api']}/v1/tasks/{task_id}"
+            async with session.get(url, headers=self._auth) as response:
+                task = await response.json() if response.status == 200 else {"status": f"HTTP {response.status}"}
+            async with session.get(url + "/deliveries", headers=self._auth) as response:
+                attempts = (await response.json()).get("attempts", []) if response.status == 200 else []
+            found.append({
+                "task_id": task_id,
+                "status": task.get("status"),
+                "attempts": [{k: a.get(k) for k in ("status_code", "error", "outcome") if k in a} for a in attempts],
+            })
+        return found
+
     async def signing_secret(self, session: aiohttp.ClientSession) -> str:
         async with session.get(self.urls["api"] + "/v1/signing-secret", headers=self._auth) as response:
             return str((await response.json())["secret"])
@@ -481,7 +497,7 @@ async def phase_throughput(
         client.errors.clear()
         if profile is not None:
             profile.start()
-        calls0 = await asyncio.to_thread(redis_calls, client.urls["redis"])
+        calls0 = redis_calls(client.urls["redis"])  # blocks the loop a moment, with nothing in flight
         cpu0 = meter.read()
         first = time.time()
         await run_closed(n, concurrency, one)
@@ -489,12 +505,13 @@ async def phase_throughput(
         await client.wait_for(session, len(sent), drain_timeout_s)
         ended = time.time()
         cpu = meter.diff(cpu0, meter.read())
-        calls = await asyncio.to_thread(redis_calls, client.urls["redis"]) - calls0
+        calls = redis_calls(client.urls["redis"]) - calls0
         calls.subtract({"info": 1})
         if profile is not None:
             profile.stop()
         drained = await client.drain(session)
         signature = await check_signature(client, session, drained.sample)
+        unexplained = await client.explain(session, [t for t in sent if t not in drained.arrivals][:3])
     arrived = [drained.arrivals[t] for t in sent if t in drained.arrivals]
     last = max(arrived) if arrived else ended
     return {
@@ -508,6 +525,7 @@ async def phase_throughput(
         "duplicates": drained.dupes,
         "not_succeeded": drained.not_succeeded,
         "signature": signature,
+        "missing_sample": unexplained,
         "cpu_s": cpu,
         "cpu_us_per_task": {k: round(v / max(1, len(arrived)) * 1e6) for k, v in cpu.items()},
         "redis_calls_per_task": {
@@ -703,6 +721,8 @@ def print_report(result: dict[str, Any]) -> None:
     table.add_row("", "Redis commands per task", f"{sum(per_task.values()):.1f}")
     if thr["submit_errors"]:
         table.add_row("", "submit errors", str(thr["submit_errors"]))
+    for missing in thr["missing_sample"]:
+        table.add_row("", f"missing {missing['task_id']}", f"{missing['status']}, {len(missing['attempts'])} attempts")
     table.add_row("half rate", f"paced open loop at {paced['rate_per_s']:,}/s for {cfg['paced_s']:g} s",
                   f"{paced['accepted']:,} tasks")
     table.add_row("", "latency p50 / p99", f"{_ms(paced['p50_ms'])} / {_ms(paced['p99_ms'])}")
@@ -778,9 +798,7 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-async def run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    log("starting redis, receiver, api, worker ...")
-    urls = await asyncio.to_thread(start_stack, stack, args)
+async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     client, meter = Client(urls), CpuMeter(stack)
     meter.read()  # learn every process of each tree
 
@@ -829,8 +847,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     failed = True
     try:
+        log("starting redis, receiver, api, worker ...")
+        urls = start_stack(stack, args)
         with asyncio.Runner(loop_factory=new_loop) as runner:
-            result = runner.run(run(stack, args))
+            result = runner.run(run(stack, urls, args))
         failed = False
     except KeyboardInterrupt:
         log("interrupted")

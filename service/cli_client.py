@@ -46,6 +46,8 @@ DEFAULT_POLL_INTERVAL_S = 0.3
 TASK_CHECK_INTERVAL_S = 5.0
 # Characters of a last status/error the list table keeps.
 LAST_OUTCOME_WIDTH = 40
+# Columns rich may use when stdout is not a terminal, so piped rows keep to one line each.
+PIPE_WIDTH = 1000
 
 URL_ENV = "RELAY_URL"
 ADMIN_TOKEN_ENV = "RELAY_ADMIN_TOKEN"  # noqa: S105 (a variable name, not a secret)
@@ -209,8 +211,12 @@ _reason_option = click.option(
     "--reason", type=click.Choice([r.value for r in DeadLetterReason]), help="Only dead letters with this reason."
 )
 _tenant_option = click.option("--tenant", metavar="T", help="Only this tenant's dead letters.")
-_since_option = click.option("--since", type=Rfc3339(), help="Only dead letters that died at or after this time.")
-_until_option = click.option("--until", type=Rfc3339(), help="Only dead letters that died before this time.")
+_since_option = click.option(
+    "--since", type=Rfc3339(), help="Only dead letters that died at or after this time (UTC unless it has an offset)."
+)
+_until_option = click.option(
+    "--until", type=Rfc3339(), help="Only dead letters that died before this time (UTC unless it has an offset)."
+)
 
 
 def _check_selection(ids: Sequence[str], all_: bool, filters: Mapping[str, object]) -> None:
@@ -242,6 +248,11 @@ def _last_outcome(letter: DeadLetter) -> str:
     return _shorten(": ".join(parts), LAST_OUTCOME_WIDTH) if parts else "-"
 
 
+def _stdout() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPE_WIDTH)
+
+
 def _pretty(value: object) -> str:
     return msgspec.json.format(_ENCODER.encode(value), indent=2).decode()
 
@@ -254,7 +265,7 @@ def _dead_letter_table(letters: Sequence[DeadLetter]) -> Table:
         Column("reason", overflow="fold"),
         Column("attempts", justify="right"),
         Column("last status/error", overflow="fold"),
-        Column("dead at"),
+        Column("dead at", overflow="fold"),
         Column("replays", justify="right"),
     )
     for letter in letters:
@@ -391,7 +402,7 @@ def list_dead_letters(
             return
         found = list(letters)
     if found:
-        Console().print(_dead_letter_table(found))
+        _stdout().print(_dead_letter_table(found))
     else:
         click.echo("No dead letters.")
 
@@ -413,7 +424,7 @@ def show(dead_letter_id: str, as_json: bool, url: str, token: str) -> None:
             return
         letter = _decode(response, DeadLetter)
         attempts = _attempts_of(client, letter)
-    console = Console()
+    console = _stdout()
     console.print(_dead_letter_fields(letter))
     console.print(Text("\nevent", style="bold"))
     console.print(JSON.from_data(msgspec.to_builtins(letter.event)))

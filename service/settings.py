@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -122,6 +123,8 @@ def parse_api_keys(text: str) -> dict[str, str]:
         tenant, sep, key = item.partition("=")
         if not sep or not tenant.strip() or not key.strip():
             raise ValueError(f"RELAY_API_KEYS: {item!r} is not tenant=key")
+        if keys.get(key.strip(), tenant.strip()) != tenant.strip():
+            raise ValueError("RELAY_API_KEYS: the same key is given to two tenants")
         keys[key.strip()] = tenant.strip()
     return keys
 
@@ -133,8 +136,8 @@ def parse_schedule(text: str | None) -> tuple[float, ...]:
         schedule = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"RELAY_RETRY_SCHEDULE: {text!r} is not comma-separated seconds") from None
-    if any(s < 0 for s in schedule):
-        raise ValueError("RELAY_RETRY_SCHEDULE: delays cannot be negative")
+    if any(s < 0 or not math.isfinite(s) for s in schedule):
+        raise ValueError("RELAY_RETRY_SCHEDULE: delays must be finite and not negative")
     return schedule
 
 
@@ -153,6 +156,8 @@ def _non_negative(values: Mapping[str, str], name: str, default: float) -> float
         number = float(raw)
     except ValueError:
         raise ValueError(f"{name}: {raw!r} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: {raw!r} is not a finite number")
     if number < 0:
         raise ValueError(f"{name} cannot be negative")
     return number

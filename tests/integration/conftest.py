@@ -68,3 +68,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, "rep_" + report.when, report)
     return report
+
+
+StartCluster = Callable[..., Relay]
+
+
+@pytest.fixture
+def start_cluster(start_relay: StartRelay) -> Iterator[StartCluster]:
+    """``start_cluster(**RELAY_ENV)``: one API and one worker sharing these setting overrides."""
+    clients: list[Api] = []
+
+    def start(**env: str) -> Relay:
+        api = start_relay("api", wait=False, **env)
+        worker = start_relay("worker", wait=False, **env)
+        api.wait_ready()
+        worker.wait_ready()
+        clients.append(Api(api.url))
+        return Relay(api=api, worker=worker, client=clients[-1])
+
+    yield start
+    for client in clients:
+        client.close()

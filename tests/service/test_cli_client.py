@@ -554,7 +554,10 @@ def test_submit_wait_prints_the_result_and_exits_0(fake_api: FakeRelay) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"n": 1}
     assert "50.0% halfway" in result.stderr
-    assert len(fake_api.requests("GET", "/v1/tasks/")) >= 3  # two event polls, then the task
+    # Two polls of the events, then the task is read at once after the final one (no 5 s fallback).
+    (task_id,) = fake_api.tasks
+    paths = [s.path for s in fake_api.requests("GET", "/v1/tasks/")]
+    assert paths == [f"/v1/tasks/{task_id}/events"] * 2 + [f"/v1/tasks/{task_id}"]
 
 
 def test_submit_wait_exits_1_when_the_task_failed(fake_api: FakeRelay) -> None:
@@ -562,7 +565,8 @@ def test_submit_wait_exits_1_when_the_task_failed(fake_api: FakeRelay) -> None:
 
     assert result.exit_code == 1
     assert json.loads(result.stdout) == {"type": "RuntimeError", "message": "boom"}
-    assert stderr_lines(result)[-1].startswith("relay: task task_") and "failed: boom" in result.stderr
+    (task_id,) = fake_api.tasks
+    assert stderr_lines(result)[-1] == f"relay: task {task_id} failed: boom"
 
 
 def test_submit_needs_a_tenant_key_not_the_admin_token(fake_api: FakeRelay) -> None:
@@ -606,3 +610,12 @@ def test_a_rejected_token_shows_the_detail_but_never_the_token(fake_api: FakeRel
     assert result.exit_code == 1
     assert stderr_lines(result) == ["relay: No valid API key or admin token (HTTP 401)"]
     assert "wrong-token-123" not in result.output
+
+
+def test_submit_wait_gives_up_after_the_timeout(fake_api: FakeRelay) -> None:
+    result = run(submit, as_tenant(fake_api, "echo", "--wait", "--timeout", "0.1"))
+
+    assert result.exit_code == 1
+    (task_id,) = fake_api.tasks
+    assert stderr_lines(result)[-1] == f"relay: task {task_id} still not finished after 0.1 s"
+    assert result.stdout == ""

@@ -1,0 +1,303 @@
+"""The dead-letter store through the HTTP API and the `relay dlq` CLI: list, show, replay, delete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from tests.integration.conftest import Relay
+from tests.support import ROOT, Api, Receiver, dead_letters, wait_dead_letter, wait_until, webhook_attempts
+
+# Long enough for the retry of a replay (schedule 0.2 s) or a wrongly sent webhook to show up.
+QUIET_S = 1.0
+
+
+def make_dead_letter(
+    relay: Relay, receiver: Receiver, path: str, *answers: int, key: str = "key-acme"
+) -> dict[str, Any]:
+    """A task whose webhook to ``path`` dead-letters: a 410 first, then ``answers`` (for replays)."""
+    url = receiver.script(path, 410, *answers)
+    task = relay.client.submit("echo", {"path": path}, webhook=url, key=key)
+    return wait_dead_letter(relay.client, task["id"])
+
+
+def walk(api: Api, key: str, **params: Any) -> list[dict[str, Any]]:
+    """Every page of the dead-letter list; fails on a page visited twice or a list without an end."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(50):
+        query = dict(params, **({"cursor": cursor} if cursor else {}))
+        response = api.get("/v1/dead-letters", key=key, params=query)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+    raise AssertionError("the dead-letter list never ended with next_cursor null")
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_replay_of_one_dead_letter_delivers_the_same_event_and_removes_it(relay: Relay, receiver: Receiver) -> None:
+    dead = make_dead_letter(relay, receiver, "/back", 200)
+
+    response = relay.client.post(f"/v1/dead-letters/{dead['id']}/replay")
+
+    assert response.status_code == 202
+    assert response.json() == {"replayed": 1}
+    first, again = receiver.wait_for("/back", 2)
+    assert again.headers["webhook-id"] == first.headers["webhook-id"] == dead["event"]["id"]
+    assert again.body == first.body
+    wait_until(lambda: relay.client.get(f"/v1/dead-letters/{dead['id']}").status_code == 404,
+               message="the delivered dead letter to go away")
+    assert dead_letters(relay.client) == []
+    attempts = webhook_attempts(relay.client, dead["task_id"])
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "failed"), (2, "delivered")]
+
+
+def test_replay_that_fails_again_comes_back_with_replays_raised(relay: Relay, receiver: Receiver) -> None:
+    dead = make_dead_letter(relay, receiver, "/still-gone")
+
+    assert relay.client.post(f"/v1/dead-letters/{dead['id']}/replay").json() == {"replayed": 1}
+
+    again = wait_until(
+        lambda: (r := relay.client.get(f"/v1/dead-letters/{dead['id']}").json()) and r.get("replays") == 1 and r,
+        message="the dead letter to come back with replays 1",
+    )
+    assert len(receiver.on("/still-gone")) == 2
+    assert again["event"] == dead["event"]
+    assert again["reason"] == "endpoint_gone"
+    assert again["attempts"] == 2
+    assert [d["id"] for d in dead_letters(relay.client)] == [dead["id"]]
+
+
+def test_bulk_replay_dry_run_counts_and_sends_nothing(relay: Relay, receiver: Receiver) -> None:
+    gone_1 = make_dead_letter(relay, receiver, "/gone-1", 200)
+    gone_2 = make_dead_letter(relay, receiver, "/gone-2", 200)
+    exhausted = wait_dead_letter(
+        relay.client, relay.client.submit("echo", 1, webhook=receiver.script("/broken", 500))["id"]
+    )
+    globex_gone = make_dead_letter(relay, receiver, "/globex-gone", 200, key="key-globex")
+    sent_before = len(receiver.received)
+
+    def replay(body: dict[str, Any], key: str = "admin-token") -> dict[str, Any]:
+        response = relay.client.post("/v1/dead-letters/replay", json=body, key=key)
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    assert replay({"dry_run": True}) == {"matched": 4, "replayed": 0}
+    assert replay({"reason": "endpoint_gone", "dry_run": True}) == {"matched": 3, "replayed": 0}
+    assert replay({"reason": "endpoint_gone", "tenant": "acme", "dry_run": True}) == {"matched": 2, "replayed": 0}
+    assert replay({"reason": "retries_exhausted", "dry_run": True}, key="key-acme") == {"matched": 1, "replayed": 0}
+    assert replay({"dry_run": True}, key="key-globex") == {"matched": 1, "replayed": 0}
+    # A tenant's `tenant` filter never widens its view, even without dry_run.
+    assert replay({"tenant": "acme"}, key="key-globex") == {"matched": 0, "replayed": 0}
+
+    time.sleep(QUIET_S)
+    assert len(receiver.received) == sent_before
+    for dead in (gone_1, gone_2, exhausted):
+        assert all(a["outcome"] == "failed" for a in webhook_attempts(relay.client, dead["task_id"]))
+    assert len(webhook_attempts(relay.client, globex_gone["task_id"], key="key-globex")) == 1
+    assert len(dead_letters(relay.client)) == 4
+
+
+def test_bulk_replay_with_filters_replays_only_the_matching(relay: Relay, receiver: Receiver) -> None:
+    gone_1 = make_dead_letter(relay, receiver, "/gone-1", 200)
+    gone_2 = make_dead_letter(relay, receiver, "/gone-2", 200)
+    exhausted = wait_dead_letter(
+        relay.client, relay.client.submit("echo", 1, webhook=receiver.script("/broken", 500))["id"]
+    )
+    globex_gone = make_dead_letter(relay, receiver, "/globex-gone", 200, key="key-globex")
+    broken_before = len(receiver.on("/broken"))
+
+    response = relay.client.post("/v1/dead-letters/replay", json={"reason": "endpoint_gone", "tenant": "acme"},
+                                 key="admin-token")
+
+    assert response.status_code == 202
+    assert response.json() == {"matched": 2, "replayed": 2}
+    receiver.wait_for("/gone-1", 2)
+    receiver.wait_for("/gone-2", 2)
+    wait_until(lambda: {d["id"] for d in dead_letters(relay.client)} == {exhausted["id"], globex_gone["id"]},
+               message="only the unmatched dead letters to remain")
+    for dead in (gone_1, gone_2):
+        assert webhook_attempts(relay.client, dead["task_id"])[-1]["outcome"] == "delivered"
+    assert len(receiver.on("/globex-gone")) == 1
+    assert len(receiver.on("/broken")) == broken_before
+
+
+def test_list_filters_by_reason_tenant_task_and_time(relay: Relay, receiver: Receiver) -> None:
+    first = make_dead_letter(relay, receiver, "/a")
+    exhausted = wait_dead_letter(
+        relay.client, relay.client.submit("echo", 1, webhook=receiver.script("/broken", 500))["id"]
+    )
+    globex = make_dead_letter(relay, receiver, "/g", key="key-globex")
+    last = make_dead_letter(relay, receiver, "/b")
+
+    def ids(key: str = "admin-token", **params: Any) -> list[str]:
+        return [d["id"] for d in dead_letters(relay.client, key=key, **params)]
+
+    # Newest first.
+    assert ids() == [last["id"], globex["id"], exhausted["id"], first["id"]]
+    assert ids(reason="endpoint_gone") == [last["id"], globex["id"], first["id"]]
+    assert ids(reason="retries_exhausted") == [exhausted["id"]]
+    assert ids(tenant="globex") == [globex["id"]]
+    assert ids(tenant="acme", reason="endpoint_gone") == [last["id"], first["id"]]
+    assert ids(task_id=exhausted["task_id"]) == [exhausted["id"]]
+    assert ids(key="key-acme", task_id=globex["task_id"]) == []
+
+    dead_at = {d["id"]: datetime.fromisoformat(d["dead_at"]) for d in (first, exhausted, globex, last)}
+    between_first_and_exhausted = dead_at[first["id"]] + (dead_at[exhausted["id"]] - dead_at[first["id"]]) / 2
+    between_globex_and_last = dead_at[globex["id"]] + (dead_at[last["id"]] - dead_at[globex["id"]]) / 2
+    assert ids(since=iso(between_first_and_exhausted)) == [last["id"], globex["id"], exhausted["id"]]
+    assert ids(until=iso(between_first_and_exhausted)) == [first["id"]]
+    assert ids(since=iso(between_first_and_exhausted), until=iso(between_globex_and_last)) == [
+        globex["id"],
+        exhausted["id"],
+    ]
+    assert ids(since=iso(dead_at[last["id"]] + timedelta(seconds=1))) == []
+    assert relay.client.get("/v1/dead-letters", key="admin-token", params={"reason": "bogus"}).status_code == 422
+
+
+def test_pagination_walks_every_dead_letter_once(relay: Relay, receiver: Receiver) -> None:
+    made = [make_dead_letter(relay, receiver, f"/p{i}")["id"] for i in range(5)]
+
+    response = relay.client.get("/v1/dead-letters", key="admin-token", params={"limit": 2})
+    assert len(response.json()["items"]) == 2
+    assert response.json()["next_cursor"] is not None
+
+    walked = [d["id"] for d in walk(relay.client, "admin-token", limit=2)]
+    assert walked == list(reversed(made))
+    assert [d["id"] for d in walk(relay.client, "key-acme", limit=2)] == list(reversed(made))
+
+    bad = relay.client.get("/v1/dead-letters", key="admin-token", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 422
+    assert bad.json()["detail"]
+
+
+def test_tenants_see_only_their_own_dead_letters(relay: Relay, receiver: Receiver) -> None:
+    acme = make_dead_letter(relay, receiver, "/acme")
+    globex = make_dead_letter(relay, receiver, "/globex", key="key-globex")
+    path = f"/v1/dead-letters/{acme['id']}"
+
+    assert [d["id"] for d in dead_letters(relay.client, key="key-globex")] == [globex["id"]]
+    assert dead_letters(relay.client, key="key-globex", tenant="acme") == []
+    assert [d["id"] for d in dead_letters(relay.client, key="key-acme")] == [acme["id"]]
+    assert {d["id"] for d in dead_letters(relay.client, key="admin-token")} == {acme["id"], globex["id"]}
+    assert relay.client.get(path, key="key-acme").json()["id"] == acme["id"]
+
+    for response in (
+        relay.client.get(path, key="key-globex"),
+        relay.client.post(f"{path}/replay", key="key-globex"),
+        relay.client.delete(path, key="key-globex"),
+    ):
+        assert response.status_code == 404
+        assert response.json()["detail"]
+    assert relay.client.get("/v1/dead-letters", key="wrong-key").status_code == 401
+
+    time.sleep(QUIET_S)
+    assert len(receiver.on("/acme")) == 1  # globex's replay sent nothing
+    assert relay.client.get(path, key="admin-token").json()["replays"] == 0
+
+
+def test_delete_removes_a_dead_letter(relay: Relay, receiver: Receiver) -> None:
+    dead = make_dead_letter(relay, receiver, "/del")
+    path = f"/v1/dead-letters/{dead['id']}"
+
+    assert relay.client.delete(path).status_code == 204
+
+    assert relay.client.get(path).status_code == 404
+    assert relay.client.delete(path).status_code == 404
+    assert relay.client.post(f"{path}/replay").status_code == 404
+    assert dead_letters(relay.client) == []
+
+
+# --- the `relay dlq` CLI ------------------------------------------------------------------------
+
+
+def dlq(relay: Relay, *args: str, token: str = "admin-token") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["COLUMNS"] = "300"  # rich would fold long ids in a narrow table
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "dlq", *args, "--url", relay.api.url, "--token", token],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=False,
+    )
+
+
+def test_dlq_cli_lists_shows_replays_and_purges(relay: Relay, receiver: Receiver) -> None:
+    one = make_dead_letter(relay, receiver, "/one", 200)
+    two = make_dead_letter(relay, receiver, "/two", 200)
+    three = make_dead_letter(relay, receiver, "/three")
+
+    listed = dlq(relay, "list")
+    assert listed.returncode == 0, listed.stderr
+    for dead in (one, two, three):
+        assert dead["id"] in listed.stdout
+        assert dead["task_id"] in listed.stdout
+    assert "endpoint_gone" in listed.stdout
+
+    as_json = dlq(relay, "list", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    lines = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [d["id"] for d in lines] == [three["id"], two["id"], one["id"]]
+    assert lines[0] == relay.client.get(f"/v1/dead-letters/{three['id']}", key="admin-token").json()
+
+    shown = dlq(relay, "show", one["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert one["id"] in shown.stdout
+    assert one["url"] in shown.stdout
+    assert one["event"]["id"] in shown.stdout
+    assert "endpoint_gone" in shown.stdout
+    shown_by_owner = dlq(relay, "show", one["id"], token="key-acme")
+    assert shown_by_owner.returncode == 0, shown_by_owner.stderr
+    assert "410" in shown_by_owner.stdout.split("attempts")[-1]
+
+    dry = dlq(relay, "replay", "--all", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "3 would be replayed" in dry.stdout
+    time.sleep(QUIET_S)
+    assert len(receiver.on("/one")) == len(receiver.on("/two")) == 1
+
+    replayed = dlq(relay, "replay", one["id"], two["id"])
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 2 of 2" in replayed.stdout
+    assert receiver.wait_for("/one", 2)[-1].headers["webhook-id"] == one["event"]["id"]
+    assert receiver.wait_for("/two", 2)[-1].headers["webhook-id"] == two["event"]["id"]
+    wait_until(lambda: [d["id"] for d in dead_letters(relay.client)] == [three["id"]],
+               message="the replayed dead letters to be delivered and gone")
+
+    purged = dlq(relay, "purge", "--all")
+    assert purged.returncode == 0, purged.stderr
+    assert "deleted 1 of 1" in purged.stdout
+    assert dead_letters(relay.client) == []
+
+
+def test_dlq_cli_exit_status_for_a_missing_id_and_a_usage_error(relay: Relay, receiver: Receiver) -> None:
+    dead = make_dead_letter(relay, receiver, "/kept")
+
+    missing = dlq(relay, "show", "dl_missing")
+    assert missing.returncode == 1
+    assert "dl_missing" in missing.stderr
+
+    partly = dlq(relay, "replay", dead["id"], "dl_missing")
+    assert partly.returncode == 1
+    assert "replayed 1 of 2" in partly.stdout
+    assert "dl_missing" in partly.stderr
+
+    gone = dlq(relay, "purge", "dl_missing")
+    assert gone.returncode == 1
+
+    usage = dlq(relay, "replay")
+    assert usage.returncode == 2
+    assert "--all" in usage.stderr
+
+    both = dlq(relay, "purge", dead["id"], "--all")
+    assert both.returncode == 2
+    assert relay.client.get(f"/v1/dead-letters/{dead['id']}", key="admin-token").status_code == 200

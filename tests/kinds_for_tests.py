@@ -1,0 +1,36 @@
+"""Task kinds that only the tests load (RELAY_TASK_MODULES=tests.kinds_for_tests): the API and the workers run
+with cwd at the repository root, so this module imports as ``tests.kinds_for_tests`` in both."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+import msgspec
+
+from service.kinds import TaskContext, kind
+
+SLOW_TIME_LIMIT_S = 1.0
+
+
+@kind("slow", time_limit_s=SLOW_TIME_LIMIT_S)
+async def slow(data: object, ctx: TaskContext) -> str:
+    """Sleeps well past its own one-second time limit."""
+    await asyncio.sleep(5)
+    return "should not get here"
+
+
+class CountInput(msgspec.Struct, forbid_unknown_fields=True):
+    steps: Annotated[int, msgspec.Meta(ge=1, le=20)]
+
+
+@kind("count_sync", input_type=CountInput)
+def count_sync(data: CountInput, ctx: TaskContext) -> dict[str, int]:
+    """A plain (threaded) kind: counts to ``steps``, reporting progress after each step."""
+    total = 0
+    for step in range(1, data.steps + 1):
+        time.sleep(0.05)
+        total += step
+        ctx.progress_sync(100 * step / data.steps, f"step {step} of {data.steps}")
+    return {"steps": data.steps, "total": total}

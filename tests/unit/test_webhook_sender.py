@@ -1,0 +1,215 @@
+"""The webhook sender against a mocked transport: exact body, Standard Webhooks headers, and what it reports back."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import respx
+from standardwebhooks.webhooks import Webhook
+
+from delivery.signing import generate_secret
+from delivery.webhook import WebhookSender, create_client
+
+URL = "http://127.0.0.1:8123/hooks/relay?x=1"
+BODY = json.dumps({"id": "evt_1", "type": "task.completed", "data": {"result": "é ✓"}}, ensure_ascii=False).encode()
+MSG_ID = "evt_1"
+USER_AGENT = "relay/9.9.9"
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[respx.MockRouter]:
+    # using="httpx" swaps the transport of every httpx client, so the real create_client() is what is tested.
+    with respx.mock(using="httpx", assert_all_called=False) as router:
+        yield router
+
+
+def sender(client: httpx.AsyncClient, *, allow_private: bool = True) -> WebhookSender:
+    return WebhookSender(client=client, allow_private=allow_private, user_agent=USER_AGENT)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    http = create_client(timeout_s=2, allow_private=True)
+    yield http
+    await http.aclose()
+
+
+async def test_posts_the_exact_body_signed_with_standard_webhooks_headers(
+    mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    route = mock.post(URL).respond(204)
+    secret = generate_secret()
+    before = int(time.time())
+
+    result = await sender(client).send(URL, MSG_ID, BODY, [secret])
+
+    assert result.status_code == 204
+    assert result.ok
+    assert result.error is None
+    assert result.duration_ms >= 0
+    assert route.call_count == 1
+    request = route.calls.last.request
+    assert request.method == "POST"
+    assert str(request.url) == URL
+    assert request.content == BODY
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"] == USER_AGENT
+    assert request.headers["webhook-id"] == MSG_ID
+    assert before <= int(request.headers["webhook-timestamp"]) <= int(time.time())
+    assert Webhook(secret).verify(request.content, dict(request.headers)) == json.loads(BODY)
+
+
+async def test_two_live_secrets_give_two_signatures_each_verifying(
+    mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    route = mock.post(URL).respond(200)
+    old, new = generate_secret(), generate_secret()
+
+    await sender(client).send(URL, MSG_ID, BODY, [new, old])
+
+    request = route.calls.last.request
+    signatures = request.headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2
+    assert all(s.startswith("v1,") for s in signatures)
+    for secret in (old, new):
+        Webhook(secret).verify(request.content, dict(request.headers))
+    with pytest.raises(Exception, match="signature"):
+        Webhook(generate_secret()).verify(request.content, dict(request.headers))
+
+
+@pytest.mark.parametrize("status", [400, 404, 410, 500])
+async def test_reports_a_non_2xx_status_as_an_error(
+    mock: respx.MockRouter, client: httpx.AsyncClient, status: int
+) -> None:
+    mock.post(URL).respond(status)
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+    assert result.status_code == status
+    assert not result.ok
+    assert result.error == f"HTTP {status}"
+    assert result.retry_after_s is None
+    assert not result.forbidden
+
+
+async def test_measures_how_long_the_receiver_took(mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    import asyncio
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.15)
+        return httpx.Response(200)
+
+    mock.post(URL).mock(side_effect=slow)
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+    assert result.status_code == 200
+    assert 150 <= result.duration_ms < 5000
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectTimeout, httpx.ReadTimeout, httpx.PoolTimeout])
+async def test_a_timeout_is_status_none_with_an_error(
+    mock: respx.MockRouter, client: httpx.AsyncClient, error: type[Exception]
+) -> None:
+    mock.post(URL).mock(side_effect=error)
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+    assert result.status_code is None
+    assert result.error == "timed out"
+    assert not result.forbidden
+
+
+@pytest.mark.parametrize("error", [httpx.ConnectError("connection refused"), httpx.RemoteProtocolError("bad reply"),
+                                   ConnectionResetError("reset by peer")])
+async def test_a_connection_error_is_status_none_with_an_error(
+    mock: respx.MockRouter, client: httpx.AsyncClient, error: Exception
+) -> None:
+    mock.post(URL).mock(side_effect=error)
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+    assert result.status_code is None
+    assert result.error is not None
+    assert str(error) in result.error
+    assert not result.forbidden
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_parses_retry_after_seconds(mock: respx.MockRouter, client: httpx.AsyncClient, status: int) -> None:
+    mock.post(URL).respond(status, headers={"Retry-After": "120"})
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+    assert result.status_code == status
+    assert result.retry_after_s == 120.0
+
+
+async def test_parses_retry_after_as_an_http_date(mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    from email.utils import formatdate
+
+    mock.post(URL).respond(429, headers={"Retry-After": formatdate(time.time() + 600, usegmt=True)})
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+    assert result.retry_after_s is not None
+    assert 590 <= result.retry_after_s <= 601
+
+
+async def test_an_unreadable_retry_after_is_ignored_not_raised(
+    mock: respx.MockRouter, client: httpx.AsyncClient
+) -> None:
+    mock.post(URL).respond(429, headers={"Retry-After": "\u00b2".encode()})  # a superscript two
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+    assert result.status_code == 429
+    assert result.retry_after_s is None
+
+
+async def test_retry_after_on_other_statuses_is_not_read(mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
+    mock.post(URL).respond(500, headers={"Retry-After": "120"})
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+    assert result.retry_after_s is None
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_does_not_follow_redirects(mock: respx.MockRouter, client: httpx.AsyncClient, status: int) -> None:
+    route = mock.post(URL).respond(status, headers={"Location": "http://127.0.0.1:8123/elsewhere"})
+    elsewhere = mock.route(url__startswith="http://127.0.0.1:8123/elsewhere").respond(200)
+
+    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+
+    assert result.status_code == status
+    assert not result.ok
+    assert route.call_count == 1
+    assert not elsewhere.called
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8123/hook",
+        "http://2130706433:8123/hook",
+        "http://0x7f000001:8123/hook",
+        "http://127.1:8123/hook",
+        "http://[::1]:8123/hook",
+        "http://[::ffff:127.0.0.1]:8123/hook",
+        "http://0.0.0.0:8123/hook",
+    ],
+)
+async def test_refuses_a_private_literal_without_sending_anything(mock: respx.MockRouter, url: str) -> None:
+    catch_all = mock.route().respond(200)
+    http = create_client(timeout_s=2, allow_private=False)
+    try:
+        result = await sender(http, allow_private=False).send(url, MSG_ID, BODY, [generate_secret()])
+    finally:
+        await http.aclose()
+    assert result.forbidden
+    assert result.status_code is None
+    assert result.error is not None
+    assert "private, loopback" in result.error
+    assert not catch_all.called
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/hook", "/relative", "http://"])
+async def test_an_invalid_url_is_refused_without_sending_anything(
+    mock: respx.MockRouter, client: httpx.AsyncClient, url: str
+) -> None:
+    catch_all = mock.route().respond(200)
+    result = await sender(client).send(url, MSG_ID, BODY, [generate_secret()])
+    assert result.forbidden
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("invalid URL")
+    assert not catch_all.called
