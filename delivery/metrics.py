@@ -12,7 +12,6 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from delivery import keys
 from schemas.deliveries import Channel, DeliveryOutcome
 from schemas.tasks import TaskStatus
 
@@ -28,16 +27,14 @@ def delivery_counter(channel: Channel, outcome: DeliveryOutcome) -> str:
     return f"deliveries:{channel.value}:{outcome.value}"
 
 
-DEAD_LETTERED = "dead_letters:total"
+DEAD_LETTERED = "dead_letters:total"  # also written by record_attempt.lua
 REPLAYED = "dead_letters:replayed"
 
 
-def add_latency(pipe: Any, seconds: float) -> None:
-    """Record one delivery latency on a pipeline."""
+def latency_bucket(seconds: float) -> str:
+    """The field of ``relay:latency`` that counts a delivery this late (buckets are not cumulative there)."""
     index = bisect.bisect_left(LATENCY_BUCKETS_S, seconds)
-    bucket = repr(LATENCY_BUCKETS_S[index]) if index < len(LATENCY_BUCKETS_S) else "+Inf"
-    pipe.hincrby(keys.LATENCY, bucket, 1)
-    pipe.hincrbyfloat(keys.LATENCY, "sum", seconds)
+    return repr(LATENCY_BUCKETS_S[index]) if index < len(LATENCY_BUCKETS_S) else "+Inf"
 
 
 def families(

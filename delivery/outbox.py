@@ -23,7 +23,8 @@ from delivery.records import PendingDelivery
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 
-_CLAIM_LUA = (Path(__file__).with_name("claim_due.lua")).read_text()
+_CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
+_RECORD_LUA = Path(__file__).with_name("record_attempt.lua").read_text()
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
 
@@ -34,15 +35,11 @@ class Outbox:
         self._lease_s = lease_s
         self._attempts_ttl_s = attempts_ttl_s
         self._claim = redis.register_script(_CLAIM_LUA)
+        self._record = redis.register_script(_RECORD_LUA)
 
     @property
     def lease_s(self) -> float:
         return self._lease_s
-
-    def stage(self, pipe: Any, delivery: PendingDelivery, *, due_at: float) -> None:
-        """Add the commands that owe ``delivery`` to a pipeline (the caller executes it)."""
-        pipe.set(keys.delivery(delivery.event_id), _encode(delivery))
-        pipe.zadd(keys.DUE, {delivery.event_id: due_at})
 
     async def claim(self, *, limit: int, now: float | None = None) -> list[PendingDelivery]:
         moment = time.time() if now is None else now
@@ -55,7 +52,7 @@ class Outbox:
     async def record(
         self, delivery: PendingDelivery, attempt: Attempt, decision: Decision, *, now: float | None = None
     ) -> DeadLetter | None:
-        """Write an attempt and what follows it in one transaction; return the dead letter if it died."""
+        """Write an attempt and what follows it in one step; return the dead letter if it died."""
         moment = time.time() if now is None else now
         delivery.attempts = attempt.attempt
         delivery.run_attempts += 1
@@ -64,40 +61,51 @@ class Outbox:
         if delivery.first_attempt_at is None:
             delivery.first_attempt_at = attempt.at
         dead: DeadLetter | None = None
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(keys.attempts(delivery.task_id), _encode(attempt))
-            pipe.expire(keys.attempts(delivery.task_id), self._attempts_ttl_s)
-            pipe.hincrby(keys.STATS, metrics.delivery_counter(Channel.WEBHOOK, attempt.outcome), 1)
-            if decision.verdict is Verdict.RETRY:
-                pipe.set(keys.delivery(delivery.event_id), _encode(delivery))
-                pipe.zadd(keys.DUE, {delivery.event_id: moment + decision.delay_s})
-            else:
-                pipe.zrem(keys.DUE, delivery.event_id)
-                pipe.delete(keys.delivery(delivery.event_id))
-                if decision.verdict is Verdict.DELIVERED:
-                    created = delivery.event.created_at.timestamp()
-                    metrics.add_latency(pipe, max(0.0, moment - created))
-                    if delivery.dead_letter_id:
-                        unlink_dead_letter(pipe, delivery.dead_letter_id, delivery.tenant, delivery.event_id)
-                else:
-                    assert decision.reason is not None
-                    dead = DeadLetter(
-                        id=delivery.dead_letter_id or new_id("dl"),
-                        tenant=delivery.tenant,
-                        task_id=delivery.task_id,
-                        event=delivery.event,
-                        url=delivery.url,
-                        reason=decision.reason,
-                        attempts=delivery.attempts,
-                        last_status_code=attempt.status_code,
-                        last_error=attempt.error,
-                        first_attempt_at=delivery.first_attempt_at,
-                        dead_at=datetime.fromtimestamp(moment, UTC),
-                        replays=delivery.replays + (1 if delivery.dead_letter_id else 0),
-                    )
-                    link_dead_letter(pipe, dead)
-                    pipe.hincrby(keys.STATS, metrics.DEAD_LETTERED, 1)
-            await pipe.execute()
+        dl_id = delivery.dead_letter_id or ""
+        args: list[Any] = [
+            _encode(attempt),
+            self._attempts_ttl_s,
+            metrics.delivery_counter(Channel.WEBHOOK, attempt.outcome),
+            decision.verdict.value,
+            delivery.event_id,
+        ]
+        if decision.verdict is Verdict.RETRY:
+            args += [_encode(delivery), moment + decision.delay_s]
+        elif decision.verdict is Verdict.DELIVERED:
+            latency_s = max(0.0, moment - delivery.event.created_at.timestamp())
+            args += [metrics.latency_bucket(latency_s), latency_s, dl_id]
+        else:
+            assert decision.reason is not None
+            dead = DeadLetter(
+                id=dl_id or new_id("dl"),
+                tenant=delivery.tenant,
+                task_id=delivery.task_id,
+                event=delivery.event,
+                url=delivery.url,
+                reason=decision.reason,
+                attempts=delivery.attempts,
+                last_status_code=attempt.status_code,
+                last_error=attempt.error,
+                first_attempt_at=delivery.first_attempt_at,
+                dead_at=datetime.fromtimestamp(moment, UTC),
+                replays=delivery.replays + (1 if delivery.dead_letter_id else 0),
+            )
+            dl_id = dead.id
+            args += [_encode(dead), dl_id, dead.dead_at.timestamp() * 1000]
+        await self._record(
+            keys=[
+                keys.attempts(delivery.task_id),
+                keys.STATS,
+                keys.DUE,
+                keys.delivery(delivery.event_id),
+                keys.LATENCY,
+                keys.dead_letter(dl_id),
+                keys.DEAD_LETTERS,
+                keys.dead_letters_of(delivery.tenant),
+                keys.dead_letter_of_event(delivery.event_id),
+            ],
+            args=args,
+        )
         return dead
 
 
@@ -120,14 +128,6 @@ def webhook_attempt(
         error=error,
         duration_ms=duration_ms,
     )
-
-
-def link_dead_letter(pipe: Any, dead: DeadLetter) -> None:
-    score = dead.dead_at.timestamp() * 1000
-    pipe.set(keys.dead_letter(dead.id), _encode(dead))
-    pipe.zadd(keys.DEAD_LETTERS, {dead.id: score})
-    pipe.zadd(keys.dead_letters_of(dead.tenant), {dead.id: score})
-    pipe.set(keys.dead_letter_of_event(dead.event.id), dead.id)
 
 
 def unlink_dead_letter(pipe: Any, dl_id: str, tenant: str, event_id: str) -> None:

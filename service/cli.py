@@ -23,6 +23,16 @@ def _settings(*, toml: bool = False) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def _check_task_modules(settings: Settings) -> None:
+    """Fail at once, with the reason, on a RELAY_TASK_MODULES entry that cannot be imported (not deep in a child)."""
+    from service.kinds import load_kinds
+
+    try:
+        load_kinds(settings.task_modules)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="relay")
 def main() -> None:
@@ -57,6 +67,7 @@ def api(host: str, port: int, workers: int) -> None:
     settings = _settings()
     if settings.redis_url is None:
         raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
+    _check_task_modules(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "service.app:app_from_env",
@@ -81,6 +92,7 @@ def worker(processes: int, threads: int) -> None:
     settings = _settings()
     if settings.redis_url is None:
         raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
+    _check_task_modules(settings)
     argv = [
         sys.executable,
         "-m",

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 
 import dramatiq
 import redis.asyncio as aioredis
+from dramatiq.brokers.redis import RedisBroker
 
 from delivery.dead_letters import DeadLetterStore
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
+from schemas.tasks import TaskRecord
 from service.auth import Authenticator
-from service.broker import create_broker, enqueue_task
+from service.broker import RedisEnqueuer, create_broker, enqueue_task
 from service.kinds import KindRegistry, load_kinds
 from service.rate_limit import RateLimiter
 from service.settings import Settings
@@ -34,29 +36,45 @@ class ApiState:
     dead_letters: DeadLetterStore
     secrets: SecretStore
     rate_limiter: RateLimiter | None
+    redis_enqueuer: RedisEnqueuer | None
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:
         redis = connect(settings.storage_url)
         ttl = settings.record_ttl_s
         outbox = Outbox(redis=redis, lease_s=settings.webhook_timeout_s + 30, attempts_ttl_s=ttl)
+        broker = create_broker(settings)
         return cls(
             settings=settings,
             redis=redis,
-            broker=create_broker(settings),
+            broker=broker,
             kinds=load_kinds(settings.task_modules),
             auth=Authenticator(settings),
             tasks=TaskStore(redis=redis, record_ttl_s=ttl, retention_s=settings.event_retention_s),
-            events=EventLog(redis=redis),
+            events=EventLog(redis=redis, retention_s=settings.event_retention_s),
             outbox=outbox,
             dead_letters=DeadLetterStore(redis=redis, outbox=outbox),
             secrets=SecretStore(redis=redis),
             rate_limiter=RateLimiter(redis=redis, rate=settings.submit_rate) if settings.submit_rate > 0 else None,
+            # On a Redis broker in the storage Redis, the task and its message go in one round trip.
+            redis_enqueuer=RedisEnqueuer(broker, redis)
+            if isinstance(broker, RedisBroker) and settings.effective_broker_url == settings.storage_url
+            else None,
         )
 
-    async def enqueue(self, task_id: str) -> None:
-        # Dramatiq's brokers are blocking clients: keep them off the event loop.
-        await asyncio.to_thread(enqueue_task, self.broker, task_id)
+    async def create_task(self, record: TaskRecord, *, idempotency_key: str | None) -> TaskRecord:
+        """Store ``record`` and enqueue it (or return the task an Idempotency-Key already made)."""
+        if self.redis_enqueuer is not None:
+            return await self.tasks.create(record, idempotency_key=idempotency_key, enqueue=self.redis_enqueuer.stage)
+        stored = await self.tasks.create(record, idempotency_key=idempotency_key)
+        if stored.id == record.id:
+            try:
+                # Dramatiq's other brokers are blocking clients: keep them off the event loop.
+                await asyncio.to_thread(enqueue_task, self.broker, record.id)
+            except BaseException:
+                await self.tasks.discard(record)
+                raise
+        return stored
 
     async def close(self) -> None:
         await asyncio.to_thread(self.broker.close)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,9 +17,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.event_log import stage_event
+from delivery.event_log import EventLog
 from delivery.ids import new_id
-from delivery.outbox import Outbox
 from delivery.records import PendingDelivery
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
@@ -31,7 +31,7 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TaskRecord).decode
 
 _ALLOWED = {
-    TaskStatus.QUEUED: {TaskStatus.RUNNING, TaskStatus.FAILED},
+    TaskStatus.QUEUED: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED},
     TaskStatus.RUNNING: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED},
     TaskStatus.SUCCEEDED: set(),
     TaskStatus.FAILED: set(),
@@ -61,7 +61,7 @@ class TaskStore:
     def __init__(self, *, redis: aioredis.Redis, record_ttl_s: int, retention_s: int) -> None:
         self._redis = redis
         self._record_ttl_s = record_ttl_s
-        self._retention_s = retention_s
+        self._log = EventLog(redis=redis, retention_s=retention_s)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -75,8 +75,17 @@ class TaskStore:
         record = await self.get(task_id)
         return record if record is not None and record.tenant == tenant else None
 
-    async def create(self, record: TaskRecord, *, idempotency_key: str | None) -> TaskRecord:
-        """Store a new task; with a key already used by this tenant, return that key's task instead."""
+    async def create(
+        self,
+        record: TaskRecord,
+        *,
+        idempotency_key: str | None,
+        enqueue: Callable[[Any, str], Awaitable[None]] | None = None,
+    ) -> TaskRecord:
+        """Store a new task; with a key already used by this tenant, return that key's task instead.
+
+        ``enqueue(pipe, task_id)`` may add the broker's enqueue command to the same round trip, after the record.
+        """
         if idempotency_key is not None:
             idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key))
             claimed = await self._redis.set(idem, record.id, nx=True, ex=IDEMPOTENCY_TTL_S)
@@ -86,9 +95,11 @@ class TaskStore:
                 if first is not None:
                     return first
                 await self._redis.set(idem, record.id, ex=IDEMPOTENCY_TTL_S)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
             pipe.hincrby(keys.STATS, metrics.task_counter("submitted"), 1)
+            if enqueue is not None:
+                await enqueue(pipe, record.id)
             await pipe.execute()
         return record
 
@@ -104,14 +115,13 @@ class TaskStore:
     async def report_progress(self, record: TaskRecord, percent: float, message: str | None) -> Event:
         record.progress = Progress(percent=percent, message=message)
         event = self._next_event(record, EventType.PROGRESS, {"percent": percent, "message": message})
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
-            stage_event(pipe, event, retention_s=self._retention_s)
-            await pipe.execute()
+        await self._log.append(
+            event, task_key=keys.task(record.id), task_state=_encode(record), task_ttl_s=self._record_ttl_s
+        )
         return event
 
     async def finish(
-        self, record: TaskRecord, *, result: Any = None, error: TaskError | None = None, outbox: Outbox
+        self, record: TaskRecord, *, result: Any = None, error: TaskError | None = None, lease_s: float
     ) -> tuple[Event, PendingDelivery | None, list[str]]:
         """Record the final state and its event; stage the webhook leased to the caller.
 
@@ -131,16 +141,17 @@ class TaskStore:
         delivery = None
         if record.webhook is not None:
             delivery = PendingDelivery(tenant=record.tenant, task_id=record.id, url=record.webhook.url, event=event)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
-            stage_event(pipe, event, retention_s=self._retention_s)
-            pipe.hincrby(keys.STATS, metrics.task_counter(status.value), 1)
-            if delivery is not None:
-                outbox.stage(pipe, delivery, due_at=time.time() + outbox.lease_s)
-                pipe.get(keys.secrets(record.tenant))
-            replies = await pipe.execute()
-        secrets = live_secrets(replies[-1]) if delivery is not None else []
-        return event, delivery, secrets
+        raw_secrets = await self._log.append(
+            event,
+            task_key=keys.task(record.id),
+            task_state=_encode(record),
+            task_ttl_s=self._record_ttl_s,
+            stats_field=metrics.task_counter(status.value),
+            webhook=delivery,
+            lease_until=time.time() + lease_s,
+            tenant=record.tenant,
+        )
+        return event, delivery, live_secrets(raw_secrets)
 
     @staticmethod
     def _next_event(record: TaskRecord, event_type: EventType, data: Any) -> Event:

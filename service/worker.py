@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -24,7 +25,7 @@ from delivery.outbox import Outbox
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
-from schemas.tasks import TaskError, TaskRecord
+from schemas.tasks import TaskError, TaskRecord, TaskStatus
 from service import USER_AGENT
 from service.broker import HEARTBEAT_TIMEOUT_MS, QUEUE
 from service.kinds import KindRegistry, TaskContext, load_kinds
@@ -33,6 +34,8 @@ from service.task_store import TaskStore
 
 log = logging.getLogger("relay.worker")
 
+# A task still running after this long is marked `running` (shorter ones go from queued to their end).
+RUNNING_AFTER_S = 0.05
 # How often a worker process tells the broker it is alive (and requeues the work of dead ones).
 HEARTBEAT_INTERVAL_S = 2.0
 
@@ -149,7 +152,7 @@ async def run_task(task_id: str) -> None:
     if record.status.finished:
         return  # a redelivered message of a task that already ended
     result, error = await _execute(rt, record)
-    _, delivery, secrets = await rt.tasks.finish(record, result=result, error=error, outbox=rt.outbox)
+    _, delivery, secrets = await rt.tasks.finish(record, result=result, error=error, lease_s=rt.outbox.lease_s)
     if delivery is not None:
         rt.engine.dispatch(delivery, secrets)
 
@@ -158,15 +161,26 @@ async def _execute(rt: Runtime, record: TaskRecord) -> tuple[Any, TaskError | No
     kind = rt.kinds.get(record.kind)
     if kind is None:
         return None, TaskError(type="UnknownKind", message=f"no task kind {record.kind!r} on this worker")
-    await rt.tasks.mark_running(record)
+    record.started_at = record.started_at or datetime.now(UTC)
 
     async def report(percent: float, message: str | None) -> None:
+        await mark_running()
         await rt.tasks.report_progress(record, percent, message)
+
+    async def mark_running() -> None:
+        if record.status is TaskStatus.QUEUED:
+            await rt.tasks.mark_running(record)
 
     ctx = TaskContext(task_id=record.id, report=report, loop=asyncio.get_running_loop())
     try:
         data = kind.parse_input(record.input)
-        result = await asyncio.wait_for(kind.run(data, ctx), timeout=kind.time_limit_s)
+        run = asyncio.ensure_future(asyncio.wait_for(kind.run(data, ctx), timeout=kind.time_limit_s))
+        # A task that ends within RUNNING_AFTER_S goes straight from queued to its end: nobody could have
+        # seen it running, and the write would cost every short task a round trip.
+        done, _ = await asyncio.wait({run}, timeout=RUNNING_AFTER_S)
+        if not done:
+            await mark_running()
+        result = await run
         msgspec.json.encode(result)  # a result that cannot be sent fails here, not in the webhook
     except TimeoutError:
         return None, TaskError(

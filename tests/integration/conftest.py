@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support import Api, Receiver, RelayProcess, relay_env, run_receiver
+
+if TYPE_CHECKING:
+    from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +94,37 @@ def start_cluster(start_relay: StartRelay) -> Iterator[StartCluster]:
     yield start
     for client in clients:
         client.close()
+
+
+@contextmanager
+def relay_for_many_tests(redis_server: RedisServer, **env: str) -> Iterator[Relay]:
+    """One API and one worker on a freshly flushed Redis, for a class- or module-scoped fixture.
+
+    Starting and stopping the pair takes seconds, so tests that do not care about each other's tasks share one.
+    Such tests must not use ``redis_url`` (it flushes) and must count what they check from their own tasks.
+    """
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    client.close()
+    api = RelayProcess("api", relay_env(redis_server.url, **env))
+    worker = RelayProcess("worker", relay_env(redis_server.url, **env), "--processes", "1", "--threads", "8")
+    try:
+        api.start(wait=False)
+        worker.start(wait=False)
+        api.wait_ready()
+        worker.wait_ready()
+        http = Api(api.url)
+        try:
+            yield Relay(api=api, worker=worker, client=http)
+        finally:
+            http.close()
+    finally:
+        for process in (api, worker):
+            process.signal_stop()
+        for process in (api, worker):
+            process.stop()
+            # Captured by pytest: shown with the report of the test whose teardown this is, if it failed.
+            print(f"----- relay {process.role} output -----\n{process.output()[-5000:]}")
+            process.log_path.unlink(missing_ok=True)

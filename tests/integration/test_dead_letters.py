@@ -56,8 +56,10 @@ def test_replay_of_one_dead_letter_delivers_the_same_event_and_removes_it(relay:
     first, again = receiver.wait_for("/back", 2)
     assert again.headers["webhook-id"] == first.headers["webhook-id"] == dead["event"]["id"]
     assert again.body == first.body
-    wait_until(lambda: relay.client.get(f"/v1/dead-letters/{dead['id']}").status_code == 404,
-               message="the delivered dead letter to go away")
+    wait_until(
+        lambda: relay.client.get(f"/v1/dead-letters/{dead['id']}").status_code == 404,
+        message="the delivered dead letter to go away",
+    )
     assert dead_letters(relay.client) == []
     attempts = webhook_attempts(relay.client, dead["task_id"])
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "failed"), (2, "delivered")]
@@ -79,7 +81,7 @@ def test_replay_that_fails_again_comes_back_with_replays_raised(relay: Relay, re
     assert [d["id"] for d in dead_letters(relay.client)] == [dead["id"]]
 
 
-def test_bulk_replay_dry_run_counts_and_sends_nothing(relay: Relay, receiver: Receiver) -> None:
+def test_bulk_replay_dry_run_counts_and_filters_choose_what_is_replayed(relay: Relay, receiver: Receiver) -> None:
     gone_1 = make_dead_letter(relay, receiver, "/gone-1", 200)
     gone_2 = make_dead_letter(relay, receiver, "/gone-2", 200)
     exhausted = wait_dead_letter(
@@ -108,29 +110,18 @@ def test_bulk_replay_dry_run_counts_and_sends_nothing(relay: Relay, receiver: Re
     assert len(webhook_attempts(relay.client, globex_gone["task_id"], key="key-globex")) == 1
     assert len(dead_letters(relay.client)) == 4
 
+    assert replay({"reason": "endpoint_gone", "tenant": "acme"}) == {"matched": 2, "replayed": 2}
 
-def test_bulk_replay_with_filters_replays_only_the_matching(relay: Relay, receiver: Receiver) -> None:
-    gone_1 = make_dead_letter(relay, receiver, "/gone-1", 200)
-    gone_2 = make_dead_letter(relay, receiver, "/gone-2", 200)
-    exhausted = wait_dead_letter(
-        relay.client, relay.client.submit("echo", 1, webhook=receiver.script("/broken", 500))["id"]
-    )
-    globex_gone = make_dead_letter(relay, receiver, "/globex-gone", 200, key="key-globex")
-    broken_before = len(receiver.on("/broken"))
-
-    response = relay.client.post("/v1/dead-letters/replay", json={"reason": "endpoint_gone", "tenant": "acme"},
-                                 key="admin-token")
-
-    assert response.status_code == 202
-    assert response.json() == {"matched": 2, "replayed": 2}
     receiver.wait_for("/gone-1", 2)
     receiver.wait_for("/gone-2", 2)
-    wait_until(lambda: {d["id"] for d in dead_letters(relay.client)} == {exhausted["id"], globex_gone["id"]},
-               message="only the unmatched dead letters to remain")
+    wait_until(
+        lambda: {d["id"] for d in dead_letters(relay.client)} == {exhausted["id"], globex_gone["id"]},
+        message="only the unmatched dead letters to remain",
+    )
     for dead in (gone_1, gone_2):
         assert webhook_attempts(relay.client, dead["task_id"])[-1]["outcome"] == "delivered"
     assert len(receiver.on("/globex-gone")) == 1
-    assert len(receiver.on("/broken")) == broken_before
+    assert len(receiver.on("/broken")) == 4
 
 
 def test_list_filters_by_reason_tenant_task_and_time(relay: Relay, receiver: Receiver) -> None:
@@ -222,16 +213,21 @@ def test_delete_removes_a_dead_letter(relay: Relay, receiver: Receiver) -> None:
 # --- the `relay dlq` CLI ------------------------------------------------------------------------
 
 
-def dlq(relay: Relay, *args: str, token: str = "admin-token") -> subprocess.CompletedProcess[str]:
+def dlq(relay: Relay, *args: str, auth: str = "admin-token") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env["COLUMNS"] = "300"  # rich would fold long ids in a narrow table
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "dlq", *args, "--url", relay.api.url, "--token", token],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=False,
+        [sys.executable, "-m", "service.cli", "dlq", *args, "--url", relay.api.url, "--token", auth],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 
-def test_dlq_cli_lists_shows_replays_and_purges(relay: Relay, receiver: Receiver) -> None:
+def test_dlq_cli_lists_shows_replays_and_purges_with_exit_status(relay: Relay, receiver: Receiver) -> None:
     one = make_dead_letter(relay, receiver, "/one", 200)
     two = make_dead_letter(relay, receiver, "/two", 200)
     three = make_dead_letter(relay, receiver, "/three")
@@ -255,7 +251,7 @@ def test_dlq_cli_lists_shows_replays_and_purges(relay: Relay, receiver: Receiver
     assert one["url"] in shown.stdout
     assert one["event"]["id"] in shown.stdout
     assert "endpoint_gone" in shown.stdout
-    shown_by_owner = dlq(relay, "show", one["id"], token="key-acme")
+    shown_by_owner = dlq(relay, "show", one["id"], auth="key-acme")
     assert shown_by_owner.returncode == 0, shown_by_owner.stderr
     assert "410" in shown_by_owner.stdout.split("attempts")[-1]
 
@@ -270,26 +266,24 @@ def test_dlq_cli_lists_shows_replays_and_purges(relay: Relay, receiver: Receiver
     assert "replayed 2 of 2" in replayed.stdout
     assert receiver.wait_for("/one", 2)[-1].headers["webhook-id"] == one["event"]["id"]
     assert receiver.wait_for("/two", 2)[-1].headers["webhook-id"] == two["event"]["id"]
-    wait_until(lambda: [d["id"] for d in dead_letters(relay.client)] == [three["id"]],
-               message="the replayed dead letters to be delivered and gone")
-
-    purged = dlq(relay, "purge", "--all")
-    assert purged.returncode == 0, purged.stderr
-    assert "deleted 1 of 1" in purged.stdout
-    assert dead_letters(relay.client) == []
-
-
-def test_dlq_cli_exit_status_for_a_missing_id_and_a_usage_error(relay: Relay, receiver: Receiver) -> None:
-    dead = make_dead_letter(relay, receiver, "/kept")
+    wait_until(
+        lambda: [d["id"] for d in dead_letters(relay.client)] == [three["id"]],
+        message="the replayed dead letters to be delivered and gone",
+    )
 
     missing = dlq(relay, "show", "dl_missing")
     assert missing.returncode == 1
     assert "dl_missing" in missing.stderr
 
-    partly = dlq(relay, "replay", dead["id"], "dl_missing")
+    partly = dlq(relay, "replay", "dl_missing", three["id"])
     assert partly.returncode == 1
     assert "replayed 1 of 2" in partly.stdout
     assert "dl_missing" in partly.stderr
+    receiver.wait_for("/three", 2)
+    wait_until(
+        lambda: relay.client.get(f"/v1/dead-letters/{three['id']}").json().get("replays") == 1,
+        message="the replayed dead letter to fail again",
+    )
 
     gone = dlq(relay, "purge", "dl_missing")
     assert gone.returncode == 1
@@ -298,6 +292,11 @@ def test_dlq_cli_exit_status_for_a_missing_id_and_a_usage_error(relay: Relay, re
     assert usage.returncode == 2
     assert "--all" in usage.stderr
 
-    both = dlq(relay, "purge", dead["id"], "--all")
+    both = dlq(relay, "purge", three["id"], "--all")
     assert both.returncode == 2
-    assert relay.client.get(f"/v1/dead-letters/{dead['id']}", key="admin-token").status_code == 200
+    assert [d["id"] for d in dead_letters(relay.client)] == [three["id"]]
+
+    purged = dlq(relay, "purge", "--all")
+    assert purged.returncode == 0, purged.stderr
+    assert "deleted 1 of 1" in purged.stdout
+    assert dead_letters(relay.client) == []

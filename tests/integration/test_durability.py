@@ -82,15 +82,15 @@ def test_task_of_a_worker_killed_mid_task_runs_again_and_is_delivered(
 def test_webhook_of_a_worker_killed_mid_delivery_is_sent_again(
     start_cluster: StartCluster, start_relay: StartRelay, receiver: Receiver
 ) -> None:
-    # The lease on an attempt is RELAY_WEBHOOK_TIMEOUT + 30 s; the receiver holds the first request
-    # well beyond the 1 s timeout, so the worker is killed while it is still waiting for the answer.
-    relay = start_cluster(RELAY_WEBHOOK_TIMEOUT="1")
+    # The lease on an attempt is RELAY_WEBHOOK_TIMEOUT + 30 s (32 s here). The receiver holds the first
+    # request beyond the 2 s timeout; the worker is killed well within it, while it waits for the answer.
+    relay = start_cluster(RELAY_WEBHOOK_TIMEOUT="2")
     url = receiver.delay("/slow", 10, 0)
     task = relay.client.submit("echo", {"at": "least once"}, webhook=url)
     receiver.wait_for("/slow", 1)
 
     relay.worker.kill()
-    start_relay("worker", RELAY_WEBHOOK_TIMEOUT="1")
+    start_relay("worker", RELAY_WEBHOOK_TIMEOUT="2")
 
     first, second = receiver.wait_for("/slow", 2, timeout_s=60)
     assert second.headers["webhook-id"] == first.headers["webhook-id"]

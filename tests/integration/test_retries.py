@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.integration.conftest import Relay
-from tests.support import Receiver, dead_letters, free_port, wait_dead_letter, webhook_attempts, wait_until
+from tests.support import Receiver, dead_letters, free_port, wait_dead_letter, wait_until, webhook_attempts
 
 
-def test_failed_webhook_is_retried_with_the_same_id_and_body_until_it_succeeds(relay: Relay, receiver: Receiver) -> None:
+def test_failed_webhook_is_retried_with_the_same_id_and_body_until_it_succeeds(
+    relay: Relay, receiver: Receiver
+) -> None:
     url = receiver.script("/hook", 500, 500, 200)
     task = relay.client.submit("echo", {"n": 1}, webhook=url)
 
@@ -31,20 +31,23 @@ def test_failed_webhook_is_retried_with_the_same_id_and_body_until_it_succeeds(r
     assert dead_letters(relay.client) == []
 
 
-@pytest.mark.parametrize("status", [429, 503])
-def test_retry_after_delays_the_next_attempt_beyond_the_schedule(
-    relay: Relay, receiver: Receiver, status: int
+def test_retry_after_on_429_and_503_delays_the_next_attempt_beyond_the_schedule(
+    relay: Relay, receiver: Receiver
 ) -> None:
-    url = receiver.script("/busy", (status, {"Retry-After": "2"}), 200)
-    task = relay.client.submit("echo", "hi", webhook=url)
+    tasks = {
+        status: relay.client.submit(
+            "echo", status, webhook=receiver.script(f"/busy-{status}", (status, {"Retry-After": "2"}), 200)
+        )
+        for status in (429, 503)
+    }
 
-    first, second = receiver.wait_for("/busy", 2, timeout_s=15)
-
-    # The schedule says 0.2 s; the receiver asked for 2 s.
-    assert second.at - first.at >= 2.0 - 0.02
-    assert second.headers["webhook-id"] == first.headers["webhook-id"]
-    attempts = wait_until(lambda: (a := webhook_attempts(relay.client, task["id"])) and len(a) == 2 and a)
-    assert [(a["status_code"], a["outcome"]) for a in attempts] == [(status, "failed"), (200, "delivered")]
+    for status, task in tasks.items():
+        first, second = receiver.wait_for(f"/busy-{status}", 2, timeout_s=15)
+        # The schedule says 0.2 s; the receiver asked for 2 s.
+        assert second.at - first.at >= 2.0 - 0.02
+        assert second.headers["webhook-id"] == first.headers["webhook-id"]
+        attempts = wait_until(lambda t=task: (a := webhook_attempts(relay.client, t["id"])) and len(a) == 2 and a)
+        assert [(a["status_code"], a["outcome"]) for a in attempts] == [(status, "failed"), (200, "delivered")]
 
 
 def test_410_dead_letters_without_retry(relay: Relay, receiver: Receiver) -> None:
@@ -65,11 +68,13 @@ def test_410_dead_letters_without_retry(relay: Relay, receiver: Receiver) -> Non
     assert [(a["status_code"], a["outcome"]) for a in attempts] == [(410, "failed")]
 
 
-def test_a_receiver_that_always_fails_ends_as_retries_exhausted(relay: Relay, receiver: Receiver) -> None:
-    url = receiver.script("/down", 500)
-    task = relay.client.submit("echo", "x", webhook=url)
+def test_a_receiver_that_never_succeeds_ends_as_retries_exhausted(relay: Relay, receiver: Receiver) -> None:
+    failing = relay.client.submit("echo", "x", webhook=receiver.script("/down", 500))
+    refused_url = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    refused = relay.client.submit("echo", "y", webhook=refused_url)
 
-    dead = wait_dead_letter(relay.client, task["id"])
+    dead = wait_dead_letter(relay.client, failing["id"])
+    dead_refused = wait_dead_letter(relay.client, refused["id"])
 
     schedule = [0.2, 0.4, 0.6]  # RELAY_RETRY_SCHEDULE of the test settings
     assert len(receiver.on("/down")) == 1 + len(schedule)
@@ -79,21 +84,16 @@ def test_a_receiver_that_always_fails_ends_as_retries_exhausted(relay: Relay, re
     assert "500" in dead["last_error"]
     assert dead["replays"] == 0
     assert dead["first_attempt_at"] <= dead["dead_at"]
-    attempts = webhook_attempts(relay.client, task["id"])
-    assert [a["outcome"] for a in attempts] == ["failed"] * 4
+    attempts = webhook_attempts(relay.client, failing["id"])
+    assert [(a["status_code"], a["outcome"]) for a in attempts] == [(500, "failed")] * 4
 
-
-def test_connection_refused_is_retried_and_dead_letters_with_no_status_code(relay: Relay) -> None:
-    url = f"http://127.0.0.1:{free_port()}/nobody-listens"
-    task = relay.client.submit("echo", "x", webhook=url)
-
-    dead = wait_dead_letter(relay.client, task["id"])
-
-    assert dead["reason"] == "retries_exhausted"
-    assert dead["attempts"] == 4
-    assert dead["last_status_code"] is None
-    assert dead["last_error"]
-    attempts = webhook_attempts(relay.client, task["id"])
+    # Nothing listening: no status code, but an error that says what happened.
+    assert dead_refused["reason"] == "retries_exhausted"
+    assert dead_refused["attempts"] == 1 + len(schedule)
+    assert dead_refused["last_status_code"] is None
+    assert dead_refused["last_error"]
+    assert dead_refused["url"] == refused_url
+    attempts = webhook_attempts(relay.client, refused["id"])
     assert len(attempts) == 4
     assert all(a["status_code"] is None and a["error"] and a["outcome"] == "failed" for a in attempts)
 

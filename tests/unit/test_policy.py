@@ -14,8 +14,9 @@ from schemas.dead_letters import DeadLetterReason
 SCHEDULE = (5.0, 300.0, 1800.0)
 
 
-def attempt(status: int | None, *, error: str | None = None, retry_after_s: float | None = None,
-            forbidden: bool = False) -> AttemptResult:
+def attempt(
+    status: int | None, *, error: str | None = None, retry_after_s: float | None = None, forbidden: bool = False
+) -> AttemptResult:
     return AttemptResult(status, error, 12.5, retry_after_s=retry_after_s, forbidden=forbidden)
 
 
@@ -71,9 +72,7 @@ def test_timeouts_and_connection_errors_retry_with_the_delay_for_that_attempt() 
 
 def test_jitter_stays_within_ten_percent_and_varies() -> None:
     rng = random.Random(1234)
-    delays = [
-        decide(attempt(500), run_attempts=2, schedule_s=SCHEDULE, rng=rng).delay_s for _ in range(500)
-    ]
+    delays = [decide(attempt(500), run_attempts=2, schedule_s=SCHEDULE, rng=rng).delay_s for _ in range(500)]
     assert all(270.0 <= d <= 330.0 for d in delays)
     assert min(delays) < 285.0 < 315.0 < max(delays)  # it spreads across the band, both ways
     assert len(set(delays)) > 400
@@ -87,8 +86,7 @@ def test_jitter_is_reproducible_with_a_seeded_rng() -> None:
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_retry_after_on_429_and_503_replaces_the_scheduled_delay(status: int) -> None:
-    decision = decide(attempt(status, retry_after_s=42.0), run_attempts=1, schedule_s=SCHEDULE,
-                      rng=random.Random(1))
+    decision = decide(attempt(status, retry_after_s=42.0), run_attempts=1, schedule_s=SCHEDULE, rng=random.Random(1))
     assert decision.verdict is Verdict.RETRY
     assert decision.delay_s == 42.0
 

@@ -36,23 +36,25 @@ def test_only_relay_variables_are_read() -> None:
 
 
 def test_every_variable_is_read() -> None:
-    settings = Settings.from_env({
-        "RELAY_REDIS_URL": "redis://127.0.0.1:7000/1",
-        "RELAY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/",
-        "RELAY_DATA_DIR": "/tmp/relay-data",
-        "RELAY_API_KEYS": "acme=key-acme",
-        "RELAY_ADMIN_TOKEN": "adm",
-        "RELAY_RETRY_SCHEDULE": "0.5, 2,10",
-        "RELAY_WEBHOOK_TIMEOUT": "2.5",
-        "RELAY_WS_ACK_TIMEOUT": "3",
-        "RELAY_WS_PING_INTERVAL": "4",
-        "RELAY_WS_PING_TIMEOUT": "6",
-        "RELAY_EVENT_RETENTION": "60",
-        "RELAY_ALLOW_PRIVATE_CALLBACKS": "yes",
-        "RELAY_MAX_BODY_BYTES": "1024",
-        "RELAY_TASK_MODULES": " mod.a , mod.b ,",
-        "RELAY_SUBMIT_RATE": "2.5",
-    })
+    settings = Settings.from_env(
+        {
+            "RELAY_REDIS_URL": "redis://127.0.0.1:7000/1",
+            "RELAY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/",
+            "RELAY_DATA_DIR": "/tmp/relay-data",
+            "RELAY_API_KEYS": "acme=key-acme",
+            "RELAY_ADMIN_TOKEN": "adm",
+            "RELAY_RETRY_SCHEDULE": "0.5, 2,10",
+            "RELAY_WEBHOOK_TIMEOUT": "2.5",
+            "RELAY_WS_ACK_TIMEOUT": "3",
+            "RELAY_WS_PING_INTERVAL": "4",
+            "RELAY_WS_PING_TIMEOUT": "6",
+            "RELAY_EVENT_RETENTION": "60",
+            "RELAY_ALLOW_PRIVATE_CALLBACKS": "yes",
+            "RELAY_MAX_BODY_BYTES": "1024",
+            "RELAY_TASK_MODULES": " mod.a , mod.b ,",
+            "RELAY_SUBMIT_RATE": "2.5",
+        }
+    )
     assert settings.redis_url == "redis://127.0.0.1:7000/1"
     assert settings.effective_broker_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert settings.data_dir == "/tmp/relay-data"
@@ -161,12 +163,12 @@ def test_one_key_for_two_tenants_is_refused() -> None:
 def test_relay_toml_values_sit_under_the_environment(tmp_path: Path) -> None:
     toml = tmp_path / "relay.toml"
     toml.write_text(
-        'max_body_bytes = 2048\n'
-        'RELAY_WEBHOOK_TIMEOUT = 3.5\n'
-        'allow_private_callbacks = true\n'
-        'retry_schedule = [1, 2.5, 10]\n'
+        "max_body_bytes = 2048\n"
+        "RELAY_WEBHOOK_TIMEOUT = 3.5\n"
+        "allow_private_callbacks = true\n"
+        "retry_schedule = [1, 2.5, 10]\n"
         'api_keys = "acme=from-toml"\n'
-        'submit_rate = 4\n'
+        "submit_rate = 4\n"
     )
     settings = Settings.from_env({"RELAY_MAX_BODY_BYTES": "4096", "RELAY_SUBMIT_RATE": "1"}, toml_path=toml)
     assert settings.max_body_bytes == 4096  # the environment wins

@@ -118,8 +118,14 @@ async def test_a_timeout_is_status_none_with_an_error(
     assert not result.forbidden
 
 
-@pytest.mark.parametrize("error", [httpx.ConnectError("connection refused"), httpx.RemoteProtocolError("bad reply"),
-                                   ConnectionResetError("reset by peer")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ConnectError("connection refused"),
+        httpx.RemoteProtocolError("bad reply"),
+        ConnectionResetError("reset by peer"),
+    ],
+)
 async def test_a_connection_error_is_status_none_with_an_error(
     mock: respx.MockRouter, client: httpx.AsyncClient, error: Exception
 ) -> None:
