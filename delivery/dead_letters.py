@@ -86,7 +86,8 @@ class DeadLetterStore:
     ) -> AsyncIterator[tuple[DeadLetter | None, tuple[float, str]]]:
         index = keys.dead_letters_of(where.tenant) if where.tenant else keys.DEAD_LETTERS
         low = where.since.timestamp() * 1000 if where.since else "-inf"
-        high: float | str = where.until.timestamp() * 1000 if where.until else "+inf"
+        # `until` is exclusive: dead letters that died before it.
+        high: float | str = f"({where.until.timestamp() * 1000!r}" if where.until else "+inf"
         while True:
             if position is not None:
                 high = position[0]

@@ -88,11 +88,15 @@ class TaskStore:
         """
         if idempotency_key is not None:
             idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key))
+            # Stored before the claim, so that a concurrent request that loses the claim finds this record
+            # (otherwise it sees the key but no task yet, takes the key over and runs the task twice).
+            await self._redis.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
             claimed = await self._redis.set(idem, record.id, nx=True, ex=IDEMPOTENCY_TTL_S)
             if not claimed:
                 first_id = await self._redis.get(idem)
                 first = await self.get(_text(first_id)) if first_id else None
                 if first is not None:
+                    await self._redis.delete(keys.task(record.id))
                     return first
                 await self._redis.set(idem, record.id, ex=IDEMPOTENCY_TTL_S)
         async with self._redis.pipeline(transaction=False) as pipe:

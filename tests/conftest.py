@@ -83,11 +83,11 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
+def redis_url(redis_server: RedisServer) -> str:
     """A flushed Redis for this test (restarted first if an earlier test stopped it)."""
     if redis_server.process is None or redis_server.process.poll() is not None:
         redis_server.start()
     client = redis_server.client()
     client.flushall()
     client.close()
-    yield redis_server.url
+    return redis_server.url

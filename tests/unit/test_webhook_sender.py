@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -95,8 +98,6 @@ async def test_reports_a_non_2xx_status_as_an_error(
 
 
 async def test_measures_how_long_the_receiver_took(mock: respx.MockRouter, client: httpx.AsyncClient) -> None:
-    import asyncio
-
     async def slow(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(0.15)
         return httpx.Response(200)
@@ -120,21 +121,76 @@ async def test_a_timeout_is_status_none_with_an_error(
 
 @pytest.mark.parametrize(
     "error",
-    [
-        httpx.ConnectError("connection refused"),
-        httpx.RemoteProtocolError("bad reply"),
-        ConnectionResetError("reset by peer"),
-    ],
+    [httpx.ConnectError("connection refused"), httpx.RemoteProtocolError("bad reply"), httpx.ReadError("reset")],
 )
-async def test_a_connection_error_is_status_none_with_an_error(
-    mock: respx.MockRouter, client: httpx.AsyncClient, error: Exception
-) -> None:
-    mock.post(URL).mock(side_effect=error)
-    result = await sender(client).send(URL, MSG_ID, BODY, [generate_secret()])
+async def test_a_connection_error_is_status_none_with_an_error(error: Exception) -> None:
+    # A plain MockTransport: respx would chain its own exception as the cause of the one raised here.
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fail)) as http:
+        result = await sender(http).send(URL, MSG_ID, BODY, [generate_secret()])
     assert result.status_code is None
     assert result.error is not None
     assert str(error) in result.error
     assert not result.forbidden
+
+
+@asynccontextmanager
+async def loopback_server(
+    on_connect: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A raw TCP server on 127.0.0.1 that misbehaves as ``on_connect`` says; yields its port."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await on_connect(reader, writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_refused_connection_is_reported_as_such(client: httpx.AsyncClient) -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = await sender(client).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
+    assert result.status_code is None
+    assert result.error == "cannot connect: connection refused"
+
+
+async def test_a_receiver_that_hangs_up_without_answering_is_an_error(client: httpx.AsyncClient) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async with loopback_server(hang_up) as port:
+        result = await sender(client).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
+    assert result.status_code is None
+    assert result.error is not None
+    assert "closed the connection" in result.error
+
+
+async def test_a_receiver_that_never_answers_times_out() -> None:
+    async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+
+    http = create_client(timeout_s=0.3, allow_private=True)
+    try:
+        async with loopback_server(say_nothing) as port:
+            result = await sender(http).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
+    finally:
+        await http.aclose()
+    assert result.status_code is None
+    assert result.error == "timed out"
+    assert 300 <= result.duration_ms < 3000
 
 
 @pytest.mark.parametrize("status", [429, 503])
