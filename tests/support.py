@@ -28,8 +28,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 20.0, interval_s: float = 0.05,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], *, timeout_s: float = 20.0, interval_s: float = 0.05, message: str = "condition"
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -80,8 +81,9 @@ class RelayProcess:
             cmd += ["--port", str(self.port)]
         self._signalled = False
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         if wait:
             self.wait_ready()
         return self
@@ -177,8 +179,11 @@ class Receiver:
             return [r for r in self.received if r.path == path]
 
     def wait_for(self, path: str, count: int = 1, timeout_s: float = 20.0) -> list[Received]:
-        return wait_until(lambda: len(self.on(path)) >= count and self.on(path), timeout_s=timeout_s,
-                          message=f"{count} webhook(s) on {path}")
+        return wait_until(
+            lambda: len(self.on(path)) >= count and self.on(path),
+            timeout_s=timeout_s,
+            message=f"{count} webhook(s) on {path}",
+        )
 
 
 @contextmanager
@@ -250,8 +255,9 @@ class Api:
     def delete(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("DELETE", path, **kwargs)
 
-    def submit(self, kind: str = "echo", input: Any = None, *, webhook: str | None = None, key: str = "key-acme",
-               **extra: Any) -> dict[str, Any]:
+    def submit(
+        self, kind: str = "echo", input: Any = None, *, webhook: str | None = None, key: str = "key-acme", **extra: Any
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": kind, "input": input}
         if webhook is not None:
             body["webhook"] = {"url": webhook}
@@ -266,8 +272,13 @@ class Api:
         return dict(response.json())
 
     def wait_task(self, task_id: str, *, timeout_s: float = 20.0, key: str = "key-acme") -> dict[str, Any]:
-        return dict(wait_until(lambda: (t := self.task(task_id, key)) and t["status"] in ("succeeded", "failed") and t,
-                               timeout_s=timeout_s, message=f"task {task_id} to finish"))
+        return dict(
+            wait_until(
+                lambda: (t := self.task(task_id, key)) and t["status"] in ("succeeded", "failed") and t,
+                timeout_s=timeout_s,
+                message=f"task {task_id} to finish",
+            )
+        )
 
     def close(self) -> None:
         self.client.close()
