@@ -1,9 +1,12 @@
--- Write a task's new state and one event in one step; optionally owe its webhook.
--- KEYS: task, events, stats, delivery, due, secrets
+-- Write a task's new state and one event in one step; for a final event, owe its delivery.
+-- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
---       delivery ("" for none), due_at, event_id
--- Returns the tenant's stored signing secrets (or false) when a webhook was staged, so the caller can
--- attempt it at once without another round trip.
+--       delivery ("" for none), lease_until, event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or "")
+-- Returns false when no delivery is owed; else {mode, secrets}:
+--   'push'    the task wants WebSocket and (a socket follows it, or it has no webhook): the delivery waits
+--             for a socket's ack until ack_due_at, then falls back to the webhook;
+--   'webhook' the webhook is owed and leased to the caller until lease_until, with the tenant's secrets,
+--             so the caller can attempt it at once without another round trip.
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -11,9 +14,14 @@ redis.call('PUBLISH', ARGV[5], ARGV[3])
 if ARGV[6] ~= '' then
     redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
 end
-if ARGV[7] ~= '' then
-    redis.call('SET', KEYS[4], ARGV[7])
-    redis.call('ZADD', KEYS[5], ARGV[8], ARGV[9])
-    return redis.call('GET', KEYS[6])
+if ARGV[7] == '' then
+    return false
 end
-return false
+redis.call('SET', KEYS[4], ARGV[7])
+if ARGV[10] == '1' and (ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[7]) == 1) then
+    redis.call('SET', KEYS[8], '1', 'EX', ARGV[2])
+    redis.call('ZADD', KEYS[5], ARGV[11], ARGV[9])
+    return {'push', false}
+end
+redis.call('ZADD', KEYS[5], ARGV[8], ARGV[9])
+return {'webhook', redis.call('GET', KEYS[6])}

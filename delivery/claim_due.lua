@@ -1,6 +1,8 @@
--- Lease the webhooks that are due and return their records.
--- KEYS[1]: the due sorted set; ARGV: now, limit, lease_until, delivery key prefix
--- A leased webhook stays in the set with its score pushed to lease_until, so a worker that dies
+-- Lease the deliveries that are due and return them.
+-- KEYS[1]: the due sorted set; ARGV: now, limit, lease_until, delivery key prefix, ack marker key prefix
+-- Returns a flat list: record, pushed, record, pushed, ... where pushed is 1 when the delivery was waiting
+-- for a WebSocket ack (whose time is now up: the marker is taken, so a late ack no longer settles it).
+-- A leased delivery stays in the set with its score pushed to lease_until, so a worker that dies
 -- mid-attempt only delays it: the lease runs out and another worker claims it.
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -9,6 +11,7 @@ for _, id in ipairs(ids) do
     if record then
         redis.call('ZADD', KEYS[1], ARGV[3], id)
         table.insert(out, record)
+        table.insert(out, redis.call('DEL', ARGV[5] .. id))
     else
         redis.call('ZREM', KEYS[1], id)
     end

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from delivery.outbox import Outbox, webhook_attempt
-from delivery.policy import decide
+from delivery.policy import Decision, Verdict, decide
 from delivery.records import PendingDelivery
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender
+from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 
 log = logging.getLogger("relay.delivery")
 
@@ -77,9 +79,33 @@ class DeliveryEngine:
 
     def dispatch(self, delivery: PendingDelivery, secrets: Sequence[str] | None = None) -> None:
         """Attempt ``delivery`` (already leased to this process) as soon as a slot is free."""
-        task = asyncio.create_task(self._attempt(delivery, secrets))
+        self._spawn(self._attempt(delivery, secrets))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+
+    async def _after_unacked_push(self, delivery: PendingDelivery) -> None:
+        """No socket acked the event in time: write that down, then the webhook takes over (if there is one)."""
+        unacked = Attempt(
+            event_id=delivery.event_id,
+            channel=Channel.WEBSOCKET,
+            attempt=1,
+            at=datetime.now(UTC),
+            outcome=DeliveryOutcome.UNACKED,
+            error="no socket acked the event in time",
+        )
+        try:
+            verdict = Verdict.NOTED if delivery.url else Verdict.DROPPED
+            await self._outbox.record(delivery, unacked, Decision(verdict))
+        except Exception:
+            log.exception(
+                "recording the unacked push of event %s of task %s failed", delivery.event_id, delivery.task_id
+            )
+            return
+        if delivery.url:
+            await self._attempt(delivery, None)
 
     async def _attempt(self, delivery: PendingDelivery, secrets: Sequence[str] | None) -> None:
         async with self._slots:
@@ -91,6 +117,7 @@ class DeliveryEngine:
 
     async def attempt(self, delivery: PendingDelivery, secrets: Sequence[str] | None = None) -> None:
         """Make one attempt and record what follows it."""
+        assert delivery.url is not None, "a WebSocket-only delivery has no webhook to attempt"
         live = list(secrets) if secrets else await self._secrets.live(delivery.tenant)
         at = datetime.now(UTC)
         result = await self._sender.send(delivery.url, delivery.event_id, _encode(delivery.event), live)
@@ -117,14 +144,17 @@ class DeliveryEngine:
     async def _poll(self) -> None:
         while True:
             free = self._concurrency - len(self._in_flight)
-            claimed: list[PendingDelivery] = []
+            claimed: list[tuple[PendingDelivery, bool]] = []
             if free > 0:
                 try:
                     claimed = await self._outbox.claim(limit=min(free, self._claim_batch))
                 except Exception:
                     log.exception("claiming due webhooks failed; trying again")
-            for delivery in claimed:
-                self.dispatch(delivery)
+            for delivery, pushed in claimed:
+                if pushed:
+                    self._spawn(self._after_unacked_push(delivery))
+                else:
+                    self.dispatch(delivery)
             if len(claimed) < self._claim_batch:
                 await asyncio.sleep(self._poll_interval_s)
             else:

@@ -6,6 +6,7 @@ before anything is sent, so every event that is ever delivered can also be read 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -24,6 +25,18 @@ _decode_attempt = msgspec.json.Decoder(Attempt).decode
 _APPEND_LUA = Path(__file__).with_name("append_event.lua").read_text()
 
 
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """What ``append`` made of a final event's delivery."""
+
+    pushed: bool  # waiting for a socket's ack (the webhook, if any, comes after the ack timeout)
+    raw_secrets: bytes | None  # the tenant's stored secrets, when the webhook is leased to the caller now
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class EventLog:
     def __init__(self, *, redis: aioredis.Redis, retention_s: int) -> None:
         self._redis = redis
@@ -38,24 +51,27 @@ class EventLog:
         task_state: bytes,
         task_ttl_s: int,
         stats_field: str | None = None,
-        webhook: PendingDelivery | None = None,
+        delivery: PendingDelivery | None = None,
+        websocket: bool = False,
         lease_until: float = 0.0,
-        tenant: str = "",
-    ) -> bytes | None:
+        ack_due_at: float = 0.0,
+    ) -> Owed | None:
         """Store the task's new state, append ``event`` to its log and publish it, in one step.
 
-        With ``webhook``, the webhook is owed too, leased to the caller until ``lease_until``; then the
-        tenant's stored signing secrets come back, so the caller can attempt it without another round trip.
+        With ``delivery`` (a final event), the delivery is owed too: pushed first when ``websocket`` (waiting for
+        an ack until ``ack_due_at``), else by webhook, leased to the caller until ``lease_until``.
         """
         body = _encode(event)
-        secrets = await self._append(
+        reply = await self._append(
             keys=[
                 task_key,
                 keys.events(event.task_id),
                 keys.STATS,
                 keys.delivery(event.id),
                 keys.DUE,
-                keys.secrets(tenant),
+                keys.secrets(delivery.tenant if delivery is not None else ""),
+                keys.subscribers(event.task_id),
+                keys.ack_marker(event.id),
             ],
             args=[
                 task_state,
@@ -64,12 +80,18 @@ class EventLog:
                 self._retention_s,
                 keys.task_channel(event.task_id),
                 stats_field or "",
-                _encode(webhook) if webhook is not None else "",
+                _encode(delivery) if delivery is not None else "",
                 lease_until,
                 event.id,
+                "1" if websocket else "",
+                ack_due_at,
+                "1" if delivery is not None and delivery.url else "",
             ],
         )
-        return secrets if isinstance(secrets, bytes) else None
+        if not reply:
+            return None
+        mode, secrets = reply
+        return Owed(pushed=_text(mode) == "push", raw_secrets=secrets if isinstance(secrets, bytes) else None)
 
     async def events_after(self, task_id: str, after_seq: int = 0) -> list[Event]:
         """Retained events with ``seq > after_seq``, oldest first."""

@@ -54,6 +54,19 @@ def rate(tenant: str) -> str:
     return f"{PREFIX}rate:{tenant}"
 
 
+def subscribers(task_id: str) -> str:
+    """Set of sockets (anywhere in the cluster) that follow a task; expires unless their node refreshes it."""
+    return f"{PREFIX}subs:{task_id}"
+
+
+def ack_marker(event_id: str) -> str:
+    """Present while an event's delivery waits for a socket's ack."""
+    return f"{PREFIX}ack:{event_id}"
+
+
+LIVE_PATTERN = PREFIX + "live:*"
+
+
 def task_channel(task_id: str) -> str:
     """Pub/sub channel of a task's live events."""
     return f"{PREFIX}live:{task_id}"

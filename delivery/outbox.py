@@ -22,9 +22,11 @@ from delivery.policy import Decision, Verdict
 from delivery.records import PendingDelivery
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
+from schemas.events import Event
 
 _CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
 _RECORD_LUA = Path(__file__).with_name("record_attempt.lua").read_text()
+_ACK_LUA = Path(__file__).with_name("ack.lua").read_text()
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
 
@@ -36,15 +38,56 @@ class Outbox:
         self._attempts_ttl_s = attempts_ttl_s
         self._claim = redis.register_script(_CLAIM_LUA)
         self._record = redis.register_script(_RECORD_LUA)
+        self._ack = redis.register_script(_ACK_LUA)
 
     @property
     def lease_s(self) -> float:
         return self._lease_s
 
-    async def claim(self, *, limit: int, now: float | None = None) -> list[PendingDelivery]:
+    async def claim(self, *, limit: int, now: float | None = None) -> list[tuple[PendingDelivery, bool]]:
+        """Lease up to ``limit`` due deliveries; each comes with True when its WebSocket ack never came."""
         moment = time.time() if now is None else now
-        raw = await self._claim(keys=[keys.DUE], args=[moment, limit, moment + self._lease_s, keys.delivery("")])
-        return [_decode_delivery(r) for r in raw]
+        raw = await self._claim(
+            keys=[keys.DUE], args=[moment, limit, moment + self._lease_s, keys.delivery(""), keys.ack_marker("")]
+        )
+        return [(_decode_delivery(raw[i]), bool(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    async def ack(self, event: Event, *, has_webhook: bool, duration_ms: float) -> bool:
+        """A socket acked ``event``: settle its delivery if it was waiting for that (True), else nothing."""
+        now = datetime.now(UTC)
+        acked = Attempt(
+            event_id=event.id,
+            channel=Channel.WEBSOCKET,
+            attempt=1,
+            at=now,
+            outcome=DeliveryOutcome.ACKED,
+            duration_ms=duration_ms,
+        )
+        skipped = (
+            Attempt(event_id=event.id, channel=Channel.WEBHOOK, attempt=1, at=now, outcome=DeliveryOutcome.SKIPPED)
+            if has_webhook
+            else None
+        )
+        latency_s = max(0.0, now.timestamp() - event.created_at.timestamp())
+        settled = await self._ack(
+            keys=[
+                keys.ack_marker(event.id),
+                keys.DUE,
+                keys.delivery(event.id),
+                keys.attempts(event.task_id),
+                keys.STATS,
+                keys.LATENCY,
+            ],
+            args=[
+                event.id,
+                self._attempts_ttl_s,
+                _encode(acked),
+                _encode(skipped) if skipped is not None else "",
+                metrics.latency_bucket(latency_s),
+                latency_s,
+            ],
+        )
+        return bool(settled)
 
     async def pending(self) -> int:
         return int(await self._redis.zcard(keys.DUE))
@@ -54,23 +97,26 @@ class Outbox:
     ) -> DeadLetter | None:
         """Write an attempt and what follows it in one step; return the dead letter if it died."""
         moment = time.time() if now is None else now
-        delivery.attempts = attempt.attempt
-        delivery.run_attempts += 1
-        delivery.last_status_code = attempt.status_code
-        delivery.last_error = attempt.error
-        if delivery.first_attempt_at is None:
-            delivery.first_attempt_at = attempt.at
+        if attempt.channel is Channel.WEBHOOK:
+            delivery.attempts = attempt.attempt
+            delivery.run_attempts += 1
+            delivery.last_status_code = attempt.status_code
+            delivery.last_error = attempt.error
+            if delivery.first_attempt_at is None:
+                delivery.first_attempt_at = attempt.at
         dead: DeadLetter | None = None
         dl_id = delivery.dead_letter_id or ""
         args: list[Any] = [
             _encode(attempt),
             self._attempts_ttl_s,
-            metrics.delivery_counter(Channel.WEBHOOK, attempt.outcome),
+            metrics.delivery_counter(attempt.channel, attempt.outcome),
             decision.verdict.value,
             delivery.event_id,
         ]
         if decision.verdict is Verdict.RETRY:
             args += [_encode(delivery), moment + decision.delay_s]
+        elif decision.verdict in (Verdict.DROPPED, Verdict.NOTED):
+            pass
         elif decision.verdict is Verdict.DELIVERED:
             latency_s = max(0.0, moment - delivery.event.created_at.timestamp())
             args += [metrics.latency_bucket(latency_s), latency_s, dl_id]
@@ -81,12 +127,12 @@ class Outbox:
                 tenant=delivery.tenant,
                 task_id=delivery.task_id,
                 event=delivery.event,
-                url=delivery.url,
+                url=delivery.url or "",
                 reason=decision.reason,
                 attempts=delivery.attempts,
                 last_status_code=attempt.status_code,
                 last_error=attempt.error,
-                first_attempt_at=delivery.first_attempt_at,
+                first_attempt_at=delivery.first_attempt_at or attempt.at,
                 dead_at=datetime.fromtimestamp(moment, UTC),
                 replays=delivery.replays + (1 if delivery.dead_letter_id else 0),
             )

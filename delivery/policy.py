@@ -24,6 +24,8 @@ class Verdict(enum.Enum):
     DELIVERED = "delivered"
     RETRY = "retry"
     DEAD = "dead"
+    DROPPED = "dropped"  # a WebSocket-only event nobody acked: it stays in the log, nothing more is sent
+    NOTED = "noted"  # the attempt is written down and the delivery goes on (an unacked push before its webhook)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,22 @@
 -- Record one webhook attempt and what follows it, in one step.
 -- KEYS: attempts, stats, due, delivery, latency, dead_letter, dead_letters, dead_letters_of_tenant,
 --       dead_letter_of_event
--- ARGV: attempt, attempts_ttl_s, outcome_field, verdict ('delivered' | 'retry' | 'dead'), event_id,
+-- ARGV: attempt, attempts_ttl_s, outcome_field, verdict ('delivered' | 'retry' | 'dead' | 'dropped' | 'noted'),
+--       event_id,
 --       then by verdict:
 --         retry:     delivery, due_at
 --         delivered: latency_bucket, latency_s, replayed dead letter id ('' for none)
 --         dead:      dead letter, dead letter id, dead_at_ms
+--         noted:     nothing (the attempt is only written down; the delivery goes on)
+--         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 local verdict = ARGV[4]
 local event_id = ARGV[5]
+if verdict == 'noted' then
+    return 1
+end
 if verdict == 'retry' then
     redis.call('SET', KEYS[4], ARGV[6])
     redis.call('ZADD', KEYS[3], ARGV[7], event_id)
@@ -18,6 +24,9 @@ if verdict == 'retry' then
 end
 redis.call('ZREM', KEYS[3], event_id)
 redis.call('DEL', KEYS[4])
+if verdict == 'dropped' then
+    return 1
+end
 if verdict == 'delivered' then
     redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
     redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[7])

@@ -14,7 +14,7 @@ class PendingDelivery(msgspec.Struct, kw_only=True):
 
     tenant: str
     task_id: str
-    url: str
+    url: str | None  # None for a WebSocket-only task
     event: Event
     attempts: int = 0  # webhook attempts made for this event so far, across replays
     run_attempts: int = 0  # attempts in the current run (a replay starts a new run)

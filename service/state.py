@@ -50,7 +50,12 @@ class ApiState:
             broker=broker,
             kinds=load_kinds(settings.task_modules),
             auth=Authenticator(settings),
-            tasks=TaskStore(redis=redis, record_ttl_s=ttl, retention_s=settings.event_retention_s),
+            tasks=TaskStore(
+                redis=redis,
+                record_ttl_s=ttl,
+                retention_s=settings.event_retention_s,
+                ack_timeout_s=settings.ws_ack_timeout_s,
+            ),
             events=EventLog(redis=redis, retention_s=settings.event_retention_s),
             outbox=outbox,
             dead_letters=DeadLetterStore(redis=redis, outbox=outbox),

@@ -58,9 +58,12 @@ def idempotency_digest(key: str) -> str:
 
 
 class TaskStore:
-    def __init__(self, *, redis: aioredis.Redis, record_ttl_s: int, retention_s: int) -> None:
+    def __init__(
+        self, *, redis: aioredis.Redis, record_ttl_s: int, retention_s: int, ack_timeout_s: float = 10.0
+    ) -> None:
         self._redis = redis
         self._record_ttl_s = record_ttl_s
+        self._ack_timeout_s = ack_timeout_s
         self._log = EventLog(redis=redis, retention_s=retention_s)
 
     @property
@@ -129,8 +132,9 @@ class TaskStore:
     ) -> tuple[Event, PendingDelivery | None, list[str]]:
         """Record the final state and its event; stage the webhook leased to the caller.
 
-        Returns the event, the staged webhook (if the task has one) and the tenant's live signing secrets,
-        so that the caller can attempt the webhook at once without another round trip.
+        Returns the event, the webhook leased to the caller (None when there is none, or when it waits for a
+        WebSocket ack first) and the tenant's live signing secrets, so that the caller can attempt the webhook at
+        once without another round trip.
         """
         status = TaskStatus.FAILED if error is not None else TaskStatus.SUCCEEDED
         move(record, status)
@@ -143,19 +147,24 @@ class TaskStore:
             event_type, data = EventType.FAILED, {"status": status.value, "error": msgspec.to_builtins(error)}
         event = self._next_event(record, event_type, data)
         delivery = None
-        if record.webhook is not None:
-            delivery = PendingDelivery(tenant=record.tenant, task_id=record.id, url=record.webhook.url, event=event)
-        raw_secrets = await self._log.append(
+        if record.webhook is not None or record.websocket:
+            url = record.webhook.url if record.webhook is not None else None
+            delivery = PendingDelivery(tenant=record.tenant, task_id=record.id, url=url, event=event)
+        now = time.time()
+        owed = await self._log.append(
             event,
             task_key=keys.task(record.id),
             task_state=_encode(record),
             task_ttl_s=self._record_ttl_s,
             stats_field=metrics.task_counter(status.value),
-            webhook=delivery,
-            lease_until=time.time() + lease_s,
-            tenant=record.tenant,
+            delivery=delivery,
+            websocket=record.websocket,
+            lease_until=now + lease_s,
+            ack_due_at=now + self._ack_timeout_s,
         )
-        return event, delivery, live_secrets(raw_secrets)
+        if owed is None or owed.pushed:
+            return event, None, []
+        return event, delivery, live_secrets(owed.raw_secrets)
 
     @staticmethod
     def _next_event(record: TaskRecord, event_type: EventType, data: Any) -> Event:

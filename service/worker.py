@@ -53,7 +53,12 @@ class Runtime:
         self.kinds: KindRegistry = load_kinds(settings.task_modules)
         self.redis = connect(settings.storage_url)
         ttl = settings.record_ttl_s
-        self.tasks = TaskStore(redis=self.redis, record_ttl_s=ttl, retention_s=settings.event_retention_s)
+        self.tasks = TaskStore(
+            redis=self.redis,
+            record_ttl_s=ttl,
+            retention_s=settings.event_retention_s,
+            ack_timeout_s=settings.ws_ack_timeout_s,
+        )
         self.outbox = Outbox(redis=self.redis, lease_s=settings.webhook_timeout_s + 30, attempts_ttl_s=ttl)
         self.http = create_client(timeout_s=settings.webhook_timeout_s, allow_private=settings.allow_private_callbacks)
         self.engine = DeliveryEngine(
