@@ -22,7 +22,6 @@ from delivery.policy import Decision, Verdict
 from delivery.records import PendingDelivery
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
-from schemas.events import Event
 
 _CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
 _RECORD_LUA = Path(__file__).with_name("record_attempt.lua").read_text()
@@ -52,34 +51,36 @@ class Outbox:
         )
         return [(_decode_delivery(raw[i]), bool(raw[i + 1])) for i in range(0, len(raw), 2)]
 
-    async def ack(self, event: Event, *, has_webhook: bool, duration_ms: float) -> bool:
-        """A socket acked ``event``: settle its delivery if it was waiting for that (True), else nothing."""
+    async def ack(
+        self, *, event_id: str, task_id: str, created_at: float, has_webhook: bool, duration_ms: float
+    ) -> bool:
+        """A socket acked an event: settle its delivery if it was waiting for that (True), else nothing."""
         now = datetime.now(UTC)
         acked = Attempt(
-            event_id=event.id,
+            event_id=event_id,
             channel=Channel.WEBSOCKET,
             attempt=1,
             at=now,
             outcome=DeliveryOutcome.ACKED,
-            duration_ms=duration_ms,
+            duration_ms=round(duration_ms, 3),
         )
         skipped = (
-            Attempt(event_id=event.id, channel=Channel.WEBHOOK, attempt=1, at=now, outcome=DeliveryOutcome.SKIPPED)
+            Attempt(event_id=event_id, channel=Channel.WEBHOOK, attempt=1, at=now, outcome=DeliveryOutcome.SKIPPED)
             if has_webhook
             else None
         )
-        latency_s = max(0.0, now.timestamp() - event.created_at.timestamp())
+        latency_s = max(0.0, now.timestamp() - created_at)
         settled = await self._ack(
             keys=[
-                keys.ack_marker(event.id),
+                keys.ack_marker(event_id),
                 keys.DUE,
-                keys.delivery(event.id),
-                keys.attempts(event.task_id),
+                keys.delivery(event_id),
+                keys.attempts(task_id),
                 keys.STATS,
                 keys.LATENCY,
             ],
             args=[
-                event.id,
+                event_id,
                 self._attempts_ttl_s,
                 _encode(acked),
                 _encode(skipped) if skipped is not None else "",

@@ -21,6 +21,7 @@ from service.api_tasks import TaskController
 from service.auth import Principal
 from service.settings import Settings
 from service.state import ApiState
+from service.ws import ws_endpoint
 
 log = logging.getLogger("relay.api")
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         holder["state"] = ApiState.open(settings)
+        await holder["state"].start()
         try:
             yield
         finally:
@@ -51,6 +53,7 @@ def create_app(settings: Settings) -> Litestar:
             health,
             ready,
             prometheus_metrics,
+            ws_endpoint,
             create_static_files_router(path="/static", directories=[STATIC_DIR], name="static"),
         ],
         dependencies={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -12,6 +13,8 @@ import click
 from delivery.errors import ConfigError
 from service.settings import Settings
 
+# The largest WebSocket frame a client may send (its frames are small JSON).
+WS_MAX_FRAME_BYTES = 64 * 1024
 # Where `relay serve` looks for settings besides the environment.
 TOML_PATH = Path("relay.toml")
 
@@ -71,15 +74,33 @@ def api(host: str, port: int, workers: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         "service.app:app_from_env",
+        log_config=_uvicorn_log_config(),
         factory=True,
         host=host,
         port=port,
         workers=workers,
         ws_per_message_deflate=False,  # ~40 KB a socket for little gain on small JSON frames
+        ws_max_size=WS_MAX_FRAME_BYTES,  # a bigger frame closes the socket with 1009
         access_log=False,
         log_level="info",
         timeout_graceful_shutdown=10,
     )
+
+
+class _QuietSockets(logging.Filter):
+    """Drop uvicorn's two lines per WebSocket (open, closed): thousands of browsers would drown the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in ("connection open", "connection closed")
+
+
+def _uvicorn_log_config() -> dict[str, object]:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"quiet_sockets": {"()": "service.cli._QuietSockets"}}
+    config["handlers"]["default"]["filters"] = ["quiet_sockets"]
+    return config
 
 
 @main.command()

@@ -18,6 +18,7 @@ from schemas.tasks import TaskRecord
 from service.auth import Authenticator
 from service.broker import RedisEnqueuer, create_broker, enqueue_task
 from service.kinds import KindRegistry, load_kinds
+from service.live import LiveHub
 from service.rate_limit import RateLimiter
 from service.settings import Settings
 from service.task_store import TaskStore
@@ -37,6 +38,7 @@ class ApiState:
     secrets: SecretStore
     rate_limiter: RateLimiter | None
     redis_enqueuer: RedisEnqueuer | None
+    hub: LiveHub
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:
@@ -62,6 +64,8 @@ class ApiState:
             secrets=SecretStore(redis=redis),
             rate_limiter=RateLimiter(redis=redis, rate=settings.submit_rate) if settings.submit_rate > 0 else None,
             # On a Redis broker in the storage Redis, the task and its message go in one round trip.
+            # Presence outlives a few missed refreshes (the hub refreshes every third of it).
+            hub=LiveHub(redis=redis, presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s)),
             redis_enqueuer=RedisEnqueuer(broker, redis)
             if isinstance(broker, RedisBroker) and settings.effective_broker_url == settings.storage_url
             else None,
@@ -81,6 +85,10 @@ class ApiState:
                 raise
         return stored
 
+    async def start(self) -> None:
+        await self.hub.start()
+
     async def close(self) -> None:
+        await self.hub.stop()
         await asyncio.to_thread(self.broker.close)
         await self.redis.aclose()

@@ -1,0 +1,185 @@
+"""The live side of one API process: every task's events, from Redis pub/sub to the sockets that follow them.
+
+One pattern subscription (``relay:live:*``) per process receives every event any worker publishes; the hub
+hands each to the local sockets subscribed to its task. It also keeps each followed task's presence key fresh
+(so workers know a socket somewhere may ack) and drives every socket's heartbeat from one timer.
+If the pub/sub connection drops, events published meanwhile were not received: after reconnecting, the hub
+asks every socket to read what it missed from the task's log, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Protocol
+
+import msgspec
+import redis.asyncio as aioredis
+
+from delivery import keys
+
+log = logging.getLogger("relay.live")
+
+# How long to wait before reconnecting a dropped pub/sub connection.
+RECONNECT_DELAY_S = 0.5
+# How often the hub looks at every socket's heartbeat.
+HEARTBEAT_TICK_S = 1.0
+_CHANNEL_PREFIX = keys.task_channel("").encode()
+
+
+class EventHead(msgspec.Struct):
+    """The few fields of a published event the hub needs (the rest passes through untouched)."""
+
+    id: str
+    seq: int
+    type: str
+    task_id: str
+    created_at: str
+
+
+_decode_head = msgspec.json.Decoder(EventHead).decode
+
+
+class Follower(Protocol):
+    """A socket as the hub sees it."""
+
+    def offer(self, head: EventHead, frame: bytes) -> None: ...
+
+    def resync(self) -> None: ...
+
+    def heartbeat(self, now: float) -> None: ...
+
+    def followed_tasks(self) -> Iterable[str]: ...
+
+
+def event_frame(body: bytes) -> bytes:
+    """The ``event`` frame around an encoded Event, without decoding it."""
+    return b'{"type":"event","event":' + body + b"}"
+
+
+class LiveHub:
+    def __init__(self, *, redis: aioredis.Redis, presence_ttl_s: float) -> None:
+        self._redis = redis
+        self._presence_ttl_s = max(1, int(presence_ttl_s))
+        self._followers: dict[str, set[Follower]] = {}
+        self._sockets: set[Follower] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._node = uuid.uuid4().hex  # this process's member in each followed task's presence set
+        self._background: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="relay-live-listen"),
+            asyncio.create_task(self._tick(), name="relay-live-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    @property
+    def sockets(self) -> int:
+        return len(self._sockets)
+
+    def attach(self, socket: Follower) -> None:
+        self._sockets.add(socket)
+
+    def detach(self, socket: Follower) -> None:
+        self._sockets.discard(socket)
+
+    async def follow(self, task_id: str, socket: Follower) -> None:
+        """Start handing ``task_id``'s events to ``socket``, and say so in the task's presence key."""
+        self._followers.setdefault(task_id, set()).add(socket)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(keys.subscribers(task_id), self._node)
+            pipe.expire(keys.subscribers(task_id), self._presence_ttl_s)
+            await pipe.execute()
+
+    def unfollow(self, task_id: str, socket: Follower) -> None:
+        followers = self._followers.get(task_id)
+        if followers is None:
+            return
+        followers.discard(socket)
+        if not followers:
+            del self._followers[task_id]
+            task = asyncio.create_task(self._leave(task_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _leave(self, task_id: str) -> None:
+        if task_id in self._followers:
+            return  # followed again meanwhile
+        try:
+            await self._redis.srem(keys.subscribers(task_id), self._node)
+        except Exception as exc:  # the member expires with the key anyway
+            log.warning("leaving the presence set of task %s failed: %s", task_id, exc)
+
+    async def _listen(self) -> None:
+        first = True
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.psubscribe(keys.LIVE_PATTERN)
+                self.connected.set()
+                if not first:
+                    for socket in list(self._sockets):
+                        socket.resync()
+                first = False
+                async for message in pubsub.listen():
+                    if message["type"] == "pmessage":
+                        self._dispatch(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.connected.clear()
+                log.warning("live event subscription lost (%s); reconnecting", exc)
+                await asyncio.sleep(RECONNECT_DELAY_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _dispatch(self, channel: bytes, body: bytes) -> None:
+        task_id = channel[len(_CHANNEL_PREFIX) :].decode()
+        followers = self._followers.get(task_id)
+        if not followers:
+            return
+        try:
+            head = _decode_head(body)
+        except msgspec.DecodeError:
+            log.warning("ignored an unreadable event on %s", channel)
+            return
+        frame = event_frame(body)
+        for socket in list(followers):
+            socket.offer(head, frame)
+
+    async def _tick(self) -> None:
+        refreshed_at = 0.0
+        while True:
+            await asyncio.sleep(HEARTBEAT_TICK_S)
+            now = time.monotonic()
+            for socket in list(self._sockets):
+                socket.heartbeat(now)
+            if now - refreshed_at >= self._presence_ttl_s / 3:
+                refreshed_at = now
+                try:
+                    await self._refresh_presence()
+                except Exception as exc:
+                    log.warning("refreshing presence keys failed: %s", exc)
+
+    async def _refresh_presence(self) -> None:
+        task_ids = list(self._followers)
+        for start in range(0, len(task_ids), 500):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in task_ids[start : start + 500]:
+                    pipe.sadd(keys.subscribers(task_id), self._node)
+                    pipe.expire(keys.subscribers(task_id), self._presence_ttl_s)
+                await pipe.execute()

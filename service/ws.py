@@ -1,0 +1,338 @@
+"""``GET /v1/ws``: follow tasks live, ack their events, resume from a ``seq`` after any drop.
+
+Each socket has a bounded send queue drained by its own sender task; the hub offers it events without
+waiting. A queue that overflows closes the socket with 1013 (the client resumes from its last ``seq``), so a
+slow consumer never makes the hub wait and never loses an event silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
+from litestar.exceptions import WebSocketDisconnect
+
+from delivery.event_log import EventLog
+from delivery.outbox import Outbox
+from schemas.events import Event, EventType
+from schemas.tasks import TaskStatus
+from schemas.ws import Ack, ClientFrame, Error, Ping, Pong, Subscribe, Subscribed, Unsubscribe
+from service.live import EventHead, LiveHub, event_frame
+from service.state import ApiState
+from service.task_store import TaskStore
+
+log = logging.getLogger("relay.ws")
+
+# Frames one socket may have waiting to be sent before it counts as a slow consumer.
+SEND_QUEUE_FRAMES = 1024
+# Tasks one socket may follow at once.
+MAX_SUBSCRIPTIONS = 1000
+# More bad frames than this in BAD_FRAME_WINDOW_S closes the socket with 1008.
+MAX_BAD_FRAMES = 20
+BAD_FRAME_WINDOW_S = 60.0
+
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+CLOSE_NO_PONG = 4000
+
+_decode_frame = msgspec.json.Decoder(ClientFrame).decode
+_encode = msgspec.json.Encoder().encode
+_FINAL = {EventType.COMPLETED.value, EventType.FAILED.value}
+
+
+@dataclass(slots=True)
+class Subscription:
+    task_id: str
+    has_webhook: bool
+    last_seq: int  # the highest seq queued for this socket
+    buffer: list[tuple[EventHead, bytes]] | None = field(default_factory=list)  # live events while catching up
+
+
+@dataclass(slots=True)
+class Sent:
+    """A final event sent to this socket, remembered until acked so the ack can settle its delivery."""
+
+    task_id: str
+    created_at: float
+    sent_at: float
+    has_webhook: bool
+
+
+class Connection:
+    def __init__(
+        self,
+        socket: WebSocket,  # type: ignore[type-arg]
+        *,
+        hub: LiveHub,
+        tasks: TaskStore,
+        events: EventLog,
+        outbox: Outbox,
+        ping_interval_s: float,
+        ping_timeout_s: float,
+    ) -> None:
+        self._socket = socket
+        self._hub = hub
+        self._tasks = tasks
+        self._events = events
+        self._outbox = outbox
+        self._ping_interval_s = ping_interval_s
+        self._ping_timeout_s = ping_timeout_s
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_FRAMES)
+        self._subs: dict[str, Subscription] = {}
+        self._sent: dict[str, Sent] = {}
+        self._bad_frames: deque[float] = deque()
+        self._last_heard = time.monotonic()
+        self._last_ping = self._last_heard
+        self._ping_outstanding = False
+        self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    # The hub's side.
+
+    def followed_tasks(self) -> Iterable[str]:
+        return self._subs.keys()
+
+    def offer(self, head: EventHead, frame: bytes) -> None:
+        sub = self._subs.get(head.task_id)
+        if sub is None:
+            return
+        if sub.buffer is not None:
+            sub.buffer.append((head, frame))
+        elif head.seq > sub.last_seq:
+            self._queue_event(sub, head, frame)
+
+    def resync(self) -> None:
+        for task_id in list(self._subs):
+            self._spawn(self._catch_up(task_id))
+
+    def heartbeat(self, now: float) -> None:
+        if self._closing:
+            return
+        if (
+            self._ping_outstanding
+            and now - self._last_ping > self._ping_timeout_s
+            and self._last_heard < self._last_ping
+        ):
+            self._close_soon(CLOSE_NO_PONG, "no pong")
+        elif now - self._last_ping >= self._ping_interval_s:
+            self._last_ping = now
+            self._ping_outstanding = True
+            self._put(_encode(Ping()))
+
+    # The socket's side.
+
+    async def run(self) -> None:
+        self._hub.attach(self)
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            await self._receive_loop()
+        finally:
+            self._closing = True
+            self._hub.detach(self)
+            for task_id in list(self._subs):
+                self._hub.unfollow(task_id, self)
+            sender.cancel()
+            for task in (sender, *self._background):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _receive_loop(self) -> None:
+        while not self._closing:
+            message = await self._socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self._last_heard = time.monotonic()
+            self._ping_outstanding = False
+            data: str | bytes | None = message.get("text")  # type: ignore[assignment]
+            if data is None:
+                data = message.get("bytes")  # type: ignore[assignment]
+            try:
+                frame = _decode_frame(data or b"")
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._bad_frame("bad_frame", _describe(exc))
+                continue
+            if isinstance(frame, Pong):
+                continue
+            if isinstance(frame, Ack):
+                await self._ack(frame)
+            elif isinstance(frame, Subscribe):
+                await self._subscribe(frame)
+            elif isinstance(frame, Unsubscribe):
+                self._unsubscribe(frame.task_id)
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                frame = await self._queue.get()
+                await self._socket.send_text(frame.decode())
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            # The client went away (uvicorn raises ClientDisconnected, an OSError): the receive loop ends too.
+            self._closing = True
+
+    async def _subscribe(self, frame: Subscribe) -> None:
+        if frame.task_id not in self._subs and len(self._subs) >= MAX_SUBSCRIPTIONS:
+            self._error(
+                "too_many_subscriptions", f"one socket follows at most {MAX_SUBSCRIPTIONS} tasks", frame.task_id
+            )
+            return
+        record = await self._tasks.get(frame.task_id) if frame.task_id.startswith("task_") else None
+        token = record.ws_token if record is not None else None
+        if record is None or token is None or not hmac.compare_digest(frame.token.encode(), token.encode()):
+            # The same answer for a task that does not exist, has expired, or is not this token's.
+            self._error("forbidden", "unknown task, or a token that is not this task's", frame.task_id)
+            return
+        self._unsubscribe(frame.task_id)
+        sub = Subscription(task_id=record.id, has_webhook=record.webhook is not None, last_seq=frame.after_seq)
+        self._subs[record.id] = sub
+        await self._hub.follow(record.id, self)
+        retained = await self._events.events_after(record.id, frame.after_seq)
+        last_seq = max(record.last_seq, retained[-1].seq if retained else 0)
+        expected = list(range(frame.after_seq + 1, last_seq + 1))
+        recovered = [e.seq for e in retained] == expected
+        status = record.status
+        for event in retained:
+            if event.type.final:
+                status = TaskStatus(event.data["status"])
+        if self._subs.get(record.id) is not sub:
+            return  # unsubscribed while reading
+        self._put(_encode(Subscribed(task_id=record.id, status=status, last_seq=last_seq, recovered=recovered)))
+        for event in retained:
+            self._queue_stored(sub, event)
+        self._drain_buffer(sub)
+
+    async def _catch_up(self, task_id: str) -> None:
+        """Send what the task's log has beyond what this socket got (after the hub missed live events)."""
+        sub = self._subs.get(task_id)
+        if sub is None or sub.buffer is not None:
+            return
+        sub.buffer = []
+        for event in await self._events.events_after(task_id, sub.last_seq):
+            self._queue_stored(sub, event)
+        self._drain_buffer(sub)
+
+    def _drain_buffer(self, sub: Subscription) -> None:
+        buffered, sub.buffer = sub.buffer or [], None
+        for head, frame in sorted(buffered, key=lambda item: item[0].seq):
+            if head.seq > sub.last_seq:
+                self._queue_event(sub, head, frame)
+
+    def _queue_stored(self, sub: Subscription, event: Event) -> None:
+        if event.seq <= sub.last_seq:
+            return
+        body = msgspec.json.encode(event)
+        head = EventHead(
+            id=event.id,
+            seq=event.seq,
+            type=event.type.value,
+            task_id=event.task_id,
+            created_at=event.created_at.isoformat(),
+        )
+        self._queue_event(sub, head, event_frame(body))
+
+    def _queue_event(self, sub: Subscription, head: EventHead, frame: bytes) -> None:
+        sub.last_seq = head.seq
+        if head.type in _FINAL:
+            self._sent[head.id] = Sent(
+                task_id=head.task_id,
+                created_at=_timestamp(head.created_at),
+                sent_at=time.monotonic(),
+                has_webhook=sub.has_webhook,
+            )
+        self._put(frame)
+
+    def _unsubscribe(self, task_id: str) -> None:
+        if self._subs.pop(task_id, None) is not None:
+            self._hub.unfollow(task_id, self)
+
+    async def _ack(self, frame: Ack) -> None:
+        sent = self._sent.pop(frame.event_id, None)
+        if sent is None:
+            return  # a progress event, or one acked already: nothing waits for it
+        try:
+            await self._outbox.ack(
+                event_id=frame.event_id,
+                task_id=sent.task_id,
+                created_at=sent.created_at,
+                has_webhook=sent.has_webhook,
+                duration_ms=(time.monotonic() - sent.sent_at) * 1000,
+            )
+        except Exception:
+            # Not settled: the delivery times out and its webhook (if any) goes out; at-least-once holds.
+            log.exception("recording the ack of event %s failed", frame.event_id)
+
+    # Sending and closing.
+
+    def _put(self, frame: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._close_soon(CLOSE_TRY_AGAIN, "send queue full; resume from your last seq")
+
+    def _error(self, code: str, message: str, task_id: str | None = None) -> None:
+        self._put(_encode(Error(code=code, message=message, task_id=task_id)))
+
+    def _bad_frame(self, code: str, message: str) -> None:
+        now = time.monotonic()
+        self._bad_frames.append(now)
+        while self._bad_frames and now - self._bad_frames[0] > BAD_FRAME_WINDOW_S:
+            self._bad_frames.popleft()
+        if len(self._bad_frames) > MAX_BAD_FRAMES:
+            self._close_soon(CLOSE_POLICY, "too many bad frames")
+        else:
+            self._error(code, message)
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._spawn(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await self._socket.close(code=code, reason=reason)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _timestamp(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"not a frame this socket understands: {text}"[:300]
+
+
+@websocket("/v1/ws", name="ws")
+async def ws_endpoint(socket: WebSocket, state_: NamedDependency[ApiState]) -> None:  # type: ignore[type-arg]
+    """Follow tasks live: see the WebSocket protocol in the README."""
+    await socket.accept()
+    settings = state_.settings
+    connection = Connection(
+        socket,
+        hub=state_.hub,
+        tasks=state_.tasks,
+        events=state_.events,
+        outbox=state_.outbox,
+        ping_interval_s=settings.ws_ping_interval_s,
+        ping_timeout_s=settings.ws_ping_timeout_s,
+    )
+    with contextlib.suppress(WebSocketDisconnect, OSError):
+        await connection.run()
