@@ -10,7 +10,7 @@ import dramatiq
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException, ValidationException
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
 from redis.exceptions import RedisError
@@ -22,7 +22,7 @@ from schemas.api import SigningSecret
 from schemas.deliveries import AttemptList
 from schemas.events import EventList
 from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
-from service.auth import Principal, require_tenant
+from service.auth import Principal, Reader, require_tenant
 from service.state import ApiState
 
 log = logging.getLogger("relay.api")
@@ -90,19 +90,19 @@ class TaskController(Controller):
 
     @get("/tasks/{task_id:str}", summary="Read a task")
     async def read(
-        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], task_id: FromPath[str]
+        self, state_: NamedDependency[ApiState], reader: NamedDependency[Reader], task_id: FromPath[str]
     ) -> Task:
-        return (await _owned(state_, principal, task_id)).public()
+        return (await _readable(state_, reader, task_id)).public()
 
     @get("/tasks/{task_id:str}/events", summary="A task's events, oldest first")
     async def events(
         self,
         state_: NamedDependency[ApiState],
-        principal: NamedDependency[Principal],
+        reader: NamedDependency[Reader],
         task_id: FromPath[str],
         after_seq: Annotated[int, QueryParameter(query="after_seq", ge=0)] = 0,
     ) -> EventList:
-        await _owned(state_, principal, task_id)
+        await _readable(state_, reader, task_id)
         return EventList(events=await state_.events.events_after(task_id, after_seq))
 
     @get("/tasks/{task_id:str}/deliveries", summary="Every delivery attempt of a task's events, oldest first")
@@ -124,6 +124,16 @@ class TaskController(Controller):
     ) -> Response[SigningSecret]:
         secret = await state_.secrets.rotate(require_tenant(principal))
         return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
+
+
+async def _readable(state_: ApiState, reader: Reader, task_id: str) -> TaskRecord:
+    record = await state_.tasks.get(task_id) if task_id.startswith("task_") else None
+    if record is not None and reader.may_read(record.tenant, record.ws_token):
+        return record
+    if reader.principal is None:
+        # Neither an API key nor this task's ws_token: the same 401 whether or not the task exists.
+        raise NotAuthorizedException("unknown API key or token")
+    raise NotFoundException(f"no task {task_id}")
 
 
 async def _owned(state_: ApiState, principal: Principal, task_id: str) -> TaskRecord:

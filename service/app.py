@@ -9,7 +9,7 @@ from pathlib import Path
 
 from litestar import Litestar, MediaType, Request, Response
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
@@ -18,7 +18,7 @@ from service import __version__
 from service.api_dead_letters import DeadLetterController
 from service.api_ops import health, prometheus_metrics, ready
 from service.api_tasks import TaskController
-from service.auth import Principal
+from service.auth import Principal, Reader, bearer_token
 from service.settings import Settings
 from service.state import ApiState
 from service.ws import ws_endpoint
@@ -46,6 +46,12 @@ def create_app(settings: Settings) -> Litestar:
     def provide_principal(request: Request) -> Principal:  # type: ignore[type-arg]
         return holder["state"].auth.identify(request)
 
+    def provide_reader(request: Request) -> Reader:  # type: ignore[type-arg]
+        token = bearer_token(request)
+        if token is None:
+            raise NotAuthorizedException("send Authorization: Bearer <api key or the task's ws_token>")
+        return Reader(principal=holder["state"].auth.lookup(token), token=token)
+
     return Litestar(
         route_handlers=[
             TaskController,
@@ -59,6 +65,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={
             "state_": Provide(provide_state, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),
+            "reader": Provide(provide_reader, sync_to_thread=False),
         },
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

@@ -29,17 +29,19 @@ class Authenticator:
         self._admin = settings.admin_token
 
     def identify(self, connection: ASGIConnection) -> Principal:  # type: ignore[type-arg]
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(connection)
+        if token is None:
             raise NotAuthorizedException("send Authorization: Bearer <api key or admin token>")
+        principal = self.lookup(token)
+        if principal is None:
+            raise NotAuthorizedException("unknown API key or admin token")
+        return principal
+
+    def lookup(self, token: str) -> Principal | None:
         if self._admin and hmac.compare_digest(token.encode(), self._admin.encode()):
             return Principal(tenant=None)
         tenant = self._lookup(token)
-        if tenant is None:
-            raise NotAuthorizedException("unknown API key or admin token")
-        return Principal(tenant=tenant)
+        return None if tenant is None else Principal(tenant=tenant)
 
     def _lookup(self, token: str) -> str | None:
         # Compare against every key so that timing does not tell how much of a key was right.
@@ -48,6 +50,33 @@ class Authenticator:
             if hmac.compare_digest(token.encode(), key.encode()):
                 found = tenant
         return found
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """Who reads a task: a tenant by API key, or anyone holding that one task's ``ws_token``.
+
+    The browser client reads a task it follows (when its events are no longer retained) with the task's
+    ``ws_token``, the capability it already has, rather than with the tenant's API key.
+    """
+
+    principal: Principal | None
+    token: str | None
+
+    def may_read(self, tenant: str, ws_token: str | None) -> bool:
+        if self.principal is not None:
+            return self.principal.tenant == tenant
+        return (
+            self.token is not None
+            and ws_token is not None
+            and hmac.compare_digest(self.token.encode(), ws_token.encode())
+        )
+
+
+def bearer_token(connection: ASGIConnection) -> str | None:  # type: ignore[type-arg]
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def require_tenant(principal: Principal) -> str:
