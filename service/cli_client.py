@@ -30,6 +30,7 @@ from schemas.deliveries import Attempt, AttemptList
 from schemas.events import Event, EventList, EventType
 from schemas.tasks import Progress as TaskProgress
 from schemas.tasks import Task, TaskStatus, TaskSubmission, Webhook
+from service.follow import FollowError, NotRecovered, follow_task
 from service.settings import DEFAULT_URL
 
 __all__ = ["ApiError", "ApiUnreachable", "CommandFailed", "dlq", "submit", "wait_for_task"]
@@ -601,13 +602,30 @@ def wait_for_task(
 ) -> Task:
     """Follow ``task`` until it has finished and return it as the API then tells it.
 
-    Polls ``GET /v1/tasks/{id}/events`` and prints progress to stderr as it comes; a stand-in for
-    following the task over the WebSocket, which can replace it behind the same signature.
+    Follows over the WebSocket (progress to stderr as it comes); reads the task over HTTP when retention
+    lost some of its events, and polls ``GET /v1/tasks/{id}/events`` when no socket can be opened at all.
 
     Raises:
         CommandFailed: the API failed, or ``timeout_s`` passed first.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    if task.ws_token is not None:
+        try:
+            follow_task(str(client.base_url), task.id, task.ws_token, on_event=_report_progress, deadline=deadline)
+        except TimeoutError:
+            raise CommandFailed(f"task {task.id} still not finished after {timeout_s:g} s") from None
+        except NotRecovered:
+            pass
+        except FollowError as exc:
+            click.echo(f"relay: {exc}; polling instead", err=True)
+            return _poll_task(client, task, deadline=deadline, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+        return _decode(_call(client, "GET", _task_path(task.id)), Task)
+    return _poll_task(client, task, deadline=deadline, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+
+
+def _poll_task(
+    client: httpx.Client, task: Task, *, deadline: float | None, timeout_s: float | None, poll_interval_s: float
+) -> Task:
     after_seq = 0
     final_seen = False
     checked_at = time.monotonic()

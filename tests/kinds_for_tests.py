@@ -34,3 +34,15 @@ def count_sync(data: CountInput, ctx: TaskContext) -> dict[str, int]:
         total += step
         ctx.progress_sync(100 * step / data.steps, f"step {step} of {data.steps}")
     return {"steps": data.steps, "total": total}
+
+
+class BurstInput(msgspec.Struct, forbid_unknown_fields=True):
+    events: Annotated[int, msgspec.Meta(ge=1, le=50_000)]
+
+
+@kind("burst", input_type=BurstInput)
+async def burst(data: BurstInput, ctx: TaskContext) -> dict[str, int]:
+    """Reports ``events`` progress events as fast as the worker can write them."""
+    for n in range(1, data.events + 1):
+        await ctx.progress(100 * n / data.events, None)
+    return {"events": data.events}

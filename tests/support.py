@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -308,3 +309,109 @@ def wait_dead_letter(api: Api, task_id: str, *, timeout_s: float = 20.0, **match
         return None
 
     return dict(wait_until(found, timeout_s=timeout_s, message=f"a dead letter of {task_id} with {match}"))
+
+
+class WsClient:
+    """A test client of ``/v1/ws`` on websockets' sync client: a thread reads every frame into a queue.
+
+    It answers the server's ``{"type": "ping"}`` with a pong unless ``answer_pings`` is false, and keeps the
+    close code the server sent. ``read=False`` starts without the reading thread (a client that does not read:
+    pass ``max_queue`` and a ``sock`` with a small receive buffer too); :meth:`start_reading` starts it later.
+    """
+
+    def __init__(self, base_url: str, *, answer_pings: bool = True, read: bool = True, **connect: Any) -> None:
+        import queue
+
+        from websockets.sync.client import connect as ws_connect
+
+        url = "ws" + base_url.removeprefix("http") + "/v1/ws"
+        connect.setdefault("open_timeout", 10)
+        connect.setdefault("ping_interval", None)  # the protocol-level keepalive is uvicorn's business
+        self.connection = ws_connect(url, **connect)
+        self.answer_pings = answer_pings
+        self.frames: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.pings = 0
+        self.close_code: int | None = None
+        self.closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        if read:
+            self.start_reading()
+
+    def start_reading(self) -> None:
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        import json
+
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                frame = json.loads(self.connection.recv())
+                if frame.get("type") == "ping":
+                    self.pings += 1
+                    if self.answer_pings:
+                        self.send({"type": "pong"})
+                    continue
+                self.frames.put(frame)
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd is not None else 1006
+        finally:
+            self.closed.set()
+            self.frames.put(None)
+
+    def send(self, frame: Mapping[str, Any]) -> None:
+        import json
+
+        from websockets.exceptions import ConnectionClosed
+
+        with contextlib.suppress(ConnectionClosed):  # the reading thread sees the close and records its code
+            self.connection.send(json.dumps(frame))
+
+    def send_raw(self, data: str | bytes) -> None:
+        self.connection.send(data)
+
+    def subscribe(self, task: Mapping[str, Any], *, after_seq: int = 0, token: str | None = None) -> None:
+        self.send(
+            {"type": "subscribe", "task_id": task["id"], "token": token or task["ws_token"], "after_seq": after_seq}
+        )
+
+    def recv(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The next frame other than a ping; fails the test when none comes or the socket closed."""
+        import queue
+
+        try:
+            frame = self.frames.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no frame within {timeout_s} s") from None
+        if frame is None:
+            self.frames.put(None)  # every later recv() fails the same way
+            raise AssertionError(f"the socket closed ({self.close_code})")
+        return frame
+
+    def events_until_final(self, task_id: str, *, ack: bool = False, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+        """Events of ``task_id`` up to its completed or failed one (frames of other tasks are dropped)."""
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            frame = self.recv(max(0.0, deadline - time.monotonic()))
+            if frame["type"] != "event" or frame["event"]["task_id"] != task_id:
+                continue
+            event = frame["event"]
+            events.append(event)
+            if ack:
+                self.send({"type": "ack", "event_id": event["id"]})
+            if event["type"] in ("task.completed", "task.failed"):
+                return events
+
+    def wait_closed(self, timeout_s: float = 10.0) -> int | None:
+        """The close code the server sent (1006 when it sent none) once the socket is closed."""
+        if not self.closed.wait(timeout_s):
+            raise AssertionError(f"the socket is still open after {timeout_s} s")
+        return self.close_code
+
+    def close(self) -> None:
+        self.connection.close()
+        if self._thread is not None:
+            self._thread.join(10)
