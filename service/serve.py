@@ -128,6 +128,10 @@ def _banner(
         f"  try:          curl -s -X POST {url}/v1/tasks -H 'Authorization: Bearer {_example_key(settings, creds)}' "
         '-H \'content-type: application/json\' -d \'{"kind": "echo", "input": {"hello": 1}}\''
     )
+    key = _example_key(settings, creds)
+    # The key rides in the URL fragment, which the browser never sends to the server.
+    demo = f"{url}/#key={key}" if not key.startswith("<") else f"{url}/"
+    lines.append(f"  demo page:    {demo}")
     lines.append(f"  API docs:     {url}/schema/swagger")
     # Plain print: rich would wrap the curl line, and it must stay copy-pasteable.
     print("\n".join(lines), flush=True)
