@@ -22,12 +22,13 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
+from redis.exceptions import RedisError
 
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from schemas.events import Event, EventType
 from schemas.tasks import TaskStatus
-from schemas.ws import Ack, ClientFrame, Error, Ping, Pong, Subscribe, Subscribed, Unsubscribe
+from schemas.ws import Ack, ClientFrame, Error, Ping, Subscribe, Subscribed, Unsubscribe
 from service.live import EventHead, LiveHub, event_frame
 from service.state import ApiState
 from service.task_store import TaskStore
@@ -163,14 +164,21 @@ class Connection:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._bad_frame("bad_frame", _describe(exc))
                 continue
-            if isinstance(frame, Pong):
-                continue
-            if isinstance(frame, Ack):
-                await self._ack(frame)
-            elif isinstance(frame, Subscribe):
-                await self._subscribe(frame)
-            elif isinstance(frame, Unsubscribe):
-                self._unsubscribe(frame.task_id)
+            try:
+                await self._handle(frame)
+            except RedisError as exc:
+                # Redis is away for a moment: say so; the client may try again (or resume later).
+                log.warning("a %s frame failed: %s", type(frame).__name__.lower(), exc)
+                task_id = getattr(frame, "task_id", None)
+                self._error("unavailable", "storage is unavailable; try again shortly", task_id)
+
+    async def _handle(self, frame: ClientFrame) -> None:
+        if isinstance(frame, Ack):
+            await self._ack(frame)
+        elif isinstance(frame, Subscribe):
+            await self._subscribe(frame)
+        elif isinstance(frame, Unsubscribe):
+            self._unsubscribe(frame.task_id)
 
     async def _send_loop(self) -> None:
         try:
