@@ -470,23 +470,27 @@ def replay(
 ) -> None:
     """Replay dead letters: the given IDs, or --all that match the filters.
 
-    A replay sends the same event (same webhook-id) on a fresh retry schedule. With --all the server
-    replays in bulk; with several IDs a progress bar runs on stderr.
+    A replay sends the same event (same webhook-id) on a fresh retry schedule. --all lists the matching
+    dead letters, then replays them one by one with a progress bar on stderr; --all --dry-run only counts.
     """
     _check_selection(
         ids, all_, {"reason": reason, "tenant": tenant, "since": since, "until": until, "dry_run": dry_run}
     )
     with _client(url, token) as client:
-        if all_:
+        if all_ and dry_run:
             body = ReplayFilter(
                 reason=DeadLetterReason(reason) if reason else None,
                 tenant=tenant,
                 since=since,
                 until=until,
-                dry_run=dry_run,
+                dry_run=True,
             )
             _replay_all(client, body)
             return
+        if all_:
+            # One by one rather than the bulk endpoint, so that a long replay shows its progress.
+            filters = {"reason": reason, "tenant": tenant, "since": since, "until": until}
+            ids = tuple(letter.id for letter in iter_dead_letters(client, filters, None))
         done = _for_each(ids, lambda item: _replay_one(client, item), "Replaying")
     click.echo(f"replayed {done} of {len(ids)}")
     _exit_if_short(done, len(ids))

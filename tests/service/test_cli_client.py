@@ -446,13 +446,17 @@ def test_replay_all_dry_run_sends_dry_run_and_prints_matched(fake_api: FakeRelay
     assert result.stdout.strip() == "dry run: 2 would be replayed"
 
 
-def test_replay_all_prints_matched_and_replayed(fake_api: FakeRelay) -> None:
+def test_replay_all_lists_the_matches_then_replays_each(fake_api: FakeRelay) -> None:
     result = run(dlq, as_admin(fake_api, "replay", "--all", "--tenant", "globex", "--since", "2025-03-01T00:00:00Z"))
 
     assert result.exit_code == 0, result.output
-    (request,) = fake_api.requests("POST")
-    assert request.body == {"tenant": "globex", "since": "2025-03-01T00:00:00Z", "dry_run": False}
-    assert result.stdout.strip() == "matched 1, replayed 1"
+    (listing,) = fake_api.requests("GET", "/v1/dead-letters")
+    assert listing.query["tenant"] == ["globex"]
+    assert listing.query["since"] == ["2025-03-01T00:00:00Z"]
+    replays = fake_api.requests("POST")
+    assert replays, "nothing was replayed"
+    assert all(r.path.endswith("/replay") and r.path != "/v1/dead-letters/replay" for r in replays)
+    assert result.stdout.strip() == f"replayed {len(replays)} of {len(replays)}"
 
 
 @pytest.mark.parametrize(
