@@ -19,6 +19,7 @@ from service.api_dead_letters import DeadLetterController
 from service.api_ops import health, prometheus_metrics, ready
 from service.api_tasks import TaskController
 from service.auth import Principal, Reader, bearer_token
+from service.pages import demo_page
 from service.settings import Settings
 from service.state import ApiState
 from service.ws import ws_endpoint
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> Litestar:
             ready,
             prometheus_metrics,
             ws_endpoint,
+            demo_page,
             create_static_files_router(path="/static", directories=[STATIC_DIR], name="static"),
         ],
         dependencies={

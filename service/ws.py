@@ -37,6 +37,9 @@ log = logging.getLogger("relay.ws")
 
 # Frames one socket may have waiting to be sent before it counts as a slow consumer.
 SEND_QUEUE_FRAMES = 1024
+# Catching up from the log waits while the send queue holds this many frames (the rest is for pings and live
+# events): a resume from far back is not a slow consumer.
+CATCH_UP_QUEUE_FRAMES = SEND_QUEUE_FRAMES // 2
 # Tasks one socket may follow at once.
 MAX_SUBSCRIPTIONS = 1000
 # More bad frames than this in BAD_FRAME_WINDOW_S closes the socket with 1008.
@@ -46,6 +49,8 @@ BAD_FRAME_WINDOW_S = 60.0
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 CLOSE_NO_PONG = 4000
+# How long a closing socket waits for its close frame to get out behind what it still has to send.
+CLOSE_WAIT_S = 10.0
 
 _decode_frame = msgspec.json.Decoder(ClientFrame).decode
 _encode = msgspec.json.Encoder().encode
@@ -98,6 +103,8 @@ class Connection:
         self._ping_outstanding = False
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
+        self._closer: asyncio.Task[None] | None = None
+        self._room = asyncio.Event()  # set when the send queue has room for catching up, or the socket closes
 
     # The hub's side.
 
@@ -120,12 +127,10 @@ class Connection:
     def heartbeat(self, now: float) -> None:
         if self._closing:
             return
-        if (
-            self._ping_outstanding
-            and now - self._last_ping > self._ping_timeout_s
-            and self._last_heard < self._last_ping
-        ):
-            self._close_soon(CLOSE_NO_PONG, "no pong")
+        if self._ping_outstanding:
+            # No new ping while one is unanswered: the timeout runs from the first unanswered ping.
+            if now - self._last_ping > self._ping_timeout_s:
+                self._close_soon(CLOSE_NO_PONG, "no pong")
         elif now - self._last_ping >= self._ping_interval_s:
             self._last_ping = now
             self._ping_outstanding = True
@@ -144,10 +149,16 @@ class Connection:
             for task_id in list(self._subs):
                 self._hub.unfollow(task_id, self)
             sender.cancel()
-            for task in (sender, *self._background):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            try:
+                if self._closer is not None:
+                    # Cancelled, the close frame would never go out and the client would see 1006, not why
+                    # (1008, 1013, 4000); behind a full send buffer it waits for a client that reads again.
+                    await asyncio.wait([self._closer], timeout=CLOSE_WAIT_S)
+            finally:
+                for task in (sender, *self._background):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
 
     async def _receive_loop(self) -> None:
         while not self._closing:
@@ -184,10 +195,13 @@ class Connection:
         try:
             while True:
                 frame = await self._queue.get()
+                if self._queue.qsize() < CATCH_UP_QUEUE_FRAMES:
+                    self._room.set()
                 await self._socket.send_text(frame.decode())
         except (WebSocketDisconnect, OSError, RuntimeError):
             # The client went away (uvicorn raises ClientDisconnected, an OSError): the receive loop ends too.
             self._closing = True
+            self._room.set()
 
     async def _subscribe(self, frame: Subscribe) -> None:
         if frame.task_id not in self._subs and len(self._subs) >= MAX_SUBSCRIPTIONS:
@@ -217,7 +231,7 @@ class Connection:
             return  # unsubscribed while reading
         self._put(_encode(Subscribed(task_id=record.id, status=status, last_seq=last_seq, recovered=recovered)))
         for event in retained:
-            self._queue_stored(sub, event)
+            await self._queue_stored(sub, event)
         self._drain_buffer(sub)
 
     async def _catch_up(self, task_id: str) -> None:
@@ -227,7 +241,7 @@ class Connection:
             return
         sub.buffer = []
         for event in await self._events.events_after(task_id, sub.last_seq):
-            self._queue_stored(sub, event)
+            await self._queue_stored(sub, event)
         self._drain_buffer(sub)
 
     def _drain_buffer(self, sub: Subscription) -> None:
@@ -236,8 +250,13 @@ class Connection:
             if head.seq > sub.last_seq:
                 self._queue_event(sub, head, frame)
 
-    def _queue_stored(self, sub: Subscription, event: Event) -> None:
-        if event.seq <= sub.last_seq:
+    async def _queue_stored(self, sub: Subscription, event: Event) -> None:
+        # A client that stops reading meanwhile is closed by the heartbeat (its pongs wait unread), or its
+        # send fails: either sets _closing and _room.
+        while self._queue.qsize() >= CATCH_UP_QUEUE_FRAMES and not self._closing:
+            self._room.clear()
+            await self._room.wait()
+        if event.seq <= sub.last_seq or self._subs.get(sub.task_id) is not sub:
             return
         body = msgspec.json.encode(event)
         head = EventHead(
@@ -307,7 +326,10 @@ class Connection:
         if self._closing:
             return
         self._closing = True
-        self._spawn(self._close(code, reason))
+        self._room.set()
+        self._closer = asyncio.create_task(self._close(code, reason))
+        self._background.add(self._closer)
+        self._closer.add_done_callback(self._background.discard)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

@@ -1,1 +1,279 @@
-// The browser client arrives with the WebSocket channel.
+// Relay's browser client: follow tasks over one WebSocket, get each event once and in order, survive drops.
+//
+//   import { RelayClient } from "/static/relay.js";
+//   const relay = new RelayClient(location.origin);
+//   relay.subscribe(task.id, task.ws_token, { onEvent(event) { ... }, onStatus(status) { ... } });
+//
+// onEvent(event) gets every Event of the task exactly once, in seq order; the event is acked when it returns
+// (an event whose handler throws is not acked, so its webhook, if any, still goes out). onStatus(status) gets
+// plain objects with a `type` and a human `text`: the connection's "connecting" | "open" | "closed" |
+// "reconnecting" (with `delayMs`), and the task's "subscribed" | "recovered" (with `task`) | "error".
+
+const DEFAULTS = {
+  pingIntervalMs: 20_000, // RELAY_WS_PING_INTERVAL on the server
+  pingTimeoutMs: 20_000, // RELAY_WS_PING_TIMEOUT on the server
+  backoffBaseMs: 500,
+  backoffMaxMs: 20_000,
+  healthyAfterMs: 5_000, // a connection open this long resets the backoff
+  onStatus: null, // receives every status, of the connection and of every task
+};
+
+const SEQ_KEY = (taskId) => `relay:seq:${taskId}`;
+
+export class RelayClient {
+  constructor(baseUrl = location.origin, options = {}) {
+    this.baseUrl = String(baseUrl).replace(/\/+$/, "");
+    this.wsUrl = this.baseUrl.replace(/^http/, "ws") + "/v1/ws"; // http -> ws, https -> wss
+    this.options = { ...DEFAULTS, ...options };
+    this.subs = new Map(); // taskId -> {token, onEvent, onStatus, lastSeq, sentAfter, jumpAllowed, resyncing}
+    this.socket = null;
+    this.attempt = 0; // failed connections in a row, for the backoff
+    this.openedAt = 0;
+    this.retryTimer = null;
+    this.deadTimer = null;
+    this.closed = false;
+  }
+
+  /** Follow a task from where this tab last saw it (sessionStorage), or from its first event. */
+  subscribe(taskId, token, { onEvent = () => {}, onStatus = () => {} } = {}) {
+    const known = this.subs.get(taskId);
+    const lastSeq = Math.max(known ? known.lastSeq : 0, loadSeq(taskId));
+    const sub = { token, onEvent, onStatus, lastSeq, sentAfter: lastSeq, jumpAllowed: false, resyncing: false };
+    this.subs.set(taskId, sub);
+    this.closed = false;
+    if (this.isOpen()) this.sendSubscribe(taskId, sub);
+    else if (!this.socket && !this.retryTimer) this.connect();
+  }
+
+  unsubscribe(taskId) {
+    if (this.subs.delete(taskId) && this.isOpen()) this.send({ type: "unsubscribe", task_id: taskId });
+  }
+
+  /** Stop for good: no reconnect until the next subscribe(). */
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.drop(1000, "closed by the page");
+  }
+
+  /** Demo aid: lose the socket as a network drop would, so the client reconnects and resumes. */
+  dropConnection() {
+    this.drop(4000, "dropped by the page");
+  }
+
+  /** The last seq this client handed to onEvent for the task (0: none yet). */
+  lastSeq(taskId) {
+    return this.subs.get(taskId)?.lastSeq ?? loadSeq(taskId);
+  }
+
+  isOpen() {
+    return this.socket !== null && this.socket.readyState === WebSocket.OPEN;
+  }
+
+  // The connection.
+
+  connect() {
+    this.retryTimer = null;
+    if (this.closed) return;
+    this.status({ type: "connecting", text: `connecting to ${this.wsUrl}` });
+    const socket = new WebSocket(this.wsUrl);
+    this.socket = socket;
+    this.armDeadTimer(); // a connect that hangs counts as dead too
+    socket.onopen = () => {
+      this.openedAt = Date.now();
+      this.status({ type: "open", text: "connected" });
+      this.armDeadTimer();
+      for (const [taskId, sub] of this.subs) this.sendSubscribe(taskId, sub);
+    };
+    socket.onmessage = (message) => {
+      this.armDeadTimer();
+      let frame;
+      try {
+        frame = JSON.parse(message.data);
+      } catch {
+        return; // not ours to crash on; the server only sends JSON
+      }
+      this.handle(frame);
+    };
+    socket.onclose = (close) => this.lost(socket, close.code, close.reason);
+  }
+
+  // Forget the socket at once (its late frames are ignored), close it, and reconnect unless closed.
+  drop(code, reason) {
+    const socket = this.socket;
+    if (!socket) return;
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    try {
+      socket.close(code, reason);
+    } catch {
+      // already closing
+    }
+    this.lost(socket, code, reason);
+  }
+
+  lost(socket, code, reason) {
+    if (socket !== this.socket) return;
+    this.socket = null;
+    clearTimeout(this.deadTimer);
+    const healthy = this.openedAt && Date.now() - this.openedAt >= this.options.healthyAfterMs;
+    this.openedAt = 0;
+    if (healthy) this.attempt = 0;
+    this.status({ type: "closed", code, reason, text: `connection closed (${code}${reason ? ` ${reason}` : ""})` });
+    if (this.closed) return;
+    // Full jitter: anywhere between 0 and the capped exponential step, so clients do not reconnect in herds.
+    const capMs = Math.min(this.options.backoffMaxMs, this.options.backoffBaseMs * 2 ** this.attempt);
+    const delayMs = Math.round(Math.random() * capMs);
+    this.attempt += 1;
+    this.status({ type: "reconnecting", delayMs, attempt: this.attempt, text: `reconnecting in ${delayMs} ms` });
+    this.retryTimer = setTimeout(() => this.connect(), delayMs);
+  }
+
+  // The server pings every interval; nothing at all for interval + timeout means the path is dead
+  // (a dead peer often never sends a close, and the browser may not notice for minutes).
+  armDeadTimer() {
+    clearTimeout(this.deadTimer);
+    const silentMs = this.options.pingIntervalMs + this.options.pingTimeoutMs;
+    this.deadTimer = setTimeout(() => this.drop(4001, `no frame for ${silentMs} ms`), silentMs);
+  }
+
+  send(frame) {
+    if (this.isOpen()) this.socket.send(JSON.stringify(frame));
+  }
+
+  sendSubscribe(taskId, sub) {
+    sub.sentAfter = sub.lastSeq;
+    sub.resyncing = false;
+    this.send({ type: "subscribe", task_id: taskId, token: sub.token, after_seq: sub.lastSeq });
+  }
+
+  // Frames.
+
+  handle(frame) {
+    switch (frame.type) {
+      case "ping":
+        this.send({ type: "pong" });
+        break;
+      case "event":
+        this.deliver(frame.event);
+        break;
+      case "subscribed":
+        this.subscribed(frame);
+        break;
+      case "error":
+        this.error(frame);
+        break;
+    }
+  }
+
+  deliver(event) {
+    const sub = this.subs.get(event.task_id);
+    if (!sub) return;
+    if (event.seq <= sub.lastSeq) {
+      // Seen already (sent again after a reconnect): ack it again, the first ack may have died with a socket.
+      this.send({ type: "ack", event_id: event.id });
+      return;
+    }
+    if (event.seq !== sub.lastSeq + 1 && !sub.jumpAllowed) {
+      // A gap should never happen; if it does, ask again from what we have rather than deliver out of order.
+      if (!sub.resyncing) {
+        this.sendSubscribe(event.task_id, sub);
+        sub.resyncing = true;
+      }
+      return;
+    }
+    sub.jumpAllowed = false;
+    sub.lastSeq = event.seq;
+    saveSeq(event.task_id, event.seq);
+    try {
+      sub.onEvent(event);
+    } catch (error) {
+      console.error("relay: onEvent threw; the event is not acked", error);
+      return;
+    }
+    this.send({ type: "ack", event_id: event.id });
+  }
+
+  subscribed(frame) {
+    const sub = this.subs.get(frame.task_id);
+    if (!sub) return;
+    sub.resyncing = false;
+    // Events the server no longer retains cannot be replayed: the next one may skip ahead.
+    sub.jumpAllowed = !frame.recovered;
+    const resumed = sub.sentAfter > 0 ? `, resuming after seq ${sub.sentAfter}` : "";
+    this.taskStatus(frame.task_id, {
+      type: "subscribed",
+      status: frame.status,
+      lastSeq: frame.last_seq,
+      afterSeq: sub.sentAfter,
+      recovered: frame.recovered,
+      text: `subscribed (task ${frame.status}, server at seq ${frame.last_seq}${resumed})`,
+    });
+    if (!frame.recovered) this.recover(frame.task_id, sub);
+  }
+
+  // Some events are gone from the server's log: read the task itself, so the page learns how it ended.
+  async recover(taskId, sub) {
+    try {
+      const response = await fetch(`${this.baseUrl}/v1/tasks/${encodeURIComponent(taskId)}`, {
+        headers: { Authorization: `Bearer ${sub.token}` },
+      });
+      if (!response.ok) throw new Error(`GET /v1/tasks/${taskId} answered ${response.status}`);
+      const task = await response.json();
+      this.taskStatus(taskId, { type: "recovered", task, text: `some events expired; the task is ${task.status}` });
+    } catch (error) {
+      this.taskStatus(taskId, { type: "error", code: "recover_failed", message: String(error), text: String(error) });
+    }
+  }
+
+  error(frame) {
+    const text = `server error ${frame.code}: ${frame.message}`;
+    const status = { type: "error", code: frame.code, message: frame.message, text };
+    if (frame.task_id && this.subs.has(frame.task_id)) {
+      this.taskStatus(frame.task_id, status);
+      // A refused subscribe is final (unknown task or wrong token): do not send it again on every reconnect.
+      if (frame.code === "forbidden") this.subs.delete(frame.task_id);
+    } else {
+      this.status(status);
+    }
+  }
+
+  // Status reports.
+
+  status(status) {
+    for (const [taskId, sub] of this.subs) safely(sub.onStatus, { ...status, taskId });
+    if (this.options.onStatus) safely(this.options.onStatus, status);
+  }
+
+  taskStatus(taskId, status) {
+    const sub = this.subs.get(taskId);
+    const report = { ...status, taskId };
+    if (sub) safely(sub.onStatus, report);
+    if (this.options.onStatus) safely(this.options.onStatus, report);
+  }
+}
+
+function safely(callback, value) {
+  try {
+    callback(value);
+  } catch (error) {
+    console.error("relay: onStatus threw", error);
+  }
+}
+
+// sessionStorage can be missing or refuse (sandboxed frames, storage full): then resume works within the page only.
+function loadSeq(taskId) {
+  try {
+    return Number.parseInt(sessionStorage.getItem(SEQ_KEY(taskId)) ?? "0", 10) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+function saveSeq(taskId, seq) {
+  try {
+    sessionStorage.setItem(SEQ_KEY(taskId), String(seq));
+  } catch {
+    // see loadSeq
+  }
+}

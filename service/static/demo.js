@@ -1,0 +1,357 @@
+// The demo page: submit a task, follow it with RelayClient, show every event and what the connection did.
+import { RelayClient } from "/static/relay.js";
+
+const KEY_STORE = "relay-demo:key"; // localStorage: the API key survives the tab
+const RECENT_STORE = "relay-demo:tasks"; // sessionStorage: tasks this tab followed, so a reload resumes
+const RECENT_MAX = 6;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  form: $("run-form"),
+  key: $("api-key"),
+  seconds: $("seconds"),
+  echoInput: $("echo-input"),
+  failMessage: $("fail-message"),
+  run: $("run"),
+  formError: $("form-error"),
+  conn: $("conn"),
+  connText: $("conn-text"),
+  taskId: $("task-id"),
+  taskStatus: $("task-status"),
+  progress: $("progress"),
+  bar: $("bar"),
+  percent: $("percent"),
+  progressMessage: $("progress-message"),
+  outcome: $("outcome"),
+  statEvents: $("stat-events"),
+  statReconnects: $("stat-reconnects"),
+  statOrder: $("stat-order"),
+  cut: $("cut"),
+  log: $("log"),
+  logWrap: $("log-wrap"),
+  logEmpty: $("log-empty"),
+  recent: $("recent"),
+  recentEmpty: $("recent-empty"),
+};
+
+// For tests and the curious: every event onEvent got, and every status the client reported.
+window.relayEvents = [];
+window.relayStatuses = [];
+
+const relay = new RelayClient(location.origin, { onStatus: onStatus });
+window.relay = relay;
+
+let current = null; // {id, token, kind}
+let reconnects = 0;
+
+// The API key: from the URL fragment (`relay serve` prints a link with #key=...), else remembered.
+
+function initKey() {
+  const fromFragment = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (fromFragment) {
+    remember(localStorage, KEY_STORE, fromFragment);
+    history.replaceState(null, "", location.pathname + location.search); // keep the key out of the address bar
+  }
+  ui.key.value = fromFragment || recall(localStorage, KEY_STORE) || "";
+  ui.key.addEventListener("change", () => remember(localStorage, KEY_STORE, ui.key.value.trim()));
+}
+
+// Submitting.
+
+function selectedKind() {
+  return ui.form.querySelector('input[name="kind"]:checked').value;
+}
+
+function showKindFields() {
+  const kind = selectedKind();
+  for (const field of ui.form.querySelectorAll("[data-kind]")) field.hidden = field.dataset.kind !== kind;
+}
+
+function taskInput(kind) {
+  if (kind === "sleep") return { seconds: Number(ui.seconds.value) };
+  if (kind === "fail") return { message: ui.failMessage.value };
+  return JSON.parse(ui.echoInput.value); // echo: any JSON
+}
+
+async function submit(event) {
+  event.preventDefault();
+  ui.formError.hidden = true;
+  const key = ui.key.value.trim();
+  remember(localStorage, KEY_STORE, key);
+  const kind = selectedKind();
+  let input;
+  try {
+    input = taskInput(kind);
+  } catch (error) {
+    return formError(`The input is not JSON: ${error.message}`);
+  }
+  ui.run.disabled = true;
+  try {
+    const response = await fetch("/v1/tasks", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ kind, input, websocket: true }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (response.status === 401) return formError("Relay does not know that API key.");
+    if (!response.ok) return formError(body.detail || `POST /v1/tasks answered ${response.status}`);
+    const task = { id: body.id, token: body.ws_token, kind: body.kind };
+    rememberTask(task);
+    follow(task, body);
+  } catch (error) {
+    formError(`Could not reach Relay: ${error.message}`);
+  } finally {
+    ui.run.disabled = false;
+  }
+}
+
+function formError(text) {
+  ui.formError.textContent = text;
+  ui.formError.hidden = false;
+}
+
+// Following one task at a time.
+
+async function follow(task, snapshot = null) {
+  if (current) relay.unsubscribe(current.id);
+  current = task;
+  resetTaskView(task);
+  renderRecent();
+  if (snapshot) showTask(snapshot);
+  // After a reload the client resumes after the last seq this tab saw: show the earlier events from the log first.
+  const seenSeq = relay.lastSeq(task.id);
+  if (seenSeq > 0) await showHistory(task, seenSeq);
+  if (current !== task) return;
+  relay.subscribe(task.id, task.token, { onEvent: (event) => onEvent(task, event) });
+}
+
+async function showHistory(task, upToSeq) {
+  try {
+    const response = await fetch(`/v1/tasks/${encodeURIComponent(task.id)}/events?after_seq=0`, {
+      headers: { Authorization: `Bearer ${task.token}` },
+    });
+    if (!response.ok) throw new Error(`answered ${response.status}`);
+    const { events } = await response.json();
+    if (current !== task) return;
+    note("history", `earlier events of this task, read over HTTP (the client resumes after seq ${upToSeq})`);
+    for (const event of events) if (event.seq <= upToSeq) showEvent(event, { earlier: true });
+  } catch (error) {
+    note("error", `could not read the earlier events: ${error.message}`);
+  }
+}
+
+function onEvent(task, event) {
+  window.relayEvents.push({ taskId: event.task_id, seq: event.seq, type: event.type, id: event.id });
+  if (current === task) showEvent(event);
+}
+
+function onStatus(status) {
+  window.relayStatuses.push({ ...status, at: Date.now() });
+  if (status.taskId && status.taskId !== current?.id) return;
+  switch (status.type) {
+    case "connecting":
+      setConn("connecting", "connecting…");
+      break;
+    case "open":
+      setConn("open", "connected");
+      note("open", status.text);
+      break;
+    case "closed":
+      setConn("closed", `closed (${status.code})`);
+      note("closed", status.text);
+      break;
+    case "reconnecting":
+      reconnects += 1;
+      ui.statReconnects.textContent = String(reconnects);
+      setConn("reconnecting", status.text);
+      note("reconnecting", status.text);
+      break;
+    case "subscribed":
+      note(status.afterSeq > 0 ? "resumed" : "subscribed", status.text);
+      if (!isFinal(ui.taskStatus.dataset.status)) setStatus(status.status);
+      break;
+    case "recovered":
+      note("error", status.text);
+      showTask(status.task);
+      break;
+    case "error":
+      note("error", status.text);
+      break;
+  }
+}
+
+// Rendering.
+
+function resetTaskView(task) {
+  ui.taskId.textContent = task.id;
+  setStatus("queued");
+  setProgress(0, "");
+  ui.outcome.hidden = true;
+  ui.log.replaceChildren();
+  ui.logEmpty.hidden = false;
+  ui.statEvents.textContent = "0";
+  ui.cut.disabled = false;
+  shown = [];
+  checkOrder();
+}
+
+let shown = []; // seqs shown in the log for the current task, earlier ones included
+
+function showEvent(event, { earlier = false } = {}) {
+  shown.push(event.seq);
+  ui.statEvents.textContent = String(shown.length);
+  checkOrder();
+  logRow(
+    earlier ? "event earlier" : "event",
+    cell(`#${event.seq}`, "seq"),
+    cell(event.type.replace("task.", ""), `type ${event.type.replace(".", "-")}`),
+    cell(clock(new Date(event.created_at)), "time"),
+    cell(JSON.stringify(event.data), "data"),
+  );
+  if (event.type === "task.progress") {
+    setStatus("running");
+    setProgress(event.data.percent, event.data.message);
+  } else {
+    setStatus(event.data.status);
+    if (event.data.status === "succeeded") setProgress(100, "done");
+    showOutcome(event.data.status, event.data.status === "succeeded" ? event.data.result : event.data.error);
+  }
+}
+
+// A task read over HTTP (the POST answer, or the task after events expired).
+function showTask(task) {
+  setStatus(task.status);
+  if (task.progress) setProgress(task.progress.percent, task.progress.message);
+  if (task.status === "succeeded") {
+    setProgress(100, "done");
+    showOutcome("succeeded", task.result);
+  } else if (task.status === "failed") {
+    showOutcome("failed", task.error);
+  }
+}
+
+function showOutcome(status, value) {
+  ui.outcome.hidden = false;
+  ui.outcome.dataset.status = status;
+  ui.outcome.textContent = `${status === "succeeded" ? "result" : "error"}: ${JSON.stringify(value, null, 2)}`;
+}
+
+function note(kind, text) {
+  const icon = { open: "●", closed: "✕", reconnecting: "↻", resumed: "⤷", subscribed: "⤷", history: "⋯" }[kind] || "!";
+  logRow(`note note-${kind}`, cell(icon, "seq"), cell(kind, "type"), cell(clock(new Date()), "time"), cell(text, "data"));
+}
+
+function logRow(className, ...cells) {
+  const wrap = ui.logWrap;
+  const following = wrap.scrollHeight - wrap.scrollTop - wrap.clientHeight < 40; // the reader is at the bottom
+  ui.logEmpty.hidden = true;
+  const row = document.createElement("tr");
+  row.className = className;
+  row.append(...cells);
+  ui.log.append(row);
+  if (following) wrap.scrollTop = wrap.scrollHeight;
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.className = className;
+  td.textContent = text;
+  return td;
+}
+
+function checkOrder() {
+  const ok = shown.every((seq, i) => seq === i + 1);
+  ui.statOrder.dataset.ok = shown.length === 0 ? "none" : String(ok);
+  if (shown.length === 0) ui.statOrder.textContent = "no events yet";
+  else if (ok) ui.statOrder.textContent = `seq 1–${shown.length}: in order, no gaps, no repeats`;
+  else ui.statOrder.textContent = `out of order: ${shown.join(", ")}`;
+}
+
+function setStatus(status) {
+  ui.taskStatus.dataset.status = status;
+  ui.taskStatus.textContent = status;
+  ui.progress.dataset.status = status;
+}
+
+function setProgress(percent, message) {
+  const clamped = Math.max(0, Math.min(100, Number(percent) || 0));
+  ui.bar.style.width = `${clamped}%`;
+  ui.progress.setAttribute("aria-valuenow", String(clamped));
+  ui.percent.textContent = `${Math.round(clamped)}%`;
+  ui.progressMessage.textContent = message || "";
+}
+
+function setConn(state, text) {
+  ui.conn.dataset.state = state;
+  ui.connText.textContent = text;
+}
+
+const isFinal = (status) => status === "succeeded" || status === "failed";
+
+function clock(date) {
+  const pad = (n, w = 2) => String(n).padStart(w, "0");
+  return `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}.${pad(date.getMilliseconds(), 3)}`;
+}
+
+// Recent tasks of this tab.
+
+function rememberTask(task) {
+  const tasks = recentTasks().filter((t) => t.id !== task.id);
+  tasks.unshift({ ...task, at: Date.now() });
+  remember(sessionStorage, RECENT_STORE, JSON.stringify(tasks.slice(0, RECENT_MAX)));
+}
+
+function recentTasks() {
+  try {
+    return JSON.parse(recall(sessionStorage, RECENT_STORE) || "[]");
+  } catch {
+    return [];
+  }
+}
+
+function renderRecent() {
+  const tasks = recentTasks();
+  ui.recentEmpty.hidden = tasks.length > 0;
+  ui.recent.replaceChildren(
+    ...tasks.map((task) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = task.id === current?.id ? "current" : "";
+      button.innerHTML = `<span class="kind"></span><code></code><span class="when"></span>`;
+      button.querySelector(".kind").textContent = task.kind;
+      button.querySelector("code").textContent = task.id;
+      button.querySelector(".when").textContent = clock(new Date(task.at)).slice(0, 8);
+      button.addEventListener("click", () => follow(task));
+      item.append(button);
+      return item;
+    }),
+  );
+}
+
+function remember(storage, key, value) {
+  try {
+    storage.setItem(key, value);
+  } catch {
+    // private mode or full: the page still works, it just forgets
+  }
+}
+
+function recall(storage, key) {
+  try {
+    return storage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
+// Start.
+
+initKey();
+ui.form.addEventListener("submit", submit);
+ui.form.addEventListener("change", (event) => event.target.name === "kind" && showKindFields());
+ui.cut.addEventListener("click", () => relay.dropConnection());
+showKindFields();
+renderRecent();
+const [latest] = recentTasks();
+if (latest) follow(latest); // a reload keeps following where the tab was
