@@ -69,7 +69,8 @@ class LiveHub:
         self._sockets: set[Follower] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._node = uuid.uuid4().hex  # this process's member in each followed task's presence set
-        self._background: set[asyncio.Task[None]] = set()
+        self._leaving: set[str] = set()  # tasks no local socket follows any more: leave their presence sets
+        self._leaver: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -111,17 +112,24 @@ class LiveHub:
         followers.discard(socket)
         if not followers:
             del self._followers[task_id]
-            task = asyncio.create_task(self._leave(task_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._leaving.add(task_id)
+            if self._leaver is None or self._leaver.done():
+                self._leaver = asyncio.create_task(self._leave(), name="relay-live-leave")
 
-    async def _leave(self, task_id: str) -> None:
-        if task_id in self._followers:
-            return  # followed again meanwhile
-        try:
-            await self._redis.srem(keys.subscribers(task_id), self._node)
-        except Exception as exc:  # the member expires with the key anyway
-            log.warning("leaving the presence set of task %s failed: %s", task_id, exc)
+    async def _leave(self) -> None:
+        """Leave presence sets in pipelined batches: one connection however many tasks a closing socket followed
+        (a task each would take as many connections from the pool at once, and exhaust it)."""
+        while self._leaving:
+            task_ids = [t for t in self._leaving if t not in self._followers]  # not followed again meanwhile
+            self._leaving.clear()
+            for start in range(0, len(task_ids), 500):
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for task_id in task_ids[start : start + 500]:
+                            pipe.srem(keys.subscribers(task_id), self._node)
+                        await pipe.execute()
+                except Exception as exc:  # the members expire with their keys anyway
+                    log.warning("leaving the presence sets of %d tasks failed: %s", len(task_ids[start:]), exc)
 
     async def _listen(self) -> None:
         first = True

@@ -38,11 +38,13 @@ def count_sync(data: CountInput, ctx: TaskContext) -> dict[str, int]:
 
 class BurstInput(msgspec.Struct, forbid_unknown_fields=True):
     events: Annotated[int, msgspec.Meta(ge=1, le=50_000)]
+    message_bytes: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
 
 
 @kind("burst", input_type=BurstInput)
 async def burst(data: BurstInput, ctx: TaskContext) -> dict[str, int]:
-    """Reports ``events`` progress events as fast as the worker can write them."""
+    """Reports ``events`` progress events (messages of ``message_bytes``) as fast as the worker can write them."""
+    message = "x" * data.message_bytes
     for n in range(1, data.events + 1):
-        await ctx.progress(100 * n / data.events, None)
+        await ctx.progress(100 * n / data.events, message)
     return {"events": data.events}

@@ -327,6 +327,7 @@ class WsClient:
         url = "ws" + base_url.removeprefix("http") + "/v1/ws"
         connect.setdefault("open_timeout", 10)
         connect.setdefault("ping_interval", None)  # the protocol-level keepalive is uvicorn's business
+        connect.setdefault("legacy", True)  # websockets >= 17.1: a connection returned directly, not a context
         self.connection = ws_connect(url, **connect)
         self.answer_pings = answer_pings
         self.frames: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -404,6 +405,18 @@ class WsClient:
                 self.send({"type": "ack", "event_id": event["id"]})
             if event["type"] in ("task.completed", "task.failed"):
                 return events
+
+    def frames_until_closed(self, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+        """Every frame (pings aside) until the server closes the socket."""
+        frames: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                frames.append(self.recv(max(0.0, deadline - time.monotonic())))
+            except AssertionError:
+                if self.closed.is_set():
+                    return frames
+                raise
 
     def wait_closed(self, timeout_s: float = 10.0) -> int | None:
         """The close code the server sent (1006 when it sent none) once the socket is closed."""
