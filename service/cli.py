@@ -88,10 +88,11 @@ def api(host: str, port: int, workers: int) -> None:
 
 
 class _QuietSockets(logging.Filter):
-    """Drop uvicorn's two lines per WebSocket (open, closed): thousands of browsers would drown the log."""
+    """Drop uvicorn's lines per WebSocket (accepted, open, closed): thousands of browsers would drown the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() not in ("connection open", "connection closed")
+        message = record.getMessage()
+        return message not in ("connection open", "connection closed") and not message.endswith("[accepted]")
 
 
 def _uvicorn_log_config() -> dict[str, object]:

@@ -94,17 +94,20 @@ class Connection:
         self._outbox = outbox
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_FRAMES)
+        # The send queue: a deque and one future the sender waits on (an asyncio.Queue costs ~3 KB a socket).
+        self._frames: deque[bytes] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
         self._subs: dict[str, Subscription] = {}
         self._sent: dict[str, Sent] = {}
-        self._bad_frames: deque[float] = deque()
+        self._bad_frames: deque[float] | None = None  # made at the first bad frame
         self._last_heard = time.monotonic()
         self._last_ping = self._last_heard
         self._ping_outstanding = False
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
         self._closer: asyncio.Task[None] | None = None
-        self._room = asyncio.Event()  # set when the send queue has room for catching up, or the socket closes
+        # Made when catching up must wait; set when the send queue has room again, or the socket closes.
+        self._room: asyncio.Event | None = None
 
     # The hub's side.
 
@@ -194,14 +197,19 @@ class Connection:
     async def _send_loop(self) -> None:
         try:
             while True:
-                frame = await self._queue.get()
-                if self._queue.qsize() < CATCH_UP_QUEUE_FRAMES:
+                while not self._frames:
+                    self._wakeup = asyncio.get_running_loop().create_future()
+                    await self._wakeup
+                    self._wakeup = None
+                frame = self._frames.popleft()
+                if self._room is not None and len(self._frames) < CATCH_UP_QUEUE_FRAMES:
                     self._room.set()
                 await self._socket.send_text(frame.decode())
         except (WebSocketDisconnect, OSError, RuntimeError):
             # The client went away (uvicorn raises ClientDisconnected, an OSError): the receive loop ends too.
             self._closing = True
-            self._room.set()
+            if self._room is not None:
+                self._room.set()
 
     async def _subscribe(self, frame: Subscribe) -> None:
         if frame.task_id not in self._subs and len(self._subs) >= MAX_SUBSCRIPTIONS:
@@ -253,7 +261,9 @@ class Connection:
     async def _queue_stored(self, sub: Subscription, event: Event) -> None:
         # A client that stops reading meanwhile is closed by the heartbeat (its pongs wait unread), or its
         # send fails: either sets _closing and _room.
-        while self._queue.qsize() >= CATCH_UP_QUEUE_FRAMES and not self._closing:
+        while len(self._frames) >= CATCH_UP_QUEUE_FRAMES and not self._closing:
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
         if event.seq <= sub.last_seq or self._subs.get(sub.task_id) is not sub:
@@ -304,16 +314,20 @@ class Connection:
     def _put(self, frame: bytes) -> None:
         if self._closing:
             return
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if len(self._frames) >= SEND_QUEUE_FRAMES:
             self._close_soon(CLOSE_TRY_AGAIN, "send queue full; resume from your last seq")
+            return
+        self._frames.append(frame)
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     def _error(self, code: str, message: str, task_id: str | None = None) -> None:
         self._put(_encode(Error(code=code, message=message, task_id=task_id)))
 
     def _bad_frame(self, code: str, message: str) -> None:
         now = time.monotonic()
+        if self._bad_frames is None:
+            self._bad_frames = deque()
         self._bad_frames.append(now)
         while self._bad_frames and now - self._bad_frames[0] > BAD_FRAME_WINDOW_S:
             self._bad_frames.popleft()
@@ -326,7 +340,8 @@ class Connection:
         if self._closing:
             return
         self._closing = True
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
         self._closer = asyncio.create_task(self._close(code, reason))
         self._background.add(self._closer)
         self._closer.add_done_callback(self._background.discard)

@@ -55,8 +55,10 @@ def relay(shared_relay: Relay) -> Relay:
     return shared_relay
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # Module scope, not session: while Playwright's sync API runs, its event loop counts as running in this
+    # thread, and every async test after it would fail to start its own.
     try:
         from playwright.sync_api import Error, sync_playwright
     except ImportError as exc:
