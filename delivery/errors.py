@@ -40,7 +40,8 @@ class ForbiddenAddress(DeliveryError):
     """The callback's host is, or resolves to, an address Relay must not reach."""
 
     def __init__(self, host: str, address: str) -> None:
-        super().__init__(f"{host} resolves to {address}, a private, loopback, link-local or metadata address")
+        where = f"{host} is" if host.strip("[]") == address else f"{host} resolves to {address},"
+        super().__init__(f"{where} a private, loopback, link-local or metadata address")
         self.host = host
         self.address = address
 
