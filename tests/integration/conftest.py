@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.support import Api, Receiver, RelayProcess, relay_env, run_receiver
+from tests.support import Api, Receiver, RelayProcess, WsClient, relay_env, run_receiver
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
@@ -128,3 +128,21 @@ def relay_for_many_tests(redis_server: RedisServer, **env: str) -> Iterator[Rela
             # Captured by pytest: shown with the report of the test whose teardown this is, if it failed.
             print(f"----- relay {process.role} output -----\n{process.output()[-5000:]}")
             process.log_path.unlink(missing_ok=True)
+
+
+OpenWs = Callable[..., WsClient]
+
+
+@pytest.fixture
+def open_ws(shared: Relay) -> Iterator[OpenWs]:
+    """``open_ws(base_url=None, **WsClient options)``: a socket (on the module's ``shared`` API unless
+    ``base_url`` says otherwise), closed after the test. Modules that use it define a ``shared`` fixture."""
+    opened: list[WsClient] = []
+
+    def open_(base_url: str | None = None, **options: Any) -> WsClient:
+        opened.append(WsClient(base_url or shared.api.url, **options))
+        return opened[-1]
+
+    yield open_
+    for client in opened:
+        client.close()

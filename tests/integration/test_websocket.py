@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.integration.conftest import Relay, relay_for_many_tests
+from tests.integration.conftest import OpenWs, Relay, relay_for_many_tests
 from tests.support import Api, Receiver, RelayProcess, WsClient, dead_letters, relay_env, wait_until
 
 if TYPE_CHECKING:
@@ -26,27 +26,11 @@ WS_ENV = {
 }
 WEBSOCKET = {"websocket": True}
 
-OpenWs = Callable[..., WsClient]
-
 
 @pytest.fixture(scope="module")
 def shared(redis_server: RedisServer) -> Iterator[Relay]:
     with relay_for_many_tests(redis_server, **WS_ENV) as relay:
         yield relay
-
-
-@pytest.fixture
-def open_ws(shared: Relay) -> Iterator[OpenWs]:
-    """``open_ws(base_url=the shared API, **WsClient options)``: a socket closed after the test."""
-    opened: list[WsClient] = []
-
-    def open_(base_url: str | None = None, **options: Any) -> WsClient:
-        opened.append(WsClient(base_url or shared.api.url, **options))
-        return opened[-1]
-
-    yield open_
-    for client in opened:
-        client.close()
 
 
 @pytest.fixture

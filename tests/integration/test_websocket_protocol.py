@@ -5,17 +5,17 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from service.live import HEARTBEAT_TICK_S
 from service.ws import SEND_QUEUE_FRAMES
-from tests.integration.conftest import Relay, relay_for_many_tests
-from tests.support import WsClient, wait_until
+from tests.integration.conftest import OpenWs, Relay, relay_for_many_tests
+from tests.support import wait_until
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
@@ -32,27 +32,11 @@ WS_ENV = {
 }
 WEBSOCKET = {"websocket": True}
 
-OpenWs = Callable[..., WsClient]
-
 
 @pytest.fixture(scope="module")
 def shared(redis_server: RedisServer) -> Iterator[Relay]:
     with relay_for_many_tests(redis_server, **WS_ENV) as relay:
         yield relay
-
-
-@pytest.fixture
-def open_ws(shared: Relay) -> Iterator[OpenWs]:
-    """``open_ws(**WsClient options)``: a socket on the shared API, closed after the test."""
-    opened: list[WsClient] = []
-
-    def open_(**options: Any) -> WsClient:
-        opened.append(WsClient(shared.api.url, **options))
-        return opened[-1]
-
-    yield open_
-    for client in opened:
-        client.close()
 
 
 # Heartbeat.
