@@ -86,7 +86,7 @@ class TaskController(Controller):
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE, detail="the task queue is unavailable; try again"
             ) from exc
-        return stored.public()
+        return stored
 
     @get("/tasks/{task_id:str}", summary="Read a task")
     async def read(

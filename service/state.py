@@ -14,7 +14,7 @@ from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
-from schemas.tasks import TaskRecord
+from schemas.tasks import Task, TaskRecord
 from service.auth import Authenticator
 from service.broker import RedisEnqueuer, create_broker, enqueue_task
 from service.kinds import KindRegistry, load_kinds
@@ -71,7 +71,7 @@ class ApiState:
             else None,
         )
 
-    async def create_task(self, record: TaskRecord, *, idempotency_key: str | None) -> TaskRecord:
+    async def create_task(self, record: TaskRecord, *, idempotency_key: str | None) -> Task:
         """Store ``record`` and enqueue it (or return the task an Idempotency-Key already made)."""
         if self.redis_enqueuer is not None:
             return await self.tasks.create(record, idempotency_key=idempotency_key, enqueue=self.redis_enqueuer.stage)

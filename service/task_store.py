@@ -22,13 +22,22 @@ from delivery.ids import new_id
 from delivery.records import PendingDelivery
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
-from schemas.tasks import Progress, TaskError, TaskRecord, TaskStatus
+from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus
 
 # How long an Idempotency-Key keeps answering with the first task.
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TaskRecord).decode
+_decode_task = msgspec.json.Decoder(Task).decode
+
+
+def _decode_answer(raw: bytes | str) -> Task | None:
+    try:
+        return _decode_task(raw)
+    except msgspec.DecodeError:  # a key written before answers were kept: treat it as unused
+        return None
+
 
 _ALLOWED = {
     TaskStatus.QUEUED: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED},
@@ -47,10 +56,6 @@ def move(record: TaskRecord, status: TaskStatus) -> None:
     if status not in _ALLOWED[record.status]:
         raise IllegalTransition(record.id, record.status, status)
     record.status = status
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def idempotency_digest(key: str) -> str:
@@ -84,31 +89,34 @@ class TaskStore:
         *,
         idempotency_key: str | None,
         enqueue: Callable[[Any, str], Awaitable[None]] | None = None,
-    ) -> TaskRecord:
-        """Store a new task; with a key already used by this tenant, return that key's task instead.
+    ) -> Task:
+        """Store a new task and return the answer to its submission.
 
-        ``enqueue(pipe, task_id)`` may add the broker's enqueue command to the same round trip, after the record.
+        With an Idempotency-Key this tenant already used, nothing is stored and the first submission's answer
+        comes back as it was given. ``enqueue(pipe, task_id)`` may add the broker's enqueue command to the same
+        round trip, after the record.
         """
+        answer = record.public()
         if idempotency_key is not None:
             idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key))
             # Stored before the claim, so that a concurrent request that loses the claim finds this record
             # (otherwise it sees the key but no task yet, takes the key over and runs the task twice).
             await self._redis.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
-            claimed = await self._redis.set(idem, record.id, nx=True, ex=IDEMPOTENCY_TTL_S)
+            claimed = await self._redis.set(idem, _encode(answer), nx=True, ex=IDEMPOTENCY_TTL_S)
             if not claimed:
-                first_id = await self._redis.get(idem)
-                first = await self.get(_text(first_id)) if first_id else None
-                if first is not None:
+                raw = await self._redis.get(idem)
+                first = _decode_answer(raw) if raw else None
+                if first is not None and await self._redis.exists(keys.task(first.id)):
                     await self._redis.delete(keys.task(record.id))
                     return first
-                await self._redis.set(idem, record.id, ex=IDEMPOTENCY_TTL_S)
+                await self._redis.set(idem, _encode(answer), ex=IDEMPOTENCY_TTL_S)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
             pipe.hincrby(keys.STATS, metrics.task_counter("submitted"), 1)
             if enqueue is not None:
                 await enqueue(pipe, record.id)
             await pipe.execute()
-        return record
+        return answer
 
     async def discard(self, record: TaskRecord) -> None:
         """Forget a task that could not be enqueued (its submitter got an error, not a 202)."""

@@ -161,6 +161,10 @@ class TestWithTheTestSettings:
         assert other.json()["id"] != first.json()["id"]
         api.wait_task(first.json()["id"])
         api.wait_task(other.json()["id"])
+        # Once the task has finished, the key still answers exactly as the first submission was answered.
+        after = post_task(api, body, headers={"Idempotency-Key": "order-7"})
+        assert after.json() == first.json()
+        assert after.json()["status"] == "queued"
         receiver.wait_for("/once", 2)
         time.sleep(GRACE_S)  # a second run of the first task would have sent its webhook by now
         assert sorted(h.json()["task_id"] for h in receiver.on("/once")) == sorted(
