@@ -128,6 +128,10 @@ class RelayProcess:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
+        # Whatever of its group outlived the leader (a worker process stuck in its shutdown) goes too, so that
+        # no test leaves processes behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         return self.process.returncode
 
     def restart(self) -> RelayProcess:
