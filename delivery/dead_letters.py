@@ -53,9 +53,6 @@ class DeadLetterStore:
         raw = await self._redis.get(keys.dead_letter(dl_id))
         return _decode(raw) if raw else None
 
-    async def count(self) -> int:
-        return int(await self._redis.zcard(keys.DEAD_LETTERS))
-
     async def page(
         self, where: DeadLetterFilter, *, limit: int, cursor: str | None = None
     ) -> tuple[list[DeadLetter], str | None]:

@@ -90,9 +90,6 @@ class Outbox:
         )
         return bool(settled)
 
-    async def pending(self) -> int:
-        return int(await self._redis.zcard(keys.DUE))
-
     async def record(
         self, delivery: PendingDelivery, attempt: Attempt, decision: Decision, *, now: float | None = None
     ) -> DeadLetter | None:

@@ -71,17 +71,9 @@ class TaskStore:
         self._ack_timeout_s = ack_timeout_s
         self._log = EventLog(redis=redis, retention_s=retention_s)
 
-    @property
-    def redis(self) -> aioredis.Redis:
-        return self._redis
-
     async def get(self, task_id: str) -> TaskRecord | None:
         raw = await self._redis.get(keys.task(task_id))
         return _decode(raw) if raw else None
-
-    async def get_owned(self, task_id: str, tenant: str) -> TaskRecord | None:
-        record = await self.get(task_id)
-        return record if record is not None and record.tenant == tenant else None
 
     async def create(
         self,
