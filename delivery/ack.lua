@@ -1,7 +1,7 @@
 -- A socket acked an event in time: settle its delivery, so no webhook is sent.
 -- KEYS: ack_marker, due, delivery, attempts, stats, latency
 -- ARGV: event_id, attempts_ttl_s, acked attempt, skipped webhook attempt ('' when the task has no webhook),
---       latency_bucket, latency_s
+--       latency_bucket, latency_s, acked_field, skipped_field (the stats counters to raise)
 -- Returns 1 when this ack settled the delivery, 0 when it was not waiting for one (already acked, timed out,
 -- or a progress event).
 if redis.call('DEL', KEYS[1]) == 0 then
@@ -10,10 +10,10 @@ end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 redis.call('RPUSH', KEYS[4], ARGV[3])
-redis.call('HINCRBY', KEYS[5], 'deliveries:websocket:acked', 1)
+redis.call('HINCRBY', KEYS[5], ARGV[7], 1)
 if ARGV[4] ~= '' then
     redis.call('RPUSH', KEYS[4], ARGV[4])
-    redis.call('HINCRBY', KEYS[5], 'deliveries:webhook:skipped', 1)
+    redis.call('HINCRBY', KEYS[5], ARGV[8], 1)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[2])
 redis.call('HINCRBY', KEYS[6], ARGV[5], 1)

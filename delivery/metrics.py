@@ -27,7 +27,7 @@ def delivery_counter(channel: Channel, outcome: DeliveryOutcome) -> str:
     return f"deliveries:{channel.value}:{outcome.value}"
 
 
-DEAD_LETTERED = "dead_letters:total"  # also written by record_attempt.lua
+DEAD_LETTERED = "dead_letters:total"
 REPLAYED = "dead_letters:replayed"
 
 

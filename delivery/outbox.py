@@ -86,6 +86,8 @@ class Outbox:
                 _encode(skipped) if skipped is not None else "",
                 metrics.latency_bucket(latency_s),
                 latency_s,
+                metrics.delivery_counter(Channel.WEBSOCKET, DeliveryOutcome.ACKED),
+                metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
             ],
         )
         return bool(settled)
@@ -135,7 +137,7 @@ class Outbox:
                 replays=delivery.replays + (1 if delivery.dead_letter_id else 0),
             )
             dl_id = dead.id
-            args += [_encode(dead), dl_id, dead.dead_at.timestamp() * 1000]
+            args += [_encode(dead), dl_id, dead.dead_at.timestamp() * 1000, metrics.DEAD_LETTERED]
         await self._record(
             keys=[
                 keys.attempts(delivery.task_id),

@@ -6,7 +6,7 @@
 --       then by verdict:
 --         retry:     delivery, due_at
 --         delivered: latency_bucket, latency_s, replayed dead letter id ('' for none)
---         dead:      dead letter, dead letter id, dead_at_ms
+--         dead:      dead letter, dead letter id, dead_at_ms, dead_lettered_field (the stats counter)
 --         noted:     nothing (the attempt is only written down; the delivery goes on)
 --         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
 redis.call('RPUSH', KEYS[1], ARGV[1])
@@ -44,5 +44,5 @@ redis.call('SET', KEYS[6], ARGV[6])
 redis.call('ZADD', KEYS[7], ARGV[8], ARGV[7])
 redis.call('ZADD', KEYS[8], ARGV[8], ARGV[7])
 redis.call('SET', KEYS[9], ARGV[7])
-redis.call('HINCRBY', KEYS[2], 'dead_letters:total', 1)
+redis.call('HINCRBY', KEYS[2], ARGV[9], 1)
 return 1

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import json
 import os
 import shutil
@@ -185,12 +184,11 @@ def start_clients(stack: Stack, n: int) -> list[ClientProc]:
 # ---------------------------------------------------------------------------------------------- measuring
 
 
-class CpuMeter:
-    """CPU seconds (user + system, from /proc via psutil) of each group of processes between two readings."""
+class CpuMeter(bench.CpuMeter):
+    """The webhook bench's meter, with the WebSocket run's columns."""
 
-    def __init__(self, stack: Stack) -> None:
-        self._stack = stack
-        self._self = psutil.Process()
+    groups = GROUPS
+    self_group = "bench"
 
     @staticmethod
     def group(service: str) -> str:
@@ -199,24 +197,6 @@ class CpuMeter:
         if service.startswith("client"):
             return "clients"
         return service
-
-    def read(self) -> dict[str, float]:
-        totals = dict.fromkeys(GROUPS, 0.0)
-        for name, service in self._stack.services.items():
-            for proc in service.tree():
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    t = proc.cpu_times()
-                    totals[self.group(name)] += t.user + t.system
-        t = self._self.cpu_times()
-        totals["bench"] = t.user + t.system
-        box = psutil.cpu_times()
-        busy = box.user + box.nice + box.system + box.irq + box.softirq + getattr(box, "steal", 0.0)
-        totals["other"] = busy - sum(totals[g] for g in GROUPS if g != "other")
-        return totals
-
-    @staticmethod
-    def diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        return {k: round(after[k] - before[k], 3) for k in before}
 
 
 def rss(pid: int) -> int:
