@@ -66,6 +66,9 @@ def test_410_dead_letters_without_retry(relay: Relay, receiver: Receiver) -> Non
     assert dead["event"]["id"] == receiver.on("/gone")[0].headers["webhook-id"]
     attempts = webhook_attempts(relay.client, task["id"])
     assert [(a["status_code"], a["outcome"]) for a in attempts] == [(410, "failed")]
+    metrics = relay.client.get("/metrics", key=None).text
+    assert "relay_dead_lettered_total 1.0" in metrics
+    assert "relay_dead_letters 1.0" in metrics
 
 
 def test_a_receiver_that_never_succeeds_ends_as_retries_exhausted(relay: Relay, receiver: Receiver) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -160,6 +161,8 @@ def test_an_acked_push_settles_the_event_and_no_webhook_is_sent(
         (final["id"], "websocket", "acked"),
         (final["id"], "webhook", "skipped"),
     ]
+    metrics = shared.client.get("/metrics", key=None).text
+    assert re.search(r'relay_deliveries_total\{channel="webhook",outcome="skipped"\} [1-9]', metrics)
 
 
 def test_an_unacked_push_falls_back_to_the_webhook(shared: Relay, open_ws: OpenWs, receiver: Receiver) -> None:
