@@ -1,12 +1,23 @@
--- Write a task's new state and one event in one step; for a final event, owe its delivery.
--- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker
+-- Write a task's new state and one event in one step; for a final event, end the task and owe its delivery.
+-- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker, owed tasks, lease,
+--       open tasks of the tenant, requeue counts
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
---       delivery ("" for none), lease_until, event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or "")
--- Returns false when no delivery is owed; else {mode, secrets}:
+--       delivery ("" for none), lease_until, event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
+--       task_id, run token, final ("1" or "")
+-- Only the run that holds the task writes: returns {'ended'} when the task has ended already and {'stolen'}
+-- when another run holds its lease, writing nothing. Else {'none'} when no delivery is owed, or {mode, secrets}:
 --   'push'    the task wants WebSocket and (a socket follows it, or it has no webhook): the delivery waits
 --             for a socket's ack until ack_due_at, then falls back to the webhook;
 --   'webhook' the webhook is owed and leased to the caller until lease_until, with the tenant's secrets,
 --             so the caller can attempt it at once without another round trip.
+local task_id = ARGV[13]
+if not redis.call('ZSCORE', KEYS[9], task_id) then
+    return {'ended'}
+end
+local holder = redis.call('GET', KEYS[10])
+if holder and holder ~= ARGV[14] then
+    return {'stolen'}
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -14,8 +25,14 @@ redis.call('PUBLISH', ARGV[5], ARGV[3])
 if ARGV[6] ~= '' then
     redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
 end
+if ARGV[15] == '1' then
+    redis.call('ZREM', KEYS[9], task_id)
+    redis.call('DEL', KEYS[10])
+    redis.call('ZREM', KEYS[11], task_id)
+    redis.call('HDEL', KEYS[12], task_id)
+end
 if ARGV[7] == '' then
-    return false
+    return {'none'}
 end
 redis.call('SET', KEYS[4], ARGV[7])
 if ARGV[10] == '1' and (ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[7]) == 1) then

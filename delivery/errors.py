@@ -6,6 +6,7 @@ RelayError
 ├── DeliveryError               a webhook that cannot be delivered
 │   ├── EndpointGone            the receiver answered 410
 │   └── ForbiddenAddress        the URL reaches a private, loopback, link-local or metadata address
+├── LeaseLost                   a run may not write its task: it has ended, or another run holds it
 └── NotFound                    no such task / dead letter for this caller
 """
 
@@ -44,6 +45,15 @@ class ForbiddenAddress(DeliveryError):
         super().__init__(f"{where} a private, loopback, link-local or metadata address")
         self.host = host
         self.address = address
+
+
+class LeaseLost(RelayError):
+    """A run tried to write a task it no longer holds: the task has ended, or another run took it over."""
+
+    def __init__(self, task_id: str, *, ended: bool) -> None:
+        super().__init__(f"task {task_id} {'has ended' if ended else 'is held by another run'}")
+        self.task_id = task_id
+        self.ended = ended
 
 
 class NotFound(RelayError):

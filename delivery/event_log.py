@@ -13,6 +13,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys
+from delivery.errors import LeaseLost
 from delivery.records import PendingDelivery
 from schemas.deliveries import Attempt
 from schemas.events import Event
@@ -47,9 +48,11 @@ class EventLog:
         self,
         event: Event,
         *,
-        task_key: str,
+        tenant: str,
+        run_token: str,
         task_state: bytes,
         task_ttl_s: int,
+        final: bool = False,
         stats_field: str | None = None,
         delivery: PendingDelivery | None = None,
         websocket: bool = False,
@@ -58,27 +61,34 @@ class EventLog:
     ) -> Owed | None:
         """Store the task's new state, append ``event`` to its log and publish it, in one step.
 
-        With ``delivery`` (a final event), the delivery is owed too: pushed first when ``websocket`` (waiting for
-        an ack until ``ack_due_at``), else by webhook, leased to the caller until ``lease_until``.
+        Only the run holding the task's lease (``run_token``) writes; any other raises :class:`LeaseLost` and
+        writes nothing. A ``final`` event ends the task: it is no longer owed. With ``delivery``, the delivery is
+        owed too: pushed first when ``websocket`` (waiting for an ack until ``ack_due_at``), else by webhook,
+        leased to the caller until ``lease_until``.
         """
+        task_id = event.task_id
         body = _encode(event)
         reply = await self._append(
             keys=[
-                task_key,
-                keys.events(event.task_id),
+                keys.task(task_id),
+                keys.events(task_id),
                 keys.STATS,
                 keys.delivery(event.id),
                 keys.DUE,
-                keys.secrets(delivery.tenant if delivery is not None else ""),
-                keys.subscribers(event.task_id),
+                keys.secrets(tenant),
+                keys.subscribers(task_id),
                 keys.ack_marker(event.id),
+                keys.OWED_TASKS,
+                keys.lease(task_id),
+                keys.open_tasks_of(tenant),
+                keys.REQUEUES,
             ],
             args=[
                 task_state,
                 task_ttl_s,
                 body,
                 self._retention_s,
-                keys.task_channel(event.task_id),
+                keys.task_channel(task_id),
                 stats_field or "",
                 _encode(delivery) if delivery is not None else "",
                 lease_until,
@@ -86,12 +96,18 @@ class EventLog:
                 "1" if websocket else "",
                 ack_due_at,
                 "1" if delivery is not None and delivery.url else "",
+                task_id,
+                run_token,
+                "1" if final else "",
             ],
         )
-        if not reply:
+        mode = _text(reply[0])
+        if mode in ("ended", "stolen"):
+            raise LeaseLost(task_id, ended=mode == "ended")
+        if mode == "none":
             return None
-        mode, secrets = reply
-        return Owed(pushed=_text(mode) == "push", raw_secrets=secrets if isinstance(secrets, bytes) else None)
+        secrets = reply[1] if len(reply) > 1 else None
+        return Owed(pushed=mode == "push", raw_secrets=secrets if isinstance(secrets, bytes) else None)
 
     async def events_after(self, task_id: str, after_seq: int = 0) -> list[Event]:
         """Retained events with ``seq > after_seq``, oldest first."""

@@ -12,10 +12,26 @@ DUE = PREFIX + "due"  # sorted set: event id -> unix time its next webhook attem
 DEAD_LETTERS = PREFIX + "dl:all"  # sorted set: dead letter id -> dead_at (ms)
 STATS = PREFIX + "stats"  # hash of counters
 LATENCY = PREFIX + "latency"  # hash: histogram bucket -> count, plus sum and count
+# Every accepted task that has not ended, by the time it must show progress: a grace after it was enqueued
+# while queued, the end of its run's lease while running. Overdue entries are enqueued again (see
+# service.task_ledger); a task leaves the set in the step that ends it. The set, not the broker's queue,
+# is the record of owed work.
+OWED_TASKS = PREFIX + "tasks:owed"  # sorted set: task id -> unix time it is overdue
+REQUEUES = PREFIX + "tasks:requeues"  # hash: task id -> times the sweeper enqueued it again
 
 
 def task(task_id: str) -> str:
     return f"{PREFIX}task:{task_id}"
+
+
+def lease(task_id: str) -> str:
+    """The token of the run that holds a task (expires unless that run renews it)."""
+    return f"{PREFIX}lease:{task_id}"
+
+
+def open_tasks_of(tenant: str) -> str:
+    """Sorted set of a tenant's tasks that have not ended, by creation time (ms)."""
+    return f"{PREFIX}open:{tenant}"
 
 
 def events(task_id: str) -> str:

@@ -24,6 +24,7 @@ from schemas.events import EventList
 from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
 from service.auth import Principal, Reader, require_tenant
 from service.state import ApiState
+from service.task_store import TenantFull
 
 log = logging.getLogger("relay.api")
 
@@ -81,8 +82,14 @@ class TaskController(Controller):
         )
         try:
             stored = await state_.create_task(record, idempotency_key=idempotency_key)
+        except TenantFull as exc:
+            raise TooManyRequests(
+                detail=f"this tenant has {exc.open_tasks} tasks that have not ended, the most it may have "
+                f"(RELAY_TENANT_MAX_OPEN_TASKS); retry when some have ended",
+                headers={"Retry-After": "5"},
+            ) from None
         except (RedisError, OSError, dramatiq.errors.DramatiqError) as exc:
-            log.error("could not store or enqueue task %s: %s", record.id, exc)
+            log.error("could not accept task %s: %r", record.id, str(exc))
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE, detail="the task queue is unavailable; try again"
             ) from exc

@@ -19,6 +19,7 @@ from service.api_dead_letters import DeadLetterController
 from service.api_ops import health, prometheus_metrics, ready
 from service.api_tasks import TaskController
 from service.auth import Principal, Reader, bearer_token
+from service.json_depth import json_depth_exceeds
 from service.pages import demo_page
 from service.settings import Settings
 from service.state import ApiState
@@ -53,7 +54,18 @@ def create_app(settings: Settings) -> Litestar:
             raise NotAuthorizedException("send Authorization: Bearer <api key or the task's ws_token>")
         return Reader(principal=holder["state"].auth.lookup(token), token=token)
 
+    async def bounded_depth(request: Request) -> None:  # type: ignore[type-arg]
+        # Before anything decodes the body: a deep one would fail deep inside a later reader (see json_depth).
+        if request.method in ("POST", "PUT", "PATCH"):
+            body = await request.body()
+            # A submission's input sits one level inside the body.
+            if json_depth_exceeds(body, settings.max_input_depth + 1):
+                raise ValidationException(
+                    f"the body nests deeper than RELAY_MAX_INPUT_DEPTH ({settings.max_input_depth}) levels"
+                )
+
     return Litestar(
+        before_request=bounded_depth,
         route_handlers=[
             TaskController,
             DeadLetterController,

@@ -5,18 +5,18 @@ The API does not import the actor: it enqueues a message by name, so it needs no
 
 from __future__ import annotations
 
-import time
+import asyncio
 import uuid
-from typing import Any
+from collections.abc import Sequence
 
 import dramatiq
 import redis.asyncio as aioredis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.brokers.redis import _scripts as redis_broker_scripts
 
 from delivery.errors import ConfigError
 from service.settings import Settings
+from service.task_store import InlineMessage
 
 QUEUE = "relay"
 ACTOR = "run_task"
@@ -24,8 +24,6 @@ ACTOR = "run_task"
 HEARTBEAT_TIMEOUT_MS = 10_000
 # Dramatiq's own limit on an actor, above every kind's limit (Relay enforces the kind's limit itself).
 ACTOR_TIME_LIMIT_MS = 2 * 3600 * 1000
-# The dispatch script unpacks arguments in chunks of this size only during maintenance, which enqueue skips.
-ENQUEUE_MAX_UNPACK = 1000
 
 
 def create_broker(settings: Settings) -> dramatiq.Broker:
@@ -44,46 +42,61 @@ def create_broker(settings: Settings) -> dramatiq.Broker:
     return broker
 
 
-class RedisEnqueuer:
-    """Enqueues ``run_task`` messages with the API's async Redis client, in the pipeline that stores the task.
+class Enqueuer:
+    """Enqueues ``run_task`` messages through any Dramatiq broker (a blocking client, so from a thread)."""
 
-    It runs the Redis broker's own dispatch script, as ``RedisBroker.enqueue`` does, so the API needs neither a
-    blocking client nor a thread per submission, and the task and its message cost one round trip.
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self._broker = broker
+
+    def inline(self, task_id: str) -> InlineMessage | None:
+        """The message for the submit step to enqueue itself, when the broker lives in the storage Redis."""
+        return None
+
+    async def enqueue(self, task_ids: Sequence[str]) -> None:
+        def send() -> None:
+            for task_id in task_ids:
+                self._broker.enqueue(task_message(task_id))
+
+        await asyncio.to_thread(send)
+
+
+class RedisEnqueuer(Enqueuer):
+    """The Redis broker in the storage Redis: messages are written as the broker's own enqueue writes them.
+
+    The submit step writes the message in the same Lua step that stores the task, so the API needs neither a
+    blocking client nor a thread per submission; the sweeper enqueues with the async client too.
     """
 
     def __init__(self, broker: RedisBroker, redis: aioredis.Redis) -> None:
-        self._broker = broker
-        self._script = redis.register_script(redis_broker_scripts["dispatch"])
+        super().__init__(broker)
+        self._redis = redis
+        self.queue_key = f"{broker.namespace}:{QUEUE}"
+        self.messages_key = f"{self.queue_key}.msgs"
 
-    async def stage(self, pipe: Any, task_id: str) -> None:
+    def inline(self, task_id: str) -> InlineMessage:
         redis_message_id = str(uuid.uuid4())
         message = task_message(task_id).copy(options={"redis_message_id": redis_message_id})
-        broker = self._broker
-        await self._script(
-            keys=[broker.namespace],
-            args=[
-                "enqueue",
-                int(time.time() * 1000),
-                QUEUE,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                0,
-                ENQUEUE_MAX_UNPACK,
-                redis_message_id,
-                message.encode(),
-            ],
-            client=pipe,
+        return InlineMessage(
+            queue_key=self.queue_key, messages_key=self.messages_key, message_id=redis_message_id, body=message.encode()
         )
+
+    async def enqueue(self, task_ids: Sequence[str]) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for task_id in task_ids:
+                message = self.inline(task_id)
+                pipe.hset(self.messages_key, message.message_id, message.body)
+                pipe.rpush(self.queue_key, message.message_id)
+            await pipe.execute()
+
+
+def enqueuer_for(broker: dramatiq.Broker, redis: aioredis.Redis, settings: Settings) -> Enqueuer:
+    if isinstance(broker, RedisBroker) and settings.effective_broker_url == settings.storage_url:
+        return RedisEnqueuer(broker, redis)
+    return Enqueuer(broker)
 
 
 def task_message(task_id: str) -> dramatiq.Message[None]:
     return dramatiq.Message(queue_name=QUEUE, actor_name=ACTOR, args=(task_id,), kwargs={}, options={})
-
-
-def enqueue_task(broker: dramatiq.Broker, task_id: str) -> None:
-    """Blocking: call from a thread in async code."""
-    broker.enqueue(task_message(task_id))
 
 
 def ping(broker: dramatiq.Broker) -> None:

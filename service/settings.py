@@ -22,6 +22,11 @@ DEFAULT_WS_PING_TIMEOUT_S = 20.0
 DEFAULT_EVENT_RETENTION_S = 86400
 DEFAULT_MAX_BODY_BYTES = 262144
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_MAX_INPUT_DEPTH = 64
+DEFAULT_TENANT_MAX_OPEN_TASKS = 100_000
+
+# Deeper JSON cannot be read back safely inside the records that hold it (Python's recursion limit).
+MAX_INPUT_DEPTH = 200
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -43,6 +48,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     task_modules: tuple[str, ...] = ()
     submit_rate: float = 0.0
+    max_input_depth: int = DEFAULT_MAX_INPUT_DEPTH
+    tenant_max_open_tasks: int = DEFAULT_TENANT_MAX_OPEN_TASKS
 
     @property
     def effective_broker_url(self) -> str:
@@ -86,6 +93,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 max_body_bytes=int(_positive(values, "RELAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
                 task_modules=tuple(m.strip() for m in values.get("RELAY_TASK_MODULES", "").split(",") if m.strip()),
                 submit_rate=_non_negative(values, "RELAY_SUBMIT_RATE", 0.0),
+                max_input_depth=_whole(values, "RELAY_MAX_INPUT_DEPTH", DEFAULT_MAX_INPUT_DEPTH, most=MAX_INPUT_DEPTH),
+                tenant_max_open_tasks=_whole(values, "RELAY_TENANT_MAX_OPEN_TASKS", DEFAULT_TENANT_MAX_OPEN_TASKS),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -105,6 +114,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "RELAY_MAX_BODY_BYTES": str(self.max_body_bytes),
             "RELAY_TASK_MODULES": ",".join(self.task_modules),
             "RELAY_SUBMIT_RATE": repr(self.submit_rate),
+            "RELAY_MAX_INPUT_DEPTH": str(self.max_input_depth),
+            "RELAY_TENANT_MAX_OPEN_TASKS": str(self.tenant_max_open_tasks),
         }
         for name, value in (
             ("RELAY_REDIS_URL", self.redis_url),
@@ -145,6 +156,22 @@ def _positive(values: Mapping[str, str], name: str, default: float) -> float:
     number = _non_negative(values, name, default)
     if number == 0:
         raise ValueError(f"{name} must be above 0")
+    return number
+
+
+def _whole(values: Mapping[str, str], name: str, default: int, *, most: int | None = None) -> int:
+    """A whole number of at least 1 (and at most ``most``)."""
+    raw = values.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        number = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name}: {raw!r} is not a whole number") from None
+    if number < 1:
+        raise ValueError(f"{name} must be at least 1")
+    if most is not None and number > most:
+        raise ValueError(f"{name} can be at most {most}")
     return number
 
 

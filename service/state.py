@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 import dramatiq
 import redis.asyncio as aioredis
-from dramatiq.brokers.redis import RedisBroker
 
 from delivery.dead_letters import DeadLetterStore
 from delivery.event_log import EventLog
@@ -16,12 +16,14 @@ from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from schemas.tasks import Task, TaskRecord
 from service.auth import Authenticator
-from service.broker import RedisEnqueuer, create_broker, enqueue_task
+from service.broker import Enqueuer, create_broker, enqueuer_for
 from service.kinds import KindRegistry, load_kinds
 from service.live import LiveHub
 from service.rate_limit import RateLimiter
 from service.settings import Settings
 from service.task_store import TaskStore
+
+log = logging.getLogger("relay.api")
 
 
 @dataclass
@@ -37,7 +39,7 @@ class ApiState:
     dead_letters: DeadLetterStore
     secrets: SecretStore
     rate_limiter: RateLimiter | None
-    redis_enqueuer: RedisEnqueuer | None
+    enqueuer: Enqueuer
     hub: LiveHub
 
     @classmethod
@@ -57,33 +59,33 @@ class ApiState:
                 record_ttl_s=ttl,
                 retention_s=settings.event_retention_s,
                 ack_timeout_s=settings.ws_ack_timeout_s,
+                max_open_per_tenant=settings.tenant_max_open_tasks,
             ),
             events=EventLog(redis=redis, retention_s=settings.event_retention_s),
             outbox=outbox,
             dead_letters=DeadLetterStore(redis=redis, outbox=outbox),
             secrets=SecretStore(redis=redis),
             rate_limiter=RateLimiter(redis=redis, rate=settings.submit_rate) if settings.submit_rate > 0 else None,
-            # On a Redis broker in the storage Redis, the task and its message go in one round trip.
             # Presence outlives a few missed refreshes (the hub refreshes every third of it).
             hub=LiveHub(redis=redis, presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s)),
-            redis_enqueuer=RedisEnqueuer(broker, redis)
-            if isinstance(broker, RedisBroker) and settings.effective_broker_url == settings.storage_url
-            else None,
+            enqueuer=enqueuer_for(broker, redis, settings),
         )
 
     async def create_task(self, record: TaskRecord, *, idempotency_key: str | None) -> Task:
-        """Store ``record`` and enqueue it (or return the task an Idempotency-Key already made)."""
-        if self.redis_enqueuer is not None:
-            return await self.tasks.create(record, idempotency_key=idempotency_key, enqueue=self.redis_enqueuer.stage)
-        stored = await self.tasks.create(record, idempotency_key=idempotency_key)
-        if stored.id == record.id:
+        """Accept ``record`` and enqueue it (or return the task an Idempotency-Key already made).
+
+        On the Redis broker in the storage Redis, the message is written in the step that accepts the task.
+        Elsewhere it is sent after that step; if the broker fails then, the task is still owed and the
+        workers' sweeper enqueues it once the broker answers, so the submission is accepted all the same.
+        """
+        message = self.enqueuer.inline(record.id)
+        submitted = await self.tasks.create(record, idempotency_key=idempotency_key, message=message)
+        if submitted.new and message is None:
             try:
-                # Dramatiq's other brokers are blocking clients: keep them off the event loop.
-                await asyncio.to_thread(enqueue_task, self.broker, record.id)
-            except BaseException:
-                await self.tasks.discard(record)
-                raise
-        return stored
+                await self.enqueuer.enqueue([record.id])
+            except Exception as exc:
+                log.warning("task %s is stored but not yet enqueued (%s); the sweeper will enqueue it", record.id, exc)
+        return submitted.answer
 
     async def start(self) -> None:
         await self.hub.start()

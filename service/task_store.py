@@ -1,22 +1,25 @@
 """Task records in Redis, and the writes that move a task through its states.
 
-Every state change that produces an event (progress, completion, failure) is one transaction that
-updates the task, appends the event to the log, publishes it and, for a final event with a webhook,
-stages the webhook in the durable schedule.
+Submission is one step (claim the Idempotency-Key, store, owe, enqueue). Every state change that produces
+an event (progress, completion, failure) is one step that updates the task, appends the event to the log,
+publishes it and, for a final event, ends the task and stages its delivery; only the run that holds the
+task's lease may take it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
+from delivery.errors import LeaseLost
 from delivery.event_log import EventLog
 from delivery.ids import new_id
 from delivery.records import PendingDelivery
@@ -26,10 +29,19 @@ from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus
 
 # How long an Idempotency-Key keeps answering with the first task.
 IDEMPOTENCY_TTL_S = 24 * 3600
+# A queued task not started by then is enqueued again (its message may be lost); see service.task_ledger.
+QUEUED_GRACE_S = 15.0
+
+_SUBMIT_LUA = Path(__file__).with_name("submit_task.lua").read_text()
+_MARK_RUNNING_LUA = Path(__file__).with_name("mark_running.lua").read_text()
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TaskRecord).decode
 _decode_task = msgspec.json.Decoder(Task).decode
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode_answer(raw: bytes | str) -> Task | None:
@@ -62,103 +74,169 @@ def idempotency_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class InlineMessage:
+    """A broker message that the submit step itself enqueues (the Redis broker, in the storage Redis)."""
+
+    queue_key: str
+    messages_key: str
+    message_id: str
+    body: bytes
+
+
+class TenantFull(Exception):
+    """The tenant already has as many open tasks as it may."""
+
+    def __init__(self, open_tasks: int) -> None:
+        super().__init__(f"{open_tasks} tasks that have not ended")
+        self.open_tasks = open_tasks
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    answer: Task
+    new: bool  # False: the Idempotency-Key was used before and this is the first answer
+
+
 class TaskStore:
     def __init__(
-        self, *, redis: aioredis.Redis, record_ttl_s: int, retention_s: int, ack_timeout_s: float = 10.0
+        self,
+        *,
+        redis: aioredis.Redis,
+        record_ttl_s: int,
+        retention_s: int,
+        ack_timeout_s: float = 10.0,
+        max_open_per_tenant: int = 0,
     ) -> None:
         self._redis = redis
         self._record_ttl_s = record_ttl_s
         self._ack_timeout_s = ack_timeout_s
+        self._max_open = max_open_per_tenant
         self._log = EventLog(redis=redis, retention_s=retention_s)
+        self._submit = redis.register_script(_SUBMIT_LUA)
+        self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         raw = await self._redis.get(keys.task(task_id))
         return _decode(raw) if raw else None
 
     async def create(
-        self,
-        record: TaskRecord,
-        *,
-        idempotency_key: str | None,
-        enqueue: Callable[[Any, str], Awaitable[None]] | None = None,
-    ) -> Task:
-        """Store a new task and return the answer to its submission.
+        self, record: TaskRecord, *, idempotency_key: str | None, message: InlineMessage | None = None
+    ) -> Submitted:
+        """Accept a new task in one step: claim the Idempotency-Key, store the task, owe it, enqueue ``message``.
 
-        With an Idempotency-Key this tenant already used, nothing is stored and the first submission's answer
-        comes back as it was given. ``enqueue(pipe, task_id)`` may add the broker's enqueue command to the same
-        round trip, after the record.
+        With an Idempotency-Key this tenant already used (for a task that still exists), nothing is written and
+        the first submission's answer comes back as it was given. Raises :class:`TenantFull` when the tenant has
+        ``max_open_per_tenant`` tasks that have not ended.
         """
         answer = record.public()
-        if idempotency_key is not None:
-            idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key))
-            # Stored before the claim, so that a concurrent request that loses the claim finds this record
-            # (otherwise it sees the key but no task yet, takes the key over and runs the task twice).
-            await self._redis.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
-            claimed = await self._redis.set(idem, _encode(answer), nx=True, ex=IDEMPOTENCY_TTL_S)
-            if not claimed:
-                raw = await self._redis.get(idem)
-                first = _decode_answer(raw) if raw else None
-                if first is not None and await self._redis.exists(keys.task(first.id)):
-                    await self._redis.delete(keys.task(record.id))
-                    return first
-                await self._redis.set(idem, _encode(answer), ex=IDEMPOTENCY_TTL_S)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
-            pipe.hincrby(keys.STATS, metrics.task_counter("submitted"), 1)
-            if enqueue is not None:
-                await enqueue(pipe, record.id)
-            await pipe.execute()
-        return answer
+        idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key)) if idempotency_key else None
+        task_key = keys.task(record.id)
+        reply = await self._submit(
+            keys=[
+                task_key,
+                idem or task_key,
+                keys.OWED_TASKS,
+                keys.STATS,
+                keys.open_tasks_of(record.tenant),
+                message.queue_key if message else task_key,
+                message.messages_key if message else task_key,
+            ],
+            args=[
+                record.id,
+                _encode(record),
+                self._record_ttl_s,
+                _encode(answer) if idem else "",
+                IDEMPOTENCY_TTL_S if idem else "",
+                time.time() + QUEUED_GRACE_S,
+                metrics.task_counter("submitted"),
+                self._max_open,
+                int(time.time() * 1000),
+                keys.task(""),
+                message.message_id if message else "",
+                message.body if message else "",
+            ],
+        )
+        outcome = _text(reply[0])
+        if outcome == "full":
+            raise TenantFull(int(reply[1]))
+        if outcome == "first":
+            first = _decode_answer(reply[1])
+            if first is not None:
+                return Submitted(answer=first, new=False)
+        return Submitted(answer=answer, new=True)
 
-    async def discard(self, record: TaskRecord) -> None:
-        """Forget a task that could not be enqueued (its submitter got an error, not a 202)."""
-        await self._redis.delete(keys.task(record.id))
+    async def mark_running(self, record: TaskRecord, run_token: str) -> None:
+        """Show the task as running; raises :class:`LeaseLost` when this run no longer holds it."""
+        running = msgspec.structs.replace(record, started_at=record.started_at or datetime.now(UTC))
+        move(running, TaskStatus.RUNNING)
+        written = await self._mark_running(
+            keys=[keys.task(record.id), keys.OWED_TASKS, keys.lease(record.id)],
+            args=[record.id, run_token, _encode(running), self._record_ttl_s],
+        )
+        if not written:
+            raise LeaseLost(record.id, ended=False)
+        record.status, record.started_at = running.status, running.started_at
 
-    async def mark_running(self, record: TaskRecord) -> None:
-        move(record, TaskStatus.RUNNING)
-        record.started_at = record.started_at or datetime.now(UTC)
-        await self._redis.set(keys.task(record.id), _encode(record), ex=self._record_ttl_s)
-
-    async def report_progress(self, record: TaskRecord, percent: float, message: str | None) -> Event:
+    async def report_progress(self, record: TaskRecord, run_token: str, percent: float, message: str | None) -> Event:
+        """Append a progress event; raises :class:`LeaseLost` when this run no longer holds the task."""
         record.progress = Progress(percent=percent, message=message)
         event = self._next_event(record, EventType.PROGRESS, {"percent": percent, "message": message})
-        await self._log.append(
-            event, task_key=keys.task(record.id), task_state=_encode(record), task_ttl_s=self._record_ttl_s
-        )
+        try:
+            await self._log.append(
+                event,
+                tenant=record.tenant,
+                run_token=run_token,
+                task_state=_encode(record),
+                task_ttl_s=self._record_ttl_s,
+            )
+        except BaseException:
+            record.last_seq -= 1  # not written: the next event takes this seq
+            raise
         return event
 
     async def finish(
-        self, record: TaskRecord, *, result: Any = None, error: TaskError | None = None, lease_s: float
+        self,
+        record: TaskRecord,
+        run_token: str,
+        *,
+        result: Any = None,
+        error: TaskError | None = None,
+        lease_s: float,
     ) -> tuple[Event, PendingDelivery | None, list[str]]:
-        """Record the final state and its event; stage the webhook leased to the caller.
+        """Record the final state and its event, ending the task; stage the webhook leased to the caller.
 
         Returns the event, the webhook leased to the caller (None when there is none, or when it waits for a
         WebSocket ack first) and the tenant's live signing secrets, so that the caller can attempt the webhook at
-        once without another round trip.
+        once without another round trip. Raises :class:`LeaseLost` (writing nothing) when the task has ended or
+        another run holds it. The record is changed only once the write is done, so a failed write can be retried.
         """
         status = TaskStatus.FAILED if error is not None else TaskStatus.SUCCEEDED
-        move(record, status)
-        record.finished_at = datetime.now(UTC)
+        final = msgspec.structs.replace(record)
+        move(final, status)
+        final.finished_at = datetime.now(UTC)
         if error is None:
-            record.result = result
+            final.result = result
             event_type, data = EventType.COMPLETED, {"status": status.value, "result": result}
         else:
-            record.error = error
+            final.error = error
             event_type, data = EventType.FAILED, {"status": status.value, "error": msgspec.to_builtins(error)}
-        event = self._next_event(record, event_type, data)
+        event = self._next_event(final, event_type, data)
         delivery = None
-        if record.webhook is not None or record.websocket:
-            url = record.webhook.url if record.webhook is not None else None
-            delivery = PendingDelivery(tenant=record.tenant, task_id=record.id, url=url, event=event)
+        if final.webhook is not None or final.websocket:
+            url = final.webhook.url if final.webhook is not None else None
+            delivery = PendingDelivery(tenant=final.tenant, task_id=final.id, url=url, event=event)
         now = time.time()
         owed = await self._log.append(
             event,
-            task_key=keys.task(record.id),
-            task_state=_encode(record),
+            tenant=final.tenant,
+            run_token=run_token,
+            task_state=_encode(final),
             task_ttl_s=self._record_ttl_s,
+            final=True,
             stats_field=metrics.task_counter(status.value),
             delivery=delivery,
-            websocket=record.websocket,
+            websocket=final.websocket,
             lease_until=now + lease_s,
             ack_due_at=now + self._ack_timeout_s,
         )

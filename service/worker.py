@@ -1,8 +1,12 @@
 """The worker side: the ``run_task`` actor and the per-process runtime it uses.
 
-Each worker process (Dramatiq forks them) builds one :class:`Runtime` after boot, on the event loop thread
-that Dramatiq's AsyncIO middleware runs: a Redis pool, the task store and the delivery engine. The actor
-and the engine share that loop.
+Each worker process (Dramatiq forks them) builds one :class:`Runtime` before it takes any message, on the event
+loop thread that Dramatiq's AsyncIO middleware runs: a Redis pool, the task store, the task ledger and the
+delivery engine. The actor and the engine share that loop.
+
+A run holds its task's lease (see :mod:`service.task_ledger`) and renews it while it runs; a run whose lease
+is lost is cancelled. Redis errors never end a task: its writes are retried until Redis answers, and a run
+that cannot start is left to the sweeper, which enqueues every overdue task again.
 """
 
 from __future__ import annotations
@@ -10,26 +14,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 import msgspec
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.redis import _scripts as redis_broker_scripts
+from redis.exceptions import RedisError
 
 from delivery.engine import DeliveryEngine
+from delivery.errors import LeaseLost
 from delivery.outbox import Outbox
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
 from schemas.tasks import TaskError, TaskRecord, TaskStatus
 from service import USER_AGENT
-from service.broker import HEARTBEAT_TIMEOUT_MS, QUEUE
+from service.broker import HEARTBEAT_TIMEOUT_MS, QUEUE, Enqueuer, enqueuer_for
 from service.kinds import KindRegistry, TaskContext, load_kinds
 from service.settings import Settings
+from service.task_ledger import Start, TaskLedger, new_run_token
 from service.task_store import TaskStore
 
 log = logging.getLogger("relay.worker")
@@ -38,6 +48,36 @@ log = logging.getLogger("relay.worker")
 RUNNING_AFTER_S = 0.05
 # How often a worker process tells the broker it is alive (and requeues the work of dead ones).
 HEARTBEAT_INTERVAL_S = 2.0
+# How often each worker process looks for overdue tasks (with jitter, so processes take turns).
+SWEEP_INTERVAL_S = 1.0
+# A write that Redis refuses is tried again after a wait that doubles up to this.
+MAX_RETRY_WAIT_S = 2.0
+# How long a run waits for Redis before it leaves its task to the sweeper (it has written nothing yet).
+START_PATIENCE_S = 10.0
+
+# Failures of Redis or the broker, as the clients raise them.
+INFRA_ERRORS = (RedisError, OSError, dramatiq.errors.DramatiqError)
+
+T = TypeVar("T")
+
+
+class Stopping(Exception):
+    """The worker is shutting down while a write still waits for Redis (the sweeper runs the task again)."""
+
+
+@dataclass
+class Run:
+    """A task this process is running: its lease token and the future of the kind's code."""
+
+    token: str
+    work: asyncio.Future[Any] | None = None
+    lost: bool = False
+
+    def lose(self) -> None:
+        self.lost = True
+        if self.work is not None:
+            self.work.cancel()
+
 
 _runtime: Runtime | None = None
 
@@ -59,6 +99,10 @@ class Runtime:
             retention_s=settings.event_retention_s,
             ack_timeout_s=settings.ws_ack_timeout_s,
         )
+        self.ledger = TaskLedger(redis=self.redis)
+        self.enqueuer: Enqueuer = enqueuer_for(broker, self.redis, settings)
+        self.runs: dict[str, Run] = {}
+        self.stopping = False
         self.outbox = Outbox(redis=self.redis, lease_s=settings.webhook_timeout_s + 30, attempts_ttl_s=ttl)
         self.http = create_client(timeout_s=settings.webhook_timeout_s, allow_private=settings.allow_private_callbacks)
         self.engine = DeliveryEngine(
@@ -69,21 +113,83 @@ class Runtime:
             secrets=SecretStore(redis=self.redis),
             schedule_s=settings.retry_schedule_s,
         )
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Start the background loops; nothing here waits for Redis (it may be down when a worker starts)."""
         await self.engine.start()
+        self._loops.append(asyncio.create_task(self._renew_leases(), name="relay-lease-renewal"))
+        self._sweeper = asyncio.create_task(self._sweep(), name="relay-task-sweeper")
         if isinstance(self.broker, RedisBroker):
-            self._heartbeat = asyncio.create_task(self._beat(self.broker), name="relay-broker-heartbeat")
+            self._loops.append(asyncio.create_task(self._beat(self.broker), name="relay-broker-heartbeat"))
+
+    async def begin_stop(self) -> None:
+        """Shutdown starts: enqueue nothing more; runs in flight go on (and keep their leases) to their end."""
+        self.stopping = True
+        await _cancel(self._sweeper)
+        self._sweeper = None
 
     async def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        await self.begin_stop()
+        for loop in self._loops:
+            await _cancel(loop)
+        self._loops = []
         await self.engine.stop()
         await self.http.aclose()
         await self.redis.aclose()
+
+    async def until_redis_answers(
+        self, write: Callable[[], Awaitable[T]], *, what: str, patience_s: float | None = None
+    ) -> T:
+        """Do ``write``, trying again while Redis (or the broker) fails, until it answers.
+
+        Raises :class:`Stopping` when the worker shuts down first, and the last error once ``patience_s``
+        has passed (when given).
+        """
+        wait_s, started, warned = 0.05, time.monotonic(), False
+        while True:
+            try:
+                return await write()
+            except INFRA_ERRORS as exc:
+                if patience_s is not None and time.monotonic() - started > patience_s:
+                    raise
+                if not warned:
+                    log.warning("%s failed (%s: %s); trying again until Redis answers", what, type(exc).__name__, exc)
+                    warned = True
+            if self.stopping and time.monotonic() - started > MAX_RETRY_WAIT_S:
+                raise Stopping(what)
+            await asyncio.sleep(wait_s)
+            wait_s = min(wait_s * 2, MAX_RETRY_WAIT_S)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.ledger.lease_s / 3)
+            runs = {task_id: run.token for task_id, run in self.runs.items()}
+            try:
+                lost = await self.ledger.renew(runs)
+            except INFRA_ERRORS as exc:
+                log.warning("renewing %d leases failed (%s); trying again", len(runs), exc)
+                continue
+            for task_id in lost:
+                run = self.runs.get(task_id)
+                if run is not None and run.token == runs.get(task_id):
+                    log.warning(
+                        "task %s: this run lost its lease (the task ended or runs elsewhere); cancelling", task_id
+                    )
+                    run.lose()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S * random.uniform(0.5, 1.5))
+            try:
+                overdue = await self.ledger.sweep()
+                if overdue:
+                    await self.enqueuer.enqueue(overdue)
+                    log.info("enqueued %d overdue tasks again (their messages or runs were lost)", len(overdue))
+            except INFRA_ERRORS as exc:
+                # Their deadlines moved on already: the next sweep that finds them due enqueues them.
+                log.warning("sweeping overdue tasks failed (%s); trying again", exc)
 
     async def _beat(self, broker: RedisBroker) -> None:
         """Keep this process's broker heartbeat fresh and run broker maintenance.
@@ -93,7 +199,7 @@ class Runtime:
         killed worker's tasks must run again within seconds, and a busy one must not be taken for dead.
         """
         script = self.redis.register_script(redis_broker_scripts["dispatch"])
-        max_unpack = await asyncio.to_thread(broker._max_unpack_size)
+        max_unpack = 1000  # the dispatch script unpacks in chunks of this size during maintenance
         while True:
             try:
                 await script(
@@ -109,9 +215,16 @@ class Runtime:
                         max_unpack,
                     ],
                 )
-            except Exception:
-                log.exception("broker heartbeat failed; trying again")
+            except INFRA_ERRORS as exc:
+                log.warning("broker heartbeat failed (%s); trying again", exc)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def runtime() -> Runtime:
@@ -121,12 +234,16 @@ def runtime() -> Runtime:
 
 
 class RuntimeMiddleware(dramatiq.Middleware):
-    """Starts the process's :class:`Runtime` after boot and stops it at shutdown."""
+    """Builds the process's :class:`Runtime` before its worker threads take messages, and stops it last.
+
+    At shutdown the sweeper stops first; runs in flight finish (Dramatiq waits for them) with the runtime still
+    up, and only then are its loops and connections closed.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         global _runtime
         loop_thread = get_event_loop_thread()
         if loop_thread is None:
@@ -140,6 +257,11 @@ class RuntimeMiddleware(dramatiq.Middleware):
         _runtime = loop_thread.run_coroutine(build())
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        loop_thread = get_event_loop_thread()
+        if _runtime is not None and loop_thread is not None:
+            loop_thread.run_coroutine(_runtime.begin_stop())
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         global _runtime
         loop_thread = get_event_loop_thread()
         if _runtime is not None and loop_thread is not None:
@@ -148,50 +270,95 @@ class RuntimeMiddleware(dramatiq.Middleware):
 
 
 async def run_task(task_id: str) -> None:
-    """Run one task to its end and hand its webhook to the delivery engine."""
+    """Run one task to its end and hand its delivery to the delivery engine.
+
+    Nothing escapes but a bug: a message this run cannot act on (the task ended, a live run holds it, Redis
+    is away) is dropped, because the task ledger, not the message, is what brings an owed task back.
+    """
     rt = runtime()
-    record = await rt.tasks.get(task_id)
-    if record is None:
+    run = Run(token=new_run_token())
+    try:
+        started = await rt.until_redis_answers(
+            lambda: rt.ledger.start(task_id, run.token), what=f"starting task {task_id}", patience_s=START_PATIENCE_S
+        )
+    except (*INFRA_ERRORS, Stopping) as exc:
+        log.warning("task %s not started (%s); the sweeper enqueues it again once it is overdue", task_id, exc)
+        return
+    if started.outcome is Start.GONE:
         log.warning("task %s is gone (expired or never stored); nothing to run", task_id)
         return
-    if record.status.finished:
-        return  # a redelivered message of a task that already ended
-    result, error = await _execute(rt, record)
-    _, delivery, secrets = await rt.tasks.finish(record, result=result, error=error, lease_s=rt.outbox.lease_s)
+    if started.outcome is not Start.RUN or started.record is None:
+        return  # a redelivered message of a task that has ended, or that a live run holds
+    record = started.record
+    rt.runs[task_id] = run
+    try:
+        outcome = await _execute(rt, record, run)
+        if outcome is None:
+            return
+        result, error = outcome
+        _, delivery, secrets = await rt.until_redis_answers(
+            lambda: rt.tasks.finish(record, run.token, result=result, error=error, lease_s=rt.outbox.lease_s),
+            what=f"recording the end of task {task_id}",
+        )
+    except LeaseLost as exc:
+        log.info("task %s: %s; this run's outcome is dropped", task_id, exc)
+        return
+    except Stopping:
+        log.warning("task %s ran but its end could not be written before shutdown; it will run again", task_id)
+        return
+    finally:
+        if rt.runs.get(task_id) is run:
+            del rt.runs[task_id]
     if delivery is not None:
         rt.engine.dispatch(delivery, secrets)
 
 
-async def _execute(rt: Runtime, record: TaskRecord) -> tuple[Any, TaskError | None]:
+async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, TaskError | None] | None:
+    """Run the kind's code; its result or error, or None when this run lost its lease meanwhile."""
     kind = rt.kinds.get(record.kind)
     if kind is None:
         return None, TaskError(type="UnknownKind", message=f"no task kind {record.kind!r} on this worker")
     record.started_at = record.started_at or datetime.now(UTC)
 
     async def report(percent: float, message: str | None) -> None:
-        await mark_running()
-        await rt.tasks.report_progress(record, percent, message)
+        try:
+            await mark_running()
+            await rt.until_redis_answers(
+                lambda: rt.tasks.report_progress(record, run.token, percent, message),
+                what=f"reporting progress of task {record.id}",
+            )
+        except (LeaseLost, Stopping):
+            run.lose()  # the kind's next await is cancelled
 
     async def mark_running() -> None:
         if record.status is TaskStatus.QUEUED:
-            await rt.tasks.mark_running(record)
+            await rt.until_redis_answers(
+                lambda: rt.tasks.mark_running(record, run.token), what=f"marking {record.id} running"
+            )
 
     ctx = TaskContext(task_id=record.id, report=report, loop=asyncio.get_running_loop())
     try:
         data = kind.parse_input(record.input)
-        run = asyncio.ensure_future(asyncio.wait_for(kind.run(data, ctx), timeout=kind.time_limit_s))
+        work = run.work = asyncio.ensure_future(asyncio.wait_for(kind.run(data, ctx), timeout=kind.time_limit_s))
         # A task that ends within RUNNING_AFTER_S goes straight from queued to its end: nobody could have
         # seen it running, and the write would cost every short task a round trip.
-        done, _ = await asyncio.wait({run}, timeout=RUNNING_AFTER_S)
+        done, _ = await asyncio.wait({work}, timeout=RUNNING_AFTER_S)
         if not done:
             await mark_running()
-        result = await run
+        result = await work
         msgspec.json.encode(result)  # a result that cannot be sent fails here, not in the webhook
+    except asyncio.CancelledError:
+        if run.lost:
+            return None
+        raise
+    except (Stopping, LeaseLost):
+        run.lose()
+        return None
     except TimeoutError:
         return None, TaskError(
             type="TimeLimitExceeded", message=f"the task ran longer than its {kind.time_limit_s:g} s time limit"
         )
     except Exception as exc:
-        log.info("task %s (%s) failed: %s: %s", record.id, record.kind, type(exc).__name__, exc)
+        log.info("task %s (%s) failed: %s: %r", record.id, record.kind, type(exc).__name__, str(exc)[:500])
         return None, TaskError(type=type(exc).__name__, message=str(exc)[:2000])
     return result, None

@@ -25,13 +25,8 @@ broker.add_middleware(AsyncIO())
 broker.add_middleware(RuntimeMiddleware(settings))
 dramatiq.set_broker(broker)
 
-# Failures of the task itself end the task; what escapes the actor is Redis or the broker failing, so retry.
+# No Dramatiq retries: a run that fails for Redis's or the broker's sake is brought back by the task ledger's
+# sweeper (Dramatiq's own retry is lost when Redis is down as it re-enqueues, and the message with it).
 run_task_actor = dramatiq.actor(
-    actor_name=ACTOR,
-    queue_name=QUEUE,
-    broker=broker,
-    max_retries=5,
-    min_backoff=1000,
-    max_backoff=30_000,
-    time_limit=ACTOR_TIME_LIMIT_MS,
+    actor_name=ACTOR, queue_name=QUEUE, broker=broker, max_retries=0, time_limit=ACTOR_TIME_LIMIT_MS
 )(run_task)

@@ -1,0 +1,18 @@
+-- Renew the leases of the runs a worker holds, in one step.
+-- KEYS[1]: owed tasks
+-- ARGV: lease key prefix, lease_ms, owed_until, then task_id, run token, task_id, run token, ...
+-- Returns the task ids whose lease is lost: the task has ended, or another run holds it.
+-- A lease that merely expired (Redis stalled longer than the lease) is taken back if nobody took it.
+local lost = {}
+for i = 4, #ARGV, 2 do
+    local task_id, token = ARGV[i], ARGV[i + 1]
+    local key = ARGV[1] .. task_id
+    local holder = redis.call('GET', key)
+    if (holder == token or not holder) and redis.call('ZSCORE', KEYS[1], task_id) then
+        redis.call('SET', key, token, 'PX', ARGV[2])
+        redis.call('ZADD', KEYS[1], ARGV[3], task_id)
+    else
+        table.insert(lost, task_id)
+    end
+end
+return lost

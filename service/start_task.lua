@@ -1,0 +1,18 @@
+-- A worker is about to run a task: take its lease unless the task has ended or a live run holds it.
+-- KEYS: task, lease, owed tasks
+-- ARGV: task_id, run token, lease_ms, owed_until (the lease's end)
+-- Returns {'run', record}, {'gone'} (no record: expired or never stored), {'ended'} or {'leased'}.
+local record = redis.call('GET', KEYS[1])
+if not record then
+    redis.call('ZREM', KEYS[3], ARGV[1])
+    return {'gone'}
+end
+if not redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+    return {'ended'}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    return {'leased'}
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+return {'run', record}

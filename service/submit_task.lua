@@ -1,0 +1,44 @@
+-- Accept a task in one step: claim its Idempotency-Key, store it, owe it and enqueue its message, so that a
+-- failure anywhere leaves either all of it or none (a client retrying a 503 with its key then gets a new task).
+-- KEYS: task, idempotency (any key when there is none), owed tasks, stats, open tasks of the tenant,
+--       broker queue, broker queue messages (any keys when the message is not enqueued here)
+-- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), owed_until, stats_field,
+--       max_open (0: no cap), now_ms, task key prefix, message_id ('' when not enqueued here), message
+-- Returns {'new'}, {'first', answer} (the key was used before: the first answer) or {'full', open} (the
+-- tenant already has max_open tasks that have not ended).
+local task_id = ARGV[1]
+if ARGV[5] ~= '' then
+    local first = redis.call('GET', KEYS[2])
+    if first then
+        local ok, answer = pcall(cjson.decode, first)
+        if ok and type(answer) == 'table' and type(answer.id) == 'string'
+            and redis.call('EXISTS', ARGV[10] .. answer.id) == 1 then
+            return {'first', first}
+        end
+        -- the key's task has expired (or the value predates kept answers): this submission takes it over
+    end
+end
+local now_ms = tonumber(ARGV[9])
+local max_open = tonumber(ARGV[8])
+if max_open > 0 then
+    -- Entries older than a task record lives are tasks that expired without ending: not open any more.
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - tonumber(ARGV[3]) * 1000)
+    local open = redis.call('ZCARD', KEYS[5])
+    if open >= max_open then
+        return {'full', open}
+    end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+if ARGV[5] ~= '' then
+    redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+end
+redis.call('ZADD', KEYS[3], ARGV[6], task_id)
+redis.call('ZADD', KEYS[5], now_ms, task_id)
+redis.call('EXPIRE', KEYS[5], ARGV[3])
+redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
+if ARGV[11] ~= '' then
+    -- What the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue').
+    redis.call('HSET', KEYS[7], ARGV[11], ARGV[12])
+    redis.call('RPUSH', KEYS[6], ARGV[11])
+end
+return {'new'}

@@ -1,0 +1,27 @@
+-- Find the owed tasks that are overdue and push their deadline on; return those to enqueue again.
+-- KEYS: owed tasks, requeue counts
+-- ARGV: now, limit, first grace_s, most grace_s, task key prefix, lease key prefix
+-- A task is overdue when its message was lost (Redis crashed before it was fetched, the broker dropped a
+-- retry, a fetch landed in a live worker's ack set) or its run died (the lease was not renewed). Each
+-- requeue doubles the grace before the next one, so a long backlog is not enqueued again and again.
+local now = tonumber(ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, task_id in ipairs(due) do
+    if redis.call('EXISTS', ARGV[5] .. task_id) == 0 then
+        redis.call('ZREM', KEYS[1], task_id)
+        redis.call('HDEL', KEYS[2], task_id)
+    else
+        local ttl_ms = redis.call('PTTL', ARGV[6] .. task_id)
+        if ttl_ms > 0 then
+            -- a live run holds it (its renewal and this entry disagree only for a moment)
+            redis.call('ZADD', KEYS[1], now + ttl_ms / 1000, task_id)
+        else
+            local n = redis.call('HINCRBY', KEYS[2], task_id, 1)
+            local grace = math.min(tonumber(ARGV[3]) * 2 ^ (n - 1), tonumber(ARGV[4]))
+            redis.call('ZADD', KEYS[1], now + grace, task_id)
+            table.insert(out, task_id)
+        end
+    end
+end
+return out

@@ -1,0 +1,99 @@
+"""The record of owed work: every accepted task that has not ended, and the leases of the runs that hold them.
+
+Dramatiq's queue is the fast path, never the only copy. A task enters ``relay:tasks:owed`` in the step that
+accepts it (scored a grace after its enqueue) and leaves it in the step that ends it. A worker about to run a
+task takes its lease (a token with a TTL, renewed while the run lasts; the task's score follows the lease).
+A sweeper in every worker enqueues again whatever is overdue: a message that Redis lost in a crash, a retry
+the broker never stored, a fetch stranded in a live worker's ack set, a run whose worker died. A message for a
+task that has ended, or that a live run holds, is dropped, so a task may run again after a fault but ends once.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import redis.asyncio as aioredis
+
+from delivery import keys
+from schemas.tasks import TaskRecord
+
+# A run's lease: renewed every third of it; a worker silent for this long is taken for dead.
+LEASE_S = 15.0
+# The sweeper's first grace before an overdue task is enqueued again, and the most it grows to by doubling.
+REQUEUE_GRACE_S = 15.0
+MAX_REQUEUE_GRACE_S = 600.0
+# Most overdue tasks one sweep takes.
+SWEEP_BATCH = 500
+
+_HERE = Path(__file__).parent
+_START_LUA = (_HERE / "start_task.lua").read_text()
+_RENEW_LUA = (_HERE / "renew_leases.lua").read_text()
+_SWEEP_LUA = (_HERE / "sweep_tasks.lua").read_text()
+_decode = msgspec.json.Decoder(TaskRecord).decode
+
+
+class Start(enum.Enum):
+    RUN = "run"  # the lease is this run's
+    GONE = "gone"  # no such task (expired, or never stored)
+    ENDED = "ended"  # a redelivered message of a task that has ended
+    LEASED = "leased"  # a live run holds it (a duplicate message)
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    outcome: Start
+    record: TaskRecord | None = None
+
+
+def new_run_token() -> str:
+    return uuid.uuid4().hex
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class TaskLedger:
+    def __init__(self, *, redis: aioredis.Redis, lease_s: float = LEASE_S) -> None:
+        self._redis = redis
+        self.lease_s = lease_s
+        self._start = redis.register_script(_START_LUA)
+        self._renew = redis.register_script(_RENEW_LUA)
+        self._sweep = redis.register_script(_SWEEP_LUA)
+
+    async def start(self, task_id: str, run_token: str) -> Started:
+        """Take ``task_id``'s lease for the run ``run_token``, unless it has ended or a live run holds it."""
+        reply = await self._start(
+            keys=[keys.task(task_id), keys.lease(task_id), keys.OWED_TASKS],
+            args=[task_id, run_token, int(self.lease_s * 1000), time.time() + self.lease_s],
+        )
+        outcome = Start(_text(reply[0]))
+        return Started(outcome, _decode(reply[1]) if outcome is Start.RUN else None)
+
+    async def renew(self, runs: Mapping[str, str]) -> list[str]:
+        """Renew the leases of ``runs`` (task id -> run token); return the tasks whose lease is lost."""
+        if not runs:
+            return []
+        args: list[str | float | int] = [keys.lease(""), int(self.lease_s * 1000), time.time() + self.lease_s]
+        for task_id, token in runs.items():
+            args += [task_id, token]
+        lost = await self._renew(keys=[keys.OWED_TASKS], args=args)
+        return [_text(t) for t in lost]
+
+    async def sweep(self, *, now: float | None = None, limit: int = SWEEP_BATCH) -> list[str]:
+        """The owed tasks that are overdue; each one's next deadline is pushed on (doubling) in the same step."""
+        moment = time.time() if now is None else now
+        due = await self._sweep(
+            keys=[keys.OWED_TASKS, keys.REQUEUES],
+            args=[moment, limit, REQUEUE_GRACE_S, MAX_REQUEUE_GRACE_S, keys.task(""), keys.lease("")],
+        )
+        return [_text(t) for t in due]
+
+    async def owed(self) -> int:
+        return int(await self._redis.zcard(keys.OWED_TASKS))
