@@ -56,6 +56,8 @@ _SCHEMES = frozenset({"http", "https"})
 # After IDNA encoding (yarl's raw_host) a resolvable name is ASCII letters, digits, hyphens, dots and, in the
 # wild, underscores. Anything else is either garbage or a trick aimed at a parser other than ours.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_HOST_NAME_CHARS = 253
+MAX_LABEL_CHARS = 63
 # One part of a BSD inet_aton address: hex (0x, possibly with no digits), octal (leading 0) or decimal. Spelled
 # out with ASCII classes because int() also accepts underscores, signs and non-ASCII digits.
 _INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
@@ -151,8 +153,17 @@ def parse_callback_url(url: str) -> CallbackTarget:
         raise InvalidCallbackUrl("callback URL must not contain a user name or password")
     if port is None or not 0 < port <= 65535:
         raise InvalidCallbackUrl(f"callback URL has an invalid port: {port}")
-    if literal_ip(host) is None and not _HOST_NAME.fullmatch(host):
-        raise InvalidCallbackUrl(f"callback URL has an invalid host: {host!r}")
+    if literal_ip(host) is None:
+        if not _HOST_NAME.fullmatch(host):
+            raise InvalidCallbackUrl(f"callback URL has an invalid host: {host[:100]!r}")
+        # DNS's limits (RFC 1035): a name the resolver would refuse is refused here, with the reason.
+        if len(host.rstrip(".")) > MAX_HOST_NAME_CHARS or any(
+            len(label) > MAX_LABEL_CHARS for label in host.split(".")
+        ):
+            raise InvalidCallbackUrl(
+                f"callback URL's host is not a DNS name: at most {MAX_HOST_NAME_CHARS} characters, "
+                f"{MAX_LABEL_CHARS} between dots"
+            )
     return CallbackTarget(scheme=scheme, host=host, port=port)
 
 

@@ -1,6 +1,6 @@
 -- Lease the deliveries that are due and return them.
 -- KEYS[1]: the due sorted set; ARGV: now, limit, lease_until, delivery key prefix, ack marker key prefix
--- Returns a flat list: record, pushed, record, pushed, ... where pushed is 1 when the delivery was waiting
+-- Returns a flat list: id, record, pushed, id, record, pushed, ... where pushed is 1 when the delivery was waiting
 -- for a WebSocket ack (whose time is now up: the marker is taken, so a late ack no longer settles it).
 -- A leased delivery stays in the set with its score pushed to lease_until, so a worker that dies
 -- mid-attempt only delays it: the lease runs out and another worker claims it.
@@ -10,6 +10,7 @@ for _, id in ipairs(ids) do
     local record = redis.call('GET', ARGV[4] .. id)
     if record then
         redis.call('ZADD', KEYS[1], ARGV[3], id)
+        table.insert(out, id)
         table.insert(out, record)
         table.insert(out, redis.call('DEL', ARGV[5] .. id))
     else

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
+from delivery.errors import UnreadableRecord
 from delivery.outbox import Outbox, unlink_dead_letter
-from delivery.records import PendingDelivery
+from delivery.records import DECODE_ERRORS, PendingDelivery, count_unreadable, decode_or_skip, owner_of
 from schemas.dead_letters import DeadLetter, DeadLetterReason
 
 # Index entries read per round trip while filtering.
@@ -50,8 +52,22 @@ class DeadLetterStore:
         self._outbox = outbox
 
     async def get(self, dl_id: str) -> DeadLetter | None:
-        raw = await self._redis.get(keys.dead_letter(dl_id))
-        return _decode(raw) if raw else None
+        """The dead letter, None when there is none; raises :class:`UnreadableRecord` when it cannot be read."""
+        key = keys.dead_letter(dl_id)
+        raw = await self._redis.get(key)
+        if not raw:
+            return None
+        try:
+            return _decode(raw)
+        except DECODE_ERRORS as exc:
+            raise UnreadableRecord(key, tenant=owner_of(raw), reason=type(exc).__name__) from None
+
+    async def delete_unreadable(self, dl_id: str) -> None:
+        """Delete a dead letter that cannot be read (its event id is unknown: its event index entry expires)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.dead_letter(dl_id))
+            pipe.zrem(keys.DEAD_LETTERS, dl_id)
+            await pipe.execute()
 
     async def page(
         self, where: DeadLetterFilter, *, limit: int, cursor: str | None = None
@@ -97,9 +113,13 @@ class DeadLetterStore:
             if not rows:
                 return
             records = await self._redis.mget([keys.dead_letter(m) for m, _ in rows])
+            unreadable = 0
             for (member, score), raw in zip(rows, records, strict=True):
                 position = (score, member)
-                yield (_decode(raw) if raw else None), position
+                dead = decode_or_skip(_decode, raw, key=keys.dead_letter(member)) if raw else None
+                unreadable += raw is not None and dead is None
+                yield dead, position
+            await count_unreadable(self._redis, unreadable)
 
     async def delete(self, dead: DeadLetter) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -133,11 +153,14 @@ def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
         return None
     score, sep, member = cursor.partition(":")
     try:
-        if not sep or not member.startswith("dl_"):
+        if not sep or not member.startswith("dl_") or len(member) > 64:
             raise ValueError(cursor)
-        return float(score), member
+        position = float(score)
+        if not math.isfinite(position):
+            raise ValueError(cursor)
     except ValueError:
-        raise InvalidCursor(f"{cursor!r} is not a cursor from this list") from None
+        raise InvalidCursor(f"{cursor[:100]!r} is not a cursor from this list") from None
+    return position, member
 
 
 def _format_cursor(position: tuple[float, str] | None) -> str | None:

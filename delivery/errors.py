@@ -7,6 +7,7 @@ RelayError
 │   ├── EndpointGone            the receiver answered 410
 │   └── ForbiddenAddress        the URL reaches a private, loopback, link-local or metadata address
 ├── LeaseLost                   a run may not write its task: it has ended, or another run holds it
+├── UnreadableRecord            a stored record that cannot be decoded (readers skip it and count it)
 └── NotFound                    no such task / dead letter for this caller
 """
 
@@ -54,6 +55,18 @@ class LeaseLost(RelayError):
         super().__init__(f"task {task_id} {'has ended' if ended else 'is held by another run'}")
         self.task_id = task_id
         self.ended = ended
+
+
+class UnreadableRecord(RelayError):
+    """A stored record that cannot be decoded (nested too deep, or not what it should be).
+
+    ``tenant`` is its owner when that much of it could still be read, so that the owner can delete it.
+    """
+
+    def __init__(self, key: str, *, tenant: str | None = None, reason: str = "") -> None:
+        super().__init__(f"{key} cannot be read{f' ({reason})' if reason else ''}")
+        self.key = key
+        self.tenant = tenant
 
 
 class NotFound(RelayError):

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from delivery import keys
 from delivery.errors import LeaseLost
-from delivery.records import PendingDelivery
+from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from schemas.deliveries import Attempt
 from schemas.events import Event
 
@@ -111,10 +111,15 @@ class EventLog:
 
     async def events_after(self, task_id: str, after_seq: int = 0) -> list[Event]:
         """Retained events with ``seq > after_seq``, oldest first."""
-        raw = await self._redis.lrange(keys.events(task_id), max(0, after_seq - 1), -1)
-        events = [_decode_events(r) for r in raw]
-        return [e for e in events if e.seq > after_seq]
+        key = keys.events(task_id)
+        raw = await self._redis.lrange(key, max(0, after_seq - 1), -1)
+        events = [decode_or_skip(_decode_events, r, key=key) for r in raw]
+        await count_unreadable(self._redis, events.count(None))
+        return [e for e in events if e is not None and e.seq > after_seq]
 
     async def attempts(self, task_id: str) -> list[Attempt]:
-        raw = await self._redis.lrange(keys.attempts(task_id), 0, -1)
-        return [_decode_attempt(r) for r in raw]
+        key = keys.attempts(task_id)
+        raw = await self._redis.lrange(key, 0, -1)
+        attempts = [decode_or_skip(_decode_attempt, r, key=key) for r in raw]
+        await count_unreadable(self._redis, attempts.count(None))
+        return [a for a in attempts if a is not None]

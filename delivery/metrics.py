@@ -29,6 +29,8 @@ def delivery_counter(channel: Channel, outcome: DeliveryOutcome) -> str:
 
 DEAD_LETTERED = "dead_letters:total"
 REPLAYED = "dead_letters:replayed"
+UNREADABLE_RECORDS = "records:unreadable"
+REQUEUED = "tasks:requeued"
 
 
 def latency_bucket(seconds: float) -> str:
@@ -44,6 +46,7 @@ def families(
     dead_letters: int,
     due: int,
     queued: int | None,
+    owed: int = 0,
 ) -> Iterator[Any]:
     """Prometheus metric families from the raw Redis hashes."""
     counts = {k.decode(): int(float(v)) for k, v in stats.items()}
@@ -68,12 +71,22 @@ def families(
     replayed.add_metric([], counts.get(REPLAYED, 0))
     yield replayed
 
+    requeued = CounterMetricFamily(
+        "relay_tasks_requeued", "Overdue tasks enqueued again (their message or their run was lost)"
+    )
+    requeued.add_metric([], counts.get(REQUEUED, 0))
+    yield requeued
+    unreadable = CounterMetricFamily("relay_unreadable_records", "Stored records skipped because they cannot be read")
+    unreadable.add_metric([], counts.get(UNREADABLE_RECORDS, 0))
+    yield unreadable
+
     stored = GaugeMetricFamily("relay_dead_letters", "Dead letters stored now")
     stored.add_metric([], dead_letters)
     yield stored
 
     depth = GaugeMetricFamily("relay_queue_depth", "Work waiting", labels=["queue"])
     depth.add_metric(["webhooks_due"], due)
+    depth.add_metric(["tasks_owed"], owed)
     if queued is not None:
         depth.add_metric(["tasks"], queued)
     yield depth

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from delivery import keys, metrics
 from delivery.ids import new_id
 from delivery.policy import Decision, Verdict
-from delivery.records import PendingDelivery
+from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 
@@ -28,6 +28,10 @@ _RECORD_LUA = Path(__file__).with_name("record_attempt.lua").read_text()
 _ACK_LUA = Path(__file__).with_name("ack.lua").read_text()
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class Outbox:
@@ -49,7 +53,19 @@ class Outbox:
         raw = await self._claim(
             keys=[keys.DUE], args=[moment, limit, moment + self._lease_s, keys.delivery(""), keys.ack_marker("")]
         )
-        return [(_decode_delivery(raw[i]), bool(raw[i + 1])) for i in range(0, len(raw), 2)]
+        claimed: list[tuple[PendingDelivery, bool]] = []
+        unreadable: list[bytes] = []
+        for i in range(0, len(raw), 3):
+            delivery = decode_or_skip(_decode_delivery, raw[i + 1], key=keys.delivery(_text(raw[i])))
+            if delivery is None:
+                unreadable.append(raw[i])
+            else:
+                claimed.append((delivery, bool(raw[i + 2])))
+        if unreadable:
+            # Out of the schedule: it would come back every lease and fail again (its record stays, logged).
+            await self._redis.zrem(keys.DUE, *unreadable)
+            await count_unreadable(self._redis, len(unreadable))
+        return claimed
 
     async def ack(
         self, *, event_id: str, task_id: str, created_at: float, has_webhook: bool, duration_ms: float

@@ -2,11 +2,60 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 import msgspec
+import redis.asyncio as aioredis
 
+from delivery import keys, metrics
 from schemas.events import Event
+
+log = logging.getLogger("relay.records")
+
+T = TypeVar("T")
+
+# What decoding a stored record raises when it cannot be read: deep nesting exhausts the recursion limit.
+DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+
+# A "tenant" member, as Relay's encoder writes it (whitespace allowed for records written by hand).
+_TENANT = re.compile(rb'"tenant"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def decode_or_skip(decode: Callable[[bytes | str], T], raw: bytes | str, *, key: str) -> T | None:
+    """``decode(raw)``, or None (with a log line) when the record cannot be read; callers count what they skip."""
+    try:
+        return decode(raw)
+    except DECODE_ERRORS as exc:
+        log.error("skipped the unreadable record %s (%s)", key, type(exc).__name__)
+        return None
+
+
+def owner_of(raw: bytes | str, *, last: bool = False) -> str | None:
+    """The tenant of a record that cannot be decoded, found in its text rather than by a decoder (which would fail
+    the same way). Records are encoded in field order: a dead letter's tenant is its first ``tenant`` member
+    (before any tenant data), a task record's its last one (after the input)."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    matches = list(_TENANT.finditer(data)) if last else [m for m in [_TENANT.search(data)] if m]
+    if not matches:
+        return None
+    try:
+        return str(msgspec.json.decode(b'"' + matches[-1].group(1) + b'"'))
+    except DECODE_ERRORS:
+        return None
+
+
+async def count_unreadable(redis: aioredis.Redis, count: int) -> None:
+    """Add ``count`` to the unreadable-records counter of ``/metrics`` (best effort: the log has each one)."""
+    if count:
+        try:
+            await redis.hincrby(keys.STATS, metrics.UNREADABLE_RECORDS, count)
+        except Exception as exc:
+            log.warning("counting %d unreadable records failed: %s", count, exc)
 
 
 class PendingDelivery(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 # Connections one process may open; the API and the engine pipeline their commands, so few are needed.
 DEFAULT_MAX_CONNECTIONS = 64
@@ -16,18 +17,30 @@ DEFAULT_MAX_CONNECTIONS = 64
 POOL_WAIT_S = 10.0
 
 
-def connect(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> aioredis.Redis:
+def connect(
+    url: str,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    command_timeout_s: float | None = None,
+    pool_wait_s: float = POOL_WAIT_S,
+) -> aioredis.Redis:
+    """A client with its own pool.
+
+    ``command_timeout_s`` bounds each command (a stalled Redis then raises ``TimeoutError`` instead of hanging):
+    right for request handlers, which answer 503 rather than wait; wrong for blocking reads such as pub/sub.
+    """
     # A blocking pool: past max_connections a command waits for a connection instead of failing with
     # "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=POOL_WAIT_S,
-        socket_timeout=None,
-        socket_connect_timeout=5,
+        timeout=pool_wait_s,
+        socket_timeout=command_timeout_s,
+        socket_connect_timeout=command_timeout_s or 5,
         health_check_interval=30,
         # from_url leaves redis-py with no retries: after a Redis restart every pooled connection would fail
-        # its next command (a 500 from the API). Reconnect and retry connection errors a few times instead.
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        # its next command. Reconnect and retry connection errors a few times instead; a timeout is not
+        # retried (a stalled Redis would only make the caller wait longer).
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both

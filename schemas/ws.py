@@ -10,6 +10,9 @@ from schemas.events import Event
 from schemas.tasks import TaskStatus
 
 TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# The highest seq a client may name: far above any task's events, and within what Redis takes as an index.
+MAX_SEQ = 2**53
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
@@ -19,7 +22,7 @@ EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", forbid_unknown_fields=True):
     task_id: TaskId
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-    after_seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    after_seq: Seq = 0
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="type", forbid_unknown_fields=True):

@@ -7,17 +7,20 @@ from typing import Annotated
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
 from delivery.dead_letters import DeadLetterFilter, InvalidCursor
+from delivery.errors import UnreadableRecord
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
 from service.auth import Principal
 from service.state import ApiState
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# No id Relay makes is longer than this: a longer one is not looked up.
+MAX_ID_CHARS = 64
 
 
 def _scope(principal: Principal, tenant: str | None) -> str | None:
@@ -86,11 +89,27 @@ class DeadLetterController(Controller):
     async def remove(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
     ) -> None:
-        await state_.dead_letters.delete(await _visible(state_, principal, dl_id))
+        try:
+            dead = await _visible(state_, principal, dl_id)
+        except Unreadable:
+            await state_.dead_letters.delete_unreadable(dl_id)  # what cannot be read can still be removed
+            return
+        await state_.dead_letters.delete(dead)
+
+
+class Unreadable(HTTPException):
+    status_code = HTTP_409_CONFLICT
 
 
 async def _visible(state_: ApiState, principal: Principal, dl_id: str) -> DeadLetter:
-    dead = await state_.dead_letters.get(dl_id) if dl_id.startswith("dl_") else None
+    if not dl_id.startswith("dl_") or len(dl_id) > MAX_ID_CHARS:
+        raise NotFoundException(f"no dead letter {dl_id[:MAX_ID_CHARS]}")
+    try:
+        dead = await state_.dead_letters.get(dl_id)
+    except UnreadableRecord as exc:
+        if exc.tenant is None or not principal.can_see(exc.tenant):
+            raise NotFoundException(f"no dead letter {dl_id}") from None
+        raise Unreadable(detail=f"dead letter {dl_id} is stored but cannot be read; it can be deleted") from None
     if dead is None or not principal.can_see(dead.tenant):
         raise NotFoundException(f"no dead letter {dl_id}")
     return dead

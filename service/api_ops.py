@@ -14,13 +14,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from delivery import keys, metrics
-from service.broker import QUEUE, ping
+from service.broker import QUEUE
 from service.state import ApiState
 
 log = logging.getLogger("relay.api")
 
 # /ready gives up on a dependency that takes longer than this to answer.
-READY_TIMEOUT_S = 2.0
+READY_TIMEOUT_S = 0.8
 
 
 @get("/health", tags=["operations"], summary="200 while the process runs", exclude_from_auth=True)
@@ -30,17 +30,25 @@ async def health() -> dict[str, str]:
 
 @get("/ready", tags=["operations"], summary="200 when Redis and the broker answer, else 503")
 async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(state_.redis.ping(), READY_TIMEOUT_S)
-        checks["redis"] = "ok"
-    except Exception as exc:
-        checks["redis"] = f"unavailable: {type(exc).__name__}"
-    try:
-        await asyncio.wait_for(asyncio.to_thread(ping, state_.broker), READY_TIMEOUT_S)
-        checks["broker"] = "ok"
-    except Exception as exc:
-        checks["broker"] = f"unavailable: {type(exc).__name__}"
+    async def redis_check() -> str:
+        try:
+            await asyncio.wait_for(state_.redis.ping(), READY_TIMEOUT_S)
+        except Exception as exc:
+            return f"unavailable: {type(exc).__name__}"
+        return "ok"
+
+    async def broker_check() -> str:
+        if state_.broker_is_storage:
+            return await redis_task  # the same Redis: one answer for both
+        try:
+            await state_.broker_check(READY_TIMEOUT_S)
+        except Exception as exc:
+            return f"unavailable: {type(exc).__name__}"
+        return "ok"
+
+    redis_task = asyncio.ensure_future(redis_check())
+    redis_state, broker_state = await asyncio.gather(redis_task, broker_check())
+    checks = {"redis": redis_state, "broker": broker_state}
     healthy = all(v == "ok" for v in checks.values())
     return Response({"status": "ready" if healthy else "not ready", **checks}, status_code=200 if healthy else 503)
 
@@ -62,10 +70,13 @@ async def prometheus_metrics(state_: NamedDependency[ApiState]) -> Response[byte
         pipe.hgetall(keys.LATENCY)
         pipe.zcard(keys.DEAD_LETTERS)
         pipe.zcard(keys.DUE)
-        stats, latency, dead, due = await pipe.execute()
+        pipe.zcard(keys.OWED_TASKS)
+        stats, latency, dead, due, owed = await pipe.execute()
     queued = None
     if isinstance(state_.broker, RedisBroker):
         queued = int(await state_.redis.llen(f"{state_.broker.namespace}:{QUEUE}"))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(list(metrics.families(stats, latency, dead_letters=dead, due=due, queued=queued))))
+    registry.register(
+        _Snapshot(list(metrics.families(stats, latency, dead_letters=dead, due=due, queued=queued, owed=owed)))
+    )
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Annotated
 
 import dramatiq
@@ -12,16 +13,17 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException, ValidationException
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT, HTTP_503_SERVICE_UNAVAILABLE
 from redis.exceptions import RedisError
 
 from delivery.address_guard import check_callback_url
-from delivery.errors import ForbiddenAddress, InvalidCallbackUrl
+from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, UnreadableRecord
 from delivery.ids import new_id, utcnow
 from schemas.api import SigningSecret
 from schemas.deliveries import AttemptList
 from schemas.events import EventList
 from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
+from schemas.ws import MAX_SEQ
 from service.auth import Principal, Reader, require_tenant
 from service.state import ApiState
 from service.task_store import TenantFull
@@ -30,6 +32,8 @@ log = logging.getLogger("relay.api")
 
 # Idempotency keys longer than this are refused.
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+# No id Relay makes is longer than this: a longer one is not looked up.
+MAX_ID_CHARS = 64
 
 
 class TooManyRequests(HTTPException):
@@ -107,7 +111,7 @@ class TaskController(Controller):
         state_: NamedDependency[ApiState],
         reader: NamedDependency[Reader],
         task_id: FromPath[str],
-        after_seq: Annotated[int, QueryParameter(query="after_seq", ge=0)] = 0,
+        after_seq: Annotated[int, QueryParameter(query="after_seq", ge=0, le=MAX_SEQ)] = 0,
     ) -> EventList:
         await _readable(state_, reader, task_id)
         return EventList(events=await state_.events.events_after(task_id, after_seq))
@@ -122,8 +126,9 @@ class TaskController(Controller):
     @get("/signing-secret", summary="The secret that signs this tenant's webhooks")
     async def signing_secret(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
-    ) -> SigningSecret:
-        return SigningSecret(secret=await state_.secrets.current(require_tenant(principal)))
+    ) -> Response[SigningSecret]:
+        secret = await state_.secrets.current(require_tenant(principal))
+        return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
 
     @post("/signing-secret/rotate", status_code=200, summary="Rotate the signing secret (the old one signs 24 h more)")
     async def rotate(
@@ -134,8 +139,8 @@ class TaskController(Controller):
 
 
 async def _readable(state_: ApiState, reader: Reader, task_id: str) -> TaskRecord:
-    record = await state_.tasks.get(task_id) if task_id.startswith("task_") else None
-    if record is not None and reader.may_read(record.tenant, record.ws_token):
+    record = await _get(state_, task_id, reader.may_read, may_see_unreadable=reader.principal is not None)
+    if record is not None:
         return record
     if reader.principal is None:
         # Neither an API key nor this task's ws_token: the same 401 whether or not the task exists.
@@ -144,10 +149,26 @@ async def _readable(state_: ApiState, reader: Reader, task_id: str) -> TaskRecor
 
 
 async def _owned(state_: ApiState, principal: Principal, task_id: str) -> TaskRecord:
-    record = await state_.tasks.get(task_id) if task_id.startswith("task_") else None
-    if record is None or principal.tenant != record.tenant:
+    record = await _get(state_, task_id, lambda tenant, _: principal.tenant == tenant, may_see_unreadable=True)
+    if record is None:
         raise NotFoundException(f"no task {task_id}")
     return record
+
+
+async def _get(
+    state_: ApiState, task_id: str, visible: Callable[[str, str | None], bool], *, may_see_unreadable: bool
+) -> TaskRecord | None:
+    if not task_id.startswith("task_") or len(task_id) > MAX_ID_CHARS:
+        return None
+    try:
+        return await state_.tasks.get(task_id, visible=visible)
+    except UnreadableRecord as exc:
+        if may_see_unreadable and exc.tenant is not None and visible(exc.tenant, None):
+            log.error("task %s cannot be read: %s", task_id, exc)
+            raise HTTPException(
+                status_code=HTTP_409_CONFLICT, detail=f"task {task_id} is stored but cannot be read (it nests too deep)"
+            ) from None
+        return None
 
 
 async def _check_webhook(url: str, *, allow_private: bool) -> None:
@@ -159,3 +180,5 @@ async def _check_webhook(url: str, *, allow_private: bool) -> None:
         raise ValidationException(f"webhook.url: {exc}") from None
     except OSError as exc:
         raise ValidationException(f"webhook.url: cannot resolve its host ({exc.strerror or exc})") from None
+    except ValueError as exc:  # UnicodeError among them: a host the IDNA codec refuses
+        raise ValidationException(f"webhook.url: its host is not a valid name ({str(exc)[:200]})") from None

@@ -12,7 +12,12 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import (
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+from redis.exceptions import RedisError
 
 from service import __version__
 from service.api_dead_letters import DeadLetterController
@@ -86,6 +91,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers={
             ValidationException: _validation_error,
             HTTPException: _http_error,
+            RedisError: _storage_unavailable,
             Exception: _unexpected_error,
         },
         openapi_config=OpenAPIConfig(title="Relay", version=__version__, path="/schema"),
@@ -114,6 +120,17 @@ def _http_error(request: Request, exc: HTTPException) -> Response[dict[str, obje
         _body(exc.status_code, exc.detail, exc.extra),
         status_code=exc.status_code,
         headers=exc.headers,
+        media_type=MediaType.JSON,
+    )
+
+
+def _storage_unavailable(request: Request, exc: RedisError) -> Response[dict[str, object]]:  # type: ignore[type-arg]
+    # Redis is down or stalled (every command of a request is bounded): the client may try again.
+    log.warning("%s %s: storage unavailable (%s)", request.method, request.url.path, type(exc).__name__)
+    return Response(
+        _body(HTTP_503_SERVICE_UNAVAILABLE, "storage is unavailable; try again shortly"),
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
         media_type=MediaType.JSON,
     )
 

@@ -107,3 +107,16 @@ def ping(broker: dramatiq.Broker) -> None:
         broker.get_queue_message_counts(QUEUE)
     else:  # pragma: no cover - only the two brokers above are built
         raise ConfigError(f"unknown broker {type(broker).__name__}")
+
+
+class BrokerCheck:
+    """Pings the broker from one thread at a time: a check that hangs is not joined by another thread per call."""
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self._broker = broker
+        self._pending: asyncio.Future[None] | None = None
+
+    async def __call__(self, timeout_s: float) -> None:
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(asyncio.to_thread(ping, self._broker))
+        await asyncio.wait_for(asyncio.shield(self._pending), timeout_s)

@@ -62,8 +62,12 @@ def event_frame(body: bytes) -> bytes:
 
 
 class LiveHub:
-    def __init__(self, *, redis: aioredis.Redis, presence_ttl_s: float) -> None:
+    def __init__(
+        self, *, redis: aioredis.Redis, presence_ttl_s: float, listen_redis: aioredis.Redis | None = None
+    ) -> None:
         self._redis = redis
+        # The pub/sub connection blocks while nothing is published: it needs a client without a command timeout.
+        self._listen_redis = listen_redis or redis
         self._presence_ttl_s = max(1, int(presence_ttl_s))
         self._followers: dict[str, set[Follower]] = {}
         self._sockets: set[Follower] = set()
@@ -134,7 +138,7 @@ class LiveHub:
     async def _listen(self) -> None:
         first = True
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._listen_redis.pubsub()
             try:
                 await pubsub.psubscribe(keys.LIVE_PATTERN)
                 self.connected.set()

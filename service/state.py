@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import dramatiq
 import redis.asyncio as aioredis
+from dramatiq.brokers.redis import RedisBroker
 
 from delivery.dead_letters import DeadLetterStore
 from delivery.event_log import EventLog
@@ -16,7 +17,7 @@ from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from schemas.tasks import Task, TaskRecord
 from service.auth import Authenticator
-from service.broker import Enqueuer, create_broker, enqueuer_for
+from service.broker import BrokerCheck, Enqueuer, create_broker, enqueuer_for
 from service.kinds import KindRegistry, load_kinds
 from service.live import LiveHub
 from service.rate_limit import RateLimiter
@@ -24,6 +25,9 @@ from service.settings import Settings
 from service.task_store import TaskStore
 
 log = logging.getLogger("relay.api")
+
+# The longest one Redis command of a request may take (or wait for a connection) before the request gets 503.
+COMMAND_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -42,9 +46,18 @@ class ApiState:
     enqueuer: Enqueuer
     hub: LiveHub
 
+    listen_redis: aioredis.Redis
+    broker_check: BrokerCheck
+
+    @property
+    def broker_is_storage(self) -> bool:
+        return isinstance(self.broker, RedisBroker) and self.settings.effective_broker_url == self.settings.storage_url
+
     @classmethod
     def open(cls, settings: Settings) -> ApiState:
-        redis = connect(settings.storage_url)
+        # Every command of a request is bounded, so a stalled Redis answers 503 rather than hanging the client.
+        redis = connect(settings.storage_url, command_timeout_s=COMMAND_TIMEOUT_S, pool_wait_s=COMMAND_TIMEOUT_S)
+        listen_redis = connect(settings.storage_url, max_connections=2)
         ttl = settings.record_ttl_s
         outbox = Outbox(redis=redis, lease_s=settings.webhook_timeout_s + 30, attempts_ttl_s=ttl)
         broker = create_broker(settings)
@@ -67,8 +80,12 @@ class ApiState:
             secrets=SecretStore(redis=redis),
             rate_limiter=RateLimiter(redis=redis, rate=settings.submit_rate) if settings.submit_rate > 0 else None,
             # Presence outlives a few missed refreshes (the hub refreshes every third of it).
-            hub=LiveHub(redis=redis, presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s)),
+            hub=LiveHub(
+                redis=redis, listen_redis=listen_redis, presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s)
+            ),
             enqueuer=enqueuer_for(broker, redis, settings),
+            listen_redis=listen_redis,
+            broker_check=BrokerCheck(broker),
         )
 
     async def create_task(self, record: TaskRecord, *, idempotency_key: str | None) -> Task:
@@ -94,3 +111,4 @@ class ApiState:
         await self.hub.stop()
         await asyncio.to_thread(self.broker.close)
         await self.redis.aclose()
+        await self.listen_redis.aclose()

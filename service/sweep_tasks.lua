@@ -1,6 +1,6 @@
 -- Find the owed tasks that are overdue and push their deadline on; return those to enqueue again.
--- KEYS: owed tasks, requeue counts
--- ARGV: now, limit, first grace_s, most grace_s, task key prefix, lease key prefix
+-- KEYS: owed tasks, requeue counts, stats
+-- ARGV: now, limit, first grace_s, most grace_s, task key prefix, lease key prefix, requeued stats field
 -- A task is overdue when its message was lost (Redis crashed before it was fetched, the broker dropped a
 -- retry, a fetch landed in a live worker's ack set) or its run died (the lease was not renewed). Each
 -- requeue doubles the grace before the next one, so a long backlog is not enqueued again and again.
@@ -23,5 +23,8 @@ for _, task_id in ipairs(due) do
             table.insert(out, task_id)
         end
     end
+end
+if #out > 0 then
+    redis.call('HINCRBY', KEYS[3], ARGV[7], #out)
 end
 return out

@@ -20,7 +20,8 @@ from pathlib import Path
 import msgspec
 import redis.asyncio as aioredis
 
-from delivery import keys
+from delivery import keys, metrics
+from delivery.records import count_unreadable, decode_or_skip
 from schemas.tasks import TaskRecord
 
 # A run's lease: renewed every third of it; a worker silent for this long is taken for dead.
@@ -74,7 +75,15 @@ class TaskLedger:
             args=[task_id, run_token, int(self.lease_s * 1000), time.time() + self.lease_s],
         )
         outcome = Start(_text(reply[0]))
-        return Started(outcome, _decode(reply[1]) if outcome is Start.RUN else None)
+        if outcome is not Start.RUN:
+            return Started(outcome)
+        record = decode_or_skip(_decode, reply[1], key=keys.task(task_id))
+        if record is None:
+            # It can never run: stop owing it rather than enqueue it again and again.
+            await self._redis.zrem(keys.OWED_TASKS, task_id)
+            await count_unreadable(self._redis, 1)
+            return Started(Start.GONE)
+        return Started(outcome, record)
 
     async def renew(self, runs: Mapping[str, str]) -> list[str]:
         """Renew the leases of ``runs`` (task id -> run token); return the tasks whose lease is lost."""
@@ -90,8 +99,16 @@ class TaskLedger:
         """The owed tasks that are overdue; each one's next deadline is pushed on (doubling) in the same step."""
         moment = time.time() if now is None else now
         due = await self._sweep(
-            keys=[keys.OWED_TASKS, keys.REQUEUES],
-            args=[moment, limit, REQUEUE_GRACE_S, MAX_REQUEUE_GRACE_S, keys.task(""), keys.lease("")],
+            keys=[keys.OWED_TASKS, keys.REQUEUES, keys.STATS],
+            args=[
+                moment,
+                limit,
+                REQUEUE_GRACE_S,
+                MAX_REQUEUE_GRACE_S,
+                keys.task(""),
+                keys.lease(""),
+                metrics.REQUEUED,
+            ],
         )
         return [_text(t) for t in due]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,10 +20,10 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.errors import LeaseLost
+from delivery.errors import LeaseLost, UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.ids import new_id
-from delivery.records import PendingDelivery
+from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus
@@ -38,6 +39,16 @@ _MARK_RUNNING_LUA = Path(__file__).with_name("mark_running.lua").read_text()
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TaskRecord).decode
 _decode_task = msgspec.json.Decoder(Task).decode
+
+
+class _Head(msgspec.Struct):
+    """Who may see a stored task; the rest of the record is skipped, not built."""
+
+    tenant: str
+    ws_token: str | None = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
 
 
 def _text(value: bytes | str) -> str:
@@ -116,9 +127,24 @@ class TaskStore:
         self._submit = redis.register_script(_SUBMIT_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
 
-    async def get(self, task_id: str) -> TaskRecord | None:
-        raw = await self._redis.get(keys.task(task_id))
-        return _decode(raw) if raw else None
+    async def get(self, task_id: str, *, visible: Callable[[str, str | None], bool] | None = None) -> TaskRecord | None:
+        """The task, or None when there is none (or ``visible(tenant, ws_token)`` says the caller may not see it).
+
+        ``visible`` is asked before the whole record is decoded, so that another tenant's large task costs no
+        more to refuse than a missing one. Raises :class:`UnreadableRecord` when the record cannot be read.
+        """
+        key = keys.task(task_id)
+        raw = await self._redis.get(key)
+        if not raw:
+            return None
+        try:
+            if visible is not None:
+                head = _decode_head(raw)
+                if not visible(head.tenant, head.ws_token):
+                    return None
+            return _decode(raw)
+        except DECODE_ERRORS as exc:
+            raise UnreadableRecord(key, tenant=owner_of(raw, last=True), reason=type(exc).__name__) from None
 
     async def create(
         self, record: TaskRecord, *, idempotency_key: str | None, message: InlineMessage | None = None

@@ -24,11 +24,13 @@ from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from redis.exceptions import RedisError
 
+from delivery.errors import UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from schemas.events import Event, EventType
 from schemas.tasks import TaskStatus
 from schemas.ws import Ack, ClientFrame, Error, Ping, Subscribe, Subscribed, Unsubscribe
+from service.json_depth import json_depth_exceeds
 from service.live import EventHead, LiveHub, event_frame
 from service.state import ApiState
 from service.task_store import TaskStore
@@ -45,6 +47,9 @@ MAX_SUBSCRIPTIONS = 1000
 # More bad frames than this in BAD_FRAME_WINDOW_S closes the socket with 1008.
 MAX_BAD_FRAMES = 20
 BAD_FRAME_WINDOW_S = 60.0
+
+# Client frames are flat JSON objects; deeper ones are refused before they are decoded.
+MAX_FRAME_DEPTH = 8
 
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
@@ -173,8 +178,14 @@ class Connection:
             data: str | bytes | None = message.get("text")  # type: ignore[assignment]
             if data is None:
                 data = message.get("bytes")  # type: ignore[assignment]
+            raw = data.encode() if isinstance(data, str) else data or b""
+            if json_depth_exceeds(raw, MAX_FRAME_DEPTH):
+                self._bad_frame(
+                    "bad_frame", f"not a frame this socket understands: nested deeper than {MAX_FRAME_DEPTH}"
+                )
+                continue
             try:
-                frame = _decode_frame(data or b"")
+                frame = _decode_frame(raw)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 self._bad_frame("bad_frame", _describe(exc))
                 continue
@@ -217,17 +228,27 @@ class Connection:
                 "too_many_subscriptions", f"one socket follows at most {MAX_SUBSCRIPTIONS} tasks", frame.task_id
             )
             return
-        record = await self._tasks.get(frame.task_id) if frame.task_id.startswith("task_") else None
-        token = record.ws_token if record is not None else None
-        if record is None or token is None or not hmac.compare_digest(frame.token.encode(), token.encode()):
+
+        def token_fits(tenant: str, token: str | None) -> bool:
+            return token is not None and hmac.compare_digest(frame.token.encode(), token.encode())
+
+        record = None
+        if frame.task_id.startswith("task_"):
+            with contextlib.suppress(UnreadableRecord):  # logged and counted where it was read
+                record = await self._tasks.get(frame.task_id, visible=token_fits)
+        if record is None:
             # The same answer for a task that does not exist, has expired, or is not this token's.
-            self._error("forbidden", "unknown task, or a token that is not this task's", frame.task_id)
+            self._bad_frame("forbidden", "unknown task, or a token that is not this task's", frame.task_id)
             return
         self._unsubscribe(frame.task_id)
         sub = Subscription(task_id=record.id, has_webhook=record.webhook is not None, last_seq=frame.after_seq)
         self._subs[record.id] = sub
-        await self._hub.follow(record.id, self)
-        retained = await self._events.events_after(record.id, frame.after_seq)
+        try:
+            await self._hub.follow(record.id, self)
+            retained = await self._events.events_after(record.id, frame.after_seq)
+        except BaseException:
+            self._unsubscribe(record.id)  # not half-registered: the client subscribes again
+            raise
         last_seq = max(record.last_seq, retained[-1].seq if retained else 0)
         expected = list(range(frame.after_seq + 1, last_seq + 1))
         recovered = [e.seq for e in retained] == expected
@@ -324,7 +345,7 @@ class Connection:
     def _error(self, code: str, message: str, task_id: str | None = None) -> None:
         self._put(_encode(Error(code=code, message=message, task_id=task_id)))
 
-    def _bad_frame(self, code: str, message: str) -> None:
+    def _bad_frame(self, code: str, message: str, task_id: str | None = None) -> None:
         now = time.monotonic()
         if self._bad_frames is None:
             self._bad_frames = deque()
@@ -334,7 +355,7 @@ class Connection:
         if len(self._bad_frames) > MAX_BAD_FRAMES:
             self._close_soon(CLOSE_POLICY, "too many bad frames")
         else:
-            self._error(code, message)
+            self._error(code, message, task_id)
 
     def _close_soon(self, code: int, reason: str) -> None:
         if self._closing:

@@ -1,0 +1,271 @@
+"""Nothing accepted is lost when Redis crashes, restarts or stalls, or a worker dies mid-run.
+
+Each test runs real processes (redis-server, relay api, relay worker, a receiver), submits tasks the way a
+careful client does (retrying a 503 or a dropped connection with the same Idempotency-Key), breaks something
+while they run, then counts: accepted, completed, lost (must be 0) and duplicated webhooks (reported).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RedisServer
+from tests.integration.conftest import StartCluster, StartRelay
+from tests.support import Receiver, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+# How long a client keeps retrying one submission.
+SUBMIT_PATIENCE_S = 60.0
+# How long the tests wait for every accepted task to end (the sweeper's first grace is 15 s, then 30 s).
+END_PATIENCE_S = 75.0
+
+
+@dataclass
+class Tally:
+    """What a client saw, and what became of it."""
+
+    accepted: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> task id
+    refused: Counter[int] = field(default_factory=Counter)  # status code (0: no answer) -> times
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report(self, name: str, ended: dict[str, dict[str, Any]], receiver: Receiver, path: str) -> dict[str, int]:
+        hooks = receiver.on(path)
+        ids = Counter(h.headers["webhook-id"] for h in hooks)
+        hooked_tasks = {h.json()["task_id"] for h in hooks}
+        counts = {
+            "accepted": len(self.accepted),
+            "completed": sum(1 for t in ended.values() if t["status"] == "succeeded"),
+            "failed": sum(1 for t in ended.values() if t["status"] == "failed"),
+            "lost": len(set(self.accepted.values()) - set(ended)),
+            "webhooks_missing": len(set(self.accepted.values()) - hooked_tasks),
+            "webhooks_duplicated": sum(n - 1 for n in ids.values()),
+            "refused_answers": sum(self.refused.values()),
+        }
+        print(f"{name}: {counts} refused by status {dict(self.refused)}")
+        return counts
+
+
+def submit_with_retries(base_url: str, bodies: list[dict[str, Any]], tally: Tally, *, prefix: str) -> None:
+    """Submit every body with its own Idempotency-Key, retrying 5xx, 429 and dropped connections."""
+
+    def one(index: int) -> None:
+        key = f"{prefix}-{index}"
+        deadline = time.monotonic() + SUBMIT_PATIENCE_S
+        with httpx.Client(base_url=base_url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                try:
+                    response = client.post(
+                        "/v1/tasks",
+                        json=bodies[index],
+                        headers={"Authorization": "Bearer key-acme", "Idempotency-Key": key},
+                    )
+                except httpx.HTTPError:
+                    status = 0
+                else:
+                    if response.status_code == 202:
+                        with tally.lock:
+                            tally.accepted[key] = response.json()["id"]
+                        return
+                    status = response.status_code
+                    assert status in (429, 503), response.text  # nothing else is a fault of the server's
+                with tally.lock:
+                    tally.refused[status] += 1
+                time.sleep(0.2)
+        raise AssertionError(f"{key} was never accepted")
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(one, i) for i in range(len(bodies))]:
+            future.result()
+
+
+def wait_all_ended(base_url: str, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Every task that ends within END_PATIENCE_S, by id (a task missing from the answer is lost)."""
+    ended: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + END_PATIENCE_S
+    with httpx.Client(base_url=base_url, timeout=5, headers={"Authorization": "Bearer key-acme"}) as client:
+        while time.monotonic() < deadline and len(ended) < len(task_ids):
+            for task_id in task_ids:
+                if task_id in ended:
+                    continue
+                try:
+                    response = client.get(f"/v1/tasks/{task_id}")
+                except httpx.HTTPError:
+                    continue
+                if response.status_code == 200 and response.json()["status"] in ("succeeded", "failed"):
+                    ended[task_id] = response.json()
+            time.sleep(0.5)
+    return ended
+
+
+def check_idempotency(base_url: str, tally: Tally, bodies: list[dict[str, Any]], prefix: str) -> None:
+    """Each key, sent again, answers with its one task: no key made two tasks."""
+    with httpx.Client(base_url=base_url, timeout=5) as client:
+        for index, body in enumerate(bodies):
+            key = f"{prefix}-{index}"
+            again = client.post(
+                "/v1/tasks", json=body, headers={"Authorization": "Bearer key-acme", "Idempotency-Key": key}
+            )
+            assert again.status_code == 202, again.text
+            assert again.json()["id"] == tally.accepted[key]
+
+
+def bodies_for(count: int, url: str) -> list[dict[str, Any]]:
+    """Echo tasks and sleep tasks (long enough to be running when the fault comes), alternately."""
+    return [
+        {"kind": "echo", "input": {"n": i}, "webhook": {"url": url}}
+        if i % 2
+        else {"kind": "sleep", "input": {"seconds": 0.5 + (i % 5) * 0.4}, "webhook": {"url": url}}
+        for i in range(count)
+    ]
+
+
+@contextmanager
+def submitting(base_url: str, bodies: list[dict[str, Any]], tally: Tally, prefix: str) -> Iterator[None]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            submit_with_retries(base_url, bodies, tally, prefix=prefix)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield
+    thread.join(SUBMIT_PATIENCE_S + 30)
+    assert not thread.is_alive(), "the submitting client never finished"
+    if errors:
+        raise errors[0]
+
+
+def assert_nothing_lost(counts: dict[str, int], submitted: int) -> None:
+    assert counts["accepted"] == submitted
+    assert counts["lost"] == 0
+    assert counts["failed"] == 0  # an infrastructure fault is never a task's result
+    assert counts["completed"] == submitted
+    assert counts["webhooks_missing"] == 0
+
+
+def wait_some_running(base_url: str, tally: Tally, count: int) -> None:
+    def running() -> bool:
+        with tally.lock:
+            ids = list(tally.accepted.values())
+        seen = 0
+        with httpx.Client(base_url=base_url, timeout=5, headers={"Authorization": "Bearer key-acme"}) as client:
+            for task_id in ids:
+                response = client.get(f"/v1/tasks/{task_id}")
+                seen += response.status_code == 200 and response.json()["status"] == "running"
+        return seen >= count
+
+    wait_until(running, timeout_s=30, interval_s=0.2, message=f"{count} tasks running")
+
+
+def test_redis_killed_twice_while_tasks_are_submitted_and_run_loses_none(
+    start_cluster: StartCluster, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    relay = start_cluster()
+    bodies = bodies_for(120, receiver.url("/hook"))
+    tally = Tally()
+    with submitting(relay.api.url, bodies, tally, "kill"):
+        wait_some_running(relay.api.url, tally, 3)
+        redis_server.kill()  # tasks queued, running and finishing lose their connection mid-write
+        time.sleep(3)
+        redis_server.start()  # on its append-only file
+        time.sleep(3)
+        redis_server.kill()
+        time.sleep(1)  # a blip: running tasks must not fail for it
+        redis_server.start()
+
+    ended = wait_all_ended(relay.api.url, list(tally.accepted.values()))
+    with contextlib.suppress(AssertionError):  # counted below
+        wait_until(lambda: len({h.json()["task_id"] for h in receiver.on("/hook")}) >= len(ended), timeout_s=30)
+    counts = tally.report("redis SIGKILL x2", ended, receiver, "/hook")
+    assert_nothing_lost(counts, len(bodies))
+    check_idempotency(relay.api.url, tally, bodies, "kill")
+    for task in ended.values():
+        assert task["error"] is None
+
+
+def test_redis_frozen_past_every_timeout_three_times_loses_none(
+    start_cluster: StartCluster, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    relay = start_cluster()
+    bodies = bodies_for(100, receiver.url("/hook"))
+    tally = Tally()
+    try:
+        with submitting(relay.api.url, bodies, tally, "freeze"):
+            wait_some_running(relay.api.url, tally, 3)
+            for _ in range(3):
+                redis_server.freeze()
+                time.sleep(8)  # past the API's 2 s, the broker client's 5 s and Dramatiq's fetch timeouts
+                redis_server.thaw()
+                time.sleep(3)
+    finally:
+        redis_server.thaw()
+
+    ended = wait_all_ended(relay.api.url, list(tally.accepted.values()))
+    with contextlib.suppress(AssertionError):  # counted below
+        wait_until(lambda: len({h.json()["task_id"] for h in receiver.on("/hook")}) >= len(ended), timeout_s=30)
+    counts = tally.report("redis SIGSTOP 8 s x3", ended, receiver, "/hook")
+    assert_nothing_lost(counts, len(bodies))
+    check_idempotency(relay.api.url, tally, bodies, "freeze")
+
+
+def test_a_stalled_redis_answers_503_at_once_instead_of_hanging(
+    start_cluster: StartCluster, redis_server: RedisServer
+) -> None:
+    relay = start_cluster()
+    task = relay.client.submit("echo", "before the stall")
+    redis_server.freeze()
+    try:
+        with httpx.Client(base_url=relay.api.url, timeout=4, headers={"Authorization": "Bearer key-acme"}) as client:
+            # A client with a 4 s timeout gets an answer, not a hang, to each of these.
+            assert client.get(f"/v1/tasks/{task['id']}").status_code == 503
+            submit = client.post("/v1/tasks", json={"kind": "echo", "input": 1})
+            assert submit.status_code == 503
+            assert "unavailable" in submit.json()["detail"]
+            assert client.get("/v1/dead-letters", headers={"Authorization": "Bearer admin-token"}).status_code == 503
+            for _ in range(5):  # each check is answered, and none leaves a thread waiting behind it
+                ready = client.get("/ready")
+                assert ready.status_code == 503
+                assert ready.json()["redis"].startswith("unavailable")
+    finally:
+        redis_server.thaw()
+    assert relay.client.task(task["id"])["id"] == task["id"]
+
+
+def test_tasks_of_a_worker_killed_mid_run_end_once_on_another(
+    start_cluster: StartCluster, start_relay: StartRelay, receiver: Receiver
+) -> None:
+    relay = start_cluster()
+    bodies = [{"kind": "sleep", "input": {"seconds": 3}, "webhook": {"url": receiver.url("/hook")}}] * 24
+    tally = Tally()
+    submit_with_retries(relay.api.url, bodies, tally, prefix="killed-worker")
+    wait_some_running(relay.api.url, tally, 4)
+
+    relay.worker.kill()
+    start_relay("worker")
+
+    ended = wait_all_ended(relay.api.url, list(tally.accepted.values()))
+    with contextlib.suppress(AssertionError):  # counted below
+        wait_until(lambda: len({h.json()["task_id"] for h in receiver.on("/hook")}) >= len(ended), timeout_s=30)
+    counts = tally.report("worker SIGKILL mid-run", ended, receiver, "/hook")
+    assert_nothing_lost(counts, len(bodies))
+    # A task that ran twice still ended once: one final event, one webhook id per task.
+    for task_id in ended:
+        events = httpx.get(
+            f"{relay.api.url}/v1/tasks/{task_id}/events", headers={"Authorization": "Bearer key-acme"}
+        ).json()["events"]
+        assert [e["type"] for e in events if e["type"] != "task.progress"] == ["task.completed"]

@@ -1,0 +1,202 @@
+"""What a hostile or careless client sends: every answer is a 4xx with a detail, and nothing it stores can break
+the tools operators and other tenants read with."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import RedisServer
+from tests.integration.conftest import OpenWs, Relay, StartRelay, relay_for_many_tests
+from tests.integration.test_api import assert_json_error, post_task
+from tests.support import Api, wait_until
+
+
+def unreadable_count_of(client: Api) -> float:
+    text = client.get("/metrics", key=None).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "relay_unreadable_records":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise AssertionError("no relay_unreadable_records in /metrics")
+
+
+@pytest.fixture(scope="module")
+def shared(redis_server: RedisServer) -> Iterator[Relay]:
+    with relay_for_many_tests(redis_server) as relay:
+        yield relay
+
+
+def nested(depth: int) -> str:
+    """A JSON array nested ``depth`` levels deep."""
+    return "[" * depth + "]" * depth
+
+
+def submit_raw(relay: Relay, body: str, key: str | None = "key-acme") -> tuple[int, dict[str, object]]:
+    headers = {"content-type": "application/json"}
+    response = relay.client.post("/v1/tasks", content=body, key=key, headers=headers)
+    return response.status_code, response.json()
+
+
+def test_input_as_deep_as_the_limit_is_accepted_and_one_level_deeper_is_a_422(shared: Relay) -> None:
+    status, task = submit_raw(shared, f'{{"kind": "echo", "input": {nested(64)}}}')
+    assert status == 202
+    assert shared.client.wait_task(str(task["id"]))["status"] == "succeeded"
+
+    response = shared.client.post("/v1/tasks", content=f'{{"kind": "echo", "input": {nested(65)}}}')
+    detail = assert_json_error(response, 422)
+    assert "RELAY_MAX_INPUT_DEPTH" in detail
+
+
+def test_a_body_nested_thousands_deep_is_a_422_even_without_a_key(shared: Relay) -> None:
+    for key in ("key-acme", None):
+        response = shared.client.post("/v1/tasks", content=f'{{"kind": "echo", "input": {nested(20_000)}}}', key=key)
+        assert_json_error(response, (401, 422))
+    deep_replay = shared.client.post("/v1/dead-letters/replay", content=nested(5_000), key="admin-token")
+    assert_json_error(deep_replay, 422)
+    # Brackets inside strings nest nothing.
+    status, _ = submit_raw(shared, json.dumps({"kind": "echo", "input": {"text": "[" * 5_000}}))
+    assert status == 202
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        ("/v1/tasks/task_x/events?after_seq=9223372036854775809", "key-acme"),
+        ("/v1/tasks/task_x/events?after_seq=-1", "key-acme"),
+        ("/v1/dead-letters?cursor=nan:dl_x", "admin-token"),
+        ("/v1/dead-letters?cursor=inf:dl_x", "admin-token"),
+        ("/v1/dead-letters?cursor=1e400:dl_x", "admin-token"),
+        ("/v1/dead-letters?limit=100000", "admin-token"),
+        ("/v1/dead-letters?since=yesterday", "admin-token"),
+    ],
+)
+def test_out_of_range_queries_are_422s(shared: Relay, path: str, key: str) -> None:
+    task = shared.client.submit("echo", 1)
+    assert_json_error(shared.client.get(path.replace("task_x", task["id"]), key=key), 422)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://" + "a" * 300 + ".example/hook",
+        "http://" + "a." * 150 + "example/hook",
+        "http://xn--a.example/hook",
+        "http://[::1/hook",
+        "http://exa mple.com/hook",
+    ],
+)
+def test_webhook_urls_with_impossible_hosts_are_422s(shared: Relay, url: str) -> None:
+    response = post_task(shared.client, {"kind": "echo", "input": 1, "webhook": {"url": url}})
+    assert "webhook.url" in assert_json_error(response, 422)
+
+
+def test_ids_of_any_length_are_404s(shared: Relay) -> None:
+    for path in ("/v1/tasks/task_" + "x" * 5000, "/v1/dead-letters/dl_" + "x" * 5000):
+        key = "admin-token" if "dead" in path else "key-acme"
+        assert_json_error(shared.client.get(path, key=key), 404)
+
+
+def test_the_signing_secret_is_never_cached(shared: Relay) -> None:
+    response = shared.client.get("/v1/signing-secret")
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_a_failure_message_cannot_forge_a_log_line(shared: Relay) -> None:
+    task = shared.client.submit("fail", {"message": "boom\n2026-01-01 00:00:00 INFO relay.worker: FORGED"})
+    assert shared.client.wait_task(task["id"])["status"] == "failed"
+    log = shared.worker.output()
+    assert "FORGED" in log  # it is logged, escaped, on the line of the task that failed
+    assert not any(line.startswith("2026-01-01 00:00:00 INFO relay.worker: FORGED") for line in log.splitlines())
+
+
+def poisoned_dead_letter(redis_server: RedisServer, dl_id: str, task_id: str, tenant: str = "acme") -> None:
+    """A dead letter as an older Relay could store it: its event holds a result nested 990 levels deep."""
+    now = datetime.now(UTC).isoformat()
+    body = (
+        f'{{"id": "{dl_id}", "tenant": "{tenant}", "task_id": "{task_id}", "event": {{"id": "evt_{dl_id}", '
+        f'"type": "task.completed", "task_id": "{task_id}", "seq": 1, "created_at": "{now}", '
+        f'"data": {{"status": "succeeded", "result": {nested(990)}}}}}, "url": "http://127.0.0.1:9/hook", '
+        f'"reason": "retries_exhausted", "attempts": 3, "last_status_code": 500, "last_error": null, '
+        f'"first_attempt_at": "{now}", "dead_at": "{now}", "replays": 0}}'
+    )
+    client = redis_server.client()
+    score = time.time() * 1000
+    client.set(f"relay:dl:{dl_id}", body)
+    client.zadd("relay:dl:all", {dl_id: score})
+    client.zadd(f"relay:dl:tenant:{tenant}", {dl_id: score})
+    client.close()
+
+
+def test_a_record_that_cannot_be_read_is_skipped_counted_and_can_be_deleted(
+    start_relay: StartRelay, redis_server: RedisServer
+) -> None:
+    client = Api(start_relay("api").url)
+    try:
+        poisoned_dead_letter(redis_server, "dl_poison", "task_poison")
+        before = unreadable_count_of(client)
+
+        for key in ("admin-token", "key-acme"):
+            listed = client.get("/v1/dead-letters", key=key)
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["items"] == []
+        assert unreadable_count_of(client) >= before + 2
+        replay = client.post("/v1/dead-letters/replay", json={"dry_run": False}, key="admin-token")
+        assert replay.status_code == 202
+        assert replay.json() == {"matched": 0, "replayed": 0}
+        # Its owner and operators are told it cannot be read; another tenant is told it does not exist.
+        assert "deleted" in assert_json_error(client.get("/v1/dead-letters/dl_poison", key="key-acme"), 409)
+        assert_json_error(client.get("/v1/dead-letters/dl_poison", key="key-globex"), 404)
+        assert_json_error(client.delete("/v1/dead-letters/dl_poison", key="key-globex"), 404)
+        assert client.delete("/v1/dead-letters/dl_poison", key="admin-token").status_code == 204
+        assert_json_error(client.get("/v1/dead-letters/dl_poison", key="admin-token"), 404)
+    finally:
+        client.close()
+
+
+def test_a_huge_after_seq_on_the_socket_is_a_bad_frame_and_the_socket_goes_on(shared: Relay, open_ws: OpenWs) -> None:
+    task = shared.client.submit("echo", {"live": True}, body={"websocket": True})
+    ws = open_ws()
+    ws.subscribe(task, after_seq=9223372036854775809)
+    error = ws.recv()
+    assert error["type"] == "error"
+    assert error["code"] == "bad_frame"
+    ws.send_raw(nested(30_000))
+    assert ws.recv()["code"] == "bad_frame"
+    ws.subscribe(task)
+    frame = ws.recv()
+    assert frame["type"] == "subscribed"
+    assert frame["task_id"] == task["id"]
+
+
+def test_refused_subscribes_count_as_bad_frames(shared: Relay, open_ws: OpenWs) -> None:
+    ws = open_ws()
+    for _ in range(21):
+        ws.send({"type": "subscribe", "task_id": "task_nope", "token": "nope", "after_seq": 0})
+    codes = [frame.get("code") for frame in ws.frames_until_closed(timeout_s=10)]
+    assert codes == ["forbidden"] * 20
+    assert ws.wait_closed() == 1008
+
+
+def test_a_tenant_over_its_open_tasks_gets_429_until_some_end(start_relay: StartRelay) -> None:
+    api = start_relay("api", RELAY_TENANT_MAX_OPEN_TASKS="3")
+    client = Api(api.url)
+    try:
+        held = [client.submit("sleep", {"seconds": 1}) for _ in range(3)]  # no worker yet: they stay open
+        refused = post_task(client, {"kind": "echo", "input": 1})
+        assert "RELAY_TENANT_MAX_OPEN_TASKS" in assert_json_error(refused, 429)
+        assert refused.headers["retry-after"].isdigit()
+        other = post_task(client, {"kind": "echo", "input": 1}, key="key-globex")
+        assert other.status_code == 202  # another tenant is not held back
+
+        start_relay("worker", RELAY_TENANT_MAX_OPEN_TASKS="3")
+        for task in held:
+            assert client.wait_task(task["id"], timeout_s=30)["status"] == "succeeded"
+        wait_until(lambda: post_task(client, {"kind": "echo", "input": 2}).status_code == 202, timeout_s=10)
+    finally:
+        client.close()

@@ -1,0 +1,184 @@
+"""The record of owed work, against a real Redis: accept, lease, fence, end, sweep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+import redis.asyncio as aioredis
+
+from delivery import keys
+from delivery.errors import LeaseLost
+from delivery.redis_client import connect
+from schemas.tasks import TaskRecord, TaskStatus
+from service.task_ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
+from service.task_store import QUEUED_GRACE_S, InlineMessage, TaskStore, TenantFull
+
+RECORD_TTL_S = 3600
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+def new_record(task_id: str = "task_1", tenant: str = "acme") -> TaskRecord:
+    return TaskRecord(
+        id=task_id,
+        kind="echo",
+        status=TaskStatus.QUEUED,
+        input={"n": 1},
+        created_at=datetime.now(UTC),
+        ws_token="tok",
+        tenant=tenant,
+    )
+
+
+def store(redis: aioredis.Redis, **options: int) -> TaskStore:
+    return TaskStore(redis=redis, record_ttl_s=RECORD_TTL_S, retention_s=600, **options)
+
+
+async def test_submit_stores_owes_and_enqueues_in_one_step(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    message = InlineMessage(queue_key="q", messages_key="q.msgs", message_id="m1", body=b"body")
+    before = time.time()
+    submitted = await tasks.create(new_record(), idempotency_key="k", message=message)
+
+    assert submitted.new
+    assert await redis.exists(keys.task("task_1"))
+    owed_until = await redis.zscore(keys.OWED_TASKS, "task_1")
+    assert owed_until is not None
+    assert before + QUEUED_GRACE_S <= owed_until <= time.time() + QUEUED_GRACE_S
+    assert await redis.lrange("q", 0, -1) == [b"m1"]
+    assert await redis.hget("q.msgs", "m1") == b"body"
+    assert await redis.zcard(keys.open_tasks_of("acme")) == 1
+
+
+async def test_a_used_idempotency_key_answers_the_first_task_and_writes_nothing(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    await tasks.create(new_record("task_1"), idempotency_key="k")
+    again = await tasks.create(new_record("task_2"), idempotency_key="k")
+
+    assert not again.new
+    assert again.answer.id == "task_1"
+    assert not await redis.exists(keys.task("task_2"))
+    assert await redis.zscore(keys.OWED_TASKS, "task_2") is None
+
+
+async def test_a_key_whose_task_expired_is_taken_over(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    await tasks.create(new_record("task_1"), idempotency_key="k")
+    await redis.delete(keys.task("task_1"))
+    again = await tasks.create(new_record("task_2"), idempotency_key="k")
+    assert again.new
+    assert again.answer.id == "task_2"
+
+
+async def test_a_tenant_over_its_open_tasks_is_refused_until_one_ends(redis: aioredis.Redis) -> None:
+    tasks = store(redis, max_open_per_tenant=2)
+    ledger = TaskLedger(redis=redis)
+    for n in (1, 2):
+        await tasks.create(new_record(f"task_{n}"), idempotency_key=None)
+    with pytest.raises(TenantFull) as refused:
+        await tasks.create(new_record("task_3"), idempotency_key=None)
+    assert refused.value.open_tasks == 2
+    assert not await redis.exists(keys.task("task_3"))
+    # Another tenant is not held back.
+    await tasks.create(new_record("task_4", tenant="globex"), idempotency_key=None)
+
+    token = new_run_token()
+    started = await ledger.start("task_1", token)
+    assert started.record is not None
+    await tasks.finish(started.record, token, result=1, lease_s=30)
+    assert (await tasks.create(new_record("task_3"), idempotency_key=None)).new
+
+
+async def test_one_run_holds_a_task_and_a_second_message_is_dropped(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    await tasks.create(new_record(), idempotency_key=None)
+
+    first = await ledger.start("task_1", "run-a")
+    assert first.outcome is Start.RUN
+    assert first.record is not None
+    assert first.record.id == "task_1"
+    assert (await ledger.start("task_1", "run-b")).outcome is Start.LEASED
+    lease_end = await redis.zscore(keys.OWED_TASKS, "task_1")
+    assert lease_end is not None
+    assert lease_end > time.time()
+
+    await tasks.finish(first.record, "run-a", result={"ok": True}, lease_s=30)
+    assert (await ledger.start("task_1", "run-c")).outcome is Start.ENDED
+    assert await redis.zscore(keys.OWED_TASKS, "task_1") is None
+    assert not await redis.exists(keys.lease("task_1"))
+    assert (await ledger.start("task_404", "run-d")).outcome is Start.GONE
+
+
+async def test_a_run_that_lost_its_lease_writes_nothing(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    await tasks.create(new_record(), idempotency_key=None)
+    stale = await ledger.start("task_1", "run-a")
+    assert stale.record is not None
+    await redis.delete(keys.lease("task_1"))  # run-a's worker stalled past its lease ...
+    fresh = await ledger.start("task_1", "run-b")  # ... and the task runs elsewhere
+    assert fresh.outcome is Start.RUN
+    assert fresh.record is not None
+
+    with pytest.raises(LeaseLost) as lost:
+        await tasks.report_progress(stale.record, "run-a", 50, "stale")
+    assert not lost.value.ended
+    with pytest.raises(LeaseLost):
+        await tasks.mark_running(stale.record, "run-a")
+    with pytest.raises(LeaseLost):
+        await tasks.finish(stale.record, "run-a", result="stale", lease_s=30)
+    assert await redis.llen(keys.events("task_1")) == 0
+    assert await ledger.renew({"task_1": "run-a"}) == ["task_1"]
+
+    await tasks.finish(fresh.record, "run-b", result="fresh", lease_s=30)
+    stored = await tasks.get("task_1")
+    assert stored is not None
+    assert stored.status is TaskStatus.SUCCEEDED
+    assert stored.result == "fresh"
+    with pytest.raises(LeaseLost) as ended:
+        await tasks.finish(stale.record, "run-a", result="again", lease_s=30)
+    assert ended.value.ended
+    assert await redis.llen(keys.events("task_1")) == 1
+
+
+async def test_renewal_keeps_a_lease_and_takes_back_one_that_merely_expired(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis, lease_s=5)
+    await tasks.create(new_record(), idempotency_key=None)
+    await ledger.start("task_1", "run-a")
+    assert await ledger.renew({"task_1": "run-a"}) == []
+    await redis.delete(keys.lease("task_1"))  # Redis stalled past the lease; nobody took the task meanwhile
+    assert await ledger.renew({"task_1": "run-a"}) == []
+    assert await redis.get(keys.lease("task_1")) == b"run-a"
+
+
+async def test_sweep_enqueues_overdue_tasks_again_with_a_doubling_grace(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    for n in (1, 2, 3):
+        await tasks.create(new_record(f"task_{n}"), idempotency_key=None)
+    await ledger.start("task_2", "run-a")  # a live run holds task_2
+    await redis.delete(keys.task("task_3"))  # task_3 expired
+    now = time.time() + QUEUED_GRACE_S + 1
+
+    assert await ledger.sweep(now=now + ledger.lease_s) == ["task_1"]
+    assert await redis.zscore(keys.OWED_TASKS, "task_3") is None  # forgotten
+    graces = []
+    moment = now + ledger.lease_s
+    for _ in range(8):
+        due = await redis.zscore(keys.OWED_TASKS, "task_1")
+        assert due is not None
+        graces.append(round(due - moment))
+        moment = due
+        assert await ledger.sweep(now=moment) == ["task_1"]
+    assert graces[:3] == [REQUEUE_GRACE_S, 2 * REQUEUE_GRACE_S, 4 * REQUEUE_GRACE_S]
+    assert max(graces) == MAX_REQUEUE_GRACE_S
