@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import cast
 
 import msgspec
@@ -23,7 +24,12 @@ SCAN_BATCH = 500
 # Most index entries one page may look at before it answers with what it found (and a cursor).
 MAX_SCAN_PER_PAGE = 20_000
 
+# Dead letters replayed in one atomic step by a bulk replay.
+REPLAY_BATCH = 200
+
 _decode = msgspec.json.Decoder(DeadLetter).decode
+_encode = msgspec.json.Encoder().encode
+_REPLAY_LUA = Path(__file__).with_name("replay.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +56,7 @@ class DeadLetterStore:
     def __init__(self, *, redis: aioredis.Redis, outbox: Outbox) -> None:
         self._redis = redis
         self._outbox = outbox
+        self._replay = redis.register_script(_REPLAY_LUA)
 
     async def get(self, dl_id: str) -> DeadLetter | None:
         """The dead letter, None when there is none; raises :class:`UnreadableRecord` when it cannot be read."""
@@ -128,24 +135,27 @@ class DeadLetterStore:
 
     async def replay(self, dead: DeadLetter) -> bool:
         """Owe the same event again, on a fresh schedule; False when a replay is already in flight."""
-        delivery = PendingDelivery(
-            tenant=dead.tenant,
-            task_id=dead.task_id,
-            url=dead.url,
-            event=dead.event,
-            attempts=dead.attempts,
-            first_attempt_at=dead.first_attempt_at,
-            dead_letter_id=dead.id,
-            replays=dead.replays,
-        )
-        created = await self._redis.set(keys.delivery(dead.event.id), msgspec.json.encode(delivery), nx=True)
-        if not created:
-            return False
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(keys.DUE, {dead.event.id: time.time()})
-            pipe.hincrby(keys.STATS, metrics.REPLAYED, 1)
-            await pipe.execute()
-        return True
+        return (await self.replay_batch([dead]))[0]
+
+    async def replay_batch(self, batch: Sequence[DeadLetter]) -> list[bool]:
+        """Replay each of ``batch`` in one atomic step: all are owed again (but those already in flight), or none."""
+        if not batch:
+            return []
+        args: list[str | bytes | float] = [time.time(), keys.delivery(""), metrics.REPLAYED]
+        for dead in batch:
+            delivery = PendingDelivery(
+                tenant=dead.tenant,
+                task_id=dead.task_id,
+                url=dead.url,
+                event=dead.event,
+                attempts=dead.attempts,
+                first_attempt_at=dead.first_attempt_at,
+                dead_letter_id=dead.id,
+                replays=dead.replays,
+            )
+            args += [dead.event.id, _encode(delivery)]
+        replayed = await self._replay(keys=[keys.DUE, keys.STATS], args=args)
+        return [bool(r) for r in replayed]
 
 
 def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:

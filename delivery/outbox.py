@@ -23,6 +23,9 @@ from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 
+# How long a dead letter is kept (RELAY_DEAD_LETTER_RETENTION).
+DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 86400
+
 _CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
 _RECORD_LUA = Path(__file__).with_name("record_attempt.lua").read_text()
 _ACK_LUA = Path(__file__).with_name("ack.lua").read_text()
@@ -35,10 +38,18 @@ def _text(value: bytes | str) -> str:
 
 
 class Outbox:
-    def __init__(self, *, redis: aioredis.Redis, lease_s: float, attempts_ttl_s: int) -> None:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        lease_s: float,
+        attempts_ttl_s: int,
+        dead_letter_retention_s: int = DEFAULT_DEAD_LETTER_RETENTION_S,
+    ) -> None:
         self._redis = redis
         self._lease_s = lease_s
         self._attempts_ttl_s = attempts_ttl_s
+        self._dead_letter_retention_s = dead_letter_retention_s
         self._claim = redis.register_script(_CLAIM_LUA)
         self._record = redis.register_script(_RECORD_LUA)
         self._ack = redis.register_script(_ACK_LUA)
@@ -153,7 +164,13 @@ class Outbox:
                 replays=delivery.replays + (1 if delivery.dead_letter_id else 0),
             )
             dl_id = dead.id
-            args += [_encode(dead), dl_id, dead.dead_at.timestamp() * 1000, metrics.DEAD_LETTERED]
+            args += [
+                _encode(dead),
+                dl_id,
+                dead.dead_at.timestamp() * 1000,
+                metrics.DEAD_LETTERED,
+                self._dead_letter_retention_s,
+            ]
         await self._record(
             keys=[
                 keys.attempts(delivery.task_id),
@@ -169,6 +186,12 @@ class Outbox:
             args=args,
         )
         return dead
+
+
+async def trim_dead_letter_index(redis: aioredis.Redis, *, retention_s: int, now: float | None = None) -> int:
+    """Drop index entries of dead letters older than the retention (their records have expired)."""
+    cutoff_ms = ((time.time() if now is None else now) - retention_s) * 1000
+    return int(await redis.zremrangebyscore(keys.DEAD_LETTERS, "-inf", cutoff_ms))
 
 
 def webhook_attempt(

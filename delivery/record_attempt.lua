@@ -6,7 +6,8 @@
 --       then by verdict:
 --         retry:     delivery, due_at
 --         delivered: latency_bucket, latency_s, replayed dead letter id ('' for none)
---         dead:      dead letter, dead letter id, dead_at_ms, dead_lettered_field (the stats counter)
+--         dead:      dead letter, dead letter id, dead_at_ms, dead_lettered_field (the stats counter),
+--                    retention_s (how long dead letters are kept)
 --         noted:     nothing (the attempt is only written down; the delivery goes on)
 --         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
 redis.call('RPUSH', KEYS[1], ARGV[1])
@@ -39,10 +40,15 @@ if verdict == 'delivered' then
     end
     return 1
 end
--- dead
-redis.call('SET', KEYS[6], ARGV[6])
+-- dead: kept retention_s; index entries older than that (their records have expired) go as new ones come
+local retention_s = tonumber(ARGV[10])
+local cutoff_ms = tonumber(ARGV[8]) - retention_s * 1000
+redis.call('SET', KEYS[6], ARGV[6], 'EX', retention_s)
 redis.call('ZADD', KEYS[7], ARGV[8], ARGV[7])
 redis.call('ZADD', KEYS[8], ARGV[8], ARGV[7])
-redis.call('SET', KEYS[9], ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', cutoff_ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', cutoff_ms)
+redis.call('EXPIRE', KEYS[8], retention_s)
+redis.call('SET', KEYS[9], ARGV[7], 'EX', retention_s)
 redis.call('HINCRBY', KEYS[2], ARGV[9], 1)
 return 1

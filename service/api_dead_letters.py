@@ -11,7 +11,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
-from delivery.dead_letters import DeadLetterFilter, InvalidCursor
+from delivery.dead_letters import REPLAY_BATCH, DeadLetterFilter, InvalidCursor
 from delivery.errors import UnreadableRecord
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
 from service.auth import Principal
@@ -79,10 +79,15 @@ class DeadLetterController(Controller):
             tenant=_scope(principal, data.tenant), reason=data.reason, since=data.since, until=data.until
         )
         matched = replayed = 0
+        batch: list[DeadLetter] = []
         async for dead in state_.dead_letters.all(where):
             matched += 1
-            if not data.dry_run and await state_.dead_letters.replay(dead):
-                replayed += 1
+            if not data.dry_run:
+                batch.append(dead)
+            if len(batch) == REPLAY_BATCH:
+                replayed += sum(await state_.dead_letters.replay_batch(batch))
+                batch = []
+        replayed += sum(await state_.dead_letters.replay_batch(batch))
         return ReplayResult(matched=matched, replayed=replayed)
 
     @delete("/{dl_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a dead letter")

@@ -24,6 +24,7 @@ DEFAULT_MAX_BODY_BYTES = 262144
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_MAX_INPUT_DEPTH = 64
 DEFAULT_TENANT_MAX_OPEN_TASKS = 100_000
+DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 86400
 
 # Deeper JSON cannot be read back safely inside the records that hold it (Python's recursion limit).
 MAX_INPUT_DEPTH = 200
@@ -50,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     submit_rate: float = 0.0
     max_input_depth: int = DEFAULT_MAX_INPUT_DEPTH
     tenant_max_open_tasks: int = DEFAULT_TENANT_MAX_OPEN_TASKS
+    dead_letter_retention_s: int = DEFAULT_DEAD_LETTER_RETENTION_S
 
     @property
     def effective_broker_url(self) -> str:
@@ -95,6 +97,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 submit_rate=_non_negative(values, "RELAY_SUBMIT_RATE", 0.0),
                 max_input_depth=_whole(values, "RELAY_MAX_INPUT_DEPTH", DEFAULT_MAX_INPUT_DEPTH, most=MAX_INPUT_DEPTH),
                 tenant_max_open_tasks=_whole(values, "RELAY_TENANT_MAX_OPEN_TASKS", DEFAULT_TENANT_MAX_OPEN_TASKS),
+                dead_letter_retention_s=_whole(values, "RELAY_DEAD_LETTER_RETENTION", DEFAULT_DEAD_LETTER_RETENTION_S),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -116,6 +119,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "RELAY_SUBMIT_RATE": repr(self.submit_rate),
             "RELAY_MAX_INPUT_DEPTH": str(self.max_input_depth),
             "RELAY_TENANT_MAX_OPEN_TASKS": str(self.tenant_max_open_tasks),
+            "RELAY_DEAD_LETTER_RETENTION": str(self.dead_letter_retention_s),
         }
         for name, value in (
             ("RELAY_REDIS_URL", self.redis_url),

@@ -59,7 +59,12 @@ class ApiState:
         redis = connect(settings.storage_url, command_timeout_s=COMMAND_TIMEOUT_S, pool_wait_s=COMMAND_TIMEOUT_S)
         listen_redis = connect(settings.storage_url, max_connections=2)
         ttl = settings.record_ttl_s
-        outbox = Outbox(redis=redis, lease_s=settings.webhook_timeout_s + 30, attempts_ttl_s=ttl)
+        outbox = Outbox(
+            redis=redis,
+            lease_s=settings.webhook_timeout_s + 30,
+            attempts_ttl_s=ttl,
+            dead_letter_retention_s=settings.dead_letter_retention_s,
+        )
         broker = create_broker(settings)
         return cls(
             settings=settings,

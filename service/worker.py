@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from delivery.engine import DeliveryEngine
 from delivery.errors import LeaseLost
-from delivery.outbox import Outbox
+from delivery.outbox import Outbox, trim_dead_letter_index
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
@@ -50,6 +50,8 @@ RUNNING_AFTER_S = 0.05
 HEARTBEAT_INTERVAL_S = 2.0
 # How often each worker process looks for overdue tasks (with jitter, so processes take turns).
 SWEEP_INTERVAL_S = 1.0
+# How often a worker drops expired dead letters from their index.
+TRIM_INTERVAL_S = 60.0
 # A write that Redis refuses is tried again after a wait that doubles up to this.
 MAX_RETRY_WAIT_S = 2.0
 # How long a run waits for Redis before it leaves its task to the sweeper (it has written nothing yet).
@@ -103,7 +105,12 @@ class Runtime:
         self.enqueuer: Enqueuer = enqueuer_for(broker, self.redis, settings)
         self.runs: dict[str, Run] = {}
         self.stopping = False
-        self.outbox = Outbox(redis=self.redis, lease_s=settings.webhook_timeout_s + 30, attempts_ttl_s=ttl)
+        self.outbox = Outbox(
+            redis=self.redis,
+            lease_s=settings.webhook_timeout_s + 30,
+            attempts_ttl_s=ttl,
+            dead_letter_retention_s=settings.dead_letter_retention_s,
+        )
         self.http = create_client(timeout_s=settings.webhook_timeout_s, allow_private=settings.allow_private_callbacks)
         self.engine = DeliveryEngine(
             outbox=self.outbox,
@@ -180,9 +187,13 @@ class Runtime:
                     run.lose()
 
     async def _sweep(self) -> None:
+        trimmed_at = 0.0
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S * random.uniform(0.5, 1.5))
             try:
+                if time.monotonic() - trimmed_at > TRIM_INTERVAL_S:
+                    trimmed_at = time.monotonic()
+                    await trim_dead_letter_index(self.redis, retention_s=self.settings.dead_letter_retention_s)
                 overdue = await self.ledger.sweep()
                 if overdue:
                     await self.enqueuer.enqueue(overdue)

@@ -10,7 +10,8 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from tests.integration.conftest import Relay
+from tests.conftest import RedisServer
+from tests.integration.conftest import Relay, StartCluster
 from tests.support import ROOT, Api, Receiver, dead_letters, wait_dead_letter, wait_until, webhook_attempts
 
 # Long enough for the retry of a replay (schedule 0.2 s) or a wrongly sent webhook to show up.
@@ -300,3 +301,48 @@ def test_dlq_cli_lists_shows_replays_and_purges_with_exit_status(relay: Relay, r
     assert purged.returncode == 0, purged.stderr
     assert "deleted 1 of 1" in purged.stdout
     assert dead_letters(relay.client) == []
+
+
+def test_dead_letters_are_kept_for_the_retention_and_then_gone(
+    start_cluster: StartCluster, receiver: Receiver, redis_server: RedisServer
+) -> None:
+    relay = start_cluster(RELAY_DEAD_LETTER_RETENTION="2")
+    dead = make_dead_letter(relay, receiver, "/gone")
+    assert relay.client.get(f"/v1/dead-letters/{dead['id']}", key="admin-token").status_code == 200
+    client = redis_server.client()
+    ttl_s = client.ttl(f"relay:dl:{dead['id']}")
+    tenant_ttl_s = client.ttl("relay:dl:tenant:acme")
+    client.close()
+    assert 0 < ttl_s <= 2
+    assert 0 < tenant_ttl_s <= 2
+
+    wait_until(
+        lambda: relay.client.get(f"/v1/dead-letters/{dead['id']}", key="admin-token").status_code == 404,
+        timeout_s=10,
+        message="the dead letter to expire",
+    )
+    assert dead_letters(relay.client) == []
+
+
+def test_bulk_replay_of_more_than_one_batch_replays_each_once(relay: Relay, receiver: Receiver) -> None:
+    from delivery.dead_letters import REPLAY_BATCH
+
+    count = REPLAY_BATCH + 5
+    url = receiver.script("/many", 410)
+    tasks = [relay.client.submit("echo", {"n": n}, webhook=url) for n in range(count)]
+    wait_until(lambda: len(walk(relay.client, "admin-token")) == count, timeout_s=60, message="every dead letter")
+
+    receiver.script("/many", 200)
+    result = relay.client.post("/v1/dead-letters/replay", json={}, key="admin-token")
+    assert result.status_code == 202
+    assert result.json() == {"matched": count, "replayed": count}
+    # Every letter still listed has its replay in flight (a delivered one leaves the list in the same step).
+    again = relay.client.post("/v1/dead-letters/replay", json={}, key="admin-token").json()
+    assert again["replayed"] == 0
+    receiver.wait_for("/many", 2 * count, timeout_s=60)
+    wait_until(lambda: walk(relay.client, "admin-token") == [], timeout_s=30, message="the replays to land")
+    time.sleep(QUIET_S)
+    assert len(receiver.on("/many")) == 2 * count
+    hooks = receiver.on("/many")[count:]
+    assert len({h.headers["webhook-id"] for h in hooks}) == count
+    assert {h.json()["task_id"] for h in hooks} == {t["id"] for t in tasks}
