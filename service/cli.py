@@ -76,6 +76,7 @@ def api(host: str, port: int, workers: int) -> None:
         "service.app:app_from_env",
         log_config=_uvicorn_log_config(),
         factory=True,
+        http="service.http_protocol:BoundedHttpToolsProtocol",  # RELAY_REQUEST_TIMEOUT per request
         host=host,
         port=port,
         workers=workers,

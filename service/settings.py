@@ -25,6 +25,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_MAX_INPUT_DEPTH = 64
 DEFAULT_TENANT_MAX_OPEN_TASKS = 100_000
 DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 86400
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+DEFAULT_WS_MAX_PER_CLIENT = 100
+DEFAULT_WS_IDLE_TIMEOUT_S = 30.0
 
 # Deeper JSON cannot be read back safely inside the records that hold it (Python's recursion limit).
 MAX_INPUT_DEPTH = 200
@@ -52,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_input_depth: int = DEFAULT_MAX_INPUT_DEPTH
     tenant_max_open_tasks: int = DEFAULT_TENANT_MAX_OPEN_TASKS
     dead_letter_retention_s: int = DEFAULT_DEAD_LETTER_RETENTION_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    ws_max_per_client: int = DEFAULT_WS_MAX_PER_CLIENT
+    trust_forwarded: bool = False
+    ws_idle_timeout_s: float = DEFAULT_WS_IDLE_TIMEOUT_S
 
     @property
     def effective_broker_url(self) -> str:
@@ -98,6 +105,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 max_input_depth=_whole(values, "RELAY_MAX_INPUT_DEPTH", DEFAULT_MAX_INPUT_DEPTH, most=MAX_INPUT_DEPTH),
                 tenant_max_open_tasks=_whole(values, "RELAY_TENANT_MAX_OPEN_TASKS", DEFAULT_TENANT_MAX_OPEN_TASKS),
                 dead_letter_retention_s=_whole(values, "RELAY_DEAD_LETTER_RETENTION", DEFAULT_DEAD_LETTER_RETENTION_S),
+                request_timeout_s=_positive(values, "RELAY_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S),
+                ws_max_per_client=_whole(values, "RELAY_WS_MAX_PER_CLIENT", DEFAULT_WS_MAX_PER_CLIENT),
+                trust_forwarded=_bool(values, "RELAY_TRUST_FORWARDED"),
+                ws_idle_timeout_s=_positive(values, "RELAY_WS_IDLE_TIMEOUT", DEFAULT_WS_IDLE_TIMEOUT_S),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -120,6 +131,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "RELAY_MAX_INPUT_DEPTH": str(self.max_input_depth),
             "RELAY_TENANT_MAX_OPEN_TASKS": str(self.tenant_max_open_tasks),
             "RELAY_DEAD_LETTER_RETENTION": str(self.dead_letter_retention_s),
+            "RELAY_REQUEST_TIMEOUT": repr(self.request_timeout_s),
+            "RELAY_WS_MAX_PER_CLIENT": str(self.ws_max_per_client),
+            "RELAY_TRUST_FORWARDED": "true" if self.trust_forwarded else "false",
+            "RELAY_WS_IDLE_TIMEOUT": repr(self.ws_idle_timeout_s),
         }
         for name, value in (
             ("RELAY_REDIS_URL", self.redis_url),

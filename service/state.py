@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import dramatiq
 import redis.asyncio as aioredis
@@ -48,6 +49,8 @@ class ApiState:
 
     listen_redis: aioredis.Redis
     broker_check: BrokerCheck
+    # Open WebSockets per client address in this process (RELAY_WS_MAX_PER_CLIENT).
+    ws_clients: Counter[str] = field(default_factory=Counter)
 
     @property
     def broker_is_storage(self) -> bool:

@@ -51,6 +51,9 @@ BAD_FRAME_WINDOW_S = 60.0
 # Client frames are flat JSON objects; deeper ones are refused before they are decoded.
 MAX_FRAME_DEPTH = 8
 
+# Seconds a socket may follow no task before it is closed (RELAY_WS_IDLE_TIMEOUT).
+DEFAULT_IDLE_TIMEOUT_S = 30.0
+
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 CLOSE_NO_PONG = 4000
@@ -91,9 +94,11 @@ class Connection:
         outbox: Outbox,
         ping_interval_s: float,
         ping_timeout_s: float,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         self._socket = socket
         self._hub = hub
+        self._idle_timeout_s = idle_timeout_s
         self._tasks = tasks
         self._events = events
         self._outbox = outbox
@@ -107,6 +112,7 @@ class Connection:
         self._bad_frames: deque[float] | None = None  # made at the first bad frame
         self._last_heard = time.monotonic()
         self._last_ping = self._last_heard
+        self._idle_since: float | None = self._last_heard  # following no task since then
         self._ping_outstanding = False
         self._closing = False
         self._background: set[asyncio.Task[None]] = set()
@@ -124,6 +130,10 @@ class Connection:
         if sub is None:
             return
         if sub.buffer is not None:
+            if len(sub.buffer) >= SEND_QUEUE_FRAMES:
+                # Live events pile up faster than the catch-up sends: the same policy as a full send queue.
+                self._close_soon(CLOSE_TRY_AGAIN, "too far behind; resume from your last seq")
+                return
             sub.buffer.append((head, frame))
         elif head.seq > sub.last_seq:
             self._queue_event(sub, head, frame)
@@ -134,6 +144,9 @@ class Connection:
 
     def heartbeat(self, now: float) -> None:
         if self._closing:
+            return
+        if self._idle_since is not None and now - self._idle_since > self._idle_timeout_s:
+            self._close_soon(CLOSE_POLICY, "this socket follows no task")
             return
         if self._ping_outstanding:
             # No new ping while one is unanswered: the timeout runs from the first unanswered ping.
@@ -243,6 +256,7 @@ class Connection:
         self._unsubscribe(frame.task_id)
         sub = Subscription(task_id=record.id, has_webhook=record.webhook is not None, last_seq=frame.after_seq)
         self._subs[record.id] = sub
+        self._idle_since = None
         try:
             await self._hub.follow(record.id, self)
             retained = await self._events.events_after(record.id, frame.after_seq)
@@ -313,6 +327,11 @@ class Connection:
     def _unsubscribe(self, task_id: str) -> None:
         if self._subs.pop(task_id, None) is not None:
             self._hub.unfollow(task_id, self)
+            # Its final event can no longer be acked from here: forget it (the webhook takes over, if any).
+            for event_id in [e for e, sent in self._sent.items() if sent.task_id == task_id]:
+                del self._sent[event_id]
+            if not self._subs:
+                self._idle_since = time.monotonic()
 
     async def _ack(self, frame: Ack) -> None:
         sent = self._sent.pop(frame.event_id, None)
@@ -389,7 +408,31 @@ def _describe(exc: Exception) -> str:
 @websocket("/v1/ws", name="ws")
 async def ws_endpoint(socket: WebSocket, state_: NamedDependency[ApiState]) -> None:  # type: ignore[type-arg]
     """Follow tasks live: see the WebSocket protocol in the README."""
+    settings = state_.settings
+    client = client_address(socket, trust_forwarded=settings.trust_forwarded)
     await socket.accept()
+    if state_.ws_clients[client] >= settings.ws_max_per_client:
+        await socket.close(code=CLOSE_TRY_AGAIN, reason="too many sockets from this address")
+        return
+    state_.ws_clients[client] += 1
+    try:
+        await _serve(socket, state_)
+    finally:
+        state_.ws_clients[client] -= 1
+        if state_.ws_clients[client] <= 0:
+            del state_.ws_clients[client]
+
+
+def client_address(socket: WebSocket, *, trust_forwarded: bool) -> str:  # type: ignore[type-arg]
+    """The peer, or the first hop of X-Forwarded-For when Relay runs behind a proxy it trusts."""
+    if trust_forwarded:
+        forwarded = socket.headers.get("x-forwarded-for", "").split(",")[0].strip()
+        if forwarded:
+            return forwarded[:64]
+    return socket.client.host if socket.client is not None else "unknown"
+
+
+async def _serve(socket: WebSocket, state_: ApiState) -> None:  # type: ignore[type-arg]
     settings = state_.settings
     connection = Connection(
         socket,
@@ -399,6 +442,7 @@ async def ws_endpoint(socket: WebSocket, state_: NamedDependency[ApiState]) -> N
         outbox=state_.outbox,
         ping_interval_s=settings.ws_ping_interval_s,
         ping_timeout_s=settings.ws_ping_timeout_s,
+        idle_timeout_s=settings.ws_idle_timeout_s,
     )
     with contextlib.suppress(WebSocketDisconnect, OSError):
         await connection.run()

@@ -120,7 +120,8 @@ export class RelayClient {
     this.openedAt = 0;
     if (healthy) this.attempt = 0;
     this.status({ type: "closed", code, reason, text: `connection closed (${code}${reason ? ` ${reason}` : ""})` });
-    if (this.closed) return;
+    // With nothing to follow there is nothing to resume (the server closes such sockets); subscribe() reconnects.
+    if (this.closed || this.subs.size === 0) return;
     // Full jitter: anywhere between 0 and the capped exponential step, so clients do not reconnect in herds.
     const capMs = Math.min(this.options.backoffMaxMs, this.options.backoffBaseMs * 2 ** this.attempt);
     const delayMs = Math.round(Math.random() * capMs);

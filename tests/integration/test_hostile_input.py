@@ -4,17 +4,19 @@ the tools operators and other tenants read with."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import OpenWs, Relay, StartRelay, relay_for_many_tests
 from tests.integration.test_api import assert_json_error, post_task
-from tests.support import Api, wait_until
+from tests.support import Api, WsClient, wait_until
 
 
 def unreadable_count_of(client: Api) -> float:
@@ -200,3 +202,64 @@ def test_a_tenant_over_its_open_tasks_gets_429_until_some_end(start_relay: Start
         wait_until(lambda: post_task(client, {"kind": "echo", "input": 2}).status_code == 202, timeout_s=10)
     finally:
         client.close()
+
+
+def test_sockets_per_client_are_capped_and_idle_ones_are_closed(start_relay: StartRelay) -> None:
+    api = start_relay("api", RELAY_WS_MAX_PER_CLIENT="3", RELAY_WS_IDLE_TIMEOUT="1.5")
+    start_relay("worker")
+    client = Api(api.url)
+    sockets: list[WsClient] = []
+    try:
+        task = client.submit("sleep", {"seconds": 0.2}, body={"websocket": True})
+        follower = WsClient(api.url)
+        sockets.append(follower)
+        follower.subscribe(task)
+        assert follower.recv()["type"] == "subscribed"
+        idle = [WsClient(api.url) for _ in range(2)]
+        sockets += idle
+        refused = WsClient(api.url)
+        sockets.append(refused)
+        assert refused.wait_closed(5) == 1013  # the fourth from one address
+
+        for ws in idle:  # following nothing: closed once the idle limit has passed
+            assert ws.wait_closed(10) == 1008
+        time.sleep(1.0)
+        assert not follower.closed.is_set()  # following a task is not idle
+        follower.send({"type": "unsubscribe", "task_id": task["id"]})
+        assert follower.wait_closed(10) == 1008
+
+        again = WsClient(api.url)  # the closed ones no longer count
+        sockets.append(again)
+        again.subscribe(task)
+        assert again.recv()["type"] == "subscribed"
+    finally:
+        for ws in sockets:
+            ws.close()
+        client.close()
+
+
+def test_connections_that_do_not_finish_their_request_in_time_are_closed(start_relay: StartRelay) -> None:
+    api = start_relay("api", RELAY_REQUEST_TIMEOUT="1")
+    assert api.port is not None
+
+    def closed_by_server(first_bytes: bytes) -> bool:
+        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+            if first_bytes:
+                sock.sendall(first_bytes)
+            try:
+                return sock.recv(1024) == b""  # the server closed it, having answered nothing
+            except TimeoutError:
+                return False
+
+    assert closed_by_server(b"")  # connected and sent nothing
+    assert closed_by_server(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+    body_never_finished = (
+        b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-acme\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"kind"'
+    )
+    assert closed_by_server(body_never_finished)
+    # A request sent in time is answered, and its connection kept alive for the next.
+    with httpx.Client(base_url=api.url) as client:
+        assert client.get("/health").status_code == 200
+        time.sleep(1.5)
+        assert client.get("/health").status_code == 200
