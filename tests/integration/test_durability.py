@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import RedisServer
 from tests.integration.conftest import StartCluster, StartRelay
 from tests.support import Api, Receiver, free_port, run_receiver, wait_until, webhook_attempts
+
+pytestmark = pytest.mark.slow
 
 # One retry, late enough that the test can break something before it falls due.
 SLOW_RETRY = "3"
