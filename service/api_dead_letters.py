@@ -15,6 +15,7 @@ from delivery.dead_letters import REPLAY_BATCH, DeadLetterFilter, InvalidCursor
 from delivery.errors import UnreadableRecord
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
 from service.auth import Principal
+from service.openapi import errors
 from service.state import ApiState
 
 DEFAULT_PAGE_SIZE = 50
@@ -36,7 +37,7 @@ class DeadLetterController(Controller):
     path = "/v1/dead-letters"
     tags = ["dead letters"]
 
-    @get("/", summary="Dead letters, newest first")
+    @get("/", summary="Dead letters, newest first", responses=errors())
     async def list_dead_letters(
         self,
         state_: NamedDependency[ApiState],
@@ -58,20 +59,30 @@ class DeadLetterController(Controller):
             raise ValidationException(str(exc)) from None
         return DeadLetterPage(items=items, next_cursor=next_cursor)
 
-    @get("/{dl_id:str}", summary="One dead letter")
+    @get("/{dl_id:str}", summary="One dead letter", responses=errors(404, 409))
     async def read(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
     ) -> DeadLetter:
         return await _visible(state_, principal, dl_id)
 
-    @post("/{dl_id:str}/replay", status_code=HTTP_202_ACCEPTED, summary="Send a dead letter again")
+    @post(
+        "/{dl_id:str}/replay",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Send a dead letter again",
+        responses=errors(404, 409),
+    )
     async def replay_one(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
     ) -> ReplayOne:
         dead = await _visible(state_, principal, dl_id)
         return ReplayOne(replayed=int(await state_.dead_letters.replay(dead)))
 
-    @post("/replay", status_code=HTTP_202_ACCEPTED, summary="Replay every dead letter that matches")
+    @post(
+        "/replay",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Replay every dead letter that matches",
+        responses=errors(413),
+    )
     async def replay_many(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], data: JSONBody[ReplayFilter]
     ) -> ReplayResult:
@@ -90,7 +101,7 @@ class DeadLetterController(Controller):
         replayed += sum(await state_.dead_letters.replay_batch(batch))
         return ReplayResult(matched=matched, replayed=replayed)
 
-    @delete("/{dl_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a dead letter")
+    @delete("/{dl_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a dead letter", responses=errors(404))
     async def remove(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
     ) -> None:

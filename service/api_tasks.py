@@ -25,6 +25,7 @@ from schemas.events import EventList
 from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
 from schemas.ws import MAX_SEQ
 from service.auth import Principal, Reader, require_tenant
+from service.openapi import errors
 from service.state import ApiState
 from service.task_store import TenantFull
 
@@ -44,7 +45,7 @@ class TaskController(Controller):
     path = "/v1"
     tags = ["tasks"]
 
-    @post("/tasks", status_code=HTTP_202_ACCEPTED, summary="Submit a task")
+    @post("/tasks", status_code=HTTP_202_ACCEPTED, summary="Submit a task", responses=errors(403, 413, 429))
     async def submit(
         self,
         state_: NamedDependency[ApiState],
@@ -99,13 +100,13 @@ class TaskController(Controller):
             ) from exc
         return stored
 
-    @get("/tasks/{task_id:str}", summary="Read a task")
+    @get("/tasks/{task_id:str}", summary="Read a task", responses=errors(404, 409))
     async def read(
         self, state_: NamedDependency[ApiState], reader: NamedDependency[Reader], task_id: FromPath[str]
     ) -> Task:
         return (await _readable(state_, reader, task_id)).public()
 
-    @get("/tasks/{task_id:str}/events", summary="A task's events, oldest first")
+    @get("/tasks/{task_id:str}/events", summary="A task's events, oldest first", responses=errors(404, 409))
     async def events(
         self,
         state_: NamedDependency[ApiState],
@@ -116,21 +117,30 @@ class TaskController(Controller):
         await _readable(state_, reader, task_id)
         return EventList(events=await state_.events.events_after(task_id, after_seq))
 
-    @get("/tasks/{task_id:str}/deliveries", summary="Every delivery attempt of a task's events, oldest first")
+    @get(
+        "/tasks/{task_id:str}/deliveries",
+        summary="Every delivery attempt of a task's events, oldest first",
+        responses=errors(404, 409),
+    )
     async def deliveries(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], task_id: FromPath[str]
     ) -> AttemptList:
         await _owned(state_, principal, task_id)
         return AttemptList(attempts=await state_.events.attempts(task_id))
 
-    @get("/signing-secret", summary="The secret that signs this tenant's webhooks")
+    @get("/signing-secret", summary="The secret that signs this tenant's webhooks", responses=errors(403))
     async def signing_secret(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
     ) -> Response[SigningSecret]:
         secret = await state_.secrets.current(require_tenant(principal))
         return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
 
-    @post("/signing-secret/rotate", status_code=200, summary="Rotate the signing secret (the old one signs 24 h more)")
+    @post(
+        "/signing-secret/rotate",
+        status_code=200,
+        summary="Rotate the signing secret (the old one signs 24 h more)",
+        responses=errors(403),
+    )
     async def rotate(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
     ) -> Response[SigningSecret]:

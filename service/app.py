@@ -25,6 +25,7 @@ from service.api_ops import health, prometheus_metrics, ready
 from service.api_tasks import TaskController
 from service.auth import Principal, Reader, bearer_token
 from service.json_depth import json_depth_exceeds
+from service.openapi import list_task_kinds
 from service.pages import demo_page
 from service.settings import Settings
 from service.state import ApiState
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         holder["state"] = ApiState.open(settings)
         await holder["state"].start()
+        list_task_kinds(app, holder["state"].kinds.names())
         try:
             yield
         finally:

@@ -111,7 +111,9 @@ def _uvicorn_log_config() -> dict[str, object]:
     "--threads", default=16, show_default=True, type=click.IntRange(1, 1024), help="tasks at once per process"
 )
 def worker(processes: int, threads: int) -> None:
-    """Dramatiq workers only (needs RELAY_REDIS_URL; RELAY_BROKER_URL may point at RabbitMQ)."""
+    """Dramatiq workers only (needs RELAY_REDIS_URL; RELAY_BROKER_URL may point at RabbitMQ).
+
+    A worker process that dies is started again; SIGTERM or Ctrl-C stops them all."""
     settings = _settings()
     if settings.redis_url is None:
         raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
@@ -128,7 +130,9 @@ def worker(processes: int, threads: int) -> None:
         "--queues",
         "relay",
     ]
-    os.execv(sys.executable, argv)
+    from service.worker_supervisor import main as supervise
+
+    supervise(argv)
 
 
 def _attach_client_commands() -> None:

@@ -37,7 +37,8 @@ def supervise(argv: Sequence[str]) -> int:
         if stopping:
             return  # a second SIGTERM makes Dramatiq exit mid-shutdown: pass on only the first
         stopping = True
-        if child is not None and child.poll() is None:
+        # Ctrl-C reaches the whole process group, Dramatiq included: only SIGTERM is passed on.
+        if signum == signal.SIGTERM and child is not None and child.poll() is None:
             child.send_signal(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):

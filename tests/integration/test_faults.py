@@ -8,6 +8,8 @@ while they run, then counts: accepted, completed, lost (must be 0) and duplicate
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -269,3 +272,31 @@ def test_tasks_of_a_worker_killed_mid_run_end_once_on_another(
             f"{relay.api.url}/v1/tasks/{task_id}/events", headers={"Authorization": "Bearer key-acme"}
         ).json()["events"]
         assert [e["type"] for e in events if e["type"] != "task.progress"] == ["task.completed"]
+
+
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += [int(child), *descendants(int(child))]
+    return found
+
+
+def test_a_killed_worker_process_is_started_again_by_relay_worker(
+    start_cluster: StartCluster, receiver: Receiver
+) -> None:
+    relay = start_cluster()
+    assert relay.worker.process is not None
+    before = descendants(relay.worker.process.pid)
+    worker_process = before[-1]  # relay worker -> dramatiq's main process -> its worker process
+    os.kill(worker_process, signal.SIGKILL)
+
+    wait_until(
+        lambda: relay.worker.output().count("Worker process is ready for action") >= 2,
+        timeout_s=30,
+        message="a new worker process",
+    )
+    assert relay.worker.process.poll() is None  # relay worker itself goes on
+    task = relay.client.submit("echo", {"after": "restart"}, webhook=receiver.url("/hook"))
+    assert relay.client.wait_task(task["id"])["status"] == "succeeded"
+    assert receiver.wait_for("/hook")[0].json()["task_id"] == task["id"]
+    assert worker_process not in descendants(relay.worker.process.pid)

@@ -263,3 +263,13 @@ def test_connections_that_do_not_finish_their_request_in_time_are_closed(start_r
         assert client.get("/health").status_code == 200
         time.sleep(1.5)
         assert client.get("/health").status_code == 200
+
+
+def test_the_openapi_document_names_the_error_answers_and_the_task_kinds(shared: Relay) -> None:
+    doc = shared.client.get("/schema/openapi.json", key=None).json()
+    submit = doc["paths"]["/v1/tasks"]["post"]["responses"]
+    assert {"401", "413", "422", "429", "503"} <= set(submit)
+    assert submit["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert {"404", "409"} <= set(doc["paths"]["/v1/tasks/{task_id}"]["get"]["responses"])
+    kind = doc["components"]["schemas"]["TaskSubmission"]["properties"]["kind"]
+    assert kind["enum"] == ["echo", "fail", "sleep"]
