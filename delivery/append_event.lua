@@ -18,6 +18,9 @@ local holder = redis.call('GET', KEYS[10])
 if holder and holder ~= ARGV[14] then
     return {'stolen'}
 end
+if redis.call('LINDEX', KEYS[2], -1) == ARGV[3] then
+    return {'none'}  -- the same event again: a write whose answer was lost, tried again
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])

@@ -204,22 +204,19 @@ class TaskStore:
             raise LeaseLost(record.id, ended=False)
         record.status, record.started_at = running.status, running.started_at
 
-    async def report_progress(self, record: TaskRecord, run_token: str, percent: float, message: str | None) -> Event:
-        """Append a progress event; raises :class:`LeaseLost` when this run no longer holds the task."""
+    def progress_event(self, record: TaskRecord, percent: float, message: str | None) -> Event:
+        """The next progress event of ``record`` (which now shows that progress), to hand to ``append_progress``."""
         record.progress = Progress(percent=percent, message=message)
-        event = self._next_event(record, EventType.PROGRESS, {"percent": percent, "message": message})
-        try:
-            await self._log.append(
-                event,
-                tenant=record.tenant,
-                run_token=run_token,
-                task_state=_encode(record),
-                task_ttl_s=self._record_ttl_s,
-            )
-        except BaseException:
-            record.last_seq -= 1  # not written: the next event takes this seq
-            raise
-        return event
+        return self._next_event(record, EventType.PROGRESS, {"percent": percent, "message": message})
+
+    async def append_progress(self, record: TaskRecord, run_token: str, event: Event) -> None:
+        """Store ``event`` (from ``progress_event``) with the task's state; the same event twice is stored once.
+
+        Raises :class:`LeaseLost` when this run no longer holds the task.
+        """
+        await self._log.append(
+            event, tenant=record.tenant, run_token=run_token, task_state=_encode(record), task_ttl_s=self._record_ttl_s
+        )
 
     async def finish(
         self,

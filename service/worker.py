@@ -128,7 +128,7 @@ class Runtime:
         await self.engine.start()
         self._loops.append(asyncio.create_task(self._renew_leases(), name="relay-lease-renewal"))
         self._sweeper = asyncio.create_task(self._sweep(), name="relay-task-sweeper")
-        if isinstance(self.broker, RedisBroker):
+        if isinstance(self.broker, RedisBroker) and settings_share_redis(self.settings):
             self._loops.append(asyncio.create_task(self._beat(self.broker), name="relay-broker-heartbeat"))
 
     async def begin_stop(self) -> None:
@@ -229,6 +229,11 @@ class Runtime:
             except INFRA_ERRORS as exc:
                 log.warning("broker heartbeat failed (%s); trying again", exc)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+
+def settings_share_redis(settings: Settings) -> bool:
+    """The broker lives in the storage Redis (the heartbeat loop writes the broker's keys with the storage client)."""
+    return settings.effective_broker_url == settings.storage_url
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
@@ -334,8 +339,9 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, Task
     async def report(percent: float, message: str | None) -> None:
         try:
             await mark_running()
+            event = rt.tasks.progress_event(record, percent, message)  # one event, however often it is sent
             await rt.until_redis_answers(
-                lambda: rt.tasks.report_progress(record, run.token, percent, message),
+                lambda: rt.tasks.append_progress(record, run.token, event),
                 what=f"reporting progress of task {record.id}",
             )
         except (LeaseLost, Stopping):

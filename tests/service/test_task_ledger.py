@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from delivery import keys
 from delivery.errors import LeaseLost
+from delivery.event_log import EventLog
 from delivery.redis_client import connect
 from schemas.tasks import TaskRecord, TaskStatus
 from service.task_ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
@@ -130,7 +131,7 @@ async def test_a_run_that_lost_its_lease_writes_nothing(redis: aioredis.Redis) -
     assert fresh.record is not None
 
     with pytest.raises(LeaseLost) as lost:
-        await tasks.report_progress(stale.record, "run-a", 50, "stale")
+        await tasks.append_progress(stale.record, "run-a", tasks.progress_event(stale.record, 50, "stale"))
     assert not lost.value.ended
     with pytest.raises(LeaseLost):
         await tasks.mark_running(stale.record, "run-a")
@@ -182,3 +183,18 @@ async def test_sweep_enqueues_overdue_tasks_again_with_a_doubling_grace(redis: a
         assert await ledger.sweep(now=moment) == ["task_1"]
     assert graces[:3] == [REQUEUE_GRACE_S, 2 * REQUEUE_GRACE_S, 4 * REQUEUE_GRACE_S]
     assert max(graces) == MAX_REQUEUE_GRACE_S
+
+
+async def test_a_progress_event_written_twice_is_stored_once(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    await tasks.create(new_record(), idempotency_key=None)
+    started = await ledger.start("task_1", "run-a")
+    assert started.record is not None
+    event = tasks.progress_event(started.record, 10, "once")
+    await tasks.append_progress(started.record, "run-a", event)
+    await tasks.append_progress(started.record, "run-a", event)  # its first answer was lost: sent again
+    second = tasks.progress_event(started.record, 20, "twice")
+    await tasks.append_progress(started.record, "run-a", second)
+    seqs = [e.seq for e in await EventLog(redis=redis, retention_s=600).events_after("task_1")]
+    assert seqs == [1, 2]
