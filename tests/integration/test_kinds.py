@@ -151,3 +151,20 @@ def test_a_task_module_that_cannot_be_imported_stops_the_process_with_the_reason
     assert "RELAY_TASK_MODULES" in output
     assert "tests.no_such_kinds_module" in output
     assert "Traceback" not in output
+
+
+def test_a_worker_that_starts_under_a_backlog_runs_it_all_from_its_first_message(
+    start_relay: StartRelay,
+) -> None:
+    api = start_relay("api")
+    client = Api(api.url)
+    try:
+        tasks = [client.submit("echo", {"n": n}) for n in range(500)]  # queued before any worker exists
+        worker = start_relay("worker", "--processes", "2", "--threads", "16")
+        for task in tasks:
+            assert client.wait_task(task["id"], timeout_s=30)["status"] == "succeeded"
+        log = worker.output()
+        assert "runtime is not started" not in log  # no message was taken before the worker could run it
+        assert "Retries" not in log
+    finally:
+        client.close()
