@@ -27,6 +27,13 @@ def test_defaults_match_the_contract() -> None:
     assert settings.max_body_bytes == 262144
     assert settings.task_modules == ()
     assert settings.submit_rate == 0.0
+    assert settings.max_input_depth == 64
+    assert settings.tenant_max_open_tasks == 100_000
+    assert settings.dead_letter_retention_s == 2_592_000
+    assert settings.request_timeout_s == 10.0
+    assert settings.ws_max_per_client == 100
+    assert settings.trust_forwarded is False
+    assert settings.ws_idle_timeout_s == 30.0
 
 
 def test_only_relay_variables_are_read() -> None:
@@ -53,6 +60,13 @@ def test_every_variable_is_read() -> None:
             "RELAY_MAX_BODY_BYTES": "1024",
             "RELAY_TASK_MODULES": " mod.a , mod.b ,",
             "RELAY_SUBMIT_RATE": "2.5",
+            "RELAY_MAX_INPUT_DEPTH": "10",
+            "RELAY_TENANT_MAX_OPEN_TASKS": "7",
+            "RELAY_DEAD_LETTER_RETENTION": "3600",
+            "RELAY_REQUEST_TIMEOUT": "2.5",
+            "RELAY_WS_MAX_PER_CLIENT": "4",
+            "RELAY_TRUST_FORWARDED": "true",
+            "RELAY_WS_IDLE_TIMEOUT": "9",
         }
     )
     assert settings.redis_url == "redis://127.0.0.1:7000/1"
@@ -70,6 +84,28 @@ def test_every_variable_is_read() -> None:
     assert settings.max_body_bytes == 1024
     assert settings.task_modules == ("mod.a", "mod.b")
     assert settings.submit_rate == 2.5
+    assert settings.max_input_depth == 10
+    assert settings.tenant_max_open_tasks == 7
+    assert settings.dead_letter_retention_s == 3600
+    assert settings.request_timeout_s == 2.5
+    assert settings.ws_max_per_client == 4
+    assert settings.trust_forwarded is True
+    assert settings.ws_idle_timeout_s == 9.0
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["RELAY_MAX_INPUT_DEPTH", "RELAY_TENANT_MAX_OPEN_TASKS", "RELAY_DEAD_LETTER_RETENTION", "RELAY_WS_MAX_PER_CLIENT"],
+)
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5", "nan"])
+def test_a_bad_whole_number_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_an_input_depth_beyond_what_can_be_read_back_is_refused() -> None:
+    with pytest.raises(ConfigError, match="RELAY_MAX_INPUT_DEPTH"):
+        Settings.from_env({"RELAY_MAX_INPUT_DEPTH": "5000"})
 
 
 def test_broker_defaults_to_the_redis_url() -> None:
@@ -112,6 +148,8 @@ def test_a_bad_boolean_names_the_variable(value: str) -> None:
         "RELAY_EVENT_RETENTION",
         "RELAY_MAX_BODY_BYTES",
         "RELAY_SUBMIT_RATE",
+        "RELAY_REQUEST_TIMEOUT",
+        "RELAY_WS_IDLE_TIMEOUT",
     ],
 )
 @pytest.mark.parametrize("value", ["abc", "-1", "1O", "nan", "inf"])
@@ -210,6 +248,13 @@ def test_a_bad_value_in_relay_toml_names_the_variable(tmp_path: Path) -> None:
             "RELAY_MAX_BODY_BYTES": "999",
             "RELAY_TASK_MODULES": "a.b,c",
             "RELAY_SUBMIT_RATE": "0.3",
+            "RELAY_MAX_INPUT_DEPTH": "20",
+            "RELAY_TENANT_MAX_OPEN_TASKS": "50",
+            "RELAY_DEAD_LETTER_RETENTION": "600",
+            "RELAY_REQUEST_TIMEOUT": "3.5",
+            "RELAY_WS_MAX_PER_CLIENT": "9",
+            "RELAY_TRUST_FORWARDED": "true",
+            "RELAY_WS_IDLE_TIMEOUT": "12.5",
         },
     ],
     ids=["defaults", "everything-set"],
