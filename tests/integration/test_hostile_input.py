@@ -258,11 +258,15 @@ def test_connections_that_do_not_finish_their_request_in_time_are_closed(start_r
         b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"kind"'
     )
     assert closed_by_server(body_never_finished)
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:  # one header of 100 KiB
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100 * 1024)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 ")
     # A request sent in time is answered, and its connection kept alive for the next.
     with httpx.Client(base_url=api.url) as client:
         assert client.get("/health").status_code == 200
         time.sleep(1.5)
-        assert client.get("/health").status_code == 200
+        assert client.get("/health", headers={"X-Fits": "b" * 30_000}).status_code == 200
 
 
 def test_the_openapi_document_names_the_error_answers_and_the_task_kinds(shared: Relay) -> None:
