@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -9,12 +13,56 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.conftest import CI
 from tests.support import Api, Receiver, RelayProcess, WsClient, relay_env, run_receiver
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this test's own on the machine's RabbitMQ (so that tests running side by side, or
+    earlier runs, never share a queue), deleted afterwards."""
+    if not _reachable("127.0.0.1", 5672) or shutil.which("rabbitmqctl") is None:
+        if CI:
+            pytest.fail("RabbitMQ (and rabbitmqctl) are needed on 127.0.0.1:5672")
+        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
+    vhost = f"relay-test-{uuid.uuid4().hex[:12]}"
+    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def purge_queues(amqp_url: str) -> None:
+    """Drop every message in the queues Dramatiq declares for `relay` (as a broker that lost them would)."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        for queue in ("relay", "relay.DQ"):
+            channel.queue_purge(queue)
+    finally:
+        connection.close()
 
 
 @pytest.fixture

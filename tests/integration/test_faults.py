@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from tests.conftest import RedisServer
-from tests.integration.conftest import StartCluster, StartRelay
-from tests.support import Receiver, wait_until
+from tests.integration.conftest import StartCluster, StartRelay, purge_queues
+from tests.support import Api, Receiver, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -300,3 +300,35 @@ def test_a_killed_worker_process_is_started_again_by_relay_worker(
     assert relay.client.wait_task(task["id"])["status"] == "succeeded"
     assert receiver.wait_for("/hook")[0].json()["task_id"] == task["id"]
     assert worker_process not in descendants(relay.worker.process.pid)
+
+
+@pytest.mark.parametrize("broker", ["redis", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def test_tasks_whose_broker_messages_are_lost_still_run(
+    start_relay: StartRelay,
+    redis_server: RedisServer,
+    receiver: Receiver,
+    broker: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    env: dict[str, str] = {}
+    if broker == "rabbitmq":
+        env["RELAY_BROKER_URL"] = request.getfixturevalue("rabbitmq_url")
+    api = start_relay("api", **env)
+    client = Api(api.url)
+    try:
+        tasks = [client.submit("echo", {"n": n}, webhook=receiver.url("/hook")) for n in range(5)]
+        # Every message is lost (a crash before the broker kept them, a purge): only Relay's record remains.
+        if broker == "rabbitmq":
+            purge_queues(env["RELAY_BROKER_URL"])
+        else:
+            redis = redis_server.client()
+            assert redis.delete("dramatiq:relay", "dramatiq:relay.msgs") == 2
+            redis.close()
+        worker = start_relay("worker", **env)
+
+        for task in tasks:  # the sweeper finds them overdue (15 s after submit) and enqueues them again
+            assert client.wait_task(task["id"], timeout_s=45)["status"] == "succeeded"
+        assert {h.json()["task_id"] for h in receiver.wait_for("/hook", 5)} == {t["id"] for t in tasks}
+        assert "overdue tasks again" in worker.output()
+    finally:
+        client.close()

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 
 import pytest
 
-from tests.conftest import CI
 from tests.integration.conftest import StartCluster, StartRelay
 from tests.support import Api, Receiver
 
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 TASKS = 50
 
 
@@ -46,42 +43,11 @@ def test_two_apis_and_two_workers_deliver_every_task_exactly_once(start_relay: S
             client.close()
 
 
-def _rabbitmq_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _purge_relay_queues() -> None:
-    """Drop messages earlier runs left behind in the queues Dramatiq declares for `relay`."""
-    import pika
-    import pika.exceptions
-
-    connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
-    try:
-        for queue in ("relay", "relay.DQ"):
-            channel = connection.channel()
-            try:
-                channel.queue_purge(queue)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:  # a queue that does not exist yet has nothing to purge
-                    raise
-            else:
-                channel.close()
-    finally:
-        connection.close()
-
-
 @pytest.mark.rabbitmq
-def test_rabbitmq_broker_runs_tasks_and_delivers_webhooks(start_cluster: StartCluster, receiver: Receiver) -> None:
-    if not _rabbitmq_reachable():
-        if CI:
-            pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672")
-        pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
-    _purge_relay_queues()
-    relay = start_cluster(RELAY_BROKER_URL=RABBITMQ_URL)
+def test_rabbitmq_broker_runs_tasks_and_delivers_webhooks(
+    start_cluster: StartCluster, receiver: Receiver, rabbitmq_url: str
+) -> None:
+    relay = start_cluster(RELAY_BROKER_URL=rabbitmq_url)
 
     assert relay.client.get("/ready").status_code == 200
     task = relay.client.submit("echo", {"via": "rabbitmq"}, webhook=receiver.url("/hook"))
