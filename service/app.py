@@ -65,6 +65,8 @@ def create_app(settings: Settings) -> Litestar:
         # Before anything decodes the body: a deep one would fail deep inside a later reader (see json_depth).
         if request.method in ("POST", "PUT", "PATCH"):
             body = await request.body()
+            if not body.strip() and "data" in request.route_handler.parsed_fn_signature.parameters:
+                raise ValidationException("the body is empty: send a JSON object")
             # A submission's input sits one level inside the body.
             if json_depth_exceeds(body, settings.max_input_depth + 1):
                 raise ValidationException(

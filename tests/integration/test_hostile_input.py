@@ -277,3 +277,12 @@ def test_the_openapi_document_names_the_error_answers_and_the_task_kinds(shared:
     assert {"404", "409"} <= set(doc["paths"]["/v1/tasks/{task_id}"]["get"]["responses"])
     kind = doc["components"]["schemas"]["TaskSubmission"]["properties"]["kind"]
     assert kind["enum"] == ["echo", "fail", "sleep"]
+
+
+def test_an_empty_body_is_a_422_that_says_so(shared: Relay) -> None:
+    for path in ("/v1/tasks", "/v1/dead-letters/replay"):
+        key = "admin-token" if "dead" in path else "key-acme"
+        response = shared.client.post(path, content=b"", key=key, headers={"content-type": "application/json"})
+        assert "empty" in assert_json_error(response, 422)
+    # Operations that take no body still need none.
+    assert shared.client.post("/v1/signing-secret/rotate").status_code == 200
