@@ -54,6 +54,8 @@ SWEEP_INTERVAL_S = 1.0
 TRIM_INTERVAL_S = 60.0
 # A write that Redis refuses is tried again after a wait that doubles up to this.
 MAX_RETRY_WAIT_S = 2.0
+# A write that keeps failing is logged again this often.
+RETRY_WARN_EVERY_S = 60.0
 # How long a run waits for Redis before it leaves its task to the sweeper (it has written nothing yet).
 START_PATIENCE_S = 10.0
 
@@ -154,16 +156,23 @@ class Runtime:
         Raises :class:`Stopping` when the worker shuts down first, and the last error once ``patience_s``
         has passed (when given).
         """
-        wait_s, started, warned = 0.05, time.monotonic(), False
+        wait_s, started, warned_at, failures = 0.05, time.monotonic(), 0.0, 0
         while True:
             try:
                 return await write()
             except INFRA_ERRORS as exc:
                 if patience_s is not None and time.monotonic() - started > patience_s:
                     raise
-                if not warned:
-                    log.warning("%s failed (%s: %s); trying again until Redis answers", what, type(exc).__name__, exc)
-                    warned = True
+                failures += 1
+                if time.monotonic() - warned_at > RETRY_WARN_EVERY_S:  # the first failure, then once a minute
+                    warned_at = time.monotonic()
+                    log.warning(
+                        "%s failed %d times (%s: %s); trying again until Redis answers",
+                        what,
+                        failures,
+                        type(exc).__name__,
+                        exc,
+                    )
             if self.stopping and time.monotonic() - started > MAX_RETRY_WAIT_S:
                 raise Stopping(what)
             await asyncio.sleep(wait_s)
