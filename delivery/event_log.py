@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from delivery import keys
 from delivery.errors import LeaseLost
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
+from delivery.redis_client import as_text
 from schemas.deliveries import Attempt
 from schemas.events import Event
 
@@ -32,10 +33,6 @@ class Owed:
 
     pushed: bool  # waiting for a socket's ack (the webhook, if any, comes after the ack timeout)
     raw_secrets: bytes | None  # the tenant's stored secrets, when the webhook is leased to the caller now
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class EventLog:
@@ -101,7 +98,7 @@ class EventLog:
                 "1" if final else "",
             ],
         )
-        mode = _text(reply[0])
+        mode = as_text(reply[0])
         if mode in ("ended", "stolen"):
             raise LeaseLost(task_id, ended=mode == "ended")
         if mode == "none":

@@ -20,21 +20,15 @@ from delivery import keys, metrics
 from delivery.ids import new_id
 from delivery.policy import Decision, Verdict
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
+from delivery.redis_client import as_text
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
-
-# How long a dead letter is kept (RELAY_DEAD_LETTER_RETENTION).
-DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 86400
 
 _CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
 _RECORD_LUA = Path(__file__).with_name("record_attempt.lua").read_text()
 _ACK_LUA = Path(__file__).with_name("ack.lua").read_text()
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Outbox:
@@ -44,7 +38,7 @@ class Outbox:
         redis: aioredis.Redis,
         lease_s: float,
         attempts_ttl_s: int,
-        dead_letter_retention_s: int = DEFAULT_DEAD_LETTER_RETENTION_S,
+        dead_letter_retention_s: int,
     ) -> None:
         self._redis = redis
         self._lease_s = lease_s
@@ -67,7 +61,7 @@ class Outbox:
         claimed: list[tuple[PendingDelivery, bool]] = []
         unreadable: list[bytes] = []
         for i in range(0, len(raw), 3):
-            delivery = decode_or_skip(_decode_delivery, raw[i + 1], key=keys.delivery(_text(raw[i])))
+            delivery = decode_or_skip(_decode_delivery, raw[i + 1], key=keys.delivery(as_text(raw[i])))
             if delivery is None:
                 unreadable.append(raw[i])
             else:

@@ -40,13 +40,13 @@ if verdict == 'delivered' then
     end
     return 1
 end
--- dead: kept retention_s; index entries older than that (their records have expired) go as new ones come
+-- dead: kept retention_s. The tenant's index drops entries older than that as new ones come (workers trim the
+-- global index once a minute: they know no tenants)
 local retention_s = tonumber(ARGV[10])
 local cutoff_ms = tonumber(ARGV[8]) - retention_s * 1000
 redis.call('SET', KEYS[6], ARGV[6], 'EX', retention_s)
 redis.call('ZADD', KEYS[7], ARGV[8], ARGV[7])
 redis.call('ZADD', KEYS[8], ARGV[8], ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', cutoff_ms)
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', cutoff_ms)
 redis.call('EXPIRE', KEYS[8], retention_s)
 redis.call('SET', KEYS[9], ARGV[7], 'EX', retention_s)

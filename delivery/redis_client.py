@@ -17,6 +17,11 @@ DEFAULT_MAX_CONNECTIONS = 64
 POOL_WAIT_S = 10.0
 
 
+def as_text(value: bytes | str) -> str:
+    """A reply that may come back as bytes (the clients here do not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def connect(
     url: str,
     *,

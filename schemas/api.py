@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
+# No id Relay makes is longer than this (a prefix and 24 characters): a longer one is not looked up.
+MAX_ID_CHARS = 64
+
 
 class SigningSecret(msgspec.Struct):
     secret: str

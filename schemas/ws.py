@@ -6,14 +6,15 @@ from typing import Annotated
 
 import msgspec
 
+from schemas.api import MAX_ID_CHARS
 from schemas.events import Event
 from schemas.tasks import TaskStatus
 
-TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+TaskId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 # The highest seq a client may name: far above any task's events, and within what Redis takes as an index.
 MAX_SEQ = 2**53
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 # Client to server.

@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT, HTTP_4
 
 from delivery.dead_letters import REPLAY_BATCH, DeadLetterFilter, InvalidCursor
 from delivery.errors import UnreadableRecord
+from schemas.api import MAX_ID_CHARS
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
 from service.auth import Principal
 from service.openapi import errors
@@ -20,8 +21,6 @@ from service.state import ApiState
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-# No id Relay makes is longer than this: a longer one is not looked up.
-MAX_ID_CHARS = 64
 
 
 def _scope(principal: Principal, tenant: str | None) -> str | None:

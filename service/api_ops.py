@@ -38,7 +38,7 @@ async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
         return "ok"
 
     async def broker_check() -> str:
-        if state_.broker_is_storage:
+        if state_.settings.broker_in_storage:
             return await redis_task  # the same Redis: one answer for both
         try:
             await state_.broker_check(READY_TIMEOUT_S)

@@ -7,19 +7,17 @@ import secrets
 from collections.abc import Callable
 from typing import Annotated
 
-import dramatiq
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException, ValidationException
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT, HTTP_503_SERVICE_UNAVAILABLE
-from redis.exceptions import RedisError
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
 from delivery.address_guard import check_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, UnreadableRecord
 from delivery.ids import new_id, utcnow
-from schemas.api import SigningSecret
+from schemas.api import MAX_ID_CHARS, SigningSecret
 from schemas.deliveries import AttemptList
 from schemas.events import EventList
 from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
@@ -33,8 +31,6 @@ log = logging.getLogger("relay.api")
 
 # Idempotency keys longer than this are refused.
 MAX_IDEMPOTENCY_KEY_CHARS = 255
-# No id Relay makes is longer than this: a longer one is not looked up.
-MAX_ID_CHARS = 64
 
 
 class TooManyRequests(HTTPException):
@@ -93,11 +89,7 @@ class TaskController(Controller):
                 f"(RELAY_TENANT_MAX_OPEN_TASKS); retry when some have ended",
                 headers={"Retry-After": "5"},
             ) from None
-        except (RedisError, OSError, dramatiq.errors.DramatiqError) as exc:
-            log.error("could not accept task %s: %r", record.id, str(exc))
-            raise HTTPException(
-                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail="the task queue is unavailable; try again"
-            ) from exc
+        # A Redis failure is a 503 from the app's RedisError handler; the broker's own failures are the sweeper's.
         return stored
 
     @get("/tasks/{task_id:str}", summary="Read a task", responses=errors(404, 409))

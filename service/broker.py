@@ -90,7 +90,7 @@ class RedisEnqueuer(Enqueuer):
 
 
 def enqueuer_for(broker: dramatiq.Broker, redis: aioredis.Redis, settings: Settings) -> Enqueuer:
-    if isinstance(broker, RedisBroker) and settings.effective_broker_url == settings.storage_url:
+    if isinstance(broker, RedisBroker) and settings.broker_in_storage:
         return RedisEnqueuer(broker, redis)
     return Enqueuer(broker)
 

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
 from litestar import Litestar
 from litestar.openapi import ResponseSpec
 
-
-class ErrorBody(msgspec.Struct):
-    """Every error answer: the status again and a human-readable ``detail``."""
-
-    status_code: int
-    detail: str
-    extra: Any = None
-
+from schemas.api import ErrorBody
 
 _WHY = {
     401: "No API key or admin token, or one Relay does not know",

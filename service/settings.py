@@ -68,6 +68,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return url
 
     @property
+    def broker_in_storage(self) -> bool:
+        """The Dramatiq broker is a Redis broker in the storage Redis (its keys are written with the storage client)."""
+        return self.effective_broker_url == self.storage_url
+
+    @property
     def record_ttl_s(self) -> int:
         """Task records and attempt logs outlive the event log while webhooks may still be retrying."""
         return int(self.event_retention_s + sum(self.retry_schedule_s) + 3600)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import dramatiq
 import redis.asyncio as aioredis
-from dramatiq.brokers.redis import RedisBroker
 
 from delivery.dead_letters import DeadLetterStore
 from delivery.event_log import EventLog
@@ -51,10 +50,6 @@ class ApiState:
     broker_check: BrokerCheck
     # Open WebSockets per client address in this process (RELAY_WS_MAX_PER_CLIENT).
     ws_clients: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def broker_is_storage(self) -> bool:
-        return isinstance(self.broker, RedisBroker) and self.settings.effective_broker_url == self.settings.storage_url
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:

@@ -22,11 +22,13 @@ import redis.asyncio as aioredis
 
 from delivery import keys, metrics
 from delivery.records import count_unreadable, decode_or_skip
+from delivery.redis_client import as_text
 from schemas.tasks import TaskRecord
 
 # A run's lease: renewed every third of it; a worker silent for this long is taken for dead.
 LEASE_S = 15.0
-# The sweeper's first grace before an overdue task is enqueued again, and the most it grows to by doubling.
+# How long a queued task may wait to start, and the sweeper's first grace before an overdue task is enqueued
+# again; the grace doubles with each requeue of one task, up to the most.
 REQUEUE_GRACE_S = 15.0
 MAX_REQUEUE_GRACE_S = 600.0
 # Most overdue tasks one sweep takes.
@@ -56,10 +58,6 @@ def new_run_token() -> str:
     return uuid.uuid4().hex
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class TaskLedger:
     def __init__(self, *, redis: aioredis.Redis, lease_s: float = LEASE_S) -> None:
         self._redis = redis
@@ -74,7 +72,7 @@ class TaskLedger:
             keys=[keys.task(task_id), keys.lease(task_id), keys.OWED_TASKS],
             args=[task_id, run_token, int(self.lease_s * 1000), time.time() + self.lease_s],
         )
-        outcome = Start(_text(reply[0]))
+        outcome = Start(as_text(reply[0]))
         if outcome is not Start.RUN:
             return Started(outcome)
         record = decode_or_skip(_decode, reply[1], key=keys.task(task_id))
@@ -93,7 +91,7 @@ class TaskLedger:
         for task_id, token in runs.items():
             args += [task_id, token]
         lost = await self._renew(keys=[keys.OWED_TASKS], args=args)
-        return [_text(t) for t in lost]
+        return [as_text(t) for t in lost]
 
     async def sweep(self, *, now: float | None = None, limit: int = SWEEP_BATCH) -> list[str]:
         """The owed tasks that are overdue; each one's next deadline is pushed on (doubling) in the same step."""
@@ -110,7 +108,4 @@ class TaskLedger:
                 metrics.REQUEUED,
             ],
         )
-        return [_text(t) for t in due]
-
-    async def owed(self) -> int:
-        return int(await self._redis.zcard(keys.OWED_TASKS))
+        return [as_text(t) for t in due]

@@ -24,14 +24,14 @@ from delivery.errors import LeaseLost, UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.ids import new_id
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
+from delivery.redis_client import as_text
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus
+from service.task_ledger import REQUEUE_GRACE_S
 
 # How long an Idempotency-Key keeps answering with the first task.
 IDEMPOTENCY_TTL_S = 24 * 3600
-# A queued task not started by then is enqueued again (its message may be lost); see service.task_ledger.
-QUEUED_GRACE_S = 15.0
 
 _SUBMIT_LUA = Path(__file__).with_name("submit_task.lua").read_text()
 _MARK_RUNNING_LUA = Path(__file__).with_name("mark_running.lua").read_text()
@@ -49,10 +49,6 @@ class _Head(msgspec.Struct):
 
 
 _decode_head = msgspec.json.Decoder(_Head).decode
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _decode_answer(raw: bytes | str) -> Task | None:
@@ -158,6 +154,7 @@ class TaskStore:
         answer = record.public()
         idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key)) if idempotency_key else None
         task_key = keys.task(record.id)
+        now = time.time()
         reply = await self._submit(
             keys=[
                 task_key,
@@ -174,16 +171,16 @@ class TaskStore:
                 self._record_ttl_s,
                 _encode(answer) if idem else "",
                 IDEMPOTENCY_TTL_S if idem else "",
-                time.time() + QUEUED_GRACE_S,
+                now + REQUEUE_GRACE_S,
                 metrics.task_counter("submitted"),
                 self._max_open,
-                int(time.time() * 1000),
+                int(now * 1000),
                 keys.task(""),
                 message.message_id if message else "",
                 message.body if message else "",
             ],
         )
-        outcome = _text(reply[0])
+        outcome = as_text(reply[0])
         if outcome == "full":
             raise TenantFull(int(reply[1]))
         if outcome == "first":

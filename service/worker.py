@@ -130,7 +130,7 @@ class Runtime:
         await self.engine.start()
         self._loops.append(asyncio.create_task(self._renew_leases(), name="relay-lease-renewal"))
         self._sweeper = asyncio.create_task(self._sweep(), name="relay-task-sweeper")
-        if isinstance(self.broker, RedisBroker) and settings_share_redis(self.settings):
+        if isinstance(self.broker, RedisBroker) and self.settings.broker_in_storage:
             self._loops.append(asyncio.create_task(self._beat(self.broker), name="relay-broker-heartbeat"))
 
     async def begin_stop(self) -> None:
@@ -238,11 +238,6 @@ class Runtime:
             except INFRA_ERRORS as exc:
                 log.warning("broker heartbeat failed (%s); trying again", exc)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-
-
-def settings_share_redis(settings: Settings) -> bool:
-    """The broker lives in the storage Redis (the heartbeat loop writes the broker's keys with the storage client)."""
-    return settings.effective_broker_url == settings.storage_url
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

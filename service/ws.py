@@ -51,9 +51,6 @@ BAD_FRAME_WINDOW_S = 60.0
 # Client frames are flat JSON objects; deeper ones are refused before they are decoded.
 MAX_FRAME_DEPTH = 8
 
-# Seconds a socket may follow no task before it is closed (RELAY_WS_IDLE_TIMEOUT).
-DEFAULT_IDLE_TIMEOUT_S = 30.0
-
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN = 1013
 CLOSE_NO_PONG = 4000
@@ -94,7 +91,7 @@ class Connection:
         outbox: Outbox,
         ping_interval_s: float,
         ping_timeout_s: float,
-        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        idle_timeout_s: float,
     ) -> None:
         self._socket = socket
         self._hub = hub

@@ -153,12 +153,21 @@ def submitting(base_url: str, bodies: list[dict[str, Any]], tally: Tally, prefix
         raise errors[0]
 
 
-def assert_nothing_lost(counts: dict[str, int], submitted: int) -> None:
+def count_and_check(
+    name: str, base_url: str, tally: Tally, receiver: Receiver, submitted: int
+) -> dict[str, dict[str, Any]]:
+    """Wait for every accepted task to end and its webhook to arrive, print the counts, fail on any loss; return
+    the ended tasks by id."""
+    ended = wait_all_ended(base_url, list(tally.accepted.values()))
+    with contextlib.suppress(AssertionError):  # counted below
+        wait_until(lambda: len({h.json()["task_id"] for h in receiver.on("/hook")}) >= len(ended), timeout_s=30)
+    counts = tally.report(name, ended, receiver, "/hook")
     assert counts["accepted"] == submitted
     assert counts["lost"] == 0
     assert counts["failed"] == 0  # an infrastructure fault is never a task's result
     assert counts["completed"] == submitted
     assert counts["webhooks_missing"] == 0
+    return ended
 
 
 def wait_some_running(base_url: str, tally: Tally, count: int) -> None:
@@ -191,11 +200,7 @@ def test_redis_killed_twice_while_tasks_are_submitted_and_run_loses_none(
         time.sleep(1)  # a blip: running tasks must not fail for it
         redis_server.start()
 
-    ended = wait_all_ended(relay.api.url, list(tally.accepted.values()))
-    with contextlib.suppress(AssertionError):  # counted below
-        wait_until(lambda: len({h.json()["task_id"] for h in receiver.on("/hook")}) >= len(ended), timeout_s=30)
-    counts = tally.report("redis SIGKILL x2", ended, receiver, "/hook")
-    assert_nothing_lost(counts, len(bodies))
+    ended = count_and_check("redis SIGKILL x2", relay.api.url, tally, receiver, len(bodies))
     check_idempotency(relay.api.url, tally, bodies, "kill")
     for task in ended.values():
         assert task["error"] is None
@@ -218,11 +223,7 @@ def test_redis_frozen_past_every_timeout_three_times_loses_none(
     finally:
         redis_server.thaw()
 
-    ended = wait_all_ended(relay.api.url, list(tally.accepted.values()))
-    with contextlib.suppress(AssertionError):  # counted below
-        wait_until(lambda: len({h.json()["task_id"] for h in receiver.on("/hook")}) >= len(ended), timeout_s=30)
-    counts = tally.report("redis SIGSTOP 8 s x3", ended, receiver, "/hook")
-    assert_nothing_lost(counts, len(bodies))
+    count_and_check("redis SIGSTOP 8 s x3", relay.api.url, tally, receiver, len(bodies))
     check_idempotency(relay.api.url, tally, bodies, "freeze")
 
 
@@ -261,11 +262,7 @@ def test_tasks_of_a_worker_killed_mid_run_end_once_on_another(
     relay.worker.kill()
     start_relay("worker")
 
-    ended = wait_all_ended(relay.api.url, list(tally.accepted.values()))
-    with contextlib.suppress(AssertionError):  # counted below
-        wait_until(lambda: len({h.json()["task_id"] for h in receiver.on("/hook")}) >= len(ended), timeout_s=30)
-    counts = tally.report("worker SIGKILL mid-run", ended, receiver, "/hook")
-    assert_nothing_lost(counts, len(bodies))
+    ended = count_and_check("worker SIGKILL mid-run", relay.api.url, tally, receiver, len(bodies))
     # A task that ran twice still ended once: one final event, one webhook id per task.
     for task_id in ended:
         events = httpx.get(

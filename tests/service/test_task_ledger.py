@@ -15,7 +15,7 @@ from delivery.event_log import EventLog
 from delivery.redis_client import connect
 from schemas.tasks import TaskRecord, TaskStatus
 from service.task_ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
-from service.task_store import QUEUED_GRACE_S, InlineMessage, TaskStore, TenantFull
+from service.task_store import InlineMessage, TaskStore, TenantFull
 
 RECORD_TTL_S = 3600
 
@@ -43,6 +43,15 @@ def store(redis: aioredis.Redis, **options: int) -> TaskStore:
     return TaskStore(redis=redis, record_ttl_s=RECORD_TTL_S, retention_s=600, **options)
 
 
+async def accepted_and_started(tasks: TaskStore, ledger: TaskLedger) -> TaskRecord:
+    """``task_1`` accepted, and held by the run ``run-a``."""
+    await tasks.create(new_record(), idempotency_key=None)
+    started = await ledger.start("task_1", "run-a")
+    assert started.outcome is Start.RUN
+    assert started.record is not None
+    return started.record
+
+
 async def test_submit_stores_owes_and_enqueues_in_one_step(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     message = InlineMessage(queue_key="q", messages_key="q.msgs", message_id="m1", body=b"body")
@@ -53,7 +62,7 @@ async def test_submit_stores_owes_and_enqueues_in_one_step(redis: aioredis.Redis
     assert await redis.exists(keys.task("task_1"))
     owed_until = await redis.zscore(keys.OWED_TASKS, "task_1")
     assert owed_until is not None
-    assert before + QUEUED_GRACE_S <= owed_until <= time.time() + QUEUED_GRACE_S
+    assert before + REQUEUE_GRACE_S <= owed_until <= time.time() + REQUEUE_GRACE_S
     assert await redis.lrange("q", 0, -1) == [b"m1"]
     assert await redis.hget("q.msgs", "m1") == b"body"
     assert await redis.zcard(keys.open_tasks_of("acme")) == 1
@@ -122,21 +131,19 @@ async def test_one_run_holds_a_task_and_a_second_message_is_dropped(redis: aiore
 async def test_a_run_that_lost_its_lease_writes_nothing(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     ledger = TaskLedger(redis=redis)
-    await tasks.create(new_record(), idempotency_key=None)
-    stale = await ledger.start("task_1", "run-a")
-    assert stale.record is not None
+    stale = await accepted_and_started(tasks, ledger)
     await redis.delete(keys.lease("task_1"))  # run-a's worker stalled past its lease ...
     fresh = await ledger.start("task_1", "run-b")  # ... and the task runs elsewhere
     assert fresh.outcome is Start.RUN
     assert fresh.record is not None
 
     with pytest.raises(LeaseLost) as lost:
-        await tasks.append_progress(stale.record, "run-a", tasks.progress_event(stale.record, 50, "stale"))
+        await tasks.append_progress(stale, "run-a", tasks.progress_event(stale, 50, "stale"))
     assert not lost.value.ended
     with pytest.raises(LeaseLost):
-        await tasks.mark_running(stale.record, "run-a")
+        await tasks.mark_running(stale, "run-a")
     with pytest.raises(LeaseLost):
-        await tasks.finish(stale.record, "run-a", result="stale", lease_s=30)
+        await tasks.finish(stale, "run-a", result="stale", lease_s=30)
     assert await redis.llen(keys.events("task_1")) == 0
     assert await ledger.renew({"task_1": "run-a"}) == ["task_1"]
 
@@ -146,7 +153,7 @@ async def test_a_run_that_lost_its_lease_writes_nothing(redis: aioredis.Redis) -
     assert stored.status is TaskStatus.SUCCEEDED
     assert stored.result == "fresh"
     with pytest.raises(LeaseLost) as ended:
-        await tasks.finish(stale.record, "run-a", result="again", lease_s=30)
+        await tasks.finish(stale, "run-a", result="again", lease_s=30)
     assert ended.value.ended
     assert await redis.llen(keys.events("task_1")) == 1
 
@@ -154,8 +161,7 @@ async def test_a_run_that_lost_its_lease_writes_nothing(redis: aioredis.Redis) -
 async def test_renewal_keeps_a_lease_and_takes_back_one_that_merely_expired(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     ledger = TaskLedger(redis=redis, lease_s=5)
-    await tasks.create(new_record(), idempotency_key=None)
-    await ledger.start("task_1", "run-a")
+    await accepted_and_started(tasks, ledger)
     assert await ledger.renew({"task_1": "run-a"}) == []
     await redis.delete(keys.lease("task_1"))  # Redis stalled past the lease; nobody took the task meanwhile
     assert await ledger.renew({"task_1": "run-a"}) == []
@@ -169,7 +175,7 @@ async def test_sweep_enqueues_overdue_tasks_again_with_a_doubling_grace(redis: a
         await tasks.create(new_record(f"task_{n}"), idempotency_key=None)
     await ledger.start("task_2", "run-a")  # a live run holds task_2
     await redis.delete(keys.task("task_3"))  # task_3 expired
-    now = time.time() + QUEUED_GRACE_S + 1
+    now = time.time() + REQUEUE_GRACE_S + 1
 
     assert await ledger.sweep(now=now + ledger.lease_s) == ["task_1"]
     assert await redis.zscore(keys.OWED_TASKS, "task_3") is None  # forgotten
@@ -188,13 +194,11 @@ async def test_sweep_enqueues_overdue_tasks_again_with_a_doubling_grace(redis: a
 async def test_a_progress_event_written_twice_is_stored_once(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     ledger = TaskLedger(redis=redis)
-    await tasks.create(new_record(), idempotency_key=None)
-    started = await ledger.start("task_1", "run-a")
-    assert started.record is not None
-    event = tasks.progress_event(started.record, 10, "once")
-    await tasks.append_progress(started.record, "run-a", event)
-    await tasks.append_progress(started.record, "run-a", event)  # its first answer was lost: sent again
-    second = tasks.progress_event(started.record, 20, "twice")
-    await tasks.append_progress(started.record, "run-a", second)
+    record = await accepted_and_started(tasks, ledger)
+    event = tasks.progress_event(record, 10, "once")
+    await tasks.append_progress(record, "run-a", event)
+    await tasks.append_progress(record, "run-a", event)  # its first answer was lost: sent again
+    second = tasks.progress_event(record, 20, "twice")
+    await tasks.append_progress(record, "run-a", second)
     seqs = [e.seq for e in await EventLog(redis=redis, retention_s=600).events_after("task_1")]
     assert seqs == [1, 2]
