@@ -1,15 +1,16 @@
 -- Write a task's new state and one event in one step; for a final event, end the task and owe its delivery.
 -- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker, owed tasks, lease,
---       open tasks of the tenant, requeue counts
+--       open tasks of the tenant, requeue counts, then the destination's meta, due, flight, deadline
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
---       delivery ("" for none), lease_until, event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
---       task_id, run token, final ("1" or "")
+--       delivery ("" for none), destination id ("" for none), event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
+--       task_id, run token, final ("1" or ""), then with a webhook: the six of dst_init, tenant, origin
 -- Only the run that holds the task writes: returns {'ended'} when the task has ended already and {'stolen'}
 -- when another run holds its lease, writing nothing. Else {'none'} when no delivery is owed, or {mode, secrets}:
 --   'push'    the task wants WebSocket and (a socket follows it, or it has no webhook): the delivery waits
 --             for a socket's ack until ack_due_at, then falls back to the webhook;
---   'webhook' the webhook is owed and leased to the caller until lease_until, with the tenant's secrets,
---             so the caller can attempt it at once without another round trip.
+--   'webhook' the webhook is owed to its destination and, when the destination lets it start now, leased to the
+--             caller: {'webhook', secrets, lease token}, so the caller can attempt it at once without another
+--             round trip; else {'owed'} (the destination's claim sends it).
 local task_id = ARGV[13]
 if not redis.call('ZSCORE', KEYS[9], task_id) then
     return {'ended'}
@@ -43,5 +44,15 @@ if ARGV[10] == '1' and (ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[7]) == 1) t
     redis.call('ZADD', KEYS[5], ARGV[11], ARGV[9])
     return {'push', false}
 end
-redis.call('ZADD', KEYS[5], ARGV[8], ARGV[9])
-return {'webhook', redis.call('GET', KEYS[6])}
+dst_init(ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21])
+local d = {id = ARGV[8], meta = KEYS[13], due = KEYS[14], flight = KEYS[15], deadline = KEYS[16]}
+dst_ensure(d, ARGV[22], ARGV[23])
+local token = dst_admit(d, ARGV[9])
+if not token then
+    dst_owe(d, ARGV[9], NOW)
+end
+dst_refresh(d)
+if not token then
+    return {'owed'}
+end
+return {'webhook', redis.call('GET', KEYS[6]), token}

@@ -1,8 +1,9 @@
 """The delivery engine of one worker process: attempts webhooks now and claims the ones that fall due.
 
-Webhooks of events a worker just produced are attempted at once (they are already leased to this process
-by the transaction that wrote the event); every other webhook is found by polling the durable schedule.
-In-flight attempts are bounded by a semaphore; the poller claims no more than there are free slots.
+Webhooks of events a worker just produced are attempted at once when their destination lets them start (the step
+that wrote the event leased them to this process); every other webhook is claimed from the destinations that are
+ready, within each destination's caps, by polling. In-flight attempts of this process are bounded by a semaphore;
+the poller claims no more than there are free slots.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 
 import msgspec
 
-from delivery.outbox import Outbox, webhook_attempt
+from delivery.ops_events import OpsNotifier
+from delivery.outbox import Kind, Lease, Outbox, Recorded, webhook_attempt
 from delivery.policy import Decision, Verdict, decide
 from delivery.records import PendingDelivery
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender
+from schemas.dead_letters import DeadLetterReason
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 
 log = logging.getLogger("relay.delivery")
@@ -46,6 +49,7 @@ class DeliveryEngine:
         concurrency: int = DEFAULT_CONCURRENCY,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         claim_batch: int = DEFAULT_CLAIM_BATCH,
+        ops: OpsNotifier | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -55,6 +59,7 @@ class DeliveryEngine:
         self._schedule_s = tuple(schedule_s)
         self._poll_interval_s = poll_interval_s
         self._claim_batch = claim_batch
+        self._ops = ops
         self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -77,9 +82,9 @@ class DeliveryEngine:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def dispatch(self, delivery: PendingDelivery, secrets: Sequence[str] | None = None) -> None:
-        """Attempt ``delivery`` (already leased to this process) as soon as a slot is free."""
-        self._spawn(self._attempt(delivery, secrets))
+    def dispatch(self, lease: Lease, secrets: Sequence[str] | None = None) -> None:
+        """Attempt the webhook of ``lease`` (leased to this process) as soon as a slot is free."""
+        self._spawn(self._attempt(lease, secrets))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -98,25 +103,41 @@ class DeliveryEngine:
         )
         try:
             verdict = Verdict.NOTED if delivery.url else Verdict.DROPPED
-            await self._outbox.record(delivery, unacked, Decision(verdict))
+            recorded = await self._outbox.record(delivery, unacked, Decision(verdict))
         except Exception:
             log.exception(
                 "recording the unacked push of event %s of task %s failed", delivery.event_id, delivery.task_id
             )
             return
-        if delivery.url:
-            await self._attempt(delivery, None)
+        if recorded.admitted is not None:
+            await self._attempt(Lease(delivery=delivery, token=recorded.admitted), None)
 
-    async def _attempt(self, delivery: PendingDelivery, secrets: Sequence[str] | None) -> None:
+    async def _handoff(self, delivery: PendingDelivery) -> None:
+        """A webhook from the general schedule (a replay) goes to its destination; it may start at once."""
+        try:
+            lease = await self._outbox.handoff(delivery)
+        except Exception:
+            log.exception("handing event %s of task %s to its destination failed", delivery.event_id, delivery.task_id)
+            return
+        if lease is not None:
+            await self._attempt(lease, None)
+
+    async def _attempt(self, lease: Lease, secrets: Sequence[str] | None) -> None:
         async with self._slots:
             try:
-                await self.attempt(delivery, secrets)
+                if lease.kind == Kind.EXPIRE:
+                    await self.expire(lease)
+                else:
+                    await self.attempt(lease, secrets)
             except Exception:
                 # Redis went away or a bug: the lease runs out and this webhook is claimed again.
-                log.exception("webhook attempt for event %s of task %s failed", delivery.event_id, delivery.task_id)
+                log.exception(
+                    "webhook attempt for event %s of task %s failed", lease.delivery.event_id, lease.delivery.task_id
+                )
 
-    async def attempt(self, delivery: PendingDelivery, secrets: Sequence[str] | None = None) -> None:
+    async def attempt(self, lease: Lease, secrets: Sequence[str] | None = None) -> None:
         """Make one attempt and record what follows it."""
+        delivery = lease.delivery
         assert delivery.url is not None, "a WebSocket-only delivery has no webhook to attempt"
         live = list(secrets) if secrets else await self._secrets.live(delivery.tenant)
         at = datetime.now(UTC)
@@ -130,7 +151,15 @@ class DeliveryEngine:
             duration_ms=result.duration_ms,
             delivered=result.ok,
         )
-        dead = await self._outbox.record(delivery, attempt, decision)
+        self._after(delivery, await self._outbox.record(delivery, attempt, decision, token=lease.token, result=result))
+
+    async def expire(self, lease: Lease) -> None:
+        """A webhook its open destination held past its retry span: a dead letter, without another attempt."""
+        decision = Decision(Verdict.DEAD, reason=DeadLetterReason.RETRIES_EXHAUSTED)
+        self._after(lease.delivery, await self._outbox.record(lease.delivery, None, decision, token=lease.token))
+
+    def _after(self, delivery: PendingDelivery, recorded: Recorded) -> None:
+        dead = recorded.dead
         if dead is not None:
             log.warning(
                 "event %s of task %s is a dead letter (%s, %s attempts): %s",
@@ -140,22 +169,32 @@ class DeliveryEngine:
                 dead.attempts,
                 dead.last_error,
             )
+        if recorded.change and recorded.destination_id is not None:
+            log.warning("destination %s (%s): %s", recorded.destination_id, delivery.tenant, recorded.change)
+            if self._ops is not None:
+                self._ops.notify(recorded.change, recorded.destination_id)
 
     async def _poll(self) -> None:
         while True:
             free = self._concurrency - len(self._in_flight)
-            claimed: list[tuple[PendingDelivery, bool]] = []
+            staged: list[tuple[PendingDelivery, bool]] = []
+            leases: list[Lease] = []
             if free > 0:
                 try:
-                    claimed = await self._outbox.claim(limit=min(free, self._claim_batch))
+                    staged = await self._outbox.claim(limit=min(free, self._claim_batch))
+                    free -= len(staged)
+                    if free > 0:
+                        leases = await self._outbox.claim_destinations(limit=min(free, self._claim_batch))
                 except Exception:
                     log.exception("claiming due webhooks failed; trying again")
-            for delivery, pushed in claimed:
-                if pushed:
+            for delivery, pushed in staged:
+                if pushed or delivery.url is None:
                     self._spawn(self._after_unacked_push(delivery))
                 else:
-                    self.dispatch(delivery)
-            if len(claimed) < self._claim_batch:
+                    self._spawn(self._handoff(delivery))
+            for lease in leases:
+                self.dispatch(lease)
+            if len(staged) < self._claim_batch and len(leases) < self._claim_batch:
                 await asyncio.sleep(self._poll_interval_s)
             else:
                 await asyncio.sleep(0)

@@ -7,12 +7,12 @@ before anything is sent, so every event that is ever delivered can also be read 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys
+from delivery.destinations import FlowSettings, destination_for, lua
 from delivery.errors import LeaseLost
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_client import as_text
@@ -24,22 +24,21 @@ _decode_events = msgspec.json.Decoder(Event).decode
 _decode_attempt = msgspec.json.Decoder(Attempt).decode
 
 
-_APPEND_LUA = Path(__file__).with_name("append_event.lua").read_text()
-
-
 @dataclass(frozen=True, slots=True)
 class Owed:
     """What ``append`` made of a final event's delivery."""
 
     pushed: bool  # waiting for a socket's ack (the webhook, if any, comes after the ack timeout)
     raw_secrets: bytes | None  # the tenant's stored secrets, when the webhook is leased to the caller now
+    token: str | None = None  # the lease of that attempt
 
 
 class EventLog:
-    def __init__(self, *, redis: aioredis.Redis, retention_s: int) -> None:
+    def __init__(self, *, redis: aioredis.Redis, retention_s: int, flow: FlowSettings | None = None) -> None:
         self._redis = redis
         self._retention_s = retention_s
-        self._append = redis.register_script(_APPEND_LUA)
+        self._flow = flow or FlowSettings()
+        self._append = redis.register_script(lua("append_event.lua"))
 
     async def append(
         self,
@@ -53,18 +52,18 @@ class EventLog:
         stats_field: str | None = None,
         delivery: PendingDelivery | None = None,
         websocket: bool = False,
-        lease_until: float = 0.0,
         ack_due_at: float = 0.0,
     ) -> Owed | None:
         """Store the task's new state, append ``event`` to its log and publish it, in one step.
 
         Only the run holding the task's lease (``run_token``) writes; any other raises :class:`LeaseLost` and
         writes nothing. A ``final`` event ends the task: it is no longer owed. With ``delivery``, the delivery is
-        owed too: pushed first when ``websocket`` (waiting for an ack until ``ack_due_at``), else by webhook,
-        leased to the caller until ``lease_until``.
+        owed too: pushed first when ``websocket`` (waiting for an ack until ``ack_due_at``), else by webhook to its
+        destination, leased to the caller when the destination lets it start at once.
         """
         task_id = event.task_id
         body = _encode(event)
+        dst = destination_for(tenant, delivery.url) if delivery is not None and delivery.url else None
         reply = await self._append(
             keys=[
                 keys.task(task_id),
@@ -79,6 +78,7 @@ class EventLog:
                 keys.lease(task_id),
                 keys.open_tasks_of(tenant),
                 keys.REQUEUES,
+                *(dst.keys if dst else keys.destination_keys("dst_none")),
             ],
             args=[
                 task_state,
@@ -88,7 +88,7 @@ class EventLog:
                 keys.task_channel(task_id),
                 stats_field or "",
                 _encode(delivery) if delivery is not None else "",
-                lease_until,
+                dst.id if dst else "",
                 event.id,
                 "1" if websocket else "",
                 ack_due_at,
@@ -96,6 +96,9 @@ class EventLog:
                 task_id,
                 run_token,
                 "1" if final else "",
+                *(self._flow.header() if dst else ["", "", "", "", "", ""]),
+                dst.tenant if dst else "",
+                dst.origin if dst else "",
             ],
         )
         mode = as_text(reply[0])
@@ -103,8 +106,14 @@ class EventLog:
             raise LeaseLost(task_id, ended=mode == "ended")
         if mode == "none":
             return None
+        if mode == "owed":
+            return Owed(pushed=False, raw_secrets=None)
         secrets = reply[1] if len(reply) > 1 else None
-        return Owed(pushed=mode == "push", raw_secrets=secrets if isinstance(secrets, bytes) else None)
+        return Owed(
+            pushed=mode == "push",
+            raw_secrets=secrets if isinstance(secrets, bytes) else None,
+            token=as_text(reply[2]) if len(reply) > 2 else None,
+        )
 
     async def events_after(self, task_id: str, after_seq: int = 0) -> list[Event]:
         """Retained events with ``seq > after_seq``, oldest first."""

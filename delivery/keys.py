@@ -8,7 +8,10 @@ from __future__ import annotations
 
 PREFIX = "relay:"
 
-DUE = PREFIX + "due"  # sorted set: event id -> unix time its next webhook attempt is due (or its lease ends)
+# Sorted set: event id -> unix time it is next looked at. It holds deliveries waiting for a socket's ack (until
+# their ack timeout) and webhooks on their way to their destination (replays); a webhook owed to a destination
+# waits in that destination's own keys (see destination_keys).
+DUE = PREFIX + "due"
 DEAD_LETTERS = PREFIX + "dl:all"  # sorted set: dead letter id -> dead_at (ms)
 STATS = PREFIX + "stats"  # hash of counters
 LATENCY = PREFIX + "latency"  # hash: histogram bucket -> count, plus sum and count
@@ -18,6 +21,24 @@ LATENCY = PREFIX + "latency"  # hash: histogram bucket -> count, plus sum and co
 # is the record of owed work.
 OWED_TASKS = PREFIX + "tasks:owed"  # sorted set: task id -> unix time it is overdue
 REQUEUES = PREFIX + "tasks:requeues"  # hash: task id -> times the sweeper enqueued it again
+
+
+# Destinations (see delivery/destination.lua): every destination that has something to do, by when; all of them;
+# each tenant's.
+DESTINATIONS_READY = PREFIX + "dst:ready"  # sorted set: destination id -> unix time it next has work
+DESTINATIONS = PREFIX + "dst:all"  # set of destination ids
+DESTINATIONS_OF_PREFIX = PREFIX + "dst:tenant:"
+OPS_SECRETS = PREFIX + "ops:secrets"  # the operator's signing secrets (operational events)
+
+
+def destinations_of(tenant: str) -> str:
+    return DESTINATIONS_OF_PREFIX + tenant
+
+
+def destination_keys(destination_id: str) -> list[str]:
+    """A destination's meta, due, flight and deadline keys, under one hash tag (the order the scripts take)."""
+    tag = f"{PREFIX}{{{destination_id}}}:"
+    return [tag + "meta", tag + "due", tag + "flight", tag + "deadline"]
 
 
 def task(task_id: str) -> str:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from schemas.deliveries import Channel, DeliveryOutcome
 from schemas.tasks import TaskStatus
+
+if TYPE_CHECKING:
+    from delivery.destinations import DestinationCounts
 
 # Delivery latency buckets (seconds from the event's creation to its delivery).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
@@ -47,6 +50,7 @@ def families(
     due: int,
     queued: int | None,
     owed: int = 0,
+    destinations: DestinationCounts | None = None,
 ) -> Iterator[Any]:
     """Prometheus metric families from the raw Redis hashes."""
     counts = {k.decode(): int(float(v)) for k, v in stats.items()}
@@ -85,11 +89,20 @@ def families(
     yield stored
 
     depth = GaugeMetricFamily("relay_queue_depth", "Work waiting", labels=["queue"])
-    depth.add_metric(["webhooks_due"], due)
+    depth.add_metric(["webhooks_due"], due + (destinations.owed if destinations else 0))
     depth.add_metric(["tasks_owed"], owed)
     if queued is not None:
         depth.add_metric(["tasks"], queued)
     yield depth
+
+    if destinations is not None:
+        states = GaugeMetricFamily("relay_destinations", "Destinations by state", labels=["state"])
+        for state, count in destinations.by_state.items():
+            states.add_metric([state.value], count)
+        yield states
+        held = GaugeMetricFamily("relay_webhooks_held", "Webhooks owed to open or paused destinations")
+        held.add_metric([], destinations.held)
+        yield held
 
     raw = {k.decode(): float(v) for k, v in latency.items()}
     buckets: list[tuple[str, float]] = []

@@ -1,14 +1,17 @@
-"""The durable webhook schedule: every owed webhook sits in one Redis sorted set by due time.
+"""The durable webhook schedule.
 
-A record (``relay:dlv:{event_id}``) and its entry in ``relay:due`` are written in the same transaction
-as the event itself. Workers claim due entries with a lease (the score moves to the end of the lease),
-attempt them, and write the outcome: delivered (gone), retry (new due time) or dead (a dead letter).
-Nothing waits in a worker's memory; a worker killed mid-attempt loses only its lease.
+A delivery's record (``relay:dlv:{event_id}``) is written in the same step as its event. While it waits for a
+socket's ack it sits in ``relay:due``; once a webhook is owed it belongs to its destination (see
+:mod:`delivery.destinations`), whose keys hold it until it is delivered or dead. Workers lease attempts (the
+destination counts them in flight, cluster-wide), make them, and write the outcome: delivered (gone), retry (due
+again later) or dead (a dead letter). Nothing waits in a worker's memory; a worker killed mid-attempt loses only
+its lease.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,18 +20,45 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
+from delivery.destinations import CLAIM_DESTINATIONS, FlowSettings, breaker_outcome, destination_for, lua
 from delivery.ids import new_id
-from delivery.policy import Decision, Verdict
+from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_client import as_text
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 
 _CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
-_RECORD_LUA = Path(__file__).with_name("record_attempt.lua").read_text()
 _ACK_LUA = Path(__file__).with_name("ack.lua").read_text()
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
+# Keys given for a delivery that has no destination (WebSocket only); nothing is written there.
+_NO_DESTINATION = keys.destination_keys("dst_none")
+
+
+class Kind:
+    SEND = "send"
+    PROBE = "probe"  # the one attempt an open destination lets through
+    EXPIRE = "expire"  # held past its retry span: dead-lettered without an attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A webhook attempt leased to this process, with the token that fences its outcome."""
+
+    delivery: PendingDelivery
+    token: str
+    kind: str = Kind.SEND
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What writing an attempt did."""
+
+    dead: DeadLetter | None = None
+    change: str = ""  # 'opened' or 'recovered' when the destination's breaker moved
+    destination_id: str | None = None
+    admitted: str | None = None  # an unacked push's webhook, leased to the caller at once with this token
 
 
 class Outbox:
@@ -36,21 +66,30 @@ class Outbox:
         self,
         *,
         redis: aioredis.Redis,
-        lease_s: float,
+        flow: FlowSettings,
         attempts_ttl_s: int,
         dead_letter_retention_s: int,
+        retry_span_s: float = 0.0,
     ) -> None:
         self._redis = redis
-        self._lease_s = lease_s
+        self._flow = flow
+        self._lease_s = flow.lease_s
+        self._retry_span_s = retry_span_s
         self._attempts_ttl_s = attempts_ttl_s
         self._dead_letter_retention_s = dead_letter_retention_s
         self._claim = redis.register_script(_CLAIM_LUA)
-        self._record = redis.register_script(_RECORD_LUA)
+        self._record = redis.register_script(lua("record_attempt.lua"))
+        self._claim_destinations = redis.register_script(lua("claim_destinations.lua"))
+        self._handoff = redis.register_script(lua("handoff.lua"))
         self._ack = redis.register_script(_ACK_LUA)
 
     @property
     def lease_s(self) -> float:
         return self._lease_s
+
+    @property
+    def flow(self) -> FlowSettings:
+        return self._flow
 
     async def claim(self, *, limit: int, now: float | None = None) -> list[tuple[PendingDelivery, bool]]:
         """Lease up to ``limit`` due deliveries; each comes with True when its WebSocket ack never came."""
@@ -71,6 +110,38 @@ class Outbox:
             await self._redis.zrem(keys.DUE, *unreadable)
             await count_unreadable(self._redis, len(unreadable))
         return claimed
+
+    async def claim_destinations(self, *, limit: int, now: float | None = None) -> list[Lease]:
+        """Lease up to ``limit`` attempts that ready destinations let start now."""
+        raw = await self._claim_destinations(
+            keys=[keys.DESTINATIONS_READY],
+            args=[*self._flow.header(now), limit, CLAIM_DESTINATIONS, keys.delivery("")],
+        )
+        leases: list[Lease] = []
+        unreadable = 0
+        for i in range(0, len(raw), 5):
+            event_id = as_text(raw[i + 1])
+            delivery = decode_or_skip(_decode_delivery, raw[i + 4], key=keys.delivery(event_id))
+            if delivery is None:
+                # Out of its destination: it would come back every lease and fail again (its record stays, logged).
+                await self._redis.zrem(keys.destination_keys(as_text(raw[i]))[2], event_id)
+                unreadable += 1
+                continue
+            leases.append(Lease(delivery=delivery, token=as_text(raw[i + 3]), kind=as_text(raw[i + 2])))
+        await count_unreadable(self._redis, unreadable)
+        return leases
+
+    async def handoff(self, delivery: PendingDelivery) -> Lease | None:
+        """Owe ``delivery`` (from the general schedule) to its destination; a lease when it may start at once."""
+        assert delivery.url is not None
+        dst = destination_for(delivery.tenant, delivery.url)
+        reply = await self._handoff(
+            keys=[keys.DUE, keys.delivery(delivery.event_id), *dst.keys],
+            args=[*self._flow.header(), delivery.event_id, dst.id, dst.tenant, dst.origin],
+        )
+        if as_text(reply[0]) == "admitted":
+            return Lease(delivery=delivery, token=as_text(reply[1]))
+        return None
 
     async def ack(
         self, *, event_id: str, task_id: str, created_at: float, has_webhook: bool, duration_ms: float
@@ -114,28 +185,54 @@ class Outbox:
         return bool(settled)
 
     async def record(
-        self, delivery: PendingDelivery, attempt: Attempt, decision: Decision, *, now: float | None = None
-    ) -> DeadLetter | None:
-        """Write an attempt and what follows it in one step; return the dead letter if it died."""
+        self,
+        delivery: PendingDelivery,
+        attempt: Attempt | None,
+        decision: Decision,
+        *,
+        token: str = "",
+        result: AttemptResult | None = None,
+        now: float | None = None,
+    ) -> Recorded:
+        """Write an attempt (None: none was made) and what follows it in one step.
+
+        ``token`` is the lease the attempt was made under and ``result`` what came back (it moves the
+        destination's breaker); an outcome written under a lease another attempt holds now is only noted.
+        """
         moment = time.time() if now is None else now
-        if attempt.channel is Channel.WEBHOOK:
+        if attempt is not None and attempt.channel is Channel.WEBHOOK:
             delivery.attempts = attempt.attempt
             delivery.run_attempts += 1
             delivery.last_status_code = attempt.status_code
             delivery.last_error = attempt.error
             if delivery.first_attempt_at is None:
                 delivery.first_attempt_at = attempt.at
+        dst = destination_for(delivery.tenant, delivery.url) if delivery.url else None
+        outcome, hold_until = "none", ""
+        if result is not None:
+            outcome = breaker_outcome(result)
+            if result.status_code in (429, 503) and result.retry_after_s is not None:
+                hold_until = repr(moment + min(result.retry_after_s, MAX_RETRY_AFTER_S))
         dead: DeadLetter | None = None
         dl_id = delivery.dead_letter_id or ""
         args: list[Any] = [
-            _encode(attempt),
+            *self._flow.header(moment),
+            _encode(attempt) if attempt is not None else "",
             self._attempts_ttl_s,
-            metrics.delivery_counter(attempt.channel, attempt.outcome),
+            metrics.delivery_counter(attempt.channel, attempt.outcome) if attempt is not None else "",
             decision.verdict.value,
             delivery.event_id,
+            dst.id if dst else "",
+            dst.tenant if dst else "",
+            dst.origin if dst else "",
+            token,
+            outcome,
+            (attempt.error or "") if attempt is not None else "",
+            hold_until,
         ]
         if decision.verdict is Verdict.RETRY:
-            args += [_encode(delivery), moment + decision.delay_s]
+            first = (delivery.first_attempt_at or datetime.fromtimestamp(moment, UTC)).timestamp()
+            args += [_encode(delivery), moment + decision.delay_s, first + self._retry_span_s]
         elif decision.verdict in (Verdict.DROPPED, Verdict.NOTED):
             pass
         elif decision.verdict is Verdict.DELIVERED:
@@ -151,9 +248,9 @@ class Outbox:
                 url=delivery.url or "",
                 reason=decision.reason,
                 attempts=delivery.attempts,
-                last_status_code=attempt.status_code,
-                last_error=attempt.error,
-                first_attempt_at=delivery.first_attempt_at or attempt.at,
+                last_status_code=attempt.status_code if attempt is not None else delivery.last_status_code,
+                last_error=attempt.error if attempt is not None else delivery.last_error,
+                first_attempt_at=delivery.first_attempt_at or datetime.fromtimestamp(moment, UTC),
                 dead_at=datetime.fromtimestamp(moment, UTC),
                 replays=delivery.replays + (1 if delivery.dead_letter_id else 0),
             )
@@ -165,7 +262,7 @@ class Outbox:
                 metrics.DEAD_LETTERED,
                 self._dead_letter_retention_s,
             ]
-        await self._record(
+        reply = await self._record(
             keys=[
                 keys.attempts(delivery.task_id),
                 keys.STATS,
@@ -176,10 +273,17 @@ class Outbox:
                 keys.DEAD_LETTERS,
                 keys.dead_letters_of(delivery.tenant),
                 keys.dead_letter_of_event(delivery.event_id),
+                *(dst.keys if dst else _NO_DESTINATION),
             ],
             args=args,
         )
-        return dead
+        status = as_text(reply[0])
+        return Recorded(
+            dead=dead if status == "ok" else None,
+            change=as_text(reply[1]),
+            destination_id=dst.id if dst else None,
+            admitted=as_text(reply[2]) if status == "admitted" else None,
+        )
 
 
 async def trim_dead_letter_index(redis: aioredis.Redis, *, retention_s: int, now: float | None = None) -> int:

@@ -1,54 +1,90 @@
--- Record one webhook attempt and what follows it, in one step.
--- KEYS: attempts, stats, due, delivery, latency, dead_letter, dead_letters, dead_letters_of_tenant,
---       dead_letter_of_event
--- ARGV: attempt, attempts_ttl_s, outcome_field, verdict ('delivered' | 'retry' | 'dead' | 'dropped' | 'noted'),
---       event_id,
---       then by verdict:
---         retry:     delivery, due_at
---         delivered: latency_bucket, latency_s, replayed dead letter id ('' for none)
---         dead:      dead letter, dead letter id, dead_at_ms, dead_lettered_field (the stats counter),
---                    retention_s (how long dead letters are kept)
---         noted:     nothing (the attempt is only written down; the delivery goes on)
+-- Record one delivery attempt and what follows it, in one step: the attempt log, the delivery's schedule, its
+-- destination's slot and breaker, and the dead letter when it died.
+-- KEYS: attempts, stats, due (the general schedule), delivery, latency, dead_letter, dead_letters,
+--       dead_letters_of_tenant, dead_letter_of_event, then the destination's meta, due, flight, deadline
+-- ARGV: the six of dst_init,
+--       7 attempt ('' when none was made), 8 attempts_ttl_s, 9 outcome_field ('' for none),
+--       10 verdict ('delivered' | 'retry' | 'dead' | 'dropped' | 'noted'), 11 event_id,
+--       12 destination id, 13 tenant, 14 origin, 15 lease token ('' for none), 16 breaker outcome ('ok' | 'fail' |
+--       'other' | 'none'), 17 error text, 18 hold_until ('' for none), then by verdict:
+--         retry:     19 delivery, 20 due_at, 21 the end of its retry span
+--         delivered: 19 latency_bucket, 20 latency_s, 21 replayed dead letter id ('' for none)
+--         dead:      19 dead letter, 20 dead letter id, 21 dead_at_ms, 22 dead_lettered_field (the stats counter),
+--                    23 retention_s (how long dead letters are kept)
+--         noted:     nothing (an unacked push: the webhook is owed to its destination from now on)
 --         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-local verdict = ARGV[4]
-local event_id = ARGV[5]
-if verdict == 'noted' then
-    return 1
+-- Returns {status, change, token}: status 'ok', 'admitted' (noted, and leased to the caller at once with token)
+-- or 'fenced' (another attempt holds the delivery now: only the attempt was written down); change is
+-- 'opened', 'recovered' or ''.
+dst_init(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local d = {id = ARGV[12], meta = KEYS[10], due = KEYS[11], flight = KEYS[12], deadline = KEYS[13]}
+local verdict = ARGV[10]
+local event_id = ARGV[11]
+if ARGV[7] ~= '' then
+    redis.call('RPUSH', KEYS[1], ARGV[7])
+    redis.call('EXPIRE', KEYS[1], ARGV[8])
 end
+if ARGV[9] ~= '' then
+    redis.call('HINCRBY', KEYS[2], ARGV[9], 1)
+end
+if verdict == 'noted' then
+    redis.call('ZREM', KEYS[3], event_id)
+    if redis.call('EXISTS', KEYS[4]) == 0 then
+        return {'ok', ''}
+    end
+    dst_ensure(d, ARGV[13], ARGV[14])
+    local token = dst_admit(d, event_id)
+    if not token then
+        dst_owe(d, event_id, NOW)
+    end
+    dst_refresh(d)
+    if token then
+        return {'admitted', '', token}
+    end
+    return {'ok', ''}
+end
+if verdict == 'dropped' then
+    redis.call('ZREM', KEYS[3], event_id)
+    redis.call('DEL', KEYS[4])
+    return {'ok', ''}
+end
+local holds = dst_holds(d, event_id, ARGV[15])
+if holds == false or (holds == nil and redis.call('EXISTS', KEYS[4]) == 0) then
+    return {'fenced', ''}
+end
+local change = dst_settle(d, event_id, ARGV[16], ARGV[17], ARGV[18])
 if verdict == 'retry' then
-    redis.call('SET', KEYS[4], ARGV[6])
-    redis.call('ZADD', KEYS[3], ARGV[7], event_id)
-    return 1
+    redis.call('SET', KEYS[4], ARGV[19])
+    dst_owe(d, event_id, ARGV[20])
+    redis.call('ZADD', KEYS[13], 'NX', ARGV[21], event_id)
+    dst_refresh(d)
+    return {'ok', change}
 end
 redis.call('ZREM', KEYS[3], event_id)
 redis.call('DEL', KEYS[4])
-if verdict == 'dropped' then
-    return 1
-end
+redis.call('ZREM', KEYS[13], event_id)
+dst_refresh(d)
 if verdict == 'delivered' then
-    redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
-    redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[7])
-    local replayed = ARGV[8]
+    redis.call('HINCRBY', KEYS[5], ARGV[19], 1)
+    redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[20])
+    local replayed = ARGV[21]
     if replayed ~= '' then
         redis.call('DEL', KEYS[6])
         redis.call('ZREM', KEYS[7], replayed)
         redis.call('ZREM', KEYS[8], replayed)
         redis.call('DEL', KEYS[9])
     end
-    return 1
+    return {'ok', change}
 end
 -- dead: kept retention_s. The tenant's index drops entries older than that as new ones come (workers trim the
 -- global index once a minute: they know no tenants)
-local retention_s = tonumber(ARGV[10])
-local cutoff_ms = tonumber(ARGV[8]) - retention_s * 1000
-redis.call('SET', KEYS[6], ARGV[6], 'EX', retention_s)
-redis.call('ZADD', KEYS[7], ARGV[8], ARGV[7])
-redis.call('ZADD', KEYS[8], ARGV[8], ARGV[7])
+local retention_s = tonumber(ARGV[23])
+local cutoff_ms = tonumber(ARGV[21]) - retention_s * 1000
+redis.call('SET', KEYS[6], ARGV[19], 'EX', retention_s)
+redis.call('ZADD', KEYS[7], ARGV[21], ARGV[20])
+redis.call('ZADD', KEYS[8], ARGV[21], ARGV[20])
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', cutoff_ms)
 redis.call('EXPIRE', KEYS[8], retention_s)
-redis.call('SET', KEYS[9], ARGV[7], 'EX', retention_s)
-redis.call('HINCRBY', KEYS[2], ARGV[9], 1)
-return 1
+redis.call('SET', KEYS[9], ARGV[20], 'EX', retention_s)
+redis.call('HINCRBY', KEYS[2], ARGV[22], 1)
+return {'ok', change}

@@ -33,12 +33,19 @@ class SecretStore:
 
     async def live(self, tenant: str) -> list[str]:
         """The secrets that sign now; makes the tenant's first secret when it has none."""
-        secrets = live_secrets(await self._redis.get(keys.secrets(tenant)))
+        return await self._live(keys.secrets(tenant))
+
+    async def live_ops(self) -> list[str]:
+        """The operator's secrets, that sign operational events; made on first use."""
+        return await self._live(keys.OPS_SECRETS)
+
+    async def _live(self, key: str) -> list[str]:
+        secrets = live_secrets(await self._redis.get(key))
         if secrets:
             return secrets
         first = [SecretEntry(secret=generate_secret(), created_at=time.time())]
-        await self._redis.set(keys.secrets(tenant), _encode(first), nx=True)
-        return live_secrets(await self._redis.get(keys.secrets(tenant)))
+        await self._redis.set(key, _encode(first), nx=True)
+        return live_secrets(await self._redis.get(key))
 
     async def current(self, tenant: str) -> str:
         return (await self.live(tenant))[0]

@@ -15,21 +15,12 @@ from delivery.dead_letters import REPLAY_BATCH, DeadLetterFilter, InvalidCursor
 from delivery.errors import UnreadableRecord
 from schemas.api import MAX_ID_CHARS
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
-from service.auth import Principal
+from service.auth import Principal, tenant_scope
 from service.openapi import errors
 from service.state import ApiState
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-
-
-def _scope(principal: Principal, tenant: str | None) -> str | None:
-    """The tenant filter in force: a tenant's own filter never widens its view."""
-    if principal.tenant is None:
-        return tenant
-    if tenant is not None and tenant != principal.tenant:
-        return "\x00no-such-tenant"  # asked for another tenant's: matches nothing
-    return principal.tenant
 
 
 class DeadLetterController(Controller):
@@ -50,7 +41,7 @@ class DeadLetterController(Controller):
         cursor: Annotated[str | None, QueryParameter(query="cursor")] = None,
     ) -> DeadLetterPage:
         where = DeadLetterFilter(
-            tenant=_scope(principal, tenant), reason=reason, task_id=task_id, since=since, until=until
+            tenant=tenant_scope(principal, tenant), reason=reason, task_id=task_id, since=since, until=until
         )
         try:
             items, next_cursor = await state_.dead_letters.page(where, limit=limit, cursor=cursor)
@@ -86,7 +77,7 @@ class DeadLetterController(Controller):
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], data: JSONBody[ReplayFilter]
     ) -> ReplayResult:
         where = DeadLetterFilter(
-            tenant=_scope(principal, data.tenant), reason=data.reason, since=data.since, until=data.until
+            tenant=tenant_scope(principal, data.tenant), reason=data.reason, since=data.since, until=data.until
         )
         matched = replayed = 0
         batch: list[DeadLetter] = []

@@ -72,11 +72,18 @@ async def prometheus_metrics(state_: NamedDependency[ApiState]) -> Response[byte
         pipe.zcard(keys.DUE)
         pipe.zcard(keys.OWED_TASKS)
         stats, latency, dead, due, owed = await pipe.execute()
+    destinations = await state_.destinations.counts()
     queued = None
     if isinstance(state_.broker, RedisBroker):
         queued = int(await state_.redis.llen(f"{state_.broker.namespace}:{QUEUE}"))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
-        _Snapshot(list(metrics.families(stats, latency, dead_letters=dead, due=due, queued=queued, owed=owed)))
+        _Snapshot(
+            list(
+                metrics.families(
+                    stats, latency, dead_letters=dead, due=due, queued=queued, owed=owed, destinations=destinations
+                )
+            )
+        )
     )
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from service import __version__
 from service.api_dead_letters import DeadLetterController
+from service.api_destinations import DestinationController, ops_signing_secret
 from service.api_ops import health, prometheus_metrics, ready
 from service.api_tasks import TaskController
 from service.auth import Principal, Reader, bearer_token
@@ -78,6 +79,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             TaskController,
             DeadLetterController,
+            DestinationController,
+            ops_signing_secret,
             health,
             ready,
             prometheus_metrics,

@@ -83,3 +83,21 @@ def require_tenant(principal: Principal) -> str:
     if principal.tenant is None:
         raise PermissionDeniedException("this endpoint takes a tenant's API key, not the admin token")
     return principal.tenant
+
+
+def require_operator(principal: Principal) -> None:
+    if principal.tenant is not None:
+        raise PermissionDeniedException("this endpoint takes the admin token")
+
+
+# A tenant filter that matches nothing: what a tenant gets when it asks for another tenant's things.
+NO_TENANT = "\x00no-such-tenant"
+
+
+def tenant_scope(principal: Principal, tenant: str | None) -> str | None:
+    """The tenant filter in force: an operator's as asked; a tenant's own, which its filter never widens."""
+    if principal.tenant is None:
+        return tenant
+    if tenant is not None and tenant != principal.tenant:
+        return NO_TENANT
+    return principal.tenant

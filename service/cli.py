@@ -137,9 +137,11 @@ def worker(processes: int, threads: int) -> None:
 
 def _attach_client_commands() -> None:
     from service.cli_client import dlq, submit
+    from service.cli_destinations import destinations
 
     main.add_command(dlq)
     main.add_command(submit)
+    main.add_command(destinations)
 
 
 _attach_client_commands()

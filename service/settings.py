@@ -10,7 +10,10 @@ from pathlib import Path
 
 import msgspec
 
-from delivery.errors import ConfigError
+from delivery.address_guard import parse_callback_url
+from delivery.destinations import MAX_PROBE_S, FlowSettings
+from delivery.errors import ConfigError, InvalidCallbackUrl
+from schemas.destinations import MAX_IN_FLIGHT
 
 # The Standard Webhooks example schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
 DEFAULT_RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
@@ -28,6 +31,11 @@ DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 86400
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 DEFAULT_WS_MAX_PER_CLIENT = 100
 DEFAULT_WS_IDLE_TIMEOUT_S = 30.0
+DEFAULT_DESTINATION_MAX_IN_FLIGHT = 64
+DEFAULT_BREAKER_THRESHOLD = 10
+DEFAULT_BREAKER_PROBE_S = 5.0
+# A webhook attempt's lease outlives its timeout by this much (a worker that dies gives it back then).
+LEASE_MARGIN_S = 30.0
 
 # Deeper JSON cannot be read back safely inside the records that hold it (Python's recursion limit).
 MAX_INPUT_DEPTH = 200
@@ -59,6 +67,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_max_per_client: int = DEFAULT_WS_MAX_PER_CLIENT
     trust_forwarded: bool = False
     ws_idle_timeout_s: float = DEFAULT_WS_IDLE_TIMEOUT_S
+    destination_max_in_flight: int = DEFAULT_DESTINATION_MAX_IN_FLIGHT
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_probe_s: float = DEFAULT_BREAKER_PROBE_S
+    ops_webhook_url: str | None = None
+
+    @property
+    def flow(self) -> FlowSettings:
+        """The destinations' defaults, as every script that changes a destination takes them."""
+        return FlowSettings(
+            max_in_flight=self.destination_max_in_flight,
+            breaker_threshold=self.breaker_threshold,
+            probe_s=self.breaker_probe_s,
+            lease_s=self.webhook_timeout_s + LEASE_MARGIN_S,
+        )
 
     @property
     def effective_broker_url(self) -> str:
@@ -114,6 +136,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 ws_max_per_client=_whole(values, "RELAY_WS_MAX_PER_CLIENT", DEFAULT_WS_MAX_PER_CLIENT),
                 trust_forwarded=_bool(values, "RELAY_TRUST_FORWARDED"),
                 ws_idle_timeout_s=_positive(values, "RELAY_WS_IDLE_TIMEOUT", DEFAULT_WS_IDLE_TIMEOUT_S),
+                destination_max_in_flight=_whole(
+                    values,
+                    "RELAY_DESTINATION_MAX_IN_FLIGHT",
+                    DEFAULT_DESTINATION_MAX_IN_FLIGHT,
+                    most=MAX_IN_FLIGHT,
+                ),
+                breaker_threshold=_whole(values, "RELAY_BREAKER_THRESHOLD", DEFAULT_BREAKER_THRESHOLD),
+                breaker_probe_s=_probe_wait(values),
+                ops_webhook_url=_ops_url(values),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -140,11 +171,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "RELAY_WS_MAX_PER_CLIENT": str(self.ws_max_per_client),
             "RELAY_TRUST_FORWARDED": "true" if self.trust_forwarded else "false",
             "RELAY_WS_IDLE_TIMEOUT": repr(self.ws_idle_timeout_s),
+            "RELAY_DESTINATION_MAX_IN_FLIGHT": str(self.destination_max_in_flight),
+            "RELAY_BREAKER_THRESHOLD": str(self.breaker_threshold),
+            "RELAY_BREAKER_PROBE_S": repr(self.breaker_probe_s),
         }
         for name, value in (
             ("RELAY_REDIS_URL", self.redis_url),
             ("RELAY_BROKER_URL", self.broker_url),
             ("RELAY_ADMIN_TOKEN", self.admin_token),
+            ("RELAY_OPS_WEBHOOK_URL", self.ops_webhook_url),
         ):
             if value:
                 env[name] = value
@@ -174,6 +209,24 @@ def parse_schedule(text: str | None) -> tuple[float, ...]:
     if any(s < 0 or not math.isfinite(s) for s in schedule):
         raise ValueError("RELAY_RETRY_SCHEDULE: delays must be finite and not negative")
     return schedule
+
+
+def _probe_wait(values: Mapping[str, str]) -> float:
+    wait = _positive(values, "RELAY_BREAKER_PROBE_S", DEFAULT_BREAKER_PROBE_S)
+    if wait > MAX_PROBE_S:
+        raise ValueError(f"RELAY_BREAKER_PROBE_S can be at most {MAX_PROBE_S}")
+    return wait
+
+
+def _ops_url(values: Mapping[str, str]) -> str | None:
+    url = values.get("RELAY_OPS_WEBHOOK_URL", "").strip()
+    if not url:
+        return None
+    try:
+        parse_callback_url(url)
+    except InvalidCallbackUrl as exc:
+        raise ValueError(f"RELAY_OPS_WEBHOOK_URL: {exc}") from None
+    return url
 
 
 def _positive(values: Mapping[str, str], name: str, default: float) -> float:

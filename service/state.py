@@ -11,6 +11,7 @@ import dramatiq
 import redis.asyncio as aioredis
 
 from delivery.dead_letters import DeadLetterStore
+from delivery.destinations import DestinationStore
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from delivery.redis_client import connect
@@ -41,6 +42,7 @@ class ApiState:
     events: EventLog
     outbox: Outbox
     dead_letters: DeadLetterStore
+    destinations: DestinationStore
     secrets: SecretStore
     rate_limiter: RateLimiter | None
     enqueuer: Enqueuer
@@ -59,7 +61,7 @@ class ApiState:
         ttl = settings.record_ttl_s
         outbox = Outbox(
             redis=redis,
-            lease_s=settings.webhook_timeout_s + 30,
+            flow=settings.flow,
             attempts_ttl_s=ttl,
             dead_letter_retention_s=settings.dead_letter_retention_s,
         )
@@ -76,8 +78,10 @@ class ApiState:
                 retention_s=settings.event_retention_s,
                 ack_timeout_s=settings.ws_ack_timeout_s,
                 max_open_per_tenant=settings.tenant_max_open_tasks,
+                flow=settings.flow,
             ),
-            events=EventLog(redis=redis, retention_s=settings.event_retention_s),
+            events=EventLog(redis=redis, retention_s=settings.event_retention_s, flow=settings.flow),
+            destinations=DestinationStore(redis=redis, flow=settings.flow),
             outbox=outbox,
             dead_letters=DeadLetterStore(redis=redis, outbox=outbox),
             secrets=SecretStore(redis=redis),

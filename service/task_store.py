@@ -21,8 +21,10 @@ import redis.asyncio as aioredis
 
 from delivery import keys, metrics
 from delivery.errors import LeaseLost, UnreadableRecord
+from delivery.destinations import FlowSettings
 from delivery.event_log import EventLog
 from delivery.ids import new_id
+from delivery.outbox import Lease
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
 from delivery.redis_client import as_text
 from delivery.signing_secrets import live_secrets
@@ -114,12 +116,13 @@ class TaskStore:
         retention_s: int,
         ack_timeout_s: float = 10.0,
         max_open_per_tenant: int = 0,
+        flow: FlowSettings | None = None,
     ) -> None:
         self._redis = redis
         self._record_ttl_s = record_ttl_s
         self._ack_timeout_s = ack_timeout_s
         self._max_open = max_open_per_tenant
-        self._log = EventLog(redis=redis, retention_s=retention_s)
+        self._log = EventLog(redis=redis, retention_s=retention_s, flow=flow)
         self._submit = redis.register_script(_SUBMIT_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
 
@@ -222,13 +225,12 @@ class TaskStore:
         *,
         result: Any = None,
         error: TaskError | None = None,
-        lease_s: float,
-    ) -> tuple[Event, PendingDelivery | None, list[str]]:
-        """Record the final state and its event, ending the task; stage the webhook leased to the caller.
+    ) -> tuple[Event, Lease | None, list[str]]:
+        """Record the final state and its event, ending the task; owe its webhook to its destination.
 
-        Returns the event, the webhook leased to the caller (None when there is none, or when it waits for a
-        WebSocket ack first) and the tenant's live signing secrets, so that the caller can attempt the webhook at
-        once without another round trip. Raises :class:`LeaseLost` (writing nothing) when the task has ended or
+        Returns the event, the webhook attempt leased to the caller (None when there is none, when it waits for a
+        WebSocket ack first, or when its destination does not let it start now) and the tenant's live signing
+        secrets, so that the caller can attempt the webhook at once without another round trip. Raises :class:`LeaseLost` (writing nothing) when the task has ended or
         another run holds it. The record is changed only once the write is done, so a failed write can be retried.
         """
         status = TaskStatus.FAILED if error is not None else TaskStatus.SUCCEEDED
@@ -257,12 +259,11 @@ class TaskStore:
             stats_field=metrics.task_counter(status.value),
             delivery=delivery,
             websocket=final.websocket,
-            lease_until=now + lease_s,
             ack_due_at=now + self._ack_timeout_s,
         )
-        if owed is None or owed.pushed:
+        if owed is None or owed.pushed or owed.token is None or delivery is None:
             return event, None, []
-        return event, delivery, live_secrets(owed.raw_secrets)
+        return event, Lease(delivery=delivery, token=owed.token), live_secrets(owed.raw_secrets)
 
     @staticmethod
     def _next_event(record: TaskRecord, event_type: EventType, data: Any) -> Event:

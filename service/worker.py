@@ -22,14 +22,17 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import dramatiq
+import httpx
 import msgspec
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.redis import _scripts as redis_broker_scripts
 from redis.exceptions import RedisError
 
+from delivery.destinations import DestinationStore
 from delivery.engine import DeliveryEngine
 from delivery.errors import LeaseLost
+from delivery.ops_events import OpsNotifier
 from delivery.outbox import Outbox, trim_dead_letter_index
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
@@ -102,6 +105,7 @@ class Runtime:
             record_ttl_s=ttl,
             retention_s=settings.event_retention_s,
             ack_timeout_s=settings.ws_ack_timeout_s,
+            flow=settings.flow,
         )
         self.ledger = TaskLedger(redis=self.redis)
         self.enqueuer: Enqueuer = enqueuer_for(broker, self.redis, settings)
@@ -109,18 +113,33 @@ class Runtime:
         self.stopping = False
         self.outbox = Outbox(
             redis=self.redis,
-            lease_s=settings.webhook_timeout_s + 30,
+            flow=settings.flow,
             attempts_ttl_s=ttl,
             dead_letter_retention_s=settings.dead_letter_retention_s,
+            retry_span_s=sum(settings.retry_schedule_s),
         )
         self.http = create_client(timeout_s=settings.webhook_timeout_s, allow_private=settings.allow_private_callbacks)
+        secrets = SecretStore(redis=self.redis)
+        self.ops: OpsNotifier | None = None
+        self.ops_http: httpx.AsyncClient | None = None
+        if settings.ops_webhook_url:
+            # The operator's own endpoint, set by the operator: private addresses are allowed there.
+            self.ops_http = create_client(timeout_s=settings.webhook_timeout_s, allow_private=True, max_connections=4)
+            self.ops = OpsNotifier(
+                url=settings.ops_webhook_url,
+                client=self.ops_http,
+                secrets=secrets,
+                destinations=DestinationStore(redis=self.redis, flow=settings.flow),
+                user_agent=USER_AGENT,
+            )
         self.engine = DeliveryEngine(
             outbox=self.outbox,
             sender=WebhookSender(
                 client=self.http, allow_private=settings.allow_private_callbacks, user_agent=USER_AGENT
             ),
-            secrets=SecretStore(redis=self.redis),
+            secrets=secrets,
             schedule_s=settings.retry_schedule_s,
+            ops=self.ops,
         )
         self._loops: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -145,6 +164,10 @@ class Runtime:
             await _cancel(loop)
         self._loops = []
         await self.engine.stop()
+        if self.ops is not None:
+            await self.ops.stop()
+        if self.ops_http is not None:
+            await self.ops_http.aclose()
         await self.http.aclose()
         await self.redis.aclose()
 
@@ -316,8 +339,8 @@ async def run_task(task_id: str) -> None:
         if outcome is None:
             return
         result, error = outcome
-        _, delivery, secrets = await rt.until_redis_answers(
-            lambda: rt.tasks.finish(record, run.token, result=result, error=error, lease_s=rt.outbox.lease_s),
+        _, lease, secrets = await rt.until_redis_answers(
+            lambda: rt.tasks.finish(record, run.token, result=result, error=error),
             what=f"recording the end of task {task_id}",
         )
     except LeaseLost as exc:
@@ -329,8 +352,8 @@ async def run_task(task_id: str) -> None:
     finally:
         if rt.runs.get(task_id) is run:
             del rt.runs[task_id]
-    if delivery is not None:
-        rt.engine.dispatch(delivery, secrets)
+    if lease is not None:
+        rt.engine.dispatch(lease, secrets)
 
 
 async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, TaskError | None] | None:

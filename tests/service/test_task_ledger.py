@@ -103,7 +103,7 @@ async def test_a_tenant_over_its_open_tasks_is_refused_until_one_ends(redis: aio
     token = new_run_token()
     started = await ledger.start("task_1", token)
     assert started.record is not None
-    await tasks.finish(started.record, token, result=1, lease_s=30)
+    await tasks.finish(started.record, token, result=1)
     assert (await tasks.create(new_record("task_3"), idempotency_key=None)).new
 
 
@@ -121,7 +121,7 @@ async def test_one_run_holds_a_task_and_a_second_message_is_dropped(redis: aiore
     assert lease_end is not None
     assert lease_end > time.time()
 
-    await tasks.finish(first.record, "run-a", result={"ok": True}, lease_s=30)
+    await tasks.finish(first.record, "run-a", result={"ok": True})
     assert (await ledger.start("task_1", "run-c")).outcome is Start.ENDED
     assert await redis.zscore(keys.OWED_TASKS, "task_1") is None
     assert not await redis.exists(keys.lease("task_1"))
@@ -143,17 +143,17 @@ async def test_a_run_that_lost_its_lease_writes_nothing(redis: aioredis.Redis) -
     with pytest.raises(LeaseLost):
         await tasks.mark_running(stale, "run-a")
     with pytest.raises(LeaseLost):
-        await tasks.finish(stale, "run-a", result="stale", lease_s=30)
+        await tasks.finish(stale, "run-a", result="stale")
     assert await redis.llen(keys.events("task_1")) == 0
     assert await ledger.renew({"task_1": "run-a"}) == ["task_1"]
 
-    await tasks.finish(fresh.record, "run-b", result="fresh", lease_s=30)
+    await tasks.finish(fresh.record, "run-b", result="fresh")
     stored = await tasks.get("task_1")
     assert stored is not None
     assert stored.status is TaskStatus.SUCCEEDED
     assert stored.result == "fresh"
     with pytest.raises(LeaseLost) as ended:
-        await tasks.finish(stale, "run-a", result="again", lease_s=30)
+        await tasks.finish(stale, "run-a", result="again")
     assert ended.value.ended
     assert await redis.llen(keys.events("task_1")) == 1
 

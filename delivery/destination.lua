@@ -1,0 +1,253 @@
+-- Flow control of one destination (a tenant plus a callback URL's origin): the functions every script that
+-- touches a destination shares. Python prepends the key names (READY, ALL, TENANT_PREFIX, KEY_PREFIX) and each
+-- script calls dst_init with the clock and the settings before anything else.
+--
+-- A destination's keys share the hash tag {dst_...}:
+--   meta      hash: tenant, origin, created_at, caps (max_in_flight, rate_per_s; absent: the defaults),
+--             breaker (failures, opened_at, next_probe_at, probe_wait, probe), hold_until (Retry-After), paused,
+--             the rate bucket (tokens, tokens_at), last_success_at, last_failure_at, last_error
+--   due       sorted set: event id -> unix time its next attempt is due (every owed webhook not in flight)
+--   flight    sorted set: event id -> unix ms its attempt's lease ends (the attempts in flight, cluster-wide)
+--   deadline  sorted set: event id -> unix time its retry span ends (dead-lettered then if still held)
+-- READY holds every destination that has something to do, by the time it next does: the claim reads only the
+-- destinations that are due, never the webhooks an open or paused destination holds.
+
+local NOW, NOW_MS, DEFAULT_MAX, THRESHOLD, PROBE_S, IDLE_TTL, LEASE_MS
+local MAX_PROBE_S = 300
+
+local function dst_init(now, default_max, threshold, probe_s, idle_ttl, lease_s)
+    NOW = tonumber(now)
+    NOW_MS = math.floor(NOW * 1000)
+    DEFAULT_MAX = tonumber(default_max)
+    THRESHOLD = tonumber(threshold)
+    PROBE_S = tonumber(probe_s)
+    IDLE_TTL = tonumber(idle_ttl)
+    LEASE_MS = math.floor((NOW + tonumber(lease_s)) * 1000)
+end
+
+local function dst_keys(id)
+    local tag = KEY_PREFIX .. '{' .. id .. '}:'
+    return {id = id, meta = tag .. 'meta', due = tag .. 'due', flight = tag .. 'flight', deadline = tag .. 'deadline'}
+end
+
+local function num(value, default)
+    if value then
+        return tonumber(value)
+    end
+    return default
+end
+
+-- Make the destination's record on its first owed webhook.
+local function dst_ensure(d, tenant, origin)
+    if redis.call('HSETNX', d.meta, 'tenant', tenant) == 1 then
+        redis.call('HSET', d.meta, 'origin', origin, 'created_at', NOW, 'failures', 0)
+        redis.call('SADD', ALL, d.id)
+        redis.call('SADD', TENANT_PREFIX .. tenant, d.id)
+    end
+end
+
+local function dst_read(d)
+    local v = redis.call('HMGET', d.meta, 'max_in_flight', 'rate_per_s', 'opened_at', 'next_probe_at', 'probe',
+        'hold_until', 'paused', 'tokens', 'tokens_at', 'failures', 'probe_wait')
+    return {
+        max = num(v[1], DEFAULT_MAX), custom = (v[1] or v[2]) and true or false, rate = num(v[2], nil),
+        opened = v[3], next_probe = num(v[4], 0), probe = v[5], hold = num(v[6], 0), paused = v[7] == '1',
+        tokens = v[8], tokens_at = v[9], failures = num(v[10], 0), probe_wait = num(v[11], PROBE_S),
+    }
+end
+
+-- Tokens in the rate bucket now (its burst is one second of the rate, at least one).
+local function dst_tokens(s)
+    if not s.rate then
+        return math.huge
+    end
+    local burst = math.max(1, s.rate)
+    local tokens = num(s.tokens, burst)
+    local at = num(s.tokens_at, NOW)
+    return math.min(burst, tokens + math.max(0, NOW - at) * s.rate)
+end
+
+local function dst_take(d, s, n)
+    if s.rate and n > 0 then
+        redis.call('HSET', d.meta, 'tokens', dst_tokens(s) - n, 'tokens_at', NOW)
+    end
+end
+
+-- Put the destination in READY at the time it next has something to do (or take it out), after any change.
+local function dst_refresh(d)
+    local s = dst_read(d)
+    local next_at = nil
+    local function consider(t)
+        if next_at == nil or t < next_at then
+            next_at = t
+        end
+    end
+    local in_flight = redis.call('ZCARD', d.flight)
+    if in_flight > 0 then
+        -- the soonest lease to run out: a worker that died holding it gives the slot back then
+        consider(tonumber(redis.call('ZRANGE', d.flight, 0, 0, 'WITHSCORES')[2]) / 1000)
+    end
+    local head = redis.call('ZRANGE', d.due, 0, 0, 'WITHSCORES')
+    if #head > 0 and not s.paused then
+        if s.opened then
+            if not s.probe then
+                consider(math.max(s.next_probe, s.hold))
+            end
+            local expiring = redis.call('ZRANGE', d.deadline, 0, 0, 'WITHSCORES')
+            if #expiring > 0 then
+                consider(tonumber(expiring[2]))
+            end
+        elseif in_flight < s.max then
+            local t = math.max(tonumber(head[2]), s.hold)
+            if s.rate then
+                local tokens = dst_tokens(s)
+                if tokens < 1 then
+                    t = math.max(t, NOW + (1 - tokens) / s.rate)
+                end
+            end
+            consider(t)
+        end
+        -- at its cap the next settle refreshes it
+    end
+    if next_at == nil then
+        redis.call('ZREM', READY, d.id)
+    else
+        redis.call('ZADD', READY, next_at, d.id)
+    end
+    -- An idle destination with nothing of its own set is forgotten after a while; one that owes or was set is kept.
+    if in_flight == 0 and #head == 0 and not s.paused and not s.custom then
+        redis.call('EXPIRE', d.meta, IDLE_TTL)
+    else
+        redis.call('PERSIST', d.meta)
+    end
+end
+
+-- A webhook becomes owed to the destination: due at due_at, after every webhook owed before it.
+local function dst_owe(d, event_id, due_at)
+    redis.call('ZADD', d.due, due_at, event_id)
+end
+
+-- Lease one attempt of event_id to the caller now, when the destination lets one start now and nothing older
+-- waits. Returns the lease token (unix ms) or false.
+local function dst_admit(d, event_id)
+    local s = dst_read(d)
+    if s.paused or s.opened or s.hold > NOW or redis.call('ZCARD', d.due) > 0 then
+        return false
+    end
+    if redis.call('ZCARD', d.flight) >= s.max or dst_tokens(s) < 1 then
+        return false
+    end
+    redis.call('ZADD', d.flight, LEASE_MS, event_id)
+    dst_take(d, s, 1)
+    return LEASE_MS
+end
+
+-- Lease up to budget attempts of a ready destination into out (as {event id, 'send'|'probe'|'expire'}):
+-- expired leases come back first; then an open destination gives its probe and the held webhooks whose retry
+-- span has ended (to be dead-lettered, not sent), a closed one its due webhooks within its caps, oldest first.
+local function dst_claim(d, budget, out)
+    local s = dst_read(d)
+    local stale = redis.call('ZRANGEBYSCORE', d.flight, '-inf', NOW_MS, 'WITHSCORES')
+    for i = 1, #stale, 2 do
+        local id = stale[i]
+        redis.call('ZREM', d.flight, id)
+        -- back in its place: due when its lost attempt was leased
+        redis.call('ZADD', d.due, (tonumber(stale[i + 1]) - (LEASE_MS - NOW_MS)) / 1000, id)
+        if s.probe == id then
+            redis.call('HDEL', d.meta, 'probe')
+            s.probe = false
+        end
+    end
+    local taken = 0
+    if not s.paused then
+        if s.opened then
+            for _, id in ipairs(redis.call('ZRANGEBYSCORE', d.deadline, '-inf', NOW, 'LIMIT', 0, budget)) do
+                redis.call('ZREM', d.deadline, id)
+                redis.call('ZREM', d.due, id)
+                redis.call('ZADD', d.flight, LEASE_MS, id)
+                table.insert(out, {id, 'expire'})
+                taken = taken + 1
+            end
+            if not s.probe and NOW >= math.max(s.next_probe, s.hold) and taken < budget then
+                local oldest = redis.call('ZRANGE', d.due, 0, 0)
+                if #oldest > 0 then
+                    redis.call('ZREM', d.due, oldest[1])
+                    redis.call('ZADD', d.flight, LEASE_MS, oldest[1])
+                    redis.call('HSET', d.meta, 'probe', oldest[1])
+                    table.insert(out, {oldest[1], 'probe'})
+                    taken = taken + 1
+                end
+            end
+        elseif s.hold <= NOW then
+            local room = math.min(s.max - redis.call('ZCARD', d.flight), budget)
+            if s.rate then
+                room = math.min(room, math.floor(dst_tokens(s)))
+            end
+            if room > 0 then
+                local ids = redis.call('ZRANGEBYSCORE', d.due, '-inf', NOW, 'LIMIT', 0, room)
+                for _, id in ipairs(ids) do
+                    redis.call('ZREM', d.due, id)
+                    redis.call('ZADD', d.flight, LEASE_MS, id)
+                    table.insert(out, {id, 'send'})
+                end
+                dst_take(d, s, #ids)
+                taken = taken + #ids
+            end
+        end
+    end
+    dst_refresh(d)
+    return taken
+end
+
+-- Does the caller still hold event_id's attempt? true, false (another attempt holds it now), or nil (no lease:
+-- it ran out and nobody took it again yet, so the caller's outcome still counts).
+local function dst_holds(d, event_id, token)
+    local score = redis.call('ZSCORE', d.flight, event_id)
+    if not score then
+        return nil
+    end
+    return token ~= '' and tonumber(score) == tonumber(token)
+end
+
+-- After an attempt: give its slot back and move the breaker. outcome is 'ok', 'fail' (no answer, timeout, 5xx,
+-- 429: what the breaker counts), 'other' (the receiver answered otherwise) or 'none' (no attempt was made).
+-- Returns 'opened', 'recovered' or ''.
+local function dst_settle(d, event_id, outcome, error_text, hold_until)
+    local s = dst_read(d)
+    local was_probe = s.probe == event_id
+    redis.call('ZREM', d.flight, event_id)
+    redis.call('ZREM', d.due, event_id)
+    local change = ''
+    if was_probe then
+        redis.call('HDEL', d.meta, 'probe')
+    end
+    if outcome == 'ok' then
+        redis.call('HSET', d.meta, 'failures', 0, 'last_success_at', NOW)
+        if s.opened then
+            redis.call('HDEL', d.meta, 'opened_at', 'next_probe_at', 'probe_wait', 'probe')
+            change = 'recovered'
+        end
+    elseif outcome ~= 'none' then
+        redis.call('HSET', d.meta, 'last_failure_at', NOW, 'last_error', error_text)
+        if outcome == 'fail' then
+            redis.call('HINCRBY', d.meta, 'failures', 1)
+        end
+        if s.opened then
+            if was_probe then
+                local wait = math.min(s.probe_wait * 2, MAX_PROBE_S)
+                redis.call('HSET', d.meta, 'probe_wait', wait, 'next_probe_at', NOW + wait)
+            end
+        elseif outcome == 'fail' and s.failures + 1 >= THRESHOLD then
+            redis.call('HSET', d.meta, 'opened_at', NOW, 'probe_wait', PROBE_S, 'next_probe_at', NOW + PROBE_S)
+            change = 'opened'
+        end
+    end
+    if hold_until ~= '' and tonumber(hold_until) > math.max(s.hold, NOW) then
+        redis.call('HSET', d.meta, 'hold_until', hold_until)
+        if s.opened or change == 'opened' then
+            local next_probe = num(redis.call('HGET', d.meta, 'next_probe_at'), 0)
+            redis.call('HSET', d.meta, 'next_probe_at', math.max(next_probe, tonumber(hold_until)))
+        end
+    end
+    return change
+end

@@ -1,0 +1,262 @@
+"""Destinations: flow control per receiver (a tenant plus a callback URL's origin).
+
+The state lives in Redis (``delivery/destination.lua`` documents the keys), so every worker process on every
+host sees one breaker and one in-flight count. Scripts that change a destination are built here from that
+shared Lua and run as one step each. This module also reads destinations for the API, the CLI and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import functools
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from delivery import keys
+from delivery.address_guard import parse_callback_url
+from delivery.policy import AttemptResult
+from delivery.redis_client import as_text
+from schemas.destinations import Destination, DestinationState
+
+_HERE = Path(__file__).parent
+# An idle destination (nothing owed, nothing set by hand) is forgotten after this long.
+IDLE_TTL_S = 7 * 86400
+# Most destinations one claim visits.
+CLAIM_DESTINATIONS = 100
+# Most destinations read by one listing or one /metrics scrape.
+MAX_LISTED = 10_000
+MAX_PROBE_S = 300
+
+_ORDER = {DestinationState.OPEN: 0, DestinationState.PAUSED: 1, DestinationState.DEGRADED: 2, DestinationState.HEALTHY: 3}
+
+
+def lua(name: str) -> str:
+    """Script ``name`` with the shared destination functions and the key names in front of it."""
+    header = "\n".join(
+        f"local {var} = '{value}'"
+        for var, value in (
+            ("READY", keys.DESTINATIONS_READY),
+            ("ALL", keys.DESTINATIONS),
+            ("TENANT_PREFIX", keys.DESTINATIONS_OF_PREFIX),
+            ("KEY_PREFIX", keys.PREFIX),
+        )
+    )
+    return "\n".join([header, (_HERE / "destination.lua").read_text(), (_HERE / name).read_text()])
+
+
+@functools.lru_cache(maxsize=4096)
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a callback URL (the port only when it is not the scheme's default)."""
+    target = parse_callback_url(url)
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    default = {"http": 80, "https": 443}[target.scheme]
+    return f"{target.scheme}://{host}" if target.port == default else f"{target.scheme}://{host}:{target.port}"
+
+
+def destination_id(tenant: str, origin: str) -> str:
+    digest = hashlib.sha256(f"{tenant}\n{origin}".encode()).digest()[:15]
+    return "dst_" + base64.b32encode(digest).decode().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRef:
+    id: str
+    tenant: str
+    origin: str
+
+    @property
+    def keys(self) -> list[str]:
+        return keys.destination_keys(self.id)
+
+
+@functools.lru_cache(maxsize=4096)
+def destination_for(tenant: str, url: str) -> DestinationRef:
+    origin = origin_of(url)
+    return DestinationRef(id=destination_id(tenant, origin), tenant=tenant, origin=origin)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSettings:
+    """The cluster-wide defaults every destination script runs with."""
+
+    max_in_flight: int = 64
+    breaker_threshold: int = 10
+    probe_s: float = 5.0
+    lease_s: float = 45.0
+    idle_ttl_s: int = IDLE_TTL_S
+
+    def header(self, now: float | None = None) -> list[Any]:
+        """The first six arguments of every destination script (see ``dst_init``)."""
+        moment = time.time() if now is None else now
+        return [repr(moment), self.max_in_flight, self.breaker_threshold, self.probe_s, self.idle_ttl_s, self.lease_s]
+
+
+def breaker_outcome(result: AttemptResult) -> str:
+    """What an attempt means to its destination's breaker: 'ok', 'fail' (counted) or 'other'."""
+    if result.ok:
+        return "ok"
+    if result.forbidden:
+        return "other"
+    code = result.status_code
+    if code is None or code >= 500 or code == 429:
+        return "fail"
+    return "other"
+
+
+def _time(value: bytes | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+def state_of(meta: dict[str, bytes], *, now: float) -> DestinationState:
+    if meta.get("paused") == b"1":
+        return DestinationState.PAUSED
+    if meta.get("opened_at"):
+        return DestinationState.OPEN
+    if int(meta.get("failures") or 0) > 0:
+        return DestinationState.DEGRADED
+    return DestinationState.HEALTHY
+
+
+def view(destination_id_: str, meta: dict[str, bytes], *, owed: int, in_flight: int, flow: FlowSettings,
+         now: float) -> Destination:
+    rate = meta.get("rate_per_s")
+    state = state_of(meta, now=now)
+    return Destination(
+        id=destination_id_,
+        tenant=as_text(meta["tenant"]),
+        origin=as_text(meta.get("origin") or b""),
+        state=state,
+        max_in_flight=int(meta.get("max_in_flight") or flow.max_in_flight),
+        rate_per_s=float(rate) if rate else None,
+        in_flight=in_flight,
+        owed=owed,
+        consecutive_failures=int(meta.get("failures") or 0),
+        last_success_at=_time(meta.get("last_success_at")),
+        last_failure_at=_time(meta.get("last_failure_at")),
+        last_error=as_text(meta["last_error"]) if meta.get("last_error") else None,
+        opened_at=_time(meta.get("opened_at")),
+        next_probe_at=_time(meta.get("next_probe_at")) if meta.get("opened_at") else None,
+    )
+
+
+def sort_key(d: Destination) -> tuple[int, int, str]:
+    """Worst first: open, paused, degraded, healthy; then the most owed."""
+    return (_ORDER[d.state], -d.owed, d.id)
+
+
+class InvalidCursor(ValueError):
+    """A cursor that this store did not hand out."""
+
+
+class DestinationStore:
+    """Reads destinations and applies an operator's or owner's changes to them."""
+
+    def __init__(self, *, redis: aioredis.Redis, flow: FlowSettings) -> None:
+        self._redis = redis
+        self._flow = flow
+        self._admin = redis.register_script(lua("destination_admin.lua"))
+
+    @property
+    def flow(self) -> FlowSettings:
+        return self._flow
+
+    async def get(self, destination_id_: str) -> Destination | None:
+        found = await self._read([destination_id_])
+        return found[0] if found else None
+
+    async def _read(self, ids: Sequence[str]) -> list[Destination]:
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for dst in ids:
+                meta, due, flight, _ = keys.destination_keys(dst)
+                pipe.hgetall(meta)
+                pipe.zcard(due)
+                pipe.zcard(flight)
+                pipe.zcount(flight, int(now * 1000) + 1, "+inf")
+            raw = await pipe.execute()
+        out: list[Destination] = []
+        for i, dst in enumerate(ids):
+            meta, due, flight, live = raw[4 * i : 4 * i + 4]
+            if not meta or b"tenant" not in meta:
+                continue
+            fields = {as_text(k): v for k, v in meta.items()}
+            out.append(view(dst, fields, owed=int(due) + int(flight), in_flight=int(live), flow=self._flow, now=now))
+        return out
+
+    async def all(self, tenant: str | None = None) -> list[Destination]:
+        """Every destination (of ``tenant``), worst first; index entries of forgotten ones are dropped."""
+        index = keys.DESTINATIONS if tenant is None else keys.destinations_of(tenant)
+        ids: list[str] = []
+        async for member in self._redis.sscan_iter(index, count=1000):
+            ids.append(as_text(member))
+            if len(ids) >= MAX_LISTED:
+                break
+        found: list[Destination] = []
+        for start in range(0, len(ids), 500):
+            found += await self._read(ids[start : start + 500])
+        gone = set(ids) - {d.id for d in found}
+        if gone:
+            await self._redis.srem(index, *gone)
+        found.sort(key=sort_key)
+        return found
+
+    async def page(
+        self, *, tenant: str | None, state: DestinationState | None, limit: int, cursor: str | None
+    ) -> tuple[list[Destination], str | None]:
+        after = _decode_cursor(cursor) if cursor else None
+        items = [d for d in await self.all(tenant) if state is None or d.state is state]
+        if after is not None:
+            items = [d for d in items if sort_key(d) > after]
+        page = items[:limit]
+        more = len(items) > limit
+        return page, (_encode_cursor(sort_key(page[-1])) if more and page else None)
+
+    async def change(self, destination_id_: str, op: str, *args: Any) -> Destination | None:
+        """Apply ``op`` ('pause', 'resume' or 'set' with max_in_flight and rate ('' keeps, 'none' clears))."""
+        done = await self._admin(
+            keys=[*keys.destination_keys(destination_id_), keys.DESTINATIONS_READY],
+            args=[*self._flow.header(), destination_id_, op, *args],
+        )
+        if not done:
+            return None
+        return await self.get(destination_id_)
+
+    async def counts(self) -> DestinationCounts:
+        """Destinations by state, and the webhooks they owe and hold."""
+        counts = DestinationCounts(by_state=dict.fromkeys(DestinationState, 0))
+        for d in await self.all():
+            counts.by_state[d.state] += 1
+            counts.owed += d.owed
+            if d.state in (DestinationState.OPEN, DestinationState.PAUSED):
+                counts.held += d.owed - d.in_flight
+        return counts
+
+
+@dataclass(slots=True)
+class DestinationCounts:
+    by_state: dict[DestinationState, int]
+    owed: int = 0  # webhooks owed to any destination, in flight included
+    held: int = 0  # of those, the ones an open or paused destination holds
+
+
+def _encode_cursor(key: tuple[int, int, str]) -> str:
+    return base64.urlsafe_b64encode(f"{key[0]}:{key[1]}:{key[2]}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, int, str]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        rank, owed, dst = text.split(":", 2)
+        if not dst.startswith("dst_"):
+            raise ValueError
+        return int(rank), int(owed), dst
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidCursor("cursor is not one this API handed out") from None

@@ -1,0 +1,23 @@
+-- A webhook leaves the general schedule for its destination (a replayed dead letter, or an entry written before
+-- destinations existed): it is owed there from now on, and leased to the caller at once when the destination
+-- lets it start now.
+-- KEYS: due (the general schedule), delivery, meta, dst due, flight, deadline
+-- ARGV: the six of dst_init, event id, destination id, tenant, origin
+-- Returns {'gone'}, {'owed'} or {'admitted', lease token}.
+dst_init(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local event_id = ARGV[7]
+redis.call('ZREM', KEYS[1], event_id)
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    return {'gone'}
+end
+local d = {id = ARGV[8], meta = KEYS[3], due = KEYS[4], flight = KEYS[5], deadline = KEYS[6]}
+dst_ensure(d, ARGV[9], ARGV[10])
+local token = dst_admit(d, event_id)
+if not token then
+    dst_owe(d, event_id, NOW)
+end
+dst_refresh(d)
+if token then
+    return {'admitted', token}
+end
+return {'owed'}

@@ -1,0 +1,207 @@
+"""``relay destinations ...``: see and steer the flow control of each receiver, over the HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import click
+import httpx
+import msgspec
+from rich.table import Column, Table
+from rich.text import Text
+
+from schemas.destinations import MAX_IN_FLIGHT, Destination, DestinationPage, DestinationState
+from service.cli_client import (
+    ADMIN_TOKEN_ENV,
+    CommandFailed,
+    _api_options,
+    _call,
+    _client,
+    _decode,
+    _shorten,
+    _stdout,
+    _time,
+)
+
+PAGE_SIZE = 200
+ERROR_WIDTH = 40
+_ENCODER = msgspec.json.Encoder()
+_STYLE = {
+    DestinationState.OPEN: "bold red",
+    DestinationState.PAUSED: "yellow",
+    DestinationState.DEGRADED: "magenta",
+    DestinationState.HEALTHY: "green",
+}
+
+_token = _api_options(ADMIN_TOKEN_ENV, "Operator (admin) token, or a tenant's API key for its own destinations.")
+
+
+def _path(destination_id: str) -> str:
+    return f"/v1/destinations/{quote(destination_id, safe='')}"
+
+
+def iter_destinations(client: httpx.Client, params: dict[str, Any]) -> Iterator[Destination]:
+    cursor: str | None = None
+    while True:
+        query = {k: v for k, v in {**params, "limit": PAGE_SIZE, "cursor": cursor}.items() if v is not None}
+        page = _decode(_call(client, "GET", "/v1/destinations", params=query), DestinationPage)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def _rate(d: Destination) -> str:
+    return "-" if d.rate_per_s is None else f"{d.rate_per_s:g}/s"
+
+
+def _table(destinations: Sequence[Destination]) -> Table:
+    table = Table(
+        Column("id", no_wrap=True),
+        Column("tenant", overflow="fold"),
+        Column("origin", overflow="fold"),
+        Column("state", no_wrap=True),
+        Column("in flight", justify="right"),
+        Column("owed", justify="right"),
+        Column("last success", no_wrap=True),
+        Column("last error", overflow="fold"),
+    )
+    for d in destinations:
+        table.add_row(
+            Text(d.id),
+            Text(d.tenant),
+            Text(d.origin),
+            Text(d.state.value, style=_STYLE[d.state]),
+            f"{d.in_flight}/{d.max_in_flight}",
+            str(d.owed),
+            _time(d.last_success_at),
+            Text(_shorten(d.last_error or "-", ERROR_WIDTH)),
+        )
+    return table
+
+
+def _fields(d: Destination) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rows = [
+        ("id", d.id),
+        ("tenant", d.tenant),
+        ("origin", d.origin),
+        ("state", Text(d.state.value, style=_STYLE[d.state])),
+        ("in flight", f"{d.in_flight} of at most {d.max_in_flight}"),
+        ("rate", _rate(d)),
+        ("owed", str(d.owed)),
+        ("failures in a row", str(d.consecutive_failures)),
+        ("last success", _time(d.last_success_at)),
+        ("last failure", _time(d.last_failure_at)),
+        ("last error", d.last_error or "-"),
+        ("opened at", _time(d.opened_at)),
+        ("next probe", _time(d.next_probe_at)),
+    ]
+    for name, value in rows:
+        grid.add_row(name, value if isinstance(value, Text) else Text(value))
+    return grid
+
+
+def _show(d: Destination, as_json: bool) -> None:
+    if as_json:
+        click.echo(_ENCODER.encode(d).decode())
+    else:
+        _stdout().print(_fields(d))
+
+
+@click.group()
+def destinations() -> None:
+    """See and steer destinations: where each tenant's webhooks go, with their breaker and caps."""
+
+
+@destinations.command("list")
+@click.option("--state", type=click.Choice([s.value for s in DestinationState]), help="Only destinations in this state.")
+@click.option("--tenant", metavar="T", help="Only this tenant's destinations.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+@_token
+def list_destinations(state: str | None, tenant: str | None, as_json: bool, url: str, token: str) -> None:
+    """List destinations, worst first (open, paused, degraded, healthy; then the most owed)."""
+    with _client(url, token) as client:
+        found = iter_destinations(client, {"state": state, "tenant": tenant})
+        if as_json:
+            for d in found:
+                click.echo(_ENCODER.encode(d).decode())
+            return
+        listed = list(found)
+    if listed:
+        _stdout().print(_table(listed))
+    else:
+        click.echo("No destinations.")
+
+
+@destinations.command()
+@click.argument("destination_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON as the API sends it.")
+@_token
+def show(destination_id: str, as_json: bool, url: str, token: str) -> None:
+    """Show one destination."""
+    with _client(url, token) as client:
+        _show(_decode(_call(client, "GET", _path(destination_id)), Destination), as_json)
+
+
+@destinations.command()
+@click.argument("destination_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON.")
+@_token
+def pause(destination_id: str, as_json: bool, url: str, token: str) -> None:
+    """Hold every webhook of a destination (none sent, none dead-lettered) until it is resumed."""
+    with _client(url, token) as client:
+        _show(_decode(_call(client, "POST", _path(destination_id) + "/pause"), Destination), as_json)
+
+
+@destinations.command()
+@click.argument("destination_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON.")
+@_token
+def resume(destination_id: str, as_json: bool, url: str, token: str) -> None:
+    """Release a paused destination: its backlog drains within its caps, oldest first."""
+    with _client(url, token) as client:
+        _show(_decode(_call(client, "POST", _path(destination_id) + "/resume"), Destination), as_json)
+
+
+@destinations.command("set")
+@click.argument("destination_id", metavar="ID")
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1, MAX_IN_FLIGHT),
+    help="Attempts in flight at once to this destination, across the cluster.",
+)
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Most attempts started per second.")
+@click.option("--no-rate", is_flag=True, help="Remove the rate limit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON.")
+@_token
+def set_caps(
+    destination_id: str,
+    max_in_flight: int | None,
+    rate: float | None,
+    no_rate: bool,
+    as_json: bool,
+    url: str,
+    token: str,
+) -> None:
+    """Change a destination's caps."""
+    if rate is not None and no_rate:
+        raise click.UsageError("give --rate or --no-rate, not both")
+    body: dict[str, Any] = {}
+    if max_in_flight is not None:
+        body["max_in_flight"] = max_in_flight
+    if rate is not None:
+        body["rate_per_s"] = rate
+    if no_rate:
+        body["rate_per_s"] = None
+    if not body:
+        raise click.UsageError("nothing to set: give --max-in-flight, --rate or --no-rate")
+    with _client(url, token) as client:
+        _show(_decode(_call(client, "PATCH", _path(destination_id), json=body), Destination), as_json)
+
+
+__all__ = ["CommandFailed", "destinations"]

@@ -1,0 +1,217 @@
+"""Flow control per destination, against a real Redis with the clock passed in: caps, isolation, the breaker,
+Retry-After, pause, leases of dead workers, held webhooks that outlive their retry span, fencing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from delivery import keys
+from delivery.destinations import DestinationStore, FlowSettings, destination_for, origin_of
+from delivery.outbox import Kind, Lease, Outbox, webhook_attempt
+from delivery.policy import AttemptResult, Decision, Verdict
+from delivery.records import PendingDelivery
+from delivery.redis_client import connect
+from schemas.dead_letters import DeadLetterReason
+from schemas.destinations import DestinationState
+from schemas.events import Event, EventType
+
+FLOW = FlowSettings(max_in_flight=2, breaker_threshold=3, probe_s=5.0, lease_s=120.0)
+OK = AttemptResult(200, None, 1.0)
+DOWN = AttemptResult(None, "cannot connect: connection refused", 1.0)
+BUSY = AttemptResult(503, "HTTP 503", 1.0, retry_after_s=60.0)
+SCHEDULE = (5.0, 300.0)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def outbox(redis: aioredis.Redis) -> Outbox:
+    return Outbox(redis=redis, flow=FLOW, attempts_ttl_s=3600, dead_letter_retention_s=3600, retry_span_s=305.0)
+
+
+@pytest.fixture
+def store(redis: aioredis.Redis) -> DestinationStore:
+    return DestinationStore(redis=redis, flow=FLOW)
+
+
+_n = 0
+
+
+async def owe(redis: aioredis.Redis, outbox: Outbox, url: str, count: int, tenant: str = "acme") -> list[Lease]:
+    """``count`` webhooks owed to ``url``'s destination; the leases of those it let start at once."""
+    global _n
+    leases = []
+    for _ in range(count):
+        _n += 1
+        event = Event(
+            id=f"evt_{_n}", type=EventType.COMPLETED, task_id=f"task_{_n}", seq=1,
+            created_at=datetime.now(UTC), data={"status": "succeeded", "result": _n},
+        )
+        delivery = PendingDelivery(tenant=tenant, task_id=event.task_id, url=url, event=event)
+        await redis.set(keys.delivery(event.id), msgspec.json.encode(delivery))
+        lease = await outbox.handoff(delivery)
+        if lease is not None:
+            leases.append(lease)
+    return leases
+
+
+async def settle(outbox: Outbox, lease: Lease, result: AttemptResult, *, now: float | None = None) -> str:
+    """Record ``result`` for ``lease`` as the engine does; the breaker's change."""
+    from delivery.policy import decide
+
+    decision = decide(result, run_attempts=lease.delivery.run_attempts + 1, schedule_s=SCHEDULE, jitter=0)
+    attempt = webhook_attempt(
+        lease.delivery, at=datetime.now(UTC), status_code=result.status_code, error=result.error,
+        duration_ms=1.0, delivered=result.ok,
+    )
+    recorded = await outbox.record(lease.delivery, attempt, decision, token=lease.token, result=result, now=now)
+    return recorded.change
+
+
+def ids(leases: list[Lease]) -> list[str]:
+    return [lease.delivery.event_id for lease in leases]
+
+
+async def test_origin_ignores_path_query_and_default_port() -> None:
+    assert origin_of("https://Example.com:443/a?b=1") == "https://example.com"
+    assert origin_of("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080"
+    assert origin_of("http://[::1]:9/x") == "http://[::1]:9"
+    a = destination_for("acme", "https://example.com/one")
+    assert a == destination_for("acme", "https://example.com/two?x")
+    assert a.id != destination_for("other", "https://example.com/one").id
+    assert a.id.startswith("dst_")
+
+
+async def test_at_most_max_in_flight_start_and_a_settle_frees_a_slot(redis: aioredis.Redis, outbox: Outbox) -> None:
+    started = await owe(redis, outbox, "http://a.test/hook", 5)
+    assert len(started) == 2  # the cap; the other three wait in the destination, oldest first
+    assert await outbox.claim_destinations(limit=100) == []
+    await settle(outbox, started[0], OK)
+    claimed = await outbox.claim_destinations(limit=100)
+    assert ids(claimed) == ["evt_" + str(int(started[1].delivery.event_id[4:]) + 1)]
+
+
+async def test_a_destination_at_its_cap_with_many_owed_costs_others_nothing(
+    redis: aioredis.Redis, outbox: Outbox
+) -> None:
+    await owe(redis, outbox, "http://slow.test/", 2000)  # two in flight, 1,998 waiting
+    fast = await owe(redis, outbox, "http://fast.test/", 1, tenant="other")
+    assert len(fast) == 1
+    await settle(outbox, fast[0], DOWN)  # due again in 5 s
+    claimed = await outbox.claim_destinations(limit=200, now=time.time() + 6)
+    assert ids(claimed) == ids(fast)  # nothing of the slow one's: its cap is full
+    # The claim looked at the ready destinations only: the slow one is not ready before its leases run out.
+    ready = await redis.zrange(keys.DESTINATIONS_READY, 0, -1, withscores=True)
+    slow = destination_for("acme", "http://slow.test/")
+    assert dict((k.decode(), v) for k, v in ready)[slow.id] > time.time() + 100
+
+
+async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
+    redis: aioredis.Redis, outbox: Outbox, store: DestinationStore
+) -> None:
+    url = "http://down.test/"
+    dst = destination_for("acme", url)
+    changes = [await settle(outbox, lease, DOWN) for lease in await owe(redis, outbox, url, 2)]
+    changes += [await settle(outbox, lease, DOWN) for lease in await outbox.claim_destinations(limit=9, now=time.time() + 6)]
+    assert changes[:2] == ["", ""] and "opened" in changes[2:]
+    now = time.time()
+    await owe(redis, outbox, url, 20)
+    view = await store.get(dst.id)
+    assert view is not None and view.state is DestinationState.OPEN and view.owed == 22
+    # Held: nothing before the probe time, however long the held webhooks have been due.
+    assert await outbox.claim_destinations(limit=100, now=now + 4) == []
+    probe = await outbox.claim_destinations(limit=100, now=now + 5.5)
+    assert [lease.kind for lease in probe] == [Kind.PROBE]
+    assert await outbox.claim_destinations(limit=100, now=now + 5.6) == []  # one probe at a time
+    assert await settle(outbox, probe[0], DOWN, now=now + 6) == ""
+    assert await outbox.claim_destinations(limit=100, now=now + 6 + 9) == []  # the wait doubled to 10 s
+    probe = await outbox.claim_destinations(limit=100, now=now + 6 + 10.5)
+    assert len(probe) == 1
+    assert await settle(outbox, probe[0], OK, now=now + 17) == "recovered"
+    drained = await outbox.claim_destinations(limit=100, now=now + 17.5)
+    assert len(drained) == 2 and all(lease.kind == Kind.SEND for lease in drained)  # within the cap
+    view = await store.get(dst.id)
+    assert view is not None and view.state is DestinationState.HEALTHY and view.consecutive_failures == 0
+
+
+async def test_retry_after_holds_the_whole_destination(redis: aioredis.Redis, outbox: Outbox) -> None:
+    started = await owe(redis, outbox, "http://busy.test/", 4)
+    now = time.time()
+    await settle(outbox, started[0], BUSY, now=now)
+    assert await outbox.claim_destinations(limit=100, now=now + 59) == []  # a free slot, due webhooks: held
+    assert len(await outbox.claim_destinations(limit=100, now=now + 61)) == 1  # one slot free (one in flight)
+
+
+async def test_pause_holds_everything_and_resume_drains_within_the_cap(
+    redis: aioredis.Redis, outbox: Outbox, store: DestinationStore
+) -> None:
+    url = "http://paused.test/"
+    dst = destination_for("acme", url)
+    for lease in await owe(redis, outbox, url, 2):
+        await settle(outbox, lease, OK)
+    paused = await store.change(dst.id, "pause")
+    assert paused is not None and paused.state is DestinationState.PAUSED
+    assert await owe(redis, outbox, url, 5) == []
+    assert await outbox.claim_destinations(limit=100, now=time.time() + 86400 * 3) == []
+    await store.change(dst.id, "resume")
+    assert len(await outbox.claim_destinations(limit=100)) == 2
+    assert await store.change("dst_missing", "pause") is None
+
+
+async def test_a_dead_workers_leases_come_back_after_the_lease(redis: aioredis.Redis, outbox: Outbox) -> None:
+    lost = await owe(redis, outbox, "http://a.test/", 3)
+    assert await outbox.claim_destinations(limit=100, now=time.time() + 100) == []
+    back = await outbox.claim_destinations(limit=100, now=time.time() + 121)
+    assert sorted(ids(back)) == sorted(ids(lost))  # the slots and the webhooks, not the third one yet
+    # The dead worker's late outcome no longer counts: another attempt holds the delivery now.
+    assert await settle(outbox, lost[0], OK) == ""
+    assert await redis.exists(keys.delivery(lost[0].delivery.event_id)) == 1
+
+
+async def test_held_webhooks_dead_letter_only_after_their_retry_span(redis: aioredis.Redis, outbox: Outbox) -> None:
+    url = "http://gone-for-days.test/"
+    first = await owe(redis, outbox, url, 2)
+    for lease in first:
+        await settle(outbox, lease, DOWN)
+    again = await outbox.claim_destinations(limit=100, now=time.time() + 6)
+    assert await settle(outbox, again[0], DOWN, now=time.time() + 6) == "opened"
+    # Open: the retry span (305 s here) since the first attempt has not passed, nothing is dead yet.
+    claimed = await outbox.claim_destinations(limit=100, now=time.time() + 200)
+    assert [c.kind for c in claimed] == [Kind.PROBE]
+    assert await settle(outbox, claimed[0], DOWN, now=time.time() + 201) == ""
+    expired = await outbox.claim_destinations(limit=100, now=time.time() + 400)
+    assert [c.kind for c in expired] == [Kind.EXPIRE, Kind.EXPIRE]  # both, with no attempt between
+    for lease in expired:
+        recorded = await outbox.record(
+            lease.delivery, None, Decision(Verdict.DEAD, reason=DeadLetterReason.RETRIES_EXHAUSTED), token=lease.token
+        )
+        assert recorded.dead is not None and recorded.dead.reason is DeadLetterReason.RETRIES_EXHAUSTED
+    assert await redis.zcard(keys.DEAD_LETTERS) == 2
+
+
+async def test_rate_per_s_spaces_the_starts(redis: aioredis.Redis, outbox: Outbox, store: DestinationStore) -> None:
+    url = "http://rated.test/"
+    dst = destination_for("acme", url)
+    for lease in await owe(redis, outbox, url, 1):
+        await settle(outbox, lease, OK)
+    await store.change(dst.id, "set", 100, 2.0)
+    now = time.time()
+    started = await owe(redis, outbox, url, 10)
+    assert len(started) == 2  # the bucket's burst: one second of the rate
+    assert await outbox.claim_destinations(limit=100, now=now + 0.05) == []
+    assert len(await outbox.claim_destinations(limit=100, now=now + 0.6)) == 1
+    assert await outbox.claim_destinations(limit=100, now=now + 0.7) == []
+    assert len(await outbox.claim_destinations(limit=100, now=now + 1.15)) == 1
+    view = await store.get(dst.id)
+    assert view is not None and view.rate_per_s == 2.0 and view.max_in_flight == 100
