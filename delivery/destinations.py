@@ -8,7 +8,6 @@ shared Lua and run as one step each. This module also reads destinations for the
 from __future__ import annotations
 
 import base64
-import enum
 import functools
 import hashlib
 import time
@@ -35,7 +34,12 @@ CLAIM_DESTINATIONS = 100
 MAX_LISTED = 10_000
 MAX_PROBE_S = 300
 
-_ORDER = {DestinationState.OPEN: 0, DestinationState.PAUSED: 1, DestinationState.DEGRADED: 2, DestinationState.HEALTHY: 3}
+_ORDER = {
+    DestinationState.OPEN: 0,
+    DestinationState.PAUSED: 1,
+    DestinationState.DEGRADED: 2,
+    DestinationState.HEALTHY: 3,
+}
 
 
 def lua(name: str) -> str:
@@ -125,8 +129,9 @@ def state_of(meta: dict[str, bytes], *, now: float) -> DestinationState:
     return DestinationState.HEALTHY
 
 
-def view(destination_id_: str, meta: dict[str, bytes], *, owed: int, in_flight: int, flow: FlowSettings,
-         now: float) -> Destination:
+def view(
+    destination_id_: str, meta: dict[str, bytes], *, owed: int, in_flight: int, flow: FlowSettings, now: float
+) -> Destination:
     rate = meta.get("rate_per_s")
     state = state_of(meta, now=now)
     return Destination(

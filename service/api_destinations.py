@@ -39,7 +39,9 @@ class DestinationController(Controller):
         if scope == NO_TENANT:
             return DestinationPage(items=[], next_cursor=None)
         try:
-            items, next_cursor = await state_.destinations.page(tenant=scope, state=state_filter, limit=limit, cursor=cursor)
+            items, next_cursor = await state_.destinations.page(
+                tenant=scope, state=state_filter, limit=limit, cursor=cursor
+            )
         except InvalidCursor as exc:
             raise ValidationException(str(exc)) from None
         return DestinationPage(items=items, next_cursor=next_cursor)
@@ -68,14 +70,21 @@ class DestinationController(Controller):
         max_in_flight = "" if data.max_in_flight is msgspec.UNSET else str(data.max_in_flight)
         return await _changed(state_, destination_id, "set", max_in_flight, rate)
 
-    @post("/{destination_id:str}/pause", status_code=200, summary="Hold every webhook of a destination", responses=errors(404))
+    @post(
+        "/{destination_id:str}/pause",
+        status_code=200,
+        summary="Hold every webhook of a destination",
+        responses=errors(404),
+    )
     async def pause(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], destination_id: FromPath[str]
     ) -> Destination:
         await _visible(state_, principal, destination_id)
         return await _changed(state_, destination_id, "pause")
 
-    @post("/{destination_id:str}/resume", status_code=200, summary="Release a paused destination", responses=errors(404))
+    @post(
+        "/{destination_id:str}/resume", status_code=200, summary="Release a paused destination", responses=errors(404)
+    )
     async def resume(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], destination_id: FromPath[str]
     ) -> Destination:

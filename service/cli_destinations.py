@@ -86,7 +86,7 @@ def _fields(d: Destination) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    rows = [
+    rows: list[tuple[str, str | Text]] = [
         ("id", d.id),
         ("tenant", d.tenant),
         ("origin", d.origin),
@@ -119,7 +119,9 @@ def destinations() -> None:
 
 
 @destinations.command("list")
-@click.option("--state", type=click.Choice([s.value for s in DestinationState]), help="Only destinations in this state.")
+@click.option(
+    "--state", type=click.Choice([s.value for s in DestinationState]), help="Only destinations in this state."
+)
 @click.option("--tenant", metavar="T", help="Only this tenant's destinations.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
 @_token

@@ -34,8 +34,8 @@ DEFAULT_WS_IDLE_TIMEOUT_S = 30.0
 DEFAULT_DESTINATION_MAX_IN_FLIGHT = 64
 DEFAULT_BREAKER_THRESHOLD = 10
 DEFAULT_BREAKER_PROBE_S = 5.0
-# A webhook attempt's lease outlives its timeout by this much (a worker that dies gives it back then).
-LEASE_MARGIN_S = 30.0
+# A webhook attempt's lease: twice its timeout and this much more (a worker that dies gives its slot back then).
+LEASE_MARGIN_S = 5.0
 
 # Deeper JSON cannot be read back safely inside the records that hold it (Python's recursion limit).
 MAX_INPUT_DEPTH = 200
@@ -79,7 +79,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             max_in_flight=self.destination_max_in_flight,
             breaker_threshold=self.breaker_threshold,
             probe_s=self.breaker_probe_s,
-            lease_s=self.webhook_timeout_s + LEASE_MARGIN_S,
+            lease_s=2 * self.webhook_timeout_s + LEASE_MARGIN_S,
         )
 
     @property

@@ -20,8 +20,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.errors import LeaseLost, UnreadableRecord
 from delivery.destinations import FlowSettings
+from delivery.errors import LeaseLost, UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.ids import new_id
 from delivery.outbox import Lease

@@ -166,6 +166,8 @@ class Receiver:
     responses: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     delays: dict[str, list[float]] = field(default_factory=dict)
+    open_requests: int = 0  # requests being answered now
+    peak_open_requests: int = 0  # the most answered at once so far
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -212,8 +214,14 @@ def run_receiver(port: int | None = None) -> Iterator[Receiver]:
                 status, headers = 200, {}
             delays = receiver.delays.get(request.path)
             delay_s = (delays.pop(0) if len(delays) > 1 else delays[0]) if delays else 0.0
-        if delay_s > 0:
-            await asyncio.sleep(delay_s)
+            receiver.open_requests += 1
+            receiver.peak_open_requests = max(receiver.peak_open_requests, receiver.open_requests)
+        try:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+        finally:
+            with receiver.lock:
+                receiver.open_requests -= 1
         return web.Response(status=status, headers=headers)
 
     app = web.Application()

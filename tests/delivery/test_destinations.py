@@ -55,8 +55,12 @@ async def owe(redis: aioredis.Redis, outbox: Outbox, url: str, count: int, tenan
     for _ in range(count):
         _n += 1
         event = Event(
-            id=f"evt_{_n}", type=EventType.COMPLETED, task_id=f"task_{_n}", seq=1,
-            created_at=datetime.now(UTC), data={"status": "succeeded", "result": _n},
+            id=f"evt_{_n}",
+            type=EventType.COMPLETED,
+            task_id=f"task_{_n}",
+            seq=1,
+            created_at=datetime.now(UTC),
+            data={"status": "succeeded", "result": _n},
         )
         delivery = PendingDelivery(tenant=tenant, task_id=event.task_id, url=url, event=event)
         await redis.set(keys.delivery(event.id), msgspec.json.encode(delivery))
@@ -72,8 +76,12 @@ async def settle(outbox: Outbox, lease: Lease, result: AttemptResult, *, now: fl
 
     decision = decide(result, run_attempts=lease.delivery.run_attempts + 1, schedule_s=SCHEDULE, jitter=0)
     attempt = webhook_attempt(
-        lease.delivery, at=datetime.now(UTC), status_code=result.status_code, error=result.error,
-        duration_ms=1.0, delivered=result.ok,
+        lease.delivery,
+        at=datetime.now(UTC),
+        status_code=result.status_code,
+        error=result.error,
+        duration_ms=1.0,
+        delivered=result.ok,
     )
     recorded = await outbox.record(lease.delivery, attempt, decision, token=lease.token, result=result, now=now)
     return recorded.change
@@ -114,7 +122,7 @@ async def test_a_destination_at_its_cap_with_many_owed_costs_others_nothing(
     # The claim looked at the ready destinations only: the slow one is not ready before its leases run out.
     ready = await redis.zrange(keys.DESTINATIONS_READY, 0, -1, withscores=True)
     slow = destination_for("acme", "http://slow.test/")
-    assert dict((k.decode(), v) for k, v in ready)[slow.id] > time.time() + 100
+    assert {k.decode(): v for k, v in ready}[slow.id] > time.time() + 100
 
 
 async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
@@ -123,12 +131,17 @@ async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
     url = "http://down.test/"
     dst = destination_for("acme", url)
     changes = [await settle(outbox, lease, DOWN) for lease in await owe(redis, outbox, url, 2)]
-    changes += [await settle(outbox, lease, DOWN) for lease in await outbox.claim_destinations(limit=9, now=time.time() + 6)]
-    assert changes[:2] == ["", ""] and "opened" in changes[2:]
+    changes += [
+        await settle(outbox, lease, DOWN) for lease in await outbox.claim_destinations(limit=9, now=time.time() + 6)
+    ]
+    assert changes[:2] == ["", ""]
+    assert "opened" in changes[2:]
     now = time.time()
     await owe(redis, outbox, url, 20)
     view = await store.get(dst.id)
-    assert view is not None and view.state is DestinationState.OPEN and view.owed == 22
+    assert view is not None
+    assert view.state is DestinationState.OPEN
+    assert view.owed == 22
     # Held: nothing before the probe time, however long the held webhooks have been due.
     assert await outbox.claim_destinations(limit=100, now=now + 4) == []
     probe = await outbox.claim_destinations(limit=100, now=now + 5.5)
@@ -140,9 +153,12 @@ async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
     assert len(probe) == 1
     assert await settle(outbox, probe[0], OK, now=now + 17) == "recovered"
     drained = await outbox.claim_destinations(limit=100, now=now + 17.5)
-    assert len(drained) == 2 and all(lease.kind == Kind.SEND for lease in drained)  # within the cap
+    assert len(drained) == 2
+    assert all(lease.kind == Kind.SEND for lease in drained)
     view = await store.get(dst.id)
-    assert view is not None and view.state is DestinationState.HEALTHY and view.consecutive_failures == 0
+    assert view is not None
+    assert view.state is DestinationState.HEALTHY
+    assert view.consecutive_failures == 0
 
 
 async def test_retry_after_holds_the_whole_destination(redis: aioredis.Redis, outbox: Outbox) -> None:
@@ -161,7 +177,8 @@ async def test_pause_holds_everything_and_resume_drains_within_the_cap(
     for lease in await owe(redis, outbox, url, 2):
         await settle(outbox, lease, OK)
     paused = await store.change(dst.id, "pause")
-    assert paused is not None and paused.state is DestinationState.PAUSED
+    assert paused is not None
+    assert paused.state is DestinationState.PAUSED
     assert await owe(redis, outbox, url, 5) == []
     assert await outbox.claim_destinations(limit=100, now=time.time() + 86400 * 3) == []
     await store.change(dst.id, "resume")
@@ -196,7 +213,8 @@ async def test_held_webhooks_dead_letter_only_after_their_retry_span(redis: aior
         recorded = await outbox.record(
             lease.delivery, None, Decision(Verdict.DEAD, reason=DeadLetterReason.RETRIES_EXHAUSTED), token=lease.token
         )
-        assert recorded.dead is not None and recorded.dead.reason is DeadLetterReason.RETRIES_EXHAUSTED
+        assert recorded.dead is not None
+        assert recorded.dead.reason is DeadLetterReason.RETRIES_EXHAUSTED
     assert await redis.zcard(keys.DEAD_LETTERS) == 2
 
 
@@ -214,4 +232,6 @@ async def test_rate_per_s_spaces_the_starts(redis: aioredis.Redis, outbox: Outbo
     assert await outbox.claim_destinations(limit=100, now=now + 0.7) == []
     assert len(await outbox.claim_destinations(limit=100, now=now + 1.15)) == 1
     view = await store.get(dst.id)
-    assert view is not None and view.rate_per_s == 2.0 and view.max_in_flight == 100
+    assert view is not None
+    assert view.rate_per_s == 2.0
+    assert view.max_in_flight == 100

@@ -1,0 +1,128 @@
+"""Destinations with real processes: Retry-After holding a destination, pause and resume, tenancy, and the
+``relay destinations`` commands (the faults are in test_destination_faults.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any
+
+from tests.integration.conftest import StartCluster
+from tests.support import RELAY, ROOT, Api, Receiver, dead_letters, relay_env, wait_until
+
+
+def destinations(api: Api, key: str = "admin-token", **params: Any) -> list[dict[str, Any]]:
+    response = api.get("/v1/destinations", key=key, params=params)
+    assert response.status_code == 200, response.text
+    return list(response.json()["items"])
+
+
+def destination_of(api: Api, origin: str, key: str = "admin-token") -> dict[str, Any]:
+    return dict(
+        wait_until(
+            lambda: next((d for d in destinations(api, key) if d["origin"] == origin), None),
+            message=f"the destination of {origin}",
+        )
+    )
+
+
+def delivered_ids(receiver: Receiver, path: str) -> set[str]:
+    return {r.headers["webhook-id"] for r in receiver.on(path)}
+
+
+def test_retry_after_holds_every_webhook_of_the_destination(start_cluster: StartCluster, receiver: Receiver) -> None:
+    relay = start_cluster()
+    busy = receiver.script("/busy", (503, {"Retry-After": "3"}), 200)
+    first = relay.client.submit("echo", "first", webhook=busy)
+    (refused,) = receiver.wait_for("/busy", 1)
+    others = [relay.client.submit("echo", n, webhook=receiver.url("/other")) for n in range(5)]
+    arrivals = receiver.wait_for("/other", 5, timeout_s=15)
+    assert min(r.at for r in arrivals) >= refused.at + 3.0 - 0.05  # held with the whole destination
+    relay.client.wait_task(first["id"])
+    assert len(others) == 5
+    assert len(receiver.wait_for("/busy", 2)) == 2
+
+
+def test_pause_holds_everything_and_resume_drains_it(start_cluster: StartCluster, receiver: Receiver) -> None:
+    relay = start_cluster(RELAY_RETRY_SCHEDULE="0.2")
+    relay.client.submit("echo", 0, webhook=receiver.url("/p"))
+    receiver.wait_for("/p", 1)
+    dst = destination_of(relay.client, receiver.url("").rstrip("/"), key="key-acme")
+    paused = relay.client.post(f"/v1/destinations/{dst['id']}/pause", key="key-acme")
+    assert paused.status_code == 200
+    assert paused.json()["state"] == "paused"
+    tasks = [relay.client.submit("echo", n, webhook=receiver.url("/p")) for n in range(10)]
+    for task in tasks:
+        relay.client.wait_task(task["id"])
+    time.sleep(1.5)  # well past the whole retry schedule (0.2 s): nothing sent, nothing dead
+    assert len(receiver.on("/p")) == 1
+    assert dead_letters(relay.client) == []
+    held = relay.client.get(f"/v1/destinations/{dst['id']}", key="key-acme").json()
+    assert held["state"] == "paused"
+    assert held["owed"] == 10
+    assert held["in_flight"] == 0
+    resumed = relay.client.post(f"/v1/destinations/{dst['id']}/resume", key="admin-token")
+    assert resumed.status_code == 200
+    assert resumed.json()["state"] == "healthy"
+    receiver.wait_for("/p", 11)
+    assert len(delivered_ids(receiver, "/p")) == 11
+
+
+def test_tenants_see_only_their_own_destinations(start_cluster: StartCluster, receiver: Receiver) -> None:
+    relay = start_cluster()
+    relay.client.submit("echo", 1, webhook=receiver.url("/a"))
+    relay.client.submit("echo", 2, webhook=receiver.url("/b"), key="key-globex")
+    receiver.wait_for("/a", 1)
+    receiver.wait_for("/b", 1)
+    assert len(destinations(relay.client)) == 2
+    (own,) = destinations(relay.client, "key-acme")
+    assert own["tenant"] == "acme"
+    assert destinations(relay.client, "key-acme", tenant="globex") == []
+    (theirs,) = destinations(relay.client, "key-globex")
+    for method, path in (
+        ("GET", ""),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
+        ("PATCH", ""),
+    ):
+        answer = relay.client.request(
+            method,
+            f"/v1/destinations/{theirs['id']}{path}",
+            key="key-acme",
+            json={"max_in_flight": 1} if method == "PATCH" else None,
+        )
+        assert answer.status_code == 404, (method, path, answer.text)
+    assert relay.client.get(f"/v1/destinations/{theirs['id']}", key="key-globex").status_code == 200
+    assert relay.client.get("/v1/destinations/dst_nope", key="admin-token").status_code == 404
+    assert relay.client.get("/v1/destinations", key="key-acme", params={"cursor": "garbage"}).status_code == 422
+    assert relay.client.get("/v1/destinations", key="key-acme", params={"state": "weird"}).status_code == 422
+
+
+def test_relay_destinations_commands(start_cluster: StartCluster, receiver: Receiver) -> None:
+    relay = start_cluster()
+    relay.client.submit("echo", 1, webhook=receiver.url("/cli"))
+    receiver.wait_for("/cli", 1)
+    env = relay_env("redis://unused", RELAY_URL=relay.api.url)
+
+    def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*RELAY, "destinations", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+
+    listed = relay_cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (dst,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    table = relay_cli("list")
+    assert dst["id"] in table.stdout
+    assert "healthy" in table.stdout
+    assert relay_cli("pause", dst["id"], "--json").returncode == 0
+    assert json.loads(relay_cli("show", dst["id"], "--json").stdout)["state"] == "paused"
+    assert relay_cli("list", "--state", "paused", "--json").stdout.count(dst["id"]) == 1
+    assert relay_cli("resume", dst["id"]).returncode == 0
+    changed = relay_cli("set", dst["id"], "--max-in-flight", "5", "--rate", "2.5", "--json")
+    assert changed.returncode == 0, changed.stderr
+    assert (json.loads(changed.stdout)["max_in_flight"], json.loads(changed.stdout)["rate_per_s"]) == (5, 2.5)
+    assert json.loads(relay_cli("set", dst["id"], "--no-rate", "--json").stdout)["rate_per_s"] is None
+    assert relay_cli("set", dst["id"]).returncode == 2
+    assert relay_cli("show", "dst_missing").returncode == 1
