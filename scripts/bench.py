@@ -63,6 +63,9 @@ DEFAULT_CONCURRENCY = 64
 CEILING_IN_FLIGHT = 64
 # How long the paced phase submits for.
 DEFAULT_PACED_S = 5.0
+# The bad day: webhooks owed to each of the two bad destinations, and how long the hanging one takes to answer.
+DEFAULT_BAD_OWED = 3000
+HANG_S = 20.0
 # How long to wait for the last webhooks of a phase after its last submit.
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 # How often the receiver is asked how many webhooks it holds.
@@ -95,14 +98,19 @@ class _Hook(msgspec.Struct):
     data: _HookData | None = None
 
 
-def run_receiver(port: int) -> None:
-    """The webhook receiver process: records time.time() of each webhook's arrival by task id."""
+def run_receiver(port: int, hang_port: int, dead_port: int) -> None:
+    """The webhook receiver process: records time.time() of each webhook's arrival by task id.
+
+    For the bad day it also listens on ``hang_port`` (answers after HANG_S) and ``dead_port`` (takes each
+    connection and drops it unanswered), counting what each gets.
+    """
     from aiohttp import web
 
     decode = msgspec.json.Decoder(_Hook).decode
     encode = msgspec.json.Encoder().encode
     arrivals: dict[str, float] = {}
     stats: dict[str, Any] = {"dupes": 0, "not_succeeded": 0, "sample": None}
+    bad = {"hang_requests": 0, "dead_connections": 0}
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
@@ -129,11 +137,35 @@ def run_receiver(port: int) -> None:
         stats.update(dupes=0, not_succeeded=0, sample=None)
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application(client_max_size=1 << 20)
-    app.router.add_post("/hook", hook)
-    app.router.add_get("/count", count)
-    app.router.add_post("/drain", drain)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=new_loop())
+    async def bad_counts(request: web.Request) -> web.Response:
+        return web.Response(body=encode(bad), content_type="application/json")
+
+    async def hang(request: web.Request) -> web.Response:
+        bad["hang_requests"] += 1
+        await request.read()
+        await asyncio.sleep(HANG_S)
+        return web.Response()
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        bad["dead_connections"] += 1
+        writer.transport.abort()
+
+    async def serve() -> None:
+        app = web.Application(client_max_size=1 << 20)
+        app.router.add_post("/hook", hook)
+        app.router.add_get("/count", count)
+        app.router.add_post("/drain", drain)
+        app.router.add_get("/bad", bad_counts)
+        slow = web.Application(client_max_size=1 << 20)
+        slow.router.add_post("/hook", hang)
+        for application, at in ((app, port), (slow, hang_port)):
+            runner = web.AppRunner(application, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", at).start()
+        await asyncio.start_server(drop, "127.0.0.1", dead_port)
+        await asyncio.Event().wait()
+
+    new_loop().run_until_complete(serve())
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -299,9 +331,11 @@ def start_redis(stack: Stack) -> str:
 def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
     """Start Redis, the receiver, the API and the workers; return the URLs."""
     redis_url = start_redis(stack)
-    receiver_port, api_port = free_port(), free_port()
+    receiver_port, api_port, hang_port, dead_port = free_port(), free_port(), free_port(), free_port()
 
-    receiver = stack.start("receiver", [sys.executable, __file__, "--receiver", str(receiver_port)])
+    receiver = stack.start(
+        "receiver", [sys.executable, __file__, "--receiver", str(receiver_port), str(hang_port), str(dead_port)]
+    )
     wait_until(receiver, lambda: http_ok(f"http://127.0.0.1:{receiver_port}/count"), "answer")
 
     relay = str(VENV / "bin" / "relay")
@@ -323,6 +357,8 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
         "api": f"http://127.0.0.1:{api_port}",
         "receiver": f"http://127.0.0.1:{receiver_port}",
         "hook": f"http://127.0.0.1:{receiver_port}/hook",
+        "hang": f"http://127.0.0.1:{hang_port}/hook",
+        "dead": f"http://127.0.0.1:{dead_port}/hook",
     }
 
 
@@ -397,8 +433,17 @@ class Client:
         self._auth = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
         self.errors: collections.Counter[str] = collections.Counter()
 
-    def submission(self, i: int) -> bytes:
-        return msgspec.json.encode({"kind": "echo", "input": {"i": i}, "webhook": {"url": self.urls["hook"]}})
+    def submission(self, i: int, url: str | None = None) -> bytes:
+        return msgspec.json.encode({"kind": "echo", "input": {"i": i}, "webhook": {"url": url or self.urls["hook"]}})
+
+    async def destinations(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with session.get(self.urls["api"] + "/v1/destinations", headers=headers) as response:
+            return list((await response.json())["items"])
+
+    async def bad_counts(self, session: aiohttp.ClientSession) -> dict[str, int]:
+        async with session.get(self.urls["receiver"] + "/bad") as response:
+            return dict(await response.json())
 
     async def submit(self, session: aiohttp.ClientSession, body: bytes) -> str | None:
         try:
@@ -636,6 +681,53 @@ async def phase_paced(
     }
 
 
+async def phase_bad_day(client: Client, meter: CpuMeter, args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """The quiet day's two phases again, while one destination hangs and another drops every connection, with
+    thousands of webhooks owed to each."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as session:
+        bad_accepted = 0
+
+        async def owe(i: int) -> None:
+            nonlocal bad_accepted
+            url = client.urls["hang"] if i % 2 == 0 else client.urls["dead"]
+            if await client.submit(session, client.submission(i, url)) is not None:
+                bad_accepted += 1
+
+        await run_closed(2 * args.bad_owed, args.concurrency, owe)
+
+        async def all_owed() -> bool:
+            bad = [d for d in await client.destinations(session) if d["origin"] != client.urls["receiver"]]
+            return sum(d["owed"] for d in bad) >= bad_accepted
+
+        for _ in range(600):  # every bad task has run and owes its webhook
+            if await all_owed():
+                break
+            await asyncio.sleep(0.1)
+        before = await client.bad_counts(session)
+        started = time.time()
+    thr = await phase_throughput(client, meter, args.tasks, args.concurrency, args.timeout, None)
+    paced = await phase_paced(client, meter, rate, args.paced_s, args.timeout)
+    async with aiohttp.ClientSession() as session:
+        after = await client.bad_counts(session)
+        states = {d["origin"]: d for d in await client.destinations(session)}
+    seconds = time.time() - started
+    return {
+        "bad_owed": bad_accepted,
+        "throughput": thr,
+        "paced": paced,
+        "seconds": round(seconds, 1),
+        "dead_connections": after["dead_connections"] - before["dead_connections"],
+        "hang_requests": after["hang_requests"] - before["hang_requests"],
+        "states": {
+            name: {
+                k: states.get(client.urls[name].removesuffix("/hook"), {}).get(k)
+                for k in ("state", "owed", "in_flight")
+            }
+            for name in ("hang", "dead")
+        },
+    }
+
+
 async def warm_up(client: Client, n: int, drain_timeout_s: float) -> None:
     """Open connections, load code paths and make the tenant's signing secret before measuring."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
@@ -807,6 +899,32 @@ def print_report(result: dict[str, Any]) -> None:
     if paced["submit_errors"]:
         table.add_row("", "submit errors", str(paced["submit_errors"]))
     console.print(table)
+    bad = result.get("bad_day")
+    if bad is not None:
+        day = Table(title="Quiet day and bad day: the healthy destination", title_justify="left")
+        day.add_column("figure")
+        day.add_column("quiet day", justify="right")
+        day.add_column("bad day", justify="right")
+        bt, bp = bad["throughput"], bad["paced"]
+        day.add_row("end to end", f"{thr['end_to_end_per_s']:,} tasks/s", f"{bt['end_to_end_per_s']:,} tasks/s")
+        day.add_row(
+            "latency p50 / p99",
+            f"{_ms(thr['p50_ms'])} / {_ms(thr['p99_ms'])}",
+            f"{_ms(bt['p50_ms'])} / {_ms(bt['p99_ms'])}",
+        )
+        day.add_row(
+            f"half rate ({paced['rate_per_s']:,}/s) p50 / p99",
+            f"{_ms(paced['p50_ms'])} / {_ms(paced['p99_ms'])}",
+            f"{_ms(bp['p50_ms'])} / {_ms(bp['p99_ms'])}",
+        )
+        day.add_row("missing", f"{thr['missing'] + paced['missing']}", f"{bt['missing'] + bp['missing']}")
+        console.print(day)
+        console.print(
+            f"Bad day: {bad['bad_owed']:,} webhooks owed to the two bad receivers; over {bad['seconds']:g} s the one "
+            f"that drops connections got {bad['dead_connections']} and the one that hangs {bad['hang_requests']} "
+            f"requests; at the end: hang {bad['states']['hang']}, dead {bad['states']['dead']}",
+            highlight=False,
+        )
 
     cpu = Table(title="CPU seconds per process group (% of one core over the phase)", title_justify="left")
     cpu.add_column("group")
@@ -859,6 +977,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=12, help="hot spots to show with --profile")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (path printed)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument(
+        "--no-bad-day", dest="bad_day", action="store_false", help="skip the bad day (a hanging and a dead receiver)"
+    )
+    parser.add_argument(
+        "--bad-owed", type=int, default=DEFAULT_BAD_OWED, help="webhooks owed to each bad receiver on the bad day"
+    )
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--all", dest="mode", action="store_const", const="all", help="webhooks and WebSocket (default)")
     modes.add_argument("--webhooks", dest="mode", action="store_const", const="webhooks", help="webhook figures only")
@@ -930,6 +1054,20 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
     paced = await phase_paced(client, meter, rate, args.paced_s, args.timeout)
     log(f"  p50 {_ms(paced['p50_ms'])}, p99 {_ms(paced['p99_ms'])}, missing {paced['missing']}")
 
+    bad_day = None
+    if args.bad_day:
+        log(
+            f"bad day: {args.bad_owed:,} webhooks owed to a receiver that answers in {HANG_S:g} s and "
+            f"{args.bad_owed:,} to one that drops connections; the quiet day's phases again ..."
+        )
+        bad_day = await phase_bad_day(client, meter, args, rate)
+        bt, bp = bad_day["throughput"], bad_day["paced"]
+        log(
+            f"  end to end {bt['end_to_end_per_s']:,}/s, p50 {_ms(bt['p50_ms'])}, p99 {_ms(bt['p99_ms'])}; "
+            f"half rate p50 {_ms(bp['p50_ms'])}, p99 {_ms(bp['p99_ms'])}; "
+            f"the dead one got {bad_day['dead_connections']} connections in {bad_day['seconds']:g} s"
+        )
+
     result: dict[str, Any] = {
         "config": {
             "tasks": args.tasks,
@@ -944,6 +1082,8 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
         "throughput": thr,
         "paced": paced,
     }
+    if bad_day is not None:
+        result["bad_day"] = bad_day
     if profiler is not None:
         result["profile"] = {
             name: {**hot_spots(path, args.top), "file": str(path)}
@@ -988,12 +1128,14 @@ def run_webhooks(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     lost = result["throughput"]["missing"] + result["paced"]["missing"]
+    if "bad_day" in result:
+        lost += result["bad_day"]["throughput"]["missing"] + result["bad_day"]["paced"]["missing"]
     return (1 if lost else 0), result
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--receiver"]:
-        run_receiver(int(argv[1]))
+        run_receiver(int(argv[1]), int(argv[2]), int(argv[3]))
         return 0
     args = parse_args(argv)
     raise_fd_limit()
