@@ -1,6 +1,6 @@
 -- Flow control of one destination (a tenant plus a callback URL's origin): the functions every script that
 -- touches a destination shares. Python prepends the key names (READY, ALL, TENANT_PREFIX, KEY_PREFIX) and each
--- script calls dst_init with the clock and the settings before anything else.
+-- script calls dst_init with the clock and the settings (the seven of FlowSettings.header) before anything else.
 --
 -- A destination's keys share the hash tag {dst_...}:
 --   meta      hash: tenant, origin, created_at, caps (max_in_flight, rate_per_s; absent: the defaults),
@@ -12,10 +12,10 @@
 -- READY holds every destination that has something to do, by the time it next does: the claim reads only the
 -- destinations that are due, never the webhooks an open or paused destination holds.
 
-local NOW, NOW_MS, DEFAULT_MAX, THRESHOLD, PROBE_S, IDLE_TTL, LEASE_MS
+local NOW, NOW_MS, DEFAULT_MAX, THRESHOLD, PROBE_S, IDLE_TTL, LEASE_MS, SPAN_S
 local MAX_PROBE_S = 300
 
-local function dst_init(now, default_max, threshold, probe_s, idle_ttl, lease_s)
+local function dst_init(now, default_max, threshold, probe_s, idle_ttl, lease_s, span_s)
     NOW = tonumber(now)
     NOW_MS = math.floor(NOW * 1000)
     DEFAULT_MAX = tonumber(default_max)
@@ -23,6 +23,7 @@ local function dst_init(now, default_max, threshold, probe_s, idle_ttl, lease_s)
     PROBE_S = tonumber(probe_s)
     IDLE_TTL = tonumber(idle_ttl)
     LEASE_MS = math.floor((NOW + tonumber(lease_s)) * 1000)
+    SPAN_S = tonumber(span_s)
 end
 
 local function dst_keys(id)
@@ -122,9 +123,11 @@ local function dst_refresh(d)
     end
 end
 
--- A webhook becomes owed to the destination: due at due_at, after every webhook owed before it.
+-- A webhook is owed to the destination, due at due_at. Its retry span starts when it is first owed: held past
+-- that by an open destination, it is dead-lettered without more attempts.
 local function dst_owe(d, event_id, due_at)
     redis.call('ZADD', d.due, due_at, event_id)
+    redis.call('ZADD', d.deadline, 'NX', NOW + SPAN_S, event_id)
 end
 
 -- Lease one attempt of event_id to the caller now, when the destination lets one start now and nothing older
@@ -138,8 +141,21 @@ local function dst_admit(d, event_id)
         return false
     end
     redis.call('ZADD', d.flight, LEASE_MS, event_id)
+    redis.call('ZADD', d.deadline, 'NX', NOW + SPAN_S, event_id)
     dst_take(d, s, 1)
     return LEASE_MS
+end
+
+-- The webhook owed longest that is not in flight (the deadline set is in the order they were first owed; the due
+-- set, by next attempt, answers when the first few owed are all in flight).
+local function dst_oldest(d)
+    for _, id in ipairs(redis.call('ZRANGE', d.deadline, 0, 7)) do
+        if redis.call('ZSCORE', d.due, id) then
+            return id
+        end
+    end
+    local head = redis.call('ZRANGE', d.due, 0, 0)
+    return head[1] or false
 end
 
 -- Lease up to budget attempts of a ready destination into out (as {event id, 'send'|'probe'|'expire'}):
@@ -169,12 +185,12 @@ local function dst_claim(d, budget, out)
                 taken = taken + 1
             end
             if not s.probe and NOW >= math.max(s.next_probe, s.hold) and taken < budget then
-                local oldest = redis.call('ZRANGE', d.due, 0, 0)
-                if #oldest > 0 then
-                    redis.call('ZREM', d.due, oldest[1])
-                    redis.call('ZADD', d.flight, LEASE_MS, oldest[1])
-                    redis.call('HSET', d.meta, 'probe', oldest[1])
-                    table.insert(out, {oldest[1], 'probe'})
+                local probe = dst_oldest(d)
+                if probe then
+                    redis.call('ZREM', d.due, probe)
+                    redis.call('ZADD', d.flight, LEASE_MS, probe)
+                    redis.call('HSET', d.meta, 'probe', probe)
+                    table.insert(out, {probe, 'probe'})
                     taken = taken + 1
                 end
             end

@@ -1,26 +1,26 @@
 -- An operator's or owner's change to one destination, then its place in READY again.
 -- KEYS: meta, due, flight, deadline, ready
--- ARGV: the six of dst_init, destination id, op ('pause' | 'resume' | 'set'),
+-- ARGV: the seven of dst_init, destination id, op ('pause' | 'resume' | 'set'),
 --       for set: max_in_flight ('' keeps it), rate_per_s ('' keeps it, 'none' removes it)
 -- Returns 0 when there is no such destination.
-dst_init(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-local d = {id = ARGV[7], meta = KEYS[1], due = KEYS[2], flight = KEYS[3], deadline = KEYS[4]}
+dst_init(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+local d = {id = ARGV[8], meta = KEYS[1], due = KEYS[2], flight = KEYS[3], deadline = KEYS[4]}
 if redis.call('HEXISTS', d.meta, 'tenant') == 0 then
     return 0
 end
-local op = ARGV[8]
+local op = ARGV[9]
 if op == 'pause' then
     redis.call('HSET', d.meta, 'paused', '1')
 elseif op == 'resume' then
     redis.call('HDEL', d.meta, 'paused')
 elseif op == 'set' then
-    if ARGV[9] ~= '' then
-        redis.call('HSET', d.meta, 'max_in_flight', ARGV[9])
+    if ARGV[10] ~= '' then
+        redis.call('HSET', d.meta, 'max_in_flight', ARGV[10])
     end
-    if ARGV[10] == 'none' then
+    if ARGV[11] == 'none' then
         redis.call('HDEL', d.meta, 'rate_per_s', 'tokens', 'tokens_at')
-    elseif ARGV[10] ~= '' then
-        redis.call('HSET', d.meta, 'rate_per_s', ARGV[10])
+    elseif ARGV[11] ~= '' then
+        redis.call('HSET', d.meta, 'rate_per_s', ARGV[11])
         redis.call('HDEL', d.meta, 'tokens', 'tokens_at')
     end
 end

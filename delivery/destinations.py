@@ -94,13 +94,22 @@ class FlowSettings:
     max_in_flight: int = 64
     breaker_threshold: int = 10
     probe_s: float = 5.0
-    lease_s: float = 45.0
+    lease_s: float = 35.0
+    retry_span_s: float = 86400.0  # the whole retry schedule: an open destination holds a webhook this long at most
     idle_ttl_s: int = IDLE_TTL_S
 
     def header(self, now: float | None = None) -> list[Any]:
-        """The first six arguments of every destination script (see ``dst_init``)."""
+        """The first seven arguments of every destination script (see ``dst_init``)."""
         moment = time.time() if now is None else now
-        return [repr(moment), self.max_in_flight, self.breaker_threshold, self.probe_s, self.idle_ttl_s, self.lease_s]
+        return [
+            repr(moment),
+            self.max_in_flight,
+            self.breaker_threshold,
+            self.probe_s,
+            self.idle_ttl_s,
+            self.lease_s,
+            self.retry_span_s,
+        ]
 
 
 def breaker_outcome(result: AttemptResult) -> str:

@@ -142,7 +142,8 @@ class DeliveryEngine:
         live = list(secrets) if secrets else await self._secrets.live(delivery.tenant)
         at = datetime.now(UTC)
         result = await self._sender.send(delivery.url, delivery.event_id, _encode(delivery.event), live)
-        decision = decide(result, run_attempts=delivery.run_attempts + 1, schedule_s=self._schedule_s)
+        probe = lease.kind == Kind.PROBE
+        decision = decide(result, run_attempts=delivery.run_attempts + 1, schedule_s=self._schedule_s, probe=probe)
         attempt = webhook_attempt(
             delivery,
             at=at,
@@ -151,7 +152,10 @@ class DeliveryEngine:
             duration_ms=result.duration_ms,
             delivered=result.ok,
         )
-        self._after(delivery, await self._outbox.record(delivery, attempt, decision, token=lease.token, result=result))
+        recorded = await self._outbox.record(
+            delivery, attempt, decision, token=lease.token, result=result, counted=not probe
+        )
+        self._after(delivery, recorded)
 
     async def expire(self, lease: Lease) -> None:
         """A webhook its open destination held past its retry span: a dead letter, without another attempt."""

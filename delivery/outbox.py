@@ -69,12 +69,10 @@ class Outbox:
         flow: FlowSettings,
         attempts_ttl_s: int,
         dead_letter_retention_s: int,
-        retry_span_s: float = 0.0,
     ) -> None:
         self._redis = redis
         self._flow = flow
         self._lease_s = flow.lease_s
-        self._retry_span_s = retry_span_s
         self._attempts_ttl_s = attempts_ttl_s
         self._dead_letter_retention_s = dead_letter_retention_s
         self._claim = redis.register_script(_CLAIM_LUA)
@@ -192,17 +190,19 @@ class Outbox:
         *,
         token: str = "",
         result: AttemptResult | None = None,
+        counted: bool = True,
         now: float | None = None,
     ) -> Recorded:
         """Write an attempt (None: none was made) and what follows it in one step.
 
         ``token`` is the lease the attempt was made under and ``result`` what came back (it moves the
-        destination's breaker); an outcome written under a lease another attempt holds now is only noted.
+        destination's breaker); an outcome written under a lease another attempt holds now is only noted. An
+        attempt not ``counted`` (an open destination's probe) does not use up one of the webhook's retries.
         """
         moment = time.time() if now is None else now
         if attempt is not None and attempt.channel is Channel.WEBHOOK:
             delivery.attempts = attempt.attempt
-            delivery.run_attempts += 1
+            delivery.run_attempts += 1 if counted else 0
             delivery.last_status_code = attempt.status_code
             delivery.last_error = attempt.error
             if delivery.first_attempt_at is None:
@@ -231,8 +231,7 @@ class Outbox:
             hold_until,
         ]
         if decision.verdict is Verdict.RETRY:
-            first = (delivery.first_attempt_at or datetime.fromtimestamp(moment, UTC)).timestamp()
-            args += [_encode(delivery), moment + decision.delay_s, first + self._retry_span_s]
+            args += [_encode(delivery), moment + decision.delay_s]
         elif decision.verdict in (Verdict.DROPPED, Verdict.NOTED):
             pass
         elif decision.verdict is Verdict.DELIVERED:

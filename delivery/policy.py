@@ -57,11 +57,14 @@ def decide(
     schedule_s: Sequence[float],
     jitter: float = DEFAULT_JITTER,
     rng: random.Random | None = None,
+    probe: bool = False,
 ) -> Decision:
     """Decide what follows attempt number ``run_attempts`` (1-based) of the current run.
 
     The schedule lists the delay before each retry, so a run makes at most ``len(schedule_s) + 1``
-    attempts. ``Retry-After`` on 429/503 replaces the scheduled delay but still uses up a retry.
+    attempts. ``Retry-After`` on 429/503 replaces the scheduled delay but still uses up a retry. A failed
+    ``probe`` of an open destination is the destination's failure, not the webhook's: it is owed again at
+    once (held with the rest) and uses up none of its retries.
     """
     if result.ok:
         return Decision(Verdict.DELIVERED)
@@ -69,6 +72,8 @@ def decide(
         return Decision(Verdict.DEAD, reason=DeadLetterReason.FORBIDDEN_ADDRESS)
     if result.status_code == 410:
         return Decision(Verdict.DEAD, reason=DeadLetterReason.ENDPOINT_GONE)
+    if probe:
+        return Decision(Verdict.RETRY)
     if run_attempts > len(schedule_s):
         return Decision(Verdict.DEAD, reason=DeadLetterReason.RETRIES_EXHAUSTED)
     if result.status_code in (429, 503) and result.retry_after_s is not None:

@@ -8,8 +8,10 @@ from typing import Annotated
 
 import msgspec
 
-# The most attempts in flight a destination may be given, and the fastest rate.
+# The most attempts in flight a destination may be given, and the slowest and fastest rates (slower than one
+# attempt in 100 s would hold a destination's webhooks for days).
 MAX_IN_FLIGHT = 1000
+MIN_RATE_PER_S = 0.01
 MAX_RATE_PER_S = 100_000.0
 
 

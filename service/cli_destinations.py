@@ -12,7 +12,14 @@ import msgspec
 from rich.table import Column, Table
 from rich.text import Text
 
-from schemas.destinations import MAX_IN_FLIGHT, Destination, DestinationPage, DestinationState
+from schemas.destinations import (
+    MAX_IN_FLIGHT,
+    MAX_RATE_PER_S,
+    MIN_RATE_PER_S,
+    Destination,
+    DestinationPage,
+    DestinationState,
+)
 from service.cli_client import (
     ADMIN_TOKEN_ENV,
     CommandFailed,
@@ -27,6 +34,9 @@ from service.cli_client import (
 
 PAGE_SIZE = 200
 ERROR_WIDTH = 40
+# Terminal widths from which the list shows the last error, and the last success too.
+MEDIUM = 110
+WIDE = 140
 _ENCODER = msgspec.json.Encoder()
 _STYLE = {
     DestinationState.OPEN: "bold red",
@@ -57,28 +67,36 @@ def _rate(d: Destination) -> str:
     return "-" if d.rate_per_s is None else f"{d.rate_per_s:g}/s"
 
 
-def _table(destinations: Sequence[Destination]) -> Table:
-    table = Table(
+def _table(destinations: Sequence[Destination], width: int) -> Table:
+    """Ids whole on one line (they are what you copy); the last columns only where they fit."""
+    wide, medium = width >= WIDE, width >= MEDIUM
+    columns = [
         Column("id", no_wrap=True),
-        Column("tenant", overflow="fold"),
-        Column("origin", overflow="fold"),
         Column("state", no_wrap=True),
-        Column("in flight", justify="right"),
-        Column("owed", justify="right"),
-        Column("last success", no_wrap=True),
-        Column("last error", overflow="fold"),
-    )
+        Column("flight", justify="right", no_wrap=True),
+        Column("owed", justify="right", no_wrap=True),
+        Column("tenant", overflow="fold", min_width=6),
+        Column("origin", overflow="fold", min_width=12),
+    ]
+    if wide:
+        columns.append(Column("last success", no_wrap=True))
+    if medium:
+        columns.append(Column("last error", overflow="fold", min_width=10))
+    table = Table(*columns, box=None, padding=(0, 2, 0, 0), header_style="bold")
     for d in destinations:
-        table.add_row(
+        row: list[str | Text] = [
             Text(d.id),
-            Text(d.tenant),
-            Text(d.origin),
             Text(d.state.value, style=_STYLE[d.state]),
             f"{d.in_flight}/{d.max_in_flight}",
             str(d.owed),
-            _time(d.last_success_at),
-            Text(_shorten(d.last_error or "-", ERROR_WIDTH)),
-        )
+            Text(d.tenant),
+            Text(d.origin),
+        ]
+        if wide:
+            row.append(_time(d.last_success_at))
+        if medium:
+            row.append(Text(_shorten(d.last_error or "-", ERROR_WIDTH)))
+        table.add_row(*row)
     return table
 
 
@@ -135,7 +153,8 @@ def list_destinations(state: str | None, tenant: str | None, as_json: bool, url:
             return
         listed = list(found)
     if listed:
-        _stdout().print(_table(listed))
+        console = _stdout()
+        console.print(_table(listed, console.width))
     else:
         click.echo("No destinations.")
 
@@ -177,7 +196,11 @@ def resume(destination_id: str, as_json: bool, url: str, token: str) -> None:
     type=click.IntRange(1, MAX_IN_FLIGHT),
     help="Attempts in flight at once to this destination, across the cluster.",
 )
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Most attempts started per second.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(MIN_RATE_PER_S, MAX_RATE_PER_S),  # NaN is outside every range; so is infinity here
+    help="Most attempts started per second.",
+)
 @click.option("--no-rate", is_flag=True, help="Remove the rate limit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON.")
 @_token

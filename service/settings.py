@@ -80,6 +80,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             breaker_threshold=self.breaker_threshold,
             probe_s=self.breaker_probe_s,
             lease_s=2 * self.webhook_timeout_s + LEASE_MARGIN_S,
+            retry_span_s=sum(self.retry_schedule_s),
         )
 
     @property

@@ -116,7 +116,6 @@ class Runtime:
             flow=settings.flow,
             attempts_ttl_s=ttl,
             dead_letter_retention_s=settings.dead_letter_retention_s,
-            retry_span_s=sum(settings.retry_schedule_s),
         )
         self.http = create_client(timeout_s=settings.webhook_timeout_s, allow_private=settings.allow_private_callbacks)
         secrets = SecretStore(redis=self.redis)

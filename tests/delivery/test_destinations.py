@@ -21,7 +21,7 @@ from schemas.dead_letters import DeadLetterReason
 from schemas.destinations import DestinationState
 from schemas.events import Event, EventType
 
-FLOW = FlowSettings(max_in_flight=2, breaker_threshold=3, probe_s=5.0, lease_s=120.0)
+FLOW = FlowSettings(max_in_flight=2, breaker_threshold=3, probe_s=5.0, lease_s=120.0, retry_span_s=305.0)
 OK = AttemptResult(200, None, 1.0)
 DOWN = AttemptResult(None, "cannot connect: connection refused", 1.0)
 BUSY = AttemptResult(503, "HTTP 503", 1.0, retry_after_s=60.0)
@@ -37,7 +37,7 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 def outbox(redis: aioredis.Redis) -> Outbox:
-    return Outbox(redis=redis, flow=FLOW, attempts_ttl_s=3600, dead_letter_retention_s=3600, retry_span_s=305.0)
+    return Outbox(redis=redis, flow=FLOW, attempts_ttl_s=3600, dead_letter_retention_s=3600)
 
 
 @pytest.fixture
@@ -74,7 +74,8 @@ async def settle(outbox: Outbox, lease: Lease, result: AttemptResult, *, now: fl
     """Record ``result`` for ``lease`` as the engine does; the breaker's change."""
     from delivery.policy import decide
 
-    decision = decide(result, run_attempts=lease.delivery.run_attempts + 1, schedule_s=SCHEDULE, jitter=0)
+    probe = lease.kind == Kind.PROBE
+    decision = decide(result, run_attempts=lease.delivery.run_attempts + 1, schedule_s=SCHEDULE, jitter=0, probe=probe)
     attempt = webhook_attempt(
         lease.delivery,
         at=datetime.now(UTC),
@@ -83,7 +84,9 @@ async def settle(outbox: Outbox, lease: Lease, result: AttemptResult, *, now: fl
         duration_ms=1.0,
         delivered=result.ok,
     )
-    recorded = await outbox.record(lease.delivery, attempt, decision, token=lease.token, result=result, now=now)
+    recorded = await outbox.record(
+        lease.delivery, attempt, decision, token=lease.token, result=result, counted=not probe, now=now
+    )
     return recorded.change
 
 
@@ -203,19 +206,21 @@ async def test_held_webhooks_dead_letter_only_after_their_retry_span(redis: aior
         await settle(outbox, lease, DOWN)
     again = await outbox.claim_destinations(limit=100, now=time.time() + 6)
     assert await settle(outbox, again[0], DOWN, now=time.time() + 6) == "opened"
-    # Open: the retry span (305 s here) since the first attempt has not passed, nothing is dead yet.
+    never_tried = await owe(redis, outbox, url, 3)  # owed while open: held, never attempted
+    assert never_tried == []
+    # Open: the retry span (305 s here) since they were first owed has not passed, nothing is dead yet.
     claimed = await outbox.claim_destinations(limit=100, now=time.time() + 200)
     assert [c.kind for c in claimed] == [Kind.PROBE]
     assert await settle(outbox, claimed[0], DOWN, now=time.time() + 201) == ""
     expired = await outbox.claim_destinations(limit=100, now=time.time() + 400)
-    assert [c.kind for c in expired] == [Kind.EXPIRE, Kind.EXPIRE]  # both, with no attempt between
+    assert [c.kind for c in expired] == [Kind.EXPIRE] * 5  # all of them, with no attempt between
     for lease in expired:
         recorded = await outbox.record(
             lease.delivery, None, Decision(Verdict.DEAD, reason=DeadLetterReason.RETRIES_EXHAUSTED), token=lease.token
         )
         assert recorded.dead is not None
         assert recorded.dead.reason is DeadLetterReason.RETRIES_EXHAUSTED
-    assert await redis.zcard(keys.DEAD_LETTERS) == 2
+    assert await redis.zcard(keys.DEAD_LETTERS) == 5
 
 
 async def test_rate_per_s_spaces_the_starts(redis: aioredis.Redis, outbox: Outbox, store: DestinationStore) -> None:
@@ -235,3 +240,17 @@ async def test_rate_per_s_spaces_the_starts(redis: aioredis.Redis, outbox: Outbo
     assert view is not None
     assert view.rate_per_s == 2.0
     assert view.max_in_flight == 100
+
+
+async def test_the_probe_is_the_webhook_owed_longest(redis: aioredis.Redis, outbox: Outbox) -> None:
+    url = "http://probed.test/"
+    first, second = await owe(redis, outbox, url, 2)
+    now = time.time()
+    await settle(outbox, second, DOWN, now=now)  # due again first ...
+    await settle(outbox, first, DOWN, now=now + 0.1)  # ... though owed later than this one
+    retries = await outbox.claim_destinations(limit=100, now=now + 6)
+    assert ids(retries) == [second.delivery.event_id, first.delivery.event_id]
+    assert await settle(outbox, retries[0], DOWN, now=now + 6) == "opened"
+    await settle(outbox, retries[1], DOWN, now=now + 6.1)
+    probe = await outbox.claim_destinations(limit=100, now=now + 11.5)
+    assert [(p.kind, p.delivery.event_id) for p in probe] == [(Kind.PROBE, first.delivery.event_id)]

@@ -45,13 +45,23 @@ def test_the_breaker_holds_a_dead_receivers_webhooks_probes_and_drains_them_all_
         relay = start_cluster(
             RELAY_BREAKER_THRESHOLD="3",
             RELAY_BREAKER_PROBE_S="1",
-            RELAY_DESTINATION_MAX_IN_FLIGHT="2",
-            RELAY_RETRY_SCHEDULE="1,2,4,8,16,32,64,128",
+            RELAY_DESTINATION_MAX_IN_FLIGHT="40",  # all thirty fail at once, each with its first retry spent
+            # A webhook's second retry waits 300 s: a failed probe must not spend one (it would wait that long).
+            RELAY_RETRY_SCHEDULE="1,300",
             RELAY_OPS_WEBHOOK_URL=ops.url("/ops"),
         )
-        url = receiver.script("/down", 500)
+        url = receiver.url("/down")
         origin = receiver.url("").rstrip("/")
+        relay.client.submit("echo", "first", webhook=url)
+        receiver.wait_for("/down", 1)
+        # Thirty owed at once (paused meanwhile), then the receiver goes down and they all fail together.
+        dst = destination_of(relay.client, origin)
+        assert relay.client.post(f"/v1/destinations/{dst['id']}/pause", key="admin-token").status_code == 200
         tasks = [relay.client.submit("echo", n, webhook=url) for n in range(30)]
+        wait_until(lambda: destination_of(relay.client, origin)["owed"] == 30, message="thirty webhooks owed")
+        receiver.script("/down", 500)
+        receiver.received.clear()
+        assert relay.client.post(f"/v1/destinations/{dst['id']}/resume", key="admin-token").status_code == 200
         opened = wait_until(
             lambda: (d := destination_of(relay.client, origin)) and d["state"] == "open" and d,
             message="the destination to open",
@@ -60,7 +70,7 @@ def test_the_breaker_holds_a_dead_receivers_webhooks_probes_and_drains_them_all_
         time.sleep(6.5)  # probes after 1, 2 and 4 s: three at most in this time
         during_outage = len(receiver.on("/down")) - at_open
         assert during_outage <= 3, f"{during_outage} requests while open"
-        assert at_open <= 3 + 2  # the threshold, and what was already in flight
+        assert at_open <= 30  # the first wave: every webhook once, all in flight together
         assert opened["owed"] == 30
         assert opened["consecutive_failures"] >= 3
         metrics = relay.client.get("/metrics", key=None).text
@@ -75,7 +85,7 @@ def test_the_breaker_holds_a_dead_receivers_webhooks_probes_and_drains_them_all_
             message="every held webhook delivered",
         )
         assert dead_letters(relay.client) == []
-        assert receiver.peak_open_requests <= 2
+        assert receiver.peak_open_requests <= 40
         healthy = destination_of(relay.client, origin)
         assert healthy["state"] == "healthy"
         assert healthy["owed"] == 0

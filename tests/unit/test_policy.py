@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Verdict, decide, parse_retry_after
+from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Decision, Verdict, decide, parse_retry_after
 from schemas.dead_letters import DeadLetterReason
 
 SCHEDULE = (5.0, 300.0, 1800.0)
@@ -127,3 +127,10 @@ def test_retry_after_http_date_in_the_past_is_zero() -> None:
 @pytest.mark.parametrize("value", [None, "", "soon", "-5", "1.5", "12abc", "\u00b2", "\u0663"])
 def test_unreadable_retry_after_is_none(value: str | None) -> None:
     assert parse_retry_after(value) is None
+
+
+def test_a_failed_probe_is_owed_again_at_once_and_spends_no_retry() -> None:
+    down = AttemptResult(None, "timed out", 1.0)
+    assert decide(down, run_attempts=99, schedule_s=(5.0,), probe=True) == Decision(Verdict.RETRY)
+    gone = AttemptResult(410, "HTTP 410", 1.0)
+    assert decide(gone, run_attempts=1, schedule_s=(5.0,), probe=True).verdict is Verdict.DEAD
