@@ -254,3 +254,45 @@ async def test_the_probe_is_the_webhook_owed_longest(redis: aioredis.Redis, outb
     await settle(outbox, retries[1], DOWN, now=now + 6.1)
     probe = await outbox.claim_destinations(limit=100, now=now + 11.5)
     assert [(p.kind, p.delivery.event_id) for p in probe] == [(Kind.PROBE, first.delivery.event_id)]
+
+
+async def _claim_commands(redis: aioredis.Redis, outbox: Outbox) -> tuple[int, list[Lease]]:
+    """Redis commands one claim ran (inside its Lua step included), and what it leased."""
+    await redis.config_resetstat()
+    leases = await outbox.claim_destinations(limit=200)
+    stats = await redis.info("commandstats")
+    calls = sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_config", "cmdstat_info"))
+    return calls, leases
+
+
+async def test_what_an_open_destination_holds_costs_the_claim_nothing(redis: aioredis.Redis, outbox: Outbox) -> None:
+    """The claim does the same work whether an open destination holds ten webhooks or a hundred thousand."""
+    url = "http://down-with-a-backlog.test/"
+    for lease in await owe(redis, outbox, url, 2):
+        await settle(outbox, lease, DOWN)
+    (again, _) = await outbox.claim_destinations(limit=2, now=time.time() + 6)
+    assert await settle(outbox, again, DOWN) == "opened"
+    _, due, _, deadline = destination_for("acme", url).keys
+    fine = destination_for("other", "http://fine.test/")
+
+    async def hold(start: int, stop: int) -> None:  # a held backlog, written straight into the destination's keys
+        for first in range(start, stop, 10_000):
+            members = {f"evt_held_{n}": time.time() for n in range(first, min(stop, first + 10_000))}
+            await redis.zadd(due, members)
+            await redis.zadd(deadline, dict.fromkeys(members, time.time() + 86400))
+
+    async def claim_one_healthy() -> int:
+        owed = await owe(redis, outbox, "http://fine.test/", 1, tenant="other")
+        await settle(outbox, owed[0], DOWN)  # owed again in 5 s; made due now below
+        await redis.zadd(fine.keys[1], {owed[0].delivery.event_id: 0})
+        await redis.zadd(keys.DESTINATIONS_READY, {fine.id: 0})
+        calls, leased = await _claim_commands(redis, outbox)
+        assert ids(leased) == ids(owed)
+        await settle(outbox, leased[0], OK)
+        return calls
+
+    await hold(0, 10)
+    small = await claim_one_healthy()
+    await hold(10, 100_000)
+    large = await claim_one_healthy()
+    assert small == large < 40

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from tests.integration.conftest import StartCluster
-from tests.support import RELAY, ROOT, Api, Receiver, dead_letters, relay_env, wait_until
+from tests.support import RELAY, ROOT, Api, Receiver, WsClient, dead_letters, relay_env, wait_until
 
 
 def destinations(api: Api, key: str = "admin-token", **params: Any) -> list[dict[str, Any]]:
@@ -126,3 +126,42 @@ def test_relay_destinations_commands(start_cluster: StartCluster, receiver: Rece
     assert json.loads(relay_cli("set", dst["id"], "--no-rate", "--json").stdout)["rate_per_s"] is None
     assert relay_cli("set", dst["id"]).returncode == 2
     assert relay_cli("show", "dst_missing").returncode == 1
+
+
+def test_a_paused_destination_never_holds_up_a_websocket_push(start_cluster: StartCluster, receiver: Receiver) -> None:
+    relay = start_cluster(RELAY_WS_ACK_TIMEOUT="1")
+    relay.client.submit("echo", 0, webhook=receiver.url("/ws"))
+    receiver.wait_for("/ws", 1)
+    dst = destination_of(relay.client, receiver.url("").rstrip("/"))
+    assert relay.client.post(f"/v1/destinations/{dst['id']}/pause", key="admin-token").status_code == 200
+    both = {"websocket": True}
+    ws = WsClient(relay.api.url)
+    try:
+        # Long enough to be followed before they end, on a loaded machine too.
+        acked = relay.client.submit("sleep", {"seconds": 4}, webhook=receiver.url("/ws"), body=both)
+        unacked = relay.client.submit("sleep", {"seconds": 4}, webhook=receiver.url("/ws"), body=both)
+        for task in (acked, unacked):
+            ws.subscribe(task)
+        # The push arrives and its ack settles it, whatever the destination's state.
+        assert ws.events_until_final(acked["id"], ack=True)[-1]["type"] == "task.completed"
+        assert ws.events_until_final(unacked["id"])[-1]["type"] == "task.completed"  # no ack: the webhook is owed
+        outcomes = wait_until(
+            lambda: (a := attempts_of(relay.client, unacked["id"])) and ("websocket", "unacked") in a and a,
+            message="the unacked push written down",
+        )
+        assert ("webhook", "delivered") not in outcomes
+        assert ("websocket", "acked") in attempts_of(relay.client, acked["id"])
+        # The unacked push's webhook is held with the paused destination, and sent once it resumes.
+        wait_until(lambda: destination_of(relay.client, dst["origin"])["owed"] == 1, message="the webhook held")
+        assert len(receiver.on("/ws")) == 1
+        relay.client.post(f"/v1/destinations/{dst['id']}/resume", key="admin-token")
+        (sent,) = receiver.wait_for("/ws", 2)[1:]
+        assert sent.json()["task_id"] == unacked["id"]
+    finally:
+        ws.close()
+
+
+def attempts_of(api: Api, task_id: str) -> list[tuple[str, str]]:
+    response = api.get(f"/v1/tasks/{task_id}/deliveries")
+    assert response.status_code == 200, response.text
+    return [(a["channel"], a["outcome"]) for a in response.json()["attempts"]]
