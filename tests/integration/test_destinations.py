@@ -6,10 +6,21 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from tests.integration.conftest import StartCluster
+import pytest
+
+from tests.conftest import RedisServer
+from tests.integration.conftest import Relay, relay_for_many_tests
 from tests.support import RELAY, ROOT, Api, Receiver, WsClient, dead_letters, relay_env, wait_until
+
+
+@pytest.fixture(scope="module")
+def relay(redis_server: RedisServer) -> Iterator[Relay]:
+    """One API and worker for the module; each test has a receiver (so destinations) of its own."""
+    with relay_for_many_tests(redis_server, RELAY_WS_ACK_TIMEOUT="1") as shared:
+        yield shared
 
 
 def destinations(api: Api, key: str = "admin-token", **params: Any) -> list[dict[str, Any]]:
@@ -31,8 +42,7 @@ def delivered_ids(receiver: Receiver, path: str) -> set[str]:
     return {r.headers["webhook-id"] for r in receiver.on(path)}
 
 
-def test_retry_after_holds_every_webhook_of_the_destination(start_cluster: StartCluster, receiver: Receiver) -> None:
-    relay = start_cluster()
+def test_retry_after_holds_every_webhook_of_the_destination(relay: Relay, receiver: Receiver) -> None:
     busy = receiver.script("/busy", (503, {"Retry-After": "3"}), 200)
     first = relay.client.submit("echo", "first", webhook=busy)
     (refused,) = receiver.wait_for("/busy", 1)
@@ -44,8 +54,7 @@ def test_retry_after_holds_every_webhook_of_the_destination(start_cluster: Start
     assert len(receiver.wait_for("/busy", 2)) == 2
 
 
-def test_pause_holds_everything_and_resume_drains_it(start_cluster: StartCluster, receiver: Receiver) -> None:
-    relay = start_cluster(RELAY_RETRY_SCHEDULE="0.2")
+def test_pause_holds_everything_and_resume_drains_it(relay: Relay, receiver: Receiver) -> None:
     relay.client.submit("echo", 0, webhook=receiver.url("/p"))
     receiver.wait_for("/p", 1)
     dst = destination_of(relay.client, receiver.url("").rstrip("/"), key="key-acme")
@@ -69,17 +78,18 @@ def test_pause_holds_everything_and_resume_drains_it(start_cluster: StartCluster
     assert len(delivered_ids(receiver, "/p")) == 11
 
 
-def test_tenants_see_only_their_own_destinations(start_cluster: StartCluster, receiver: Receiver) -> None:
-    relay = start_cluster()
+def test_tenants_see_only_their_own_destinations(relay: Relay, receiver: Receiver) -> None:
     relay.client.submit("echo", 1, webhook=receiver.url("/a"))
     relay.client.submit("echo", 2, webhook=receiver.url("/b"), key="key-globex")
     receiver.wait_for("/a", 1)
     receiver.wait_for("/b", 1)
-    assert len(destinations(relay.client)) == 2
-    (own,) = destinations(relay.client, "key-acme")
-    assert own["tenant"] == "acme"
+    origin = receiver.url("").rstrip("/")
+    assert sorted(d["tenant"] for d in destinations(relay.client) if d["origin"] == origin) == ["acme", "globex"]
+    own = destinations(relay.client, "key-acme")
+    assert {d["tenant"] for d in own} == {"acme"}
+    assert origin in {d["origin"] for d in own}
     assert destinations(relay.client, "key-acme", tenant="globex") == []
-    (theirs,) = destinations(relay.client, "key-globex")
+    (theirs,) = [d for d in destinations(relay.client, "key-globex") if d["origin"] == origin]
     for method, path in (
         ("GET", ""),
         ("POST", "/pause"),
@@ -99,8 +109,7 @@ def test_tenants_see_only_their_own_destinations(start_cluster: StartCluster, re
     assert relay.client.get("/v1/destinations", key="key-acme", params={"state": "weird"}).status_code == 422
 
 
-def test_relay_destinations_commands(start_cluster: StartCluster, receiver: Receiver) -> None:
-    relay = start_cluster()
+def test_relay_destinations_commands(relay: Relay, receiver: Receiver) -> None:
     relay.client.submit("echo", 1, webhook=receiver.url("/cli"))
     receiver.wait_for("/cli", 1)
     env = relay_env("redis://unused", RELAY_URL=relay.api.url)
@@ -112,7 +121,8 @@ def test_relay_destinations_commands(start_cluster: StartCluster, receiver: Rece
 
     listed = relay_cli("list", "--json")
     assert listed.returncode == 0, listed.stderr
-    (dst,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    origin = receiver.url("").rstrip("/")
+    (dst,) = [d for d in map(json.loads, listed.stdout.splitlines()) if d["origin"] == origin]
     table = relay_cli("list")
     assert dst["id"] in table.stdout
     assert "healthy" in table.stdout
@@ -128,8 +138,7 @@ def test_relay_destinations_commands(start_cluster: StartCluster, receiver: Rece
     assert relay_cli("show", "dst_missing").returncode == 1
 
 
-def test_a_paused_destination_never_holds_up_a_websocket_push(start_cluster: StartCluster, receiver: Receiver) -> None:
-    relay = start_cluster(RELAY_WS_ACK_TIMEOUT="1")
+def test_a_paused_destination_never_holds_up_a_websocket_push(relay: Relay, receiver: Receiver) -> None:
     relay.client.submit("echo", 0, webhook=receiver.url("/ws"))
     receiver.wait_for("/ws", 1)
     dst = destination_of(relay.client, receiver.url("").rstrip("/"))
