@@ -128,7 +128,7 @@ def _time(value: bytes | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
-def state_of(meta: dict[str, bytes], *, now: float) -> DestinationState:
+def state_of(meta: dict[str, bytes]) -> DestinationState:
     if meta.get("paused") == b"1":
         return DestinationState.PAUSED
     if meta.get("opened_at"):
@@ -138,13 +138,12 @@ def state_of(meta: dict[str, bytes], *, now: float) -> DestinationState:
     return DestinationState.HEALTHY
 
 
-def view(
-    destination_id_: str, meta: dict[str, bytes], *, owed: int, in_flight: int, flow: FlowSettings, now: float
-) -> Destination:
+def view(dst_id: str, meta: dict[str, bytes], *, owed: int, in_flight: int, flow: FlowSettings) -> Destination:
+    """The API's view of a destination: its meta hash and counts."""
     rate = meta.get("rate_per_s")
-    state = state_of(meta, now=now)
+    state = state_of(meta)
     return Destination(
-        id=destination_id_,
+        id=dst_id,
         tenant=as_text(meta["tenant"]),
         origin=as_text(meta.get("origin") or b""),
         state=state,
@@ -182,8 +181,8 @@ class DestinationStore:
     def flow(self) -> FlowSettings:
         return self._flow
 
-    async def get(self, destination_id_: str) -> Destination | None:
-        found = await self._read([destination_id_])
+    async def get(self, dst_id: str) -> Destination | None:
+        found = await self._read([dst_id])
         return found[0] if found else None
 
     async def _read(self, ids: Sequence[str]) -> list[Destination]:
@@ -202,7 +201,7 @@ class DestinationStore:
             if not meta or b"tenant" not in meta:
                 continue
             fields = {as_text(k): v for k, v in meta.items()}
-            out.append(view(dst, fields, owed=int(due) + int(flight), in_flight=int(live), flow=self._flow, now=now))
+            out.append(view(dst, fields, owed=int(due) + int(flight), in_flight=int(live), flow=self._flow))
         return out
 
     async def all(self, tenant: str | None = None) -> list[Destination]:
@@ -233,15 +232,15 @@ class DestinationStore:
         more = len(items) > limit
         return page, (_encode_cursor(sort_key(page[-1])) if more and page else None)
 
-    async def change(self, destination_id_: str, op: str, *args: Any) -> Destination | None:
+    async def change(self, dst_id: str, op: str, *args: Any) -> Destination | None:
         """Apply ``op`` ('pause', 'resume' or 'set' with max_in_flight and rate ('' keeps, 'none' clears))."""
         done = await self._admin(
-            keys=[*keys.destination_keys(destination_id_), keys.DESTINATIONS_READY],
-            args=[*self._flow.header(), destination_id_, op, *args],
+            keys=[*keys.destination_keys(dst_id), keys.DESTINATIONS_READY],
+            args=[*self._flow.header(), dst_id, op, *args],
         )
         if not done:
             return None
-        return await self.get(destination_id_)
+        return await self.get(dst_id)
 
     async def counts(self) -> DestinationCounts:
         """Destinations by state, and the webhooks they owe and hold."""
