@@ -66,6 +66,9 @@ DEFAULT_PACED_S = 5.0
 # The bad day: webhooks owed to each of the two bad destinations, and how long the hanging one takes to answer.
 DEFAULT_BAD_OWED = 3000
 HANG_S = 20.0
+# How long the bad day waits for its bad tasks to run before it measures.
+BAD_DAY_SETTLE_S = 600.0
+SETTLE_POLL_S = 0.25
 # How long to wait for the last webhooks of a phase after its last submit.
 DEFAULT_DRAIN_TIMEOUT_S = 30.0
 # How often the receiver is asked how many webhooks it holds.
@@ -699,10 +702,10 @@ async def phase_bad_day(client: Client, meter: CpuMeter, args: argparse.Namespac
             bad = [d for d in await client.destinations(session) if d["origin"] != client.urls["receiver"]]
             return sum(d["owed"] for d in bad) >= bad_accepted
 
-        for _ in range(600):  # every bad task has run and owes its webhook
+        for _ in range(int(BAD_DAY_SETTLE_S / SETTLE_POLL_S)):  # until every bad task has run and owes its webhook
             if await all_owed():
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(SETTLE_POLL_S)
         before = await client.bad_counts(session)
         started = time.time()
     thr = await phase_throughput(client, meter, args.tasks, args.concurrency, args.timeout, None)
