@@ -24,9 +24,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', READY, '-inf', NOW, 'LIMIT', 0, 
                 table.insert(result, LEASE_MS)
                 table.insert(result, record)
             else
-                -- settled meanwhile (an ack, a purge): nothing to send
+                -- settled meanwhile (an ack, a purge): nothing to send (a probe that was this is no probe: see dst_read)
                 redis.call('ZREM', d.flight, item[1])
                 redis.call('ZREM', d.deadline, item[1])
+                dst_refresh(d)
             end
         end
     end

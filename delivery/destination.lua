@@ -38,23 +38,54 @@ local function num(value, default)
     return default
 end
 
--- Make the destination's record on its first owed webhook.
+-- Make the destination's record on its first owed webhook (and keep it in the indexes, which a listing prunes of
+-- destinations it finds forgotten).
 local function dst_ensure(d, tenant, origin)
     if redis.call('HSETNX', d.meta, 'tenant', tenant) == 1 then
         redis.call('HSET', d.meta, 'origin', origin, 'created_at', NOW, 'failures', 0)
-        redis.call('SADD', ALL, d.id)
-        redis.call('SADD', TENANT_PREFIX .. tenant, d.id)
     end
+    redis.call('SADD', ALL, d.id)
+    redis.call('SADD', TENANT_PREFIX .. tenant, d.id)
+end
+
+-- Is event_id owed to the destination already (waiting or in flight)?
+local function dst_owes(d, event_id)
+    return redis.call('ZSCORE', d.due, event_id) or redis.call('ZSCORE', d.flight, event_id)
 end
 
 local function dst_read(d)
     local v = redis.call('HMGET', d.meta, 'max_in_flight', 'rate_per_s', 'opened_at', 'next_probe_at', 'probe',
         'hold_until', 'paused', 'tokens', 'tokens_at', 'failures', 'probe_wait')
+    local probe = v[5]
+    if probe and not redis.call('ZSCORE', d.flight, probe) then
+        -- its attempt left flight without a settle (its record was gone or unreadable): no probe is out
+        redis.call('HDEL', d.meta, 'probe')
+        probe = false
+    end
     return {
         max = num(v[1], DEFAULT_MAX), custom = (v[1] or v[2]) and true or false, rate = num(v[2], nil),
-        opened = v[3], next_probe = num(v[4], 0), probe = v[5], hold = num(v[6], 0), paused = v[7] == '1',
+        opened = v[3], next_probe = num(v[4], 0), probe = probe, hold = num(v[6], 0), paused = v[7] == '1',
         tokens = v[8], tokens_at = v[9], failures = num(v[10], 0), probe_wait = num(v[11], PROBE_S),
     }
+end
+
+-- The first webhooks by retry deadline that are waiting, not in flight: at most limit of them. The deadline set
+-- also holds the attempts in flight, so this reads past at most as many of those as there are.
+local function dst_waiting_by_deadline(d, limit)
+    local found = {}
+    local window = redis.call('ZCARD', d.flight) + limit
+    local ranked = redis.call('ZRANGE', d.deadline, 0, window - 1, 'WITHSCORES')
+    for i = 1, #ranked, 2 do
+        if #found >= limit then
+            break
+        end
+        if redis.call('ZSCORE', d.due, ranked[i]) then
+            table.insert(found, {ranked[i], tonumber(ranked[i + 1])})
+        elseif not redis.call('ZSCORE', d.flight, ranked[i]) then
+            redis.call('ZREM', d.deadline, ranked[i])  -- owed no more (its record was unreadable): not a place holder
+        end
+    end
+    return found
 end
 
 -- Tokens in the rate bucket now (its burst is one second of the rate, at least one).
@@ -94,9 +125,9 @@ local function dst_refresh(d)
             if not s.probe then
                 consider(math.max(s.next_probe, s.hold))
             end
-            local expiring = redis.call('ZRANGE', d.deadline, 0, 0, 'WITHSCORES')
+            local expiring = dst_waiting_by_deadline(d, 1)
             if #expiring > 0 then
-                consider(tonumber(expiring[2]))
+                consider(expiring[1][2])
             end
         elseif in_flight < s.max then
             local t = math.max(tonumber(head[2]), s.hold)
@@ -147,12 +178,11 @@ local function dst_admit(d, event_id)
 end
 
 -- The webhook owed longest that is not in flight (the deadline set is in the order they were first owed; the due
--- set, by next attempt, answers when the first few owed are all in flight).
+-- set, by next attempt, answers for any without a deadline).
 local function dst_oldest(d)
-    for _, id in ipairs(redis.call('ZRANGE', d.deadline, 0, 7)) do
-        if redis.call('ZSCORE', d.due, id) then
-            return id
-        end
+    local first = dst_waiting_by_deadline(d, 1)
+    if #first > 0 then
+        return first[1][1]
     end
     local head = redis.call('ZRANGE', d.due, 0, 0)
     return head[1] or false
@@ -177,11 +207,14 @@ local function dst_claim(d, budget, out)
     local taken = 0
     if not s.paused then
         if s.opened then
-            for _, id in ipairs(redis.call('ZRANGEBYSCORE', d.deadline, '-inf', NOW, 'LIMIT', 0, budget)) do
-                redis.call('ZREM', d.deadline, id)
-                redis.call('ZREM', d.due, id)
-                redis.call('ZADD', d.flight, LEASE_MS, id)
-                table.insert(out, {id, 'expire'})
+            -- (the deadline entry stays until the dead letter is written: a lost 'expire' lease expires again)
+            for _, entry in ipairs(dst_waiting_by_deadline(d, budget)) do
+                if entry[2] > NOW then
+                    break
+                end
+                redis.call('ZREM', d.due, entry[1])
+                redis.call('ZADD', d.flight, LEASE_MS, entry[1])
+                table.insert(out, {entry[1], 'expire'})
                 taken = taken + 1
             end
             if not s.probe and NOW >= math.max(s.next_probe, s.hold) and taken < budget then
@@ -226,7 +259,8 @@ local function dst_holds(d, event_id, token)
 end
 
 -- After an attempt: give its slot back and move the breaker. outcome is 'ok', 'fail' (no answer, timeout, 5xx,
--- 429: what the breaker counts), 'other' (the receiver answered otherwise) or 'none' (no attempt was made).
+-- 429: what the breaker counts), 'other' (the receiver answered otherwise: a 4xx, which resets the count) or
+-- 'none' (no attempt was made).
 -- Returns 'opened', 'recovered' or ''.
 local function dst_settle(d, event_id, outcome, error_text, hold_until)
     local s = dst_read(d)
@@ -243,17 +277,23 @@ local function dst_settle(d, event_id, outcome, error_text, hold_until)
             redis.call('HDEL', d.meta, 'opened_at', 'next_probe_at', 'probe_wait', 'probe')
             change = 'recovered'
         end
+    elseif outcome == 'other' then
+        -- The receiver answered (a 4xx): it is up, whatever it thought of this webhook. The breaker counts only
+        -- what says it is down; an answered probe closes the circuit.
+        redis.call('HSET', d.meta, 'last_failure_at', NOW, 'last_error', error_text, 'failures', 0)
+        if s.opened and was_probe then
+            redis.call('HDEL', d.meta, 'opened_at', 'next_probe_at', 'probe_wait', 'probe')
+            change = 'recovered'
+        end
     elseif outcome ~= 'none' then
         redis.call('HSET', d.meta, 'last_failure_at', NOW, 'last_error', error_text)
-        if outcome == 'fail' then
-            redis.call('HINCRBY', d.meta, 'failures', 1)
-        end
+        redis.call('HINCRBY', d.meta, 'failures', 1)
         if s.opened then
             if was_probe then
                 local wait = math.min(s.probe_wait * 2, MAX_PROBE_S)
                 redis.call('HSET', d.meta, 'probe_wait', wait, 'next_probe_at', NOW + wait)
             end
-        elseif outcome == 'fail' and s.failures + 1 >= THRESHOLD then
+        elseif s.failures + 1 >= THRESHOLD then
             redis.call('HSET', d.meta, 'opened_at', NOW, 'probe_wait', PROBE_S, 'next_probe_at', NOW + PROBE_S)
             change = 'opened'
         end

@@ -133,8 +133,11 @@ def state_of(meta: dict[str, bytes]) -> DestinationState:
         return DestinationState.PAUSED
     if meta.get("opened_at"):
         return DestinationState.OPEN
-    if int(meta.get("failures") or 0) > 0:
-        return DestinationState.DEGRADED
+    failed_at, succeeded_at = meta.get("last_failure_at"), meta.get("last_success_at")
+    if int(meta.get("failures") or 0) > 0 or (
+        failed_at and (not succeeded_at or float(failed_at) > float(succeeded_at))
+    ):
+        return DestinationState.DEGRADED  # its last attempt failed
     return DestinationState.HEALTHY
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from delivery.destinations import breaker_outcome
 from delivery.ops_events import OpsNotifier
 from delivery.outbox import Kind, Lease, Outbox, Recorded, webhook_attempt
 from delivery.policy import Decision, Verdict, decide
@@ -142,8 +143,11 @@ class DeliveryEngine:
         live = list(secrets) if secrets else await self._secrets.live(delivery.tenant)
         at = datetime.now(UTC)
         result = await self._sender.send(delivery.url, delivery.event_id, _encode(delivery.event), live)
-        probe = lease.kind == Kind.PROBE
-        decision = decide(result, run_attempts=delivery.run_attempts + 1, schedule_s=self._schedule_s, probe=probe)
+        # A probe that finds the receiver still down is the destination's failure, not the webhook's.
+        probe_failed = lease.kind == Kind.PROBE and breaker_outcome(result) == "fail"
+        decision = decide(
+            result, run_attempts=delivery.run_attempts + 1, schedule_s=self._schedule_s, probe=probe_failed
+        )
         attempt = webhook_attempt(
             delivery,
             at=at,
@@ -153,7 +157,7 @@ class DeliveryEngine:
             delivered=result.ok,
         )
         recorded = await self._outbox.record(
-            delivery, attempt, decision, token=lease.token, result=result, counted=not probe
+            delivery, attempt, decision, token=lease.token, result=result, counted=not probe_failed
         )
         self._after(delivery, recorded)
 

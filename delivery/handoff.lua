@@ -11,6 +11,9 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
     return {'gone'}
 end
 local d = {id = ARGV[9], meta = KEYS[3], due = KEYS[4], flight = KEYS[5], deadline = KEYS[6]}
+if dst_owes(d, event_id) then
+    return {'owed'}  -- handed over before (a second claim of a slow first handoff)
+end
 dst_ensure(d, ARGV[10], ARGV[11])
 local token = dst_admit(d, event_id)
 if not token then

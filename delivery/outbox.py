@@ -122,7 +122,9 @@ class Outbox:
             delivery = decode_or_skip(_decode_delivery, raw[i + 4], key=keys.delivery(event_id))
             if delivery is None:
                 # Out of its destination: it would come back every lease and fail again (its record stays, logged).
-                await self._redis.zrem(keys.destination_keys(as_text(raw[i]))[2], event_id)
+                _, _, flight, deadline = keys.destination_keys(as_text(raw[i]))
+                await self._redis.zrem(flight, event_id)
+                await self._redis.zrem(deadline, event_id)
                 unreadable += 1
                 continue
             leases.append(Lease(delivery=delivery, token=as_text(raw[i + 3]), kind=as_text(raw[i + 2])))

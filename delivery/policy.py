@@ -62,9 +62,9 @@ def decide(
     """Decide what follows attempt number ``run_attempts`` (1-based) of the current run.
 
     The schedule lists the delay before each retry, so a run makes at most ``len(schedule_s) + 1``
-    attempts. ``Retry-After`` on 429/503 replaces the scheduled delay but still uses up a retry. A failed
-    ``probe`` of an open destination is the destination's failure, not the webhook's: it is owed again at
-    once (held with the rest) and uses up none of its retries.
+    attempts. ``Retry-After`` on 429/503 replaces the scheduled delay but still uses up a retry. A ``probe`` of
+    an open destination that found the receiver still down is the destination's failure, not the webhook's: it
+    is owed again at once (held with the rest) and uses up none of its retries.
     """
     if result.ok:
         return Decision(Verdict.DELIVERED)

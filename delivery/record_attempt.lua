@@ -29,7 +29,7 @@ if ARGV[10] ~= '' then
 end
 if verdict == 'noted' then
     redis.call('ZREM', KEYS[3], event_id)
-    if redis.call('EXISTS', KEYS[4]) == 0 then
+    if redis.call('EXISTS', KEYS[4]) == 0 or dst_owes(d, event_id) then
         return {'ok', ''}
     end
     dst_ensure(d, ARGV[14], ARGV[15])

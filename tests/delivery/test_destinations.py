@@ -296,3 +296,67 @@ async def test_what_an_open_destination_holds_costs_the_claim_nothing(redis: aio
     await hold(10, 100_000)
     large = await claim_one_healthy()
     assert small == large < 40
+
+
+async def opened(redis: aioredis.Redis, outbox: Outbox, url: str, now: float) -> list[Lease]:
+    """``url``'s destination opened by three failures (two owed, then a retry); the other retry's lease too."""
+    for lease in await owe(redis, outbox, url, 2):
+        await settle(outbox, lease, DOWN, now=now)
+    retries = await outbox.claim_destinations(limit=100, now=now + 6)
+    assert await settle(outbox, retries[0], DOWN, now=now + 6) == "opened"
+    return retries[1:]
+
+
+async def test_a_probe_whose_record_is_gone_does_not_stop_the_probing(redis: aioredis.Redis, outbox: Outbox) -> None:
+    url = "http://record-gone.test/"
+    now = time.time()
+    (other,) = await opened(redis, outbox, url, now)
+    await settle(outbox, other, DOWN, now=now + 6)
+    oldest = await redis.zrange(destination_for("acme", url).keys[3], 0, -1)  # by the time first owed
+    await redis.delete(keys.delivery(oldest[0].decode()))  # purged meanwhile, say
+    assert await outbox.claim_destinations(limit=100, now=now + 11.5) == []  # the probe found nothing to send
+    probe = await outbox.claim_destinations(limit=100, now=now + 12)
+    assert [(p.kind, p.delivery.event_id) for p in probe] == [(Kind.PROBE, other.delivery.event_id)]
+
+
+async def _probe_out_past_the_span(redis: aioredis.Redis, outbox: Outbox, url: str, now: float) -> tuple[Lease, Lease]:
+    """An open destination whose probe is still out when the held webhooks' span ends; the probe and the one
+    expired then."""
+    (other,) = await opened(redis, outbox, url, now)
+    await settle(outbox, other, DOWN, now=now + 6)
+    (probe,) = await outbox.claim_destinations(limit=1, now=now + 300)  # the span is 305 s: still out at 306
+    assert probe.kind == Kind.PROBE
+    expired = await outbox.claim_destinations(limit=100, now=now + 306)
+    assert [(e.kind, e.delivery.event_id) for e in expired] == [(Kind.EXPIRE, other.delivery.event_id)]
+    return probe, expired[0]
+
+
+async def test_an_attempt_in_flight_is_never_expired_under_it(redis: aioredis.Redis, outbox: Outbox) -> None:
+    now = time.time()
+    probe, _ = await _probe_out_past_the_span(redis, outbox, "http://slow-probe.test/", now)
+    assert await settle(outbox, probe, OK, now=now + 307) == "recovered"  # its lease was its own: it counts
+
+
+async def test_a_lost_expire_lease_expires_again(redis: aioredis.Redis, outbox: Outbox) -> None:
+    now = time.time()
+    probe, expire = await _probe_out_past_the_span(redis, outbox, "http://lost-expire.test/", now)
+    await settle(outbox, probe, DOWN, now=now + 307)  # still down: owed again, past its span too
+    again = await outbox.claim_destinations(limit=100, now=now + 306 + 121)  # the expire lease ran out
+    assert sorted((e.kind, e.delivery.event_id) for e in again) == sorted(
+        (Kind.EXPIRE, lease.delivery.event_id) for lease in (probe, expire)
+    )
+
+
+async def test_a_probe_the_receiver_answers_with_a_4xx_closes_the_circuit(
+    redis: aioredis.Redis, outbox: Outbox, store: DestinationStore
+) -> None:
+    url = "http://answers-400.test/"
+    now = time.time()
+    (other,) = await opened(redis, outbox, url, now)
+    await settle(outbox, other, DOWN, now=now + 6)
+    probe = await outbox.claim_destinations(limit=100, now=now + 11.5)
+    assert await settle(outbox, probe[0], AttemptResult(400, "HTTP 400", 1.0), now=now + 12) == "recovered"
+    view = await store.get(destination_for("acme", url).id)
+    assert view is not None
+    assert view.state is DestinationState.DEGRADED  # up, but its last attempt failed
+    assert view.consecutive_failures == 0
