@@ -51,7 +51,6 @@ local token = dst_admit(d, ARGV[9])
 if not token then
     dst_owe(d, ARGV[9], NOW)
 end
-dst_refresh(d)
 if not token then
     return {'owed'}
 end

@@ -38,14 +38,13 @@ local function num(value, default)
     return default
 end
 
--- Make the destination's record on its first owed webhook (and keep it in the indexes, which a listing prunes of
--- destinations it finds forgotten).
+-- Make the destination's record on its first owed webhook (a forgotten one is made again, indexes included).
 local function dst_ensure(d, tenant, origin)
     if redis.call('HSETNX', d.meta, 'tenant', tenant) == 1 then
         redis.call('HSET', d.meta, 'origin', origin, 'created_at', NOW, 'failures', 0)
+        redis.call('SADD', ALL, d.id)
+        redis.call('SADD', TENANT_PREFIX .. tenant, d.id)
     end
-    redis.call('SADD', ALL, d.id)
-    redis.call('SADD', TENANT_PREFIX .. tenant, d.id)
 end
 
 -- Is event_id owed to the destination already (waiting or in flight)?
@@ -154,11 +153,21 @@ local function dst_refresh(d)
     end
 end
 
--- A webhook is owed to the destination, due at due_at. Its retry span starts when it is first owed: held past
--- that by an open destination, it is dead-lettered without more attempts.
+-- The destination may have something to do at time t: lower its READY score to t if it is later (the claim's
+-- refresh sets the exact time, raising it too). A READY score is a lower bound: too early costs one visit of the
+-- claim, too late would hold webhooks, so every change that makes work possible sooner lowers it.
+local function dst_mark_ready(d, t)
+    redis.call('ZADD', READY, 'LT', t, d.id)
+    redis.call('PERSIST', d.meta)
+end
+
+-- A webhook is owed to the destination, due at due_at. Its retry span starts when it first waits (owed while the
+-- destination is busy, or after its first failed attempt): held past that by an open destination, it is
+-- dead-lettered without more attempts.
 local function dst_owe(d, event_id, due_at)
     redis.call('ZADD', d.due, due_at, event_id)
     redis.call('ZADD', d.deadline, 'NX', NOW + SPAN_S, event_id)
+    dst_mark_ready(d, due_at)
 end
 
 -- Lease one attempt of event_id to the caller now, when the destination lets one start now and nothing older
@@ -172,12 +181,12 @@ local function dst_admit(d, event_id)
         return false
     end
     redis.call('ZADD', d.flight, LEASE_MS, event_id)
-    redis.call('ZADD', d.deadline, 'NX', NOW + SPAN_S, event_id)
     dst_take(d, s, 1)
+    dst_mark_ready(d, LEASE_MS / 1000)  -- when a worker that died holding it gives the slot back
     return LEASE_MS
 end
 
--- The webhook owed longest that is not in flight (the deadline set is in the order they were first owed; the due
+-- The webhook waiting longest, not in flight (the deadline set is in the order they first waited; the due
 -- set, by next attempt, answers for any without a deadline).
 local function dst_oldest(d)
     local first = dst_waiting_by_deadline(d, 1)
@@ -246,6 +255,34 @@ local function dst_claim(d, budget, out)
     end
     dst_refresh(d)
     return taken
+end
+
+-- Lease the destination's next due webhook to the caller when it may start now (closed, not paused or held, a
+-- slot and a token free): its id, record and lease token, or nil. A record that is gone is dropped.
+local function dst_next(d, record_prefix)
+    if #redis.call('ZRANGEBYSCORE', d.due, '-inf', NOW, 'LIMIT', 0, 1) == 0 then
+        return nil
+    end
+    local s = dst_read(d)
+    if s.paused or s.opened or s.hold > NOW then
+        return nil
+    end
+    while redis.call('ZCARD', d.flight) < s.max and dst_tokens(s) >= 1 do
+        local head = redis.call('ZRANGEBYSCORE', d.due, '-inf', NOW, 'LIMIT', 0, 1)
+        if #head == 0 then
+            return nil
+        end
+        local id = head[1]
+        redis.call('ZREM', d.due, id)
+        local record = redis.call('GET', record_prefix .. id)
+        if record then
+            redis.call('ZADD', d.flight, LEASE_MS, id)
+            dst_take(d, s, 1)
+            return id, record, LEASE_MS
+        end
+        redis.call('ZREM', d.deadline, id)
+    end
+    return nil
 end
 
 -- Does the caller still hold event_id's attempt? true, false (another attempt holds it now), or nil (no lease:

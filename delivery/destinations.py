@@ -34,6 +34,14 @@ CLAIM_DESTINATIONS = 100
 MAX_LISTED = 10_000
 MAX_PROBE_S = 300
 
+# Drop from an index (KEYS[1]) the destinations (ARGV[2..]) whose record is gone (ARGV[1]: the key prefix).
+_PRUNE_LUA = """
+for i = 2, #ARGV do
+    if redis.call('EXISTS', ARGV[1] .. '{' .. ARGV[i] .. '}:meta') == 0 then
+        redis.call('SREM', KEYS[1], ARGV[i])
+    end
+end
+"""
 _ORDER = {
     DestinationState.OPEN: 0,
     DestinationState.PAUSED: 1,
@@ -179,6 +187,7 @@ class DestinationStore:
         self._redis = redis
         self._flow = flow
         self._admin = redis.register_script(lua("destination_admin.lua"))
+        self._prune = redis.register_script(_PRUNE_LUA)
 
     @property
     def flow(self) -> FlowSettings:
@@ -219,8 +228,8 @@ class DestinationStore:
         for start in range(0, len(ids), 500):
             found += await self._read(ids[start : start + 500])
         gone = set(ids) - {d.id for d in found}
-        if gone:
-            await self._redis.srem(index, *gone)
+        if gone:  # forgotten while idle; checked again in one step, in case one was made again meanwhile
+            await self._prune(keys=[index], args=[keys.PREFIX, *gone])
         found.sort(key=sort_key)
         return found
 

@@ -65,6 +65,7 @@ class DeliveryEngine:
         self._concurrency = concurrency
         self._in_flight: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         if self._poller is None:
@@ -72,6 +73,7 @@ class DeliveryEngine:
 
     async def stop(self, *, grace_s: float = 5.0) -> None:
         """Stop claiming; give attempts in flight ``grace_s`` to finish (the rest resume after their lease)."""
+        self._stopping = True
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,23 +126,28 @@ class DeliveryEngine:
             await self._attempt(lease, None)
 
     async def _attempt(self, lease: Lease, secrets: Sequence[str] | None) -> None:
+        """Attempt ``lease`` in a slot of this process, then each next webhook its destination hands over."""
         async with self._slots:
-            try:
-                if lease.kind == Kind.EXPIRE:
-                    await self.expire(lease)
-                else:
-                    await self.attempt(lease, secrets)
-            except Exception:
-                # Redis went away or a bug: the lease runs out and this webhook is claimed again.
-                log.exception(
-                    "webhook attempt for event %s of task %s failed", lease.delivery.event_id, lease.delivery.task_id
-                )
+            current: Lease | None = lease
+            while current is not None:
+                now = current
+                try:
+                    current = await (self.expire(now) if now.kind == Kind.EXPIRE else self.attempt(now, secrets))
+                except Exception:
+                    # Redis went away or a bug: the lease runs out and this webhook is claimed again.
+                    log.exception(
+                        "webhook attempt for event %s of task %s failed", now.delivery.event_id, now.delivery.task_id
+                    )
+                    return
+                secrets = None
+                if self._stopping:
+                    return  # a webhook handed over now waits for its lease to run out, then any worker sends it
 
-    async def attempt(self, lease: Lease, secrets: Sequence[str] | None = None) -> None:
-        """Make one attempt and record what follows it."""
+    async def attempt(self, lease: Lease, secrets: Sequence[str] | None = None) -> Lease | None:
+        """Make one attempt and record what follows it; the destination's next webhook, when it handed one over."""
         delivery = lease.delivery
         assert delivery.url is not None, "a WebSocket-only delivery has no webhook to attempt"
-        live = list(secrets) if secrets else await self._secrets.live(delivery.tenant)
+        live = list(secrets) if secrets else (lease.secrets or await self._secrets.live(delivery.tenant))
         at = datetime.now(UTC)
         result = await self._sender.send(delivery.url, delivery.event_id, _encode(delivery.event), live)
         # A probe that finds the receiver still down is the destination's failure, not the webhook's.
@@ -160,11 +167,14 @@ class DeliveryEngine:
             delivery, attempt, decision, token=lease.token, result=result, counted=not probe_failed
         )
         self._after(delivery, recorded)
+        return recorded.next
 
-    async def expire(self, lease: Lease) -> None:
+    async def expire(self, lease: Lease) -> Lease | None:
         """A webhook its open destination held past its retry span: a dead letter, without another attempt."""
         decision = Decision(Verdict.DEAD, reason=DeadLetterReason.RETRIES_EXHAUSTED)
-        self._after(lease.delivery, await self._outbox.record(lease.delivery, None, decision, token=lease.token))
+        recorded = await self._outbox.record(lease.delivery, None, decision, token=lease.token)
+        self._after(lease.delivery, recorded)
+        return recorded.next
 
     def _after(self, delivery: PendingDelivery, recorded: Recorded) -> None:
         dead = recorded.dead

@@ -19,7 +19,6 @@ local token = dst_admit(d, event_id)
 if not token then
     dst_owe(d, event_id, NOW)
 end
-dst_refresh(d)
 if token then
     return {'admitted', token}
 end

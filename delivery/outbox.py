@@ -25,6 +25,7 @@ from delivery.ids import new_id
 from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_client import as_text
+from delivery.signing_secrets import live_secrets
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 
@@ -49,6 +50,7 @@ class Lease:
     delivery: PendingDelivery
     token: str
     kind: str = Kind.SEND
+    secrets: list[str] | None = None  # the tenant's live signing secrets, when they came with the lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class Recorded:
     change: str = ""  # 'opened' or 'recovered' when the destination's breaker moved
     destination_id: str | None = None
     admitted: str | None = None  # an unacked push's webhook, leased to the caller at once with this token
+    next: Lease | None = None  # the destination's next due webhook, leased to the caller in the same step
 
 
 class Outbox:
@@ -275,15 +278,28 @@ class Outbox:
                 keys.dead_letters_of(delivery.tenant),
                 keys.dead_letter_of_event(delivery.event_id),
                 *(dst.keys if dst else _NO_DESTINATION),
+                keys.secrets(delivery.tenant),
             ],
             args=args,
         )
         status = as_text(reply[0])
+        following = None
+        if len(reply) > 3 and dst is not None:
+            next_id = as_text(reply[3])
+            next_delivery = decode_or_skip(_decode_delivery, reply[4], key=keys.delivery(next_id))
+            if next_delivery is None:
+                await self._redis.zrem(dst.keys[2], next_id)
+                await self._redis.zrem(dst.keys[3], next_id)
+                await count_unreadable(self._redis, 1)
+            else:
+                raw_secrets = reply[6] if len(reply) > 6 and isinstance(reply[6], bytes) else None
+                following = Lease(delivery=next_delivery, token=as_text(reply[5]), secrets=live_secrets(raw_secrets))
         return Recorded(
             dead=dead if status == "ok" else None,
             change=as_text(reply[1]),
             destination_id=dst.id if dst else None,
             admitted=as_text(reply[2]) if status == "admitted" else None,
+            next=following,
         )
 
 

@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from delivery import keys
-from delivery.destinations import DestinationStore, FlowSettings, destination_for, origin_of
-from delivery.outbox import Kind, Lease, Outbox, webhook_attempt
+from delivery.destinations import DestinationStore, FlowSettings, breaker_outcome, destination_for, origin_of
+from delivery.outbox import Kind, Lease, Outbox, Recorded, webhook_attempt
 from delivery.policy import AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery
 from delivery.redis_client import connect
@@ -70,11 +70,11 @@ async def owe(redis: aioredis.Redis, outbox: Outbox, url: str, count: int, tenan
     return leases
 
 
-async def settle(outbox: Outbox, lease: Lease, result: AttemptResult, *, now: float | None = None) -> str:
-    """Record ``result`` for ``lease`` as the engine does; the breaker's change."""
+async def settle(outbox: Outbox, lease: Lease, result: AttemptResult, *, now: float | None = None) -> Recorded:
+    """Record ``result`` for ``lease`` as the engine does."""
     from delivery.policy import decide
 
-    probe = lease.kind == Kind.PROBE
+    probe = lease.kind == Kind.PROBE and breaker_outcome(result) == "fail"
     decision = decide(result, run_attempts=lease.delivery.run_attempts + 1, schedule_s=SCHEDULE, jitter=0, probe=probe)
     attempt = webhook_attempt(
         lease.delivery,
@@ -84,10 +84,9 @@ async def settle(outbox: Outbox, lease: Lease, result: AttemptResult, *, now: fl
         duration_ms=1.0,
         delivered=result.ok,
     )
-    recorded = await outbox.record(
+    return await outbox.record(
         lease.delivery, attempt, decision, token=lease.token, result=result, counted=not probe, now=now
     )
-    return recorded.change
 
 
 def ids(leases: list[Lease]) -> list[str]:
@@ -108,9 +107,11 @@ async def test_at_most_max_in_flight_start_and_a_settle_frees_a_slot(redis: aior
     started = await owe(redis, outbox, "http://a.test/hook", 5)
     assert len(started) == 2  # the cap; the other three wait in the destination, oldest first
     assert await outbox.claim_destinations(limit=100) == []
-    await settle(outbox, started[0], OK)
-    claimed = await outbox.claim_destinations(limit=100)
-    assert ids(claimed) == ["evt_" + str(int(started[1].delivery.event_id[4:]) + 1)]
+    # The freed slot goes straight to the oldest waiting webhook, leased to whoever settled.
+    handed = (await settle(outbox, started[0], OK)).next
+    assert handed is not None
+    assert handed.delivery.event_id == "evt_" + str(int(started[1].delivery.event_id[4:]) + 1)
+    assert await outbox.claim_destinations(limit=100) == []  # at the cap again
 
 
 async def test_a_destination_at_its_cap_with_many_owed_costs_others_nothing(
@@ -133,9 +134,10 @@ async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
 ) -> None:
     url = "http://down.test/"
     dst = destination_for("acme", url)
-    changes = [await settle(outbox, lease, DOWN) for lease in await owe(redis, outbox, url, 2)]
+    changes = [(await settle(outbox, lease, DOWN)).change for lease in await owe(redis, outbox, url, 2)]
     changes += [
-        await settle(outbox, lease, DOWN) for lease in await outbox.claim_destinations(limit=9, now=time.time() + 6)
+        (await settle(outbox, lease, DOWN)).change
+        for lease in await outbox.claim_destinations(limit=9, now=time.time() + 6)
     ]
     assert changes[:2] == ["", ""]
     assert "opened" in changes[2:]
@@ -150,13 +152,15 @@ async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
     probe = await outbox.claim_destinations(limit=100, now=now + 5.5)
     assert [lease.kind for lease in probe] == [Kind.PROBE]
     assert await outbox.claim_destinations(limit=100, now=now + 5.6) == []  # one probe at a time
-    assert await settle(outbox, probe[0], DOWN, now=now + 6) == ""
+    assert (await settle(outbox, probe[0], DOWN, now=now + 6)).change == ""
     assert await outbox.claim_destinations(limit=100, now=now + 6 + 9) == []  # the wait doubled to 10 s
     probe = await outbox.claim_destinations(limit=100, now=now + 6 + 10.5)
     assert len(probe) == 1
-    assert await settle(outbox, probe[0], OK, now=now + 17) == "recovered"
-    drained = await outbox.claim_destinations(limit=100, now=now + 17.5)
-    assert len(drained) == 2
+    recovered = await settle(outbox, probe[0], OK, now=now + 17)
+    assert recovered.change == "recovered"
+    assert recovered.next is not None  # the probe's slot, handed to the oldest held webhook
+    drained = [recovered.next, *await outbox.claim_destinations(limit=100, now=now + 17.5)]
+    assert len(drained) == 2  # within the cap
     assert all(lease.kind == Kind.SEND for lease in drained)
     view = await store.get(dst.id)
     assert view is not None
@@ -195,7 +199,7 @@ async def test_a_dead_workers_leases_come_back_after_the_lease(redis: aioredis.R
     back = await outbox.claim_destinations(limit=100, now=time.time() + 121)
     assert sorted(ids(back)) == sorted(ids(lost))  # the slots and the webhooks, not the third one yet
     # The dead worker's late outcome no longer counts: another attempt holds the delivery now.
-    assert await settle(outbox, lost[0], OK) == ""
+    assert (await settle(outbox, lost[0], OK)).change == ""
     assert await redis.exists(keys.delivery(lost[0].delivery.event_id)) == 1
 
 
@@ -205,13 +209,13 @@ async def test_held_webhooks_dead_letter_only_after_their_retry_span(redis: aior
     for lease in first:
         await settle(outbox, lease, DOWN)
     again = await outbox.claim_destinations(limit=100, now=time.time() + 6)
-    assert await settle(outbox, again[0], DOWN, now=time.time() + 6) == "opened"
+    assert (await settle(outbox, again[0], DOWN, now=time.time() + 6)).change == "opened"
     never_tried = await owe(redis, outbox, url, 3)  # owed while open: held, never attempted
     assert never_tried == []
     # Open: the retry span (305 s here) since they were first owed has not passed, nothing is dead yet.
     claimed = await outbox.claim_destinations(limit=100, now=time.time() + 200)
     assert [c.kind for c in claimed] == [Kind.PROBE]
-    assert await settle(outbox, claimed[0], DOWN, now=time.time() + 201) == ""
+    assert (await settle(outbox, claimed[0], DOWN, now=time.time() + 201)).change == ""
     expired = await outbox.claim_destinations(limit=100, now=time.time() + 400)
     assert [c.kind for c in expired] == [Kind.EXPIRE] * 5  # all of them, with no attempt between
     for lease in expired:
@@ -242,18 +246,19 @@ async def test_rate_per_s_spaces_the_starts(redis: aioredis.Redis, outbox: Outbo
     assert view.max_in_flight == 100
 
 
-async def test_the_probe_is_the_webhook_owed_longest(redis: aioredis.Redis, outbox: Outbox) -> None:
+async def test_the_probe_is_the_webhook_waiting_longest(redis: aioredis.Redis, outbox: Outbox) -> None:
     url = "http://probed.test/"
     first, second = await owe(redis, outbox, url, 2)
     now = time.time()
-    await settle(outbox, second, DOWN, now=now)  # due again first ...
-    await settle(outbox, first, DOWN, now=now + 0.1)  # ... though owed later than this one
+    await settle(outbox, second, DOWN, now=now)  # waiting since now ...
+    await settle(outbox, first, DOWN, now=now + 0.1)  # ... and this one a moment later
     retries = await outbox.claim_destinations(limit=100, now=now + 6)
     assert ids(retries) == [second.delivery.event_id, first.delivery.event_id]
-    assert await settle(outbox, retries[0], DOWN, now=now + 6) == "opened"
-    await settle(outbox, retries[1], DOWN, now=now + 6.1)
+    # Their retries come back in the other order: the probe still goes to the one that has waited longest.
+    assert (await settle(outbox, retries[1], DOWN, now=now + 6)).change == "opened"
+    await settle(outbox, retries[0], DOWN, now=now + 6.1)
     probe = await outbox.claim_destinations(limit=100, now=now + 11.5)
-    assert [(p.kind, p.delivery.event_id) for p in probe] == [(Kind.PROBE, first.delivery.event_id)]
+    assert [(p.kind, p.delivery.event_id) for p in probe] == [(Kind.PROBE, second.delivery.event_id)]
 
 
 async def _claim_commands(redis: aioredis.Redis, outbox: Outbox) -> tuple[int, list[Lease]]:
@@ -271,7 +276,7 @@ async def test_what_an_open_destination_holds_costs_the_claim_nothing(redis: aio
     for lease in await owe(redis, outbox, url, 2):
         await settle(outbox, lease, DOWN)
     (again, _) = await outbox.claim_destinations(limit=2, now=time.time() + 6)
-    assert await settle(outbox, again, DOWN) == "opened"
+    assert (await settle(outbox, again, DOWN)).change == "opened"
     _, due, _, deadline = destination_for("acme", url).keys
     fine = destination_for("other", "http://fine.test/")
 
@@ -303,7 +308,7 @@ async def opened(redis: aioredis.Redis, outbox: Outbox, url: str, now: float) ->
     for lease in await owe(redis, outbox, url, 2):
         await settle(outbox, lease, DOWN, now=now)
     retries = await outbox.claim_destinations(limit=100, now=now + 6)
-    assert await settle(outbox, retries[0], DOWN, now=now + 6) == "opened"
+    assert (await settle(outbox, retries[0], DOWN, now=now + 6)).change == "opened"
     return retries[1:]
 
 
@@ -334,7 +339,7 @@ async def _probe_out_past_the_span(redis: aioredis.Redis, outbox: Outbox, url: s
 async def test_an_attempt_in_flight_is_never_expired_under_it(redis: aioredis.Redis, outbox: Outbox) -> None:
     now = time.time()
     probe, _ = await _probe_out_past_the_span(redis, outbox, "http://slow-probe.test/", now)
-    assert await settle(outbox, probe, OK, now=now + 307) == "recovered"  # its lease was its own: it counts
+    assert (await settle(outbox, probe, OK, now=now + 307)).change == "recovered"  # its lease was its own: it counts
 
 
 async def test_a_lost_expire_lease_expires_again(redis: aioredis.Redis, outbox: Outbox) -> None:
@@ -355,7 +360,7 @@ async def test_a_probe_the_receiver_answers_with_a_4xx_closes_the_circuit(
     (other,) = await opened(redis, outbox, url, now)
     await settle(outbox, other, DOWN, now=now + 6)
     probe = await outbox.claim_destinations(limit=100, now=now + 11.5)
-    assert await settle(outbox, probe[0], AttemptResult(400, "HTTP 400", 1.0), now=now + 12) == "recovered"
+    assert (await settle(outbox, probe[0], AttemptResult(400, "HTTP 400", 1.0), now=now + 12)).change == "recovered"
     view = await store.get(destination_for("acme", url).id)
     assert view is not None
     assert view.state is DestinationState.DEGRADED  # up, but its last attempt failed
