@@ -3,7 +3,7 @@
 --       open tasks of the tenant, requeue counts, then the destination's meta, due, flight, deadline
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
 --       delivery ("" for none), destination id ("" for none), event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
---       task_id, run token, final ("1" or ""), then with a webhook: the seven of dst_init, tenant, origin
+--       task_id, run token, final ("1" or ""), then with a webhook: the two of dst_init, tenant, origin
 -- Only the run that holds the task writes: returns {'ended'} when the task has ended already and {'stolen'}
 -- when another run holds its lease, writing nothing. Else {'none'} when no delivery is owed, or {mode, secrets}:
 --   'push'    the task wants WebSocket and (a socket follows it, or it has no webhook): the delivery waits
@@ -44,9 +44,9 @@ if ARGV[10] == '1' and (ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[7]) == 1) t
     redis.call('ZADD', KEYS[5], ARGV[11], ARGV[9])
     return {'push', false}
 end
-dst_init(ARGV[16], ARGV[17], ARGV[18], ARGV[19], ARGV[20], ARGV[21], ARGV[22])
+dst_init(ARGV[16], ARGV[17])
 local d = {id = ARGV[8], meta = KEYS[13], due = KEYS[14], flight = KEYS[15], deadline = KEYS[16]}
-dst_ensure(d, ARGV[23], ARGV[24])
+dst_ensure(d, ARGV[18], ARGV[19])
 local token = dst_admit(d, ARGV[9])
 if not token then
     dst_owe(d, ARGV[9], NOW)

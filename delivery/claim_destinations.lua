@@ -1,11 +1,11 @@
 -- Lease the attempts that ready destinations let start now, within each one's caps.
--- ARGV: the seven of dst_init, budget (most attempts in all), most destinations visited, delivery key prefix
+-- ARGV: the two of dst_init, budget (most attempts in all), most destinations visited, delivery key prefix
 -- Returns a flat list: destination id, event id, kind ('send' | 'probe' | 'expire'), lease token, record, ...
 -- Work grows with the destinations that are ready, never with the webhooks a destination holds.
-dst_init(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-local budget = tonumber(ARGV[8])
+dst_init(ARGV[1], ARGV[2])
+local budget = tonumber(ARGV[3])
 local result = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', READY, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[9]))) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', READY, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[4]))) do
     if budget <= 0 then
         break
     end
@@ -16,7 +16,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', READY, '-inf', NOW, 'LIMIT', 0, 
         local out = {}
         budget = budget - dst_claim(d, budget, out)
         for _, item in ipairs(out) do
-            local record = redis.call('GET', ARGV[10] .. item[1])
+            local record = redis.call('GET', ARGV[5] .. item[1])
             if record then
                 table.insert(result, id)
                 table.insert(result, item[1])

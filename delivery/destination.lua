@@ -1,6 +1,6 @@
 -- Flow control of one destination (a tenant plus a callback URL's origin): the functions every script that
 -- touches a destination shares. Python prepends the key names (READY, ALL, TENANT_PREFIX, KEY_PREFIX) and each
--- script calls dst_init with the clock and the settings (the seven of FlowSettings.header) before anything else.
+-- script calls dst_init with the clock and the settings (the two of FlowSettings.header) before anything else.
 --
 -- A destination's keys share the hash tag {dst_...}:
 --   meta      hash: tenant, origin, created_at, caps (max_in_flight, rate_per_s; absent: the defaults),
@@ -15,7 +15,11 @@
 local NOW, NOW_MS, DEFAULT_MAX, THRESHOLD, PROBE_S, IDLE_TTL, LEASE_MS, SPAN_S
 local MAX_PROBE_S = 300
 
-local function dst_init(now, default_max, threshold, probe_s, idle_ttl, lease_s, span_s)
+-- now: unix time; settings: "max_in_flight threshold probe_s idle_ttl_s lease_s retry_span_s" (one string, so
+-- that a script call carries two arguments for them, not seven).
+local function dst_init(now, settings)
+    local default_max, threshold, probe_s, idle_ttl, lease_s, span_s =
+        string.match(settings, '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
     NOW = tonumber(now)
     NOW_MS = math.floor(NOW * 1000)
     DEFAULT_MAX = tonumber(default_max)

@@ -1,26 +1,26 @@
 -- An operator's or owner's change to one destination, then its place in READY again.
 -- KEYS: meta, due, flight, deadline, ready
--- ARGV: the seven of dst_init, destination id, op ('pause' | 'resume' | 'set'),
+-- ARGV: the two of dst_init, destination id, op ('pause' | 'resume' | 'set'),
 --       for set: max_in_flight ('' keeps it), rate_per_s ('' keeps it, 'none' removes it)
 -- Returns 0 when there is no such destination.
-dst_init(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-local d = {id = ARGV[8], meta = KEYS[1], due = KEYS[2], flight = KEYS[3], deadline = KEYS[4]}
+dst_init(ARGV[1], ARGV[2])
+local d = {id = ARGV[3], meta = KEYS[1], due = KEYS[2], flight = KEYS[3], deadline = KEYS[4]}
 if redis.call('HEXISTS', d.meta, 'tenant') == 0 then
     return 0
 end
-local op = ARGV[9]
+local op = ARGV[4]
 if op == 'pause' then
     redis.call('HSET', d.meta, 'paused', '1')
 elseif op == 'resume' then
     redis.call('HDEL', d.meta, 'paused')
 elseif op == 'set' then
-    if ARGV[10] ~= '' then
-        redis.call('HSET', d.meta, 'max_in_flight', ARGV[10])
+    if ARGV[5] ~= '' then
+        redis.call('HSET', d.meta, 'max_in_flight', ARGV[5])
     end
-    if ARGV[11] == 'none' then
+    if ARGV[6] == 'none' then
         redis.call('HDEL', d.meta, 'rate_per_s', 'tokens', 'tokens_at')
-    elseif ARGV[11] ~= '' then
-        redis.call('HSET', d.meta, 'rate_per_s', ARGV[11])
+    elseif ARGV[6] ~= '' then
+        redis.call('HSET', d.meta, 'rate_per_s', ARGV[6])
         redis.call('HDEL', d.meta, 'tokens', 'tokens_at')
     end
 end

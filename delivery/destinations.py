@@ -95,7 +95,7 @@ def destination_for(tenant: str, url: str) -> DestinationRef:
     return DestinationRef(id=destination_id(tenant, origin), tenant=tenant, origin=origin)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FlowSettings:
     """The cluster-wide defaults every destination script runs with."""
 
@@ -107,17 +107,13 @@ class FlowSettings:
     idle_ttl_s: int = IDLE_TTL_S
 
     def header(self, now: float | None = None) -> list[Any]:
-        """The first seven arguments of every destination script (see ``dst_init``)."""
-        moment = time.time() if now is None else now
-        return [
-            repr(moment),
-            self.max_in_flight,
-            self.breaker_threshold,
-            self.probe_s,
-            self.idle_ttl_s,
-            self.lease_s,
-            self.retry_span_s,
-        ]
+        """The first two arguments of every destination script (see ``dst_init``): the time and the settings."""
+        return [repr(time.time() if now is None else now), self._packed]
+
+    @functools.cached_property
+    def _packed(self) -> str:
+        values = (self.max_in_flight, self.breaker_threshold, self.probe_s, self.idle_ttl_s, self.lease_s)
+        return " ".join(repr(v) for v in (*values, self.retry_span_s))
 
 
 def breaker_outcome(result: AttemptResult) -> str:

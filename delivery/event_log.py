@@ -96,7 +96,7 @@ class EventLog:
                 task_id,
                 run_token,
                 "1" if final else "",
-                *(self._flow.header() if dst else [""] * 7),
+                *(self._flow.header() if dst else ["", ""]),
                 dst.tenant if dst else "",
                 dst.origin if dst else "",
             ],

@@ -2,19 +2,19 @@
 -- destinations existed): it is owed there from now on, and leased to the caller at once when the destination
 -- lets it start now.
 -- KEYS: due (the general schedule), delivery, meta, dst due, flight, deadline
--- ARGV: the seven of dst_init, event id, destination id, tenant, origin
+-- ARGV: the two of dst_init, event id, destination id, tenant, origin
 -- Returns {'gone'}, {'owed'} or {'admitted', lease token}.
-dst_init(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-local event_id = ARGV[8]
+dst_init(ARGV[1], ARGV[2])
+local event_id = ARGV[3]
 redis.call('ZREM', KEYS[1], event_id)
 if redis.call('EXISTS', KEYS[2]) == 0 then
     return {'gone'}
 end
-local d = {id = ARGV[9], meta = KEYS[3], due = KEYS[4], flight = KEYS[5], deadline = KEYS[6]}
+local d = {id = ARGV[4], meta = KEYS[3], due = KEYS[4], flight = KEYS[5], deadline = KEYS[6]}
 if dst_owes(d, event_id) then
     return {'owed'}  -- handed over before (a second claim of a slow first handoff)
 end
-dst_ensure(d, ARGV[10], ARGV[11])
+dst_ensure(d, ARGV[5], ARGV[6])
 local token = dst_admit(d, event_id)
 if not token then
     dst_owe(d, event_id, NOW)
