@@ -46,11 +46,7 @@ if ARGV[10] == '1' and (ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[7]) == 1) t
 end
 dst_init(ARGV[16], ARGV[17])
 local d = {id = ARGV[8], meta = KEYS[13], due = KEYS[14], flight = KEYS[15], deadline = KEYS[16]}
-dst_ensure(d, ARGV[18], ARGV[19])
-local token = dst_admit(d, ARGV[9])
-if not token then
-    dst_owe(d, ARGV[9], NOW)
-end
+local token = dst_accept(d, ARGV[9], ARGV[18], ARGV[19])
 if not token then
     return {'owed'}
 end

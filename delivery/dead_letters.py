@@ -14,7 +14,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.errors import UnreadableRecord
+from delivery.errors import InvalidCursor, UnreadableRecord
 from delivery.outbox import Outbox, unlink_dead_letter
 from delivery.records import DECODE_ERRORS, PendingDelivery, count_unreadable, decode_or_skip, owner_of
 from schemas.dead_letters import DeadLetter, DeadLetterReason
@@ -46,10 +46,6 @@ class DeadLetterFilter:
             and (self.reason is None or dead.reason is self.reason)
             and (self.task_id is None or dead.task_id == self.task_id)
         )
-
-
-class InvalidCursor(ValueError):
-    """A cursor that this store did not hand out."""
 
 
 class DeadLetterStore:

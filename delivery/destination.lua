@@ -174,11 +174,16 @@ local function dst_owe(d, event_id, due_at)
     dst_mark_ready(d, due_at)
 end
 
--- Lease one attempt of event_id to the caller now, when the destination lets one start now and nothing older
--- waits. Returns the lease token (unix ms) or false.
+-- Is a webhook of the destination due now (waiting for a slot, a token or the end of a hold)?
+local function dst_due_now(d)
+    return #redis.call('ZRANGEBYSCORE', d.due, '-inf', NOW, 'LIMIT', 0, 1) > 0
+end
+
+-- Lease one attempt of event_id to the caller now, when the destination lets one start now and no webhook due
+-- before it waits (a retry due later does not count). Returns the lease token (unix ms) or false.
 local function dst_admit(d, event_id)
     local s = dst_read(d)
-    if s.paused or s.opened or s.hold > NOW or redis.call('ZCARD', d.due) > 0 then
+    if s.paused or s.opened or s.hold > NOW or dst_due_now(d) then
         return false
     end
     if redis.call('ZCARD', d.flight) >= s.max or dst_tokens(s) < 1 then
@@ -188,6 +193,17 @@ local function dst_admit(d, event_id)
     dst_take(d, s, 1)
     dst_mark_ready(d, LEASE_MS / 1000)  -- when a worker that died holding it gives the slot back
     return LEASE_MS
+end
+
+-- A webhook becomes owed to the destination now: leased to the caller at once when it may start (the lease
+-- token), else waiting with the rest (false).
+local function dst_accept(d, event_id, tenant, origin)
+    dst_ensure(d, tenant, origin)
+    local token = dst_admit(d, event_id)
+    if not token then
+        dst_owe(d, event_id, NOW)
+    end
+    return token
 end
 
 -- The webhook waiting longest, not in flight (the deadline set is in the order they first waited; the due
@@ -264,16 +280,14 @@ end
 -- Lease the destination's next due webhook to the caller when it may start now (closed, not paused or held, a
 -- slot and a token free): its id, record and lease token, or nil. A record that is gone is dropped.
 local function dst_next(d, record_prefix)
-    if #redis.call('ZRANGEBYSCORE', d.due, '-inf', NOW, 'LIMIT', 0, 1) == 0 then
-        return nil
-    end
-    local s = dst_read(d)
-    if s.paused or s.opened or s.hold > NOW then
-        return nil
-    end
-    while redis.call('ZCARD', d.flight) < s.max and dst_tokens(s) >= 1 do
+    local s = nil
+    while true do
         local head = redis.call('ZRANGEBYSCORE', d.due, '-inf', NOW, 'LIMIT', 0, 1)
         if #head == 0 then
+            return nil
+        end
+        s = s or dst_read(d)
+        if s.paused or s.opened or s.hold > NOW or redis.call('ZCARD', d.flight) >= s.max or dst_tokens(s) < 1 then
             return nil
         end
         local id = head[1]
@@ -286,7 +300,6 @@ local function dst_next(d, record_prefix)
         end
         redis.call('ZREM', d.deadline, id)
     end
-    return nil
 end
 
 -- Does the caller still hold event_id's attempt? true, false (another attempt holds it now), or nil (no lease:
@@ -297,6 +310,10 @@ local function dst_holds(d, event_id, token)
         return nil
     end
     return token ~= '' and tonumber(score) == tonumber(token)
+end
+
+local function dst_close(d)
+    redis.call('HDEL', d.meta, 'opened_at', 'next_probe_at', 'probe_wait', 'probe')
 end
 
 -- After an attempt: give its slot back and move the breaker. outcome is 'ok', 'fail' (no answer, timeout, 5xx,
@@ -315,7 +332,7 @@ local function dst_settle(d, event_id, outcome, error_text, hold_until)
     if outcome == 'ok' then
         redis.call('HSET', d.meta, 'failures', 0, 'last_success_at', NOW)
         if s.opened then
-            redis.call('HDEL', d.meta, 'opened_at', 'next_probe_at', 'probe_wait', 'probe')
+            dst_close(d)
             change = 'recovered'
         end
     elseif outcome == 'other' then
@@ -323,7 +340,7 @@ local function dst_settle(d, event_id, outcome, error_text, hold_until)
         -- what says it is down; an answered probe closes the circuit.
         redis.call('HSET', d.meta, 'last_failure_at', NOW, 'last_error', error_text, 'failures', 0)
         if s.opened and was_probe then
-            redis.call('HDEL', d.meta, 'opened_at', 'next_probe_at', 'probe_wait', 'probe')
+            dst_close(d)
             change = 'recovered'
         end
     elseif outcome ~= 'none' then

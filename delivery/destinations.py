@@ -21,8 +21,10 @@ import redis.asyncio as aioredis
 
 from delivery import keys
 from delivery.address_guard import parse_callback_url
+from delivery.errors import InvalidCursor
 from delivery.policy import AttemptResult
 from delivery.redis_client import as_text
+from schemas.api import MAX_ID_CHARS
 from schemas.destinations import Destination, DestinationState
 
 _HERE = Path(__file__).parent
@@ -33,6 +35,10 @@ CLAIM_DESTINATIONS = 100
 # Most destinations read by one listing or one /metrics scrape.
 MAX_LISTED = 10_000
 MAX_PROBE_S = 300
+# The defaults of RELAY_DESTINATION_MAX_IN_FLIGHT, RELAY_BREAKER_THRESHOLD and RELAY_BREAKER_PROBE_S.
+DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_BREAKER_THRESHOLD = 10
+DEFAULT_PROBE_S = 5.0
 
 # Drop from an index (KEYS[1]) the destinations (ARGV[2..]) whose record is gone (ARGV[1]: the key prefix).
 _PRUNE_LUA = """
@@ -89,21 +95,25 @@ class DestinationRef:
         return keys.destination_keys(self.id)
 
 
+# Keys given to a script for a delivery that has no destination (WebSocket only); nothing is written there.
+NO_DESTINATION_KEYS = keys.destination_keys("dst_none")
+
+
 @functools.lru_cache(maxsize=4096)
 def destination_for(tenant: str, url: str) -> DestinationRef:
     origin = origin_of(url)
     return DestinationRef(id=destination_id(tenant, origin), tenant=tenant, origin=origin)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FlowSettings:
-    """The cluster-wide defaults every destination script runs with."""
+    """The cluster-wide defaults every destination script runs with (built from the settings)."""
 
-    max_in_flight: int = 64
-    breaker_threshold: int = 10
-    probe_s: float = 5.0
-    lease_s: float = 35.0
-    retry_span_s: float = 86400.0  # the whole retry schedule: an open destination holds a webhook this long at most
+    lease_s: float  # how long an attempt holds its slot unless its outcome is written first
+    retry_span_s: float  # the whole retry schedule: an open destination holds a webhook this long at most
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    probe_s: float = DEFAULT_PROBE_S
     idle_ttl_s: int = IDLE_TTL_S
 
     def header(self, now: float | None = None) -> list[Any]:
@@ -172,10 +182,6 @@ def sort_key(d: Destination) -> tuple[int, int, str]:
     return (_ORDER[d.state], -d.owed, d.id)
 
 
-class InvalidCursor(ValueError):
-    """A cursor that this store did not hand out."""
-
-
 class DestinationStore:
     """Reads destinations and applies an operator's or owner's changes to them."""
 
@@ -184,10 +190,6 @@ class DestinationStore:
         self._flow = flow
         self._admin = redis.register_script(lua("destination_admin.lua"))
         self._prune = redis.register_script(_PRUNE_LUA)
-
-    @property
-    def flow(self) -> FlowSettings:
-        return self._flow
 
     async def get(self, dst_id: str) -> Destination | None:
         found = await self._read([dst_id])
@@ -269,15 +271,15 @@ class DestinationCounts:
 
 
 def _encode_cursor(key: tuple[int, int, str]) -> str:
-    return base64.urlsafe_b64encode(f"{key[0]}:{key[1]}:{key[2]}".encode()).decode().rstrip("=")
+    return f"{key[0]}:{key[1]}:{key[2]}"
 
 
 def _decode_cursor(cursor: str) -> tuple[int, int, str]:
+    rank, _, rest = cursor.partition(":")
+    owed, _, dst = rest.partition(":")
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        rank, owed, dst = text.split(":", 2)
-        if not dst.startswith("dst_"):
-            raise ValueError
-        return int(rank), int(owed), dst
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidCursor("cursor is not one this API handed out") from None
+        if dst.startswith("dst_") and len(dst) <= MAX_ID_CHARS:
+            return int(rank), int(owed), dst
+    except ValueError:
+        pass
+    raise InvalidCursor(f"{cursor[:100]!r} is not a cursor from this list") from None

@@ -85,9 +85,9 @@ class DeliveryEngine:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def dispatch(self, lease: Lease, secrets: Sequence[str] | None = None) -> None:
+    def dispatch(self, lease: Lease) -> None:
         """Attempt the webhook of ``lease`` (leased to this process) as soon as a slot is free."""
-        self._spawn(self._attempt(lease, secrets))
+        self._spawn(self._attempt(lease))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -112,8 +112,8 @@ class DeliveryEngine:
                 "recording the unacked push of event %s of task %s failed", delivery.event_id, delivery.task_id
             )
             return
-        if recorded.admitted is not None:
-            await self._attempt(Lease(delivery=delivery, token=recorded.admitted), None)
+        if recorded.next is not None:
+            await self._attempt(recorded.next)
 
     async def _handoff(self, delivery: PendingDelivery) -> None:
         """A webhook from the general schedule (a replay) goes to its destination; it may start at once."""
@@ -123,31 +123,30 @@ class DeliveryEngine:
             log.exception("handing event %s of task %s to its destination failed", delivery.event_id, delivery.task_id)
             return
         if lease is not None:
-            await self._attempt(lease, None)
+            await self._attempt(lease)
 
-    async def _attempt(self, lease: Lease, secrets: Sequence[str] | None) -> None:
+    async def _attempt(self, lease: Lease) -> None:
         """Attempt ``lease`` in a slot of this process, then each next webhook its destination hands over."""
         async with self._slots:
             current: Lease | None = lease
             while current is not None:
-                now = current
+                this = current
                 try:
-                    current = await (self.expire(now) if now.kind == Kind.EXPIRE else self.attempt(now, secrets))
+                    current = await (self.expire(this) if this.kind == Kind.EXPIRE else self.attempt(this))
                 except Exception:
                     # Redis went away or a bug: the lease runs out and this webhook is claimed again.
                     log.exception(
-                        "webhook attempt for event %s of task %s failed", now.delivery.event_id, now.delivery.task_id
+                        "webhook attempt for event %s of task %s failed", this.delivery.event_id, this.delivery.task_id
                     )
                     return
-                secrets = None
                 if self._stopping:
                     return  # a webhook handed over now waits for its lease to run out, then any worker sends it
 
-    async def attempt(self, lease: Lease, secrets: Sequence[str] | None = None) -> Lease | None:
+    async def attempt(self, lease: Lease) -> Lease | None:
         """Make one attempt and record what follows it; the destination's next webhook, when it handed one over."""
         delivery = lease.delivery
         assert delivery.url is not None, "a WebSocket-only delivery has no webhook to attempt"
-        live = list(secrets) if secrets else (lease.secrets or await self._secrets.live(delivery.tenant))
+        live = lease.secrets or await self._secrets.live(delivery.tenant)
         at = datetime.now(UTC)
         result = await self._sender.send(delivery.url, delivery.event_id, _encode(delivery.event), live)
         # A probe that finds the receiver still down is the destination's failure, not the webhook's.
@@ -163,9 +162,7 @@ class DeliveryEngine:
             duration_ms=result.duration_ms,
             delivered=result.ok,
         )
-        recorded = await self._outbox.record(
-            delivery, attempt, decision, token=lease.token, result=result, counted=not probe_failed
-        )
+        recorded = await self._outbox.record(delivery, attempt, decision, token=lease.token, result=result)
         self._after(delivery, recorded)
         return recorded.next
 

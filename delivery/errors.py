@@ -8,6 +8,7 @@ RelayError
 │   └── ForbiddenAddress        the URL reaches a private, loopback, link-local or metadata address
 ├── LeaseLost                   a run may not write its task: it has ended, or another run holds it
 ├── UnreadableRecord            a stored record that cannot be decoded (readers skip it and count it)
+├── InvalidCursor               a list cursor this API did not hand out
 └── NotFound                    no such task / dead letter for this caller
 """
 
@@ -71,3 +72,7 @@ class UnreadableRecord(RelayError):
 
 class NotFound(RelayError):
     """No such object for this caller (another tenant's ids answer the same)."""
+
+
+class InvalidCursor(RelayError, ValueError):
+    """A list cursor that this API did not hand out."""

@@ -12,7 +12,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys
-from delivery.destinations import FlowSettings, destination_for, lua
+from delivery.destinations import NO_DESTINATION_KEYS, FlowSettings, destination_for, lua
 from delivery.errors import LeaseLost
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_client import as_text
@@ -25,19 +25,18 @@ _decode_attempt = msgspec.json.Decoder(Attempt).decode
 
 
 @dataclass(frozen=True, slots=True)
-class Owed:
-    """What ``append`` made of a final event's delivery."""
+class Leased:
+    """A final event's webhook that ``append`` leased to the caller, to attempt at once."""
 
-    pushed: bool  # waiting for a socket's ack (the webhook, if any, comes after the ack timeout)
-    raw_secrets: bytes | None  # the tenant's stored secrets, when the webhook is leased to the caller now
-    token: str | None = None  # the lease of that attempt
+    token: str  # the lease of that attempt
+    raw_secrets: bytes | None  # the tenant's stored secrets
 
 
 class EventLog:
-    def __init__(self, *, redis: aioredis.Redis, retention_s: int, flow: FlowSettings | None = None) -> None:
+    def __init__(self, *, redis: aioredis.Redis, retention_s: int, flow: FlowSettings) -> None:
         self._redis = redis
         self._retention_s = retention_s
-        self._flow = flow or FlowSettings()
+        self._flow = flow
         self._append = redis.register_script(lua("append_event.lua"))
 
     async def append(
@@ -53,13 +52,13 @@ class EventLog:
         delivery: PendingDelivery | None = None,
         websocket: bool = False,
         ack_due_at: float = 0.0,
-    ) -> Owed | None:
+    ) -> Leased | None:
         """Store the task's new state, append ``event`` to its log and publish it, in one step.
 
         Only the run holding the task's lease (``run_token``) writes; any other raises :class:`LeaseLost` and
         writes nothing. A ``final`` event ends the task: it is no longer owed. With ``delivery``, the delivery is
         owed too: pushed first when ``websocket`` (waiting for an ack until ``ack_due_at``), else by webhook to its
-        destination, leased to the caller when the destination lets it start at once.
+        destination, leased to the caller (the answer) when the destination lets it start at once.
         """
         task_id = event.task_id
         body = _encode(event)
@@ -78,7 +77,7 @@ class EventLog:
                 keys.lease(task_id),
                 keys.open_tasks_of(tenant),
                 keys.REQUEUES,
-                *(dst.keys if dst else keys.destination_keys("dst_none")),
+                *(dst.keys if dst else NO_DESTINATION_KEYS),
             ],
             args=[
                 task_state,
@@ -104,16 +103,9 @@ class EventLog:
         mode = as_text(reply[0])
         if mode in ("ended", "stolen"):
             raise LeaseLost(task_id, ended=mode == "ended")
-        if mode == "none":
-            return None
-        if mode == "owed":
-            return Owed(pushed=False, raw_secrets=None)
-        secrets = reply[1] if len(reply) > 1 else None
-        return Owed(
-            pushed=mode == "push",
-            raw_secrets=secrets if isinstance(secrets, bytes) else None,
-            token=as_text(reply[2]) if len(reply) > 2 else None,
-        )
+        if mode != "webhook":
+            return None  # nothing owed; waiting for a socket's ack; or waiting in its destination
+        return Leased(token=as_text(reply[2]), raw_secrets=reply[1] if isinstance(reply[1], bytes) else None)
 
     async def events_after(self, task_id: str, after_seq: int = 0) -> list[Event]:
         """Retained events with ``seq > after_seq``, oldest first."""

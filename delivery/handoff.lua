@@ -14,11 +14,7 @@ local d = {id = ARGV[4], meta = KEYS[3], due = KEYS[4], flight = KEYS[5], deadli
 if dst_owes(d, event_id) then
     return {'owed'}  -- handed over before (a second claim of a slow first handoff)
 end
-dst_ensure(d, ARGV[5], ARGV[6])
-local token = dst_admit(d, event_id)
-if not token then
-    dst_owe(d, event_id, NOW)
-end
+local token = dst_accept(d, event_id, ARGV[5], ARGV[6])
 if token then
     return {'admitted', token}
 end

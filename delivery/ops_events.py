@@ -1,23 +1,22 @@
 """Operational events: a destination opened or recovered, POSTed to ``RELAY_OPS_WEBHOOK_URL``.
 
-Signed like every webhook (Standard Webhooks) but with the operator's secret. Best effort: a few tries, then a
-log line; at most ``MAX_PENDING`` wait at once, so a dead operator endpoint cannot pile them up in memory.
+Sent like every webhook (a :class:`~delivery.webhook.WebhookSender`, Standard Webhooks) but signed with the
+operator's secret. Best effort: a few tries, then a log line; at most ``MAX_PENDING`` wait at once, so a dead
+operator endpoint cannot pile them up in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 
-import httpx
 import msgspec
 
 from delivery.destinations import DestinationStore
 from delivery.ids import new_id
-from delivery.signing import webhook_headers
 from delivery.signing_secrets import SecretStore
+from delivery.webhook import WebhookSender
 from schemas.destinations import OpsEvent
 
 log = logging.getLogger("relay.ops")
@@ -34,17 +33,15 @@ class OpsNotifier:
         self,
         *,
         url: str,
-        client: httpx.AsyncClient,
+        sender: WebhookSender,
         secrets: SecretStore,
         destinations: DestinationStore,
-        user_agent: str,
         retry_waits_s: tuple[float, ...] = RETRY_WAITS_S,
     ) -> None:
         self._url = url
-        self._client = client
+        self._sender = sender
         self._secrets = secrets
         self._destinations = destinations
-        self._user_agent = user_agent
         self._retry_waits_s = retry_waits_s
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -71,17 +68,11 @@ class OpsNotifier:
             log.warning("could not build the operational event destination.%s (%s)", change, exc)
             return
         for wait in (*self._retry_waits_s, None):
-            try:
-                headers = webhook_headers(secrets, event.id, int(time.time()), body, user_agent=self._user_agent)
-                response = await self._client.post(self._url, content=body, headers=headers)
-                await response.aclose()
-                if response.is_success:
-                    return
-                error = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                error = type(exc).__name__
+            result = await self._sender.send(self._url, event.id, body, secrets)
+            if result.ok:
+                return
             if wait is None:
-                log.warning("the operational event %s (%s) was not delivered: %s", event.id, event.type, error)
+                log.warning("the operational event %s (%s) was not delivered: %s", event.id, event.type, result.error)
                 return
             await asyncio.sleep(wait)
 

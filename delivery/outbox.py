@@ -20,7 +20,14 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.destinations import CLAIM_DESTINATIONS, FlowSettings, breaker_outcome, destination_for, lua
+from delivery.destinations import (
+    CLAIM_DESTINATIONS,
+    NO_DESTINATION_KEYS,
+    FlowSettings,
+    breaker_outcome,
+    destination_for,
+    lua,
+)
 from delivery.ids import new_id
 from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
@@ -33,8 +40,6 @@ _CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
 _ACK_LUA = Path(__file__).with_name("ack.lua").read_text()
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
-# Keys given for a delivery that has no destination (WebSocket only); nothing is written there.
-_NO_DESTINATION = keys.destination_keys("dst_none")
 
 
 class Kind:
@@ -60,8 +65,8 @@ class Recorded:
     dead: DeadLetter | None = None
     change: str = ""  # 'opened' or 'recovered' when the destination's breaker moved
     destination_id: str | None = None
-    admitted: str | None = None  # an unacked push's webhook, leased to the caller at once with this token
-    next: Lease | None = None  # the destination's next due webhook, leased to the caller in the same step
+    # A webhook leased to the caller in the same step: the destination's next due one, or a noted push's own.
+    next: Lease | None = None
 
 
 class Outbox:
@@ -87,10 +92,6 @@ class Outbox:
     @property
     def lease_s(self) -> float:
         return self._lease_s
-
-    @property
-    def flow(self) -> FlowSettings:
-        return self._flow
 
     async def claim(self, *, limit: int, now: float | None = None) -> list[tuple[PendingDelivery, bool]]:
         """Lease up to ``limit`` due deliveries; each comes with True when its WebSocket ack never came."""
@@ -119,19 +120,13 @@ class Outbox:
             args=[*self._flow.header(now), limit, CLAIM_DESTINATIONS, keys.delivery("")],
         )
         leases: list[Lease] = []
-        unreadable = 0
         for i in range(0, len(raw), 5):
             event_id = as_text(raw[i + 1])
             delivery = decode_or_skip(_decode_delivery, raw[i + 4], key=keys.delivery(event_id))
             if delivery is None:
-                # Out of its destination: it would come back every lease and fail again (its record stays, logged).
-                _, _, flight, deadline = keys.destination_keys(as_text(raw[i]))
-                await self._redis.zrem(flight, event_id)
-                await self._redis.zrem(deadline, event_id)
-                unreadable += 1
-                continue
-            leases.append(Lease(delivery=delivery, token=as_text(raw[i + 3]), kind=as_text(raw[i + 2])))
-        await count_unreadable(self._redis, unreadable)
+                await self._drop_unreadable(as_text(raw[i]), event_id)
+            else:
+                leases.append(Lease(delivery=delivery, token=as_text(raw[i + 3]), kind=as_text(raw[i + 2])))
         return leases
 
     async def handoff(self, delivery: PendingDelivery) -> Lease | None:
@@ -195,19 +190,17 @@ class Outbox:
         *,
         token: str = "",
         result: AttemptResult | None = None,
-        counted: bool = True,
         now: float | None = None,
     ) -> Recorded:
         """Write an attempt (None: none was made) and what follows it in one step.
 
         ``token`` is the lease the attempt was made under and ``result`` what came back (it moves the
-        destination's breaker); an outcome written under a lease another attempt holds now is only noted. An
-        attempt not ``counted`` (an open destination's probe) does not use up one of the webhook's retries.
+        destination's breaker); an outcome written under a lease another attempt holds now is only noted.
         """
         moment = time.time() if now is None else now
         if attempt is not None and attempt.channel is Channel.WEBHOOK:
             delivery.attempts = attempt.attempt
-            delivery.run_attempts += 1 if counted else 0
+            delivery.run_attempts += 1 if decision.counted else 0
             delivery.last_status_code = attempt.status_code
             delivery.last_error = attempt.error
             if delivery.first_attempt_at is None:
@@ -277,30 +270,36 @@ class Outbox:
                 keys.DEAD_LETTERS,
                 keys.dead_letters_of(delivery.tenant),
                 keys.dead_letter_of_event(delivery.event_id),
-                *(dst.keys if dst else _NO_DESTINATION),
+                *(dst.keys if dst else NO_DESTINATION_KEYS),
                 keys.secrets(delivery.tenant),
             ],
             args=args,
         )
-        status = as_text(reply[0])
         following = None
-        if len(reply) > 3 and dst is not None:
-            next_id = as_text(reply[3])
-            next_delivery = decode_or_skip(_decode_delivery, reply[4], key=keys.delivery(next_id))
+        if len(reply) > 2 and dst is not None:
+            next_id = as_text(reply[2])
+            next_delivery = decode_or_skip(_decode_delivery, reply[3], key=keys.delivery(next_id))
             if next_delivery is None:
-                await self._redis.zrem(dst.keys[2], next_id)
-                await self._redis.zrem(dst.keys[3], next_id)
-                await count_unreadable(self._redis, 1)
+                await self._drop_unreadable(dst.id, next_id)
             else:
-                raw_secrets = reply[6] if len(reply) > 6 and isinstance(reply[6], bytes) else None
-                following = Lease(delivery=next_delivery, token=as_text(reply[5]), secrets=live_secrets(raw_secrets))
+                raw_secrets = reply[5] if isinstance(reply[5], bytes) else None
+                following = Lease(delivery=next_delivery, token=as_text(reply[4]), secrets=live_secrets(raw_secrets))
         return Recorded(
-            dead=dead if status == "ok" else None,
+            dead=dead if as_text(reply[0]) == "ok" else None,
             change=as_text(reply[1]),
             destination_id=dst.id if dst else None,
-            admitted=as_text(reply[2]) if status == "admitted" else None,
             next=following,
         )
+
+    async def _drop_unreadable(self, dst_id: str, event_id: str) -> None:
+        """Take a webhook whose record cannot be read out of its destination: it would come back every lease and
+        fail again (its record stays, logged)."""
+        _, _, flight, deadline = keys.destination_keys(dst_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(flight, event_id)
+            pipe.zrem(deadline, event_id)
+            await pipe.execute()
+        await count_unreadable(self._redis, 1)
 
 
 async def trim_dead_letter_index(redis: aioredis.Redis, *, retention_s: int, now: float | None = None) -> int:

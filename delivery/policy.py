@@ -33,6 +33,7 @@ class Decision:
     verdict: Verdict
     delay_s: float = 0.0
     reason: DeadLetterReason | None = None
+    counted: bool = True  # the attempt uses up one of the webhook's retries (not a probe that found it down)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ def decide(
     if result.status_code == 410:
         return Decision(Verdict.DEAD, reason=DeadLetterReason.ENDPOINT_GONE)
     if probe:
-        return Decision(Verdict.RETRY)
+        return Decision(Verdict.RETRY, counted=False)
     if run_attempts > len(schedule_s):
         return Decision(Verdict.DEAD, reason=DeadLetterReason.RETRIES_EXHAUSTED)
     if result.status_code in (429, 503) and result.retry_after_s is not None:

@@ -14,10 +14,10 @@
 --                    19 retention_s (how long dead letters are kept)
 --         noted:     nothing (an unacked push: the webhook is owed to its destination from now on)
 --         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
--- Returns {status, change, token[, next event id, its record, its lease token, the tenant's secrets]}: status 'ok', 'admitted' (noted,
--- and leased to the caller at once with token) or 'fenced' (another attempt holds the delivery now: only the
--- attempt was written down); change is 'opened', 'recovered' or ''; the next webhook of the destination, when
--- one is due and may start, is leased to the caller in the same step.
+-- Returns {status, change[, event id, record, lease token, the tenant's secrets]}: status 'ok' or 'fenced' (another
+-- attempt holds the delivery now: only the attempt was written down); change is 'opened', 'recovered' or ''; then
+-- the webhook leased to the caller in the same step, when there is one that may start now: the destination's next
+-- due webhook after an attempt, or a noted push's own webhook.
 dst_init(ARGV[1], ARGV[2])
 local d = {id = ARGV[8], meta = KEYS[10], due = KEYS[11], flight = KEYS[12], deadline = KEYS[13]}
 local verdict = ARGV[6]
@@ -34,13 +34,9 @@ if verdict == 'noted' then
     if redis.call('EXISTS', KEYS[4]) == 0 or dst_owes(d, event_id) then
         return {'ok', ''}
     end
-    dst_ensure(d, ARGV[9], ARGV[10])
-    local token = dst_admit(d, event_id)
-    if not token then
-        dst_owe(d, event_id, NOW)
-    end
+    local token = dst_accept(d, event_id, ARGV[9], ARGV[10])
     if token then
-        return {'admitted', '', token}
+        return {'ok', '', event_id, redis.call('GET', KEYS[4]), token, redis.call('GET', KEYS[14])}
     end
     return {'ok', ''}
 end
@@ -91,10 +87,11 @@ end
 -- claim's visit then sets it right (or takes the destination out).
 local next_id, next_record, next_token
 if redis.call('ZCARD', d.due) > 0 then
+    -- (the record key prefix: this delivery's key without its event id)
     next_id, next_record, next_token = dst_next(d, string.sub(KEYS[4], 1, #KEYS[4] - #event_id))
     dst_refresh(d)
 end
 if next_id then
-    return {'ok', change, '', next_id, next_record, next_token, redis.call('GET', KEYS[14])}
+    return {'ok', change, next_id, next_record, next_token, redis.call('GET', KEYS[14])}
 end
 return {'ok', change}

@@ -11,16 +11,13 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT, HTTP_409_CONFLICT
 
-from delivery.dead_letters import REPLAY_BATCH, DeadLetterFilter, InvalidCursor
-from delivery.errors import UnreadableRecord
-from schemas.api import MAX_ID_CHARS
+from delivery.dead_letters import REPLAY_BATCH, DeadLetterFilter
+from delivery.errors import InvalidCursor, UnreadableRecord
+from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
 from service.auth import Principal, tenant_scope
 from service.openapi import errors
 from service.state import ApiState
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 
 class DeadLetterController(Controller):

@@ -10,15 +10,12 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from delivery.destinations import InvalidCursor
-from schemas.api import MAX_ID_CHARS, SigningSecret
+from delivery.errors import InvalidCursor
+from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.destinations import Destination, DestinationCaps, DestinationPage, DestinationState
 from service.auth import NO_TENANT, Principal, require_operator, tenant_scope
 from service.openapi import errors
 from service.state import ApiState
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 
 class DestinationController(Controller):

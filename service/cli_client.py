@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import click
@@ -57,6 +57,7 @@ API_KEY_ENV = "RELAY_API_KEY"
 _ENCODER = msgspec.json.Encoder()
 _ERRNO_PREFIX = re.compile(r"^\[Errno -?\d+\]\s*")
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -137,8 +138,26 @@ def _task_path(task_id: str) -> str:
     return f"/v1/tasks/{quote(task_id, safe='')}"
 
 
+class Page(Protocol[T_co]):
+    """One page of a list of the API."""
+
+    @property
+    def items(self) -> Sequence[T_co]: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
 def iter_dead_letters(client: httpx.Client, filters: Mapping[str, object], limit: int | None) -> Iterator[DeadLetter]:
     """Dead letters matching ``filters``, newest first, following ``next_cursor`` up to ``limit`` (None: all)."""
+    return iter_pages(client, "/v1/dead-letters", DeadLetterPage, filters, limit)
+
+
+def iter_pages(
+    client: httpx.Client, path: str, page_type: type[Page[T_co]], filters: Mapping[str, object], limit: int | None
+) -> Iterator[T_co]:
+    """The items of the list at ``path`` that match ``filters``, following ``next_cursor`` up to ``limit`` (None:
+    all)."""
     query = {name: value for name, value in msgspec.to_builtins(filters).items() if value is not None}
     cursor: str | None = None
     remaining = limit
@@ -146,7 +165,7 @@ def iter_dead_letters(client: httpx.Client, filters: Mapping[str, object], limit
         params = {**query, "limit": PAGE_SIZE if remaining is None else min(PAGE_SIZE, remaining)}
         if cursor is not None:
             params["cursor"] = cursor
-        page = _decode(_call(client, "GET", "/v1/dead-letters", params=params), DeadLetterPage)
+        page = _decode(_call(client, "GET", path, params=params), page_type)
         items = page.items if remaining is None else page.items[:remaining]
         yield from items
         if remaining is not None:
@@ -252,6 +271,19 @@ def _last_outcome(letter: DeadLetter) -> str:
 def _stdout() -> Console:
     console = Console()
     return console if console.is_terminal else Console(width=PIPE_WIDTH)
+
+
+def print_list(items: Iterable[T], *, as_json: bool, table: Callable[[list[T]], Table], empty: str) -> None:
+    """Every item as a JSON line (as it comes, page by page), or all of them as one table; ``empty`` when none."""
+    if as_json:
+        for item in items:
+            click.echo(_ENCODER.encode(item).decode())
+        return
+    found = list(items)
+    if found:
+        _stdout().print(table(found))
+    else:
+        click.echo(empty)
 
 
 def _pretty(value: object) -> str:
@@ -396,16 +428,12 @@ def list_dead_letters(
     """List dead letters, newest first, as a table or JSON lines."""
     filters = {"reason": reason, "tenant": tenant, "task_id": task_id, "since": since, "until": until}
     with _client(url, token) as client:
-        letters = iter_dead_letters(client, filters, limit)
-        if as_json:
-            for letter in letters:
-                click.echo(_ENCODER.encode(letter).decode())
-            return
-        found = list(letters)
-    if found:
-        _stdout().print(_dead_letter_table(found))
-    else:
-        click.echo("No dead letters.")
+        print_list(
+            iter_dead_letters(client, filters, limit),
+            as_json=as_json,
+            table=_dead_letter_table,
+            empty="No dead letters.",
+        )
 
 
 @dlq.command()

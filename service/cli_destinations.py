@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 import click
-import httpx
 import msgspec
 from rich.table import Column, Table
 from rich.text import Text
@@ -23,6 +22,7 @@ from schemas.destinations import (
 from service.cli_client import (
     ADMIN_TOKEN_ENV,
     CommandFailed,
+    F,
     _api_options,
     _call,
     _client,
@@ -30,9 +30,10 @@ from service.cli_client import (
     _shorten,
     _stdout,
     _time,
+    iter_pages,
+    print_list,
 )
 
-PAGE_SIZE = 200
 ERROR_WIDTH = 40
 # Terminal widths from which the list shows the last error, and the last success too.
 MEDIUM = 110
@@ -50,17 +51,6 @@ _token = _api_options(ADMIN_TOKEN_ENV, "Operator (admin) token, or a tenant's AP
 
 def _path(destination_id: str) -> str:
     return f"/v1/destinations/{quote(destination_id, safe='')}"
-
-
-def iter_destinations(client: httpx.Client, params: dict[str, Any]) -> Iterator[Destination]:
-    cursor: str | None = None
-    while True:
-        query = {k: v for k, v in {**params, "limit": PAGE_SIZE, "cursor": cursor}.items() if v is not None}
-        page = _decode(_call(client, "GET", "/v1/destinations", params=query), DestinationPage)
-        yield from page.items
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
 
 
 def _rate(d: Destination) -> str:
@@ -146,51 +136,50 @@ def destinations() -> None:
 def list_destinations(state: str | None, tenant: str | None, as_json: bool, url: str, token: str) -> None:
     """List destinations, worst first (open, paused, degraded, healthy; then the most owed)."""
     with _client(url, token) as client:
-        found = iter_destinations(client, {"state": state, "tenant": tenant})
-        if as_json:
-            for d in found:
-                click.echo(_ENCODER.encode(d).decode())
-            return
-        listed = list(found)
-    if listed:
-        console = _stdout()
-        console.print(_table(listed, console.width))
-    else:
-        click.echo("No destinations.")
+        print_list(
+            iter_pages(client, "/v1/destinations", DestinationPage, {"state": state, "tenant": tenant}, None),
+            as_json=as_json,
+            table=lambda found: _table(found, _stdout().width),
+            empty="No destinations.",
+        )
+
+
+def _one_destination(command: F) -> F:
+    """The ID argument and the options every command on one destination takes."""
+    command = _token(command)
+    command = click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON.")(command)
+    return click.argument("destination_id", metavar="ID")(command)
+
+
+def _on(destination_id: str, as_json: bool, url: str, token: str, method: str, action: str = "", **kwargs: Any) -> None:
+    """Call the API on one destination and show what it answers."""
+    with _client(url, token) as client:
+        _show(_decode(_call(client, method, _path(destination_id) + action, **kwargs), Destination), as_json)
 
 
 @destinations.command()
-@click.argument("destination_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON as the API sends it.")
-@_token
+@_one_destination
 def show(destination_id: str, as_json: bool, url: str, token: str) -> None:
     """Show one destination."""
-    with _client(url, token) as client:
-        _show(_decode(_call(client, "GET", _path(destination_id)), Destination), as_json)
+    _on(destination_id, as_json, url, token, "GET")
 
 
 @destinations.command()
-@click.argument("destination_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON.")
-@_token
+@_one_destination
 def pause(destination_id: str, as_json: bool, url: str, token: str) -> None:
     """Hold every webhook of a destination (none sent, none dead-lettered) until it is resumed."""
-    with _client(url, token) as client:
-        _show(_decode(_call(client, "POST", _path(destination_id) + "/pause"), Destination), as_json)
+    _on(destination_id, as_json, url, token, "POST", "/pause")
 
 
 @destinations.command()
-@click.argument("destination_id", metavar="ID")
-@click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON.")
-@_token
+@_one_destination
 def resume(destination_id: str, as_json: bool, url: str, token: str) -> None:
     """Release a paused destination: its backlog drains within its caps, oldest first."""
-    with _client(url, token) as client:
-        _show(_decode(_call(client, "POST", _path(destination_id) + "/resume"), Destination), as_json)
+    _on(destination_id, as_json, url, token, "POST", "/resume")
 
 
 @destinations.command("set")
-@click.argument("destination_id", metavar="ID")
+@_one_destination
 @click.option(
     "--max-in-flight",
     type=click.IntRange(1, MAX_IN_FLIGHT),
@@ -202,8 +191,6 @@ def resume(destination_id: str, as_json: bool, url: str, token: str) -> None:
     help="Most attempts started per second.",
 )
 @click.option("--no-rate", is_flag=True, help="Remove the rate limit.")
-@click.option("--json", "as_json", is_flag=True, help="Print the destination's JSON.")
-@_token
 def set_caps(
     destination_id: str,
     max_in_flight: int | None,
@@ -225,8 +212,7 @@ def set_caps(
         body["rate_per_s"] = None
     if not body:
         raise click.UsageError("nothing to set: give --max-in-flight, --rate or --no-rate")
-    with _client(url, token) as client:
-        _show(_decode(_call(client, "PATCH", _path(destination_id), json=body), Destination), as_json)
+    _on(destination_id, as_json, url, token, "PATCH", json=body)
 
 
 __all__ = ["CommandFailed", "destinations"]

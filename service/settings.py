@@ -11,7 +11,13 @@ from pathlib import Path
 import msgspec
 
 from delivery.address_guard import parse_callback_url
-from delivery.destinations import MAX_PROBE_S, FlowSettings
+from delivery.destinations import (
+    DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_PROBE_S,
+    MAX_PROBE_S,
+    FlowSettings,
+)
 from delivery.errors import ConfigError, InvalidCallbackUrl
 from schemas.destinations import MAX_IN_FLIGHT
 
@@ -31,9 +37,6 @@ DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 86400
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 DEFAULT_WS_MAX_PER_CLIENT = 100
 DEFAULT_WS_IDLE_TIMEOUT_S = 30.0
-DEFAULT_DESTINATION_MAX_IN_FLIGHT = 64
-DEFAULT_BREAKER_THRESHOLD = 10
-DEFAULT_BREAKER_PROBE_S = 5.0
 # A webhook attempt's lease: twice its timeout and this much more (a worker that dies gives its slot back then).
 LEASE_MARGIN_S = 5.0
 
@@ -67,9 +70,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_max_per_client: int = DEFAULT_WS_MAX_PER_CLIENT
     trust_forwarded: bool = False
     ws_idle_timeout_s: float = DEFAULT_WS_IDLE_TIMEOUT_S
-    destination_max_in_flight: int = DEFAULT_DESTINATION_MAX_IN_FLIGHT
+    destination_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
-    breaker_probe_s: float = DEFAULT_BREAKER_PROBE_S
+    breaker_probe_s: float = DEFAULT_PROBE_S
     ops_webhook_url: str | None = None
 
     @property
@@ -140,7 +143,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 destination_max_in_flight=_whole(
                     values,
                     "RELAY_DESTINATION_MAX_IN_FLIGHT",
-                    DEFAULT_DESTINATION_MAX_IN_FLIGHT,
+                    DEFAULT_MAX_IN_FLIGHT,
                     most=MAX_IN_FLIGHT,
                 ),
                 breaker_threshold=_whole(values, "RELAY_BREAKER_THRESHOLD", DEFAULT_BREAKER_THRESHOLD),
@@ -213,7 +216,7 @@ def parse_schedule(text: str | None) -> tuple[float, ...]:
 
 
 def _probe_wait(values: Mapping[str, str]) -> float:
-    wait = _positive(values, "RELAY_BREAKER_PROBE_S", DEFAULT_BREAKER_PROBE_S)
+    wait = _positive(values, "RELAY_BREAKER_PROBE_S", DEFAULT_PROBE_S)
     if wait > MAX_PROBE_S:
         raise ValueError(f"RELAY_BREAKER_PROBE_S can be at most {MAX_PROBE_S}")
     return wait

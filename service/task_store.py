@@ -116,7 +116,7 @@ class TaskStore:
         retention_s: int,
         ack_timeout_s: float = 10.0,
         max_open_per_tenant: int = 0,
-        flow: FlowSettings | None = None,
+        flow: FlowSettings,
     ) -> None:
         self._redis = redis
         self._record_ttl_s = record_ttl_s
@@ -225,13 +225,14 @@ class TaskStore:
         *,
         result: Any = None,
         error: TaskError | None = None,
-    ) -> tuple[Event, Lease | None, list[str]]:
+    ) -> tuple[Event, Lease | None]:
         """Record the final state and its event, ending the task; owe its webhook to its destination.
 
-        Returns the event, the webhook attempt leased to the caller (None when there is none, when it waits for a
-        WebSocket ack first, or when its destination does not let it start now) and the tenant's live signing
-        secrets, so that the caller can attempt the webhook at once without another round trip. Raises :class:`LeaseLost` (writing nothing) when the task has ended or
-        another run holds it. The record is changed only once the write is done, so a failed write can be retried.
+        Returns the event and the webhook attempt leased to the caller, with the tenant's live signing secrets so
+        that the caller can attempt it at once without another round trip (None when there is no webhook, when it
+        waits for a WebSocket ack first, or when its destination does not let it start now). Raises
+        :class:`LeaseLost` (writing nothing) when the task has ended or another run holds it. The record is changed
+        only once the write is done, so a failed write can be retried.
         """
         status = TaskStatus.FAILED if error is not None else TaskStatus.SUCCEEDED
         final = msgspec.structs.replace(record)
@@ -249,7 +250,7 @@ class TaskStore:
             url = final.webhook.url if final.webhook is not None else None
             delivery = PendingDelivery(tenant=final.tenant, task_id=final.id, url=url, event=event)
         now = time.time()
-        owed = await self._log.append(
+        leased = await self._log.append(
             event,
             tenant=final.tenant,
             run_token=run_token,
@@ -261,9 +262,9 @@ class TaskStore:
             websocket=final.websocket,
             ack_due_at=now + self._ack_timeout_s,
         )
-        if owed is None or owed.pushed or owed.token is None or delivery is None:
-            return event, None, []
-        return event, Lease(delivery=delivery, token=owed.token), live_secrets(owed.raw_secrets)
+        if leased is None or delivery is None:
+            return event, None
+        return event, Lease(delivery=delivery, token=leased.token, secrets=live_secrets(leased.raw_secrets))
 
     @staticmethod
     def _next_event(record: TaskRecord, event_type: EventType, data: Any) -> Event:

@@ -126,10 +126,9 @@ class Runtime:
             self.ops_http = create_client(timeout_s=settings.webhook_timeout_s, allow_private=True, max_connections=4)
             self.ops = OpsNotifier(
                 url=settings.ops_webhook_url,
-                client=self.ops_http,
+                sender=WebhookSender(client=self.ops_http, allow_private=True, user_agent=USER_AGENT),
                 secrets=secrets,
                 destinations=DestinationStore(redis=self.redis, flow=settings.flow),
-                user_agent=USER_AGENT,
             )
         self.engine = DeliveryEngine(
             outbox=self.outbox,
@@ -338,7 +337,7 @@ async def run_task(task_id: str) -> None:
         if outcome is None:
             return
         result, error = outcome
-        _, lease, secrets = await rt.until_redis_answers(
+        _, lease = await rt.until_redis_answers(
             lambda: rt.tasks.finish(record, run.token, result=result, error=error),
             what=f"recording the end of task {task_id}",
         )
@@ -352,7 +351,7 @@ async def run_task(task_id: str) -> None:
         if rt.runs.get(task_id) is run:
             del rt.runs[task_id]
     if lease is not None:
-        rt.engine.dispatch(lease, secrets)
+        rt.engine.dispatch(lease)
 
 
 async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, TaskError | None] | None:

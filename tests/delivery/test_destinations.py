@@ -84,9 +84,7 @@ async def settle(outbox: Outbox, lease: Lease, result: AttemptResult, *, now: fl
         duration_ms=1.0,
         delivered=result.ok,
     )
-    return await outbox.record(
-        lease.delivery, attempt, decision, token=lease.token, result=result, counted=not probe, now=now
-    )
+    return await outbox.record(lease.delivery, attempt, decision, token=lease.token, result=result, now=now)
 
 
 def ids(leases: list[Lease]) -> list[str]:

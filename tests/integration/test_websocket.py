@@ -124,13 +124,19 @@ def test_one_socket_follows_two_tasks_at_once(shared: Relay, open_ws: OpenWs) ->
     tasks = [shared.client.submit("sleep", {"seconds": 1}, body=WEBSOCKET) for _ in range(2)]
     ws = open_ws()
     for task in tasks:
-        subscribed(ws, task)
+        ws.subscribe(task)
 
+    # One task's events may come before the other's subscribed frame: read them all in one loop.
     streams: dict[str, list[dict[str, Any]]] = {task["id"]: [] for task in tasks}
+    subscriptions: set[str] = set()
     finished: set[str] = set()
     while finished != set(streams):
         frame = ws.recv()
+        if frame["type"] == "subscribed":
+            subscriptions.add(frame["task_id"])
+            continue
         assert frame["type"] == "event", frame
+        assert frame["event"]["task_id"] in subscriptions  # after its own subscribed frame
         event = frame["event"]
         streams[event["task_id"]].append(event)
         if event["type"] == "task.completed":

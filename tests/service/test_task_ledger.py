@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from delivery import keys
+from delivery.destinations import FlowSettings
 from delivery.errors import LeaseLost
 from delivery.event_log import EventLog
 from delivery.redis_client import connect
@@ -18,6 +19,7 @@ from service.task_ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, Tas
 from service.task_store import InlineMessage, TaskStore, TenantFull
 
 RECORD_TTL_S = 3600
+FLOW = FlowSettings(lease_s=35.0, retry_span_s=60.0)
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def new_record(task_id: str = "task_1", tenant: str = "acme") -> TaskRecord:
 
 
 def store(redis: aioredis.Redis, **options: int) -> TaskStore:
-    return TaskStore(redis=redis, record_ttl_s=RECORD_TTL_S, retention_s=600, **options)
+    return TaskStore(redis=redis, record_ttl_s=RECORD_TTL_S, retention_s=600, flow=FLOW, **options)
 
 
 async def accepted_and_started(tasks: TaskStore, ledger: TaskLedger) -> TaskRecord:
@@ -200,5 +202,5 @@ async def test_a_progress_event_written_twice_is_stored_once(redis: aioredis.Red
     await tasks.append_progress(record, "run-a", event)  # its first answer was lost: sent again
     second = tasks.progress_event(record, 20, "twice")
     await tasks.append_progress(record, "run-a", second)
-    seqs = [e.seq for e in await EventLog(redis=redis, retention_s=600).events_after("task_1")]
+    seqs = [e.seq for e in await EventLog(redis=redis, retention_s=600, flow=FLOW).events_after("task_1")]
     assert seqs == [1, 2]

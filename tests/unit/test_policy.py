@@ -131,6 +131,6 @@ def test_unreadable_retry_after_is_none(value: str | None) -> None:
 
 def test_a_failed_probe_is_owed_again_at_once_and_spends_no_retry() -> None:
     down = AttemptResult(None, "timed out", 1.0)
-    assert decide(down, run_attempts=99, schedule_s=(5.0,), probe=True) == Decision(Verdict.RETRY)
+    assert decide(down, run_attempts=99, schedule_s=(5.0,), probe=True) == Decision(Verdict.RETRY, counted=False)
     gone = AttemptResult(410, "HTTP 410", 1.0)
     assert decide(gone, run_attempts=1, schedule_s=(5.0,), probe=True).verdict is Verdict.DEAD
