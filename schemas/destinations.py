@@ -48,7 +48,9 @@ class DestinationCaps(msgspec.Struct, forbid_unknown_fields=True):
     """``PATCH /v1/destinations/{id}``: a field left out is left as it is; ``rate_per_s: null`` removes the rate."""
 
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=MAX_IN_FLIGHT)] | msgspec.UnsetType = msgspec.UNSET
-    rate_per_s: Annotated[float, msgspec.Meta(gt=0, le=MAX_RATE_PER_S)] | msgspec.UnsetType | None = msgspec.UNSET
+    rate_per_s: Annotated[float, msgspec.Meta(ge=MIN_RATE_PER_S, le=MAX_RATE_PER_S)] | msgspec.UnsetType | None = (
+        msgspec.UNSET
+    )
 
 
 class OpsEvent(msgspec.Struct):

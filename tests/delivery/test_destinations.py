@@ -18,7 +18,7 @@ from delivery.policy import AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery
 from delivery.redis_client import connect
 from schemas.dead_letters import DeadLetterReason
-from schemas.destinations import DestinationState
+from schemas.destinations import DestinationCaps, DestinationState
 from schemas.events import Event, EventType
 
 FLOW = FlowSettings(max_in_flight=2, breaker_threshold=3, probe_s=5.0, lease_s=120.0, retry_span_s=305.0)
@@ -363,3 +363,25 @@ async def test_a_probe_the_receiver_answers_with_a_4xx_closes_the_circuit(
     assert view is not None
     assert view.state is DestinationState.DEGRADED  # up, but its last attempt failed
     assert view.consecutive_failures == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "ok"),
+    [
+        (b'{"max_in_flight": 1}', True),
+        (b'{"max_in_flight": 0}', False),
+        (b'{"max_in_flight": 1001}', False),
+        (b'{"rate_per_s": 0.01}', True),
+        (b'{"rate_per_s": 0.001}', False),  # slower would hold a destination's webhooks for days
+        (b'{"rate_per_s": 100001}', False),
+        (b'{"rate_per_s": null}', True),
+        (b'{"other": 1}', False),
+    ],
+)
+def test_caps_a_patch_may_set(body: bytes, ok: bool) -> None:
+    try:
+        msgspec.json.decode(body, type=DestinationCaps)
+    except msgspec.ValidationError:
+        assert not ok
+    else:
+        assert ok

@@ -128,7 +128,13 @@ def test_max_in_flight_holds_across_two_worker_processes(start_relay: StartRelay
         receiver.wait_for("/capped", 61, timeout_s=30)
         assert receiver.peak_open_requests == 3  # never more, and the cap was used
         assert len(delivered_ids(receiver, "/capped")) == 61 == len(tasks) + 1
-        for bad in ({"max_in_flight": 0}, {"max_in_flight": 1001}, {"rate_per_s": 0}, {"rate_per_s": "x"}, {"x": 1}):
+        for bad in (
+            {"max_in_flight": 0},
+            {"max_in_flight": 1001},
+            {"rate_per_s": 0.001},
+            {"rate_per_s": "x"},
+            {"x": 1},
+        ):
             answer = client.request("PATCH", f"/v1/destinations/{dst['id']}", key="admin-token", json=bad)
             assert answer.status_code == 422, (bad, answer.text)
     finally:
