@@ -17,7 +17,7 @@ STATS = PREFIX + "stats"  # hash of counters
 LATENCY = PREFIX + "latency"  # hash: histogram bucket -> count, plus sum and count
 # Every accepted task that has not ended, by the time it must show progress: a grace after it was enqueued
 # while queued, the end of its run's lease while running. Overdue entries are enqueued again (see
-# service.task_ledger); a task leaves the set in the step that ends it. The set, not the broker's queue,
+# service.tasks.ledger); a task leaves the set in the step that ends it. The set, not the broker's queue,
 # is the record of owed work.
 OWED_TASKS = PREFIX + "tasks:owed"  # sorted set: task id -> unix time it is overdue
 REQUEUES = PREFIX + "tasks:requeues"  # hash: task id -> times the sweeper enqueued it again

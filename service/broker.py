@@ -6,7 +6,6 @@ The API does not import the actor: it enqueues a message by name, so it needs no
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 
 import dramatiq
@@ -15,8 +14,9 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from delivery.errors import ConfigError
+from service.dramatiq_redis import queue_keys, with_redis_id
 from service.settings import Settings
-from service.task_store import InlineMessage
+from service.tasks.store import InlineMessage
 
 QUEUE = "relay"
 ACTOR = "run_task"
@@ -30,7 +30,7 @@ def create_broker(settings: Settings) -> dramatiq.Broker:
     url = settings.effective_broker_url
     if url.startswith(("redis://", "rediss://", "unix://")):
         # Maintenance (requeueing a dead worker's messages) is driven by the worker's own heartbeat loop
-        # (see service.worker), not left to Dramatiq's 0.1 % chance per fetch.
+        # (see service.worker.runtime), not left to Dramatiq's 0.1 % chance per fetch.
         broker: dramatiq.Broker = RedisBroker(  # type: ignore[no-untyped-call]
             url=url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, maintenance_chance=0
         )
@@ -70,15 +70,11 @@ class RedisEnqueuer(Enqueuer):
     def __init__(self, broker: RedisBroker, redis: aioredis.Redis) -> None:
         super().__init__(broker)
         self._redis = redis
-        self.queue_key = f"{broker.namespace}:{QUEUE}"
-        self.messages_key = f"{self.queue_key}.msgs"
+        self.queue_key, self.messages_key = queue_keys(broker, QUEUE)
 
     def inline(self, task_id: str) -> InlineMessage:
-        redis_message_id = str(uuid.uuid4())
-        message = task_message(task_id).copy(options={"redis_message_id": redis_message_id})
-        return InlineMessage(
-            queue_key=self.queue_key, messages_key=self.messages_key, message_id=redis_message_id, body=message.encode()
-        )
+        message_id, body = with_redis_id(task_message(task_id))
+        return InlineMessage(queue_key=self.queue_key, messages_key=self.messages_key, message_id=message_id, body=body)
 
     async def enqueue(self, task_ids: Sequence[str]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -1,7 +1,7 @@
 """Task kinds: named callables with a msgspec input type, registered by decorator.
 
 Like Dramatiq's actors, kinds register into one module-level registry at import time; the built-in kinds
-live in :mod:`service.builtin_kinds`, others in the modules named by ``RELAY_TASK_MODULES``::
+live in :mod:`service.tasks.builtin`, others in the modules named by ``RELAY_TASK_MODULES``::
 
     from service.kinds import kind, TaskContext
 
@@ -100,7 +100,7 @@ kind = registry.register
 
 def load_kinds(modules: tuple[str, ...]) -> KindRegistry:
     """Import the built-in kinds and the modules of ``RELAY_TASK_MODULES``; return the registry."""
-    importlib.import_module("service.builtin_kinds")
+    importlib.import_module("service.tasks.builtin")
     for module in modules:
         try:
             importlib.import_module(module)

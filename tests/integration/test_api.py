@@ -120,6 +120,7 @@ class TestWithTheTestSettings:
 
         for path in (f"/v1/tasks/{task['id']}", f"/v1/tasks/{task['id']}/events", f"/v1/tasks/{task['id']}/deliveries"):
             assert shared.client.get(path, key="key-acme").status_code == 200
+            assert shared.client.get(path, key="admin-token").status_code == 200  # operators see every tenant's
             detail = assert_json_error(shared.client.get(path, key="key-globex"), 404)
             assert "acme's" not in detail
             # The same answer as for an id that does not exist at all.

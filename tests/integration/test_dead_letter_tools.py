@@ -15,12 +15,13 @@ from tests.integration.test_dead_letters import QUIET_S, make_dead_letter, walk
 from tests.support import ROOT, Receiver, dead_letters, wait_until
 
 
-def dlq(relay: Relay, *args: str, auth: str = "admin-token") -> subprocess.CompletedProcess[str]:
+def dlq(relay: Relay, *args: str, auth: str = "admin-token", input: str = "") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env["COLUMNS"] = "300"  # rich would fold long ids in a narrow table
     return subprocess.run(
         [sys.executable, "-m", "service.cli", "dlq", *args, "--url", relay.api.url, "--token", auth],
         capture_output=True,
+        input=input,
         text=True,
         cwd=ROOT,
         env=env,
@@ -53,19 +54,20 @@ def test_dlq_cli_lists_shows_replays_and_purges_with_exit_status(relay: Relay, r
     assert one["url"] in shown.stdout
     assert one["event"]["id"] in shown.stdout
     assert "endpoint_gone" in shown.stdout
+    assert "410" in shown.stdout.split("attempts")[-1]  # the operator reads every tenant's attempt log
     shown_by_owner = dlq(relay, "show", one["id"], auth="key-acme")
     assert shown_by_owner.returncode == 0, shown_by_owner.stderr
     assert "410" in shown_by_owner.stdout.split("attempts")[-1]
 
     dry = dlq(relay, "replay", "--all", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "3 would be replayed" in dry.stdout
+    assert "3 would be queued for delivery again" in dry.stdout
     time.sleep(QUIET_S)
     assert len(receiver.on("/one")) == len(receiver.on("/two")) == 1
 
     replayed = dlq(relay, "replay", one["id"], two["id"])
     assert replayed.returncode == 0, replayed.stderr
-    assert "replayed 2 of 2" in replayed.stdout
+    assert "queued 2 of 2 for delivery again" in replayed.stdout
     assert receiver.wait_for("/one", 2)[-1].headers["webhook-id"] == one["event"]["id"]
     assert receiver.wait_for("/two", 2)[-1].headers["webhook-id"] == two["event"]["id"]
     wait_until(
@@ -79,7 +81,7 @@ def test_dlq_cli_lists_shows_replays_and_purges_with_exit_status(relay: Relay, r
 
     partly = dlq(relay, "replay", "dl_missing", three["id"])
     assert partly.returncode == 1
-    assert "replayed 1 of 2" in partly.stdout
+    assert "queued 1 of 2 for delivery again" in partly.stdout
     assert "dl_missing" in partly.stderr
     receiver.wait_for("/three", 2)
     wait_until(
@@ -98,7 +100,12 @@ def test_dlq_cli_lists_shows_replays_and_purges_with_exit_status(relay: Relay, r
     assert both.returncode == 2
     assert [d["id"] for d in dead_letters(relay.client)] == [three["id"]]
 
-    purged = dlq(relay, "purge", "--all")
+    refused = dlq(relay, "purge", "--all", input="n\n")
+    assert refused.returncode == 1
+    assert "Delete 1 dead letter for good?" in refused.stderr
+    assert [d["id"] for d in dead_letters(relay.client)] == [three["id"]]
+
+    purged = dlq(relay, "purge", "--all", input="y\n")
     assert purged.returncode == 0, purged.stderr
     assert "deleted 1 of 1" in purged.stdout
     assert dead_letters(relay.client) == []

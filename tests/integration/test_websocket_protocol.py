@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from service.live import HEARTBEAT_TICK_S
-from service.ws import SEND_QUEUE_FRAMES
+from service.api.live import HEARTBEAT_TICK_S
+from service.api.ws import SEND_QUEUE_FRAMES
 from tests.integration.conftest import OpenWs, Relay, relay_for_many_tests
 from tests.support import wait_until
 

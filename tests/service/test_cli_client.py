@@ -9,7 +9,7 @@ import json
 import re
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,7 +22,8 @@ from click.testing import CliRunner, Result
 
 from schemas.dead_letters import DeadLetter
 from schemas.tasks import Task
-from service.cli_client import dlq, submit
+from service.cli.dlq import dlq
+from service.cli.submit import submit
 
 ADMIN_TOKEN = "admin-secret-7f3a"
 TENANT_KEY = "acme-key-91c2"
@@ -104,7 +105,7 @@ class FakeRelay:
             ("POST", r"/v1/tasks", self._submit, TENANT_KEY),
             ("GET", r"/v1/tasks/(task_\w+)", self._get_task, TENANT_KEY),
             ("GET", r"/v1/tasks/(task_\w+)/events", self._events, TENANT_KEY),
-            ("GET", r"/v1/tasks/(task_\w+)/deliveries", self._deliveries, TENANT_KEY),
+            ("GET", r"/v1/tasks/(task_\w+)/deliveries", self._deliveries, None),
         ]
         for method, pattern, handler, token in routes:
             match = re.fullmatch(pattern, req.path)
@@ -279,7 +280,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run(command: click.Command, args: Sequence[str], env: dict[str, str | None] | None = None) -> Result:
+def run(
+    command: click.Command, args: Sequence[str], env: dict[str, str | None] | None = None, input: str | None = None
+) -> Result:
     """Invoke ``command`` with a clean RELAY_* environment and a wide, colourless terminal."""
     base: dict[str, str | None] = {
         "RELAY_URL": None,
@@ -291,7 +294,7 @@ def run(command: click.Command, args: Sequence[str], env: dict[str, str | None] 
         "TTY_COMPATIBLE": None,
     }
     # catch_exceptions=False: a crash must fail the test, not pass for "exit status 1".
-    return CliRunner().invoke(command, list(args), env=base | (env or {}), catch_exceptions=False)
+    return CliRunner().invoke(command, list(args), env=base | (env or {}), input=input, catch_exceptions=False)
 
 
 def as_admin(fake: FakeRelay, *args: str) -> list[str]:
@@ -322,6 +325,17 @@ def test_list_prints_a_table_newest_first_across_pages(fake_api: FakeRelay) -> N
     pages = fake_api.requests("GET", "/v1/dead-letters")
     assert [p.query.get("cursor") for p in pages] == [None, ["2"]]
     assert all(p.authorization == f"Bearer {ADMIN_TOKEN}" for p in pages)
+
+
+@pytest.mark.parametrize("columns", ["80", "120"])
+def test_list_keeps_every_id_on_one_line_on_a_narrow_terminal(fake_api: FakeRelay, columns: str) -> None:
+    result = run(dlq, as_admin(fake_api, "list"), env={"COLUMNS": columns, "TTY_COMPATIBLE": "1"})
+
+    assert result.exit_code == 0, result.output
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in result.stdout.splitlines()]
+    assert max(len(line) for line in lines) <= int(columns)
+    for letter in fake_api.dead_letters.values():
+        assert any(letter["id"] in line and letter["task_id"] in line for line in lines), result.stdout
 
 
 def test_list_json_prints_one_dead_letter_per_line(fake_api: FakeRelay) -> None:
@@ -384,26 +398,18 @@ def test_show_missing_id_exits_1_with_the_detail(fake_api: FakeRelay) -> None:
     assert result.stdout == ""
 
 
-def test_show_as_operator_prints_fields_and_event_without_the_attempt_log(fake_api: FakeRelay) -> None:
+@pytest.mark.parametrize("as_", [as_admin, as_tenant], ids=["operator", "owner"])
+def test_show_prints_fields_event_and_every_attempt(fake_api: FakeRelay, as_: Callable[..., list[str]]) -> None:
     dl_id = next(iter(fake_api.dead_letters))
-    result = run(dlq, as_admin(fake_api, "show", dl_id))
+    result = run(dlq, as_(fake_api, "show", dl_id))
 
     assert result.exit_code == 0, result.output
     letter = fake_api.dead_letters[dl_id]
     for text in (dl_id, letter["url"], "[Errno 111] Connection refused", letter["event"]["id"], "task.completed"):
         assert text in result.stdout
-    assert "Per-attempt log not readable" in result.stdout
-    assert fake_api.requests("GET", "/v1/tasks/")[0].path.endswith("/deliveries")
-
-
-def test_show_as_the_owner_lists_every_attempt(fake_api: FakeRelay) -> None:
-    dl_id = next(iter(fake_api.dead_letters))
-    result = run(dlq, as_tenant(fake_api, "show", dl_id))
-
-    assert result.exit_code == 0, result.output
     attempt_rows = [line for line in result.stdout.splitlines() if "webhook" in line and "failed" in line]
     assert len(attempt_rows) == 2
-    assert "Per-attempt log not readable" not in result.stdout
+    assert "expired" not in result.stdout
 
 
 def test_show_json_prints_the_api_answer(fake_api: FakeRelay) -> None:
@@ -423,7 +429,7 @@ def test_replay_of_several_ids_posts_each(fake_api: FakeRelay) -> None:
 
     assert result.exit_code == 0, result.output
     assert [s.path for s in fake_api.requests("POST")] == [f"/v1/dead-letters/{i}/replay" for i in ids]
-    assert "replayed 2 of 2" in result.stdout
+    assert "queued 2 of 2 for delivery again" in result.stdout
 
 
 def test_replay_goes_on_past_a_missing_id_and_exits_1(fake_api: FakeRelay) -> None:
@@ -431,7 +437,7 @@ def test_replay_goes_on_past_a_missing_id_and_exits_1(fake_api: FakeRelay) -> No
     result = run(dlq, as_admin(fake_api, "replay", "dl_missing", dl_id))
 
     assert result.exit_code == 1
-    assert "replayed 1 of 2" in result.stdout
+    assert "queued 1 of 2 for delivery again" in result.stdout
     assert stderr_lines(result) == ["relay: dl_missing: Dead letter dl_missing not found (HTTP 404)"]
     assert len(fake_api.requests("POST")) == 2
 
@@ -443,7 +449,7 @@ def test_replay_all_dry_run_sends_dry_run_and_prints_matched(fake_api: FakeRelay
     (request,) = fake_api.requests("POST")
     assert request.path == "/v1/dead-letters/replay"
     assert request.body == {"reason": "retries_exhausted", "dry_run": True}
-    assert result.stdout.strip() == "dry run: 2 would be replayed"
+    assert result.stdout.strip() == "dry run: 2 would be queued for delivery again"
 
 
 def test_replay_all_lists_the_matches_then_replays_each(fake_api: FakeRelay) -> None:
@@ -456,7 +462,7 @@ def test_replay_all_lists_the_matches_then_replays_each(fake_api: FakeRelay) -> 
     replays = fake_api.requests("POST")
     assert replays, "nothing was replayed"
     assert all(r.path.endswith("/replay") and r.path != "/v1/dead-letters/replay" for r in replays)
-    assert result.stdout.strip() == f"replayed {len(replays)} of {len(replays)}"
+    assert result.stdout.startswith(f"queued {len(replays)} of {len(replays)} for delivery again")
 
 
 @pytest.mark.parametrize(
@@ -481,9 +487,10 @@ def test_replay_needs_ids_or_all_and_exits_2(fake_api: FakeRelay, args: list[str
 
 def test_purge_all_deletes_every_listed_id_across_two_pages(fake_api: FakeRelay) -> None:
     ids = set(fake_api.dead_letters)
-    result = run(dlq, as_admin(fake_api, "purge", "--all"))
+    result = run(dlq, as_admin(fake_api, "purge", "--all"), input="y\n")
 
     assert result.exit_code == 0, result.output
+    assert "Delete 3 dead letters for good? [y/N]" in result.stderr
     assert len(fake_api.requests("GET", "/v1/dead-letters")) == 2
     assert {s.path.rsplit("/", 1)[1] for s in fake_api.requests("DELETE")} == ids
     assert fake_api.dead_letters == {}
@@ -491,11 +498,46 @@ def test_purge_all_deletes_every_listed_id_across_two_pages(fake_api: FakeRelay)
 
 
 def test_purge_all_with_a_filter_keeps_the_others(fake_api: FakeRelay) -> None:
-    result = run(dlq, as_admin(fake_api, "purge", "--all", "--tenant", "acme"))
+    result = run(dlq, as_admin(fake_api, "purge", "--all", "--tenant", "acme", "--yes"))
 
     assert result.exit_code == 0, result.output
     assert [d["tenant"] for d in fake_api.dead_letters.values()] == ["globex"]
     assert "deleted 2 of 2" in result.stdout
+
+
+def test_purge_all_deletes_nothing_unless_confirmed(fake_api: FakeRelay) -> None:
+    before = dict(fake_api.dead_letters)
+    refused = run(dlq, as_admin(fake_api, "purge", "--all"), input="n\n")
+    no_answer = run(dlq, as_admin(fake_api, "purge", "--all"), input="")
+
+    assert refused.exit_code == no_answer.exit_code == 1
+    assert "Aborted" in refused.stderr
+    assert fake_api.requests("DELETE") == []
+    assert fake_api.dead_letters == before
+
+
+def test_purge_all_dry_run_counts_and_deletes_nothing(fake_api: FakeRelay) -> None:
+    before = dict(fake_api.dead_letters)
+    result = run(dlq, as_admin(fake_api, "purge", "--all", "--tenant", "acme", "--dry-run"))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "dry run: 2 would be deleted"
+    assert fake_api.requests("DELETE") == []
+    assert fake_api.dead_letters == before
+
+
+def test_purge_all_since_and_until_narrow_the_selection(fake_api: FakeRelay) -> None:
+    result = run(
+        dlq,
+        as_admin(
+            fake_api, "purge", "--all", "--since", "2025-03-01T00:00:00Z", "--until", "2025-04-01T00:00:00Z", "-y"
+        ),
+    )
+
+    assert result.exit_code == 0, result.output
+    (listed, *_) = fake_api.requests("GET", "/v1/dead-letters")
+    assert listed.query["since"] == ["2025-03-01T00:00:00Z"]
+    assert listed.query["until"] == ["2025-04-01T00:00:00Z"]
 
 
 def test_purge_ids_deletes_those(fake_api: FakeRelay) -> None:

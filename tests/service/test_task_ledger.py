@@ -15,8 +15,8 @@ from delivery.errors import LeaseLost
 from delivery.event_log import EventLog
 from delivery.redis_client import connect
 from schemas.tasks import TaskRecord, TaskStatus
-from service.task_ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
-from service.task_store import InlineMessage, TaskStore, TenantFull
+from service.tasks.ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
+from service.tasks.store import InlineMessage, TaskStore, TenantFull
 
 RECORD_TTL_S = 3600
 FLOW = FlowSettings(lease_s=35.0, retry_span_s=60.0)

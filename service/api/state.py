@@ -17,13 +17,13 @@ from delivery.outbox import Outbox
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from schemas.tasks import Task, TaskRecord
-from service.auth import Authenticator
+from service.api.auth import Authenticator
+from service.api.live import LiveHub
+from service.api.rate_limit import RateLimiter
 from service.broker import BrokerCheck, Enqueuer, create_broker, enqueuer_for
 from service.kinds import KindRegistry, load_kinds
-from service.live import LiveHub
-from service.rate_limit import RateLimiter
 from service.settings import Settings
-from service.task_store import TaskStore
+from service.tasks.store import TaskStore
 
 log = logging.getLogger("relay.api")
 

@@ -13,9 +13,9 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from delivery.errors import InvalidCursor
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.destinations import Destination, DestinationCaps, DestinationPage, DestinationState
-from service.auth import NO_TENANT, Principal, require_operator, tenant_scope
-from service.openapi import errors
-from service.state import ApiState
+from service.api.auth import NO_TENANT, Principal, require_operator, tenant_scope
+from service.api.openapi import errors
+from service.api.state import ApiState
 
 
 class DestinationController(Controller):

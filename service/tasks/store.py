@@ -30,7 +30,7 @@ from delivery.redis_client import as_text
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus
-from service.task_ledger import REQUEUE_GRACE_S
+from service.tasks.ledger import REQUEUE_GRACE_S
 
 # How long an Idempotency-Key keeps answering with the first task.
 IDEMPOTENCY_TTL_S = 24 * 3600

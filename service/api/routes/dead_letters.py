@@ -15,9 +15,9 @@ from delivery.dead_letters import REPLAY_BATCH, DeadLetterFilter
 from delivery.errors import InvalidCursor, UnreadableRecord
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
-from service.auth import Principal, tenant_scope
-from service.openapi import errors
-from service.state import ApiState
+from service.api.auth import Principal, tenant_scope
+from service.api.openapi import errors
+from service.api.state import ApiState
 
 
 class DeadLetterController(Controller):

@@ -22,10 +22,10 @@ from schemas.deliveries import AttemptList
 from schemas.events import EventList
 from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
 from schemas.ws import MAX_SEQ
-from service.auth import Principal, Reader, require_tenant
-from service.openapi import errors
-from service.state import ApiState
-from service.task_store import TenantFull
+from service.api.auth import Principal, Reader, require_tenant
+from service.api.openapi import errors
+from service.api.state import ApiState
+from service.tasks.store import TenantFull
 
 log = logging.getLogger("relay.api")
 
@@ -151,7 +151,7 @@ async def _readable(state_: ApiState, reader: Reader, task_id: str) -> TaskRecor
 
 
 async def _owned(state_: ApiState, principal: Principal, task_id: str) -> TaskRecord:
-    record = await _get(state_, task_id, lambda tenant, _: principal.tenant == tenant, may_see_unreadable=True)
+    record = await _get(state_, task_id, lambda tenant, _: principal.can_see(tenant), may_see_unreadable=True)
     if record is None:
         raise NotFoundException(f"no task {task_id}")
     return record

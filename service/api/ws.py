@@ -30,10 +30,10 @@ from delivery.outbox import Outbox
 from schemas.events import Event, EventType
 from schemas.tasks import TaskStatus
 from schemas.ws import Ack, ClientFrame, Error, Ping, Subscribe, Subscribed, Unsubscribe
-from service.json_depth import json_depth_exceeds
-from service.live import EventHead, LiveHub, event_frame
-from service.state import ApiState
-from service.task_store import TaskStore
+from service.api.json_depth import json_depth_exceeds
+from service.api.live import EventHead, LiveHub, event_frame
+from service.api.state import ApiState
+from service.tasks.store import TaskStore
 
 log = logging.getLogger("relay.ws")
 

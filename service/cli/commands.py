@@ -51,7 +51,7 @@ def main() -> None:
 )
 def serve(host: str, port: int, processes: int, threads: int) -> None:
     """Everything in one: Redis (embedded unless RELAY_REDIS_URL is set), the API and the workers."""
-    from service.serve import serve as run
+    from service.cli.serve import serve as run
 
     try:
         sys.exit(run(_settings(toml=True), host=host, port=port, processes=processes, threads=threads))
@@ -73,10 +73,10 @@ def api(host: str, port: int, workers: int) -> None:
     _check_task_modules(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
-        "service.app:app_from_env",
+        "service.api.app:app_from_env",
         log_config=_uvicorn_log_config(),
         factory=True,
-        http="service.http_protocol:BoundedHttpToolsProtocol",  # RELAY_REQUEST_TIMEOUT per request
+        http="service.api.http_protocol:BoundedHttpToolsProtocol",  # RELAY_REQUEST_TIMEOUT per request
         host=host,
         port=port,
         workers=workers,
@@ -100,7 +100,7 @@ def _uvicorn_log_config() -> dict[str, object]:
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"quiet_sockets": {"()": "service.cli._QuietSockets"}}
+    config["filters"] = {"quiet_sockets": {"()": _QuietSockets}}
     config["handlers"]["default"]["filters"] = ["quiet_sockets"]
     return config
 
@@ -118,11 +118,13 @@ def worker(processes: int, threads: int) -> None:
     if settings.redis_url is None:
         raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
     _check_task_modules(settings)
+    from service.worker.setup import DRAMATIQ_TARGET
+
     argv = [
         sys.executable,
         "-m",
         "dramatiq",
-        "service.worker_main",
+        DRAMATIQ_TARGET,
         "--processes",
         str(processes),
         "--threads",
@@ -130,14 +132,15 @@ def worker(processes: int, threads: int) -> None:
         "--queues",
         "relay",
     ]
-    from service.worker_supervisor import main as supervise
+    from service.worker.supervisor import main as supervise
 
     supervise(argv)
 
 
 def _attach_client_commands() -> None:
-    from service.cli_client import dlq, submit
-    from service.cli_destinations import destinations
+    from service.cli.destinations import destinations
+    from service.cli.dlq import dlq
+    from service.cli.submit import submit
 
     main.add_command(dlq)
     main.add_command(submit)

@@ -54,7 +54,8 @@ class Authenticator:
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """Who reads a task: a tenant by API key, or anyone holding that one task's ``ws_token``.
+    """Who reads a task: its tenant by API key, an operator by the admin token, or anyone holding that one
+    task's ``ws_token``.
 
     The browser client reads a task it follows (when its events are no longer retained) with the task's
     ``ws_token``, the capability it already has, rather than with the tenant's API key.
@@ -65,7 +66,7 @@ class Reader:
 
     def may_read(self, tenant: str, ws_token: str | None) -> bool:
         if self.principal is not None:
-            return self.principal.tenant == tenant
+            return self.principal.can_see(tenant)
         return (
             self.token is not None
             and ws_token is not None

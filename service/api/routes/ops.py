@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from delivery import keys, metrics
+from service.api.state import ApiState
 from service.broker import QUEUE
-from service.state import ApiState
 
 log = logging.getLogger("relay.api")
 

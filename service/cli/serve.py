@@ -15,7 +15,7 @@ from types import FrameType
 import msgspec
 import rich
 
-from service.embedded_redis import EmbeddedRedis
+from service.cli.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 
 # Children get this long to stop after SIGTERM before they are killed.

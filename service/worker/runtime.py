@@ -4,7 +4,7 @@ Each worker process (Dramatiq forks them) builds one :class:`Runtime` before it 
 loop thread that Dramatiq's AsyncIO middleware runs: a Redis pool, the task store, the task ledger and the
 delivery engine. The actor and the engine share that loop.
 
-A run holds its task's lease (see :mod:`service.task_ledger`) and renews it while it runs; a run whose lease
+A run holds its task's lease (see :mod:`service.tasks.ledger`) and renews it while it runs; a run whose lease
 is lost is cancelled. Redis errors never end a task: its writes are retried until Redis answers, and a run
 that cannot start is left to the sweeper, which enqueues every overdue task again.
 """
@@ -18,32 +18,28 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import dramatiq
 import httpx
-import msgspec
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.brokers.redis import _scripts as redis_broker_scripts
 from redis.exceptions import RedisError
 
 from delivery.destinations import DestinationStore
 from delivery.engine import DeliveryEngine
-from delivery.errors import LeaseLost
 from delivery.ops_events import OpsNotifier
 from delivery.outbox import Outbox, trim_dead_letter_index
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
-from schemas.tasks import TaskError, TaskRecord, TaskStatus
 from service import USER_AGENT
-from service.broker import HEARTBEAT_TIMEOUT_MS, QUEUE, Enqueuer, enqueuer_for
-from service.kinds import KindRegistry, TaskContext, load_kinds
+from service.broker import QUEUE, Enqueuer, enqueuer_for
+from service.dramatiq_redis import BrokerMaintenance
+from service.kinds import KindRegistry, load_kinds
 from service.settings import Settings
-from service.task_ledger import Start, TaskLedger, new_run_token
-from service.task_store import TaskStore
+from service.tasks.ledger import TaskLedger
+from service.tasks.store import TaskStore
 
 log = logging.getLogger("relay.worker")
 
@@ -239,23 +235,10 @@ class Runtime:
         and it requeues a dead worker's messages only on a random 0.1 % of fetches. Both matter here: a
         killed worker's tasks must run again within seconds, and a busy one must not be taken for dead.
         """
-        script = self.redis.register_script(redis_broker_scripts["dispatch"])
-        max_unpack = 1000  # the dispatch script unpacks in chunks of this size during maintenance
+        maintenance = BrokerMaintenance(self.redis, broker, QUEUE)
         while True:
             try:
-                await script(
-                    keys=[broker.namespace],
-                    args=[
-                        "qsize",
-                        int(time.time() * 1000),
-                        QUEUE,
-                        broker.broker_id,
-                        HEARTBEAT_TIMEOUT_MS,
-                        broker.dead_message_ttl,
-                        1,
-                        max_unpack,
-                    ],
-                )
+                await maintenance.run_once()
             except INFRA_ERRORS as exc:
                 log.warning("broker heartbeat failed (%s); trying again", exc)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
@@ -308,99 +291,3 @@ class RuntimeMiddleware(dramatiq.Middleware):
         if _runtime is not None and loop_thread is not None:
             loop_thread.run_coroutine(_runtime.stop())
         _runtime = None
-
-
-async def run_task(task_id: str) -> None:
-    """Run one task to its end and hand its delivery to the delivery engine.
-
-    Nothing escapes but a bug: a message this run cannot act on (the task ended, a live run holds it, Redis
-    is away) is dropped, because the task ledger, not the message, is what brings an owed task back.
-    """
-    rt = runtime()
-    run = Run(token=new_run_token())
-    try:
-        started = await rt.until_redis_answers(
-            lambda: rt.ledger.start(task_id, run.token), what=f"starting task {task_id}", patience_s=START_PATIENCE_S
-        )
-    except (*INFRA_ERRORS, Stopping) as exc:
-        log.warning("task %s not started (%s); the sweeper enqueues it again once it is overdue", task_id, exc)
-        return
-    if started.outcome is Start.GONE:
-        log.warning("task %s is gone (expired or never stored); nothing to run", task_id)
-        return
-    if started.outcome is not Start.RUN or started.record is None:
-        return  # a redelivered message of a task that has ended, or that a live run holds
-    record = started.record
-    rt.runs[task_id] = run
-    try:
-        outcome = await _execute(rt, record, run)
-        if outcome is None:
-            return
-        result, error = outcome
-        _, lease = await rt.until_redis_answers(
-            lambda: rt.tasks.finish(record, run.token, result=result, error=error),
-            what=f"recording the end of task {task_id}",
-        )
-    except LeaseLost as exc:
-        log.info("task %s: %s; this run's outcome is dropped", task_id, exc)
-        return
-    except Stopping:
-        log.warning("task %s ran but its end could not be written before shutdown; it will run again", task_id)
-        return
-    finally:
-        if rt.runs.get(task_id) is run:
-            del rt.runs[task_id]
-    if lease is not None:
-        rt.engine.dispatch(lease)
-
-
-async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, TaskError | None] | None:
-    """Run the kind's code; its result or error, or None when this run lost its lease meanwhile."""
-    kind = rt.kinds.get(record.kind)
-    if kind is None:
-        return None, TaskError(type="UnknownKind", message=f"no task kind {record.kind!r} on this worker")
-    record.started_at = record.started_at or datetime.now(UTC)
-
-    async def report(percent: float, message: str | None) -> None:
-        try:
-            await mark_running()
-            event = rt.tasks.progress_event(record, percent, message)  # one event, however often it is sent
-            await rt.until_redis_answers(
-                lambda: rt.tasks.append_progress(record, run.token, event),
-                what=f"reporting progress of task {record.id}",
-            )
-        except (LeaseLost, Stopping):
-            run.lose()  # the kind's next await is cancelled
-
-    async def mark_running() -> None:
-        if record.status is TaskStatus.QUEUED:
-            await rt.until_redis_answers(
-                lambda: rt.tasks.mark_running(record, run.token), what=f"marking {record.id} running"
-            )
-
-    ctx = TaskContext(task_id=record.id, report=report, loop=asyncio.get_running_loop())
-    try:
-        data = kind.parse_input(record.input)
-        work = run.work = asyncio.ensure_future(asyncio.wait_for(kind.run(data, ctx), timeout=kind.time_limit_s))
-        # A task that ends within RUNNING_AFTER_S goes straight from queued to its end: nobody could have
-        # seen it running, and the write would cost every short task a round trip.
-        done, _ = await asyncio.wait({work}, timeout=RUNNING_AFTER_S)
-        if not done:
-            await mark_running()
-        result = await work
-        msgspec.json.encode(result)  # a result that cannot be sent fails here, not in the webhook
-    except asyncio.CancelledError:
-        if run.lost:
-            return None
-        raise
-    except (Stopping, LeaseLost):
-        run.lose()
-        return None
-    except TimeoutError:
-        return None, TaskError(
-            type="TimeLimitExceeded", message=f"the task ran longer than its {kind.time_limit_s:g} s time limit"
-        )
-    except Exception as exc:
-        log.info("task %s (%s) failed: %s: %r", record.id, record.kind, type(exc).__name__, str(exc)[:500])
-        return None, TaskError(type=type(exc).__name__, message=str(exc)[:2000])
-    return result, None

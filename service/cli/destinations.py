@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 import click
-import msgspec
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -19,26 +17,24 @@ from schemas.destinations import (
     DestinationPage,
     DestinationState,
 )
-from service.cli_client import (
+from service.cli.http import (
     ADMIN_TOKEN_ENV,
+    ENCODER,
     CommandFailed,
     F,
-    _api_options,
-    _call,
-    _client,
-    _decode,
-    _shorten,
-    _stdout,
-    _time,
+    api_options,
+    call,
+    client,
+    decode,
     iter_pages,
-    print_list,
+    resource_path,
 )
+from service.cli.render import print_list, shorten, stdout, time_text
 
 ERROR_WIDTH = 40
 # Terminal widths from which the list shows the last error, and the last success too.
 MEDIUM = 110
 WIDE = 140
-_ENCODER = msgspec.json.Encoder()
 _STYLE = {
     DestinationState.OPEN: "bold red",
     DestinationState.PAUSED: "yellow",
@@ -46,11 +42,11 @@ _STYLE = {
     DestinationState.HEALTHY: "green",
 }
 
-_token = _api_options(ADMIN_TOKEN_ENV, "Operator (admin) token, or a tenant's API key for its own destinations.")
+_token = api_options(ADMIN_TOKEN_ENV, "Operator (admin) token, or a tenant's API key for its own destinations.")
 
 
 def _path(destination_id: str) -> str:
-    return f"/v1/destinations/{quote(destination_id, safe='')}"
+    return resource_path("destinations", destination_id)
 
 
 def _rate(d: Destination) -> str:
@@ -61,7 +57,7 @@ def _table(destinations: Sequence[Destination], width: int) -> Table:
     """Ids whole on one line (they are what you copy); the last columns only where they fit."""
     wide, medium = width >= WIDE, width >= MEDIUM
     columns = [
-        Column("id", no_wrap=True),
+        Column("id", no_wrap=True, min_width=max(len(d.id) for d in destinations)),
         Column("state", no_wrap=True),
         Column("flight", justify="right", no_wrap=True),
         Column("owed", justify="right", no_wrap=True),
@@ -83,9 +79,9 @@ def _table(destinations: Sequence[Destination], width: int) -> Table:
             Text(d.origin),
         ]
         if wide:
-            row.append(_time(d.last_success_at))
+            row.append(time_text(d.last_success_at))
         if medium:
-            row.append(Text(_shorten(d.last_error or "-", ERROR_WIDTH)))
+            row.append(Text(shorten(d.last_error or "-", ERROR_WIDTH)))
         table.add_row(*row)
     return table
 
@@ -103,11 +99,11 @@ def _fields(d: Destination) -> Table:
         ("rate", _rate(d)),
         ("owed", str(d.owed)),
         ("failures in a row", str(d.consecutive_failures)),
-        ("last success", _time(d.last_success_at)),
-        ("last failure", _time(d.last_failure_at)),
+        ("last success", time_text(d.last_success_at)),
+        ("last failure", time_text(d.last_failure_at)),
         ("last error", d.last_error or "-"),
-        ("opened at", _time(d.opened_at)),
-        ("next probe", _time(d.next_probe_at)),
+        ("opened at", time_text(d.opened_at)),
+        ("next probe", time_text(d.next_probe_at)),
     ]
     for name, value in rows:
         grid.add_row(name, value if isinstance(value, Text) else Text(value))
@@ -116,9 +112,9 @@ def _fields(d: Destination) -> Table:
 
 def _show(d: Destination, as_json: bool) -> None:
     if as_json:
-        click.echo(_ENCODER.encode(d).decode())
+        click.echo(ENCODER.encode(d).decode())
     else:
-        _stdout().print(_fields(d))
+        stdout().print(_fields(d))
 
 
 @click.group()
@@ -135,11 +131,11 @@ def destinations() -> None:
 @_token
 def list_destinations(state: str | None, tenant: str | None, as_json: bool, url: str, token: str) -> None:
     """List destinations, worst first (open, paused, degraded, healthy; then the most owed)."""
-    with _client(url, token) as client:
+    with client(url, token) as http:
         print_list(
-            iter_pages(client, "/v1/destinations", DestinationPage, {"state": state, "tenant": tenant}, None),
+            iter_pages(http, "/v1/destinations", DestinationPage, {"state": state, "tenant": tenant}, None),
             as_json=as_json,
-            table=lambda found: _table(found, _stdout().width),
+            table=lambda found: _table(found, stdout().width),
             empty="No destinations.",
         )
 
@@ -153,8 +149,8 @@ def _one_destination(command: F) -> F:
 
 def _on(destination_id: str, as_json: bool, url: str, token: str, method: str, action: str = "", **kwargs: Any) -> None:
     """Call the API on one destination and show what it answers."""
-    with _client(url, token) as client:
-        _show(_decode(_call(client, method, _path(destination_id) + action, **kwargs), Destination), as_json)
+    with client(url, token) as http:
+        _show(decode(call(http, method, _path(destination_id) + action, **kwargs), Destination), as_json)
 
 
 @destinations.command()

@@ -20,17 +20,17 @@ from litestar.status_codes import (
 from redis.exceptions import RedisError
 
 from service import __version__
-from service.api_dead_letters import DeadLetterController
-from service.api_destinations import DestinationController, ops_signing_secret
-from service.api_ops import health, prometheus_metrics, ready
-from service.api_tasks import TaskController
-from service.auth import Principal, Reader, bearer_token
-from service.json_depth import json_depth_exceeds
-from service.openapi import list_task_kinds
-from service.pages import demo_page
+from service.api.auth import Principal, Reader, bearer_token
+from service.api.json_depth import json_depth_exceeds
+from service.api.openapi import list_task_kinds
+from service.api.pages import demo_page
+from service.api.routes.dead_letters import DeadLetterController
+from service.api.routes.destinations import DestinationController, ops_signing_secret
+from service.api.routes.ops import health, prometheus_metrics, ready
+from service.api.routes.tasks import TaskController
+from service.api.state import ApiState
+from service.api.ws import ws_endpoint
 from service.settings import Settings
-from service.state import ApiState
-from service.ws import ws_endpoint
 
 log = logging.getLogger("relay.api")
 

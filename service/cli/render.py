@@ -1,0 +1,85 @@
+"""What the ``relay`` client commands print: tables on a terminal, JSON lines for scripts, progress on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from service.cli.http import ENCODER, ApiError
+
+# Columns rich may use when stdout is not a terminal, so piped rows keep to one line each.
+PIPE_WIDTH = 1000
+T = TypeVar("T")
+
+
+def time_text(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def stdout() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=PIPE_WIDTH)
+
+
+def print_list(items: Iterable[T], *, as_json: bool, table: Callable[[list[T]], Table], empty: str) -> None:
+    """Every item as a JSON line (as it comes, page by page), or all of them as one table; ``empty`` when none."""
+    if as_json:
+        for item in items:
+            click.echo(ENCODER.encode(item).decode())
+        return
+    found = list(items)
+    if found:
+        stdout().print(table(found))
+    else:
+        click.echo(empty)
+
+
+def pretty(value: object) -> str:
+    return msgspec.json.format(ENCODER.encode(value), indent=2).decode()
+
+
+@contextmanager
+def progress(total: int, description: str) -> Iterator[Callable[[], None]]:
+    """A transient progress bar on a terminal's stderr for more than one item; yields ``advance``."""
+    console = Console(stderr=True)
+    if total <= 1 or not console.is_terminal:
+        yield lambda: None
+        return
+    with Progress(*Progress.get_default_columns(), console=console, transient=True) as bars:
+        bar = bars.add_task(description, total=total)
+        yield lambda: bars.advance(bar)
+
+
+def for_each(ids: Sequence[str], action: Callable[[str], object], description: str) -> int:
+    """Run ``action`` on every id and return how many succeeded.
+
+    An error answer for one id is reported and the others go on; an unreachable API stops them all.
+    """
+    done = 0
+    with progress(len(ids), description) as advance:
+        for item in ids:
+            try:
+                action(item)
+            except ApiError as exc:
+                click.echo(f"relay: {item}: {exc.detail} (HTTP {exc.status_code})", err=True)
+            else:
+                done += 1
+            advance()
+    return done
+
+
+def exit_if_short(done: int, total: int) -> None:
+    if done < total:
+        click.get_current_context().exit(1)

@@ -1,0 +1,158 @@
+"""``relay submit``: submit a task and, with ``--wait``, follow it to its end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+import httpx
+import msgspec
+
+from schemas.events import Event, EventList, EventType
+from schemas.tasks import Progress as TaskProgress
+from schemas.tasks import Task, TaskStatus, TaskSubmission, Webhook
+from service.cli.follow import FollowError, NotRecovered, follow_task
+from service.cli.http import API_KEY_ENV, ENCODER, CommandFailed, api_options, call, client, decode, resource_path
+from service.cli.render import pretty
+
+# Seconds between two polls of a task's events under `relay submit --wait`.
+DEFAULT_POLL_INTERVAL_S = 0.3
+# Seconds without a final event after which --wait reads the task itself (its events may have expired).
+TASK_CHECK_INTERVAL_S = 5.0
+
+
+def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return msgspec.json.decode(value)
+    except msgspec.DecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", ctx, param) from None
+
+
+@click.command()
+@click.argument("kind")
+@click.option(
+    "--input", "input_", metavar="JSON", callback=_parse_json, help="The task's input as JSON [default: null]."
+)
+@click.option("--webhook", metavar="URL", help="Deliver the result to this URL as a signed webhook.")
+@click.option("--websocket/--no-websocket", default=False, show_default=True, help="Ask for WebSocket push.")
+@click.option("--wait", is_flag=True, help="Follow the task until it finishes; print its result (or error) as JSON.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="With --wait: give up (exit 1) after this many seconds [default: no limit].",
+)
+@api_options(API_KEY_ENV, "A tenant's API key.")
+def submit(
+    kind: str,
+    input_: Any,
+    webhook: str | None,
+    websocket: bool,
+    wait: bool,
+    timeout_s: float | None,
+    url: str,
+    token: str,
+) -> None:
+    """Submit a task of KIND and print it as JSON.
+
+    With --wait, progress goes to stderr and the result (or the error) to stdout as JSON; the exit
+    status is 1 when the task failed.
+    """
+    if timeout_s is not None and not wait:
+        raise click.UsageError("--timeout only applies with --wait.")
+    body = TaskSubmission(
+        kind=kind, input=input_, webhook=Webhook(url=webhook) if webhook else None, websocket=websocket
+    )
+    with client(url, token) as http:
+        response = call(
+            http, "POST", "/v1/tasks", content=ENCODER.encode(body), headers={"content-type": "application/json"}
+        )
+        task = decode(response, Task)
+        if not wait:
+            click.echo(pretty(task))
+            return
+        click.echo(f"{task.id} {task.status.value}", err=True)
+        task = wait_for_task(http, task, timeout_s=timeout_s)
+    if task.status is TaskStatus.FAILED:
+        click.echo(pretty(task.error))
+        raise CommandFailed(f"task {task.id} failed: {task.error.message if task.error else 'no error given'}")
+    click.echo(pretty(task.result))
+
+
+def wait_for_task(
+    http: httpx.Client,
+    task: Task,
+    *,
+    timeout_s: float | None = None,
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+) -> Task:
+    """Follow ``task`` until it has finished and return it as the API then tells it.
+
+    Follows over the WebSocket (progress to stderr as it comes); reads the task over HTTP when retention
+    lost some of its events, and polls ``GET /v1/tasks/{id}/events`` when no socket can be opened at all.
+
+    Raises:
+        CommandFailed: the API failed, or ``timeout_s`` passed first.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    if task.ws_token is not None:
+        try:
+            follow_task(str(http.base_url), task.id, task.ws_token, on_event=_report_progress, deadline=deadline)
+        except TimeoutError:
+            raise CommandFailed(f"task {task.id} still not finished after {timeout_s:g} s") from None
+        except NotRecovered:
+            pass
+        except FollowError as exc:
+            click.echo(f"relay: {exc}; polling instead", err=True)
+            return _poll_task(http, task, deadline=deadline, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+        return decode(call(http, "GET", resource_path("tasks", task.id)), Task)
+    return _poll_task(http, task, deadline=deadline, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+
+
+def _poll_task(
+    http: httpx.Client, task: Task, *, deadline: float | None, timeout_s: float | None, poll_interval_s: float
+) -> Task:
+    after_seq = 0
+    final_seen = False
+    checked_at = time.monotonic()
+    while not task.status.finished:
+        _pause(task, deadline, poll_interval_s, timeout_s)
+        if not final_seen:
+            for event in _events_after(http, task.id, after_seq):
+                after_seq = event.seq
+                final_seen = final_seen or event.type.final
+                _report_progress(event)
+        # Without a final event for a while the events may have expired: read the task itself.
+        if final_seen or time.monotonic() - checked_at >= TASK_CHECK_INTERVAL_S:
+            task = decode(call(http, "GET", resource_path("tasks", task.id)), Task)
+            checked_at = time.monotonic()
+    return task
+
+
+def _pause(task: Task, deadline: float | None, interval_s: float, timeout_s: float | None) -> None:
+    if deadline is None:
+        time.sleep(interval_s)
+        return
+    left_s = deadline - time.monotonic()
+    if left_s <= 0:
+        raise CommandFailed(f"task {task.id} still not finished after {timeout_s:g} s")
+    time.sleep(min(interval_s, left_s))
+
+
+def _events_after(http: httpx.Client, task_id: str, after_seq: int) -> list[Event]:
+    response = call(http, "GET", f"{resource_path('tasks', task_id)}/events", params={"after_seq": after_seq})
+    return decode(response, EventList).events
+
+
+def _report_progress(event: Event) -> None:
+    if event.type is not EventType.PROGRESS:
+        return
+    try:
+        progress = msgspec.convert(event.data, TaskProgress)
+    except msgspec.ValidationError:
+        return
+    click.echo(f"{progress.percent:5.1f}% {progress.message or ''}".rstrip(), err=True)
