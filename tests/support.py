@@ -112,7 +112,7 @@ class RelayProcess:
             self.process.wait(10)
 
     def signal_stop(self) -> None:
-        """SIGTERM once (a second SIGTERM makes a Dramatiq worker exit mid-shutdown and hang on its threads)."""
+        """SIGTERM once (a second one stops at once, without the clean shutdown)."""
         if self.process is not None and self.process.poll() is None and not self._signalled:
             self._signalled = True
             self.process.send_signal(signal.SIGTERM)
@@ -122,17 +122,22 @@ class RelayProcess:
         if self.process is None:
             return None
         if self.process.poll() is None:
-            # The leader only: Dramatiq's main process passes SIGTERM on to its workers.
+            # The leader only: the worker's supervisor passes one SIGTERM on to each worker process.
             self.signal_stop()
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
-        # Whatever of its group outlived the leader (a worker process stuck in its shutdown) goes too, so that
-        # no test leaves processes behind.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        return self.process.returncode
+                raise AssertionError(
+                    f"relay {self.role} did not stop within {timeout_s:g} s:\n{self.output()[-3000:]}"
+                ) from None
+        # A process of its group that outlived the leader is what a user would find left running: fail.
+        try:
+            os.killpg(self.process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return self.process.returncode
+        os.killpg(self.process.pid, signal.SIGKILL)
+        raise AssertionError(f"relay {self.role} exited but left processes of its group running")
 
     def restart(self) -> RelayProcess:
         self.stop()

@@ -49,12 +49,27 @@ def main() -> None:
 @click.option(
     "--threads", default=16, show_default=True, type=click.IntRange(1, 1024), help="tasks at once per worker process"
 )
-def serve(host: str, port: int, processes: int, threads: int) -> None:
+@click.option(
+    "--allow-private-callbacks",
+    is_flag=True,
+    help="Let webhooks go to private and loopback addresses (a receiver on this machine); never in production.",
+)
+def serve(host: str, port: int, processes: int, threads: int, allow_private_callbacks: bool) -> None:
     """Everything in one: Redis (embedded unless RELAY_REDIS_URL is set), the API and the workers."""
     from service.cli.serve import serve as run
 
+    settings = _settings(toml=True)
     try:
-        sys.exit(run(_settings(toml=True), host=host, port=port, processes=processes, threads=threads))
+        sys.exit(
+            run(
+                settings,
+                host=host,
+                port=port,
+                processes=processes,
+                threads=threads,
+                allow_private=allow_private_callbacks,
+            )
+        )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -118,23 +133,9 @@ def worker(processes: int, threads: int) -> None:
     if settings.redis_url is None:
         raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
     _check_task_modules(settings)
-    from service.worker.setup import DRAMATIQ_TARGET
-
-    argv = [
-        sys.executable,
-        "-m",
-        "dramatiq",
-        DRAMATIQ_TARGET,
-        "--processes",
-        str(processes),
-        "--threads",
-        str(threads),
-        "--queues",
-        "relay",
-    ]
     from service.worker.supervisor import main as supervise
 
-    supervise(argv)
+    supervise(processes, threads)
 
 
 def _attach_client_commands() -> None:

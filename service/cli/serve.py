@@ -1,26 +1,42 @@
-"""``relay serve``: Redis (embedded unless RELAY_REDIS_URL is set), the API and the workers, stopped together."""
+"""``relay serve``: Redis (embedded unless RELAY_REDIS_URL is set), the API and the workers, stopped together.
+
+Ctrl-C (or SIGTERM) stops everything: one SIGTERM to the API and to the workers, which stop cleanly (a task
+still running after a short grace is given back and runs again at the next start), then the embedded Redis.
+Whatever is still alive 15 s later is killed, and a second Ctrl-C kills at once. Output to a closed pipe
+(``relay serve | tee log`` when ``tee`` has gone) never stops the shutdown.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+import httpx
 import msgspec
-import rich
+import psutil  # type: ignore[import-untyped]
 
+from delivery.errors import ConfigError
 from service.cli.embedded_redis import EmbeddedRedis
 from service.settings import Settings
 
 # Children get this long to stop after SIGTERM before they are killed.
 STOP_TIMEOUT_S = 15.0
+# How long the API may take to answer /health after it was started.
+START_TIMEOUT_S = 60.0
+POLL_S = 0.05
 DEV_TENANT = "dev"
+LOCK_FILE = "serve.lock"
 
 
 def dev_credentials(data_dir: Path) -> dict[str, str]:
@@ -38,20 +54,104 @@ def dev_credentials(data_dir: Path) -> dict[str, str]:
     return creds
 
 
-def serve(settings: Settings, *, host: str, port: int, processes: int, threads: int) -> int:
+def say(text: str, *, err: bool = False) -> None:
+    """Print a line; when the reader has gone (a closed pipe), say nothing more rather than fail."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except (BrokenPipeError, ValueError, OSError):
+        # Point the stream at /dev/null so that neither this nor the interpreter's exit flush fails again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+
+class DataDirLock:
+    """An exclusive lock on ``RELAY_DATA_DIR`` for as long as one ``relay serve`` uses it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise ConfigError(
+                f"another relay serve{by} is using {self.path.parent}; stop it first, "
+                "or give this one its own RELAY_DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before anything starts when ``host:port`` cannot be listened on, saying what holds it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}){_holder(port)}; "
+                "stop it, or pick another port with --port"
+            ) from None
+
+
+def _holder(port: int) -> str:
+    """`` held by pid N (command)`` for the process listening on ``port``, when this user may see it."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                command = " ".join(psutil.Process(conn.pid).cmdline())[:120]
+                return f": held by pid {conn.pid} ({command})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+def serve(
+    settings: Settings, *, host: str, port: int, processes: int, threads: int, allow_private: bool = False
+) -> int:
+    """Run everything until Ctrl-C or SIGTERM; the exit status (1 when a part of it failed)."""
     data_dir = Path(settings.data_dir)
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    try:
+        check_port(host, port)
+    except ConfigError:
+        lock.release()
+        raise
     embedded: EmbeddedRedis | None = None
-    children: list[subprocess.Popen[bytes]] = []
-    stopping = False
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    signals = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal signals
+        signals += 1
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    code = 0
     try:
         changes: dict[str, object] = {}
+        if allow_private:
+            changes["allow_private_callbacks"] = True
         if settings.redis_url is None:
             embedded = EmbeddedRedis(data_dir=data_dir)
             embedded.start()
@@ -66,72 +166,132 @@ def serve(settings: Settings, *, host: str, port: int, processes: int, threads: 
         settings = msgspec.structs.replace(settings, **changes)
         env = {**os.environ, **settings.to_env()}
         relay = [sys.executable, "-m", "service.cli"]
-        names = ["api", "worker"]
-        children.append(
-            subprocess.Popen([*relay, "api", "--host", host, "--port", str(port)], env=env, start_new_session=True)
+        # Each child leads a process group of its own: Ctrl-C reaches serve alone, and serve stops them in order.
+        children["API"] = subprocess.Popen(
+            [*relay, "api", "--host", host, "--port", str(port)], env=env, start_new_session=True
         )
-        children.append(
-            subprocess.Popen(
-                [*relay, "worker", "--processes", str(processes), "--threads", str(threads)],
-                env=env,
-                start_new_session=True,
-            )
+        children["worker"] = subprocess.Popen(
+            [*relay, "worker", "--processes", str(processes), "--threads", str(threads)],
+            env=env,
+            start_new_session=True,
         )
+        if not _wait_for_api(_local_url(host, port), children, lambda: signals > 0):
+            return 1 if not signals else 0
         _banner(settings, host=host, port=port, embedded=embedded, creds=creds)
-        while not stopping:
-            for name, child in zip(names, children, strict=True):
+        while not signals:
+            for name, child in children.items():
                 if child.poll() is not None:
-                    rich.print(f"[red]relay: the {name} process exited (status {child.returncode}); stopping[/red]")
-                    stopping = True
-            time.sleep(0.2)
-        return 0
+                    say(f"relay: the {name} process exited (status {child.returncode}); stopping", err=True)
+                    code = 1
+                    signals = 1
+            time.sleep(POLL_S * 4)
+        return code
     finally:
-        rich.print("relay: stopping…", file=sys.stderr)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        say("relay: stopping… (Ctrl-C again to kill at once)", err=True)
+        _stop(children, forced=lambda: signals > 1)
         if embedded is not None:
             embedded.stop()
-        rich.print("relay: stopped", file=sys.stderr)
+        lock.release()
+        say("relay: stopped", err=True)
 
 
-def _example_key(settings: Settings, creds: dict[str, str] | None) -> str:
-    """The key to show in the example: the generated dev key, else a placeholder (a configured key is not shown)."""
+def _local_url(host: str, port: int) -> str:
+    local = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    if ":" in local and not local.startswith("["):
+        local = f"[{local}]"
+    return f"http://{local}:{port}"
+
+
+def _wait_for_api(url: str, children: dict[str, subprocess.Popen[bytes]], stopping: Callable[[], bool]) -> bool:
+    """Wait until the API answers /health; False when a child exits first, or a signal comes."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if stopping():
+                return False
+            for name, child in children.items():
+                if child.poll() is not None:
+                    say(f"relay: the {name} process exited at start (status {child.returncode}); see above", err=True)
+                    return False
+            try:
+                if client.get(url + "/health").status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(POLL_S * 2)
+    say(f"relay: the API did not answer within {START_TIMEOUT_S:g} s", err=True)
+    return False
+
+
+def _stop(children: dict[str, subprocess.Popen[bytes]], *, forced: Callable[[], bool]) -> None:
+    """SIGTERM each child once, wait for each whole process group; SIGKILL at the deadline or when forced."""
+    for child in children.values():
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for name, child in children.items():
+        while _group_alive(child):
+            child.poll()  # reap the leader, so that its group can empty
+            if forced() or time.monotonic() > deadline:
+                if not forced():
+                    say(f"relay: the {name} process did not stop within {STOP_TIMEOUT_S:g} s; killing it", err=True)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                break
+            time.sleep(POLL_S)
+
+
+def _group_alive(child: subprocess.Popen[bytes]) -> bool:
+    """Whether any process of the group ``child`` leads is still alive (zombies of our own included)."""
+    if child.poll() is None:
+        return True
+    try:
+        os.killpg(child.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _example_key(settings: Settings, creds: dict[str, str] | None) -> str | None:
+    """The generated dev key, to show in the examples (a configured key is never printed)."""
     if creds is not None and settings.api_keys.get(creds["api_key"]) == DEV_TENANT:
         return creds["api_key"]
-    return "<your API key>"
+    return None
 
 
 def _banner(
     settings: Settings, *, host: str, port: int, embedded: EmbeddedRedis | None, creds: dict[str, str] | None
 ) -> None:
-    url = f"http://{host}:{port}"
-    lines = [f"Relay is starting at {url}  (Ctrl-C stops everything)"]
+    url = _local_url(host, port)
+    key = _example_key(settings, creds)
+    admin = creds["admin_token"] if creds is not None and settings.admin_token == creds["admin_token"] else None
+    lines = [f"Relay is running at {url}  (Ctrl-C stops everything)"]
     if embedded is not None:
         lines.append(f"  Redis:        embedded, {embedded.url}, data in {embedded.dir}")
     else:
         lines.append("  Redis:        RELAY_REDIS_URL")
+    if key is not None:
+        lines.append(f"  dev API key:  {key}   (tenant '{DEV_TENANT}')")
+    if admin is not None:
+        lines.append(f"  admin token:  {admin}")
     if creds is not None:
-        if settings.api_keys.get(creds["api_key"]) == DEV_TENANT:
-            lines.append(f"  dev API key:  {creds['api_key']}   (tenant '{DEV_TENANT}')")
-        if settings.admin_token == creds["admin_token"]:
-            lines.append(f"  admin token:  {creds['admin_token']}")
         lines.append(f"  (kept in {Path(settings.data_dir) / 'credentials.json'})")
+    if settings.allow_private_callbacks:
+        lines.append("  callbacks:    private and loopback addresses allowed (for local receivers only)")
+    exports = [f"RELAY_URL={url}"]
+    if key is not None:
+        exports.append(f"RELAY_API_KEY={key}")
+    if admin is not None:
+        exports.append(f"RELAY_ADMIN_TOKEN={admin}")
+    lines.append(f"  shell:        export {' '.join(exports)}")
     lines.append(
-        f"  try:          curl -s -X POST {url}/v1/tasks -H 'Authorization: Bearer {_example_key(settings, creds)}' "
+        f"  try:          curl -s -X POST {url}/v1/tasks -H 'Authorization: Bearer {key or '<your API key>'}' "
         '-H \'content-type: application/json\' -d \'{"kind": "echo", "input": {"hello": 1}}\''
     )
-    key = _example_key(settings, creds)
     # The key rides in the URL fragment, which the browser never sends to the server.
-    demo = f"{url}/#key={key}" if not key.startswith("<") else f"{url}/"
-    lines.append(f"  demo page:    {demo}")
+    lines.append(f"  demo page:    {url}/#key={key}" if key is not None else f"  demo page:    {url}/")
     lines.append(f"  API docs:     {url}/schema/swagger")
-    # Plain print: rich would wrap the curl line, and it must stay copy-pasteable.
-    print("\n".join(lines), flush=True)
+    # Plain print: a wrapped curl line would not paste.
+    say("\n".join(lines))

@@ -38,6 +38,7 @@ _HERE = Path(__file__).parent
 _START_LUA = (_HERE / "start_task.lua").read_text()
 _RENEW_LUA = (_HERE / "renew_leases.lua").read_text()
 _SWEEP_LUA = (_HERE / "sweep_tasks.lua").read_text()
+_RELEASE_LUA = (_HERE / "release_runs.lua").read_text()
 _decode = msgspec.json.Decoder(TaskRecord).decode
 
 
@@ -65,6 +66,7 @@ class TaskLedger:
         self._start = redis.register_script(_START_LUA)
         self._renew = redis.register_script(_RENEW_LUA)
         self._sweep = redis.register_script(_SWEEP_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
 
     async def start(self, task_id: str, run_token: str) -> Started:
         """Take ``task_id``'s lease for the run ``run_token``, unless it has ended or a live run holds it."""
@@ -92,6 +94,16 @@ class TaskLedger:
             args += [task_id, token]
         lost = await self._renew(keys=[keys.OWED_TASKS], args=args)
         return [as_text(t) for t in lost]
+
+    async def release(self, runs: Mapping[str, str], *, now: float | None = None) -> int:
+        """Give back the leases of ``runs`` (task id -> run token) that a stopping worker abandons: each task is
+        owed at once, so that the next sweep enqueues it again. Returns how many were given back."""
+        if not runs:
+            return 0
+        args: list[str | float | int] = [keys.lease(""), time.time() if now is None else now]
+        for task_id, token in runs.items():
+            args += [task_id, token]
+        return int(await self._release(keys=[keys.OWED_TASKS], args=args))
 
     async def sweep(self, *, now: float | None = None, limit: int = SWEEP_BATCH) -> list[str]:
         """The owed tasks that are overdue; each one's next deadline is pushed on (doubling) in the same step."""

@@ -58,6 +58,8 @@ RETRY_WARN_EVERY_S = 60.0
 # How long a run waits for Redis before it leaves its task to the sweeper (it has written nothing yet).
 START_PATIENCE_S = 10.0
 
+# At a stop, runs in flight get this long to end; those still running then are cancelled and given back.
+SHUTDOWN_GRACE_S = 5.0
 # Failures of Redis or the broker, as the clients raise them.
 INFRA_ERRORS = (RedisError, OSError, dramatiq.errors.DramatiqError)
 
@@ -137,6 +139,7 @@ class Runtime:
         )
         self._loops: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
+        self._abandon: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the background loops; nothing here waits for Redis (it may be down when a worker starts)."""
@@ -146,14 +149,42 @@ class Runtime:
         if isinstance(self.broker, RedisBroker) and self.settings.broker_in_storage:
             self._loops.append(asyncio.create_task(self._beat(self.broker), name="relay-broker-heartbeat"))
 
-    async def begin_stop(self) -> None:
-        """Shutdown starts: enqueue nothing more; runs in flight go on (and keep their leases) to their end."""
+    async def begin_stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Shutdown starts: enqueue nothing more; runs in flight get ``grace_s`` to end, then are given back."""
         self.stopping = True
         await _cancel(self._sweeper)
         self._sweeper = None
+        if self._abandon is None:
+            self._abandon = asyncio.create_task(self._abandon_runs(grace_s), name="relay-abandon-runs")
+
+    async def _abandon_runs(self, grace_s: float) -> None:
+        """Cancel the runs still going after ``grace_s`` and give their tasks back, owed at once, so that they
+        run again at the next sweep (here after a restart, or in another worker) rather than at lease end."""
+        await asyncio.sleep(grace_s)
+        runs = {task_id: run.token for task_id, run in self.runs.items()}
+        if not runs:
+            return
+        for run in list(self.runs.values()):
+            run.lose()
+        try:
+            given_back = await self.ledger.release(runs)
+        except INFRA_ERRORS as exc:
+            log.warning(
+                "stopping: %d runs cancelled; giving them back failed (%s), so they run again once their leases end",
+                len(runs),
+                exc,
+            )
+            return
+        log.warning(
+            "stopping: %d tasks still running after %g s were cancelled and will run again: %s",
+            given_back,
+            grace_s,
+            ", ".join(sorted(runs)[:20]),
+        )
 
     async def stop(self) -> None:
         await self.begin_stop()
+        await _cancel(self._abandon)
         for loop in self._loops:
             await _cancel(loop)
         self._loops = []

@@ -1,7 +1,8 @@
-"""What ``relay worker`` hands to Dramatiq's CLI (``service.worker.setup:setup``): the broker and the actor.
+"""A worker process's broker and actor, built by :func:`setup` (``service.worker.setup:setup``).
 
-Dramatiq calls :func:`setup` in every worker process, so importing this module builds nothing; the settings
-are read from the environment when Dramatiq asks.
+Every worker process calls it once at start, so importing this module builds nothing; the settings are read
+from the environment then. Dramatiq's own command line takes the same callable
+(``dramatiq service.worker.setup:setup``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from service.broker import ACTOR, ACTOR_TIME_LIMIT_MS, QUEUE, create_broker
 from service.settings import Settings
 from service.worker.actor import run_task
 from service.worker.runtime import RuntimeMiddleware
-
-# Dramatiq's CLI argument that names this callable.
-DRAMATIQ_TARGET = "service.worker.setup:setup"
 
 
 def setup() -> None:

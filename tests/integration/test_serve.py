@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.support import ROOT, Api, Receiver, free_port, wait_until
 
+# Every child must be gone this soon after Ctrl-C (serve kills what is left after 15 s).
 STOP_WITHIN_S = 20.0
 
 
@@ -54,25 +55,13 @@ def run_serve(tmp_path: Path) -> Iterator[RunServe]:
     """``run_serve(cwd, **RELAY_ENV)`` starts `relay serve` in ``cwd`` with no RELAY_* setting but those given."""
     started: list[Serve] = []
 
-    def start(cwd: Path, **relay_env: str) -> Serve:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-        env.update(relay_env, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        port = free_port()
+    def start(cwd: Path, *args: str, wait: bool = True, port: int | None = None, **relay_env: str) -> Serve:
+        env = serve_env(**relay_env)
+        port = port or free_port()
         log = tmp_path / f"serve-{len(started)}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "service.cli",
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--processes",
-                    "1",
-                    "--threads",
-                    "4",
-                ],
+                [*SERVE, "--port", str(port), *args],
                 cwd=cwd,
                 env=env,
                 stdout=out,
@@ -81,6 +70,8 @@ def run_serve(tmp_path: Path) -> Iterator[RunServe]:
             )
         serve = Serve(process, port, log)
         started.append(serve)
+        if not wait:
+            return serve
 
         def healthy() -> bool:
             if process.poll() is not None:
@@ -99,14 +90,27 @@ def run_serve(tmp_path: Path) -> Iterator[RunServe]:
         return serve
 
     yield start
+    stuck = []
     for serve in started:  # a test that failed half-way must not leave Relay running
         if serve.process.poll() is None:
             os.killpg(serve.process.pid, signal.SIGINT)
             try:
                 serve.process.wait(STOP_WITHIN_S)
             except subprocess.TimeoutExpired:
+                stuck.append(serve.output()[-3000:])
                 os.killpg(serve.process.pid, signal.SIGKILL)
                 serve.process.wait()
+    # What a user would find after Ctrl-C: a stuck serve fails the test rather than being killed quietly.
+    assert not stuck, "relay serve did not stop on Ctrl-C:\n" + "\n---\n".join(stuck)
+
+
+SERVE = [sys.executable, "-m", "service.cli", "serve", "--processes", "1", "--threads", "4"]
+
+
+def serve_env(**relay_env: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(relay_env, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return env
 
 
 def accepts_connections(port: int) -> bool:
@@ -139,9 +143,9 @@ def test_serve_runs_everything_prints_credentials_stops_on_ctrl_c_and_keeps_task
     data_dir = tmp_path / "data"
     workdir = tmp_path / "work"
     workdir.mkdir()
-    env = {"RELAY_DATA_DIR": str(data_dir), "RELAY_ALLOW_PRIVATE_CALLBACKS": "true"}
+    env = {"RELAY_DATA_DIR": str(data_dir)}
 
-    serve = run_serve(workdir, **env)
+    serve = run_serve(workdir, "--allow-private-callbacks", **env)  # the receiver is on loopback
     key = serve.banner_value("dev API key")
     admin = serve.banner_value("admin token")
     redis_url = re.search(r"redis://127\.0\.0\.1:(\d+)", serve.output())
@@ -172,7 +176,7 @@ def test_serve_runs_everything_prints_credentials_stops_on_ctrl_c_and_keeps_task
     assert not accepts_connections(redis_port)
     assert processes_with_env(f"RELAY_DATA_DIR={data_dir}") == []
 
-    again = run_serve(workdir, **env)
+    again = run_serve(workdir, "--allow-private-callbacks", **env)
     assert again.banner_value("dev API key") == key
     assert again.banner_value("admin token") == admin
     api = Api(again.url)
@@ -204,3 +208,142 @@ def test_serve_honours_relay_toml_in_the_working_directory(run_serve: RunServe, 
     assert large.json()["detail"]
     assert (tmp_path / ".relay" / "credentials.json").is_file()  # RELAY_DATA_DIR defaults to ./.relay
     assert serve.ctrl_c() == 0
+
+
+def banner_exports(serve: Serve) -> dict[str, str]:
+    match = re.search(r"^\s*shell:\s+export (.+)$", serve.output(), re.MULTILINE)
+    assert match, serve.output()
+    return dict(pair.split("=", 1) for pair in match.group(1).split())
+
+
+def test_the_banner_gives_an_export_line_for_the_client_commands(run_serve: RunServe, tmp_path: Path) -> None:
+    serve = run_serve(tmp_path, RELAY_DATA_DIR=str(tmp_path / "data"))
+    exports = banner_exports(serve)
+
+    assert exports == {
+        "RELAY_URL": serve.url,
+        "RELAY_API_KEY": serve.banner_value("dev API key"),
+        "RELAY_ADMIN_TOKEN": serve.banner_value("admin token"),
+    }
+    # What the export line sets is all `relay dlq list` needs.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")} | exports
+    listed = subprocess.run(
+        [sys.executable, "-m", "service.cli", "dlq", "list"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "No dead letters." in listed.stdout
+    assert serve.ctrl_c() == 0
+
+
+def test_ctrl_c_stops_everything_when_the_output_pipe_has_closed(tmp_path: Path) -> None:
+    """`relay serve | tee log`, then Ctrl-C: tee goes first, and serve must still stop every child."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    process = subprocess.Popen(
+        [*SERVE, "--port", str(port)],
+        cwd=tmp_path,
+        env=serve_env(RELAY_DATA_DIR=str(data_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        seen = b""
+        while b"Worker process is ready for action" not in seen or b"Relay is running" not in seen:
+            line = process.stdout.readline()
+            assert line, f"relay serve ended before it was ready:\n{seen.decode(errors='replace')}"
+            seen += line
+        assert len(processes_with_env(f"RELAY_DATA_DIR={data_dir}")) >= 3
+        process.stdout.close()  # the reader (tee) has gone: every later write meets a closed pipe
+
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(STOP_WITHIN_S)
+        wait_until(
+            lambda: processes_with_env(f"RELAY_DATA_DIR={data_dir}") == [],
+            timeout_s=5,
+            message="no process of relay serve left",
+        )
+        assert not accepts_connections(port)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_ctrl_c_with_a_task_running_stops_within_15_s_and_the_task_runs_again_at_the_next_start(
+    run_serve: RunServe, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    serve = run_serve(tmp_path, RELAY_DATA_DIR=str(data_dir))
+    key = serve.banner_value("dev API key")
+    api = Api(serve.url)
+    try:
+        task = api.submit("sleep", {"seconds": 8}, key=key)
+        wait_until(lambda: api.task(task["id"], key=key)["status"] == "running", message="the task to run")
+    finally:
+        api.close()
+
+    assert serve.ctrl_c() == 0  # within STOP_WITHIN_S, or ctrl_c fails
+    assert processes_with_env(f"RELAY_DATA_DIR={data_dir}") == []
+    assert "cancelled and will run again" in serve.output()
+
+    again = run_serve(tmp_path, RELAY_DATA_DIR=str(data_dir))
+    api = Api(again.url)
+    try:
+        done = api.wait_task(task["id"], key=key, timeout_s=40)
+        assert done["status"] == "succeeded"
+        assert done["result"] == {"slept": 8}
+    finally:
+        api.close()
+    assert again.ctrl_c() == 0
+
+
+def test_a_second_ctrl_c_stops_at_once(run_serve: RunServe, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    serve = run_serve(tmp_path, RELAY_DATA_DIR=str(data_dir))
+    key = serve.banner_value("dev API key")
+    api = Api(serve.url)
+    try:
+        task = api.submit("sleep", {"seconds": 60}, key=key)
+        wait_until(lambda: api.task(task["id"], key=key)["status"] == "running", message="the task to run")
+    finally:
+        api.close()
+
+    os.killpg(serve.process.pid, signal.SIGINT)
+    wait_until(lambda: "stopping" in serve.output(), message="serve to begin stopping")
+    os.killpg(serve.process.pid, signal.SIGINT)
+    # Well before the 5 s grace a running task gets: the second Ctrl-C did not wait for it.
+    serve.process.wait(4)
+    wait_until(lambda: processes_with_env(f"RELAY_DATA_DIR={data_dir}") == [], timeout_s=3, message="no process left")
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(run_serve: RunServe, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        serve = run_serve(tmp_path, wait=False, port=port, RELAY_DATA_DIR=str(tmp_path / "data"))
+        code = serve.process.wait(30)
+
+    assert code != 0
+    out = serve.output()
+    assert f"127.0.0.1:{port}" in out
+    assert "in use" in out
+    assert f"pid {os.getpid()}" in out  # what holds it
+    assert "Relay is running" not in out
+    assert "curl" not in out
+
+
+def test_a_second_serve_on_the_same_data_dir_is_refused(run_serve: RunServe, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = run_serve(tmp_path, RELAY_DATA_DIR=str(data_dir))
+
+    second = run_serve(tmp_path, wait=False, RELAY_DATA_DIR=str(data_dir))
+    code = second.process.wait(30)
+
+    assert code != 0
+    assert f"another relay serve (pid {first.process.pid}) is using" in second.output()
+    assert "Relay is running" not in second.output()
+    assert httpx.get(first.url + "/ready", timeout=5).status_code == 200  # the first one is untouched
+    assert first.ctrl_c() == 0

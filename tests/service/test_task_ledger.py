@@ -204,3 +204,21 @@ async def test_a_progress_event_written_twice_is_stored_once(redis: aioredis.Red
     await tasks.append_progress(record, "run-a", second)
     seqs = [e.seq for e in await EventLog(redis=redis, retention_s=600, flow=FLOW).events_after("task_1")]
     assert seqs == [1, 2]
+
+
+async def test_a_stopping_worker_gives_back_its_runs_to_be_swept_at_once(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    await accepted_and_started(tasks, ledger)
+    await tasks.create(new_record("task_2"), idempotency_key=None)
+    assert (await ledger.start("task_2", "run-b")).outcome is Start.RUN
+    now = time.time()
+    assert await ledger.sweep(now=now) == []  # both held by live runs
+
+    # run-x never held task_2: only task_1's lease is given back.
+    assert await ledger.release({"task_1": "run-a", "task_2": "run-x"}, now=now) == 1
+
+    assert await redis.get(keys.lease("task_1")) is None
+    assert await redis.get(keys.lease("task_2")) == b"run-b"
+    assert await ledger.sweep(now=now) == ["task_1"]
+    assert (await ledger.start("task_1", "run-c")).outcome is Start.RUN  # the next worker runs it
