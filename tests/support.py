@@ -21,6 +21,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 RELAY = [sys.executable, "-m", "service.cli"]
+# How long what a stopped process leaves (a helper such as multiprocessing's resource tracker) may take to go.
+GROUP_EXIT_GRACE_S = 3.0
 
 
 def free_port() -> int:
@@ -131,11 +133,14 @@ class RelayProcess:
                 raise AssertionError(
                     f"relay {self.role} did not stop within {timeout_s:g} s:\n{self.output()[-3000:]}"
                 ) from None
-        # A process of its group that outlived the leader is what a user would find left running: fail.
-        try:
-            os.killpg(self.process.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return self.process.returncode
+        # A process of its group that outlives the leader for long is what a user would find left running: fail.
+        deadline = time.monotonic() + GROUP_EXIT_GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.process.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return self.process.returncode
+            time.sleep(0.05)
         os.killpg(self.process.pid, signal.SIGKILL)
         raise AssertionError(f"relay {self.role} exited but left processes of its group running")
 

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from litestar import Litestar, MediaType, Request, Response
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.exceptions import HTTPException, NotAuthorizedException, SerializationException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -62,20 +65,41 @@ def create_app(settings: Settings) -> Litestar:
             raise NotAuthorizedException("send Authorization: Bearer <api key or the task's ws_token>")
         return Reader(principal=holder["state"].auth.lookup(token), token=token)
 
-    async def bounded_depth(request: Request) -> None:  # type: ignore[type-arg]
+    async def check_body(request: Request) -> None:  # type: ignore[type-arg]
         # Before anything decodes the body: a deep one would fail deep inside a later reader (see json_depth).
         if request.method in ("POST", "PUT", "PATCH"):
             body = await request.body()
-            if not body.strip() and "data" in request.route_handler.parsed_fn_signature.parameters:
-                raise ValidationException("the body is empty: send a JSON object")
+            if not body.strip():
+                if "data" in request.route_handler.parsed_fn_signature.parameters:
+                    raise ValidationException("the body is empty: send a JSON object")
+                return
+            content_type = request.headers.get("content-type")
+            if not _is_json(content_type):
+                raise HTTPException(
+                    status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                    detail=f"send the body as JSON with content-type: application/json (not {content_type or 'none'})",
+                )
             # A submission's input sits one level inside the body.
             if json_depth_exceeds(body, settings.max_input_depth + 1):
                 raise ValidationException(
                     f"the body nests deeper than RELAY_MAX_INPUT_DEPTH ({settings.max_input_depth}) levels"
                 )
 
+    def http_error(request: Request, exc: HTTPException) -> Response[dict[str, object]]:  # type: ignore[type-arg]
+        detail = exc.detail
+        if exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
+            detail = f"the body is larger than RELAY_MAX_BODY_BYTES ({settings.max_body_bytes} bytes)"
+        elif exc.status_code == HTTP_400_BAD_REQUEST and isinstance(exc.__cause__, SerializationException):
+            detail = f"the body is not valid JSON: {detail}"
+        return Response(
+            _body(exc.status_code, detail, exc.extra),
+            status_code=exc.status_code,
+            headers=exc.headers,
+            media_type=MediaType.JSON,
+        )
+
     return Litestar(
-        before_request=bounded_depth,
+        before_request=check_body,
         route_handlers=[
             TaskController,
             DeadLetterController,
@@ -97,7 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         exception_handlers={
             ValidationException: _validation_error,
-            HTTPException: _http_error,
+            HTTPException: http_error,
             RedisError: _storage_unavailable,
             Exception: _unexpected_error,
         },
@@ -114,21 +138,18 @@ def _body(status_code: int, detail: str, extra: object = None) -> dict[str, obje
 
 
 def _validation_error(request: Request, exc: ValidationException) -> Response[dict[str, object]]:  # type: ignore[type-arg]
-    # A request that parses but does not fit (unknown kind, bad input, bad URL, bad query) is a 422.
+    # A request that parses but does not fit (unknown kind, bad input, bad URL, bad query) is a 422, whose
+    # detail says which field and what is wrong with it (Litestar's own says only "Validation failed").
     return Response(
-        _body(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, exc.extra),
+        _body(HTTP_422_UNPROCESSABLE_ENTITY, _what_failed(exc), exc.extra),
         status_code=HTTP_422_UNPROCESSABLE_ENTITY,
         media_type=MediaType.JSON,
     )
 
 
-def _http_error(request: Request, exc: HTTPException) -> Response[dict[str, object]]:  # type: ignore[type-arg]
-    return Response(
-        _body(exc.status_code, exc.detail, exc.extra),
-        status_code=exc.status_code,
-        headers=exc.headers,
-        media_type=MediaType.JSON,
-    )
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
 def _storage_unavailable(request: Request, exc: RedisError) -> Response[dict[str, object]]:  # type: ignore[type-arg]
@@ -149,6 +170,19 @@ def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, ob
         status_code=HTTP_500_INTERNAL_SERVER_ERROR,
         media_type=MediaType.JSON,
     )
+
+
+def _what_failed(exc: ValidationException) -> str:
+    if not isinstance(exc.extra, list) or not exc.extra:
+        return exc.detail
+    parts = []
+    for problem in exc.extra:
+        if not isinstance(problem, dict) or "message" not in problem:
+            return exc.detail
+        key, source = problem.get("key"), problem.get("source")
+        where = "the body" if key in (None, "data") and source == "body" else f"{source} {key}" if source else key
+        parts.append(f"{where}: {problem['message']}")
+    return "; ".join(parts)
 
 
 def app_from_env() -> Litestar:

@@ -33,6 +33,9 @@ def shared(redis_server: RedisServer) -> Iterator[Relay]:
         yield relay
 
 
+JSON = {"content-type": "application/json"}
+
+
 def nested(depth: int) -> str:
     """A JSON array nested ``depth`` levels deep."""
     return "[" * depth + "]" * depth
@@ -49,16 +52,18 @@ def test_input_as_deep_as_the_limit_is_accepted_and_one_level_deeper_is_a_422(sh
     assert status == 202
     assert shared.client.wait_task(str(task["id"]))["status"] == "succeeded"
 
-    response = shared.client.post("/v1/tasks", content=f'{{"kind": "echo", "input": {nested(65)}}}')
+    response = shared.client.post("/v1/tasks", content=f'{{"kind": "echo", "input": {nested(65)}}}', headers=JSON)
     detail = assert_json_error(response, 422)
     assert "RELAY_MAX_INPUT_DEPTH" in detail
 
 
 def test_a_body_nested_thousands_deep_is_a_422_even_without_a_key(shared: Relay) -> None:
     for key in ("key-acme", None):
-        response = shared.client.post("/v1/tasks", content=f'{{"kind": "echo", "input": {nested(20_000)}}}', key=key)
+        response = shared.client.post(
+            "/v1/tasks", content=f'{{"kind": "echo", "input": {nested(20_000)}}}', key=key, headers=JSON
+        )
         assert_json_error(response, (401, 422))
-    deep_replay = shared.client.post("/v1/dead-letters/replay", content=nested(5_000), key="admin-token")
+    deep_replay = shared.client.post("/v1/dead-letters/replay", content=nested(5_000), key="admin-token", headers=JSON)
     assert_json_error(deep_replay, 422)
     # Brackets inside strings nest nothing.
     status, _ = submit_raw(shared, json.dumps({"kind": "echo", "input": {"text": "[" * 5_000}}))
@@ -286,3 +291,56 @@ def test_an_empty_body_is_a_422_that_says_so(shared: Relay) -> None:
         assert "empty" in assert_json_error(response, 422)
     # Operations that take no body still need none.
     assert shared.client.post("/v1/signing-secret/rotate").status_code == 200
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_that_is_not_declared_json_is_a_415_that_says_what_to_send(
+    shared: Relay, content_type: str | None
+) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = '{"kind": "echo", "input": 1}'
+    for path, key in (("/v1/tasks", "key-acme"), ("/v1/dead-letters/replay", "admin-token")):
+        response = shared.client.post(path, content=body, key=key, headers=headers)
+        assert "content-type: application/json" in assert_json_error(response, 415)
+    # A JSON media type with parameters, or a +json one, is JSON.
+    for declared in ("application/json; charset=utf-8", "application/vnd.relay+json"):
+        assert shared.client.post("/v1/tasks", content=body, headers={"content-type": declared}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ("{}", ["the body", "`kind`"]),
+        ('{"input": 1}', ["the body", "`kind`"]),
+        ('{"kind": "echo", "webhook": {}}', ["webhook", "`url`"]),
+        ("[1]", ["the body", "object"]),
+    ],
+)
+def test_a_422_says_which_field_is_missing_or_wrong(shared: Relay, body: str, names: list[str]) -> None:
+    detail = assert_json_error(shared.client.post("/v1/tasks", content=body, headers=JSON), 422)
+    assert "Validation failed" not in detail
+    for name in names:
+        assert name in detail
+
+
+def test_a_body_that_is_not_json_is_a_400_that_says_so(shared: Relay) -> None:
+    detail = assert_json_error(shared.client.post("/v1/tasks", content='{"kind": "echo",', headers=JSON), 400)
+    assert "not valid JSON" in detail
+
+
+def test_a_body_over_the_limit_is_a_413_that_names_the_limit(shared: Relay) -> None:
+    body = json.dumps({"kind": "echo", "input": "x" * 300_000})
+    detail = assert_json_error(shared.client.post("/v1/tasks", content=body, headers=JSON), 413)
+    assert "RELAY_MAX_BODY_BYTES" in detail
+    assert "262144" in detail
+
+
+def test_a_private_callback_address_is_a_422_that_names_the_setting(start_relay: StartRelay) -> None:
+    api = Api(start_relay("api", RELAY_ALLOW_PRIVATE_CALLBACKS="false").url)
+    try:
+        response = api.post("/v1/tasks", json={"kind": "echo", "webhook": {"url": "http://127.0.0.1:9/hook"}})
+    finally:
+        api.close()
+    detail = assert_json_error(response, 422)
+    assert "RELAY_ALLOW_PRIVATE_CALLBACKS=true" in detail
+    assert "--allow-private-callbacks" in detail

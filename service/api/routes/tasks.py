@@ -179,7 +179,10 @@ async def _check_webhook(url: str, *, allow_private: bool) -> None:
     except InvalidCallbackUrl as exc:
         raise ValidationException(f"webhook.url: {exc}") from None
     except ForbiddenAddress as exc:
-        raise ValidationException(f"webhook.url: {exc}") from None
+        raise ValidationException(
+            f"webhook.url: {exc}; a receiver on your own machine or network needs RELAY_ALLOW_PRIVATE_CALLBACKS=true "
+            "(relay serve --allow-private-callbacks), for development only"
+        ) from None
     except OSError as exc:
         raise ValidationException(f"webhook.url: cannot resolve its host ({exc.strerror or exc})") from None
     except ValueError as exc:  # UnicodeError among them: a host the IDNA codec refuses
