@@ -354,6 +354,7 @@ class WsClient:
         self.answer_pings = answer_pings
         self.frames: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.pings = 0
+        self.ping_times: list[float] = []  # monotonic, as each ping arrived
         self.close_code: int | None = None
         self.closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -374,6 +375,7 @@ class WsClient:
                 frame = json.loads(self.connection.recv())
                 if frame.get("type") == "ping":
                     self.pings += 1
+                    self.ping_times.append(time.monotonic())
                     if self.answer_pings:
                         self.send({"type": "pong"})
                     continue

@@ -26,8 +26,17 @@ log = logging.getLogger("relay.live")
 
 # How long to wait before reconnecting a dropped pub/sub connection.
 RECONNECT_DELAY_S = 0.5
-# How often the hub looks at every socket's heartbeat.
-HEARTBEAT_TICK_S = 1.0
+# How often the hub looks at every socket's heartbeat, at most: a quarter of the ping interval or timeout when
+# that is shorter, so that a ping is late by at most a quarter interval (a tick as long as the interval would
+# let a ping slip to the next tick, twice the interval).
+MAX_HEARTBEAT_TICK_S = 1.0
+MIN_HEARTBEAT_TICK_S = 0.05
+
+
+def heartbeat_tick_s(ping_interval_s: float, ping_timeout_s: float) -> float:
+    return max(MIN_HEARTBEAT_TICK_S, min(MAX_HEARTBEAT_TICK_S, ping_interval_s / 4, ping_timeout_s / 4))
+
+
 _CHANNEL_PREFIX = keys.task_channel("").encode()
 
 
@@ -63,9 +72,15 @@ def event_frame(body: bytes) -> bytes:
 
 class LiveHub:
     def __init__(
-        self, *, redis: aioredis.Redis, presence_ttl_s: float, listen_redis: aioredis.Redis | None = None
+        self,
+        *,
+        redis: aioredis.Redis,
+        presence_ttl_s: float,
+        listen_redis: aioredis.Redis | None = None,
+        tick_s: float = MAX_HEARTBEAT_TICK_S,
     ) -> None:
         self._redis = redis
+        self._tick_s = tick_s
         # The pub/sub connection blocks while nothing is published: it needs a client without a command timeout.
         self._listen_redis = listen_redis or redis
         self._presence_ttl_s = max(1, int(presence_ttl_s))
@@ -176,7 +191,7 @@ class LiveHub:
     async def _tick(self) -> None:
         refreshed_at = 0.0
         while True:
-            await asyncio.sleep(HEARTBEAT_TICK_S)
+            await asyncio.sleep(self._tick_s)
             now = time.monotonic()
             for socket in list(self._sockets):
                 socket.heartbeat(now)

@@ -18,7 +18,7 @@ from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from schemas.tasks import Task, TaskRecord
 from service.api.auth import Authenticator
-from service.api.live import LiveHub
+from service.api.live import LiveHub, heartbeat_tick_s
 from service.api.rate_limit import RateLimiter
 from service.broker import BrokerCheck, Enqueuer, create_broker, enqueuer_for
 from service.kinds import KindRegistry, load_kinds
@@ -88,7 +88,10 @@ class ApiState:
             rate_limiter=RateLimiter(redis=redis, rate=settings.submit_rate) if settings.submit_rate > 0 else None,
             # Presence outlives a few missed refreshes (the hub refreshes every third of it).
             hub=LiveHub(
-                redis=redis, listen_redis=listen_redis, presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s)
+                redis=redis,
+                listen_redis=listen_redis,
+                presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s),
+                tick_s=heartbeat_tick_s(settings.ws_ping_interval_s, settings.ws_ping_timeout_s),
             ),
             enqueuer=enqueuer_for(broker, redis, settings),
             listen_redis=listen_redis,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from service.api.live import HEARTBEAT_TICK_S
+from service.api.live import heartbeat_tick_s
 from service.api.ws import SEND_QUEUE_FRAMES
 from tests.integration.conftest import OpenWs, Relay, relay_for_many_tests
 from tests.support import wait_until
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 PING_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 1.0
+TICK_S = heartbeat_tick_s(PING_INTERVAL_S, PING_TIMEOUT_S)
 WS_ENV = {
     "RELAY_WS_ACK_TIMEOUT": "1",
     "RELAY_WS_PING_INTERVAL": str(PING_INTERVAL_S),
@@ -53,6 +54,16 @@ def test_server_pings_and_a_client_that_answers_stays_connected(open_ws: OpenWs)
     assert ws.recv()["code"] == "bad_frame"  # an answer: the socket is open
 
 
+def test_pings_come_once_an_interval_never_a_tick_late(open_ws: OpenWs) -> None:
+    ws = open_ws()
+
+    wait_until(lambda: ws.pings >= 7, timeout_s=15, message="seven pings")
+
+    gaps = [later - earlier for earlier, later in zip(ws.ping_times, ws.ping_times[1:], strict=False)]
+    # Each ping comes within a quarter interval of its time (a one-second tick let one slip to two seconds).
+    assert all(gap < PING_INTERVAL_S + TICK_S + 0.2 for gap in gaps), gaps
+
+
 def test_a_silent_client_is_closed_with_4000_after_ping_timeout(open_ws: OpenWs) -> None:
     opened_at = time.monotonic()
     ws = open_ws(answer_pings=False)
@@ -64,7 +75,7 @@ def test_a_silent_client_is_closed_with_4000_after_ping_timeout(open_ws: OpenWs)
     assert ws.pings >= 1
     # The first ping goes out on the first tick at least one interval after the socket opened; the close on the
     # first tick past the timeout after that: interval + timeout + up to two tick roundings.
-    assert PING_TIMEOUT_S < elapsed_s < PING_INTERVAL_S + PING_TIMEOUT_S + 2 * HEARTBEAT_TICK_S + 0.5
+    assert PING_TIMEOUT_S < elapsed_s < PING_INTERVAL_S + PING_TIMEOUT_S + 2 * TICK_S + 0.5
 
 
 # A consumer that does not read.
