@@ -9,7 +9,19 @@ RelayError
 ├── LeaseLost                   a run may not write its task: it has ended, or another run holds it
 ├── UnreadableRecord            a stored record that cannot be decoded (readers skip it and count it)
 ├── InvalidCursor               a list cursor this API did not hand out
-└── NotFound                    no such task / dead letter for this caller
+├── InvalidSecret               a webhook signing secret that is not whsec_ and base64
+├── NotFound                    no such task / dead letter for this caller
+│
+│   raised by the programs in service/, beside what they concern:
+├── IllegalTransition           a task status change the lifecycle does not allow (service.tasks.store)
+├── TenantFull                  a tenant at RELAY_TENANT_MAX_OPEN_TASKS (service.tasks.store; the API's 429)
+├── TaskFailure                 what the built-in ``fail`` kind raises (service.tasks.builtin)
+├── Stopping                    a worker shuts down while a write waits for Redis (service.worker.runtime)
+├── FollowError                 ``relay submit --wait`` cannot follow over the socket (service.cli.follow)
+└── NotRecovered                a followed task's events are no longer retained (service.cli.follow)
+
+Errors of the HTTP API are Litestar's ``HTTPException`` family, with a ``detail`` for the client; settings
+that cannot work are a ``ConfigError`` naming the variable.
 """
 
 from __future__ import annotations
@@ -76,3 +88,7 @@ class NotFound(RelayError):
 
 class InvalidCursor(RelayError, ValueError):
     """A list cursor that this API did not hand out."""
+
+
+class InvalidSecret(RelayError, ValueError):
+    """A webhook signing secret that is not ``whsec_`` followed by non-empty base64."""

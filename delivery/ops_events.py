@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime
 
 import msgspec
+from redis.exceptions import RedisError
 
 from delivery.destinations import DestinationStore
 from delivery.ids import new_id
@@ -64,7 +65,7 @@ class OpsNotifier:
             )
             body = _encode(event)
             secrets = await self._secrets.live_ops()
-        except Exception as exc:
+        except (RedisError, OSError) as exc:
             log.warning("could not build the operational event destination.%s (%s)", change, exc)
             return
         for wait in (*self._retry_waits_s, None):

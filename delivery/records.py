@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from delivery import keys, metrics
 from schemas.events import Event
@@ -54,7 +55,7 @@ async def count_unreadable(redis: aioredis.Redis, count: int) -> None:
     if count:
         try:
             await redis.hincrby(keys.STATS, metrics.UNREADABLE_RECORDS, count)
-        except Exception as exc:
+        except (RedisError, OSError) as exc:
             log.warning("counting %d unreadable records failed: %s", count, exc)
 
 

@@ -18,6 +18,8 @@ import hmac
 import secrets as _secrets
 from collections.abc import Sequence
 
+from delivery.errors import InvalidSecret
+
 __all__ = [
     "SECRET_BYTES",
     "SECRET_PREFIX",
@@ -59,9 +61,9 @@ def secret_bytes(secret: str) -> bytes:
         key = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         # from None: the chained error's message could quote the secret.
-        raise ValueError("webhook secret is not valid base64") from None
+        raise InvalidSecret("webhook secret is not valid base64") from None
     if not key:
-        raise ValueError("webhook secret is empty")
+        raise InvalidSecret("webhook secret is empty")
     return key
 
 

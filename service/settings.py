@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from delivery.address_guard import parse_callback_url
 from delivery.destinations import (
@@ -43,37 +45,54 @@ LEASE_MARGIN_S = 5.0
 # Deeper JSON cannot be read back safely inside the records that hold it (Python's recursion limit).
 MAX_INPUT_DEPTH = 200
 
+# Upper bounds that only keep out nonsense (and infinity): ten years of seconds, a billion of anything.
+MAX_SECONDS = 10 * 365 * 86400.0
+MAX_COUNT = 1_000_000_000
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+Seconds = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
+WholeSeconds = Annotated[int, Meta(ge=1, le=int(MAX_SECONDS))]
+Count = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting, validated by its type's constraints when built from the environment (see :data:`ENV`)."""
+
     redis_url: str | None = None
     broker_url: str | None = None
     data_dir: str = DEFAULT_DATA_DIR
     api_keys: dict[str, str] = msgspec.field(default_factory=dict)  # key -> tenant
     admin_token: str | None = None
-    retry_schedule_s: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_S
-    webhook_timeout_s: float = DEFAULT_WEBHOOK_TIMEOUT_S
-    ws_ack_timeout_s: float = DEFAULT_WS_ACK_TIMEOUT_S
-    ws_ping_interval_s: float = DEFAULT_WS_PING_INTERVAL_S
-    ws_ping_timeout_s: float = DEFAULT_WS_PING_TIMEOUT_S
-    event_retention_s: int = DEFAULT_EVENT_RETENTION_S
+    retry_schedule_s: tuple[Annotated[float, Meta(ge=0, le=MAX_SECONDS)], ...] = DEFAULT_RETRY_SCHEDULE_S
+    webhook_timeout_s: Seconds = DEFAULT_WEBHOOK_TIMEOUT_S
+    ws_ack_timeout_s: Seconds = DEFAULT_WS_ACK_TIMEOUT_S
+    ws_ping_interval_s: Seconds = DEFAULT_WS_PING_INTERVAL_S
+    ws_ping_timeout_s: Seconds = DEFAULT_WS_PING_TIMEOUT_S
+    event_retention_s: WholeSeconds = DEFAULT_EVENT_RETENTION_S
     allow_private_callbacks: bool = False
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: Count = DEFAULT_MAX_BODY_BYTES
     task_modules: tuple[str, ...] = ()
-    submit_rate: float = 0.0
-    max_input_depth: int = DEFAULT_MAX_INPUT_DEPTH
-    tenant_max_open_tasks: int = DEFAULT_TENANT_MAX_OPEN_TASKS
-    dead_letter_retention_s: int = DEFAULT_DEAD_LETTER_RETENTION_S
-    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    ws_max_per_client: int = DEFAULT_WS_MAX_PER_CLIENT
+    submit_rate: Annotated[float, Meta(ge=0, le=MAX_COUNT)] = 0.0  # 0: no limit
+    max_input_depth: Annotated[int, Meta(ge=1, le=MAX_INPUT_DEPTH)] = DEFAULT_MAX_INPUT_DEPTH
+    tenant_max_open_tasks: Count = DEFAULT_TENANT_MAX_OPEN_TASKS
+    dead_letter_retention_s: WholeSeconds = DEFAULT_DEAD_LETTER_RETENTION_S
+    request_timeout_s: Seconds = DEFAULT_REQUEST_TIMEOUT_S
+    ws_max_per_client: Count = DEFAULT_WS_MAX_PER_CLIENT
     trust_forwarded: bool = False
-    ws_idle_timeout_s: float = DEFAULT_WS_IDLE_TIMEOUT_S
-    destination_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
-    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
-    breaker_probe_s: float = DEFAULT_PROBE_S
+    ws_idle_timeout_s: Seconds = DEFAULT_WS_IDLE_TIMEOUT_S
+    destination_max_in_flight: Annotated[int, Meta(ge=1, le=MAX_IN_FLIGHT)] = DEFAULT_MAX_IN_FLIGHT
+    breaker_threshold: Count = DEFAULT_BREAKER_THRESHOLD
+    breaker_probe_s: Annotated[float, Meta(gt=0, le=MAX_PROBE_S)] = DEFAULT_PROBE_S
     ops_webhook_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ops_webhook_url is not None:
+            try:
+                parse_callback_url(self.ops_webhook_url)
+            except InvalidCallbackUrl as exc:
+                raise ValueError(f"RELAY_OPS_WEBHOOK_URL: {exc}") from None
 
     @property
     def flow(self) -> FlowSettings:
@@ -111,173 +130,127 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, toml_path: Path | None = None) -> Settings:
-        """Build settings from ``env`` (default ``os.environ``), with ``toml_path`` values under them."""
+        """Build settings from ``env`` (default ``os.environ``), with ``toml_path`` values under them.
+
+        An empty variable means its default. Raises :class:`ConfigError` naming the variable that is wrong.
+        """
         values: dict[str, str] = {}
         if toml_path is not None and toml_path.is_file():
             values.update(_read_toml(toml_path))
         values.update({k: v for k, v in (os.environ if env is None else env).items() if k.startswith("RELAY_")})
+        fields: dict[str, object] = {}
+        for name, field_name in ENV.items():
+            raw = values.get(name, "").strip()
+            if not raw and field_name not in _BOOLEANS:
+                continue
+            try:
+                fields[field_name] = _parse(field_name, raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
         try:
-            return cls(
-                redis_url=values.get("RELAY_REDIS_URL") or None,
-                broker_url=values.get("RELAY_BROKER_URL") or None,
-                data_dir=values.get("RELAY_DATA_DIR") or DEFAULT_DATA_DIR,
-                api_keys=parse_api_keys(values.get("RELAY_API_KEYS", "")),
-                admin_token=values.get("RELAY_ADMIN_TOKEN") or None,
-                retry_schedule_s=parse_schedule(values.get("RELAY_RETRY_SCHEDULE")),
-                webhook_timeout_s=_positive(values, "RELAY_WEBHOOK_TIMEOUT", DEFAULT_WEBHOOK_TIMEOUT_S),
-                ws_ack_timeout_s=_positive(values, "RELAY_WS_ACK_TIMEOUT", DEFAULT_WS_ACK_TIMEOUT_S),
-                ws_ping_interval_s=_positive(values, "RELAY_WS_PING_INTERVAL", DEFAULT_WS_PING_INTERVAL_S),
-                ws_ping_timeout_s=_positive(values, "RELAY_WS_PING_TIMEOUT", DEFAULT_WS_PING_TIMEOUT_S),
-                event_retention_s=int(_positive(values, "RELAY_EVENT_RETENTION", DEFAULT_EVENT_RETENTION_S)),
-                allow_private_callbacks=_bool(values, "RELAY_ALLOW_PRIVATE_CALLBACKS"),
-                max_body_bytes=int(_positive(values, "RELAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-                task_modules=tuple(m.strip() for m in values.get("RELAY_TASK_MODULES", "").split(",") if m.strip()),
-                submit_rate=_non_negative(values, "RELAY_SUBMIT_RATE", 0.0),
-                max_input_depth=_whole(values, "RELAY_MAX_INPUT_DEPTH", DEFAULT_MAX_INPUT_DEPTH, most=MAX_INPUT_DEPTH),
-                tenant_max_open_tasks=_whole(values, "RELAY_TENANT_MAX_OPEN_TASKS", DEFAULT_TENANT_MAX_OPEN_TASKS),
-                dead_letter_retention_s=_whole(values, "RELAY_DEAD_LETTER_RETENTION", DEFAULT_DEAD_LETTER_RETENTION_S),
-                request_timeout_s=_positive(values, "RELAY_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S),
-                ws_max_per_client=_whole(values, "RELAY_WS_MAX_PER_CLIENT", DEFAULT_WS_MAX_PER_CLIENT),
-                trust_forwarded=_bool(values, "RELAY_TRUST_FORWARDED"),
-                ws_idle_timeout_s=_positive(values, "RELAY_WS_IDLE_TIMEOUT", DEFAULT_WS_IDLE_TIMEOUT_S),
-                destination_max_in_flight=_whole(
-                    values,
-                    "RELAY_DESTINATION_MAX_IN_FLIGHT",
-                    DEFAULT_MAX_IN_FLIGHT,
-                    most=MAX_IN_FLIGHT,
-                ),
-                breaker_threshold=_whole(values, "RELAY_BREAKER_THRESHOLD", DEFAULT_BREAKER_THRESHOLD),
-                breaker_probe_s=_probe_wait(values),
-                ops_webhook_url=_ops_url(values),
-            )
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            return msgspec.convert(fields, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_name_the_variable(str(exc), fields)) from None
 
     def to_env(self) -> dict[str, str]:
         """The environment that rebuilds these settings in a child process."""
-        env = {
-            "RELAY_DATA_DIR": self.data_dir,
-            "RELAY_API_KEYS": ",".join(f"{tenant}={key}" for key, tenant in self.api_keys.items()),
-            "RELAY_RETRY_SCHEDULE": ",".join(repr(s) for s in self.retry_schedule_s),
-            "RELAY_WEBHOOK_TIMEOUT": repr(self.webhook_timeout_s),
-            "RELAY_WS_ACK_TIMEOUT": repr(self.ws_ack_timeout_s),
-            "RELAY_WS_PING_INTERVAL": repr(self.ws_ping_interval_s),
-            "RELAY_WS_PING_TIMEOUT": repr(self.ws_ping_timeout_s),
-            "RELAY_EVENT_RETENTION": str(self.event_retention_s),
-            "RELAY_ALLOW_PRIVATE_CALLBACKS": "true" if self.allow_private_callbacks else "false",
-            "RELAY_MAX_BODY_BYTES": str(self.max_body_bytes),
-            "RELAY_TASK_MODULES": ",".join(self.task_modules),
-            "RELAY_SUBMIT_RATE": repr(self.submit_rate),
-            "RELAY_MAX_INPUT_DEPTH": str(self.max_input_depth),
-            "RELAY_TENANT_MAX_OPEN_TASKS": str(self.tenant_max_open_tasks),
-            "RELAY_DEAD_LETTER_RETENTION": str(self.dead_letter_retention_s),
-            "RELAY_REQUEST_TIMEOUT": repr(self.request_timeout_s),
-            "RELAY_WS_MAX_PER_CLIENT": str(self.ws_max_per_client),
-            "RELAY_TRUST_FORWARDED": "true" if self.trust_forwarded else "false",
-            "RELAY_WS_IDLE_TIMEOUT": repr(self.ws_idle_timeout_s),
-            "RELAY_DESTINATION_MAX_IN_FLIGHT": str(self.destination_max_in_flight),
-            "RELAY_BREAKER_THRESHOLD": str(self.breaker_threshold),
-            "RELAY_BREAKER_PROBE_S": repr(self.breaker_probe_s),
-        }
-        for name, value in (
-            ("RELAY_REDIS_URL", self.redis_url),
-            ("RELAY_BROKER_URL", self.broker_url),
-            ("RELAY_ADMIN_TOKEN", self.admin_token),
-            ("RELAY_OPS_WEBHOOK_URL", self.ops_webhook_url),
-        ):
-            if value:
-                env[name] = value
+        env = {}
+        for name, field_name in ENV.items():
+            value = getattr(self, field_name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                env[name] = "true" if value else "false"
+            elif isinstance(value, dict):
+                env[name] = ",".join(f"{tenant}={key}" for key, tenant in value.items())
+            elif isinstance(value, tuple):
+                env[name] = ",".join(repr(v) if isinstance(v, float) else str(v) for v in value)
+            elif isinstance(value, float):
+                env[name] = repr(value)
+            else:
+                env[name] = str(value)
         return env
 
 
 def parse_api_keys(text: str) -> dict[str, str]:
-    """``tenant=key,tenant=key`` -> {key: tenant}."""
+    """``tenant=key,tenant=key`` -> {key: tenant}. Errors say which entry, never what it holds."""
     keys: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        tenant, sep, key = item.partition("=")
-        if not sep or not tenant.strip() or not key.strip():
-            raise ValueError(f"RELAY_API_KEYS: {item!r} is not tenant=key")
-        if keys.get(key.strip(), tenant.strip()) != tenant.strip():
-            raise ValueError("RELAY_API_KEYS: the same key is given to two tenants")
-        keys[key.strip()] = tenant.strip()
+    for n, item in enumerate(filter(None, (part.strip() for part in text.split(","))), start=1):
+        tenant, sep, key = (part.strip() for part in item.partition("="))
+        if not sep or not tenant or not key:
+            raise ValueError(f"entry {n} is not tenant=key")
+        if keys.get(key, tenant) != tenant:
+            raise ValueError(f"entry {n} gives a key that another tenant has")
+        keys[key] = tenant
     return keys
 
 
-def parse_schedule(text: str | None) -> tuple[float, ...]:
-    if text is None or not text.strip():
-        return DEFAULT_RETRY_SCHEDULE_S
-    try:
-        schedule = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"RELAY_RETRY_SCHEDULE: {text!r} is not comma-separated seconds") from None
-    if any(s < 0 or not math.isfinite(s) for s in schedule):
-        raise ValueError("RELAY_RETRY_SCHEDULE: delays must be finite and not negative")
-    return schedule
+# Each variable and the field it sets.
+ENV = {
+    "RELAY_REDIS_URL": "redis_url",
+    "RELAY_BROKER_URL": "broker_url",
+    "RELAY_DATA_DIR": "data_dir",
+    "RELAY_API_KEYS": "api_keys",
+    "RELAY_ADMIN_TOKEN": "admin_token",
+    "RELAY_RETRY_SCHEDULE": "retry_schedule_s",
+    "RELAY_WEBHOOK_TIMEOUT": "webhook_timeout_s",
+    "RELAY_WS_ACK_TIMEOUT": "ws_ack_timeout_s",
+    "RELAY_WS_PING_INTERVAL": "ws_ping_interval_s",
+    "RELAY_WS_PING_TIMEOUT": "ws_ping_timeout_s",
+    "RELAY_EVENT_RETENTION": "event_retention_s",
+    "RELAY_ALLOW_PRIVATE_CALLBACKS": "allow_private_callbacks",
+    "RELAY_MAX_BODY_BYTES": "max_body_bytes",
+    "RELAY_TASK_MODULES": "task_modules",
+    "RELAY_SUBMIT_RATE": "submit_rate",
+    "RELAY_MAX_INPUT_DEPTH": "max_input_depth",
+    "RELAY_TENANT_MAX_OPEN_TASKS": "tenant_max_open_tasks",
+    "RELAY_DEAD_LETTER_RETENTION": "dead_letter_retention_s",
+    "RELAY_REQUEST_TIMEOUT": "request_timeout_s",
+    "RELAY_WS_MAX_PER_CLIENT": "ws_max_per_client",
+    "RELAY_TRUST_FORWARDED": "trust_forwarded",
+    "RELAY_WS_IDLE_TIMEOUT": "ws_idle_timeout_s",
+    "RELAY_DESTINATION_MAX_IN_FLIGHT": "destination_max_in_flight",
+    "RELAY_BREAKER_THRESHOLD": "breaker_threshold",
+    "RELAY_BREAKER_PROBE_S": "breaker_probe_s",
+    "RELAY_OPS_WEBHOOK_URL": "ops_webhook_url",
+}
+_FIELD_ENV = {field_name: name for name, field_name in ENV.items()}
+_BOOLEANS = {"allow_private_callbacks", "trust_forwarded"}
+# Values never repeated in an error message.
+_SECRET = {"redis_url", "broker_url", "api_keys", "admin_token", "ops_webhook_url"}
+_AT_FIELD = re.compile(r" - at `\$\.(\w+)(\[\d+\])?`$")
 
 
-def _probe_wait(values: Mapping[str, str]) -> float:
-    wait = _positive(values, "RELAY_BREAKER_PROBE_S", DEFAULT_PROBE_S)
-    if wait > MAX_PROBE_S:
-        raise ValueError(f"RELAY_BREAKER_PROBE_S can be at most {MAX_PROBE_S}")
-    return wait
+def _parse(field_name: str, raw: str) -> object:
+    """What msgspec converts: a list for the comma-separated values, a bool for the spellings of one."""
+    if field_name == "api_keys":
+        return parse_api_keys(raw)
+    if field_name == "retry_schedule_s":
+        parts = [part.strip() for part in raw.split(",")]
+        if not all(parts):
+            raise ValueError(f"{raw!r} is not comma-separated seconds")
+        return parts
+    if field_name == "task_modules":
+        return [module.strip() for module in raw.split(",") if module.strip()]
+    if field_name in _BOOLEANS:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError(f"{raw!r} is not true or false")
+    return raw
 
 
-def _ops_url(values: Mapping[str, str]) -> str | None:
-    url = values.get("RELAY_OPS_WEBHOOK_URL", "").strip()
-    if not url:
-        return None
-    try:
-        parse_callback_url(url)
-    except InvalidCallbackUrl as exc:
-        raise ValueError(f"RELAY_OPS_WEBHOOK_URL: {exc}") from None
-    return url
-
-
-def _positive(values: Mapping[str, str], name: str, default: float) -> float:
-    number = _non_negative(values, name, default)
-    if number == 0:
-        raise ValueError(f"{name} must be above 0")
-    return number
-
-
-def _whole(values: Mapping[str, str], name: str, default: int, *, most: int | None = None) -> int:
-    """A whole number of at least 1 (and at most ``most``)."""
-    raw = values.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        number = int(raw.strip())
-    except ValueError:
-        raise ValueError(f"{name}: {raw!r} is not a whole number") from None
-    if number < 1:
-        raise ValueError(f"{name} must be at least 1")
-    if most is not None and number > most:
-        raise ValueError(f"{name} can be at most {most}")
-    return number
-
-
-def _non_negative(values: Mapping[str, str], name: str, default: float) -> float:
-    raw = values.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        number = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}: {raw!r} is not a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name}: {raw!r} is not a finite number")
-    if number < 0:
-        raise ValueError(f"{name} cannot be negative")
-    return number
-
-
-def _bool(values: Mapping[str, str], name: str) -> bool:
-    raw = values.get(name, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ValueError(f"{name}: {raw!r} is not true or false")
+def _name_the_variable(message: str, fields: Mapping[str, object]) -> str:
+    """msgspec's ``Expected `float` > 0.0 - at `$.webhook_timeout_s``` as ``RELAY_WEBHOOK_TIMEOUT: ...``."""
+    match = _AT_FIELD.search(message)
+    if match is None or match.group(1) not in _FIELD_ENV:
+        return message
+    field_name = match.group(1)
+    reason = message[: match.start()]
+    if field_name not in _SECRET:
+        reason += f" (got {fields.get(field_name)!r})"
+    return f"{_FIELD_ENV[field_name]}: {reason}"
 
 
 def _read_toml(path: Path) -> dict[str, str]:

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from delivery import keys
 
@@ -147,7 +148,7 @@ class LiveHub:
                         for task_id in task_ids[start : start + 500]:
                             pipe.srem(keys.subscribers(task_id), self._node)
                         await pipe.execute()
-                except Exception as exc:  # the members expire with their keys anyway
+                except (RedisError, OSError) as exc:  # the members expire with their keys anyway
                     log.warning("leaving the presence sets of %d tasks failed: %s", len(task_ids[start:]), exc)
 
     async def _listen(self) -> None:
@@ -166,9 +167,14 @@ class LiveHub:
                         self._dispatch(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except (RedisError, OSError) as exc:
                 self.connected.clear()
                 log.warning("live event subscription lost (%s); reconnecting", exc)
+                await asyncio.sleep(RECONNECT_DELAY_S)
+            except Exception:
+                # A bug here must not end live delivery for every socket of this node: log it and listen again.
+                self.connected.clear()
+                log.exception("live event subscription failed; reconnecting")
                 await asyncio.sleep(RECONNECT_DELAY_S)
             finally:
                 with contextlib.suppress(Exception):
@@ -199,7 +205,7 @@ class LiveHub:
                 refreshed_at = now
                 try:
                     await self._refresh_presence()
-                except Exception as exc:
+                except (RedisError, OSError) as exc:
                     log.warning("refreshing presence keys failed: %s", exc)
 
     async def _refresh_presence(self) -> None:

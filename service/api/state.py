@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import dramatiq
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from delivery.dead_letters import DeadLetterStore
 from delivery.destinations import DestinationStore
@@ -110,7 +111,7 @@ class ApiState:
         if submitted.new and message is None:
             try:
                 await self.enqueuer.enqueue([record.id])
-            except Exception as exc:
+            except (RedisError, OSError, dramatiq.errors.DramatiqError) as exc:
                 log.warning("task %s is stored but not yet enqueued (%s); the sweeper will enqueue it", record.id, exc)
         return submitted.answer
 

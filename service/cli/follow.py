@@ -14,6 +14,7 @@ import msgspec
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
+from delivery.errors import RelayError
 from schemas.events import Event
 from schemas.ws import Ack, Error, EventFrame, Ping, Pong, ServerFrame, Subscribe, Subscribed
 
@@ -29,11 +30,11 @@ _decode = msgspec.json.Decoder(ServerFrame).decode
 _encode = msgspec.json.Encoder().encode
 
 
-class FollowError(Exception):
+class FollowError(RelayError):
     """The task cannot be followed over the socket (refused, or the endpoint cannot be reached at all)."""
 
 
-class NotRecovered(Exception):
+class NotRecovered(RelayError):
     """Some of the task's events are no longer retained: read the task over HTTP instead."""
 
 

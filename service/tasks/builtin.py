@@ -7,13 +7,14 @@ from typing import Annotated, Any
 
 import msgspec
 
+from delivery.errors import RelayError
 from service.kinds import TaskContext, kind
 
 # The longest a ``sleep`` task may ask for.
 MAX_SLEEP_S = 3600.0
 
 
-class TaskFailure(Exception):
+class TaskFailure(RelayError):
     """What the ``fail`` kind raises."""
 
 

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from delivery import keys, metrics
 from delivery.destinations import FlowSettings
-from delivery.errors import LeaseLost, UnreadableRecord
+from delivery.errors import LeaseLost, RelayError, UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.ids import new_id
 from delivery.outbox import Lease
@@ -68,7 +68,9 @@ _ALLOWED = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(RelayError):
+    """A task status change that the lifecycle does not allow (a bug, never a client's mistake)."""
+
     def __init__(self, task_id: str, old: TaskStatus, new: TaskStatus) -> None:
         super().__init__(f"task {task_id} cannot go from {old.value} to {new.value}")
 
@@ -93,7 +95,7 @@ class InlineMessage:
     body: bytes
 
 
-class TenantFull(Exception):
+class TenantFull(RelayError):
     """The tenant already has as many open tasks as it may."""
 
     def __init__(self, open_tasks: int) -> None:

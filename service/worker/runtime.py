@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from delivery.destinations import DestinationStore
 from delivery.engine import DeliveryEngine
+from delivery.errors import RelayError
 from delivery.ops_events import OpsNotifier
 from delivery.outbox import Outbox, trim_dead_letter_index
 from delivery.redis_client import connect
@@ -66,7 +67,7 @@ INFRA_ERRORS = (RedisError, OSError, dramatiq.errors.DramatiqError)
 T = TypeVar("T")
 
 
-class Stopping(Exception):
+class Stopping(RelayError):
     """The worker is shutting down while a write still waits for Redis (the sweeper runs the task again)."""
 
 

@@ -12,6 +12,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from delivery import keys, metrics
 from service.api.state import ApiState
@@ -33,7 +34,7 @@ async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
     async def redis_check() -> str:
         try:
             await asyncio.wait_for(state_.redis.ping(), READY_TIMEOUT_S)
-        except Exception as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             return f"unavailable: {type(exc).__name__}"
         return "ok"
 
@@ -42,7 +43,7 @@ async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
             return await redis_task  # the same Redis: one answer for both
         try:
             await state_.broker_check(READY_TIMEOUT_S)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any failure of the broker client means not ready; the answer names it)
             return f"unavailable: {type(exc).__name__}"
         return "ok"
 

@@ -10,7 +10,13 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
@@ -33,10 +39,6 @@ log = logging.getLogger("relay.api")
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
-class TooManyRequests(HTTPException):
-    status_code = 429
-
-
 class TaskController(Controller):
     path = "/v1"
     tags = ["tasks"]
@@ -55,7 +57,7 @@ class TaskController(Controller):
         if state_.rate_limiter is not None:
             wait_s = await state_.rate_limiter.retry_after_s(tenant)
             if wait_s is not None:
-                raise TooManyRequests(
+                raise TooManyRequestsException(
                     detail=f"more than {state_.settings.submit_rate:g} submissions a second; retry in {wait_s} s",
                     headers={"Retry-After": str(wait_s)},
                 )
@@ -84,7 +86,7 @@ class TaskController(Controller):
         try:
             stored = await state_.create_task(record, idempotency_key=idempotency_key)
         except TenantFull as exc:
-            raise TooManyRequests(
+            raise TooManyRequestsException(
                 detail=f"this tenant has {exc.open_tasks} tasks that have not ended, the most it may have "
                 f"(RELAY_TENANT_MAX_OPEN_TASKS); retry when some have ended",
                 headers={"Retry-After": "5"},
