@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,30 +18,22 @@ from typing import Any
 
 import httpx
 
+from service.processes import free_port, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 RELAY = [sys.executable, "-m", "service.cli"]
 # How long what a stopped process leaves (a helper such as multiprocessing's resource tracker) may take to go.
 GROUP_EXIT_GRACE_S = 3.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(
     predicate: Callable[[], Any], *, timeout_s: float = 20.0, interval_s: float = 0.05, message: str = "condition"
 ) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {message}")
-        time.sleep(interval_s)
+    try:
+        return wait_for(predicate, timeout_s=timeout_s, interval_s=interval_s, message=message)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def relay_env(redis_url: str, **overrides: str) -> dict[str, str]:

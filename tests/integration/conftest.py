@@ -151,7 +151,7 @@ def relay_for_many_tests(redis_server: RedisServer, **env: str) -> Iterator[Rela
     Starting and stopping the pair takes seconds, so tests that do not care about each other's tasks share one.
     Such tests must not use ``redis_url`` (it flushes) and must count what they check from their own tasks.
     """
-    if redis_server.process is None or redis_server.process.poll() is not None:
+    if not redis_server.running:
         redis_server.start()
     client = redis_server.client()
     client.flushall()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from schemas.dead_letters import DeadLetter
 from schemas.tasks import Task
 from service.cli.dlq import dlq
 from service.cli.submit import submit
+from service.processes import free_port
 
 ADMIN_TOKEN = "admin-secret-7f3a"
 TENANT_KEY = "acme-key-91c2"
@@ -272,12 +272,6 @@ def fake_api() -> Iterator[FakeRelay]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run(

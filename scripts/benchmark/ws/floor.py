@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The raw floor for Relay's WebSocket figures (``scripts/bench --ws``).
 
 A bare Litestar app with one WebSocket route, fed by one Redis pub/sub pattern subscription, run under
@@ -9,7 +8,7 @@ No acks, no history, no tokens, no presence keys: a client sends ``{"type":"subs
 Each socket has a bounded send queue drained by its own sender task (as Relay's sockets do): the listener
 never waits on a slow client. That is the least any push server must do, so it is the floor.
 
-    python scripts/ws_floor.py --port 8100 --redis redis://127.0.0.1:6379/0 [--prefix floor:live:] [--deflate]
+    python -m scripts.benchmark.ws.floor --port 8100 --redis redis://127.0.0.1:6379/0 [--prefix floor:live:] [--deflate]
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-#!/usr/bin/env python3
 """One WebSocket client process of ``scripts/bench --ws``: holds many sockets and measures what they receive.
+
+    python -m scripts.benchmark.ws.client SOCKET_PATH
 
 The bench starts a few of these (so client CPU does not share a process with the server or the bench) and
 drives them over a unix socket, one JSON command per line, one JSON reply per line:
@@ -15,7 +16,7 @@ drives them over a unix socket, one JSON command per line, one JSON reply per li
   exit
 
 Relay's protocol is followed as a browser would: answer ``ping`` with ``pong``, ack every event. The floor
-(``scripts/ws_floor.py``) gets the same subscribe frame and no acks.
+(``scripts.benchmark.ws.floor``) gets the same subscribe frame and no acks.
 """
 
 from __future__ import annotations

@@ -1,0 +1,62 @@
+"""What a bench run measures besides time: CPU seconds per group of processes, and percentiles."""
+
+from __future__ import annotations
+
+import contextlib
+
+import psutil
+
+from scripts.benchmark.stack import Stack
+
+# The webhook run's columns; the WebSocket run has its own (scripts.benchmark.ws.control.CpuMeter).
+GROUPS = ("api", "worker", "redis", "receiver", "client", "other")
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of each group of processes, between two readings.
+
+    ``groups`` names the columns; ``group(service)`` maps a started service to its column, and this process
+    (the load generator) counts as ``self_group``; ``other`` is the rest of the box.
+    """
+
+    groups: tuple[str, ...] = GROUPS
+    self_group = "client"
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+        self._self = psutil.Process()
+
+    @staticmethod
+    def group(service: str) -> str:
+        return service
+
+    def read(self) -> dict[str, float]:
+        totals = dict.fromkeys(self.groups, 0.0)
+        for name, service in self._stack.services.items():
+            for proc in service.tree():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = proc.cpu_times()
+                    totals[self.group(name)] += t.user + t.system
+        t = self._self.cpu_times()
+        totals[self.self_group] = t.user + t.system
+        # Everything else busy on the box (other people's tests, py-spy): figures are noisy when this is high.
+        box = psutil.cpu_times()
+        busy = box.user + box.nice + box.system + box.irq + box.softirq + getattr(box, "steal", 0.0)
+        totals["other"] = busy - sum(totals[g] for g in self.groups if g != "other")
+        return totals
+
+    @staticmethod
+    def diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: round(after[k] - before[k], 3) for k in before}
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+def rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)

@@ -1,0 +1,159 @@
+"""The webhook figures on a stack of their own: Redis, the receiver, ``relay api`` and ``relay worker``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scripts.benchmark.meter import CpuMeter
+from scripts.benchmark.profiling import Profiler, hot_spots
+from scripts.benchmark.stack import RELAY, Stack, http_ok, log, new_loop, start_redis, wait_until
+from scripts.benchmark.webhooks.client import Client
+from scripts.benchmark.webhooks.phases import phase_bad_day, phase_ceiling, phase_paced, phase_throughput, warm_up
+from scripts.benchmark.webhooks.receiver import HANG_S
+from scripts.benchmark.webhooks.report import ms
+from service.processes import free_port
+
+
+def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
+    """Start Redis, the receiver, the API and the workers; return the URLs."""
+    redis_url = start_redis(stack)
+    receiver_port, api_port, hang_port, dead_port = free_port(), free_port(), free_port(), free_port()
+
+    receiver = stack.start(
+        "receiver",
+        [
+            sys.executable,
+            "-m",
+            "scripts.benchmark.webhooks.receiver",
+            str(receiver_port),
+            str(hang_port),
+            str(dead_port),
+        ],
+    )
+    wait_until(receiver, lambda: http_ok(f"http://127.0.0.1:{receiver_port}/count"), "answer")
+
+    api_argv = [RELAY, "api", "--host", "127.0.0.1", "--port", str(api_port), "--workers", str(args.api_workers)]
+    api = stack.start("api", api_argv)
+    worker = stack.start(
+        "worker", [RELAY, "worker", "--processes", str(args.worker_processes), "--threads", str(args.threads)]
+    )
+    wait_until(api, lambda: http_ok(f"http://127.0.0.1:{api_port}/health"), "200 on /health")
+
+    def workers_ready() -> bool:
+        text = worker.log_path.read_text(errors="replace")
+        ready: int = text.count("Worker process is ready for action.")
+        return ready >= int(args.worker_processes)
+
+    wait_until(worker, workers_ready, "'ready for action'")
+    return {
+        "redis": redis_url,
+        "api": f"http://127.0.0.1:{api_port}",
+        "receiver": f"http://127.0.0.1:{receiver_port}",
+        "hook": f"http://127.0.0.1:{receiver_port}/hook",
+        "hang": f"http://127.0.0.1:{hang_port}/hook",
+        "dead": f"http://127.0.0.1:{dead_port}/hook",
+    }
+
+
+async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    # SIGTERM cancels the run as Ctrl-C does (asyncio.Runner handles SIGINT); main() then stops everything.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    client, meter = Client(urls), CpuMeter(stack)
+    meter.read()  # learn every process of each tree
+
+    log(f"ceiling: {args.tasks} signed webhooks straight to the receiver ...")
+    ceiling = await phase_ceiling(client, meter, args.tasks)
+    log(f"  {ceiling['req_per_s']:,} req/s")
+
+    await warm_up(client, min(200, max(10, args.tasks // 10)), args.timeout)
+    profiler = Profiler(stack, args.profile) if args.profile else None
+    log(f"throughput: {args.tasks} echo tasks, {args.concurrency} in flight ...")
+    thr = await phase_throughput(client, meter, args.tasks, args.concurrency, args.timeout, profiler)
+    log(
+        f"  submit {thr['submit_per_s']:,}/s, end to end {thr['end_to_end_per_s']:,}/s, "
+        f"p50 {ms(thr['p50_ms'])}, p99 {ms(thr['p99_ms'])}, missing {thr['missing']}"
+    )
+
+    rate = args.rate or max(1.0, thr["end_to_end_per_s"] / 2)
+    log(f"half rate: {rate:,.0f} tasks/s open loop for {args.paced_s:g} s ...")
+    paced = await phase_paced(client, meter, rate, args.paced_s, args.timeout)
+    log(f"  p50 {ms(paced['p50_ms'])}, p99 {ms(paced['p99_ms'])}, missing {paced['missing']}")
+
+    bad_day = None
+    if args.bad_day:
+        log(
+            f"bad day: {args.bad_owed:,} webhooks owed to a receiver that answers in {HANG_S:g} s and "
+            f"{args.bad_owed:,} to one that drops connections; the quiet day's phases again ..."
+        )
+        bad_day = await phase_bad_day(client, meter, args, rate)
+        bt, bp = bad_day["throughput"], bad_day["paced"]
+        log(
+            f"  end to end {bt['end_to_end_per_s']:,}/s, p50 {ms(bt['p50_ms'])}, p99 {ms(bt['p99_ms'])}; "
+            f"half rate p50 {ms(bp['p50_ms'])}, p99 {ms(bp['p99_ms'])}; "
+            f"the dead one got {bad_day['dead_connections']} connections in {bad_day['seconds']:g} s"
+        )
+
+    result: dict[str, Any] = {
+        "config": {
+            "tasks": args.tasks,
+            "concurrency": args.concurrency,
+            "api_workers": args.api_workers,
+            "worker_processes": args.worker_processes,
+            "threads": args.threads,
+            "paced_s": args.paced_s,
+            "cpus": os.cpu_count(),
+        },
+        "ceiling": ceiling,
+        "throughput": thr,
+        "paced": paced,
+    }
+    if bad_day is not None:
+        result["bad_day"] = bad_day
+    if profiler is not None:
+        result["profile"] = {
+            name: {**hot_spots(path, args.top), "file": str(path)}
+            for name, path in profiler.files.items()
+            if path.exists()
+        }
+    return result
+
+
+def run_webhooks(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
+    """The webhook figures (ceiling, throughput, half rate) on a stack of their own."""
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    stack = Stack(workdir, dict(os.environ))
+    failed = True
+    try:
+        log("webhooks: starting redis, receiver, api, worker ...")
+        urls = start_stack(stack, args)
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            result = runner.run(run(stack, urls, args))
+        failed = False
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        failed = False  # nothing to look into
+        log("interrupted")
+        return 130, None
+    except RuntimeError as exc:
+        log(f"bench failed: {exc}")
+        return 1, None
+    finally:
+        log("stopping ...")
+        stack.stop_all()
+        if args.keep_logs or failed:
+            log(f"logs: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    lost = result["throughput"]["missing"] + result["paced"]["missing"]
+    if "bad_day" in result:
+        lost += result["bad_day"]["throughput"]["missing"] + result["bad_day"]["paced"]["missing"]
+    return (1 if lost else 0), result
