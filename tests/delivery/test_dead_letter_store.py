@@ -1,0 +1,166 @@
+"""Replaying dead letters, against a real Redis: the same event is owed again on a fresh schedule, once, and its
+dead letter goes when that delivery succeeds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from delivery import keys, metrics
+from delivery.dead_letters import DeadLetterStore
+from delivery.destinations import FlowSettings
+from delivery.outbox import Lease, Outbox, Recorded, webhook_attempt
+from delivery.policy import Decision, Verdict
+from delivery.records import PendingDelivery
+from delivery.redis_client import connect
+from schemas.dead_letters import DeadLetter, DeadLetterReason
+from schemas.events import Event, EventType
+
+FLOW = FlowSettings(lease_s=30.0, retry_span_s=600.0)
+URL = "http://127.0.0.1:9/hook"
+GONE = Decision(Verdict.DEAD, reason=DeadLetterReason.ENDPOINT_GONE)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def outbox(redis: aioredis.Redis) -> Outbox:
+    return Outbox(redis=redis, flow=FLOW, attempts_ttl_s=3600, dead_letter_retention_s=3600)
+
+
+@pytest.fixture
+def store(redis: aioredis.Redis, outbox: Outbox) -> DeadLetterStore:
+    return DeadLetterStore(redis=redis, outbox=outbox)
+
+
+async def attempt(outbox: Outbox, lease: Lease, status: int, decision: Decision) -> Recorded:
+    made = webhook_attempt(
+        lease.delivery,
+        at=datetime.now(UTC),
+        status_code=status,
+        error=None if status < 300 else f"HTTP {status}",
+        duration_ms=1.0,
+        delivered=status < 300,
+    )
+    return await outbox.record(lease.delivery, made, decision, token=lease.token)
+
+
+async def dead_letter(redis: aioredis.Redis, outbox: Outbox, n: int = 1) -> DeadLetter:
+    """Event ``evt_{n}``'s webhook, answered 410 on its first attempt."""
+    event = Event(
+        id=f"evt_{n}",
+        type=EventType.COMPLETED,
+        task_id=f"task_{n}",
+        seq=1,
+        created_at=datetime.now(UTC),
+        data={"status": "succeeded", "result": n},
+    )
+    delivery = PendingDelivery(tenant="acme", task_id=event.task_id, url=URL, event=event)
+    await redis.set(keys.delivery(event.id), msgspec.json.encode(delivery))
+    lease = await outbox.handoff(delivery)
+    assert lease is not None
+    dead = (await attempt(outbox, lease, 410, GONE)).dead
+    assert dead is not None
+    return dead
+
+
+async def replayed_lease(outbox: Outbox) -> Lease:
+    """What a worker does with a replay: claim it from the schedule and hand it to its destination."""
+    ((delivery, pushed),) = await outbox.claim(limit=10)
+    assert not pushed
+    lease = await outbox.handoff(delivery)
+    assert lease is not None
+    return lease
+
+
+async def test_a_replay_owes_the_same_event_again_on_a_fresh_schedule_once(
+    redis: aioredis.Redis, outbox: Outbox, store: DeadLetterStore
+) -> None:
+    dead = await dead_letter(redis, outbox)
+    assert await store.get(dead.id) == dead
+    before = time.time()
+
+    assert await store.replay(dead)
+    assert not await store.replay(dead)  # in flight already
+
+    due_at = await redis.zscore(keys.DUE, "evt_1")
+    assert due_at is not None
+    assert before <= due_at <= time.time()
+    assert await redis.zcard(keys.DUE) == 1
+    owed = msgspec.json.decode(await redis.get(keys.delivery("evt_1")), type=PendingDelivery)
+    assert owed.event == dead.event
+    assert owed.run_attempts == 0  # the whole retry schedule again
+    assert owed.attempts == 1  # the count across replays goes on
+    assert owed.dead_letter_id == dead.id
+    assert await redis.hget(keys.STATS, metrics.REPLAYED) == b"1"
+    assert await store.get(dead.id) == dead  # kept until the replay is delivered
+
+
+async def test_a_delivered_replay_takes_its_dead_letter_away(
+    redis: aioredis.Redis, outbox: Outbox, store: DeadLetterStore
+) -> None:
+    dead = await dead_letter(redis, outbox)
+    await store.replay(dead)
+
+    await attempt(outbox, await replayed_lease(outbox), 200, Decision(Verdict.DELIVERED))
+
+    assert await store.get(dead.id) is None
+    assert await redis.zcard(keys.DEAD_LETTERS) == 0
+    assert await redis.zcard(keys.dead_letters_of("acme")) == 0
+    assert not await redis.exists(keys.dead_letter_of_event("evt_1"))
+    assert not await redis.exists(keys.delivery("evt_1"))
+    assert await store.replay(dead)  # nothing in flight: a replay may be asked for again
+
+
+async def test_a_replay_that_dies_again_keeps_one_dead_letter_and_counts_the_replay(
+    redis: aioredis.Redis, outbox: Outbox, store: DeadLetterStore
+) -> None:
+    dead = await dead_letter(redis, outbox)
+    await store.replay(dead)
+
+    again = (await attempt(outbox, await replayed_lease(outbox), 410, GONE)).dead
+
+    assert again is not None
+    assert again.id == dead.id
+    assert again.replays == 1
+    assert again.attempts == 2
+    assert await redis.zcard(keys.DEAD_LETTERS) == 1
+    assert await store.get(dead.id) == again
+
+
+async def test_two_replays_of_one_dead_letter_at_once_owe_it_once(
+    redis: aioredis.Redis, redis_url: str, outbox: Outbox, store: DeadLetterStore
+) -> None:
+    dead = await dead_letter(redis, outbox)
+    other = connect(redis_url)
+    try:
+        results = await asyncio.gather(
+            store.replay(dead), DeadLetterStore(redis=other, outbox=outbox).replay(dead), store.replay(dead)
+        )
+    finally:
+        await other.aclose()
+    assert sorted(results) == [False, False, True]
+    assert await redis.zcard(keys.DUE) == 1
+    assert await redis.hget(keys.STATS, metrics.REPLAYED) == b"1"
+
+
+async def test_a_batch_replays_all_but_those_in_flight(
+    redis: aioredis.Redis, outbox: Outbox, store: DeadLetterStore
+) -> None:
+    batch = [await dead_letter(redis, outbox, n) for n in (1, 2, 3)]
+    assert await store.replay(batch[1])
+
+    assert await store.replay_batch(batch) == [True, False, True]
+    assert {m.decode() for m in await redis.zrange(keys.DUE, 0, -1)} == {"evt_1", "evt_2", "evt_3"}
+    assert await redis.hget(keys.STATS, metrics.REPLAYED) == b"3"

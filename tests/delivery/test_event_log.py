@@ -1,0 +1,196 @@
+"""The step that writes a task's event, against a real Redis: logged, published, the task ended and its delivery
+owed, all at once or not at all."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from delivery import keys, metrics
+from delivery.destinations import FlowSettings, destination_for
+from delivery.errors import LeaseLost
+from delivery.event_log import EventLog, Leased
+from delivery.records import PendingDelivery
+from delivery.redis_client import connect
+from delivery.signing_secrets import SecretStore, live_secrets
+from schemas.events import Event, EventType
+from schemas.tasks import TaskRecord, TaskStatus, Webhook
+from service.tasks.ledger import Start, TaskLedger
+from service.tasks.store import TaskStore
+
+FLOW = FlowSettings(max_in_flight=1, lease_s=35.0, retry_span_s=60.0)
+TTL_S = 3600
+URL = "http://127.0.0.1:9/hook"
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def log(redis: aioredis.Redis) -> EventLog:
+    return EventLog(redis=redis, retention_s=600, flow=FLOW)
+
+
+async def running(redis: aioredis.Redis, task_id: str, *, url: str | None = URL, websocket: bool = False) -> TaskRecord:
+    """``task_id`` accepted and held by the run ``run-a``."""
+    record = TaskRecord(
+        id=task_id,
+        kind="echo",
+        status=TaskStatus.QUEUED,
+        input=None,
+        created_at=datetime.now(UTC),
+        webhook=Webhook(url=url) if url else None,
+        websocket=websocket,
+        tenant="acme",
+    )
+    await TaskStore(redis=redis, record_ttl_s=TTL_S, retention_s=600, flow=FLOW).create(record, idempotency_key=None)
+    started = await TaskLedger(redis=redis).start(task_id, "run-a")
+    assert started.outcome is Start.RUN
+    return record
+
+
+def final_event(task_id: str, seq: int = 1) -> Event:
+    return Event(
+        id=f"evt_{task_id}_{seq}",
+        type=EventType.COMPLETED,
+        task_id=task_id,
+        seq=seq,
+        created_at=datetime.now(UTC),
+        data={"status": "succeeded", "result": 42},
+    )
+
+
+async def finish(
+    log: EventLog, record: TaskRecord, event: Event, *, run: str = "run-a", ack_due_at: float = 0.0
+) -> Leased | None:
+    url = record.webhook.url if record.webhook else None
+    return await log.append(
+        event,
+        tenant=record.tenant,
+        run_token=run,
+        task_state=b'{"final": true}',
+        task_ttl_s=TTL_S,
+        final=True,
+        stats_field=metrics.task_counter("succeeded"),
+        delivery=PendingDelivery(tenant=record.tenant, task_id=record.id, url=url, event=event),
+        websocket=record.websocket,
+        ack_due_at=ack_due_at,
+    )
+
+
+async def test_a_final_event_is_logged_published_and_its_webhook_leased_in_one_step(
+    redis: aioredis.Redis, log: EventLog
+) -> None:
+    record = await running(redis, "task_1")
+    secrets = await SecretStore(redis=redis).live("acme")
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.task_channel("task_1"))
+    assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+    event = final_event("task_1")
+
+    leased = await finish(log, record, event)
+
+    assert leased is not None
+    assert live_secrets(leased.raw_secrets) == secrets  # the lease brings what signs it
+    assert await log.events_after("task_1") == [event]
+    published = await pubsub.get_message(timeout=2)
+    assert published is not None
+    assert msgspec.json.decode(published["data"], type=Event) == event
+    await pubsub.aclose()
+    assert await redis.get(keys.task("task_1")) == b'{"final": true}'
+    assert await redis.hget(keys.STATS, metrics.task_counter("succeeded")) == b"1"
+    # The task has ended: no longer owed, no lease, not open ...
+    assert await redis.zscore(keys.OWED_TASKS, "task_1") is None
+    assert not await redis.exists(keys.lease("task_1"))
+    assert await redis.zscore(keys.open_tasks_of("acme"), "task_1") is None
+    # ... and its webhook is owed to its destination, in flight under the caller's lease.
+    stored = msgspec.json.decode(await redis.get(keys.delivery(event.id)), type=PendingDelivery)
+    assert stored.event == event
+    assert stored.url == URL
+    _, due, flight, _ = destination_for("acme", URL).keys
+    assert await redis.zscore(flight, event.id) == float(leased.token)
+    assert await redis.zcard(due) == 0
+
+
+async def test_a_run_without_the_lease_writes_nothing(redis: aioredis.Redis, log: EventLog) -> None:
+    record = await running(redis, "task_1")
+    event = final_event("task_1")
+
+    with pytest.raises(LeaseLost) as lost:
+        await finish(log, record, event, run="run-b")
+
+    assert not lost.value.ended
+    assert await log.events_after("task_1") == []
+    assert not await redis.exists(keys.delivery(event.id))
+    assert await redis.zscore(keys.OWED_TASKS, "task_1") is not None  # still owed: the holder ends it
+    assert await redis.get(keys.lease("task_1")) == b"run-a"
+    assert not await redis.exists(*destination_for("acme", URL).keys)
+
+
+async def test_a_task_ends_once_and_its_webhook_is_owed_once(redis: aioredis.Redis, log: EventLog) -> None:
+    record = await running(redis, "task_1")
+    assert await finish(log, record, final_event("task_1", 1)) is not None
+    late = final_event("task_1", 2)  # a second final event, from a run that did not see the first end
+
+    with pytest.raises(LeaseLost) as lost:
+        await finish(log, record, late)
+
+    assert lost.value.ended
+    assert [e.seq for e in await log.events_after("task_1")] == [1]
+    assert not await redis.exists(keys.delivery(late.id))
+    _, due, flight, _ = destination_for("acme", URL).keys
+    assert await redis.zcard(flight) + await redis.zcard(due) == 1
+
+
+async def test_a_webhook_its_destination_cannot_start_now_is_owed_without_a_lease(
+    redis: aioredis.Redis, log: EventLog
+) -> None:
+    first = await running(redis, "task_1")
+    second = await running(redis, "task_2")
+    assert await finish(log, first, final_event("task_1")) is not None  # takes the destination's one slot
+
+    assert await finish(log, second, final_event("task_2")) is None
+
+    _, due, flight, _ = destination_for("acme", URL).keys
+    assert [m.decode() for m in await redis.zrange(flight, 0, -1)] == ["evt_task_1_1"]
+    assert [m.decode() for m in await redis.zrange(due, 0, -1)] == ["evt_task_2_1"]
+    assert await redis.exists(keys.delivery("evt_task_2_1"))
+
+
+@pytest.mark.parametrize(
+    ("followed", "url", "pushed"),
+    [
+        (True, URL, True),  # a socket follows: it gets the first chance to ack
+        (False, URL, False),  # nobody follows: the webhook at once
+        (False, None, True),  # WebSocket only: waits for a socket that may still come to resume
+        (True, None, True),
+    ],
+)
+async def test_a_websocket_task_waits_for_an_ack_only_when_a_socket_may_give_one(
+    redis: aioredis.Redis, log: EventLog, followed: bool, url: str | None, pushed: bool
+) -> None:
+    record = await running(redis, "task_1", url=url, websocket=True)
+    if followed:
+        await redis.sadd(keys.subscribers("task_1"), "node-1")
+    event = final_event("task_1")
+
+    leased = await finish(log, record, event, ack_due_at=1234.5)
+
+    assert await redis.exists(keys.delivery(event.id))
+    if pushed:
+        assert leased is None
+        assert await redis.exists(keys.ack_marker(event.id))
+        assert await redis.zscore(keys.DUE, event.id) == 1234.5
+        assert not await redis.exists(*destination_for("acme", URL).keys)
+    else:
+        assert leased is not None
+        assert not await redis.exists(keys.ack_marker(event.id))
+        assert await redis.zscore(keys.DUE, event.id) is None

@@ -1,0 +1,87 @@
+"""The submit rate limit, against a real Redis with the clock passed in: the burst, Retry-After, the refill, one
+bucket per tenant, and no more tokens than there are when API nodes ask at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+
+import pytest
+import redis.asyncio as aioredis
+
+from delivery.redis_client import connect
+from service.api import rate_limit
+from service.api.rate_limit import RateLimiter
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(rate_limit, "time", SimpleNamespace(time=fake.time))
+    return fake
+
+
+async def test_a_burst_of_the_rate_passes_then_retry_after_says_when(redis: aioredis.Redis, clock: Clock) -> None:
+    limiter = RateLimiter(redis=redis, rate=5)
+    assert [await limiter.retry_after_s("acme") for _ in range(5)] == [None] * 5
+    assert await limiter.retry_after_s("acme") == 1  # a token comes in 0.2 s: rounded up to a whole second
+    clock.now += 0.21
+    assert await limiter.retry_after_s("acme") is None
+    assert await limiter.retry_after_s("acme") == 1
+
+
+async def test_a_slow_rate_asks_for_the_whole_wait(redis: aioredis.Redis, clock: Clock) -> None:
+    limiter = RateLimiter(redis=redis, rate=0.25)  # one every 4 s; the burst is one
+    assert await limiter.retry_after_s("acme") is None
+    assert await limiter.retry_after_s("acme") == 4
+    clock.now += 2.5
+    assert await limiter.retry_after_s("acme") == 2  # 1.5 s left: a refusal takes no token
+    clock.now += 1.5
+    assert await limiter.retry_after_s("acme") is None
+
+
+async def test_an_idle_tenant_gets_no_more_than_its_burst(redis: aioredis.Redis, clock: Clock) -> None:
+    limiter = RateLimiter(redis=redis, rate=2)
+    await limiter.retry_after_s("acme")
+    clock.now += 3600
+    assert [await limiter.retry_after_s("acme") for _ in range(3)] == [None, None, 1]
+
+
+async def test_each_tenant_has_its_own_bucket(redis: aioredis.Redis, clock: Clock) -> None:
+    limiter = RateLimiter(redis=redis, rate=1)
+    assert await limiter.retry_after_s("acme") is None
+    assert await limiter.retry_after_s("acme") == 1
+    assert await limiter.retry_after_s("globex") is None
+
+
+async def test_nodes_asking_at_once_share_one_bucket(redis_url: str, clock: Clock) -> None:
+    clients = [connect(redis_url) for _ in range(4)]
+    try:
+        limiters = [RateLimiter(redis=c, rate=10) for c in clients]
+        answers = await asyncio.gather(*(limiters[n % 4].retry_after_s("acme") for n in range(40)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert answers.count(None) == 10
+    assert set(answers) == {None, 1}
+
+
+def test_a_rate_of_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="above 0"):
+        RateLimiter(redis=aioredis.Redis(), rate=0)

@@ -1,0 +1,160 @@
+"""The task store's and the ledger's steps under concurrency, against a real Redis: one task per Idempotency-Key,
+no more open tasks than the cap, one live run per task, and a sweep that takes only what is overdue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+import redis.asyncio as aioredis
+
+from delivery import keys
+from delivery.destinations import FlowSettings
+from delivery.errors import LeaseLost
+from delivery.redis_client import connect
+from schemas.tasks import TaskRecord, TaskStatus
+from service.tasks.ledger import REQUEUE_GRACE_S, Start, TaskLedger
+from service.tasks.store import Submitted, TaskStore, TenantFull
+
+RECORD_TTL_S = 3600
+FLOW = FlowSettings(lease_s=35.0, retry_span_s=60.0)
+
+
+@pytest.fixture
+async def clients(redis_url: str) -> AsyncIterator[list[aioredis.Redis]]:
+    """Four connections, as four API nodes or workers would hold."""
+    opened = [connect(redis_url) for _ in range(4)]
+    yield opened
+    for client in opened:
+        await client.aclose()
+
+
+@pytest.fixture
+def redis(clients: list[aioredis.Redis]) -> aioredis.Redis:
+    return clients[0]
+
+
+def new_record(task_id: str, tenant: str = "acme") -> TaskRecord:
+    return TaskRecord(
+        id=task_id,
+        kind="echo",
+        status=TaskStatus.QUEUED,
+        input={"n": 1},
+        created_at=datetime.now(UTC),
+        tenant=tenant,
+    )
+
+
+def stores(clients: list[aioredis.Redis], **options: int) -> list[TaskStore]:
+    return [TaskStore(redis=c, record_ttl_s=RECORD_TTL_S, retention_s=600, flow=FLOW, **options) for c in clients]
+
+
+async def test_concurrent_submits_with_one_idempotency_key_store_one_task(clients: list[aioredis.Redis]) -> None:
+    nodes = stores(clients)
+    submits = [nodes[n % 4].create(new_record(f"task_{n}"), idempotency_key="order-7") for n in range(12)]
+
+    results: list[Submitted] = await asyncio.gather(*submits)
+
+    assert sum(r.new for r in results) == 1
+    (first,) = [r.answer.id for r in results if r.new]
+    assert {r.answer.id for r in results} == {first}
+    redis = clients[0]
+    stored = [n for n in range(12) if await redis.exists(keys.task(f"task_{n}"))]
+    assert stored == [int(first.removeprefix("task_"))]
+    assert await redis.zcard(keys.OWED_TASKS) == 1
+    assert await redis.zcard(keys.open_tasks_of("acme")) == 1
+
+
+async def test_an_idempotency_key_is_the_tenants_own(redis: aioredis.Redis, clients: list[aioredis.Redis]) -> None:
+    tasks = stores(clients)[0]
+    assert (await tasks.create(new_record("task_1"), idempotency_key="k")).new
+    other = await tasks.create(new_record("task_2", tenant="globex"), idempotency_key="k")
+    assert other.new
+    assert other.answer.id == "task_2"
+
+
+async def test_concurrent_submits_never_pass_the_open_task_cap(clients: list[aioredis.Redis]) -> None:
+    nodes = stores(clients, max_open_per_tenant=3)
+    submits = [nodes[n % 4].create(new_record(f"task_{n}"), idempotency_key=None) for n in range(10)]
+
+    results = await asyncio.gather(*submits, return_exceptions=True)
+
+    accepted = [r for r in results if isinstance(r, Submitted)]
+    refused = [r for r in results if isinstance(r, TenantFull)]
+    assert (len(accepted), len(refused)) == (3, 7)
+    assert {r.open_tasks for r in refused} == {3}
+    redis = clients[0]
+    assert await redis.zcard(keys.open_tasks_of("acme")) == 3
+    assert await redis.zcard(keys.OWED_TASKS) == 3
+
+
+async def test_open_tasks_older_than_a_record_lives_do_not_count(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    tasks = stores(clients, max_open_per_tenant=1)[0]
+    # A task accepted longer ago than its record lives expired without ending: it holds no place.
+    await redis.zadd(keys.open_tasks_of("acme"), {"task_old": (time.time() - RECORD_TTL_S - 5) * 1000})
+
+    assert (await tasks.create(new_record("task_1"), idempotency_key=None)).new
+    with pytest.raises(TenantFull):
+        await tasks.create(new_record("task_2"), idempotency_key=None)
+    assert await redis.zscore(keys.open_tasks_of("acme"), "task_old") is None
+
+
+async def test_concurrent_starts_give_the_task_to_one_run(clients: list[aioredis.Redis]) -> None:
+    await stores(clients)[0].create(new_record("task_1"), idempotency_key=None)
+    ledgers = [TaskLedger(redis=c) for c in clients]
+
+    started = await asyncio.gather(*(ledgers[n % 4].start("task_1", f"run-{n}") for n in range(8)))
+
+    outcomes = [s.outcome for s in started]
+    assert outcomes.count(Start.RUN) == 1
+    assert outcomes.count(Start.LEASED) == 7
+    winner = outcomes.index(Start.RUN)
+    assert await clients[0].get(keys.lease("task_1")) == f"run-{winner}".encode()
+
+
+async def test_a_late_mark_running_cannot_reopen_a_finished_task(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    tasks = stores(clients)[0]
+    ledger = TaskLedger(redis=redis)
+    await tasks.create(new_record("task_1"), idempotency_key=None)
+    started = await ledger.start("task_1", "run-a")
+    assert started.record is not None
+    record = started.record
+
+    await tasks.mark_running(record, "run-a")
+    shown = await tasks.get("task_1")
+    assert shown is not None
+    assert shown.status is TaskStatus.RUNNING
+    assert shown.started_at is not None
+
+    await tasks.finish(record, "run-a", result=1)
+    with pytest.raises(LeaseLost):
+        await tasks.mark_running(record, "run-a")  # a write retried after its first answer was lost
+    stored = await tasks.get("task_1")
+    assert stored is not None
+    assert stored.status is TaskStatus.SUCCEEDED
+    assert await ledger.renew({"task_1": "run-a"}) == ["task_1"]  # the run learns it has nothing to hold
+
+
+async def test_sweep_takes_a_dead_runs_task_after_its_lease_and_not_before(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    tasks = stores(clients)[0]
+    ledger = TaskLedger(redis=redis, lease_s=5)
+    await tasks.create(new_record("task_1"), idempotency_key=None)
+    await ledger.start("task_1", "run-a")
+    lease_end = await redis.zscore(keys.OWED_TASKS, "task_1")
+    assert lease_end is not None
+    await redis.delete(keys.lease("task_1"))  # its worker died: nobody renews the lease
+    await tasks.create(new_record("task_2"), idempotency_key=None)  # queued, within its grace
+
+    assert await ledger.sweep(now=lease_end - 0.5) == []
+    assert await ledger.sweep(now=lease_end + 0.5) == ["task_1"]
+    assert await ledger.sweep(now=lease_end + 1) == []  # its next deadline moved on in the same step
+    assert await ledger.sweep(now=time.time() + REQUEUE_GRACE_S + 0.5) == ["task_2"]
