@@ -28,11 +28,15 @@ def connect(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     command_timeout_s: float | None = None,
     pool_wait_s: float = POOL_WAIT_S,
+    retries: int = 3,
 ) -> aioredis.Redis:
     """A client with its own pool.
 
     ``command_timeout_s`` bounds each command (a stalled Redis then raises ``TimeoutError`` instead of hanging):
     right for request handlers, which answer 503 rather than wait; wrong for blocking reads such as pub/sub.
+    ``retries``: connection errors retried on a fresh connection. A pub/sub listener takes 0, so that a drop
+    reaches it (redis-py would otherwise reconnect and subscribe again inside ``listen()``, and what was
+    published in the gap would pass unnoticed).
     """
     # A blocking pool: past max_connections a command waits for a connection instead of failing with
     # "Too many connections".
@@ -46,6 +50,6 @@ def connect(
         # from_url leaves redis-py with no retries: after a Redis restart every pooled connection would fail
         # its next command. Reconnect and retry connection errors a few times instead; a timeout is not
         # retried (a stalled Redis would only make the caller wait longer).
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3, supported_errors=(RedisConnectionError,)),
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both

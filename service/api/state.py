@@ -58,7 +58,7 @@ class ApiState:
     def open(cls, settings: Settings) -> ApiState:
         # Every command of a request is bounded, so a stalled Redis answers 503 rather than hanging the client.
         redis = connect(settings.storage_url, command_timeout_s=COMMAND_TIMEOUT_S, pool_wait_s=COMMAND_TIMEOUT_S)
-        listen_redis = connect(settings.storage_url, max_connections=2)
+        listen_redis = connect(settings.storage_url, max_connections=2, retries=0)
         ttl = settings.record_ttl_s
         outbox = Outbox(
             redis=redis,

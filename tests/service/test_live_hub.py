@@ -64,12 +64,14 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def hub(redis: aioredis.Redis) -> AsyncIterator[LiveHub]:
-    live = LiveHub(redis=redis, presence_ttl_s=PRESENCE_TTL_S)
+async def hub(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[LiveHub]:
+    listener = connect(redis_url, max_connections=2, retries=0)  # as the API builds its listener
+    live = LiveHub(redis=redis, listen_redis=listener, presence_ttl_s=PRESENCE_TTL_S)
     await live.start()
     await subscribed(live, redis)
     yield live
     await live.stop()
+    await listener.aclose()
 
 
 async def until(predicate: Callable[[], object], *, timeout_s: float = 5.0) -> None:
@@ -204,11 +206,6 @@ async def test_after_a_redis_restart_every_socket_is_asked_to_catch_up(
     assert following.event_ids == ["evt_task_1_1"]
 
 
-@pytest.mark.xfail(
-    reason="redis-py's retry (delivery.redis_client.connect) reconnects and resubscribes inside pubsub.listen(): "
-    "the hub never sees the drop, so no socket is asked to catch up and events published meanwhile are lost",
-    strict=True,
-)
 async def test_a_dropped_subscription_that_comes_back_at_once_still_asks_sockets_to_catch_up(
     hub: LiveHub, redis: aioredis.Redis
 ) -> None:
