@@ -44,3 +44,16 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+_REAL_PROCESSES = ("integration", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration and tests/browser ``integration``: they start real Relay
+    processes, so ``-m "not integration"`` is the run of the fast tests alone."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
+        if parts and parts[0] in _REAL_PROCESSES:
+            item.add_marker(pytest.mark.integration)

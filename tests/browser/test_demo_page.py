@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from tests.integration.conftest import Relay
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 FINISH_TIMEOUT_MS = 30_000
 TASK_ID = re.compile(r"^task_\S+$")

@@ -26,12 +26,6 @@ def test_sign_reproduces_the_specification_test_vector() -> None:
     assert sign(VECTOR_SECRET, VECTOR_MSG_ID, VECTOR_TIMESTAMP, VECTOR_BODY) == VECTOR_SIGNATURE
 
 
-def test_reference_library_agrees_on_the_test_vector() -> None:
-    signed_at = datetime.fromtimestamp(VECTOR_TIMESTAMP, tz=UTC)
-    reference = Webhook(VECTOR_SECRET).sign(VECTOR_MSG_ID, signed_at, VECTOR_BODY.decode())
-    assert reference == VECTOR_SIGNATURE
-
-
 def test_headers_verify_with_the_reference_library() -> None:
     secret = generate_secret()
     headers = webhook_headers([secret], "msg_1", int(time.time()), BODY, user_agent=USER_AGENT)
@@ -96,10 +90,6 @@ def test_generated_secret_round_trips_and_is_accepted_by_the_reference_library()
     assert len(key) == 32
     assert base64.b64encode(key).decode() == secret.removeprefix("whsec_")
     assert Webhook(secret)._whsecret == key
-
-
-def test_generated_secrets_differ() -> None:
-    assert len({generate_secret() for _ in range(100)}) == 100
 
 
 def test_secret_prefix_is_optional() -> None:

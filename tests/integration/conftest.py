@@ -19,8 +19,6 @@ from tests.support import Api, Receiver, RelayProcess, WsClient, relay_env, run_
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def rabbitmq_url() -> Iterator[str]:

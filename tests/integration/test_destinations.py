@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import Relay, relay_for_many_tests
-from tests.support import RELAY, ROOT, Api, Receiver, WsClient, dead_letters, relay_env, wait_until
+from tests.support import RELAY, ROOT, Api, Receiver, WsClient, dead_letters, relay_env, wait_dead_letter, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +63,13 @@ def test_pause_holds_everything_and_resume_drains_it(relay: Relay, receiver: Rec
     tasks = [relay.client.submit("echo", n, webhook=receiver.url("/p")) for n in range(10)]
     for task in tasks:
         relay.client.wait_task(task["id"])
-    time.sleep(1.5)  # well past the whole retry schedule (0.2 s): nothing sent, nothing dead
+    # A webhook submitted after them to a receiver that is down dead-letters once its whole retry span has
+    # passed: by then the paused ones are past theirs too, and still held.
+    late = relay.client.submit("echo", "late", webhook="http://127.0.0.1:9/down")
+    late_dead = wait_dead_letter(relay.client, late["id"], timeout_s=30)
     assert len(receiver.on("/p")) == 1
-    assert dead_letters(relay.client) == []
+    assert [d["task_id"] for d in dead_letters(relay.client)] == [late["id"]]
+    assert relay.client.delete(f"/v1/dead-letters/{late_dead['id']}", key="admin-token").status_code == 204
     held = relay.client.get(f"/v1/destinations/{dst['id']}", key="key-acme").json()
     assert held["state"] == "paused"
     assert held["owed"] == 10

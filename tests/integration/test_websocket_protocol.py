@@ -20,8 +20,6 @@ from tests.support import wait_until
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
 
-pytestmark = pytest.mark.integration
-
 PING_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 1.0
 TICK_S = heartbeat_tick_s(PING_INTERVAL_S, PING_TIMEOUT_S)
