@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from delivery.redis_client import connect
 from service.processes import RedisServer
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -33,6 +35,14 @@ def redis_server() -> Iterator[RedisServer]:
     yield server
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client of the flushed Redis, made as Relay makes its own."""
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -25,13 +24,6 @@ from schemas.events import Event, EventType
 FLOW = FlowSettings(lease_s=30.0, retry_span_s=600.0)
 URL = "http://127.0.0.1:9/hook"
 GONE = Decision(Verdict.DEAD, reason=DeadLetterReason.ENDPOINT_GONE)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ Retry-After, pause, leases of dead workers, held webhooks that outlive their ret
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -16,7 +15,6 @@ from delivery.destinations import DestinationStore, FlowSettings, breaker_outcom
 from delivery.outbox import Kind, Lease, Outbox, Recorded, webhook_attempt
 from delivery.policy import AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery
-from delivery.redis_client import connect
 from schemas.dead_letters import DeadLetterReason
 from schemas.destinations import DestinationCaps, DestinationState
 from schemas.events import Event, EventType
@@ -26,13 +24,6 @@ OK = AttemptResult(200, None, 1.0)
 DOWN = AttemptResult(None, "cannot connect: connection refused", 1.0)
 BUSY = AttemptResult(503, "HTTP 503", 1.0, retry_after_s=60.0)
 SCHEDULE = (5.0, 300.0)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

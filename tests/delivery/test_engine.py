@@ -23,7 +23,6 @@ from delivery.destinations import DestinationStore, FlowSettings, destination_fo
 from delivery.engine import DeliveryEngine
 from delivery.outbox import Lease, Outbox
 from delivery.records import PendingDelivery
-from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
 from schemas.dead_letters import DeadLetter, DeadLetterReason
@@ -34,13 +33,6 @@ SCHEDULE_S = (5.0, 300.0)
 FLOW = FlowSettings(lease_s=30.0, retry_span_s=sum(SCHEDULE_S))
 URL = "http://127.0.0.1:9/hooks/relay"
 USER_AGENT = "relay-test/1"
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ owed, all at once or not at all."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import msgspec
@@ -15,7 +14,6 @@ from delivery.destinations import FlowSettings, destination_for
 from delivery.errors import LeaseLost
 from delivery.event_log import EventLog, Leased
 from delivery.records import PendingDelivery
-from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore, live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus, Webhook
@@ -25,13 +23,6 @@ from service.tasks.store import TaskStore
 FLOW = FlowSettings(max_in_flight=1, lease_s=35.0, retry_span_s=60.0)
 TTL_S = 3600
 URL = "http://127.0.0.1:9/hook"
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

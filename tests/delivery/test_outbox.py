@@ -27,13 +27,6 @@ URL = "http://127.0.0.1:9/hook"
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def other_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """A second worker's connection."""
     client = connect(redis_url)

@@ -57,13 +57,6 @@ class Socket:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def hub(redis: aioredis.Redis, redis_url: str) -> AsyncIterator[LiveHub]:
     listener = connect(redis_url, max_connections=2, retries=0)  # as the API builds its listener
     live = LiveHub(redis=redis, listen_redis=listener, presence_ttl_s=PRESENCE_TTL_S)

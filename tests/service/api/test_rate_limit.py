@@ -4,7 +4,6 @@ bucket per tenant, and no more tokens than there are when API nodes ask at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import pytest
@@ -13,13 +12,6 @@ import redis.asyncio as aioredis
 from delivery.redis_client import connect
 from service.api import rate_limit
 from service.api.rate_limit import RateLimiter
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 class Clock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -13,20 +12,12 @@ from delivery import keys
 from delivery.destinations import FlowSettings
 from delivery.errors import LeaseLost
 from delivery.event_log import EventLog
-from delivery.redis_client import connect
 from schemas.tasks import TaskRecord, TaskStatus
 from service.tasks.ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
 from service.tasks.store import InlineMessage, TaskStore, TenantFull
 
 RECORD_TTL_S = 3600
 FLOW = FlowSettings(lease_s=35.0, retry_span_s=60.0)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 def new_record(task_id: str = "task_1", tenant: str = "acme") -> TaskRecord:
