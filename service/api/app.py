@@ -69,6 +69,10 @@ def create_app(settings: Settings) -> Litestar:
     async def check_body(request: Request) -> None:  # type: ignore[type-arg]
         # Before anything decodes the body: a deep one would fail deep inside a later reader (see json_depth).
         if request.method in ("POST", "PUT", "PATCH"):
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > settings.max_body_bytes:
+                # Said up front: answer before a byte of it is read.
+                raise HTTPException(status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE)
             body = await request.body()
             if not body.strip():
                 if "data" in request.route_handler.parsed_fn_signature.parameters:
@@ -180,8 +184,13 @@ def _what_failed(exc: ValidationException) -> str:
     for problem in exc.extra:
         if not isinstance(problem, dict) or "message" not in problem:
             return exc.detail
-        key, source = problem.get("key"), problem.get("source")
-        where = "the body" if key in (None, "data") and source == "body" else f"{source} {key}" if source else key
+        key, source = problem.get("key"), getattr(problem.get("source"), "value", problem.get("source"))
+        if source == "body":
+            where = "the body" if key in (None, "data") else f"the body's {key}"
+        elif source in ("query", "header", "path", "cookie"):
+            where = f"{source} parameter {key}"
+        else:
+            where = str(key)
         parts.append(f"{where}: {problem['message']}")
     return "; ".join(parts)
 

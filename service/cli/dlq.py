@@ -67,7 +67,7 @@ def _check_selection(ids: Sequence[str], all_: bool, filters: Mapping[str, objec
         raise click.UsageError("Give one or more dead letter IDs, or --all.")
     given = [f"--{name.replace('_', '-')}" for name, value in filters.items() if value not in (None, False)]
     if ids and given:
-        raise click.UsageError(f"{', '.join(given)} only apply with --all.")
+        raise click.UsageError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} with --all.")
 
 
 def _last_outcome(letter: DeadLetter) -> str:
@@ -309,7 +309,7 @@ def purge(
     (--yes does not ask; --dry-run only counts).
     """
     filters = {"reason": reason, "tenant": tenant, "since": since, "until": until}
-    _check_selection(ids, all_, {**filters, "dry_run": dry_run, "yes": yes})
+    _check_selection(ids, all_, {**filters, "dry_run": dry_run})  # --yes is harmless with ids: nothing to ask
     with client(url, token) as http:
         if all_:
             ids = tuple(letter.id for letter in iter_dead_letters(http, filters, None))
@@ -319,9 +319,10 @@ def purge(
             if not ids:
                 click.echo("No dead letters match; nothing deleted.")
                 return
-            if not yes:
-                noun = "dead letter" if len(ids) == 1 else "dead letters"
-                click.confirm(f"Delete {len(ids)} {noun} for good?", abort=True, err=True)
+            noun = "dead letter" if len(ids) == 1 else "dead letters"
+            if not yes and not click.confirm(f"Delete {len(ids)} {noun} for good?", err=True):
+                click.echo("Nothing deleted.")
+                return
         done = for_each(ids, lambda item: call(http, "DELETE", _path(item)), "Deleting")
     click.echo(f"deleted {done} of {len(ids)}")
     exit_if_short(done, len(ids))

@@ -118,7 +118,7 @@ def _holder(port: int) -> str:
     try:
         for conn in psutil.net_connections(kind="tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                command = " ".join(psutil.Process(conn.pid).cmdline())[:120]
+                command = " ".join(" ".join(psutil.Process(conn.pid).cmdline()).split())[:120]
                 return f": held by pid {conn.pid} ({command})"
     except (psutil.Error, OSError):
         pass

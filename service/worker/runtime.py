@@ -255,7 +255,11 @@ class Runtime:
                 overdue = await self.ledger.sweep()
                 if overdue:
                     await self.enqueuer.enqueue(overdue)
-                    log.info("enqueued %d overdue tasks again (their messages or runs were lost)", len(overdue))
+                    log.info(
+                        "enqueued %d owed tasks again (given back by a worker that stopped, or their messages or "
+                        "runs were lost)",
+                        len(overdue),
+                    )
             except INFRA_ERRORS as exc:
                 # Their deadlines moved on already: the next sweep that finds them due enqueues them.
                 log.warning("sweeping overdue tasks failed (%s); trying again", exc)

@@ -323,6 +323,30 @@ def test_a_422_says_which_field_is_missing_or_wrong(shared: Relay, body: str, na
         assert name in detail
 
 
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/dead-letters?limit=abc", "query parameter limit"),
+        ("/v1/tasks/task_x/events?after_seq=-5", "query parameter after_seq"),
+    ],
+)
+def test_a_bad_query_parameter_is_named_plainly(shared: Relay, path: str, name: str) -> None:
+    detail = assert_json_error(shared.client.get(path, key="admin-token"), 422)
+    assert detail.startswith(name), detail
+    assert "ParamType" not in detail
+
+
+def test_a_declared_length_over_the_limit_is_a_413_before_the_body_is_read(shared: Relay) -> None:
+    with socket.create_connection(("127.0.0.1", shared.api.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer key-acme\r\n"
+            b"content-type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+        )
+        answer = sock.recv(4096)  # within the socket timeout: nothing of the body was sent
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"RELAY_MAX_BODY_BYTES" in answer
+
+
 def test_a_body_that_is_not_json_is_a_400_that_says_so(shared: Relay) -> None:
     detail = assert_json_error(shared.client.post("/v1/tasks", content='{"kind": "echo",', headers=JSON), 400)
     assert "not valid JSON" in detail

@@ -504,8 +504,10 @@ def test_purge_all_deletes_nothing_unless_confirmed(fake_api: FakeRelay) -> None
     refused = run(dlq, as_admin(fake_api, "purge", "--all"), input="n\n")
     no_answer = run(dlq, as_admin(fake_api, "purge", "--all"), input="")
 
-    assert refused.exit_code == no_answer.exit_code == 1
-    assert "Aborted" in refused.stderr
+    assert refused.exit_code == 0
+    assert "Nothing deleted." in refused.stdout
+    assert no_answer.exit_code == 1  # no one to ask (no --yes): a failure, not a quiet yes
+    assert "Aborted" in no_answer.stderr
     assert fake_api.requests("DELETE") == []
     assert fake_api.dead_letters == before
 
@@ -532,6 +534,14 @@ def test_purge_all_since_and_until_narrow_the_selection(fake_api: FakeRelay) -> 
     (listed, *_) = fake_api.requests("GET", "/v1/dead-letters")
     assert listed.query["since"] == ["2025-03-01T00:00:00Z"]
     assert listed.query["until"] == ["2025-04-01T00:00:00Z"]
+
+
+def test_purge_ids_takes_yes_but_not_filters(fake_api: FakeRelay) -> None:
+    first, *_ = sorted(fake_api.dead_letters)
+    assert run(dlq, as_admin(fake_api, "purge", first, "--yes")).exit_code == 0
+    narrowed = run(dlq, as_admin(fake_api, "purge", first, "--tenant", "acme"))
+    assert narrowed.exit_code == 2
+    assert "--tenant only applies with --all." in narrowed.stderr
 
 
 def test_purge_ids_deletes_those(fake_api: FakeRelay) -> None:
