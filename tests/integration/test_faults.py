@@ -326,6 +326,6 @@ def test_tasks_whose_broker_messages_are_lost_still_run(
         for task in tasks:  # the sweeper finds them overdue (15 s after submit) and enqueues them again
             assert client.wait_task(task["id"], timeout_s=45)["status"] == "succeeded"
         assert {h.json()["task_id"] for h in receiver.wait_for("/hook", 5)} == {t["id"] for t in tasks}
-        assert "overdue tasks again" in worker.output()
+        assert "owed tasks again" in worker.output()
     finally:
         client.close()
