@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import cast
 
 import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.errors import InvalidCursor, UnreadableRecord
+from delivery.errors import UnreadableRecord
 from delivery.outbox import Outbox, unlink_dead_letter
 from delivery.records import DECODE_ERRORS, PendingDelivery, count_unreadable, decode_or_skip, owner_of
+from delivery.time_index import Position, parse_cursor, scan, take_page
 from schemas.dead_letters import DeadLetter, DeadLetterReason
-
-# Index entries read per round trip while filtering.
-SCAN_BATCH = 500
-# Most index entries one page may look at before it answers with what it found (and a cursor).
-MAX_SCAN_PER_PAGE = 20_000
 
 # Dead letters replayed in one atomic step by a bulk replay.
 REPLAY_BATCH = 200
@@ -76,21 +70,7 @@ class DeadLetterStore:
         self, where: DeadLetterFilter, *, limit: int, cursor: str | None = None
     ) -> tuple[list[DeadLetter], str | None]:
         """Newest first; ``next_cursor`` is None on the last page."""
-        items: list[DeadLetter] = []
-        scanned = 0
-        position = _parse_cursor(cursor)
-        async for dead, pos in self._scan(where, position):
-            scanned += 1
-            position = pos
-            if dead is not None and where.matches(dead):
-                items.append(dead)
-                if len(items) == limit:
-                    break
-            if scanned >= MAX_SCAN_PER_PAGE:
-                break
-        else:
-            return items, None
-        return items, _format_cursor(position)
+        return await take_page(self._scan(where, parse_cursor(cursor, id_prefix="dl_")), where.matches, limit=limit)
 
     async def all(self, where: DeadLetterFilter) -> AsyncIterator[DeadLetter]:
         async for dead, _ in self._scan(where, None):
@@ -98,31 +78,15 @@ class DeadLetterStore:
                 yield dead
 
     async def _scan(
-        self, where: DeadLetterFilter, position: tuple[float, str] | None
-    ) -> AsyncIterator[tuple[DeadLetter | None, tuple[float, str]]]:
+        self, where: DeadLetterFilter, position: Position | None
+    ) -> AsyncIterator[tuple[DeadLetter | None, Position]]:
         index = keys.dead_letters_of(where.tenant) if where.tenant else keys.DEAD_LETTERS
-        low = where.since.timestamp() * 1000 if where.since else "-inf"
-        # `until` is exclusive: dead letters that died before it.
-        high: float | str = f"({where.until.timestamp() * 1000!r}" if where.until else "+inf"
-        while True:
-            if position is not None:
-                high = position[0]
-            raw_rows = await self._redis.zrevrangebyscore(index, high, low, start=0, num=SCAN_BATCH, withscores=True)
-            rows = [(m.decode(), float(s)) for m, s in cast(list[tuple[bytes, float]], raw_rows)]
-            if position is not None:
-                # Members that share the cursor's score come in reverse order: skip up to the cursor's id.
-                after = position
-                rows = [(m, s) for m, s in rows if s < after[0] or m < after[1]]
-            if not rows:
-                return
-            records = await self._redis.mget([keys.dead_letter(m) for m, _ in rows])
-            unreadable = 0
-            for (member, score), raw in zip(rows, records, strict=True):
-                position = (score, member)
-                dead = decode_or_skip(_decode, raw, key=keys.dead_letter(member)) if raw else None
-                unreadable += raw is not None and dead is None
-                yield dead, position
-            await count_unreadable(self._redis, unreadable)
+        entries = scan(self._redis, index, keys.dead_letter, since=where.since, until=where.until, position=position)
+        async for member, pos, raw in entries:
+            dead = decode_or_skip(_decode, raw, key=keys.dead_letter(member)) if raw else None
+            if raw is not None and dead is None:
+                await count_unreadable(self._redis, 1)  # rare: the log line names it
+            yield dead, pos
 
     async def delete(self, dead: DeadLetter) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -152,22 +116,3 @@ class DeadLetterStore:
             args += [dead.event.id, _encode(delivery)]
         replayed = await self._replay(keys=[keys.DUE, keys.STATS], args=args)
         return [bool(r) for r in replayed]
-
-
-def _parse_cursor(cursor: str | None) -> tuple[float, str] | None:
-    if not cursor:
-        return None
-    score, sep, member = cursor.partition(":")
-    try:
-        if not sep or not member.startswith("dl_") or len(member) > 64:
-            raise ValueError(cursor)
-        position = float(score)
-        if not math.isfinite(position):
-            raise ValueError(cursor)
-    except ValueError:
-        raise InvalidCursor(f"{cursor[:100]!r} is not a cursor from this list") from None
-    return position, member
-
-
-def _format_cursor(position: tuple[float, str] | None) -> str | None:
-    return None if position is None else f"{position[0]!r}:{position[1]}"

@@ -1,0 +1,100 @@
+"""Lists read from a time index: a sorted set of ids scored by a time in ms, newest first, page by page.
+
+Dead letters (by when they died) and tasks (by when they were submitted) are listed this way. A cursor is the
+position of the last entry a page looked at, ``<score>:<id>``; what is added later scores higher (it is newer),
+so a cursor stays valid while entries arrive, and no page repeats or skips one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import TypeVar, cast
+
+import redis.asyncio as aioredis
+
+from delivery.errors import InvalidCursor
+
+# Index entries read per round trip while filtering.
+SCAN_BATCH = 500
+# Most index entries one page may look at before it answers with what it found (and a cursor).
+MAX_SCAN_PER_PAGE = 20_000
+
+T = TypeVar("T")
+Position = tuple[float, str]
+
+
+def parse_cursor(cursor: str | None, *, id_prefix: str) -> Position | None:
+    """The position a cursor of this list names; :class:`InvalidCursor` for anything this API did not hand out."""
+    if not cursor:
+        return None
+    score, sep, member = cursor.partition(":")
+    try:
+        if not sep or not member.startswith(id_prefix) or len(member) > 64:
+            raise ValueError(cursor)
+        position = float(score)
+        if not math.isfinite(position):
+            raise ValueError(cursor)
+    except ValueError:
+        raise InvalidCursor(f"{cursor[:100]!r} is not a cursor from this list") from None
+    return position, member
+
+
+def format_cursor(position: Position | None) -> str | None:
+    return None if position is None else f"{position[0]!r}:{position[1]}"
+
+
+async def scan(
+    redis: aioredis.Redis,
+    index: str,
+    record_key: Callable[[str], str],
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    position: Position | None,
+) -> AsyncIterator[tuple[str, Position, bytes | str | None]]:
+    """Each entry after ``position``, newest first, with its record (None when it is gone): ``since`` inclusive,
+    ``until`` exclusive."""
+    low: float | str = since.timestamp() * 1000 if since else "-inf"
+    high: float | str = f"({until.timestamp() * 1000!r}" if until else "+inf"
+    while True:
+        if position is not None:
+            high = position[0]
+        raw_rows = await redis.zrevrangebyscore(index, high, low, start=0, num=SCAN_BATCH, withscores=True)
+        rows = [(m.decode(), float(s)) for m, s in cast(list[tuple[bytes, float]], raw_rows)]
+        if position is not None:
+            # Members that share the cursor's score come in reverse order: skip up to the cursor's id.
+            after = position
+            rows = [(m, s) for m, s in rows if s < after[0] or m < after[1]]
+        if not rows:
+            return
+        records = await redis.mget([record_key(m) for m, _ in rows])
+        for (member, score), raw in zip(rows, records, strict=True):
+            position = (score, member)
+            yield member, position, raw
+
+
+async def take_page(
+    entries: AsyncIterator[tuple[T | None, Position]], matches: Callable[[T], bool], *, limit: int
+) -> tuple[list[T], str | None]:
+    """Up to ``limit`` matching items and the cursor after the last entry looked at (None: nothing after it).
+
+    A page looks at most :data:`MAX_SCAN_PER_PAGE` entries: a filter that matches little answers a short page
+    with a cursor rather than read the whole index in one request.
+    """
+    items: list[T] = []
+    scanned = 0
+    position: Position | None = None
+    async for item, pos in entries:
+        scanned += 1
+        position = pos
+        if item is not None and matches(item):
+            items.append(item)
+            if len(items) == limit:
+                break
+        if scanned >= MAX_SCAN_PER_PAGE:
+            break
+    else:
+        return items, None
+    return items, format_cursor(position)
