@@ -19,6 +19,7 @@ LATENCY = PREFIX + "latency"  # hash: histogram bucket -> count, plus sum and co
 # while queued, the end of its run's lease while running. Overdue entries are enqueued again (see
 # service.tasks.ledger); a task leaves the set in the step that ends it. The set, not the broker's queue,
 # is the record of owed work.
+TASKS = PREFIX + "tasks:all"  # sorted set: task id -> created_at (ms), for lists; trimmed as records expire
 OWED_TASKS = PREFIX + "tasks:owed"  # sorted set: task id -> unix time it is overdue
 REQUEUES = PREFIX + "tasks:requeues"  # hash: task id -> times the sweeper enqueued it again
 
@@ -48,6 +49,11 @@ def task(task_id: str) -> str:
 def lease(task_id: str) -> str:
     """The token of the run that holds a task (expires unless that run renews it)."""
     return f"{PREFIX}lease:{task_id}"
+
+
+def tasks_of(tenant: str) -> str:
+    """Sorted set of a tenant's tasks by creation time (ms), for its lists."""
+    return f"{PREFIX}tasks:tenant:{tenant}"
 
 
 def open_tasks_of(tenant: str) -> str:

@@ -57,6 +57,11 @@ class Task(msgspec.Struct, omit_defaults=False):
     ws_token: str | None = None
 
 
+class TaskPage(msgspec.Struct):
+    items: list[Task]
+    next_cursor: str | None
+
+
 class TaskRecord(Task, kw_only=True):
     """A task as stored: the public fields plus what only Relay reads."""
 

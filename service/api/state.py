@@ -24,6 +24,7 @@ from service.api.rate_limit import RateLimiter
 from service.broker import BrokerCheck, Enqueuer, create_broker, enqueuer_for
 from service.kinds import KindRegistry, load_kinds
 from service.settings import Settings
+from service.tasks.listing import TaskList
 from service.tasks.store import TaskStore
 
 log = logging.getLogger("relay.api")
@@ -40,6 +41,7 @@ class ApiState:
     kinds: KindRegistry
     auth: Authenticator
     tasks: TaskStore
+    task_list: TaskList
     events: EventLog
     outbox: Outbox
     dead_letters: DeadLetterStore
@@ -81,6 +83,7 @@ class ApiState:
                 max_open_per_tenant=settings.tenant_max_open_tasks,
                 flow=settings.flow,
             ),
+            task_list=TaskList(redis=redis),
             events=EventLog(redis=redis, retention_s=settings.event_retention_s, flow=settings.flow),
             destinations=DestinationStore(redis=redis, flow=settings.flow),
             outbox=outbox,

@@ -142,10 +142,12 @@ def _attach_client_commands() -> None:
     from service.cli.destinations import destinations
     from service.cli.dlq import dlq
     from service.cli.submit import submit
+    from service.cli.tasks import tasks
 
     main.add_command(dlq)
     main.add_command(submit)
     main.add_command(destinations)
+    main.add_command(tasks)
 
 
 _attach_client_commands()

@@ -25,7 +25,7 @@ from service.cli.http import (
     iter_pages,
     resource_path,
 )
-from service.cli.render import exit_if_short, for_each, print_list, shorten, stdout, time_text
+from service.cli.render import attempts_table, exit_if_short, for_each, print_list, shorten, stdout, time_text
 
 # Dead letters `relay dlq list` shows unless --limit says otherwise.
 DEFAULT_LIST_LIMIT = 100
@@ -130,29 +130,6 @@ def _dead_letter_fields(letter: DeadLetter) -> Table:
     return grid
 
 
-def _attempts_table(attempts: Sequence[Attempt]) -> Table:
-    table = Table(
-        Column("#", justify="right"),
-        "channel",
-        "at",
-        "outcome",
-        Column("status", justify="right"),
-        "error",
-        Column("ms", justify="right"),
-    )
-    for attempt in attempts:
-        table.add_row(
-            str(attempt.attempt),
-            attempt.channel.value,
-            time_text(attempt.at),
-            attempt.outcome.value,
-            "-" if attempt.status_code is None else str(attempt.status_code),
-            Text(attempt.error or "-"),
-            f"{attempt.duration_ms:.0f}",
-        )
-    return table
-
-
 @click.group()
 def dlq() -> None:
     """Inspect, replay and purge dead letters: webhook events that could not be delivered."""
@@ -215,7 +192,7 @@ def show(dead_letter_id: str, as_json: bool, url: str, token: str) -> None:
         console.print(Text("\nThe task's attempt log has expired; see attempts and last status above.", style="dim"))
     else:
         console.print(Text("\nattempts", style="bold"))
-        console.print(_attempts_table(attempts))
+        console.print(attempts_table(attempts))
 
 
 def _attempts_of(http: httpx.Client, letter: DeadLetter) -> list[Attempt] | None:

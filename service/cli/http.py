@@ -149,12 +149,17 @@ def check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.rstrip("/")
 
 
-def api_options(token_envvar: str, token_help: str) -> Callable[[F], F]:
+def api_options(token_envvar: str | Sequence[str], token_help: str) -> Callable[[F], F]:
     """``--url`` and ``--token``, which every client command takes."""
 
     def decorate(command: F) -> F:
         command = click.option(
-            "--token", envvar=token_envvar, required=True, show_envvar=True, metavar="TOKEN", help=token_help
+            "--token",
+            envvar=[token_envvar] if isinstance(token_envvar, str) else list(token_envvar),
+            required=True,
+            show_envvar=True,
+            metavar="TOKEN",
+            help=token_help,
         )(command)
         return click.option(
             "--url",

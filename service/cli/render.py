@@ -11,8 +11,10 @@ import click
 import msgspec
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
+from schemas.deliveries import Attempt
 from service.cli.http import ENCODER, ApiError
 
 # Columns rich may use when stdout is not a terminal, so piped rows keep to one line each.
@@ -83,3 +85,27 @@ def for_each(ids: Sequence[str], action: Callable[[str], object], description: s
 def exit_if_short(done: int, total: int) -> None:
     if done < total:
         click.get_current_context().exit(1)
+
+
+def attempts_table(attempts: Sequence[Attempt]) -> Table:
+    """Delivery attempts, one row each, in the order given."""
+    table = Table(
+        Column("#", justify="right"),
+        "channel",
+        "at",
+        "outcome",
+        Column("status", justify="right"),
+        "error",
+        Column("ms", justify="right"),
+    )
+    for attempt in attempts:
+        table.add_row(
+            str(attempt.attempt),
+            attempt.channel.value,
+            time_text(attempt.at),
+            attempt.outcome.value,
+            "-" if attempt.status_code is None else str(attempt.status_code),
+            Text(attempt.error or "-"),
+            f"{attempt.duration_ms:.0f}",
+        )
+    return table

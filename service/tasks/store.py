@@ -169,6 +169,8 @@ class TaskStore:
                 keys.open_tasks_of(record.tenant),
                 message.queue_key if message else task_key,
                 message.messages_key if message else task_key,
+                keys.TASKS,
+                keys.tasks_of(record.tenant),
             ],
             args=[
                 record.id,
@@ -183,6 +185,7 @@ class TaskStore:
                 keys.task(""),
                 message.message_id if message else "",
                 message.body if message else "",
+                repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
             ],
         )
         outcome = as_text(reply[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -21,22 +22,25 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
 
 from delivery.address_guard import check_callback_url
-from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, UnreadableRecord
+from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, UnreadableRecord
 from delivery.ids import new_id, utcnow
-from schemas.api import MAX_ID_CHARS, SigningSecret
+from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.deliveries import AttemptList
 from schemas.events import EventList
-from schemas.tasks import Task, TaskRecord, TaskStatus, TaskSubmission
+from schemas.tasks import Task, TaskPage, TaskRecord, TaskStatus, TaskSubmission
 from schemas.ws import MAX_SEQ
-from service.api.auth import Principal, Reader, require_tenant
+from service.api.auth import Principal, Reader, require_tenant, tenant_scope
 from service.api.openapi import errors
 from service.api.state import ApiState
+from service.tasks.listing import TaskFilter
 from service.tasks.store import TenantFull
 
 log = logging.getLogger("relay.api")
 
 # Idempotency keys longer than this are refused.
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+# No kind name is longer than this.
+MAX_KIND_CHARS = 200
 
 
 class TaskController(Controller):
@@ -94,11 +98,32 @@ class TaskController(Controller):
         # A Redis failure is a 503 from the app's RedisError handler; the broker's own failures are the sweeper's.
         return stored
 
+    @get("/tasks", summary="Tasks, newest first", responses=errors())
+    async def list_tasks(
+        self,
+        state_: NamedDependency[ApiState],
+        principal: NamedDependency[Principal],
+        status: Annotated[TaskStatus | None, QueryParameter(query="status")] = None,
+        kind: Annotated[str | None, QueryParameter(query="kind", max_length=MAX_KIND_CHARS)] = None,
+        tenant: Annotated[str | None, QueryParameter(query="tenant")] = None,
+        since: Annotated[datetime | None, QueryParameter(query="since")] = None,
+        until: Annotated[datetime | None, QueryParameter(query="until")] = None,
+        limit: Annotated[int, QueryParameter(query="limit", ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[str | None, QueryParameter(query="cursor")] = None,
+    ) -> TaskPage:
+        where = TaskFilter(tenant=tenant_scope(principal, tenant), status=status, kind=kind, since=since, until=until)
+        try:
+            records, next_cursor = await state_.task_list.page(where, limit=limit, cursor=cursor)
+        except InvalidCursor as exc:
+            raise ValidationException(f"query parameter cursor: {exc}") from None
+        return TaskPage(items=[_shown(record, principal) for record in records], next_cursor=next_cursor)
+
     @get("/tasks/{task_id:str}", summary="Read a task", responses=errors(404, 409))
     async def read(
         self, state_: NamedDependency[ApiState], reader: NamedDependency[Reader], task_id: FromPath[str]
     ) -> Task:
-        return (await _readable(state_, reader, task_id)).public()
+        record = await _readable(state_, reader, task_id)
+        return record.public() if reader.principal is None else _shown(record, reader.principal)
 
     @get("/tasks/{task_id:str}/events", summary="A task's events, oldest first", responses=errors(404, 409))
     async def events(
@@ -140,6 +165,12 @@ class TaskController(Controller):
     ) -> Response[SigningSecret]:
         secret = await state_.secrets.rotate(require_tenant(principal))
         return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
+
+
+def _shown(record: TaskRecord, principal: Principal) -> Task:
+    """The task as ``principal`` sees it: its ``ws_token`` (the capability to follow it) only to its owner."""
+    task = record.public()
+    return task if principal.tenant == record.tenant else msgspec.structs.replace(task, ws_token=None)
 
 
 async def _readable(state_: ApiState, reader: Reader, task_id: str) -> TaskRecord:
