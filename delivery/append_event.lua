@@ -4,8 +4,11 @@
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
 --       delivery ("" for none), destination id ("" for none), event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
 --       task_id, run token, final ("1" or ""), then with a webhook: the two of dst_init, tenant, origin
+--       (else two empty), then the stored record expected ('' for none: the run's write)
 -- Only the run that holds the task writes: returns {'ended'} when the task has ended already and {'stolen'}
--- when another run holds its lease, writing nothing. Else {'none'} when no delivery is owed, or {mode, secrets}:
+-- when another run holds its lease, writing nothing. A write from outside any run (a cancel) gives the record
+-- it read instead of a run token: {'changed'} when the task has been written since, and the caller reads it
+-- again; such a write never leases the webhook (the caller has no engine to send it): it is owed. Else {'none'} when no delivery is owed, or {mode, secrets}:
 --   'push'    the task wants WebSocket and (a socket follows it, or it has no webhook): the delivery waits
 --             for a socket's ack until ack_due_at, then falls back to the webhook;
 --   'webhook' the webhook is owed to its destination and, when the destination lets it start now, leased to the
@@ -15,9 +18,16 @@ local task_id = ARGV[13]
 if not redis.call('ZSCORE', KEYS[9], task_id) then
     return {'ended'}
 end
-local holder = redis.call('GET', KEYS[10])
-if holder and holder ~= ARGV[14] then
-    return {'stolen'}
+local outside = ARGV[20] ~= ''
+if outside then
+    if redis.call('GET', KEYS[1]) ~= ARGV[20] then
+        return {'changed'}
+    end
+else
+    local holder = redis.call('GET', KEYS[10])
+    if holder and holder ~= ARGV[14] then
+        return {'stolen'}
+    end
 end
 if redis.call('LINDEX', KEYS[2], -1) == ARGV[3] then
     return {'none'}  -- the same event again: a write whose answer was lost, tried again
@@ -46,6 +56,11 @@ if ARGV[10] == '1' and (ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[7]) == 1) t
 end
 dst_init(ARGV[16], ARGV[17])
 local d = {id = ARGV[8], meta = KEYS[13], due = KEYS[14], flight = KEYS[15], deadline = KEYS[16]}
+if outside then
+    dst_ensure(d, ARGV[18], ARGV[19])
+    dst_owe(d, ARGV[9], NOW)
+    return {'owed'}
+end
 local token = dst_accept(d, ARGV[9], ARGV[18], ARGV[19])
 if not token then
     return {'owed'}

@@ -7,6 +7,7 @@ RelayError
 │   ├── EndpointGone            the receiver answered 410
 │   └── ForbiddenAddress        the URL reaches a private, loopback, link-local or metadata address
 ├── LeaseLost                   a run may not write its task: it has ended, or another run holds it
+├── RecordChanged               a record was written since it was read (read it again and retry)
 ├── UnreadableRecord            a stored record that cannot be decoded (readers skip it and count it)
 ├── InvalidCursor               a list cursor this API did not hand out
 ├── InvalidSecret               a webhook signing secret that is not whsec_ and base64
@@ -68,6 +69,10 @@ class LeaseLost(RelayError):
         super().__init__(f"task {task_id} {'has ended' if ended else 'is held by another run'}")
         self.task_id = task_id
         self.ended = ended
+
+
+class RecordChanged(RelayError):
+    """A write from outside a run (a cancel) found the record changed since it was read: read it again."""
 
 
 class UnreadableRecord(RelayError):

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from delivery import keys
 from delivery.destinations import NO_DESTINATION_KEYS, FlowSettings, destination_for, lua
-from delivery.errors import LeaseLost
+from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_client import as_text
 from schemas.deliveries import Attempt
@@ -52,6 +52,7 @@ class EventLog:
         delivery: PendingDelivery | None = None,
         websocket: bool = False,
         ack_due_at: float = 0.0,
+        read_state: bytes | None = None,
     ) -> Leased | None:
         """Store the task's new state, append ``event`` to its log and publish it, in one step.
 
@@ -59,6 +60,10 @@ class EventLog:
         writes nothing. A ``final`` event ends the task: it is no longer owed. With ``delivery``, the delivery is
         owed too: pushed first when ``websocket`` (waiting for an ack until ``ack_due_at``), else by webhook to its
         destination, leased to the caller (the answer) when the destination lets it start at once.
+
+        A write from outside any run (a cancel) passes ``read_state``, the stored record it read, instead of a
+        run token: it writes whoever holds the lease, unless the record changed since (:class:`RecordChanged`),
+        and its webhook is owed to the destination, never leased to the caller.
         """
         task_id = event.task_id
         body = _encode(event)
@@ -98,11 +103,14 @@ class EventLog:
                 *(self._flow.header() if dst else ["", ""]),
                 dst.tenant if dst else "",
                 dst.origin if dst else "",
+                read_state or "",
             ],
         )
         mode = as_text(reply[0])
         if mode in ("ended", "stolen"):
             raise LeaseLost(task_id, ended=mode == "ended")
+        if mode == "changed":
+            raise RecordChanged(task_id)
         if mode != "webhook":
             return None  # nothing owed; waiting for a socket's ack; or waiting in its destination
         return Leased(token=as_text(reply[2]), raw_secrets=reply[1] if isinstance(reply[1], bytes) else None)

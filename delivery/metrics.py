@@ -56,7 +56,7 @@ def families(
     counts = {k.decode(): int(float(v)) for k, v in stats.items()}
     tasks = CounterMetricFamily("relay_tasks", "Tasks by what happened to them", labels=["status"])
     tasks.add_metric(["submitted"], counts.get(task_counter("submitted"), 0))
-    for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+    for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED):
         tasks.add_metric([status.value], counts.get(task_counter(status.value), 0))
     yield tasks
 

@@ -13,6 +13,7 @@ class EventType(enum.Enum):
     PROGRESS = "task.progress"
     COMPLETED = "task.completed"
     FAILED = "task.failed"
+    CANCELLED = "task.cancelled"
 
     @property
     def final(self) -> bool:

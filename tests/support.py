@@ -407,7 +407,7 @@ class WsClient:
         return frame
 
     def events_until_final(self, task_id: str, *, ack: bool = False, timeout_s: float = 20.0) -> list[dict[str, Any]]:
-        """Events of ``task_id`` up to its completed or failed one (frames of other tasks are dropped)."""
+        """Events of ``task_id`` up to its final one (frames of other tasks are dropped)."""
         events: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
         while True:
@@ -418,7 +418,7 @@ class WsClient:
             events.append(event)
             if ack:
                 self.send({"type": "ack", "event_id": event["id"]})
-            if event["type"] in ("task.completed", "task.failed"):
+            if event["type"] in ("task.completed", "task.failed", "task.cancelled"):
                 return events
 
     def frames_until_closed(self, timeout_s: float = 20.0) -> list[dict[str, Any]]:

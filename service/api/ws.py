@@ -59,7 +59,7 @@ CLOSE_WAIT_S = 10.0
 
 _decode_frame = msgspec.json.Decoder(ClientFrame).decode
 _encode = msgspec.json.Encoder().encode
-_FINAL = {EventType.COMPLETED.value, EventType.FAILED.value}
+_FINAL = {t.value for t in EventType if t.final}
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""``relay tasks ...``: list tasks and show one, over the HTTP API."""
+"""``relay tasks ...``: list tasks, show one and cancel one, over the HTTP API."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from schemas.tasks import Task, TaskPage, TaskStatus
 from service.cli.http import (
     ADMIN_TOKEN_ENV,
     API_KEY_ENV,
+    ENCODER,
     Rfc3339,
     api_options,
     call,
@@ -108,7 +109,7 @@ def _fields(task: Task) -> Table:
 
 @click.group()
 def tasks() -> None:
-    """List tasks and show one: its fields, result, events and every delivery attempt."""
+    """List tasks, show one (its fields, result, events and every delivery attempt), cancel one."""
 
 
 @tasks.command("list")
@@ -174,3 +175,21 @@ def show(task_id: str, as_json: bool, url: str, token: str) -> None:
         console.print(Text("none retained", style="dim"))
     console.print(Text("\nattempts", style="bold"))
     console.print(attempts_table(attempts) if attempts else Text("none", style="dim"))
+
+
+@tasks.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the cancelled task's JSON.")
+@_token
+def cancel(task_id: str, as_json: bool, url: str, token: str) -> None:
+    """Cancel a queued or running task: it ends `cancelled`, with a final task.cancelled event delivered like any.
+
+    A running task's run is cancelled on the worker that holds it within a few seconds; a task that has already
+    ended cannot be cancelled (exit status 1).
+    """
+    with client(url, token) as http:
+        task = decode(call(http, "POST", f"{resource_path('tasks', task_id)}/cancel"), Task)
+    if as_json:
+        click.echo(ENCODER.encode(task).decode())
+    else:
+        click.echo(f"{task.id} {task.status.value}")

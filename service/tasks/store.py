@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from delivery import keys, metrics
 from delivery.destinations import FlowSettings
-from delivery.errors import LeaseLost, RelayError, UnreadableRecord
+from delivery.errors import LeaseLost, RecordChanged, RelayError, UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.ids import new_id
 from delivery.outbox import Lease
@@ -40,6 +40,8 @@ _MARK_RUNNING_LUA = Path(__file__).with_name("mark_running.lua").read_text()
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TaskRecord).decode
+# A cancel reads the task again this often when its run keeps writing meanwhile.
+CANCEL_TRIES = 10
 _decode_task = msgspec.json.Decoder(Task).decode
 
 
@@ -61,10 +63,11 @@ def _decode_answer(raw: bytes | str) -> Task | None:
 
 
 _ALLOWED = {
-    TaskStatus.QUEUED: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED},
-    TaskStatus.RUNNING: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED},
+    TaskStatus.QUEUED: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED},
+    TaskStatus.RUNNING: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED},
     TaskStatus.SUCCEEDED: set(),
     TaskStatus.FAILED: set(),
+    TaskStatus.CANCELLED: set(),
 }
 
 
@@ -93,6 +96,14 @@ class InlineMessage:
     messages_key: str
     message_id: str
     body: bytes
+
+
+class TaskEnded(RelayError):
+    """The task has ended already: it cannot be cancelled."""
+
+    def __init__(self, record: TaskRecord) -> None:
+        super().__init__(f"task {record.id} has already ended ({record.status.value})")
+        self.record = record
 
 
 class TenantFull(RelayError):
@@ -134,18 +145,8 @@ class TaskStore:
         ``visible`` is asked before the whole record is decoded, so that another tenant's large task costs no
         more to refuse than a missing one. Raises :class:`UnreadableRecord` when the record cannot be read.
         """
-        key = keys.task(task_id)
-        raw = await self._redis.get(key)
-        if not raw:
-            return None
-        try:
-            if visible is not None:
-                head = _decode_head(raw)
-                if not visible(head.tenant, head.ws_token):
-                    return None
-            return _decode(raw)
-        except DECODE_ERRORS as exc:
-            raise UnreadableRecord(key, tenant=owner_of(raw, last=True), reason=type(exc).__name__) from None
+        raw = await self._redis.get(keys.task(task_id))
+        return _decode_visible(task_id, raw, visible) if raw else None
 
     async def create(
         self, record: TaskRecord, *, idempotency_key: str | None, message: InlineMessage | None = None
@@ -250,11 +251,42 @@ class TaskStore:
             final.error = error
             event_type, data = EventType.FAILED, {"status": status.value, "error": msgspec.to_builtins(error)}
         event = self._next_event(final, event_type, data)
+        return event, await self._end(final, event, run_token=run_token)
+
+    async def cancel(self, task_id: str, *, visible: Callable[[str, str | None], bool]) -> TaskRecord | None:
+        """End a queued or running task ``cancelled``, with its final ``task.cancelled`` event delivered like any.
+
+        A queued task's message is dropped when a worker takes it (the task is no longer owed); a running one's
+        run finds its task ended at its next write or lease renewal and is cancelled. Returns the cancelled task,
+        None when there is no such task for the caller; raises :class:`TaskEnded` when it has ended already.
+        """
+        for _ in range(CANCEL_TRIES):
+            raw = await self._redis.get(keys.task(task_id))
+            if not raw:
+                return None
+            record = _decode_visible(task_id, raw, visible)
+            if record is None:
+                return None
+            if record.status.finished:
+                raise TaskEnded(record)
+            final = msgspec.structs.replace(record, finished_at=datetime.now(UTC))
+            move(final, TaskStatus.CANCELLED)
+            event = self._next_event(final, EventType.CANCELLED, {"status": TaskStatus.CANCELLED.value})
+            try:
+                await self._end(final, event, run_token="", read_state=raw if isinstance(raw, bytes) else raw.encode())
+            except (RecordChanged, LeaseLost):
+                continue  # its run wrote meanwhile (progress, or its end): read it again
+            return final
+        raise RecordChanged(task_id)
+
+    async def _end(
+        self, final: TaskRecord, event: Event, *, run_token: str, read_state: bytes | None = None
+    ) -> Lease | None:
+        """Write ``final`` and its final ``event``, ending the task and owing its delivery (see ``finish``)."""
         delivery = None
         if final.webhook is not None or final.websocket:
             url = final.webhook.url if final.webhook is not None else None
             delivery = PendingDelivery(tenant=final.tenant, task_id=final.id, url=url, event=event)
-        now = time.time()
         leased = await self._log.append(
             event,
             tenant=final.tenant,
@@ -262,14 +294,15 @@ class TaskStore:
             task_state=_encode(final),
             task_ttl_s=self._record_ttl_s,
             final=True,
-            stats_field=metrics.task_counter(status.value),
+            stats_field=metrics.task_counter(final.status.value),
             delivery=delivery,
             websocket=final.websocket,
-            ack_due_at=now + self._ack_timeout_s,
+            ack_due_at=time.time() + self._ack_timeout_s,
+            read_state=read_state,
         )
         if leased is None or delivery is None:
-            return event, None
-        return event, Lease(delivery=delivery, token=leased.token, secrets=live_secrets(leased.raw_secrets))
+            return None
+        return Lease(delivery=delivery, token=leased.token, secrets=live_secrets(leased.raw_secrets))
 
     @staticmethod
     def _next_event(record: TaskRecord, event_type: EventType, data: Any) -> Event:
@@ -282,3 +315,18 @@ class TaskStore:
             created_at=datetime.now(UTC),
             data=data,
         )
+
+
+def _decode_visible(
+    task_id: str, raw: bytes | str, visible: Callable[[str, str | None], bool] | None
+) -> TaskRecord | None:
+    """The record, or None when ``visible(tenant, ws_token)`` refuses it: asked before the whole record is decoded,
+    so that another tenant's large task costs no more to refuse than a missing one."""
+    try:
+        if visible is not None:
+            head = _decode_head(raw)
+            if not visible(head.tenant, head.ws_token):
+                return None
+        return _decode(raw)
+    except DECODE_ERRORS as exc:
+        raise UnreadableRecord(keys.task(task_id), tenant=owner_of(raw, last=True), reason=type(exc).__name__) from None

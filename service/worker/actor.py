@@ -80,8 +80,11 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, Task
                 lambda: rt.tasks.append_progress(record, run.token, event),
                 what=f"reporting progress of task {record.id}",
             )
-        except (LeaseLost, Stopping):
-            run.lose()  # the kind's next await is cancelled
+        except LeaseLost as exc:
+            log.info("task %s: %s; its run is cancelled", record.id, exc)
+            run.lose()  # the kind's next await is cancelled (a cancelled task has ended)
+        except Stopping:
+            run.lose()
 
     async def mark_running() -> None:
         if record.status is TaskStatus.QUEUED:

@@ -19,10 +19,10 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT, HTTP_503_SERVICE_UNAVAILABLE
 
 from delivery.address_guard import check_callback_url
-from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, UnreadableRecord
+from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, RecordChanged, UnreadableRecord
 from delivery.ids import new_id, utcnow
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.deliveries import AttemptList
@@ -33,7 +33,7 @@ from service.api.auth import Principal, Reader, require_tenant, tenant_scope
 from service.api.openapi import errors
 from service.api.state import ApiState
 from service.tasks.listing import TaskFilter
-from service.tasks.store import TenantFull
+from service.tasks.store import TaskEnded, TenantFull
 
 log = logging.getLogger("relay.api")
 
@@ -124,6 +124,30 @@ class TaskController(Controller):
     ) -> Task:
         record = await _readable(state_, reader, task_id)
         return record.public() if reader.principal is None else _shown(record, reader.principal)
+
+    @post(
+        "/tasks/{task_id:str}/cancel",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Cancel a queued or running task (409 when it has ended)",
+        responses=errors(404, 409),
+    )
+    async def cancel(
+        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], task_id: FromPath[str]
+    ) -> Task:
+        await _owned(state_, principal, task_id)  # 404 for another tenant's, 409 for one that cannot be read
+        try:
+            cancelled = await state_.tasks.cancel(task_id, visible=lambda tenant, _: principal.can_see(tenant))
+        except TaskEnded as exc:
+            raise HTTPException(status_code=HTTP_409_CONFLICT, detail=str(exc)) from None
+        except RecordChanged:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail=f"task {task_id} kept changing while it was being cancelled; try again",
+                headers={"Retry-After": "1"},
+            ) from None
+        if cancelled is None:
+            raise NotFoundException(f"no task {task_id}")
+        return _shown(cancelled, principal)
 
     @get("/tasks/{task_id:str}/events", summary="A task's events, oldest first", responses=errors(404, 409))
     async def events(

@@ -214,7 +214,8 @@ function showEvent(event, { earlier = false } = {}) {
   } else {
     setStatus(event.data.status);
     if (event.data.status === "succeeded") setProgress(100, "done");
-    showOutcome(event.data.status, event.data.status === "succeeded" ? event.data.result : event.data.error);
+    if (event.data.status === "cancelled") showOutcome("cancelled", null);
+    else showOutcome(event.data.status, event.data.status === "succeeded" ? event.data.result : event.data.error);
   }
 }
 
@@ -227,13 +228,18 @@ function showTask(task) {
     showOutcome("succeeded", task.result);
   } else if (task.status === "failed") {
     showOutcome("failed", task.error);
+  } else if (task.status === "cancelled") {
+    showOutcome("cancelled", null);
   }
 }
 
 function showOutcome(status, value) {
   ui.outcome.hidden = false;
   ui.outcome.dataset.status = status;
-  ui.outcome.textContent = `${status === "succeeded" ? "result" : "error"}: ${JSON.stringify(value, null, 2)}`;
+  ui.outcome.textContent =
+    status === "cancelled"
+      ? "cancelled before it finished"
+      : `${status === "succeeded" ? "result" : "error"}: ${JSON.stringify(value, null, 2)}`;
 }
 
 function note(kind, text) {
@@ -286,7 +292,7 @@ function setConn(state, text) {
   ui.connText.textContent = text;
 }
 
-const isFinal = (status) => status === "succeeded" || status === "failed";
+const isFinal = (status) => status === "succeeded" || status === "failed" || status === "cancelled";
 
 function clock(date) {
   const pad = (n, w = 2) => String(n).padStart(w, "0");

@@ -10,11 +10,11 @@ import redis.asyncio as aioredis
 
 from delivery import keys
 from delivery.destinations import FlowSettings
-from delivery.errors import LeaseLost
+from delivery.errors import LeaseLost, RecordChanged
 from delivery.event_log import EventLog
 from schemas.tasks import TaskRecord, TaskStatus
 from service.tasks.ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
-from service.tasks.store import InlineMessage, TaskStore, TenantFull
+from service.tasks.store import InlineMessage, TaskEnded, TaskStore, TenantFull
 
 RECORD_TTL_S = 3600
 FLOW = FlowSettings(lease_s=35.0, retry_span_s=60.0)
@@ -213,3 +213,43 @@ async def test_a_stopping_worker_gives_back_its_runs_to_be_swept_at_once(redis: 
     assert await redis.get(keys.lease("task_2")) == b"run-b"
     assert await ledger.sweep(now=now) == ["task_1"]
     assert (await ledger.start("task_1", "run-c")).outcome is Start.RUN  # the next worker runs it
+
+
+async def test_a_cancel_ends_a_running_task_and_its_run_can_write_nothing_after(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    running = await accepted_and_started(tasks, ledger)
+    await tasks.append_progress(running, "run-a", tasks.progress_event(running, 10, "started"))
+
+    cancelled = await tasks.cancel("task_1", visible=lambda tenant, _: tenant == "acme")
+
+    assert cancelled is not None
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert await redis.zscore(keys.OWED_TASKS, "task_1") is None  # its message, if any, is dropped
+    assert await redis.get(keys.lease("task_1")) is None
+    with pytest.raises(LeaseLost) as ended:
+        await tasks.append_progress(running, "run-a", tasks.progress_event(running, 20, "late"))
+    assert ended.value.ended
+    with pytest.raises(LeaseLost):
+        await tasks.finish(running, "run-a", result="too late")
+    assert await ledger.renew({"task_1": "run-a"}) == ["task_1"]  # the run is told at its next renewal
+    stored = await tasks.get("task_1")
+    assert stored is not None
+    assert (stored.status, stored.result, stored.last_seq) == (TaskStatus.CANCELLED, None, 2)
+    with pytest.raises(TaskEnded):
+        await tasks.cancel("task_1", visible=lambda tenant, _: True)
+    assert await tasks.cancel("task_1", visible=lambda tenant, _: tenant == "globex") is None
+
+
+async def test_a_cancel_from_a_stale_read_writes_nothing(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    record = new_record()
+    await tasks.create(record, idempotency_key=None)
+    log = EventLog(redis=redis, retention_s=600, flow=FLOW)
+    final = tasks.progress_event(record, 1, "x")  # any event: the write must be refused before it counts
+    with pytest.raises(RecordChanged):
+        await log.append(
+            final, tenant="acme", run_token="", task_state=b"{}", task_ttl_s=60, final=True, read_state=b"stale"
+        )
+    assert await redis.llen(keys.events("task_1")) == 0
+    assert await redis.zscore(keys.OWED_TASKS, "task_1") is not None
