@@ -141,6 +141,20 @@ def test_a_failing_task_shows_its_error(relay: Relay, page: Page) -> None:
     assert [e["type"] for e in events][-1] == "task.failed"
 
 
+def test_a_long_sleep_is_cancelled_from_the_page(relay: Relay, page: Page) -> None:
+    page.goto(relay.api.url + "/#key=key-acme")
+    task_id = submit_sleep(page, 60)
+    wait_for_progress(page, 2)
+
+    page.click("#cancel")
+
+    expect(page.locator("#task-status")).to_have_text("cancelled", timeout=FINISH_TIMEOUT_MS)
+    expect(page.locator("#outcome")).to_contain_text("cancelled")
+    expect(page.locator("#cancel")).to_be_disabled()
+    assert [e["type"] for e in received(page, task_id)][-1] == "task.cancelled"
+    assert relay.client.task(task_id)["status"] == "cancelled"
+
+
 def test_an_unknown_key_is_said_plainly(relay: Relay, page: Page) -> None:
     page.goto(relay.api.url + "/")
     page.fill("#api-key", "not-a-key")

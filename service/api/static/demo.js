@@ -27,6 +27,7 @@ const ui = {
   statReconnects: $("stat-reconnects"),
   statOrder: $("stat-order"),
   cut: $("cut"),
+  cancel: $("cancel"),
   log: $("log"),
   logWrap: $("log-wrap"),
   logEmpty: $("log-empty"),
@@ -274,6 +275,7 @@ function checkOrder() {
 }
 
 function setStatus(status) {
+  ui.cancel.disabled = !current || isFinal(status);
   ui.taskStatus.dataset.status = status;
   ui.taskStatus.textContent = status;
   ui.progress.dataset.status = status;
@@ -357,6 +359,24 @@ initKey();
 ui.form.addEventListener("submit", submit);
 ui.form.addEventListener("change", (event) => event.target.name === "kind" && showKindFields());
 ui.cut.addEventListener("click", () => relay.dropConnection());
+ui.cancel.addEventListener("click", cancelCurrent);
+
+async function cancelCurrent() {
+  if (!current) return;
+  const task = current;
+  ui.cancel.disabled = true;
+  try {
+    const response = await fetch(`/v1/tasks/${encodeURIComponent(task.id)}/cancel`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${ui.key.value.trim()}` },
+    });
+    const body = await response.json().catch(() => ({}));
+    // The task.cancelled event arrives over the socket like any final event; a 409 means it ended first.
+    if (!response.ok) note("error", body.detail || `cancel answered ${response.status}`);
+  } catch (error) {
+    note("error", `Could not reach Relay: ${error.message}`);
+  }
+}
 showKindFields();
 renderRecent();
 const [latest] = recentTasks();
