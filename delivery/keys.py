@@ -20,6 +20,7 @@ LATENCY = PREFIX + "latency"  # hash: histogram bucket -> count, plus sum and co
 # service.tasks.ledger); a task leaves the set in the step that ends it. The set, not the broker's queue,
 # is the record of owed work.
 TASKS = PREFIX + "tasks:all"  # sorted set: task id -> created_at (ms), for lists; trimmed as records expire
+SCHEDULED_TASKS = PREFIX + "tasks:scheduled"  # sorted set: task id -> unix time it may start (run_at)
 OWED_TASKS = PREFIX + "tasks:owed"  # sorted set: task id -> unix time it is overdue
 REQUEUES = PREFIX + "tasks:requeues"  # hash: task id -> times the sweeper enqueued it again
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
+
+# The furthest ahead a task may be scheduled.
+MAX_SCHEDULE_AHEAD_S = 30 * 86400
 
 
 class TaskStatus(enum.Enum):
+    SCHEDULED = "scheduled"  # waiting for its run_at
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -30,6 +35,8 @@ class TaskSubmission(msgspec.Struct, forbid_unknown_fields=True):
     input: Any = None
     webhook: Webhook | None = None
     websocket: bool = False
+    run_at: datetime | None = None  # start no earlier than this (RFC 3339) ...
+    delay_s: Annotated[float, Meta(ge=0, le=MAX_SCHEDULE_AHEAD_S)] | None = None  # ... or this many seconds on
 
 
 class TaskError(msgspec.Struct):
@@ -56,6 +63,7 @@ class Task(msgspec.Struct, omit_defaults=False):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     ws_token: str | None = None
+    run_at: datetime | None = None
 
 
 class TaskPage(msgspec.Struct):

@@ -17,7 +17,7 @@ from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
-from schemas.tasks import Task, TaskRecord
+from schemas.tasks import Task, TaskRecord, TaskStatus
 from service.api.auth import Authenticator
 from service.api.live import LiveHub, heartbeat_tick_s
 from service.api.rate_limit import RateLimiter
@@ -109,9 +109,10 @@ class ApiState:
         Elsewhere it is sent after that step; if the broker fails then, the task is still owed and the
         workers' sweeper enqueues it once the broker answers, so the submission is accepted all the same.
         """
-        message = self.enqueuer.inline(record.id)
+        scheduled = record.status is TaskStatus.SCHEDULED  # enqueued by a worker's sweep when its time comes
+        message = None if scheduled else self.enqueuer.inline(record.id)
         submitted = await self.tasks.create(record, idempotency_key=idempotency_key, message=message)
-        if submitted.new and message is None:
+        if submitted.new and message is None and not scheduled:
             try:
                 await self.enqueuer.enqueue([record.id])
             except (RedisError, OSError, dramatiq.errors.DramatiqError) as exc:

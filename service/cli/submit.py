@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import click
@@ -10,10 +11,20 @@ import httpx
 import msgspec
 
 from schemas.events import Event, EventList, EventType
+from schemas.tasks import MAX_SCHEDULE_AHEAD_S, Task, TaskStatus, TaskSubmission, Webhook
 from schemas.tasks import Progress as TaskProgress
-from schemas.tasks import Task, TaskStatus, TaskSubmission, Webhook
 from service.cli.follow import FollowError, NotRecovered, follow_task
-from service.cli.http import API_KEY_ENV, ENCODER, CommandFailed, api_options, call, client, decode, resource_path
+from service.cli.http import (
+    API_KEY_ENV,
+    ENCODER,
+    CommandFailed,
+    Rfc3339,
+    api_options,
+    call,
+    client,
+    decode,
+    resource_path,
+)
 from service.cli.render import pretty
 
 # Seconds between two polls of a task's events under `relay submit --wait`.
@@ -38,6 +49,14 @@ def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -
 )
 @click.option("--webhook", metavar="URL", help="Deliver the result to this URL as a signed webhook.")
 @click.option("--websocket/--no-websocket", default=False, show_default=True, help="Ask for WebSocket push.")
+@click.option(
+    "--delay",
+    "delay_s",
+    type=click.FloatRange(min=0, max=MAX_SCHEDULE_AHEAD_S),
+    metavar="SECONDS",
+    help="Start no earlier than this many seconds from now (the task waits `scheduled`).",
+)
+@click.option("--run-at", type=Rfc3339(), help="Start no earlier than this time (UTC unless it has an offset).")
 @click.option("--wait", is_flag=True, help="Follow the task until it finishes; print its result (or error) as JSON.")
 @click.option(
     "--timeout",
@@ -54,6 +73,8 @@ def submit(
     websocket: bool,
     wait: bool,
     timeout_s: float | None,
+    delay_s: float | None,
+    run_at: datetime | None,
     url: str,
     token: str,
 ) -> None:
@@ -62,10 +83,17 @@ def submit(
     With --wait, progress goes to stderr and the result (or the error) to stdout as JSON; the exit
     status is 1 when the task failed.
     """
+    if delay_s is not None and run_at is not None:
+        raise click.UsageError("Give --delay or --run-at, not both.")
     if timeout_s is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait.")
     body = TaskSubmission(
-        kind=kind, input=input_, webhook=Webhook(url=webhook) if webhook else None, websocket=websocket
+        kind=kind,
+        input=input_,
+        webhook=Webhook(url=webhook) if webhook else None,
+        websocket=websocket,
+        run_at=run_at,
+        delay_s=delay_s,
     )
     with client(url, token) as http:
         response = call(

@@ -39,6 +39,7 @@ _START_LUA = (_HERE / "start_task.lua").read_text()
 _RENEW_LUA = (_HERE / "renew_leases.lua").read_text()
 _SWEEP_LUA = (_HERE / "sweep_tasks.lua").read_text()
 _RELEASE_LUA = (_HERE / "release_runs.lua").read_text()
+_PROMOTE_LUA = (_HERE / "promote_scheduled.lua").read_text()
 _decode = msgspec.json.Decoder(TaskRecord).decode
 
 
@@ -67,6 +68,7 @@ class TaskLedger:
         self._renew = redis.register_script(_RENEW_LUA)
         self._sweep = redis.register_script(_SWEEP_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._promote = redis.register_script(_PROMOTE_LUA)
 
     async def start(self, task_id: str, run_token: str) -> Started:
         """Take ``task_id``'s lease for the run ``run_token``, unless it has ended or a live run holds it."""
@@ -104,6 +106,14 @@ class TaskLedger:
         for task_id, token in runs.items():
             args += [task_id, token]
         return int(await self._release(keys=[keys.OWED_TASKS], args=args))
+
+    async def promote(self, *, now: float | None = None, limit: int = SWEEP_BATCH) -> list[str]:
+        """The scheduled tasks whose ``run_at`` has come, owed from now on: the caller enqueues them."""
+        moment = time.time() if now is None else now
+        due = await self._promote(
+            keys=[keys.SCHEDULED_TASKS, keys.OWED_TASKS], args=[moment, limit, moment + REQUEUE_GRACE_S]
+        )
+        return [as_text(t) for t in due]
 
     async def sweep(self, *, now: float | None = None, limit: int = SWEEP_BATCH) -> list[str]:
         """The owed tasks that are overdue; each one's next deadline is pushed on (doubling) in the same step."""

@@ -62,9 +62,11 @@ def _decode_answer(raw: bytes | str) -> Task | None:
         return None
 
 
+_ENDS = {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED}
 _ALLOWED = {
-    TaskStatus.QUEUED: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED},
-    TaskStatus.RUNNING: {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED},
+    TaskStatus.SCHEDULED: {TaskStatus.RUNNING, *_ENDS},
+    TaskStatus.QUEUED: {TaskStatus.RUNNING, *_ENDS},
+    TaskStatus.RUNNING: {TaskStatus.RUNNING, *_ENDS},
     TaskStatus.SUCCEEDED: set(),
     TaskStatus.FAILED: set(),
     TaskStatus.CANCELLED: set(),
@@ -172,6 +174,7 @@ class TaskStore:
                 message.messages_key if message else task_key,
                 keys.TASKS,
                 keys.tasks_of(record.tenant),
+                keys.SCHEDULED_TASKS,
             ],
             args=[
                 record.id,
@@ -179,7 +182,7 @@ class TaskStore:
                 self._record_ttl_s,
                 _encode(answer) if idem else "",
                 IDEMPOTENCY_TTL_S if idem else "",
-                now + REQUEUE_GRACE_S,
+                (record.run_at.timestamp() if record.run_at is not None else now) + REQUEUE_GRACE_S,
                 metrics.task_counter("submitted"),
                 self._max_open,
                 int(now * 1000),
@@ -187,6 +190,7 @@ class TaskStore:
                 message.message_id if message else "",
                 message.body if message else "",
                 repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
+                repr(record.run_at.timestamp()) if record.run_at is not None else "",
             ],
         )
         outcome = as_text(reply[0])

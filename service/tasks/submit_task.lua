@@ -2,10 +2,11 @@
 -- failure anywhere leaves either all of it or none (a client retrying a 503 with its key then gets a new task).
 -- KEYS: task, idempotency (any key when there is none), owed tasks, stats, open tasks of the tenant,
 --       broker queue, broker queue messages (any keys when the message is not enqueued here),
---       the list index of all tasks, the tenant's list index
+--       the list index of all tasks, the tenant's list index, scheduled tasks
 -- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), owed_until, stats_field,
 --       max_open (0: no cap), now_ms, task key prefix, message_id ('' when not enqueued here), message,
---       created_at_ms
+--       created_at_ms, run_at ('' to run at once: a scheduled task waits in the scheduled set until then, owed
+--       from a grace after it, so that a promotion whose enqueue was lost still brings it back)
 -- Returns {'new'}, {'first', answer} (the key was used before: the first answer) or {'full', open} (the
 -- tenant already has max_open tasks that have not ended).
 local task_id = ARGV[1]
@@ -45,6 +46,9 @@ for _, index in ipairs({KEYS[8], KEYS[9]}) do
     redis.call('ZREMRANGEBYSCORE', index, '-inf', expired_before)
 end
 redis.call('EXPIRE', KEYS[9], ARGV[3])
+if ARGV[14] ~= '' then
+    redis.call('ZADD', KEYS[10], ARGV[14], task_id)
+end
 if ARGV[11] ~= '' then
     -- What the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue').
     redis.call('HSET', KEYS[7], ARGV[11], ARGV[12])

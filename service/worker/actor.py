@@ -87,7 +87,7 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, Task
             run.lose()
 
     async def mark_running() -> None:
-        if record.status is TaskStatus.QUEUED:
+        if record.status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED):
             await rt.until_redis_answers(
                 lambda: rt.tasks.mark_running(record, run.token), what=f"marking {record.id} running"
             )

@@ -252,6 +252,10 @@ class Runtime:
                 if time.monotonic() - trimmed_at > TRIM_INTERVAL_S:
                     trimmed_at = time.monotonic()
                     await trim_dead_letter_index(self.redis, retention_s=self.settings.dead_letter_retention_s)
+                due = await self.ledger.promote()
+                if due:
+                    await self.enqueuer.enqueue(due)
+                    log.info("enqueued %d scheduled tasks whose time has come", len(due))
                 overdue = await self.ledger.sweep()
                 if overdue:
                     await self.enqueuer.enqueue(overdue)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
@@ -27,7 +27,7 @@ from delivery.ids import new_id, utcnow
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.deliveries import AttemptList
 from schemas.events import EventList
-from schemas.tasks import Task, TaskPage, TaskRecord, TaskStatus, TaskSubmission
+from schemas.tasks import MAX_SCHEDULE_AHEAD_S, Task, TaskPage, TaskRecord, TaskStatus, TaskSubmission
 from schemas.ws import MAX_SEQ
 from service.api.auth import Principal, Reader, require_tenant, tenant_scope
 from service.api.openapi import errors
@@ -76,16 +76,19 @@ class TaskController(Controller):
             raise ValidationException(f"input does not fit task kind {data.kind!r}: {exc}") from None
         if data.webhook is not None:
             await _check_webhook(data.webhook.url, allow_private=state_.settings.allow_private_callbacks)
+        created_at = utcnow()
+        run_at = _run_at(data, created_at)
         record = TaskRecord(
             id=new_id("task"),
             kind=data.kind,
-            status=TaskStatus.QUEUED,
+            status=TaskStatus.QUEUED if run_at is None else TaskStatus.SCHEDULED,
             input=data.input,
-            created_at=utcnow(),
+            created_at=created_at,
             webhook=data.webhook,
             websocket=data.websocket,
             ws_token=secrets.token_urlsafe(24),
             tenant=tenant,
+            run_at=run_at,
         )
         try:
             stored = await state_.create_task(record, idempotency_key=idempotency_key)
@@ -189,6 +192,22 @@ class TaskController(Controller):
     ) -> Response[SigningSecret]:
         secret = await state_.secrets.rotate(require_tenant(principal))
         return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
+
+
+def _run_at(data: TaskSubmission, now: datetime) -> datetime | None:
+    """When a submission may start: None for at once (a time already past included)."""
+    if data.run_at is not None and data.delay_s is not None:
+        raise ValidationException("give run_at or delay_s, not both")
+    if data.delay_s is not None:
+        return now + timedelta(seconds=data.delay_s) if data.delay_s > 0 else None
+    if data.run_at is None:
+        return None
+    if data.run_at.tzinfo is None:
+        raise ValidationException("run_at: give an RFC 3339 time with its offset (2026-12-24T18:00:00Z)")
+    run_at = data.run_at.astimezone(UTC)
+    if (run_at - now).total_seconds() > MAX_SCHEDULE_AHEAD_S:
+        raise ValidationException(f"run_at: at most {MAX_SCHEDULE_AHEAD_S // 86400} days ahead")
+    return run_at if run_at > now else None
 
 
 def _shown(record: TaskRecord, principal: Principal) -> Task:

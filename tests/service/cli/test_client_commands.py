@@ -567,6 +567,8 @@ def test_submit_posts_the_body_and_prints_the_task(fake_api: FakeRelay) -> None:
         "input": {"n": 1},
         "webhook": {"url": "https://hooks.example.com/in"},
         "websocket": True,
+        "run_at": None,
+        "delay_s": None,
     }
     assert request.authorization == f"Bearer {TENANT_KEY}"
     task = msgspec.json.decode(result.stdout, type=Task)
@@ -580,7 +582,26 @@ def test_submit_without_input_or_channels_sends_nulls(fake_api: FakeRelay) -> No
 
     assert result.exit_code == 0, result.output
     (request,) = fake_api.requests("POST", "/v1/tasks")
-    assert request.body == {"kind": "echo", "input": None, "webhook": None, "websocket": False}
+    assert request.body == {
+        "kind": "echo",
+        "input": None,
+        "webhook": None,
+        "websocket": False,
+        "run_at": None,
+        "delay_s": None,
+    }
+
+
+def test_submit_schedules_with_delay_or_run_at_but_not_both(fake_api: FakeRelay) -> None:
+    assert run(submit, as_tenant(fake_api, "echo", "--delay", "90")).exit_code == 0
+    assert run(submit, as_tenant(fake_api, "echo", "--run-at", "2030-01-01T01:00:00+01:00")).exit_code == 0
+    both = run(submit, as_tenant(fake_api, "echo", "--delay", "1", "--run-at", "2030-01-01T00:00:00Z"))
+
+    assert both.exit_code == 2
+    assert "not both" in both.stderr
+    delayed, at = fake_api.requests("POST", "/v1/tasks")
+    assert (delayed.body["delay_s"], delayed.body["run_at"]) == (90.0, None)
+    assert (at.body["delay_s"], at.body["run_at"]) == (None, "2030-01-01T00:00:00Z")
 
 
 def test_submit_rejects_input_that_is_not_json(fake_api: FakeRelay) -> None:

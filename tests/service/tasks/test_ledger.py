@@ -253,3 +253,37 @@ async def test_a_cancel_from_a_stale_read_writes_nothing(redis: aioredis.Redis) 
         )
     assert await redis.llen(keys.events("task_1")) == 0
     assert await redis.zscore(keys.OWED_TASKS, "task_1") is not None
+
+
+async def test_a_scheduled_task_is_enqueued_once_its_time_has_come_and_never_before(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    now = time.time()
+    record = new_record()
+    record.status = TaskStatus.SCHEDULED
+    record.run_at = datetime.fromtimestamp(now + 60, UTC)
+    await tasks.create(record, idempotency_key=None)
+    assert await ledger.promote(now=now + 59.9) == []
+    assert await ledger.sweep(now=now + 59.9) == []  # not overdue either: owed from a grace after its time
+    assert await ledger.promote(now=now + 60.001) == ["task_1"]
+    assert await ledger.promote(now=now + 61) == []  # once
+    assert await redis.zscore(keys.SCHEDULED_TASKS, "task_1") is None
+    assert (await ledger.start("task_1", "run-a")).outcome is Start.RUN
+
+
+async def test_a_cancelled_scheduled_task_is_never_enqueued(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    now = time.time()
+    record = new_record()
+    record.status = TaskStatus.SCHEDULED
+    record.run_at = datetime.fromtimestamp(now + 5, UTC)
+    await tasks.create(record, idempotency_key=None)
+
+    cancelled = await tasks.cancel("task_1", visible=lambda tenant, _: True)
+
+    assert cancelled is not None
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert await ledger.promote(now=now + 10) == []
+    assert await ledger.sweep(now=now + 3600) == []
+    assert (await ledger.start("task_1", "run-a")).outcome is Start.ENDED

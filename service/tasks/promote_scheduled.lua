@@ -1,0 +1,15 @@
+-- Scheduled tasks whose time has come, in one step: each leaves the scheduled set and is owed from now on (a
+-- grace to start, as a new submission), and is returned to be enqueued. A task that has ended meanwhile (a
+-- cancel) is only forgotten.
+-- KEYS: scheduled tasks, owed tasks
+-- ARGV: now, limit, owed_until
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, task_id in ipairs(due) do
+    redis.call('ZREM', KEYS[1], task_id)
+    if redis.call('ZSCORE', KEYS[2], task_id) then
+        redis.call('ZADD', KEYS[2], ARGV[3], task_id)
+        table.insert(out, task_id)
+    end
+end
+return out
