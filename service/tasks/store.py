@@ -191,6 +191,7 @@ class TaskStore:
                 message.body if message else "",
                 repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
                 repr(record.run_at.timestamp()) if record.run_at is not None else "",
+                metrics.task_counter("scheduled"),
             ],
         )
         outcome = as_text(reply[0])

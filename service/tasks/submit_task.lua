@@ -6,7 +6,8 @@
 -- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), owed_until, stats_field,
 --       max_open (0: no cap), now_ms, task key prefix, message_id ('' when not enqueued here), message,
 --       created_at_ms, run_at ('' to run at once: a scheduled task waits in the scheduled set until then, owed
---       from a grace after it, so that a promotion whose enqueue was lost still brings it back)
+--       from a grace after it, so that a promotion whose enqueue was lost still brings it back), the stats field
+--       that counts scheduled submissions
 -- Returns {'new'}, {'first', answer} (the key was used before: the first answer) or {'full', open} (the
 -- tenant already has max_open tasks that have not ended).
 local task_id = ARGV[1]
@@ -48,6 +49,7 @@ end
 redis.call('EXPIRE', KEYS[9], ARGV[3])
 if ARGV[14] ~= '' then
     redis.call('ZADD', KEYS[10], ARGV[14], task_id)
+    redis.call('HINCRBY', KEYS[4], ARGV[15], 1)
 end
 if ARGV[11] ~= '' then
     -- What the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue').

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 import dramatiq
@@ -41,20 +42,21 @@ EXIT_FORCED = 4
 POLL_MS = 100
 # Past this long after SIGTERM the process exits whatever is still running.
 HARD_STOP_S = 12.0
+# How often the main thread looks whether a SIGTERM came.
+STOP_POLL_S = 0.1
 LOG_FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
 
 
 def run(threads: int) -> int:
-    stop = threading.Event()
+    signals = 0
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            log.warning("stopping at once (a second SIGTERM)")
+        # Only a counter here: a lock taken in a signal handler (an Event's, a Timer's) can be the one the main
+        # thread holds at that moment, and the process would hang.
+        nonlocal signals
+        signals += 1
+        if signals > 1:
             os._exit(EXIT_FORCED)
-        stop.set()
-        watchdog = threading.Timer(HARD_STOP_S, _force_exit)
-        watchdog.daemon = True
-        watchdog.start()
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)
@@ -73,8 +75,11 @@ def run(threads: int) -> int:
         return EXIT_NO_BROKER
     # The line the supervisor, the tests and the benchmark wait for.
     log.info("Worker process is ready for action.")
-    while not stop.wait(0.5):
-        pass
+    while not signals:
+        time.sleep(STOP_POLL_S)
+    watchdog = threading.Timer(HARD_STOP_S, _force_exit)
+    watchdog.daemon = True
+    watchdog.start()
     log.info("stopping")
     worker.stop(timeout=int(HARD_STOP_S * 1000))
     broker.close()

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import StartCluster
-from tests.integration.test_api import assert_json_error
+from tests.integration.test_api import assert_json_error, metrics
 from tests.support import Receiver
 
 
@@ -69,6 +69,9 @@ def test_a_scheduled_task_cancelled_while_it_waits_never_runs(start_cluster: Sta
     assert relay.client.wait_task(after_it["id"], timeout_s=20)["status"] == "succeeded"  # its time has passed
     kept = relay.client.task(cancelled["id"])
     assert (kept["status"], kept["started_at"], kept["result"]) == ("cancelled", None, None)
+    counted = metrics(relay.client)
+    assert counted[("relay_tasks_total", (("status", "scheduled"),))] == 2
+    assert counted[("relay_tasks_total", (("status", "cancelled"),))] == 1
 
 
 @pytest.mark.parametrize(
