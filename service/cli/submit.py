@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,6 +29,8 @@ from service.cli.http import (
 )
 from service.cli.render import pretty
 
+# The most input read from a file or standard input (the API refuses bigger bodies anyway).
+MAX_INPUT_FILE_BYTES = 16 * 1024 * 1024
 # Seconds between two polls of a task's events under `relay submit --wait`.
 DEFAULT_POLL_INTERVAL_S = 0.3
 # Seconds without a final event after which --wait reads the task itself (its events may have expired).
@@ -34,10 +38,22 @@ TASK_CHECK_INTERVAL_S = 5.0
 
 
 def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """JSON given inline, ``@path`` for a file's, ``-`` for standard input's."""
     if value is None:
         return None
+    text: str | bytes = value
+    if value == "-":
+        text = sys.stdin.buffer.read(MAX_INPUT_FILE_BYTES + 1)
+    elif value.startswith("@"):
+        try:
+            with Path(value[1:]).open("rb") as fh:
+                text = fh.read(MAX_INPUT_FILE_BYTES + 1)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]!r}: {exc.strerror or exc}", ctx, param) from None
+    if len(text) > MAX_INPUT_FILE_BYTES:
+        raise click.BadParameter(f"more than {MAX_INPUT_FILE_BYTES} bytes", ctx, param)
     try:
-        return msgspec.json.decode(value)
+        return msgspec.json.decode(text)
     except msgspec.DecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", ctx, param) from None
 
@@ -45,7 +61,11 @@ def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.command()
 @click.argument("kind")
 @click.option(
-    "--input", "input_", metavar="JSON", callback=_parse_json, help="The task's input as JSON [default: null]."
+    "--input",
+    "input_",
+    metavar="JSON|@FILE|-",
+    callback=_parse_json,
+    help="The task's input as JSON, @FILE to read it from a file, - from standard input [default: null].",
 )
 @click.option("--webhook", metavar="URL", help="Deliver the result to this URL as a signed webhook.")
 @click.option("--websocket/--no-websocket", default=False, show_default=True, help="Ask for WebSocket push.")

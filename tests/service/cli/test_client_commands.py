@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -602,6 +603,21 @@ def test_submit_schedules_with_delay_or_run_at_but_not_both(fake_api: FakeRelay)
     delayed, at = fake_api.requests("POST", "/v1/tasks")
     assert (delayed.body["delay_s"], delayed.body["run_at"]) == (90.0, None)
     assert (at.body["delay_s"], at.body["run_at"]) == (None, "2030-01-01T00:00:00Z")
+
+
+def test_submit_reads_its_input_from_a_file_or_standard_input(fake_api: FakeRelay, tmp_path: Path) -> None:
+    source = tmp_path / "input.json"
+    source.write_text('{"from": "a file", "n": [1, 2]}')
+    from_file = run(submit, as_tenant(fake_api, "echo", "--input", f"@{source}"))
+    from_stdin = run(submit, as_tenant(fake_api, "echo", "--input", "-"), input='{"from": "stdin"}')
+    missing = run(submit, as_tenant(fake_api, "echo", "--input", f"@{tmp_path / 'nowhere.json'}"))
+
+    assert from_file.exit_code == from_stdin.exit_code == 0, from_file.output + from_stdin.output
+    first, second = fake_api.requests("POST", "/v1/tasks")
+    assert first.body["input"] == {"from": "a file", "n": [1, 2]}
+    assert second.body["input"] == {"from": "stdin"}
+    assert missing.exit_code == 2
+    assert "cannot read" in missing.stderr
 
 
 def test_submit_rejects_input_that_is_not_json(fake_api: FakeRelay) -> None:
