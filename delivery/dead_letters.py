@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from delivery import keys, metrics
 from delivery.errors import UnreadableRecord
 from delivery.outbox import Outbox, unlink_dead_letter
-from delivery.records import DECODE_ERRORS, PendingDelivery, count_unreadable, decode_or_skip, owner_of
+from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
 from delivery.time_index import Position, parse_cursor, scan, take_page
 from schemas.dead_letters import DeadLetter, DeadLetterReason
 
@@ -77,16 +77,13 @@ class DeadLetterStore:
             if dead is not None and where.matches(dead):
                 yield dead
 
-    async def _scan(
+    def _scan(
         self, where: DeadLetterFilter, position: Position | None
     ) -> AsyncIterator[tuple[DeadLetter | None, Position]]:
         index = keys.dead_letters_of(where.tenant) if where.tenant else keys.DEAD_LETTERS
-        entries = scan(self._redis, index, keys.dead_letter, since=where.since, until=where.until, position=position)
-        async for member, pos, raw in entries:
-            dead = decode_or_skip(_decode, raw, key=keys.dead_letter(member)) if raw else None
-            if raw is not None and dead is None:
-                await count_unreadable(self._redis, 1)  # rare: the log line names it
-            yield dead, pos
+        return scan(
+            self._redis, index, keys.dead_letter, _decode, since=where.since, until=where.until, position=position
+        )
 
     async def delete(self, dead: DeadLetter) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -15,6 +15,7 @@ from typing import TypeVar, cast
 import redis.asyncio as aioredis
 
 from delivery.errors import InvalidCursor
+from delivery.records import count_unreadable, decode_or_skip
 
 # Index entries read per round trip while filtering.
 SCAN_BATCH = 500
@@ -49,13 +50,14 @@ async def scan(
     redis: aioredis.Redis,
     index: str,
     record_key: Callable[[str], str],
+    decode: Callable[[bytes | str], T],
     *,
     since: datetime | None,
     until: datetime | None,
     position: Position | None,
-) -> AsyncIterator[tuple[str, Position, bytes | str | None]]:
-    """Each entry after ``position``, newest first, with its record (None when it is gone): ``since`` inclusive,
-    ``until`` exclusive."""
+) -> AsyncIterator[tuple[T | None, Position]]:
+    """Each entry after ``position``, newest first, with its record decoded (None when it is gone, or cannot be
+    read: that one is logged and counted): ``since`` inclusive, ``until`` exclusive."""
     low: float | str = since.timestamp() * 1000 if since else "-inf"
     high: float | str = f"({until.timestamp() * 1000!r}" if until else "+inf"
     while True:
@@ -72,7 +74,10 @@ async def scan(
         records = await redis.mget([record_key(m) for m, _ in rows])
         for (member, score), raw in zip(rows, records, strict=True):
             position = (score, member)
-            yield member, position, raw
+            record = decode_or_skip(decode, raw, key=record_key(member)) if raw else None
+            if raw and record is None:
+                await count_unreadable(redis, 1)  # rare: the log line names it
+            yield record, position
 
 
 async def take_page(

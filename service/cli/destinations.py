@@ -29,7 +29,7 @@ from service.cli.http import (
     iter_pages,
     resource_path,
 )
-from service.cli.render import print_list, shorten, stdout, time_text
+from service.cli.render import fields_grid, print_list, shorten, stdout, time_text
 
 ERROR_WIDTH = 40
 # Terminal widths from which the list shows the last error, and the last success too.
@@ -87,9 +87,6 @@ def _table(destinations: Sequence[Destination], width: int) -> Table:
 
 
 def _fields(d: Destination) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
     rows: list[tuple[str, str | Text]] = [
         ("id", d.id),
         ("tenant", d.tenant),
@@ -105,9 +102,7 @@ def _fields(d: Destination) -> Table:
         ("opened at", time_text(d.opened_at)),
         ("next probe", time_text(d.next_probe_at)),
     ]
-    for name, value in rows:
-        grid.add_row(name, value if isinstance(value, Text) else Text(value))
-    return grid
+    return fields_grid(rows)
 
 
 def _show(d: Destination, as_json: bool) -> None:

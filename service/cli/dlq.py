@@ -25,7 +25,16 @@ from service.cli.http import (
     iter_pages,
     resource_path,
 )
-from service.cli.render import attempts_table, exit_if_short, for_each, print_list, shorten, stdout, time_text
+from service.cli.render import (
+    attempts_table,
+    exit_if_short,
+    fields_grid,
+    for_each,
+    print_list,
+    shorten,
+    stdout,
+    time_text,
+)
 
 # Dead letters `relay dlq list` shows unless --limit says otherwise.
 DEFAULT_LIST_LIMIT = 100
@@ -109,25 +118,22 @@ def dead_letter_table(letters: Sequence[DeadLetter], width: int) -> Table:
 
 
 def _dead_letter_fields(letter: DeadLetter) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
     status = "-" if letter.last_status_code is None else str(letter.last_status_code)
-    for name, value in (
-        ("id", letter.id),
-        ("tenant", letter.tenant),
-        ("task", letter.task_id),
-        ("url", letter.url),
-        ("reason", letter.reason.value),
-        ("attempts", str(letter.attempts)),
-        ("last status", status),
-        ("last error", letter.last_error or "-"),
-        ("first attempt", time_text(letter.first_attempt_at)),
-        ("dead at", time_text(letter.dead_at)),
-        ("replays", str(letter.replays)),
-    ):
-        grid.add_row(name, Text(value))
-    return grid
+    return fields_grid(
+        (
+            ("id", letter.id),
+            ("tenant", letter.tenant),
+            ("task", letter.task_id),
+            ("url", letter.url),
+            ("reason", letter.reason.value),
+            ("attempts", str(letter.attempts)),
+            ("last status", status),
+            ("last error", letter.last_error or "-"),
+            ("first attempt", time_text(letter.first_attempt_at)),
+            ("dead at", time_text(letter.dead_at)),
+            ("replays", str(letter.replays)),
+        )
+    )
 
 
 @click.group()

@@ -109,3 +109,13 @@ def attempts_table(attempts: Sequence[Attempt]) -> Table:
             f"{attempt.duration_ms:.0f}",
         )
     return table
+
+
+def fields_grid(rows: Iterable[tuple[str, str | Text]]) -> Table:
+    """One object's fields, a bold name and its value per line (values are never read as markup)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for name, value in rows:
+        grid.add_row(name, value if isinstance(value, Text) else Text(value))
+    return grid

@@ -26,7 +26,7 @@ from service.cli.http import (
     iter_pages,
     resource_path,
 )
-from service.cli.render import attempts_table, print_list, shorten, stdout, time_text
+from service.cli.render import attempts_table, fields_grid, print_list, shorten, stdout, time_text
 
 # Tasks `relay tasks list` shows unless --limit says otherwise.
 DEFAULT_LIST_LIMIT = 50
@@ -35,10 +35,12 @@ MEDIUM = 110
 WIDE = 140
 OUTCOME_WIDTH = 40
 _STYLE = {
+    TaskStatus.SCHEDULED: "blue",
     TaskStatus.QUEUED: "cyan",
     TaskStatus.RUNNING: "yellow",
     TaskStatus.SUCCEEDED: "green",
     TaskStatus.FAILED: "bold red",
+    TaskStatus.CANCELLED: "dim",
 }
 
 _token = api_options(
@@ -72,7 +74,7 @@ def task_table(tasks: Sequence[Task], width: int) -> Table:
     for task in tasks:
         row: list[str | Text] = [
             Text(task.id),
-            Text(task.status.value, style=_STYLE.get(task.status, "")),
+            Text(task.status.value, style=_STYLE[task.status]),
             Text(task.kind),
             time_text(task.created_at),
         ]
@@ -85,14 +87,11 @@ def task_table(tasks: Sequence[Task], width: int) -> Table:
 
 
 def _fields(task: Task) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
     progress = "-" if task.progress is None else f"{task.progress.percent:g}% {task.progress.message or ''}".rstrip()
     rows: list[tuple[str, str | Text]] = [
         ("id", task.id),
         ("kind", task.kind),
-        ("status", Text(task.status.value, style=_STYLE.get(task.status, ""))),
+        ("status", Text(task.status.value, style=_STYLE[task.status])),
         ("created", time_text(task.created_at)),
         ("started", time_text(task.started_at)),
         ("finished", time_text(task.finished_at)),
@@ -102,9 +101,7 @@ def _fields(task: Task) -> Table:
     ]
     if task.error is not None:
         rows.append(("error", f"{task.error.type}: {task.error.message}"))
-    for name, value in rows:
-        grid.add_row(name, value if isinstance(value, Text) else Text(value))
-    return grid
+    return fields_grid(rows)
 
 
 @click.group()

@@ -15,7 +15,6 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys
-from delivery.records import count_unreadable, decode_or_skip
 from delivery.time_index import Position, parse_cursor, scan, take_page
 from schemas.tasks import TaskRecord, TaskStatus
 
@@ -49,13 +48,6 @@ class TaskList:
         position = parse_cursor(cursor, id_prefix="task_")
         return await take_page(self._scan(where, position), where.matches, limit=limit)
 
-    async def _scan(
-        self, where: TaskFilter, position: Position | None
-    ) -> AsyncIterator[tuple[TaskRecord | None, Position]]:
+    def _scan(self, where: TaskFilter, position: Position | None) -> AsyncIterator[tuple[TaskRecord | None, Position]]:
         index = keys.tasks_of(where.tenant) if where.tenant else keys.TASKS
-        entries = scan(self._redis, index, keys.task, since=where.since, until=where.until, position=position)
-        async for member, pos, raw in entries:
-            record = decode_or_skip(_decode, raw, key=keys.task(member)) if raw else None
-            if raw is not None and record is None:
-                await count_unreadable(self._redis, 1)  # rare: the log line names it
-            yield record, pos
+        return scan(self._redis, index, keys.task, _decode, since=where.since, until=where.until, position=position)
