@@ -1,10 +1,13 @@
 -- Write a task's new state and one event in one step; for a final event, end the task and owe its delivery.
 -- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker, owed tasks, lease,
---       open tasks of the tenant, requeue counts, then the destination's meta, due, flight, deadline
+--       open tasks of the tenant, requeue counts, then the destination's meta, due, flight, deadline,
+--       then scheduled tasks
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
 --       delivery ("" for none), destination id ("" for none), event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
 --       task_id, run token, final ("1" or ""), then with a webhook: the two of dst_init, tenant, origin
---       (else two empty), then the stored record expected ('' for none: the run's write)
+--       (else two empty), then the stored record expected ('' for none: the run's write), then for a retry
+--       the next attempt's run_at and the time it is owed from ('' for none: the run's lease is given back and
+--       the task waits in the scheduled set, as a scheduled submission does)
 -- Only the run that holds the task writes: returns {'ended'} when the task has ended already and {'stolen'}
 -- when another run holds its lease, writing nothing. A write from outside any run (a cancel) gives the record
 -- it read instead of a run token: {'changed'} when the task has been written since, and the caller reads it
@@ -44,6 +47,11 @@ if ARGV[15] == '1' then
     redis.call('DEL', KEYS[10])
     redis.call('ZREM', KEYS[11], task_id)
     redis.call('HDEL', KEYS[12], task_id)
+elseif ARGV[21] ~= '' then
+    redis.call('DEL', KEYS[10])
+    redis.call('HDEL', KEYS[12], task_id)
+    redis.call('ZADD', KEYS[17], ARGV[21], task_id)
+    redis.call('ZADD', KEYS[9], ARGV[22], task_id)
 end
 if ARGV[7] == '' then
     return {'none'}

@@ -53,6 +53,8 @@ class EventLog:
         websocket: bool = False,
         ack_due_at: float = 0.0,
         read_state: bytes | None = None,
+        retry_at: float | None = None,
+        owed_from: float = 0.0,
     ) -> Leased | None:
         """Store the task's new state, append ``event`` to its log and publish it, in one step.
 
@@ -64,6 +66,10 @@ class EventLog:
         A write from outside any run (a cancel) passes ``read_state``, the stored record it read, instead of a
         run token: it writes whoever holds the lease, unless the record changed since (:class:`RecordChanged`),
         and its webhook is owed to the destination, never leased to the caller.
+
+        With ``retry_at`` (a run's failed attempt that is tried again), the run gives its lease back and the task
+        waits in the scheduled set until then, owed from ``owed_from`` on (so that a lost promotion still brings
+        it back).
         """
         task_id = event.task_id
         body = _encode(event)
@@ -83,6 +89,7 @@ class EventLog:
                 keys.open_tasks_of(tenant),
                 keys.REQUEUES,
                 *(dst.keys if dst else NO_DESTINATION_KEYS),
+                keys.SCHEDULED_TASKS,
             ],
             args=[
                 task_state,
@@ -104,6 +111,8 @@ class EventLog:
                 dst.tenant if dst else "",
                 dst.origin if dst else "",
                 read_state or "",
+                repr(retry_at) if retry_at is not None else "",
+                repr(owed_from),
             ],
         )
         mode = as_text(reply[0])

@@ -55,7 +55,7 @@ def families(
     """Prometheus metric families from the raw Redis hashes."""
     counts = {k.decode(): int(float(v)) for k, v in stats.items()}
     tasks = CounterMetricFamily("relay_tasks", "Tasks by what happened to them", labels=["status"])
-    for counted in ("submitted", "scheduled"):
+    for counted in ("submitted", "scheduled", "retried"):  # retried: each failed attempt tried again
         tasks.add_metric([counted], counts.get(task_counter(counted), 0))
     for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED):
         tasks.add_metric([status.value], counts.get(task_counter(status.value), 0))

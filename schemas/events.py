@@ -14,10 +14,12 @@ class EventType(enum.Enum):
     COMPLETED = "task.completed"
     FAILED = "task.failed"
     CANCELLED = "task.cancelled"
+    RETRYING = "task.retrying"  # a failed attempt whose work is tried again
 
     @property
     def final(self) -> bool:
-        return self is not EventType.PROGRESS
+        """The task's last event: it has ended."""
+        return self not in (EventType.PROGRESS, EventType.RETRYING)
 
 
 class Event(msgspec.Struct):

@@ -64,6 +64,7 @@ class Task(msgspec.Struct, omit_defaults=False):
     finished_at: datetime | None = None
     ws_token: str | None = None
     run_at: datetime | None = None
+    attempt: int = 1  # raised by each retry of the work
 
 
 class TaskPage(msgspec.Struct):

@@ -15,7 +15,17 @@ live in :mod:`service.tasks.builtin`, others in the modules named by ``RELAY_TAS
         ...
 
 A kind may be ``async def`` or a plain function (run in a thread; report progress with
-``ctx.progress_sync``). Whatever it returns must be JSON-encodable; whatever it raises fails the task.
+``ctx.progress_sync``). Whatever it returns must be JSON-encodable; whatever it raises fails the task, unless
+the kind declares retries and the exception is one it retries::
+
+    @kind("fetch", max_retries=5, retry_on=(httpx.TransportError,))
+    async def fetch(data: Any, ctx: TaskContext) -> Any:
+        ...
+        raise Retry("rate limited", delay_s=30)  # Retry is always retried while retries are left
+
+A retried task emits ``task.retrying`` and waits, ``scheduled``, for its next attempt: the exception's
+``delay_s`` when it is a :class:`Retry` that gives one, else the kind's ``retry_delays_s`` (the last one
+repeats). The attempt after the last retry that fails ends the task ``failed``.
 """
 
 from __future__ import annotations
@@ -33,6 +43,22 @@ from delivery.errors import ConfigError
 
 # A kind that runs longer than this (unless it says otherwise) fails with TimeLimitExceeded.
 DEFAULT_TIME_LIMIT_S = 300.0
+# Seconds before each retry of a kind's work; the last repeats.
+DEFAULT_RETRY_DELAYS_S = (1.0, 10.0, 60.0, 300.0)
+# The most retries a kind may declare, and the longest one retry may wait (a Retry's delay_s is capped to it).
+MAX_RETRIES = 100
+MAX_RETRY_DELAY_S = 86400.0
+
+
+class Retry(Exception):
+    """Raised by a kind to have its work tried again (while the kind's ``max_retries`` last), after ``delay_s``
+    seconds when given, else after the kind's next retry delay."""
+
+    def __init__(self, message: str = "retry requested", *, delay_s: float | None = None) -> None:
+        super().__init__(message)
+        if delay_s is not None and not 0 <= delay_s <= MAX_RETRY_DELAY_S:
+            raise ValueError(f"Retry delay_s must be between 0 and {MAX_RETRY_DELAY_S:g} seconds, not {delay_s!r}")
+        self.delay_s = delay_s
 
 
 class ProgressReporter(Protocol):
@@ -40,10 +66,13 @@ class ProgressReporter(Protocol):
 
 
 class TaskContext:
-    """What a running kind can do besides returning: report progress."""
+    """What a running kind knows (its task, which attempt this is) and can do besides returning: report progress."""
 
-    def __init__(self, *, task_id: str, report: ProgressReporter, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, *, task_id: str, report: ProgressReporter, loop: asyncio.AbstractEventLoop, attempt: int = 1
+    ) -> None:
         self.task_id = task_id
+        self.attempt = attempt  # 1 on the first run, raised by each retry
         self._report = report
         self._loop = loop
 
@@ -61,6 +90,18 @@ class TaskKind:
     func: Callable[..., Any]
     input_type: Any = Any
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    max_retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Retry,)
+    retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S
+
+    def retry_delay_s(self, attempt: int, exc: BaseException) -> float | None:
+        """Seconds to wait before the next attempt after ``attempt`` (from 1) failed with ``exc``; None when the
+        failure ends the task (not retryable, or no retries left)."""
+        if attempt > self.max_retries or not isinstance(exc, self.retry_on):
+            return None
+        if isinstance(exc, Retry) and exc.delay_s is not None:
+            return exc.delay_s
+        return self.retry_delays_s[min(attempt, len(self.retry_delays_s)) - 1]
 
     def parse_input(self, raw: Any) -> Any:
         """The input as the kind's type; raises ``msgspec.ValidationError`` when it does not fit."""
@@ -77,12 +118,38 @@ class KindRegistry:
     kinds: dict[str, TaskKind] = field(default_factory=dict)
 
     def register(
-        self, name: str, *, input_type: Any = Any, time_limit_s: float = DEFAULT_TIME_LIMIT_S
+        self,
+        name: str,
+        *,
+        input_type: Any = Any,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+        max_retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (),
+        retry_delays_s: tuple[float, ...] = DEFAULT_RETRY_DELAYS_S,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register a kind. ``retry_on`` adds exception types worth retrying to :class:`Retry`, which is always
+        one; ``max_retries`` (0: none) bounds how many times its work is tried again."""
+        if not 0 <= max_retries <= MAX_RETRIES:
+            raise ConfigError(f"task kind {name!r}: max_retries must be between 0 and {MAX_RETRIES}")
+        if not retry_delays_s or any(not 0 <= d <= MAX_RETRY_DELAY_S for d in retry_delays_s):
+            raise ConfigError(
+                f"task kind {name!r}: retry_delays_s must be 0..{MAX_RETRY_DELAY_S:g} s each, at least one"
+            )
+        if any(not (isinstance(t, type) and issubclass(t, BaseException)) for t in retry_on):
+            raise ConfigError(f"task kind {name!r}: retry_on must hold exception types")
+
         def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
             if name in self.kinds and self.kinds[name].func is not func:
                 raise ConfigError(f"task kind {name!r} is registered twice")
-            self.kinds[name] = TaskKind(name, func, input_type, time_limit_s)
+            self.kinds[name] = TaskKind(
+                name,
+                func,
+                input_type,
+                time_limit_s,
+                max_retries=max_retries,
+                retry_on=(Retry, *retry_on),
+                retry_delays_s=tuple(float(d) for d in retry_delays_s),
+            )
             return func
 
         return decorator

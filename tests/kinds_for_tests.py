@@ -9,7 +9,7 @@ from typing import Annotated
 
 import msgspec
 
-from service.kinds import TaskContext, kind
+from service.kinds import Retry, TaskContext, kind
 
 SLOW_TIME_LIMIT_S = 1.0
 
@@ -48,3 +48,35 @@ async def burst(data: BurstInput, ctx: TaskContext) -> dict[str, int]:
     for n in range(1, data.events + 1):
         await ctx.progress(100 * n / data.events, message)
     return {"events": data.events}
+
+
+class FlakyInput(msgspec.Struct, forbid_unknown_fields=True):
+    failures: Annotated[int, msgspec.Meta(ge=0, le=10)]  # attempts that fail before one succeeds
+    delay_s: float | None = None  # the Retry's own delay (None: the kind's delays)
+
+
+class Flaky(Exception):
+    """A transient failure that the ``flaky_error`` kind declares worth retrying."""
+
+
+FLAKY_RETRIES = 3
+
+
+@kind("flaky", input_type=FlakyInput, max_retries=FLAKY_RETRIES, retry_delays_s=(0.2, 0.4))
+async def flaky(data: FlakyInput, ctx: TaskContext) -> dict[str, int]:
+    """Raises Retry on its first ``failures`` attempts, then succeeds."""
+    await ctx.progress(0, f"attempt {ctx.attempt}")
+    if ctx.attempt <= data.failures:
+        raise Retry(f"attempt {ctx.attempt} failed on purpose", delay_s=data.delay_s)
+    return {"attempts": ctx.attempt}
+
+
+@kind("flaky_error", input_type=FlakyInput, max_retries=FLAKY_RETRIES, retry_on=(Flaky,), retry_delays_s=(0.2,))
+def flaky_error(data: FlakyInput, ctx: TaskContext) -> dict[str, int]:
+    """A plain kind that raises its own retryable error on its first ``failures`` attempts (ValueError when
+    ``failures`` is 10: not retryable)."""
+    if data.failures == 10:
+        raise ValueError("not worth retrying")
+    if ctx.attempt <= data.failures:
+        raise Flaky(f"attempt {ctx.attempt}")
+    return {"attempts": ctx.attempt}

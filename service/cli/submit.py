@@ -197,6 +197,14 @@ def _events_after(http: httpx.Client, task_id: str, after_seq: int) -> list[Even
 
 
 def _report_progress(event: Event) -> None:
+    if event.type is EventType.RETRYING and isinstance(event.data, dict):
+        error = event.data.get("error") or {}
+        click.echo(
+            f"retrying: attempt {event.data.get('attempt')} at {event.data.get('run_at')} "
+            f"({error.get('type')}: {error.get('message')})",
+            err=True,
+        )
+        return
     if event.type is not EventType.PROGRESS:
         return
     try:

@@ -55,6 +55,8 @@ def _outcome(task: Task) -> str:
         return shorten(msgspec.json.encode(task.result).decode(), OUTCOME_WIDTH)
     if task.progress is not None:
         return shorten(f"{task.progress.percent:g}% {task.progress.message or ''}".rstrip(), OUTCOME_WIDTH)
+    if task.attempt > 1:
+        return f"attempt {task.attempt} at {time_text(task.run_at)}"
     return "-"
 
 
@@ -95,6 +97,8 @@ def _fields(task: Task) -> Table:
         ("created", time_text(task.created_at)),
         ("started", time_text(task.started_at)),
         ("finished", time_text(task.finished_at)),
+        ("run at", time_text(task.run_at)),
+        ("attempt", str(task.attempt)),
         ("progress", progress),
         ("webhook", task.webhook.url if task.webhook else "-"),
         ("websocket", "yes" if task.websocket else "no"),

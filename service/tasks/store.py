@@ -64,9 +64,9 @@ def _decode_answer(raw: bytes | str) -> Task | None:
 
 _ENDS = {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED}
 _ALLOWED = {
-    TaskStatus.SCHEDULED: {TaskStatus.RUNNING, *_ENDS},
-    TaskStatus.QUEUED: {TaskStatus.RUNNING, *_ENDS},
-    TaskStatus.RUNNING: {TaskStatus.RUNNING, *_ENDS},
+    TaskStatus.SCHEDULED: {TaskStatus.RUNNING, TaskStatus.SCHEDULED, *_ENDS},  # a retry before it showed running
+    TaskStatus.QUEUED: {TaskStatus.RUNNING, TaskStatus.SCHEDULED, *_ENDS},
+    TaskStatus.RUNNING: {TaskStatus.RUNNING, TaskStatus.SCHEDULED, *_ENDS},
     TaskStatus.SUCCEEDED: set(),
     TaskStatus.FAILED: set(),
     TaskStatus.CANCELLED: set(),
@@ -257,6 +257,33 @@ class TaskStore:
             event_type, data = EventType.FAILED, {"status": status.value, "error": msgspec.to_builtins(error)}
         event = self._next_event(final, event_type, data)
         return event, await self._end(final, event, run_token=run_token)
+
+    def retry_event(self, record: TaskRecord, *, error: TaskError, delay_s: float) -> tuple[TaskRecord, Event]:
+        """The task as it waits for its next attempt in ``delay_s`` seconds, and its ``task.retrying`` event: to
+        hand to ``append_retry`` (built once, so that a write tried again stores the same event)."""
+        run_at = datetime.fromtimestamp(time.time() + delay_s, UTC)
+        waiting = msgspec.structs.replace(record, attempt=record.attempt + 1, run_at=run_at, progress=None)
+        move(waiting, TaskStatus.SCHEDULED)
+        data = {"attempt": waiting.attempt, "error": msgspec.to_builtins(error), "run_at": msgspec.to_builtins(run_at)}
+        return waiting, self._next_event(waiting, EventType.RETRYING, data)
+
+    async def append_retry(self, waiting: TaskRecord, run_token: str, event: Event) -> None:
+        """Record a failed attempt whose work is tried again (from ``retry_event``) in one step: the task waits
+        ``scheduled`` in the scheduled set for its ``run_at``, and this run gives its lease back.
+
+        Raises :class:`LeaseLost` (writing nothing) when the task has ended (a cancel) or another run holds it.
+        """
+        assert waiting.run_at is not None
+        await self._log.append(
+            event,
+            tenant=waiting.tenant,
+            run_token=run_token,
+            task_state=_encode(waiting),
+            task_ttl_s=self._record_ttl_s,
+            stats_field=metrics.task_counter("retried"),
+            retry_at=waiting.run_at.timestamp(),
+            owed_from=waiting.run_at.timestamp() + REQUEUE_GRACE_S,
+        )
 
     async def cancel(self, task_id: str, *, visible: Callable[[str, str | None], bool]) -> TaskRecord | None:
         """End a queued or running task ``cancelled``, with its final ``task.cancelled`` event delivered like any.

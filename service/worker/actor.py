@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +48,10 @@ async def run_task(task_id: str) -> None:
         outcome = await _execute(rt, record, run)
         if outcome is None:
             return
-        result, error = outcome
+        if outcome.retry_in_s is not None and outcome.error is not None:
+            await _retry_later(rt, record, run, outcome.error, outcome.retry_in_s)
+            return
+        result, error = outcome.result, outcome.error
         _, lease = await rt.until_redis_answers(
             lambda: rt.tasks.finish(record, run.token, result=result, error=error),
             what=f"recording the end of task {task_id}",
@@ -65,11 +69,36 @@ async def run_task(task_id: str) -> None:
         rt.engine.dispatch(lease)
 
 
-async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, TaskError | None] | None:
-    """Run the kind's code; its result or error, or None when this run lost its lease meanwhile."""
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt of a kind's work ended."""
+
+    result: Any = None
+    error: TaskError | None = None
+    retry_in_s: float | None = None  # the error is retried after this long
+
+
+async def _retry_later(rt: Runtime, record: TaskRecord, run: Run, error: TaskError, delay_s: float) -> None:
+    waiting, event = rt.tasks.retry_event(record, error=error, delay_s=delay_s)
+    await rt.until_redis_answers(
+        lambda: rt.tasks.append_retry(waiting, run.token, event), what=f"scheduling the retry of task {record.id}"
+    )
+    log.info(
+        "task %s (%s): attempt %d failed (%s); attempt %d in %.3g s",
+        record.id,
+        record.kind,
+        record.attempt,
+        error.type,
+        waiting.attempt,
+        delay_s,
+    )
+
+
+async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
+    """Run the kind's code once; how it ended, or None when this run lost its lease meanwhile."""
     kind = rt.kinds.get(record.kind)
     if kind is None:
-        return None, TaskError(type="UnknownKind", message=f"no task kind {record.kind!r} on this worker")
+        return Outcome(error=TaskError(type="UnknownKind", message=f"no task kind {record.kind!r} on this worker"))
     record.started_at = record.started_at or datetime.now(UTC)
 
     async def report(percent: float, message: str | None) -> None:
@@ -92,7 +121,7 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, Task
                 lambda: rt.tasks.mark_running(record, run.token), what=f"marking {record.id} running"
             )
 
-    ctx = TaskContext(task_id=record.id, report=report, loop=asyncio.get_running_loop())
+    ctx = TaskContext(task_id=record.id, report=report, loop=asyncio.get_running_loop(), attempt=record.attempt)
     try:
         data = kind.parse_input(record.input)
         work = run.work = asyncio.ensure_future(asyncio.wait_for(kind.run(data, ctx), timeout=kind.time_limit_s))
@@ -110,11 +139,14 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> tuple[Any, Task
     except (Stopping, LeaseLost):
         run.lose()
         return None
-    except TimeoutError:
-        return None, TaskError(
+    except TimeoutError as exc:
+        error = TaskError(
             type="TimeLimitExceeded", message=f"the task ran longer than its {kind.time_limit_s:g} s time limit"
         )
+        return Outcome(error=error, retry_in_s=kind.retry_delay_s(record.attempt, exc))
     except Exception as exc:  # noqa: BLE001 (whatever a kind raises is its task's failure, logged with its id)
-        log.info("task %s (%s) failed: %s: %r", record.id, record.kind, type(exc).__name__, str(exc)[:500])
-        return None, TaskError(type=type(exc).__name__, message=str(exc)[:2000])
-    return result, None
+        retry_in_s = kind.retry_delay_s(record.attempt, exc)
+        if retry_in_s is None:
+            log.info("task %s (%s) failed: %s: %r", record.id, record.kind, type(exc).__name__, str(exc)[:500])
+        return Outcome(error=TaskError(type=type(exc).__name__, message=str(exc)[:2000]), retry_in_s=retry_in_s)
+    return Outcome(result=result)

@@ -141,3 +141,36 @@ def test_event_reaches_a_receiver_that_was_down_for_several_attempts(start_clust
     assert all(a["outcome"] == "failed" for a in attempts[:-1])
     assert len({a["event_id"] for a in attempts}) == 1
     assert relay.client.get("/v1/dead-letters", key="admin-token").json()["items"] == []
+
+
+def test_a_task_waiting_to_retry_its_work_survives_a_sigkill_of_the_worker_and_redis_and_runs_once(
+    start_cluster: StartCluster, redis_server: RedisServer, receiver: Receiver
+) -> None:
+    relay = start_cluster(RELAY_TASK_MODULES="tests.kinds_for_tests")
+    tasks = [
+        relay.client.submit("flaky", {"failures": 1, "delay_s": 3}, webhook=receiver.url("/retried")) for _ in range(5)
+    ]
+    for task in tasks:
+        wait_until(
+            lambda t=task: relay.client.task(t["id"])["status"] == "scheduled",
+            timeout_s=15,
+            message="each task to wait for its second attempt",
+        )
+
+    relay.worker.kill()  # SIGKILL: whatever it held in memory is gone
+    redis_server.kill()  # only what the append-only file holds comes back
+    redis_server.start()
+    relay.worker.start()
+
+    accepted = {t["id"] for t in tasks}
+    completed = {t["id"] for t in tasks if relay.client.wait_task(t["id"], timeout_s=40)["status"] == "succeeded"}
+    hooks = receiver.wait_for("/retried", len(tasks), timeout_s=20)
+    delivered = [h.json()["task_id"] for h in hooks]
+    lost = accepted - completed
+    duplicated = len(delivered) - len(set(delivered))
+    assert (len(accepted), len(completed), len(lost), duplicated) == (5, 5, 0, 0)
+    for task in tasks:
+        types = [e["type"] for e in relay.client.get(f"/v1/tasks/{task['id']}/events").json()["events"]]
+        # Ran its second attempt once: one retry, one start after it, one end.
+        assert types == ["task.progress", "task.retrying", "task.progress", "task.completed"]
+        assert relay.client.task(task["id"])["attempt"] == 2

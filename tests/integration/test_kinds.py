@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,8 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import Relay, StartRelay, relay_for_many_tests
+from tests.integration.test_api import metrics
+from tests.kinds_for_tests import FLAKY_RETRIES
 from tests.support import Api, Receiver, wait_until, webhook_attempts
 
 TEST_KINDS = "tests.kinds_for_tests"
@@ -126,6 +129,82 @@ class TestWithTheTestKinds:
         response = kinds_relay.client.post("/v1/tasks", json={"kind": "count_sync", "input": {"steps": 0}})
         assert response.status_code == 422
         assert "count_sync" in response.json()["detail"]
+
+    def test_a_kind_that_fails_twice_then_succeeds_is_retried_and_its_webhook_gets_the_end_only(
+        self, kinds_relay: Relay, receiver: Receiver
+    ) -> None:
+        before = metrics(kinds_relay.client)
+        task = kinds_relay.client.submit("flaky", {"failures": 2}, webhook=receiver.url("/flaky"))
+
+        done = kinds_relay.client.wait_task(task["id"], timeout_s=20)
+        log = events(kinds_relay.client, task["id"])
+
+        assert done["status"] == "succeeded"
+        assert done["result"] == {"attempts": 3}
+        assert done["attempt"] == 3
+        assert done["error"] is None
+        assert [e["type"] for e in log] == [
+            "task.progress",
+            "task.retrying",
+            "task.progress",
+            "task.retrying",
+            "task.progress",
+            "task.completed",
+        ]
+        assert [e["seq"] for e in log] == list(range(1, 7))
+        retries = [e for e in log if e["type"] == "task.retrying"]
+        assert [r["data"]["attempt"] for r in retries] == [2, 3]
+        assert retries[0]["data"]["error"] == {"type": "Retry", "message": "attempt 1 failed on purpose"}
+        for retry, next_run in ((log[1], log[2]), (log[3], log[4])):
+            assert next_run["data"]["message"] == f"attempt {retry['data']['attempt']}"
+            # Never early: the next attempt starts at its run_at or later.
+            assert datetime.fromisoformat(next_run["created_at"]) >= datetime.fromisoformat(retry["data"]["run_at"])
+        # The webhook wants the final types only (the default): one POST, the completion.
+        (hook,) = receiver.wait_for("/flaky")
+        assert hook.json()["id"] == log[-1]["id"]
+        after = metrics(kinds_relay.client)
+        retried = ("relay_tasks_total", (("status", "retried"),))
+        assert after[retried] - before.get(retried, 0) >= 2
+
+    def test_a_kind_out_of_retries_ends_failed_after_its_last_attempt(self, kinds_relay: Relay) -> None:
+        task = kinds_relay.client.submit("flaky", {"failures": 9, "delay_s": 0})
+
+        done = kinds_relay.client.wait_task(task["id"], timeout_s=30)
+        log = events(kinds_relay.client, task["id"])
+
+        assert done["status"] == "failed"
+        assert done["attempt"] == FLAKY_RETRIES + 1
+        assert done["error"] == {"type": "Retry", "message": f"attempt {FLAKY_RETRIES + 1} failed on purpose"}
+        assert [e["type"] for e in log].count("task.retrying") == FLAKY_RETRIES
+        assert log[-1]["type"] == "task.failed"
+
+    def test_a_kind_retries_the_errors_it_declares_and_no_others(self, kinds_relay: Relay) -> None:
+        retried = kinds_relay.client.submit("flaky_error", {"failures": 1})
+        not_retried = kinds_relay.client.submit("flaky_error", {"failures": 10})
+
+        assert kinds_relay.client.wait_task(retried["id"], timeout_s=20)["result"] == {"attempts": 2}
+        failed = kinds_relay.client.wait_task(not_retried["id"], timeout_s=20)
+        assert (failed["status"], failed["attempt"]) == ("failed", 1)
+        assert failed["error"]["type"] == "ValueError"
+        assert [e["type"] for e in events(kinds_relay.client, retried["id"])] == ["task.retrying", "task.completed"]
+
+    def test_a_task_waiting_for_its_retry_can_be_cancelled_and_never_runs_again(self, kinds_relay: Relay) -> None:
+        task = kinds_relay.client.submit("flaky", {"failures": 1, "delay_s": 2})
+        waiting = wait_until(
+            lambda: (t := kinds_relay.client.task(task["id"]))["status"] == "scheduled" and t["attempt"] == 2 and t,
+            timeout_s=10,
+            message="the task to wait for its second attempt",
+        )
+        assert waiting["run_at"] is not None
+
+        response = kinds_relay.client.post(f"/v1/tasks/{task['id']}/cancel")
+        assert response.status_code == 202, response.text
+        time.sleep(3)  # past its run_at and a sweep
+
+        done = kinds_relay.client.task(task["id"])
+        assert done["status"] == "cancelled"
+        log = events(kinds_relay.client, task["id"])
+        assert [e["type"] for e in log] == ["task.progress", "task.retrying", "task.cancelled"]
 
 
 def test_kinds_from_relay_task_modules_are_unknown_without_it(start_relay: StartRelay) -> None:

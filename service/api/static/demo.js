@@ -212,6 +212,9 @@ function showEvent(event, { earlier = false } = {}) {
   if (event.type === "task.progress") {
     setStatus("running");
     setProgress(event.data.percent, event.data.message);
+  } else if (event.type === "task.retrying") {
+    setStatus("scheduled");
+    setProgress(0, `attempt ${event.data.attempt} at ${clock(new Date(event.data.run_at))}`);
   } else {
     setStatus(event.data.status);
     if (event.data.status === "succeeded") setProgress(100, "done");

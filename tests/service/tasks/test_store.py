@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from unittest.mock import ANY
 
 import pytest
 import redis.asyncio as aioredis
@@ -15,7 +16,8 @@ from delivery import keys
 from delivery.destinations import FlowSettings
 from delivery.errors import LeaseLost
 from delivery.redis_client import connect
-from schemas.tasks import TaskRecord, TaskStatus
+from schemas.events import EventType
+from schemas.tasks import TaskError, TaskRecord, TaskStatus
 from service.tasks.ledger import REQUEUE_GRACE_S, Start, TaskLedger
 from service.tasks.store import Submitted, TaskStore, TenantFull
 
@@ -158,3 +160,58 @@ async def test_sweep_takes_a_dead_runs_task_after_its_lease_and_not_before(
     assert await ledger.sweep(now=lease_end + 0.5) == ["task_1"]
     assert await ledger.sweep(now=lease_end + 1) == []  # its next deadline moved on in the same step
     assert await ledger.sweep(now=time.time() + REQUEUE_GRACE_S + 0.5) == ["task_2"]
+
+
+async def test_a_retry_gives_the_lease_back_and_the_task_waits_scheduled_until_its_time(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    tasks = stores(clients)[0]
+    ledger = TaskLedger(redis=redis)
+    await tasks.create(new_record("task_1"), idempotency_key=None)
+    started = await ledger.start("task_1", "run-a")
+    assert started.record is not None
+    error = TaskError(type="Retry", message="busy")
+
+    waiting, event = tasks.retry_event(started.record, error=error, delay_s=30)
+    await tasks.append_retry(waiting, "run-a", event)
+    await tasks.append_retry(waiting, "run-a", event)  # a write tried again after its answer was lost
+
+    stored = await tasks.get("task_1")
+    assert stored is not None
+    assert (stored.status, stored.attempt, stored.progress) == (TaskStatus.SCHEDULED, 2, None)
+    assert stored.run_at == waiting.run_at
+    logged = await redis.lrange(keys.events("task_1"), 0, -1)
+    assert len(logged) == 1  # stored once
+    assert event.type is EventType.RETRYING
+    assert event.data == {"attempt": 2, "error": {"type": "Retry", "message": "busy"}, "run_at": ANY}
+    assert not await redis.exists(keys.lease("task_1"))
+    run_at = waiting.run_at.timestamp() if waiting.run_at else 0.0
+    assert await redis.zscore(keys.SCHEDULED_TASKS, "task_1") == pytest.approx(run_at)
+    assert await redis.zscore(keys.OWED_TASKS, "task_1") == pytest.approx(run_at + REQUEUE_GRACE_S)
+    assert await ledger.promote(now=run_at - 1) == []  # never early
+    assert await ledger.sweep(now=run_at + 1) == []  # owed only from a grace after its time
+    assert await ledger.promote(now=run_at + 0.01) == ["task_1"]
+    second = await ledger.start("task_1", "run-b")
+    assert second.outcome is Start.RUN
+    assert second.record is not None
+    assert second.record.attempt == 2
+
+
+async def test_a_run_that_lost_its_task_cannot_schedule_a_retry(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    tasks = stores(clients)[0]
+    ledger = TaskLedger(redis=redis)
+    await tasks.create(new_record("task_1"), idempotency_key=None)
+    started = await ledger.start("task_1", "run-a")
+    assert started.record is not None
+    cancelled = await tasks.cancel("task_1", visible=lambda tenant, token: True)
+    assert cancelled is not None
+
+    waiting, event = tasks.retry_event(started.record, error=TaskError(type="Retry", message="x"), delay_s=1)
+    with pytest.raises(LeaseLost):
+        await tasks.append_retry(waiting, "run-a", event)
+    stored = await tasks.get("task_1")
+    assert stored is not None
+    assert stored.status is TaskStatus.CANCELLED
+    assert await redis.zscore(keys.SCHEDULED_TASKS, "task_1") is None

@@ -1,0 +1,59 @@
+"""What a kind declares about retrying its work: which failures are retried, how many times, after how long."""
+
+from __future__ import annotations
+
+import pytest
+
+from delivery.errors import ConfigError
+from service.kinds import DEFAULT_RETRY_DELAYS_S, KindRegistry, Retry, TaskKind
+
+
+class Transient(Exception):
+    pass
+
+
+def declared(**options: object) -> TaskKind:
+    registry = KindRegistry()
+    registry.register("k", **options)(lambda data, ctx: None)  # type: ignore[arg-type]
+    found = registry.get("k")
+    assert found is not None
+    return found
+
+
+def test_a_kind_retries_nothing_unless_it_says_so() -> None:
+    assert declared().retry_delay_s(1, Retry()) is None
+
+
+def test_retry_is_always_retryable_and_other_errors_only_when_declared() -> None:
+    k = declared(max_retries=2, retry_on=(Transient,))
+    assert k.retry_delay_s(1, Retry()) == DEFAULT_RETRY_DELAYS_S[0]
+    assert k.retry_delay_s(1, Transient()) == DEFAULT_RETRY_DELAYS_S[0]
+    assert k.retry_delay_s(1, ValueError()) is None
+    assert declared(max_retries=2).retry_delay_s(1, Transient()) is None
+
+
+def test_the_delays_follow_the_schedule_then_repeat_its_last_and_stop_after_max_retries() -> None:
+    k = declared(max_retries=6)
+    delays = [k.retry_delay_s(attempt, Retry()) for attempt in range(1, 8)]
+    assert delays == [1.0, 10.0, 60.0, 300.0, 300.0, 300.0, None]
+
+
+def test_a_retrys_own_delay_wins() -> None:
+    k = declared(max_retries=1, retry_delays_s=(5,))
+    assert k.retry_delay_s(1, Retry("later", delay_s=42)) == 42
+    assert k.retry_delay_s(1, Retry("soon")) == 5
+    assert k.retry_delay_s(2, Retry("too many", delay_s=1)) is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"max_retries": -1}, {"max_retries": 101}, {"retry_delays_s": ()}, {"retry_delays_s": (-1,)}, {"retry_on": (42,)}],
+)
+def test_a_bad_declaration_fails_at_import(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        declared(**options)
+
+
+def test_a_retry_delay_out_of_range_is_the_kinds_bug() -> None:
+    with pytest.raises(ValueError, match="delay_s"):
+        Retry(delay_s=-1)
