@@ -1,7 +1,8 @@
 -- A socket acked an event in time: settle its delivery, so no webhook is sent.
--- KEYS: ack_marker, due, delivery, attempts, stats, latency
+-- KEYS: ack_marker, due, delivery, attempts, stats, latency, the task's webhook head and line
 -- ARGV: event_id, attempts_ttl_s, acked attempt, skipped webhook attempt ('' when the task has no webhook),
---       latency_bucket, latency_s, acked_field, skipped_field (the stats counters to raise)
+--       latency_bucket, latency_s, acked_field, skipped_field (the stats counters to raise), now (unix time)
+-- The task's next webhook, if one waited behind this one, is owed from then on (task_line.lua).
 -- Returns 1 when this ack settled the delivery, 0 when it was not waiting for one (already acked, timed out,
 -- or a progress event).
 if redis.call('DEL', KEYS[1]) == 0 then
@@ -18,4 +19,5 @@ end
 redis.call('EXPIRE', KEYS[4], ARGV[2])
 redis.call('HINCRBY', KEYS[6], ARGV[5], 1)
 redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[6])
+line_advance({head = KEYS[7], line = KEYS[8], ttl = tonumber(ARGV[2]), now = tonumber(ARGV[9])}, ARGV[1], nil)
 return 1

@@ -1,13 +1,15 @@
 -- Write a task's new state and one event in one step; for a final event, end the task and owe its delivery.
 -- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker, owed tasks, lease,
 --       open tasks of the tenant, requeue counts, then the destination's meta, due, flight, deadline,
---       then scheduled tasks
+--       then scheduled tasks, the task's webhook head, line and attempt log
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
 --       delivery ("" for none), destination id ("" for none), event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
 --       task_id, run token, final ("1" or ""), then with a webhook: the two of dst_init, tenant, origin
 --       (else two empty), then the stored record expected ('' for none: the run's write), then for a retry
 --       the next attempt's run_at and the time it is owed from ('' for none: the run's lease is given back and
---       the task waits in the scheduled set, as a scheduled submission does)
+--       the task waits in the scheduled set, as a scheduled submission does), then the counter of skipped webhooks,
+--       now (RFC 3339), and the event's line kind ('p' for progress, which a newer event supersedes, else 'f')
+-- A webhook waits behind any other of its task that is still owed (see task_line.lua): {'lined'}.
 -- Only the run that holds the task writes: returns {'ended'} when the task has ended already and {'stolen'}
 -- when another run holds its lease, writing nothing. A write from outside any run (a cancel) gives the record
 -- it read instead of a run token: {'changed'} when the task has been written since, and the caller reads it
@@ -57,13 +59,26 @@ if ARGV[7] == '' then
     return {'none'}
 end
 redis.call('SET', KEYS[4], ARGV[7])
-if ARGV[10] == '1' and (ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[7]) == 1) then
-    redis.call('SET', KEYS[8], '1', 'EX', ARGV[2])
+-- (the ack marker holds the time the ack is due: a webhook that waited in its task's line keeps waiting until then)
+local push = ARGV[10] == '1' and (ARGV[12] ~= '1' or redis.call('EXISTS', KEYS[7]) == 1)
+local d
+if ARGV[12] == '1' then
+    dst_init(ARGV[16], ARGV[17])
+    d = {id = ARGV[8], meta = KEYS[13], due = KEYS[14], flight = KEYS[15], deadline = KEYS[16]}
+    local L = {head = KEYS[18], line = KEYS[19], ttl = tonumber(ARGV[2]), attempts = KEYS[20], stats = KEYS[3],
+               skipped = ARGV[23], at = ARGV[24], now = NOW}
+    if not line_join(L, ARGV[25] .. ':' .. ARGV[9], d) then
+        if push then
+            redis.call('SET', KEYS[8], ARGV[11], 'EX', ARGV[2])
+        end
+        return {'lined'}
+    end
+end
+if push then
+    redis.call('SET', KEYS[8], ARGV[11], 'EX', ARGV[2])
     redis.call('ZADD', KEYS[5], ARGV[11], ARGV[9])
     return {'push', false}
 end
-dst_init(ARGV[16], ARGV[17])
-local d = {id = ARGV[8], meta = KEYS[13], due = KEYS[14], flight = KEYS[15], deadline = KEYS[16]}
 if outside then
     dst_ensure(d, ARGV[18], ARGV[19])
     dst_owe(d, ARGV[9], NOW)

@@ -57,7 +57,7 @@ _ORDER = {
 
 
 def lua(name: str) -> str:
-    """Script ``name`` with the shared destination functions and the key names in front of it."""
+    """Script ``name`` with the shared destination and task-line functions and the key names in front of it."""
     header = "\n".join(
         f"local {var} = '{value}'"
         for var, value in (
@@ -65,9 +65,13 @@ def lua(name: str) -> str:
             ("ALL", keys.DESTINATIONS),
             ("TENANT_PREFIX", keys.DESTINATIONS_OF_PREFIX),
             ("KEY_PREFIX", keys.PREFIX),
+            ("DUE_KEY", keys.DUE),
+            ("DELIVERY_PREFIX", keys.delivery("")),
+            ("ACK_PREFIX", keys.ack_marker("")),
         )
     )
-    return "\n".join([header, (_HERE / "destination.lua").read_text(), (_HERE / name).read_text()])
+    shared = [(_HERE / "destination.lua").read_text(), (_HERE / "task_line.lua").read_text()]
+    return "\n".join([header, *shared, (_HERE / name).read_text()])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -7,21 +7,26 @@ before anything is sent, so every event that is ever delivered can also be read 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import msgspec
 import redis.asyncio as aioredis
 
-from delivery import keys
+from delivery import keys, metrics
 from delivery.destinations import NO_DESTINATION_KEYS, FlowSettings, destination_for, lua
 from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_client import as_text
-from schemas.deliveries import Attempt
-from schemas.events import Event
+from schemas.deliveries import Attempt, Channel, DeliveryOutcome
+from schemas.events import Event, EventType
 
 _encode = msgspec.json.Encoder().encode
 _decode_events = msgspec.json.Decoder(Event).decode
 _decode_attempt = msgspec.json.Decoder(Attempt).decode
+
+
+def _rfc3339_now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,9 @@ class EventLog:
         run token: it writes whoever holds the lease, unless the record changed since (:class:`RecordChanged`),
         and its webhook is owed to the destination, never leased to the caller.
 
+        A webhook of a task that still owes another waits behind it (in ``seq`` order); a progress webhook still
+        waiting when a newer one is owed is skipped (see ``task_line.lua``).
+
         With ``retry_at`` (a run's failed attempt that is tried again), the run gives its lease back and the task
         waits in the scheduled set until then, owed from ``owed_from`` on (so that a lost promotion still brings
         it back).
@@ -90,6 +98,9 @@ class EventLog:
                 keys.REQUEUES,
                 *(dst.keys if dst else NO_DESTINATION_KEYS),
                 keys.SCHEDULED_TASKS,
+                keys.webhook_head(task_id),
+                keys.webhook_line(task_id),
+                keys.attempts(task_id),
             ],
             args=[
                 task_state,
@@ -113,6 +124,9 @@ class EventLog:
                 read_state or "",
                 repr(retry_at) if retry_at is not None else "",
                 repr(owed_from),
+                metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
+                _rfc3339_now(),
+                "p" if event.type is EventType.PROGRESS else "f",
             ],
         )
         mode = as_text(reply[0])
@@ -121,7 +135,7 @@ class EventLog:
         if mode == "changed":
             raise RecordChanged(task_id)
         if mode != "webhook":
-            return None  # nothing owed; waiting for a socket's ack; or waiting in its destination
+            return None  # nothing owed; waiting for a socket's ack, in its destination, or behind the task's others
         return Leased(token=as_text(reply[2]), raw_secrets=reply[1] if isinstance(reply[1], bytes) else None)
 
     async def events_after(self, task_id: str, after_seq: int = 0) -> list[Event]:

@@ -70,6 +70,16 @@ def attempts(task_id: str) -> str:
     return f"{PREFIX}attempts:{task_id}"
 
 
+def webhook_head(task_id: str) -> str:
+    """The task's webhook owed now ('p:' or 'f:' and its event id); newer ones wait in its line (task_line.lua)."""
+    return f"{PREFIX}wh:head:{task_id}"
+
+
+def webhook_line(task_id: str) -> str:
+    """List of the task's webhooks waiting behind its head, oldest first."""
+    return f"{PREFIX}wh:line:{task_id}"
+
+
 def delivery(event_id: str) -> str:
     return f"{PREFIX}dlv:{event_id}"
 

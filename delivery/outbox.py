@@ -37,7 +37,6 @@ from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 
 _CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
-_ACK_LUA = Path(__file__).with_name("ack.lua").read_text()
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
 
@@ -87,7 +86,7 @@ class Outbox:
         self._record = redis.register_script(lua("record_attempt.lua"))
         self._claim_destinations = redis.register_script(lua("claim_destinations.lua"))
         self._handoff = redis.register_script(lua("handoff.lua"))
-        self._ack = redis.register_script(_ACK_LUA)
+        self._ack = redis.register_script(lua("ack.lua"))
 
     @property
     def lease_s(self) -> float:
@@ -168,6 +167,8 @@ class Outbox:
                 keys.attempts(task_id),
                 keys.STATS,
                 keys.LATENCY,
+                keys.webhook_head(task_id),
+                keys.webhook_line(task_id),
             ],
             args=[
                 event_id,
@@ -178,6 +179,7 @@ class Outbox:
                 latency_s,
                 metrics.delivery_counter(Channel.WEBSOCKET, DeliveryOutcome.ACKED),
                 metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
+                now.timestamp(),
             ],
         )
         return bool(settled)
@@ -227,6 +229,8 @@ class Outbox:
             outcome,
             (attempt.error or "") if attempt is not None else "",
             hold_until,
+            metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
+            datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z"),
         ]
         if decision.verdict is Verdict.RETRY:
             args += [_encode(delivery), moment + decision.delay_s]
@@ -272,6 +276,8 @@ class Outbox:
                 keys.dead_letter_of_event(delivery.event_id),
                 *(dst.keys if dst else NO_DESTINATION_KEYS),
                 keys.secrets(delivery.tenant),
+                keys.webhook_head(delivery.task_id),
+                keys.webhook_line(delivery.task_id),
             ],
             args=args,
         )

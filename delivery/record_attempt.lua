@@ -1,25 +1,30 @@
 -- Record one delivery attempt and what follows it, in one step: the attempt log, the delivery's schedule, its
 -- destination's slot and breaker, and the dead letter when it died.
 -- KEYS: attempts, stats, due (the general schedule), delivery, latency, dead_letter, dead_letters,
---       dead_letters_of_tenant, dead_letter_of_event, then the destination's meta, due, flight, deadline, and the
---       tenant's signing secrets
+--       dead_letters_of_tenant, dead_letter_of_event, then the destination's meta, due, flight, deadline, the
+--       tenant's signing secrets, and the task's webhook head and line
 -- ARGV: the two of dst_init,
 --       3 attempt ('' when none was made), 4 attempts_ttl_s, 5 outcome_field ('' for none),
 --       6 verdict ('delivered' | 'retry' | 'dead' | 'dropped' | 'noted'), 7 event_id,
 --       8 destination id, 9 tenant, 10 origin, 11 lease token ('' for none), 12 breaker outcome ('ok' | 'fail' |
---       'other' | 'none'), 13 error text, 14 hold_until ('' for none), then by verdict:
---         retry:     15 delivery, 16 due_at
---         delivered: 15 latency_bucket, 16 latency_s, 17 replayed dead letter id ('' for none)
---         dead:      15 dead letter, 16 dead letter id, 17 dead_at_ms, 18 dead_lettered_field (the stats counter),
---                    19 retention_s (how long dead letters are kept)
+--       'other' | 'none'), 13 error text, 14 hold_until ('' for none), 15 the counter of skipped webhooks,
+--       16 now (RFC 3339), then by verdict:
+--         retry:     17 delivery, 18 due_at
+--         delivered: 17 latency_bucket, 18 latency_s, 19 replayed dead letter id ('' for none)
+--         dead:      17 dead letter, 18 dead letter id, 19 dead_at_ms, 20 dead_lettered_field (the stats counter),
+--                    21 retention_s (how long dead letters are kept)
 --         noted:     nothing (an unacked push: the webhook is owed to its destination from now on)
 --         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
 -- Returns {status, change[, event id, record, lease token, the tenant's secrets]}: status 'ok' or 'fenced' (another
 -- attempt holds the delivery now: only the attempt was written down); change is 'opened', 'recovered' or ''; then
 -- the webhook leased to the caller in the same step, when there is one that may start now: the destination's next
--- due webhook after an attempt, or a noted push's own webhook.
+-- due webhook after an attempt, or a noted push's own webhook. A settled webhook (delivered or dead) lets the next
+-- of its task be owed; a failed progress webhook with a newer one of its task waiting is not tried again but
+-- skipped (task_line.lua).
 dst_init(ARGV[1], ARGV[2])
 local d = {id = ARGV[8], meta = KEYS[10], due = KEYS[11], flight = KEYS[12], deadline = KEYS[13]}
+local L = {head = KEYS[15], line = KEYS[16], ttl = tonumber(ARGV[4]), attempts = KEYS[1], stats = KEYS[2],
+           skipped = ARGV[15], at = ARGV[16], now = NOW}
 local verdict = ARGV[6]
 local event_id = ARGV[7]
 if ARGV[3] ~= '' then
@@ -50,18 +55,22 @@ if holds == false or (holds == nil and redis.call('EXISTS', KEYS[4]) == 0) then
     return {'fenced', ''}
 end
 local change = dst_settle(d, event_id, ARGV[12], ARGV[13], ARGV[14])
-if verdict == 'retry' then
-    redis.call('SET', KEYS[4], ARGV[15])
-    dst_owe(d, event_id, ARGV[16])
+if verdict == 'retry' and line_superseded(L, event_id) then
+    local ok, decoded = pcall(cjson.decode, ARGV[17])
+    line_skip(L, event_id, d, ok and type(decoded) == 'table' and tonumber(decoded.attempts) or 0)
+    line_advance(L, event_id, d)
+elseif verdict == 'retry' then
+    redis.call('SET', KEYS[4], ARGV[17])
+    dst_owe(d, event_id, ARGV[18])
 else
     redis.call('ZREM', KEYS[3], event_id)
     redis.call('DEL', KEYS[4])
     redis.call('ZREM', KEYS[13], event_id)
 end
 if verdict == 'delivered' then
-    redis.call('HINCRBY', KEYS[5], ARGV[15], 1)
-    redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[16])
-    local replayed = ARGV[17]
+    redis.call('HINCRBY', KEYS[5], ARGV[17], 1)
+    redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[18])
+    local replayed = ARGV[19]
     if replayed ~= '' then
         redis.call('DEL', KEYS[6])
         redis.call('ZREM', KEYS[7], replayed)
@@ -71,15 +80,18 @@ if verdict == 'delivered' then
 elseif verdict == 'dead' then
     -- kept retention_s. The tenant's index drops entries older than that as new ones come (workers trim the
     -- global index once a minute: they know no tenants)
-    local retention_s = tonumber(ARGV[19])
-    local cutoff_ms = tonumber(ARGV[17]) - retention_s * 1000
-    redis.call('SET', KEYS[6], ARGV[15], 'EX', retention_s)
-    redis.call('ZADD', KEYS[7], ARGV[17], ARGV[16])
-    redis.call('ZADD', KEYS[8], ARGV[17], ARGV[16])
+    local retention_s = tonumber(ARGV[21])
+    local cutoff_ms = tonumber(ARGV[19]) - retention_s * 1000
+    redis.call('SET', KEYS[6], ARGV[17], 'EX', retention_s)
+    redis.call('ZADD', KEYS[7], ARGV[19], ARGV[18])
+    redis.call('ZADD', KEYS[8], ARGV[19], ARGV[18])
     redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', cutoff_ms)
     redis.call('EXPIRE', KEYS[8], retention_s)
-    redis.call('SET', KEYS[9], ARGV[16], 'EX', retention_s)
-    redis.call('HINCRBY', KEYS[2], ARGV[18], 1)
+    redis.call('SET', KEYS[9], ARGV[18], 'EX', retention_s)
+    redis.call('HINCRBY', KEYS[2], ARGV[20], 1)
+end
+if verdict == 'delivered' or verdict == 'dead' then
+    line_advance(L, event_id, d)
 end
 -- The slot this attempt held goes straight to the destination's next due webhook, leased to the caller, so a
 -- busy destination's backlog flows at the pace of its receiver rather than of the claim's polling.

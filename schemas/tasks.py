@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from schemas.events import EventType
+
 # The furthest ahead a task may be scheduled.
 MAX_SCHEDULE_AHEAD_S = 30 * 86400
 
@@ -26,8 +28,22 @@ class TaskStatus(enum.Enum):
         return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
-class Webhook(msgspec.Struct, forbid_unknown_fields=True):
+# The events a webhook gets unless it lists its own.
+FINAL_EVENT_TYPES = (EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED)
+
+
+class Webhook(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     url: str
+    # The event types posted to it (None: the final types); a task's webhooks go in seq order.
+    events: Annotated[list[EventType], Meta(min_length=1, max_length=16)] | None = None
+
+    def wants(self, event_type: EventType) -> bool:
+        return event_type in (FINAL_EVENT_TYPES if self.events is None else self.events)
+
+    def resolved(self) -> Webhook:
+        """The same webhook with its event types spelled out, each once, in the order they are declared."""
+        wanted = FINAL_EVENT_TYPES if self.events is None else self.events
+        return Webhook(url=self.url, events=[t for t in EventType if t in wanted])
 
 
 class TaskSubmission(msgspec.Struct, forbid_unknown_fields=True):

@@ -58,6 +58,19 @@ def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -
         raise click.BadParameter(f"not valid JSON: {exc}", ctx, param) from None
 
 
+def _parse_events(ctx: click.Context, param: click.Parameter, value: str | None) -> list[EventType] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    known = {t.value: t for t in EventType}
+    unknown = [name for name in names if name not in known and f"task.{name}" not in known]
+    if not names or unknown:
+        raise click.BadParameter(
+            f"unknown event type {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}", ctx, param
+        )
+    return [known.get(name) or known[f"task.{name}"] for name in names]
+
+
 @click.command()
 @click.argument("kind")
 @click.option(
@@ -68,6 +81,13 @@ def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -
     help="The task's input as JSON, @FILE to read it from a file, - from standard input [default: null].",
 )
 @click.option("--webhook", metavar="URL", help="Deliver the result to this URL as a signed webhook.")
+@click.option(
+    "--events",
+    metavar="TYPE,...",
+    callback=_parse_events,
+    help="With --webhook: the event types it gets, comma-separated (e.g. task.progress,task.completed) "
+    "[default: the final types].",
+)
 @click.option("--websocket/--no-websocket", default=False, show_default=True, help="Ask for WebSocket push.")
 @click.option(
     "--delay",
@@ -90,6 +110,7 @@ def submit(
     kind: str,
     input_: Any,
     webhook: str | None,
+    events: list[EventType] | None,
     websocket: bool,
     wait: bool,
     timeout_s: float | None,
@@ -107,10 +128,12 @@ def submit(
         raise click.UsageError("Give --delay or --run-at, not both.")
     if timeout_s is not None and not wait:
         raise click.UsageError("--timeout only applies with --wait.")
+    if events is not None and not webhook:
+        raise click.UsageError("--events only applies with --webhook.")
     body = TaskSubmission(
         kind=kind,
         input=input_,
-        webhook=Webhook(url=webhook) if webhook else None,
+        webhook=Webhook(url=webhook, events=events) if webhook else None,
         websocket=websocket,
         run_at=run_at,
         delay_s=delay_s,

@@ -220,14 +220,13 @@ class TaskStore:
         record.progress = Progress(percent=percent, message=message)
         return self._next_event(record, EventType.PROGRESS, {"percent": percent, "message": message})
 
-    async def append_progress(self, record: TaskRecord, run_token: str, event: Event) -> None:
+    async def append_progress(self, record: TaskRecord, run_token: str, event: Event) -> Lease | None:
         """Store ``event`` (from ``progress_event``) with the task's state; the same event twice is stored once.
 
-        Raises :class:`LeaseLost` when this run no longer holds the task.
+        When the task's webhook wants progress, its webhook is owed too (see ``finish`` for the lease that may
+        come back). Raises :class:`LeaseLost` when this run no longer holds the task.
         """
-        await self._log.append(
-            event, tenant=record.tenant, run_token=run_token, task_state=_encode(record), task_ttl_s=self._record_ttl_s
-        )
+        return await self._write(record, event, run_token=run_token)
 
     async def finish(
         self,
@@ -267,19 +266,18 @@ class TaskStore:
         data = {"attempt": waiting.attempt, "error": msgspec.to_builtins(error), "run_at": msgspec.to_builtins(run_at)}
         return waiting, self._next_event(waiting, EventType.RETRYING, data)
 
-    async def append_retry(self, waiting: TaskRecord, run_token: str, event: Event) -> None:
+    async def append_retry(self, waiting: TaskRecord, run_token: str, event: Event) -> Lease | None:
         """Record a failed attempt whose work is tried again (from ``retry_event``) in one step: the task waits
-        ``scheduled`` in the scheduled set for its ``run_at``, and this run gives its lease back.
+        ``scheduled`` in the scheduled set for its ``run_at``, and this run gives its lease back. When the task's
+        webhook wants ``task.retrying``, its webhook is owed too (see ``finish`` for the lease that may come back).
 
         Raises :class:`LeaseLost` (writing nothing) when the task has ended (a cancel) or another run holds it.
         """
         assert waiting.run_at is not None
-        await self._log.append(
+        return await self._write(
+            waiting,
             event,
-            tenant=waiting.tenant,
             run_token=run_token,
-            task_state=_encode(waiting),
-            task_ttl_s=self._record_ttl_s,
             stats_field=metrics.task_counter("retried"),
             retry_at=waiting.run_at.timestamp(),
             owed_from=waiting.run_at.timestamp() + REQUEUE_GRACE_S,
@@ -315,22 +313,48 @@ class TaskStore:
         self, final: TaskRecord, event: Event, *, run_token: str, read_state: bytes | None = None
     ) -> Lease | None:
         """Write ``final`` and its final ``event``, ending the task and owing its delivery (see ``finish``)."""
-        delivery = None
-        if final.webhook is not None or final.websocket:
-            url = final.webhook.url if final.webhook is not None else None
-            delivery = PendingDelivery(tenant=final.tenant, task_id=final.id, url=url, event=event)
-        leased = await self._log.append(
+        return await self._write(
+            final,
             event,
-            tenant=final.tenant,
             run_token=run_token,
-            task_state=_encode(final),
-            task_ttl_s=self._record_ttl_s,
             final=True,
             stats_field=metrics.task_counter(final.status.value),
+            read_state=read_state,
+        )
+
+    async def _write(
+        self,
+        record: TaskRecord,
+        event: Event,
+        *,
+        run_token: str,
+        final: bool = False,
+        stats_field: str | None = None,
+        read_state: bytes | None = None,
+        retry_at: float | None = None,
+        owed_from: float = 0.0,
+    ) -> Lease | None:
+        """Write ``record`` and ``event`` in one step, owing the event's delivery when a channel wants it: a final
+        event goes to the WebSocket (when asked) and to the webhook when it lists the event's type; any other
+        event only to a webhook that lists it (it reaches sockets live either way)."""
+        url = record.webhook.url if record.webhook is not None and record.webhook.wants(event.type) else None
+        delivery = None
+        if url is not None or (final and record.websocket):
+            delivery = PendingDelivery(tenant=record.tenant, task_id=record.id, url=url, event=event)
+        leased = await self._log.append(
+            event,
+            tenant=record.tenant,
+            run_token=run_token,
+            task_state=_encode(record),
+            task_ttl_s=self._record_ttl_s,
+            final=final,
+            stats_field=stats_field,
             delivery=delivery,
-            websocket=final.websocket,
+            websocket=record.websocket,
             ack_due_at=time.time() + self._ack_timeout_s,
             read_state=read_state,
+            retry_at=retry_at,
+            owed_from=owed_from,
         )
         if leased is None or delivery is None:
             return None

@@ -80,9 +80,11 @@ class Outcome:
 
 async def _retry_later(rt: Runtime, record: TaskRecord, run: Run, error: TaskError, delay_s: float) -> None:
     waiting, event = rt.tasks.retry_event(record, error=error, delay_s=delay_s)
-    await rt.until_redis_answers(
+    lease = await rt.until_redis_answers(
         lambda: rt.tasks.append_retry(waiting, run.token, event), what=f"scheduling the retry of task {record.id}"
     )
+    if lease is not None:
+        rt.engine.dispatch(lease)
     log.info(
         "task %s (%s): attempt %d failed (%s); attempt %d in %.3g s",
         record.id,
@@ -105,10 +107,12 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
         try:
             await mark_running()
             event = rt.tasks.progress_event(record, percent, message)  # one event, however often it is sent
-            await rt.until_redis_answers(
+            lease = await rt.until_redis_answers(
                 lambda: rt.tasks.append_progress(record, run.token, event),
                 what=f"reporting progress of task {record.id}",
             )
+            if lease is not None:
+                rt.engine.dispatch(lease)  # a webhook that wants progress
         except LeaseLost as exc:
             log.info("task %s: %s; its run is cancelled", record.id, exc)
             run.lose()  # the kind's next await is cancelled (a cancelled task has ended)

@@ -59,7 +59,11 @@ class TestWithTheTestSettings:
         assert submitted["id"].startswith("task_")
         assert submitted["kind"] == "sleep"
         assert submitted["input"] == {"seconds": 1}
-        assert submitted["webhook"] == {"url": receiver.url("/hook")}
+        # The final types unless it lists its own.
+        assert submitted["webhook"] == {
+            "url": receiver.url("/hook"),
+            "events": ["task.completed", "task.failed", "task.cancelled"],
+        }
         assert submitted["result"] is None
         assert submitted["started_at"] is None
         assert submitted["finished_at"] is None

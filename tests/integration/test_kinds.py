@@ -206,6 +206,84 @@ class TestWithTheTestKinds:
         log = events(kinds_relay.client, task["id"])
         assert [e["type"] for e in log] == ["task.progress", "task.retrying", "task.cancelled"]
 
+    def test_a_webhook_that_lists_progress_gets_every_event_in_seq_order(
+        self, kinds_relay: Relay, receiver: Receiver
+    ) -> None:
+        events_wanted = ["task.progress", "task.completed"]
+        task = kinds_relay.client.submit(
+            "count_sync", {"steps": 4}, body={"webhook": {"url": receiver.url("/steps"), "events": events_wanted}}
+        )
+        assert task["webhook"] == {"url": receiver.url("/steps"), "events": events_wanted}
+
+        kinds_relay.client.wait_task(task["id"])
+        log = events(kinds_relay.client, task["id"])
+        hooks = wait_until(
+            lambda: (h := receiver.on("/steps")) and h[-1].json()["type"] == "task.completed" and h,
+            timeout_s=20,
+            message="the final webhook",
+        )
+        posted = [h.json()["seq"] for h in hooks]
+        assert posted == sorted(set(posted))  # in seq order, none twice
+        outcomes = {(a["event_id"], a["outcome"]) for a in webhook_attempts(kinds_relay.client, task["id"])}
+        # Each event was posted, or skipped because a newer one was owed before it was sent: none is lost.
+        for event in log:
+            sent = (event["id"], "delivered") in outcomes
+            skipped = (event["id"], "skipped") in outcomes
+            assert sent != skipped, event
+            assert sent == (event["seq"] in posted)
+        assert (log[-1]["id"], "delivered") in outcomes
+
+    def test_a_slow_receiver_gets_the_newest_progress_and_every_final_event_in_order(
+        self, kinds_relay: Relay, receiver: Receiver
+    ) -> None:
+        url = receiver.delay("/slow", 0.3)
+        hook = {"url": url, "events": ["task.progress", "task.completed"]}
+        task = kinds_relay.client.submit("burst", {"events": 40}, body={"webhook": hook})
+
+        kinds_relay.client.wait_task(task["id"])
+        hooks = wait_until(
+            lambda: (h := receiver.on("/slow")) and h[-1].json()["type"] == "task.completed" and h,
+            timeout_s=20,
+            message="the final webhook",
+        )
+        posted = [h.json()["seq"] for h in hooks]
+        assert posted == sorted(set(posted))
+        assert posted[-1] == 41  # the completion, after 40 progress events
+        assert len(posted) < 20  # the superseded progress was skipped, not queued up behind the slow receiver
+        attempts = webhook_attempts(kinds_relay.client, task["id"])
+        skipped = [a for a in attempts if a["outcome"] == "skipped"]
+        assert len(skipped) + len(posted) == 41
+        assert all(a["error"] == "superseded by a newer event of its task" for a in skipped)
+
+    def test_a_webhook_that_lists_retrying_gets_each_retry_before_the_end(
+        self, kinds_relay: Relay, receiver: Receiver
+    ) -> None:
+        hook = {"url": receiver.url("/retries"), "events": ["task.retrying", "task.completed", "task.failed"]}
+        task = kinds_relay.client.submit("flaky_error", {"failures": 2}, body={"webhook": hook})
+
+        assert kinds_relay.client.wait_task(task["id"], timeout_s=20)["status"] == "succeeded"
+        hooks = receiver.wait_for("/retries", 3)
+        assert [(h.json()["type"], h.json()["seq"]) for h in hooks] == [
+            ("task.retrying", 1),
+            ("task.retrying", 2),
+            ("task.completed", 3),
+        ]
+        assert [h.json()["data"]["attempt"] for h in hooks[:2]] == [2, 3]
+
+    @pytest.mark.parametrize(
+        ("events_given", "named"),
+        [(["task.finished"], "task.finished"), ([], "events"), ("task.completed", "events")],
+    )
+    def test_a_webhook_with_bad_event_types_is_a_422_naming_the_field(
+        self, kinds_relay: Relay, events_given: object, named: str
+    ) -> None:
+        response = kinds_relay.client.post(
+            "/v1/tasks", json={"kind": "echo", "webhook": {"url": "http://127.0.0.1:9/x", "events": events_given}}
+        )
+        assert response.status_code == 422, response.text
+        assert "webhook.events" in response.json()["detail"]
+        assert named in response.json()["detail"]
+
 
 def test_kinds_from_relay_task_modules_are_unknown_without_it(start_relay: StartRelay) -> None:
     api = Api(start_relay("api").url)

@@ -84,7 +84,7 @@ class TaskController(Controller):
             status=TaskStatus.QUEUED if run_at is None else TaskStatus.SCHEDULED,
             input=data.input,
             created_at=created_at,
-            webhook=data.webhook,
+            webhook=data.webhook.resolved() if data.webhook is not None else None,
             websocket=data.websocket,
             ws_token=secrets.token_urlsafe(24),
             tenant=tenant,
