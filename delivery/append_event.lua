@@ -1,7 +1,7 @@
 -- Write a task's new state and one event in one step; for a final event, end the task and owe its delivery.
 -- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker, owed tasks, lease,
 --       open tasks of the tenant, requeue counts, then the destination's meta, due, flight, deadline,
---       then scheduled tasks, the task's webhook head, line and attempt log
+--       then scheduled tasks, the task's webhook head, line and attempt log, the tenant's counters
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
 --       delivery ("" for none), destination id ("" for none), event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
 --       task_id, run token, final ("1" or ""), then with a webhook: the two of dst_init, tenant, origin
@@ -43,6 +43,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[3])
 if ARGV[6] ~= '' then
     redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
+    redis.call('HINCRBY', KEYS[21], ARGV[6], 1)
 end
 if ARGV[15] == '1' then
     redis.call('ZREM', KEYS[9], task_id)

@@ -101,6 +101,7 @@ class EventLog:
                 keys.webhook_head(task_id),
                 keys.webhook_line(task_id),
                 keys.attempts(task_id),
+                keys.stats_of(tenant),
             ],
             args=[
                 task_state,

@@ -57,6 +57,11 @@ def tasks_of(tenant: str) -> str:
     return f"{PREFIX}tasks:tenant:{tenant}"
 
 
+def stats_of(tenant: str) -> str:
+    """Hash of a tenant's own task counters (the same fields as ``STATS`` counts for every tenant)."""
+    return f"{PREFIX}stats:tenant:{tenant}"
+
+
 def open_tasks_of(tenant: str) -> str:
     """Sorted set of a tenant's tasks that have not ended, by creation time (ms)."""
     return f"{PREFIX}open:{tenant}"

@@ -30,6 +30,7 @@ from service.api.pages import demo_page
 from service.api.routes.dead_letters import DeadLetterController
 from service.api.routes.destinations import DestinationController, ops_signing_secret
 from service.api.routes.ops import health, prometheus_metrics, ready
+from service.api.routes.stats import stats
 from service.api.routes.tasks import TaskController
 from service.api.state import ApiState
 from service.api.ws import ws_endpoint
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> Litestar:
             health,
             ready,
             prometheus_metrics,
+            stats,
             ws_endpoint,
             demo_page,
             create_static_files_router(path=STATIC_URL, directories=[STATIC_DIR], name="static"),

@@ -175,6 +175,7 @@ class TaskStore:
                 keys.TASKS,
                 keys.tasks_of(record.tenant),
                 keys.SCHEDULED_TASKS,
+                keys.stats_of(record.tenant),
             ],
             args=[
                 record.id,

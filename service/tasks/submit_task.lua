@@ -2,7 +2,7 @@
 -- failure anywhere leaves either all of it or none (a client retrying a 503 with its key then gets a new task).
 -- KEYS: task, idempotency (any key when there is none), owed tasks, stats, open tasks of the tenant,
 --       broker queue, broker queue messages (any keys when the message is not enqueued here),
---       the list index of all tasks, the tenant's list index, scheduled tasks
+--       the list index of all tasks, the tenant's list index, scheduled tasks, the tenant's counters
 -- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), owed_until, stats_field,
 --       max_open (0: no cap), now_ms, task key prefix, message_id ('' when not enqueued here), message,
 --       created_at_ms, run_at ('' to run at once: a scheduled task waits in the scheduled set until then, owed
@@ -40,6 +40,7 @@ redis.call('ZADD', KEYS[3], ARGV[6], task_id)
 redis.call('ZADD', KEYS[5], now_ms, task_id)
 redis.call('EXPIRE', KEYS[5], ARGV[3])
 redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
+redis.call('HINCRBY', KEYS[11], ARGV[7], 1)
 -- The list indexes: entries older than a record lives point at nothing any more, so they go as new ones come.
 local expired_before = now_ms - tonumber(ARGV[3]) * 1000
 for _, index in ipairs({KEYS[8], KEYS[9]}) do
@@ -50,6 +51,7 @@ redis.call('EXPIRE', KEYS[9], ARGV[3])
 if ARGV[14] ~= '' then
     redis.call('ZADD', KEYS[10], ARGV[14], task_id)
     redis.call('HINCRBY', KEYS[4], ARGV[15], 1)
+    redis.call('HINCRBY', KEYS[11], ARGV[15], 1)
 end
 if ARGV[11] ~= '' then
     -- What the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue').

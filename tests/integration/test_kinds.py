@@ -284,6 +284,45 @@ class TestWithTheTestKinds:
         assert "webhook.events" in response.json()["detail"]
         assert named in response.json()["detail"]
 
+    def test_stats_count_a_tenants_scheduled_cancelled_and_retried_tasks_and_no_one_elses(
+        self, kinds_relay: Relay
+    ) -> None:
+        api = kinds_relay.client
+
+        def stats(key: str, **params: str) -> dict[str, Any]:
+            response = api.get("/v1/stats", key=key, params=params)
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+
+        acme, globex, everyone = stats("key-acme"), stats("key-globex"), stats("admin-token")
+        assert acme["tenant"] == "acme"
+        assert everyone["tenant"] is None
+        done = [api.submit("echo", 1), api.submit("flaky", {"failures": 1}), api.submit("fail", {"message": "x"})]
+        later = api.submit("echo", 2, body={"delay_s": 600})
+        assert api.post(f"/v1/tasks/{later['id']}/cancel").status_code == 202
+        for task in done:
+            api.wait_task(task["id"])
+
+        def grew(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+            return {k: after["tasks"][k] - before["tasks"][k] for k in after["tasks"]}
+
+        expected = {
+            "submitted": 4,
+            "scheduled": 1,
+            "retried": 1,
+            "succeeded": 2,
+            "failed": 1,
+            "cancelled": 1,
+            "open": 0,
+        }
+        assert grew(acme, stats("key-acme")) == expected
+        assert grew(globex, stats("key-globex")) == dict.fromkeys(expected, 0)
+        assert grew(acme, stats("admin-token", tenant="acme")) == expected
+        for name, count in grew(everyone, stats("admin-token")).items():
+            assert count >= expected[name]
+        # A tenant's filter never widens its view.
+        assert stats("key-globex", tenant="acme")["tasks"]["submitted"] == 0
+
 
 def test_kinds_from_relay_task_modules_are_unknown_without_it(start_relay: StartRelay) -> None:
     api = Api(start_relay("api").url)
