@@ -578,6 +578,24 @@ def test_submit_posts_the_body_and_prints_the_task(fake_api: FakeRelay) -> None:
     assert task.ws_token
 
 
+def test_submit_events_lists_the_webhooks_event_types(fake_api: FakeRelay) -> None:
+    args = ["echo", "--webhook", "https://hooks.example.com/in", "--events", "task.progress, completed"]
+    assert run(submit, as_tenant(fake_api, *args)).exit_code == 0
+    (request,) = fake_api.requests("POST", "/v1/tasks")
+    assert request.body["webhook"] == {
+        "url": "https://hooks.example.com/in",
+        "events": ["task.progress", "task.completed"],
+    }
+
+    unknown = run(submit, as_tenant(fake_api, "echo", "--webhook", "https://h.example/in", "--events", "task.done"))
+    alone = run(submit, as_tenant(fake_api, "echo", "--events", "task.progress"))
+    assert unknown.exit_code == 2
+    assert "unknown event type task.done" in unknown.stderr
+    assert alone.exit_code == 2
+    assert "--events only applies with --webhook." in alone.stderr
+    assert len(fake_api.requests("POST", "/v1/tasks")) == 1
+
+
 def test_submit_without_input_or_channels_sends_nulls(fake_api: FakeRelay) -> None:
     result = run(submit, as_tenant(fake_api, "echo"))
 
