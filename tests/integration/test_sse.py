@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 ACK_TIMEOUT_S = 5.0
 SSE_ENV = {
     "RELAY_WS_ACK_TIMEOUT": str(ACK_TIMEOUT_S),
-    "RELAY_WS_PING_INTERVAL": "1",  # a stream's keepalive comment follows it: one a second
+    "RELAY_WS_PING_INTERVAL": "0.5",  # a stream's keepalive comment follows it: two a second
     "RELAY_WS_PING_TIMEOUT": "3",
     "RELAY_TASK_MODULES": "tests.kinds_for_tests",
 }
@@ -188,14 +188,14 @@ def test_a_silent_task_gets_comment_lines_and_its_cancel_ends_the_stream(shared:
 
     wait_until(lambda: open_streams() >= 1, message="the stream to be counted in /metrics")
     started = time.monotonic()
-    time.sleep(2.5)  # keepalive at the ping interval: 1 s
+    time.sleep(1.3)  # keepalive at the ping interval: 0.5 s
     cancelled = shared.client.post(f"/v1/tasks/{task['id']}/cancel")
     assert cancelled.status_code == 202, cancelled.text
     reader.join(10)
 
     (streamed,) = result
     assert len(streamed.comments) >= 2, streamed.comments
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 6
     assert streamed.subscribed is not None
     assert streamed.subscribed["status"] == "scheduled"
     assert [m.event for m in streamed.messages] == ["task.cancelled"]
