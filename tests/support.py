@@ -443,3 +443,97 @@ class WsClient:
         self.connection.close()
         if self._thread is not None:
             self._thread.join(10)
+
+
+@dataclass
+class SseMessage:
+    """One Server-Sent Events message as a client reads it, or a comment line (``comment`` set)."""
+
+    event: str | None = None
+    id: str | None = None
+    data: str = ""
+    comment: str | None = None
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.data)
+
+
+def sse_messages(response: httpx.Response) -> Iterator[SseMessage]:
+    """The messages of an event stream, as the EventSource spec parses them, comments included."""
+    message = SseMessage()
+    data: list[str] = []
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            yield SseMessage(comment=line[1:].strip())
+            continue
+        if not line:
+            if data or message.event is not None:
+                message.data = "\n".join(data)
+                yield message
+            message, data = SseMessage(), []
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            message.event = value
+        elif name == "id":
+            message.id = value
+
+
+@dataclass
+class Streamed:
+    """What one ``GET /v1/tasks/{id}/stream`` gave: its status, the ``subscribed`` data, the events, the comments,
+    and whether the server ended the stream (rather than the reader stopping)."""
+
+    status_code: int
+    subscribed: dict[str, Any] | None = None
+    messages: list[SseMessage] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
+    ended: bool = False
+    content_type: str = ""
+    body: str = ""  # the answer of a refused stream
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [m.json() for m in self.messages]
+
+
+def stream_task(
+    base_url: str,
+    task_id: str,
+    *,
+    key: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    until: Callable[[Streamed], bool] | None = None,
+    timeout_s: float = 20.0,
+) -> Streamed:
+    """Follow a task's event stream until the server ends it, or ``until(streamed)`` says stop (checked after each
+    message and comment). A read that waits more than ``timeout_s`` fails the test."""
+    sent = dict(headers or {})
+    if key is not None:
+        sent["Authorization"] = f"Bearer {key}"
+    timeout = httpx.Timeout(10.0, read=timeout_s)
+    with (
+        httpx.Client(base_url=base_url, timeout=timeout) as client,
+        client.stream("GET", f"/v1/tasks/{task_id}/stream", params=params, headers=sent) as response,
+    ):
+        streamed = Streamed(response.status_code, content_type=response.headers.get("content-type", ""))
+        if response.status_code != 200:
+            streamed.body = response.read().decode(errors="replace")
+            return streamed
+        for message in sse_messages(response):
+            if message.comment is not None:
+                streamed.comments.append(message.comment)
+            elif message.event == "subscribed" and streamed.subscribed is None:
+                streamed.subscribed = message.json()
+            else:
+                streamed.messages.append(message)
+            if until is not None and until(streamed):
+                return streamed
+        streamed.ended = True
+        return streamed

@@ -58,6 +58,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ws.add_argument("--ws-latency-s", type=float, default=4.0, help="how long the latency phase publishes")
     ws.add_argument("--ws-fanout", type=int, default=30000, help="events published as fast as possible, fan-out")
     ws.add_argument("--ws-idle-sockets", type=int, default=10000, help="idle sockets for the memory figure")
+    ws.add_argument(
+        "--ws-sse-streams", type=int, default=1000, help="Server-Sent Event streams for their latency (0: skip)"
+    )
     ws.add_argument("--ws-e2e-tasks", type=int, default=300, help="echo tasks timed through a real worker")
     ws.add_argument("--ws-e2e-rate", type=float, default=100.0, help="their submit rate, tasks/s")
     ws.add_argument("--ws-clients", type=int, default=4, help="client processes holding the sockets")
@@ -78,6 +81,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.ws_sse_streams < 0:
+        parser.error("--ws-sse-streams must be 0 or more")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be above 0")
     return args

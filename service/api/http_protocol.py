@@ -5,12 +5,19 @@ to send the whole request, headers and body; uvicorn bounds only the idle time b
 that sends half its headers, or a body a byte at a time, would hold its slot forever. And the headers of one
 request may take at most ``MAX_HEADER_BYTES``: httptools sets no limit, and one client streaming a header of
 100 MB held the event loop for seconds and the memory for as long. Either way the connection is closed.
+
+A long response (a Server-Sent Events stream) gets the connection's :class:`ConnectionControl` in its scope
+(:func:`connection_control`): it can cut a client that stopped reading, and it hears of the
+server's shutdown at once (uvicorn would otherwise wait out its graceful timeout for the response to end).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -25,6 +32,44 @@ _TOO_LARGE = (
 )
 
 
+log = logging.getLogger("relay.api")
+
+# The key of the connection's control in a request's scope["extensions"].
+CONTROL_EXTENSION = "relay.connection"
+
+
+class ConnectionControl:
+    """What a long response may do with its connection: cut it, and learn that the server is stopping."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._on_shutdown: list[Callable[[], None]] = []
+
+    def abort(self) -> None:
+        """Close at once, dropping what waits in the write buffer (the client stopped reading it)."""
+        self._transport.abort()
+
+    def on_shutdown(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the server begins to shut down; returns what unregisters it."""
+        self._on_shutdown.append(callback)
+        return lambda: self._on_shutdown.remove(callback) if callback in self._on_shutdown else None
+
+    def shutdown(self) -> None:
+        callbacks, self._on_shutdown = self._on_shutdown, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("a shutdown callback failed")
+
+
+def connection_control(scope: Mapping[str, Any]) -> ConnectionControl | None:
+    """The control of the connection that carries a request, when Relay's protocol serves it."""
+    extension = (scope.get("extensions") or {}).get(CONTROL_EXTENSION) or {}
+    control = extension.get("control")
+    return control if isinstance(control, ConnectionControl) else None
+
+
 @functools.cache
 def _request_timeout_s() -> float:
     # uvicorn builds a protocol per connection, in each of its worker processes, from the environment.
@@ -35,9 +80,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _request_timer: asyncio.TimerHandle | None = None
     _in_headers = True  # reading a request line and headers (a new connection starts there)
     _header_bytes = 0
+    _control: ConnectionControl
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._control = ConnectionControl(transport)
         self._arm()  # the first request must come in time too, not just those after it
 
     def data_received(self, data: bytes) -> None:
@@ -51,6 +98,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope.setdefault("extensions", {})[CONTROL_EXTENSION] = {"control": self._control}
         self._in_headers = True
         if self._request_timer is None:
             self._arm()
@@ -68,6 +116,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self._disarm()  # a WebSocket has its own heartbeat and idle limit
         super().handle_websocket_upgrade()
+
+    def shutdown(self) -> None:
+        self._control.shutdown()  # a stream ends itself (its client reconnects elsewhere or later)
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -1,8 +1,9 @@
 """The live side of one API process: every task's events, from Redis pub/sub to the sockets that follow them.
 
 One pattern subscription (``relay:live:*``) per process receives every event any worker publishes; the hub
-hands each to the local sockets subscribed to its task. It also keeps each followed task's presence key fresh
-(so workers know a socket somewhere may ack) and drives every socket's heartbeat from one timer.
+hands each to the local followers of its task: WebSockets and Server-Sent Event streams. It also keeps the presence
+key of each task a WebSocket follows fresh (so workers know a socket somewhere may ack; a stream never acks, so it
+is not counted there) and drives every follower's heartbeat from one timer.
 If the pub/sub connection drops, events published meanwhile were not received: after reconnecting, the hub
 asks every socket to read what it missed from the task's log, so nothing is dropped silently.
 """
@@ -22,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from delivery import keys
+from schemas.events import Event
 
 log = logging.getLogger("relay.live")
 
@@ -54,8 +56,20 @@ class EventHead(msgspec.Struct):
 _decode_head = msgspec.json.Decoder(EventHead).decode
 
 
+def stored_event(event: Event) -> tuple[EventHead, bytes]:
+    """An Event read from the log as the hub hands on a published one: its head and its encoded body."""
+    head = EventHead(
+        id=event.id,
+        seq=event.seq,
+        type=event.type.value,
+        task_id=event.task_id,
+        created_at=event.created_at.isoformat(),
+    )
+    return head, msgspec.json.encode(event)
+
+
 class Follower(Protocol):
-    """A socket as the hub sees it."""
+    """A socket or a stream as the hub sees it."""
 
     def offer(self, head: EventHead, frame: bytes) -> None: ...
 
@@ -66,9 +80,17 @@ class Follower(Protocol):
     def followed_tasks(self) -> Iterable[str]: ...
 
 
+_FRAME_HEAD = b'{"type":"event","event":'
+
+
 def event_frame(body: bytes) -> bytes:
     """The ``event`` frame around an encoded Event, without decoding it."""
-    return b'{"type":"event","event":' + body + b"}"
+    return _FRAME_HEAD + body + b"}"
+
+
+def event_body(frame: bytes) -> bytes:
+    """The encoded Event inside an ``event`` frame (the inverse of :func:`event_frame`)."""
+    return frame[len(_FRAME_HEAD) : -1]
 
 
 class LiveHub:
@@ -86,6 +108,7 @@ class LiveHub:
         self._listen_redis = listen_redis or redis
         self._presence_ttl_s = max(1, int(presence_ttl_s))
         self._followers: dict[str, set[Follower]] = {}
+        self._present: dict[str, set[Follower]] = {}  # the followers of each task that count for its presence key
         self._sockets: set[Follower] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._node = uuid.uuid4().hex  # this process's member in each followed task's presence set
@@ -117,9 +140,13 @@ class LiveHub:
     def detach(self, socket: Follower) -> None:
         self._sockets.discard(socket)
 
-    async def follow(self, task_id: str, socket: Follower) -> None:
-        """Start handing ``task_id``'s events to ``socket``, and say so in the task's presence key."""
+    async def follow(self, task_id: str, socket: Follower, *, presence: bool = True) -> None:
+        """Start handing ``task_id``'s events to ``socket``; with ``presence``, say so in the task's presence key
+        (a follower that may ack: a delivery then waits for its ack before the webhook goes out)."""
         self._followers.setdefault(task_id, set()).add(socket)
+        if not presence:
+            return
+        self._present.setdefault(task_id, set()).add(socket)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.sadd(keys.subscribers(task_id), self._node)
             pipe.expire(keys.subscribers(task_id), self._presence_ttl_s)
@@ -132,6 +159,12 @@ class LiveHub:
         followers.discard(socket)
         if not followers:
             del self._followers[task_id]
+        present = self._present.get(task_id)
+        if present is None:
+            return
+        present.discard(socket)
+        if not present:
+            del self._present[task_id]
             self._leaving.add(task_id)
             if self._leaver is None or self._leaver.done():
                 self._leaver = asyncio.create_task(self._leave(), name="relay-live-leave")
@@ -140,7 +173,7 @@ class LiveHub:
         """Leave presence sets in pipelined batches: one connection however many tasks a closing socket followed
         (a task each would take as many connections from the pool at once, and exhaust it)."""
         while self._leaving:
-            task_ids = [t for t in self._leaving if t not in self._followers]  # not followed again meanwhile
+            task_ids = [t for t in self._leaving if t not in self._present]  # not followed again meanwhile
             self._leaving.clear()
             for start in range(0, len(task_ids), 500):
                 try:
@@ -209,7 +242,7 @@ class LiveHub:
                     log.warning("refreshing presence keys failed: %s", exc)
 
     async def _refresh_presence(self) -> None:
-        task_ids = list(self._followers)
+        task_ids = list(self._present)
         for start in range(0, len(task_ids), 500):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for task_id in task_ids[start : start + 500]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import dramatiq
@@ -55,6 +56,8 @@ class ApiState:
     broker_check: BrokerCheck
     # Open WebSockets per client address in this process (RELAY_WS_MAX_PER_CLIENT).
     ws_clients: Counter[str] = field(default_factory=Counter)
+    # Open Server-Sent Event streams in this process.
+    sse_streams: int = 0
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:
@@ -118,6 +121,16 @@ class ApiState:
             except (RedisError, OSError, dramatiq.errors.DramatiqError) as exc:
                 log.warning("task %s is stored but not yet enqueued (%s); the sweeper will enqueue it", record.id, exc)
         return submitted.answer
+
+    async def counted_stream(self, chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        """``chunks``, counted in :attr:`sse_streams` while they are sent."""
+        self.sse_streams += 1
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            self.sse_streams -= 1
+            await chunks.aclose()
 
     async def start(self) -> None:
         await self.hub.start()

@@ -28,10 +28,10 @@ from delivery.errors import UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from schemas.events import Event, EventType
-from schemas.tasks import TaskStatus
+from schemas.tasks import TaskRecord, TaskStatus
 from schemas.ws import Ack, ClientFrame, Error, Ping, Subscribe, Subscribed, Unsubscribe
 from service.api.json_depth import json_depth_exceeds
-from service.api.live import EventHead, LiveHub, event_frame
+from service.api.live import EventHead, LiveHub, event_frame, stored_event
 from service.api.state import ApiState
 from service.tasks.store import TaskStore
 
@@ -260,16 +260,9 @@ class Connection:
         except BaseException:
             self._unsubscribe(record.id)  # not half-registered: the client subscribes again
             raise
-        last_seq = max(record.last_seq, retained[-1].seq if retained else 0)
-        expected = list(range(frame.after_seq + 1, last_seq + 1))
-        recovered = [e.seq for e in retained] == expected
-        status = record.status
-        for event in retained:
-            if event.type.final:
-                status = TaskStatus(event.data["status"])
         if self._subs.get(record.id) is not sub:
             return  # unsubscribed while reading
-        self._put(_encode(Subscribed(task_id=record.id, status=status, last_seq=last_seq, recovered=recovered)))
+        self._put(_encode(subscribed_frame(record, frame.after_seq, retained)))
         for event in retained:
             await self._queue_stored(sub, event)
         self._drain_buffer(sub)
@@ -300,14 +293,7 @@ class Connection:
             await self._room.wait()
         if event.seq <= sub.last_seq or self._subs.get(sub.task_id) is not sub:
             return
-        body = msgspec.json.encode(event)
-        head = EventHead(
-            id=event.id,
-            seq=event.seq,
-            type=event.type.value,
-            task_id=event.task_id,
-            created_at=event.created_at.isoformat(),
-        )
+        head, body = stored_event(event)
         self._queue_event(sub, head, event_frame(body))
 
     def _queue_event(self, sub: Subscription, head: EventHead, frame: bytes) -> None:
@@ -391,6 +377,19 @@ class Connection:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def subscribed_frame(record: TaskRecord, after_seq: int, retained: list[Event]) -> Subscribed:
+    """Where a follower starts: the task's status and last seq as of its log, and whether every event after
+    ``after_seq`` is still retained (``recovered``)."""
+    last_seq = max(record.last_seq, retained[-1].seq if retained else 0)
+    expected = list(range(after_seq + 1, last_seq + 1))
+    recovered = [e.seq for e in retained] == expected
+    status = record.status
+    for event in retained:
+        if event.type.final:
+            status = TaskStatus(event.data["status"])
+    return Subscribed(task_id=record.id, status=status, last_seq=last_seq, recovered=recovered)
 
 
 def _timestamp(rfc3339: str) -> float:

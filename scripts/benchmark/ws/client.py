@@ -6,6 +6,8 @@ The bench starts a few of these (so client CPU does not share a process with the
 drives them over a unix socket, one JSON command per line, one JSON reply per line:
 
   connect   open one socket per (task_id, token) and subscribe it; reply when all are subscribed (or failed)
+  connect_sse  open one Server-Sent Events stream per (task_id, token) (GET /v1/tasks/{id}/stream?token=);
+            reply when every stream has sent its ``subscribed`` event (or failed)
   reset     forget what was received so far
   count     events received so far
   acks      {"on": false} stops acking Relay's events (to show what acks cost the server), true resumes
@@ -74,6 +76,7 @@ class Clients:
     def __init__(self) -> None:
         self.session: aiohttp.ClientSession | None = None
         self.sockets: list[aiohttp.ClientWebSocketResponse] = []
+        self.streams: list[aiohttp.ClientResponse] = []
         self.readers: set[asyncio.Task[None]] = set()
         self.acking = True  # off only to show what acks cost the server
         self.reset()
@@ -135,6 +138,87 @@ class Clients:
         task = asyncio.create_task(self._read(ws, ack))
         self.readers.add(task)
         task.add_done_callback(self.readers.discard)
+
+    async def _read_stream(self, response: aiohttp.ClientResponse) -> None:
+        """Event lines of one stream: ``data:`` after an ``event:`` other than subscribed is an Event."""
+        event_type = b""
+        try:
+            async for line in response.content:
+                if line.startswith(b"event: "):
+                    event_type = line[7:].strip()
+                elif line.startswith(b"data: ") and event_type and event_type != b"subscribed":
+                    now = time.time()
+                    self.frames += 1
+                    event = msgspec.json.decode(line[6:], type=_Event)
+                    self.events += 1
+                    if self.first_at is None:
+                        self.first_at = now
+                    self.last_at = now
+                    self.latencies.append(round((now - _ts(event.created_at)) * 1000, 3))
+                elif line in (b"\n", b"\r\n"):
+                    event_type = b""
+            self.closes["stream ended"] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.closes[f"stream {type(exc).__name__}"] += 1
+
+    async def _open_stream(
+        self, base_url: str, task_id: str, token: str, timeout_s: float, failures: collections.Counter[str]
+    ) -> aiohttp.ClientResponse | None:
+        session = await self._session()
+        url = f"{base_url}/v1/tasks/{task_id}/stream"
+        for attempt in range(CONNECT_ATTEMPTS):
+            response = None
+            try:
+                response = await asyncio.wait_for(
+                    session.get(url, params={"token": token}, timeout=aiohttp.ClientTimeout(total=None)), timeout_s
+                )
+                if response.status != 200:
+                    failures[f"stream HTTP {response.status}"] += 1
+                    response.release()
+                else:
+                    # Up to the subscribed event's data line: from then on the stream is live.
+                    while True:
+                        line = await asyncio.wait_for(response.content.readline(), timeout_s)
+                        if not line:
+                            failures["stream ended before subscribed"] += 1
+                            break
+                        if line.startswith(b"data: "):
+                            return response
+            except Exception as exc:
+                failures[f"stream: {type(exc).__name__}"] += 1
+            if response is not None:
+                response.close()
+            await asyncio.sleep(random.uniform(0, 0.25 * 2**attempt))
+        return None
+
+    async def connect_sse(self, url: str, subs: list[list[str]], concurrency: int, timeout_s: float) -> dict[str, Any]:
+        failures: collections.Counter[str] = collections.Counter()
+        started = time.perf_counter()
+        pending = iter(subs)
+        subscribed = 0
+
+        async def lane() -> None:
+            nonlocal subscribed
+            for task_id, token in pending:
+                response = await self._open_stream(url, task_id, token, timeout_s, failures)
+                if response is None:
+                    continue
+                self.streams.append(response)
+                task = asyncio.create_task(self._read_stream(response))
+                self.readers.add(task)
+                task.add_done_callback(self.readers.discard)
+                subscribed += 1
+
+        await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(subs))))))
+        return {
+            "subscribed": subscribed,
+            "wanted": len(subs),
+            "failures": dict(failures),
+            "seconds": round(time.perf_counter() - started, 3),
+            "sockets": len(self.streams),
+        }
 
     # Connecting.
 
@@ -216,10 +300,13 @@ class Clients:
 
         for start in range(0, len(sockets), 500):
             await asyncio.gather(*(one(ws) for ws in sockets[start : start + 500]))
+        streams, self.streams = self.streams, []
+        for response in streams:
+            response.close()
         for task in list(self.readers):
             task.cancel()
         await asyncio.gather(*self.readers, return_exceptions=True)
-        return {"closed": len(sockets)}
+        return {"closed": len(sockets) + len(streams)}
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -231,7 +318,7 @@ class Clients:
             "closes": dict(self.closes),
             "errors": dict(self.errors),
             "pings": self.pings,
-            "open": sum(1 for ws in self.sockets if not ws.closed),
+            "open": sum(1 for ws in self.sockets if not ws.closed) + sum(1 for r in self.streams if not r.closed),
         }
 
     # End to end through a worker.
@@ -336,6 +423,8 @@ async def serve(path: str) -> None:
             try:
                 if op == "connect":
                     reply: dict[str, Any] = await clients.connect(**cmd)
+                elif op == "connect_sse":
+                    reply = await clients.connect_sse(**cmd)
                 elif op == "reset":
                     clients.reset()
                     reply = {}

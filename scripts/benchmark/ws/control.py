@@ -78,9 +78,10 @@ class Target:
 
     name: str
     service: str  # its name in the stack
-    url: str  # ws://...
+    url: str  # ws://... (http://... for Server-Sent Event streams)
     prefix: str  # channel prefix its events are published under
     relay: bool
+    sse: bool = False  # the clients follow each task over GET /v1/tasks/{id}/stream instead of a socket
 
     def pid(self, stack: Stack) -> int:
         return stack.services[self.service].popen.pid
@@ -233,6 +234,19 @@ async def connect(
     clients: list[ClientProc], target: Target, subs: list[list[str]], *, compress: bool, concurrency: int
 ) -> dict[str, Any]:
     parts = spread(subs, len(clients))
+    if target.sse:
+        replies = await asyncio.gather(
+            *(
+                c.call("connect_sse", url=target.url, subs=part, concurrency=concurrency, timeout_s=SOCKET_TIMEOUT_S)
+                for c, part in zip(clients, parts, strict=True)
+            )
+        )
+        return {
+            "subscribed": sum(r["subscribed"] for r in replies),
+            "wanted": len(subs),
+            "seconds": max(r["seconds"] for r in replies),
+            "failures": merge_failures(list(replies)),
+        }
     replies = await asyncio.gather(
         *(
             c.call(

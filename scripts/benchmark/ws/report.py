@@ -55,6 +55,17 @@ def print_report(result: dict[str, Any]) -> None:
         "",
         "",
     )
+    s_lat = lat.get("Relay SSE")
+    if s_lat is not None:
+        table.add_row(
+            f"SSE push latency p50 / p99, {cfg['sse_streams']:,} streams, {s_lat['rate_per_s']:,} events/s",
+            f"{s_lat['p50_ms']} / {s_lat['p99_ms']} ms",
+            "-",
+            f"p99 < {TARGET_P99_MS:g} ms",
+            ok(s_lat["p99_ms"] is not None and s_lat["p99_ms"] < TARGET_P99_MS),
+        )
+        table.add_row("  server CPU per event at that rate", f"{s_lat['server_cpu_us_per_event']} µs", "-", "", "")
+        table.add_row("  delivered / missing", f"{s_lat['received']:,} / {s_lat['missing']}", "-", "", "")
     share = r_fan["per_s"] / max(1, f_fan["per_s"])
     table.add_row(
         f"fan-out, {cfg['fanout']:,} events as fast as possible",
@@ -134,6 +145,8 @@ def print_report(result: dict[str, Any]) -> None:
         ("fan-out floor", f_fan),
         ("fan-out Relay", r_fan),
     ]
+    if s_lat is not None:
+        phases.insert(3, ("latency SSE", s_lat))
     for name, _ in phases:
         cpu.add_column(name, justify="right")
     for group in GROUPS:

@@ -118,6 +118,7 @@ async def run(
             "rate": args.ws_rate,
             "latency_s": args.ws_latency_s,
             "fanout": args.ws_fanout,
+            "sse_streams": args.ws_sse_streams,
             "clients": len(clients),
             "cpus": os.cpu_count(),
         }
@@ -129,7 +130,7 @@ async def run(
     log(f"  p50 {e2e['p50_ms']} ms, p99 {e2e['p99_ms']} ms, completed {e2e['completed']}/{e2e['submitted']}")
     stack.services["worker"].stop()  # from here on the tasks stay queued: only the bench publishes events
 
-    wanted = max(args.ws_idle_sockets, args.ws_sockets)
+    wanted = max(args.ws_idle_sockets, args.ws_sockets, args.ws_sse_streams)
     log(f"ws: making {wanted:,} websocket tasks through the API (worker stopped: they stay queued) ...")
     tasks, took, errors = await make_tasks(urls["api"], wanted)
     if not tasks:
@@ -186,6 +187,28 @@ async def run(
             await call_all(clients, "close")
     finally:
         await publisher.close()
+
+    if args.ws_sse_streams:
+        # The same latency phase with every task followed over Server-Sent Events instead of a socket.
+        streams = [tasks[i % len(tasks)] for i in range(args.ws_sse_streams)]
+        target = Target("Relay SSE", "api", urls["api"], RELAY_PREFIX, relay=True, sse=True)
+        sse_publisher = Publisher(urls["redis"], sorted({t for t, _ in streams}))
+        try:
+            log(f"sse: {len(streams):,} event streams -> Relay ...")
+            opened = await connect(clients, target, streams, compress=False, concurrency=args.ws_connect_concurrency)
+            result["connect"][target.name] = opened
+            if opened["failures"]:
+                log(f"  connect failures: {opened['failures']}")
+            await asyncio.sleep(0.5)
+            lat = await phase_latency(clients, target, sse_publisher, meter, args.ws_rate, args.ws_latency_s)
+            result["latency"][target.name] = lat
+            log(
+                f"  latency at {lat['rate_per_s']:,}/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, "
+                f"{lat['server_cpu_us_per_event']} µs/event, missing {lat['missing']}"
+            )
+            await call_all(clients, "close")
+        finally:
+            await sse_publisher.close()
     return result
 
 
@@ -223,6 +246,7 @@ def run_bench(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
             shutil.rmtree(workdir, ignore_errors=True)
     relay_lost = (
         result["latency"]["Relay"]["missing"]
+        + result["latency"].get("Relay SSE", {}).get("missing", 0)
         + result["fanout"]["Relay"]["missing"]
         + (result["e2e"]["submitted"] - result["e2e"]["completed"])
     )

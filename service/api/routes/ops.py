@@ -11,6 +11,7 @@ from dramatiq.brokers.redis import RedisBroker
 from litestar import Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
@@ -77,14 +78,18 @@ async def prometheus_metrics(state_: NamedDependency[ApiState]) -> Response[byte
     queued = None
     if isinstance(state_.broker, RedisBroker):
         queued = int(await state_.redis.llen(f"{state_.broker.namespace}:{QUEUE}"))
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(
-        _Snapshot(
-            list(
-                metrics.families(
-                    stats, latency, dead_letters=dead, due=due, queued=queued, owed=owed, destinations=destinations
-                )
-            )
+    families = list(
+        metrics.families(
+            stats, latency, dead_letters=dead, due=due, queued=queued, owed=owed, destinations=destinations
         )
     )
+    # This process's own, unlike the cluster-wide figures above (each of `relay api --workers N` counts its own).
+    connections = GaugeMetricFamily(
+        "relay_live_connections", "WebSockets and event streams open on this API process", labels=["channel"]
+    )
+    connections.add_metric(["websocket"], sum(state_.ws_clients.values()))
+    connections.add_metric(["sse"], state_.sse_streams)
+    families.append(connections)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import (
     HTTPException,
@@ -19,7 +19,13 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_409_CONFLICT, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.response import Stream
+from litestar.status_codes import (
+    HTTP_202_ACCEPTED,
+    HTTP_204_NO_CONTENT,
+    HTTP_409_CONFLICT,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 
 from delivery.address_guard import check_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, RecordChanged, UnreadableRecord
@@ -29,8 +35,10 @@ from schemas.deliveries import AttemptList
 from schemas.events import EventList
 from schemas.tasks import MAX_SCHEDULE_AHEAD_S, Task, TaskPage, TaskRecord, TaskStatus, TaskSubmission
 from schemas.ws import MAX_SEQ
-from service.api.auth import Principal, Reader, require_tenant, tenant_scope
+from service.api.auth import Principal, Reader, bearer_token, require_tenant, tenant_scope
+from service.api.http_protocol import connection_control
 from service.api.openapi import errors
+from service.api.sse import EventStream, keepalive_s
 from service.api.state import ApiState
 from service.tasks.listing import TaskFilter
 from service.tasks.store import TaskEnded, TenantFull
@@ -41,6 +49,8 @@ log = logging.getLogger("relay.api")
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 # No kind name is longer than this.
 MAX_KIND_CHARS = 200
+# A ws_token is 32 characters; anything much longer is not one.
+MAX_TOKEN_CHARS = 256
 
 
 class TaskController(Controller):
@@ -164,6 +174,59 @@ class TaskController(Controller):
         return EventList(events=await state_.events.events_after(task_id, after_seq))
 
     @get(
+        "/tasks/{task_id:str}/stream",
+        summary="A task's events as Server-Sent Events, live, up to its final event",
+        description=(
+            "Authenticates with an API key, the admin token, or the task's ws_token (as bearer, or as ?token= for "
+            "EventSource). Resumes after Last-Event-ID (header) or after_seq; sends `event: subscribed` (the "
+            "WebSocket's subscribed frame), then each Event as `id: <seq>`, `event: <type>`, `data: <Event>`, a "
+            "comment at least every 15 s, and ends after the final event. A reconnect whose Last-Event-ID is the "
+            "final event's gets 204, which tells EventSource to stop. A stream never acks a delivery."
+        ),
+        media_type="text/event-stream",
+        responses=errors(404, 409),
+    )
+    async def stream(
+        self,
+        request: Request,  # type: ignore[type-arg]
+        state_: NamedDependency[ApiState],
+        task_id: FromPath[str],
+        after_seq: Annotated[int | None, QueryParameter(query="after_seq", ge=0, le=MAX_SEQ)] = None,
+        token: Annotated[str | None, QueryParameter(query="token", max_length=MAX_TOKEN_CHARS)] = None,
+        last_event_id: Annotated[str | None, HeaderParameter(header="last-event-id", required=False)] = None,
+    ) -> Response[None] | Stream:
+        resume_seq = _last_event_id(last_event_id)
+        bearer = bearer_token(request)
+        if bearer is not None:
+            reader = Reader(principal=state_.auth.lookup(bearer), token=bearer)
+        elif token:
+            reader = Reader(principal=None, token=token)  # a ws_token only: no API key in a URL
+        else:
+            raise NotAuthorizedException("send Authorization: Bearer <api key or the task's ws_token>, or ?token=")
+        record = await _get(state_, task_id, reader.may_read, may_see_unreadable=reader.principal is not None)
+        if record is None:
+            raise NotFoundException(f"no task {task_id}, or not one this token may follow")
+        since = resume_seq if resume_seq is not None else after_seq or 0
+        if resume_seq is not None and record.status.finished and resume_seq >= record.last_seq:
+            # EventSource reconnects after every end; it stops only for a 204 (or an error).
+            return Response(None, status_code=HTTP_204_NO_CONTENT)
+        settings = state_.settings
+        events = EventStream(
+            hub=state_.hub,
+            events=state_.events,
+            record=record,
+            after_seq=since,
+            keepalive_s=keepalive_s(settings.ws_ping_interval_s),
+            stall_s=settings.ws_ping_timeout_s,
+            control=connection_control(request.scope),
+        )
+        return Stream(
+            state_.counted_stream(events.chunks()),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @get(
         "/tasks/{task_id:str}/deliveries",
         summary="Every delivery attempt of a task's events, oldest first",
         responses=errors(404, 409),
@@ -192,6 +255,18 @@ class TaskController(Controller):
     ) -> Response[SigningSecret]:
         secret = await state_.secrets.rotate(require_tenant(principal))
         return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
+
+
+def _last_event_id(value: str | None) -> int | None:
+    """The seq in a Last-Event-ID header (the ``id:`` of the last event the client got), or None without one."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_SEQ:
+        raise ValidationException(
+            f"header Last-Event-ID: expected the seq of an event, 0 to {MAX_SEQ}, not {text[:40]!r}"
+        )
+    return int(text)
 
 
 def _run_at(data: TaskSubmission, now: datetime) -> datetime | None:

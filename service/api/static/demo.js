@@ -16,6 +16,7 @@ const ui = {
   formError: $("form-error"),
   conn: $("conn"),
   connText: $("conn-text"),
+  channel: $("conn-channel"),
   taskId: $("task-id"),
   taskStatus: $("task-status"),
   progress: $("progress"),
@@ -148,8 +149,12 @@ function onEvent(task, event) {
 
 function onStatus(status) {
   window.relayStatuses.push({ ...status, at: Date.now() });
+  if (status.channel) setChannel(status.channel);
   if (status.taskId && status.taskId !== current?.id) return;
   switch (status.type) {
+    case "fallback":
+      note("fallback", status.text);
+      break;
     case "connecting":
       setConn("connecting", "connecting…");
       break;
@@ -247,7 +252,9 @@ function showOutcome(status, value) {
 }
 
 function note(kind, text) {
-  const icon = { open: "●", closed: "✕", reconnecting: "↻", resumed: "⤷", subscribed: "⤷", history: "⋯" }[kind] || "!";
+  const icon =
+    { open: "●", closed: "✕", reconnecting: "↻", resumed: "⤷", subscribed: "⤷", history: "⋯", fallback: "⇄" }[kind] ||
+    "!";
   logRow(`note note-${kind}`, cell(icon, "seq"), cell(kind, "type"), cell(clock(new Date()), "time"), cell(text, "data"));
 }
 
@@ -295,6 +302,14 @@ function setProgress(percent, message) {
 function setConn(state, text) {
   ui.conn.dataset.state = state;
   ui.connText.textContent = text;
+}
+
+// Which channel carries the events: the WebSocket, or Server-Sent Events when no socket could be opened.
+function setChannel(channel) {
+  ui.channel.dataset.channel = channel;
+  ui.channel.textContent = channel === "sse" ? "SSE" : "WebSocket";
+  ui.channel.title =
+    channel === "sse" ? "No WebSocket could be opened: events arrive over Server-Sent Events" : "Events arrive over a WebSocket";
 }
 
 const isFinal = (status) => status === "succeeded" || status === "failed" || status === "cancelled";

@@ -8,6 +8,12 @@
 // (an event whose handler throws is not acked, so its webhook, if any, still goes out). onStatus(status) gets
 // plain objects with a `type` and a human `text`: the connection's "connecting" | "open" | "closed" |
 // "reconnecting" (with `delayMs`), and the task's "subscribed" | "recovered" (with `task`) | "error".
+// Connection statuses also carry `channel`: "websocket", or "sse" once the client has fallen back.
+//
+// When no WebSocket can be opened at all (the constructor throws, or the socket closes before it ever opened, as
+// behind a proxy that blocks them), the client says so with a "fallback" status and follows each task over
+// Server-Sent Events instead (GET /v1/tasks/{id}/stream, one EventSource per task): the same events, once and in
+// order, resumed from the same seq. A stream cannot ack, so over it a task's webhook, if any, always goes out.
 
 const DEFAULTS = {
   pingIntervalMs: 20_000, // RELAY_WS_PING_INTERVAL on the server
@@ -19,6 +25,10 @@ const DEFAULTS = {
 };
 
 const SEQ_KEY = (taskId) => `relay:seq:${taskId}`;
+// The event types a stream names (EventSource hands a listener only the types it names).
+const EVENT_TYPES = ["task.progress", "task.retrying", "task.completed", "task.failed", "task.cancelled"];
+// A final event's data says how the task ended.
+const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 
 export class RelayClient {
   constructor(baseUrl = location.origin, options = {}) {
@@ -32,6 +42,9 @@ export class RelayClient {
     this.retryTimer = null;
     this.deadTimer = null;
     this.closed = false;
+    this.channel = "websocket"; // "sse" once no WebSocket could be opened
+    this.everOpened = false; // a WebSocket of this client has opened: the network lets them through
+    this.streams = new Map(); // taskId -> {source, timer, attempt}, over SSE
   }
 
   /** Follow a task from where this tab last saw it (sessionStorage), or from its first event. */
@@ -41,12 +54,15 @@ export class RelayClient {
     const sub = { token, onEvent, onStatus, lastSeq, sentAfter: lastSeq, jumpAllowed: false, resyncing: false };
     this.subs.set(taskId, sub);
     this.closed = false;
-    if (this.isOpen()) this.sendSubscribe(taskId, sub);
+    if (this.channel === "sse") this.openStream(taskId);
+    else if (this.isOpen()) this.sendSubscribe(taskId, sub);
     else if (!this.socket && !this.retryTimer) this.connect();
   }
 
   unsubscribe(taskId) {
-    if (this.subs.delete(taskId) && this.isOpen()) this.send({ type: "unsubscribe", task_id: taskId });
+    if (!this.subs.delete(taskId)) return;
+    this.closeStream(taskId);
+    if (this.isOpen()) this.send({ type: "unsubscribe", task_id: taskId });
   }
 
   /** Stop for good: no reconnect until the next subscribe(). */
@@ -54,11 +70,20 @@ export class RelayClient {
     this.closed = true;
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    for (const taskId of [...this.streams.keys()]) this.closeStream(taskId);
     this.drop(1000, "closed by the page");
   }
 
-  /** Demo aid: lose the socket as a network drop would, so the client reconnects and resumes. */
+  /** Demo aid: lose the connection as a network drop would, so the client reconnects and resumes. */
   dropConnection() {
+    if (this.channel === "sse") {
+      for (const [taskId, stream] of this.streams) {
+        stopSource(stream);
+        this.taskStatus(taskId, { type: "closed", channel: "sse", text: "event stream closed (dropped by the page)" });
+        this.streamLost(taskId, "dropped by the page");
+      }
+      return;
+    }
     this.drop(4000, "dropped by the page");
   }
 
@@ -76,13 +101,20 @@ export class RelayClient {
   connect() {
     this.retryTimer = null;
     if (this.closed) return;
-    this.status({ type: "connecting", text: `connecting to ${this.wsUrl}` });
-    const socket = new WebSocket(this.wsUrl);
+    this.status({ type: "connecting", channel: "websocket", text: `connecting to ${this.wsUrl}` });
+    let socket;
+    try {
+      socket = new WebSocket(this.wsUrl);
+    } catch (error) {
+      this.fallBack(`the WebSocket could not be made (${error.message || error})`);
+      return;
+    }
     this.socket = socket;
     this.armDeadTimer(); // a connect that hangs counts as dead too
     socket.onopen = () => {
       this.openedAt = Date.now();
-      this.status({ type: "open", text: "connected" });
+      this.everOpened = true;
+      this.status({ type: "open", channel: "websocket", text: "connected" });
       this.armDeadTimer();
       for (const [taskId, sub] of this.subs) this.sendSubscribe(taskId, sub);
     };
@@ -116,18 +148,125 @@ export class RelayClient {
     if (socket !== this.socket) return;
     this.socket = null;
     clearTimeout(this.deadTimer);
-    const healthy = this.openedAt && Date.now() - this.openedAt >= this.options.healthyAfterMs;
+    const opened = this.openedAt > 0;
+    const healthy = opened && Date.now() - this.openedAt >= this.options.healthyAfterMs;
     this.openedAt = 0;
     if (healthy) this.attempt = 0;
-    this.status({ type: "closed", code, reason, text: `connection closed (${code}${reason ? ` ${reason}` : ""})` });
+    const text = `connection closed (${code}${reason ? ` ${reason}` : ""})`;
+    this.status({ type: "closed", channel: "websocket", code, reason, text });
     // With nothing to follow there is nothing to resume (the server closes such sockets); subscribe() reconnects.
     if (this.closed || this.subs.size === 0) return;
+    if (!opened && !this.everOpened) {
+      // Not one socket has opened: something on the way refuses WebSockets. Streams pass where plain HTTP does.
+      this.fallBack(`the WebSocket closed before it opened (${code})`);
+      return;
+    }
     // Full jitter: anywhere between 0 and the capped exponential step, so clients do not reconnect in herds.
     const capMs = Math.min(this.options.backoffMaxMs, this.options.backoffBaseMs * 2 ** this.attempt);
     const delayMs = Math.round(Math.random() * capMs);
     this.attempt += 1;
-    this.status({ type: "reconnecting", delayMs, attempt: this.attempt, text: `reconnecting in ${delayMs} ms` });
+    const next = `reconnecting in ${delayMs} ms`;
+    this.status({ type: "reconnecting", channel: "websocket", delayMs, attempt: this.attempt, text: next });
     this.retryTimer = setTimeout(() => this.connect(), delayMs);
+  }
+
+  // Server-Sent Events, when no WebSocket can be opened.
+
+  fallBack(why) {
+    clearTimeout(this.deadTimer);
+    this.socket = null;
+    this.channel = "sse";
+    this.status({ type: "fallback", channel: "sse", text: `${why}; following over Server-Sent Events` });
+    for (const taskId of this.subs.keys()) this.openStream(taskId);
+  }
+
+  streamUrl(taskId, sub) {
+    const query = new URLSearchParams({ token: sub.token, after_seq: String(sub.lastSeq) });
+    return `${this.baseUrl}/v1/tasks/${encodeURIComponent(taskId)}/stream?${query}`;
+  }
+
+  openStream(taskId) {
+    const sub = this.subs.get(taskId);
+    if (!sub || this.closed) return;
+    const known = this.streams.get(taskId);
+    this.closeStream(taskId);
+    const stream = { source: null, timer: null, attempt: known ? known.attempt : 0, openedAt: 0 };
+    this.streams.set(taskId, stream);
+    sub.sentAfter = sub.lastSeq;
+    sub.resyncing = false;
+    this.taskStatus(taskId, { type: "connecting", channel: "sse", text: `opening the event stream of ${taskId}` });
+    const source = new EventSource(this.streamUrl(taskId, sub));
+    stream.source = source;
+    source.onopen = () => {
+      stream.openedAt = Date.now();
+      this.taskStatus(taskId, { type: "open", channel: "sse", text: "connected (Server-Sent Events)" });
+    };
+    source.addEventListener("subscribed", (message) => {
+      const frame = parse(message.data);
+      if (!frame) return;
+      // EventSource resumes by itself after a drop (Last-Event-ID): from what it last got, which is lastSeq.
+      sub.sentAfter = sub.lastSeq;
+      this.subscribed(frame);
+    });
+    for (const type of EVENT_TYPES) {
+      source.addEventListener(type, (message) => {
+        const event = parse(message.data);
+        if (!event || this.streams.get(taskId) !== stream) return;
+        this.deliver(event);
+        if (ENDED.has(event.data?.status) && event.seq <= (this.subs.get(taskId)?.lastSeq ?? Infinity)) {
+          this.closeStream(taskId); // its final event: the server ends the stream too
+          this.taskStatus(taskId, { type: "closed", channel: "sse", text: "the task ended; stream closed" });
+        }
+      });
+    }
+    source.onerror = () => {
+      if (this.streams.get(taskId) !== stream) return;
+      if (source.readyState === EventSource.CONNECTING) {
+        // A drop: EventSource reconnects by itself and says where it is (Last-Event-ID).
+        this.taskStatus(taskId, { type: "reconnecting", channel: "sse", text: "event stream dropped; reconnecting" });
+        return;
+      }
+      stopSource(stream);
+      this.streamLost(taskId, "the event stream was refused");
+    };
+  }
+
+  // EventSource gave up (an HTTP error: the API restarting behind a proxy, Redis away, or a task it may not follow).
+  async streamLost(taskId, why) {
+    const sub = this.subs.get(taskId);
+    if (!sub || this.closed) return;
+    const stream = this.streams.get(taskId);
+    if (!stream) return;
+    if (stream.openedAt && Date.now() - stream.openedAt >= this.options.healthyAfterMs) stream.attempt = 0;
+    try {
+      const response = await fetch(`${this.baseUrl}/v1/tasks/${encodeURIComponent(taskId)}`, {
+        headers: { Authorization: `Bearer ${sub.token}` },
+      });
+      if (response.status === 401 || response.status === 404) {
+        const message = "unknown task, or a token that is not this task's";
+        this.taskStatus(taskId, { type: "error", code: "forbidden", message, text: `server error forbidden: ${message}` });
+        this.subs.delete(taskId);
+        this.streams.delete(taskId);
+        return;
+      }
+    } catch {
+      // unreachable for now: try the stream again below
+    }
+    if (this.streams.get(taskId) !== stream || !this.subs.has(taskId)) return;
+    const capMs = Math.min(this.options.backoffMaxMs, this.options.backoffBaseMs * 2 ** stream.attempt);
+    const delayMs = Math.round(Math.random() * capMs);
+    stream.attempt += 1;
+    const text = `${why}; reconnecting in ${delayMs} ms`;
+    this.taskStatus(taskId, { type: "reconnecting", channel: "sse", delayMs, attempt: stream.attempt, text });
+    stream.timer = setTimeout(() => this.openStream(taskId), delayMs);
+  }
+
+  closeStream(taskId) {
+    const stream = this.streams.get(taskId);
+    if (!stream) return;
+    clearTimeout(stream.timer);
+    stopSource(stream);
+    this.streams.delete(taskId);
   }
 
   // The server pings every interval; nothing at all for interval + timeout means the path is dead
@@ -178,7 +317,8 @@ export class RelayClient {
     if (event.seq !== sub.lastSeq + 1 && !sub.jumpAllowed) {
       // A gap should never happen; if it does, ask again from what we have rather than deliver out of order.
       if (!sub.resyncing) {
-        this.sendSubscribe(event.task_id, sub);
+        if (this.channel === "sse") this.openStream(event.task_id);
+        else this.sendSubscribe(event.task_id, sub);
         sub.resyncing = true;
       }
       return;
@@ -251,6 +391,22 @@ export class RelayClient {
     const report = { ...status, taskId };
     if (sub) safely(sub.onStatus, report);
     if (this.options.onStatus) safely(this.options.onStatus, report);
+  }
+}
+
+function stopSource(stream) {
+  if (stream.source) {
+    stream.source.onerror = stream.source.onopen = null;
+    stream.source.close();
+    stream.source = null;
+  }
+}
+
+function parse(data) {
+  try {
+    return JSON.parse(data);
+  } catch {
+    return null; // not ours to crash on; the server only sends JSON
   }
 }
 

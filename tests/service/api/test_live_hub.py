@@ -213,3 +213,25 @@ async def test_a_dropped_subscription_that_comes_back_at_once_still_asks_sockets
     await publish(redis, "task_1", 2)
     await until(lambda: socket.frames)
     assert socket.event_ids == ["evt_task_1_2"]
+
+
+async def test_a_stream_gets_its_tasks_events_but_never_counts_as_present(hub: LiveHub, redis: aioredis.Redis) -> None:
+    """A stream cannot ack: were it in the presence set, a delivery would wait for an ack that never comes."""
+    stream, socket = Socket("task_1"), Socket("task_1")
+    hub.attach(stream)
+    await hub.follow("task_1", stream, presence=False)
+    assert await redis.smembers(keys.subscribers("task_1")) == set()
+
+    body = await publish(redis, "task_1", 1)
+    await until(lambda: stream.frames)
+    assert stream.frames == [event_frame(body)]
+
+    await follow(hub, socket)  # a socket then follows it too, and leaves: the stream keeps getting its events
+    assert len(await redis.smembers(keys.subscribers("task_1"))) == 1
+    hub.unfollow("task_1", socket)
+    deadline = time.monotonic() + 5
+    while await redis.smembers(keys.subscribers("task_1")):
+        assert time.monotonic() < deadline, "the node never left the presence set"
+        await asyncio.sleep(0.01)
+    await publish(redis, "task_1", 2)
+    await until(lambda: len(stream.frames) == 2)

@@ -1,0 +1,121 @@
+"""Server-Sent Events in a real Chromium: a page's own EventSource with ``?token=`` gets a task's whole log, and the
+demo page, where no WebSocket can be opened, falls back to the stream, says so, and keeps every event once, in order."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.conftest import CI
+
+try:
+    from playwright.sync_api import expect
+except ImportError as exc:  # a dev extra: missing only where setup did not run
+    if CI:
+        raise
+    pytest.skip(f"playwright is not installed ({exc})", allow_module_level=True)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+    from tests.integration.conftest import Relay
+
+pytestmark = pytest.mark.slow
+
+FINISH_TIMEOUT_MS = 30_000
+
+# A page's own EventSource, as the contract describes it: named events, ids, closed on the final one.
+FOLLOW = """([taskId, token]) => new Promise((resolve, reject) => {
+  const got = { events: [], ids: [], names: [], subscribed: null };
+  const source = new EventSource(`/v1/tasks/${taskId}/stream?token=${encodeURIComponent(token)}`);
+  source.addEventListener("subscribed", (m) => { got.subscribed = JSON.parse(m.data); });
+  for (const type of ["task.progress", "task.completed", "task.failed", "task.cancelled"]) {
+    source.addEventListener(type, (m) => {
+      got.events.push(JSON.parse(m.data));
+      got.ids.push(m.lastEventId);
+      got.names.push(m.type);
+      if (type !== "task.progress") { source.close(); resolve(got); }
+    });
+  }
+  source.onerror = () => { if (source.readyState === EventSource.CLOSED) reject(new Error("stream refused")); };
+})"""
+
+# Where WebSockets are blocked: before any script of the page runs, a WebSocket that never opens.
+CLOSES_BEFORE_OPEN = """window.WebSocket = class {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) {
+    this.url = url; this.readyState = 0;
+    setTimeout(() => { this.readyState = 3; if (this.onclose) this.onclose({ code: 1006, reason: "" }); }, 20);
+  }
+  send() { throw new Error("not open"); }
+  close() {}
+};"""
+CONSTRUCTOR_THROWS = """window.WebSocket = class {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) { throw new DOMException("WebSockets are blocked here", "SecurityError"); }
+};"""
+
+
+def server_events(relay: Relay, task_id: str) -> list[dict[str, Any]]:
+    response = relay.client.get(f"/v1/tasks/{task_id}/events")
+    assert response.status_code == 200, response.text
+    return list(response.json()["events"])
+
+
+def test_a_pages_event_source_with_the_token_gets_every_event(relay: Relay, page: Page) -> None:
+    task = relay.client.submit("sleep", {"seconds": 2})
+    page.goto(relay.api.url + "/")
+
+    got = page.evaluate(FOLLOW, [task["id"], task["ws_token"]])
+
+    events = server_events(relay, task["id"])
+    assert got["subscribed"]["type"] == "subscribed"
+    assert got["subscribed"]["task_id"] == task["id"]
+    assert got["events"] == events
+    assert got["ids"] == [str(e["seq"]) for e in events]
+    assert got["names"] == [e["type"] for e in events]
+    assert got["names"][-1] == "task.completed"
+
+
+@pytest.mark.parametrize("blocked", [CLOSES_BEFORE_OPEN, CONSTRUCTOR_THROWS], ids=["closes-before-open", "throws"])
+def test_the_demo_page_falls_back_to_server_sent_events_when_no_websocket_opens(
+    relay: Relay, page: Page, blocked: str
+) -> None:
+    page.add_init_script(blocked)
+    page.goto(relay.api.url + "/#key=key-acme")
+    page.fill("#seconds", "3")
+    page.click("#run")
+
+    expect(page.locator("#conn-channel")).to_have_text("SSE", timeout=10_000)
+    expect(page.locator("#task-status")).to_have_text("succeeded", timeout=FINISH_TIMEOUT_MS)
+    task_id = page.inner_text("#task-id")
+    events = [e for e in page.evaluate("window.relayEvents") if e["taskId"] == task_id]
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [e["id"] for e in events] == [e["id"] for e in server_events(relay, task_id)]
+    statuses = page.evaluate("window.relayStatuses")
+    assert [s["channel"] for s in statuses if s["type"] == "fallback"] == ["sse"]
+    assert any(s["type"] == "open" and s["channel"] == "sse" for s in statuses)
+    assert not any(s["type"] == "open" and s.get("channel") == "websocket" for s in statuses)
+    expect(page.locator("#log tr.note-fallback")).to_have_count(1)
+    expect(page.locator("#stat-order")).to_have_attribute("data-ok", "true")
+    assert page.evaluate(f"sessionStorage.getItem('relay:seq:{task_id}')") == str(seqs[-1])
+
+
+def test_after_a_fallback_a_reload_resumes_the_stream_after_the_last_seq(relay: Relay, page: Page) -> None:
+    page.add_init_script(CLOSES_BEFORE_OPEN)
+    page.goto(relay.api.url + "/#key=key-acme")
+    page.fill("#seconds", "4")
+    page.click("#run")
+    page.wait_for_function("() => window.relayEvents.length >= 2", timeout=10_000)
+
+    page.reload()
+
+    expect(page.locator("#task-status")).to_have_text("succeeded", timeout=FINISH_TIMEOUT_MS)
+    task_id = page.inner_text("#task-id")
+    live = [e["seq"] for e in page.evaluate("window.relayEvents") if e["taskId"] == task_id]
+    earlier = page.locator("#log tr.event.earlier").count()
+    assert earlier >= 2
+    assert live == list(range(earlier + 1, earlier + 1 + len(live)))  # not replayed from 1
+    expect(page.locator("#conn-channel")).to_have_text("SSE")
