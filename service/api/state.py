@@ -56,8 +56,9 @@ class ApiState:
     broker_check: BrokerCheck
     # Open WebSockets per client address in this process (RELAY_WS_MAX_PER_CLIENT).
     ws_clients: Counter[str] = field(default_factory=Counter)
-    # Open Server-Sent Event streams in this process.
+    # Open Server-Sent Event streams in this process, and per client address (RELAY_WS_MAX_PER_CLIENT bounds both).
     sse_streams: int = 0
+    sse_clients: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:
@@ -122,14 +123,18 @@ class ApiState:
                 log.warning("task %s is stored but not yet enqueued (%s); the sweeper will enqueue it", record.id, exc)
         return submitted.answer
 
-    async def counted_stream(self, chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-        """``chunks``, counted in :attr:`sse_streams` while they are sent."""
+    async def counted_stream(self, chunks: AsyncGenerator[bytes, None], client: str) -> AsyncGenerator[bytes, None]:
+        """``chunks``, counted in :attr:`sse_streams` and under ``client`` in :attr:`sse_clients` while they are sent."""
         self.sse_streams += 1
+        self.sse_clients[client] += 1
         try:
             async for chunk in chunks:
                 yield chunk
         finally:
             self.sse_streams -= 1
+            self.sse_clients[client] -= 1
+            if self.sse_clients[client] <= 0:
+                del self.sse_clients[client]
             await chunks.aclose()
 
     async def start(self) -> None:

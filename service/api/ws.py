@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 from litestar import WebSocket, websocket
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from redis.exceptions import RedisError
@@ -28,7 +29,7 @@ from delivery.errors import UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from schemas.events import Event, EventType
-from schemas.tasks import TaskRecord, TaskStatus
+from schemas.tasks import TaskRecord, TaskStatus, Webhook
 from schemas.ws import Ack, ClientFrame, Error, Ping, Subscribe, Subscribed, Unsubscribe
 from service.api.json_depth import json_depth_exceeds
 from service.api.live import EventHead, LiveHub, event_frame, stored_event
@@ -65,7 +66,7 @@ _FINAL = {t.value for t in EventType if t.final}
 @dataclass(slots=True)
 class Subscription:
     task_id: str
-    has_webhook: bool
+    webhook: Webhook | None
     last_seq: int  # the highest seq queued for this socket
     buffer: list[tuple[EventHead, bytes]] | None = field(default_factory=list)  # live events while catching up
 
@@ -251,7 +252,7 @@ class Connection:
             self._bad_frame("forbidden", "unknown task, or a token that is not this task's", frame.task_id)
             return
         self._unsubscribe(frame.task_id)
-        sub = Subscription(task_id=record.id, has_webhook=record.webhook is not None, last_seq=frame.after_seq)
+        sub = Subscription(task_id=record.id, webhook=record.webhook, last_seq=frame.after_seq)
         self._subs[record.id] = sub
         self._idle_since = None
         try:
@@ -303,7 +304,7 @@ class Connection:
                 task_id=head.task_id,
                 created_at=_timestamp(head.created_at),
                 sent_at=time.monotonic(),
-                has_webhook=sub.has_webhook,
+                has_webhook=_posts(sub.webhook, head.type),
             )
         self._put(frame)
 
@@ -392,6 +393,14 @@ def subscribed_frame(record: TaskRecord, after_seq: int, retained: list[Event]) 
     return Subscribed(task_id=record.id, status=status, last_seq=last_seq, recovered=recovered)
 
 
+def _posts(webhook: Webhook | None, event_type: str) -> bool:
+    """Does the task's webhook get events of this type (so that an ack skips one)?"""
+    return webhook is not None and event_type in _TYPES and webhook.wants(EventType(event_type))
+
+
+_TYPES = {t.value for t in EventType}
+
+
 def _timestamp(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
@@ -419,7 +428,7 @@ async def ws_endpoint(socket: WebSocket, state_: NamedDependency[ApiState]) -> N
             del state_.ws_clients[client]
 
 
-def client_address(socket: WebSocket, *, trust_forwarded: bool) -> str:  # type: ignore[type-arg]
+def client_address(socket: ASGIConnection, *, trust_forwarded: bool) -> str:  # type: ignore[type-arg]
     """The peer, or the first hop of X-Forwarded-For when Relay runs behind a proxy it trusts."""
     if trust_forwarded:
         forwarded = socket.headers.get("x-forwarded-for", "").split(",")[0].strip()

@@ -3,6 +3,7 @@ bad resume points, keepalive comments, a stream that never holds up a webhook, a
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Relay, relay_for_many_tests
@@ -24,6 +26,7 @@ SSE_ENV = {
     "RELAY_WS_PING_INTERVAL": "0.5",  # a stream's keepalive comment follows it: two a second
     "RELAY_WS_PING_TIMEOUT": "3",
     "RELAY_TASK_MODULES": "tests.kinds_for_tests",
+    "RELAY_WS_MAX_PER_CLIENT": "4",  # streams from one address too
 }
 WEBSOCKET = {"websocket": True}
 FINAL = ("task.completed", "task.failed", "task.cancelled")
@@ -200,6 +203,30 @@ def test_a_silent_task_gets_comment_lines_and_its_cancel_ends_the_stream(shared:
     assert streamed.subscribed["status"] == "scheduled"
     assert [m.event for m in streamed.messages] == ["task.cancelled"]
     assert streamed.ended
+
+
+def test_streams_from_one_address_are_bounded_and_a_closed_one_frees_its_place(shared: Relay) -> None:
+    task = shared.client.submit("echo", "later", body={"delay_s": 60})
+    url = f"{shared.api.url}/v1/tasks/{task['id']}/stream"
+    with contextlib.ExitStack() as open_:
+        http = open_.enter_context(httpx.Client(timeout=10))
+        streams = [open_.enter_context(http.stream("GET", url, params={"token": task["ws_token"]})) for _ in range(4)]
+        readers = [response.iter_raw() for response in streams]  # (kept: a reader dropped closes its stream)
+        for response, reader in zip(streams, readers, strict=True):
+            assert response.status_code == 200
+            next(reader)  # its subscribed frame: the stream is open and counted
+        refused = http.get(url, params={"token": task["ws_token"]})
+        assert refused.status_code == 429
+        assert "RELAY_WS_MAX_PER_CLIENT" in refused.json()["detail"]
+        assert refused.headers["retry-after"]
+        streams[0].close()
+
+        def another_opens() -> bool:
+            with http.stream("GET", url, params={"token": task["ws_token"]}) as response:
+                return response.status_code == 200
+
+        wait_until(another_opens, timeout_s=10, message="a closed stream's place to be free again")
+    assert shared.client.post(f"/v1/tasks/{task['id']}/cancel").status_code == 202
 
 
 def test_a_resume_from_far_back_gets_more_events_than_a_stream_queues(shared: Relay) -> None:

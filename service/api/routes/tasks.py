@@ -40,6 +40,7 @@ from service.api.http_protocol import connection_control
 from service.api.openapi import errors
 from service.api.sse import EventStream, keepalive_s
 from service.api.state import ApiState
+from service.api.ws import client_address
 from service.tasks.listing import TaskFilter
 from service.tasks.store import TaskEnded, TenantFull
 
@@ -211,6 +212,13 @@ class TaskController(Controller):
             # EventSource reconnects after every end; it stops only for a 204 (or an error).
             return Response(None, status_code=HTTP_204_NO_CONTENT)
         settings = state_.settings
+        client = client_address(request, trust_forwarded=settings.trust_forwarded)
+        if state_.sse_clients[client] >= settings.ws_max_per_client:
+            raise TooManyRequestsException(
+                detail=f"{state_.sse_clients[client]} streams are open from this address already "
+                "(RELAY_WS_MAX_PER_CLIENT); close one, or try again later",
+                headers={"Retry-After": "5"},
+            )
         events = EventStream(
             hub=state_.hub,
             events=state_.events,
@@ -221,7 +229,7 @@ class TaskController(Controller):
             control=connection_control(request.scope),
         )
         return Stream(
-            state_.counted_stream(events.chunks()),
+            state_.counted_stream(events.chunks(), client),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
