@@ -61,7 +61,9 @@ local function line_advance(L, event_id, d)
         end
         local id = line_id(entry)
         if redis.call('EXISTS', DELIVERY_PREFIX .. id) == 1 then
+            -- each head may take a whole retry span: the line's time starts again with it
             redis.call('SET', L.head, entry, 'EX', L.ttl)
+            redis.call('EXPIRE', L.line, L.ttl)
             local ack_due = tonumber(redis.call('GET', ACK_PREFIX .. id) or '') or 0
             if d and ack_due <= L.now then
                 redis.call('DEL', ACK_PREFIX .. id)
@@ -109,5 +111,6 @@ local function line_join(L, entry, d)
     end
     redis.call('RPUSH', L.line, entry)
     redis.call('EXPIRE', L.line, L.ttl)
+    redis.call('EXPIRE', L.head, L.ttl)
     return false
 end

@@ -40,6 +40,9 @@ log = logging.getLogger("relay.api")
 
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_URL = "/static"
+# A 422 quotes at most this much of what was wrong (a message may hold the bad value), and this many problems.
+MAX_ERROR_CHARS = 2000
+MAX_ERROR_PROBLEMS = 20
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -148,7 +151,7 @@ def _validation_error(request: Request, exc: ValidationException) -> Response[di
     # A request that parses but does not fit (unknown kind, bad input, bad URL, bad query) is a 422, whose
     # detail says which field and what is wrong with it (Litestar's own says only "Validation failed").
     return Response(
-        _body(HTTP_422_UNPROCESSABLE_ENTITY, _what_failed(exc), exc.extra),
+        _body(HTTP_422_UNPROCESSABLE_ENTITY, _shortened(_what_failed(exc)), _shortened_extra(exc.extra)),
         status_code=HTTP_422_UNPROCESSABLE_ENTITY,
         media_type=MediaType.JSON,
     )
@@ -177,6 +180,22 @@ def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, ob
         status_code=HTTP_500_INTERNAL_SERVER_ERROR,
         media_type=MediaType.JSON,
     )
+
+
+def _shortened(text: str) -> str:
+    """An error's text, cut to MAX_ERROR_CHARS: a message may quote the bad value, which can be as large as a body."""
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _shortened_extra(extra: object) -> object:
+    if not isinstance(extra, list):
+        return extra
+    return [
+        {k: _shortened(v) if isinstance(v, str) else v for k, v in problem.items()}
+        if isinstance(problem, dict)
+        else problem
+        for problem in extra[:MAX_ERROR_PROBLEMS]
+    ]
 
 
 def _what_failed(exc: ValidationException) -> str:

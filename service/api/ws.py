@@ -61,6 +61,8 @@ CLOSE_WAIT_S = 10.0
 _decode_frame = msgspec.json.Decoder(ClientFrame).decode
 _encode = msgspec.json.Encoder().encode
 _FINAL = {t.value for t in EventType if t.final}
+# Events one socket remembers for their ack at most (the oldest are forgotten first).
+MAX_UNACKED = 4096
 
 
 @dataclass(slots=True)
@@ -73,7 +75,8 @@ class Subscription:
 
 @dataclass(slots=True)
 class Sent:
-    """A final event sent to this socket, remembered until acked so the ack can settle its delivery."""
+    """An event sent to this socket whose delivery may wait for its ack (a final event, or one the task's webhook
+    gets), remembered until acked so that the ack can settle it."""
 
     task_id: str
     created_at: float
@@ -299,12 +302,16 @@ class Connection:
 
     def _queue_event(self, sub: Subscription, head: EventHead, frame: bytes) -> None:
         sub.last_seq = head.seq
-        if head.type in _FINAL:
+        posts = _posts(sub.webhook, head.type)
+        if posts or head.type in _FINAL:
+            if len(self._sent) >= MAX_UNACKED:
+                # A client that never acks: its oldest unacked events' webhooks go out once their ack time is up.
+                del self._sent[next(iter(self._sent))]
             self._sent[head.id] = Sent(
                 task_id=head.task_id,
                 created_at=_timestamp(head.created_at),
                 sent_at=time.monotonic(),
-                has_webhook=_posts(sub.webhook, head.type),
+                has_webhook=posts,
             )
         self._put(frame)
 
@@ -320,7 +327,7 @@ class Connection:
     async def _ack(self, frame: Ack) -> None:
         sent = self._sent.pop(frame.event_id, None)
         if sent is None:
-            return  # a progress event, or one acked already: nothing waits for it
+            return  # an event no delivery waits for, or one acked already
         try:
             await self._outbox.ack(
                 event_id=frame.event_id,

@@ -197,3 +197,19 @@ async def test_an_ack_of_the_head_lets_the_next_webhook_be_owed(
     due_at = await redis.zscore(keys.DUE, final.id)
     assert due_at is not None
     assert due_at > 2.0  # its own ack time has passed: owed now, through the general schedule
+
+
+async def test_each_new_head_gives_the_line_its_whole_time_again(
+    redis: aioredis.Redis, log: EventLog, outbox: Outbox
+) -> None:
+    task = Task(log, await running(redis))
+    _, head = await task.emit(EventType.RETRYING)
+    assert head is not None
+    for _ in range(2):
+        await task.emit(EventType.RETRYING)
+    await redis.expire(keys.webhook_line("task_1"), 5)  # the first head took most of the line's time
+
+    await settle(outbox, head)
+
+    assert await redis.ttl(keys.webhook_line("task_1")) > TTL_S - 5
+    assert await redis.ttl(keys.webhook_head("task_1")) > TTL_S - 5

@@ -371,3 +371,14 @@ def test_a_private_callback_address_is_a_422_that_names_the_setting(start_relay:
     detail = assert_json_error(response, 422)
     assert "RELAY_ALLOW_PRIVATE_CALLBACKS=true" in detail
     assert "--allow-private-callbacks" in detail
+
+
+def test_a_422_quotes_a_huge_bad_value_only_in_part(shared: Relay) -> None:
+    bad = "task." + "x" * 200_000
+    response = shared.client.post(
+        "/v1/tasks", json={"kind": "echo", "webhook": {"url": "http://127.0.0.1:9/x", "events": [bad]}}
+    )
+
+    assert response.status_code == 422
+    assert "webhook.events" in response.json()["detail"]
+    assert len(response.content) < 10_000

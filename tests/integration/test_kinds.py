@@ -14,7 +14,7 @@ from tests.conftest import RedisServer
 from tests.integration.conftest import Relay, StartRelay, relay_for_many_tests
 from tests.integration.test_api import metrics
 from tests.kinds_for_tests import FLAKY_RETRIES
-from tests.support import Api, Receiver, wait_until, webhook_attempts
+from tests.support import Api, Receiver, WsClient, wait_until, webhook_attempts
 
 TEST_KINDS = "tests.kinds_for_tests"
 
@@ -270,6 +270,36 @@ class TestWithTheTestKinds:
         ]
         assert [h.json()["data"]["attempt"] for h in hooks[:2]] == [2, 3]
 
+    def test_a_socket_that_acks_every_event_settles_them_all_and_no_webhook_is_sent(
+        self, kinds_relay: Relay, receiver: Receiver
+    ) -> None:
+        hook = {"url": receiver.url("/acked"), "events": ["task.retrying", "task.completed"]}
+        body = {"webhook": hook, "websocket": True, "delay_s": 1}  # time to subscribe before its first event
+        task = kinds_relay.client.submit("flaky", {"failures": 2, "delay_s": 0.2}, body=body)
+        ws = WsClient(kinds_relay.api.url)
+        try:
+            ws.subscribe(task)
+            log = ws.events_until_final(task["id"], ack=True)
+        finally:
+            ws.close()
+
+        wanted = [e for e in log if e["type"] in hook["events"]]
+        assert [e["type"] for e in wanted] == ["task.retrying", "task.retrying", "task.completed"]
+        expected = {(e["id"], "websocket", "acked") for e in wanted} | {(e["id"], "webhook", "skipped") for e in wanted}
+        wait_until(
+            lambda: (
+                expected
+                <= {
+                    (a["event_id"], a["channel"], a["outcome"])
+                    for a in kinds_relay.client.get(f"/v1/tasks/{task['id']}/deliveries").json()["attempts"]
+                }
+            ),
+            timeout_s=10,
+            message="every wanted event acked, its webhook skipped",
+        )
+        time.sleep(0.5)
+        assert receiver.on("/acked") == []
+
     @pytest.mark.parametrize(
         ("events_given", "named"),
         [(["task.finished"], "task.finished"), ([], "events"), ("task.completed", "events")],
@@ -320,8 +350,12 @@ class TestWithTheTestKinds:
         assert grew(acme, stats("admin-token", tenant="acme")) == expected
         for name, count in grew(everyone, stats("admin-token")).items():
             assert count >= expected[name]
-        # A tenant's filter never widens its view.
-        assert stats("key-globex", tenant="acme")["tasks"]["submitted"] == 0
+        # A tenant's filter never widens its view; a tenant that does not exist is not an idle one.
+        for key, tenant in (("key-globex", "acme"), ("admin-token", "nobody"), ("admin-token", "ACME")):
+            response = api.get("/v1/stats", key=key, params={"tenant": tenant})
+            assert response.status_code == 404, response.text
+            assert tenant in response.json()["detail"]
+        assert stats("admin-token", tenant="")["tenant"] is None
 
 
 def test_kinds_from_relay_task_modules_are_unknown_without_it(start_relay: StartRelay) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import get
 from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from delivery import keys, metrics
@@ -21,16 +22,19 @@ _COUNTED = ("submitted", "scheduled", "retried", "succeeded", "failed", "cancell
     summary="Figures for dashboards: tasks by what happened to them, and how many are open",
     description="The admin token sees every tenant's figures (or one tenant's with `tenant=`); a tenant's API key "
     "its own.",
-    responses=errors(),
+    responses=errors(404),
 )
 async def stats(
     principal: NamedDependency[Principal],
     state_: NamedDependency[ApiState],
     tenant: str | None = Parameter(default=None, max_length=200),
 ) -> Stats:
+    tenant = tenant or None  # `tenant=` alone: no filter
+    if tenant is not None and tenant not in state_.settings.api_keys.values():
+        raise NotFoundException(f"no tenant {tenant[:100]!r} (tenants are the names in RELAY_API_KEYS)")
     scope = tenant_scope(principal, tenant)
-    if scope == NO_TENANT:  # a tenant asking for another's: nothing of its own to show
-        return Stats(tenant=tenant, tasks=TaskCounts(0, 0, 0, 0, 0, 0, open=0))
+    if scope == NO_TENANT:
+        raise NotFoundException(f"no tenant {tenant!r} for this API key: a key sees its own tenant's figures only")
     async with state_.redis.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.STATS if scope is None else keys.stats_of(scope), [metrics.task_counter(c) for c in _COUNTED])
         pipe.zcard(keys.OWED_TASKS if scope is None else keys.open_tasks_of(scope))
