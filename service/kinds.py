@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -166,8 +168,14 @@ kind = registry.register
 
 
 def load_kinds(modules: tuple[str, ...]) -> KindRegistry:
-    """Import the built-in kinds and the modules of ``RELAY_TASK_MODULES``; return the registry."""
+    """Import the built-in kinds and the modules of ``RELAY_TASK_MODULES``; return the registry.
+
+    Modules are found as ``python -m`` would from the directory Relay starts in (as Dramatiq's CLI does), after
+    everything installed, so that a ``kinds.py`` beside one's ``relay.toml`` just works.
+    """
     importlib.import_module("service.tasks.builtin")
+    if modules and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     for module in modules:
         try:
             importlib.import_module(module)

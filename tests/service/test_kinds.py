@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from delivery.errors import ConfigError
-from service.kinds import DEFAULT_RETRY_DELAYS_S, KindRegistry, Retry, TaskKind
+from service.kinds import DEFAULT_RETRY_DELAYS_S, KindRegistry, Retry, TaskKind, load_kinds
 
 
 class Transient(Exception):
@@ -57,3 +60,19 @@ def test_a_bad_declaration_fails_at_import(options: dict[str, object]) -> None:
 def test_a_retry_delay_out_of_range_is_the_kinds_bug() -> None:
     with pytest.raises(ValueError, match="delay_s"):
         Retry(delay_s=-1)
+
+
+def test_a_kinds_module_in_the_directory_relay_starts_in_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_relay_kinds.py").write_text(
+        "from service.kinds import kind\n\n@kind('my-hello')\nasync def hello(data, ctx):\n    return 'hi'\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_relay_kinds", raising=False)
+
+    found = load_kinds(("my_relay_kinds",))
+
+    assert found.get("my-hello") is not None
+    del found.kinds["my-hello"]
