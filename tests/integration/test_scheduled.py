@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.conftest import RedisServer
 from tests.integration.conftest import StartCluster
 from tests.integration.test_api import assert_json_error, metrics
@@ -30,6 +32,7 @@ def test_a_delayed_task_waits_scheduled_and_runs_once_at_its_time(
     assert len(receiver.wait_for("/later")) == 1
 
 
+@pytest.mark.slow  # a restart: a fault test
 def test_a_scheduled_task_survives_a_restart_of_redis_the_api_and_the_worker(
     start_cluster: StartCluster, redis_server: RedisServer, receiver: Receiver
 ) -> None:

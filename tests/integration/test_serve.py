@@ -271,6 +271,7 @@ def test_ctrl_c_stops_everything_when_the_output_pipe_has_closed(tmp_path: Path)
             process.wait()
 
 
+@pytest.mark.slow  # a restart: a fault test
 def test_ctrl_c_with_a_task_running_stops_within_15_s_and_the_task_runs_again_at_the_next_start(
     run_serve: RunServe, tmp_path: Path
 ) -> None:

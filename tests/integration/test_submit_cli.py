@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.integration.conftest import Relay
 from tests.support import ROOT, wait_until
 
@@ -40,6 +42,7 @@ def test_submit_wait_exits_1_when_the_task_fails(relay: Relay) -> None:
     assert "failed: no luck" in err
 
 
+@pytest.mark.slow  # a restart: a fault test
 def test_submit_wait_resumes_after_the_api_restarts(relay: Relay) -> None:
     process = _submit(relay, "sleep", "--input", '{"seconds": 5}')
     assert process.stderr is not None

@@ -245,6 +245,7 @@ def test_a_resume_from_far_back_gets_more_events_than_a_send_queue_holds(shared:
     assert seqs(events) == list(range(1, 2002))
 
 
+@pytest.mark.slow  # a restart: a fault test
 def test_a_socket_resumes_after_its_api_is_killed(
     shared: Relay, open_ws: OpenWs, start_api: Callable[[], RelayProcess]
 ) -> None:
