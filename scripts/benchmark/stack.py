@@ -151,6 +151,9 @@ def start_redis(stack: Stack) -> str:
         RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
         RELAY_ALLOW_PRIVATE_CALLBACKS="true",
         RELAY_DATA_DIR=str(stack.workdir / "data"),
+        # Every load generator connects from 127.0.0.1: the per-address cap on sockets and streams would refuse
+        # all but the first hundred.
+        RELAY_WS_MAX_PER_CLIENT="1000000",
     )
     stack.env.pop("RELAY_BROKER_URL", None)
     stack.env.pop("RELAY_SUBMIT_RATE", None)
