@@ -106,7 +106,11 @@ class TaskKind:
         return self.retry_delays_s[min(attempt, len(self.retry_delays_s)) - 1]
 
     def parse_input(self, raw: Any) -> Any:
-        """The input as the kind's type; raises ``msgspec.ValidationError`` when it does not fit."""
+        """The input as the kind's type; raises ``msgspec.ValidationError`` when it does not fit. No input (null)
+        for a kind whose input is an object reads as ``{}``: its fields' defaults, or a message naming the first
+        one it needs."""
+        if raw is None and isinstance(self.input_type, type) and issubclass(self.input_type, msgspec.Struct):
+            raw = {}
         return msgspec.convert(raw, self.input_type)
 
     async def run(self, data: Any, ctx: TaskContext) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -87,9 +87,11 @@ def exit_if_short(done: int, total: int) -> None:
         click.get_current_context().exit(1)
 
 
-def attempts_table(attempts: Sequence[Attempt]) -> Table:
-    """Delivery attempts, one row each, in the order given."""
+def attempts_table(attempts: Sequence[Attempt], *, events: Mapping[str, str] | None = None) -> Table:
+    """Delivery attempts, one row each, in the order given; with ``events`` (event id -> how to name it), a first
+    column says which event each attempt carried."""
     table = Table(
+        *([Column("event", no_wrap=True)] if events is not None else []),
         Column("#", justify="right"),
         "channel",
         "at",
@@ -100,6 +102,7 @@ def attempts_table(attempts: Sequence[Attempt]) -> Table:
     )
     for attempt in attempts:
         table.add_row(
+            *([events.get(attempt.event_id, attempt.event_id)] if events is not None else []),
             str(attempt.attempt),
             attempt.channel.value,
             time_text(attempt.at),

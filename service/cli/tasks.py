@@ -51,6 +51,8 @@ _token = api_options(
 def _outcome(task: Task) -> str:
     if task.error is not None:
         return shorten(f"{task.error.type}: {task.error.message}", OUTCOME_WIDTH)
+    if task.status is TaskStatus.CANCELLED:
+        return "cancelled"
     if task.status.finished:
         return shorten(msgspec.json.encode(task.result).decode(), OUTCOME_WIDTH)
     if task.progress is not None:
@@ -163,7 +165,7 @@ def show(task_id: str, as_json: bool, url: str, token: str) -> None:
         attempts = decode(call(http, "GET", f"{path}/deliveries"), AttemptList).attempts
     console = stdout()
     console.print(_fields(task))
-    if task.status.finished and task.error is None:
+    if task.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and task.error is None:
         console.print(Text("\nresult", style="bold"))
         console.print(JSON.from_data(msgspec.to_builtins(task.result)))
     console.print(Text("\nevents", style="bold"))
@@ -175,7 +177,8 @@ def show(task_id: str, as_json: bool, url: str, token: str) -> None:
     else:
         console.print(Text("none retained", style="dim"))
     console.print(Text("\nattempts", style="bold"))
-    console.print(attempts_table(attempts) if attempts else Text("none", style="dim"))
+    named = {e.id: f"{e.seq} {e.type.value.removeprefix('task.')}" for e in events}
+    console.print(attempts_table(attempts, events=named) if attempts else Text("none", style="dim"))
 
 
 @tasks.command()

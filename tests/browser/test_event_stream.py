@@ -101,6 +101,9 @@ def test_the_demo_page_falls_back_to_server_sent_events_when_no_websocket_opens(
     expect(page.locator("#log tr.note-fallback")).to_have_count(1)
     expect(page.locator("#stat-order")).to_have_attribute("data-ok", "true")
     assert page.evaluate(f"sessionStorage.getItem('relay:seq:{task_id}')") == str(seqs[-1])
+    # The stream's end with its task is no error: the header says so plainly.
+    expect(page.locator("#conn")).to_have_attribute("data-state", "ended")
+    expect(page.locator("#conn-text")).to_have_text("the task ended; stream closed")
 
 
 def test_after_a_fallback_a_reload_resumes_the_stream_after_the_last_seq(relay: Relay, page: Page) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from delivery.errors import ConfigError
@@ -76,3 +77,18 @@ def test_a_kinds_module_in_the_directory_relay_starts_in_is_found(
 
     assert found.get("my-hello") is not None
     del found.kinds["my-hello"]
+
+
+class Defaults(msgspec.Struct):
+    size: int = 3
+
+
+class Needs(msgspec.Struct):
+    size: int
+
+
+def test_no_input_for_an_object_kind_reads_as_its_defaults_or_names_what_it_needs() -> None:
+    assert declared(input_type=Defaults).parse_input(None) == Defaults(size=3)
+    with pytest.raises(msgspec.ValidationError, match="size"):
+        declared(input_type=Needs).parse_input(None)
+    assert declared().parse_input(None) is None  # a kind that takes anything gets what it was given

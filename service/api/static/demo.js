@@ -163,8 +163,14 @@ function onStatus(status) {
       note("open", status.text);
       break;
     case "closed":
-      setConn("closed", `closed (${status.code})`);
-      note("closed", status.text);
+      if (status.code === undefined) {
+        // A stream that ended with its task (or that the page dropped): no error code to show.
+        setConn("ended", status.text);
+        note("ended", status.text);
+      } else {
+        setConn("closed", `closed (${status.code}${status.reason ? `: ${status.reason}` : ""})`);
+        note("closed", status.text);
+      }
       break;
     case "reconnecting":
       reconnects += 1;
@@ -253,7 +259,7 @@ function showOutcome(status, value) {
 
 function note(kind, text) {
   const icon =
-    { open: "●", closed: "✕", reconnecting: "↻", resumed: "⤷", subscribed: "⤷", history: "⋯", fallback: "⇄" }[kind] ||
+    { open: "●", closed: "✕", ended: "■", reconnecting: "↻", resumed: "⤷", subscribed: "⤷", history: "⋯", fallback: "⇄" }[kind] ||
     "!";
   logRow(`note note-${kind}`, cell(icon, "seq"), cell(kind, "type"), cell(clock(new Date()), "time"), cell(text, "data"));
 }

@@ -152,7 +152,7 @@ export class RelayClient {
     const healthy = opened && Date.now() - this.openedAt >= this.options.healthyAfterMs;
     this.openedAt = 0;
     if (healthy) this.attempt = 0;
-    const text = `connection closed (${code}${reason ? ` ${reason}` : ""})`;
+    const text = `connection closed (${code}${reason ? `: ${reason}` : ""})`;
     this.status({ type: "closed", channel: "websocket", code, reason, text });
     // With nothing to follow there is nothing to resume (the server closes such sockets); subscribe() reconnects.
     if (this.closed || this.subs.size === 0) return;
