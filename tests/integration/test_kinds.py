@@ -71,7 +71,11 @@ class TestWithTheTestKinds:
         # Progress goes to WebSocket only: the webhook gets the final event and nothing else.
         (hook,) = receiver.wait_for("/hook")
         # Only the final event was ever owed by webhook (the attempt log lists what was owed and sent).
-        sent = webhook_attempts(kinds_relay.client, task["id"])
+        # (written once the receiver has answered: it may come a moment after the receiver has the webhook)
+        sent = wait_until(
+            lambda: webhook_attempts(kinds_relay.client, task["id"]),
+            message="the webhook's attempt to be recorded",
+        )
         assert [a["event_id"] for a in sent] == [final["id"]]
         assert len(receiver.on("/hook")) == 1
         assert hook.json()["type"] == "task.completed"
@@ -224,7 +228,14 @@ class TestWithTheTestKinds:
         )
         posted = [h.json()["seq"] for h in hooks]
         assert posted == sorted(set(posted))  # in seq order, none twice
-        outcomes = {(a["event_id"], a["outcome"]) for a in webhook_attempts(kinds_relay.client, task["id"])}
+        outcomes = wait_until(
+            lambda: (
+                (o := {(a["event_id"], a["outcome"]) for a in webhook_attempts(kinds_relay.client, task["id"])})
+                and (log[-1]["id"], "delivered") in o
+                and o
+            ),
+            message="the final webhook's attempt to be recorded",
+        )
         # Each event was posted, or skipped because a newer one was owed before it was sent: none is lost.
         for event in log:
             sent = (event["id"], "delivered") in outcomes
