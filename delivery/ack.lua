@@ -1,5 +1,6 @@
 -- A socket acked an event in time: settle its delivery, so no webhook is sent.
--- KEYS: ack_marker, due, delivery, attempts, stats, latency, the task's webhook head and line
+-- KEYS: ack_marker, due, delivery, attempts, stats, latency, the task's webhook head and line, the tenant's
+--       counters
 -- ARGV: event_id, attempts_ttl_s, acked attempt, skipped webhook attempt ('' when the task has no webhook),
 --       latency_bucket, latency_s, acked_field, skipped_field (the stats counters to raise), now (unix time)
 -- The task's next webhook, if one waited behind this one, is owed from then on (task_line.lua).
@@ -12,12 +13,15 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 redis.call('RPUSH', KEYS[4], ARGV[3])
 redis.call('HINCRBY', KEYS[5], ARGV[7], 1)
+redis.call('HINCRBY', KEYS[9], ARGV[7], 1)
 if ARGV[4] ~= '' then
     redis.call('RPUSH', KEYS[4], ARGV[4])
     redis.call('HINCRBY', KEYS[5], ARGV[8], 1)
+    redis.call('HINCRBY', KEYS[9], ARGV[8], 1)
 end
 redis.call('EXPIRE', KEYS[4], ARGV[2])
 redis.call('HINCRBY', KEYS[6], ARGV[5], 1)
 redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[6])
+redis.call('HINCRBY', KEYS[9], 'latency:' .. ARGV[5], 1)
 line_advance({head = KEYS[7], line = KEYS[8], ttl = tonumber(ARGV[2]), now = tonumber(ARGV[9])}, ARGV[1], nil)
 return 1

@@ -67,7 +67,7 @@ if ARGV[12] == '1' then
     dst_init(ARGV[16], ARGV[17])
     d = {id = ARGV[8], meta = KEYS[13], due = KEYS[14], flight = KEYS[15], deadline = KEYS[16]}
     local L = {head = KEYS[18], line = KEYS[19], ttl = tonumber(ARGV[2]), attempts = KEYS[20], stats = KEYS[3],
-               skipped = ARGV[23], at = ARGV[24], now = NOW}
+               skipped = ARGV[23], at = ARGV[24], now = NOW, tenant_stats = KEYS[21]}
     if not line_join(L, ARGV[25] .. ':' .. ARGV[9], d) then
         if push then
             redis.call('SET', KEYS[8], ARGV[11], 'EX', ARGV[2])

@@ -256,10 +256,10 @@ class DestinationStore:
             return None
         return await self.get(dst_id)
 
-    async def counts(self) -> DestinationCounts:
-        """Destinations by state, and the webhooks they owe and hold."""
+    async def counts(self, tenant: str | None = None) -> DestinationCounts:
+        """Destinations (every tenant's, or one's) by state, and the webhooks they owe and hold."""
         counts = DestinationCounts(by_state=dict.fromkeys(DestinationState, 0))
-        for d in await self.all():
+        for d in await self.all(tenant):
             counts.by_state[d.state] += 1
             counts.owed += d.owed
             if d.state in (DestinationState.OPEN, DestinationState.PAUSED):

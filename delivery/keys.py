@@ -62,6 +62,11 @@ def stats_of(tenant: str) -> str:
     return f"{PREFIX}stats:tenant:{tenant}"
 
 
+def stats_history(tenant: str | None) -> str:
+    """List of recent snapshots of the counters (every tenant's, or one tenant's), newest first, for rates."""
+    return f"{PREFIX}stats:history:" + ("all" if tenant is None else f"tenant:{tenant}")
+
+
 def open_tasks_of(tenant: str) -> str:
     """Sorted set of a tenant's tasks that have not ended, by creation time (ms)."""
     return f"{PREFIX}open:{tenant}"

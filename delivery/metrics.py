@@ -31,6 +31,18 @@ def delivery_counter(channel: Channel, outcome: DeliveryOutcome) -> str:
 
 
 DEAD_LETTERED = "dead_letters:total"
+
+
+def dead_letter_counter(reason: str) -> str:
+    """The counter of events dead-lettered for ``reason``."""
+    return f"dead_letters:{reason}"
+
+
+def tenant_latency_field(bucket: str) -> str:
+    """A tenant's own latency bucket, kept in its counters hash (``keys.stats_of``)."""
+    return f"latency:{bucket}"
+
+
 REPLAYED = "dead_letters:replayed"
 UNREADABLE_RECORDS = "records:unreadable"
 REQUEUED = "tasks:requeued"

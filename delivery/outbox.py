@@ -141,7 +141,7 @@ class Outbox:
         return None
 
     async def ack(
-        self, *, event_id: str, task_id: str, created_at: float, has_webhook: bool, duration_ms: float
+        self, *, event_id: str, task_id: str, tenant: str, created_at: float, has_webhook: bool, duration_ms: float
     ) -> bool:
         """A socket acked an event: settle its delivery if it was waiting for that (True), else nothing."""
         now = datetime.now(UTC)
@@ -169,6 +169,7 @@ class Outbox:
                 keys.LATENCY,
                 keys.webhook_head(task_id),
                 keys.webhook_line(task_id),
+                keys.stats_of(tenant),
             ],
             args=[
                 event_id,
@@ -262,6 +263,7 @@ class Outbox:
                 dead.dead_at.timestamp() * 1000,
                 metrics.DEAD_LETTERED,
                 self._dead_letter_retention_s,
+                metrics.dead_letter_counter(decision.reason.value),
             ]
         reply = await self._record(
             keys=[
@@ -278,6 +280,7 @@ class Outbox:
                 keys.secrets(delivery.tenant),
                 keys.webhook_head(delivery.task_id),
                 keys.webhook_line(delivery.task_id),
+                keys.stats_of(delivery.tenant),
             ],
             args=args,
         )

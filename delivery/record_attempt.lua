@@ -2,7 +2,7 @@
 -- destination's slot and breaker, and the dead letter when it died.
 -- KEYS: attempts, stats, due (the general schedule), delivery, latency, dead_letter, dead_letters,
 --       dead_letters_of_tenant, dead_letter_of_event, then the destination's meta, due, flight, deadline, the
---       tenant's signing secrets, and the task's webhook head and line
+--       tenant's signing secrets, the task's webhook head and line, and the tenant's counters
 -- ARGV: the two of dst_init,
 --       3 attempt ('' when none was made), 4 attempts_ttl_s, 5 outcome_field ('' for none),
 --       6 verdict ('delivered' | 'retry' | 'dead' | 'dropped' | 'noted'), 7 event_id,
@@ -12,7 +12,7 @@
 --         retry:     17 delivery, 18 due_at
 --         delivered: 17 latency_bucket, 18 latency_s, 19 replayed dead letter id ('' for none)
 --         dead:      17 dead letter, 18 dead letter id, 19 dead_at_ms, 20 dead_lettered_field (the stats counter),
---                    21 retention_s (how long dead letters are kept)
+--                    21 retention_s (how long dead letters are kept), 22 the counter of its reason
 --         noted:     nothing (an unacked push: the webhook is owed to its destination from now on)
 --         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
 -- Returns {status, change[, event id, record, lease token, the tenant's secrets]}: status 'ok' or 'fenced' (another
@@ -24,7 +24,7 @@
 dst_init(ARGV[1], ARGV[2])
 local d = {id = ARGV[8], meta = KEYS[10], due = KEYS[11], flight = KEYS[12], deadline = KEYS[13]}
 local L = {head = KEYS[15], line = KEYS[16], ttl = tonumber(ARGV[4]), attempts = KEYS[1], stats = KEYS[2],
-           skipped = ARGV[15], at = ARGV[16], now = NOW}
+           skipped = ARGV[15], at = ARGV[16], now = NOW, tenant_stats = KEYS[17]}
 local verdict = ARGV[6]
 local event_id = ARGV[7]
 if ARGV[3] ~= '' then
@@ -33,6 +33,7 @@ if ARGV[3] ~= '' then
 end
 if ARGV[5] ~= '' then
     redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
+    redis.call('HINCRBY', KEYS[17], ARGV[5], 1)
 end
 if verdict == 'noted' then
     redis.call('ZREM', KEYS[3], event_id)
@@ -70,6 +71,7 @@ end
 if verdict == 'delivered' then
     redis.call('HINCRBY', KEYS[5], ARGV[17], 1)
     redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[18])
+    redis.call('HINCRBY', KEYS[17], 'latency:' .. ARGV[17], 1)
     local replayed = ARGV[19]
     if replayed ~= '' then
         redis.call('DEL', KEYS[6])
@@ -89,6 +91,9 @@ elseif verdict == 'dead' then
     redis.call('EXPIRE', KEYS[8], retention_s)
     redis.call('SET', KEYS[9], ARGV[18], 'EX', retention_s)
     redis.call('HINCRBY', KEYS[2], ARGV[20], 1)
+    redis.call('HINCRBY', KEYS[2], ARGV[22], 1)
+    redis.call('HINCRBY', KEYS[17], ARGV[20], 1)
+    redis.call('HINCRBY', KEYS[17], ARGV[22], 1)
 end
 if verdict == 'delivered' or verdict == 'dead' then
     line_advance(L, event_id, d)

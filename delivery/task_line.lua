@@ -5,7 +5,8 @@
 --
 -- Entries are '<p|f>:<event id>' ('p': a progress webhook, which a newer event supersedes; 'f': any other).
 -- L = {head = the task's head key, line = its line key, ttl = seconds they are kept, attempts = its attempt log,
---      stats = the counters, skipped = the counter of skipped webhooks, at = now (RFC 3339), now = unix time}
+--      stats = the counters, tenant_stats = the tenant's own, skipped = the counter of skipped webhooks,
+--      at = now (RFC 3339), now = unix time}
 -- A line never holds a progress entry with another entry after it: joining the line skips it first.
 
 local function line_id(entry)
@@ -42,6 +43,9 @@ local function line_skip(L, event_id, d, made)
     }))
     redis.call('EXPIRE', L.attempts, L.ttl)
     redis.call('HINCRBY', L.stats, L.skipped, 1)
+    if L.tenant_stats then
+        redis.call('HINCRBY', L.tenant_stats, L.skipped, 1)
+    end
 end
 
 -- The webhook event_id is settled: when it was the task's head, the next in its line is owed from now on: to the

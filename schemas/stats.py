@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 
@@ -17,6 +19,46 @@ class TaskCounts(msgspec.Struct):
     open: int  # queued, scheduled or running now
 
 
+class Webhooks(msgspec.Struct):
+    owed: int  # waiting, held or in flight at their destinations
+    held: int  # of those, the ones an open or paused destination holds
+
+
+class DeadLetters(msgspec.Struct):
+    stored: int  # kept now
+    by_reason: dict[str, int]  # dead-lettered since the store began, by reason
+
+
+class Latency(msgspec.Struct):
+    """From an event's creation to its delivery (a webhook's 2xx or a socket's ack): the upper bounds of the
+    histogram buckets that hold the median and the 99th percentile (None with nothing delivered)."""
+
+    p50_ms: float | None
+    p99_ms: float | None
+    delivered: int  # deliveries these are over
+
+
+class Rates(msgspec.Struct):
+    """Per second, over ``window_s`` (about the last minute)."""
+
+    window_s: float
+    tasks_submitted: float
+    tasks_ended: float  # succeeded, failed or cancelled
+    tasks_retried: float
+    deliveries: float  # webhooks delivered and pushes acked
+    webhook_failures: float  # failed webhook attempts
+    dead_lettered: float
+    latency: Latency  # of the deliveries in the window
+
+
 class Stats(msgspec.Struct):
     tenant: str | None  # whose figures these are (None: every tenant's)
+    at: datetime
     tasks: TaskCounts
+    deliveries: dict[str, dict[str, int]]  # channel -> outcome -> attempts since the store began
+    webhooks: Webhooks
+    dead_letters: DeadLetters
+    destinations: dict[str, int]  # by state
+    queue_depth: int | None  # task messages waiting in the broker (None: a broker that does not say cheaply)
+    latency: Latency  # since the store began
+    rates: Rates | None  # None until figures from about a minute ago are kept (the first poll starts them)

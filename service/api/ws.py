@@ -68,6 +68,7 @@ MAX_UNACKED = 4096
 @dataclass(slots=True)
 class Subscription:
     task_id: str
+    tenant: str
     webhook: Webhook | None
     last_seq: int  # the highest seq queued for this socket
     buffer: list[tuple[EventHead, bytes]] | None = field(default_factory=list)  # live events while catching up
@@ -79,6 +80,7 @@ class Sent:
     gets), remembered until acked so that the ack can settle it."""
 
     task_id: str
+    tenant: str
     created_at: float
     sent_at: float
     has_webhook: bool
@@ -255,7 +257,7 @@ class Connection:
             self._bad_frame("forbidden", "unknown task, or a token that is not this task's", frame.task_id)
             return
         self._unsubscribe(frame.task_id)
-        sub = Subscription(task_id=record.id, webhook=record.webhook, last_seq=frame.after_seq)
+        sub = Subscription(task_id=record.id, tenant=record.tenant, webhook=record.webhook, last_seq=frame.after_seq)
         self._subs[record.id] = sub
         self._idle_since = None
         try:
@@ -309,6 +311,7 @@ class Connection:
                 del self._sent[next(iter(self._sent))]
             self._sent[head.id] = Sent(
                 task_id=head.task_id,
+                tenant=sub.tenant,
                 created_at=_timestamp(head.created_at),
                 sent_at=time.monotonic(),
                 has_webhook=posts,
@@ -332,6 +335,7 @@ class Connection:
             await self._outbox.ack(
                 event_id=frame.event_id,
                 task_id=sent.task_id,
+                tenant=sent.tenant,
                 created_at=sent.created_at,
                 has_webhook=sent.has_webhook,
                 duration_ms=(time.monotonic() - sent.sent_at) * 1000,

@@ -129,7 +129,12 @@ async def test_an_ack_in_time_settles_the_push_and_no_webhook_is_sent(redis: aio
     await redis.set(keys.ack_marker(delivery.event_id), "1")
 
     settled = await outbox.ack(
-        event_id=delivery.event_id, task_id=delivery.task_id, created_at=time.time(), has_webhook=True, duration_ms=3
+        tenant="acme",
+        event_id=delivery.event_id,
+        task_id=delivery.task_id,
+        created_at=time.time(),
+        has_webhook=True,
+        duration_ms=3,
     )
 
     assert settled
@@ -141,7 +146,12 @@ async def test_an_ack_in_time_settles_the_push_and_no_webhook_is_sent(redis: aio
     ]
     assert await outbox.claim(limit=10, now=due_at + 1) == []
     again = await outbox.ack(
-        event_id=delivery.event_id, task_id=delivery.task_id, created_at=time.time(), has_webhook=True, duration_ms=3
+        tenant="acme",
+        event_id=delivery.event_id,
+        task_id=delivery.task_id,
+        created_at=time.time(),
+        has_webhook=True,
+        duration_ms=3,
     )
     assert not again
     assert len(await attempts(redis, delivery.task_id)) == 2
@@ -157,7 +167,12 @@ async def test_an_ack_after_the_claim_took_the_push_settles_nothing(redis: aiore
 
     assert [(d.event_id, pushed) for d, pushed in claimed] == [(delivery.event_id, True)]
     late = await outbox.ack(
-        event_id=delivery.event_id, task_id=delivery.task_id, created_at=time.time(), has_webhook=True, duration_ms=3
+        tenant="acme",
+        event_id=delivery.event_id,
+        task_id=delivery.task_id,
+        created_at=time.time(),
+        has_webhook=True,
+        duration_ms=3,
     )
     assert not late
     assert await redis.exists(keys.delivery(delivery.event_id))  # the webhook goes on

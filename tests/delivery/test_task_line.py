@@ -189,7 +189,7 @@ async def test_an_ack_of_the_head_lets_the_next_webhook_be_owed(
     assert await redis.zscore(keys.DUE, final.id) is None  # behind the retrying event
 
     settled = await outbox.ack(
-        event_id=retrying.id, task_id="task_1", created_at=0.0, has_webhook=True, duration_ms=1.0
+        tenant="acme", event_id=retrying.id, task_id="task_1", created_at=0.0, has_webhook=True, duration_ms=1.0
     )
 
     assert settled

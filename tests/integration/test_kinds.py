@@ -325,8 +325,8 @@ class TestWithTheTestKinds:
         assert "webhook.events" in response.json()["detail"]
         assert named in response.json()["detail"]
 
-    def test_stats_count_a_tenants_scheduled_cancelled_and_retried_tasks_and_no_one_elses(
-        self, kinds_relay: Relay
+    def test_stats_count_a_tenants_tasks_deliveries_and_dead_letters_and_no_one_elses(
+        self, kinds_relay: Relay, receiver: Receiver
     ) -> None:
         api = kinds_relay.client
 
@@ -336,13 +336,24 @@ class TestWithTheTestKinds:
             return dict(response.json())
 
         acme, globex, everyone = stats("key-acme"), stats("key-globex"), stats("admin-token")
+        first_call = time.monotonic()
         assert acme["tenant"] == "acme"
         assert everyone["tenant"] is None
-        done = [api.submit("echo", 1), api.submit("flaky", {"failures": 1}), api.submit("fail", {"message": "x"})]
+        done = [
+            api.submit("echo", 1, webhook=receiver.url("/stats-ok")),
+            api.submit("flaky", {"failures": 1}),
+            api.submit("fail", {"message": "x"}, webhook=receiver.script("/stats-gone", 410)),
+        ]
         later = api.submit("echo", 2, body={"delay_s": 600})
         assert api.post(f"/v1/tasks/{later['id']}/cancel").status_code == 202
         for task in done:
             api.wait_task(task["id"])
+        receiver.wait_for("/stats-ok")
+        wait_until(
+            lambda: stats("key-acme")["dead_letters"]["stored"] > acme["dead_letters"]["stored"],
+            message="the 410 to be a dead letter",
+        )
+        time.sleep(max(0.0, first_call + 4.5 - time.monotonic()))  # rates need a snapshot a few seconds old
 
         def grew(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
             return {k: after["tasks"][k] - before["tasks"][k] for k in after["tasks"]}
@@ -356,7 +367,24 @@ class TestWithTheTestKinds:
             "cancelled": 1,
             "open": 0,
         }
-        assert grew(acme, stats("key-acme")) == expected
+        now = stats("key-acme")
+        assert grew(acme, now) == expected
+        webhook = {
+            o: now["deliveries"]["webhook"][o] - acme["deliveries"]["webhook"][o] for o in ("delivered", "failed")
+        }
+        assert webhook == {"delivered": 1, "failed": 1}
+        assert now["dead_letters"]["stored"] - acme["dead_letters"]["stored"] == 1
+        assert (
+            now["dead_letters"]["by_reason"]["endpoint_gone"] - acme["dead_letters"]["by_reason"]["endpoint_gone"] == 1
+        )
+        assert now["latency"]["delivered"] - acme["latency"]["delivered"] == 1
+        assert sum(now["destinations"].values()) >= 1
+        assert now["queue_depth"] is None  # the broker's queue is everyone's: the operator's figure
+        assert now["rates"] is not None
+        assert now["rates"]["tasks_submitted"] > 0
+        assert now["rates"]["window_s"] >= 4
+        assert stats("key-globex")["deliveries"] == globex["deliveries"]
+        assert isinstance(stats("admin-token")["queue_depth"], int)
         assert grew(globex, stats("key-globex")) == dict.fromkeys(expected, 0)
         assert grew(acme, stats("admin-token", tenant="acme")) == expected
         for name, count in grew(everyone, stats("admin-token")).items():

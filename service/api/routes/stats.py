@@ -1,27 +1,61 @@
-"""``GET /v1/stats``: figures for dashboards, read from counters Relay keeps as it goes (a few O(1) reads)."""
+"""``GET /v1/stats``: figures for dashboards, read from counters Relay keeps as it goes.
+
+One call is a handful of O(1) reads (the counters, a few set sizes) plus a read of the caller's destinations. Rates
+over the last minute come from snapshots of the counters that the calls themselves keep: at most one every
+``SNAPSHOT_EVERY_S`` per scope (every tenant's, or one tenant's), the last ``SNAPSHOTS_KEPT`` of them, so a console
+polling every second costs one small write per five seconds, however many consoles are open.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import msgspec
+from dramatiq.brokers.redis import RedisBroker
 from litestar import get
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from delivery import keys, metrics
-from schemas.stats import Stats, TaskCounts
+from schemas.dead_letters import DeadLetterReason
+from schemas.deliveries import Channel, DeliveryOutcome
+from schemas.stats import DeadLetters, Latency, Rates, Stats, TaskCounts, Webhooks
 from service.api.auth import NO_TENANT, Principal, tenant_scope
 from service.api.openapi import errors
 from service.api.state import ApiState
+from service.broker import QUEUE
 
 _COUNTED = ("submitted", "scheduled", "retried", "succeeded", "failed", "cancelled")
+_ENDED = ("succeeded", "failed", "cancelled")
+# A snapshot of the counters is kept at most this often per scope, this many of them (80 s), for the rates.
+SNAPSHOT_EVERY_S = 5.0
+SNAPSHOTS_KEPT = 16
+RATE_WINDOW_S = 60.0
+# Rates over less than this would say little: none are given until a snapshot is at least this old.
+MIN_WINDOW_S = 4.0
+_LATENCY_BOUNDS = [repr(b) for b in metrics.LATENCY_BUCKETS_S] + ["+Inf"]
+
+
+class _Snapshot(msgspec.Struct):
+    t: float
+    c: dict[str, int]
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_snapshot = msgspec.json.Decoder(_Snapshot).decode
 
 
 @get(
     "/v1/stats",
     tags=["operations"],
-    summary="Figures for dashboards: tasks by what happened to them, and how many are open",
+    summary="Figures for dashboards: tasks, deliveries, webhooks owed and held, dead letters, destinations, "
+    "queue depth, delivery latency, and their rates over the last minute",
     description="The admin token sees every tenant's figures (or one tenant's with `tenant=`); a tenant's API key "
-    "its own.",
+    "its own. Counts are since the store began; `rates` are per second over about the last minute (null until the "
+    "figures of a few seconds ago are kept: the first call starts keeping them).",
     responses=errors(404),
 )
 async def stats(
@@ -35,9 +69,117 @@ async def stats(
     scope = tenant_scope(principal, tenant)
     if scope == NO_TENANT:
         raise NotFoundException(f"no tenant {tenant!r} for this API key: a key sees its own tenant's figures only")
-    async with state_.redis.pipeline(transaction=False) as pipe:
-        pipe.hmget(keys.STATS if scope is None else keys.stats_of(scope), [metrics.task_counter(c) for c in _COUNTED])
+    redis = state_.redis
+    history = keys.stats_history(scope)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.STATS if scope is None else keys.stats_of(scope))
+        if scope is None:
+            pipe.hgetall(keys.LATENCY)
         pipe.zcard(keys.OWED_TASKS if scope is None else keys.open_tasks_of(scope))
-        counts, open_tasks = await pipe.execute()
-    figures = {name: int(float(raw)) if raw is not None else 0 for name, raw in zip(_COUNTED, counts, strict=True)}
-    return Stats(tenant=scope, tasks=TaskCounts(**figures, open=int(open_tasks)))
+        pipe.zcard(keys.DEAD_LETTERS if scope is None else keys.dead_letters_of(scope))
+        pipe.lrange(history, 0, -1)
+        replies = await pipe.execute()
+    raw, *rest = replies
+    counts = _counters(raw)
+    if scope is None:
+        latency_raw, open_tasks, stored_dead, snapshots = rest
+        counts |= {metrics.tenant_latency_field(k): v for k, v in _counters(latency_raw).items() if k != "sum"}
+    else:
+        open_tasks, stored_dead, snapshots = rest
+    now = time.time()
+    destinations = await state_.destinations.counts(scope)
+    queue_depth = None
+    if scope is None and isinstance(state_.broker, RedisBroker):
+        queue_depth = int(await redis.llen(f"{state_.broker.namespace}:{QUEUE}"))
+    kept = [s for s in (_read_snapshot(r) for r in snapshots) if s is not None]
+    if not kept or now - kept[0].t >= SNAPSHOT_EVERY_S:
+        await _keep_snapshot(state_, scope, _Snapshot(t=now, c=counts))
+    return Stats(
+        tenant=scope,
+        at=datetime.fromtimestamp(now, UTC),
+        tasks=TaskCounts(**{name: counts.get(metrics.task_counter(name), 0) for name in _COUNTED}, open=open_tasks),
+        deliveries={
+            channel.value: {o.value: counts.get(metrics.delivery_counter(channel, o), 0) for o in DeliveryOutcome}
+            for channel in Channel
+        },
+        webhooks=Webhooks(owed=destinations.owed, held=destinations.held),
+        dead_letters=DeadLetters(
+            stored=int(stored_dead),
+            by_reason={r.value: counts.get(metrics.dead_letter_counter(r.value), 0) for r in DeadLetterReason},
+        ),
+        destinations={state.value: n for state, n in destinations.by_state.items()},
+        queue_depth=queue_depth,
+        latency=_latency(counts),
+        rates=_rates(counts, kept, now),
+    )
+
+
+def _counters(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    return {k.decode(): int(float(v)) for k, v in raw.items()}
+
+
+def _read_snapshot(raw: bytes) -> _Snapshot | None:
+    try:
+        return _decode_snapshot(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+async def _keep_snapshot(state_: ApiState, scope: str | None, snapshot: _Snapshot) -> None:
+    """Keep ``snapshot`` unless another call kept one in the last SNAPSHOT_EVERY_S (one write per scope and period,
+    however many consoles poll)."""
+    marker = keys.stats_history(scope) + ":kept"
+    if not await state_.redis.set(marker, "1", nx=True, px=int(SNAPSHOT_EVERY_S * 1000)):
+        return
+    async with state_.redis.pipeline(transaction=False) as pipe:
+        pipe.lpush(keys.stats_history(scope), _encode(snapshot))
+        pipe.ltrim(keys.stats_history(scope), 0, SNAPSHOTS_KEPT - 1)
+        pipe.expire(keys.stats_history(scope), int(SNAPSHOT_EVERY_S * SNAPSHOTS_KEPT * 2))
+        await pipe.execute()
+
+
+def _latency(counts: Mapping[str, int], baseline: Mapping[str, int] | None = None) -> Latency:
+    """The median and 99th percentile of the latency histogram (of what was added since ``baseline``)."""
+    per_bucket = [
+        counts.get(metrics.tenant_latency_field(b), 0) - (baseline or {}).get(metrics.tenant_latency_field(b), 0)
+        for b in _LATENCY_BOUNDS
+    ]
+    total = sum(per_bucket)
+    if total <= 0:
+        return Latency(p50_ms=None, p99_ms=None, delivered=0)
+
+    def bound_ms(q: float) -> float:
+        running = 0
+        for bound, n in zip(metrics.LATENCY_BUCKETS_S, per_bucket, strict=False):
+            running += n
+            if running >= q * total:
+                return bound * 1000
+        return metrics.LATENCY_BUCKETS_S[-1] * 1000  # beyond the last bucket: at least that
+
+    return Latency(p50_ms=bound_ms(0.5), p99_ms=bound_ms(0.99), delivered=total)
+
+
+def _rates(counts: Mapping[str, int], kept: list[_Snapshot], now: float) -> Rates | None:
+    """Rates against the kept snapshot closest to RATE_WINDOW_S ago (kept is newest first)."""
+    older = [s for s in kept if now - s.t >= MIN_WINDOW_S]
+    if not older:
+        return None
+    base = min(older, key=lambda s: abs(now - s.t - RATE_WINDOW_S))
+    window = now - base.t
+
+    def rate(*fields: str) -> float:
+        return round(max(0, sum(counts.get(f, 0) - base.c.get(f, 0) for f in fields)) / window, 3)
+
+    return Rates(
+        window_s=round(window, 3),
+        tasks_submitted=rate(metrics.task_counter("submitted")),
+        tasks_ended=rate(*(metrics.task_counter(s) for s in _ENDED)),
+        tasks_retried=rate(metrics.task_counter("retried")),
+        deliveries=rate(
+            metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.DELIVERED),
+            metrics.delivery_counter(Channel.WEBSOCKET, DeliveryOutcome.ACKED),
+        ),
+        webhook_failures=rate(metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.FAILED)),
+        dead_lettered=rate(metrics.DEAD_LETTERED),
+        latency=_latency(counts, base.c),
+    )
