@@ -194,6 +194,7 @@ class DestinationStore:
         self._flow = flow
         self._admin = redis.register_script(lua("destination_admin.lua"))
         self._prune = redis.register_script(_PRUNE_LUA)
+        self._count = redis.register_script((_HERE / "count_destinations.lua").read_text())
 
     async def get(self, dst_id: str) -> Destination | None:
         found = await self._read([dst_id])
@@ -257,14 +258,19 @@ class DestinationStore:
         return await self.get(dst_id)
 
     async def counts(self, tenant: str | None = None) -> DestinationCounts:
-        """Destinations (every tenant's, or one's) by state, and the webhooks they owe and hold."""
-        counts = DestinationCounts(by_state=dict.fromkeys(DestinationState, 0))
-        for d in await self.all(tenant):
-            counts.by_state[d.state] += 1
-            counts.owed += d.owed
-            if d.state in (DestinationState.OPEN, DestinationState.PAUSED):
-                counts.held += d.owed - d.in_flight
-        return counts
+        """Destinations (every tenant's, or one's) by state, and the webhooks they owe and hold, counted in Redis
+        in one step (no record is read out: a thousand destinations cost about a millisecond of Redis)."""
+        index = keys.DESTINATIONS if tenant is None else keys.destinations_of(tenant)
+        healthy, degraded, opened, paused, owed, held = await self._count(
+            keys=[index], args=[keys.PREFIX, int(time.time() * 1000)]
+        )
+        by_state = {
+            DestinationState.HEALTHY: int(healthy),
+            DestinationState.DEGRADED: int(degraded),
+            DestinationState.OPEN: int(opened),
+            DestinationState.PAUSED: int(paused),
+        }
+        return DestinationCounts(by_state=by_state, owed=int(owed), held=int(held))
 
 
 @dataclass(slots=True)

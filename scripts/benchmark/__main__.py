@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scripts.benchmark import stats as stats_bench
 from scripts.benchmark.webhooks import report as webhooks_report
 from scripts.benchmark.webhooks.run import run_webhooks
 from scripts.benchmark.ws import report as ws_report
@@ -51,7 +52,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     modes.add_argument("--all", dest="mode", action="store_const", const="all", help="webhooks and WebSocket (default)")
     modes.add_argument("--webhooks", dest="mode", action="store_const", const="webhooks", help="webhook figures only")
     modes.add_argument("--ws", dest="mode", action="store_const", const="ws", help="WebSocket figures only")
+    modes.add_argument(
+        "--stats", dest="mode", action="store_const", const="stats", help="the cost of GET /v1/stats on a big store"
+    )
     parser.set_defaults(mode="all")
+    st = parser.add_argument_group("GET /v1/stats (--stats)")
+    st.add_argument("--stats-dead-letters", type=int, default=100_000, help="dead letters stored")
+    st.add_argument("--stats-destinations", type=int, default=1000, help="destinations stored")
+    st.add_argument("--stats-calls", type=int, default=500, help="calls back to back, as admin and as tenant")
+    st.add_argument("--stats-computed", type=int, default=15, help="calls a second apart (each computed afresh)")
+    st.add_argument("--stats-pollers", type=int, default=50, help="consoles polling once a second")
     ws = parser.add_argument_group("WebSocket figures (--ws)")
     ws.add_argument("--ws-sockets", type=int, default=1000, help="subscribed sockets for latency and fan-out")
     ws.add_argument("--ws-rate", type=float, default=1000.0, help="events/s across the sockets, latency phase")
@@ -104,6 +114,11 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     results: dict[str, Any] = {}
     code = 0
+    if args.mode == "stats":
+        code, figures = stats_bench.run_stats(args)
+        if figures is not None:
+            print(json.dumps(figures, indent=2)) if args.json else stats_bench.print_report(figures)
+        return code
     if args.mode in ("all", "webhooks"):
         code, results["webhooks"] = run_webhooks(args)
         if results["webhooks"] is None:

@@ -18,6 +18,7 @@ from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
+from schemas.stats import Stats
 from schemas.tasks import Task, TaskRecord, TaskStatus
 from service.api.auth import Authenticator
 from service.api.live import LiveHub, heartbeat_tick_s
@@ -59,6 +60,8 @@ class ApiState:
     # Open Server-Sent Event streams in this process, and per client address (RELAY_WS_MAX_PER_CLIENT bounds both).
     sse_streams: int = 0
     sse_clients: Counter[str] = field(default_factory=Counter)
+    # GET /v1/stats's last figures per scope (None: every tenant's), with when they were computed (monotonic).
+    stats_cache: dict[str | None, tuple[float, Stats]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:

@@ -376,3 +376,35 @@ def test_caps_a_patch_may_set(body: bytes, ok: bool) -> None:
         assert not ok
     else:
         assert ok
+
+
+async def test_counts_by_state_owed_and_held_agree_with_the_destinations_themselves(
+    redis: aioredis.Redis, store: DestinationStore
+) -> None:
+    now = time.time()
+    states = [
+        ("acme", {"failures": 0, "last_success_at": now}),  # healthy
+        ("acme", {"failures": 2, "last_failure_at": now}),  # degraded
+        ("acme", {"failures": 0, "last_failure_at": now, "last_success_at": now - 5}),  # degraded: last one failed
+        ("acme", {"failures": 3, "opened_at": now, "next_probe_at": now + 5}),  # open
+        ("globex", {"failures": 0, "paused": "1"}),  # paused
+    ]
+    for n, (tenant, fields) in enumerate(states):
+        dst = destination_for(tenant, f"https://r{n}.example/hook")
+        meta, due, flight, _ = dst.keys
+        await redis.hset(meta, mapping={"tenant": tenant, "origin": dst.origin, "created_at": now, **fields})
+        await redis.zadd(due, {f"evt_{n}_{k}": now for k in range(n + 1)})
+        await redis.zadd(flight, {f"evt_{n}_live": int((now + 60) * 1000), f"evt_{n}_stale": int((now - 60) * 1000)})
+        await redis.sadd(keys.DESTINATIONS, dst.id)
+        await redis.sadd(keys.destinations_of(tenant), dst.id)
+
+    for tenant in (None, "acme", "globex"):
+        listed = await store.all(tenant)
+        counts = await store.counts(tenant)
+        assert counts.by_state == {s: sum(d.state is s for d in listed) for s in DestinationState}
+        assert counts.owed == sum(d.owed for d in listed)
+        held = (DestinationState.OPEN, DestinationState.PAUSED)
+        assert counts.held == sum(d.owed - d.in_flight for d in listed if d.state in held)
+    everyone = await store.counts()
+    assert {s.value: n for s, n in everyone.by_state.items()} == {"healthy": 1, "degraded": 2, "open": 1, "paused": 1}
+    assert everyone.owed == sum(n + 1 + 2 for n in range(5))  # due, plus the live and the stale lease
