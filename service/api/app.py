@@ -26,7 +26,7 @@ from service.api.auth import Principal, Reader, bearer_token
 from service.api.docs import docs_config
 from service.api.json_depth import json_depth_exceeds
 from service.api.openapi import list_task_kinds
-from service.api.pages import demo_page
+from service.api.pages import console_page, demo_page
 from service.api.routes.dead_letters import DeadLetterController
 from service.api.routes.destinations import DestinationController, ops_signing_secret
 from service.api.routes.ops import health, prometheus_metrics, ready
@@ -120,6 +120,7 @@ def create_app(settings: Settings) -> Litestar:
             stats,
             ws_endpoint,
             demo_page,
+            console_page,
             create_static_files_router(path=STATIC_URL, directories=[STATIC_DIR], name="static"),
         ],
         dependencies={

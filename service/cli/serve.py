@@ -292,6 +292,9 @@ def _banner(
     )
     # The key rides in the URL fragment, which the browser never sends to the server.
     lines.append(f"  demo page:    {url}/#key={key}" if key is not None else f"  demo page:    {url}/")
+    lines.append(
+        f"  console:      {url}/console#token={admin}" if admin is not None else f"  console:      {url}/console"
+    )
     lines.append(f"  API docs:     {url}/schema/swagger")
     # Plain print: a wrapped curl line would not paste.
     say("\n".join(lines))
