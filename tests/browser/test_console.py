@@ -4,12 +4,15 @@ the path the first test prints."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import CI
+from tests.support import Receiver, run_receiver, wait_until
 
 try:
     from playwright.sync_api import expect
@@ -102,3 +105,119 @@ def test_a_tenants_key_shows_that_tenants_figures_only(relay: Relay, page: Page)
     assert shown["tasks"]["submitted"] == acme["tasks"]["submitted"]
     assert shown["queue_depth"] is None  # the broker's queue is everyone's
     expect(page.locator("#v-queue")).to_contain_text(NO_FIGURE)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with run_receiver() as running:
+        yield running
+
+
+def dead_letters_of(relay: Relay, key: str, count: int) -> None:
+    wait_until(
+        lambda: relay.client.get("/v1/stats", key=key).json()["dead_letters"]["stored"] >= count,
+        timeout_s=30,
+        message=f"{count} dead letters",
+    )
+
+
+def test_a_filtered_bulk_replay_after_the_receiver_is_back_reaches_it_once_each(
+    relay: Relay, page: Page, receiver: Receiver, shots: Path
+) -> None:
+    url = receiver.script("/gone", 410)  # 410: a dead letter at once
+    acme = [relay.client.submit("echo", {"n": n}, webhook=url)["id"] for n in range(200)]
+    globex = [relay.client.submit("echo", {"n": n}, webhook=url, key="key-globex")["id"] for n in range(20)]
+    dead_letters_of(relay, "key-acme", 200)
+    dead_letters_of(relay, "key-globex", 20)
+    before = len(receiver.on("/gone"))
+    receiver.script("/gone", 200)  # the receiver is back
+
+    page.goto(relay.api.url + "/console#token=admin-token")
+    page.click("#tabs button[data-view='letters']")
+    expect(page.locator("#letters-rows tr").first).to_be_visible()
+    page.select_option("#f-reason", "endpoint_gone")
+    page.fill("#f-tenant", "acme")
+    page.click("#letters-filter button[type=submit]")
+    expect(page.locator("#letters-rows tr td:nth-child(2)").first).to_have_text("acme")
+    page.screenshot(path=str(shots / "dead-letters-desktop.png"), full_page=True)
+    page.click("#bulk-replay")
+    expect(page.locator("#bulk-text")).to_contain_text("200 dead letters match")
+    page.screenshot(path=str(shots / "bulk-replay-dry-run.png"))
+    page.click("#bulk-go")
+    page.wait_for_function("() => window.consoleState.bulk?.done === 200", timeout=60_000)
+    expect(page.locator("#bulk-text")).to_have_text("Replayed 200 of 200.")
+
+    wait_until(lambda: len(receiver.on("/gone")) - before >= 200, timeout_s=30, message="the 200 replays")
+    time.sleep(0.5)  # nothing more comes
+    replayed = [r.json()["task_id"] for r in receiver.on("/gone")[before:]]
+    assert sorted(replayed) == sorted(acme)  # each of acme's once, none of globex's
+    assert not set(replayed) & set(globex)
+
+
+def test_a_dead_letter_opens_with_its_event_and_attempts_and_a_tenant_sees_its_own_only(
+    relay: Relay, page: Page, receiver: Receiver, browser: Browser, shots: Path
+) -> None:
+    url = receiver.script("/gone-again", 410)
+    task = relay.client.submit("echo", "mine", webhook=url, key="key-globex")
+    relay.client.submit("echo", "acme's", webhook=url)
+    wait_until(
+        lambda: relay.client.get("/v1/dead-letters", key="key-globex", params={"task_id": task["id"]}).json()["items"],
+        message="the dead letter",
+    )
+
+    page.goto(relay.api.url + "/console#token=key-globex")
+    page.click("#tabs button[data-view='letters']")
+    expect(page.locator("#f-tenant-field")).to_be_hidden()
+    expect(page.locator("#letters-rows tr").first).to_be_visible()
+    tenants = set(page.locator("#letters-rows tr td:nth-child(2)").all_inner_texts())
+    assert tenants == {"globex"}
+    page.fill("#f-task", task["id"])
+    page.click("#letters-filter button[type=submit]")
+    expect(page.locator("#letters-rows tr")).to_have_count(1)
+    page.click("#letters-rows tr")
+    expect(page.locator("#letter-fields")).to_contain_text("endpoint gone")
+    expect(page.locator("#letter-event")).to_contain_text(task["id"])
+    expect(page.locator("#letter-attempts li")).to_contain_text(["webhook #1 · failed 410"])
+    page.screenshot(path=str(shots / "dead-letter-open.png"), full_page=True)
+
+    phone = browser.new_context(viewport=PHONE).new_page()
+    try:
+        phone.goto(relay.api.url + "/console#token=key-globex")
+        phone.click("#tabs button[data-view='letters']")
+        expect(phone.locator("#letters-rows tr").first).to_be_visible()
+        phone.screenshot(path=str(shots / "dead-letters-phone.png"), full_page=True)
+    finally:
+        phone.context.close()
+
+
+def test_deleting_by_filter_shows_the_count_first_and_deletes_only_those(
+    relay: Relay, page: Page, receiver: Receiver
+) -> None:
+    url = receiver.script("/gone-for-good", 410)
+    for n in range(30):
+        relay.client.submit("echo", n, webhook=url, key="key-globex")
+    relay.client.submit("echo", "kept", webhook=url)
+    wait_until(
+        lambda: (
+            len(relay.client.get("/v1/dead-letters", key="key-globex", params={"limit": 500}).json()["items"]) >= 30
+        ),
+        message="globex's dead letters",
+    )
+    acme_before = relay.client.get("/v1/stats", key="key-acme").json()["dead_letters"]["stored"]
+    page.goto(relay.api.url + "/console#token=admin-token")
+    page.click("#tabs button[data-view='letters']")
+    page.fill("#f-tenant", "globex")
+    page.click("#bulk-purge")
+    expect(page.locator("#bulk-text")).to_contain_text("dead letters match")
+    expect(page.locator("#bulk-text")).to_contain_text("cannot be replayed")
+    matched = int(page.inner_text("#bulk-go").split()[-1])
+    assert matched >= 30
+    page.click("#bulk-go")
+    page.wait_for_function("(n) => window.consoleState.bulk?.done === n", arg=matched, timeout=60_000)
+
+    assert relay.client.get("/v1/dead-letters", key="key-globex").json()["items"] == []
+    wait_until(
+        lambda: relay.client.get("/v1/stats", key="key-acme").json()["dead_letters"]["stored"] >= acme_before,
+        message="acme's letters untouched",
+    )
+    assert relay.client.get("/v1/dead-letters", key="key-acme").json()["items"]

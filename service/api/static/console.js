@@ -30,6 +30,10 @@ function start() {
     begin();
   });
   $("sign-out").addEventListener("click", () => askForToken(""));
+  for (const tab of document.querySelectorAll("#tabs button")) {
+    tab.addEventListener("click", () => showView(tab.dataset.view));
+  }
+  setUpLetters();
   if (token) begin();
   else askForToken("");
 }
@@ -40,6 +44,8 @@ function askForToken(why) {
   sessionStorage.removeItem(TOKEN_KEY);
   token = null;
   $("overview").hidden = true;
+  $("letters").hidden = true;
+  $("tabs").hidden = true;
   $("sign-out").hidden = true;
   $("scope").hidden = true;
   $("sign-in").hidden = false;
@@ -51,8 +57,9 @@ function askForToken(why) {
 
 function begin() {
   $("sign-in").hidden = true;
-  $("overview").hidden = false;
+  $("tabs").hidden = false;
   $("sign-out").hidden = false;
+  showView("overview");
   series.clear();
   poll();
 }
@@ -83,6 +90,35 @@ async function poll() {
   if (token) timer = setTimeout(poll, POLL_MS);
 }
 
+function showView(view) {
+  for (const tab of document.querySelectorAll("#tabs button")) {
+    if (tab.dataset.view === view) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
+  }
+  $("overview").hidden = view !== "overview";
+  $("letters").hidden = view !== "letters";
+  if (view === "letters" && !letters.loaded) loadLetters();
+}
+
+// A call to the public API with the token: its JSON, or an Error carrying the API's detail (401 asks again).
+async function api(method, path, body) {
+  const headers = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+  });
+  const answer = response.status === 204 ? {} : await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    askForToken(`That token was refused: ${answer.detail || "unknown token"}.`);
+    throw new Error("signed out");
+  }
+  if (!response.ok) throw new Error(`${method} ${path.split("?")[0]}: ${answer.detail || response.statusText} (${response.status})`);
+  return answer;
+}
+
 function setLive(state, text) {
   $("live").dataset.state = state;
   $("live-text").textContent = text;
@@ -99,6 +135,7 @@ function show(stats) {
   const scope = $("scope");
   scope.hidden = false;
   scope.textContent = stats.tenant === null ? "every tenant" : `tenant ${stats.tenant}`;
+  $("f-tenant-field").hidden = stats.tenant !== null; // a tenant's key sees its own letters only
   const r = stats.rates;
   const latency = r && r.latency.delivered ? r.latency : stats.latency;
   figure("submitted", rate(r?.tasks_submitted), r?.tasks_submitted ?? null);
@@ -173,3 +210,234 @@ function list(id, counts, order) {
 }
 
 start();
+
+// Dead letters: the list by filter, one letter with its event and attempts, replay and delete, one or by filter.
+
+const letters = { loaded: false, cursor: null, shown: new Map(), open: null, bulk: null };
+
+function setUpLetters() {
+  $("letters-filter").addEventListener("submit", (e) => {
+    e.preventDefault();
+    loadLetters();
+  });
+  $("letters-more").addEventListener("click", () => loadLetters({ more: true }));
+  $("letter-replay").addEventListener("click", () => replayOne());
+  $("letter-delete").addEventListener("click", () => deleteOne());
+  $("bulk-replay").addEventListener("click", () => startBulk("replay"));
+  $("bulk-purge").addEventListener("click", () => startBulk("delete"));
+  $("bulk-cancel").addEventListener("click", () => {
+    if (letters.bulk) letters.bulk.stopped = true;
+    $("bulk").hidden = true;
+  });
+  $("bulk-go").addEventListener("click", () => runBulk());
+}
+
+function filters() {
+  const f = {};
+  const reason = $("f-reason").value;
+  const tenant = $("f-tenant").value.trim();
+  const task = $("f-task").value.trim();
+  if (reason) f.reason = reason;
+  if (tenant) f.tenant = tenant;
+  if (task) f.task_id = task;
+  for (const [key, id] of [["since", "f-since"], ["until", "f-until"]]) {
+    const value = $(id).value;
+    if (value) f[key] = `${value.length === 16 ? `${value}:00` : value}Z`;
+  }
+  return f;
+}
+
+function lettersError(error) {
+  if (error.message === "signed out") return;
+  $("letters-error").hidden = false;
+  $("letters-error").textContent = error.message;
+}
+
+async function loadLetters({ more = false } = {}) {
+  letters.loaded = true;
+  $("letters-error").hidden = true;
+  const query = new URLSearchParams({ ...filters(), limit: "50" });
+  if (more && letters.cursor) query.set("cursor", letters.cursor);
+  try {
+    const page = await api("GET", `/v1/dead-letters?${query}`);
+    if (!more) {
+      $("letters-rows").replaceChildren();
+      letters.shown.clear();
+    }
+    for (const letter of page.items) addLetterRow(letter);
+    letters.cursor = page.next_cursor;
+    $("letters-more").hidden = !page.next_cursor;
+    $("letters-empty").hidden = letters.shown.size > 0;
+  } catch (error) {
+    lettersError(error);
+  }
+}
+
+// A time as "YYYY-MM-DD HH:MM:SSZ" (UTC, as the filters take it).
+function utc(rfc3339) {
+  return `${new Date(rfc3339).toISOString().slice(0, 19).replace("T", " ")}Z`;
+}
+
+function td(text, className) {
+  const cell = document.createElement("td");
+  cell.textContent = text;
+  if (className) cell.className = className;
+  return cell;
+}
+
+function addLetterRow(letter) {
+  letters.shown.set(letter.id, letter);
+  const row = document.createElement("tr");
+  row.dataset.id = letter.id;
+  row.tabIndex = 0;
+  const deadAt = td(utc(letter.dead_at).slice(5), "time");
+  deadAt.title = utc(letter.dead_at);
+  row.append(
+    deadAt,
+    td(letter.tenant),
+    td(letter.reason.replaceAll("_", " "), `reason reason-${letter.reason}`),
+    td(`${letter.event.type.replace("task.", "")} #${letter.event.seq}`),
+    td(String(letter.attempts), "num"),
+    td(letter.last_error || (letter.last_status_code ? `HTTP ${letter.last_status_code}` : "-"), "error-text"),
+    td(letter.task_id, "mono"),
+    td(String(letter.replays), "num"),
+  );
+  row.addEventListener("click", () => openLetter(letter.id));
+  row.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") openLetter(letter.id);
+  });
+  $("letters-rows").append(row);
+}
+
+async function openLetter(id) {
+  try {
+    const letter = await api("GET", `/v1/dead-letters/${encodeURIComponent(id)}`);
+    letters.open = letter;
+    $("letter").hidden = false;
+    $("letter-id").textContent = letter.id;
+    $("letter-result").textContent = "";
+    const fields = [
+      ["tenant", letter.tenant],
+      ["task", letter.task_id],
+      ["url", letter.url],
+      ["reason", letter.reason.replaceAll("_", " ")],
+      ["attempts", String(letter.attempts)],
+      ["last status", letter.last_status_code === null ? "-" : String(letter.last_status_code)],
+      ["last error", letter.last_error || "-"],
+      ["first attempt", utc(letter.first_attempt_at)],
+      ["dead at", utc(letter.dead_at)],
+      ["replays", String(letter.replays)],
+    ];
+    $("letter-fields").replaceChildren(
+      ...fields.flatMap(([name, value]) => {
+        const dt = document.createElement("dt");
+        dt.textContent = name;
+        const dd = document.createElement("dd");
+        dd.textContent = value;
+        return [dt, dd];
+      }),
+    );
+    $("letter-event").textContent = JSON.stringify(letter.event, null, 2);
+    const { attempts } = await api("GET", `/v1/tasks/${encodeURIComponent(letter.task_id)}/deliveries`);
+    const mine = attempts.filter((a) => a.event_id === letter.event.id);
+    $("letter-attempts").replaceChildren(
+      ...mine.map((a) => {
+        const li = document.createElement("li");
+        li.dataset.outcome = a.outcome;
+        const status = a.status_code === null ? "" : ` ${a.status_code}`;
+        li.textContent = `${utc(a.at)} · ${a.channel} #${a.attempt} · ${a.outcome}${status}${a.error ? ` · ${a.error}` : ""}`;
+        return li;
+      }),
+    );
+    $("letter").scrollIntoView({ block: "nearest" });
+  } catch (error) {
+    lettersError(error);
+  }
+}
+
+async function replayOne() {
+  const letter = letters.open;
+  if (!letter) return;
+  try {
+    await api("POST", `/v1/dead-letters/${encodeURIComponent(letter.id)}/replay`);
+    $("letter-result").textContent = "Replayed: it is sent again with the same webhook-id, and leaves this list once delivered.";
+  } catch (error) {
+    lettersError(error);
+  }
+}
+
+async function deleteOne() {
+  const letter = letters.open;
+  if (!letter || !window.confirm(`Delete dead letter ${letter.id}? It cannot be replayed afterwards.`)) return;
+  try {
+    await api("DELETE", `/v1/dead-letters/${encodeURIComponent(letter.id)}`);
+    $("letter").hidden = true;
+    document.querySelector(`#letters-rows tr[data-id="${CSS.escape(letter.id)}"]`)?.remove();
+    letters.shown.delete(letter.id);
+    $("letters-empty").hidden = letters.shown.size > 0;
+  } catch (error) {
+    lettersError(error);
+  }
+}
+
+// Bulk: the dry run's count first, then, once confirmed, each matching letter in turn, with a progress bar.
+async function startBulk(action) {
+  const f = filters();
+  const body = { dry_run: true };
+  for (const key of ["reason", "tenant", "since", "until"]) if (f[key]) body[key] = f[key];
+  try {
+    const { matched } = await api("POST", "/v1/dead-letters/replay", body);
+    letters.bulk = { action, filter: f, total: matched, done: 0, failed: 0, stopped: false };
+    $("bulk").hidden = false;
+    $("bulk-bar").style.width = "0%";
+    const what = action === "replay" ? "replay" : "delete";
+    const narrowed = f.task_id ? " (the task filter is left out: bulk works by reason, tenant and time)" : "";
+    $("bulk-text").textContent = matched
+      ? `${matched} dead letter${matched === 1 ? "" : "s"} match${narrowed}. ${what === "delete" ? "Deleted letters cannot be replayed." : "Each is sent again with the webhook-id it had."}`
+      : "No dead letters match.";
+    $("bulk-go").hidden = matched === 0;
+    $("bulk-go").textContent = `${what === "replay" ? "Replay" : "Delete"} ${matched}`;
+    $("bulk-go").className = what === "replay" ? "primary" : "danger";
+  } catch (error) {
+    lettersError(error);
+  }
+}
+
+async function runBulk() {
+  const bulk = letters.bulk;
+  if (!bulk) return;
+  $("bulk-go").hidden = true;
+  const query = new URLSearchParams({ limit: "200" });
+  for (const key of ["reason", "tenant", "since", "until"]) if (bulk.filter[key]) query.set(key, bulk.filter[key]);
+  const seen = new Set();
+  let cursor = null;
+  try {
+    do {
+      if (cursor) query.set("cursor", cursor);
+      const page = await api("GET", `/v1/dead-letters?${query}`);
+      for (const letter of page.items) {
+        if (bulk.stopped || seen.has(letter.id)) continue;
+        seen.add(letter.id);
+        try {
+          if (bulk.action === "replay") await api("POST", `/v1/dead-letters/${encodeURIComponent(letter.id)}/replay`);
+          else await api("DELETE", `/v1/dead-letters/${encodeURIComponent(letter.id)}`);
+        } catch (error) {
+          if (error.message === "signed out") return;
+          bulk.failed += 1;
+        }
+        bulk.done += 1;
+        const share = Math.min(100, (100 * bulk.done) / Math.max(1, bulk.total));
+        $("bulk-bar").style.width = `${share}%`;
+        $("bulk-text").textContent = `${bulk.action === "replay" ? "Replaying" : "Deleting"}: ${bulk.done} of ${bulk.total}${bulk.failed ? `, ${bulk.failed} failed` : ""}…`;
+      }
+      cursor = page.next_cursor;
+    } while (cursor && !bulk.stopped);
+    const verb = bulk.action === "replay" ? "Replayed" : "Deleted";
+    $("bulk-text").textContent = `${verb} ${bulk.done - bulk.failed} of ${bulk.total}${bulk.failed ? `; ${bulk.failed} failed (try again)` : ""}.`;
+    $("bulk-bar").style.width = "100%";
+    window.consoleState.bulk = { action: bulk.action, done: bulk.done, failed: bulk.failed };
+    loadLetters();
+  } catch (error) {
+    lettersError(error);
+  }
+}
