@@ -221,3 +221,47 @@ def test_deleting_by_filter_shows_the_count_first_and_deletes_only_those(
         message="acme's letters untouched",
     )
     assert relay.client.get("/v1/dead-letters", key="key-acme").json()["items"]
+
+
+def test_pausing_a_destination_from_the_page_holds_its_webhooks_and_resuming_drains_them(
+    relay: Relay, page: Page, shots: Path
+) -> None:
+    with run_receiver() as own:
+        url = own.url("/held")
+        relay.client.submit("echo", "first", webhook=url)
+        own.wait_for("/held")
+        origin = url.rsplit("/", 1)[0]
+        page.goto(relay.api.url + "/console#token=admin-token")
+        page.click("#tabs button[data-view='destinations']")
+        row = page.locator("#dst-rows tr", has_text=origin)
+        expect(row).to_have_count(1)
+        expect(row.locator(".badge")).to_have_text("healthy")
+
+        row.locator("button", has_text="Pause").click()
+        expect(row.locator(".badge")).to_have_text("paused")
+        held = [relay.client.submit("echo", n, webhook=url)["id"] for n in range(10)]
+        time.sleep(2)
+        assert len(own.on("/held")) == 1  # none of the ten went out
+        page.click("#dst-filter button[type=submit]")
+        expect(row.locator("td:nth-child(5)")).to_have_text("10")  # owed, shown at once
+        page.screenshot(path=str(shots / "destinations-paused.png"), full_page=True)
+
+        row.locator("button", has_text="Resume").click()
+        expect(row.locator(".badge")).not_to_have_text("paused")
+        hooks = own.wait_for("/held", 11, timeout_s=20)
+        assert sorted(h.json()["task_id"] for h in hooks[1:]) == sorted(held)
+
+        row.locator("button", has_text="Caps").click()
+        page.fill("#caps-max", "3")
+        page.fill("#caps-rate", "5")
+        page.click("#caps-form button[type=submit]")
+        expect(page.locator("#caps-result")).to_have_text("Saved: at most 3 at once, 5/s.")
+        expect(row.locator("td:nth-child(8)")).to_have_text("3 at once · 5/s")
+        dst_id = row.get_attribute("data-id")
+        shown = relay.client.get(f"/v1/destinations/{dst_id}", key="admin-token").json()
+        assert (shown["max_in_flight"], shown["rate_per_s"]) == (3, 5.0)
+        page.fill("#caps-max", "0")  # out of range: the form says so and sends nothing
+        page.click("#caps-form button[type=submit]")
+        assert page.eval_on_selector("#caps-max", "el => el.validity.rangeUnderflow")
+        again = relay.client.get(f"/v1/destinations/{dst_id}", key="admin-token").json()
+        assert again["max_in_flight"] == 3

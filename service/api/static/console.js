@@ -34,6 +34,7 @@ function start() {
     tab.addEventListener("click", () => showView(tab.dataset.view));
   }
   setUpLetters();
+  setUpDestinations();
   if (token) begin();
   else askForToken("");
 }
@@ -45,6 +46,7 @@ function askForToken(why) {
   token = null;
   $("overview").hidden = true;
   $("letters").hidden = true;
+  $("destinations-view").hidden = true;
   $("tabs").hidden = true;
   $("sign-out").hidden = true;
   $("scope").hidden = true;
@@ -97,7 +99,9 @@ function showView(view) {
   }
   $("overview").hidden = view !== "overview";
   $("letters").hidden = view !== "letters";
+  $("destinations-view").hidden = view !== "destinations";
   if (view === "letters" && !letters.loaded) loadLetters();
+  if (view === "destinations") loadDestinations();
 }
 
 // A call to the public API with the token: its JSON, or an Error carrying the API's detail (401 asks again).
@@ -136,6 +140,7 @@ function show(stats) {
   scope.hidden = false;
   scope.textContent = stats.tenant === null ? "every tenant" : `tenant ${stats.tenant}`;
   $("f-tenant-field").hidden = stats.tenant !== null; // a tenant's key sees its own letters only
+  $("d-tenant-field").hidden = stats.tenant !== null;
   const r = stats.rates;
   const latency = r && r.latency.delivered ? r.latency : stats.latency;
   figure("submitted", rate(r?.tasks_submitted), r?.tasks_submitted ?? null);
@@ -439,5 +444,133 @@ async function runBulk() {
     loadLetters();
   } catch (error) {
     lettersError(error);
+  }
+}
+
+// Destinations: worst first, with their state, load and caps; pause, resume and change caps in place.
+
+const dst = { cursor: null, rows: new Map(), editing: null };
+
+function setUpDestinations() {
+  $("dst-filter").addEventListener("submit", (e) => {
+    e.preventDefault();
+    loadDestinations();
+  });
+  $("dst-more").addEventListener("click", () => loadDestinations({ more: true }));
+  $("caps-close").addEventListener("click", () => {
+    $("dst-caps").hidden = true;
+  });
+  $("caps-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    saveCaps();
+  });
+}
+
+function dstError(error) {
+  if (error.message === "signed out") return;
+  $("dst-error").hidden = false;
+  $("dst-error").textContent = error.message;
+}
+
+async function loadDestinations({ more = false } = {}) {
+  $("dst-error").hidden = true;
+  const query = new URLSearchParams({ limit: "100" });
+  const state = $("d-state").value;
+  const tenant = $("d-tenant").value.trim();
+  if (state) query.set("state", state);
+  if (tenant) query.set("tenant", tenant);
+  if (more && dst.cursor) query.set("cursor", dst.cursor);
+  try {
+    const page = await api("GET", `/v1/destinations?${query}`);
+    if (!more) {
+      $("dst-rows").replaceChildren();
+      dst.rows.clear();
+    }
+    for (const d of page.items) showDestination(d);
+    dst.cursor = page.next_cursor;
+    $("dst-more").hidden = !page.next_cursor;
+    $("dst-empty").hidden = dst.rows.size > 0;
+  } catch (error) {
+    dstError(error);
+  }
+}
+
+function showDestination(d) {
+  const row = dst.rows.get(d.id) || document.createElement("tr");
+  row.dataset.id = d.id;
+  row.dataset.state = d.state;
+  const badge = document.createElement("span");
+  badge.className = `badge state-${d.state}`;
+  badge.textContent = d.state;
+  const stateCell = document.createElement("td");
+  stateCell.append(badge);
+  if (d.consecutive_failures > 0) {
+    const failures = document.createElement("span");
+    failures.className = "failures";
+    failures.textContent = `${d.consecutive_failures} failed`;
+    stateCell.append(failures);
+  }
+  const caps = `${d.max_in_flight} at once${d.rate_per_s === null ? "" : ` · ${number.format(d.rate_per_s)}/s`}`;
+  const actions = document.createElement("td");
+  actions.className = "actions";
+  const toggle = document.createElement("button");
+  toggle.type = "button";
+  toggle.className = d.state === "paused" ? "primary small" : "quiet";
+  toggle.textContent = d.state === "paused" ? "Resume" : "Pause";
+  toggle.addEventListener("click", () => pauseOrResume(d, toggle));
+  const edit = document.createElement("button");
+  edit.type = "button";
+  edit.className = "quiet";
+  edit.textContent = "Caps…";
+  edit.addEventListener("click", () => openCaps(d));
+  actions.append(toggle, edit);
+  row.replaceChildren(
+    stateCell,
+    td(d.origin, "mono"),
+    td(d.tenant),
+    td(String(d.in_flight), "num"),
+    td(String(d.owed), "num"),
+    td(d.last_success_at ? utc(d.last_success_at) : "never", "time"),
+    td(d.last_error || "-", d.last_error ? "error-text" : ""),
+    td(caps),
+    actions,
+  );
+  if (!dst.rows.has(d.id)) $("dst-rows").append(row);
+  dst.rows.set(d.id, row);
+}
+
+async function pauseOrResume(d, button) {
+  button.disabled = true;
+  try {
+    const op = d.state === "paused" ? "resume" : "pause";
+    showDestination(await api("POST", `/v1/destinations/${encodeURIComponent(d.id)}/${op}`));
+  } catch (error) {
+    dstError(error);
+    button.disabled = false;
+  }
+}
+
+function openCaps(d) {
+  dst.editing = d;
+  $("dst-caps").hidden = false;
+  $("caps-origin").textContent = `${d.origin} (${d.tenant})`;
+  $("caps-max").value = String(d.max_in_flight);
+  $("caps-rate").value = d.rate_per_s === null ? "" : String(d.rate_per_s);
+  $("caps-result").textContent = "";
+  $("dst-caps").scrollIntoView({ block: "nearest" });
+}
+
+async function saveCaps() {
+  const d = dst.editing;
+  if (!d) return;
+  const rate = $("caps-rate").value.trim();
+  const body = { max_in_flight: Number($("caps-max").value), rate_per_s: rate === "" ? null : Number(rate) };
+  try {
+    const changed = await api("PATCH", `/v1/destinations/${encodeURIComponent(d.id)}`, body);
+    showDestination(changed);
+    dst.editing = changed;
+    $("caps-result").textContent = `Saved: at most ${changed.max_in_flight} at once${changed.rate_per_s === null ? ", no rate" : `, ${changed.rate_per_s}/s`}.`;
+  } catch (error) {
+    $("caps-result").textContent = error.message;
   }
 }
