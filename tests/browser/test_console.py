@@ -265,3 +265,46 @@ def test_pausing_a_destination_from_the_page_holds_its_webhooks_and_resuming_dra
         assert page.eval_on_selector("#caps-max", "el => el.validity.rangeUnderflow")
         again = relay.client.get(f"/v1/destinations/{dst_id}", key="admin-token").json()
         assert again["max_in_flight"] == 3
+
+
+def test_a_tasks_timeline_shows_its_retried_webhook_and_a_running_task_is_cancelled_from_the_page(
+    relay: Relay, page: Page, receiver: Receiver, browser: Browser, shots: Path
+) -> None:
+    url = receiver.script("/retried-hook", 500, 200)
+    retried = relay.client.submit("echo", "again", webhook=url)
+    receiver.wait_for("/retried-hook", 2)
+    running = relay.client.submit("sleep", {"seconds": 60})
+    wait_until(lambda: relay.client.task(running["id"])["status"] == "running", message="the sleep to run")
+
+    page.goto(relay.api.url + "/console#token=admin-token")
+    page.click("#tabs button[data-view='tasks']")
+    expect(page.locator("#tasks-rows tr").first).to_be_visible()
+    page.fill("#t-id", retried["id"])
+    page.click("#task-find button[type=submit]")
+    expect(page.locator("#task-status")).to_have_text("succeeded")
+    timeline = page.locator("#task-timeline li")
+    expect(timeline).to_contain_text(
+        ["event #1 completed", "webhook #1 of event #1 · failed 500", "webhook #2 of event #1 · delivered 200"]
+    )
+    page.screenshot(path=str(shots / "task-timeline.png"), full_page=True)
+
+    page.select_option("#t-status", "running")
+    page.click("#tasks-filter button[type=submit]")
+    page.locator("#tasks-rows tr", has_text=running["id"]).click()
+    expect(page.locator("#task-status")).to_have_text("running")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#task-cancel")
+    expect(page.locator("#task-status")).to_have_text("cancelled")
+    expect(page.locator("#task-cancel")).to_be_hidden()
+    assert relay.client.task(running["id"])["status"] == "cancelled"
+
+    other = browser.new_context().new_page()  # another tenant's key: the task is not there
+    try:
+        other.goto(relay.api.url + "/console#token=key-globex")
+        other.click("#tabs button[data-view='tasks']")
+        other.fill("#t-id", retried["id"])
+        other.click("#task-find button[type=submit]")
+        expect(other.locator("#tasks-error")).to_contain_text(f"no task {retried['id']}")
+        expect(other.locator("#task")).to_be_hidden()
+    finally:
+        other.context.close()

@@ -35,6 +35,7 @@ function start() {
   }
   setUpLetters();
   setUpDestinations();
+  setUpTasks();
   if (token) begin();
   else askForToken("");
 }
@@ -47,6 +48,7 @@ function askForToken(why) {
   $("overview").hidden = true;
   $("letters").hidden = true;
   $("destinations-view").hidden = true;
+  $("tasks-view").hidden = true;
   $("tabs").hidden = true;
   $("sign-out").hidden = true;
   $("scope").hidden = true;
@@ -100,7 +102,9 @@ function showView(view) {
   $("overview").hidden = view !== "overview";
   $("letters").hidden = view !== "letters";
   $("destinations-view").hidden = view !== "destinations";
+  $("tasks-view").hidden = view !== "tasks";
   if (view === "letters" && !letters.loaded) loadLetters();
+  if (view === "tasks" && !tasks.loaded) loadTasks();
   if (view === "destinations") loadDestinations();
 }
 
@@ -141,6 +145,7 @@ function show(stats) {
   scope.textContent = stats.tenant === null ? "every tenant" : `tenant ${stats.tenant}`;
   $("f-tenant-field").hidden = stats.tenant !== null; // a tenant's key sees its own letters only
   $("d-tenant-field").hidden = stats.tenant !== null;
+  $("t-tenant-field").hidden = stats.tenant !== null;
   const r = stats.rates;
   const latency = r && r.latency.delivered ? r.latency : stats.latency;
   figure("submitted", rate(r?.tasks_submitted), r?.tasks_submitted ?? null);
@@ -572,5 +577,143 @@ async function saveCaps() {
     $("caps-result").textContent = `Saved: at most ${changed.max_in_flight} at once${changed.rate_per_s === null ? ", no rate" : `, ${changed.rate_per_s}/s`}.`;
   } catch (error) {
     $("caps-result").textContent = error.message;
+  }
+}
+
+// Tasks: find one by id or by the list's filters; its events and every delivery attempt on one timeline; cancel.
+
+const tasks = { loaded: false, cursor: null, open: null };
+
+function setUpTasks() {
+  $("task-find").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const id = $("t-id").value.trim();
+    if (id) openTask(id);
+  });
+  $("tasks-filter").addEventListener("submit", (e) => {
+    e.preventDefault();
+    loadTasks();
+  });
+  $("tasks-more").addEventListener("click", () => loadTasks({ more: true }));
+  $("task-cancel").addEventListener("click", () => cancelTask());
+  $("task-refresh").addEventListener("click", () => tasks.open && openTask(tasks.open.id));
+}
+
+function tasksError(error) {
+  if (error.message === "signed out") return;
+  $("tasks-error").hidden = false;
+  $("tasks-error").textContent = error.message;
+}
+
+async function loadTasks({ more = false } = {}) {
+  tasks.loaded = true;
+  $("tasks-error").hidden = true;
+  const query = new URLSearchParams({ limit: "25" });
+  for (const [key, id] of [["status", "t-status"], ["kind", "t-kind"], ["tenant", "t-tenant"]]) {
+    const value = $(id).value.trim();
+    if (value) query.set(key, value);
+  }
+  for (const [key, id] of [["since", "t-since"], ["until", "t-until"]]) {
+    const value = $(id).value;
+    if (value) query.set(key, `${value.length === 16 ? `${value}:00` : value}Z`);
+  }
+  if (more && tasks.cursor) query.set("cursor", tasks.cursor);
+  try {
+    const page = await api("GET", `/v1/tasks?${query}`);
+    if (!more) $("tasks-rows").replaceChildren();
+    for (const task of page.items) {
+      const row = document.createElement("tr");
+      row.dataset.id = task.id;
+      row.tabIndex = 0;
+      const badge = document.createElement("span");
+      badge.className = `badge task-${task.status}`;
+      badge.textContent = task.status;
+      const status = document.createElement("td");
+      status.append(badge);
+      row.append(td(utc(task.created_at).slice(5), "time"), status, td(task.kind), td(String(task.attempt), "num"), td(task.id, "mono"));
+      row.addEventListener("click", () => openTask(task.id));
+      row.addEventListener("keydown", (e) => e.key === "Enter" && openTask(task.id));
+      $("tasks-rows").append(row);
+    }
+    tasks.cursor = page.next_cursor;
+    $("tasks-more").hidden = !page.next_cursor;
+    $("tasks-empty").hidden = $("tasks-rows").children.length > 0;
+  } catch (error) {
+    tasksError(error);
+  }
+}
+
+async function openTask(id) {
+  $("tasks-error").hidden = true;
+  try {
+    const path = `/v1/tasks/${encodeURIComponent(id)}`;
+    const [task, { events }, { attempts }] = await Promise.all([
+      api("GET", path),
+      api("GET", `${path}/events`),
+      api("GET", `${path}/deliveries`),
+    ]);
+    tasks.open = task;
+    $("task").hidden = false;
+    $("task-id").textContent = task.id;
+    $("task-status").textContent = task.status;
+    $("task-status").className = `badge task-${task.status}`;
+    $("task-result").textContent = "";
+    const ended = ["succeeded", "failed", "cancelled"].includes(task.status);
+    $("task-cancel").hidden = ended;
+    const outcome = task.error ? `${task.error.type}: ${task.error.message}` : JSON.stringify(task.result);
+    const fields = [
+      ["kind", task.kind],
+      ["attempt", String(task.attempt)],
+      ["created", utc(task.created_at)],
+      ["started", task.started_at ? utc(task.started_at) : "-"],
+      ["finished", task.finished_at ? utc(task.finished_at) : "-"],
+      ["run at", task.run_at ? utc(task.run_at) : "-"],
+      ["webhook", task.webhook ? `${task.webhook.url} (${task.webhook.events.join(", ")})` : "-"],
+      ["websocket", task.websocket ? "yes" : "no"],
+      ["progress", task.progress ? `${task.progress.percent}% ${task.progress.message || ""}` : "-"],
+      [task.error ? "error" : "result", ended ? outcome : "-"],
+    ];
+    $("task-fields").replaceChildren(
+      ...fields.flatMap(([name, value]) => {
+        const dt = document.createElement("dt");
+        dt.textContent = name;
+        const dd = document.createElement("dd");
+        dd.textContent = value;
+        return [dt, dd];
+      }),
+    );
+    const seqOf = new Map(events.map((e) => [e.id, e.seq]));
+    const items = [
+      ...events.map((e) => ({ at: e.created_at, kind: "event", text: `event #${e.seq} ${e.type.replace("task.", "")} ${JSON.stringify(e.data)}` })),
+      ...attempts.map((a) => ({
+        at: a.at,
+        kind: a.outcome,
+        text: `${a.channel} #${a.attempt} of event #${seqOf.get(a.event_id) ?? "?"} · ${a.outcome}${a.status_code === null ? "" : ` ${a.status_code}`}${a.error ? ` · ${a.error}` : ""}`,
+      })),
+    ].sort((x, y) => new Date(x.at) - new Date(y.at));
+    $("task-timeline").replaceChildren(
+      ...items.map((item) => {
+        const li = document.createElement("li");
+        li.dataset.outcome = item.kind;
+        li.textContent = `${utc(item.at).slice(11)} · ${item.text}`;
+        return li;
+      }),
+    );
+    $("task").scrollIntoView({ block: "nearest" });
+  } catch (error) {
+    tasksError(error);
+  }
+}
+
+async function cancelTask() {
+  const task = tasks.open;
+  if (!task || !window.confirm(`Cancel task ${task.id}? It ends cancelled and its run stops.`)) return;
+  try {
+    const answer = await api("POST", `/v1/tasks/${encodeURIComponent(task.id)}/cancel`);
+    $("task-result").textContent = `Cancelled: ${answer.id} is ${answer.status}; its final event is delivered like any other.`;
+    await openTask(task.id);
+    $("task-result").textContent = `Cancelled: ${answer.id} is ${answer.status}; its final event is delivered like any other.`;
+  } catch (error) {
+    $("task-result").textContent = error.message;
   }
 }
