@@ -145,7 +145,9 @@ def test_a_filtered_bulk_replay_after_the_receiver_is_back_reaches_it_once_each(
     page.screenshot(path=str(shots / "bulk-replay-dry-run.png"))
     page.click("#bulk-go")
     page.wait_for_function("() => window.consoleState.bulk?.done === 200", timeout=60_000)
-    expect(page.locator("#bulk-text")).to_have_text("Replayed 200 of 200.")
+    expect(page.locator("#bulk-text")).to_contain_text(
+        "Replayed 200 of 200. They leave this list as they are delivered."
+    )
 
     wait_until(lambda: len(receiver.on("/gone")) - before >= 200, timeout_s=30, message="the 200 replays")
     time.sleep(0.5)  # nothing more comes
@@ -297,6 +299,15 @@ def test_a_tasks_timeline_shows_its_retried_webhook_and_a_running_task_is_cancel
     expect(page.locator("#task-status")).to_have_text("cancelled")
     expect(page.locator("#task-cancel")).to_be_hidden()
     assert relay.client.task(running["id"])["status"] == "cancelled"
+
+    # Another token sees nothing of what the last one had open.
+    page.click("#sign-out")
+    page.fill("#token", "key-globex")
+    page.click("#token-form button[type=submit]")
+    expect(page.locator("#scope")).to_have_text("tenant globex")
+    page.click("#tabs button[data-view='tasks']")
+    expect(page.locator("#task")).to_be_hidden()
+    expect(page.locator("#tasks-rows tr", has_text=running["id"])).to_have_count(0)
 
     other = browser.new_context().new_page()  # another tenant's key: the task is not there
     try:

@@ -44,7 +44,10 @@ function askForToken(why) {
   clearTimeout(timer);
   timer = null;
   sessionStorage.removeItem(TOKEN_KEY);
+  const refused = why ? token : null;
   token = null;
+  forgetViews();
+  if (refused) $("token").value = refused; // to correct a typo in place
   $("overview").hidden = true;
   $("letters").hidden = true;
   $("destinations-view").hidden = true;
@@ -57,6 +60,23 @@ function askForToken(why) {
   $("token-error").textContent = why;
   setLive("idle", "not connected");
   $("token").focus();
+}
+
+// What one token saw is not shown to the next.
+function forgetViews() {
+  for (const id of ["letters-rows", "dst-rows", "tasks-rows", "letter-fields", "letter-attempts", "task-fields", "task-timeline"]) {
+    $(id).replaceChildren();
+  }
+  for (const id of ["letter", "dst-caps", "task", "bulk", "letters-error", "dst-error", "tasks-error", "error"]) {
+    $(id).hidden = true;
+  }
+  letters.open = null;
+  letters.bulk = null;
+  dst.rows.clear();
+  dst.editing = null;
+  tasks.open = null;
+  clearTimeout(tasks.refresh);
+  window.consoleState.last = null;
 }
 
 function begin() {
@@ -103,8 +123,9 @@ function showView(view) {
   $("letters").hidden = view !== "letters";
   $("destinations-view").hidden = view !== "destinations";
   $("tasks-view").hidden = view !== "tasks";
-  if (view === "letters" && !letters.loaded) loadLetters();
-  if (view === "tasks" && !tasks.loaded) loadTasks();
+  // Each visit shows the view as it is now.
+  if (view === "letters") loadLetters();
+  if (view === "tasks") loadTasks();
   if (view === "destinations") loadDestinations();
 }
 
@@ -163,11 +184,14 @@ function show(stats) {
   figure("queue", `${queue} · ${whole.format(stats.tasks.open)}`, stats.queue_depth ?? stats.tasks.open);
   $("v-failures").closest(".tile").dataset.alarm = String((r?.webhook_failures ?? 0) > 0);
   $("v-dead").closest(".tile").dataset.alarm = String(stats.dead_letters.stored > 0);
+  $("v-owed").closest(".tile").dataset.alarm = String(stats.webhooks.held > 0);
   list("destinations", stats.destinations, ["open", "paused", "degraded", "healthy"]);
   list("reasons", stats.dead_letters.by_reason, ["retries_exhausted", "endpoint_gone", "forbidden_address"]);
   const t = stats.tasks;
-  list("tasks", { open: t.open, submitted: t.submitted, succeeded: t.succeeded, failed: t.failed, cancelled: t.cancelled, retried: t.retried, scheduled: t.scheduled }, [
-    "open",
+  const counted = { "open now": t.open, submitted: t.submitted, succeeded: t.succeeded, failed: t.failed };
+  Object.assign(counted, { cancelled: t.cancelled, retried: t.retried, scheduled: t.scheduled });
+  list("tasks", counted, [
+    "open now",
     "submitted",
     "succeeded",
     "failed",
@@ -175,7 +199,7 @@ function show(stats) {
     "retried",
     "scheduled",
   ]);
-  $("updated").textContent = `Updated ${new Date(stats.at).toLocaleTimeString()}${r ? ` (rates over ${Math.round(r.window_s)} s)` : " (rates once a few seconds are kept)"}.`;
+  $("updated").textContent = `Updated ${utc(stats.at).slice(11)}${r ? ` (rates over ${Math.round(r.window_s)} s)` : " (rates once a few seconds are kept)"}.`;
 }
 
 function figure(name, text, point) {
@@ -443,7 +467,17 @@ async function runBulk() {
       cursor = page.next_cursor;
     } while (cursor && !bulk.stopped);
     const verb = bulk.action === "replay" ? "Replayed" : "Deleted";
-    $("bulk-text").textContent = `${verb} ${bulk.done - bulk.failed} of ${bulk.total}${bulk.failed ? `; ${bulk.failed} failed (try again)` : ""}.`;
+    let text = `${verb} ${bulk.done - bulk.failed} of ${bulk.total}${bulk.failed ? `; ${bulk.failed} failed (try again)` : ""}.`;
+    if (bulk.action === "replay") {
+      const stats = await api("GET", "/v1/stats");
+      const held = stats.destinations.open + stats.destinations.paused;
+      if (held > 0) {
+        text += ` ${held} destination${held === 1 ? " is" : "s are"} open or paused: what they hold goes out once they recover or resume (see Destinations); replayed letters leave this list when delivered.`;
+      } else {
+        text += " They leave this list as they are delivered.";
+      }
+    }
+    $("bulk-text").textContent = text;
     $("bulk-bar").style.width = "100%";
     window.consoleState.bulk = { action: bulk.action, done: bulk.done, failed: bulk.failed };
     loadLetters();
@@ -536,12 +570,20 @@ function showDestination(d) {
     td(String(d.in_flight), "num"),
     td(String(d.owed), "num"),
     td(d.last_success_at ? utc(d.last_success_at) : "never", "time"),
-    td(d.last_error || "-", d.last_error ? "error-text" : ""),
+    lastError(d),
     td(caps),
     actions,
   );
   if (!dst.rows.has(d.id)) $("dst-rows").append(row);
   dst.rows.set(d.id, row);
+}
+
+function lastError(d) {
+  if (!d.last_error) return td("-");
+  const recent = !d.last_success_at || (d.last_failure_at && d.last_failure_at > d.last_success_at);
+  const when = d.last_failure_at ? ` at ${utc(d.last_failure_at).slice(11)}` : "";
+  const probe = d.state === "open" && d.next_probe_at ? ` · next probe ${utc(d.next_probe_at).slice(11)}` : "";
+  return td(`${d.last_error}${when}${probe}`, recent ? "error-text" : "muted-text");
 }
 
 async function pauseOrResume(d, button) {
@@ -582,7 +624,7 @@ async function saveCaps() {
 
 // Tasks: find one by id or by the list's filters; its events and every delivery attempt on one timeline; cancel.
 
-const tasks = { loaded: false, cursor: null, open: null };
+const tasks = { loaded: false, cursor: null, open: null, refresh: null }; // refresh: while an open task runs
 
 function setUpTasks() {
   $("task-find").addEventListener("submit", (e) => {
@@ -647,11 +689,8 @@ async function openTask(id) {
   $("tasks-error").hidden = true;
   try {
     const path = `/v1/tasks/${encodeURIComponent(id)}`;
-    const [task, { events }, { attempts }] = await Promise.all([
-      api("GET", path),
-      api("GET", `${path}/events`),
-      api("GET", `${path}/deliveries`),
-    ]);
+    const task = await api("GET", path); // first alone: an unknown id is one 404
+    const [{ events }, { attempts }] = await Promise.all([api("GET", `${path}/events`), api("GET", `${path}/deliveries`)]);
     tasks.open = task;
     $("task").hidden = false;
     $("task-id").textContent = task.id;
@@ -671,7 +710,7 @@ async function openTask(id) {
       ["webhook", task.webhook ? `${task.webhook.url} (${task.webhook.events.join(", ")})` : "-"],
       ["websocket", task.websocket ? "yes" : "no"],
       ["progress", task.progress ? `${task.progress.percent}% ${task.progress.message || ""}` : "-"],
-      [task.error ? "error" : "result", ended ? outcome : "-"],
+      [task.error ? "error" : "result", ended && task.status !== "cancelled" ? outcome : "-"],
     ];
     $("task-fields").replaceChildren(
       ...fields.flatMap(([name, value]) => {
@@ -688,7 +727,7 @@ async function openTask(id) {
       ...attempts.map((a) => ({
         at: a.at,
         kind: a.outcome,
-        text: `${a.channel} #${a.attempt} of event #${seqOf.get(a.event_id) ?? "?"} · ${a.outcome}${a.status_code === null ? "" : ` ${a.status_code}`}${a.error ? ` · ${a.error}` : ""}`,
+        text: `${a.channel} #${a.attempt} of event #${seqOf.get(a.event_id) ?? "?"} · ${a.outcome}${a.status_code === null ? "" : ` ${a.status_code}`}${a.error && a.error !== `HTTP ${a.status_code}` ? ` · ${a.error}` : ""}`,
       })),
     ].sort((x, y) => new Date(x.at) - new Date(y.at));
     $("task-timeline").replaceChildren(
@@ -700,6 +739,8 @@ async function openTask(id) {
       }),
     );
     $("task").scrollIntoView({ block: "nearest" });
+    clearTimeout(tasks.refresh);
+    if (!ended) tasks.refresh = setTimeout(() => tasks.open?.id === task.id && !$("tasks-view").hidden && openTask(task.id), 2000);
   } catch (error) {
     tasksError(error);
   }
