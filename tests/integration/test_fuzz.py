@@ -27,7 +27,13 @@ def shared(redis_server: RedisServer) -> Iterator[Relay]:
         yield relay
 
 
-@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        schemathesis.GenerationMode.POSITIVE,
+        pytest.param(schemathesis.GenerationMode.NEGATIVE, marks=pytest.mark.slow),  # the longer half
+    ],
+)
 def test_no_generated_request_gets_a_server_error(shared: Relay, mode: schemathesis.GenerationMode) -> None:
     schema = schemathesis.openapi.from_url(f"{shared.api.url}/schema/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]

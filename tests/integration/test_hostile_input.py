@@ -209,6 +209,7 @@ def test_a_tenant_over_its_open_tasks_gets_429_until_some_end(start_relay: Start
         client.close()
 
 
+@pytest.mark.slow  # timing: waits out an idle timeout
 def test_sockets_per_client_are_capped_and_idle_ones_are_closed(start_relay: StartRelay) -> None:
     api = start_relay("api", RELAY_WS_MAX_PER_CLIENT="3", RELAY_WS_IDLE_TIMEOUT="1.5")
     start_relay("worker")
@@ -243,6 +244,7 @@ def test_sockets_per_client_are_capped_and_idle_ones_are_closed(start_relay: Sta
         client.close()
 
 
+@pytest.mark.slow  # timing: waits out the request timeout
 def test_connections_that_do_not_finish_their_request_in_time_are_closed(start_relay: StartRelay) -> None:
     api = start_relay("api", RELAY_REQUEST_TIMEOUT="1")
     assert api.port is not None

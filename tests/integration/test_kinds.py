@@ -156,6 +156,7 @@ def test_a_task_module_that_cannot_be_imported_stops_the_process_with_the_reason
     assert "Traceback" not in output
 
 
+@pytest.mark.slow  # load: a backlog of 500
 def test_a_worker_that_starts_under_a_backlog_runs_it_all_from_its_first_message(
     start_relay: StartRelay,
 ) -> None:

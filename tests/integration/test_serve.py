@@ -235,6 +235,7 @@ def test_the_banner_gives_an_export_line_for_the_client_commands(run_serve: RunS
     assert serve.ctrl_c() == 0
 
 
+@pytest.mark.slow  # a closed pipe: a fault test
 def test_ctrl_c_stops_everything_when_the_output_pipe_has_closed(tmp_path: Path) -> None:
     """`relay serve | tee log`, then Ctrl-C: tee goes first, and serve must still stop every child."""
     data_dir = tmp_path / "data"
@@ -300,6 +301,7 @@ def test_ctrl_c_with_a_task_running_stops_within_15_s_and_the_task_runs_again_at
     assert again.ctrl_c() == 0
 
 
+@pytest.mark.slow  # a stop under way: a fault test
 def test_a_second_ctrl_c_stops_at_once(run_serve: RunServe, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     serve = run_serve(tmp_path, RELAY_DATA_DIR=str(data_dir))

@@ -52,6 +52,7 @@ def test_server_pings_and_a_client_that_answers_stays_connected(open_ws: OpenWs)
     assert ws.recv()["code"] == "bad_frame"  # an answer: the socket is open
 
 
+@pytest.mark.slow  # timing: counts pings over seconds
 def test_pings_come_once_an_interval_never_a_tick_late(open_ws: OpenWs) -> None:
     ws = open_ws()
 
