@@ -286,7 +286,7 @@ def test_a_tasks_timeline_shows_its_retried_webhook_and_a_running_task_is_cancel
     expect(page.locator("#task-status")).to_have_text("succeeded")
     timeline = page.locator("#task-timeline li")
     expect(timeline).to_contain_text(
-        ["event #1 completed", "webhook #1 of event #1 · failed 500", "webhook #2 of event #1 · delivered 200"]
+        ["event #1 completed", "webhook #1 · failed 500 (event #1)", "webhook #2 · delivered 200 (event #1)"]
     )
     page.screenshot(path=str(shots / "task-timeline.png"), full_page=True)
 

@@ -72,7 +72,7 @@ function forgetViews() {
   }
   letters.open = null;
   letters.bulk = null;
-  dst.rows.clear();
+  dst.byId.clear();
   dst.editing = null;
   tasks.open = null;
   clearTimeout(tasks.refresh);
@@ -247,7 +247,12 @@ start();
 
 // Dead letters: the list by filter, one letter with its event and attempts, replay and delete, one or by filter.
 
-const letters = { loaded: false, cursor: null, shown: new Map(), open: null, bulk: null };
+const letters = {
+  rows: "letters-rows", more: "letters-more", empty: "letters-empty", error: "letters-error", // its table, Load more, none-match line, banner
+  cursor: null,
+  open: null,
+  bulk: null,
+};
 
 function setUpLetters() {
   $("letters-filter").addEventListener("submit", (e) => {
@@ -274,42 +279,75 @@ function filters() {
   if (reason) f.reason = reason;
   if (tenant) f.tenant = tenant;
   if (task) f.task_id = task;
-  for (const [key, id] of [["since", "f-since"], ["until", "f-until"]]) {
-    const value = $(id).value;
-    if (value) f[key] = `${value.length === 16 ? `${value}:00` : value}Z`;
+  for (const key of ["since", "until"]) {
+    const value = utcInput(`f-${key}`);
+    if (value) f[key] = value;
   }
   return f;
 }
 
 function lettersError(error) {
-  if (error.message === "signed out") return;
-  $("letters-error").hidden = false;
-  $("letters-error").textContent = error.message;
+  showError("letters-error", error);
 }
 
-async function loadLetters({ more = false } = {}) {
-  letters.loaded = true;
-  $("letters-error").hidden = true;
+function loadLetters({ more = false } = {}) {
   const query = new URLSearchParams({ ...filters(), limit: "50" });
-  if (more && letters.cursor) query.set("cursor", letters.cursor);
-  try {
-    const page = await api("GET", `/v1/dead-letters?${query}`);
-    if (!more) {
-      $("letters-rows").replaceChildren();
-      letters.shown.clear();
-    }
-    for (const letter of page.items) addLetterRow(letter);
-    letters.cursor = page.next_cursor;
-    $("letters-more").hidden = !page.next_cursor;
-    $("letters-empty").hidden = letters.shown.size > 0;
-  } catch (error) {
-    lettersError(error);
-  }
+  return loadPage(letters, "/v1/dead-letters", query, { more, add: addLetterRow });
 }
 
 // A time as "YYYY-MM-DD HH:MM:SSZ" (UTC, as the filters take it).
 function utc(rfc3339) {
   return `${new Date(rfc3339).toISOString().slice(0, 19).replace("T", " ")}Z`;
+}
+
+// A datetime-local input's value, read as UTC, as RFC 3339 (null when empty).
+function utcInput(id) {
+  const value = $(id).value;
+  return value ? `${value.length === 16 ? `${value}:00` : value}Z` : null;
+}
+
+// A failed call's detail in a view's banner (a refused token has already asked for another).
+function showError(id, error) {
+  if (error.message === "signed out") return;
+  $(id).hidden = false;
+  $(id).textContent = error.message;
+}
+
+// Name and value pairs into a <dl>.
+function showFields(id, pairs) {
+  $(id).replaceChildren(
+    ...pairs.flatMap(([name, value]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = name;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      return [dt, dd];
+    }),
+  );
+}
+
+// One delivery attempt in a line (its status code once, even when its error repeats it).
+function attemptText(a) {
+  const status = a.status_code === null ? "" : ` ${a.status_code}`;
+  const error = a.error && a.error !== `HTTP ${a.status_code}` ? ` · ${a.error}` : "";
+  return `${a.channel} #${a.attempt} · ${a.outcome}${status}${error}`;
+}
+
+// One page of a list into its table: the first page, or with `more` the one after the view's cursor. A view names
+// its table body, its "Load more" button, its "none match" line and its error banner.
+async function loadPage(view, path, query, { more, add }) {
+  $(view.error).hidden = true;
+  if (more && view.cursor) query.set("cursor", view.cursor);
+  try {
+    const page = await api("GET", `${path}?${query}`);
+    if (!more) $(view.rows).replaceChildren();
+    for (const item of page.items) add(item);
+    view.cursor = page.next_cursor;
+    $(view.more).hidden = !page.next_cursor;
+    $(view.empty).hidden = $(view.rows).children.length > 0;
+  } catch (error) {
+    showError(view.error, error);
+  }
 }
 
 function td(text, className) {
@@ -320,7 +358,6 @@ function td(text, className) {
 }
 
 function addLetterRow(letter) {
-  letters.shown.set(letter.id, letter);
   const row = document.createElement("tr");
   row.dataset.id = letter.id;
   row.tabIndex = 0;
@@ -362,15 +399,7 @@ async function openLetter(id) {
       ["dead at", utc(letter.dead_at)],
       ["replays", String(letter.replays)],
     ];
-    $("letter-fields").replaceChildren(
-      ...fields.flatMap(([name, value]) => {
-        const dt = document.createElement("dt");
-        dt.textContent = name;
-        const dd = document.createElement("dd");
-        dd.textContent = value;
-        return [dt, dd];
-      }),
-    );
+    showFields("letter-fields", fields);
     $("letter-event").textContent = JSON.stringify(letter.event, null, 2);
     const { attempts } = await api("GET", `/v1/tasks/${encodeURIComponent(letter.task_id)}/deliveries`);
     const mine = attempts.filter((a) => a.event_id === letter.event.id);
@@ -378,8 +407,7 @@ async function openLetter(id) {
       ...mine.map((a) => {
         const li = document.createElement("li");
         li.dataset.outcome = a.outcome;
-        const status = a.status_code === null ? "" : ` ${a.status_code}`;
-        li.textContent = `${utc(a.at)} · ${a.channel} #${a.attempt} · ${a.outcome}${status}${a.error ? ` · ${a.error}` : ""}`;
+        li.textContent = `${utc(a.at)} · ${attemptText(a)}`;
         return li;
       }),
     );
@@ -407,8 +435,7 @@ async function deleteOne() {
     await api("DELETE", `/v1/dead-letters/${encodeURIComponent(letter.id)}`);
     $("letter").hidden = true;
     document.querySelector(`#letters-rows tr[data-id="${CSS.escape(letter.id)}"]`)?.remove();
-    letters.shown.delete(letter.id);
-    $("letters-empty").hidden = letters.shown.size > 0;
+    $("letters-empty").hidden = $("letters-rows").children.length > 0;
   } catch (error) {
     lettersError(error);
   }
@@ -488,7 +515,12 @@ async function runBulk() {
 
 // Destinations: worst first, with their state, load and caps; pause, resume and change caps in place.
 
-const dst = { cursor: null, rows: new Map(), editing: null };
+const dst = {
+  rows: "dst-rows", more: "dst-more", empty: "dst-empty", error: "dst-error", // its table, Load more, none-match line, banner
+  cursor: null,
+  byId: new Map(), // destination id -> its row, to change in place
+  editing: null,
+};
 
 function setUpDestinations() {
   $("dst-filter").addEventListener("submit", (e) => {
@@ -506,36 +538,21 @@ function setUpDestinations() {
 }
 
 function dstError(error) {
-  if (error.message === "signed out") return;
-  $("dst-error").hidden = false;
-  $("dst-error").textContent = error.message;
+  showError("dst-error", error);
 }
 
-async function loadDestinations({ more = false } = {}) {
-  $("dst-error").hidden = true;
+function loadDestinations({ more = false } = {}) {
   const query = new URLSearchParams({ limit: "100" });
   const state = $("d-state").value;
   const tenant = $("d-tenant").value.trim();
   if (state) query.set("state", state);
   if (tenant) query.set("tenant", tenant);
-  if (more && dst.cursor) query.set("cursor", dst.cursor);
-  try {
-    const page = await api("GET", `/v1/destinations?${query}`);
-    if (!more) {
-      $("dst-rows").replaceChildren();
-      dst.rows.clear();
-    }
-    for (const d of page.items) showDestination(d);
-    dst.cursor = page.next_cursor;
-    $("dst-more").hidden = !page.next_cursor;
-    $("dst-empty").hidden = dst.rows.size > 0;
-  } catch (error) {
-    dstError(error);
-  }
+  if (!more) dst.byId.clear();
+  return loadPage(dst, "/v1/destinations", query, { more, add: showDestination });
 }
 
 function showDestination(d) {
-  const row = dst.rows.get(d.id) || document.createElement("tr");
+  const row = dst.byId.get(d.id) || document.createElement("tr");
   row.dataset.id = d.id;
   row.dataset.state = d.state;
   const badge = document.createElement("span");
@@ -574,8 +591,8 @@ function showDestination(d) {
     td(caps),
     actions,
   );
-  if (!dst.rows.has(d.id)) $("dst-rows").append(row);
-  dst.rows.set(d.id, row);
+  if (!dst.byId.has(d.id)) $("dst-rows").append(row);
+  dst.byId.set(d.id, row);
 }
 
 function lastError(d) {
@@ -624,7 +641,12 @@ async function saveCaps() {
 
 // Tasks: find one by id or by the list's filters; its events and every delivery attempt on one timeline; cancel.
 
-const tasks = { loaded: false, cursor: null, open: null, refresh: null }; // refresh: while an open task runs
+const tasks = {
+  rows: "tasks-rows", more: "tasks-more", empty: "tasks-empty", error: "tasks-error", // its table, Load more, none-match line, banner
+  cursor: null,
+  open: null,
+  refresh: null, // the next refresh of the open task, while it runs
+};
 
 function setUpTasks() {
   $("task-find").addEventListener("submit", (e) => {
@@ -642,47 +664,35 @@ function setUpTasks() {
 }
 
 function tasksError(error) {
-  if (error.message === "signed out") return;
-  $("tasks-error").hidden = false;
-  $("tasks-error").textContent = error.message;
+  showError("tasks-error", error);
 }
 
-async function loadTasks({ more = false } = {}) {
-  tasks.loaded = true;
-  $("tasks-error").hidden = true;
+function loadTasks({ more = false } = {}) {
   const query = new URLSearchParams({ limit: "25" });
   for (const [key, id] of [["status", "t-status"], ["kind", "t-kind"], ["tenant", "t-tenant"]]) {
     const value = $(id).value.trim();
     if (value) query.set(key, value);
   }
-  for (const [key, id] of [["since", "t-since"], ["until", "t-until"]]) {
-    const value = $(id).value;
-    if (value) query.set(key, `${value.length === 16 ? `${value}:00` : value}Z`);
+  for (const key of ["since", "until"]) {
+    const value = utcInput(`t-${key}`);
+    if (value) query.set(key, value);
   }
-  if (more && tasks.cursor) query.set("cursor", tasks.cursor);
-  try {
-    const page = await api("GET", `/v1/tasks?${query}`);
-    if (!more) $("tasks-rows").replaceChildren();
-    for (const task of page.items) {
-      const row = document.createElement("tr");
-      row.dataset.id = task.id;
-      row.tabIndex = 0;
-      const badge = document.createElement("span");
-      badge.className = `badge task-${task.status}`;
-      badge.textContent = task.status;
-      const status = document.createElement("td");
-      status.append(badge);
-      row.append(td(utc(task.created_at).slice(5), "time"), status, td(task.kind), td(String(task.attempt), "num"), td(task.id, "mono"));
-      row.addEventListener("click", () => openTask(task.id));
-      row.addEventListener("keydown", (e) => e.key === "Enter" && openTask(task.id));
-      $("tasks-rows").append(row);
-    }
-    tasks.cursor = page.next_cursor;
-    $("tasks-more").hidden = !page.next_cursor;
-    $("tasks-empty").hidden = $("tasks-rows").children.length > 0;
-  } catch (error) {
-    tasksError(error);
-  }
+  return loadPage(tasks, "/v1/tasks", query, { more, add: addTaskRow });
+}
+
+function addTaskRow(task) {
+  const row = document.createElement("tr");
+  row.dataset.id = task.id;
+  row.tabIndex = 0;
+  const badge = document.createElement("span");
+  badge.className = `badge task-${task.status}`;
+  badge.textContent = task.status;
+  const status = document.createElement("td");
+  status.append(badge);
+  row.append(td(utc(task.created_at).slice(5), "time"), status, td(task.kind), td(String(task.attempt), "num"), td(task.id, "mono"));
+  row.addEventListener("click", () => openTask(task.id));
+  row.addEventListener("keydown", (e) => e.key === "Enter" && openTask(task.id));
+  $("tasks-rows").append(row);
 }
 
 async function openTask(id) {
@@ -712,22 +722,14 @@ async function openTask(id) {
       ["progress", task.progress ? `${task.progress.percent}% ${task.progress.message || ""}` : "-"],
       [task.error ? "error" : "result", ended && task.status !== "cancelled" ? outcome : "-"],
     ];
-    $("task-fields").replaceChildren(
-      ...fields.flatMap(([name, value]) => {
-        const dt = document.createElement("dt");
-        dt.textContent = name;
-        const dd = document.createElement("dd");
-        dd.textContent = value;
-        return [dt, dd];
-      }),
-    );
+    showFields("task-fields", fields);
     const seqOf = new Map(events.map((e) => [e.id, e.seq]));
     const items = [
       ...events.map((e) => ({ at: e.created_at, kind: "event", text: `event #${e.seq} ${e.type.replace("task.", "")} ${JSON.stringify(e.data)}` })),
       ...attempts.map((a) => ({
         at: a.at,
         kind: a.outcome,
-        text: `${a.channel} #${a.attempt} of event #${seqOf.get(a.event_id) ?? "?"} · ${a.outcome}${a.status_code === null ? "" : ` ${a.status_code}`}${a.error && a.error !== `HTTP ${a.status_code}` ? ` · ${a.error}` : ""}`,
+        text: `${attemptText(a)} (event #${seqOf.get(a.event_id) ?? "?"})`,
       })),
     ].sort((x, y) => new Date(x.at) - new Date(y.at));
     $("task-timeline").replaceChildren(
