@@ -87,6 +87,8 @@ def run_serve(tmp_path: Path) -> Iterator[RunServe]:
             timeout_s=30,
             message="the workers of relay serve",
         )
+        # The banner comes once serve has seen its parts ready, a moment after /health answers.
+        wait_until(lambda: "Relay is running" in serve.output(), timeout_s=15, message="the banner of relay serve")
         return serve
 
     yield start
