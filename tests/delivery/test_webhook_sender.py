@@ -275,3 +275,61 @@ async def test_an_invalid_url_is_refused_without_sending_anything(
     assert result.error is not None
     assert result.error.startswith("invalid URL")
     assert not catch_all.called
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> bytes:
+    """Read one request (headers and body) and answer it with ``head`` and ``body``; the request's head."""
+    request_head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in request_head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    await reader.readexactly(length)
+    writer.write(head + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    return request_head
+
+
+async def test_a_cookie_one_receiver_sets_never_goes_out_again(client: httpx.AsyncClient) -> None:
+    # One client carries every tenant's webhooks: what one receiver sets must not reach the next request.
+    heads: list[bytes] = []
+
+    async def set_cookie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                heads.append(
+                    await _answer(reader, writer, b"HTTP/1.1 200 OK\r\nset-cookie: session=tenant-a\r\n", b"ok")
+                )
+            except asyncio.IncompleteReadError:
+                return
+
+    async with loopback_server(set_cookie) as port:
+        for _ in range(2):
+            result = await sender(client).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
+            assert result.ok
+    assert len(heads) == 2
+    assert not any(b"cookie:" in head.lower() for head in heads)
+
+
+async def test_a_large_answer_is_not_read_whole_and_the_next_webhook_still_goes(client: httpx.AsyncClient) -> None:
+    big = b"x" * (4 * 1024 * 1024)
+    connections = 0
+
+    async def answer_big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while not reader.at_eof():
+            try:  # the sender hangs up rather than read 4 MiB: drain() may fail then
+                await _answer(reader, writer, b"HTTP/1.1 200 OK\r\n", big)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+
+    async with loopback_server(answer_big) as port:
+        for _ in range(2):
+            result = await sender(client).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
+            assert result.status_code == 200
+    assert connections == 2  # the first connection was not kept: its answer was never read to the end
