@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import time
 from pathlib import Path
 from typing import Any
@@ -220,22 +219,3 @@ async def profiled_fanout(
         stop_py_spy({name: proc})
     spots = hot_spots(out, top) if out.exists() else {"samples": 0, "own": [], "packages": [], "ours": []}
     return {"fanout_per_s_while_profiled": result["per_s"], **spots, "file": str(out)}
-
-
-def log_findings(path: Path, limit: int = 8) -> dict[str, Any]:
-    """Warnings, errors and tracebacks in a server's log."""
-    counts: collections.Counter[str] = collections.Counter()
-    samples: list[str] = []
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return {"counts": {}, "samples": []}
-    for line in lines:
-        for level in ("ERROR", "WARNING", "CRITICAL", "Traceback"):
-            if level in line:
-                counts[level] += 1
-                text = line.split(": ", 1)[-1] if level != "Traceback" else line
-                if len(samples) < limit and text not in samples:
-                    samples.append(text[:240])
-                break
-    return {"counts": dict(counts), "samples": samples}

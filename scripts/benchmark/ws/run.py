@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scripts.benchmark.stack import RELAY, Stack, http_ok, log, new_loop, start_redis, wait_until
+from scripts.benchmark.stack import RELAY, Stack, http_ok, log, log_findings, new_loop, start_redis, wait_until
 from scripts.benchmark.ws.control import (
     FLOOR_DEFLATE_PREFIX,
     FLOOR_PREFIX,
@@ -27,7 +27,6 @@ from scripts.benchmark.ws.control import (
     make_tasks,
 )
 from scripts.benchmark.ws.phases import (
-    log_findings,
     phase_e2e,
     phase_fanout,
     phase_latency,
