@@ -31,9 +31,15 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "-n", "--tasks", type=int, default=DEFAULT_TASKS, help="tasks (Relay's and the naive peer's; ceiling webhooks)"
+        "-n",
+        "--tasks",
+        type=int,
+        default=DEFAULT_TASKS,
+        help="tasks of the throughput phases (Relay's, the naive peer's, the WebSocket-only loop; ceiling webhooks)",
     )
-    parser.add_argument("-c", "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="submissions in flight")
+    parser.add_argument(
+        "-c", "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="submissions in flight in those phases"
+    )
     parser.add_argument("--rate", type=float, help="paced phase rate (default: half the end-to-end rate)")
     parser.add_argument("--paced-s", type=float, default=DEFAULT_PACED_S, help="paced phase duration")
     parser.add_argument("--timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, help="wait for webhooks, s")
@@ -143,7 +149,7 @@ def main(argv: list[str]) -> int:
         if "webhooks" in results:
             webhooks_report.print_report(results["webhooks"])
         if "ws" in results:
-            ws_report.print_report(results["ws"])
+            ws_report.print_report(results["ws"], webhooks=results.get("webhooks"))
     return code
 
 
