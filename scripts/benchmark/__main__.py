@@ -30,8 +30,16 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", "--tasks", type=int, default=DEFAULT_TASKS, help="tasks (and ceiling webhooks)")
-    parser.add_argument("-c", "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="submissions in flight")
+    parser.add_argument(
+        "-n",
+        "--tasks",
+        type=int,
+        default=DEFAULT_TASKS,
+        help="tasks of the throughput phases (Relay's, the naive peer's, the WebSocket-only loop; ceiling webhooks)",
+    )
+    parser.add_argument(
+        "-c", "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="submissions in flight in those phases"
+    )
     parser.add_argument("--rate", type=float, help="paced phase rate (default: half the end-to-end rate)")
     parser.add_argument("--paced-s", type=float, default=DEFAULT_PACED_S, help="paced phase duration")
     parser.add_argument("--timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, help="wait for webhooks, s")
@@ -44,6 +52,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     parser.add_argument(
         "--no-bad-day", dest="bad_day", action="store_false", help="skip the bad day (a hanging and a dead receiver)"
+    )
+    parser.add_argument(
+        "--no-peer",
+        dest="peer",
+        action="store_false",
+        help="skip the naive peer (Litestar + Dramatiq + sync httpx, run after Relay on the same receiver)",
     )
     parser.add_argument(
         "--bad-owed", type=int, default=DEFAULT_BAD_OWED, help="webhooks owed to each bad receiver on the bad day"
@@ -135,7 +149,7 @@ def main(argv: list[str]) -> int:
         if "webhooks" in results:
             webhooks_report.print_report(results["webhooks"])
         if "ws" in results:
-            ws_report.print_report(results["ws"])
+            ws_report.print_report(results["ws"], webhooks=results.get("webhooks"))
     return code
 
 

@@ -1,4 +1,4 @@
-"""What a bench run measures besides time: CPU seconds per group of processes, and percentiles."""
+"""What a bench run measures besides time: CPU seconds per group of processes (and per task), and percentiles."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from scripts.benchmark.stack import Stack
 
 # The webhook run's columns; the WebSocket run has its own (scripts.benchmark.ws.control.CpuMeter).
 GROUPS = ("api", "worker", "redis", "receiver", "client", "other")
+# The service's own CPU: both runs have these columns (the receivers and load generators are not the service).
+SERVICE_GROUPS = ("api", "worker", "redis")
 
 
 class CpuMeter:
@@ -48,6 +50,13 @@ class CpuMeter:
     @staticmethod
     def diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         return {k: round(after[k] - before[k], 3) for k in before}
+
+
+def cpu_per_task(cpu_s: dict[str, float], tasks: int) -> dict[str, int]:
+    """CPU µs per task of each group, and ``service``: the API, the worker and Redis together."""
+    per_task = {k: round(v / max(1, tasks) * 1e6) for k, v in cpu_s.items()}
+    per_task["service"] = round(sum(cpu_s[g] for g in SERVICE_GROUPS) / max(1, tasks) * 1e6)
+    return per_task
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

@@ -1,8 +1,10 @@
-"""The processes of one bench run: started with their output in a log file, measured, stopped in reverse order."""
+"""The processes of one bench run: started with their output in a log file, measured, stopped in reverse order;
+what their logs complain of."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -170,3 +173,22 @@ def new_loop() -> asyncio.AbstractEventLoop:
     except ImportError:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+def log_findings(path: Path, limit: int = 8) -> dict[str, Any]:
+    """Warnings, errors and tracebacks in a server's log."""
+    counts: collections.Counter[str] = collections.Counter()
+    samples: list[str] = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"counts": {}, "samples": []}
+    for line in lines:
+        for level in ("ERROR", "WARNING", "CRITICAL", "Traceback"):
+            if level in line:
+                counts[level] += 1
+                text = line.split(": ", 1)[-1] if level != "Traceback" else line
+                if len(samples) < limit and text not in samples:
+                    samples.append(text[:240])
+                break
+    return {"counts": dict(counts), "samples": samples}

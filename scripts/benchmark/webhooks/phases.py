@@ -13,7 +13,7 @@ import aiohttp
 import msgspec
 
 from delivery.signing import generate_secret, sign, webhook_headers
-from scripts.benchmark.meter import CpuMeter, percentile, rounded
+from scripts.benchmark.meter import CpuMeter, cpu_per_task, percentile, rounded
 from scripts.benchmark.profiling import Profiler
 from scripts.benchmark.webhooks.client import Client, redis_calls
 
@@ -137,7 +137,7 @@ async def phase_throughput(
         "signature": signature,
         "missing_sample": unexplained,
         "cpu_s": cpu,
-        "cpu_us_per_task": {k: round(v / max(1, len(arrived)) * 1e6) for k, v in cpu.items()},
+        "cpu_us_per_task": cpu_per_task(cpu, len(arrived)),
         "redis_calls_per_task": {
             k: round(v / max(1, len(arrived)), 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0
         },

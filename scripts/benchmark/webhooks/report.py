@@ -1,11 +1,16 @@
-"""The webhook bench's report: the figures of each phase, the quiet day beside the bad day, CPU per group."""
+"""The webhook bench's report: the figures of each phase, the quiet day beside the bad day, Relay beside the naive
+peer, CPU per group."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from scripts.benchmark.meter import GROUPS
+from scripts.benchmark.meter import GROUPS, SERVICE_GROUPS
 from scripts.benchmark.webhooks.phases import CEILING_IN_FLIGHT
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -77,6 +82,9 @@ def print_report(result: dict[str, Any]) -> None:
             highlight=False,
         )
 
+    if "peer" in result:
+        print_peer(console, thr, result["peer"])
+
     cpu = Table(title="CPU seconds per process group (% of one core over the phase)", title_justify="left")
     cpu.add_column("group")
     for phase in ("ceiling", "throughput", "half rate"):
@@ -105,6 +113,71 @@ def print_report(result: dict[str, Any]) -> None:
             for func, share in spots[key]:
                 console.print(f"    {share:5.1f}%  {func}", highlight=False, soft_wrap=True)
         console.print(f"  raw: {spots['file']}", highlight=False, soft_wrap=True)
+
+
+def print_peer(console: Console, relay: dict[str, Any], peer: dict[str, Any]) -> None:
+    """Relay's throughput phase beside the same phase against the naive peer, and their ratio."""
+    from rich.table import Table
+
+    if "throughput" not in peer:
+        console.print(f"[red]The naive peer did not run[/]: {peer.get('error')}", highlight=False)
+        return
+    other = peer["throughput"]
+    table = Table(
+        title="Relay beside the naive peer (the throughput phase: same driver, receiver, -n and concurrency)",
+        title_justify="left",
+        caption="Relay ÷ peer: above 1, Relay's figure is the larger (more per second, more ms or more CPU). The "
+        "peer ran after Relay's phases, with Relay's processes stopped.",
+        caption_justify="left",
+    )
+    table.add_column("figure")
+    table.add_column("Relay", justify="right")
+    table.add_column("naive peer", justify="right")
+    table.add_column("Relay ÷ peer", justify="right")
+
+    def add(figure: str, key: Callable[[dict[str, Any]], float | None], shown: Callable[[float | None], str]) -> None:
+        ours, theirs = key(relay), key(other)
+        table.add_row(figure, shown(ours), shown(theirs), ratio(ours, theirs))
+
+    def cpu(group: str) -> Callable[[dict[str, Any]], float | None]:
+        return lambda f: f["cpu_us_per_task"][group]
+
+    add("submit, tasks/s", lambda f: f["submit_per_s"], count)
+    add("end to end, tasks/s", lambda f: f["end_to_end_per_s"], lambda v: f"[bold]{count(v)}[/]")
+    add("latency p50", lambda f: f["p50_ms"], ms)
+    add("latency p99", lambda f: f["p99_ms"], ms)
+    table.add_row(
+        "delivered / missing / duplicates",
+        *(f"{f['delivered']:,} / {f['missing']} / {f['duplicates']}" for f in (relay, other)),
+        "",
+    )
+    add("Redis commands per task", lambda f: round(sum(f["redis_calls_per_task"].values()), 1), count)
+    for group in SERVICE_GROUPS:
+        add(f"CPU µs per task: {group}", cpu(group), count)
+    add("CPU µs per task: service (api + worker + redis)", cpu("service"), lambda v: f"[bold]{count(v)}[/]")
+    console.print(table)
+    notes = []
+    if other["signature"] != "ok":
+        notes.append(f"signature check {other['signature']}")
+    if other["submit_errors"]:
+        notes.append(f"submit errors {other['submit_errors']}")
+    if other["not_succeeded"]:
+        notes.append(f"{other['not_succeeded']} webhooks not 'succeeded'")
+    for name, found in peer.get("logs", {}).items():
+        if found["counts"]:
+            notes.append(f"{name} log {found['counts']}: " + " | ".join(found["samples"][:3]))
+    if notes:
+        console.print("[yellow]Naive peer[/]: " + "; ".join(notes), highlight=False, soft_wrap=True)
+
+
+def ratio(ours: float | None, theirs: float | None) -> str:
+    return "-" if ours is None or not theirs else f"{ours / theirs:.2f}"
+
+
+def count(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
 def ms(value: float | None) -> str:

@@ -1,4 +1,5 @@
-"""The webhook figures on a stack of their own: Redis, the receiver, ``relay api`` and ``relay worker``."""
+"""The webhook figures on a stack of their own: Redis, the receiver, ``relay api`` and ``relay worker``; then the
+naive peer's throughput on the same receiver."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Any
 
 from scripts.benchmark.meter import CpuMeter
 from scripts.benchmark.profiling import Profiler, hot_spots
-from scripts.benchmark.stack import RELAY, Stack, http_ok, log, new_loop, start_redis, wait_until
+from scripts.benchmark.stack import RELAY, Stack, http_ok, log, log_findings, new_loop, start_redis, wait_until
 from scripts.benchmark.webhooks.client import Client
+from scripts.benchmark.webhooks.peer import PREFIX, PeerCpuMeter, start_peer, stop_relay
 from scripts.benchmark.webhooks.phases import phase_bad_day, phase_ceiling, phase_paced, phase_throughput, warm_up
 from scripts.benchmark.webhooks.receiver import HANG_S
 from scripts.benchmark.webhooks.report import ms
@@ -63,11 +65,15 @@ def start_stack(stack: Stack, args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    # SIGTERM cancels the run as Ctrl-C does (asyncio.Runner handles SIGINT); main() then stops everything.
+def cancel_on_sigterm() -> None:
+    """SIGTERM cancels the running task as Ctrl-C does (asyncio.Runner handles SIGINT); then everything stops."""
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+
+
+async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    cancel_on_sigterm()
     client, meter = Client(urls), CpuMeter(stack)
     meter.read()  # learn every process of each tree
 
@@ -128,8 +134,44 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
     return result
 
 
+async def run_peer(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """The throughput phase again, the same driver against the naive peer: same -n, concurrency and receiver."""
+    cancel_on_sigterm()
+    client, meter = Client(urls), PeerCpuMeter(stack)
+    meter.read()
+    await warm_up(client, min(200, max(10, args.tasks // 10)), args.timeout)
+    log(f"peer throughput: {args.tasks} echo tasks, {args.concurrency} in flight ...")
+    thr = await phase_throughput(client, meter, args.tasks, args.concurrency, args.timeout, None)
+    log(
+        f"  submit {thr['submit_per_s']:,}/s, end to end {thr['end_to_end_per_s']:,}/s, "
+        f"p50 {ms(thr['p50_ms'])}, p99 {ms(thr['p99_ms'])}, missing {thr['missing']}"
+    )
+    return thr
+
+
+def measure_peer(
+    stack: Stack, runner: asyncio.Runner, urls: dict[str, str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Stop Relay, start the naive peer and measure it; a peer that fails says why instead of ending the run."""
+    log("peer: stopping relay's api, worker and redis; starting the naive peer's redis, api, worker ...")
+    stop_relay(stack)
+    peer: dict[str, Any] = {}
+    try:
+        peer["throughput"] = runner.run(run_peer(stack, start_peer(stack, args, urls), args))
+    except RuntimeError as exc:
+        log(f"peer failed: {exc}")
+        peer["error"] = str(exc)
+    peer["logs"] = {
+        name.removeprefix(PREFIX): log_findings(service.log_path)
+        for name, service in stack.services.items()
+        if name in (f"{PREFIX}api", f"{PREFIX}worker")
+    }
+    return peer
+
+
 def run_webhooks(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
-    """The webhook figures (ceiling, throughput, half rate) on a stack of their own."""
+    """The webhook figures (ceiling, throughput, half rate, the bad day) on a stack of their own, then the naive
+    peer's throughput."""
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     stack = Stack(workdir, dict(os.environ))
     failed = True
@@ -138,7 +180,9 @@ def run_webhooks(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
         urls = start_stack(stack, args)
         with asyncio.Runner(loop_factory=new_loop) as runner:
             result = runner.run(run(stack, urls, args))
-        failed = False
+            if args.peer:
+                result["peer"] = measure_peer(stack, runner, urls, args)
+        failed = "error" in result.get("peer", {})  # keep the logs of a peer that failed
     except (KeyboardInterrupt, asyncio.CancelledError):
         failed = False  # nothing to look into
         log("interrupted")
@@ -156,4 +200,4 @@ def run_webhooks(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
     lost = result["throughput"]["missing"] + result["paced"]["missing"]
     if "bad_day" in result:
         lost += result["bad_day"]["throughput"]["missing"] + result["bad_day"]["paced"]["missing"]
-    return (1 if lost else 0), result
+    return (1 if lost or failed else 0), result

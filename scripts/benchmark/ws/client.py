@@ -15,6 +15,9 @@ drives them over a unix socket, one JSON command per line, one JSON reply per li
   close     close every socket
   e2e       pre-connect N sockets to Relay, then submit N echo tasks (paced), subscribe each on its socket
             as soon as the API answers, and time submit -> task.completed on the socket
+  loop_open open L sockets to Relay for task_loop (held like connect's; close closes them)
+  task_loop closed loop of N WebSocket-only echo tasks over those sockets, one task at a time on each: submit,
+            subscribe, ack its events, unsubscribe after task.completed, submit the next
   exit
 
 Relay's protocol is followed as a browser would: answer ``ping`` with ``pong``, ack every event. The floor
@@ -46,6 +49,7 @@ CONNECT_ATTEMPTS = 3
 
 class _Event(msgspec.Struct):
     id: str = ""
+    task_id: str = ""
     seq: int = 0
     type: str = ""
     created_at: str = ""
@@ -79,6 +83,7 @@ class Clients:
         self.streams: list[aiohttp.ClientResponse] = []
         self.readers: set[asyncio.Task[None]] = set()
         self.acking = True  # off only to show what acks cost the server
+        self.loop_sockets: list[aiohttp.ClientWebSocketResponse] = []
         self.reset()
 
     def reset(self) -> None:
@@ -293,6 +298,7 @@ class Clients:
 
     async def close(self) -> dict[str, Any]:
         sockets, self.sockets = self.sockets, []
+        self.loop_sockets = []
 
         async def one(ws: aiohttp.ClientWebSocketResponse) -> None:
             with contextlib.suppress(Exception):
@@ -408,6 +414,74 @@ class Clients:
             "failures": dict(failures),
         }
 
+    # A closed loop of WebSocket-only tasks.
+
+    async def loop_open(self, url: str, lanes: int, timeout_s: float) -> dict[str, Any]:
+        """Open ``lanes`` sockets for :meth:`task_loop` (before its clock starts)."""
+        failures: collections.Counter[str] = collections.Counter()
+        opened = await asyncio.gather(*(self._open(url, False, timeout_s, failures) for _ in range(lanes)))
+        self.loop_sockets = [ws for ws in opened if ws is not None]
+        self.sockets.extend(self.loop_sockets)  # closed by close()
+        return {"opened": len(self.loop_sockets), "failures": dict(failures)}
+
+    async def task_loop(self, api: str, key: str, n: int, timeout_s: float) -> dict[str, Any]:
+        """n echo tasks with ``"websocket": true`` and no webhook, one at a time on each socket of loop_open: submit,
+        subscribe as soon as the API answers, ack every event (so that each delivery settles as acked), unsubscribe
+        after task.completed and submit the next. Times submit -> task.completed on the socket."""
+        session = await self._session()
+        failures: collections.Counter[str] = collections.Counter()
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        indexes = iter(range(n))
+        latencies: list[float] = []
+        counts = {"submitted": 0, "acks": 0, "finished_before_subscribe": 0}
+
+        async def follow(ws: aiohttp.ClientWebSocketResponse, task_id: str, token: str) -> bool:
+            """Until the task's final event (True), or the socket closes (False)."""
+            await ws.send_str(json.dumps({"type": "subscribe", "task_id": task_id, "token": token, "after_seq": 0}))
+            while True:
+                msg = await ws.receive()
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    failures[f"closed {ws.close_code}"] += 1
+                    return False
+                frame = _decode(msg.data)
+                if frame.type == "subscribed":
+                    if frame.status in ("succeeded", "failed"):
+                        counts["finished_before_subscribe"] += 1
+                elif frame.type == "ping":
+                    await ws.send_str(_PONG)
+                elif frame.type == "error":
+                    failures[f"error {frame.code}"] += 1
+                    return True  # refused: the socket goes on with the next task
+                elif frame.event is not None:
+                    await ws.send_str('{"type":"ack","event_id":"' + frame.event.id + '"}')
+                    counts["acks"] += 1
+                    if frame.event.task_id == task_id and frame.event.type in ("task.completed", "task.failed"):
+                        await ws.send_str(json.dumps({"type": "unsubscribe", "task_id": task_id}))
+                        return True
+
+        async def lane(ws: aiohttp.ClientWebSocketResponse) -> None:
+            for i in indexes:  # one iterator shared by every lane
+                body = json.dumps({"kind": "echo", "input": {"i": i}, "websocket": True})
+                started = time.time()
+                try:
+                    async with session.post(api + "/v1/tasks", data=body, headers=headers) as response:
+                        raw = await response.read()
+                        if response.status != 202:
+                            failures[f"submit HTTP {response.status}"] += 1
+                            continue
+                    accepted = msgspec.json.decode(raw, type=_Accepted)
+                    counts["submitted"] += 1
+                    before = len(failures)
+                    if not await asyncio.wait_for(follow(ws, accepted.id, accepted.ws_token or ""), timeout_s):
+                        return  # the socket closed: the other lanes take the rest
+                    if len(failures) == before:
+                        latencies.append(round((time.time() - started) * 1000, 3))
+                except Exception as exc:
+                    failures[f"loop: {type(exc).__name__}"] += 1
+
+        await asyncio.gather(*(lane(ws) for ws in self.loop_sockets))
+        return {**counts, "completed": len(latencies), "latencies_ms": latencies, "failures": dict(failures)}
+
 
 async def serve(path: str) -> None:
     clients = Clients()
@@ -439,6 +513,10 @@ async def serve(path: str) -> None:
                     reply = await clients.close()
                 elif op == "e2e":
                     reply = await clients.e2e(**cmd)
+                elif op == "loop_open":
+                    reply = await clients.loop_open(**cmd)
+                elif op == "task_loop":
+                    reply = await clients.task_loop(**cmd)
                 elif op == "exit":
                     reply = {}
                     done.set()

@@ -1,18 +1,21 @@
-"""The WebSocket bench's phases: end to end through a worker, memory per socket, push latency, fan-out."""
+"""The WebSocket bench's phases: end to end through a worker, WebSocket-only tasks in a closed loop, memory per
+socket, push latency, fan-out."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import time
 from pathlib import Path
 from typing import Any
 
-from scripts.benchmark.meter import percentile, rounded
+import aiohttp
+
+from scripts.benchmark.meter import cpu_per_task, percentile, rounded
 from scripts.benchmark.profiling import hot_spots, start_py_spy, stop_py_spy
-from scripts.benchmark.stack import API_KEY, Stack
+from scripts.benchmark.stack import ADMIN_TOKEN, API_KEY, Stack
 from scripts.benchmark.ws.control import (
+    SOCKET_TIMEOUT_S,
     ClientProc,
     CpuMeter,
     Publisher,
@@ -33,6 +36,12 @@ TICK_S = 0.01
 FANOUT_BATCH = 200
 # Echo tasks each client runs through the worker before the end-to-end figure is taken.
 E2E_WARM_TASKS = 10
+# The WebSocket-only loop: how long one task may take, the whole loop, and how long its deliveries take to show
+# in /v1/stats.
+TASK_TIMEOUT_S = 30.0
+LOOP_TIMEOUT_S = 600.0
+STATS_WAIT_S = 5.0
+STATS_POLL_S = 0.3
 # Sockets opened and closed on each server before its memory baseline (imports, pools, first allocations).
 WARM_SOCKETS = 200
 # Wait after the last socket subscribed before reading RSS.
@@ -99,6 +108,79 @@ async def phase_e2e(
         "cpu_wall_s": round(seconds, 2),
         "cpu_s": cpu,
     }
+
+
+async def phase_ws_only(
+    clients: list[ClientProc], urls: dict[str, Any], meter: CpuMeter, n: int, in_flight: int
+) -> dict[str, Any]:
+    """WebSocket-only echo tasks (no webhook) in a closed loop, ``in_flight`` at once: each submitted, subscribed
+    on a socket of its lane and its events acked. The service's CPU per task, in the shape of the webhook
+    throughput's, and what became of the deliveries (all should be acked over WebSocket, none a webhook)."""
+    users = clients[: max(1, min(2, len(clients), in_flight))]
+    shares = [len(part) for part in spread(list(range(n)), len(users))]
+    lanes = [len(part) for part in spread(list(range(in_flight)), len(users))]
+    opened = await asyncio.gather(
+        *(
+            c.call("loop_open", url=urls["relay"].url, lanes=width, timeout_s=SOCKET_TIMEOUT_S)
+            for c, width in zip(users, lanes, strict=True)
+        )
+    )
+    async with aiohttp.ClientSession() as session:
+        before = await delivery_counts(session, urls["api"])
+        cpu0, t0 = meter.read(), time.perf_counter()
+        replies = await asyncio.gather(
+            *(
+                c.call("task_loop", LOOP_TIMEOUT_S, api=urls["api"], key=API_KEY, n=share, timeout_s=TASK_TIMEOUT_S)
+                for c, share in zip(users, shares, strict=True)
+            )
+        )
+        seconds = time.perf_counter() - t0
+        cpu = meter.diff(cpu0, meter.read())
+        await asyncio.gather(*(c.call("close") for c in users))
+        completed = sum(r["completed"] for r in replies)
+        deliveries = await delivery_changes(session, urls["api"], before, acked=completed)
+    return {
+        "tasks": n,
+        "in_flight": in_flight,
+        "sockets": sum(r["opened"] for r in opened),
+        "submitted": sum(r["submitted"] for r in replies),
+        "completed": completed,
+        "acks": sum(r["acks"] for r in replies),
+        "finished_before_subscribe": sum(r["finished_before_subscribe"] for r in replies),
+        "failures": merge_failures([*opened, *replies]),
+        "per_s": round(completed / max(seconds, 1e-9)),
+        **summary([x for r in replies for x in r["latencies_ms"]]),
+        "deliveries": deliveries,
+        "cpu_wall_s": round(seconds, 3),
+        "cpu_s": cpu,
+        "cpu_us_per_task": cpu_per_task(cpu, completed),
+    }
+
+
+async def delivery_counts(session: aiohttp.ClientSession, api: str) -> dict[str, dict[str, int]]:
+    """Relay's deliveries so far by channel and outcome (GET /v1/stats, as the operator)."""
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with session.get(api + "/v1/stats", headers=headers) as response:
+        return dict((await response.json())["deliveries"])
+
+
+async def delivery_changes(
+    session: aiohttp.ClientSession, api: str, before: dict[str, dict[str, int]], acked: int
+) -> dict[str, int]:
+    """What changed since ``before``, as {"channel outcome": n}, once ``acked`` WebSocket acks are counted (or
+    STATS_WAIT_S passed: each API process answers /v1/stats from its figures of the last second)."""
+    deadline = time.monotonic() + STATS_WAIT_S
+    while True:
+        after = await delivery_counts(session, api)
+        changes = {
+            f"{channel} {outcome}": n - before.get(channel, {}).get(outcome, 0)
+            for channel, outcomes in after.items()
+            for outcome, n in outcomes.items()
+            if n != before.get(channel, {}).get(outcome, 0)
+        }
+        if changes.get("websocket acked", 0) >= acked or time.monotonic() > deadline:
+            return changes
+        await asyncio.sleep(STATS_POLL_S)
 
 
 async def phase_memory(
@@ -220,22 +302,3 @@ async def profiled_fanout(
         stop_py_spy({name: proc})
     spots = hot_spots(out, top) if out.exists() else {"samples": 0, "own": [], "packages": [], "ours": []}
     return {"fanout_per_s_while_profiled": result["per_s"], **spots, "file": str(out)}
-
-
-def log_findings(path: Path, limit: int = 8) -> dict[str, Any]:
-    """Warnings, errors and tracebacks in a server's log."""
-    counts: collections.Counter[str] = collections.Counter()
-    samples: list[str] = []
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return {"counts": {}, "samples": []}
-    for line in lines:
-        for level in ("ERROR", "WARNING", "CRITICAL", "Traceback"):
-            if level in line:
-                counts[level] += 1
-                text = line.split(": ", 1)[-1] if level != "Traceback" else line
-                if len(samples) < limit and text not in samples:
-                    samples.append(text[:240])
-                break
-    return {"counts": dict(counts), "samples": samples}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from scripts.benchmark.meter import SERVICE_GROUPS
 from scripts.benchmark.ws.control import GROUPS
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Targets printed beside the figures.
 TARGET_P99_MS = 20.0
@@ -14,7 +18,8 @@ TARGET_KB_PER_SOCKET = 30.0
 OTHER_LOAD_WARN = 0.25
 
 
-def print_report(result: dict[str, Any]) -> None:
+def print_report(result: dict[str, Any], webhooks: dict[str, Any] | None = None) -> None:
+    """The WebSocket figures; with the same run's webhook figures, a webhook task's CPU beside a WebSocket-only one."""
     from rich.console import Console
     from rich.table import Table
 
@@ -121,7 +126,19 @@ def print_report(result: dict[str, Any]) -> None:
         "",
         f"{e2e['completed']}/{e2e['submitted']} completed; {e2e['finished_before_subscribe']} done before subscribe",
     )
+    loop = result.get("ws_only")
+    if loop is not None:
+        table.add_row(
+            f"WebSocket-only tasks, closed loop, {loop['in_flight']} in flight: submit -> task.completed acked",
+            f"{loop['per_s']:,} tasks/s, {loop['p50_ms']} / {loop['p99_ms']} ms",
+            "-",
+            "",
+            f"{loop['completed']}/{loop['submitted']} completed; {loop['finished_before_subscribe']} done before "
+            "subscribe",
+        )
     console.print(table)
+    if loop is not None:
+        print_task_cost(console, loop, webhooks)
     split = "; ".join(f"{name} p50 {v['p50_ms']} / p99 {v['p99_ms']} ms" for name, v in e2e["split"].items())
     console.print(f"End to end, split: {split}", highlight=False)
     tasks = result["tasks"]
@@ -147,6 +164,8 @@ def print_report(result: dict[str, Any]) -> None:
     ]
     if s_lat is not None:
         phases.insert(3, ("latency SSE", s_lat))
+    if loop is not None:
+        phases.insert(1, ("ws-only loop", loop))
     for name, _ in phases:
         cpu.add_column(name, justify="right")
     for group in GROUPS:
@@ -187,6 +206,15 @@ def print_report(result: dict[str, Any]) -> None:
                 problems.append(f"{phase} {name}: error frames {f['errors']}")
     if e2e["failures"]:
         problems.append(f"e2e: {e2e['failures']}")
+    if loop is not None:
+        if loop["failures"]:
+            problems.append(f"WebSocket-only loop: {loop['failures']}")
+        settled = {k: v for k, v in loop["deliveries"].items() if k != "websocket acked"}
+        if loop["deliveries"].get("websocket acked", 0) < loop["completed"] or settled:
+            problems.append(
+                f"WebSocket-only loop: {loop['completed']} tasks completed, deliveries {loop['deliveries']} "
+                "(each should be one websocket ack)"
+            )
     if result["tasks"]["errors"]:
         problems.append(f"making tasks: {result['tasks']['errors']}")
     for name, found in result.get("logs", {}).items():
@@ -212,3 +240,24 @@ def print_report(result: dict[str, Any]) -> None:
                 for func, pct in spots[key]:
                     console.print(f"    {pct:5.1f}%  {func}", highlight=False, soft_wrap=True)
         console.print(f"  raw: {spots['file']}", highlight=False, soft_wrap=True)
+
+
+def print_task_cost(console: Console, loop: dict[str, Any], webhooks: dict[str, Any] | None) -> None:
+    """Service CPU per WebSocket-only task, beside a webhook task's (the webhook throughput phase) when there is one."""
+    from rich.table import Table
+
+    webhook = webhooks["throughput"]["cpu_us_per_task"] if webhooks is not None else None
+    table = Table(title="Service CPU µs per task: WebSocket-only beside webhook", title_justify="left")
+    table.add_column("group")
+    table.add_column(f"WebSocket-only (closed loop, {loop['in_flight']} in flight)", justify="right")
+    if webhook is not None:
+        table.add_column("webhook (throughput phase)", justify="right")
+        table.add_column("WebSocket ÷ webhook", justify="right")
+    for group in (*SERVICE_GROUPS, "service"):
+        ours = loop["cpu_us_per_task"][group]
+        label = "service (api + worker + redis)" if group == "service" else group
+        cells = [f"{ours:,}"]
+        if webhook is not None:
+            cells += [f"{webhook[group]:,}", f"{ours / webhook[group]:.2f}" if webhook[group] else "-"]
+        table.add_row(label, *cells, style="bold" if group == "service" else None)
+    console.print(table)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scripts.benchmark.stack import RELAY, Stack, http_ok, log, new_loop, start_redis, wait_until
+from scripts.benchmark.stack import RELAY, Stack, http_ok, log, log_findings, new_loop, start_redis, wait_until
 from scripts.benchmark.ws.control import (
     FLOOR_DEFLATE_PREFIX,
     FLOOR_PREFIX,
@@ -27,11 +27,11 @@ from scripts.benchmark.ws.control import (
     make_tasks,
 )
 from scripts.benchmark.ws.phases import (
-    log_findings,
     phase_e2e,
     phase_fanout,
     phase_latency,
     phase_memory,
+    phase_ws_only,
     profiled_fanout,
 )
 from service.processes import free_port
@@ -128,6 +128,14 @@ async def run(
     e2e = await phase_e2e(clients, urls, meter, args.ws_e2e_tasks, args.ws_e2e_rate)
     result["e2e"] = e2e
     log(f"  p50 {e2e['p50_ms']} ms, p99 {e2e['p99_ms']} ms, completed {e2e['completed']}/{e2e['submitted']}")
+    log(f"ws-only tasks: {args.tasks} echo tasks, {args.concurrency} in flight, each acked on its socket ...")
+    ws_only = await phase_ws_only(clients, urls, meter, args.tasks, args.concurrency)
+    result["ws_only"] = ws_only
+    log(
+        f"  {ws_only['per_s']:,} tasks/s, p50 {ws_only['p50_ms']} ms, p99 {ws_only['p99_ms']} ms, "
+        f"completed {ws_only['completed']}/{ws_only['submitted']}, "
+        f"service {ws_only['cpu_us_per_task']['service']:,} µs/task, deliveries {ws_only['deliveries']}"
+    )
     stack.services["worker"].stop()  # from here on the tasks stay queued: only the bench publishes events
 
     wanted = max(args.ws_idle_sockets, args.ws_sockets, args.ws_sse_streams)
@@ -249,5 +257,6 @@ def run_bench(args: argparse.Namespace) -> tuple[int, dict[str, Any] | None]:
         + result["latency"].get("Relay SSE", {}).get("missing", 0)
         + result["fanout"]["Relay"]["missing"]
         + (result["e2e"]["submitted"] - result["e2e"]["completed"])
+        + (result["ws_only"]["submitted"] - result["ws_only"]["completed"])
     )
     return (1 if relay_lost else 0), result
