@@ -16,6 +16,7 @@ from delivery import keys, metrics
 from delivery.destinations import NO_DESTINATION_KEYS, FlowSettings, destination_for, lua
 from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
+from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
 from schemas.events import Event, EventType
@@ -42,7 +43,7 @@ class EventLog:
         self._redis = redis
         self._retention_s = retention_s
         self._flow = flow
-        self._append = redis.register_script(lua("append_event.lua"))
+        self._append = batched(redis).register_script(lua("append_event.lua"))
 
     async def append(
         self,

@@ -31,6 +31,7 @@ from delivery.destinations import (
 from delivery.ids import new_id
 from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
+from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from delivery.signing_secrets import live_secrets
 from schemas.dead_letters import DeadLetter
@@ -83,10 +84,10 @@ class Outbox:
         self._attempts_ttl_s = attempts_ttl_s
         self._dead_letter_retention_s = dead_letter_retention_s
         self._claim = redis.register_script(_CLAIM_LUA)
-        self._record = redis.register_script(lua("record_attempt.lua"))
+        self._record = batched(redis).register_script(lua("record_attempt.lua"))
         self._claim_destinations = redis.register_script(lua("claim_destinations.lua"))
         self._handoff = redis.register_script(lua("handoff.lua"))
-        self._ack = redis.register_script(lua("ack.lua"))
+        self._ack = batched(redis).register_script(lua("ack.lua"))
 
     @property
     def lease_s(self) -> float:

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from delivery import keys, metrics
 from delivery.records import count_unreadable, decode_or_skip
+from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from schemas.tasks import TaskRecord
 
@@ -64,7 +65,7 @@ class TaskLedger:
     def __init__(self, *, redis: aioredis.Redis, lease_s: float = LEASE_S) -> None:
         self._redis = redis
         self.lease_s = lease_s
-        self._start = redis.register_script(_START_LUA)
+        self._start = batched(redis).register_script(_START_LUA)
         self._renew = redis.register_script(_RENEW_LUA)
         self._sweep = redis.register_script(_SWEEP_LUA)
         self._release = redis.register_script(_RELEASE_LUA)

@@ -26,6 +26,7 @@ from delivery.event_log import EventLog
 from delivery.ids import new_id
 from delivery.outbox import Lease
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
+from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
@@ -138,7 +139,7 @@ class TaskStore:
         self._ack_timeout_s = ack_timeout_s
         self._max_open = max_open_per_tenant
         self._log = EventLog(redis=redis, retention_s=retention_s, flow=flow)
-        self._submit = redis.register_script(_SUBMIT_LUA)
+        self._submit = batched(redis).register_script(_SUBMIT_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
 
     async def get(self, task_id: str, *, visible: Callable[[str, str | None], bool] | None = None) -> TaskRecord | None:
