@@ -107,6 +107,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._header_bytes = 0
         super().on_headers_complete()
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not isinstance(cycle.transport, _HeadWithBody):
+            cycle.transport = _HeadWithBody(cycle.transport, self.loop)
+
+    def on_response_complete(self) -> None:
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and isinstance(cycle.transport, _HeadWithBody):
+            cycle.transport.flush()  # before the connection is closed or the next response begins
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -137,3 +146,41 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._request_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class _HeadWithBody:
+    """A response's transport that sends its status line and headers with the first body bytes, in one write.
+
+    uvicorn writes a response's head and its body separately: two sends, two segments on the wire and two
+    wake-ups of the client, for a response that fits in one. The head is held until the body's first write,
+    or at the latest until the end of the event loop's turn (a stream whose first event comes later still
+    gets its headers at once).
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None and not data.startswith(b"HTTP/"):
+            self._transport.write(data)
+            return
+        if self._held is None:
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        held, self._held = self._held, None
+        self._transport.write(held + data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
