@@ -14,7 +14,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from delivery.errors import ConfigError
-from service.dramatiq_redis import queue_keys, with_redis_id
+from service.dramatiq_redis import RelayRedisBroker, queue_keys, with_redis_id
 from service.settings import Settings
 from service.tasks.store import InlineMessage
 
@@ -31,7 +31,7 @@ def create_broker(settings: Settings) -> dramatiq.Broker:
     if url.startswith(("redis://", "rediss://", "unix://")):
         # Maintenance (requeueing a dead worker's messages) is driven by the worker's own heartbeat loop
         # (see service.worker.runtime), not left to Dramatiq's 0.1 % chance per fetch.
-        broker: dramatiq.Broker = RedisBroker(  # type: ignore[no-untyped-call]
+        broker: dramatiq.Broker = RelayRedisBroker(  # type: ignore[no-untyped-call]
             url=url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, maintenance_chance=0
         )
     elif url.startswith(("amqp://", "amqps://")):

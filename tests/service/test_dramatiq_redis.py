@@ -9,7 +9,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from service.broker import QUEUE, task_message
-from service.dramatiq_redis import dispatch_args, queue_keys, with_redis_id
+from service.dramatiq_redis import ACK_BATCH, RelayRedisBroker, dispatch_args, fetched_key, queue_keys, with_redis_id
 
 
 def _broker(url: str) -> RedisBroker:
@@ -46,4 +46,27 @@ def test_an_inline_message_is_stored_as_the_broker_stores_one(redis_url: str) ->
     assert [m.args for m in got] == [("task_a",), ("task_b",)]
     assert all(isinstance(m, dramatiq.broker.MessageProxy) for m in got)
     consumer.close()
+    client.close()
+
+
+def test_acks_are_written_in_batches_where_dramatiq_keeps_them(redis_url: str) -> None:
+    broker = RelayRedisBroker(url=redis_url, heartbeat_timeout=10_000, maintenance_chance=0)
+    broker.declare_queue(QUEUE)
+    client = redis.Redis.from_url(redis_url)
+    _, messages_key = queue_keys(broker, QUEUE)
+    n = ACK_BATCH + 10
+    for i in range(n):
+        broker.enqueue(task_message(f"task_{i}"))
+    consumer = broker.consume(QUEUE, prefetch=n, timeout=100)
+    got = [next(consumer) for _ in range(n)]
+    # Dramatiq's own fetch put them in the set this consumer acks from.
+    assert client.scard(fetched_key(broker, QUEUE)) == n
+    for message in got:
+        consumer.ack(message)
+    assert client.hlen(messages_key) == n  # noted, not yet written
+    assert next(consumer) is None  # the next look for messages writes a batch ...
+    assert client.hlen(messages_key) == n - ACK_BATCH
+    consumer.close()  # ... and closing writes the rest
+    assert client.scard(fetched_key(broker, QUEUE)) == 0
+    assert client.hlen(messages_key) == 0
     client.close()
