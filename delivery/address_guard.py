@@ -15,6 +15,7 @@ uses any other session must call :func:`check_literal` (or :func:`resolve_checke
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
@@ -117,6 +118,8 @@ class CallbackTarget:
     port: int
 
 
+# Pure functions of their text, called for every submit and every webhook with the same few URLs: remembered.
+@functools.lru_cache(maxsize=1024)
 def parse_callback_url(url: str) -> CallbackTarget:
     """Parse a callback URL, accepting only absolute http(s) URLs with a host.
 
@@ -192,6 +195,7 @@ def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(number)
 
 
+@functools.lru_cache(maxsize=4096)
 def literal_ip(host: str) -> IPAddress | None:
     """Recognise an IP literal in any spelling a client library or OS resolver would accept.
 

@@ -14,7 +14,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from delivery.errors import ConfigError
-from service.dramatiq_redis import RelayRedisBroker, queue_keys, with_redis_id
+from service.dramatiq_redis import RelayRedisBroker, message_for, queue_keys
 from service.settings import Settings
 from service.tasks.store import InlineMessage
 
@@ -73,7 +73,7 @@ class RedisEnqueuer(Enqueuer):
         self.queue_key, self.messages_key = queue_keys(broker, QUEUE)
 
     def inline(self, task_id: str) -> InlineMessage:
-        message_id, body = with_redis_id(task_message(task_id))
+        message_id, body = message_for(QUEUE, ACTOR, task_id)
         return InlineMessage(queue_key=self.queue_key, messages_key=self.messages_key, message_id=message_id, body=body)
 
     async def enqueue(self, task_ids: Sequence[str]) -> None:

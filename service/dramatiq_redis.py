@@ -21,6 +21,7 @@ import uuid
 from typing import Any
 
 import dramatiq
+import msgspec
 import redis
 import redis.asyncio as aioredis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
@@ -71,6 +72,37 @@ def with_redis_id(message: dramatiq.Message[None]) -> tuple[str, bytes]:
     """A fresh Redis message id and the body to store under it, as the broker's own ``enqueue`` makes them."""
     redis_message_id = str(uuid.uuid4())
     return redis_message_id, message.copy(options={"redis_message_id": redis_message_id}).encode()
+
+
+class _MessageBody(msgspec.Struct):
+    """A Dramatiq message as ``Message.encode`` writes it (``Message.decode`` reads these fields back)."""
+
+    queue_name: str
+    actor_name: str
+    args: tuple[str]
+    kwargs: dict[str, Any]
+    options: dict[str, str]
+    message_id: str
+    message_timestamp: int
+
+
+_encode_body = msgspec.json.Encoder().encode
+
+
+def message_for(queue: str, actor: str, arg: str) -> tuple[str, bytes]:
+    """A fresh Redis message id and the body of a message calling ``actor(arg)``, as :func:`with_redis_id` makes
+    them from a ``dramatiq.Message``, at a tenth of the cost (one per submitted task)."""
+    redis_message_id = str(uuid.uuid4())
+    body = _MessageBody(
+        queue_name=queue,
+        actor_name=actor,
+        args=(arg,),
+        kwargs={},
+        options={"redis_message_id": redis_message_id},
+        message_id=str(uuid.uuid4()),
+        message_timestamp=int(time.time() * 1000),
+    )
+    return redis_message_id, _encode_body(body)
 
 
 # Acks written together at most (more are written in the next batch).

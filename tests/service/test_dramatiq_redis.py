@@ -8,8 +8,16 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from service.broker import QUEUE, task_message
-from service.dramatiq_redis import ACK_BATCH, RelayRedisBroker, dispatch_args, fetched_key, queue_keys, with_redis_id
+from service.broker import ACTOR, QUEUE, task_message
+from service.dramatiq_redis import (
+    ACK_BATCH,
+    RelayRedisBroker,
+    dispatch_args,
+    fetched_key,
+    message_for,
+    queue_keys,
+    with_redis_id,
+)
 
 
 def _broker(url: str) -> RedisBroker:
@@ -40,10 +48,17 @@ def test_an_inline_message_is_stored_as_the_broker_stores_one(redis_url: str) ->
     message_id, body = with_redis_id(task_message("task_b"))
     client.hset(messages_key, message_id, body)
     client.rpush(queue_key, message_id)
-    # The broker's consumer reads both messages back the way it reads its own.
-    consumer = broker.consume(QUEUE, prefetch=2, timeout=100)
-    got = [next(consumer) for _ in range(2)]
-    assert [m.args for m in got] == [("task_a",), ("task_b",)]
+    message_id, body = message_for(QUEUE, ACTOR, "task_c")
+    client.hset(messages_key, message_id, body)
+    client.rpush(queue_key, message_id)
+    # The broker's consumer reads all three back the way it reads its own, fields and all.
+    consumer = broker.consume(QUEUE, prefetch=3, timeout=100)
+    got = [next(consumer) for _ in range(3)]
+    assert [m.args for m in got] == [("task_a",), ("task_b",), ("task_c",)]
+    assert got[2].actor_name == ACTOR
+    assert got[2].options == {"redis_message_id": message_id}
+    assert set(got[2].asdict()) == set(got[0].asdict())
+    assert abs(got[2].message_timestamp - got[0].message_timestamp) < 60_000
     assert all(isinstance(m, dramatiq.broker.MessageProxy) for m in got)
     consumer.close()
     client.close()
