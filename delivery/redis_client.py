@@ -6,6 +6,9 @@ task cancellation; Relay turns it off and bounds its own blocking calls instead.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -52,4 +55,42 @@ def connect(
         # retried (a stalled Redis would only make the caller wait longer).
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
     )
+    pool.connection_class = _quick_packing(pool.connection_class)  # type: ignore[arg-type]
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+class _QuickPack:
+    """Packs a command the way redis-py does, in one pass (redis-py's packer is the larger part of a command's
+    client-side cost here: py-spy put it at 9 % of a worker's CPU, for Lua steps of 20 to 40 arguments).
+
+    Same bytes on the wire (a test compares them); values of any other type go to redis-py's encoder, which
+    refuses what it refuses.
+    """
+
+    encoder: Any
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str):
+            args = (*name.encode().split(), *args[1:])
+        elif b" " in name:
+            args = (*name.split(), *args[1:])
+        parts = [b"*%d\r\n" % len(args)]
+        encode = self.encoder.encode
+        for arg in args:
+            kind = type(arg)
+            if kind is bytes:
+                value = arg
+            elif kind is str:
+                value = arg.encode(self.encoder.encoding, self.encoder.encoding_errors)
+            elif kind is int or kind is float:
+                value = repr(arg).encode()
+            else:
+                value = bytes(encode(arg))
+            parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
+        return [b"".join(parts)]
+
+
+@functools.cache
+def _quick_packing(connection_class: type[Any]) -> type[Any]:
+    return type(f"Quick{connection_class.__name__}", (_QuickPack, connection_class), {})
