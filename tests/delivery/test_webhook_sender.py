@@ -1,4 +1,5 @@
-"""The webhook sender against a mocked transport: exact body, Standard Webhooks headers, and what it reports back."""
+"""The webhook sender against a mocked transport and against raw receivers on 127.0.0.1, hostile ones too: exact body,
+Standard Webhooks headers, and what it reports back."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import respx
 from standardwebhooks.webhooks import Webhook
 
+from delivery.policy import AttemptResult
 from delivery.signing import generate_secret
 from delivery.webhook import WebhookSender, create_client
 
@@ -277,18 +279,25 @@ async def test_an_invalid_url_is_refused_without_sending_anything(
     assert not catch_all.called
 
 
+async def _read_request(reader: asyncio.StreamReader, *, body: bool = True) -> bytes:
+    """Read one request's head, and its body unless told not to; the request's head."""
+    request_head = await reader.readuntil(b"\r\n\r\n")
+    if body:
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in request_head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+    return request_head
+
+
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> bytes:
     """Read one request (headers and body) and answer it with ``head`` and ``body``; the request's head."""
-    request_head = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        (
-            int(line.split(b":", 1)[1])
-            for line in request_head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        ),
-        0,
-    )
-    await reader.readexactly(length)
+    request_head = await _read_request(reader)
     writer.write(head + f"content-length: {len(body)}\r\n\r\n".encode() + body)
     await writer.drain()
     return request_head
@@ -333,3 +342,119 @@ async def test_a_large_answer_is_not_read_whole_and_the_next_webhook_still_goes(
             result = await sender(client).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
             assert result.status_code == 200
     assert connections == 2  # the first connection was not kept: its answer was never read to the end
+
+
+# Hostile receivers, over the real transport: each attempt ends in time with its status or an error that says what
+# happened, and the next webhook on the same client goes out as usual.
+
+
+# aiohttp warns of a body over 1 MiB sent from bytes (Python ignores a ResourceWarning unless told otherwise).
+LARGE_BODY = pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
+# More than the socket buffers on both sides take in: the sender's write waits on the receiver's reads.
+LARGE_BODY_BYTES = 16 * 1024 * 1024
+
+
+async def _hold(reader: asyncio.StreamReader) -> None:
+    """Keep the connection open until the sender (or the test's end) closes it."""
+    await reader.read()
+
+
+async def assert_the_next_webhook_goes(client: httpx.AsyncClient) -> None:
+    async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                await _answer(reader, writer, b"HTTP/1.1 200 OK\r\n", b"ok")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+
+    async with loopback_server(answer_ok) as port:
+        result = await sender(client).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
+    assert (result.status_code, result.error) == (200, None)
+
+
+async def _send_to(client: httpx.AsyncClient, port: int, body: bytes = BODY) -> AttemptResult:
+    url = f"http://127.0.0.1:{port}/hook"
+    return await asyncio.wait_for(sender(client).send(url, MSG_ID, body, [generate_secret()]), 10)
+
+
+async def test_an_endless_chunked_answer_is_taken_at_its_status_and_not_read_on(client: httpx.AsyncClient) -> None:
+    hung_up = asyncio.Event()
+
+    async def answer_for_ever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(b"4000\r\n" + b"a" * 0x4000 + b"\r\n")
+                await writer.drain()
+        except ConnectionError:
+            hung_up.set()
+
+    async with loopback_server(answer_for_ever) as port:
+        result = await _send_to(client, port)
+        await asyncio.wait_for(hung_up.wait(), 10)  # the sender closed the connection rather than read on
+    assert (result.status_code, result.error) == (200, None)
+    await assert_the_next_webhook_goes(client)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nbody to the close",
+        b"HTTP/1.1 200 OK\r\n\r\na body with no length, on a connection the receiver keeps open",
+    ],
+    ids=["then-close", "kept-open"],
+)
+async def test_an_answer_without_a_length_is_taken_at_its_status(client: httpx.AsyncClient, answer: bytes) -> None:
+    async def answer_unframed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        if b"close" in answer:
+            writer.close()
+        else:
+            await _hold(reader)
+
+    async with loopback_server(answer_unframed) as port:
+        result = await _send_to(client, port)
+    assert (result.status_code, result.error) == (200, None)
+    await assert_the_next_webhook_goes(client)
+
+
+@LARGE_BODY
+async def test_a_receiver_that_answers_before_reading_a_large_body_is_heard_and_frees_its_connection() -> None:
+    async def refuse_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # and not a byte of the body
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await _hold(reader)
+
+    http = create_client(timeout_s=2, allow_private=True, max_connections=1)  # the next webhook needs the one
+    try:
+        async with loopback_server(refuse_early) as port:
+            result = await _send_to(http, port, body=b"x" * LARGE_BODY_BYTES)
+        assert (result.status_code, result.error) == (413, "HTTP 413")
+        await assert_the_next_webhook_goes(http)
+    finally:
+        await http.aclose()
+
+
+async def test_a_redirect_is_reported_and_not_followed(client: httpx.AsyncClient) -> None:
+    paths: list[bytes] = []
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                head = await _answer(
+                    reader, writer, b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\n", b""
+                )
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            paths.append(head.split(b" ")[1])
+
+    async with loopback_server(redirect) as port:
+        result = await _send_to(client, port)
+        await asyncio.sleep(0.1)  # time for a followed redirect to arrive
+    assert (result.status_code, result.error) == (307, "HTTP 307")
+    assert paths == [b"/hook"]
+    await assert_the_next_webhook_goes(client)
