@@ -57,7 +57,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            content=body,
+            # A stream, not content=: httpx decodes content at once, as its Content-Encoding says, and a gzip body
+            # of 64 KiB can hold 64 MiB (one that fails to decode would turn a 2xx into an error).
+            stream=httpx.ByteStream(body),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )

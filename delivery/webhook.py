@@ -68,7 +68,9 @@ class WebhookSender:
             # A request built whole, not through client.post(): that merges a base URL, default headers and
             # cookies, none of which a webhook has, and was a fifth of the sender's CPU.
             request = httpx.Request("POST", parsed, headers=headers, content=body, extensions=self._extensions)
-            response = await self._client.send(request)
+            # stream=True: the answer's body is never read, so never decoded (see delivery.http_transport).
+            response = await self._client.send(request, stream=True)
+            await response.aclose()
         except ForbiddenAddress as exc:
             return AttemptResult(None, str(exc), _ms_since(started), forbidden=True)
         except (InvalidCallbackUrl, httpx.InvalidURL) as exc:

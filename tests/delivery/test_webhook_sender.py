@@ -7,6 +7,8 @@ import asyncio
 import json
 import socket
 import time
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -375,6 +377,49 @@ async def assert_the_next_webhook_goes(client: httpx.AsyncClient) -> None:
 async def _send_to(client: httpx.AsyncClient, port: int, body: bytes = BODY) -> AttemptResult:
     url = f"http://127.0.0.1:{port}/hook"
     return await asyncio.wait_for(sender(client).send(url, MSG_ID, body, [generate_secret()]), 10)
+
+
+def _gzip_bomb(decompressed_bytes: int) -> bytes:
+    """A gzip body of a few KiB that decompresses to ``decompressed_bytes`` zeros."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    return b"".join(packer.compress(block) for _ in range(decompressed_bytes // len(block))) + packer.flush()
+
+
+async def test_a_gzip_answer_is_not_decompressed_so_a_bomb_costs_no_memory(client: httpx.AsyncClient) -> None:
+    bomb = _gzip_bomb(32 * 1024 * 1024)
+    assert len(bomb) < 64 * 1024  # within what the transport reads of an answer
+
+    async def answer_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n" + b"content-length: %d\r\n\r\n" % len(bomb) + bomb
+        )
+        await _hold(reader)
+
+    tracemalloc.start()
+    try:
+        async with loopback_server(answer_bomb) as port:
+            result = await _send_to(client, port)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (result.status_code, result.error) == (200, None)
+    assert peak < 8 * 1024 * 1024  # decompressed, the answer would take 32 MiB
+    await assert_the_next_webhook_goes(client)
+
+
+async def test_an_answer_with_a_body_its_encoding_does_not_fit_counts_by_its_status(client: httpx.AsyncClient) -> None:
+    # The receiver took the webhook: that its body is not the gzip it says is no reason to send it again.
+    async def answer_not_gzip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 2\r\n\r\nok")
+        await _hold(reader)
+
+    async with loopback_server(answer_not_gzip) as port:
+        result = await _send_to(client, port)
+    assert (result.status_code, result.error) == (200, None)
+    await assert_the_next_webhook_goes(client)
 
 
 async def test_an_endless_chunked_answer_is_taken_at_its_status_and_not_read_on(client: httpx.AsyncClient) -> None:
