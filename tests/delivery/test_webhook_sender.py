@@ -4,6 +4,7 @@ Standard Webhooks headers, and what it reports back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -420,6 +421,49 @@ async def test_an_answer_with_a_body_its_encoding_does_not_fit_counts_by_its_sta
         result = await _send_to(client, port)
     assert (result.status_code, result.error) == (200, None)
     await assert_the_next_webhook_goes(client)
+
+
+async def _trickle_the_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nx-slow: ")
+    while True:  # a byte at a time, each well within the read timeout
+        writer.write(b"a")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+async def _read_the_body_slowly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    while await reader.read(1024):
+        await asyncio.sleep(0.05)
+
+
+@LARGE_BODY
+@pytest.mark.parametrize(
+    ("receiver", "body_bytes"),
+    [(_trickle_the_answer, len(BODY)), (_read_the_body_slowly, LARGE_BODY_BYTES)],
+    ids=["trickled-answer", "slow-read"],
+)
+async def test_a_receiver_that_keeps_an_attempt_going_is_cut_off_in_time(
+    receiver: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], body_bytes: int
+) -> None:
+    # Every read and write makes progress, so no per-read timeout fires: the attempt as a whole must end, or one
+    # receiver could hold a worker's slot for ever (and past the attempt's lease, when another worker sends again).
+    http = create_client(timeout_s=0.5, allow_private=True)
+    try:
+
+        async def quietly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await receiver(reader, writer)
+
+        async with loopback_server(quietly) as port:
+            result = await _send_to(http, port, body=b"x" * body_bytes)
+        assert result.status_code is None
+        assert result.error == "timed out"
+        assert result.duration_ms < 5000
+        await assert_the_next_webhook_goes(http)
+    finally:
+        await http.aclose()
 
 
 async def test_an_endless_chunked_answer_is_taken_at_its_status_and_not_read_on(client: httpx.AsyncClient) -> None:
