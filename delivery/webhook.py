@@ -106,6 +106,8 @@ def _describe_transport_error(exc: httpx.HTTPError) -> str:
         errno = cause.os_error.errno
         reason = os.strerror(errno).lower() if errno else str(cause.os_error)
         return f"cannot connect: {reason}"[:MAX_ERROR_CHARS]
+    if isinstance(cause, aiohttp.ClientResponseError):  # aiohttp's parser refused the answer (the 400 is its own)
+        return f"invalid HTTP answer: {' '.join(cause.message.split())}"[:MAX_ERROR_CHARS]
     if isinstance(cause, aiohttp.ServerDisconnectedError):
         return "the receiver closed the connection without answering"
     if isinstance(exc, httpx.TimeoutException) or isinstance(cause, asyncio.TimeoutError):

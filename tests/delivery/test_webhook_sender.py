@@ -510,6 +510,35 @@ async def test_an_answer_without_a_length_is_taken_at_its_status(client: httpx.A
     await assert_the_next_webhook_goes(client)
 
 
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "Bad status line"),
+        (b"HTTP/1.1 200 OK\r\nx-long: " + b"a" * (1024 * 1024), "Got more than"),
+        (b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-%d: a\r\n" % i for i in range(10_000)) + b"\r\n", "Too many headers"),
+    ],
+    ids=["not-http", "endless-header", "too-many-headers"],
+)
+async def test_an_answer_that_is_not_http_is_an_error_that_says_so(
+    client: httpx.AsyncClient, answer: bytes, says: str
+) -> None:
+    async def answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        with contextlib.suppress(ConnectionError):
+            writer.write(answer)
+            await writer.drain()
+            await _hold(reader)
+
+    async with loopback_server(answer_garbage) as port:
+        result = await _send_to(client, port)
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("invalid HTTP answer: ")
+    assert says in result.error
+    assert "400" not in result.error  # no status came back, and the error must not read as if one had
+    await assert_the_next_webhook_goes(client)
+
+
 @LARGE_BODY
 async def test_a_receiver_that_answers_before_reading_a_large_body_is_heard_and_frees_its_connection() -> None:
     async def refuse_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
