@@ -57,7 +57,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            content=body,
+            # A stream, not content=: httpx decodes content at once, as its Content-Encoding says, and a gzip body
+            # of 64 KiB can hold 64 MiB (one that fails to decode would turn a 2xx into an error).
+            stream=httpx.ByteStream(body),
             request=request,
             extensions={"http_version": b"HTTP/1.1"},
         )
@@ -67,8 +69,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         key = (timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
         known = self._timeouts.get(key)
         if known is None:
+            # The whole attempt is bounded too, by the wait for a connection plus the wait for the answer: each read
+            # and write in time, a receiver that trickles its answer or reads the body slowly would otherwise hold
+            # the attempt for ever (and past its lease, when another worker sends the webhook again).
+            total = None if key[1] is None or key[2] is None else key[1] + key[2]
             known = self._timeouts[key] = aiohttp.ClientTimeout(
-                total=None, sock_connect=key[0], sock_read=key[1], connect=key[2]
+                total=total, sock_connect=key[0], sock_read=key[1], connect=key[2]
             )
         return known
 

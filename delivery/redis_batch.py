@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import DataError, NoScriptError
 
 # Most steps one trip carries; a longer turn is split into several trips.
 MAX_BATCH = 128
@@ -64,6 +64,10 @@ class ScriptBatcher:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             replies = await pipe.execute(raise_on_error=False)
+        except DataError:  # a call's argument Redis cannot take: nothing was sent, and alone only that call fails
+            for script, keys, args, future in batch:
+                await _settle(future, script(keys=keys, args=args))
+            return
         except Exception as exc:  # noqa: BLE001 (what the trip raised is each caller's to see, as it would be alone)
             for *_, future in batch:
                 if not future.done():

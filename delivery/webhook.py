@@ -68,7 +68,9 @@ class WebhookSender:
             # A request built whole, not through client.post(): that merges a base URL, default headers and
             # cookies, none of which a webhook has, and was a fifth of the sender's CPU.
             request = httpx.Request("POST", parsed, headers=headers, content=body, extensions=self._extensions)
-            response = await self._client.send(request)
+            # stream=True: the answer's body is never read, so never decoded (see delivery.http_transport).
+            response = await self._client.send(request, stream=True)
+            await response.aclose()
         except ForbiddenAddress as exc:
             return AttemptResult(None, str(exc), _ms_since(started), forbidden=True)
         except (InvalidCallbackUrl, httpx.InvalidURL) as exc:
@@ -104,6 +106,8 @@ def _describe_transport_error(exc: httpx.HTTPError) -> str:
         errno = cause.os_error.errno
         reason = os.strerror(errno).lower() if errno else str(cause.os_error)
         return f"cannot connect: {reason}"[:MAX_ERROR_CHARS]
+    if isinstance(cause, aiohttp.ClientResponseError):  # aiohttp's parser refused the answer (the 400 is its own)
+        return f"invalid HTTP answer: {' '.join(cause.message.split())}"[:MAX_ERROR_CHARS]
     if isinstance(cause, aiohttp.ServerDisconnectedError):
         return "the receiver closed the connection without answering"
     if isinstance(exc, httpx.TimeoutException) or isinstance(cause, asyncio.TimeoutError):

@@ -1,11 +1,15 @@
-"""The webhook sender against a mocked transport: exact body, Standard Webhooks headers, and what it reports back."""
+"""The webhook sender against a mocked transport and against raw receivers on 127.0.0.1, hostile ones too: exact body,
+Standard Webhooks headers, and what it reports back."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -14,6 +18,7 @@ import pytest
 import respx
 from standardwebhooks.webhooks import Webhook
 
+from delivery.policy import AttemptResult
 from delivery.signing import generate_secret
 from delivery.webhook import WebhookSender, create_client
 
@@ -277,18 +282,25 @@ async def test_an_invalid_url_is_refused_without_sending_anything(
     assert not catch_all.called
 
 
+async def _read_request(reader: asyncio.StreamReader, *, body: bool = True) -> bytes:
+    """Read one request's head, and its body unless told not to; the request's head."""
+    request_head = await reader.readuntil(b"\r\n\r\n")
+    if body:
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in request_head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+    return request_head
+
+
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes) -> bytes:
     """Read one request (headers and body) and answer it with ``head`` and ``body``; the request's head."""
-    request_head = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        (
-            int(line.split(b":", 1)[1])
-            for line in request_head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        ),
-        0,
-    )
-    await reader.readexactly(length)
+    request_head = await _read_request(reader)
     writer.write(head + f"content-length: {len(body)}\r\n\r\n".encode() + body)
     await writer.drain()
     return request_head
@@ -333,3 +345,234 @@ async def test_a_large_answer_is_not_read_whole_and_the_next_webhook_still_goes(
             result = await sender(client).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
             assert result.status_code == 200
     assert connections == 2  # the first connection was not kept: its answer was never read to the end
+
+
+# Hostile receivers, over the real transport: each attempt ends in time with its status or an error that says what
+# happened, and the next webhook on the same client goes out as usual.
+
+
+# aiohttp warns of a body over 1 MiB sent from bytes (Python ignores a ResourceWarning unless told otherwise).
+LARGE_BODY = pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
+# More than the socket buffers on both sides take in: the sender's write waits on the receiver's reads.
+LARGE_BODY_BYTES = 16 * 1024 * 1024
+
+
+async def _hold(reader: asyncio.StreamReader) -> None:
+    """Keep the connection open until the sender (or the test's end) closes it."""
+    await reader.read()
+
+
+async def assert_the_next_webhook_goes(client: httpx.AsyncClient) -> None:
+    async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                await _answer(reader, writer, b"HTTP/1.1 200 OK\r\n", b"ok")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+
+    async with loopback_server(answer_ok) as port:
+        result = await sender(client).send(f"http://127.0.0.1:{port}/hook", MSG_ID, BODY, [generate_secret()])
+    assert (result.status_code, result.error) == (200, None)
+
+
+async def _send_to(client: httpx.AsyncClient, port: int, body: bytes = BODY) -> AttemptResult:
+    url = f"http://127.0.0.1:{port}/hook"
+    return await asyncio.wait_for(sender(client).send(url, MSG_ID, body, [generate_secret()]), 10)
+
+
+def _gzip_bomb(decompressed_bytes: int) -> bytes:
+    """A gzip body of a few KiB that decompresses to ``decompressed_bytes`` zeros."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    return b"".join(packer.compress(block) for _ in range(decompressed_bytes // len(block))) + packer.flush()
+
+
+async def test_a_gzip_answer_is_not_decompressed_so_a_bomb_costs_no_memory(client: httpx.AsyncClient) -> None:
+    bomb = _gzip_bomb(32 * 1024 * 1024)
+    assert len(bomb) < 64 * 1024  # within what the transport reads of an answer
+
+    async def answer_bomb(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\n" + b"content-length: %d\r\n\r\n" % len(bomb) + bomb
+        )
+        await _hold(reader)
+
+    tracemalloc.start()
+    try:
+        async with loopback_server(answer_bomb) as port:
+            result = await _send_to(client, port)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (result.status_code, result.error) == (200, None)
+    assert peak < 8 * 1024 * 1024  # decompressed, the answer would take 32 MiB
+    await assert_the_next_webhook_goes(client)
+
+
+async def test_an_answer_with_a_body_its_encoding_does_not_fit_counts_by_its_status(client: httpx.AsyncClient) -> None:
+    # The receiver took the webhook: that its body is not the gzip it says is no reason to send it again.
+    async def answer_not_gzip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 2\r\n\r\nok")
+        await _hold(reader)
+
+    async with loopback_server(answer_not_gzip) as port:
+        result = await _send_to(client, port)
+    assert (result.status_code, result.error) == (200, None)
+    await assert_the_next_webhook_goes(client)
+
+
+async def _trickle_the_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await _read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nx-slow: ")
+    while True:  # a byte at a time, each well within the read timeout
+        writer.write(b"a")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+
+async def _read_the_body_slowly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    while await reader.read(1024):
+        await asyncio.sleep(0.05)
+
+
+@LARGE_BODY
+@pytest.mark.parametrize(
+    ("receiver", "body_bytes"),
+    [(_trickle_the_answer, len(BODY)), (_read_the_body_slowly, LARGE_BODY_BYTES)],
+    ids=["trickled-answer", "slow-read"],
+)
+async def test_a_receiver_that_keeps_an_attempt_going_is_cut_off_in_time(
+    receiver: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], body_bytes: int
+) -> None:
+    # Every read and write makes progress, so no per-read timeout fires: the attempt as a whole must end, or one
+    # receiver could hold a worker's slot for ever (and past the attempt's lease, when another worker sends again).
+    http = create_client(timeout_s=0.5, allow_private=True)
+    try:
+
+        async def quietly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await receiver(reader, writer)
+
+        async with loopback_server(quietly) as port:
+            result = await _send_to(http, port, body=b"x" * body_bytes)
+        assert result.status_code is None
+        assert result.error == "timed out"
+        assert result.duration_ms < 5000
+        await assert_the_next_webhook_goes(http)
+    finally:
+        await http.aclose()
+
+
+async def test_an_endless_chunked_answer_is_taken_at_its_status_and_not_read_on(client: httpx.AsyncClient) -> None:
+    hung_up = asyncio.Event()
+
+    async def answer_for_ever(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(b"4000\r\n" + b"a" * 0x4000 + b"\r\n")
+                await writer.drain()
+        except ConnectionError:
+            hung_up.set()
+
+    async with loopback_server(answer_for_ever) as port:
+        result = await _send_to(client, port)
+        await asyncio.wait_for(hung_up.wait(), 10)  # the sender closed the connection rather than read on
+    assert (result.status_code, result.error) == (200, None)
+    await assert_the_next_webhook_goes(client)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nbody to the close",
+        b"HTTP/1.1 200 OK\r\n\r\na body with no length, on a connection the receiver keeps open",
+    ],
+    ids=["then-close", "kept-open"],
+)
+async def test_an_answer_without_a_length_is_taken_at_its_status(client: httpx.AsyncClient, answer: bytes) -> None:
+    async def answer_unframed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        if b"close" in answer:
+            writer.close()
+        else:
+            await _hold(reader)
+
+    async with loopback_server(answer_unframed) as port:
+        result = await _send_to(client, port)
+    assert (result.status_code, result.error) == (200, None)
+    await assert_the_next_webhook_goes(client)
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "Bad status line"),
+        (b"HTTP/1.1 200 OK\r\nx-long: " + b"a" * (1024 * 1024), "Got more than"),
+        (b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-%d: a\r\n" % i for i in range(10_000)) + b"\r\n", "Too many headers"),
+    ],
+    ids=["not-http", "endless-header", "too-many-headers"],
+)
+async def test_an_answer_that_is_not_http_is_an_error_that_says_so(
+    client: httpx.AsyncClient, answer: bytes, says: str
+) -> None:
+    async def answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        with contextlib.suppress(ConnectionError):
+            writer.write(answer)
+            await writer.drain()
+            await _hold(reader)
+
+    async with loopback_server(answer_garbage) as port:
+        result = await _send_to(client, port)
+    assert result.status_code is None
+    assert result.error is not None
+    assert result.error.startswith("invalid HTTP answer: ")
+    assert says in result.error
+    assert "400" not in result.error  # no status came back, and the error must not read as if one had
+    await assert_the_next_webhook_goes(client)
+
+
+@LARGE_BODY
+async def test_a_receiver_that_answers_before_reading_a_large_body_is_heard_and_frees_its_connection() -> None:
+    async def refuse_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # and not a byte of the body
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await _hold(reader)
+
+    http = create_client(timeout_s=2, allow_private=True, max_connections=1)  # the next webhook needs the one
+    try:
+        async with loopback_server(refuse_early) as port:
+            result = await _send_to(http, port, body=b"x" * LARGE_BODY_BYTES)
+        assert (result.status_code, result.error) == (413, "HTTP 413")
+        await assert_the_next_webhook_goes(http)
+    finally:
+        await http.aclose()
+
+
+async def test_a_redirect_is_reported_and_not_followed(client: httpx.AsyncClient) -> None:
+    paths: list[bytes] = []
+
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof():
+            try:
+                head = await _answer(
+                    reader, writer, b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\n", b""
+                )
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            paths.append(head.split(b" ")[1])
+
+    async with loopback_server(redirect) as port:
+        result = await _send_to(client, port)
+        await asyncio.sleep(0.1)  # time for a followed redirect to arrive
+    assert (result.status_code, result.error) == (307, "HTTP 307")
+    assert paths == [b"/hook"]
+    await assert_the_next_webhook_goes(client)
