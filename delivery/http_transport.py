@@ -69,10 +69,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         key = (timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
         known = self._timeouts.get(key)
         if known is None:
-            # The whole attempt is bounded too, by the wait for a connection plus the wait for the answer: each read
-            # and write in time, a receiver that trickles its answer or reads the body slowly would otherwise hold
-            # the attempt for ever (and past its lease, when another worker sends the webhook again).
-            total = None if key[1] is None or key[2] is None else key[1] + key[2]
+            # The whole attempt is bounded too, by the read timeout (RELAY_WEBHOOK_TIMEOUT: seconds per attempt):
+            # with each read and write in time, a receiver that trickles its answer or reads the body slowly would
+            # otherwise hold the attempt for ever (and past its lease, when another worker sends the webhook again).
+            total = key[1]
             known = self._timeouts[key] = aiohttp.ClientTimeout(
                 total=total, sock_connect=key[0], sock_read=key[1], connect=key[2]
             )
