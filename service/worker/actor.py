@@ -22,6 +22,11 @@ log = logging.getLogger("relay.worker")
 RUNNING_AFTER_S = 0.05
 
 
+def take_message(task_id: str) -> None:
+    """The ``run_task`` actor: hand the run to this process's event loop (see :meth:`Runtime.hand_over`)."""
+    runtime().hand_over(run_task, task_id)
+
+
 async def run_task(task_id: str) -> None:
     """Run one task to its end and hand its delivery to the delivery engine.
 

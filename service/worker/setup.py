@@ -15,7 +15,7 @@ from dramatiq.middleware import AsyncIO
 
 from service.broker import ACTOR, ACTOR_TIME_LIMIT_MS, QUEUE, create_broker
 from service.settings import Settings
-from service.worker.actor import run_task
+from service.worker.actor import take_message
 from service.worker.runtime import RuntimeMiddleware
 
 
@@ -33,5 +33,5 @@ def setup() -> None:
     # ledger's sweeper (Dramatiq's own retry is lost when Redis is down as it re-enqueues, and the message
     # with it).
     dramatiq.actor(actor_name=ACTOR, queue_name=QUEUE, broker=broker, max_retries=0, time_limit=ACTOR_TIME_LIMIT_MS)(
-        run_task
+        take_message
     )
