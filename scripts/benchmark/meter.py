@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import psutil
 
@@ -69,3 +70,24 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 def rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
+
+
+# A fixed piece of pure-Python work, timed in CPU seconds: how fast this box runs Python right now.
+_PROBE_STEPS = 2_000_000
+
+
+def box_speed() -> float:
+    """Million loop steps per CPU second, best of three short tries (about 0.3 s in all).
+
+    On a shared machine the same code runs at different speeds from one minute to the next (seen here: the same
+    loop 1.66x slower at times, with nothing else running on the box), and every figure of a run moves with it.
+    A run reports this before and after its phases, so that two runs can be told apart by the box they ran on.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        total = 0
+        for step in range(_PROBE_STEPS):
+            total += step
+        best = min(best, time.process_time() - started)
+    return round(_PROBE_STEPS / max(best, 1e-9) / 1e6, 1)

@@ -23,6 +23,13 @@ def print_report(result: dict[str, Any]) -> None:
         f"\n[bold]Relay bench[/]  {cfg['tasks']} tasks, {cfg['concurrency']} in flight, "
         f"api x{cfg['api_workers']}, worker x{cfg['worker_processes']} ({cfg['threads']} threads), {cfg['cpus']} cpus"
     )
+    speed = result.get("box_speed")
+    if speed:
+        console.print(
+            "Box speed, a pure-Python loop (M steps per CPU second) at the start, after the throughput phase and at "
+            f"the end: {' / '.join(f'{s:g}' for s in speed)} (a slower box makes every figure below slower)",
+            highlight=False,
+        )
     ceiling, thr, paced = result["ceiling"], result["throughput"], result["paced"]
 
     table = Table(title="Results", title_justify="left")

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from scripts.benchmark.meter import CpuMeter
+from scripts.benchmark.meter import CpuMeter, box_speed
 from scripts.benchmark.profiling import Profiler, hot_spots
 from scripts.benchmark.stack import RELAY, Stack, http_ok, log, log_findings, new_loop, start_redis, wait_until
 from scripts.benchmark.webhooks.client import Client
@@ -76,6 +76,7 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
     cancel_on_sigterm()
     client, meter = Client(urls), CpuMeter(stack)
     meter.read()  # learn every process of each tree
+    speed = [box_speed()]
 
     log(f"ceiling: {args.tasks} signed webhooks straight to the receiver ...")
     ceiling = await phase_ceiling(client, meter, args.tasks)
@@ -90,6 +91,7 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
         f"p50 {ms(thr['p50_ms'])}, p99 {ms(thr['p99_ms'])}, missing {thr['missing']}"
     )
 
+    speed.append(box_speed())
     rate = args.rate or max(1.0, thr["end_to_end_per_s"] / 2)
     log(f"half rate: {rate:,.0f} tasks/s open loop for {args.paced_s:g} s ...")
     paced = await phase_paced(client, meter, rate, args.paced_s, args.timeout)
@@ -109,7 +111,9 @@ async def run(stack: Stack, urls: dict[str, str], args: argparse.Namespace) -> d
             f"the dead one got {bad_day['dead_connections']} connections in {bad_day['seconds']:g} s"
         )
 
+    speed.append(box_speed())
     result: dict[str, Any] = {
+        "box_speed": speed,
         "config": {
             "tasks": args.tasks,
             "concurrency": args.concurrency,
