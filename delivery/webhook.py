@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ import httpx
 
 from delivery.address_guard import check_literal, guarded_session_factory, parse_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl
+from delivery.http11 import ClosedByReceiver, InvalidAnswer
 from delivery.http_transport import AiohttpTransport
 from delivery.policy import AttemptResult, parse_retry_after
 from delivery.signing import webhook_headers
@@ -100,7 +102,8 @@ def _ms_since(started: float) -> float:
 
 
 def _describe_transport_error(exc: httpx.HTTPError) -> str:
-    # The aiohttp error underneath says best what really happened (which connection error, for one).
+    # The transport's cause says best what really happened (which connection error, for one): aiohttp's error
+    # under the aiohttp transport, an OSError, InvalidAnswer or ClosedByReceiver under delivery.http11's.
     cause = exc.__cause__
     if isinstance(cause, aiohttp.ClientConnectorError):
         errno = cause.os_error.errno
@@ -110,9 +113,23 @@ def _describe_transport_error(exc: httpx.HTTPError) -> str:
         return f"invalid HTTP answer: {' '.join(cause.message.split())}"[:MAX_ERROR_CHARS]
     if isinstance(cause, aiohttp.ServerDisconnectedError):
         return "the receiver closed the connection without answering"
+    if isinstance(exc, httpx.ConnectError) and isinstance(cause, OSError):
+        return f"cannot connect: {_connect_failure(cause)}"[:MAX_ERROR_CHARS]
+    if isinstance(cause, InvalidAnswer):  # the answer broke HTTP/1.1 or the transport's bounds
+        return f"invalid HTTP answer: {' '.join(str(cause).split())}"[:MAX_ERROR_CHARS]
+    if isinstance(cause, ClosedByReceiver):
+        return str(cause)
     if isinstance(exc, httpx.TimeoutException) or isinstance(cause, asyncio.TimeoutError):
         return "timed out"
     return _describe(cause if cause is not None else exc)
+
+
+def _connect_failure(error: OSError) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"the receiver's TLS certificate is not trusted: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed: {error.reason or error}"
+    return os.strerror(error.errno).lower() if error.errno else str(error)
 
 
 def _describe(exc: BaseException) -> str:
