@@ -385,8 +385,9 @@ class _Connection(asyncio.Protocol):
         finally:
             if timer is not None:
                 timer.cancel()
-            self._answer = None
+            self._answer = self._request = None  # an idle connection holds on to no request
         response = self._response(request)
+        self._body = []
         if keep and self._may_keep():
             self._pool.keep(self, self._loop.time())
         else:
