@@ -1,6 +1,6 @@
 """The webhook sender alone: client CPU per signed webhook, 64 in flight, against the bench receiver.
 
-python -m scripts.benchmark.webhooks.sender PORT [-n 10000] [--transport aiohttp|http11]
+python -m scripts.benchmark.webhooks.sender PORT [-n 10000]
 
 Start the receiver first (``python -m scripts.benchmark.webhooks.receiver PORT HANG_PORT DEAD_PORT``). Runs on
 uvloop, as the worker does; the CPU is this process's (user + system, ``resource.getrusage``) over the timed
@@ -14,10 +14,8 @@ import asyncio
 import resource
 import time
 
-import httpx
 import msgspec
 
-from delivery.http11 import Http11Transport
 from delivery.signing import generate_secret
 from delivery.webhook import WebhookSender, create_client
 from scripts.benchmark.stack import new_loop
@@ -25,14 +23,6 @@ from scripts.benchmark.stack import new_loop
 IN_FLIGHT = 64
 WARM_UP = 500
 TIMEOUT_S = 10.0
-
-
-def _client(transport: str) -> httpx.AsyncClient:
-    """The webhook client (aiohttp underneath), or the same on delivery.http11's transport."""
-    client = create_client(timeout_s=TIMEOUT_S, allow_private=True)
-    if transport == "http11":
-        client._transport = Http11Transport(allow_private=True)
-    return client
 
 
 async def _post(sender: WebhookSender, url: str, count: int, secret: str) -> int:
@@ -58,8 +48,8 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run(port: int, count: int, transport: str) -> None:
-    client = _client(transport)
+async def run(port: int, count: int) -> None:
+    client = create_client(timeout_s=TIMEOUT_S, allow_private=True)
     sender = WebhookSender(client=client, allow_private=True, user_agent="relay-bench")
     url = f"http://127.0.0.1:{port}/hook"
     secret = generate_secret()
@@ -71,8 +61,7 @@ async def run(port: int, count: int, transport: str) -> None:
     finally:
         await client.aclose()
     print(
-        f"{transport}: {count} webhooks, {failed} failed, {cpu / count * 1e6:.0f} µs CPU per webhook, "
-        f"{count / wall:.0f} webhooks/s"
+        f"{count} webhooks, {failed} failed, {cpu / count * 1e6:.0f} µs CPU per webhook, {count / wall:.0f} webhooks/s"
     )
 
 
@@ -80,9 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
     parser.add_argument("-n", type=int, default=10_000, help="webhooks timed (default: %(default)s)")
-    parser.add_argument("--transport", choices=("aiohttp", "http11"), default="aiohttp")
     args = parser.parse_args()
-    new_loop().run_until_complete(run(args.port, args.n, args.transport))
+    new_loop().run_until_complete(run(args.port, args.n))
 
 
 if __name__ == "__main__":
