@@ -1,23 +1,24 @@
 """The webhook channel: sign an Event and POST it once.
 
-The HTTP API is httpx; underneath it is aiohttp (:mod:`delivery.http_transport`), chosen by measurement: httpx's
-own pool slows sharply with many requests in flight (see ``scripts/bench``). Connections go through
-:class:`delivery.address_guard.GuardedResolver`, so the address that was checked is the one connected to.
+The HTTP API is httpx; underneath it is a transport of our own (:mod:`delivery.http11`), chosen by measurement:
+httpx's own pool slows sharply with many requests in flight (see ``scripts/bench``), and a general client's
+per-request setup was most of the sender's CPU. Every new connection goes to an address the address guard checked,
+so the address that was checked is the one connected to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import time
 from collections.abc import Sequence
 
-import aiohttp
 import httpx
 
-from delivery.address_guard import check_literal, guarded_session_factory, parse_callback_url
+from delivery.address_guard import check_literal, parse_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl
-from delivery.http_transport import AiohttpTransport
+from delivery.http11 import ClosedByReceiver, Http11Transport, InvalidAnswer
 from delivery.policy import AttemptResult, parse_retry_after
 from delivery.signing import webhook_headers
 
@@ -32,8 +33,8 @@ MAX_ERROR_CHARS = 300
 def create_client(
     *, timeout_s: float, allow_private: bool, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> httpx.AsyncClient:
-    """The webhook HTTP client: aiohttp transport, guarded DNS, no redirects, no cookies."""
-    transport = AiohttpTransport(guarded_session_factory(allow_private=allow_private, limit=max_connections))
+    """The webhook HTTP client: our HTTP/1.1 transport, guarded DNS, no redirects, no cookies."""
+    transport = Http11Transport(allow_private=allow_private, max_connections=max_connections)
     client = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(timeout_s), follow_redirects=False)
     # One client sends every tenant's webhooks: a cookie that one receiver sets must never go out with another
     # tenant's webhook to the same host. (Keeping none also saves the jar's work on every response.)
@@ -62,13 +63,13 @@ class WebhookSender:
         started = time.perf_counter()
         try:
             host, parsed = self._parsed(url)
-            # aiohttp skips its resolver for plain IP literals: check them here, in every spelling.
+            # Refused here, before any work, as well as by the transport (which checks every new connection).
             check_literal(host, allow_private=self._allow_private)
             headers = webhook_headers(secrets, msg_id, int(time.time()), body, user_agent=self._user_agent)
             # A request built whole, not through client.post(): that merges a base URL, default headers and
             # cookies, none of which a webhook has, and was a fifth of the sender's CPU.
             request = httpx.Request("POST", parsed, headers=headers, content=body, extensions=self._extensions)
-            # stream=True: the answer's body is never read, so never decoded (see delivery.http_transport).
+            # stream=True: the answer's body is never read, so never decoded (see delivery.http11).
             response = await self._client.send(request, stream=True)
             await response.aclose()
         except ForbiddenAddress as exc:
@@ -100,19 +101,25 @@ def _ms_since(started: float) -> float:
 
 
 def _describe_transport_error(exc: httpx.HTTPError) -> str:
-    # The aiohttp error underneath says best what really happened (which connection error, for one).
+    # The transport's cause says best what really happened (which connection error, for one).
     cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        errno = cause.os_error.errno
-        reason = os.strerror(errno).lower() if errno else str(cause.os_error)
-        return f"cannot connect: {reason}"[:MAX_ERROR_CHARS]
-    if isinstance(cause, aiohttp.ClientResponseError):  # aiohttp's parser refused the answer (the 400 is its own)
-        return f"invalid HTTP answer: {' '.join(cause.message.split())}"[:MAX_ERROR_CHARS]
-    if isinstance(cause, aiohttp.ServerDisconnectedError):
-        return "the receiver closed the connection without answering"
+    if isinstance(exc, httpx.ConnectError) and isinstance(cause, OSError):
+        return f"cannot connect: {_connect_failure(cause)}"[:MAX_ERROR_CHARS]
+    if isinstance(cause, InvalidAnswer):  # the answer broke HTTP/1.1 or the transport's bounds
+        return f"invalid HTTP answer: {' '.join(str(cause).split())}"[:MAX_ERROR_CHARS]
+    if isinstance(cause, ClosedByReceiver):
+        return str(cause)
     if isinstance(exc, httpx.TimeoutException) or isinstance(cause, asyncio.TimeoutError):
         return "timed out"
     return _describe(cause if cause is not None else exc)
+
+
+def _connect_failure(error: OSError) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"the receiver's TLS certificate is not trusted: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS handshake failed: {error.reason or error}"
+    return os.strerror(error.errno).lower() if error.errno else str(error)
 
 
 def _describe(exc: BaseException) -> str:
