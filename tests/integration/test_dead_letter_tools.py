@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import RedisServer
 from tests.integration.conftest import Relay, StartCluster
 from tests.integration.test_dead_letters import make_dead_letter, walk
@@ -29,6 +31,7 @@ def dlq(relay: Relay, *args: str, auth: str = "admin-token", input: str = "") ->
     )
 
 
+@pytest.mark.slow  # a dozen CLI processes, each a new interpreter: the quick run's longest test
 def test_dlq_cli_lists_shows_replays_and_purges_with_exit_status(relay: Relay, receiver: Receiver) -> None:
     one = make_dead_letter(relay, receiver, "/one", 200)
     two = make_dead_letter(relay, receiver, "/two", 200)

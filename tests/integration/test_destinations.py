@@ -112,6 +112,7 @@ def test_tenants_see_only_their_own_destinations(relay: Relay, receiver: Receive
     assert relay.client.get("/v1/destinations", key="key-acme", params={"state": "weird"}).status_code == 422
 
 
+@pytest.mark.slow  # one CLI process per command: seconds each on a busy box
 def test_relay_destinations_commands(relay: Relay, receiver: Receiver) -> None:
     relay.client.submit("echo", 1, webhook=receiver.url("/cli"))
     receiver.wait_for("/cli", 1)
