@@ -3,13 +3,9 @@
 A callback URL is checked twice: at submit time (:func:`check_callback_url`, a forbidden host is a 422) and at
 send time, where the check must hold for the address the socket actually connects to. Checking a name and then
 letting the HTTP client resolve it again opens a DNS-rebinding window, so at send time the check *is* the
-resolver: :class:`GuardedResolver` resolves once, refuses if any address is forbidden, and hands aiohttp exactly
-the addresses it checked.
-
-aiohttp never calls the resolver for hosts it takes for IP literals (anything with a colon, or digits and dots),
-so those are checked by :func:`check_literal` instead. Sessions built by :func:`guarded_session_factory` do that
-in a client middleware, which aiohttp runs for every request including each redirect hop. A webhook sender that
-uses any other session must call :func:`check_literal` (or :func:`resolve_checked`) before every request.
+resolution: :func:`resolve_checked` resolves once, refuses if any address is forbidden, and returns exactly the
+addresses it checked, which the webhook transport (:mod:`delivery.http11`) connects to. IP literals, in every
+spelling a client library or resolver accepts, are checked without DNS (:func:`check_literal`).
 """
 
 from __future__ import annotations
@@ -23,21 +19,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-import aiohttp
-import aiohttp.abc
 from yarl import URL
 
-from delivery.errors import ConfigError, ForbiddenAddress, InvalidCallbackUrl
+from delivery.errors import ForbiddenAddress, InvalidCallbackUrl
 
 __all__ = [
     "MAX_URL_LENGTH",
     "CallbackTarget",
-    "GuardedResolver",
     "IPAddress",
     "Resolve",
     "check_callback_url",
     "check_literal",
-    "guarded_session_factory",
     "is_forbidden",
     "literal_ip",
     "parse_callback_url",
@@ -50,8 +42,6 @@ Resolve: TypeAlias = Callable[[str, int], Awaitable[list[str]]]
 
 # Longer URLs are refused outright; 2048 is the common client and CDN limit.
 MAX_URL_LENGTH = 2048
-# aiohttp's default pool size is 100; a delivery worker fans out to many receivers.
-DEFAULT_CONNECTION_LIMIT = 256
 
 _SCHEMES = frozenset({"http", "https"})
 # After IDNA encoding (yarl's raw_host) a resolvable name is ASCII letters, digits, hyphens, dots and, in the
@@ -100,8 +90,6 @@ _NAT64 = _V6("64:ff9b::/96")  # well-known prefix: the gateway connects to the e
 _SIX_TO_FOUR = _V6("2002::/16")
 _AWS_METADATA_V6 = ipaddress.IPv6Address("fd00:ec2::254")  # inside fc00::/7 already; named for the reader
 
-_NUMERIC_FLAGS = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
-
 
 @dataclass(frozen=True, slots=True)
 class CallbackTarget:
@@ -123,7 +111,8 @@ class CallbackTarget:
 def parse_callback_url(url: str) -> CallbackTarget:
     """Parse a callback URL, accepting only absolute http(s) URLs with a host.
 
-    Parsed with yarl, the parser aiohttp uses, so the host checked here is the host aiohttp connects to.
+    Parsed with yarl. At send time the transport checks again the host it parsed itself, as it resolves it, so a
+    disagreement between parsers cannot reach an unchecked address.
     Userinfo (``user:pass@``) is refused: it serves no purpose for signed webhooks and is the classic way to
     make two URL parsers disagree about the host.
 
@@ -264,9 +253,6 @@ def is_forbidden(ip: IPAddress) -> bool:
 def check_literal(host: str, *, allow_private: bool) -> None:
     """Refuse a host that is a forbidden IP literal, in any spelling, without DNS.
 
-    The webhook sender must call this (or :func:`resolve_checked`) before every request unless its session
-    comes from :func:`guarded_session_factory`, because aiohttp skips the resolver for IP literals.
-
     Args:
         host: The URL's host.
         allow_private: Let private addresses through (development and tests only).
@@ -352,88 +338,3 @@ async def check_callback_url(url: str, *, allow_private: bool, resolve: Resolve 
     target = parse_callback_url(url)
     await resolve_checked(target.host, target.port, allow_private=allow_private, resolve=resolve)
     return target
-
-
-class GuardedResolver(aiohttp.abc.AbstractResolver):
-    """An aiohttp resolver that only ever returns addresses :func:`resolve_checked` has checked.
-
-    aiohttp connects to exactly the addresses returned here, so there is no second lookup to rebind.
-    """
-
-    def __init__(self, *, allow_private: bool, resolve: Resolve | None = None) -> None:
-        """Build the resolver.
-
-        Args:
-            allow_private: Let private addresses through (development and tests only).
-            resolve: ``async (host, port) -> addresses``; defaults to the system resolver.
-        """
-        self._allow_private = allow_private
-        self._resolve = resolve
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[aiohttp.abc.ResolveResult]:
-        """Resolve and check ``host``, returning the checked addresses of the requested family.
-
-        Raises:
-            ForbiddenAddress: ``host`` is, or resolves to, an address that must not be reached.
-            OSError: Resolution failed or gave no address of the requested family.
-        """
-        addresses = await resolve_checked(host, port, allow_private=self._allow_private, resolve=self._resolve)
-        results: list[aiohttp.abc.ResolveResult] = []
-        for address in addresses:
-            address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            if family not in (socket.AF_UNSPEC, address_family):
-                continue
-            results.append(
-                aiohttp.abc.ResolveResult(
-                    hostname=host, host=address, port=port, family=address_family, proto=0, flags=_NUMERIC_FLAGS
-                )
-            )
-        if not results:
-            raise OSError(f"{host} has no {family.name} address")
-        return results
-
-    async def close(self) -> None:
-        """Nothing to release: the resolver holds no connections."""
-
-
-def _literal_guard(*, allow_private: bool) -> aiohttp.ClientMiddlewareType:
-    async def guard(request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-        # aiohttp bypasses the resolver for IP literals; this runs for every request, redirects included.
-        check_literal(request.url.raw_host or "", allow_private=allow_private)
-        return await handler(request)
-
-    return guard
-
-
-def guarded_session_factory(
-    *, allow_private: bool, limit: int = DEFAULT_CONNECTION_LIMIT, resolve: Resolve | None = None
-) -> Callable[[], aiohttp.ClientSession]:
-    """Return a zero-argument factory of aiohttp sessions whose every new connection passes the guard.
-
-    The connector resolves through :class:`GuardedResolver` with aiohttp's DNS cache off, so each new connection
-    is checked against a fresh lookup; a keep-alive connection is reused only for the address already checked.
-    IP-literal hosts, which aiohttp never sends to a resolver, are checked by a client middleware.
-
-    Args:
-        allow_private: Let private addresses through (development and tests only).
-        limit: Maximum simultaneous connections per session (0 for no limit).
-        resolve: ``async (host, port) -> addresses``; defaults to the system resolver.
-
-    Returns:
-        A callable building a new session; call it with an event loop running, and close what it returns.
-
-    Raises:
-        ConfigError: ``limit`` is negative.
-    """
-    if limit < 0:
-        raise ConfigError(f"connection limit must be 0 (unlimited) or more, not {limit}")
-
-    def factory() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(allow_private=allow_private, resolve=resolve), limit=limit, use_dns_cache=False
-        )
-        return aiohttp.ClientSession(connector=connector, middlewares=(_literal_guard(allow_private=allow_private),))
-
-    return factory

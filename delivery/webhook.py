@@ -9,6 +9,7 @@ so the address that was checked is the one connected to.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 import time
@@ -24,7 +25,7 @@ from delivery.signing import webhook_headers
 
 # Most webhooks in flight at once per process; beyond it requests wait for a connection.
 DEFAULT_MAX_CONNECTIONS = 256
-# Callback URLs whose parse a sender keeps (it forgets them all when full).
+# Callback URLs whose parse is remembered (the least recently used go first).
 MAX_PARSED_URLS = 4096
 # How much of an error message an attempt keeps.
 MAX_ERROR_CHARS = 300
@@ -57,12 +58,11 @@ class WebhookSender:
         self._allow_private = allow_private
         self._user_agent = user_agent
         self._extensions = {"timeout": client.timeout.as_dict()}
-        self._urls: dict[str, tuple[str, httpx.URL]] = {}
 
     async def send(self, url: str, msg_id: str, body: bytes, secrets: Sequence[str]) -> AttemptResult:
         started = time.perf_counter()
         try:
-            host, parsed = self._parsed(url)
+            host, parsed = _target(url)
             # Refused here, before any work, as well as by the transport (which checks every new connection).
             check_literal(host, allow_private=self._allow_private)
             headers = webhook_headers(secrets, msg_id, int(time.time()), body, user_agent=self._user_agent)
@@ -86,14 +86,11 @@ class WebhookSender:
         error = None if response.is_success else f"HTTP {response.status_code}"
         return AttemptResult(response.status_code, error, _ms_since(started), retry_after_s=retry_after)
 
-    def _parsed(self, url: str) -> tuple[str, httpx.URL]:
-        """The host and httpx's parse of ``url``, remembered: a destination's URL is parsed once, not per webhook."""
-        known = self._urls.get(url)
-        if known is None:
-            if len(self._urls) >= MAX_PARSED_URLS:
-                self._urls.clear()
-            known = self._urls[url] = (parse_callback_url(url).host, httpx.URL(url))
-        return known
+
+@functools.lru_cache(maxsize=MAX_PARSED_URLS)
+def _target(url: str) -> tuple[str, httpx.URL]:
+    """The host and httpx's parse of ``url``, remembered: a destination's URL is parsed once, not per webhook."""
+    return parse_callback_url(url).host, httpx.URL(url)
 
 
 def _ms_since(started: float) -> float:

@@ -10,22 +10,19 @@ import asyncio
 import socket
 from typing import Any
 
-import aiohttp
 import pytest
 
 from delivery.address_guard import (
     MAX_URL_LENGTH,
     CallbackTarget,
-    GuardedResolver,
     check_callback_url,
     check_literal,
-    guarded_session_factory,
     is_forbidden,
     literal_ip,
     parse_callback_url,
     resolve_checked,
 )
-from delivery.errors import ConfigError, ForbiddenAddress, InvalidCallbackUrl
+from delivery.errors import ForbiddenAddress, InvalidCallbackUrl
 
 
 @pytest.fixture(autouse=True)
@@ -336,63 +333,3 @@ async def test_check_callback_url_accepts_a_public_name() -> None:
 async def test_check_callback_url_rejects_an_invalid_url_before_dns() -> None:
     with pytest.raises(InvalidCallbackUrl):
         await check_callback_url("ftp://hooks.example.com/", allow_private=False, resolve=dns_must_not_be_asked)
-
-
-async def test_guarded_resolver_returns_exactly_the_checked_addresses() -> None:
-    dns = FakeDns({"hooks.example.com": ["93.184.216.34", "2606:4700:4700::1111"]})
-    resolver = GuardedResolver(allow_private=False, resolve=dns)
-    results = await resolver.resolve("hooks.example.com", 443, family=socket.AF_UNSPEC)
-    assert [(r["hostname"], r["host"], r["port"], r["family"]) for r in results] == [
-        ("hooks.example.com", "93.184.216.34", 443, socket.AF_INET),
-        ("hooks.example.com", "2606:4700:4700::1111", 443, socket.AF_INET6),
-    ]
-    assert all(r["flags"] & socket.AI_NUMERICHOST for r in results)
-    only_v4 = await resolver.resolve("hooks.example.com", 443, family=socket.AF_INET)
-    assert [r["host"] for r in only_v4] == ["93.184.216.34"]
-    await resolver.close()
-
-
-async def test_guarded_resolver_refuses_a_private_answer() -> None:
-    resolver = GuardedResolver(
-        allow_private=False, resolve=FakeDns({"hooks.example.com": ["93.184.216.34", "10.0.0.5"]})
-    )
-    with pytest.raises(ForbiddenAddress) as refused:
-        await resolver.resolve("hooks.example.com", 443, family=socket.AF_UNSPEC)
-    assert refused.value.address == "10.0.0.5"
-
-
-async def test_guarded_resolver_refuses_a_literal_aiohttp_passes_it() -> None:
-    # aiohttp only skips the resolver for digits-and-dots or colons, so hex spellings arrive here.
-    resolver = GuardedResolver(allow_private=False, resolve=dns_must_not_be_asked)
-    with pytest.raises(ForbiddenAddress):
-        await resolver.resolve("0x7f.0.0.1", 80, family=socket.AF_UNSPEC)
-
-
-async def test_guarded_resolver_without_an_address_of_the_family_is_an_os_error() -> None:
-    resolver = GuardedResolver(allow_private=False, resolve=FakeDns({"v4only.example": ["93.184.216.34"]}))
-    with pytest.raises(OSError, match="AF_INET6"):
-        await resolver.resolve("v4only.example", 443, family=socket.AF_INET6)
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        pytest.param("http://127.0.0.1:9/", id="v4-literal"),
-        pytest.param("http://[::ffff:169.254.169.254]/latest/meta-data/", id="v4-mapped-literal"),
-        pytest.param("http://0x7f.1:9/", id="hex-literal"),
-        pytest.param("http://private.example:9/", id="name-resolving-private"),
-    ],
-)
-async def test_guarded_session_refuses_before_connecting(url: str) -> None:
-    dns = FakeDns({"private.example": ["10.0.0.5"]})
-    session = guarded_session_factory(allow_private=False, resolve=dns)()
-    async with session:
-        assert isinstance(session.connector, aiohttp.TCPConnector)
-        assert not session.connector.use_dns_cache
-        with pytest.raises(ForbiddenAddress):
-            await session.get(url)
-
-
-def test_guarded_session_factory_rejects_a_negative_limit() -> None:
-    with pytest.raises(ConfigError):
-        guarded_session_factory(allow_private=False, limit=-1)

@@ -16,7 +16,6 @@ from service.dramatiq_redis import (
     fetched_key,
     message_for,
     queue_keys,
-    with_redis_id,
 )
 
 
@@ -45,20 +44,17 @@ def test_an_inline_message_is_stored_as_the_broker_stores_one(redis_url: str) ->
     queue_key, messages_key = queue_keys(broker, QUEUE)
     theirs = broker.enqueue(task_message("task_a"))
     assert client.lrange(queue_key, 0, -1) == [theirs.options["redis_message_id"].encode()]
-    message_id, body = with_redis_id(task_message("task_b"))
+    message_id, body = message_for(QUEUE, ACTOR, "task_b")
     client.hset(messages_key, message_id, body)
     client.rpush(queue_key, message_id)
-    message_id, body = message_for(QUEUE, ACTOR, "task_c")
-    client.hset(messages_key, message_id, body)
-    client.rpush(queue_key, message_id)
-    # The broker's consumer reads all three back the way it reads its own, fields and all.
-    consumer = broker.consume(QUEUE, prefetch=3, timeout=100)
-    got = [next(consumer) for _ in range(3)]
-    assert [m.args for m in got] == [("task_a",), ("task_b",), ("task_c",)]
-    assert got[2].actor_name == ACTOR
-    assert got[2].options == {"redis_message_id": message_id}
-    assert set(got[2].asdict()) == set(got[0].asdict())
-    assert abs(got[2].message_timestamp - got[0].message_timestamp) < 60_000
+    # The broker's consumer reads both back the way it reads its own, fields and all.
+    consumer = broker.consume(QUEUE, prefetch=2, timeout=100)
+    got = [next(consumer) for _ in range(2)]
+    assert [m.args for m in got] == [("task_a",), ("task_b",)]
+    assert got[1].actor_name == ACTOR
+    assert got[1].options == {"redis_message_id": message_id}
+    assert set(got[1].asdict()) == set(got[0].asdict())
+    assert abs(got[1].message_timestamp - got[0].message_timestamp) < 60_000
     assert all(isinstance(m, dramatiq.broker.MessageProxy) for m in got)
     consumer.close()
     client.close()
