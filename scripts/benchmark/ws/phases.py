@@ -301,4 +301,4 @@ async def profiled_fanout(
     finally:
         stop_py_spy({name: proc})
     spots = hot_spots(out, top) if out.exists() else {"samples": 0, "own": [], "packages": [], "ours": []}
-    return {"fanout_per_s_while_profiled": result["per_s"], **spots, "file": str(out)}
+    return {"while": f"one fan-out round at {result['per_s']:,} events/s while profiled", **spots, "file": str(out)}

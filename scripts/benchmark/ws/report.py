@@ -226,10 +226,7 @@ def print_report(result: dict[str, Any], webhooks: dict[str, Any] | None = None)
         console.print(f"  {line}", highlight=False, soft_wrap=True)
 
     for name, spots in result.get("profile", {}).items():
-        console.print(
-            f"\n[bold]py-spy --gil: {name}[/] ({spots['samples']} samples holding the GIL, one fan-out round at "
-            f"{spots['fanout_per_s_while_profiled']:,} events/s while profiled)"
-        )
+        console.print(f"\n[bold]py-spy --gil: {name}[/] ({spots['samples']} samples holding the GIL, {spots['while']})")
         for title, key in (
             ("own time by package", "packages"),
             ("own time by function", "own"),
