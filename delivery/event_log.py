@@ -6,8 +6,10 @@ before anything is sent, so every event that is ever delivered can also be read 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -43,7 +45,8 @@ class EventLog:
         self._redis = redis
         self._retention_s = retention_s
         self._flow = flow
-        self._append = batched(redis).register_script(lua("append_event.lua"))
+        self._batch = batched(redis)
+        self._append = self._batch.register_script(lua("append_event.lua"))
 
     async def append(
         self,
@@ -140,10 +143,20 @@ class EventLog:
             return None  # nothing owed; waiting for a socket's ack, in its destination, or behind the task's others
         return Leased(token=as_text(reply[2]), raw_secrets=reply[1] if isinstance(reply[1], bytes) else None)
 
-    async def events_after(self, task_id: str, after_seq: int = 0) -> list[Event]:
-        """Retained events with ``seq > after_seq``, oldest first."""
+    async def events_after(
+        self, task_id: str, after_seq: int = 0, *, first: Sequence[Sequence[Any]] = ()
+    ) -> list[Event]:
+        """Retained events with ``seq > after_seq``, oldest first.
+
+        ``first``: commands to run just before the read, in the same trip (a subscriber's presence, say, which
+        must be in Redis before the log is read); their replies are dropped, a failure of one raises.
+        """
         key = keys.events(task_id)
-        raw = await self._redis.lrange(key, max(0, after_seq - 1), -1)
+        read = ("LRANGE", key, max(0, after_seq - 1), -1)
+        if first:
+            *_, raw = await self._batch.commands(*first, read)
+        else:
+            raw = await self._batch.command(*read)
         events = [decode_or_skip(_decode_events, r, key=key) for r in raw]
         await count_unreadable(self._redis, events.count(None))
         return [e for e in events if e is not None and e.seq > after_seq]

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from delivery import keys
+from delivery.redis_batch import ScriptBatcher, batched
 from schemas.events import Event
 
 log = logging.getLogger("relay.live")
@@ -130,6 +132,10 @@ class LiveHub:
                 await task
         self._tasks = []
 
+    @functools.cached_property
+    def _batch(self) -> ScriptBatcher:
+        return batched(self._redis)
+
     @property
     def sockets(self) -> int:
         return len(self._sockets)
@@ -143,14 +149,19 @@ class LiveHub:
     async def follow(self, task_id: str, socket: Follower, *, presence: bool = True) -> None:
         """Start handing ``task_id``'s events to ``socket``; with ``presence``, say so in the task's presence key
         (a follower that may ack: a delivery then waits for its ack before the webhook goes out)."""
+        if presence:
+            await self._batch.commands(*self.start_following(task_id, socket))
+        else:
+            self._followers.setdefault(task_id, set()).add(socket)
+
+    def start_following(self, task_id: str, socket: Follower) -> list[tuple[Any, ...]]:
+        """Hand ``task_id``'s events to ``socket`` from now on, as a follower that may ack; the commands that say
+        so in the task's presence key, for the caller to send before it reads the task's log (in the same trip,
+        say: :meth:`EventLog.events_after` ``first``)."""
         self._followers.setdefault(task_id, set()).add(socket)
-        if not presence:
-            return
         self._present.setdefault(task_id, set()).add(socket)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(keys.subscribers(task_id), self._node)
-            pipe.expire(keys.subscribers(task_id), self._presence_ttl_s)
-            await pipe.execute()
+        key = keys.subscribers(task_id)
+        return [("SADD", key, self._node), ("EXPIRE", key, self._presence_ttl_s)]
 
     def unfollow(self, task_id: str, socket: Follower) -> None:
         followers = self._followers.get(task_id)
@@ -177,10 +188,9 @@ class LiveHub:
             self._leaving.clear()
             for start in range(0, len(task_ids), 500):
                 try:
-                    async with self._redis.pipeline(transaction=False) as pipe:
-                        for task_id in task_ids[start : start + 500]:
-                            pipe.srem(keys.subscribers(task_id), self._node)
-                        await pipe.execute()
+                    await self._batch.commands(
+                        *(("SREM", keys.subscribers(t), self._node) for t in task_ids[start : start + 500])
+                    )
                 except (RedisError, OSError) as exc:  # the members expire with their keys anyway
                     log.warning("leaving the presence sets of %d tasks failed: %s", len(task_ids[start:]), exc)
 

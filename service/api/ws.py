@@ -261,8 +261,10 @@ class Connection:
         self._subs[record.id] = sub
         self._idle_since = None
         try:
-            await self._hub.follow(record.id, self)
-            retained = await self._events.events_after(record.id, frame.after_seq)
+            # Present before the log is read (one trip): an event appended after the read then finds the socket
+            # present, and waits for its ack rather than going out as a webhook at once.
+            present = self._hub.start_following(record.id, self)
+            retained = await self._events.events_after(record.id, frame.after_seq, first=present)
         except BaseException:
             self._unsubscribe(record.id)  # not half-registered: the client subscribes again
             raise

@@ -139,7 +139,8 @@ class TaskStore:
         self._ack_timeout_s = ack_timeout_s
         self._max_open = max_open_per_tenant
         self._log = EventLog(redis=redis, retention_s=retention_s, flow=flow)
-        self._submit = batched(redis).register_script(_SUBMIT_LUA)
+        self._batch = batched(redis)
+        self._submit = self._batch.register_script(_SUBMIT_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
 
     async def get(self, task_id: str, *, visible: Callable[[str, str | None], bool] | None = None) -> TaskRecord | None:
@@ -148,7 +149,7 @@ class TaskStore:
         ``visible`` is asked before the whole record is decoded, so that another tenant's large task costs no
         more to refuse than a missing one. Raises :class:`UnreadableRecord` when the record cannot be read.
         """
-        raw = await self._redis.get(keys.task(task_id))
+        raw = await self._batch.command("GET", keys.task(task_id))
         return _decode_visible(task_id, raw, visible) if raw else None
 
     async def create(

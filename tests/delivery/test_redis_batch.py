@@ -198,3 +198,83 @@ async def test_a_caller_that_gave_up_on_a_trip_that_then_fails_leaves_no_unretri
     await asyncio.sleep(0.5)  # the lone call's own retries end with an error nobody waits for any more
     gc.collect()
     assert loop_errors == []
+
+
+async def test_plain_commands_share_the_trip_of_their_turn_with_scripts(
+    redis: aioredis.Redis, redis_server: RedisServer
+) -> None:
+    batcher = batched(redis)
+    script = batcher.register_script(ECHO)
+    await redis.rpush("log", "a", "b", "c")
+    await script(keys=["calls"], args=["warm"])  # loads the script, opens a connection
+    observer = redis_server.client()
+    try:
+        connections, reads = stats(observer)
+        got = await asyncio.gather(
+            batcher.command("LRANGE", "log", 1, -1),
+            script(keys=["calls"], args=["step"]),
+            batcher.command("GET", "missing"),
+            *(batcher.command("INCR", "counter") for _ in range(CALLERS)),
+        )
+        connections_after, reads_after = stats(observer)
+    finally:
+        observer.close()
+
+    # Each reply as redis-py parses that command's alone.
+    assert got[:3] == [[b"b", b"c"], b"step", None]
+    assert sorted(got[3:]) == list(range(1, CALLERS + 1))
+    assert connections_after == connections
+    assert reads_after - reads - 1 <= 2
+
+
+async def test_a_group_runs_in_its_order_in_one_trip_even_where_the_turn_is_split(redis: aioredis.Redis) -> None:
+    batcher = batched(redis)
+    # Enough single calls before and after to split the turn into several trips, which run side by side.
+    before = [batcher.command("INCR", "noise") for _ in range(MAX_BATCH - 2)]
+    group = batcher.commands(("DEL", "list"), *(("RPUSH", "list", i) for i in range(10)), ("LRANGE", "list", 0, -1))
+    after = [batcher.command("INCR", "noise") for _ in range(MAX_BATCH)]
+
+    replies = await group
+    await asyncio.gather(*before, *after)
+
+    assert replies[1:11] == list(range(1, 11))
+    assert replies[-1] == [str(i).encode() for i in range(10)]
+    assert int(await redis.get("noise") or 0) == 2 * MAX_BATCH - 2
+
+
+async def test_a_group_with_a_failing_command_raises_for_its_caller_alone(redis: aioredis.Redis) -> None:
+    batcher = batched(redis)
+    await redis.set("text", "not a list")
+
+    bad, good, single = await asyncio.gather(
+        batcher.commands(("INCR", "ran"), ("LPUSH", "text", "x"), ("INCR", "ran")),
+        batcher.commands(("INCR", "other"), ("GET", "other")),
+        batcher.command("INCR", "other"),
+        return_exceptions=True,
+    )
+
+    assert isinstance(bad, ResponseError)
+    assert "WRONGTYPE" in str(bad)
+    assert int(await redis.get("ran") or 0) == 2  # not a transaction: the commands around the failure ran
+    assert good == [1, b"1"]
+    assert single == 2
+
+
+async def test_a_group_with_an_argument_redis_cannot_take_fails_alone(redis: aioredis.Redis) -> None:
+    batcher = batched(redis)
+
+    bad, good = await asyncio.gather(
+        batcher.commands(("SET", "a", "1"), ("SET", "b", None)),
+        batcher.command("SET", "c", "1"),
+        return_exceptions=True,
+    )
+
+    assert isinstance(bad, DataError)
+    assert good is True
+    assert await redis.get("a") is None  # nothing of the refused group was sent
+    assert await redis.get("c") == b"1"
+
+
+async def test_an_empty_group_is_refused() -> None:
+    with pytest.raises(ValueError, match="no commands"):
+        batched(aioredis.Redis()).commands()
