@@ -14,7 +14,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from delivery.errors import ConfigError
-from service.dramatiq_redis import RelayRedisBroker, message_for, queue_keys
+from service.dramatiq_redis import RelayRedisBroker, message_for, queue_keys, wake_key
 from service.settings import Settings
 from service.tasks.store import InlineMessage
 
@@ -71,10 +71,17 @@ class RedisEnqueuer(Enqueuer):
         super().__init__(broker)
         self._redis = redis
         self.queue_key, self.messages_key = queue_keys(broker, QUEUE)
+        self.wake_key = wake_key(broker, QUEUE)
 
     def inline(self, task_id: str) -> InlineMessage:
         message_id, body = message_for(QUEUE, ACTOR, task_id)
-        return InlineMessage(queue_key=self.queue_key, messages_key=self.messages_key, message_id=message_id, body=body)
+        return InlineMessage(
+            queue_key=self.queue_key,
+            messages_key=self.messages_key,
+            wake_key=self.wake_key,
+            message_id=message_id,
+            body=body,
+        )
 
     async def enqueue(self, task_ids: Sequence[str]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -82,6 +89,9 @@ class RedisEnqueuer(Enqueuer):
                 message = self.inline(task_id)
                 pipe.hset(self.messages_key, message.message_id, message.body)
                 pipe.rpush(self.queue_key, message.message_id)
+            # Wake an idle worker: one token at most (a transaction cannot ask first, so push and trim).
+            pipe.rpush(self.wake_key, "1")
+            pipe.ltrim(self.wake_key, 0, 0)
             await pipe.execute()
 
 

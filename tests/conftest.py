@@ -37,7 +37,9 @@ def redis_server() -> Iterator[RedisServer]:
 
     Every write is fsynced before it is acknowledged, so a SIGKILL loses nothing a client was told is stored.
     """
-    server = RedisServer(data_dir=Path(tempfile.mkdtemp(prefix="relay-redis-", dir=_memory_dir())), appendfsync="always")
+    server = RedisServer(
+        data_dir=Path(tempfile.mkdtemp(prefix="relay-redis-", dir=_memory_dir())), appendfsync="always"
+    )
     try:
         server.start()
     except (OSError, RuntimeError) as exc:

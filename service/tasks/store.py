@@ -97,6 +97,7 @@ class InlineMessage:
 
     queue_key: str
     messages_key: str
+    wake_key: str  # pushed so that an idle worker fetches the message at once (see service.dramatiq_redis)
     message_id: str
     body: bytes
 
@@ -178,6 +179,7 @@ class TaskStore:
                 keys.tasks_of(record.tenant),
                 keys.SCHEDULED_TASKS,
                 keys.stats_of(record.tenant),
+                message.wake_key if message else task_key,
             ],
             args=[
                 record.id,

@@ -2,7 +2,8 @@
 -- failure anywhere leaves either all of it or none (a client retrying a 503 with its key then gets a new task).
 -- KEYS: task, idempotency (any key when there is none), owed tasks, stats, open tasks of the tenant,
 --       broker queue, broker queue messages (any keys when the message is not enqueued here),
---       the list index of all tasks, the tenant's list index, scheduled tasks, the tenant's counters
+--       the list index of all tasks, the tenant's list index, scheduled tasks, the tenant's counters,
+--       the broker queue's wake list (any key when the message is not enqueued here)
 -- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), owed_until, stats_field,
 --       max_open (0: no cap), now_ms, task key prefix, message_id ('' when not enqueued here), message,
 --       created_at_ms, run_at ('' to run at once: a scheduled task waits in the scheduled set until then, owed
@@ -57,5 +58,9 @@ if ARGV[11] ~= '' then
     -- What the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue').
     redis.call('HSET', KEYS[7], ARGV[11], ARGV[12])
     redis.call('RPUSH', KEYS[6], ARGV[11])
+    -- An idle worker waits on the wake list (at most one token in it): it fetches this message at once.
+    if redis.call('LLEN', KEYS[12]) == 0 then
+        redis.call('RPUSH', KEYS[12], '1')
+    end
 end
 return {'new'}

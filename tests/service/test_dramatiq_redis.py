@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from typing import Any
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from service.broker import ACTOR, QUEUE, task_message
+from delivery.redis_client import connect
+from service.broker import ACTOR, QUEUE, RedisEnqueuer, task_message
 from service.dramatiq_redis import (
     ACK_BATCH,
     RelayRedisBroker,
@@ -16,7 +20,11 @@ from service.dramatiq_redis import (
     fetched_key,
     message_for,
     queue_keys,
+    wake_key,
 )
+
+# A back-off far longer than any wait below: a consumer that slept it out would fail these tests.
+LONG_TIMEOUT_MS = 20_000
 
 
 def _broker(url: str) -> RedisBroker:
@@ -80,4 +88,66 @@ def test_acks_are_written_in_batches_where_dramatiq_keeps_them(redis_url: str) -
     consumer.close()  # ... and closing writes the rest
     assert client.scard(fetched_key(broker, QUEUE)) == 0
     assert client.hlen(messages_key) == 0
+    client.close()
+
+
+def _relay_broker(url: str) -> RelayRedisBroker:
+    broker = RelayRedisBroker(url=url, heartbeat_timeout=10_000, maintenance_chance=0)
+    broker.declare_queue(QUEUE)
+    return broker
+
+
+def _enqueue(url: str, broker: RelayRedisBroker, task_ids: list[str]) -> None:
+    async def enqueue() -> None:
+        client = connect(url)
+        try:
+            await RedisEnqueuer(broker, client).enqueue(task_ids)
+        finally:
+            await client.aclose()
+
+    asyncio.run(enqueue())
+
+
+def test_an_idle_consumer_fetches_a_message_when_it_is_enqueued_not_after_its_back_off(redis_url: str) -> None:
+    broker = _relay_broker(redis_url)
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=LONG_TIMEOUT_MS)
+    consumer.misses = 30  # long idle: its next wait is the whole back-off, 10 to 20 s
+    woke: list[float] = []
+    waiting = threading.Thread(target=lambda: woke.append(time.monotonic()) if next(consumer) is None else None)
+    started = time.monotonic()
+    waiting.start()
+    time.sleep(0.3)  # the consumer is waiting by now
+    _enqueue(redis_url, broker, ["task_a"])
+    waiting.join(timeout=LONG_TIMEOUT_MS / 1000)
+
+    assert woke, "the wait ended with a message it should not have had yet"
+    assert woke[0] - started < LONG_TIMEOUT_MS / 1000 / 4  # woken by the enqueue, not at the back-off's end
+    message = next(consumer)
+    assert message is not None
+    assert message.args == ("task_a",)
+    consumer.close()
+
+
+def test_a_consumer_that_finds_no_token_still_fetches_after_its_back_off(redis_url: str) -> None:
+    # Dramatiq's own enqueue pushes no token: the consumer's wait times out and it fetches as before.
+    broker = _relay_broker(redis_url)
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=200)
+    client = redis.Redis.from_url(redis_url)
+    client.delete(wake_key(broker, QUEUE))
+    broker.enqueue(task_message("task_b"))
+    client.delete(wake_key(broker, QUEUE))
+    got = [next(consumer) for _ in range(3)]
+    assert [m.args for m in got if m is not None] == [("task_b",)]
+    assert client.llen(wake_key(broker, QUEUE)) == 0
+    consumer.close()
+    client.close()
+
+
+def test_the_sweepers_enqueue_leaves_one_token(redis_url: str) -> None:
+    broker = _relay_broker(redis_url)
+    for _ in range(3):
+        _enqueue(redis_url, broker, ["task_c", "task_d"])
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen(queue_keys(broker, QUEUE)[0]) == 6
+    assert client.lrange(wake_key(broker, QUEUE), 0, -1) == [b"1"]
     client.close()

@@ -47,7 +47,7 @@ async def accepted_and_started(tasks: TaskStore, ledger: TaskLedger) -> TaskReco
 
 async def test_submit_stores_owes_and_enqueues_in_one_step(redis: aioredis.Redis) -> None:
     tasks = store(redis)
-    message = InlineMessage(queue_key="q", messages_key="q.msgs", message_id="m1", body=b"body")
+    message = InlineMessage(queue_key="q", messages_key="q.msgs", wake_key="q.wake", message_id="m1", body=b"body")
     before = time.time()
     submitted = await tasks.create(new_record(), idempotency_key="k", message=message)
 
@@ -58,7 +58,18 @@ async def test_submit_stores_owes_and_enqueues_in_one_step(redis: aioredis.Redis
     assert before + REQUEUE_GRACE_S <= owed_until <= time.time() + REQUEUE_GRACE_S
     assert await redis.lrange("q", 0, -1) == [b"m1"]
     assert await redis.hget("q.msgs", "m1") == b"body"
+    assert await redis.lrange("q.wake", 0, -1) == [b"1"]  # an idle worker wakes for it
     assert await redis.zcard(keys.open_tasks_of("acme")) == 1
+
+
+async def test_the_wake_list_holds_one_token_however_many_are_enqueued(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    for i in range(5):
+        message = InlineMessage(queue_key="q", messages_key="q.msgs", wake_key="q.wake", message_id=f"m{i}", body=b"b")
+        await tasks.create(new_record(f"task_{i}"), idempotency_key=None, message=message)
+
+    assert await redis.llen("q") == 5
+    assert await redis.lrange("q.wake", 0, -1) == [b"1"]
 
 
 async def test_a_used_idempotency_key_answers_the_first_task_and_writes_nothing(redis: aioredis.Redis) -> None:
