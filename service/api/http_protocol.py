@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.settings import Settings
 
@@ -34,9 +33,6 @@ _TOO_LARGE = (
 
 
 log = logging.getLogger("relay.api")
-
-# Bytes a WebSocket holds back within one turn of the event loop before it writes them anyway.
-MAX_HELD_BYTES = 64 * 1024
 
 # The key of the connection's control in a request's scope["extensions"].
 CONTROL_EXTENSION = "relay.connection"
@@ -185,64 +181,6 @@ class _HeadWithBody:
     def close(self) -> None:
         self.flush()
         self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class TurnWebSocketsProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, with the frames it sends in one turn of the event loop written together.
-
-    uvicorn writes each frame to the socket as it is sent: a subscription's reply and the events read from the
-    task's log are as many system calls and as many wake-ups of the client (py-spy put those writes at 8 % of
-    the API's CPU in the WebSocket-only loop). See :class:`_TurnWriter`.
-    """
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(_TurnWriter(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
-
-
-class _TurnWriter:
-    """A transport whose writes of one event-loop turn go out in one write, at the end of that turn.
-
-    Order is kept, and no write waits past its turn. ``MAX_HELD_BYTES`` bounds what is held: past it the bytes
-    go out at once, so that the transport's own flow control (pause_writing) still sees a client that does not
-    read. ``close`` writes what is held first; ``abort`` drops it with the connection.
-    """
-
-    def __init__(self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport: Any = transport
-        self._loop = loop
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if not self._held:
-            self._loop.call_soon(self.flush)
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes >= MAX_HELD_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._held:
-            return
-        held, self._held, self._held_bytes = self._held, [], 0
-        if not self._transport.is_closing():
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
-
-    def get_write_buffer_size(self) -> int:
-        return int(self._transport.get_write_buffer_size()) + self._held_bytes
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held, self._held_bytes = [], 0
-        self._transport.abort()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

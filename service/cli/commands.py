@@ -92,7 +92,6 @@ def api(host: str, port: int, workers: int) -> None:
         log_config=_uvicorn_log_config(),
         factory=True,
         http="service.api.http_protocol:BoundedHttpToolsProtocol",  # RELAY_REQUEST_TIMEOUT per request
-        ws="service.api.http_protocol:TurnWebSocketsProtocol",  # a turn's frames in one write
         host=host,
         port=port,
         workers=workers,

@@ -1,14 +1,11 @@
-"""Relay's HTTP and WebSocket protocols on a real uvicorn, spoken to over a raw socket: a response's head goes out
-with its body, and nothing that holds the head back costs a client a byte, an order or a wait (HEAD, 204,
-pipelining, ``Connection: close``, a stream that starts late, ``Expect: 100-continue``); a WebSocket's frames of
-one turn go out together, in order, and none waits for a later one."""
+"""Relay's HTTP protocol on a real uvicorn, spoken to over a raw socket: a response's head goes out with its body,
+and nothing that holds the head back costs a client a byte, an order or a wait (HEAD, 204, pipelining,
+``Connection: close``, a stream that starts late, ``Expect: 100-continue``)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
 import struct
 import sys
@@ -18,10 +15,10 @@ from dataclasses import dataclass, field
 
 import pytest
 import uvicorn
-from litestar import Litestar, Request, Response, WebSocket, get, head, post, websocket
+from litestar import Litestar, Request, Response, get, head, post
 from litestar.response import Stream
 
-from service.api.http_protocol import MAX_HELD_BYTES, BoundedHttpToolsProtocol, TurnWebSocketsProtocol
+from service.api.http_protocol import BoundedHttpToolsProtocol
 
 # Long enough that a head held back until the body would be missed, short enough for a failing test.
 WAIT_S = 3.0
@@ -76,27 +73,7 @@ def app(served: Served) -> Litestar:
         length = str(sum(map(len, LOOK_ALIKE)))
         return Stream(chunks(), media_type="text/plain", headers={"content-length": length})
 
-    @websocket("/ws")
-    async def frames(socket: WebSocket) -> None:  # type: ignore[type-arg]
-        """Answers "burst N SIZE" with N frames of SIZE bytes sent back to back (one turn), "step" with one frame
-        now and one once the client says "next", "bye" with a frame and the close right behind it."""
-        await socket.accept()
-        while True:
-            command, *numbers = (await socket.receive_text()).split()
-            if command == "burst":
-                count, size = map(int, numbers)
-                for i in range(count):
-                    await socket.send_text(f"{i:06d}".ljust(size, "x"))
-            elif command == "step":
-                await socket.send_text("first")
-                assert await socket.receive_text() == "next"
-                await socket.send_text("second")
-            elif command == "bye":
-                await socket.send_text("last words")
-                await socket.close(code=4000)
-                return
-
-    return Litestar([hello, hello_head, slow, empty, echo, stream, look_alike, frames])
+    return Litestar([hello, hello_head, slow, empty, echo, stream, look_alike])
 
 
 @pytest.fixture
@@ -106,12 +83,7 @@ async def served() -> AsyncIterator[Served]:
     sock.bind(("127.0.0.1", 0))
     served = Served(port=sock.getsockname()[1])
     config = uvicorn.Config(
-        app(served),
-        http=BoundedHttpToolsProtocol,
-        ws=TurnWebSocketsProtocol,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
+        app(served), http=BoundedHttpToolsProtocol, lifespan="off", log_config=None, access_log=False
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -280,84 +252,3 @@ async def test_body_bytes_that_look_like_a_status_line_go_out_as_they_are(served
         after = await client.answer()
     assert answer.body == b"".join(LOOK_ALIKE)
     assert after.json() == HELLO
-
-
-class WsClient(Client):
-    """A raw WebSocket over a Client's connection: masked text frames out, the server's frames parsed in."""
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, served: Served) -> AsyncIterator[WsClient]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
-        client = cls(reader, writer)
-        try:
-            key = base64.b64encode(os.urandom(16)).decode()
-            client.send(
-                request(
-                    "GET",
-                    "/ws",
-                    "upgrade: websocket",
-                    "connection: Upgrade",
-                    f"sec-websocket-key: {key}",
-                    "sec-websocket-version: 13",
-                )
-            )
-            status, headers = await client.head()
-            assert status == 101, headers
-            yield client
-        finally:
-            writer.close()
-
-    def send_text(self, text: str) -> None:
-        payload, mask = text.encode(), os.urandom(4)
-        assert len(payload) < 126
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.send(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
-
-    async def frame(self) -> tuple[int, bytes]:
-        """The next frame's opcode and payload (the server's frames are not masked)."""
-        first, second = await asyncio.wait_for(self.reader.readexactly(2), WAIT_S)
-        length = second & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", await self.reader.readexactly(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
-        return first & 0x0F, await asyncio.wait_for(self.reader.readexactly(length), WAIT_S)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts TCP segments with Linux's TCP_INFO")
-async def test_the_frames_of_one_turn_come_in_one_segment_and_in_order(served: Served) -> None:
-    async with WsClient.open(served) as client:
-        for _ in range(2):
-            before = client.segments_in()
-            client.send_text("burst 5 100")
-            frames = [await client.frame() for _ in range(5)]
-            assert [payload[:6] for _, payload in frames] == [f"{i:06d}".encode() for i in range(5)]
-            assert {opcode for opcode, _ in frames} == {1}
-            assert client.segments_in() - before == 1  # one write (uvicorn alone makes five)
-
-
-async def test_a_burst_larger_than_what_is_held_arrives_whole_and_in_order(served: Served) -> None:
-    count, size = 3 * MAX_HELD_BYTES // 4096 + 5, 4096
-    async with WsClient.open(served) as client:
-        client.send_text(f"burst {count} {size}")
-        frames = [await client.frame() for _ in range(count)]
-    assert [payload[:6] for _, payload in frames] == [f"{i:06d}".encode() for i in range(count)]
-    assert all(len(payload) == size for _, payload in frames)
-
-
-async def test_a_frame_goes_out_at_the_end_of_its_turn_without_waiting_for_the_next(served: Served) -> None:
-    async with WsClient.open(served) as client:
-        client.send_text("step")
-        assert await client.frame() == (1, b"first")  # the second is only sent once this one has arrived
-        client.send_text("next")
-        assert await client.frame() == (1, b"second")
-
-
-async def test_a_frame_sent_just_before_the_close_arrives_before_it(served: Served) -> None:
-    async with WsClient.open(served) as client:
-        client.send_text("bye")
-        assert await client.frame() == (1, b"last words")
-        opcode, payload = await client.frame()
-    assert opcode == 8
-    assert struct.unpack("!H", payload[:2])[0] == 4000
