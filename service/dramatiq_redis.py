@@ -188,7 +188,11 @@ class BatchAckConsumer(_RedisConsumer):
             self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
             if self.outstanding_message_count < self.prefetch:
                 # Room for more and none queued: wait for an enqueue's token, at most as long as the back-off.
-                self.broker.client.blpop([self._wake], timeout=backoff_ms / 1000)
+                try:
+                    self.broker.client.blpop([self._wake], timeout=backoff_ms / 1000)
+                except redis.ResponseError as exc:  # the wake key is not a list: sleep, as Dramatiq does
+                    log.warning("waiting on %s failed (%s); sleeping instead", self._wake, exc)
+                    time.sleep(backoff_ms / 1000)
             else:
                 time.sleep(backoff_ms / 1000)  # full: what is fetched has to be run first
             return None

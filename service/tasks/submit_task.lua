@@ -58,9 +58,10 @@ if ARGV[11] ~= '' then
     -- What the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue').
     redis.call('HSET', KEYS[7], ARGV[11], ARGV[12])
     redis.call('RPUSH', KEYS[6], ARGV[11])
-    -- An idle worker waits on the wake list (at most one token in it): it fetches this message at once.
-    if redis.call('LLEN', KEYS[12]) == 0 then
-        redis.call('RPUSH', KEYS[12], '1')
+    -- An idle worker waits on the wake list (at most one token in it): it fetches this message at once. A
+    -- speed-up only: pcall, so that a wake key gone wrong can never fail (or half-write) a submission.
+    if redis.pcall('LLEN', KEYS[12]) == 0 then
+        redis.pcall('RPUSH', KEYS[12], '1')
     end
 end
 return {'new'}

@@ -151,3 +151,16 @@ def test_the_sweepers_enqueue_leaves_one_token(redis_url: str) -> None:
     assert client.llen(queue_keys(broker, QUEUE)[0]) == 6
     assert client.lrange(wake_key(broker, QUEUE), 0, -1) == [b"1"]
     client.close()
+
+
+def test_a_wake_key_that_is_not_a_list_costs_the_wake_up_and_nothing_else(redis_url: str) -> None:
+    broker = _relay_broker(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    client.set(wake_key(broker, QUEUE), "not a list")
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=100)
+    assert next(consumer) is None  # waited by sleeping, not by raising out of the consumer
+    broker.enqueue(task_message("task_e"))
+    got = [next(consumer) for _ in range(3)]
+    assert [m.args for m in got if m is not None] == [("task_e",)]
+    consumer.close()
+    client.close()

@@ -72,6 +72,18 @@ async def test_the_wake_list_holds_one_token_however_many_are_enqueued(redis: ai
     assert await redis.lrange("q.wake", 0, -1) == [b"1"]
 
 
+async def test_a_wake_key_gone_wrong_does_not_fail_a_submission(redis: aioredis.Redis) -> None:
+    tasks = store(redis)
+    await redis.set("q.wake", "not a list")
+    message = InlineMessage(queue_key="q", messages_key="q.msgs", wake_key="q.wake", message_id="m1", body=b"b")
+
+    submitted = await tasks.create(new_record(), idempotency_key=None, message=message)
+
+    assert submitted.new
+    assert await redis.lrange("q", 0, -1) == [b"m1"]
+    assert await redis.get("q.wake") == b"not a list"
+
+
 async def test_a_used_idempotency_key_answers_the_first_task_and_writes_nothing(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     await tasks.create(new_record("task_1"), idempotency_key="k")
