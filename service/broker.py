@@ -89,10 +89,14 @@ class RedisEnqueuer(Enqueuer):
                 message = self.inline(task_id)
                 pipe.hset(self.messages_key, message.message_id, message.body)
                 pipe.rpush(self.queue_key, message.message_id)
-            # Wake an idle worker: one token at most (a transaction cannot ask first, so push and trim).
+            # Wake an idle worker: one token at most (a transaction cannot ask first, so push and trim). A wake key
+            # gone wrong fails only these two (errors inside EXEC do not undo the rest), and is not this call's.
             pipe.rpush(self.wake_key, "1")
             pipe.ltrim(self.wake_key, 0, 0)
-            await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
+        failed = next((r for r in replies[:-2] if isinstance(r, Exception)), None)
+        if failed is not None:
+            raise failed
 
 
 def enqueuer_for(broker: dramatiq.Broker, redis: aioredis.Redis, settings: Settings) -> Enqueuer:

@@ -189,7 +189,8 @@ class BatchAckConsumer(_RedisConsumer):
             if self.outstanding_message_count < self.prefetch:
                 # Room for more and none queued: wait for an enqueue's token, at most as long as the back-off.
                 try:
-                    self.broker.client.blpop([self._wake], timeout=backoff_ms / 1000)
+                    # At least 1 ms: a BLPOP timeout of 0 would wait for ever.
+                    self.broker.client.blpop([self._wake], timeout=max(backoff_ms, 1) / 1000)
                 except redis.ResponseError as exc:  # the wake key is not a list: sleep, as Dramatiq does
                     log.warning("waiting on %s failed (%s); sleeping instead", self._wake, exc)
                     time.sleep(backoff_ms / 1000)

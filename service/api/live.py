@@ -160,6 +160,9 @@ class LiveHub:
         say: :meth:`EventLog.events_after` ``first``)."""
         self._followers.setdefault(task_id, set()).add(socket)
         self._present.setdefault(task_id, set()).add(socket)
+        return self._presence_commands(task_id)
+
+    def _presence_commands(self, task_id: str) -> list[tuple[Any, ...]]:
         key = keys.subscribers(task_id)
         return [("SADD", key, self._node), ("EXPIRE", key, self._presence_ttl_s)]
 
@@ -184,15 +187,22 @@ class LiveHub:
         """Leave presence sets in pipelined batches: one connection however many tasks a closing socket followed
         (a task each would take as many connections from the pool at once, and exhaust it)."""
         while self._leaving:
-            task_ids = [t for t in self._leaving if t not in self._present]  # not followed again meanwhile
+            task_ids = list(self._leaving)
             self._leaving.clear()
             for start in range(0, len(task_ids), 500):
+                # Asked again for each batch: a task followed again while the batches before it went out stays.
+                batch = [t for t in task_ids[start : start + 500] if t not in self._present]
+                if not batch:
+                    continue
                 try:
-                    await self._batch.commands(
-                        *(("SREM", keys.subscribers(t), self._node) for t in task_ids[start : start + 500])
-                    )
+                    await self._batch.commands(*(("SREM", keys.subscribers(t), self._node) for t in batch))
+                    # Followed again while this batch was out: that follow's SADD may have run before this SREM
+                    # (another trip, another connection), so say it again.
+                    back = [t for t in batch if t in self._present]
+                    if back:
+                        await self._batch.commands(*(c for t in back for c in self._presence_commands(t)))
                 except (RedisError, OSError) as exc:  # the members expire with their keys anyway
-                    log.warning("leaving the presence sets of %d tasks failed: %s", len(task_ids[start:]), exc)
+                    log.warning("leaving the presence sets of %d tasks failed: %s", len(batch), exc)
 
     async def _listen(self) -> None:
         first = True

@@ -164,3 +164,32 @@ def test_a_wake_key_that_is_not_a_list_costs_the_wake_up_and_nothing_else(redis_
     assert [m.args for m in got if m is not None] == [("task_e",)]
     consumer.close()
     client.close()
+
+
+def test_a_consumer_with_a_timeout_of_a_millisecond_never_waits_for_ever(redis_url: str) -> None:
+    # Its back-off rounds down to 0 ms, and a BLPOP of 0 s would block until the next enqueue.
+    broker = _relay_broker(redis_url)
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=1)
+    answered: list[object] = []
+
+    def idle() -> None:
+        for _ in range(20):
+            answered.append(next(consumer))
+
+    thread = threading.Thread(target=idle, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():
+        redis.Redis.from_url(redis_url).rpush(wake_key(broker, QUEUE), "1")  # let it go before failing
+        thread.join(timeout=5)
+    assert answered == [None] * 20
+    consumer.close()
+
+
+def test_the_sweepers_enqueue_succeeds_with_a_wake_key_that_is_not_a_list(redis_url: str) -> None:
+    broker = _relay_broker(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    client.set(wake_key(broker, QUEUE), "not a list")
+    _enqueue(redis_url, broker, ["task_f"])  # raises if the wake key's error were this call's
+    assert client.llen(queue_keys(broker, QUEUE)[0]) == 1
+    client.close()

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from delivery import keys
 from delivery.destinations import FlowSettings
+from delivery.redis_batch import batched
 from delivery.redis_client import connect
 from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus
@@ -235,3 +236,30 @@ async def test_a_stream_gets_its_tasks_events_but_never_counts_as_present(hub: L
         await asyncio.sleep(0.01)
     await publish(redis, "task_1", 2)
     await until(lambda: len(stream.frames) == 2)
+
+
+async def test_a_task_followed_again_while_the_hub_leaves_it_stays_present(hub: LiveHub, redis: aioredis.Redis) -> None:
+    # A closing socket leaves its tasks in batches of 500; another socket subscribes to some of them again
+    # meanwhile (a reload of the page, say). Those must keep this node's member, or their webhooks stop waiting
+    # for acks.
+    tasks = [f"task_{i:04d}" for i in range(600)]
+    closing = Socket(*tasks)
+    await follow(hub, closing)
+    # Present everywhere, read all at once (which also leaves the client many connections, as a busy API has:
+    # its trips then truly run side by side).
+    assert all(await asyncio.gather(*(redis.sismember(keys.subscribers(t), hub._node) for t in tasks)))
+    hub.detach(closing)
+    for task_id in tasks:
+        hub.unfollow(task_id, closing)
+    await asyncio.sleep(0)  # the leaver has worked out what to leave and queued its first batch
+    reloaded = Socket(*tasks[-100:])
+    hub.attach(reloaded)
+    batcher = batched(redis)
+    await asyncio.gather(
+        *(batcher.commands(*hub.start_following(t, reloaded), ("LRANGE", keys.events(t), 0, -1)) for t in tasks[-100:])
+    )  # subscribed as the socket does: presence, then the log, in one trip
+    await until(lambda: hub._leaver is not None and hub._leaver.done())
+
+    members = await asyncio.gather(*(redis.smembers(keys.subscribers(t)) for t in tasks))
+    present = {t for t, m in zip(tasks, members, strict=True) if m}
+    assert present == set(tasks[-100:])
