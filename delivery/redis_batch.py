@@ -104,7 +104,7 @@ class ScriptBatcher:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Item]) -> None:
-        if len(batch) == 1:
+        if len(batch) == 1 and (batch[0].script is not None or batch[0].single):
             await self._alone(batch[0])
             return
         pipe = self._redis.pipeline(transaction=False)
@@ -112,9 +112,13 @@ class ScriptBatcher:
             item.queue_on(pipe)
         try:
             replies = await pipe.execute(raise_on_error=False)
-        except DataError:  # a call's argument Redis cannot take: nothing was sent, and alone only that call fails
-            for item in batch:
-                await self._alone(item)
+        except DataError as exc:  # an argument Redis cannot take: nothing was sent, and only its call fails
+            if len(batch) == 1:  # a group alone: it is that call
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+            else:
+                for item in batch:
+                    await self._send([item])
             return
         except Exception as exc:  # noqa: BLE001 (what the trip raised is each caller's to see, as it would be alone)
             for item in batch:
@@ -136,24 +140,11 @@ class ScriptBatcher:
                 _answer(item, mine)
 
     async def _alone(self, item: _Item) -> None:
+        """A Lua step or a single command by itself, through redis-py's own call (which loads a forgotten script)."""
         if item.script is not None:
             await _settle(item.future, item.script(keys=item.keys, args=item.args))
-        elif item.single:
-            await _settle(item.future, self._redis.execute_command(*item.commands[0]))  # type: ignore[no-untyped-call]
         else:
-            pipe = self._redis.pipeline(transaction=False)
-            item.queue_on(pipe)
-            try:
-                replies = await pipe.execute(raise_on_error=False)
-            except Exception as exc:  # noqa: BLE001 (passed on to the caller, whatever it is)
-                if not item.future.done():
-                    item.future.set_exception(exc)
-                return
-            except BaseException:
-                item.future.cancel()
-                raise
-            if not item.future.done():
-                _answer(item, replies)
+            await _settle(item.future, self._redis.execute_command(*item.commands[0]))  # type: ignore[no-untyped-call]
 
 
 def _answer(item: _Item, replies: Sequence[Any]) -> None:

@@ -70,8 +70,11 @@ def hot_spots(path: Path, top: int) -> dict[str, Any]:
     """Shares of GIL-holding samples from a py-spy raw (collapsed) file.
 
     ``own``: functions by their own time; ``packages``: own time by top-level package (``redis``,
-    ``asyncio``, ``delivery`` ...); ``ours``: Relay's functions including everything they call.
+    ``asyncio``, ``delivery`` ...); ``ours``: Relay's functions including everything they call. No samples when
+    py-spy wrote no file (it could not attach).
     """
+    if not path.exists():
+        return {"samples": 0, "own": [], "packages": [], "ours": []}
     own: collections.Counter[str] = collections.Counter()
     packages: collections.Counter[str] = collections.Counter()
     ours: collections.Counter[str] = collections.Counter()

@@ -264,8 +264,4 @@ class LiveHub:
     async def _refresh_presence(self) -> None:
         task_ids = list(self._present)
         for start in range(0, len(task_ids), 500):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for task_id in task_ids[start : start + 500]:
-                    pipe.sadd(keys.subscribers(task_id), self._node)
-                    pipe.expire(keys.subscribers(task_id), self._presence_ttl_s)
-                await pipe.execute()
+            await self._batch.commands(*(c for t in task_ids[start : start + 500] for c in self._presence_commands(t)))

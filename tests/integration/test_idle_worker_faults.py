@@ -75,10 +75,7 @@ def test_faults_while_the_idle_worker_waits_lose_nothing(relay: Relay, redis_ser
         accepted += submit(relay, 20, "restarted")
 
         wait_until(
-            lambda: (
-                all(s == "succeeded" for s in statuses(relay, accepted).values())
-                and len(statuses(relay, accepted)) == len(accepted)
-            ),
+            lambda: list(statuses(relay, accepted).values()) == ["succeeded"] * len(accepted),
             timeout_s=60,
             message="every accepted task succeeded",
         )

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from scripts.benchmark.meter import cpu_per_task, percentile, rounded
-from scripts.benchmark.profiling import hot_spots, start_py_spy, stop_py_spy
+from scripts.benchmark.profiling import Profiler, hot_spots, start_py_spy, stop_py_spy
 from scripts.benchmark.stack import ADMIN_TOKEN, API_KEY, Stack
 from scripts.benchmark.ws.control import (
     SOCKET_TIMEOUT_S,
@@ -300,5 +300,35 @@ async def profiled_fanout(
         result = await phase_fanout(clients, target, publisher, meter, count)
     finally:
         stop_py_spy({name: proc})
-    spots = hot_spots(out, top) if out.exists() else {"samples": 0, "own": [], "packages": [], "ours": []}
-    return {"while": f"one fan-out round at {result['per_s']:,} events/s while profiled", **spots, "file": str(out)}
+    return {
+        "while": f"one fan-out round at {result['per_s']:,} events/s while profiled",
+        **hot_spots(out, top),
+        "file": str(out),
+    }
+
+
+async def profiled_ws_only(
+    stack: Stack,
+    clients: list[ClientProc],
+    urls: dict[str, Any],
+    meter: CpuMeter,
+    n: int,
+    in_flight: int,
+    outdir: Path,
+    top: int,
+) -> dict[str, Any]:
+    """One more WebSocket-only loop with py-spy (--gil) on the API and the worker; the hot spots of each."""
+    profiler = Profiler(stack, outdir)
+    profiler.start()
+    try:
+        result = await phase_ws_only(clients, urls, meter, n, in_flight)
+    finally:
+        profiler.stop()
+    return {
+        f"ws-only {name}": {
+            "while": f"one WebSocket-only loop at {result['per_s']:,} tasks/s while profiled",
+            **hot_spots(path, top),
+            "file": str(path),
+        }
+        for name, path in profiler.files.items()
+    }

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scripts.benchmark.profiling import Profiler, hot_spots
 from scripts.benchmark.stack import RELAY, Stack, http_ok, log, log_findings, new_loop, start_redis, wait_until
 from scripts.benchmark.ws.control import (
     FLOOR_DEFLATE_PREFIX,
@@ -34,6 +33,7 @@ from scripts.benchmark.ws.phases import (
     phase_memory,
     phase_ws_only,
     profiled_fanout,
+    profiled_ws_only,
 )
 from service.processes import free_port
 
@@ -137,23 +137,12 @@ async def run(
         f"completed {ws_only['completed']}/{ws_only['submitted']}, "
         f"service {ws_only['cpu_us_per_task']['service']:,} µs/task, deliveries {ws_only['deliveries']}"
     )
+    result["profile"] = {}
     if args.profile:
         log("ws-only tasks again, with py-spy on the API and worker ...")
-        profiler = Profiler(stack, args.profile / "ws-only")
-        profiler.start()
-        try:
-            again = await phase_ws_only(clients, urls, meter, args.tasks, args.concurrency)
-        finally:
-            profiler.stop()
-        for name, path in profiler.files.items():
-            spots = (
-                hot_spots(path, args.top) if path.exists() else {"samples": 0, "own": [], "packages": [], "ours": []}
-            )
-            result.setdefault("profile", {})[f"ws-only {name}"] = {
-                "while": f"one WebSocket-only loop at {again['per_s']:,} tasks/s while profiled",
-                **spots,
-                "file": str(path),
-            }
+        result["profile"] |= await profiled_ws_only(
+            stack, clients, urls, meter, args.tasks, args.concurrency, args.profile / "ws-only", args.top
+        )
     stack.services["worker"].stop()  # from here on the tasks stay queued: only the bench publishes events
 
     wanted = max(args.ws_idle_sockets, args.ws_sockets, args.ws_sse_streams)
@@ -178,7 +167,6 @@ async def run(
 
     publisher = Publisher(urls["redis"], sorted({t for t, _ in subs}))
     result["latency"], result["fanout"], result["connect"] = {}, {}, {}
-    result.setdefault("profile", {})
     try:
         for target in (floor, relay):
             log(f"ws: {len(subs):,} sockets -> {target.name} ...")
