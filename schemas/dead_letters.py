@@ -36,12 +36,13 @@ class DeadLetterPage(msgspec.Struct):
     next_cursor: str | None
 
 
-class ReplayFilter(msgspec.Struct, forbid_unknown_fields=True):
+class ReplayFilter(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Said every time: an empty body must not replay every dead letter there is.
+    dry_run: bool
     reason: DeadLetterReason | None = None
     tenant: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    dry_run: bool = False
 
 
 class ReplayOne(msgspec.Struct):

@@ -26,9 +26,11 @@ def json_depth_exceeds(body: bytes, max_depth: int) -> bool:
     if body.count(b"[") + body.count(b"{") <= max_depth:
         return False  # the common case, without a scan
     brackets = _STRING.sub(b"", body).translate(_BRACKETS, _NOT_BRACKETS)
-    for _ in range(max_depth):
+    for passes in range(max_depth):
         shorter = brackets.replace(b"()", b"")
         if shorter == brackets:
-            return False  # cleared, or unbalanced (not JSON: the decoder says so)
+            # No pair left: cleared, or openers that never close (not JSON). The decoder would still descend
+            # into those before it found the end missing, as deep as the pairs dropped so far and the openers.
+            return passes + brackets.count(b"(") > max_depth
         brackets = shorter
-    return b"()" in brackets
+    return b"(" in brackets  # a pair, or an opener, still deeper than max_depth

@@ -147,11 +147,11 @@ def test_bulk_replay_of_more_than_one_batch_replays_each_once(relay: Relay, rece
     wait_until(lambda: len(walk(relay.client, "admin-token")) == count, timeout_s=60, message="every dead letter")
 
     receiver.script("/many", 200)
-    result = relay.client.post("/v1/dead-letters/replay", json={}, key="admin-token")
+    result = relay.client.post("/v1/dead-letters/replay", json={"dry_run": False}, key="admin-token")
     assert result.status_code == 202
     assert result.json() == {"matched": count, "replayed": count}
     # Every letter still listed has its replay in flight (a delivered one leaves the list in the same step).
-    again = relay.client.post("/v1/dead-letters/replay", json={}, key="admin-token").json()
+    again = relay.client.post("/v1/dead-letters/replay", json={"dry_run": False}, key="admin-token").json()
     assert again["replayed"] == 0
     receiver.wait_for("/many", 2 * count, timeout_s=60)
     wait_until(lambda: walk(relay.client, "admin-token") == [], timeout_s=30, message="the replays to land")

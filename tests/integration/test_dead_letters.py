@@ -92,8 +92,8 @@ def test_bulk_replay_dry_run_counts_and_filters_choose_what_is_replayed(relay: R
     assert replay({"reason": "endpoint_gone", "tenant": "acme", "dry_run": True}) == {"matched": 2, "replayed": 0}
     assert replay({"reason": "retries_exhausted", "dry_run": True}, key="key-acme") == {"matched": 1, "replayed": 0}
     assert replay({"dry_run": True}, key="key-globex") == {"matched": 1, "replayed": 0}
-    # A tenant's `tenant` filter never widens its view, even without dry_run.
-    assert replay({"tenant": "acme"}, key="key-globex") == {"matched": 0, "replayed": 0}
+    # A tenant's `tenant` filter never widens its view, even for real.
+    assert replay({"tenant": "acme", "dry_run": False}, key="key-globex") == {"matched": 0, "replayed": 0}
 
     # A replay takes its letter in the step that queues it: after dry runs and an empty match nothing was taken.
     assert {d["id"]: d["replays"] for d in dead_letters(relay.client)} == dict.fromkeys(
@@ -105,7 +105,7 @@ def test_bulk_replay_dry_run_counts_and_filters_choose_what_is_replayed(relay: R
     assert len(webhook_attempts(relay.client, globex_gone["task_id"], key="key-globex")) == 1
     assert len(dead_letters(relay.client)) == 4
 
-    assert replay({"reason": "endpoint_gone", "tenant": "acme"}) == {"matched": 2, "replayed": 2}
+    assert replay({"reason": "endpoint_gone", "tenant": "acme", "dry_run": False}) == {"matched": 2, "replayed": 2}
 
     receiver.wait_for("/gone-1", 2)
     receiver.wait_for("/gone-2", 2)
@@ -206,3 +206,16 @@ def test_delete_removes_a_dead_letter(relay: Relay, receiver: Receiver) -> None:
 
 
 # --- the `relay dlq` CLI ------------------------------------------------------------------------
+
+
+def test_a_bulk_replay_must_say_whether_it_is_a_dry_run(relay: Relay, receiver: Receiver) -> None:
+    dead = make_dead_letter(relay, receiver, "/gone-quiet", 200)
+    sent_before = len(receiver.received)
+
+    for body in ({}, {"reason": "endpoint_gone"}):
+        response = relay.client.post("/v1/dead-letters/replay", json=body, key="admin-token")
+        assert response.status_code == 422
+        assert "dry_run" in response.json()["detail"]
+
+    assert [d["replays"] for d in dead_letters(relay.client) if d["id"] == dead["id"]] == [0]
+    assert len(receiver.received) == sent_before

@@ -65,6 +65,9 @@ def test_a_body_nested_thousands_deep_is_a_422_even_without_a_key(shared: Relay)
         assert_json_error(response, (401, 422))
     deep_replay = shared.client.post("/v1/dead-letters/replay", content=nested(5_000), key="admin-token", headers=JSON)
     assert_json_error(deep_replay, 422)
+    # Never closed, so not JSON at all: still a 4xx, not the decoder's RecursionError (a 500).
+    for path, key in (("/v1/tasks", "key-acme"), ("/v1/dead-letters/replay", "admin-token")):
+        assert_json_error(shared.client.post(path, content="[" * 5_000, key=key, headers=JSON), 422)
     # Brackets inside strings nest nothing.
     status, _ = submit_raw(shared, json.dumps({"kind": "echo", "input": {"text": "[" * 5_000}}))
     assert status == 202
