@@ -197,7 +197,9 @@ class BatchAckConsumer(_RedisConsumer):
             else:
                 time.sleep(backoff_ms / 1000)  # full: what is fetched has to be run first
             return None
-        except redis.ConnectionError as exc:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Redis away or stalled: Dramatiq restarts the consumer, with one line in the log (an error it does
+            # not know would be logged with its traceback, every second of a stall).
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
     def flush_acks(self) -> bool:

@@ -8,8 +8,10 @@ import time
 from typing import Any
 
 import dramatiq
+import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import ConnectionClosed
 
 from delivery.redis_client import connect
 from service.broker import ACTOR, QUEUE, RedisEnqueuer, task_message
@@ -22,6 +24,7 @@ from service.dramatiq_redis import (
     queue_keys,
     wake_key,
 )
+from tests.conftest import RedisServer
 
 # A back-off far longer than any wait below: a consumer that slept it out would fail these tests.
 LONG_TIMEOUT_MS = 20_000
@@ -193,3 +196,19 @@ def test_the_sweepers_enqueue_succeeds_with_a_wake_key_that_is_not_a_list(redis_
     _enqueue(redis_url, broker, ["task_f"])  # raises if the wake key's error were this call's
     assert client.llen(queue_keys(broker, QUEUE)[0]) == 1
     client.close()
+
+
+def test_a_stalled_redis_closes_the_consumer_as_a_lost_connection_does(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    # Dramatiq restarts a consumer that raises ConnectionClosed; anything else it logs with a traceback.
+    broker = _relay_broker(f"{redis_url}?socket_timeout=0.5")
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=100)
+    assert next(consumer) is None
+    redis_server.freeze()
+    try:
+        with pytest.raises(ConnectionClosed):
+            next(consumer)  # its fetch, or its wait on the wake list, times out
+    finally:
+        redis_server.thaw()
+    consumer.close()
