@@ -275,6 +275,7 @@ def test_a_killed_worker_process_is_started_again_by_relay_worker(
     assert relay.client.wait_task(task["id"])["status"] == "succeeded"
     assert receiver.wait_for("/hook")[0].json()["task_id"] == task["id"]
     assert worker_process not in descendants(relay.worker.process.pid)
+    count_outcome(relay.client, [task["id"]], receiver=receiver).assert_every_task_completed_once(1)
 
 
 @pytest.mark.parametrize("broker", ["redis", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
@@ -305,5 +306,7 @@ def test_tasks_whose_broker_messages_are_lost_still_run(
             assert client.wait_task(task["id"], timeout_s=45)["status"] == "succeeded"
         assert {h.json()["task_id"] for h in receiver.wait_for("/hook", 5)} == {t["id"] for t in tasks}
         assert "owed tasks again" in worker.output()
+        outcome = count_outcome(client, [t["id"] for t in tasks], receiver=receiver, name=f"{broker} messages lost")
+        outcome.assert_every_task_completed_once(5)
     finally:
         client.close()
