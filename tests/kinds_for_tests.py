@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
@@ -80,3 +81,25 @@ def flaky_error(data: FlakyInput, ctx: TaskContext) -> dict[str, int]:
     if ctx.attempt <= data.failures:
         raise Flaky(f"attempt {ctx.attempt}")
     return {"attempts": ctx.attempt}
+
+
+class HeldInput(msgspec.Struct, forbid_unknown_fields=True):
+    marker: str  # a file the kind writes what became of its run to
+
+
+@kind("held", input_type=HeldInput)
+async def held(data: HeldInput, ctx: TaskContext) -> str:
+    """Writes ``started`` to its marker file, then waits a minute; its ``finally`` adds how the wait ended, so that a
+    test sees from outside the worker that a cancelled run's ``finally`` ran."""
+    marker = Path(data.marker)
+    marker.write_text("started\n")
+    ended = "returned"
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        ended = "cancelled"
+        raise
+    finally:
+        with marker.open("a") as out:
+            out.write(f"finally: {ended}\n")
+    return "waited a minute"

@@ -10,7 +10,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,6 +297,84 @@ class Api:
 
     def close(self) -> None:
         self.client.close()
+
+
+FINAL_EVENT_TYPES = frozenset({"task.completed", "task.failed", "task.cancelled"})
+ENDED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def task_events(api: Api, task_id: str, key: str = "key-acme") -> list[dict[str, Any]]:
+    """Every retained event of a task, oldest first, page after page."""
+    events: list[dict[str, Any]] = []
+    after_seq = 0
+    while True:
+        response = api.get(f"/v1/tasks/{task_id}/events", key=key, params={"after_seq": after_seq})
+        assert response.status_code == 200, response.text
+        page = response.json()
+        events += page["events"]
+        after_seq = page.get("next_after_seq")
+        if after_seq is None or not page["events"]:
+            return events
+
+
+@dataclass
+class Outcome:
+    """What became of the tasks a client was told were accepted, counted from the API and a receiver.
+
+    ``not_ended_once`` counts ended tasks whose event log does not hold exactly one final event, as its last: the
+    contract's "a task may run more than once after a fault; it ends once". Webhooks are at-least-once, so a
+    webhook that arrived twice (the same ``webhook-id``) is counted in ``webhooks_duplicated`` and only reported.
+    """
+
+    accepted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    lost: int = 0  # accepted and never ended
+    not_ended_once: int = 0
+    webhooks_missing: int = 0  # ended tasks whose final event never reached the receiver
+    webhooks_duplicated: int = 0  # arrivals beyond the first of one webhook-id
+    details: list[str] = field(default_factory=list)  # the first few tasks that did not end once, and why
+
+    def assert_every_task_completed_once(self, submitted: int) -> None:
+        """Every one of ``submitted`` tasks accepted, succeeded, and ended exactly once; every webhook arrived."""
+        assert self.accepted == submitted, self
+        assert self.lost == 0, self
+        assert self.failed == self.cancelled == 0, self  # an infrastructure fault is never a task's result
+        assert self.completed == submitted, self
+        assert self.not_ended_once == 0, self
+        assert self.webhooks_missing == 0, self
+
+
+def count_outcome(
+    api: Api, task_ids: Iterable[str], *, receiver: Receiver | None = None, path: str = "/hook", name: str = ""
+) -> Outcome:
+    """Read every task and its event log (and, with ``receiver``, the webhooks that reached ``path``) and count
+    what became of them; print the counts under ``name``."""
+    outcome = Outcome()
+    hooks = Counter(h.headers["webhook-id"] for h in receiver.on(path)) if receiver is not None else Counter[str]()
+    for task_id in dict.fromkeys(task_ids):
+        outcome.accepted += 1
+        task = api.task(task_id)
+        if task["status"] not in ENDED_STATUSES:
+            outcome.lost += 1
+            continue
+        outcome.completed += task["status"] == "succeeded"
+        outcome.failed += task["status"] == "failed"
+        outcome.cancelled += task["status"] == "cancelled"
+        events = task_events(api, task_id)
+        finals = [e for e in events if e["type"] in FINAL_EVENT_TYPES]
+        if len(finals) != 1 or events[-1] is not finals[0]:
+            outcome.not_ended_once += 1
+            if len(outcome.details) < 5:
+                outcome.details.append(f"{task_id}: {[e['type'] for e in events if e['type'] != 'task.progress']}")
+            continue
+        if receiver is not None:
+            arrived = hooks.get(finals[0]["id"], 0)
+            outcome.webhooks_missing += arrived == 0
+            outcome.webhooks_duplicated += max(0, arrived - 1)
+    print(f"{name or 'outcome'}: {outcome}")
+    return outcome
 
 
 def webhook_attempts(api: Api, task_id: str, key: str = "key-acme") -> list[dict[str, Any]]:

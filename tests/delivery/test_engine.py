@@ -37,6 +37,8 @@ USER_AGENT = "relay-test/1"
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[respx.MockRouter]:
+    """respx in place of the webhook client's transport (our HTTP/1.1 transport is not under test here: see
+    test_http11 and test_webhook_sender): the engine and the sender above it see each answer a route gives."""
     with respx.mock(using="httpx", assert_all_called=False) as router:
         yield router
 

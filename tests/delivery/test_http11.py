@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from delivery.http11 import Http11Transport, _request_bytes
 from delivery.policy import AttemptResult
 from delivery.signing import generate_secret
 from delivery.webhook import WebhookSender
+from tests.conftest import CI
 
 BODY = b'{"id":"evt_1","type":"task.completed"}'
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -194,20 +193,31 @@ async def test_never_more_connections_than_the_cap() -> None:
 
 
 async def test_the_wait_for_a_connection_counts_against_the_attempt() -> None:
-    async def never_answer(peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await peer.read_request(reader, peer.connections[-1])
-        await reader.read()
+    # One connection, held by a first request that the receiver answers after a second. A second request with 0.3 s
+    # for its whole attempt (and 5 s for the pool alone) must time out waiting, never sent: had the wait not counted,
+    # it would have had the freed connection at 1 s, well within the pool's 5 s, and sent on it.
+    async def answer_after_a_second(peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads = peer.connections[-1]
+        while True:
+            await peer.read_request(reader, heads)
+            await asyncio.sleep(1.0)
+            writer.write(OK)
+            await writer.drain()
 
     transport = Http11Transport(allow_private=True, max_connections=1)
     async with (
-        httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(0.4)) as http,
-        receiver(never_answer) as peer,
+        httpx.AsyncClient(transport=transport) as http,
+        receiver(answer_after_a_second) as peer,
     ):
-        started = time.perf_counter()
-        results = await asyncio.gather(*(send(http, f"http://127.0.0.1:{peer.port}/hook") for _ in range(2)))
-        elapsed = time.perf_counter() - started
-    assert [result.error for result in results] == ["timed out", "timed out"]
-    assert elapsed < 0.8  # both within one attempt's time: the second did not wait 0.4 s and then try for 0.4 s
+        url = f"http://127.0.0.1:{peer.port}/hook"
+        first = asyncio.create_task(http.post(url, content=BODY, timeout=httpx.Timeout(5.0)))
+        while requests(peer) == 0:
+            await asyncio.sleep(0.01)
+        with pytest.raises(httpx.TimeoutException):
+            await http.post(url, content=BODY, timeout=httpx.Timeout(0.3, pool=5.0))
+        assert (await first).status_code == 200
+        await asyncio.sleep(0.1)  # a request sent on the freed connection would have arrived by now
+    assert requests(peer) == 1
     assert len(peer.connections) == 1
 
 
@@ -315,7 +325,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        if os.environ.get("CI") == "true":
+        if CI:
             raise RuntimeError("openssl is not on PATH")
         pytest.skip("openssl is not on PATH")
     where = tmp_path_factory.mktemp("tls")

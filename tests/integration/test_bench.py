@@ -1,4 +1,6 @@
-"""`scripts/bench --webhooks` on a small run: Relay and the naive peer beside it both deliver every webhook."""
+"""`scripts/bench --webhooks` on a small run: Relay and the naive peer beside it both deliver every webhook once,
+signed, and every figure the report prints is there and sane (counts that add up, latencies in order, CPU
+measured for each of the service's processes)."""
 
 from __future__ import annotations
 
@@ -32,15 +34,44 @@ def run_bench(*args: str) -> dict[str, Any]:
     return result
 
 
+def assert_latencies_sane(figures: dict[str, Any]) -> None:
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"] < 120_000, figures
+
+
+def assert_run_counted(figures: dict[str, Any]) -> None:
+    """A closed-loop throughput run: every task accepted, succeeded and delivered once, signed, and measured."""
+    assert figures["accepted"] == figures["tasks"] == TASKS
+    assert figures["submit_errors"] == {}
+    assert (figures["delivered"], figures["missing"], figures["duplicates"]) == (TASKS, 0, 0)
+    assert figures["missing_sample"] == []
+    assert figures["not_succeeded"] == 0
+    assert figures["signature"] == "ok"
+    assert figures["seconds"] > 0
+    assert figures["submit_per_s"] > 0
+    assert figures["end_to_end_per_s"] > 0
+    assert_latencies_sane(figures)
+    cpu = figures["cpu_us_per_task"]
+    for group in ("api", "worker", "redis"):  # each of the service's processes was measured doing the work
+        assert cpu[group] > 0, cpu
+    assert abs(cpu["service"] - (cpu["api"] + cpu["worker"] + cpu["redis"])) <= 2, cpu
+    assert figures["redis_calls_per_task"], "Redis's command counts were not read"
+
+
 def test_relay_and_the_naive_peer_each_deliver_every_webhook_once_and_signed() -> None:
     result = run_bench("--webhooks", "-n", str(TASKS), "--no-bad-day", "--paced-s", "1")
 
+    assert result["config"]["tasks"] == TASKS
+    ceiling = result["ceiling"]  # the receiver and client alone: every request answered and counted
+    assert ceiling["ok"] == ceiling["received"] == ceiling["requests"] > 0
+    assert ceiling["req_per_s"] > 0
+    assert_run_counted(result["throughput"])
+    paced = result["paced"]  # the open loop at half the end-to-end rate
+    assert paced["rate_per_s"] >= 1
+    assert paced["accepted"] == paced["tasks"] == paced["delivered"] > 0
+    assert (paced["missing"], paced["submit_errors"]) == (0, {})
+    assert_latencies_sane(paced)
+
     assert "error" not in result["peer"]
-    for figures in (result["throughput"], result["peer"]["throughput"]):
-        assert figures["accepted"] == TASKS
-        assert (figures["delivered"], figures["missing"], figures["duplicates"]) == (TASKS, 0, 0)
-        assert figures["not_succeeded"] == 0
-        assert figures["signature"] == "ok"
-        assert figures["cpu_us_per_task"]["service"] > 0
+    assert_run_counted(result["peer"]["throughput"])
     # No webhook of the peer's failed and was retried (Dramatiq logs each retry as a warning).
     assert result["peer"]["logs"]["worker"]["counts"] == {}

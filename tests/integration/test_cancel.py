@@ -4,10 +4,14 @@ WebSocket and webhook."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.integration.conftest import StartRelay
 from tests.integration.test_api import assert_json_error
+from tests.integration.test_kinds import TEST_KINDS
 from tests.support import RELAY, ROOT, Api, Receiver, WsClient, wait_until, webhook_attempts
 
 
@@ -93,6 +97,26 @@ def test_a_running_task_is_cancelled_on_its_worker_and_the_socket_gets_the_final
         assert receiver.on("/running") == []
     finally:
         ws.close()
+        api.close()
+
+
+@pytest.mark.slow  # waits for the worker to notice the cancel
+def test_a_cancelled_running_task_runs_its_finally_on_the_worker(start_relay: StartRelay, tmp_path: Path) -> None:
+    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
+    start_relay("worker", RELAY_TASK_MODULES=TEST_KINDS)
+    marker = tmp_path / "held"
+    try:
+        task = api.submit("held", {"marker": str(marker)})
+        wait_until(lambda: marker.exists() and api.task(task["id"])["status"] == "running", message="the task to run")
+
+        assert cancel(api, task["id"])["status"] == "cancelled"
+
+        # The kind's own finally, in the worker process, says its wait was cancelled (asyncio cancellation).
+        wait_until(lambda: "finally" in marker.read_text(), timeout_s=15, message="the kind's finally to run")
+        assert marker.read_text().splitlines() == ["started", "finally: cancelled"]
+        assert event_types(api, task["id"]) == ["task.cancelled"]
+        assert api.task(task["id"])["result"] is None
+    finally:
         api.close()
 
 

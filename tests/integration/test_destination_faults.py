@@ -1,9 +1,11 @@
 """Flow control per destination under faults, with real processes: isolation from a hanging receiver, the breaker
 against a receiver that is down (with the signed operational events), caps across two worker processes, and a
-worker killed while it holds slots. Counted at the receiver: accepted, delivered, lost, duplicated."""
+worker killed while it holds slots. Counted (tests.support.count_outcome): accepted, completed, lost, ended once,
+webhooks missing and duplicated."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -12,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tests.integration.conftest import StartCluster, StartRelay
 from tests.integration.test_destinations import delivered_ids, destination_of
-from tests.support import Api, Receiver, dead_letters, run_receiver, wait_until
+from tests.support import Api, Receiver, count_outcome, dead_letters, run_receiver, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -69,9 +71,16 @@ def test_the_breaker_holds_a_dead_receivers_webhooks_probes_and_drains_them_all_
         # The first wave: every webhook once, all in flight together (the breaker opened on the third failure).
         first_wave = receiver.wait_for("/down", 30)
         assert len(first_wave) == 30
-        time.sleep(6.5)  # probes after 1, 2 and 4 s: three at most in this time
-        during_outage = len(receiver.on("/down")) - 30
-        assert during_outage <= 3, f"{during_outage} requests while open"
+        # While it is open only probes go out, one at a time, the wait doubling: 1, 2, then 4 s. By the third, every
+        # webhook's own retry (1 s after its failure) is long due: had the breaker let them go, they would be here.
+        probes = wait_until(
+            lambda: (r := receiver.on("/down")[30:]) and len(r) >= 3 and r, timeout_s=30, message="three probes"
+        )
+        assert len(receiver.on("/down")) == 33, "requests while open other than the probes"
+        assert len({p.headers["webhook-id"] for p in probes}) == 1  # the oldest owed webhook, each time
+        gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(probes)]
+        assert gaps[0] >= 1.9  # each wait starts when the probe before it failed: never sooner
+        assert gaps[1] >= 3.9
         assert opened["owed"] == 30
         assert opened["consecutive_failures"] >= 3
         metrics = relay.client.get("/metrics", key=None).text
@@ -90,6 +99,8 @@ def test_the_breaker_holds_a_dead_receivers_webhooks_probes_and_drains_them_all_
         healthy = destination_of(relay.client, origin)
         assert healthy["state"] == "healthy"
         assert healthy["owed"] == 0
+        outcome = count_outcome(relay.client, [t["id"] for t in tasks], receiver=receiver, path="/down", name="breaker")
+        outcome.assert_every_task_completed_once(30)
 
         events = ops.wait_for("/ops", 2, timeout_s=20)
         secret = relay.client.get("/v1/ops/signing-secret", key="admin-token").json()["secret"]
@@ -128,6 +139,9 @@ def test_max_in_flight_holds_across_two_worker_processes(start_relay: StartRelay
         receiver.wait_for("/capped", 61, timeout_s=30)
         assert receiver.peak_open_requests == 3  # never more, and the cap was used
         assert len(delivered_ids(receiver, "/capped")) == 61 == len(tasks) + 1
+        count_outcome(
+            client, [t["id"] for t in tasks], receiver=receiver, path="/capped"
+        ).assert_every_task_completed_once(60)
         for bad in (
             {"max_in_flight": 0},
             {"max_in_flight": 1001},
@@ -156,13 +170,20 @@ def test_a_worker_killed_holding_slots_gives_them_back_within_its_lease(
         receiver.delays.pop("/k")
         start_relay("worker", **env)
         receiver.wait_for("/k", 22, timeout_s=40)
-        time.sleep(1.0)
+        # Settled: nothing owed to the destination and nothing in flight (the dead worker's slots are back), so no
+        # request can come after this.
+        wait_until(
+            lambda: (d := destination_of(client, receiver.url("").rstrip("/")))["owed"] == 0 and d["in_flight"] == 0,
+            timeout_s=20,
+            message="the destination to settle",
+        )
         ids = [r.headers["webhook-id"] for r in receiver.on("/k")]
         events = {client.get(f"/v1/tasks/{t['id']}/events").json()["events"][-1]["id"] for t in tasks}
         assert set(ids) == events  # accepted 20, delivered 20, none lost
         assert len(ids) - len(set(ids)) == 2  # the two the dead worker held, sent again
-        dst = destination_of(client, receiver.url("").rstrip("/"))
-        assert dst["in_flight"] == 0
-        assert dst["owed"] == 0
+        outcome = count_outcome(
+            client, [t["id"] for t in tasks], receiver=receiver, path="/k", name="killed holding slots"
+        )
+        outcome.assert_every_task_completed_once(20)
     finally:
         client.close()

@@ -12,13 +12,24 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.integration.conftest import Relay, relay_for_many_tests
-from tests.support import RELAY, ROOT, Api, Receiver, WsClient, dead_letters, relay_env, wait_dead_letter, wait_until
+from tests.support import (
+    RELAY,
+    ROOT,
+    Api,
+    Receiver,
+    WsClient,
+    count_outcome,
+    dead_letters,
+    relay_env,
+    wait_dead_letter,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
 def relay(redis_server: RedisServer) -> Iterator[Relay]:
     """One API and worker for the module; each test has a receiver (so destinations) of its own."""
-    with relay_for_many_tests(redis_server, RELAY_WS_ACK_TIMEOUT="1") as shared:
+    with relay_for_many_tests(redis_server, RELAY_WS_ACK_TIMEOUT="3") as shared:  # acks in time on a busy box
         yield shared
 
 
@@ -79,6 +90,42 @@ def test_pause_holds_everything_and_resume_drains_it(relay: Relay, receiver: Rec
     assert resumed.json()["state"] == "healthy"
     receiver.wait_for("/p", 11)
     assert len(delivered_ids(receiver, "/p")) == 11
+
+
+RATE_PER_S = 4
+RATED = 16
+
+
+@pytest.mark.slow  # four seconds of webhooks at the rate
+def test_rate_per_s_spaces_the_starts_of_a_destinations_webhooks(relay: Relay, receiver: Receiver) -> None:
+    relay.client.submit("echo", 0, webhook=receiver.url("/rated"))
+    receiver.wait_for("/rated", 1)
+    dst = destination_of(relay.client, receiver.url("").rstrip("/"), key="key-acme")
+    # Held while they become owed, so that all are due at once on resume: only the rate can space them.
+    assert relay.client.post(f"/v1/destinations/{dst['id']}/pause", key="key-acme").status_code == 200
+    tasks = [relay.client.submit("echo", n, webhook=receiver.url("/rated")) for n in range(RATED)]
+    wait_until(
+        lambda: relay.client.get(f"/v1/destinations/{dst['id']}", key="key-acme").json()["owed"] == RATED,
+        message="every webhook owed",
+    )
+    patched = relay.client.request(
+        "PATCH", f"/v1/destinations/{dst['id']}", key="key-acme", json={"rate_per_s": RATE_PER_S}
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["rate_per_s"] == RATE_PER_S
+    assert relay.client.post(f"/v1/destinations/{dst['id']}/resume", key="key-acme").status_code == 200
+
+    hooks = receiver.wait_for("/rated", 1 + RATED, timeout_s=30)[1:]
+
+    arrivals = sorted(h.at for h in hooks)
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 1.0) for start in arrivals)
+    # The bucket holds one second of the rate and refills at the rate: at most twice the rate start within any one
+    # second (one more for a start that arrived late). Unrated, all sixteen come within a moment.
+    assert busiest <= 2 * RATE_PER_S + 1, arrivals
+    # The first RATE_PER_S at once, then one every 1 / RATE_PER_S seconds (less half a second of arrival jitter).
+    assert arrivals[-1] - arrivals[0] >= (RATED - RATE_PER_S) / RATE_PER_S - 0.5, arrivals
+    outcome = count_outcome(relay.client, [t["id"] for t in tasks], receiver=receiver, path="/rated")
+    outcome.assert_every_task_completed_once(RATED)
 
 
 def test_tenants_see_only_their_own_destinations(relay: Relay, receiver: Receiver) -> None:

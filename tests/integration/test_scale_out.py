@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from tests.integration.conftest import StartCluster, StartRelay
-from tests.support import Api, Receiver
+from tests.support import Api, Receiver, count_outcome
 
 TASKS = 50
 
@@ -29,6 +29,8 @@ def test_two_apis_and_two_workers_deliver_every_task_exactly_once(start_relay: S
         assert len(per_id) == TASKS
         assert sorted(h.json()["task_id"] for h in hooks) == sorted(submitted)
         assert {h.json()["data"]["result"]["i"] for h in hooks} == set(range(TASKS))
+        outcome = count_outcome(clients[0], submitted, receiver=receiver, name="two APIs, two workers")
+        outcome.assert_every_task_completed_once(TASKS)
 
         # A task submitted through API A reads the same through API B, and the other way round.
         for i, task_id in enumerate(submitted[:4]):

@@ -177,9 +177,17 @@ def test_a_bad_resume_point_is_a_422_that_names_it(
 
 def test_a_silent_task_gets_comment_lines_and_its_cancel_ends_the_stream(shared: Relay) -> None:
     task = shared.client.submit("echo", "later", body={"delay_s": 60})  # scheduled: no event for a minute
+    progress: list[Streamed] = []
     result: list[Streamed] = []
     reader = threading.Thread(
-        target=lambda: result.append(stream_task(shared.api.url, task["id"], params={"token": task["ws_token"]})),
+        target=lambda: result.append(
+            stream_task(
+                shared.api.url,
+                task["id"],
+                params={"token": task["ws_token"]},
+                until=lambda s: progress.append(s) is not None,  # never stops: lets the test watch it
+            )
+        ),
         daemon=True,
     )
     reader.start()
@@ -190,15 +198,18 @@ def test_a_silent_task_gets_comment_lines_and_its_cancel_ends_the_stream(shared:
         return int(match.group(1)) if match else 0
 
     wait_until(lambda: open_streams() >= 1, message="the stream to be counted in /metrics")
-    started = time.monotonic()
-    time.sleep(1.3)  # keepalive at the ping interval: 0.5 s
+    # Keepalive comments at the ping interval (0.5 s here) while nothing happens.
+    wait_until(lambda: progress and len(progress[-1].comments) >= 2, timeout_s=15, message="two keepalive comments")
     cancelled = shared.client.post(f"/v1/tasks/{task['id']}/cancel")
+    cancelled_at = time.monotonic()
     assert cancelled.status_code == 202, cancelled.text
     reader.join(10)
+    assert not reader.is_alive(), "the cancel did not end the stream"
+    # A follower learns of the cancel at once (the API ends the stream on the final event), not a timeout later.
+    assert time.monotonic() - cancelled_at < 5
 
     (streamed,) = result
     assert len(streamed.comments) >= 2, streamed.comments
-    assert time.monotonic() - started < 6
     assert streamed.subscribed is not None
     assert streamed.subscribed["status"] == "scheduled"
     assert [m.event for m in streamed.messages] == ["task.cancelled"]

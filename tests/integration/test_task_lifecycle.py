@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -97,7 +97,12 @@ class TestTheLifecycleWithTheTestKinds:
 
         response = kinds_relay.client.post(f"/v1/tasks/{task['id']}/cancel")
         assert response.status_code == 202, response.text
-        time.sleep(3)  # past its run_at and a sweep
+        # A witness scheduled just after it: once the witness has run, the cancelled task's run_at has passed and
+        # the promotion that would have run it has been.
+        run_at = datetime.fromisoformat(waiting["run_at"]) + timedelta(seconds=0.2)
+        witness = kinds_relay.client.submit("echo", "witness", body={"run_at": run_at.isoformat()})
+        witness_done = kinds_relay.client.wait_task(witness["id"], timeout_s=20)
+        assert datetime.fromisoformat(witness_done["started_at"]) >= run_at
 
         done = kinds_relay.client.task(task["id"])
         assert done["status"] == "cancelled"
@@ -202,7 +207,7 @@ class TestTheLifecycleWithTheTestKinds:
             timeout_s=10,
             message="every wanted event acked, its webhook skipped",
         )
-        time.sleep(0.5)
+        # The ack settles the webhook in the same step that records "skipped": once logged, none can go out.
         assert receiver.on("/acked") == []
 
     @pytest.mark.parametrize(

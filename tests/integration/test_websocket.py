@@ -15,7 +15,8 @@ from tests.support import Api, Receiver, RelayProcess, WsClient, dead_letters, r
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
 
-ACK_TIMEOUT_S = 1.0
+# Long enough that a client on a busy machine acks in time, short enough that the fallback tests wait little.
+ACK_TIMEOUT_S = 3.0
 WS_ENV = {
     "RELAY_WS_ACK_TIMEOUT": str(ACK_TIMEOUT_S),
     "RELAY_WS_PING_INTERVAL": "1",
@@ -265,27 +266,6 @@ def test_a_socket_resumes_after_its_api_is_killed(
     assert seqs(before + after) == list(range(1, len(before + after) + 1))
     assert after[-1]["type"] == "task.completed"
     assert before + after == logged_events(shared.client, task["id"])
-
-
-def test_lost_retention_answers_recovered_false_and_the_token_reads_the_task(
-    shared: Relay, open_ws: OpenWs, redis_server: RedisServer
-) -> None:
-    task = shared.client.submit("echo", {"kept": "in the task"}, body=WEBSOCKET)
-    shared.client.wait_task(task["id"])
-    redis = redis_server.client()
-    assert redis.delete(f"relay:events:{task['id']}") == 1  # as if RELAY_EVENT_RETENTION had passed
-    redis.close()
-    ws = open_ws()
-
-    first = subscribed(ws, task)
-
-    assert (first["status"], first["last_seq"], first["recovered"]) == ("succeeded", 1, False)
-    by_token = shared.client.get(f"/v1/tasks/{task['id']}", key=task["ws_token"])
-    assert by_token.status_code == 200
-    assert (by_token.json()["status"], by_token.json()["result"]) == ("succeeded", {"kept": "in the task"})
-    assert shared.client.get(f"/v1/tasks/{task['id']}", key="not-the-token").status_code == 401
-    unknown = shared.client.get("/v1/tasks/task_doesnotexist0000000000", key=task["ws_token"])
-    assert unknown.status_code == 401  # the same answer whether or not the task exists
 
 
 # Cluster.
