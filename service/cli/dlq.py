@@ -40,6 +40,8 @@ from service.cli.render import (
 DEFAULT_LIST_LIMIT = 100
 # Characters of a last status/error the list table keeps.
 LAST_OUTCOME_WIDTH = 40
+# Matches `relay dlq purge --all` lists before it asks; the rest are counted.
+PURGE_LISTED = 20
 # Terminal widths from which the list adds when it died; the tenant and attempts; the last outcome and replays.
 MEDIUM = 100
 WIDE = 120
@@ -288,20 +290,25 @@ def purge(
 ) -> None:
     """Delete dead letters for good: the given IDs, or --all that match the filters.
 
-    With --all the matching dead letters are listed and counted first, and purge asks before deleting them
-    (--yes does not ask; --dry-run only counts).
+    With --all the matching dead letters are listed (the first 20, newest first) and counted, then purge asks
+    before deleting them (--yes does not ask, but still lists; --dry-run only counts).
     """
     filters = {"reason": reason, "tenant": tenant, "since": since, "until": until}
     _check_selection(ids, all_, {**filters, "dry_run": dry_run})  # --yes is harmless with ids: nothing to ask
     with client(url, token) as http:
         if all_:
-            ids = tuple(letter.id for letter in iter_dead_letters(http, filters, None))
+            letters = list(iter_dead_letters(http, filters, None))
+            ids = tuple(letter.id for letter in letters)
             if dry_run:
                 click.echo(f"dry run: {len(ids)} would be deleted")
                 return
             if not ids:
                 click.echo("No dead letters match; nothing deleted.")
                 return
+            console = stdout()
+            console.print(dead_letter_table(letters[:PURGE_LISTED], console.width))
+            if len(letters) > PURGE_LISTED:
+                click.echo(f"… and {len(letters) - PURGE_LISTED} more ({len(letters)} in all)")
             noun = "dead letter" if len(ids) == 1 else "dead letters"
             if not yes and not click.confirm(f"Delete {len(ids)} {noun} for good?", err=True):
                 click.echo("Nothing deleted.")
