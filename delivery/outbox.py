@@ -135,7 +135,7 @@ class Outbox:
         dst = destination_for(delivery.tenant, delivery.url)
         reply = await self._handoff(
             keys=[keys.DUE, keys.delivery(delivery.event_id), *dst.keys],
-            args=[*self._flow.header(), delivery.event_id, dst.id, dst.tenant, dst.origin],
+            args=[*self._flow.header(), delivery.event_id, dst.id, dst.tenant, dst.origin, _untried_replay(delivery)],
         )
         if as_text(reply[0]) == "admitted":
             return Lease(delivery=delivery, token=as_text(reply[1]))
@@ -310,6 +310,11 @@ class Outbox:
             pipe.zrem(deadline, event_id)
             await pipe.execute()
         await count_unreadable(self._redis, 1)
+
+
+def _untried_replay(delivery: PendingDelivery) -> str:
+    """'replay' for a replayed dead letter not attempted since (it is owed a real attempt before it may expire)."""
+    return "replay" if delivery.dead_letter_id is not None and delivery.run_attempts == 0 else ""
 
 
 async def trim_dead_letter_index(redis: aioredis.Redis, *, retention_s: int, now: float | None = None) -> int:
