@@ -14,7 +14,13 @@ def test_the_editable_install_builds_without_a_warning(tmp_path: Path) -> None:
     # The build backend scripts/setup runs (pip install -e .), with every warning an error: a fresh setup prints
     # nothing but real errors.
     built = subprocess.run(
-        [sys.executable, "-W", "error", "-c", f"import setuptools.build_meta as b; b.build_editable({str(tmp_path)!r})"],
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-c",
+            f"import setuptools.build_meta as b; b.build_editable({str(tmp_path)!r})",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

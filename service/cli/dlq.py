@@ -13,7 +13,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayResult
-from schemas.deliveries import Attempt, AttemptList
+from schemas.deliveries import AttemptList
 from service.cli.http import (
     ADMIN_TOKEN_ENV,
     ApiError,
@@ -191,28 +191,32 @@ def show(dead_letter_id: str, as_json: bool, url: str, token: str) -> None:
             click.echo(response.text)
             return
         letter = decode(response, DeadLetter)
-        attempts = _attempts_of(http, letter)
+        deliveries = _deliveries_of(http, letter)
     console = stdout()
     console.print(_dead_letter_fields(letter))
     console.print(Text("\nevent", style="bold"))
     console.print(JSON.from_data(msgspec.to_builtins(letter.event)))
-    if attempts is None:
+    if deliveries is None:
         console.print(Text("\nThe task's attempt log has expired; see attempts and last status above.", style="dim"))
     else:
         console.print(Text("\nattempts", style="bold"))
-        console.print(attempts_table(attempts))
+        console.print(attempts_table(deliveries.attempts, steps=deliveries.steps))
 
 
-def _attempts_of(http: httpx.Client, letter: DeadLetter) -> list[Attempt] | None:
-    """The attempts at the dead letter's event, or None when the task (and its log) is gone."""
+def _deliveries_of(http: httpx.Client, letter: DeadLetter) -> AttemptList | None:
+    """The attempts at the dead letter's event with its dead-lettered and replayed steps, or None when the task
+    (and its log) is gone."""
     try:
         response = call(http, "GET", f"{resource_path('tasks', letter.task_id)}/deliveries")
     except ApiError as exc:
         if exc.status_code == 404:
             return None
         raise
-    attempts = decode(response, AttemptList).attempts
-    return [attempt for attempt in attempts if attempt.event_id == letter.event.id]
+    found = decode(response, AttemptList)
+    return AttemptList(
+        attempts=[attempt for attempt in found.attempts if attempt.event_id == letter.event.id],
+        steps=[step for step in found.steps if step.event_id == letter.event.id],
+    )
 
 
 @dlq.command()

@@ -8,14 +8,14 @@ from schemas.api import SigningSecret
 from service.cli.http import API_KEY_ENV, api_options, call, client, decode
 
 # How long a rotated-out secret keeps signing beside the new one (the API's promise, told to the user).
-OLD_SECRET_KEPT = "24 h"
+ROTATION_OVERLAP = "24 h"
 
 
 @click.command("signing-secret")
 @click.option(
     "--rotate",
     is_flag=True,
-    help=f"Make a new secret; the old one keeps signing beside it for {OLD_SECRET_KEPT}, so receivers can move over.",
+    help=f"Make a new secret; the old one keeps signing beside it for {ROTATION_OVERLAP}, so receivers can move over.",
 )
 @api_options(API_KEY_ENV, "A tenant's API key (the secret is the tenant's own).")
 def signing_secret(rotate: bool, url: str, token: str) -> None:
@@ -25,10 +25,8 @@ def signing_secret(rotate: bool, url: str, token: str) -> None:
     checks them with this secret, e.g. standardwebhooks' Webhook(secret).verify(body, headers).
     """
     with client(url, token) as http:
-        if rotate:
-            answer = call(http, "POST", "/v1/signing-secret/rotate")
-        else:
-            answer = call(http, "GET", "/v1/signing-secret")
+        method, path = ("POST", "/v1/signing-secret/rotate") if rotate else ("GET", "/v1/signing-secret")
+        answer = call(http, method, path)
     click.echo(decode(answer, SigningSecret).secret)
     if rotate:
-        click.echo(f"relay: rotated; the old secret keeps signing beside this one for {OLD_SECRET_KEPT}", err=True)
+        click.echo(f"relay: rotated; the old secret keeps signing beside this one for {ROTATION_OVERLAP}", err=True)

@@ -278,7 +278,6 @@ class FakeRelay:
         ]
         return 200, {"attempts": attempts}
 
-
     def _list_destinations(self, req: Seen) -> tuple[int, Any]:
         return 200, {"items": list(self.destinations.values()), "next_cursor": None}
 
