@@ -89,6 +89,13 @@ def _handler(secret: str, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def make_server(host: str, port: int, secret: str) -> ThreadingHTTPServer:
+    """The receiver, listening on ``host:port``, checking signatures with ``secret``; serve_forever() runs it."""
+    server = ThreadingHTTPServer((host, port), _handler(secret, threading.Lock()))
+    server.daemon_threads = True
+    return server
+
+
 def _fetch_secret(url: str, token: str) -> str:
     with client(url, token) as http:
         return decode(call(http, "GET", "/v1/signing-secret"), SigningSecret).secret
@@ -134,10 +141,9 @@ def receive(host: str, port: int, secret: str | None, url: str, token: str | Non
     except InvalidSecret as exc:
         raise click.BadParameter(str(exc), param_hint="--secret") from None
     try:
-        server = ThreadingHTTPServer((host, port), _handler(secret, threading.Lock()))
+        server = make_server(host, port, secret)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
-    server.daemon_threads = True
     shown = f"[{host}]" if ":" in host else host
     click.echo(
         f"Receiving webhooks at http://{shown}:{port}/ (signatures checked with the tenant's secret); Ctrl-C stops"
