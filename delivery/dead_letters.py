@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -17,6 +17,7 @@ from delivery.outbox import Outbox, unlink_dead_letter
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
 from delivery.time_index import Position, parse_cursor, scan, take_page
 from schemas.dead_letters import DeadLetter, DeadLetterReason
+from schemas.deliveries import DeliveryStep, StepKind
 
 # Dead letters replayed in one atomic step by a bulk replay.
 REPLAY_BATCH = 200
@@ -98,7 +99,9 @@ class DeadLetterStore:
         """Replay each of ``batch`` in one atomic step: all are owed again (but those already in flight), or none."""
         if not batch:
             return []
-        args: list[str | bytes | float] = [time.time(), keys.delivery(""), metrics.REPLAYED]
+        now = time.time()
+        at = datetime.fromtimestamp(now, UTC)
+        args: list[str | bytes | float] = [now, keys.delivery(""), metrics.REPLAYED, self._outbox.attempts_ttl_s]
         for dead in batch:
             delivery = PendingDelivery(
                 tenant=dead.tenant,
@@ -110,6 +113,10 @@ class DeadLetterStore:
                 dead_letter_id=dead.id,
                 replays=dead.replays,
             )
-            args += [dead.event.id, _encode(delivery)]
-        replayed = await self._replay(keys=[keys.DUE, keys.STATS], args=args)
+            step = DeliveryStep(
+                event_id=dead.event.id, step=StepKind.REPLAYED, at=at, dead_letter_id=dead.id, reason=dead.reason
+            )
+            args += [dead.event.id, _encode(delivery), _encode(step)]
+        steps = [keys.delivery_steps(dead.task_id) for dead in batch]
+        replayed = await self._replay(keys=[keys.DUE, keys.STATS, *steps], args=args)
         return [bool(r) for r in replayed]

@@ -9,6 +9,7 @@
 --   due       sorted set: event id -> unix time its next attempt is due (every owed webhook not in flight)
 --   flight    sorted set: event id -> unix ms its attempt's lease ends (the attempts in flight, cluster-wide)
 --   deadline  sorted set: event id -> unix time its retry span ends (dead-lettered then if still held)
+--   untried   sorted set: event id -> unix time it was owed, for replays not attempted yet (see dst_untried)
 -- READY holds every destination that has something to do, by the time it next does: the claim reads only the
 -- destinations that are due, never the webhooks an open or paused destination holds.
 
@@ -33,6 +34,14 @@ end
 local function dst_keys(id)
     local tag = KEY_PREFIX .. '{' .. id .. '}:'
     return {id = id, meta = tag .. 'meta', due = tag .. 'due', flight = tag .. 'flight', deadline = tag .. 'deadline'}
+end
+
+-- Replayed webhooks owed without a real attempt yet. A replay asks for a real attempt, so one is never expired
+-- before it had one: it has no deadline until its first attempt (its retry span starts then), and an open
+-- destination sends it as its next probe, before the webhooks held longest. (Named after the meta key, so that it
+-- shares the destination's hash tag.)
+local function dst_untried(d)
+    return string.sub(d.meta, 1, #d.meta - 4) .. 'untried'
 end
 
 local function num(value, default)
@@ -206,9 +215,33 @@ local function dst_accept(d, event_id, tenant, origin)
     return token
 end
 
--- The webhook waiting longest, not in flight (the deadline set is in the order they first waited; the due
--- set, by next attempt, answers for any without a deadline).
+-- A replay owed to the destination now, not attempted yet: leased to the caller at once when the destination lets
+-- it start now (the lease token), else waiting, first in line for a probe and with no deadline (false).
+local function dst_accept_replay(d, event_id, tenant, origin)
+    dst_ensure(d, tenant, origin)
+    local token = dst_admit(d, event_id)
+    if not token then
+        redis.call('ZADD', d.due, NOW, event_id)
+        redis.call('ZADD', dst_untried(d), 'NX', NOW, event_id)
+        dst_mark_ready(d, NOW)
+    end
+    return token
+end
+
+-- The webhook an open destination probes with: a replay not attempted yet (oldest first), else the webhook
+-- waiting longest, not in flight (the deadline set is in the order they first waited; the due set, by next
+-- attempt, answers for any without a deadline).
 local function dst_oldest(d)
+    local untried = dst_untried(d)
+    -- (one more than there are attempts in flight: past those, the first one waiting)
+    for _, id in ipairs(redis.call('ZRANGE', untried, 0, redis.call('ZCARD', d.flight))) do
+        if redis.call('ZSCORE', d.due, id) then
+            return id
+        end
+        if not redis.call('ZSCORE', d.flight, id) then
+            redis.call('ZREM', untried, id)  -- owed no more
+        end
+    end
     local first = dst_waiting_by_deadline(d, 1)
     if #first > 0 then
         return first[1][1]
@@ -299,6 +332,7 @@ local function dst_next(d, record_prefix)
             return id, record, LEASE_MS
         end
         redis.call('ZREM', d.deadline, id)
+        redis.call('ZREM', dst_untried(d), id)
     end
 end
 
@@ -325,6 +359,7 @@ local function dst_settle(d, event_id, outcome, error_text, hold_until)
     local was_probe = s.probe == event_id
     redis.call('ZREM', d.flight, event_id)
     redis.call('ZREM', d.due, event_id)
+    redis.call('ZREM', dst_untried(d), event_id)  -- attempted (or settled without one): a webhook like the others
     local change = ''
     if was_probe then
         redis.call('HDEL', d.meta, 'probe')

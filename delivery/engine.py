@@ -36,7 +36,14 @@ DEFAULT_POLL_INTERVAL_S = 0.25
 # Most webhooks claimed in one poll.
 DEFAULT_CLAIM_BATCH = 200
 
+# The last error of a dead letter whose webhook its open destination held for its whole retry span.
+NEVER_ATTEMPTED = "circuit open, never attempted"
+
 _encode = msgspec.json.Encoder().encode
+
+
+def attempts_text(count: int) -> str:
+    return "1 attempt" if count == 1 else f"{count} attempts"
 
 
 class DeliveryEngine:
@@ -168,6 +175,8 @@ class DeliveryEngine:
 
     async def expire(self, lease: Lease) -> Lease | None:
         """A webhook its open destination held past its retry span: a dead letter, without another attempt."""
+        if lease.delivery.attempts == 0:
+            lease.delivery.last_error = NEVER_ATTEMPTED  # rather than no error at all beside "0 attempts"
         decision = Decision(Verdict.DEAD, reason=DeadLetterReason.RETRIES_EXHAUSTED)
         recorded = await self._outbox.record(lease.delivery, None, decision, token=lease.token)
         self._after(lease.delivery, recorded)
@@ -177,12 +186,12 @@ class DeliveryEngine:
         dead = recorded.dead
         if dead is not None:
             log.warning(
-                "event %s of task %s is a dead letter (%s, %s attempts): %s",
+                "event %s of task %s is a dead letter (%s, %s)%s",
                 delivery.event_id,
                 delivery.task_id,
                 dead.reason.value,
-                dead.attempts,
-                dead.last_error,
+                attempts_text(dead.attempts),
+                f": {dead.last_error}" if dead.last_error else "",
             )
         if recorded.change and recorded.destination_id is not None:
             log.warning("destination %s (%s): %s", recorded.destination_id, delivery.tenant, recorded.change)

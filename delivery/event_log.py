@@ -20,12 +20,13 @@ from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_batch import batched
 from delivery.redis_client import as_text
-from schemas.deliveries import Attempt, Channel, DeliveryOutcome
+from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep
 from schemas.events import Event, EventType
 
 _encode = msgspec.json.Encoder().encode
 _decode_events = msgspec.json.Decoder(Event).decode
 _decode_attempt = msgspec.json.Decoder(Attempt).decode
+_decode_step = msgspec.json.Decoder(DeliveryStep).decode
 
 
 def _rfc3339_now() -> str:
@@ -167,3 +168,11 @@ class EventLog:
         attempts = [decode_or_skip(_decode_attempt, r, key=key) for r in raw]
         await count_unreadable(self._redis, attempts.count(None))
         return [a for a in attempts if a is not None]
+
+    async def steps(self, task_id: str) -> list[DeliveryStep]:
+        """The task's webhooks' dead-lettered and replayed steps, oldest first."""
+        key = keys.delivery_steps(task_id)
+        raw = await self._redis.lrange(key, 0, -1)
+        steps = [decode_or_skip(_decode_step, r, key=key) for r in raw]
+        await count_unreadable(self._redis, steps.count(None))
+        return [s for s in steps if s is not None]

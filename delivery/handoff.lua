@@ -2,7 +2,8 @@
 -- destinations existed): it is owed there from now on, and leased to the caller at once when the destination
 -- lets it start now.
 -- KEYS: due (the general schedule), delivery, meta, dst due, flight, deadline
--- ARGV: the two of dst_init, event id, destination id, tenant, origin
+-- ARGV: the two of dst_init, event id, destination id, tenant, origin, 'replay' for a replay not attempted yet
+--       (it gets a real attempt before it can expire: see dst_untried) or ''
 -- Returns {'gone'}, {'owed'} or {'admitted', lease token}.
 dst_init(ARGV[1], ARGV[2])
 local event_id = ARGV[3]
@@ -14,7 +15,12 @@ local d = {id = ARGV[4], meta = KEYS[3], due = KEYS[4], flight = KEYS[5], deadli
 if dst_owes(d, event_id) then
     return {'owed'}  -- handed over before (a second claim of a slow first handoff)
 end
-local token = dst_accept(d, event_id, ARGV[5], ARGV[6])
+local token
+if ARGV[7] == 'replay' then
+    token = dst_accept_replay(d, event_id, ARGV[5], ARGV[6])
+else
+    token = dst_accept(d, event_id, ARGV[5], ARGV[6])
+end
 if token then
     return {'admitted', token}
 end

@@ -80,6 +80,11 @@ def attempts(task_id: str) -> str:
     return f"{PREFIX}attempts:{task_id}"
 
 
+def delivery_steps(task_id: str) -> str:
+    """List of the task's webhooks' dead-lettered and replayed steps, oldest first (kept as long as its attempts)."""
+    return f"{PREFIX}steps:{task_id}"
+
+
 def webhook_head(task_id: str) -> str:
     """The task's webhook owed now ('p:' or 'f:' and its event id); newer ones wait in its line (task_line.lua)."""
     return f"{PREFIX}wh:head:{task_id}"

@@ -35,7 +35,7 @@ from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from delivery.signing_secrets import live_secrets
 from schemas.dead_letters import DeadLetter
-from schemas.deliveries import Attempt, Channel, DeliveryOutcome
+from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep, StepKind
 
 _CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
 _encode = msgspec.json.Encoder().encode
@@ -93,6 +93,11 @@ class Outbox:
     def lease_s(self) -> float:
         return self._lease_s
 
+    @property
+    def attempts_ttl_s(self) -> int:
+        """How long a task's attempts (and its delivery steps) are kept after the last one."""
+        return self._attempts_ttl_s
+
     async def claim(self, *, limit: int, now: float | None = None) -> list[tuple[PendingDelivery, bool]]:
         """Lease up to ``limit`` due deliveries; each comes with True when its WebSocket ack never came."""
         moment = time.time() if now is None else now
@@ -135,7 +140,7 @@ class Outbox:
         dst = destination_for(delivery.tenant, delivery.url)
         reply = await self._handoff(
             keys=[keys.DUE, keys.delivery(delivery.event_id), *dst.keys],
-            args=[*self._flow.header(), delivery.event_id, dst.id, dst.tenant, dst.origin],
+            args=[*self._flow.header(), delivery.event_id, dst.id, dst.tenant, dst.origin, _untried_replay(delivery)],
         )
         if as_text(reply[0]) == "admitted":
             return Lease(delivery=delivery, token=as_text(reply[1]))
@@ -265,6 +270,15 @@ class Outbox:
                 metrics.DEAD_LETTERED,
                 self._dead_letter_retention_s,
                 metrics.dead_letter_counter(decision.reason.value),
+                _encode(
+                    DeliveryStep(
+                        event_id=delivery.event_id,
+                        step=StepKind.DEAD_LETTERED,
+                        at=dead.dead_at,
+                        dead_letter_id=dl_id,
+                        reason=dead.reason,
+                    )
+                ),
             ]
         reply = await self._record(
             keys=[
@@ -282,6 +296,7 @@ class Outbox:
                 keys.webhook_head(delivery.task_id),
                 keys.webhook_line(delivery.task_id),
                 keys.stats_of(delivery.tenant),
+                keys.delivery_steps(delivery.task_id),
             ],
             args=args,
         )
@@ -310,6 +325,11 @@ class Outbox:
             pipe.zrem(deadline, event_id)
             await pipe.execute()
         await count_unreadable(self._redis, 1)
+
+
+def _untried_replay(delivery: PendingDelivery) -> str:
+    """'replay' for a replayed dead letter not attempted since (it is owed a real attempt before it may expire)."""
+    return "replay" if delivery.dead_letter_id is not None and delivery.run_attempts == 0 else ""
 
 
 async def trim_dead_letter_index(redis: aioredis.Redis, *, retention_s: int, now: float | None = None) -> int:

@@ -2,7 +2,8 @@
 -- destination's slot and breaker, and the dead letter when it died.
 -- KEYS: attempts, stats, due (the general schedule), delivery, latency, dead_letter, dead_letters,
 --       dead_letters_of_tenant, dead_letter_of_event, then the destination's meta, due, flight, deadline, the
---       tenant's signing secrets, the task's webhook head and line, and the tenant's counters
+--       tenant's signing secrets, the task's webhook head and line, the tenant's counters, and the task's
+--       delivery steps (dead-lettered, replayed)
 -- ARGV: the two of dst_init,
 --       3 attempt ('' when none was made), 4 attempts_ttl_s, 5 outcome_field ('' for none),
 --       6 verdict ('delivered' | 'retry' | 'dead' | 'dropped' | 'noted'), 7 event_id,
@@ -12,7 +13,8 @@
 --         retry:     17 delivery, 18 due_at
 --         delivered: 17 latency_bucket, 18 latency_s, 19 replayed dead letter id ('' for none)
 --         dead:      17 dead letter, 18 dead letter id, 19 dead_at_ms, 20 dead_lettered_field (the stats counter),
---                    21 retention_s (how long dead letters are kept), 22 the counter of its reason
+--                    21 retention_s (how long dead letters are kept), 22 the counter of its reason, 23 its
+--                    dead_lettered step (kept attempts_ttl_s, as the attempts)
 --         noted:     nothing (an unacked push: the webhook is owed to its destination from now on)
 --         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
 -- Returns {status, change[, event id, record, lease token, the tenant's secrets]}: status 'ok' or 'fenced' (another
@@ -94,6 +96,8 @@ elseif verdict == 'dead' then
     redis.call('HINCRBY', KEYS[2], ARGV[22], 1)
     redis.call('HINCRBY', KEYS[17], ARGV[20], 1)
     redis.call('HINCRBY', KEYS[17], ARGV[22], 1)
+    redis.call('RPUSH', KEYS[18], ARGV[23])
+    redis.call('EXPIRE', KEYS[18], ARGV[4])
 end
 if verdict == 'delivered' or verdict == 'dead' then
     line_advance(L, event_id, d)

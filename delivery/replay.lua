@@ -1,14 +1,19 @@
 -- Owe dead letters' events again, on a fresh schedule, in one step per batch.
--- KEYS: due, stats
--- ARGV: now, delivery key prefix, replayed_field, then event_id, delivery, event_id, delivery, ...
--- An event whose delivery is already owed (a replay in flight) is left alone.
+-- KEYS: due, stats, then the delivery steps list of each event's task, in the order of the events
+-- ARGV: now, delivery key prefix, replayed_field, steps_ttl_s, then per event: event_id, delivery, replayed step
+-- An event whose delivery is already owed (a replay in flight) is left alone; one replayed gets its 'replayed' step
+-- in its task's steps (beside the attempts, kept as long).
 -- Returns one 1 (replayed) or 0 (already in flight) per event, in order.
 local out = {}
 local replayed = 0
-for i = 4, #ARGV, 2 do
+local n = 0
+for i = 5, #ARGV, 3 do
+    n = n + 1
     local event_id = ARGV[i]
     if redis.call('SET', ARGV[2] .. event_id, ARGV[i + 1], 'NX') then
         redis.call('ZADD', KEYS[1], ARGV[1], event_id)
+        redis.call('RPUSH', KEYS[2 + n], ARGV[i + 2])
+        redis.call('EXPIRE', KEYS[2 + n], ARGV[4])
         replayed = replayed + 1
         table.insert(out, 1)
     else

@@ -7,6 +7,8 @@ from datetime import datetime
 
 import msgspec
 
+from schemas.dead_letters import DeadLetterReason
+
 
 class Channel(enum.Enum):
     WEBSOCKET = "websocket"
@@ -32,6 +34,28 @@ class Attempt(msgspec.Struct):
     duration_ms: float = 0.0
 
 
+class StepKind(enum.Enum):
+    DEAD_LETTERED = "dead_lettered"  # the webhook became a dead letter
+    REPLAYED = "replayed"  # the dead letter was sent again (it leaves the store once delivered)
+
+
+class DeliveryStep(msgspec.Struct):
+    """A step of a webhook's delivery that is not an attempt: it was dead-lettered, or its dead letter replayed.
+
+    Kept beside the attempts rather than among them: an Attempt's outcome says what one try to deliver brought,
+    and clients read that set of outcomes as complete.
+    """
+
+    event_id: str
+    step: StepKind
+    at: datetime
+    dead_letter_id: str
+    reason: DeadLetterReason | None = None  # why it was (or had been) dead-lettered
+
+
 class AttemptList(msgspec.Struct):
     attempts: list[Attempt]
     next_cursor: str | None = None  # every attempt fits one page
+    # Dead-lettered and replayed steps of the task's webhooks, oldest first (interleave them with the attempts by
+    # their time for a timeline).
+    steps: list[DeliveryStep] = msgspec.field(default_factory=list)

@@ -141,6 +141,8 @@ def worker(processes: int, threads: int) -> None:
 def _attach_client_commands() -> None:
     from service.cli.destinations import destinations
     from service.cli.dlq import dlq
+    from service.cli.receive import receive
+    from service.cli.signing_secret import signing_secret
     from service.cli.submit import submit
     from service.cli.tasks import tasks
 
@@ -148,6 +150,8 @@ def _attach_client_commands() -> None:
     main.add_command(submit)
     main.add_command(destinations)
     main.add_command(tasks)
+    main.add_command(signing_secret)
+    main.add_command(receive)
 
 
 _attach_client_commands()

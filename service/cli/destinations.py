@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -29,9 +30,8 @@ from service.cli.http import (
     iter_pages,
     resource_path,
 )
-from service.cli.render import fields_grid, print_list, shorten, stdout, time_text
+from service.cli.render import fields_grid, print_list, stdout, time_text
 
-ERROR_WIDTH = 40
 # Terminal widths from which the list shows the last error, and the last success too.
 MEDIUM = 110
 WIDE = 140
@@ -51,6 +51,43 @@ def _path(destination_id: str) -> str:
 
 def _rate(d: Destination) -> str:
     return "-" if d.rate_per_s is None else f"{d.rate_per_s:g}/s"
+
+
+def error_is_current(d: Destination) -> bool:
+    """Whether the destination's last error came after its last success (an older one is history, not its state)."""
+    if d.last_error is None:
+        return False
+    if d.last_success_at is None or d.last_failure_at is None:
+        return True
+    return d.last_failure_at >= d.last_success_at
+
+
+def _error_cell(d: Destination) -> Text:
+    """The last error with its time, whole (the column folds it); nothing for one a success has followed."""
+    if not error_is_current(d):
+        return Text("-")
+    return Text(f"{time_text(d.last_failure_at)}  {d.last_error}")
+
+
+def _last_error(d: Destination) -> str:
+    if d.last_error is None:
+        return "-"
+    when = f"{d.last_error} (at {time_text(d.last_failure_at)}"
+    return f"{when})" if error_is_current(d) else f"{when}, before the last success)"
+
+
+def next_probe(d: Destination, now: datetime | None = None) -> str:
+    """When an open destination probes: with nothing owed there is nothing to probe with, so say so."""
+    if d.state is not DestinationState.OPEN or d.next_probe_at is None:
+        return "-"
+    at = time_text(d.next_probe_at)
+    if d.owed == 0:
+        if d.next_probe_at <= (now or datetime.now(UTC)):
+            return f"waiting for a webhook to probe with (its wait ended at {at}; the next one owed probes at once)"
+        return f"{at}, with the next webhook owed (none is owed now)"
+    if d.in_flight > 0:
+        return "a probe is in flight"
+    return at
 
 
 def _table(destinations: Sequence[Destination], width: int) -> Table:
@@ -81,7 +118,7 @@ def _table(destinations: Sequence[Destination], width: int) -> Table:
         if wide:
             row.append(time_text(d.last_success_at))
         if medium:
-            row.append(Text(shorten(d.last_error or "-", ERROR_WIDTH)))
+            row.append(_error_cell(d))
         table.add_row(*row)
     return table
 
@@ -98,9 +135,9 @@ def _fields(d: Destination) -> Table:
         ("failures in a row", str(d.consecutive_failures)),
         ("last success", time_text(d.last_success_at)),
         ("last failure", time_text(d.last_failure_at)),
-        ("last error", d.last_error or "-"),
+        ("last error", _last_error(d)),
         ("opened at", time_text(d.opened_at)),
-        ("next probe", time_text(d.next_probe_at)),
+        ("next probe", next_probe(d)),
     ]
     return fields_grid(rows)
 

@@ -13,7 +13,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayResult
-from schemas.deliveries import Attempt, AttemptList
+from schemas.deliveries import AttemptList
 from service.cli.http import (
     ADMIN_TOKEN_ENV,
     ApiError,
@@ -40,6 +40,8 @@ from service.cli.render import (
 DEFAULT_LIST_LIMIT = 100
 # Characters of a last status/error the list table keeps.
 LAST_OUTCOME_WIDTH = 40
+# Matches `relay dlq purge --all` lists before it asks; the rest are counted.
+PURGE_LISTED = 20
 # Terminal widths from which the list adds when it died; the tenant and attempts; the last outcome and replays.
 MEDIUM = 100
 WIDE = 120
@@ -189,28 +191,32 @@ def show(dead_letter_id: str, as_json: bool, url: str, token: str) -> None:
             click.echo(response.text)
             return
         letter = decode(response, DeadLetter)
-        attempts = _attempts_of(http, letter)
+        deliveries = _deliveries_of(http, letter)
     console = stdout()
     console.print(_dead_letter_fields(letter))
     console.print(Text("\nevent", style="bold"))
     console.print(JSON.from_data(msgspec.to_builtins(letter.event)))
-    if attempts is None:
+    if deliveries is None:
         console.print(Text("\nThe task's attempt log has expired; see attempts and last status above.", style="dim"))
     else:
         console.print(Text("\nattempts", style="bold"))
-        console.print(attempts_table(attempts))
+        console.print(attempts_table(deliveries.attempts, steps=deliveries.steps))
 
 
-def _attempts_of(http: httpx.Client, letter: DeadLetter) -> list[Attempt] | None:
-    """The attempts at the dead letter's event, or None when the task (and its log) is gone."""
+def _deliveries_of(http: httpx.Client, letter: DeadLetter) -> AttemptList | None:
+    """The attempts at the dead letter's event with its dead-lettered and replayed steps, or None when the task
+    (and its log) is gone."""
     try:
         response = call(http, "GET", f"{resource_path('tasks', letter.task_id)}/deliveries")
     except ApiError as exc:
         if exc.status_code == 404:
             return None
         raise
-    attempts = decode(response, AttemptList).attempts
-    return [attempt for attempt in attempts if attempt.event_id == letter.event.id]
+    found = decode(response, AttemptList)
+    return AttemptList(
+        attempts=[attempt for attempt in found.attempts if attempt.event_id == letter.event.id],
+        steps=[step for step in found.steps if step.event_id == letter.event.id],
+    )
 
 
 @dlq.command()
@@ -288,20 +294,25 @@ def purge(
 ) -> None:
     """Delete dead letters for good: the given IDs, or --all that match the filters.
 
-    With --all the matching dead letters are listed and counted first, and purge asks before deleting them
-    (--yes does not ask; --dry-run only counts).
+    With --all the matching dead letters are listed (the first 20, newest first) and counted, then purge asks
+    before deleting them (--yes does not ask, but still lists; --dry-run only counts).
     """
     filters = {"reason": reason, "tenant": tenant, "since": since, "until": until}
     _check_selection(ids, all_, {**filters, "dry_run": dry_run})  # --yes is harmless with ids: nothing to ask
     with client(url, token) as http:
         if all_:
-            ids = tuple(letter.id for letter in iter_dead_letters(http, filters, None))
+            letters = list(iter_dead_letters(http, filters, None))
+            ids = tuple(letter.id for letter in letters)
             if dry_run:
                 click.echo(f"dry run: {len(ids)} would be deleted")
                 return
             if not ids:
                 click.echo("No dead letters match; nothing deleted.")
                 return
+            console = stdout()
+            console.print(dead_letter_table(letters[:PURGE_LISTED], console.width))
+            if len(letters) > PURGE_LISTED:
+                click.echo(f"… and {len(letters) - PURGE_LISTED} more ({len(letters)} in all)")
             noun = "dead letter" if len(ids) == 1 else "dead letters"
             if not yes and not click.confirm(f"Delete {len(ids)} {noun} for good?", err=True):
                 click.echo("Nothing deleted.")

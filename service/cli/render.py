@@ -14,7 +14,7 @@ from rich.progress import Progress
 from rich.table import Column, Table
 from rich.text import Text
 
-from schemas.deliveries import Attempt
+from schemas.deliveries import Attempt, DeliveryStep, StepKind
 from service.cli.http import ENCODER, ApiError
 
 # Columns rich may use when stdout is not a terminal, so piped rows keep to one line each.
@@ -87,9 +87,15 @@ def exit_if_short(done: int, total: int) -> None:
         click.get_current_context().exit(1)
 
 
-def attempts_table(attempts: Sequence[Attempt], *, events: Mapping[str, str] | None = None) -> Table:
-    """Delivery attempts, one row each, in the order given; with ``events`` (event id -> how to name it), a first
-    column says which event each attempt carried."""
+def attempts_table(
+    attempts: Sequence[Attempt],
+    *,
+    events: Mapping[str, str] | None = None,
+    steps: Sequence[DeliveryStep] = (),
+) -> Table:
+    """Delivery attempts, one row each, in the order given, with ``steps`` (dead-lettered, replayed) between them
+    where their time puts them; with ``events`` (event id -> how to name it), a first column says which event each
+    row is about."""
     table = Table(
         *([Column("event", no_wrap=True)] if events is not None else []),
         Column("#", justify="right"),
@@ -100,9 +106,17 @@ def attempts_table(attempts: Sequence[Attempt], *, events: Mapping[str, str] | N
         "error",
         Column("ms", justify="right"),
     )
+
+    def event(event_id: str) -> list[str]:
+        return [events.get(event_id, event_id)] if events is not None else []
+
+    waiting = sorted(steps, key=lambda step: step.at)
     for attempt in attempts:
+        while waiting and waiting[0].at < attempt.at:
+            step = waiting.pop(0)
+            table.add_row(*event(step.event_id), *_step_cells(step))
         table.add_row(
-            *([events.get(attempt.event_id, attempt.event_id)] if events is not None else []),
+            *event(attempt.event_id),
             str(attempt.attempt),
             attempt.channel.value,
             time_text(attempt.at),
@@ -111,7 +125,18 @@ def attempts_table(attempts: Sequence[Attempt], *, events: Mapping[str, str] | N
             Text(attempt.error or "-"),
             f"{attempt.duration_ms:.0f}",
         )
+    for step in waiting:
+        table.add_row(*event(step.event_id), *_step_cells(step))
     return table
+
+
+def _step_cells(step: DeliveryStep) -> list[str | Text]:
+    """A dead-lettered or replayed step, in the columns of an attempt: what happened, to which dead letter."""
+    if step.step is StepKind.DEAD_LETTERED:
+        outcome, note = "dead-lettered", f"{step.reason.value if step.reason else 'dead'}: {step.dead_letter_id}"
+    else:
+        outcome, note = "replayed", f"sent again from {step.dead_letter_id}"
+    return ["", "webhook", time_text(step.at), Text(outcome, style="bold"), "-", Text(note), ""]
 
 
 def fields_grid(rows: Iterable[tuple[str, str | Text]]) -> Table:

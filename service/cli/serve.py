@@ -279,7 +279,15 @@ def _banner(
     if creds is not None:
         lines.append(f"  (kept in {Path(settings.data_dir) / 'credentials.json'})")
     if settings.allow_private_callbacks:
-        lines.append("  callbacks:    private and loopback addresses allowed (for local receivers only)")
+        lines.append(
+            "  callbacks:    loopback and private addresses allowed (development only); "
+            "a receiver on this machine: relay receive --port 9000"
+        )
+    else:
+        lines.append(
+            "  callbacks:    public addresses only; for a receiver on this machine, start with "
+            "--allow-private-callbacks (development only)"
+        )
     exports = [f"RELAY_URL={url}"]
     if key is not None:
         exports.append(f"RELAY_API_KEY={key}")

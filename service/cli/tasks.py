@@ -153,7 +153,8 @@ def list_tasks(
 @click.option("--json", "as_json", is_flag=True, help="Print the task's JSON as the API sends it.")
 @_token
 def show(task_id: str, as_json: bool, url: str, token: str) -> None:
-    """Show one task: its fields, its result, its events and its delivery attempts."""
+    """Show one task: its fields, its result, its events and its delivery attempts, with the dead-lettered and
+    replayed steps of its webhooks between them."""
     path = resource_path("tasks", task_id)
     with client(url, token) as http:
         response = call(http, "GET", path)
@@ -162,7 +163,7 @@ def show(task_id: str, as_json: bool, url: str, token: str) -> None:
             return
         task = decode(response, Task)
         events = decode(call(http, "GET", f"{path}/events"), EventList).events
-        attempts = decode(call(http, "GET", f"{path}/deliveries"), AttemptList).attempts
+        deliveries = decode(call(http, "GET", f"{path}/deliveries"), AttemptList)
     console = stdout()
     console.print(_fields(task))
     if task.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and task.error is None:
@@ -178,7 +179,10 @@ def show(task_id: str, as_json: bool, url: str, token: str) -> None:
         console.print(Text("none retained", style="dim"))
     console.print(Text("\nattempts", style="bold"))
     named = {e.id: f"{e.seq} {e.type.value.removeprefix('task.')}" for e in events}
-    console.print(attempts_table(attempts, events=named) if attempts else Text("none", style="dim"))
+    if deliveries.attempts or deliveries.steps:
+        console.print(attempts_table(deliveries.attempts, events=named, steps=deliveries.steps))
+    else:
+        console.print(Text("none", style="dim"))
 
 
 @tasks.command()

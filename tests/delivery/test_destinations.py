@@ -408,3 +408,40 @@ async def test_counts_by_state_owed_and_held_agree_with_the_destinations_themsel
     everyone = await store.counts()
     assert {s.value: n for s, n in everyone.by_state.items()} == {"healthy": 1, "degraded": 2, "open": 1, "paused": 1}
     assert everyone.owed == sum(n + 1 + 2 for n in range(5))  # due, plus the live and the stale lease
+
+
+async def test_a_replay_into_an_open_destination_is_its_next_probe_and_never_expires_untried(
+    redis: aioredis.Redis, outbox: Outbox
+) -> None:
+    url = "http://replayed-into-open.test/"
+    now = time.time()
+    (other,) = await opened(redis, outbox, url, now)
+    await settle(outbox, other, DOWN, now=now + 6)
+    event = Event(
+        id="evt_replayed",
+        type=EventType.COMPLETED,
+        task_id="task_replayed",
+        seq=1,
+        created_at=datetime.now(UTC),
+        data={"status": "succeeded", "result": 1},
+    )
+    replay = PendingDelivery(
+        tenant="acme", task_id=event.task_id, url=url, event=event, attempts=3, dead_letter_id="dl_replayed"
+    )
+    await redis.set(keys.delivery(event.id), msgspec.json.encode(replay))
+    assert await outbox.handoff(replay) is None  # held by the open circuit
+    # Past every retry span (305 s here) and the probe's wait: the webhooks held longest expire, the replay is the
+    # probe (a replay is a request for a real attempt, not for another dead letter).
+    claimed = await outbox.claim_destinations(limit=100, now=now + 400)
+    kinds = {c.delivery.event_id: c.kind for c in claimed}
+    assert kinds[event.id] == Kind.PROBE
+    assert kinds[other.delivery.event_id] == Kind.EXPIRE
+    (probe,) = [c for c in claimed if c.kind == Kind.PROBE]
+    await settle(outbox, probe, DOWN, now=now + 401)
+    # Tried once and still down: its retry span runs from that attempt, like any webhook's.
+    # (The others' expire leases were never written down: they come back as expires too.)
+    again = {a.delivery.event_id: a for a in await outbox.claim_destinations(limit=100, now=now + 401 + 300)}
+    assert again[event.id].kind == Kind.PROBE
+    await settle(outbox, again[event.id], DOWN, now=now + 401 + 300)
+    expired = await outbox.claim_destinations(limit=100, now=now + 401 + 306)
+    assert [(e.kind, e.delivery.event_id) for e in expired] == [(Kind.EXPIRE, event.id)]

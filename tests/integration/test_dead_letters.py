@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import datetime, timedelta
 from typing import Any
 
 from tests.integration.conftest import Relay
-from tests.support import Api, Receiver, dead_letters, wait_dead_letter, wait_until, webhook_attempts
+from tests.support import (
+    RELAY,
+    ROOT,
+    Api,
+    Receiver,
+    dead_letters,
+    relay_env,
+    wait_dead_letter,
+    wait_until,
+    webhook_attempts,
+)
 
 
 def make_dead_letter(
@@ -55,6 +66,47 @@ def test_replay_of_one_dead_letter_delivers_the_same_event_and_removes_it(relay:
     assert dead_letters(relay.client) == []
     attempts = webhook_attempts(relay.client, dead["task_id"])
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "failed"), (2, "delivered")]
+
+
+def test_a_replay_leaves_its_trace_in_the_tasks_deliveries_and_timeline(relay: Relay, receiver: Receiver) -> None:
+    # Failed attempts until it dies (the test schedule retries three times), then replayed and delivered.
+    url = receiver.script("/flaky", 500, 500, 500, 500, 200)
+    task = relay.client.submit("echo", "trace", webhook=url)
+    dead = wait_dead_letter(relay.client, task["id"])
+    assert relay.client.post(f"/v1/dead-letters/{dead['id']}/replay").json() == {"replayed": 1}
+    receiver.wait_for("/flaky", dead["attempts"] + 1)
+    wait_until(
+        lambda: relay.client.get(f"/v1/dead-letters/{dead['id']}").status_code == 404,
+        message="the delivered dead letter to go away",
+    )
+
+    answer = relay.client.get(f"/v1/tasks/{task['id']}/deliveries").json()
+    attempts = [a for a in answer["attempts"] if a["channel"] == "webhook"]
+    assert [a["outcome"] for a in attempts] == ["failed"] * dead["attempts"] + ["delivered"]
+    steps = [(s["step"], s["dead_letter_id"], s["reason"], s["event_id"]) for s in answer["steps"]]
+    assert steps == [
+        ("dead_lettered", dead["id"], "retries_exhausted", dead["event"]["id"]),
+        ("replayed", dead["id"], "retries_exhausted", dead["event"]["id"]),
+    ]
+    died, replayed = (datetime.fromisoformat(s["at"]) for s in answer["steps"])
+    assert datetime.fromisoformat(attempts[-2]["at"]) <= died <= replayed <= datetime.fromisoformat(attempts[-1]["at"])
+
+    # The task's timeline from the shell: the failed attempts, then dead-lettered and replayed, then delivered.
+    shown = subprocess.run(
+        [*RELAY, "tasks", "show", task["id"]],
+        env=relay_env("redis://unused", RELAY_URL=relay.api.url, RELAY_API_KEY="key-acme", COLUMNS="200"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 0, shown.stderr
+    timeline = shown.stdout.split("\nattempts", 1)[1]
+    outcomes = [word for line in timeline.splitlines() for word in line.split() if word in _OUTCOMES]
+    assert outcomes == ["failed"] * dead["attempts"] + ["dead-lettered", "replayed", "delivered"]
+
+
+_OUTCOMES = {"failed", "delivered", "dead-lettered", "replayed"}
 
 
 def test_replay_that_fails_again_comes_back_with_replays_raised(relay: Relay, receiver: Receiver) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -227,6 +229,8 @@ def test_the_banner_gives_an_export_line_for_the_client_commands(run_serve: RunS
         "RELAY_API_KEY": serve.banner_value("dev API key"),
         "RELAY_ADMIN_TOKEN": serve.banner_value("admin token"),
     }
+    # Loopback callbacks are refused here: the banner says how a receiver on this machine is allowed.
+    assert re.search(r"^\s*callbacks:\s+public addresses only.*--allow-private-callbacks", serve.output(), re.M)
     # What the export line sets is all `relay dlq list` needs.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")} | exports
     listed = subprocess.run(
@@ -352,3 +356,57 @@ def test_a_second_serve_on_the_same_data_dir_is_refused(run_serve: RunServe, tmp
     assert "Relay is running" not in second.output()
     assert httpx.get(first.url + "/ready", timeout=5).status_code == 200  # the first one is untouched
     assert first.ctrl_c() == 0
+
+
+def readme_first_example() -> tuple[list[str], str]:
+    """The README's first example as a user pastes it: its `relay receive` command and its curl command."""
+    blocks = (ROOT / "README.md").read_text().split("```console\n")[1:]
+    block = next(b.split("```", 1)[0] for b in blocks if "$ relay receive" in b)
+    commands: list[str] = []
+    continued = False
+    for line in block.splitlines():
+        if line.startswith("$ ") or continued:
+            text = line.removeprefix("$ ")
+            commands[-1:] = [commands[-1] + "\n" + text] if continued else [*commands[-1:], text]
+            continued = line.endswith("\\")
+    receive = next(shlex.split(c, comments=True) for c in commands if c.startswith("relay receive"))
+    curl = next(c for c in commands if c.startswith("curl "))
+    return [a for a in receive if a != "&"], curl
+
+
+@pytest.mark.slow  # relay serve and a receiver of its own
+def test_the_readmes_first_example_works_as_pasted(run_serve: RunServe, tmp_path: Path) -> None:
+    serve = run_serve(tmp_path, "--allow-private-callbacks", RELAY_DATA_DIR=str(tmp_path / "data"))
+    assert "a receiver on this machine: relay receive --port 9000" in serve.output()
+    receive, curl = readme_first_example()
+    assert "http://127.0.0.1:9000/" in curl
+    assert receive[:2] == ["relay", "receive"]
+    port = str(free_port())  # the README's 9000 may be taken on this machine
+    env = serve_env() | banner_exports(serve)
+    log = tmp_path / "receive.log"
+    with log.open("wb") as out:
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *[port if a == "9000" else a for a in receive[1:]]],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "Receiving webhooks at" in log.read_text(), message="relay receive to listen")
+        posted = subprocess.run(
+            ["bash", "-c", curl.replace(":9000/", f":{port}/")], env=env, capture_output=True, text=True, timeout=30
+        )
+        task_id = json.loads(posted.stdout)["id"]
+        line = wait_until(
+            lambda: next((x for x in log.read_text().splitlines() if task_id in x), None),
+            message="the webhook printed by relay receive",
+        )
+        assert "task.completed" in line
+        assert "signature ok" in line
+        assert '"hello":"world"' in line
+    finally:
+        receiver.send_signal(signal.SIGINT)
+        receiver.wait(10)
+    assert receiver.returncode == 0, log.read_text()
+    assert serve.ctrl_c() == 0

@@ -51,7 +51,8 @@ def print_report(result: dict[str, Any]) -> None:
     if thr["submit_errors"]:
         table.add_row("", "submit errors", str(thr["submit_errors"]))
     for missing in thr["missing_sample"]:
-        table.add_row("", f"missing {missing['task_id']}", f"{missing['status']}, {len(missing['attempts'])} attempts")
+        tried = len(missing["attempts"])
+        table.add_row("", f"missing {missing['task_id']}", f"{missing['status']}, {tried} attempt{'s' * (tried != 1)}")
     table.add_row(
         "half rate",
         f"paced open loop at {paced['rate_per_s']:,}/s for {cfg['paced_s']:g} s",

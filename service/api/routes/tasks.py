@@ -236,14 +236,15 @@ class TaskController(Controller):
 
     @get(
         "/tasks/{task_id:str}/deliveries",
-        summary="Every delivery attempt of a task's events, oldest first",
+        summary="Every delivery attempt of a task's events, and its webhooks' dead-lettered and replayed steps",
         responses=errors(404, 409),
     )
     async def deliveries(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], task_id: FromPath[str]
     ) -> AttemptList:
         await _owned(state_, principal, task_id)
-        return AttemptList(attempts=await state_.events.attempts(task_id))
+        attempts = await state_.events.attempts(task_id)
+        return AttemptList(attempts=attempts, steps=await state_.events.steps(task_id))
 
     @get("/signing-secret", summary="The secret that signs this tenant's webhooks", responses=errors(403))
     async def signing_secret(

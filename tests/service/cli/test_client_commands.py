@@ -22,7 +22,9 @@ from click.testing import CliRunner, Result
 
 from schemas.dead_letters import DeadLetter
 from schemas.tasks import Task
+from service.cli.destinations import destinations
 from service.cli.dlq import dlq
+from service.cli.signing_secret import signing_secret
 from service.cli.submit import submit
 from service.processes import free_port
 
@@ -78,10 +80,63 @@ class Seen:
     authorization: str | None
 
 
+def _destination(n: int, *, state: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": f"dst_{n}qzcwr5ny6hw4nbt6tfxmk4g3q",
+        "tenant": "acme",
+        "origin": f"https://hooks{n}.example.com",
+        "state": state,
+        "max_in_flight": 64,
+        "rate_per_s": None,
+        "in_flight": 0,
+        "owed": 0,
+        "consecutive_failures": 0,
+        "last_success_at": None,
+        "last_failure_at": None,
+        "last_error": None,
+        "opened_at": None,
+        "next_probe_at": None,
+    } | fields
+
+
+def _destinations() -> dict[str, dict[str, Any]]:
+    found = [
+        # Open, its probe's wait long over, nothing owed to probe with.
+        _destination(
+            1,
+            state="open",
+            consecutive_failures=10,
+            last_failure_at="2025-03-01T10:19:54Z",
+            last_error="cannot connect: connection refused",
+            opened_at="2025-03-01T10:19:54Z",
+            next_probe_at="2025-03-01T10:20:14Z",
+        ),
+        # Healthy again: its error is from before its last success.
+        _destination(
+            2,
+            state="healthy",
+            last_success_at="2025-03-01T11:00:00Z",
+            last_failure_at="2025-03-01T10:00:00Z",
+            last_error="HTTP 503: the receiver said it was overloaded and would be back in a minute or so",
+        ),
+        _destination(
+            3,
+            state="degraded",
+            consecutive_failures=1,
+            last_success_at="2025-03-01T10:00:00Z",
+            last_failure_at="2025-03-01T11:30:00Z",
+            last_error="HTTP 500",
+        ),
+    ]
+    return {d["id"]: d for d in found}
+
+
 @dataclass
 class FakeRelay:
     url: str = ""
     dead_letters: dict[str, dict[str, Any]] = field(default_factory=_dead_letters)
+    destinations: dict[str, dict[str, Any]] = field(default_factory=_destinations)
+    secret: str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     revealed: dict[str, int] = field(default_factory=dict)
@@ -107,6 +162,10 @@ class FakeRelay:
             ("GET", r"/v1/tasks/(task_\w+)", self._get_task, TENANT_KEY),
             ("GET", r"/v1/tasks/(task_\w+)/events", self._events, TENANT_KEY),
             ("GET", r"/v1/tasks/(task_\w+)/deliveries", self._deliveries, None),
+            ("GET", r"/v1/destinations", self._list_destinations, None),
+            ("GET", r"/v1/destinations/(dst_\w+)", self._get_destination, None),
+            ("GET", r"/v1/signing-secret", self._secret, TENANT_KEY),
+            ("POST", r"/v1/signing-secret/rotate", self._rotate, TENANT_KEY),
         ]
         for method, pattern, handler, token in routes:
             match = re.fullmatch(pattern, req.path)
@@ -218,6 +277,21 @@ class FakeRelay:
             for n in (1, 2)
         ]
         return 200, {"attempts": attempts}
+
+    def _list_destinations(self, req: Seen) -> tuple[int, Any]:
+        return 200, {"items": list(self.destinations.values()), "next_cursor": None}
+
+    def _get_destination(self, req: Seen, dst_id: str) -> tuple[int, Any]:
+        if dst_id not in self.destinations:
+            return _error(404, f"Destination {dst_id} not found")
+        return 200, self.destinations[dst_id]
+
+    def _secret(self, req: Seen) -> tuple[int, Any]:
+        return 200, {"secret": self.secret}
+
+    def _rotate(self, req: Seen) -> tuple[int, Any]:
+        self.secret = "whsec_" + "R" * 32
+        return 200, {"secret": self.secret}
 
 
 def _boom() -> dict[str, str]:
@@ -492,6 +566,18 @@ def test_purge_all_deletes_every_listed_id_across_two_pages(fake_api: FakeRelay)
     assert "deleted 3 of 3" in result.stdout
 
 
+def test_purge_all_lists_the_matches_before_it_asks(fake_api: FakeRelay) -> None:
+    acme = sorted(d["id"] for d in fake_api.dead_letters.values() if d["tenant"] == "acme")
+    result = run(dlq, as_admin(fake_api, "purge", "--all", "--tenant", "acme"), input="n\n")
+
+    assert result.exit_code == 0, result.output
+    listed = [line.split()[0] for line in result.stdout.splitlines() if line.startswith("dl_")]
+    assert sorted(listed) == acme  # what would go, each id whole, before the question
+    assert "Delete 2 dead letters for good? [y/N]" in result.stderr
+    assert "Nothing deleted." in result.stdout
+    assert fake_api.requests("DELETE") == []
+
+
 def test_purge_all_with_a_filter_keeps_the_others(fake_api: FakeRelay) -> None:
     result = run(dlq, as_admin(fake_api, "purge", "--all", "--tenant", "acme", "--yes"))
 
@@ -552,6 +638,83 @@ def test_purge_ids_deletes_those(fake_api: FakeRelay) -> None:
     assert result.exit_code == 0, result.output
     assert list(fake_api.dead_letters) == [second]
     assert "deleted 2 of 2" in result.stdout
+
+
+# --- destinations ---------------------------------------------------------------------------------
+
+
+def _row(output: str, dst_id: str) -> str:
+    (line,) = [line for line in output.splitlines() if line.startswith(dst_id)]
+    return line
+
+
+def test_destinations_list_shows_a_current_errors_time_and_not_a_healthy_ones_old_error(fake_api: FakeRelay) -> None:
+    opened, healthy, degraded = fake_api.destinations
+    result = run(destinations, as_admin(fake_api, "list"))
+
+    assert result.exit_code == 0, result.output
+    assert "2025-03-01 10:19:54Z  cannot connect: connection refused" in _row(result.stdout, opened)
+    assert "2025-03-01 11:30:00Z  HTTP 500" in _row(result.stdout, degraded)
+    # Healthy since its last success: the old error is not shown as its last error.
+    assert "HTTP 503" not in result.stdout
+    assert _row(result.stdout, healthy).rstrip().endswith("-")
+
+
+def test_destinations_show_tells_an_old_error_from_a_current_one(fake_api: FakeRelay) -> None:
+    _, healthy, degraded = fake_api.destinations
+    old = run(destinations, as_admin(fake_api, "show", healthy))
+    current = run(destinations, as_admin(fake_api, "show", degraded))
+
+    assert old.exit_code == 0, old.output
+    assert "(at 2025-03-01 10:00:00Z, before the last success)" in old.stdout
+    assert "HTTP 500 (at 2025-03-01 11:30:00Z)" in current.stdout
+
+
+def test_destinations_show_an_open_one_with_nothing_owed_waits_for_a_webhook_to_probe_with(
+    fake_api: FakeRelay,
+) -> None:
+    opened, *_ = fake_api.destinations
+    waiting = run(destinations, as_admin(fake_api, "show", opened))
+    fake_api.destinations[opened] |= {"owed": 3}
+    owed = run(destinations, as_admin(fake_api, "show", opened))
+
+    assert waiting.exit_code == 0, waiting.output
+    (probe,) = [line for line in waiting.stdout.splitlines() if line.startswith("next probe")]
+    assert "waiting for a webhook to probe with" in probe
+    assert "10:20:14Z" in probe  # when its wait ended
+    (probe,) = [line for line in owed.stdout.splitlines() if line.startswith("next probe")]
+    assert probe.split(None, 2)[2].strip() == "2025-03-01 10:20:14Z"
+
+
+# --- signing-secret -------------------------------------------------------------------------------
+
+
+def test_signing_secret_prints_the_tenants_secret_alone(fake_api: FakeRelay) -> None:
+    result = run(signing_secret, [], env={"RELAY_URL": fake_api.url, "RELAY_API_KEY": TENANT_KEY})
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == fake_api.secret + "\n"  # so that secret=$(relay signing-secret) works
+    assert fake_api.requests("GET", "/v1/signing-secret")[0].authorization == f"Bearer {TENANT_KEY}"
+
+
+def test_signing_secret_rotate_prints_the_new_one_and_says_the_old_still_signs(fake_api: FakeRelay) -> None:
+    before = fake_api.secret
+    result = run(signing_secret, as_tenant(fake_api, "--rotate"))
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == fake_api.secret != before
+    assert "old secret keeps signing beside this one for 24 h" in result.stderr
+    assert len(fake_api.requests("POST", "/v1/signing-secret/rotate")) == 1
+
+
+def test_signing_secret_needs_a_tenant_key(fake_api: FakeRelay) -> None:
+    missing = run(signing_secret, ["--url", fake_api.url], env={"RELAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    refused = run(signing_secret, as_admin(fake_api))
+
+    assert missing.exit_code == 2
+    assert "RELAY_API_KEY" in missing.stderr
+    assert refused.exit_code == 1
+    assert "HTTP 401" in refused.stderr
 
 
 # --- submit -------------------------------------------------------------------------------------
