@@ -20,12 +20,13 @@ purpose, per step:
   (``submit_task.lua``), a task's events (progress, retries and its end, ``append_event.lua``, which store its
   result), cancels and replays. The API also stops taking new tasks at a high-water mark below ``maxmemory``
   (``service.api.store_watch``), so that the memory above it is left for the work already accepted to end in.
-- Run when full (their first write is one Redis lets through, the ``ZREM`` of a member that never exists where the
-  step has no such write of its own): what keeps accepted work alive and moving without growing memory by more
-  than a few bytes per task, or what frees memory. Lease renewal and the broker heartbeat (else a run that waits
+- Run when full (their first write is one Redis lets through: a ``ZREM`` or ``HDEL`` of a member that never
+  exists, where the step has no such write of its own): what keeps accepted work alive and moving without
+  growing memory by more than a few bytes per task, or what frees memory. Lease renewal and the broker heartbeat (else a run that waits
   for memory would be taken for dead and its task run twice), taking a task's lease and marking it running,
   Dramatiq's fetch and acks, the sweeper and its enqueues, the webhook claims and the recording of an attempt's
-  outcome (else a webhook already sent would be sent again, and a delivered one would keep its stored event).
+  outcome (else a webhook already sent would be sent again, and a delivered one would keep its stored event),
+  a stopping worker giving its runs back.
 
 So with the store full, runs keep their leases and wait (retrying, with a back-off) to write their ends; once
 memory is available again (``maxmemory`` raised, or records expired) every one of them ends, once.
