@@ -6,6 +6,7 @@
 -- The task's next webhook, if one waited behind this one, is owed from then on (task_line.lua).
 -- Returns 1 when this ack settled the delivery, 0 when it was not waiting for one (already acked, timed out,
 -- or a progress event).
+-- Its first write (DEL) runs when the store is full: an ack settles a delivery and frees it (delivery/store_refusals.py).
 if redis.call('DEL', KEYS[1]) == 0 then
     return 0
 end

@@ -2,6 +2,10 @@
 -- ARGV: the two of dst_init, budget (most attempts in all), most destinations visited, delivery key prefix
 -- Returns a flat list: destination id, event id, kind ('send' | 'probe' | 'expire'), lease token, record, ...
 -- Work grows with the destinations that are ready, never with the webhooks a destination holds.
+-- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
+-- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
+-- Entries moved between a destination's sets: sending owed webhooks frees their stored events once recorded.
+redis.call('ZREM', READY, '')
 dst_init(ARGV[1], ARGV[2])
 local budget = tonumber(ARGV[3])
 local result = {}

@@ -4,6 +4,10 @@
 -- for a WebSocket ack (whose time is now up: the marker is taken, so a late ack no longer settles it).
 -- A leased delivery stays in the set with its score pushed to lease_until, so a worker that dies
 -- mid-attempt only delays it: the lease runs out and another worker claims it.
+-- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
+-- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
+-- Scores moved: sending owed webhooks frees their stored events once recorded.
+redis.call('ZREM', KEYS[1], '')
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, id in ipairs(ids) do

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from delivery.outbox import Kind, Lease, Outbox, Recorded, webhook_attempt
 from delivery.policy import Decision, Verdict, decide
 from delivery.records import PendingDelivery
 from delivery.signing_secrets import SecretStore
+from delivery.store_refusals import refusal_of
 from delivery.webhook import WebhookSender
 from schemas.dead_letters import DeadLetterReason
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome
@@ -35,6 +37,8 @@ DEFAULT_CONCURRENCY = 256
 DEFAULT_POLL_INTERVAL_S = 0.25
 # Most webhooks claimed in one poll.
 DEFAULT_CLAIM_BATCH = 200
+# A store that refuses writes (read-only, a failed save) is said once this often, not at every poll.
+REFUSAL_LOG_EVERY_S = 60.0
 
 # The last error of a dead letter whose webhook its open destination held for its whole retry span.
 NEVER_ATTEMPTED = "circuit open, never attempted"
@@ -199,6 +203,7 @@ class DeliveryEngine:
                 self._ops.notify(recorded.change, recorded.destination_id)
 
     async def _poll(self) -> None:
+        refused_logged_at = float("-inf")
         while True:
             free = self._concurrency - len(self._in_flight)
             staged: list[tuple[PendingDelivery, bool]] = []
@@ -209,8 +214,13 @@ class DeliveryEngine:
                     free -= len(staged)
                     if free > 0:
                         leases = await self._outbox.claim_destinations(limit=min(free, self._claim_batch))
-                except Exception:
-                    log.exception("claiming due webhooks failed; trying again")
+                except Exception as exc:
+                    refusal = refusal_of(exc)
+                    if refusal is None:
+                        log.exception("claiming due webhooks failed; trying again")
+                    elif time.monotonic() - refused_logged_at > REFUSAL_LOG_EVERY_S:
+                        refused_logged_at = time.monotonic()
+                        log.warning("claiming due webhooks: %s; trying again", refusal.cause)
             for delivery, pushed in staged:
                 if pushed or delivery.url is None:
                     self._spawn(self._after_unacked_push(delivery))

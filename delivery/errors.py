@@ -16,6 +16,8 @@ RelayError
 │   raised by the programs in service/, beside what they concern:
 ├── IllegalTransition           a task status change the lifecycle does not allow (service.tasks.store)
 ├── TenantFull                  a tenant at RELAY_TENANT_MAX_OPEN_TASKS (service.tasks.store; the API's 429)
+├── KeyReused                   an Idempotency-Key used before for another request (service.tasks.store; a 422)
+├── NotAdmitted                 a new task while the store is full (service.tasks.store; the API's 503)
 ├── TaskFailure                 what the built-in ``fail`` kind raises (service.tasks.builtin)
 ├── Stopping                    a worker shuts down while a write waits for Redis (service.worker.runtime)
 ├── FollowError                 ``relay submit --wait`` cannot follow over the socket (service.cli.follow)

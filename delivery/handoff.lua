@@ -7,7 +7,7 @@
 -- Returns {'gone'}, {'owed'} or {'admitted', lease token}.
 dst_init(ARGV[1], ARGV[2])
 local event_id = ARGV[3]
-redis.call('ZREM', KEYS[1], event_id)
+redis.call('ZREM', KEYS[1], event_id)  -- the first write: runs when the store is full (delivery/store_refusals.py)
 if redis.call('EXISTS', KEYS[2]) == 0 then
     return {'gone'}
 end

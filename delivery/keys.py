@@ -23,6 +23,8 @@ TASKS = PREFIX + "tasks:all"  # sorted set: task id -> created_at (ms), for list
 SCHEDULED_TASKS = PREFIX + "tasks:scheduled"  # sorted set: task id -> unix time it may start (run_at)
 OWED_TASKS = PREFIX + "tasks:owed"  # sorted set: task id -> unix time it is overdue
 REQUEUES = PREFIX + "tasks:requeues"  # hash: task id -> times the sweeper enqueued it again
+# Never holds anything: a DEL of it asks Redis whether it takes writes now (see service.api.store_watch).
+WRITE_PROBE = PREFIX + "write-probe"
 
 
 # Destinations (see delivery/destination.lua): every destination that has something to do, by when; all of them;

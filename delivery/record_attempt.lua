@@ -23,6 +23,11 @@
 -- due webhook after an attempt, or a noted push's own webhook. A settled webhook (delivered or dead) lets the next
 -- of its task be owed; a failed progress webhook with a newer one of its task waiting is not tried again but
 -- skipped (task_line.lua).
+-- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
+-- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
+-- An attempt already made is written down (else a delivered webhook would be sent again); a settled one frees
+-- its stored event, more than its attempt entry takes.
+redis.call('ZREM', KEYS[3], '')
 dst_init(ARGV[1], ARGV[2])
 local d = {id = ARGV[8], meta = KEYS[10], due = KEYS[11], flight = KEYS[12], deadline = KEYS[13]}
 local L = {head = KEYS[15], line = KEYS[16], ttl = tonumber(ARGV[4]), attempts = KEYS[1], stats = KEYS[2],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import dramatiq
 import redis.asyncio as aioredis
@@ -22,6 +23,7 @@ QUEUE = "relay"
 ACTOR = "run_task"
 # A worker that has not been heard from for this long is presumed dead; its tasks run again elsewhere.
 HEARTBEAT_TIMEOUT_MS = 10_000
+_ENQUEUE_LUA = Path(__file__).with_name("enqueue.lua").read_text()
 # Dramatiq's own limit on an actor, above every kind's limit (Relay enforces the kind's limit itself).
 ACTOR_TIME_LIMIT_MS = 2 * 3600 * 1000
 
@@ -31,7 +33,7 @@ def create_broker(settings: Settings) -> dramatiq.Broker:
     if url.startswith(("redis://", "rediss://", "unix://")):
         # Maintenance (requeueing a dead worker's messages) is driven by the worker's own heartbeat loop
         # (see service.worker.runtime), not left to Dramatiq's 0.1 % chance per fetch.
-        broker: dramatiq.Broker = RelayRedisBroker(  # type: ignore[no-untyped-call]
+        broker: dramatiq.Broker = RelayRedisBroker(
             url=url, heartbeat_timeout=HEARTBEAT_TIMEOUT_MS, maintenance_chance=0
         )
     elif url.startswith(("amqp://", "amqps://")):
@@ -72,6 +74,7 @@ class RedisEnqueuer(Enqueuer):
         self._redis = redis
         self.queue_key, self.messages_key = queue_keys(broker, QUEUE)
         self.wake_key = wake_key(broker, QUEUE)
+        self._enqueue = redis.register_script(_ENQUEUE_LUA)
 
     def inline(self, task_id: str) -> InlineMessage:
         message_id, body = message_for(QUEUE, ACTOR, task_id)
@@ -84,19 +87,13 @@ class RedisEnqueuer(Enqueuer):
         )
 
     async def enqueue(self, task_ids: Sequence[str]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for task_id in task_ids:
-                message = self.inline(task_id)
-                pipe.hset(self.messages_key, message.message_id, message.body)
-                pipe.rpush(self.queue_key, message.message_id)
-            # Wake an idle worker: one token at most (a transaction cannot ask first, so push and trim). A wake key
-            # gone wrong fails only these two (errors inside EXEC do not undo the rest), and is not this call's.
-            pipe.rpush(self.wake_key, "1")
-            pipe.ltrim(self.wake_key, 0, 0)
-            replies = await pipe.execute(raise_on_error=False)
-        failed = next((r for r in replies[:-2] if isinstance(r, Exception)), None)
-        if failed is not None:
-            raise failed
+        if not task_ids:
+            return
+        args: list[str | bytes] = []
+        for task_id in task_ids:
+            message_id, body = message_for(QUEUE, ACTOR, task_id)
+            args += [message_id, body]
+        await self._enqueue(keys=[self.queue_key, self.messages_key, self.wake_key], args=args)
 
 
 def enqueuer_for(broker: dramatiq.Broker, redis: aioredis.Redis, settings: Settings) -> Enqueuer:

@@ -36,6 +36,16 @@ log = logging.getLogger("relay.worker")
 # The dispatch script unpacks in chunks of this size during maintenance (Dramatiq uses half Lua's stack).
 MAX_UNPACK = 1000
 
+# Dramatiq's dispatch script (fetch, ack, enqueue, heartbeat, maintenance), made to run when the store is full:
+# its own first write is the heartbeat's ZADD, which Redis refuses at maxmemory, so a full store stopped every
+# fetch and heartbeat (and other workers then took a busy one for dead). A first write that Redis lets through
+# (this ZREM of a member that never exists) lets the rest through; what it writes is a heartbeat's score and
+# message ids moved between lists and sets (see delivery/store_refusals.py).
+DISPATCH_LUA = (
+    b'redis.call("zrem", KEYS[1] .. ":__heartbeats__", "")  -- runs when the store is full (see above)\n'
+    + redis_broker_scripts["dispatch"]
+)
+
 
 def dispatch_args(
     broker: RedisBroker, command: str, queue: str, *, timestamp_ms: int, maintenance: bool
@@ -59,7 +69,7 @@ class BrokerMaintenance:
     def __init__(self, redis: aioredis.Redis, broker: RedisBroker, queue: str) -> None:
         self._broker = broker
         self._queue = queue
-        self._script = redis.register_script(redis_broker_scripts["dispatch"])
+        self._script = redis.register_script(DISPATCH_LUA)
 
     async def run_once(self) -> None:
         args = dispatch_args(self._broker, "qsize", self._queue, timestamp_ms=int(time.time() * 1000), maintenance=True)
@@ -225,7 +235,11 @@ class BatchAckConsumer(_RedisConsumer):
 
 
 class RelayRedisBroker(RedisBroker):
-    """Dramatiq's Redis broker with :class:`BatchAckConsumer`."""
+    """Dramatiq's Redis broker with :class:`BatchAckConsumer`, whose dispatch runs when the store is full."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        self.scripts["dispatch"] = self.client.register_script(DISPATCH_LUA)
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:

@@ -21,6 +21,7 @@ from litestar.status_codes import (
 )
 from redis.exceptions import RedisError
 
+from delivery.store_refusals import refusal_of
 from service import __version__
 from service.api.auth import Principal, Reader, bearer_token
 from service.api.docs import docs_config
@@ -33,6 +34,7 @@ from service.api.routes.ops import health, prometheus_metrics, ready
 from service.api.routes.stats import stats
 from service.api.routes.tasks import TaskController
 from service.api.state import ApiState
+from service.api.store_watch import RETRY_AFTER_S
 from service.api.ws import ws_endpoint
 from service.settings import Settings
 
@@ -167,12 +169,19 @@ def _is_json(content_type: str | None) -> bool:
 
 
 def _storage_unavailable(request: Request, exc: RedisError) -> Response[dict[str, object]]:  # type: ignore[type-arg]
-    # Redis is down or stalled (every command of a request is bounded): the client may try again.
-    log.warning("%s %s: storage unavailable (%s)", request.method, request.url.path, type(exc).__name__)
+    # Redis is down or stalled (every command of a request is bounded), or refuses writes (full, a failed save, a
+    # read-only replica: a refused step writes nothing): the client may try again.
+    refusal = refusal_of(exc)
+    if refusal is not None:
+        log.warning("%s %s: the store refuses writes (%s)", request.method, request.url.path, refusal.value)
+        detail, retry_after_s = f"{refusal.cause}; nothing was changed: try again later", RETRY_AFTER_S
+    else:
+        log.warning("%s %s: storage unavailable (%s)", request.method, request.url.path, type(exc).__name__)
+        detail, retry_after_s = "storage is unavailable; try again shortly", 1
     return Response(
-        _body(HTTP_503_SERVICE_UNAVAILABLE, "storage is unavailable; try again shortly"),
+        _body(HTTP_503_SERVICE_UNAVAILABLE, detail),
         status_code=HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "1"},
+        headers={"Retry-After": str(retry_after_s)},
         media_type=MediaType.JSON,
     )
 

@@ -15,7 +15,8 @@ _WHY = {
     413: "The body is larger than RELAY_MAX_BODY_BYTES",
     422: "A request that does not fit: the detail says what",
     429: "Over a rate or a cap; Retry-After says when to try again",
-    503: "Redis or the broker is unavailable; try again shortly",
+    503: "Redis or the broker is unavailable, or the store is full or refuses writes (the detail says which); try "
+    "again after Retry-After",
 }
 
 

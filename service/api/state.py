@@ -23,6 +23,7 @@ from schemas.tasks import Task, TaskRecord, TaskStatus
 from service.api.auth import Authenticator
 from service.api.live import LiveHub, heartbeat_tick_s
 from service.api.rate_limit import RateLimiter
+from service.api.store_watch import StoreWatch
 from service.broker import BrokerCheck, Enqueuer, create_broker, enqueuer_for
 from service.kinds import KindRegistry, load_kinds
 from service.settings import Settings
@@ -55,6 +56,7 @@ class ApiState:
 
     listen_redis: aioredis.Redis
     broker_check: BrokerCheck
+    store_watch: StoreWatch
     # Open WebSockets per client address in this process (RELAY_WS_MAX_PER_CLIENT).
     ws_clients: Counter[str] = field(default_factory=Counter)
     # Open Server-Sent Event streams in this process, and per client address (RELAY_WS_MAX_PER_CLIENT bounds both).
@@ -107,18 +109,25 @@ class ApiState:
             enqueuer=enqueuer_for(broker, redis, settings),
             listen_redis=listen_redis,
             broker_check=BrokerCheck(broker),
+            store_watch=StoreWatch(redis),
         )
 
-    async def create_task(self, record: TaskRecord, *, idempotency_key: str | None) -> Task:
+    async def create_task(
+        self, record: TaskRecord, *, idempotency_key: str | None, fingerprint: str, admit: bool = True
+    ) -> Task:
         """Accept ``record`` and enqueue it (or return the task an Idempotency-Key already made).
 
         On the Redis broker in the storage Redis, the message is written in the step that accepts the task.
         Elsewhere it is sent after that step; if the broker fails then, the task is still owed and the
         workers' sweeper enqueues it once the broker answers, so the submission is accepted all the same.
+        ``admit`` False (the store is full): only an Idempotency-Key used before is answered (see TaskStore.create).
         """
         scheduled = record.status is TaskStatus.SCHEDULED  # enqueued by a worker's sweep when its time comes
         message = None if scheduled else self.enqueuer.inline(record.id)
-        submitted = await self.tasks.create(record, idempotency_key=idempotency_key, message=message)
+        submitted = await self.tasks.create(
+            record, idempotency_key=idempotency_key, fingerprint=fingerprint, message=message, admit=admit
+        )
+        self.store_watch.stored(submitted.stored_bytes)
         if submitted.new and message is None and not scheduled:
             try:
                 await self.enqueuer.enqueue([record.id])
@@ -144,6 +153,7 @@ class ApiState:
         await self.hub.start()
 
     async def close(self) -> None:
+        await self.store_watch.close()
         await self.hub.stop()
         await asyncio.to_thread(self.broker.close)
         await self.redis.aclose()

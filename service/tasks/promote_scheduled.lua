@@ -3,6 +3,10 @@
 -- cancel) is only forgotten.
 -- KEYS: scheduled tasks, owed tasks
 -- ARGV: now, limit, owed_until
+-- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
+-- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
+-- An entry moves from one set to the other: accepted work starts when its time comes.
+redis.call('ZREM', KEYS[1], '')
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, task_id in ipairs(due) do

@@ -3,6 +3,10 @@
 -- KEYS[1]: owed tasks
 -- ARGV: lease key prefix, now, then task_id, run token, task_id, run token, ...
 -- Returns how many runs were given back (a run whose task ended or that another run holds is left alone).
+-- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
+-- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
+-- A stopping worker gives its runs back however full the store is.
+redis.call('ZREM', KEYS[1], '')
 local released = 0
 for i = 3, #ARGV, 2 do
     local task_id, token = ARGV[i], ARGV[i + 1]

@@ -3,6 +3,10 @@
 -- ARGV: lease key prefix, lease_ms, owed_until, then task_id, run token, task_id, run token, ...
 -- Returns the task ids whose lease is lost: the task has ended, or another run holds it.
 -- A lease that merely expired (Redis stalled longer than the lease) is taken back if nobody took it.
+-- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
+-- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
+-- Else a run waiting for memory to write its end would lose its lease, and its task would run twice.
+redis.call('ZREM', KEYS[1], '')
 local lost = {}
 for i = 4, #ARGV, 2 do
     local task_id, token = ARGV[i], ARGV[i + 1]

@@ -2,6 +2,10 @@
 -- KEYS: task, lease, owed tasks
 -- ARGV: task_id, run token, lease_ms, owed_until (the lease's end)
 -- Returns {'run', record}, {'gone'} (no record: expired or never stored), {'ended'} or {'leased'}.
+-- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
+-- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
+-- A lease and a score: a few bytes, and the run's end waits for memory with its lease kept.
+redis.call('ZREM', KEYS[3], '')
 local record = redis.call('GET', KEYS[1])
 if not record then
     redis.call('ZREM', KEYS[3], ARGV[1])

@@ -30,7 +30,7 @@ from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
-from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus
+from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus, TaskSubmission
 from service.tasks.ledger import REQUEUE_GRACE_S
 
 # How long an Idempotency-Key keeps answering with the first task.
@@ -91,6 +91,16 @@ def idempotency_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# Dict keys sorted: the same JSON object written in another key order, or with other spacing, is the same request.
+_encode_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+def request_fingerprint(submission: TaskSubmission) -> str:
+    """What an Idempotency-Key remembers of its request: a hash of the submission as decoded (so spacing and key
+    order do not count), to tell a retry of the same request from another request that reuses the key."""
+    return hashlib.sha256(_encode_canonical(submission)).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class InlineMessage:
     """A broker message that the submit step itself enqueues (the Redis broker, in the storage Redis)."""
@@ -110,6 +120,17 @@ class TaskEnded(RelayError):
         self.record = record
 
 
+class KeyReused(RelayError):
+    """An Idempotency-Key used before for another request (another body) whose task still exists."""
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used for another request")
+
+
+class NotAdmitted(RelayError):
+    """The store takes no new task now (it is full); the Idempotency-Key, if any, was not used before."""
+
+
 class TenantFull(RelayError):
     """The tenant already has as many open tasks as it may."""
 
@@ -122,6 +143,11 @@ class TenantFull(RelayError):
 class Submitted:
     answer: Task
     new: bool  # False: the Idempotency-Key was used before and this is the first answer
+    stored_bytes: int = 0  # about what the step added to Redis (0 when it added nothing)
+
+
+# What a submission stores besides its record, answer and message: index entries, counters, key names.
+_SUBMIT_OVERHEAD_BYTES = 512
 
 
 class TaskStore:
@@ -154,18 +180,27 @@ class TaskStore:
         return _decode_visible(task_id, raw, visible) if raw else None
 
     async def create(
-        self, record: TaskRecord, *, idempotency_key: str | None, message: InlineMessage | None = None
+        self,
+        record: TaskRecord,
+        *,
+        idempotency_key: str | None,
+        fingerprint: str = "",
+        message: InlineMessage | None = None,
+        admit: bool = True,
     ) -> Submitted:
         """Accept a new task in one step: claim the Idempotency-Key, store the task, owe it, enqueue ``message``.
 
-        With an Idempotency-Key this tenant already used (for a task that still exists), nothing is written and
-        the first submission's answer comes back as it was given. Raises :class:`TenantFull` when the tenant has
-        ``max_open_per_tenant`` tasks that have not ended.
+        With an Idempotency-Key this tenant already used (for a task that still exists), nothing is written: for
+        the same request (``fingerprint``, from :func:`request_fingerprint`) the first submission's answer comes
+        back as it was given; for another one :class:`KeyReused` is raised. With ``admit`` False (the store is
+        full) only such a first answer is given: a new task raises :class:`NotAdmitted`, writing nothing. Raises
+        :class:`TenantFull` when the tenant has ``max_open_per_tenant`` tasks that have not ended.
         """
         answer = record.public()
         idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key)) if idempotency_key else None
         task_key = keys.task(record.id)
         now = time.time()
+        stored, answer_bytes = _encode(record), _encode(answer) if idem else b""
         reply = await self._submit(
             keys=[
                 task_key,
@@ -183,9 +218,9 @@ class TaskStore:
             ],
             args=[
                 record.id,
-                _encode(record),
+                stored,
                 self._record_ttl_s,
-                _encode(answer) if idem else "",
+                answer_bytes,
                 IDEMPOTENCY_TTL_S if idem else "",
                 (record.run_at.timestamp() if record.run_at is not None else now) + REQUEUE_GRACE_S,
                 metrics.task_counter("submitted"),
@@ -197,16 +232,23 @@ class TaskStore:
                 repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
                 repr(record.run_at.timestamp()) if record.run_at is not None else "",
                 metrics.task_counter("scheduled"),
+                fingerprint or "0",
+                "1" if admit else "",
             ],
         )
         outcome = as_text(reply[0])
         if outcome == "full":
             raise TenantFull(int(reply[1]))
+        if outcome == "conflict":
+            raise KeyReused
+        if outcome == "refused":
+            raise NotAdmitted("the store takes no new task now")
         if outcome == "first":
             first = _decode_answer(reply[1])
             if first is not None:
                 return Submitted(answer=first, new=False)
-        return Submitted(answer=answer, new=True)
+        size = len(stored) + len(answer_bytes) + (len(message.body) if message else 0) + _SUBMIT_OVERHEAD_BYTES
+        return Submitted(answer=answer, new=True, stored_bytes=size)
 
     async def mark_running(self, record: TaskRecord, run_token: str) -> None:
         """Show the task as running; raises :class:`LeaseLost` when this run no longer holds it."""

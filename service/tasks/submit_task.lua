@@ -8,42 +8,66 @@
 --       max_open (0: no cap), now_ms, task key prefix, message_id ('' when not enqueued here), message,
 --       created_at_ms, run_at ('' to run at once: a scheduled task waits in the scheduled set until then, owed
 --       from a grace after it, so that a promotion whose enqueue was lost still brings it back), the stats field
---       that counts scheduled submissions
--- Returns {'new'}, {'first', answer} (the key was used before: the first answer) or {'full', open} (the
--- tenant already has max_open tasks that have not ended).
+--       that counts scheduled submissions, the request's fingerprint (kept with the key), admit ('1' to accept a
+--       new task; '' when the store is full: only a key used before is answered)
+-- Returns {'new'}, {'first', answer} (the key was used before for the same request: the first answer),
+-- {'conflict'} (the key was used before for another request), {'refused'} (admit is '' and the key is new) or
+-- {'full', open} (the tenant already has max_open tasks that have not ended).
+--
+-- When the store is full (Redis at maxmemory with noeviction) this step must write nothing. Redis checks memory
+-- for a script only at its first write, and only when that write is one that can grow memory (deny-oom): a first
+-- write that cannot (ZREMRANGEBYSCORE, EXPIRE, DEL, ZREM) lets every later write through, however full Redis is.
+-- So everything before the task's SET only reads, and that SET (deny-oom) is the first write: a full Redis refuses
+-- the whole step with its OOM error before any of it is written (the API answers 503). Keep it so.
+-- The key's value is '<fingerprint>\n<task id>\n<first answer>' (a value that starts with '{' is a bare answer
+-- kept before fingerprints were: it answers any request).
 local task_id = ARGV[1]
 if ARGV[5] ~= '' then
     local first = redis.call('GET', KEYS[2])
     if first then
-        local ok, answer = pcall(cjson.decode, first)
-        if ok and type(answer) == 'table' and type(answer.id) == 'string'
-            and redis.call('EXISTS', ARGV[10] .. answer.id) == 1 then
-            return {'first', first}
+        local fingerprint, first_id, answer = string.match(first, '^(%x+)\n([^\n]+)\n(.*)$')
+        if not fingerprint then
+            local ok, decoded = pcall(cjson.decode, first)
+            if ok and type(decoded) == 'table' and type(decoded.id) == 'string' then
+                fingerprint, first_id, answer = ARGV[16], decoded.id, first
+            end
         end
-        -- the key's task has expired (or the value predates kept answers): this submission takes it over
+        if first_id and redis.call('EXISTS', ARGV[10] .. first_id) == 1 then
+            if fingerprint ~= ARGV[16] then
+                return {'conflict'}
+            end
+            return {'first', answer}
+        end
+        -- the key's task has expired (or the value is not one this step wrote): this submission takes it over
     end
+end
+if ARGV[17] ~= '1' then
+    return {'refused'}
 end
 local now_ms = tonumber(ARGV[9])
 local max_open = tonumber(ARGV[8])
+-- Entries older than a task record lives are tasks that expired without ending: not open any more (they are
+-- trimmed below, after the first write).
+local expired_before = now_ms - tonumber(ARGV[3]) * 1000
 if max_open > 0 then
-    -- Entries older than a task record lives are tasks that expired without ending: not open any more.
-    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms - tonumber(ARGV[3]) * 1000)
-    local open = redis.call('ZCARD', KEYS[5])
+    local open = redis.call('ZCOUNT', KEYS[5], '(' .. expired_before, '+inf')
     if open >= max_open then
         return {'full', open}
     end
 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])  -- the first write: deny-oom (see above)
 if ARGV[5] ~= '' then
-    redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+    redis.call('SET', KEYS[2], ARGV[16] .. '\n' .. task_id .. '\n' .. ARGV[4], 'EX', ARGV[5])
 end
 redis.call('ZADD', KEYS[3], ARGV[6], task_id)
+if max_open > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', expired_before)
+end
 redis.call('ZADD', KEYS[5], now_ms, task_id)
 redis.call('EXPIRE', KEYS[5], ARGV[3])
 redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
 redis.call('HINCRBY', KEYS[11], ARGV[7], 1)
 -- The list indexes: entries older than a record lives point at nothing any more, so they go as new ones come.
-local expired_before = now_ms - tonumber(ARGV[3]) * 1000
 for _, index in ipairs({KEYS[8], KEYS[9]}) do
     redis.call('ZADD', index, ARGV[13], task_id)
     redis.call('ZREMRANGEBYSCORE', index, '-inf', expired_before)

@@ -4,6 +4,10 @@
 -- A task is overdue when its message was lost (Redis crashed before it was fetched, the broker dropped a
 -- retry, a fetch landed in a live worker's ack set) or its run died (the lease was not renewed). Each
 -- requeue doubles the grace before the next one, so a long backlog is not enqueued again and again.
+-- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
+-- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
+-- Deadlines moved and counters raised: a few bytes per task, and lost work is enqueued again.
+redis.call('ZREM', KEYS[1], '')
 local now = tonumber(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}

@@ -175,6 +175,27 @@ class TestWithTheTestSettings:
             [first.json()["id"], other.json()["id"]]
         )
 
+    def test_an_idempotency_key_reused_with_another_body_is_a_422_and_the_same_body_keeps_its_answer(
+        self, shared: Relay
+    ) -> None:
+        api = shared.client
+        body = {"kind": "echo", "input": {"order": 9, "lines": [1, 2]}}
+        first = post_task(api, body, headers={"Idempotency-Key": "order-9"})
+        # The same request written otherwise (key order, spacing) is the same request.
+        same = api.post(
+            "/v1/tasks",
+            content=b'{"input": {"lines": [1,2], "order": 9},   "kind": "echo"}',
+            headers={"Idempotency-Key": "order-9", "content-type": "application/json"},
+        )
+        other = post_task(api, {"kind": "echo", "input": {"order": 10}}, headers={"Idempotency-Key": "order-9"})
+
+        assert first.status_code == same.status_code == 202
+        assert same.json() == first.json()
+        assert_json_error(other, 422)
+        assert "Idempotency-Key was used for another request" in other.json()["detail"]
+        api.wait_task(first.json()["id"])
+        assert post_task(api, body, headers={"Idempotency-Key": "order-9"}).json() == first.json()
+
     def test_an_idempotency_key_belongs_to_one_tenant(self, shared: Relay) -> None:
         api = shared.client
         acme = post_task(api, {"kind": "echo", "input": "a"}, headers={"Idempotency-Key": "shared-key"})

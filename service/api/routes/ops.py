@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -11,11 +12,12 @@ from dramatiq.brokers.redis import RedisBroker
 from litestar import Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from delivery import keys, metrics
+from delivery.store_refusals import WriteRefusal, refusal_of
 from service.api.state import ApiState
 from service.broker import QUEUE
 
@@ -30,14 +32,24 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", tags=["operations"], summary="200 when Redis and the broker answer, else 503")
+@get(
+    "/ready",
+    tags=["operations"],
+    summary="200 when Redis and the broker answer and the store takes new work, else 503 with the reason",
+)
 async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
     async def redis_check() -> str:
         try:
             await asyncio.wait_for(state_.redis.ping(), READY_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError) as exc:
-            return f"unavailable: {type(exc).__name__}"
+            refusal = refusal_of(exc)  # a failed save refuses even PING (MISCONF)
+            return f"refusing writes: {refusal.cause}" if refusal else f"unavailable: {type(exc).__name__}"
         return "ok"
+
+    async def store_check() -> str:
+        with contextlib.suppress(TimeoutError):  # a Redis that does not answer is redis_check's to say
+            await asyncio.wait_for(state_.store_watch.refresh(), READY_TIMEOUT_S)
+        return state_.store_watch.describe()
 
     async def broker_check() -> str:
         if state_.settings.broker_in_storage:
@@ -49,8 +61,8 @@ async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
         return "ok"
 
     redis_task = asyncio.ensure_future(redis_check())
-    redis_state, broker_state = await asyncio.gather(redis_task, broker_check())
-    checks = {"redis": redis_state, "broker": broker_state}
+    redis_state, broker_state, store_state = await asyncio.gather(redis_task, broker_check(), store_check())
+    checks = {"redis": redis_state, "broker": broker_state, "store": store_state}
     healthy = all(v == "ok" for v in checks.values())
     return Response({"status": "ready" if healthy else "not ready", **checks}, status_code=200 if healthy else 503)
 
@@ -90,6 +102,29 @@ async def prometheus_metrics(state_: NamedDependency[ApiState]) -> Response[byte
     connections.add_metric(["websocket"], sum(state_.ws_clients.values()))
     connections.add_metric(["sse"], state_.sse_streams)
     families.append(connections)
+    families.extend(_store_families(state_))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _store_families(state_: ApiState) -> list[Any]:
+    """The store's room as this API process last read it, and the submissions it refused (alert on
+    ``relay_store_refusing == 1``, or on used against max before that)."""
+    watch = state_.store_watch
+    used = GaugeMetricFamily("relay_store_used_memory_bytes", "Redis used_memory, as last read (about once a second)")
+    used.add_metric([], watch.used_estimate_bytes)
+    limit = GaugeMetricFamily("relay_store_maxmemory_bytes", "Redis maxmemory (0: no limit), as last read")
+    limit.add_metric([], watch.reading.max_bytes)
+    refusing = GaugeMetricFamily(
+        "relay_store_refusing",
+        "1 while the store takes no new work, by reason (full, misconf, readonly, noreplicas)",
+        labels=["reason"],
+    )
+    refused = CounterMetricFamily(
+        "relay_submissions_refused", "Submissions this API process answered 503 because of the store", labels=["reason"]
+    )
+    for refusal in WriteRefusal:
+        refusing.add_metric([refusal.value], 1 if watch.refusing is refusal else 0)
+        refused.add_metric([refusal.value], watch.refused[refusal])
+    return [used, limit, refusing, refused]

@@ -26,10 +26,14 @@ from litestar.status_codes import (
     HTTP_409_CONFLICT,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delivery.address_guard import check_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, RecordChanged, UnreadableRecord
 from delivery.ids import new_id, utcnow
+from delivery.store_refusals import WriteRefusal, refusal_of
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.deliveries import AttemptList
 from schemas.events import EventList
@@ -40,9 +44,10 @@ from service.api.http_protocol import connection_control
 from service.api.openapi import errors
 from service.api.sse import EventStream, keepalive_s
 from service.api.state import ApiState
+from service.api.store_watch import RETRY_AFTER_S
 from service.api.ws import client_address
 from service.tasks.listing import TaskFilter
-from service.tasks.store import TaskEnded, TenantFull
+from service.tasks.store import KeyReused, NotAdmitted, TaskEnded, TenantFull, request_fingerprint
 
 log = logging.getLogger("relay.api")
 
@@ -69,6 +74,9 @@ class TaskController(Controller):
         tenant = require_tenant(principal)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise ValidationException(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
+        refusal = state_.store_watch.refusal()
+        if refusal is not None and idempotency_key is None:
+            raise _refused(state_, refusal)  # with a key, the submit step still answers a key used before
         if state_.rate_limiter is not None:
             wait_s = await state_.rate_limiter.retry_after_s(tenant)
             if wait_s is not None:
@@ -102,14 +110,44 @@ class TaskController(Controller):
             run_at=run_at,
         )
         try:
-            stored = await state_.create_task(record, idempotency_key=idempotency_key)
+            stored = await state_.create_task(
+                record,
+                idempotency_key=idempotency_key,
+                fingerprint=request_fingerprint(data),
+                admit=refusal is None,
+            )
         except TenantFull as exc:
             raise TooManyRequestsException(
                 detail=f"this tenant has {exc.open_tasks} tasks that have not ended, the most it may have "
                 f"(RELAY_TENANT_MAX_OPEN_TASKS); retry when some have ended",
                 headers={"Retry-After": "5"},
             ) from None
-        # A Redis failure is a 503 from the app's RedisError handler; the broker's own failures are the sweeper's.
+        except KeyReused:
+            # 422, as the IETF's Idempotency-Key draft says for a key reused with another payload (409 is what it
+            # keeps for a request still in progress, which this one step never has).
+            raise ValidationException(
+                "this Idempotency-Key was used for another request (another body) in the last 24 h: use a new key "
+                "for a new task; the same body with this key returns the first task"
+            ) from None
+        except NotAdmitted:
+            raise _refused(state_, refusal or WriteRefusal.FULL) from None
+        except (RedisTimeoutError, RedisConnectionError) as exc:
+            # The step may have run in Redis although its answer never came back (a stall, a dropped connection).
+            log.warning("submission: storage unavailable (%s: %s)", type(exc).__name__, exc)
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail="the store did not answer (stalled or unreachable): the task may have been accepted. Retry "
+                "with the same Idempotency-Key header, which returns that task rather than making a second one"
+                + ("" if idempotency_key else " (this request had none: send one with every submission)"),
+                headers={"Retry-After": "1"},
+            ) from None
+        except RedisError as exc:
+            refused = refusal_of(exc)
+            if refused is None:
+                raise  # the app's handler: 503
+            state_.store_watch.refused_by_redis(refused)
+            raise _refused(state_, refused) from None
+        # The broker's own failures are the sweeper's (see ApiState.create_task).
         return stored
 
     @get("/tasks", summary="Tasks, newest first", responses=errors())
@@ -347,3 +385,13 @@ async def _check_webhook(url: str, *, allow_private: bool) -> None:
         raise ValidationException(f"webhook.url: cannot resolve its host ({exc.strerror or exc})") from None
     except ValueError as exc:  # UnicodeError among them: a host the IDNA codec refuses
         raise ValidationException(f"webhook.url: its host is not a valid name ({str(exc)[:200]})") from None
+
+
+def _refused(state_: ApiState, refusal: WriteRefusal) -> HTTPException:
+    """The 503 for a submission the store does not take now: nothing of it was stored."""
+    state_.store_watch.refused[refusal] += 1
+    return HTTPException(
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"{refusal.cause}. Nothing was stored: submit again later (Retry-After)",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )

@@ -1,0 +1,17 @@
+-- Enqueue run_task messages as the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue'),
+-- many in one step, and wake an idle worker.
+-- KEYS: broker queue, broker queue messages, the queue's wake list
+-- ARGV: message_id, message, message_id, message, ...
+-- Runs when the store is full (the sweeper's and the scheduler's enqueues of accepted work): its first write is
+-- this HDEL of a field that never exists, which Redis lets through at maxmemory (see delivery/store_refusals.py).
+-- A transaction could not: Redis refuses every command queued in MULTI at maxmemory.
+redis.call('HDEL', KEYS[2], '')
+for i = 1, #ARGV, 2 do
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    redis.call('RPUSH', KEYS[1], ARGV[i])
+end
+-- One token at most; a speed-up only: pcall, so that a wake key gone wrong never fails the enqueue.
+if redis.pcall('LLEN', KEYS[3]) == 0 then
+    redis.pcall('RPUSH', KEYS[3], '1')
+end
+return #ARGV / 2
