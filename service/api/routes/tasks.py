@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -61,12 +62,14 @@ class TaskController(Controller):
     @post("/tasks", status_code=HTTP_202_ACCEPTED, summary="Submit a task", responses=errors(403, 413, 429))
     async def submit(
         self,
+        request: Request,  # type: ignore[type-arg]
         state_: NamedDependency[ApiState],
         principal: NamedDependency[Principal],
         data: JSONBody[TaskSubmission],
         idempotency_key: Annotated[str | None, HeaderParameter(header="idempotency-key")] = None,
     ) -> Task:
         tenant = require_tenant(principal)
+        _check_types(await request.body())
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise ValidationException(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         if state_.rate_limiter is not None:
@@ -263,6 +266,35 @@ class TaskController(Controller):
     ) -> Response[SigningSecret]:
         secret = await state_.secrets.rotate(require_tenant(principal))
         return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
+
+
+class _Typed(msgspec.Struct):
+    """The submission's fields that a lenient conversion (Litestar's, of every body) takes from other JSON types:
+    ``"websocket": 1`` as true, ``"delay_s": "5"`` as 5, ``"run_at": 12345`` as a unix time. They are read again,
+    strictly, so that a wrong type is a 422 that names the field (``run_at`` is an RFC 3339 string)."""
+
+    websocket: bool = False
+    run_at: datetime | None = None
+    delay_s: float | None = None
+
+
+_decode_typed = msgspec.json.Decoder(_Typed).decode  # strict; the other fields are skipped
+_AT_FIELD = re.compile(r"^(.*) - at `\$\.(\w+)`$")
+
+
+def _check_types(body: bytes) -> None:
+    try:
+        _decode_typed(body)
+    except msgspec.ValidationError as exc:
+        match = _AT_FIELD.match(str(exc))
+        if match is None:
+            raise ValidationException(str(exc)) from None
+        reason, field = match.groups()
+        if field == "run_at":
+            reason = "give an RFC 3339 time with its offset (2026-12-24T18:00:00Z); " + reason[:1].lower() + reason[1:]
+        raise ValidationException(f"{field}: {reason[:1].lower()}{reason[1:]}") from None
+    except msgspec.DecodeError:
+        pass  # not JSON: the body's own decoding has refused it already
 
 
 def _last_event_id(value: str | None) -> int | None:
