@@ -17,6 +17,7 @@ import httpx
 import msgspec
 
 from schemas.api import ErrorBody
+from schemas.events import Event, EventList
 from service.settings import DEFAULT_URL
 
 # Seconds one API call may take.
@@ -137,6 +138,18 @@ def iter_pages(
         cursor = page.next_cursor
         if cursor is None or not items:
             return
+
+
+def iter_events(client: httpx.Client, task_id: str, after_seq: int = 0) -> Iterator[Event]:
+    """A task's retained events with ``seq > after_seq``, oldest first, following ``next_after_seq``."""
+    path = f"{resource_path('tasks', task_id)}/events"
+    next_after: int | None = after_seq
+    while next_after is not None:
+        page = decode(call(client, "GET", path, params={"after_seq": next_after}), EventList)
+        yield from page.events
+        if not page.events:
+            return
+        next_after = page.next_after_seq
 
 
 def check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:

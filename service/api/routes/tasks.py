@@ -30,6 +30,7 @@ from litestar.status_codes import (
 
 from delivery.address_guard import check_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, RecordChanged, UnreadableRecord
+from delivery.event_log import MAX_EVENTS_PER_PAGE
 from delivery.ids import new_id, utcnow
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.deliveries import AttemptList
@@ -166,16 +167,24 @@ class TaskController(Controller):
             raise NotFoundException(f"no task {task_id}")
         return _shown(cancelled, principal)
 
-    @get("/tasks/{task_id:str}/events", summary="A task's events, oldest first", responses=errors(404, 409))
+    @get(
+        "/tasks/{task_id:str}/events",
+        summary="A task's events, oldest first, a page at a time",
+        description="Events with `seq > after_seq`, at most `limit`; a page of large events may hold fewer. "
+        "`next_after_seq` is the `after_seq` of the next page, null on the last one.",
+        responses=errors(404, 409),
+    )
     async def events(
         self,
         state_: NamedDependency[ApiState],
         reader: NamedDependency[Reader],
         task_id: FromPath[str],
         after_seq: Annotated[int, QueryParameter(query="after_seq", ge=0, le=MAX_SEQ)] = 0,
+        limit: Annotated[int, QueryParameter(query="limit", ge=1, le=MAX_EVENTS_PER_PAGE)] = MAX_EVENTS_PER_PAGE,
     ) -> EventList:
         await _readable(state_, reader, task_id)
-        return EventList(events=await state_.events.events_after(task_id, after_seq))
+        events, next_after_seq = await state_.events.events_page(task_id, after_seq, limit=limit)
+        return EventList(events=events, next_after_seq=next_after_seq)
 
     @get(
         "/tasks/{task_id:str}/stream",
