@@ -115,6 +115,7 @@ class EventLog:
                 keys.webhook_line(task_id),
                 keys.attempts(task_id),
                 keys.stats_of(tenant),
+                keys.scheduled_of(tenant),
             ],
             args=[
                 task_state,
