@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +13,7 @@ import pytest
 from tests.conftest import RedisServer
 from tests.integration.conftest import Relay, relay_for_many_tests
 from tests.integration.test_api import assert_json_error
-from tests.support import Api, Receiver
+from tests.support import RELAY, ROOT, Api, Receiver
 
 # Small enough that an error message (Relay keeps 2,000 characters of it) can be over it.
 MAX_RESULT_BYTES = 1500
@@ -97,6 +100,7 @@ def test_an_error_over_the_bound_is_replaced_by_result_too_large(bounded: Relay)
     assert done["attempt"] == 3
 
 
+@pytest.mark.slow
 def test_events_come_a_page_at_a_time_and_next_after_seq_follows_them_to_the_end(bounded: Relay) -> None:
     api = bounded.client
     task = api.submit("burst", {"events": 2500})
@@ -119,3 +123,16 @@ def test_events_come_a_page_at_a_time_and_next_after_seq_follows_them_to_the_end
     for limit in (0, 1001):
         detail = assert_json_error(api.get(f"/v1/tasks/{task['id']}/events", params={"limit": limit}), 422)
         assert "limit" in detail
+
+    # relay tasks show follows the pages: the last event is on its third.
+    shown = subprocess.run(
+        [*RELAY, "tasks", "show", task["id"], "--url", bounded.api.url, "--token", "key-acme"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"\b2501\W+task\.completed\b", shown.stdout), shown.stdout[-2000:]

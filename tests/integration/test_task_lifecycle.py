@@ -219,6 +219,7 @@ class TestTheLifecycleWithTheTestKinds:
         assert "webhook.events" in response.json()["detail"]
         assert named in response.json()["detail"]
 
+    @pytest.mark.slow  # waits out the API's 1 s figures five times
     def test_stats_count_the_scheduled_tasks_waiting_now_per_tenant(self, kinds_relay: Relay) -> None:
         api = kinds_relay.client
 
