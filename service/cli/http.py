@@ -136,7 +136,7 @@ def iter_pages(
         if remaining is not None:
             remaining -= len(items)
         cursor = page.next_cursor
-        if cursor is None or not items:
+        if cursor is None:  # a page may be empty and still go on: it looked at as many entries as a page may
             return
 
 
