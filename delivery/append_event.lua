@@ -1,7 +1,8 @@
 -- Write a task's new state and one event in one step; for a final event, end the task and owe its delivery.
 -- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker, owed tasks, lease,
 --       open tasks of the tenant, requeue counts, then the destination's meta, due, flight, deadline,
---       then scheduled tasks, the task's webhook head, line and attempt log, the tenant's counters
+--       then scheduled tasks, the task's webhook head, line and attempt log, the tenant's counters, the tenant's
+--       scheduled tasks
 -- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
 --       delivery ("" for none), destination id ("" for none), event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
 --       task_id, run token, final ("1" or ""), then with a webhook: the two of dst_init, tenant, origin
@@ -50,10 +51,14 @@ if ARGV[15] == '1' then
     redis.call('DEL', KEYS[10])
     redis.call('ZREM', KEYS[11], task_id)
     redis.call('HDEL', KEYS[12], task_id)
+    redis.call('ZREM', KEYS[17], task_id)  -- a scheduled task cancelled: it waits no more
+    redis.call('ZREM', KEYS[22], task_id)
 elseif ARGV[21] ~= '' then
     redis.call('DEL', KEYS[10])
     redis.call('HDEL', KEYS[12], task_id)
     redis.call('ZADD', KEYS[17], ARGV[21], task_id)
+    redis.call('ZADD', KEYS[22], ARGV[21], task_id)
+    redis.call('EXPIRE', KEYS[22], ARGV[2])
     redis.call('ZADD', KEYS[9], ARGV[22], task_id)
 end
 if ARGV[7] == '' then

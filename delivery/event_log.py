@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -22,6 +23,13 @@ from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep
 from schemas.events import Event, EventType
+
+# Events one page of GET /v1/tasks/{id}/events holds at most (and by default).
+MAX_EVENTS_PER_PAGE = 1000
+# Bytes of events one page reads at most (always one event at least); past it the page ends early.
+MAX_EVENTS_PAGE_BYTES = 4 * 1024 * 1024
+
+_EVENTS_PAGE_LUA = (Path(__file__).parent / "events_page.lua").read_text()
 
 _encode = msgspec.json.Encoder().encode
 _decode_events = msgspec.json.Decoder(Event).decode
@@ -48,6 +56,7 @@ class EventLog:
         self._flow = flow
         self._batch = batched(redis)
         self._append = self._batch.register_script(lua("append_event.lua"))
+        self._page = self._batch.register_script(_EVENTS_PAGE_LUA)
 
     async def append(
         self,
@@ -107,6 +116,7 @@ class EventLog:
                 keys.webhook_line(task_id),
                 keys.attempts(task_id),
                 keys.stats_of(tenant),
+                keys.scheduled_of(tenant),
             ],
             args=[
                 task_state,
@@ -161,6 +171,27 @@ class EventLog:
         events = [decode_or_skip(_decode_events, r, key=key) for r in raw]
         await count_unreadable(self._redis, events.count(None))
         return [e for e in events if e is not None and e.seq > after_seq]
+
+    async def events_page(
+        self,
+        task_id: str,
+        after_seq: int = 0,
+        *,
+        limit: int = MAX_EVENTS_PER_PAGE,
+        max_bytes: int = MAX_EVENTS_PAGE_BYTES,
+    ) -> tuple[list[Event], int | None]:
+        """Up to ``limit`` retained events with ``seq > after_seq``, oldest first, of at most ``max_bytes`` (one
+        event at least), and the ``after_seq`` of the next page (None when this one reaches the end of the log)."""
+        key = keys.events(task_id)
+        # The event at index i has seq i + 1; the one before is read too, to be sure (and dropped).
+        start = max(0, after_seq - 1)
+        more, raw = await self._page(keys=[key], args=[start, limit + 1, max_bytes])
+        events = [decode_or_skip(_decode_events, r, key=key) for r in raw]
+        await count_unreadable(self._redis, events.count(None))
+        page = [e for e in events if e is not None and e.seq > after_seq]
+        if len(page) > limit:
+            page, more = page[:limit], 1
+        return page, page[-1].seq if more and page else None
 
     async def attempts(self, task_id: str) -> list[Attempt]:
         key = keys.attempts(task_id)

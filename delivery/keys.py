@@ -59,6 +59,12 @@ def tasks_of(tenant: str) -> str:
     return f"{PREFIX}tasks:tenant:{tenant}"
 
 
+def scheduled_of(tenant: str) -> str:
+    """Sorted set of a tenant's tasks waiting for their run_at (task id -> that unix time), for its figures; entries
+    whose time has passed are trimmed as new ones come (the shared ``SCHEDULED_TASKS`` is the one promoted)."""
+    return f"{PREFIX}tasks:scheduled:tenant:{tenant}"
+
+
 def stats_of(tenant: str) -> str:
     """Hash of a tenant's own task counters (the same fields as ``STATS`` counts for every tenant)."""
     return f"{PREFIX}stats:tenant:{tenant}"

@@ -46,6 +46,33 @@ def format_cursor(position: Position | None) -> str | None:
     return None if position is None else f"{position[0]!r}:{position[1]}"
 
 
+async def rows(
+    redis: aioredis.Redis,
+    index: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    position: Position | None,
+) -> AsyncIterator[list[Position]]:
+    """The index's entries after ``position``, newest first, :data:`SCAN_BATCH` at a time, as ``(score, id)``:
+    ``since`` inclusive, ``until`` exclusive."""
+    low: float | str = since.timestamp() * 1000 if since else "-inf"
+    high: float | str = f"({until.timestamp() * 1000!r}" if until else "+inf"
+    while True:
+        if position is not None:
+            high = position[0]
+        raw_rows = await redis.zrevrangebyscore(index, high, low, start=0, num=SCAN_BATCH, withscores=True)
+        batch = [(float(s), m.decode()) for m, s in cast(list[tuple[bytes, float]], raw_rows)]
+        if position is not None:
+            # Members that share the cursor's score come in reverse order: skip up to the cursor's id.
+            after = position
+            batch = [(s, m) for s, m in batch if s < after[0] or m < after[1]]
+        if not batch:
+            return
+        yield batch
+        position = batch[-1]
+
+
 async def scan(
     redis: aioredis.Redis,
     index: str,
@@ -58,26 +85,13 @@ async def scan(
 ) -> AsyncIterator[tuple[T | None, Position]]:
     """Each entry after ``position``, newest first, with its record decoded (None when it is gone, or cannot be
     read: that one is logged and counted): ``since`` inclusive, ``until`` exclusive."""
-    low: float | str = since.timestamp() * 1000 if since else "-inf"
-    high: float | str = f"({until.timestamp() * 1000!r}" if until else "+inf"
-    while True:
-        if position is not None:
-            high = position[0]
-        raw_rows = await redis.zrevrangebyscore(index, high, low, start=0, num=SCAN_BATCH, withscores=True)
-        rows = [(m.decode(), float(s)) for m, s in cast(list[tuple[bytes, float]], raw_rows)]
-        if position is not None:
-            # Members that share the cursor's score come in reverse order: skip up to the cursor's id.
-            after = position
-            rows = [(m, s) for m, s in rows if s < after[0] or m < after[1]]
-        if not rows:
-            return
-        records = await redis.mget([record_key(m) for m, _ in rows])
-        for (member, score), raw in zip(rows, records, strict=True):
-            position = (score, member)
+    async for batch in rows(redis, index, since=since, until=until, position=position):
+        records = await redis.mget([record_key(m) for _, m in batch])
+        for (score, member), raw in zip(batch, records, strict=True):
             record = decode_or_skip(decode, raw, key=record_key(member)) if raw else None
             if raw and record is None:
                 await count_unreadable(redis, 1)  # rare: the log line names it
-            yield record, position
+            yield record, (score, member)
 
 
 async def take_page(

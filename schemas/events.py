@@ -32,5 +32,7 @@ class Event(msgspec.Struct):
 
 
 class EventList(msgspec.Struct):
+    """One page of a task's events, oldest first."""
+
     events: list[Event]
-    next_cursor: str | None = None  # every retained event fits one page
+    next_after_seq: int | None = None  # the after_seq of the next page; None on the last page

@@ -8,10 +8,10 @@ import msgspec
 
 
 class TaskCounts(msgspec.Struct):
-    """Tasks counted since the store began (``open`` is now: accepted and not ended)."""
+    """Tasks counted since the store began (``scheduled`` and ``open`` are now)."""
 
     submitted: int
-    scheduled: int  # submitted with run_at or delay_s
+    scheduled: int  # waiting now for a run_at still ahead (a scheduled submission, or a retry of the work)
     retried: int  # failed attempts whose work was tried again
     succeeded: int
     failed: int

@@ -63,6 +63,11 @@ class Retry(Exception):
         self.delay_s = delay_s
 
 
+class ResultTooLarge(Exception):
+    """Raised by ``ctx.progress`` for a message larger than ``RELAY_MAX_RESULT_BYTES``: the attempt fails with it
+    (error type ``ResultTooLarge``, not retried), as it does for a result or an error that large."""
+
+
 class ProgressReporter(Protocol):
     def __call__(self, percent: float, message: str | None) -> Awaitable[None]: ...
 

@@ -32,6 +32,8 @@ DEFAULT_WS_PING_INTERVAL_S = 20.0
 DEFAULT_WS_PING_TIMEOUT_S = 20.0
 DEFAULT_EVENT_RETENTION_S = 86400
 DEFAULT_MAX_BODY_BYTES = 262144
+# A kind's result, progress message or error larger than this (as JSON) fails its attempt: ResultTooLarge.
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_MAX_INPUT_DEPTH = 64
 DEFAULT_TENANT_MAX_OPEN_TASKS = 100_000
@@ -73,6 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     event_retention_s: WholeSeconds = DEFAULT_EVENT_RETENTION_S
     allow_private_callbacks: bool = False
     max_body_bytes: Count = DEFAULT_MAX_BODY_BYTES
+    max_result_bytes: Count = DEFAULT_MAX_RESULT_BYTES
     task_modules: tuple[str, ...] = ()
     submit_rate: Annotated[float, Meta(ge=0, le=MAX_COUNT)] = 0.0  # 0: no limit
     max_input_depth: Annotated[int, Meta(ge=1, le=MAX_INPUT_DEPTH)] = DEFAULT_MAX_INPUT_DEPTH
@@ -200,6 +203,7 @@ ENV = {
     "RELAY_EVENT_RETENTION": "event_retention_s",
     "RELAY_ALLOW_PRIVATE_CALLBACKS": "allow_private_callbacks",
     "RELAY_MAX_BODY_BYTES": "max_body_bytes",
+    "RELAY_MAX_RESULT_BYTES": "max_result_bytes",
     "RELAY_TASK_MODULES": "task_modules",
     "RELAY_SUBMIT_RATE": "submit_rate",
     "RELAY_MAX_INPUT_DEPTH": "max_input_depth",

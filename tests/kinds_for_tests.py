@@ -51,6 +51,27 @@ async def burst(data: BurstInput, ctx: TaskContext) -> dict[str, int]:
     return {"events": data.events}
 
 
+class SizedInput(msgspec.Struct, forbid_unknown_fields=True):
+    result_bytes: Annotated[int, msgspec.Meta(ge=0, le=20_000_000)] = 0
+    progress_bytes: Annotated[int, msgspec.Meta(ge=0, le=20_000_000)] | None = None  # None: no progress
+    error_bytes: Annotated[int, msgspec.Meta(ge=0, le=2000)] | None = None  # raise an error this long
+    go_on: bool = False  # catch what progress raises, and go on
+
+
+@kind("sized", input_type=SizedInput, max_retries=2, retry_on=(Exception,), retry_delays_s=(0.1,))
+async def sized(data: SizedInput, ctx: TaskContext) -> str:
+    """Hands back as many bytes as asked: a progress message, then an error or a result. It retries anything."""
+    if data.progress_bytes is not None:
+        try:
+            await ctx.progress(50, "p" * data.progress_bytes)
+        except Exception:
+            if not data.go_on:
+                raise
+    if data.error_bytes is not None:
+        raise ValueError("e" * data.error_bytes)
+    return "r" * data.result_bytes
+
+
 class FlakyInput(msgspec.Struct, forbid_unknown_fields=True):
     failures: Annotated[int, msgspec.Meta(ge=0, le=10)]  # attempts that fail before one succeeds
     delay_s: float | None = None  # the Retry's own delay (None: the kind's delays)

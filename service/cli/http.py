@@ -17,6 +17,7 @@ import httpx
 import msgspec
 
 from schemas.api import ErrorBody
+from schemas.events import Event, EventList
 from service.settings import DEFAULT_URL
 
 # Seconds one API call may take.
@@ -135,8 +136,20 @@ def iter_pages(
         if remaining is not None:
             remaining -= len(items)
         cursor = page.next_cursor
-        if cursor is None or not items:
+        if cursor is None:  # a page may be empty and still go on: it looked at as many entries as a page may
             return
+
+
+def iter_events(client: httpx.Client, task_id: str, after_seq: int = 0) -> Iterator[Event]:
+    """A task's retained events with ``seq > after_seq``, oldest first, following ``next_after_seq``."""
+    path = f"{resource_path('tasks', task_id)}/events"
+    next_after: int | None = after_seq
+    while next_after is not None:
+        page = decode(call(client, "GET", path, params={"after_seq": next_after}), EventList)
+        yield from page.events
+        if not page.events:
+            return
+        next_after = page.next_after_seq
 
 
 def check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -12,7 +12,7 @@ import click
 import httpx
 import msgspec
 
-from schemas.events import Event, EventList, EventType
+from schemas.events import Event, EventType
 from schemas.tasks import MAX_SCHEDULE_AHEAD_S, Task, TaskStatus, TaskSubmission, Webhook
 from schemas.tasks import Progress as TaskProgress
 from service.cli.follow import FollowError, NotRecovered, follow_task
@@ -25,6 +25,7 @@ from service.cli.http import (
     call,
     client,
     decode,
+    iter_events,
     resource_path,
 )
 from service.cli.render import pretty
@@ -193,7 +194,7 @@ def _poll_task(
     while not task.status.finished:
         _pause(task, deadline, poll_interval_s, timeout_s)
         if not final_seen:
-            for event in _events_after(http, task.id, after_seq):
+            for event in iter_events(http, task.id, after_seq):
                 after_seq = event.seq
                 final_seen = final_seen or event.type.final
                 _report_progress(event)
@@ -212,11 +213,6 @@ def _pause(task: Task, deadline: float | None, interval_s: float, timeout_s: flo
     if left_s <= 0:
         raise CommandFailed(f"task {task.id} still not finished after {timeout_s:g} s")
     time.sleep(min(interval_s, left_s))
-
-
-def _events_after(http: httpx.Client, task_id: str, after_seq: int) -> list[Event]:
-    response = call(http, "GET", f"{resource_path('tasks', task_id)}/events", params={"after_seq": after_seq})
-    return decode(response, EventList).events
 
 
 def _report_progress(event: Event) -> None:

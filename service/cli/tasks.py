@@ -12,7 +12,6 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from schemas.deliveries import AttemptList
-from schemas.events import EventList
 from schemas.tasks import Task, TaskPage, TaskStatus
 from service.cli.http import (
     ADMIN_TOKEN_ENV,
@@ -23,6 +22,7 @@ from service.cli.http import (
     call,
     client,
     decode,
+    iter_events,
     iter_pages,
     resource_path,
 )
@@ -162,7 +162,7 @@ def show(task_id: str, as_json: bool, url: str, token: str) -> None:
             click.echo(response.text)
             return
         task = decode(response, Task)
-        events = decode(call(http, "GET", f"{path}/events"), EventList).events
+        events = list(iter_events(http, task_id))
         deliveries = decode(call(http, "GET", f"{path}/deliveries"), AttemptList)
     console = stdout()
     console.print(_fields(task))

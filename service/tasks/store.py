@@ -215,6 +215,7 @@ class TaskStore:
                 keys.SCHEDULED_TASKS,
                 keys.stats_of(record.tenant),
                 message.wake_key if message else task_key,
+                keys.scheduled_of(record.tenant),
             ],
             args=[
                 record.id,

@@ -3,7 +3,7 @@
 -- KEYS: task, idempotency (any key when there is none), owed tasks, stats, open tasks of the tenant,
 --       broker queue, broker queue messages (any keys when the message is not enqueued here),
 --       the list index of all tasks, the tenant's list index, scheduled tasks, the tenant's counters,
---       the broker queue's wake list (any key when the message is not enqueued here)
+--       the broker queue's wake list (any key when the message is not enqueued here), the tenant's scheduled tasks
 -- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), owed_until, stats_field,
 --       max_open (0: no cap), now_ms, task key prefix, message_id ('' when not enqueued here), message,
 --       created_at_ms, run_at ('' to run at once: a scheduled task waits in the scheduled set until then, owed
@@ -77,6 +77,10 @@ if ARGV[14] ~= '' then
     redis.call('ZADD', KEYS[10], ARGV[14], task_id)
     redis.call('HINCRBY', KEYS[4], ARGV[15], 1)
     redis.call('HINCRBY', KEYS[11], ARGV[15], 1)
+    -- The tenant's own set only counts what waits: entries whose time has passed go as new ones come.
+    redis.call('ZADD', KEYS[13], ARGV[14], task_id)
+    redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', '(' .. (now_ms / 1000))
+    redis.call('EXPIRE', KEYS[13], ARGV[3])
 end
 if ARGV[11] ~= '' then
     -- What the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue').

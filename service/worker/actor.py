@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-
 from delivery.errors import LeaseLost
 from schemas.tasks import TaskError, TaskRecord, TaskStatus
 from service.kinds import TaskContext
 from service.tasks.ledger import Start, new_run_token
+from service.worker.result_limit import ResultLimit
 from service.worker.runtime import INFRA_ERRORS, START_PATIENCE_S, Run, Runtime, Stopping, runtime
 
 log = logging.getLogger("relay.worker")
@@ -107,8 +106,10 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
     if kind is None:
         return Outcome(error=TaskError(type="UnknownKind", message=f"no task kind {record.kind!r} on this worker"))
     record.started_at = record.started_at or datetime.now(UTC)
+    limit = ResultLimit(rt.settings.max_result_bytes)
 
     async def report(percent: float, message: str | None) -> None:
+        limit.check_progress(message)  # raises ResultTooLarge into the kind
         try:
             await mark_running()
             event = rt.tasks.progress_event(record, percent, message)  # one event, however often it is sent
@@ -140,7 +141,11 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
         if not done:
             await mark_running()
         result = await work
-        msgspec.json.encode(result)  # a result that cannot be sent fails here, not in the webhook
+        # A result that cannot be sent, or is too large to, fails here, not in the webhook.
+        refused = limit.check_result(result)
+        if refused is not None:
+            log.info("task %s (%s) failed: %s", record.id, record.kind, refused.message)
+            return Outcome(error=refused)
     except asyncio.CancelledError:
         if run.lost:
             return None
@@ -154,8 +159,10 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
         )
         return Outcome(error=error, retry_in_s=kind.retry_delay_s(record.attempt, exc))
     except Exception as exc:  # noqa: BLE001 (whatever a kind raises is its task's failure, logged with its id)
-        retry_in_s = kind.retry_delay_s(record.attempt, exc)
+        raised = TaskError(type=type(exc).__name__, message=str(exc)[:2000])
+        error = limit.check_error(raised)
+        retry_in_s = kind.retry_delay_s(record.attempt, exc) if error is raised else None
         if retry_in_s is None:
-            log.info("task %s (%s) failed: %s: %r", record.id, record.kind, type(exc).__name__, str(exc)[:500])
-        return Outcome(error=TaskError(type=type(exc).__name__, message=str(exc)[:2000]), retry_in_s=retry_in_s)
+            log.info("task %s (%s) failed: %s: %r", record.id, record.kind, error.type, error.message[:500])
+        return Outcome(error=error, retry_in_s=retry_in_s)
     return Outcome(result=result)

@@ -185,3 +185,55 @@ async def test_a_websocket_task_waits_for_an_ack_only_when_a_socket_may_give_one
         assert leased is not None
         assert not await redis.exists(keys.ack_marker(event.id))
         assert await redis.zscore(keys.DUE, event.id) is None
+
+
+async def _log_of(redis: aioredis.Redis, task_id: str, sizes: list[int]) -> list[Event]:
+    events = [
+        Event(
+            id=f"evt_{n}",
+            type=EventType.PROGRESS,
+            task_id=task_id,
+            seq=n,
+            created_at=datetime.now(UTC),
+            data={"percent": 1, "message": "m" * size},
+        )
+        for n, size in enumerate(sizes, start=1)
+    ]
+    await redis.rpush(keys.events(task_id), *(msgspec.json.encode(e) for e in events))
+    return events
+
+
+async def test_a_page_of_events_holds_at_most_limit_and_says_where_the_next_begins(
+    redis: aioredis.Redis, log: EventLog
+) -> None:
+    events = await _log_of(redis, "task_1", [10] * 25)
+
+    assert await log.events_page("task_1", 0, limit=10) == (events[:10], 10)
+    assert await log.events_page("task_1", 10, limit=10) == (events[10:20], 20)
+    assert await log.events_page("task_1", 20, limit=10) == (events[20:], None)
+    assert await log.events_page("task_1", 20, limit=5) == (events[20:], None)  # exactly the rest: the last page
+    assert await log.events_page("task_1", 25) == ([], None)
+    assert await log.events_page("task_gone") == ([], None)
+
+
+async def test_a_page_of_large_events_stops_at_its_byte_bound_and_reads_little_more(
+    redis: aioredis.Redis, log: EventLog
+) -> None:
+    events = await _log_of(redis, "task_1", [20_000] * 3 + [100] * 40 + [20_000] * 30)
+
+    seen: list[Event] = []
+    after: int | None = 0
+    pages = 0
+    while after is not None:
+        before = int((await redis.info("stats"))["total_net_output_bytes"])
+        page, after = await log.events_page("task_1", after, max_bytes=100_000)
+        read = int((await redis.info("stats"))["total_net_output_bytes"]) - before
+        assert sum(len(msgspec.json.encode(e)) for e in page) <= 100_000
+        assert read < 100_000 + 2 * 20_200  # what it answers with, and the one before at most
+        assert (
+            len(page) >= 3 or after is None
+        )  # what the bound allows (the event before the page is read too, and dropped)
+        seen += page
+        pages += 1
+    assert seen == events
+    assert pages <= 11

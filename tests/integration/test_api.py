@@ -84,7 +84,8 @@ class TestWithTheTestSettings:
 
         response = api.get(f"/v1/tasks/{submitted['id']}/events")
         assert response.status_code == 200
-        assert response.json()["next_cursor"] is None
+        assert set(response.json()) == {"events", "next_after_seq"}
+        assert response.json()["next_after_seq"] is None
         log = response.json()["events"]
         assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
         assert log[-1]["type"] == "task.completed"
@@ -93,7 +94,7 @@ class TestWithTheTestSettings:
 
         later = api.get(f"/v1/tasks/{submitted['id']}/events", params={"after_seq": 1}).json()
         assert later["events"] == log[1:]
-        assert later["next_cursor"] is None
+        assert later["next_after_seq"] is None
         assert api.get(f"/v1/tasks/{submitted['id']}/events", params={"after_seq": len(log)}).json()["events"] == []
 
         (hook,) = receiver.wait_for("/hook")

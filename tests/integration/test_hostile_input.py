@@ -387,3 +387,30 @@ def test_a_422_quotes_a_huge_bad_value_only_in_part(shared: Relay) -> None:
     assert response.status_code == 422
     assert "webhook.events" in response.json()["detail"]
     assert len(response.content) < 10_000
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("websocket", 1, "expected `bool`, got `int`"),
+        ("websocket", "true", "expected `bool`, got `str`"),
+        ("delay_s", "5", "got `str`"),
+        ("run_at", 12345, "RFC 3339"),
+        ("run_at", 1.5e9, "RFC 3339"),
+    ],
+)
+def test_a_submission_field_of_the_wrong_json_type_is_a_422_naming_the_field(
+    shared: Relay, field: str, value: object, expected: str
+) -> None:
+    before = len(shared.client.get("/v1/tasks", params={"limit": 500}).json()["items"])
+    response = post_task(shared.client, {"kind": "echo", "input": 1, field: value})
+    detail = assert_json_error(response, 422)
+    assert detail.startswith(f"{field}: "), detail
+    assert expected in detail, detail
+    assert len(shared.client.get("/v1/tasks", params={"limit": 500}).json()["items"]) == before  # nothing stored
+
+
+def test_the_right_json_types_of_those_fields_are_still_accepted(shared: Relay) -> None:
+    for extra in ({"websocket": True}, {"delay_s": 0}, {"delay_s": 0.5}, {"run_at": "2020-01-01T00:00:00Z"}):
+        response = post_task(shared.client, {"kind": "echo", "input": 1, **extra})
+        assert response.status_code == 202, (extra, response.text)

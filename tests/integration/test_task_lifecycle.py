@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -224,6 +224,55 @@ class TestTheLifecycleWithTheTestKinds:
         assert "webhook.events" in response.json()["detail"]
         assert named in response.json()["detail"]
 
+    @pytest.mark.slow  # waits out the API's 1 s figures five times
+    def test_stats_count_the_scheduled_tasks_waiting_now_per_tenant(self, kinds_relay: Relay) -> None:
+        api = kinds_relay.client
+
+        def scheduled() -> dict[str, int]:
+            figures = {}
+            for name, key, params in (
+                ("acme", "key-acme", {}),
+                ("globex", "key-globex", {}),
+                ("everyone", "admin-token", {}),
+                ("acme as seen by the operator", "admin-token", {"tenant": "acme"}),
+            ):
+                response = api.get("/v1/stats", key=key, params=params)
+                assert response.status_code == 200, response.text
+                figures[name] = response.json()["tasks"]["scheduled"]
+            return figures
+
+        def waiting(**expected: int) -> None:
+            """Each figure has grown by this much since the test began (an API answers from figures up to 1 s old)."""
+            wanted = {
+                "acme": expected["acme"],
+                "globex": expected["globex"],
+                "everyone": expected["acme"] + expected["globex"],
+                "acme as seen by the operator": expected["acme"],
+            }
+            wait_until(
+                lambda: {k: v - before[k] for k, v in scheduled().items()} == wanted,
+                timeout_s=10,
+                message=f"scheduled figures to grow by {wanted}",
+            )
+
+        before = scheduled()
+        later = [api.submit("echo", n, body={"delay_s": 600}) for n in range(3)]
+        in_a_week = (datetime.now(UTC) + timedelta(days=7)).isoformat().replace("+00:00", "Z")
+        api.submit("echo", 9, key="key-globex", body={"run_at": in_a_week})
+        waiting(acme=3, globex=1)
+        soon = api.submit("echo", 10, body={"delay_s": 0.3})
+        assert api.wait_task(soon["id"])["status"] == "succeeded"
+        waiting(acme=3, globex=1)  # it ran: it waits no more
+        assert api.post(f"/v1/tasks/{later[0]['id']}/cancel").status_code == 202
+        waiting(acme=2, globex=1)
+        # A failed attempt whose work is tried again in 10 minutes waits too, until it is cancelled.
+        retried = api.submit("flaky", {"failures": 1, "delay_s": 600})
+        wait_until(lambda: api.task(retried["id"])["status"] == "scheduled", message="the retry to be scheduled")
+        waiting(acme=3, globex=1)
+        for task in (*later[1:], retried):
+            assert api.post(f"/v1/tasks/{task['id']}/cancel").status_code == 202
+        waiting(acme=0, globex=1)
+
     def test_stats_count_a_tenants_tasks_deliveries_and_dead_letters_and_no_one_elses(
         self, kinds_relay: Relay, receiver: Receiver
     ) -> None:
@@ -259,7 +308,7 @@ class TestTheLifecycleWithTheTestKinds:
 
         expected = {
             "submitted": 4,
-            "scheduled": 1,
+            "scheduled": 0,  # waiting now: the scheduled one was cancelled
             "retried": 1,
             "succeeded": 2,
             "failed": 1,

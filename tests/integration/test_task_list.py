@@ -115,6 +115,32 @@ def test_pages_never_repeat_or_skip_a_task_while_tasks_are_being_submitted(relay
     assert set(seen) - set(first_page_ids) <= existing | in_flight
 
 
+def test_a_filter_over_large_tasks_reads_a_little_of_each_and_finds_a_match_past_them(
+    relay: Relay, redis_server: RedisServer
+) -> None:
+    api = relay.client
+    oldest = api.submit("sleep", {"seconds": 0})
+    large = [api.submit("echo", {"blob": "x" * 200_000}) for _ in range(40)]
+    for task in (oldest, large[-1]):
+        api.wait_task(task["id"])  # echo's result is its input: records of about 400 KB
+    redis = redis_server.client()
+
+    def sent() -> int:
+        return int(redis.info("stats")["total_net_output_bytes"])
+
+    try:
+        before = sent()
+        assert page(api, kind="nomatch", limit=500) == {"items": [], "next_cursor": None}
+        assert sent() - before < 100_000  # the 41 records weigh 16 MB
+
+        before = sent()
+        assert [t["id"] for t in every(api, kind="sleep", limit=1)] == [oldest["id"]]
+        assert [t["id"] for t in every(api, status="succeeded", kind="sleep")] == [oldest["id"]]
+        assert sent() - before < 200_000
+    finally:
+        redis.close()
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

@@ -25,6 +25,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.event_retention_s == 86400
     assert settings.allow_private_callbacks is False
     assert settings.max_body_bytes == 262144
+    assert settings.max_result_bytes == 1_048_576
     assert settings.task_modules == ()
     assert settings.submit_rate == 0.0
     assert settings.max_input_depth == 64
@@ -58,6 +59,7 @@ def test_every_variable_is_read() -> None:
             "RELAY_EVENT_RETENTION": "60",
             "RELAY_ALLOW_PRIVATE_CALLBACKS": "yes",
             "RELAY_MAX_BODY_BYTES": "1024",
+            "RELAY_MAX_RESULT_BYTES": "2048",
             "RELAY_TASK_MODULES": " mod.a , mod.b ,",
             "RELAY_SUBMIT_RATE": "2.5",
             "RELAY_MAX_INPUT_DEPTH": "10",
@@ -82,6 +84,7 @@ def test_every_variable_is_read() -> None:
     assert settings.event_retention_s == 60
     assert settings.allow_private_callbacks is True
     assert settings.max_body_bytes == 1024
+    assert settings.max_result_bytes == 2048
     assert settings.task_modules == ("mod.a", "mod.b")
     assert settings.submit_rate == 2.5
     assert settings.max_input_depth == 10

@@ -30,7 +30,7 @@ from service.api.openapi import errors
 from service.api.state import ApiState
 from service.broker import QUEUE
 
-_COUNTED = ("submitted", "scheduled", "retried", "succeeded", "failed", "cancelled")
+_COUNTED = ("submitted", "retried", "succeeded", "failed", "cancelled")
 _ENDED = ("succeeded", "failed", "cancelled")
 # A snapshot of the counters is kept at most this often per scope, this many of them (80 s), for the rates.
 SNAPSHOT_EVERY_S = 5.0
@@ -85,6 +85,8 @@ async def _compute(state_: ApiState, scope: str | None) -> Stats:
     redis = state_.redis
     history = keys.stats_history(scope)
     async with redis.pipeline(transaction=False) as pipe:
+        # Scheduled tasks waiting now: those whose run_at is still ahead (the others are being promoted).
+        pipe.zcount(keys.SCHEDULED_TASKS if scope is None else keys.scheduled_of(scope), f"({time.time()!r}", "+inf")
         pipe.hgetall(keys.STATS if scope is None else keys.stats_of(scope))
         if scope is None:
             pipe.hgetall(keys.LATENCY)
@@ -92,7 +94,7 @@ async def _compute(state_: ApiState, scope: str | None) -> Stats:
         pipe.zcard(keys.DEAD_LETTERS if scope is None else keys.dead_letters_of(scope))
         pipe.lrange(history, 0, -1)
         replies = await pipe.execute()
-    raw, *rest = replies
+    scheduled, raw, *rest = replies
     counts = _counters(raw)
     if scope is None:
         latency_raw, open_tasks, stored_dead, snapshots = rest
@@ -110,7 +112,11 @@ async def _compute(state_: ApiState, scope: str | None) -> Stats:
     return Stats(
         tenant=scope,
         at=datetime.fromtimestamp(now, UTC),
-        tasks=TaskCounts(**{name: counts.get(metrics.task_counter(name), 0) for name in _COUNTED}, open=open_tasks),
+        tasks=TaskCounts(
+            **{name: counts.get(metrics.task_counter(name), 0) for name in _COUNTED},
+            scheduled=int(scheduled),
+            open=open_tasks,
+        ),
         deliveries={
             channel.value: {o.value: counts.get(metrics.delivery_counter(channel, o), 0) for o in DeliveryOutcome}
             for channel in Channel

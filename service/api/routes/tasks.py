@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delivery.address_guard import check_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, RecordChanged, UnreadableRecord
+from delivery.event_log import MAX_EVENTS_PER_PAGE
 from delivery.ids import new_id, utcnow
 from delivery.store_refusals import WriteRefusal, refusal_of
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
@@ -66,12 +68,14 @@ class TaskController(Controller):
     @post("/tasks", status_code=HTTP_202_ACCEPTED, summary="Submit a task", responses=errors(403, 413, 429))
     async def submit(
         self,
+        request: Request,  # type: ignore[type-arg]
         state_: NamedDependency[ApiState],
         principal: NamedDependency[Principal],
         data: JSONBody[TaskSubmission],
         idempotency_key: Annotated[str | None, HeaderParameter(header="idempotency-key")] = None,
     ) -> Task:
         tenant = require_tenant(principal)
+        _check_types(await request.body())
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise ValidationException(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         refusal = state_.store_watch.refusal()
@@ -201,16 +205,24 @@ class TaskController(Controller):
             raise NotFoundException(f"no task {task_id}")
         return _shown(cancelled, principal)
 
-    @get("/tasks/{task_id:str}/events", summary="A task's events, oldest first", responses=errors(404, 409))
+    @get(
+        "/tasks/{task_id:str}/events",
+        summary="A task's events, oldest first, a page at a time",
+        description="Events with `seq > after_seq`, at most `limit`; a page of large events may hold fewer. "
+        "`next_after_seq` is the `after_seq` of the next page, null on the last one.",
+        responses=errors(404, 409),
+    )
     async def events(
         self,
         state_: NamedDependency[ApiState],
         reader: NamedDependency[Reader],
         task_id: FromPath[str],
         after_seq: Annotated[int, QueryParameter(query="after_seq", ge=0, le=MAX_SEQ)] = 0,
+        limit: Annotated[int, QueryParameter(query="limit", ge=1, le=MAX_EVENTS_PER_PAGE)] = MAX_EVENTS_PER_PAGE,
     ) -> EventList:
         await _readable(state_, reader, task_id)
-        return EventList(events=await state_.events.events_after(task_id, after_seq))
+        events, next_after_seq = await state_.events.events_page(task_id, after_seq, limit=limit)
+        return EventList(events=events, next_after_seq=next_after_seq)
 
     @get(
         "/tasks/{task_id:str}/stream",
@@ -302,6 +314,35 @@ class TaskController(Controller):
     ) -> Response[SigningSecret]:
         secret = await state_.secrets.rotate(require_tenant(principal))
         return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
+
+
+class _Typed(msgspec.Struct):
+    """The submission's fields that a lenient conversion (Litestar's, of every body) takes from other JSON types:
+    ``"websocket": 1`` as true, ``"delay_s": "5"`` as 5, ``"run_at": 12345`` as a unix time. They are read again,
+    strictly, so that a wrong type is a 422 that names the field (``run_at`` is an RFC 3339 string)."""
+
+    websocket: bool = False
+    run_at: datetime | None = None
+    delay_s: float | None = None
+
+
+_decode_typed = msgspec.json.Decoder(_Typed).decode  # strict; the other fields are skipped
+_AT_FIELD = re.compile(r"^(.*) - at `\$\.(\w+)`$")
+
+
+def _check_types(body: bytes) -> None:
+    try:
+        _decode_typed(body)
+    except msgspec.ValidationError as exc:
+        match = _AT_FIELD.match(str(exc))
+        if match is None:
+            raise ValidationException(str(exc)) from None
+        reason, field = match.groups()
+        if field == "run_at":
+            reason = "give an RFC 3339 time with its offset (2026-12-24T18:00:00Z); " + reason[:1].lower() + reason[1:]
+        raise ValidationException(f"{field}: {reason[:1].lower()}{reason[1:]}") from None
+    except msgspec.DecodeError:
+        pass  # not JSON: the body's own decoding has refused it already
 
 
 def _last_event_id(value: str | None) -> int | None:

@@ -695,12 +695,23 @@ function addTaskRow(task) {
   $("tasks-rows").append(row);
 }
 
+// Every page of a task's events (next_after_seq is null on the last).
+async function taskEvents(path) {
+  const events = [];
+  for (let after = 0; after !== null; ) {
+    const page = await api("GET", `${path}/events?after_seq=${after}`);
+    events.push(...page.events);
+    after = page.events.length ? page.next_after_seq : null;
+  }
+  return events;
+}
+
 async function openTask(id) {
   $("tasks-error").hidden = true;
   try {
     const path = `/v1/tasks/${encodeURIComponent(id)}`;
     const task = await api("GET", path); // first alone: an unknown id is one 404
-    const [{ events }, { attempts }] = await Promise.all([api("GET", `${path}/events`), api("GET", `${path}/deliveries`)]);
+    const [events, { attempts }] = await Promise.all([taskEvents(path), api("GET", `${path}/deliveries`)]);
     tasks.open = task;
     $("task").hidden = false;
     $("task-id").textContent = task.id;

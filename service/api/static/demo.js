@@ -129,11 +129,16 @@ async function follow(task, snapshot = null) {
 
 async function showHistory(task, upToSeq) {
   try {
-    const response = await fetch(`/v1/tasks/${encodeURIComponent(task.id)}/events?after_seq=0`, {
-      headers: { Authorization: `Bearer ${task.token}` },
-    });
-    if (!response.ok) throw new Error(`answered ${response.status}`);
-    const { events } = await response.json();
+    const events = [];
+    for (let after = 0; after !== null && after < upToSeq; ) {
+      const response = await fetch(`/v1/tasks/${encodeURIComponent(task.id)}/events?after_seq=${after}`, {
+        headers: { Authorization: `Bearer ${task.token}` },
+      });
+      if (!response.ok) throw new Error(`answered ${response.status}`);
+      const page = await response.json();
+      events.push(...page.events);
+      after = page.events.length ? page.next_after_seq : null;
+    }
     if (current !== task) return;
     note("history", `earlier events of this task, read over HTTP (the client resumes after seq ${upToSeq})`);
     for (const event of events) if (event.seq <= upToSeq) showEvent(event, { earlier: true });

@@ -140,6 +140,7 @@ class FakeRelay:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     revealed: dict[str, int] = field(default_factory=dict)
+    empty_pages: int = 0  # lists answer this many pages with no item and a cursor first (a filter matching little)
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -182,6 +183,9 @@ class FakeRelay:
         items = sorted(self.dead_letters.values(), key=lambda d: d["dead_at"], reverse=True)
         items = [d for d in items if all(d[f] == query[f] for f in ("reason", "tenant", "task_id") if f in query)]
         start = int(query.get("cursor", "0"))
+        if self.empty_pages > 0:
+            self.empty_pages -= 1
+            return 200, {"items": [], "next_cursor": str(start)}
         end = start + min(int(query.get("limit", "100")), PAGE_SIZE)
         return 200, {"items": items[start:end], "next_cursor": str(end) if end < len(items) else None}
 
@@ -414,6 +418,14 @@ def test_list_json_prints_one_dead_letter_per_line(fake_api: FakeRelay) -> None:
     letters = [msgspec.json.decode(line, type=DeadLetter) for line in result.stdout.splitlines()]
     assert [d.id for d in letters] == sorted(fake_api.dead_letters, reverse=True)
     assert letters[-1].last_error == "[Errno 111] Connection refused"
+
+
+def test_list_follows_a_page_with_no_item_that_says_there_is_more(fake_api: FakeRelay) -> None:
+    fake_api.empty_pages = 2
+    result = run(dlq, as_admin(fake_api, "list", "--json"))
+
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(line)["id"] for line in result.stdout.splitlines()) == sorted(fake_api.dead_letters)
 
 
 def test_list_stops_at_the_limit(fake_api: FakeRelay) -> None:
