@@ -66,9 +66,7 @@ def test_behind_one_proxy_a_client_cannot_pass_for_many_by_writing_x_forwarded_f
     assert streams.open(api.url, task, **forwarded("10.9.9.1", "203.0.113.8")).status_code == 200
 
     # Sockets the same.
-    sockets = [
-        WsClient(api.url, additional_headers=forwarded(f"10.9.9.{n}", "198.51.100.7")) for n in range(1, 4)
-    ]
+    sockets = [WsClient(api.url, additional_headers=forwarded(f"10.9.9.{n}", "198.51.100.7")) for n in range(1, 4)]
     try:
         assert sockets[2].wait_closed() == 1013
         assert not sockets[0].closed.is_set()

@@ -341,7 +341,7 @@ def test_a_comma_in_a_standalone_redis_url_says_that_seed_nodes_are_for_cluster_
 
 
 def test_cluster_mode_is_refused_with_the_reason() -> None:
-    with pytest.raises(ConfigError, match="^RELAY_REDIS_MODE: cluster is not supported"):
+    with pytest.raises(ConfigError, match=r"^RELAY_REDIS_MODE: cluster is not supported"):
         Settings.from_env({"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": "redis://a:1,redis://b:2"})
 
 
@@ -368,7 +368,7 @@ def test_a_malformed_broker_url_names_the_variable(url: str, why: str) -> None:
 
 @pytest.mark.parametrize("url", ["https://ops.example:99999/hook", "ftp://ops.example/hook", "ops.example/hook"])
 def test_a_malformed_ops_webhook_url_names_the_variable(url: str) -> None:
-    with pytest.raises(ConfigError, match="^RELAY_OPS_WEBHOOK_URL: "):
+    with pytest.raises(ConfigError, match=r"^RELAY_OPS_WEBHOOK_URL: "):
         Settings.from_env({"RELAY_OPS_WEBHOOK_URL": url})
 
 
