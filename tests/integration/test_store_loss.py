@@ -106,3 +106,20 @@ def test_a_store_that_lost_its_data_is_said_once_and_its_followers_are_told(
 
 def lines_about(output: str, task_id: str) -> list[str]:
     return [line for line in output.splitlines() if task_id in line]
+
+
+def test_a_redis_restarted_on_its_files_has_lost_nothing(
+    relay: Relay, redis_server: RedisServer, following: tuple[dict[str, str], WsClient]
+) -> None:
+    task, ws = following
+    redis_server.kill()  # no last write: the append-only file holds what was acknowledged, the epoch with it
+    redis_server.start()
+
+    wait_until(lambda: relay.client.get("/ready", key=None).status_code == 200, message="ready again")
+    time.sleep(2)  # past two looks at the epoch by every process
+    assert relay.client.get("/ready", key=None).json()["store"] == "ok"
+    assert not ws.closed.is_set()
+    ws.subscribe(task)  # the task is still there, and so is the socket (its progress events come meanwhile)
+    assert wait_until(lambda: ws.recv()["type"] == "subscribed", timeout_s=10, message="subscribed")
+    for process in (relay.api, relay.worker):
+        assert "lost its data" not in process.output()
