@@ -5,18 +5,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from tests.conftest import RedisServer
-from tests.integration.conftest import Relay, relay_for_many_tests
+from tests.support import Api, RelayProcess, relay_env
+
+
+@dataclass
+class ApiOnly:
+    api: RelayProcess
+    client: Api
 
 
 @pytest.fixture(scope="module")
-def shared(redis_server: RedisServer) -> Iterator[Relay]:
-    with relay_for_many_tests(redis_server) as relay:
-        yield relay
+def shared(redis_server: RedisServer) -> Iterator[ApiOnly]:
+    """One `relay api` for the module (no worker: nothing here runs a task)."""
+    if not redis_server.running:
+        redis_server.start()
+    api = RelayProcess("api", relay_env(redis_server.url)).start()
+    client = Api(api.url)
+    try:
+        yield ApiOnly(api=api, client=client)
+    finally:
+        client.close()
+        api.stop()
+        api.log_path.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize(
@@ -30,7 +46,7 @@ def shared(redis_server: RedisServer) -> Iterator[Relay]:
         ("/console", "GET, HEAD, OPTIONS"),
     ],
 )
-def test_a_preflight_lists_every_method_of_its_path(shared: Relay, path: str, allow: str) -> None:
+def test_a_preflight_lists_every_method_of_its_path(shared: ApiOnly, path: str, allow: str) -> None:
     preflight = shared.client.request(
         "OPTIONS",
         path,
@@ -45,7 +61,7 @@ def test_a_preflight_lists_every_method_of_its_path(shared: Relay, path: str, al
     assert preflight.headers["allow"] == allow
 
 
-def test_a_method_a_path_does_not_take_gets_405_listing_those_it_does(shared: Relay) -> None:
+def test_a_method_a_path_does_not_take_gets_405_listing_those_it_does(shared: ApiOnly) -> None:
     refused = shared.client.request("PUT", "/v1/tasks", key=None)
     assert refused.status_code == 405
     assert refused.headers["allow"] == "GET, HEAD, OPTIONS, POST"
@@ -55,7 +71,7 @@ def test_a_method_a_path_does_not_take_gets_405_listing_those_it_does(shared: Re
 @pytest.mark.parametrize(
     "path", ["/console", "/", "/health", "/ready", "/metrics", "/schema/swagger", "/schema/openapi.json"]
 )
-def test_head_answers_as_get_does_without_the_body(shared: Relay, path: str) -> None:
+def test_head_answers_as_get_does_without_the_body(shared: ApiOnly, path: str) -> None:
     head = shared.client.request("HEAD", path, key=None)
     get = shared.client.get(path, key=None)
     assert head.status_code == get.status_code == 200
@@ -65,13 +81,13 @@ def test_head_answers_as_get_does_without_the_body(shared: Relay, path: str) -> 
         assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
 
 
-def test_head_of_an_api_path_answers_as_its_get(shared: Relay) -> None:
+def test_head_of_an_api_path_answers_as_its_get(shared: ApiOnly) -> None:
     assert shared.client.request("HEAD", "/v1/tasks", key=None).status_code == 401
     assert shared.client.request("HEAD", "/v1/tasks").status_code == 200
     assert shared.client.request("HEAD", "/v1/tasks/task_nosuchtask000000000000").status_code == 404
 
 
-def test_head_of_a_stream_ends_at_once_and_holds_no_stream(shared: Relay) -> None:
+def test_head_of_a_stream_ends_at_once_and_holds_no_stream(shared: ApiOnly) -> None:
     task = shared.client.submit("echo", "later", body={"delay_s": 60})
     started = time.monotonic()
     head = shared.client.request("HEAD", f"/v1/tasks/{task['id']}/stream", key=None, params={"token": task["ws_token"]})
