@@ -36,6 +36,8 @@ log = logging.getLogger("relay.api")
 
 # The longest one Redis command of a request may take (or wait for a connection) before the request gets 503.
 COMMAND_TIMEOUT_S = 2.0
+# How long the start waits to learn the store's epoch before it leaves that to the watcher.
+EPOCH_AT_START_S = 1.0
 
 
 @dataclass
@@ -156,8 +158,8 @@ class ApiState:
 
     async def start(self) -> None:
         # Learn the epoch (or write a new store's) before /ready is asked; Redis may be away at start: then later.
-        with contextlib.suppress(RedisError, OSError):
-            await self.epoch.check()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.epoch.check(), EPOCH_AT_START_S)
         self.epoch.start()
         await self.hub.start()
         self.tenant_streams.start()
