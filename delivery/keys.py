@@ -131,6 +131,16 @@ def rate(tenant: str) -> str:
     return f"{PREFIX}rate:{tenant}"
 
 
+def tenant_streams(tenant: str) -> str:
+    """Sorted set of a tenant's open WebSockets and streams on every API node: member -> unix time it expires
+    unless its node refreshes it (a node that dies leaves members that expire)."""
+    return f"{PREFIX}streams:{tenant}"
+
+
+# Hash: the store's epoch, written once when the store is new (see delivery.epoch).
+EPOCH = PREFIX + "epoch"
+
+
 def subscribers(task_id: str) -> str:
     """Set of sockets (anywhere in the cluster) that follow a task; expires unless their node refreshes it."""
     return f"{PREFIX}subs:{task_id}"

@@ -7,7 +7,8 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -41,6 +42,9 @@ DEFAULT_DEAD_LETTER_RETENTION_S = 30 * 86400
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 DEFAULT_WS_MAX_PER_CLIENT = 100
 DEFAULT_WS_IDLE_TIMEOUT_S = 30.0
+DEFAULT_TENANT_MAX_STREAMS = 1000
+# More proxies than this in front of Relay is a typo, not a deployment.
+MAX_TRUSTED_PROXIES = 32
 # A webhook attempt's lease: twice its timeout and this much more (a worker that dies gives its slot back then).
 LEASE_MARGIN_S = 5.0
 
@@ -57,6 +61,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 Seconds = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
 WholeSeconds = Annotated[int, Meta(ge=1, le=int(MAX_SECONDS))]
 Count = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+RedisMode = Literal["standalone", "cluster"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,14 +88,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dead_letter_retention_s: WholeSeconds = DEFAULT_DEAD_LETTER_RETENTION_S
     request_timeout_s: Seconds = DEFAULT_REQUEST_TIMEOUT_S
     ws_max_per_client: Count = DEFAULT_WS_MAX_PER_CLIENT
-    trust_forwarded: bool = False
+    # Proxies in front of Relay whose X-Forwarded-For entries are trusted (0: none, the peer is the client).
+    trust_forwarded: Annotated[int, Meta(ge=0, le=MAX_TRUSTED_PROXIES)] = 0
+    tenant_max_streams: Count = DEFAULT_TENANT_MAX_STREAMS
     ws_idle_timeout_s: Seconds = DEFAULT_WS_IDLE_TIMEOUT_S
     destination_max_in_flight: Annotated[int, Meta(ge=1, le=MAX_IN_FLIGHT)] = DEFAULT_MAX_IN_FLIGHT
     breaker_threshold: Count = DEFAULT_BREAKER_THRESHOLD
     breaker_probe_s: Annotated[float, Meta(gt=0, le=MAX_PROBE_S)] = DEFAULT_PROBE_S
     ops_webhook_url: str | None = None
+    redis_mode: RedisMode = "standalone"
 
     def __post_init__(self) -> None:
+        # Every URL is checked here, at start, so that a bad one ends a command with one line naming its variable
+        # rather than with a traceback from the client library that first connects.
+        if self.redis_mode == "cluster":
+            raise ValueError(
+                "RELAY_REDIS_MODE: cluster is not supported by this version of Relay; use standalone "
+                "(one Redis, RELAY_REDIS_URL names it)"
+            )
+        if self.redis_url is not None:
+            _check_redis_url("RELAY_REDIS_URL", self.redis_url)
+        if self.broker_url is not None:
+            if self.broker_url.strip().lower().startswith(("amqp://", "amqps://")):
+                _check_amqp_url("RELAY_BROKER_URL", self.broker_url)
+            else:
+                _check_redis_url("RELAY_BROKER_URL", self.broker_url, other="amqp:// or amqps:// (RabbitMQ)")
         if self.ops_webhook_url is not None:
             try:
                 parse_callback_url(self.ops_webhook_url)
@@ -217,9 +239,11 @@ ENV = {
     "RELAY_BREAKER_THRESHOLD": "breaker_threshold",
     "RELAY_BREAKER_PROBE_S": "breaker_probe_s",
     "RELAY_OPS_WEBHOOK_URL": "ops_webhook_url",
+    "RELAY_TENANT_MAX_STREAMS": "tenant_max_streams",
+    "RELAY_REDIS_MODE": "redis_mode",
 }
 _FIELD_ENV = {field_name: name for name, field_name in ENV.items()}
-_BOOLEANS = {"allow_private_callbacks", "trust_forwarded"}
+_BOOLEANS = {"allow_private_callbacks"}
 # Values never repeated in an error message.
 _SECRET = {"redis_url", "broker_url", "api_keys", "admin_token", "ops_webhook_url"}
 _AT_FIELD = re.compile(r" - at `\$\.(\w+)(\[\d+\])?`$")
@@ -242,7 +266,75 @@ def _parse(field_name: str, raw: str) -> object:
         if raw.lower() in _FALSE:
             return False
         raise ValueError(f"{raw!r} is not true or false")
+    if field_name == "trust_forwarded":
+        # true/1 trusts one proxy, N trusts N; false/0 (or unset) none.
+        if raw.lower() in _TRUE:
+            return 1
+        if raw.lower() in _FALSE:
+            return 0
+        if raw.isdigit():
+            return int(raw)
+        raise ValueError(f"{raw!r} is not false, true or a number of proxies")
+    if field_name == "redis_mode":
+        return raw.lower()
     return raw
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_redis_url(name: str, url: str, *, other: str = "") -> None:
+    """A Redis URL that redis-py can connect with; the errors say what is wrong and never repeat the URL (it may
+    hold a password)."""
+    text = url.strip()
+    if "," in text:
+        why = f"{name}: one URL expected, got several separated by commas"
+        if name == "RELAY_REDIS_URL":
+            why += " (seed nodes are for RELAY_REDIS_MODE=cluster, which this version does not support)"
+        raise ValueError(why)
+    parts = _split(name, text)
+    scheme = parts.scheme.lower()
+    if scheme not in _REDIS_SCHEMES:
+        wanted = "redis://, rediss:// or unix://" + (f", or {other}" if other else "")
+        raise ValueError(f"{name}: expected {wanted}, not {scheme + '://' if scheme else 'no scheme'}")
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{name}: a unix:// URL needs the socket's path")
+        return
+    if not parts.hostname:
+        raise ValueError(f"{name}: no host")
+    _port(name, parts)
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{name}: the path must be a database number (/0), not /{db[:20]}")
+
+
+def _check_amqp_url(name: str, url: str) -> None:
+    text = url.strip()
+    if "," in text:
+        raise ValueError(f"{name}: one URL expected, got several separated by commas")
+    parts = _split(name, text)
+    if not parts.hostname:
+        raise ValueError(f"{name}: no host")
+    _port(name, parts)
+
+
+def _split(name: str, url: str) -> SplitResult:
+    if any(c.isspace() for c in url):
+        raise ValueError(f"{name}: a URL holds no spaces")
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"{name}: not a URL ({exc})") from None
+
+
+def _port(name: str, parts: SplitResult) -> None:
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{name}: the port must be a number from 1 to 65535") from None
+    if port is not None and port == 0:
+        raise ValueError(f"{name}: the port must be a number from 1 to 65535")
 
 
 def _name_the_variable(message: str, fields: Mapping[str, object]) -> str:

@@ -26,11 +26,12 @@ from service import __version__
 from service.api.auth import Principal, Reader, bearer_token
 from service.api.docs import docs_config
 from service.api.json_depth import json_depth_exceeds
-from service.api.openapi import list_task_kinds
+from service.api.methods import answer_every_method
+from service.api.openapi import declare_security, list_task_kinds
 from service.api.pages import console_page, demo_page
 from service.api.routes.dead_letters import DeadLetterController
 from service.api.routes.destinations import DestinationController, ops_signing_secret
-from service.api.routes.ops import health, prometheus_metrics, ready
+from service.api.routes.ops import acknowledge_store_loss, health, prometheus_metrics, ready
 from service.api.routes.stats import stats
 from service.api.routes.tasks import TaskController
 from service.api.state import ApiState
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> Litestar:
         holder["state"] = ApiState.open(settings)
         await holder["state"].start()
         list_task_kinds(app, holder["state"].kinds.names())
+        declare_security(app)
         try:
             yield
         finally:
@@ -112,7 +114,7 @@ def create_app(settings: Settings) -> Litestar:
             media_type=MediaType.JSON,
         )
 
-    return Litestar(
+    app = Litestar(
         before_request=check_body,
         route_handlers=[
             TaskController,
@@ -121,6 +123,7 @@ def create_app(settings: Settings) -> Litestar:
             ops_signing_secret,
             health,
             ready,
+            acknowledge_store_loss,
             prometheus_metrics,
             stats,
             ws_endpoint,
@@ -144,6 +147,8 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=docs_config(title="Relay", version=__version__, static_url=STATIC_URL),
         debug=False,
     )
+    answer_every_method(app)
+    return app
 
 
 def _body(status_code: int, detail: str, extra: object = None) -> dict[str, object]:

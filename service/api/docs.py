@@ -18,8 +18,11 @@ from litestar.datastructures import ResponseHeader
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import OpenAPIRenderPlugin, YamlRenderPlugin
+from litestar.openapi.spec import Components
 from litestar.params import FromPath
 from litestar.response import File
+
+from service.api.openapi import SECURITY_SCHEMES
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -117,6 +120,7 @@ def docs_config(*, title: str, version: str, static_url: str) -> OpenAPIConfig:
     return OpenAPIConfig(
         title=title,
         version=version,
+        components=Components(security_schemes=dict(SECURITY_SCHEMES)),
         # The first plugin also answers the root, /schema.
         render_plugins=[swagger, YamlRenderPlugin(path=["/openapi.yaml", "/openapi.yml"])],
         openapi_router=router,

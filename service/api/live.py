@@ -81,6 +81,8 @@ class Follower(Protocol):
 
     def followed_tasks(self) -> Iterable[str]: ...
 
+    def store_lost(self) -> None: ...
+
 
 _FRAME_HEAD = b'{"type":"event","event":'
 
@@ -145,6 +147,12 @@ class LiveHub:
 
     def detach(self, socket: Follower) -> None:
         self._sockets.discard(socket)
+
+    def store_lost(self) -> None:
+        """The store lost its data (see :mod:`delivery.epoch`): the tasks every follower waits on are gone, and no
+        event of theirs will come. Tell each follower, which then ends, so that no client waits for nothing."""
+        for socket in list(self._sockets):
+            socket.store_lost()
 
     async def follow(self, task_id: str, socket: Follower, *, presence: bool = True) -> None:
         """Start handing ``task_id``'s events to ``socket``; with ``presence``, say so in the task's presence key

@@ -1,9 +1,11 @@
-"""What the OpenAPI document says beyond what Litestar infers: the error answers, and the task kinds there are."""
+"""What the OpenAPI document says beyond what Litestar infers: the error answers, the task kinds there are, and who
+may call each operation (its security, so that Swagger UI's "Authorize" sends a token with "Try it out")."""
 
 from __future__ import annotations
 
 from litestar import Litestar
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import SecurityRequirement, SecurityScheme
 
 from schemas.api import ErrorBody
 
@@ -37,3 +39,50 @@ def list_task_kinds(app: Litestar, kinds: list[str]) -> None:
         kind = submission.properties["kind"]
         if hasattr(kind, "enum"):
             kind.enum = list(kinds)
+
+
+# The bearer tokens Relay takes, as the document's security schemes.
+TENANT_KEY_SCHEME = "tenantKey"
+ADMIN_TOKEN_SCHEME = "adminToken"  # noqa: S105 (a name, not a secret)
+TASK_TOKEN_SCHEME = "taskToken"  # noqa: S105 (a name, not a secret)
+SECURITY_SCHEMES: dict[str, SecurityScheme] = {
+    TENANT_KEY_SCHEME: SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="A tenant's API key (RELAY_API_KEYS): its own tasks, events, dead letters and destinations.",
+    ),
+    ADMIN_TOKEN_SCHEME: SecurityScheme(
+        type="http",
+        scheme="bearer",
+        description="The operator's token (RELAY_ADMIN_TOKEN): every tenant's things, and /v1/ops/.",
+    ),
+    TASK_TOKEN_SCHEME: SecurityScheme(
+        type="apiKey",
+        name="token",
+        security_scheme_in="query",
+        description="A task's ws_token, for its event stream (a browser's EventSource cannot send a header).",
+    ),
+}
+_OPERATOR_PATHS = "/v1/ops/"
+_STREAM_SUFFIX = "/stream"
+
+
+def declare_security(app: Litestar) -> None:
+    """Say which tokens each operation takes: every operation that may answer 401 takes a tenant's key or the
+    admin token (a 403 then says which one it needs); those under /v1/ops/ the admin token only; a task's stream its
+    ws_token too. The others (health, readiness, metrics) take none."""
+    schema = app.openapi_schema
+    for path, item in (schema.paths or {}).items():
+        for method in ("get", "put", "post", "delete", "patch", "head"):
+            operation = getattr(item, method, None)
+            if operation is None:
+                continue
+            if "401" not in (operation.responses or {}):
+                operation.security = []
+                continue
+            security: list[SecurityRequirement] = [{ADMIN_TOKEN_SCHEME: []}]
+            if not path.startswith(_OPERATOR_PATHS):
+                security.insert(0, {TENANT_KEY_SCHEME: []})
+            if path.endswith(_STREAM_SUFFIX):
+                security.append({TASK_TOKEN_SCHEME: []})
+            operation.security = security

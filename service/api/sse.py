@@ -23,7 +23,7 @@ from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord
 from service.api.http_protocol import ConnectionControl
 from service.api.live import EventHead, LiveHub, event_body, stored_event
-from service.api.ws import subscribed_frame
+from service.api.ws import STORE_LOST_MESSAGE, subscribed_frame
 
 log = logging.getLogger("relay.sse")
 
@@ -33,6 +33,7 @@ STREAM_QUEUE_CHUNKS = 1024
 MAX_KEEPALIVE_S = 15.0
 
 KEEPALIVE = b": keepalive\n\n"
+STORE_LOST = b"event: error\ndata: %s\n\n" % msgspec.json.encode({"code": "store_lost", "message": STORE_LOST_MESSAGE})
 TOO_SLOW = b": too far behind; reconnect with Last-Event-ID to resume\n\n"
 
 _FINAL = {t.value for t in EventType if t.final}
@@ -126,6 +127,10 @@ class EventStream:
                 self._control.abort()
         elif not self._chunks and now - self._last_write >= self._keepalive_s:
             self._put(KEEPALIVE)
+
+    def store_lost(self) -> None:
+        """The task is gone with the store's data: an ``error`` event, and the stream ends."""
+        self._end(STORE_LOST)
 
     # The response's side.
 

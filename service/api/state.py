@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncGenerator
@@ -14,6 +15,7 @@ from redis.exceptions import RedisError
 
 from delivery.dead_letters import DeadLetterStore
 from delivery.destinations import DestinationStore
+from delivery.epoch import StoreEpoch
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from delivery.redis_client import connect
@@ -24,6 +26,7 @@ from service.api.auth import Authenticator
 from service.api.live import LiveHub, heartbeat_tick_s
 from service.api.rate_limit import RateLimiter
 from service.api.store_watch import StoreWatch
+from service.api.tenant_streams import TenantStreams
 from service.broker import BrokerCheck, Enqueuer, create_broker, enqueuer_for
 from service.kinds import KindRegistry, load_kinds
 from service.settings import Settings
@@ -34,6 +37,8 @@ log = logging.getLogger("relay.api")
 
 # The longest one Redis command of a request may take (or wait for a connection) before the request gets 503.
 COMMAND_TIMEOUT_S = 2.0
+# How long the start waits to learn the store's epoch before it leaves that to the watcher.
+EPOCH_AT_START_S = 1.0
 
 
 @dataclass
@@ -57,6 +62,10 @@ class ApiState:
     listen_redis: aioredis.Redis
     broker_check: BrokerCheck
     store_watch: StoreWatch
+    # Open WebSockets and streams per tenant, across every API node (RELAY_TENANT_MAX_STREAMS).
+    tenant_streams: TenantStreams
+    # The store's epoch, watched so that a store that lost its data is noticed (see delivery.epoch).
+    epoch: StoreEpoch
     # Open WebSockets per client address in this process (RELAY_WS_MAX_PER_CLIENT).
     ws_clients: Counter[str] = field(default_factory=Counter)
     # Open Server-Sent Event streams in this process, and per client address (RELAY_WS_MAX_PER_CLIENT bounds both).
@@ -78,6 +87,13 @@ class ApiState:
             dead_letter_retention_s=settings.dead_letter_retention_s,
         )
         broker = create_broker(settings)
+        hub = LiveHub(
+            redis=redis,
+            listen_redis=listen_redis,
+            # Presence outlives a few missed refreshes (the hub refreshes every third of it).
+            presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s),
+            tick_s=heartbeat_tick_s(settings.ws_ping_interval_s, settings.ws_ping_timeout_s),
+        )
         return cls(
             settings=settings,
             redis=redis,
@@ -99,17 +115,13 @@ class ApiState:
             dead_letters=DeadLetterStore(redis=redis, outbox=outbox),
             secrets=SecretStore(redis=redis),
             rate_limiter=RateLimiter(redis=redis, rate=settings.submit_rate) if settings.submit_rate > 0 else None,
-            # Presence outlives a few missed refreshes (the hub refreshes every third of it).
-            hub=LiveHub(
-                redis=redis,
-                listen_redis=listen_redis,
-                presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s),
-                tick_s=heartbeat_tick_s(settings.ws_ping_interval_s, settings.ws_ping_timeout_s),
-            ),
+            hub=hub,
             enqueuer=enqueuer_for(broker, redis, settings),
             listen_redis=listen_redis,
             broker_check=BrokerCheck(broker),
             store_watch=StoreWatch(redis),
+            tenant_streams=TenantStreams(redis=redis, limit=settings.tenant_max_streams),
+            epoch=StoreEpoch(redis=redis, on_lost=hub.store_lost),
         )
 
     async def create_task(
@@ -135,8 +147,11 @@ class ApiState:
                 log.warning("task %s is stored but not yet enqueued (%s); the sweeper will enqueue it", record.id, exc)
         return submitted.answer
 
-    async def counted_stream(self, chunks: AsyncGenerator[bytes, None], client: str) -> AsyncGenerator[bytes, None]:
-        """``chunks``, counted in :attr:`sse_streams` and under ``client`` in :attr:`sse_clients` while they are sent."""
+    async def counted_stream(
+        self, chunks: AsyncGenerator[bytes, None], client: str, place: str | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """``chunks``, counted in :attr:`sse_streams` and under ``client`` in :attr:`sse_clients` while they are sent;
+        ``place`` (the stream's in its tenant's count, see :class:`TenantStreams`) is given back at the end."""
         self.sse_streams += 1
         self.sse_clients[client] += 1
         try:
@@ -147,14 +162,22 @@ class ApiState:
             self.sse_clients[client] -= 1
             if self.sse_clients[client] <= 0:
                 del self.sse_clients[client]
+            self.tenant_streams.release(place)
             await chunks.aclose()
 
     async def start(self) -> None:
+        # Learn the epoch (or write a new store's) before /ready is asked; Redis may be away at start: then later.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.epoch.check(), EPOCH_AT_START_S)
+        self.epoch.start()
         await self.hub.start()
+        self.tenant_streams.start()
 
     async def close(self) -> None:
         await self.store_watch.close()
+        await self.epoch.stop()
         await self.hub.stop()
+        await self.tenant_streams.stop()
         await asyncio.to_thread(self.broker.close)
         await self.redis.aclose()
         await self.listen_redis.aclose()

@@ -34,6 +34,7 @@ from schemas.ws import Ack, ClientFrame, Error, Ping, Subscribe, Subscribed, Uns
 from service.api.json_depth import json_depth_exceeds
 from service.api.live import EventHead, LiveHub, event_frame, stored_event
 from service.api.state import ApiState
+from service.api.tenant_streams import TenantStreams
 from service.tasks.store import TaskStore
 
 log = logging.getLogger("relay.ws")
@@ -53,6 +54,7 @@ BAD_FRAME_WINDOW_S = 60.0
 MAX_FRAME_DEPTH = 8
 
 CLOSE_POLICY = 1008
+CLOSE_SERVER_ERROR = 1011
 CLOSE_TRY_AGAIN = 1013
 CLOSE_NO_PONG = 4000
 # How long a closing socket waits for its close frame to get out behind what it still has to send.
@@ -63,6 +65,12 @@ _encode = msgspec.json.Encoder().encode
 _FINAL = {t.value for t in EventType if t.final}
 # Events one socket remembers for their ack at most (the oldest are forgotten first).
 MAX_UNACKED = 4096
+# What a socket and a stream are told before they end when the store lost its data (see delivery.epoch).
+STORE_LOST_MESSAGE = (
+    "the store lost its data: the tasks followed here no longer exist and will send no more events; submit them again"
+)
+# Queued after a socket's last frame: the sender closes the socket when it gets there.
+_END = b""
 
 
 @dataclass(slots=True)
@@ -95,6 +103,7 @@ class Connection:
         tasks: TaskStore,
         events: EventLog,
         outbox: Outbox,
+        places: TenantStreams,
         ping_interval_s: float,
         ping_timeout_s: float,
         idle_timeout_s: float,
@@ -105,6 +114,8 @@ class Connection:
         self._tasks = tasks
         self._events = events
         self._outbox = outbox
+        self._places = places
+        self._held: dict[str, str] = {}  # tenant -> this socket's place in its count (RELAY_TENANT_MAX_STREAMS)
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
         # The send queue: a deque and one future the sender waits on (an asyncio.Queue costs ~3 KB a socket).
@@ -118,6 +129,8 @@ class Connection:
         self._idle_since: float | None = self._last_heard  # following no task since then
         self._ping_outstanding = False
         self._closing = False
+        # Set when the socket ends once what is queued has gone out: the close code and reason.
+        self._last_words: tuple[int, str] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._closer: asyncio.Task[None] | None = None
         # Made when catching up must wait; set when the send queue has room again, or the socket closes.
@@ -140,6 +153,15 @@ class Connection:
             sub.buffer.append((head, frame))
         elif head.seq > sub.last_seq:
             self._queue_event(sub, head, frame)
+
+    def store_lost(self) -> None:
+        if self._closing or self._last_words is not None:
+            return
+        self._error("store_lost", STORE_LOST_MESSAGE)
+        # Behind what is queued, so that the error frame goes out before the close.
+        self._last_words = (CLOSE_SERVER_ERROR, "the store lost its data")
+        self._frames.append(_END)
+        self._wake()
 
     def resync(self) -> None:
         for task_id in list(self._subs):
@@ -172,6 +194,9 @@ class Connection:
             self._hub.detach(self)
             for task_id in list(self._subs):
                 self._hub.unfollow(task_id, self)
+            for place in self._held.values():
+                self._places.release(place)
+            self._held.clear()
             sender.cancel()
             try:
                 if self._closer is not None:
@@ -229,6 +254,9 @@ class Connection:
                     await self._wakeup
                     self._wakeup = None
                 frame = self._frames.popleft()
+                if frame is _END and self._last_words is not None:
+                    self._close_soon(*self._last_words)
+                    return
                 if self._room is not None and len(self._frames) < CATCH_UP_QUEUE_FRAMES:
                     self._room.set()
                 await self._socket.send_text(frame.decode())
@@ -256,7 +284,25 @@ class Connection:
             # The same answer for a task that does not exist, has expired, or is not this token's.
             self._bad_frame("forbidden", "unknown task, or a token that is not this task's", frame.task_id)
             return
-        self._unsubscribe(frame.task_id)
+        followed = self._subs.get(record.id)
+        if followed is not None:
+            # Followed already: say where it stands, and replay nothing (what this socket was sent stays sent).
+            self._put(
+                _encode(Subscribed(task_id=record.id, status=record.status, last_seq=followed.last_seq, recovered=True))
+            )
+            return
+        if record.tenant not in self._held:
+            place = await self._places.acquire(record.tenant)
+            if place is None:
+                self._close_soon(
+                    CLOSE_TRY_AGAIN,
+                    f"this tenant has {self._places.limit} sockets and streams open (RELAY_TENANT_MAX_STREAMS)",
+                )
+                return
+            if self._closing:
+                self._places.release(place)
+                return
+            self._held[record.tenant] = place
         sub = Subscription(task_id=record.id, tenant=record.tenant, webhook=record.webhook, last_seq=frame.after_seq)
         self._subs[record.id] = sub
         self._idle_since = None
@@ -349,12 +395,15 @@ class Connection:
     # Sending and closing.
 
     def _put(self, frame: bytes) -> None:
-        if self._closing:
+        if self._closing or self._last_words is not None:
             return
         if len(self._frames) >= SEND_QUEUE_FRAMES:
             self._close_soon(CLOSE_TRY_AGAIN, "send queue full; resume from your last seq")
             return
         self._frames.append(frame)
+        self._wake()
+
+    def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -427,7 +476,7 @@ def _describe(exc: Exception) -> str:
 async def ws_endpoint(socket: WebSocket, state_: NamedDependency[ApiState]) -> None:  # type: ignore[type-arg]
     """Follow tasks live: see the WebSocket protocol in the README."""
     settings = state_.settings
-    client = client_address(socket, trust_forwarded=settings.trust_forwarded)
+    client = client_address(socket, trusted_proxies=settings.trust_forwarded)
     await socket.accept()
     if state_.ws_clients[client] >= settings.ws_max_per_client:
         await socket.close(code=CLOSE_TRY_AGAIN, reason="too many sockets from this address")
@@ -441,13 +490,25 @@ async def ws_endpoint(socket: WebSocket, state_: NamedDependency[ApiState]) -> N
             del state_.ws_clients[client]
 
 
-def client_address(socket: ASGIConnection, *, trust_forwarded: bool) -> str:  # type: ignore[type-arg]
-    """The peer, or the first hop of X-Forwarded-For when Relay runs behind a proxy it trusts."""
-    if trust_forwarded:
-        forwarded = socket.headers.get("x-forwarded-for", "").split(",")[0].strip()
-        if forwarded:
-            return forwarded[:64]
-    return socket.client.host if socket.client is not None else "unknown"
+def client_address(connection: ASGIConnection, *, trusted_proxies: int) -> str:  # type: ignore[type-arg]
+    """Who is asking: the peer, or behind ``trusted_proxies`` proxies of your own, the X-Forwarded-For entry the
+    outermost of them added.
+
+    Each proxy appends the address it was connected from, so the last ``trusted_proxies`` entries are the trusted
+    ones, and the first of those (``trusted_proxies`` from the right) is the client the outermost proxy saw. What
+    stands to its left a client may have written itself. A request with fewer entries than that did not come
+    through every trusted proxy: then none of its entries is trusted, and the peer is the client.
+    """
+    peer = connection.client.host if connection.client is not None else "unknown"
+    if trusted_proxies <= 0:
+        return peer
+    # Several X-Forwarded-For headers are one list, in order (RFC 9110, 5.3).
+    values = [v for k, v in connection.scope["headers"] if k.lower() == b"x-forwarded-for"]
+    hops = [hop.strip() for value in values for hop in value.decode("latin-1").split(",")]
+    if len(hops) < trusted_proxies:
+        return peer
+    client = hops[-trusted_proxies]
+    return client[:64] if client else peer
 
 
 async def _serve(socket: WebSocket, state_: ApiState) -> None:  # type: ignore[type-arg]
@@ -458,6 +519,7 @@ async def _serve(socket: WebSocket, state_: ApiState) -> None:  # type: ignore[t
         tasks=state_.tasks,
         events=state_.events,
         outbox=state_.outbox,
+        places=state_.tenant_streams,
         ping_interval_s=settings.ws_ping_interval_s,
         ping_timeout_s=settings.ws_ping_timeout_s,
         idle_timeout_s=settings.ws_idle_timeout_s,

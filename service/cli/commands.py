@@ -98,6 +98,9 @@ def api(host: str, port: int, workers: int) -> None:
         ws_per_message_deflate=False,  # ~40 KB a socket for little gain on small JSON frames
         ws_max_size=WS_MAX_FRAME_BYTES,  # a bigger frame closes the socket with 1009
         access_log=False,
+        # Relay decides whom X-Forwarded-For names (RELAY_TRUST_FORWARDED); uvicorn's own rewrite of the peer (on by
+        # default for a loopback peer) would let a client behind a local proxy name itself.
+        proxy_headers=False,
         log_level="info",
         timeout_graceful_shutdown=10,
     )

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from delivery.destinations import DestinationStore
 from delivery.engine import DeliveryEngine
+from delivery.epoch import StoreEpoch
 from delivery.errors import RelayError
 from delivery.ops_events import OpsNotifier
 from delivery.outbox import Outbox, trim_dead_letter_index
@@ -143,6 +144,8 @@ class Runtime:
             schedule_s=settings.retry_schedule_s,
             ops=self.ops,
         )
+        # Watched so that a store that lost its data is said once, at ERROR (see delivery.epoch).
+        self.epoch = StoreEpoch(redis=self.redis, on_lost=self._store_lost)
         self._loops: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._abandon: asyncio.Task[None] | None = None
@@ -187,10 +190,24 @@ class Runtime:
         """Start the background loops; nothing here waits for Redis (it may be down when a worker starts)."""
         self._loop = asyncio.get_running_loop()
         await self.engine.start()
+        self.epoch.start()
         self._loops.append(asyncio.create_task(self._renew_leases(), name="relay-lease-renewal"))
         self._sweeper = asyncio.create_task(self._sweep(), name="relay-task-sweeper")
         if isinstance(self.broker, RedisBroker) and self.settings.broker_in_storage:
             self._loops.append(asyncio.create_task(self._beat(self.broker), name="relay-broker-heartbeat"))
+
+    def _store_lost(self) -> None:
+        """The store lost its data: the tasks of the runs in flight are gone with it. Cancel those runs, said in one
+        line rather than one a task as each run finds out on its own."""
+        if not self.runs:
+            return
+        log.warning(
+            "cancelling %d runs whose tasks were lost with the store: %s",
+            len(self.runs),
+            ", ".join(sorted(self.runs)[:20]),
+        )
+        for run in list(self.runs.values()):
+            run.lose()
 
     async def begin_stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Shutdown starts: enqueue nothing more; runs in flight get ``grace_s`` to end, then are given back."""
@@ -236,6 +253,7 @@ class Runtime:
         for loop in self._loops:
             await _cancel(loop)
         self._loops = []
+        await self.epoch.stop()
         await self.engine.stop()
         if self.ops is not None:
             await self.ops.stop()

@@ -61,3 +61,22 @@ def test_swagger_ui_draws_the_operations_with_no_request_leaving_the_machine(
 
     assert refused == [], f"the page asked for other hosts: {refused}"
     assert violations == [], f"the page's policy refused something: {violations}"
+
+
+def test_authorize_with_a_tenant_key_and_try_it_out_answers_200(page: Page, relay: Relay) -> None:
+    page.goto(relay.api.url + "/schema/swagger")
+    authorize = page.locator(".scheme-container button.authorize")
+    expect(authorize).to_be_visible(timeout=15_000)
+    authorize.click()
+
+    tenant = page.locator(".auth-container", has_text="tenantKey")
+    tenant.locator("input").first.fill("key-acme")
+    tenant.locator("button.authorize").click()
+    tenant.locator("button.btn-done").click()
+
+    operation = page.locator(".opblock-get", has=page.locator('.opblock-summary-path[data-path="/v1/tasks"]'))
+    operation.locator(".opblock-summary").click()
+    operation.locator("button.try-out__btn").click()
+    operation.locator("button.execute").click()
+    status = operation.locator(".live-responses-table tbody .response-col_status")
+    expect(status).to_have_text("200", timeout=15_000)

@@ -95,3 +95,43 @@ def test_the_document_is_also_yaml(shared: Relay) -> None:
     response = shared.client.get("/schema/openapi.yaml", key=None)
     assert response.status_code == 200
     assert "/v1/tasks:" in response.text
+
+
+def test_the_document_declares_the_bearer_tokens_and_every_protected_operation_takes_them(shared: Relay) -> None:
+    document = shared.client.get("/schema/openapi.json", key=None).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["tenantKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schemes["tenantKey"]["description"],
+    }
+    assert schemes["adminToken"]["type"] == "http"
+    assert schemes["adminToken"]["scheme"] == "bearer"
+    assert schemes["taskToken"] == {**schemes["taskToken"], "type": "apiKey", "in": "query", "name": "token"}
+
+    security = {
+        (method.upper(), path): operation.get("security")
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    either = [{"tenantKey": []}, {"adminToken": []}]
+    assert security[("POST", "/v1/tasks")] == either
+    assert security[("GET", "/v1/dead-letters")] == either
+    assert security[("PATCH", "/v1/destinations/{destination_id}")] == either
+    assert security[("GET", "/v1/tasks/{task_id}/stream")] == [*either, {"taskToken": []}]
+    assert security[("GET", "/v1/ops/signing-secret")] == [{"adminToken": []}]
+    assert security[("GET", "/health")] == []
+    assert security[("GET", "/ready")] == []
+    # Every operation that may answer 401 names the tokens that avoid it, each one a declared scheme.
+    for (method, path), required in security.items():
+        if "401" in document["paths"][path][method.lower()]["responses"]:
+            assert required, f"{method} {path} declares no security"
+            assert {name for alternative in required for name in alternative} <= set(schemes)
+
+
+def test_try_it_out_with_the_declared_scheme_is_answered(shared: Relay) -> None:
+    """What Swagger UI sends once a tenant's key is typed into Authorize: Authorization: Bearer <key>."""
+    document = shared.client.get("/schema/openapi.json", key=None).json()
+    assert document["components"]["securitySchemes"]["tenantKey"]["scheme"] == "bearer"
+    assert shared.client.get("/v1/tasks", key=None).status_code == 401
+    assert shared.client.get("/v1/tasks", headers={"Authorization": "Bearer key-acme"}, key=None).status_code == 200

@@ -198,6 +198,29 @@ def test_a_refused_subscribe_does_not_tell_whether_the_task_exists(shared: Relay
     assert ws.recv()["type"] == "subscribed"  # still open, and the right token works
 
 
+def test_subscribing_again_to_a_followed_task_replays_nothing(shared: Relay, open_ws: OpenWs) -> None:
+    task = shared.client.submit("count_sync", {"steps": 3}, body=WEBSOCKET)
+    shared.client.wait_task(task["id"])
+    ws = open_ws()
+
+    ws.subscribe(task)
+    first = ws.recv()
+    events = ws.events_until_final(task["id"])
+    for _ in range(49):
+        ws.subscribe(task)
+    again = [ws.recv() for _ in range(49)]
+    ws.subscribe({"id": "task_doesnotexist0000000000", "ws_token": "x"})  # a marker: its error comes next
+    after = ws.recv()
+
+    assert first["type"] == "subscribed"
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    # Each later subscribe is answered where the task stands, without its events again.
+    assert {(f["type"], f["task_id"], f["status"], f["last_seq"]) for f in again} == {
+        ("subscribed", task["id"], "succeeded", 4)
+    }
+    assert after["type"] == "error"  # nothing came between the answers and this one
+
+
 def test_more_than_20_bad_frames_in_a_minute_close_the_socket_with_1008(shared: Relay, open_ws: OpenWs) -> None:
     task = shared.client.submit("echo", "x")
     ws = open_ws()

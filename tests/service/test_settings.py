@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,7 +36,9 @@ def test_defaults_match_the_contract() -> None:
     assert settings.dead_letter_retention_s == 2_592_000
     assert settings.request_timeout_s == 10.0
     assert settings.ws_max_per_client == 100
-    assert settings.trust_forwarded is False
+    assert settings.trust_forwarded == 0
+    assert settings.tenant_max_streams == 1000
+    assert settings.redis_mode == "standalone"
     assert settings.ws_idle_timeout_s == 30.0
 
 
@@ -69,6 +74,8 @@ def test_every_variable_is_read() -> None:
             "RELAY_WS_MAX_PER_CLIENT": "4",
             "RELAY_TRUST_FORWARDED": "true",
             "RELAY_WS_IDLE_TIMEOUT": "9",
+            "RELAY_TENANT_MAX_STREAMS": "11",
+            "RELAY_REDIS_MODE": "Standalone",
         }
     )
     assert settings.redis_url == "redis://127.0.0.1:7000/1"
@@ -92,13 +99,21 @@ def test_every_variable_is_read() -> None:
     assert settings.dead_letter_retention_s == 3600
     assert settings.request_timeout_s == 2.5
     assert settings.ws_max_per_client == 4
-    assert settings.trust_forwarded is True
+    assert settings.trust_forwarded == 1
     assert settings.ws_idle_timeout_s == 9.0
+    assert settings.tenant_max_streams == 11
+    assert settings.redis_mode == "standalone"
 
 
 @pytest.mark.parametrize(
     "name",
-    ["RELAY_MAX_INPUT_DEPTH", "RELAY_TENANT_MAX_OPEN_TASKS", "RELAY_DEAD_LETTER_RETENTION", "RELAY_WS_MAX_PER_CLIENT"],
+    [
+        "RELAY_MAX_INPUT_DEPTH",
+        "RELAY_TENANT_MAX_OPEN_TASKS",
+        "RELAY_DEAD_LETTER_RETENTION",
+        "RELAY_WS_MAX_PER_CLIENT",
+        "RELAY_TENANT_MAX_STREAMS",
+    ],
 )
 @pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5", "nan"])
 def test_a_bad_whole_number_names_the_variable(name: str, value: str) -> None:
@@ -256,8 +271,10 @@ def test_a_bad_value_in_relay_toml_names_the_variable(tmp_path: Path) -> None:
             "RELAY_DEAD_LETTER_RETENTION": "600",
             "RELAY_REQUEST_TIMEOUT": "3.5",
             "RELAY_WS_MAX_PER_CLIENT": "9",
-            "RELAY_TRUST_FORWARDED": "true",
+            "RELAY_TRUST_FORWARDED": "3",
             "RELAY_WS_IDLE_TIMEOUT": "12.5",
+            "RELAY_TENANT_MAX_STREAMS": "40",
+            "RELAY_OPS_WEBHOOK_URL": "https://ops.example/hooks",
         },
     ],
     ids=["defaults", "everything-set"],
@@ -267,3 +284,112 @@ def test_to_env_rebuilds_the_same_settings(env: dict[str, str]) -> None:
     child_env = settings.to_env()
     assert all(name.startswith("RELAY_") for name in child_env)
     assert Settings.from_env(child_env) == settings
+
+
+@pytest.mark.parametrize(
+    ("value", "proxies"),
+    [("", 0), ("false", 0), ("0", 0), ("no", 0), ("true", 1), ("1", 1), ("yes", 1), ("2", 2), (" 5 ", 5)],
+)
+def test_trust_forwarded_counts_the_trusted_proxies(value: str, proxies: int) -> None:
+    assert Settings.from_env({"RELAY_TRUST_FORWARDED": value}).trust_forwarded == proxies
+
+
+@pytest.mark.parametrize("value", ["maybe", "-1", "1.5", "100"])
+def test_a_bad_trust_forwarded_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="RELAY_TRUST_FORWARDED"):
+        Settings.from_env({"RELAY_TRUST_FORWARDED": value})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://127.0.0.1/0",
+        "redis://:secret@redis.internal:6380",
+        "rediss://user:secret@redis.internal:6380/2",
+        "unix:///run/redis.sock?db=1",
+    ],
+)
+def test_a_good_redis_url_is_taken(url: str) -> None:
+    settings = Settings.from_env({"RELAY_REDIS_URL": url, "RELAY_BROKER_URL": url})
+    assert settings.storage_url == url
+    assert settings.effective_broker_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://127.0.0.1:6379/0,redis://127.0.0.1:6380/0", "several separated by commas"),
+        ("redis://127.0.0.1:99999/0", "port"),
+        ("redis://127.0.0.1:63x9/0", "port"),
+        ("redis://127.0.0.1:0/0", "port"),
+        ("redis://127.0.0.1:6379/zero", "database number"),
+        ("http://127.0.0.1:6379/0", "expected redis://"),
+        ("127.0.0.1:6379", "expected redis://"),
+        ("redis:///0", "no host"),
+        ("redis://127.0.0.1:6379/0 redis://127.0.0.1:6380/0", "spaces"),
+        ("unix://", "path"),
+    ],
+)
+def test_a_malformed_redis_url_names_the_variable_and_never_repeats_it(url: str, why: str) -> None:
+    secret_url = url.replace("127.0.0.1", "user:hunter2@127.0.0.1", 1)
+    with pytest.raises(ConfigError, match=f"^RELAY_REDIS_URL: .*{why}") as raised:
+        Settings.from_env({"RELAY_REDIS_URL": secret_url})
+    assert "hunter2" not in str(raised.value)
+
+
+def test_a_comma_in_a_standalone_redis_url_says_that_seed_nodes_are_for_cluster_mode() -> None:
+    with pytest.raises(ConfigError, match="RELAY_REDIS_MODE=cluster"):
+        Settings.from_env({"RELAY_REDIS_URL": "redis://a:1,redis://b:2"})
+
+
+def test_cluster_mode_is_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match=r"^RELAY_REDIS_MODE: cluster is not supported"):
+        Settings.from_env({"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": "redis://a:1,redis://b:2"})
+
+
+def test_an_unknown_redis_mode_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="RELAY_REDIS_MODE"):
+        Settings.from_env({"RELAY_REDIS_MODE": "sentinel"})
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("amqp://guest:hunter2@127.0.0.1:99999/", "port"),
+        ("amqp://guest:hunter2@127.0.0.1:5672/,amqp://guest:hunter2@127.0.0.1:5673/", "commas"),
+        ("amqp:///vhost", "no host"),
+        ("kafka://guest:hunter2@127.0.0.1:9092", "expected redis://.*or amqp://"),
+        ("redis://guest:hunter2@127.0.0.1:6379/0,redis://127.0.0.1:6380/0", "commas"),
+    ],
+)
+def test_a_malformed_broker_url_names_the_variable(url: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=f"^RELAY_BROKER_URL: .*{why}") as raised:
+        Settings.from_env({"RELAY_REDIS_URL": "redis://127.0.0.1:6379/0", "RELAY_BROKER_URL": url})
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["https://ops.example:99999/hook", "ftp://ops.example/hook", "ops.example/hook"])
+def test_a_malformed_ops_webhook_url_names_the_variable(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^RELAY_OPS_WEBHOOK_URL: "):
+        Settings.from_env({"RELAY_OPS_WEBHOOK_URL": url})
+
+
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_relay_exits_with_one_line_naming_a_malformed_redis_url(command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["RELAY_REDIS_URL"] = "redis://:hunter2@127.0.0.1:6379/0,redis://127.0.0.1:6380/0"
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("Error: RELAY_REDIS_URL: one URL expected, got several separated by commas")
+    assert "hunter2" not in done.stderr

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
-from litestar import Response, get
+from litestar import Response, get, post
 from litestar.di import NamedDependency
+from litestar.status_codes import HTTP_200_OK
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +19,8 @@ from redis.exceptions import RedisError
 
 from delivery import keys, metrics
 from delivery.store_refusals import WriteRefusal, refusal_of
+from service.api.auth import Principal, require_operator
+from service.api.openapi import errors
 from service.api.state import ApiState
 from service.broker import QUEUE
 
@@ -35,15 +38,20 @@ async def health() -> dict[str, str]:
 @get(
     "/ready",
     tags=["operations"],
-    summary="200 when Redis and the broker answer and the store takes new work, else 503 with the reason",
+    summary="200 when Redis and the broker answer and the store has its data and takes new work, else 503 with the reason",
 )
 async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
+    epoch_problem: str | None = None
+
     async def redis_check() -> str:
+        nonlocal epoch_problem
         try:
-            await asyncio.wait_for(state_.redis.ping(), READY_TIMEOUT_S)
+            # Reading the store's epoch is the ping.
+            epoch = await asyncio.wait_for(state_.epoch.state(), READY_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError) as exc:
             refusal = refusal_of(exc)  # a failed save refuses even PING (MISCONF)
             return f"refusing writes: {refusal.cause}" if refusal else f"unavailable: {type(exc).__name__}"
+        epoch_problem = epoch.problem
         return "ok"
 
     async def store_check() -> str:
@@ -62,9 +70,27 @@ async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
 
     redis_task = asyncio.ensure_future(redis_check())
     redis_state, broker_state, store_state = await asyncio.gather(redis_task, broker_check(), store_check())
-    checks = {"redis": redis_state, "broker": broker_state, "store": store_state}
+    # A store that lost its data says so before whether it is full: the loss needs an operator.
+    checks = {"redis": redis_state, "broker": broker_state, "store": epoch_problem or store_state}
     healthy = all(v == "ok" for v in checks.values())
     return Response({"status": "ready" if healthy else "not ready", **checks}, status_code=200 if healthy else 503)
+
+
+@post(
+    "/v1/ops/store/acknowledge",
+    tags=["operations"],
+    summary="Acknowledge that the store lost its data, so that /ready may answer 200 again",
+    status_code=HTTP_200_OK,
+    responses=errors(403),
+)
+async def acknowledge_store_loss(
+    state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
+) -> dict[str, bool]:
+    require_operator(principal)
+    acknowledged = await state_.epoch.acknowledge()
+    if acknowledged:
+        log.warning("the loss of the store's data was acknowledged; /ready answers 200 again")
+    return {"acknowledged": acknowledged}
 
 
 class _Snapshot:

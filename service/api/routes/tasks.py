@@ -262,11 +262,18 @@ class TaskController(Controller):
             # EventSource reconnects after every end; it stops only for a 204 (or an error).
             return Response(None, status_code=HTTP_204_NO_CONTENT)
         settings = state_.settings
-        client = client_address(request, trust_forwarded=settings.trust_forwarded)
+        client = client_address(request, trusted_proxies=settings.trust_forwarded)
         if state_.sse_clients[client] >= settings.ws_max_per_client:
             raise TooManyRequestsException(
                 detail=f"{state_.sse_clients[client]} streams are open from this address already "
                 "(RELAY_WS_MAX_PER_CLIENT); close one, or try again later",
+                headers={"Retry-After": "5"},
+            )
+        place = await state_.tenant_streams.acquire(record.tenant)
+        if place is None:
+            raise TooManyRequestsException(
+                detail=f"this tenant has {settings.tenant_max_streams} sockets and streams open already "
+                "(RELAY_TENANT_MAX_STREAMS); close one, or try again later",
                 headers={"Retry-After": "5"},
             )
         events = EventStream(
@@ -279,7 +286,7 @@ class TaskController(Controller):
             control=connection_control(request.scope),
         )
         return Stream(
-            state_.counted_stream(events.chunks(), client),
+            state_.counted_stream(events.chunks(), client, place),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

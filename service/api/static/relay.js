@@ -315,10 +315,14 @@ export class RelayClient {
       return;
     }
     if (event.seq !== sub.lastSeq + 1 && !sub.jumpAllowed) {
-      // A gap should never happen; if it does, ask again from what we have rather than deliver out of order.
+      // A gap should never happen; if it does, ask again from what we have rather than deliver out of order
+      // (unsubscribed first: a subscribe to a task the socket follows already replays nothing).
       if (!sub.resyncing) {
         if (this.channel === "sse") this.openStream(event.task_id);
-        else this.sendSubscribe(event.task_id, sub);
+        else {
+          this.send({ type: "unsubscribe", task_id: event.task_id });
+          this.sendSubscribe(event.task_id, sub);
+        }
         sub.resyncing = true;
       }
       return;

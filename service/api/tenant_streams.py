@@ -1,0 +1,125 @@
+"""RELAY_TENANT_MAX_STREAMS: the WebSockets and event streams one tenant has open, counted across every API node.
+
+Each open socket or stream holds a member of its tenant's sorted set in Redis, scored with the time it expires.
+Its node refreshes its members while they are open and removes them when they close; the members of a node that
+died expire, so a crash costs a tenant its places for at most :data:`PLACE_TTL_S`. Taking a place is one Lua step
+that drops expired members, counts and adds, so two nodes never both take the last place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from delivery import keys
+from delivery.redis_batch import ScriptBatcher, batched
+
+log = logging.getLogger("relay.api")
+
+_LUA = Path(__file__).with_name("tenant_streams.lua").read_text()
+
+# How long a place outlives its node's last refresh; the node refreshes every third of it.
+PLACE_TTL_S = 60.0
+# Members refreshed per trip.
+REFRESH_BATCH = 500
+
+
+class TenantStreams:
+    """The places of one API process in every tenant's count.
+
+    Args:
+        redis: the storage client.
+        limit: places per tenant (RELAY_TENANT_MAX_STREAMS).
+        ttl_s: how long a place lasts without a refresh.
+    """
+
+    def __init__(self, *, redis: aioredis.Redis, limit: int, ttl_s: float = PLACE_TTL_S) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._redis = redis
+        self.limit = limit
+        self._ttl_s = ttl_s
+        self._take = batched(redis).register_script(_LUA)
+        self._node = uuid.uuid4().hex
+        self._ids = itertools.count(1)
+        self._held: dict[str, str] = {}  # member -> tenant
+        self._refresher: asyncio.Task[None] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    @functools.cached_property
+    def _batch(self) -> ScriptBatcher:
+        return batched(self._redis)
+
+    async def acquire(self, tenant: str) -> str | None:
+        """A place for one socket or stream of ``tenant`` (the token to :meth:`release`), or None when the tenant
+        has its limit open already. Raises RedisError when Redis does not answer."""
+        member = f"{self._node}:{next(self._ids)}"
+        now = time.time()
+        taken = await self._take(
+            keys=[keys.tenant_streams(tenant)],
+            args=[member, now, now + self._ttl_s, self.limit, math.ceil(self._ttl_s)],
+        )
+        if not int(taken):
+            return None
+        self._held[member] = tenant
+        return member
+
+    def release(self, member: str | None) -> None:
+        """Give a place back (in the background: a place Redis does not hear of expires on its own)."""
+        if member is None:
+            return
+        tenant = self._held.pop(member, None)
+        if tenant is None:
+            return
+        task = asyncio.create_task(self._remove(tenant, member))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _remove(self, tenant: str, member: str) -> None:
+        try:
+            await self._batch.command("ZREM", keys.tenant_streams(tenant), member)
+        except (RedisError, OSError) as exc:
+            log.warning("giving back a stream place of tenant %s failed (%s); it expires on its own", tenant, exc)
+
+    def start(self) -> None:
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="relay-tenant-streams")
+
+    async def stop(self) -> None:
+        for task in [t for t in (self._refresher,) if t is not None] + list(self._releasing):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._refresher = None
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_s / 3)
+            try:
+                await self.refresh()
+            except (RedisError, OSError) as exc:
+                log.warning("refreshing %d stream places failed: %s", len(self._held), exc)
+
+    async def refresh(self) -> None:
+        """Push the expiry of every place this process holds (XX: a place given back meanwhile stays gone)."""
+        by_tenant: defaultdict[str, list[str]] = defaultdict(list)
+        for member, tenant in self._held.items():
+            by_tenant[tenant].append(member)
+        expires_at = time.time() + self._ttl_s
+        ttl = math.ceil(self._ttl_s)
+        for tenant, members in by_tenant.items():
+            key = keys.tenant_streams(tenant)
+            for start in range(0, len(members), REFRESH_BATCH):
+                chunk = members[start : start + REFRESH_BATCH]
+                pairs = [part for m in chunk for part in (expires_at, m)]
+                await self._batch.commands(("ZADD", key, "XX", *pairs), ("EXPIRE", key, ttl))

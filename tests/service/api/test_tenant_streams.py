@@ -1,0 +1,62 @@
+"""RELAY_TENANT_MAX_STREAMS' count against a real Redis: shared by API nodes, freed on release, and a dead node's
+places expire (the clock passed in)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+import redis.asyncio as aioredis
+
+from service.api import tenant_streams
+from service.api.tenant_streams import TenantStreams
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(tenant_streams, "time", SimpleNamespace(time=fake.time))
+    return fake
+
+
+async def test_two_nodes_share_a_tenants_places_and_tenants_do_not(redis: aioredis.Redis, clock: Clock) -> None:
+    first, second = TenantStreams(redis=redis, limit=3), TenantStreams(redis=redis, limit=3)
+
+    taken = [await first.acquire("acme"), await second.acquire("acme"), await first.acquire("acme")]
+    assert all(taken)
+    assert await second.acquire("acme") is None
+    assert await first.acquire("acme") is None
+    assert await second.acquire("globex") is not None  # its own count
+
+    second.release(taken[1])
+    await asyncio.sleep(0.05)  # released in the background
+    assert await first.acquire("acme") is not None
+    assert await second.acquire("acme") is None
+
+
+async def test_at_once_no_more_than_the_limit_are_taken(redis: aioredis.Redis, clock: Clock) -> None:
+    nodes = [TenantStreams(redis=redis, limit=5) for _ in range(4)]
+    taken = await asyncio.gather(*(node.acquire("acme") for node in nodes for _ in range(10)))
+    assert sum(place is not None for place in taken) == 5
+
+
+async def test_a_dead_nodes_places_expire_and_a_live_nodes_are_refreshed(redis: aioredis.Redis, clock: Clock) -> None:
+    dead, live = TenantStreams(redis=redis, limit=2, ttl_s=60), TenantStreams(redis=redis, limit=2, ttl_s=60)
+    assert await dead.acquire("acme") is not None
+    assert await live.acquire("acme") is not None
+    assert await live.acquire("acme") is None
+
+    clock.now += 40
+    await live.refresh()  # the dead node refreshes nothing
+    clock.now += 40  # past the dead node's place, not the live one's
+    assert await live.acquire("acme") is not None
+    assert await live.acquire("acme") is None
