@@ -146,6 +146,7 @@ def _attach_client_commands() -> None:
     from service.cli.dlq import dlq
     from service.cli.receive import receive
     from service.cli.signing_secret import signing_secret
+    from service.cli.store import store
     from service.cli.submit import submit
     from service.cli.tasks import tasks
 
@@ -155,6 +156,7 @@ def _attach_client_commands() -> None:
     main.add_command(tasks)
     main.add_command(signing_secret)
     main.add_command(receive)
+    main.add_command(store)
 
 
 _attach_client_commands()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.integration.conftest import Relay
-from tests.support import Streamed, WsClient, stream_task, wait_until
+from tests.support import RELAY, ROOT, Streamed, WsClient, stream_task, wait_until
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
@@ -87,10 +88,13 @@ def test_a_store_that_lost_its_data_is_said_once_and_its_followers_are_told(
     assert ready.status_code == 503
     assert "lost its data" in ready.json()["store"]
     assert relay.client.post("/v1/ops/store/acknowledge", key="key-acme").status_code == 403
-    acknowledged = relay.client.post("/v1/ops/store/acknowledge", key="admin-token")
-    assert acknowledged.status_code == 200
-    assert acknowledged.json() == {"acknowledged": True}
+    acknowledge = [*RELAY, "store", "acknowledge", "--url", relay.api.url, "--token", "admin-token"]
+    acknowledged = subprocess.run(acknowledge, capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert acknowledged.returncode == 0, acknowledged.stderr
+    assert acknowledged.stdout.startswith("acknowledged"), acknowledged.stdout
     assert relay.client.get("/ready", key=None).status_code == 200
+    again = relay.client.post("/v1/ops/store/acknowledge", key="admin-token")
+    assert again.json() == {"acknowledged": False}
 
     # Said once at ERROR by each, and the worker does not go on about the task it lost.
     wait_until(lambda: "the store lost its data" in relay.worker.output(), message="the worker to notice")
