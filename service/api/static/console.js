@@ -243,8 +243,6 @@ function list(id, counts, order) {
   );
 }
 
-start();
-
 // Dead letters: the list by filter, one letter with its event and attempts, replay and delete, one or by filter.
 
 const letters = {
@@ -760,3 +758,6 @@ async function cancelTask() {
     $("task-result").textContent = error.message;
   }
 }
+
+// Last, once every view's state above exists: start() may sign out at once (no token yet), which clears them all.
+start();
