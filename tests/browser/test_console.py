@@ -4,6 +4,7 @@ the path the first test prints."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,16 +40,20 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_the_overview_moves_while_tasks_run(relay: Relay, page: Page, browser: Browser, shots: Path) -> None:
+def test_the_overview_moves_while_tasks_run(
+    relay: Relay, page: Page, browser: Browser, receiver: Receiver, shots: Path
+) -> None:
     page.goto(relay.api.url + "/console#token=admin-token")
 
     expect(page.locator("#scope")).to_have_text("every tenant")
     expect(page.locator("#live")).to_have_attribute("data-state", "live")
     assert "token" not in page.url  # the fragment is gone from the address (and its history)
     before = page.evaluate("window.consoleState.last.tasks.submitted")
-    tasks = [relay.client.submit("echo", {"n": n}) for n in range(120)]
+    tasks = [relay.client.submit("echo", {"n": n}) for n in range(100)]
+    tasks += [relay.client.submit("echo", {"n": n}, webhook=receiver.url("/fast")) for n in range(20)]
     for task in tasks:
         relay.client.wait_task(task["id"])
+    receiver.wait_for("/fast", 20)
 
     page.wait_for_function(
         "(n) => (window.consoleState.last?.tasks.submitted ?? 0) >= n", arg=before + 120, timeout=10_000
@@ -62,6 +67,11 @@ def test_the_overview_moves_while_tasks_run(relay: Relay, page: Page, browser: B
     heights = {p.split(",")[1] for p in points.split()}
     assert len(heights) > 1  # the chart is not flat
     expect(page.locator("#tasks li[data-key='submitted'] .count")).not_to_have_text("0")
+    # Latency: the last minutes' webhooks, in milliseconds within their buckets, and the tile says so.
+    page.wait_for_function("() => (window.consoleState.last?.latency.delivered ?? 0) >= 20", timeout=15_000)
+    expect(page.locator("#n-latency")).to_contain_text(re.compile(r"^\d+ deliveries in the last \d+ s"))
+    p50, p99 = (float(v.replace(",", "")) for v in page.inner_text("#v-latency").split(" / "))
+    assert 0 < p50 <= p99 < 1000
     page.screenshot(path=str(shots / "overview-desktop.png"), full_page=True)
 
     phone = browser.new_context(viewport=PHONE).new_page()

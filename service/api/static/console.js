@@ -168,7 +168,7 @@ function show(stats) {
   $("d-tenant-field").hidden = stats.tenant !== null;
   $("t-tenant-field").hidden = stats.tenant !== null;
   const r = stats.rates;
-  const latency = r && r.latency.delivered ? r.latency : stats.latency;
+  const latency = stats.latency; // of the last few minutes' deliveries, interpolated within the histogram's buckets
   figure("submitted", rate(r?.tasks_submitted), r?.tasks_submitted ?? null);
   figure("ended", rate(r?.tasks_ended), r?.tasks_ended ?? null);
   figure("deliveries", rate(r?.deliveries), r?.deliveries ?? null);
@@ -178,6 +178,7 @@ function show(stats) {
     latency.p50_ms === null ? "–" : `${number.format(latency.p50_ms)} / ${number.format(latency.p99_ms)}`,
     latency.p99_ms,
   );
+  $("n-latency").textContent = latencyNote(latency);
   figure("owed", `${whole.format(stats.webhooks.owed)} · ${whole.format(stats.webhooks.held)}`, stats.webhooks.owed);
   figure("dead", whole.format(stats.dead_letters.stored), stats.dead_letters.stored);
   const queue = stats.queue_depth === null ? "–" : whole.format(stats.queue_depth);
@@ -200,6 +201,21 @@ function show(stats) {
     "scheduled",
   ]);
   $("updated").textContent = `Updated ${utc(stats.at).slice(11)}${r ? ` (rates over ${Math.round(r.window_s)} s)` : " (rates once a few seconds are kept)"}.`;
+}
+
+// What the latency figures are: of which deliveries, over which span (the API keeps about five minutes).
+function latencyNote(latency) {
+  const span = latency.window_s ? duration(latency.window_s) : null;
+  if (!span) return "from an event to its delivery, once a few seconds are kept";
+  if (!latency.delivered) return `no deliveries in the last ${span}`;
+  const n = whole.format(latency.delivered);
+  return `${n} deliver${latency.delivered === 1 ? "y" : "ies"} in the last ${span}, event to 2xx or ack`;
+}
+
+function duration(seconds) {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  return s % 60 === 0 || s >= 240 ? `${Math.round(s / 60)} min` : `${Math.floor(s / 60)} min ${s % 60} s`;
 }
 
 function figure(name, text, point) {
