@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import CI
-from tests.support import Receiver, run_receiver, wait_until
+from tests.support import Receiver, run_receiver, wait_dead_letter, wait_until, webhook_attempts
 
 try:
     from playwright.sync_api import expect
@@ -433,3 +433,35 @@ def test_every_table_fits_its_card_with_every_column_in_view(
             assert problems == [], f"{view} at {viewport['width']} px: {problems}"
     finally:
         tab.context.close()
+
+
+def test_a_replayed_webhook_shows_its_dead_letter_and_its_replay_in_the_tasks_timeline(
+    relay: Relay, page: Page, receiver: Receiver, shots: Path
+) -> None:
+    url = receiver.script("/back-later", 500, 500, 500, 500, 200)  # four attempts fail; the replay is answered 200
+    task = relay.client.submit("echo", "again", webhook=url)
+    letter = wait_dead_letter(relay.client, task["id"], timeout_s=30)
+    if "steps" not in relay.client.get(f"/v1/tasks/{task['id']}/deliveries").json():
+        pytest.skip("this API's deliveries list no dead-lettered or replayed steps")
+    assert relay.client.post(f"/v1/dead-letters/{letter['id']}/replay", key="admin-token").status_code == 202
+    receiver.wait_for("/back-later", 5)
+    wait_until(
+        lambda: any(a["outcome"] == "delivered" for a in webhook_attempts(relay.client, task["id"])),
+        message="the replay delivered",
+    )
+
+    page.goto(relay.api.url + "/console#token=admin-token")
+    page.click("#tabs button[data-view='tasks']")
+    page.fill("#t-id", task["id"])
+    page.click("#task-find button[type=submit]")
+
+    expect(page.locator("#task-timeline li")).to_contain_text(
+        [
+            "event #1 completed",
+            "webhook #4 · failed 500 (event #1)",
+            f"webhook dead-lettered · retries exhausted · {letter['id']} (event #1)",
+            f"webhook replayed · sent again from {letter['id']} (event #1)",
+            "· delivered 200 (event #1)",
+        ]
+    )
+    page.screenshot(path=str(shots / "task-timeline-replayed.png"), full_page=True)

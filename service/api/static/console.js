@@ -407,6 +407,15 @@ function showFields(id, pairs) {
   );
 }
 
+// A step of a webhook's delivery that is not an attempt: it became a dead letter, or its dead letter was replayed.
+function stepText(step) {
+  if (step.step === "dead_lettered") {
+    return `webhook dead-lettered · ${(step.reason || "dead").replaceAll("_", " ")} · ${step.dead_letter_id}`;
+  }
+  if (step.step === "replayed") return `webhook replayed · sent again from ${step.dead_letter_id}`;
+  return `webhook ${String(step.step).replaceAll("_", " ")} · ${step.dead_letter_id}`;
+}
+
 // One delivery attempt in a line (its status code once, even when its error repeats it).
 function attemptText(a) {
   const status = a.status_code === null ? "" : ` ${a.status_code}`;
@@ -506,13 +515,16 @@ async function openLetter(id) {
     ];
     showFields("letter-fields", fields);
     $("letter-event").textContent = JSON.stringify(letter.event, null, 2);
-    const { attempts } = await api("GET", `/v1/tasks/${encodeURIComponent(letter.task_id)}/deliveries`);
-    const mine = attempts.filter((a) => a.event_id === letter.event.id);
+    const { attempts, steps = [] } = await api("GET", `/v1/tasks/${encodeURIComponent(letter.task_id)}/deliveries`);
+    const mine = [
+      ...attempts.filter((a) => a.event_id === letter.event.id).map((a) => ({ at: a.at, kind: a.outcome, text: attemptText(a) })),
+      ...steps.filter((step) => step.event_id === letter.event.id).map((step) => ({ at: step.at, kind: step.step, text: stepText(step) })),
+    ].sort((x, y) => new Date(x.at) - new Date(y.at));
     $("letter-attempts").replaceChildren(
-      ...mine.map((a) => {
+      ...mine.map((item) => {
         const li = document.createElement("li");
-        li.dataset.outcome = a.outcome;
-        li.textContent = `${utc(a.at)} · ${attemptText(a)}`;
+        li.dataset.outcome = item.kind;
+        li.textContent = `${utc(item.at)} · ${item.text}`;
         return li;
       }),
     );
@@ -824,7 +836,7 @@ async function openTask(id) {
   try {
     const path = `/v1/tasks/${encodeURIComponent(id)}`;
     const task = await api("GET", path); // first alone: an unknown id is one 404
-    const [{ events }, { attempts }] = await Promise.all([api("GET", `${path}/events`), api("GET", `${path}/deliveries`)]);
+    const [{ events }, { attempts, steps = [] }] = await Promise.all([api("GET", `${path}/events`), api("GET", `${path}/deliveries`)]);
     tasks.open = task;
     selectRow("tasks-rows", task.id);
     $("task").hidden = false;
@@ -856,6 +868,8 @@ async function openTask(id) {
         kind: a.outcome,
         text: `${attemptText(a)} (event #${seqOf.get(a.event_id) ?? "?"})`,
       })),
+      // After the attempts, so that a step at the same time as an attempt comes after it (the sort is stable).
+      ...steps.map((step) => ({ at: step.at, kind: step.step, text: `${stepText(step)} (event #${seqOf.get(step.event_id) ?? "?"})` })),
     ].sort((x, y) => new Date(x.at) - new Date(y.at));
     $("task-timeline").replaceChildren(
       ...items.map((item) => {
