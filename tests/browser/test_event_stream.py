@@ -175,6 +175,7 @@ START_STREAM_PROBE = """async ([taskId, token]) => {
     probeBaseMs: 600_000,
     onStatus: (status) => window.probe.statuses.push({ ...status, at: Date.now() }),
   });
+  window.probe.client = client;
   client.subscribe(taskId, token, {
     onEvent: (event) => { window.probe.seqs.push(event.seq); window.probe.types.push(event.type); },
   });
@@ -211,3 +212,25 @@ def test_a_silent_stream_counts_as_dead_and_the_client_resumes_after_the_last_se
     seqs = page.evaluate("() => window.probe.seqs")
     assert seqs == list(range(1, len(seqs) + 1))
     assert len(seqs) == len(server_events(relay, task["id"]))
+
+
+def test_a_stream_resumed_after_the_final_event_ends_quietly(relay: Relay, page: Page) -> None:
+    task = relay.client.submit("echo", "done already")
+    relay.client.wait_task(task["id"])
+    last = server_events(relay, task["id"])[-1]["seq"]
+    page.add_init_script(CLOSES_BEFORE_OPEN)
+    page.goto(relay.api.url + "/")
+    page.evaluate(f"sessionStorage.setItem('relay:seq:{task['id']}', '{last}')")  # this tab has seen it all
+
+    page.evaluate(START_STREAM_PROBE, [task["id"], task["ws_token"]])
+
+    page.wait_for_function(
+        "() => window.probe.statuses.some(s => s.type === 'closed' && s.text === 'the task ended; stream closed')",
+        timeout=10_000,
+    )
+    # Nothing is left to reopen it: a 204 says there is nothing more.
+    assert page.evaluate("window.probe.client.streams.size") == 0
+    statuses = page.evaluate("window.probe.statuses")
+    opened = [s["type"] for s in statuses if s["type"] in ("connecting", "reconnecting") and s["channel"] == "sse"]
+    assert opened == ["connecting"]
+    assert page.evaluate("window.probe.seqs") == []

@@ -279,8 +279,10 @@ export class RelayClient {
     let response;
     try {
       this.armSilentTimer(taskId, stream); // a connect that hangs counts as silent too
+      const headers = { Accept: "text/event-stream" };
+      if (sub.lastSeq > 0) headers["Last-Event-ID"] = String(sub.lastSeq); // past a task's end: a 204, no stream
       response = await fetch(this.streamUrl(taskId, sub), {
-        headers: { Accept: "text/event-stream" },
+        headers,
         cache: "no-store",
         signal: stream.controller.signal,
       });
@@ -291,6 +293,12 @@ export class RelayClient {
       return;
     }
     if (!current()) return;
+    if (response.status === 204) {
+      // The API has nothing after our last seq and the task has ended: we have its final event.
+      this.closeStream(taskId);
+      this.taskStatus(taskId, { type: "closed", channel: "sse", text: "the task ended; stream closed" });
+      return;
+    }
     if (!response.ok || !response.body) {
       stopStream(stream);
       this.streamLost(taskId, `the event stream was refused (${response.status})`);
@@ -346,6 +354,10 @@ export class RelayClient {
     if (name === "subscribed") {
       sub.sentAfter = sub.lastSeq;
       this.subscribed(payload);
+      if (ENDED.has(payload.status) && payload.last_seq <= sub.lastSeq) {
+        this.closeStream(taskId); // the task has ended and this client has its every event: nothing will come
+        this.taskStatus(taskId, { type: "closed", channel: "sse", text: "the task ended; stream closed" });
+      }
     } else if (EVENT_TYPES.includes(name)) {
       this.deliver(payload);
       if (ENDED.has(payload.data?.status) && payload.seq <= (this.subs.get(taskId)?.lastSeq ?? Infinity)) {
