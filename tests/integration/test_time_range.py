@@ -15,7 +15,7 @@ from tests.integration.test_api import assert_json_error
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EARLY = "2026-01-01T10:00:00Z"
 LATE = "2026-01-01T11:00:00Z"
