@@ -30,12 +30,14 @@ class DeadLetters(msgspec.Struct):
 
 
 class Latency(msgspec.Struct):
-    """From an event's creation to its delivery (a webhook's 2xx or a socket's ack): the upper bounds of the
-    histogram buckets that hold the median and the 99th percentile (None with nothing delivered)."""
+    """From an event's creation to its delivery (a webhook's 2xx or a socket's ack), of the deliveries in the last
+    ``window_s``: the median and the 99th percentile, interpolated within the histogram's buckets as Prometheus's
+    ``histogram_quantile`` does (None with nothing delivered in that time)."""
 
     p50_ms: float | None
     p99_ms: float | None
     delivered: int  # deliveries these are over
+    window_s: float | None = None  # the time they cover, up to about five minutes back (0: none kept yet)
 
 
 class Rates(msgspec.Struct):
@@ -60,5 +62,5 @@ class Stats(msgspec.Struct):
     dead_letters: DeadLetters
     destinations: dict[str, int]  # by state
     queue_depth: int | None  # task messages waiting in the broker (None: a broker that does not say cheaply)
-    latency: Latency  # since the store began
+    latency: Latency  # over about the last five minutes
     rates: Rates | None  # None until figures from about a minute ago are kept (the first poll starts them)

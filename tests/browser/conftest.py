@@ -40,9 +40,13 @@ def _unavailable(reason: str) -> NoReturn:
 PING_ENV = {"RELAY_WS_PING_INTERVAL": "1", "RELAY_WS_PING_TIMEOUT": "3"}
 
 
+# The test kinds too, as a user's own kinds (the demo page's picker lists them).
+TEST_KINDS = {"RELAY_TASK_MODULES": "tests.kinds_for_tests"}
+
+
 @pytest.fixture(scope="module")
 def shared_relay(redis_server: RedisServer) -> Iterator[Relay]:
-    with relay_for_many_tests(redis_server, **PING_ENV) as running:
+    with relay_for_many_tests(redis_server, **PING_ENV, **TEST_KINDS) as running:
         yield running
 
 

@@ -4,6 +4,8 @@ the path the first test prints."""
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import CI
-from tests.support import Receiver, run_receiver, wait_until
+from tests.support import Receiver, run_receiver, wait_dead_letter, wait_until, webhook_attempts
 
 try:
     from playwright.sync_api import expect
@@ -39,16 +41,20 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_the_overview_moves_while_tasks_run(relay: Relay, page: Page, browser: Browser, shots: Path) -> None:
+def test_the_overview_moves_while_tasks_run(
+    relay: Relay, page: Page, browser: Browser, receiver: Receiver, shots: Path
+) -> None:
     page.goto(relay.api.url + "/console#token=admin-token")
 
     expect(page.locator("#scope")).to_have_text("every tenant")
     expect(page.locator("#live")).to_have_attribute("data-state", "live")
     assert "token" not in page.url  # the fragment is gone from the address (and its history)
     before = page.evaluate("window.consoleState.last.tasks.submitted")
-    tasks = [relay.client.submit("echo", {"n": n}) for n in range(120)]
+    tasks = [relay.client.submit("echo", {"n": n}) for n in range(100)]
+    tasks += [relay.client.submit("echo", {"n": n}, webhook=receiver.url("/fast")) for n in range(20)]
     for task in tasks:
         relay.client.wait_task(task["id"])
+    receiver.wait_for("/fast", 20)
 
     page.wait_for_function(
         "(n) => (window.consoleState.last?.tasks.submitted ?? 0) >= n", arg=before + 120, timeout=10_000
@@ -62,6 +68,11 @@ def test_the_overview_moves_while_tasks_run(relay: Relay, page: Page, browser: B
     heights = {p.split(",")[1] for p in points.split()}
     assert len(heights) > 1  # the chart is not flat
     expect(page.locator("#tasks li[data-key='submitted'] .count")).not_to_have_text("0")
+    # Latency: the last minutes' webhooks, in milliseconds within their buckets, and the tile says so.
+    page.wait_for_function("() => (window.consoleState.last?.latency.delivered ?? 0) >= 20", timeout=15_000)
+    expect(page.locator("#n-latency")).to_contain_text(re.compile(r"^\d+ deliveries in the last \d+ s"))
+    p50, p99 = (float(v.replace(",", "")) for v in page.inner_text("#v-latency").split(" / "))
+    assert 0 < p50 <= p99 < 1000
     page.screenshot(path=str(shots / "overview-desktop.png"), full_page=True)
 
     phone = browser.new_context(viewport=PHONE).new_page()
@@ -121,6 +132,19 @@ def dead_letters_of(relay: Relay, key: str, count: int) -> None:
     )
 
 
+# Each time the bulk text changes: the "n of m" it says and the share of its track the bar covers on screen then.
+WATCH_THE_BAR = """() => {
+  window.barSteps = [];
+  const text = document.getElementById("bulk-text");
+  const bar = document.getElementById("bulk-bar");
+  new MutationObserver(() => {
+    const said = text.textContent.match(/(\\d+) of (\\d+)/);
+    const drawn = bar.getBoundingClientRect().width / bar.parentElement.getBoundingClientRect().width;
+    if (said) window.barSteps.push([Number(said[1]), Number(said[2]), drawn]);
+  }).observe(text, { childList: true, characterData: true, subtree: true });
+}"""
+
+
 def test_a_filtered_bulk_replay_after_the_receiver_is_back_reaches_it_once_each(
     relay: Relay, page: Page, receiver: Receiver, shots: Path
 ) -> None:
@@ -139,15 +163,22 @@ def test_a_filtered_bulk_replay_after_the_receiver_is_back_reaches_it_once_each(
     page.fill("#f-tenant", "acme")
     page.click("#letters-filter button[type=submit]")
     expect(page.locator("#letters-rows tr td:nth-child(2)").first).to_have_text("acme")
+    expect(page.locator("#letters-total")).to_have_text("200 dead letters match; showing 50.")
     page.screenshot(path=str(shots / "dead-letters-desktop.png"), full_page=True)
     page.click("#bulk-replay")
     expect(page.locator("#bulk-text")).to_contain_text("200 dead letters match")
     page.screenshot(path=str(shots / "bulk-replay-dry-run.png"))
+    page.evaluate(WATCH_THE_BAR)
     page.click("#bulk-go")
     page.wait_for_function("() => window.consoleState.bulk?.done === 200", timeout=60_000)
     expect(page.locator("#bulk-text")).to_contain_text(
         "Replayed 200 of 200. They leave this list as they are delivered."
     )
+    steps = page.evaluate("window.barSteps")
+    assert len(steps) >= 200
+    assert steps[-1] == [200, 200, pytest.approx(1.0, abs=0.01)]
+    lagging = [step for step in steps if abs(step[2] - step[0] / step[1]) > 0.01]
+    assert lagging == []  # each "n of 200" with a bar at n/200, as drawn at that moment
 
     wait_until(lambda: len(receiver.on("/gone")) - before >= 200, timeout_s=30, message="the 200 replays")
     time.sleep(0.5)  # nothing more comes
@@ -176,11 +207,31 @@ def test_a_dead_letter_opens_with_its_event_and_attempts_and_a_tenant_sees_its_o
     page.fill("#f-task", task["id"])
     page.click("#letters-filter button[type=submit]")
     expect(page.locator("#letters-rows tr")).to_have_count(1)
+    expect(page.locator("#letters-total")).to_have_text("1 dead letter matches.")
     page.click("#letters-rows tr")
+    expect(page.locator("#letters-rows tr")).to_have_attribute("aria-selected", "true")  # its row is highlighted
     expect(page.locator("#letter-fields")).to_contain_text("endpoint gone")
     expect(page.locator("#letter-event")).to_contain_text(task["id"])
     expect(page.locator("#letter-attempts li")).to_contain_text(["webhook #1 · failed 410"])
     page.screenshot(path=str(shots / "dead-letter-open.png"), full_page=True)
+    page.click("#letter-close")
+    expect(page.locator("#letter")).to_be_hidden()
+    expect(page.locator("#letters-rows tr")).to_have_attribute("aria-selected", "false")
+
+    # A "since" after its "until" matches nothing: the page says so rather than showing an empty list.
+    page.fill("#f-task", "")
+    page.fill("#f-since", "2026-12-07T12:00")
+    page.fill("#f-until", "2026-12-07T11:00")
+    page.click("#letters-filter button[type=submit]")
+    expect(page.locator("#letters-error")).to_contain_text('"Since" (2026-12-07 12:00:00Z) is after "until"')
+    expect(page.locator("#letters-rows tr")).to_have_count(0)
+    expect(page.locator("#f-since")).to_have_attribute("aria-invalid", "true")
+    page.click("#tabs button[data-view='tasks']")
+    page.fill("#t-since", "2026-12-07T12:00")
+    page.fill("#t-until", "2026-12-07T11:00")
+    page.click("#tasks-filter button[type=submit]")
+    expect(page.locator("#tasks-error")).to_contain_text("nothing can match")
+    expect(page.locator("#tasks-rows tr")).to_have_count(0)
 
     phone = browser.new_context(viewport=PHONE).new_page()
     try:
@@ -319,3 +370,98 @@ def test_a_tasks_timeline_shows_its_retried_webhook_and_a_running_task_is_cancel
         expect(other.locator("#task")).to_be_hidden()
     finally:
         other.context.close()
+
+
+# Every cell of a table lies inside its card, shows all it holds (nothing cut, nothing behind a sideways scroll),
+# and the page itself does not scroll sideways.
+LAYOUT_PROBLEMS = """(selector) => {
+  const problems = [];
+  const table = document.querySelector(selector);
+  const card = table.closest(".card").getBoundingClientRect();
+  const whole = table.getBoundingClientRect();
+  if (whole.right > card.right + 1 || whole.left < card.left - 1) {
+    problems.push(`${selector} is ${Math.round(whole.width)} px wide in a card of ${Math.round(card.width)} px`);
+  }
+  if (document.documentElement.scrollWidth > window.innerWidth + 1) {
+    problems.push(`the page is ${document.documentElement.scrollWidth} px wide at ${window.innerWidth}`);
+  }
+  for (const cell of table.querySelectorAll("tbody td")) {
+    const box = cell.getBoundingClientRect();
+    const what = `${selector} cell "${cell.textContent.slice(0, 40)}"`;
+    if (cell.textContent.trim() && (box.width < 1 || box.height < 1)) problems.push(`${what} is not shown`);
+    if (box.right > card.right + 1 || box.left < card.left - 1) problems.push(`${what} lies outside its card`);
+    if (cell.scrollWidth > cell.clientWidth + 1) problems.push(`${what} is cut`);
+    for (const part of cell.querySelectorAll("*")) {
+      const inner = part.getBoundingClientRect();
+      if (inner.right > card.right + 1) problems.push(`${what}: its ${part.tagName} lies outside its card`);
+    }
+  }
+  return problems;
+}"""
+
+
+@pytest.mark.parametrize(
+    "viewport",
+    [{"width": 1366, "height": 768}, {"width": 1024, "height": 768}, PHONE],
+    ids=["1366px", "1024px", "390px"],
+)
+def test_every_table_fits_its_card_with_every_column_in_view(
+    relay: Relay, browser: Browser, receiver: Receiver, shots: Path, viewport: dict[str, int]
+) -> None:
+    with socket.socket() as unused:  # a port nothing listens on: connection refused, a long last error
+        unused.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{unused.getsockname()[1]}/nobody-home"
+    task = relay.client.submit("echo", "refused", webhook=refused)
+    wait_until(
+        lambda: relay.client.get("/v1/dead-letters", params={"task_id": task["id"]}).json()["items"],
+        timeout_s=30,
+        message="the refused webhook dead-lettered",
+    )
+    relay.client.submit("echo", "gone", webhook=receiver.script("/gone-wide", 410))
+    dead_letters_of(relay, "key-acme", 1)
+
+    tab = browser.new_context(viewport=viewport).new_page()  # type: ignore[arg-type]
+    try:
+        tab.goto(relay.api.url + "/console#token=admin-token")
+        for view, table in (("letters", "#letters-rows"), ("destinations", "#dst-rows"), ("tasks", "#tasks-rows")):
+            tab.click(f"#tabs button[data-view='{view}']")
+            expect(tab.locator(f"{table} tr").first).to_be_visible()
+            if view == "destinations":
+                expect(tab.locator(f"{table} tr", has_text="127.0.0.1").first).to_be_visible()
+            tab.screenshot(path=str(shots / f"{view}-{viewport['width']}.png"), full_page=True)
+            problems = tab.evaluate(LAYOUT_PROBLEMS, table)
+            assert problems == [], f"{view} at {viewport['width']} px: {problems}"
+    finally:
+        tab.context.close()
+
+
+def test_a_replayed_webhook_shows_its_dead_letter_and_its_replay_in_the_tasks_timeline(
+    relay: Relay, page: Page, receiver: Receiver, shots: Path
+) -> None:
+    url = receiver.script("/back-later", 500, 500, 500, 500, 200)  # four attempts fail; the replay is answered 200
+    task = relay.client.submit("echo", "again", webhook=url)
+    letter = wait_dead_letter(relay.client, task["id"], timeout_s=30)
+    if "steps" not in relay.client.get(f"/v1/tasks/{task['id']}/deliveries").json():
+        pytest.skip("this API's deliveries list no dead-lettered or replayed steps")
+    assert relay.client.post(f"/v1/dead-letters/{letter['id']}/replay", key="admin-token").status_code == 202
+    receiver.wait_for("/back-later", 5)
+    wait_until(
+        lambda: any(a["outcome"] == "delivered" for a in webhook_attempts(relay.client, task["id"])),
+        message="the replay delivered",
+    )
+
+    page.goto(relay.api.url + "/console#token=admin-token")
+    page.click("#tabs button[data-view='tasks']")
+    page.fill("#t-id", task["id"])
+    page.click("#task-find button[type=submit]")
+
+    expect(page.locator("#task-timeline li")).to_contain_text(
+        [
+            "event #1 completed",
+            "webhook #4 · failed 500 (event #1)",
+            f"webhook dead-lettered · retries exhausted · {letter['id']} (event #1)",
+            f"webhook replayed · sent again from {letter['id']} (event #1)",
+            "· delivered 200 (event #1)",
+        ]
+    )
+    page.screenshot(path=str(shots / "task-timeline-replayed.png"), full_page=True)

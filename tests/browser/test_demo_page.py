@@ -155,11 +155,46 @@ def test_a_long_sleep_is_cancelled_from_the_page(relay: Relay, page: Page) -> No
     assert relay.client.task(task_id)["status"] == "cancelled"
 
 
-def test_an_unknown_key_is_said_plainly(relay: Relay, page: Page) -> None:
+def test_an_unknown_key_is_said_plainly_and_not_offered_again(relay: Relay, page: Page) -> None:
     page.goto(relay.api.url + "/")
     page.fill("#api-key", "not-a-key")
     page.click("#run")
     expect(page.locator("#form-error")).to_have_text("Relay does not know that API key.")
+    assert page.evaluate("localStorage.getItem('relay-demo:key')") is None
+    page.reload()
+    expect(page.locator("#api-key")).to_have_value("")
+
+
+def test_a_key_link_opened_in_the_tab_already_on_the_page_replaces_the_key(relay: Relay, page: Page) -> None:
+    page.goto(relay.api.url + "/#key=a-key-from-before-a-restart")
+    expect(page.locator("#api-key")).to_have_value("a-key-from-before-a-restart")
+    page.click("#run")
+    expect(page.locator("#form-error")).to_have_text("Relay does not know that API key.")
+
+    page.goto(relay.api.url + "/#key=key-acme")  # the banner's link, in the same tab: only the fragment changes
+
+    expect(page.locator("#api-key")).to_have_value("key-acme")
+    expect(page.locator("#form-error")).to_be_hidden()
+    assert "key-acme" not in page.url
+    assert page.evaluate("localStorage.getItem('relay-demo:key')") == "key-acme"
+    submit_sleep(page, 0.5)
+    expect(page.locator("#task-status")).to_have_text("succeeded", timeout=FINISH_TIMEOUT_MS)
+
+
+def test_the_kind_picker_lists_the_kinds_added_to_relay_and_runs_one(relay: Relay, page: Page) -> None:
+    page.goto(relay.api.url + "/#key=key-acme")
+    added = page.locator('input[name="kind"][value="count_sync"]')
+    expect(added).to_have_count(1)  # a kind of RELAY_TASK_MODULES, beside the built-in ones
+    expect(page.locator('input[name="kind"][value="sleep"]')).to_have_count(1)
+
+    page.click('label:has(input[value="count_sync"])')
+    expect(page.locator("#echo-input")).to_be_visible()  # its input is JSON
+    expect(page.locator("#seconds")).to_be_hidden()
+    page.fill("#echo-input", '{"steps": 3}')
+    page.click("#run")
+
+    expect(page.locator("#task-status")).to_have_text("succeeded", timeout=FINISH_TIMEOUT_MS)
+    expect(page.locator("#outcome")).to_contain_text('"total": 6')
 
 
 # A client of its own, in the demo page's origin, told the server's ping settings (tests/browser/conftest.py).

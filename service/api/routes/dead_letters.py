@@ -18,6 +18,7 @@ from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, R
 from service.api.auth import Principal, tenant_scope
 from service.api.openapi import errors
 from service.api.state import ApiState
+from service.api.time_range import check_time_range
 
 
 class DeadLetterController(Controller):
@@ -37,6 +38,7 @@ class DeadLetterController(Controller):
         limit: Annotated[int, QueryParameter(query="limit", ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         cursor: Annotated[str | None, QueryParameter(query="cursor")] = None,
     ) -> DeadLetterPage:
+        check_time_range(since, until)
         where = DeadLetterFilter(
             tenant=tenant_scope(principal, tenant), reason=reason, task_id=task_id, since=since, until=until
         )
@@ -73,6 +75,7 @@ class DeadLetterController(Controller):
     async def replay_many(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], data: JSONBody[ReplayFilter]
     ) -> ReplayResult:
+        check_time_range(data.since, data.until)
         where = DeadLetterFilter(
             tenant=tenant_scope(principal, data.tenant), reason=data.reason, since=data.since, until=data.until
         )

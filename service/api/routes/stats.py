@@ -6,12 +6,16 @@ for a scope for up to ``FRESH_FOR_S``, so any number of consoles polling every s
 over the last minute come from snapshots of the counters that the calls themselves keep: at most one every
 ``SNAPSHOT_EVERY_S`` per scope (every tenant's, or one tenant's), the last ``SNAPSHOTS_KEPT`` of them, so a console
 polling every second costs one small write per five seconds, however many consoles are open.
+
+Delivery latency is over the last few minutes (``LATENCY_WINDOW_S``), from the histogram's change since the oldest
+snapshot kept within them, each quantile interpolated within its bucket as Prometheus's ``histogram_quantile`` does:
+what the histogram held since the store began (a replay of a day-old event counts a day) would say nothing of now.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -32,10 +36,13 @@ from service.broker import QUEUE
 
 _COUNTED = ("submitted", "retried", "succeeded", "failed", "cancelled")
 _ENDED = ("succeeded", "failed", "cancelled")
-# A snapshot of the counters is kept at most this often per scope, this many of them (80 s), for the rates.
+# A snapshot of the counters is kept at most this often per scope, this many of them (320 s), for the rates and the
+# latency.
 SNAPSHOT_EVERY_S = 5.0
-SNAPSHOTS_KEPT = 16
+SNAPSHOTS_KEPT = 64
 RATE_WINDOW_S = 60.0
+# Delivery latency covers about the last five minutes: long enough to hold a few deliveries on a quiet day.
+LATENCY_WINDOW_S = 300.0
 # Rates over less than this would say little: none are given until a snapshot is at least this old.
 MIN_WINDOW_S = 4.0
 # An API process answers from its last figures for a scope for this long (consoles poll every second).
@@ -59,7 +66,8 @@ _decode_snapshot = msgspec.json.Decoder(_Snapshot).decode
     "queue depth, delivery latency, and their rates over the last minute",
     description="The admin token sees every tenant's figures (or one tenant's with `tenant=`); a tenant's API key "
     "its own. Counts are since the store began; `rates` are per second over about the last minute (null until the "
-    "figures of a few seconds ago are kept: the first call starts keeping them).",
+    "figures of a few seconds ago are kept: the first call starts keeping them); `latency` is of the deliveries in "
+    "about the last five minutes (`window_s`), each quantile interpolated within its histogram bucket.",
     responses=errors(404),
 )
 async def stats(
@@ -128,7 +136,7 @@ async def _compute(state_: ApiState, scope: str | None) -> Stats:
         ),
         destinations={state.value: n for state, n in destinations.by_state.items()},
         queue_depth=queue_depth,
-        latency=_latency(counts),
+        latency=_recent_latency(counts, kept, now),
         rates=_rates(counts, kept, now),
     )
 
@@ -157,25 +165,56 @@ async def _keep_snapshot(state_: ApiState, scope: str | None, snapshot: _Snapsho
         await pipe.execute()
 
 
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """The ``q`` quantile of a histogram, as Prometheus's ``histogram_quantile`` computes it.
+
+    Args:
+        q: the quantile, 0 to 1.
+        buckets: ``(upper bound, cumulative count)`` pairs in rising order, the last one's bound ``inf``.
+
+    Returns:
+        The value at rank ``q * total``, interpolated linearly within the bucket that holds it (the first bucket
+        starting at 0); the highest finite bound when that rank falls in the ``+Inf`` bucket; None with no
+        observations.
+    """
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    below_bound, below_count = 0.0, 0.0
+    for index, (bound, cumulative) in enumerate(buckets):
+        if cumulative >= rank and cumulative > below_count:
+            if bound == float("inf"):
+                return buckets[index - 1][0] if index > 0 else None
+            if index == 0 and bound <= 0:
+                return bound
+            return below_bound + (bound - below_bound) * (rank - below_count) / (cumulative - below_count)
+        below_bound, below_count = bound, cumulative
+    return buckets[-2][0] if len(buckets) > 1 else None
+
+
 def _latency(counts: Mapping[str, int], baseline: Mapping[str, int] | None = None) -> Latency:
-    """The median and 99th percentile of the latency histogram (of what was added since ``baseline``)."""
-    per_bucket = [
-        counts.get(metrics.tenant_latency_field(b), 0) - (baseline or {}).get(metrics.tenant_latency_field(b), 0)
-        for b in _LATENCY_BOUNDS
-    ]
-    total = sum(per_bucket)
-    if total <= 0:
-        return Latency(p50_ms=None, p99_ms=None, delivered=0)
+    """The median and 99th percentile of the deliveries the histogram gained since ``baseline``, in ms."""
+    cumulative = 0
+    buckets: list[tuple[float, float]] = []
+    for bound, name in zip([*metrics.LATENCY_BUCKETS_S, float("inf")], _LATENCY_BOUNDS, strict=True):
+        field = metrics.tenant_latency_field(name)
+        cumulative += max(0, counts.get(field, 0) - (baseline or {}).get(field, 0))
+        buckets.append((bound, cumulative))
 
-    def bound_ms(q: float) -> float:
-        running = 0
-        for bound, n in zip(metrics.LATENCY_BUCKETS_S, per_bucket, strict=False):
-            running += n
-            if running >= q * total:
-                return bound * 1000
-        return metrics.LATENCY_BUCKETS_S[-1] * 1000  # beyond the last bucket: at least that
+    def ms(q: float) -> float | None:
+        value = histogram_quantile(q, buckets)
+        return None if value is None else round(value * 1000, 3)
 
-    return Latency(p50_ms=bound_ms(0.5), p99_ms=bound_ms(0.99), delivered=total)
+    return Latency(p50_ms=ms(0.5), p99_ms=ms(0.99), delivered=cumulative)
+
+
+def _recent_latency(counts: Mapping[str, int], kept: list[_Snapshot], now: float) -> Latency:
+    """Latency over the last LATENCY_WINDOW_S: since the oldest snapshot kept within it (kept is newest first)."""
+    within = [s for s in kept if 0 < now - s.t <= LATENCY_WINDOW_S + SNAPSHOT_EVERY_S]
+    if not within:
+        return Latency(p50_ms=None, p99_ms=None, delivered=0, window_s=0.0)
+    base = within[-1]
+    return msgspec.structs.replace(_latency(counts, base.c), window_s=round(now - base.t, 3))
 
 
 def _rates(counts: Mapping[str, int], kept: list[_Snapshot], now: float) -> Rates | None:
@@ -200,5 +239,5 @@ def _rates(counts: Mapping[str, int], kept: list[_Snapshot], now: float) -> Rate
         ),
         webhook_failures=rate(metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.FAILED)),
         dead_lettered=rate(metrics.DEAD_LETTERED),
-        latency=_latency(counts, base.c),
+        latency=msgspec.structs.replace(_latency(counts, base.c), window_s=round(window, 3)),
     )

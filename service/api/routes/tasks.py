@@ -47,6 +47,7 @@ from service.api.openapi import errors
 from service.api.sse import EventStream, keepalive_s
 from service.api.state import ApiState
 from service.api.store_watch import RETRY_AFTER_S
+from service.api.time_range import check_time_range
 from service.api.ws import client_address
 from service.tasks.listing import TaskFilter
 from service.tasks.store import KeyReused, NotAdmitted, TaskEnded, TenantFull, request_fingerprint
@@ -167,6 +168,7 @@ class TaskController(Controller):
         limit: Annotated[int, QueryParameter(query="limit", ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         cursor: Annotated[str | None, QueryParameter(query="cursor")] = None,
     ) -> TaskPage:
+        check_time_range(since, until)
         where = TaskFilter(tenant=tenant_scope(principal, tenant), status=status, kind=kind, since=since, until=until)
         try:
             records, next_cursor = await state_.task_list.page(where, limit=limit, cursor=cursor)

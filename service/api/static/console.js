@@ -72,6 +72,8 @@ function forgetViews() {
   }
   letters.open = null;
   letters.bulk = null;
+  letters.total = null;
+  $("letters-total").textContent = "";
   dst.byId.clear();
   dst.editing = null;
   tasks.open = null;
@@ -168,7 +170,7 @@ function show(stats) {
   $("d-tenant-field").hidden = stats.tenant !== null;
   $("t-tenant-field").hidden = stats.tenant !== null;
   const r = stats.rates;
-  const latency = r && r.latency.delivered ? r.latency : stats.latency;
+  const latency = stats.latency; // of the last few minutes' deliveries, interpolated within the histogram's buckets
   figure("submitted", rate(r?.tasks_submitted), r?.tasks_submitted ?? null);
   figure("ended", rate(r?.tasks_ended), r?.tasks_ended ?? null);
   figure("deliveries", rate(r?.deliveries), r?.deliveries ?? null);
@@ -178,6 +180,7 @@ function show(stats) {
     latency.p50_ms === null ? "–" : `${number.format(latency.p50_ms)} / ${number.format(latency.p99_ms)}`,
     latency.p99_ms,
   );
+  $("n-latency").textContent = latencyNote(latency);
   figure("owed", `${whole.format(stats.webhooks.owed)} · ${whole.format(stats.webhooks.held)}`, stats.webhooks.owed);
   figure("dead", whole.format(stats.dead_letters.stored), stats.dead_letters.stored);
   const queue = stats.queue_depth === null ? "–" : whole.format(stats.queue_depth);
@@ -200,6 +203,21 @@ function show(stats) {
     "scheduled",
   ]);
   $("updated").textContent = `Updated ${utc(stats.at).slice(11)}${r ? ` (rates over ${Math.round(r.window_s)} s)` : " (rates once a few seconds are kept)"}.`;
+}
+
+// What the latency figures are: of which deliveries, over which span (the API keeps about five minutes).
+function latencyNote(latency) {
+  const span = latency.window_s ? duration(latency.window_s) : null;
+  if (!span) return "from an event to its delivery, once a few seconds are kept";
+  if (!latency.delivered) return `no deliveries in the last ${span}`;
+  const n = whole.format(latency.delivered);
+  return `${n} deliver${latency.delivered === 1 ? "y" : "ies"} in the last ${span}, event to 2xx or ack`;
+}
+
+function duration(seconds) {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  return s % 60 === 0 || s >= 240 ? `${Math.round(s / 60)} min` : `${Math.floor(s / 60)} min ${s % 60} s`;
 }
 
 function figure(name, text, point) {
@@ -243,8 +261,6 @@ function list(id, counts, order) {
   );
 }
 
-start();
-
 // Dead letters: the list by filter, one letter with its event and attempts, replay and delete, one or by filter.
 
 const letters = {
@@ -252,6 +268,7 @@ const letters = {
   cursor: null,
   open: null,
   bulk: null,
+  total: null, // how many letters the filters match (null: not known)
 };
 
 function setUpLetters() {
@@ -261,6 +278,7 @@ function setUpLetters() {
   });
   $("letters-more").addEventListener("click", () => loadLetters({ more: true }));
   $("letter-replay").addEventListener("click", () => replayOne());
+  $("letter-close").addEventListener("click", () => closeLetter());
   $("letter-delete").addEventListener("click", () => deleteOne());
   $("bulk-replay").addEventListener("click", () => startBulk("replay"));
   $("bulk-purge").addEventListener("click", () => startBulk("delete"));
@@ -290,9 +308,72 @@ function lettersError(error) {
   showError("letters-error", error);
 }
 
-function loadLetters({ more = false } = {}) {
-  const query = new URLSearchParams({ ...filters(), limit: "50" });
-  return loadPage(letters, "/v1/dead-letters", query, { more, add: addLetterRow });
+async function loadLetters({ more = false } = {}) {
+  if (!more && !timesInOrder("f", "letters-error")) {
+    $("letters-rows").replaceChildren();
+    $("letters-total").textContent = "";
+    $("letters-more").hidden = true;
+    return;
+  }
+  const f = filters();
+  const query = new URLSearchParams({ ...f, limit: "50" });
+  if (!(await loadPage(letters, "/v1/dead-letters", query, { more, add: addLetterRow }))) {
+    $("letters-total").textContent = "";
+    return;
+  }
+  if (!more) letters.total = await countLetters(f);
+  showLettersTotal();
+}
+
+// How many letters the filters match: the dry run of a bulk replay counts them (without the task filter, which it
+// does not take: then the rows are counted, once every page is read). null: not known.
+async function countLetters(f) {
+  if (f.task_id) return null;
+  const body = { dry_run: true };
+  for (const key of ["reason", "tenant", "since", "until"]) if (f[key]) body[key] = f[key];
+  try {
+    return (await api("POST", "/v1/dead-letters/replay", body)).matched;
+  } catch {
+    return null; // a key that may not replay: the list says how many it shows
+  }
+}
+
+function showLettersTotal() {
+  const shown = $("letters-rows").children.length;
+  const all = !letters.cursor;
+  const total = letters.total ?? (all ? shown : null);
+  let text;
+  if (total === null) text = `Showing ${whole.format(shown)}; more match (Load more).`;
+  else if (total === 0) text = "";
+  else {
+    text = `${whole.format(total)} dead letter${total === 1 ? " matches" : "s match"}`;
+    text += all && shown >= total ? "." : `; showing ${whole.format(shown)}.`;
+  }
+  $("letters-total").textContent = text;
+  window.consoleState.lettersTotal = total;
+}
+
+// A since later than its until matches nothing: say so in the view's banner instead of showing an empty list.
+function timesInOrder(prefix, bannerId) {
+  const since = utcInput(`${prefix}-since`);
+  const until = utcInput(`${prefix}-until`);
+  const wrong = since !== null && until !== null && Date.parse(since) > Date.parse(until);
+  for (const key of ["since", "until"]) $(`${prefix}-${key}`).setAttribute("aria-invalid", String(wrong));
+  if (wrong) {
+    showError(bannerId, new Error(`"Since" (${utc(since)}) is after "until" (${utc(until)}): nothing can match. Swap them, or clear one.`));
+  }
+  return !wrong;
+}
+
+function closeLetter() {
+  letters.open = null;
+  $("letter").hidden = true;
+  selectRow("letters-rows", null);
+}
+
+// Highlight the row whose item is open (none: null).
+function selectRow(rowsId, id) {
+  for (const row of $(rowsId).children) row.setAttribute("aria-selected", String(row.dataset.id === id));
 }
 
 // A time as "YYYY-MM-DD HH:MM:SSZ" (UTC, as the filters take it).
@@ -326,6 +407,15 @@ function showFields(id, pairs) {
   );
 }
 
+// A step of a webhook's delivery that is not an attempt: it became a dead letter, or its dead letter was replayed.
+function stepText(step) {
+  if (step.step === "dead_lettered") {
+    return `webhook dead-lettered · ${(step.reason || "dead").replaceAll("_", " ")} · ${step.dead_letter_id}`;
+  }
+  if (step.step === "replayed") return `webhook replayed · sent again from ${step.dead_letter_id}`;
+  return `webhook ${String(step.step).replaceAll("_", " ")} · ${step.dead_letter_id}`;
+}
+
 // One delivery attempt in a line (its status code once, even when its error repeats it).
 function attemptText(a) {
   const status = a.status_code === null ? "" : ` ${a.status_code}`;
@@ -345,9 +435,30 @@ async function loadPage(view, path, query, { more, add }) {
     view.cursor = page.next_cursor;
     $(view.more).hidden = !page.next_cursor;
     $(view.empty).hidden = $(view.rows).children.length > 0;
+    return true;
   } catch (error) {
     showError(view.error, error);
+    return false;
   }
+}
+
+// Each cell carries its column's name, shown beside it on a phone-sized screen (where the header row is hidden).
+function labelCells(row) {
+  const heads = row.closest("table")?.querySelectorAll("thead th") ?? [];
+  [...row.children].forEach((cell, i) => {
+    cell.dataset.label = heads[i]?.textContent ?? "";
+  });
+}
+
+// Several parts of one cell in one box, so that the cell lays out as one value beside its label.
+function cellOf(className, ...parts) {
+  const cell = document.createElement("td");
+  if (className) cell.className = className;
+  const body = document.createElement("span");
+  body.className = "cell-body";
+  body.append(...parts);
+  cell.append(body);
+  return cell;
 }
 
 function td(text, className) {
@@ -361,6 +472,7 @@ function addLetterRow(letter) {
   const row = document.createElement("tr");
   row.dataset.id = letter.id;
   row.tabIndex = 0;
+  row.setAttribute("aria-selected", String(letters.open?.id === letter.id));
   const deadAt = td(utc(letter.dead_at).slice(5), "time");
   deadAt.title = utc(letter.dead_at);
   row.append(
@@ -370,7 +482,7 @@ function addLetterRow(letter) {
     td(`${letter.event.type.replace("task.", "")} #${letter.event.seq}`),
     td(String(letter.attempts), "num"),
     td(letter.last_error || (letter.last_status_code ? `HTTP ${letter.last_status_code}` : "-"), "error-text"),
-    td(letter.task_id, "mono"),
+    td(letter.task_id, "mono wrap"),
     td(String(letter.replays), "num"),
   );
   row.addEventListener("click", () => openLetter(letter.id));
@@ -378,12 +490,14 @@ function addLetterRow(letter) {
     if (e.key === "Enter") openLetter(letter.id);
   });
   $("letters-rows").append(row);
+  labelCells(row);
 }
 
 async function openLetter(id) {
   try {
     const letter = await api("GET", `/v1/dead-letters/${encodeURIComponent(id)}`);
     letters.open = letter;
+    selectRow("letters-rows", letter.id);
     $("letter").hidden = false;
     $("letter-id").textContent = letter.id;
     $("letter-result").textContent = "";
@@ -401,13 +515,16 @@ async function openLetter(id) {
     ];
     showFields("letter-fields", fields);
     $("letter-event").textContent = JSON.stringify(letter.event, null, 2);
-    const { attempts } = await api("GET", `/v1/tasks/${encodeURIComponent(letter.task_id)}/deliveries`);
-    const mine = attempts.filter((a) => a.event_id === letter.event.id);
+    const { attempts, steps = [] } = await api("GET", `/v1/tasks/${encodeURIComponent(letter.task_id)}/deliveries`);
+    const mine = [
+      ...attempts.filter((a) => a.event_id === letter.event.id).map((a) => ({ at: a.at, kind: a.outcome, text: attemptText(a) })),
+      ...steps.filter((step) => step.event_id === letter.event.id).map((step) => ({ at: step.at, kind: step.step, text: stepText(step) })),
+    ].sort((x, y) => new Date(x.at) - new Date(y.at));
     $("letter-attempts").replaceChildren(
-      ...mine.map((a) => {
+      ...mine.map((item) => {
         const li = document.createElement("li");
-        li.dataset.outcome = a.outcome;
-        li.textContent = `${utc(a.at)} · ${attemptText(a)}`;
+        li.dataset.outcome = item.kind;
+        li.textContent = `${utc(item.at)} · ${item.text}`;
         return li;
       }),
     );
@@ -433,9 +550,11 @@ async function deleteOne() {
   if (!letter || !window.confirm(`Delete dead letter ${letter.id}? It cannot be replayed afterwards.`)) return;
   try {
     await api("DELETE", `/v1/dead-letters/${encodeURIComponent(letter.id)}`);
-    $("letter").hidden = true;
+    closeLetter();
     document.querySelector(`#letters-rows tr[data-id="${CSS.escape(letter.id)}"]`)?.remove();
     $("letters-empty").hidden = $("letters-rows").children.length > 0;
+    if (letters.total) letters.total -= 1;
+    showLettersTotal();
   } catch (error) {
     lettersError(error);
   }
@@ -443,6 +562,7 @@ async function deleteOne() {
 
 // Bulk: the dry run's count first, then, once confirmed, each matching letter in turn, with a progress bar.
 async function startBulk(action) {
+  if (!timesInOrder("f", "letters-error")) return;
   const f = filters();
   const body = { dry_run: true };
   for (const key of ["reason", "tenant", "since", "until"]) if (f[key]) body[key] = f[key];
@@ -450,7 +570,7 @@ async function startBulk(action) {
     const { matched } = await api("POST", "/v1/dead-letters/replay", body);
     letters.bulk = { action, filter: f, total: matched, done: 0, failed: 0, stopped: false };
     $("bulk").hidden = false;
-    $("bulk-bar").style.width = "0%";
+    bulkBar(0, matched);
     const what = action === "replay" ? "replay" : "delete";
     const narrowed = f.task_id ? " (the task filter is left out: bulk works by reason, tenant and time)" : "";
     $("bulk-text").textContent = matched
@@ -462,6 +582,13 @@ async function startBulk(action) {
   } catch (error) {
     lettersError(error);
   }
+}
+
+// The bar, set in the same step as the text beside it.
+function bulkBar(done, total) {
+  const share = total > 0 ? Math.min(100, (100 * done) / total) : 0;
+  $("bulk-bar").style.width = `${share}%`;
+  $("bulk-track").setAttribute("aria-valuenow", String(Math.round(share)));
 }
 
 async function runBulk() {
@@ -487,8 +614,7 @@ async function runBulk() {
           bulk.failed += 1;
         }
         bulk.done += 1;
-        const share = Math.min(100, (100 * bulk.done) / Math.max(1, bulk.total));
-        $("bulk-bar").style.width = `${share}%`;
+        bulkBar(bulk.done, bulk.total);
         $("bulk-text").textContent = `${bulk.action === "replay" ? "Replaying" : "Deleting"}: ${bulk.done} of ${bulk.total}${bulk.failed ? `, ${bulk.failed} failed` : ""}…`;
       }
       cursor = page.next_cursor;
@@ -504,8 +630,8 @@ async function runBulk() {
         text += " They leave this list as they are delivered.";
       }
     }
+    bulkBar(bulk.done, bulk.done); // every match is done, however many the dry run counted
     $("bulk-text").textContent = text;
-    $("bulk-bar").style.width = "100%";
     window.consoleState.bulk = { action: bulk.action, done: bulk.done, failed: bulk.failed };
     loadLetters();
   } catch (error) {
@@ -558,17 +684,14 @@ function showDestination(d) {
   const badge = document.createElement("span");
   badge.className = `badge state-${d.state}`;
   badge.textContent = d.state;
-  const stateCell = document.createElement("td");
-  stateCell.append(badge);
+  const stateCell = cellOf("", badge);
   if (d.consecutive_failures > 0) {
     const failures = document.createElement("span");
     failures.className = "failures";
     failures.textContent = `${d.consecutive_failures} failed`;
-    stateCell.append(failures);
+    stateCell.firstChild.append(failures);
   }
   const caps = `${d.max_in_flight} at once${d.rate_per_s === null ? "" : ` · ${number.format(d.rate_per_s)}/s`}`;
-  const actions = document.createElement("td");
-  actions.className = "actions";
   const toggle = document.createElement("button");
   toggle.type = "button";
   toggle.className = d.state === "paused" ? "primary small" : "quiet";
@@ -579,20 +702,20 @@ function showDestination(d) {
   edit.className = "quiet";
   edit.textContent = "Caps…";
   edit.addEventListener("click", () => openCaps(d));
-  actions.append(toggle, edit);
   row.replaceChildren(
     stateCell,
-    td(d.origin, "mono"),
+    td(d.origin, "mono wrap"),
     td(d.tenant),
     td(String(d.in_flight), "num"),
     td(String(d.owed), "num"),
     td(d.last_success_at ? utc(d.last_success_at) : "never", "time"),
     lastError(d),
     td(caps),
-    actions,
+    cellOf("actions", toggle, edit),
   );
   if (!dst.byId.has(d.id)) $("dst-rows").append(row);
   dst.byId.set(d.id, row);
+  labelCells(row);
 }
 
 function lastError(d) {
@@ -661,6 +784,12 @@ function setUpTasks() {
   $("tasks-more").addEventListener("click", () => loadTasks({ more: true }));
   $("task-cancel").addEventListener("click", () => cancelTask());
   $("task-refresh").addEventListener("click", () => tasks.open && openTask(tasks.open.id));
+  $("task-close").addEventListener("click", () => {
+    tasks.open = null;
+    clearTimeout(tasks.refresh);
+    $("task").hidden = true;
+    selectRow("tasks-rows", null);
+  });
 }
 
 function tasksError(error) {
@@ -668,6 +797,11 @@ function tasksError(error) {
 }
 
 function loadTasks({ more = false } = {}) {
+  if (!more && !timesInOrder("t", "tasks-error")) {
+    $("tasks-rows").replaceChildren();
+    $("tasks-more").hidden = true;
+    return;
+  }
   const query = new URLSearchParams({ limit: "25" });
   for (const [key, id] of [["status", "t-status"], ["kind", "t-kind"], ["tenant", "t-tenant"]]) {
     const value = $(id).value.trim();
@@ -684,15 +818,17 @@ function addTaskRow(task) {
   const row = document.createElement("tr");
   row.dataset.id = task.id;
   row.tabIndex = 0;
+  row.setAttribute("aria-selected", String(tasks.open?.id === task.id));
   const badge = document.createElement("span");
   badge.className = `badge task-${task.status}`;
   badge.textContent = task.status;
   const status = document.createElement("td");
   status.append(badge);
-  row.append(td(utc(task.created_at).slice(5), "time"), status, td(task.kind), td(String(task.attempt), "num"), td(task.id, "mono"));
+  row.append(td(utc(task.created_at).slice(5), "time"), status, td(task.kind), td(String(task.attempt), "num"), td(task.id, "mono wrap"));
   row.addEventListener("click", () => openTask(task.id));
   row.addEventListener("keydown", (e) => e.key === "Enter" && openTask(task.id));
   $("tasks-rows").append(row);
+  labelCells(row);
 }
 
 // Every page of a task's events (next_after_seq is null on the last).
@@ -711,8 +847,9 @@ async function openTask(id) {
   try {
     const path = `/v1/tasks/${encodeURIComponent(id)}`;
     const task = await api("GET", path); // first alone: an unknown id is one 404
-    const [events, { attempts }] = await Promise.all([taskEvents(path), api("GET", `${path}/deliveries`)]);
+    const [events, { attempts, steps = [] }] = await Promise.all([taskEvents(path), api("GET", `${path}/deliveries`)]);
     tasks.open = task;
+    selectRow("tasks-rows", task.id);
     $("task").hidden = false;
     $("task-id").textContent = task.id;
     $("task-status").textContent = task.status;
@@ -742,6 +879,8 @@ async function openTask(id) {
         kind: a.outcome,
         text: `${attemptText(a)} (event #${seqOf.get(a.event_id) ?? "?"})`,
       })),
+      // After the attempts, so that a step at the same time as an attempt comes after it (the sort is stable).
+      ...steps.map((step) => ({ at: step.at, kind: step.step, text: `${stepText(step)} (event #${seqOf.get(step.event_id) ?? "?"})` })),
     ].sort((x, y) => new Date(x.at) - new Date(y.at));
     $("task-timeline").replaceChildren(
       ...items.map((item) => {
@@ -771,3 +910,6 @@ async function cancelTask() {
     $("task-result").textContent = error.message;
   }
 }
+
+// Last, once every view's state above exists: start() may sign out at once (no token yet), which clears them all.
+start();

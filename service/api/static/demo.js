@@ -46,16 +46,55 @@ window.relay = relay;
 let current = null; // {id, token, kind}
 let reconnects = 0;
 
-// The API key: from the URL fragment (`relay serve` prints a link with #key=...), else remembered.
+// The API key: from the URL fragment (`relay serve` prints a link with #key=...), else remembered. The link may be
+// opened in a tab already on this page: the browser then changes only the fragment, so it is read on every change.
 
 function initKey() {
-  const fromFragment = new URLSearchParams(location.hash.slice(1)).get("key");
-  if (fromFragment) {
-    remember(localStorage, KEY_STORE, fromFragment);
+  ui.key.value = keyFromFragment() || recall(localStorage, KEY_STORE) || "";
+  ui.key.addEventListener("change", () => remember(localStorage, KEY_STORE, ui.key.value.trim()));
+  window.addEventListener("hashchange", () => {
+    const key = keyFromFragment();
+    if (!key) return;
+    ui.key.value = key;
+    ui.formError.hidden = true;
+  });
+}
+
+function keyFromFragment() {
+  const key = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (key) {
+    remember(localStorage, KEY_STORE, key);
     history.replaceState(null, "", location.pathname + location.search); // keep the key out of the address bar
   }
-  ui.key.value = fromFragment || recall(localStorage, KEY_STORE) || "";
-  ui.key.addEventListener("change", () => remember(localStorage, KEY_STORE, ui.key.value.trim()));
+  return key;
+}
+
+// The kinds this Relay runs, built in and added (RELAY_TASK_MODULES): the OpenAPI document names them all as the
+// enum of a submission's kind. Those the picker lacks are added to it; their input is JSON.
+async function addKinds() {
+  try {
+    const response = await fetch("/schema/openapi.json", { headers: { Accept: "application/json" } });
+    if (!response.ok) return;
+    const spec = await response.json();
+    const kinds = spec?.components?.schemas?.TaskSubmission?.properties?.kind?.enum;
+    if (!Array.isArray(kinds)) return;
+    const shown = new Set([...ui.form.querySelectorAll('input[name="kind"]')].map((input) => input.value));
+    for (const kind of kinds) {
+      if (typeof kind !== "string" || shown.has(kind)) continue;
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      input.type = "radio";
+      input.name = "kind";
+      input.value = kind;
+      const name = document.createElement("span");
+      name.textContent = kind;
+      label.append(input, name);
+      $("kinds").append(label);
+      shown.add(kind);
+    }
+  } catch {
+    // the picker keeps the built-in kinds
+  }
 }
 
 // Submitting.
@@ -64,15 +103,18 @@ function selectedKind() {
   return ui.form.querySelector('input[name="kind"]:checked').value;
 }
 
+const OWN_FIELDS = new Set(["sleep", "echo", "fail"]); // kinds with a field of their own; the others take JSON
+
 function showKindFields() {
   const kind = selectedKind();
-  for (const field of ui.form.querySelectorAll("[data-kind]")) field.hidden = field.dataset.kind !== kind;
+  const wanted = OWN_FIELDS.has(kind) ? kind : "any";
+  for (const field of ui.form.querySelectorAll("[data-kind]")) field.hidden = !field.dataset.kind.split(" ").includes(wanted);
 }
 
 function taskInput(kind) {
   if (kind === "sleep") return { seconds: Number(ui.seconds.value) };
   if (kind === "fail") return { message: ui.failMessage.value };
-  return JSON.parse(ui.echoInput.value); // echo: any JSON
+  return JSON.parse(ui.echoInput.value); // echo and added kinds: any JSON
 }
 
 async function submit(event) {
@@ -95,7 +137,10 @@ async function submit(event) {
       body: JSON.stringify({ kind, input, websocket: true }),
     });
     const body = await response.json().catch(() => ({}));
-    if (response.status === 401) return formError("Relay does not know that API key.");
+    if (response.status === 401) {
+      if (recall(localStorage, KEY_STORE) === key) forget(localStorage, KEY_STORE); // not offered again next time
+      return formError("Relay does not know that API key.");
+    }
     if (!response.ok) return formError(body.detail || `POST /v1/tasks answered ${response.status}`);
     const task = { id: body.id, token: body.ws_token, kind: body.kind };
     rememberTask(task);
@@ -374,6 +419,14 @@ function remember(storage, key, value) {
   }
 }
 
+function forget(storage, key) {
+  try {
+    storage.removeItem(key);
+  } catch {
+    // see remember
+  }
+}
+
 function recall(storage, key) {
   try {
     return storage.getItem(key);
@@ -407,6 +460,7 @@ async function cancelCurrent() {
   }
 }
 showKindFields();
+addKinds();
 renderRecent();
 const [latest] = recentTasks();
 if (latest) follow(latest); // a reload keeps following where the tab was

@@ -12,8 +12,12 @@
 //
 // When no WebSocket can be opened at all (the constructor throws, or the socket closes before it ever opened, as
 // behind a proxy that blocks them), the client says so with a "fallback" status and follows each task over
-// Server-Sent Events instead (GET /v1/tasks/{id}/stream, one EventSource per task): the same events, once and in
+// Server-Sent Events instead (GET /v1/tasks/{id}/stream, one streamed fetch per task): the same events, once and in
 // order, resumed from the same seq. A stream cannot ack, so over it a task's webhook, if any, always goes out.
+// A stream that stays silent for ping interval + timeout (the server writes at least a comment line more often)
+// counts as dead and is opened again, as a silent socket is. Meanwhile the client tries a WebSocket again now and
+// then (a quiet probe, 5 s doubling to 60 s, with jitter); once one opens, it follows every task over it again and
+// closes the streams (an "open" status with channel "websocket" says so).
 
 const DEFAULTS = {
   pingIntervalMs: 20_000, // RELAY_WS_PING_INTERVAL on the server
@@ -21,11 +25,13 @@ const DEFAULTS = {
   backoffBaseMs: 500,
   backoffMaxMs: 20_000,
   healthyAfterMs: 5_000, // a connection open this long resets the backoff
+  probeBaseMs: 5_000, // over Server-Sent Events: the first wait before trying a WebSocket again, doubling
+  probeMaxMs: 60_000, // ... up to this
   onStatus: null, // receives every status, of the connection and of every task
 };
 
 const SEQ_KEY = (taskId) => `relay:seq:${taskId}`;
-// The event types a stream names (EventSource hands a listener only the types it names).
+// The event types a stream names (a stream's other messages are not events).
 const EVENT_TYPES = ["task.progress", "task.retrying", "task.completed", "task.failed", "task.cancelled"];
 // A final event's data says how the task ended.
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
@@ -44,7 +50,9 @@ export class RelayClient {
     this.closed = false;
     this.channel = "websocket"; // "sse" once no WebSocket could be opened
     this.everOpened = false; // a WebSocket of this client has opened: the network lets them through
-    this.streams = new Map(); // taskId -> {source, timer, attempt}, over SSE
+    this.streams = new Map(); // taskId -> {controller, timer, silentTimer, attempt, openedAt}, over SSE
+    this.probeTimer = null; // the next try of a WebSocket while on SSE
+    this.probeAttempt = 0;
   }
 
   /** Follow a task from where this tab last saw it (sessionStorage), or from its first event. */
@@ -54,8 +62,10 @@ export class RelayClient {
     const sub = { token, onEvent, onStatus, lastSeq, sentAfter: lastSeq, jumpAllowed: false, resyncing: false };
     this.subs.set(taskId, sub);
     this.closed = false;
-    if (this.channel === "sse") this.openStream(taskId);
-    else if (this.isOpen()) this.sendSubscribe(taskId, sub);
+    if (this.channel === "sse") {
+      this.openStream(taskId);
+      if (!this.probeTimer) this.scheduleProbe();
+    } else if (this.isOpen()) this.sendSubscribe(taskId, sub);
     else if (!this.socket && !this.retryTimer) this.connect();
   }
 
@@ -70,6 +80,8 @@ export class RelayClient {
     this.closed = true;
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    clearTimeout(this.probeTimer);
+    this.probeTimer = null;
     for (const taskId of [...this.streams.keys()]) this.closeStream(taskId);
     this.drop(1000, "closed by the page");
   }
@@ -78,7 +90,7 @@ export class RelayClient {
   dropConnection() {
     if (this.channel === "sse") {
       for (const [taskId, stream] of this.streams) {
-        stopSource(stream);
+        stopStream(stream);
         this.taskStatus(taskId, { type: "closed", channel: "sse", text: "event stream closed (dropped by the page)" });
         this.streamLost(taskId, "dropped by the page");
       }
@@ -118,6 +130,10 @@ export class RelayClient {
       this.armDeadTimer();
       for (const [taskId, sub] of this.subs) this.sendSubscribe(taskId, sub);
     };
+    this.listen(socket);
+  }
+
+  listen(socket) {
     socket.onmessage = (message) => {
       this.armDeadTimer();
       let frame;
@@ -178,6 +194,65 @@ export class RelayClient {
     this.channel = "sse";
     this.status({ type: "fallback", channel: "sse", text: `${why}; following over Server-Sent Events` });
     for (const taskId of this.subs.keys()) this.openStream(taskId);
+    this.probeAttempt = 0;
+    this.scheduleProbe();
+  }
+
+  // While on SSE: try a WebSocket again after a while (the proxy that refused one may have gone), quietly.
+  scheduleProbe() {
+    clearTimeout(this.probeTimer);
+    const capMs = Math.min(this.options.probeMaxMs, this.options.probeBaseMs * 2 ** this.probeAttempt);
+    this.probeAttempt += 1;
+    this.probeTimer = setTimeout(() => this.probe(), Math.round(capMs / 2 + (Math.random() * capMs) / 2));
+  }
+
+  probe() {
+    this.probeTimer = null;
+    if (this.closed || this.channel !== "sse" || this.subs.size === 0) return; // subscribe() schedules the next
+    let socket;
+    try {
+      socket = new WebSocket(this.wsUrl);
+    } catch {
+      this.scheduleProbe();
+      return;
+    }
+    const silentMs = this.options.pingIntervalMs + this.options.pingTimeoutMs;
+    const giveUp = setTimeout(() => socket.onclose?.({ code: 4001, reason: "no answer" }), silentMs);
+    socket.onclose = () => {
+      clearTimeout(giveUp);
+      socket.onopen = socket.onclose = null;
+      try {
+        socket.close();
+      } catch {
+        // already closed
+      }
+      if (!this.closed && this.channel === "sse") this.scheduleProbe();
+    };
+    socket.onopen = () => {
+      clearTimeout(giveUp);
+      socket.onopen = null;
+      if (this.closed || this.channel !== "sse" || this.subs.size === 0) {
+        socket.onclose = null;
+        socket.close(1000, "not needed");
+        return;
+      }
+      this.backToWebSocket(socket);
+    };
+  }
+
+  // A WebSocket opened again: follow every task over it, from the last seq each stream gave, and close the streams.
+  backToWebSocket(socket) {
+    for (const taskId of [...this.streams.keys()]) this.closeStream(taskId);
+    this.channel = "websocket";
+    this.probeAttempt = 0;
+    this.attempt = 0;
+    this.socket = socket;
+    this.openedAt = Date.now();
+    this.everOpened = true;
+    this.listen(socket);
+    this.status({ type: "open", channel: "websocket", text: "connected: a WebSocket opens again, so no more Server-Sent Events" });
+    this.armDeadTimer();
+    for (const [taskId, sub] of this.subs) this.sendSubscribe(taskId, sub);
   }
 
   streamUrl(taskId, sub) {
@@ -190,48 +265,121 @@ export class RelayClient {
     if (!sub || this.closed) return;
     const known = this.streams.get(taskId);
     this.closeStream(taskId);
-    const stream = { source: null, timer: null, attempt: known ? known.attempt : 0, openedAt: 0 };
+    const stream = { controller: new AbortController(), timer: null, silentTimer: null, attempt: known ? known.attempt : 0, openedAt: 0 };
     this.streams.set(taskId, stream);
     sub.sentAfter = sub.lastSeq;
     sub.resyncing = false;
     this.taskStatus(taskId, { type: "connecting", channel: "sse", text: `opening the event stream of ${taskId}` });
-    const source = new EventSource(this.streamUrl(taskId, sub));
-    stream.source = source;
-    source.onopen = () => {
-      stream.openedAt = Date.now();
-      this.taskStatus(taskId, { type: "open", channel: "sse", text: "connected (Server-Sent Events)" });
-    };
-    source.addEventListener("subscribed", (message) => {
-      const frame = parse(message.data);
-      if (!frame) return;
-      // EventSource resumes by itself after a drop (Last-Event-ID): from what it last got, which is lastSeq.
-      sub.sentAfter = sub.lastSeq;
-      this.subscribed(frame);
-    });
-    for (const type of EVENT_TYPES) {
-      source.addEventListener(type, (message) => {
-        const event = parse(message.data);
-        if (!event || this.streams.get(taskId) !== stream) return;
-        this.deliver(event);
-        if (ENDED.has(event.data?.status) && event.seq <= (this.subs.get(taskId)?.lastSeq ?? Infinity)) {
-          this.closeStream(taskId); // its final event: the server ends the stream too
-          this.taskStatus(taskId, { type: "closed", channel: "sse", text: "the task ended; stream closed" });
-        }
-      });
-    }
-    source.onerror = () => {
-      if (this.streams.get(taskId) !== stream) return;
-      if (source.readyState === EventSource.CONNECTING) {
-        // A drop: EventSource reconnects by itself and says where it is (Last-Event-ID).
-        this.taskStatus(taskId, { type: "reconnecting", channel: "sse", text: "event stream dropped; reconnecting" });
-        return;
-      }
-      stopSource(stream);
-      this.streamLost(taskId, "the event stream was refused");
-    };
+    this.readStream(taskId, stream, sub);
   }
 
-  // EventSource gave up (an HTTP error: the API restarting behind a proxy, Redis away, or a task it may not follow).
+  // A streamed fetch rather than EventSource: it sees the server's comment lines too, so a silent stream is noticed.
+  async readStream(taskId, stream, sub) {
+    const current = () => this.streams.get(taskId) === stream;
+    let response;
+    try {
+      this.armSilentTimer(taskId, stream); // a connect that hangs counts as silent too
+      const headers = { Accept: "text/event-stream" };
+      if (sub.lastSeq > 0) headers["Last-Event-ID"] = String(sub.lastSeq); // past a task's end: a 204, no stream
+      response = await fetch(this.streamUrl(taskId, sub), {
+        headers,
+        cache: "no-store",
+        signal: stream.controller.signal,
+      });
+    } catch (error) {
+      if (current() && !stream.controller.signal.aborted) {
+        this.streamLost(taskId, `the event stream could not be opened (${error.message || error})`);
+      }
+      return;
+    }
+    if (!current()) return;
+    if (response.status === 204) {
+      // The API has nothing after our last seq and the task has ended: we have its final event.
+      this.closeStream(taskId);
+      this.taskStatus(taskId, { type: "closed", channel: "sse", text: "the task ended; stream closed" });
+      return;
+    }
+    if (!response.ok || !response.body) {
+      stopStream(stream);
+      this.streamLost(taskId, `the event stream was refused (${response.status})`);
+      return;
+    }
+    stream.openedAt = Date.now();
+    this.taskStatus(taskId, { type: "open", channel: "sse", text: "connected (Server-Sent Events)" });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (!current()) return;
+        if (done) break;
+        this.armSilentTimer(taskId, stream); // any bytes, a comment line included, say the stream is alive
+        buffer += value.replaceAll("\r\n", "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          this.streamMessage(taskId, stream, block);
+          if (!current()) return; // its final event closed it
+        }
+      }
+    } catch (error) {
+      if (!current() || stream.controller.signal.aborted) return; // closed, or given up on by the page or the timer
+      stopStream(stream);
+      this.streamLost(taskId, `event stream dropped (${error.message || error})`);
+      return;
+    }
+    // Ended before the task's final event (an API that restarted, a reader too far behind): resume from lastSeq.
+    stopStream(stream);
+    this.streamLost(taskId, "event stream ended");
+  }
+
+  // One message of a stream: its `event:` name and `data:` lines (comment lines, starting with ':', say nothing).
+  streamMessage(taskId, stream, block) {
+    let name = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") name = value;
+      else if (field === "data") data.push(value);
+    }
+    if (data.length === 0) return;
+    const payload = parse(data.join("\n"));
+    if (!payload) return;
+    const sub = this.subs.get(taskId);
+    if (!sub) return;
+    if (name === "subscribed") {
+      sub.sentAfter = sub.lastSeq;
+      this.subscribed(payload);
+      if (ENDED.has(payload.status) && payload.last_seq <= sub.lastSeq) {
+        this.closeStream(taskId); // the task has ended and this client has its every event: nothing will come
+        this.taskStatus(taskId, { type: "closed", channel: "sse", text: "the task ended; stream closed" });
+      }
+    } else if (EVENT_TYPES.includes(name)) {
+      this.deliver(payload);
+      if (ENDED.has(payload.data?.status) && payload.seq <= (this.subs.get(taskId)?.lastSeq ?? Infinity)) {
+        this.closeStream(taskId); // its final event: the server ends the stream too
+        this.taskStatus(taskId, { type: "closed", channel: "sse", text: "the task ended; stream closed" });
+      }
+    }
+  }
+
+  // No byte for ping interval + timeout (the server writes at least every 15 s): the path is dead, as for a socket.
+  armSilentTimer(taskId, stream) {
+    clearTimeout(stream.silentTimer);
+    const silentMs = this.options.pingIntervalMs + this.options.pingTimeoutMs;
+    stream.silentTimer = setTimeout(() => {
+      if (this.streams.get(taskId) !== stream) return;
+      stopStream(stream);
+      this.taskStatus(taskId, { type: "closed", channel: "sse", text: `event stream silent for ${silentMs} ms` });
+      this.streamLost(taskId, `no data for ${silentMs} ms`);
+    }, silentMs);
+  }
+
+  // A stream failed, ended early or went silent (the API restarting, Redis away, or a task it may not follow).
   async streamLost(taskId, why) {
     const sub = this.subs.get(taskId);
     if (!sub || this.closed) return;
@@ -241,6 +389,8 @@ export class RelayClient {
     try {
       const response = await fetch(`${this.baseUrl}/v1/tasks/${encodeURIComponent(taskId)}`, {
         headers: { Authorization: `Bearer ${sub.token}` },
+        // On a dead path this would wait for minutes: no answer in the silence bound, and the stream is tried again.
+        signal: AbortSignal.timeout(this.options.pingIntervalMs + this.options.pingTimeoutMs),
       });
       if (response.status === 401 || response.status === 404) {
         const message = "unknown task, or a token that is not this task's";
@@ -265,7 +415,7 @@ export class RelayClient {
     const stream = this.streams.get(taskId);
     if (!stream) return;
     clearTimeout(stream.timer);
-    stopSource(stream);
+    stopStream(stream);
     this.streams.delete(taskId);
   }
 
@@ -398,12 +548,10 @@ export class RelayClient {
   }
 }
 
-function stopSource(stream) {
-  if (stream.source) {
-    stream.source.onerror = stream.source.onopen = null;
-    stream.source.close();
-    stream.source = null;
-  }
+function stopStream(stream) {
+  clearTimeout(stream.silentTimer);
+  stream.silentTimer = null;
+  stream.controller.abort();
 }
 
 function parse(data) {
