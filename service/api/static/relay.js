@@ -35,6 +35,8 @@ const SEQ_KEY = (taskId) => `relay:seq:${taskId}`;
 const EVENT_TYPES = ["task.progress", "task.retrying", "task.completed", "task.failed", "task.cancelled"];
 // A final event's data says how the task ended.
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+// Errors after which a subscription is over: a refused subscribe (unknown task or wrong token), a store that lost its data.
+const FINAL_ERRORS = new Set(["forbidden", "store_lost"]);
 
 export class RelayClient {
   constructor(baseUrl = location.origin, options = {}) {
@@ -358,6 +360,9 @@ export class RelayClient {
         this.closeStream(taskId); // the task has ended and this client has its every event: nothing will come
         this.taskStatus(taskId, { type: "closed", channel: "sse", text: "the task ended; stream closed" });
       }
+    } else if (name === "error") {
+      this.error({ ...payload, task_id: taskId });
+      this.closeStream(taskId); // the server has ended the stream; store_lost (the task is gone) is final
     } else if (EVENT_TYPES.includes(name)) {
       this.deliver(payload);
       if (ENDED.has(payload.data?.status) && payload.seq <= (this.subs.get(taskId)?.lastSeq ?? Infinity)) {
@@ -527,9 +532,11 @@ export class RelayClient {
     if (frame.task_id && this.subs.has(frame.task_id)) {
       this.taskStatus(frame.task_id, status);
       // A refused subscribe is final (unknown task or wrong token): do not send it again on every reconnect.
-      if (frame.code === "forbidden") this.subs.delete(frame.task_id);
+      // So is a store that lost its data: the task is gone with it.
+      if (FINAL_ERRORS.has(frame.code)) this.unsubscribe(frame.task_id);
     } else {
       this.status(status);
+      if (frame.code === "store_lost") for (const taskId of [...this.subs.keys()]) this.unsubscribe(taskId);
     }
   }
 
