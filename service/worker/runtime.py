@@ -1,8 +1,10 @@
 """The worker side: the per-process runtime that the ``run_task`` actor hands its runs to.
 
 Each worker process (Dramatiq forks them) builds one :class:`Runtime` before it takes any message, on the event
-loop thread that Dramatiq's AsyncIO middleware runs: a Redis pool, the task store, the task ledger and the
-delivery engine. The actor and the engine share that loop.
+loop thread that Dramatiq's AsyncIO middleware runs: a Redis pool, the task store, the task ledger, the delivery
+engine and the periodic jobs (lease renewal, the sweeper, the broker heartbeat). That loop runs Relay's own code
+only; kinds' code runs on kind loops of its own (:mod:`service.worker.kind_loops`), so that a kind that blocks
+its loop stalls neither a lease, nor the sweeper, nor a delivery, nor another tenant's task.
 
 A run holds its task's lease (see :mod:`service.tasks.ledger`) and renews it while it runs; a run whose lease
 is lost is cancelled. Redis errors never end a task: its writes are retried until Redis answers, and a run
@@ -18,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import dramatiq
@@ -35,6 +37,7 @@ from delivery.outbox import Outbox, trim_dead_letter_index
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
+from schemas.tasks import TaskRecord
 from service import USER_AGENT
 from service.broker import QUEUE, Enqueuer, enqueuer_for
 from service.dramatiq_redis import BrokerMaintenance
@@ -42,11 +45,10 @@ from service.kinds import KindRegistry, load_kinds
 from service.settings import Settings
 from service.tasks.ledger import TaskLedger
 from service.tasks.store import TaskStore
+from service.worker.kind_loops import KindLoops, KindRun
 
 log = logging.getLogger("relay.worker")
 
-# A task still running after this long is marked `running` (shorter ones go from queued to their end).
-RUNNING_AFTER_S = 0.05
 # How often a worker process tells the broker it is alive (and requeues the work of dead ones).
 HEARTBEAT_INTERVAL_S = 2.0
 # How often each worker process looks for overdue tasks (with jitter, so processes take turns).
@@ -78,14 +80,19 @@ class Stopping(RelayError):
 
 @dataclass
 class Run:
-    """A task this process is running: its lease token and the future of the kind's code."""
+    """A task this process is running: its lease token, its record as this run last wrote it, and its kind's code
+    on a kind loop."""
 
     token: str
-    work: asyncio.Future[Any] | None = None
+    record: TaskRecord | None = None
+    work: KindRun | None = None
     lost: bool = False
+    lost_event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def lose(self) -> None:
+        """This run is over (its lease is lost, the task was cancelled, the worker stops): cancel the kind's code."""
         self.lost = True
+        self.lost_event.set()
         if self.work is not None:
             self.work.cancel()
 
@@ -150,6 +157,7 @@ class Runtime:
         self._run_tasks: set[asyncio.Task[None]] = set()
         self._slots = threading.BoundedSemaphore(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.kind_loops = KindLoops()
 
     def set_capacity(self, runs: int) -> None:
         """At most ``runs`` runs at once in this process (Dramatiq's ``--threads``)."""
@@ -186,6 +194,7 @@ class Runtime:
     async def start(self) -> None:
         """Start the background loops; nothing here waits for Redis (it may be down when a worker starts)."""
         self._loop = asyncio.get_running_loop()
+        self.kind_loops.start()
         await self.engine.start()
         self._loops.append(asyncio.create_task(self._renew_leases(), name="relay-lease-renewal"))
         self._sweeper = asyncio.create_task(self._sweep(), name="relay-task-sweeper")
@@ -236,6 +245,7 @@ class Runtime:
         for loop in self._loops:
             await _cancel(loop)
         self._loops = []
+        await self.kind_loops.stop()
         await self.engine.stop()
         if self.ops is not None:
             await self.ops.stop()
