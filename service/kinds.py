@@ -15,7 +15,11 @@ live in :mod:`service.tasks.builtin`, others in the modules named by ``RELAY_TAS
         ...
 
 A kind may be ``async def`` or a plain function (run in a thread; report progress with
-``ctx.progress_sync``). Whatever it returns must be JSON-encodable; whatever it raises fails the task, unless
+``ctx.progress_sync``). An ``async def`` kind runs on a worker's kind loop, shared with other tasks: a blocking
+call in it (``time.sleep``, a synchronous client) holds that loop, which the worker then logs and sets aside
+(see :mod:`service.worker.kind_loops`), and a cancellation or time limit cannot interrupt it (the task ends
+``TimeLimitExceeded`` without it). Blocking work belongs in ``await asyncio.to_thread(...)`` or a plain
+function kind. Whatever it returns must be JSON-encodable; whatever it raises fails the task, unless
 the kind declares retries and the exception is one it retries::
 
     @kind("fetch", max_retries=5, retry_on=(httpx.TransportError,))
