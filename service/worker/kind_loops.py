@@ -11,9 +11,10 @@ way to replace it; our own loops can be set aside and replaced.
 A watchdog on the machinery loop asks each kind loop to answer every :data:`WATCH_INTERVAL_S`. A loop silent
 for :data:`STALL_S` is held by a kind: it is logged (WARNING, with the task that held it, found in the loop
 thread's stack) and set aside; runs that it has not started yet move to another loop, and new runs go there
-too. When the held loop answers again it is logged with how long it was held, and it takes runs again. A
-process whose loops are all held and that may not start another (:data:`MAX_KIND_LOOPS`) stops itself, so
-that its supervisor starts it afresh: blocked code in a thread cannot be stopped any other way.
+too (runs it had started wait for it). When the held loop answers again it is logged with how long it was
+held, and it takes runs again. A process whose loops are all held, that may not start another
+(:data:`MAX_KIND_LOOPS`), stops itself once the last of them has been held :data:`RESTART_AFTER_S`, so that
+its supervisor starts it afresh (its runs given back): blocked code in a thread cannot be stopped otherwise.
 
 The machinery enforces a kind's time limit from its own side (see :mod:`service.worker.actor`): a
 cancellation cannot interrupt ``time.sleep``, but the run's end need not wait for the kind.
@@ -41,8 +42,10 @@ WATCH_INTERVAL_S = 0.1
 STALL_S = 0.5
 # While a loop stays held, it is logged again this often.
 STALL_LOG_EVERY_S = 10.0
-# The most kind loops (threads) one process keeps; past it, a process whose loops are all held restarts.
+# The most kind loops (threads) one process keeps; a process whose loops have all been held for
+# RESTART_AFTER_S restarts.
 MAX_KIND_LOOPS = 8
+RESTART_AFTER_S = 5.0
 
 
 class RunState(enum.Enum):
@@ -147,6 +150,7 @@ class KindLoop:
         self.held_since: float | None = None  # when it stopped answering (None: it answers)
         self.logged_at = 0.0
         self.ping_sent_at: float | None = None
+        self.looks_since_ping = 0
         ready = threading.Event()
         loop_box: list[asyncio.AbstractEventLoop] = []
 
@@ -172,8 +176,10 @@ class KindLoop:
         """Ask the loop to answer; how long the last question has waited (0 when answered)."""
         if self.ping_sent_at is None:
             self.ping_sent_at = now
+            self.looks_since_ping = 0
             self.loop.call_soon_threadsafe(self._pong)
             return 0.0
+        self.looks_since_ping += 1
         return now - self.ping_sent_at
 
     def _pong(self) -> None:
@@ -248,7 +254,9 @@ class KindLoops:
         """One look at every loop: log and set aside those held, take back those that answer again."""
         for loop in self._loops:
             waited_s = loop.ping(now)
-            if waited_s < STALL_S:
+            # Held only if the watchdog itself looked on time meanwhile: a whole process that the machine did not
+            # run for a while (a loaded host) finds every ping late, and its loops answer at once.
+            if waited_s < STALL_S or loop.looks_since_ping < STALL_S / WATCH_INTERVAL_S / 2:
                 if loop.held_since is not None:
                     log.warning(
                         "kind loop %d answers again after being held for %.1f s (blocking code in an async kind; "
@@ -262,8 +270,8 @@ class KindLoops:
                 loop.held_since = loop.ping_sent_at or now
                 loop.logged_at = now
                 log.warning(
-                    "kind loop %d has been held for %.1f s by task %s (blocking code in an async kind); its other "
-                    "runs and new ones go to another loop",
+                    "kind loop %d has been held for %.1f s by task %s (blocking code in an async kind); new runs, "
+                    "and those it has not started, go to another loop",
                     loop.index,
                     waited_s,
                     ", ".join(loop.holders()) or "(none found)",
@@ -277,19 +285,21 @@ class KindLoops:
                     ", ".join(loop.holders()) or "(none found)",
                 )
         if self._current is not None and self._current.held_since is not None:
-            self._move_off(self._current)
+            self._move_off(self._current, now)
 
-    def _move_off(self, held: KindLoop) -> None:
+    def _move_off(self, held: KindLoop, now: float) -> None:
         """Make a loop that answers the current one, and move the runs that ``held`` has not started to it."""
         spare = next((loop for loop in self._loops if loop.held_since is None), None)
         if spare is None:
             if len(self._loops) >= self._max_loops:
-                if not self._exhausted:
+                newest_hold_s = min(now - (loop.held_since or now) for loop in self._loops)
+                if newest_hold_s >= RESTART_AFTER_S and not self._exhausted:
                     self._exhausted = True
                     log.error(
-                        "all %d kind loops are held by blocking kinds; stopping this worker process so that it "
-                        "starts afresh (its runs are given back)",
+                        "all %d kind loops have been held by blocking kinds for %.1f s or more; stopping this "
+                        "worker process so that it starts afresh (its runs are given back)",
                         len(self._loops),
+                        newest_hold_s,
                     )
                     self._on_exhausted()
                 return
