@@ -56,7 +56,10 @@ class RunState(enum.Enum):
 
 async def _held_by(task_id: str, work: Coroutine[Any, Any, Any]) -> Any:
     """Run ``work``; this frame in a loop thread's stack names the task whose code holds the loop."""
-    return await work
+    try:
+        return await work
+    except (SystemExit, KeyboardInterrupt) as exc:  # would end the loop's thread: the task's failure instead
+        raise RuntimeError(f"the kind raised {type(exc).__name__}") from exc
 
 
 _HELD_BY_CODE = _held_by.__code__

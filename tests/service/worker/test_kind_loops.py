@@ -92,3 +92,17 @@ async def test_a_process_whose_loops_are_all_held_asks_to_restart(caplog: pytest
     finally:
         await asyncio.sleep(2.5)  # both loops answer again and stop
         await loops.stop()
+
+
+async def test_a_kind_that_calls_sys_exit_fails_its_run_and_its_loop_goes_on() -> None:
+    async def exits() -> None:
+        raise SystemExit(3)
+
+    loops = KindLoops()
+    loops.start()
+    try:
+        with pytest.raises(RuntimeError, match="SystemExit"):
+            await asyncio.wait_for(loops.run("task_1", exits).outcome, timeout=2)
+        assert await asyncio.wait_for(loops.run("task_2", lambda: _answers("next")).outcome, timeout=2) == "next"
+    finally:
+        await loops.stop()
