@@ -58,7 +58,6 @@ async def run_task(task_id: str) -> None:
     if record.status is TaskStatus.RUNNING:
         # The record still shows a run that was lost without being given back (its worker died): this is a rerun.
         record = given_back(record)
-    run.record = record
     rt.runs[task_id] = run
     lease = None
     try:

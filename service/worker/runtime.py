@@ -37,7 +37,6 @@ from delivery.outbox import Outbox, trim_dead_letter_index
 from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
-from schemas.tasks import TaskRecord
 from service import USER_AGENT
 from service.broker import QUEUE, Enqueuer, enqueuer_for
 from service.dramatiq_redis import BrokerMaintenance
@@ -80,11 +79,9 @@ class Stopping(RelayError):
 
 @dataclass
 class Run:
-    """A task this process is running: its lease token, its record as this run last wrote it, and its kind's code
-    on a kind loop."""
+    """A task this process is running: its lease token and its kind's code on a kind loop."""
 
     token: str
-    record: TaskRecord | None = None
     work: KindRun | None = None
     lost: bool = False
     lost_event: asyncio.Event = field(default_factory=asyncio.Event)
