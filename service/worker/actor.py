@@ -235,15 +235,14 @@ async def _ended(work: KindRun, run: Run | None, *, timeout_s: float) -> bool:
     if timeout_s <= 0:
         return False
     waiters: set[asyncio.Future[Any]] = {work.outcome}
-    lost = None
     if run is not None:
         if run.lost:
             return False
-        lost = asyncio.ensure_future(run.lost_event.wait())
-        waiters.add(lost)
+        run.waiter = asyncio.get_running_loop().create_future()
+        waiters.add(run.waiter)
     try:
         await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if lost is not None:
-            lost.cancel()
+        if run is not None:
+            run.waiter = None
     return work.outcome.done()

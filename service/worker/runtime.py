@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import dramatiq
@@ -84,12 +84,14 @@ class Run:
     token: str
     work: KindRun | None = None
     lost: bool = False
-    lost_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # Woken by lose(): what the run waits on besides the kind's end (a plain future: cheaper than an Event's task).
+    waiter: asyncio.Future[None] | None = None
 
     def lose(self) -> None:
         """This run is over (its lease is lost, the task was cancelled, the worker stops): cancel the kind's code."""
         self.lost = True
-        self.lost_event.set()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
         if self.work is not None:
             self.work.cancel()
 
