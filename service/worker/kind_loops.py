@@ -151,6 +151,7 @@ class KindLoop:
         self.index = index
         self.runs: set[KindRun] = set()
         self.held_since: float | None = None  # when it stopped answering (None: it answers)
+        self.held_by = ""  # the tasks found holding it then
         self.logged_at = 0.0
         self.ping_sent_at: float | None = None
         self.looks_since_ping = 0
@@ -262,22 +263,24 @@ class KindLoops:
             if waited_s < STALL_S or loop.looks_since_ping < STALL_S / WATCH_INTERVAL_S / 2:
                 if loop.held_since is not None:
                     log.warning(
-                        "kind loop %d answers again after being held for %.1f s (blocking code in an async kind; "
-                        "run blocking calls with asyncio.to_thread or make the kind a plain function)",
+                        "kind loop %d answers again after being held for %.1f s by task %s (blocking code in an "
+                        "async kind: run blocking calls with asyncio.to_thread, or make the kind a plain function)",
                         loop.index,
                         now - loop.held_since,
+                        loop.held_by,
                     )
                     loop.held_since = None
                 continue
             if loop.held_since is None:
                 loop.held_since = loop.ping_sent_at or now
                 loop.logged_at = now
+                loop.held_by = ", ".join(loop.holders()) or "(none found)"
                 log.warning(
                     "kind loop %d has been held for %.1f s by task %s (blocking code in an async kind); new runs, "
                     "and those it has not started, go to another loop",
                     loop.index,
                     waited_s,
-                    ", ".join(loop.holders()) or "(none found)",
+                    loop.held_by,
                 )
             elif now - loop.logged_at >= STALL_LOG_EVERY_S:
                 loop.logged_at = now

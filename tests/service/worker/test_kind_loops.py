@@ -39,7 +39,9 @@ async def test_a_run_behind_a_blocked_loop_moves_to_another_and_the_holder_is_lo
         assert not held.outcome.done()
         assert await asyncio.wait_for(held.outcome, timeout=5) == "blocked"  # its result when it returns
         await asyncio.sleep(3 * WATCH_INTERVAL_S)
-        assert any("answers again after being held for" in r.message for r in caplog.records)
+        assert any(
+            "answers again after being held for" in r.message and "task_blocks" in r.message for r in caplog.records
+        )
     finally:
         await loops.stop()
 
