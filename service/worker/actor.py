@@ -198,12 +198,14 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
                 "cancelled: its code blocks the event loop (run blocking calls with asyncio.to_thread)",
             )
             return Outcome(error=error)
+    if run.lost:  # however the kind's code ended, this run is over (its task ended, or runs elsewhere)
+        if not work.outcome.cancelled():
+            work.outcome.exception()  # retrieved: dropped, not logged as never retrieved
+        return None
     try:
         result = work.outcome.result()
         msgspec.json.encode(result)  # a result that cannot be sent fails here, not in the webhook
     except asyncio.CancelledError:
-        if run.lost:
-            return None
         if timed_out:
             error = TaskError(
                 type="TimeLimitExceeded", message=f"the task ran longer than its {kind.time_limit_s:g} s time limit"

@@ -113,8 +113,10 @@ class KindRun:
         self._home.call_soon_threadsafe(self._settle, task)
 
     def _settle(self, task: asyncio.Task[Any]) -> None:
-        if self.outcome.done():
-            return  # given up already (see :meth:`give_up`)
+        if self.outcome.done():  # given up already (see :meth:`give_up`): what it raised is dropped
+            if not task.cancelled():
+                task.exception()  # retrieved, so that asyncio does not log it as never retrieved
+            return
         if task.cancelled():
             self.outcome.cancel()
         elif (exc := task.exception()) is not None:
