@@ -152,6 +152,30 @@ def test_a_run_given_back_at_a_stop_shows_queued_and_reruns_as_the_next_attempt(
         api.close()
 
 
+@pytest.mark.slow  # a worker stopped while a kind blocks
+def test_a_worker_stopped_while_a_kind_blocks_stops_in_time_and_gives_the_run_back(
+    start_relay: StartRelay, tmp_path: Path
+) -> None:
+    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
+    worker = start_relay("worker", "--processes", "1", "--threads", "8", RELAY_TASK_MODULES=TEST_KINDS)
+    runs_file = tmp_path / "runs"
+    try:
+        blocking = api.submit("block", {"seconds": 60, "runs_file": str(runs_file)})
+        wait_until(lambda: api.task(blocking["id"])["status"] == "running", message="the blocking kind to run")
+        started = time.monotonic()
+
+        assert worker.stop() == 0
+
+        # The grace a running task gets (5 s), the one a cancelled kind gets (2 s), and room for a loaded machine.
+        assert time.monotonic() - started < 12
+        waiting = api.task(blocking["id"])
+        assert (waiting["status"], waiting["attempt"]) == ("queued", 2)
+        assert runs(runs_file) == 1
+        assert api.post(f"/v1/tasks/{blocking['id']}/cancel").status_code == 202
+    finally:
+        api.close()
+
+
 def _rewrite(client: redis.Redis, task_id: str, **fields: Any) -> None:
     key = keys.task(task_id)
     record = msgspec.json.decode(client.get(key))
