@@ -183,6 +183,7 @@ def _rewrite(client: redis.Redis, task_id: str, **fields: Any) -> None:
     client.set(key, msgspec.json.encode(record), keepttl=True)
 
 
+@pytest.mark.slow  # starts an API and a worker for each case
 @pytest.mark.parametrize(
     ("lost_before", "status", "attempt", "error"), [(0, "succeeded", 2, None), (3, "failed", 5, "RunsLost")]
 )
