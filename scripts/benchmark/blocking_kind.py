@@ -11,9 +11,11 @@ times the blocking task ran, how it ended, and after how long.
 Measured on a shared 2-core box with a 20 s block, an echo a second (before: kinds on the worker's own loop;
 after: on kind loops of their own):
 
-    processes  echo p50 / max           block ran  ended after
-    1          10.65 s / 20.32 s  ->    1 -> 1     20.4 s -> 20.0 s   (after: p50 0.016 s, max 0.564 s)
-    2           4.80 s / 19.11 s  ->    4 -> 1     65.8 s -> 20.1 s   (after: p50 0.035 s, max 0.110 s)
+    processes                      other tenant's echo p50 / max   blocking task ran, ended after
+    1           before             10.65 s / 20.32 s              1 time, 20.4 s
+                after              0.016 s / 0.564 s              1 time, 20.0 s
+    2           before             4.80 s / 19.11 s               4 times, 65.8 s
+                after              0.035 s / 0.110 s              1 time, 20.1 s
 """
 
 from __future__ import annotations
