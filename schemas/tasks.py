@@ -93,6 +93,7 @@ class TaskRecord(Task, kw_only=True):
 
     tenant: str
     last_seq: int = 0
+    lost_runs: int = 0  # runs lost to a fault (a worker that stopped or died mid-run); each also raised `attempt`
 
     def public(self) -> Task:
         """The task as its owner sees it."""

@@ -15,7 +15,11 @@ live in :mod:`service.tasks.builtin`, others in the modules named by ``RELAY_TAS
         ...
 
 A kind may be ``async def`` or a plain function (run in a thread; report progress with
-``ctx.progress_sync``). Whatever it returns must be JSON-encodable; whatever it raises fails the task, unless
+``ctx.progress_sync``). An ``async def`` kind runs on a worker's kind loop, shared with other tasks: a blocking
+call in it (``time.sleep``, a synchronous client) holds that loop, which the worker then logs and sets aside
+(see :mod:`service.worker.kind_loops`), and a cancellation or time limit cannot interrupt it (the task ends
+``TimeLimitExceeded`` without it). Blocking work belongs in ``await asyncio.to_thread(...)`` or a plain
+function kind. Whatever it returns must be JSON-encodable; whatever it raises fails the task, unless
 the kind declares retries and the exception is one it retries::
 
     @kind("fetch", max_retries=5, retry_on=(httpx.TransportError,))
@@ -73,22 +77,40 @@ class ProgressReporter(Protocol):
 
 
 class TaskContext:
-    """What a running kind knows (its task, which attempt this is) and can do besides returning: report progress."""
+    """What a running kind knows (its task, which attempt this is) and can do besides returning: report progress.
+
+    ``loop`` is the loop that ``report`` runs on (the worker's own, not the kind's): a report is written there,
+    whichever loop or thread the kind runs on.
+    """
 
     def __init__(
         self, *, task_id: str, report: ProgressReporter, loop: asyncio.AbstractEventLoop, attempt: int = 1
     ) -> None:
         self.task_id = task_id
-        self.attempt = attempt  # 1 on the first run, raised by each retry
+        self.attempt = attempt  # 1 on the first run, raised by each retry and by each rerun after a lost run
         self._report = report
         self._loop = loop
 
     async def progress(self, percent: float, message: str | None = None) -> None:
-        await self._report(max(0.0, min(100.0, float(percent))), message)
+        write = self._report(max(0.0, min(100.0, float(percent))), message)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            await write
+            return
+        # Shielded: a kind cancelled meanwhile does not cut a write to Redis in half.
+        await asyncio.shield(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_awaited(write), self._loop)))
 
     def progress_sync(self, percent: float, message: str | None = None) -> None:
         """Report progress from a plain (threaded) kind."""
-        asyncio.run_coroutine_threadsafe(self.progress(percent, message), self._loop).result()
+        write = self._report(max(0.0, min(100.0, float(percent))), message)
+        asyncio.run_coroutine_threadsafe(_awaited(write), self._loop).result()
+
+
+async def _awaited(write: Awaitable[None]) -> None:
+    await write
 
 
 @dataclass(frozen=True, slots=True)

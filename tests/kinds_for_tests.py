@@ -124,3 +124,31 @@ async def held(data: HeldInput, ctx: TaskContext) -> str:
         with marker.open("a") as out:
             out.write(f"finally: {ended}\n")
     return "waited a minute"
+
+
+class BlockInput(msgspec.Struct, forbid_unknown_fields=True):
+    seconds: Annotated[float, msgspec.Meta(ge=0, le=120)]
+    runs_file: str | None = None  # a line is appended to it at each run, so that a test can count them
+
+
+def _blocks(data: BlockInput) -> dict[str, float]:
+    if data.runs_file is not None:
+        with open(data.runs_file, "a") as runs:
+            runs.write("ran\n")
+    time.sleep(data.seconds)  # called from an async kind: the mistake under test, it holds the event loop
+    return {"blocked": data.seconds}
+
+
+@kind("block", input_type=BlockInput)
+async def block(data: BlockInput, ctx: TaskContext) -> dict[str, float]:
+    """An async kind that blocks its event loop for ``seconds`` (time.sleep), as a user's code will one day."""
+    return _blocks(data)
+
+
+BLOCK_TIME_LIMIT_S = 2.0
+
+
+@kind("block_limited", input_type=BlockInput, time_limit_s=BLOCK_TIME_LIMIT_S)
+async def block_limited(data: BlockInput, ctx: TaskContext) -> dict[str, float]:
+    """``block`` with a two-second time limit."""
+    return _blocks(data)

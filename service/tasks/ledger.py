@@ -24,7 +24,7 @@ from delivery import keys, metrics
 from delivery.records import count_unreadable, decode_or_skip
 from delivery.redis_batch import batched
 from delivery.redis_client import as_text
-from schemas.tasks import TaskRecord
+from schemas.tasks import TaskRecord, TaskStatus
 
 # A run's lease: renewed every third of it; a worker silent for this long is taken for dead.
 LEASE_S = 15.0
@@ -42,6 +42,7 @@ _SWEEP_LUA = (_HERE / "sweep_tasks.lua").read_text()
 _RELEASE_LUA = (_HERE / "release_runs.lua").read_text()
 _PROMOTE_LUA = (_HERE / "promote_scheduled.lua").read_text()
 _decode = msgspec.json.Decoder(TaskRecord).decode
+_encode = msgspec.json.Encoder().encode
 
 
 class Start(enum.Enum):
@@ -59,6 +60,18 @@ class Started:
 
 def new_run_token() -> str:
     return uuid.uuid4().hex
+
+
+def given_back(record: TaskRecord) -> TaskRecord:
+    """The task as it waits for a rerun after its run was lost (given back at a stop, or its worker died): queued,
+    without the lost run's progress, its ``attempt`` raised (the rerun is another try of the work)."""
+    return msgspec.structs.replace(
+        record,
+        status=TaskStatus.QUEUED,
+        progress=None,
+        attempt=record.attempt + 1,
+        lost_runs=record.lost_runs + 1,
+    )
 
 
 class TaskLedger:
@@ -100,12 +113,19 @@ class TaskLedger:
 
     async def release(self, runs: Mapping[str, str], *, now: float | None = None) -> int:
         """Give back the leases of ``runs`` (task id -> run token) that a stopping worker abandons: each task is
-        owed at once, so that the next sweep enqueues it again. Returns how many were given back."""
+        owed at once, so that the next sweep enqueues it again, and shows ``queued`` (its progress cleared, its
+        ``attempt`` raised: see :func:`given_back`) until it runs again. Returns how many were given back."""
         if not runs:
             return 0
-        args: list[str | float | int] = [keys.lease(""), time.time() if now is None else now]
-        for task_id, token in runs.items():
-            args += [task_id, token]
+        ids = list(runs)
+        raws = await self._redis.mget([keys.task(task_id) for task_id in ids])
+        args: list[str | float | int | bytes] = [keys.lease(""), keys.task(""), time.time() if now is None else now]
+        for task_id, raw in zip(ids, raws, strict=True):
+            record = decode_or_skip(_decode, raw, key=keys.task(task_id)) if raw else None
+            if raw is None or record is None or record.status.finished:
+                args += [task_id, runs[task_id], "", ""]
+            else:  # written only if the record is still as read (a cancel may end it meanwhile)
+                args += [task_id, runs[task_id], raw, _encode(given_back(record))]
         return int(await self._release(keys=[keys.OWED_TASKS], args=args))
 
     async def promote(self, *, now: float | None = None, limit: int = SWEEP_BATCH) -> list[str]:

@@ -11,7 +11,8 @@ from typing import Any
 from delivery.errors import LeaseLost
 from schemas.tasks import TaskError, TaskRecord, TaskStatus
 from service.kinds import TaskContext
-from service.tasks.ledger import Start, new_run_token
+from service.tasks.ledger import Start, given_back, new_run_token
+from service.worker.kind_loops import KindRun
 from service.worker.result_limit import ResultLimit
 from service.worker.runtime import INFRA_ERRORS, START_PATIENCE_S, Run, Runtime, Stopping, runtime
 
@@ -19,6 +20,12 @@ log = logging.getLogger("relay.worker")
 
 # A task still running after this long is marked `running` (shorter ones go from queued to their end).
 RUNNING_AFTER_S = 0.05
+# A kind's code cancelled (its time limit, a cancel, a lost lease) gets this long to end; code that is still
+# running then holds its loop (blocking calls in an async kind), and the run ends without it.
+CANCEL_GRACE_S = 2.0
+# A task whose runs were lost more often than this (its worker stopped or died while running it) ends failed
+# rather than run again: a task that takes its worker down with it must not do so forever.
+MAX_LOST_RUNS = 3
 
 
 def take_message(task_id: str) -> None:
@@ -47,9 +54,17 @@ async def run_task(task_id: str) -> None:
     if started.outcome is not Start.RUN or started.record is None:
         return  # a redelivered message of a task that has ended, or that a live run holds
     record = started.record
+    if record.status is TaskStatus.RUNNING:
+        # The record still shows a run that was lost without being given back (its worker died): this is a rerun.
+        record = given_back(record)
     rt.runs[task_id] = run
+    lease = None
     try:
-        outcome = await _execute(rt, record, run)
+        if record.lost_runs > MAX_LOST_RUNS:
+            log.warning("task %s: %d runs lost; it ends failed rather than run again", task_id, record.lost_runs)
+            outcome: Outcome | None = Outcome(error=_runs_lost(record))
+        else:
+            outcome = await _execute(rt, record, run)
         if outcome is None:
             return
         if outcome.retry_in_s is not None and outcome.error is not None:
@@ -100,13 +115,26 @@ async def _retry_later(rt: Runtime, record: TaskRecord, run: Run, error: TaskErr
     )
 
 
+def _runs_lost(record: TaskRecord) -> TaskError:
+    return TaskError(
+        type="RunsLost",
+        message=f"the task's run was lost {record.lost_runs} times (its worker stopped or died while running it); "
+        "it is not run again",
+    )
+
+
 async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
-    """Run the kind's code once; how it ended, or None when this run lost its lease meanwhile."""
+    """Run the kind's code once; how it ended, or None when this run lost its lease meanwhile.
+
+    The kind runs on a kind loop (see :mod:`service.worker.kind_loops`); this side, on the machinery loop, waits
+    for it, marks the task running, and enforces the time limit whether or not the kind's loop answers.
+    """
     kind = rt.kinds.get(record.kind)
     if kind is None:
         return Outcome(error=TaskError(type="UnknownKind", message=f"no task kind {record.kind!r} on this worker"))
     record.started_at = record.started_at or datetime.now(UTC)
     limit = ResultLimit(rt.settings.max_result_bytes)
+    home = asyncio.get_running_loop()
 
     async def report(percent: float, message: str | None) -> None:
         limit.check_progress(message)  # raises ResultTooLarge into the kind
@@ -131,38 +159,99 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
                 lambda: rt.tasks.mark_running(record, run.token), what=f"marking {record.id} running"
             )
 
-    ctx = TaskContext(task_id=record.id, report=report, loop=asyncio.get_running_loop(), attempt=record.attempt)
+    ctx = TaskContext(task_id=record.id, report=report, loop=home, attempt=record.attempt)
     try:
         data = kind.parse_input(record.input)
-        work = run.work = asyncio.ensure_future(asyncio.wait_for(kind.run(data, ctx), timeout=kind.time_limit_s))
-        # A task that ends within RUNNING_AFTER_S goes straight from queued to its end: nobody could have
-        # seen it running, and the write would cost every short task a round trip.
-        done, _ = await asyncio.wait({work}, timeout=RUNNING_AFTER_S)
-        if not done:
+    except Exception as exc:  # noqa: BLE001 (an input that no longer fits the kind fails its task)
+        error = TaskError(type=type(exc).__name__, message=str(exc)[:2000])
+        return Outcome(error=error, retry_in_s=kind.retry_delay_s(_tries(record), exc))
+    work = run.work = rt.kind_loops.run(record.id, lambda: kind.run(data, ctx))
+    if run.lost:  # lost while it was being handed over
+        work.cancel()
+    deadline = home.time() + kind.time_limit_s
+    # A task that ends within RUNNING_AFTER_S goes straight from queued to its end: nobody could have seen it
+    # running, and the write would cost every short task a round trip.
+    if not await _ended(work, run, timeout_s=RUNNING_AFTER_S) and not run.lost:
+        try:
             await mark_running()
-        result = await work
+        except (Stopping, LeaseLost):
+            run.lose()
+    timed_out = False
+    if not await _ended(work, run, timeout_s=deadline - home.time()):
+        if not run.lost:
+            timed_out = True
+            work.cancel()
+        if not await _ended(work, None, timeout_s=CANCEL_GRACE_S):
+            work.give_up()
+            log.error(
+                "task %s (%s): its code did not stop %g s after it was cancelled (%s): it blocks its event loop; "
+                "the run ends without it",
+                record.id,
+                record.kind,
+                CANCEL_GRACE_S,
+                "its time limit" if timed_out else "the run was lost",
+            )
+            if not timed_out:
+                return None
+            error = TaskError(
+                type="TimeLimitExceeded",
+                message=f"the task ran longer than its {kind.time_limit_s:g} s time limit and did not stop when "
+                "cancelled: its code blocks the event loop (run blocking calls with asyncio.to_thread)",
+            )
+            return Outcome(error=error)
+    if run.lost:  # however the kind's code ended, this run is over (its task ended, or runs elsewhere)
+        if not work.outcome.cancelled():
+            work.outcome.exception()  # retrieved: dropped, not logged as never retrieved
+        return None
+    try:
+        result = work.outcome.result()
         # A result that cannot be sent, or is too large to, fails here, not in the webhook.
         refused = limit.check_result(result)
         if refused is not None:
             log.info("task %s (%s) failed: %s", record.id, record.kind, refused.message)
             return Outcome(error=refused)
     except asyncio.CancelledError:
-        if run.lost:
-            return None
+        if timed_out:
+            error = TaskError(
+                type="TimeLimitExceeded", message=f"the task ran longer than its {kind.time_limit_s:g} s time limit"
+            )
+            return Outcome(error=error, retry_in_s=kind.retry_delay_s(_tries(record), TimeoutError()))
         raise
     except (Stopping, LeaseLost):
         run.lose()
         return None
-    except TimeoutError as exc:
-        error = TaskError(
-            type="TimeLimitExceeded", message=f"the task ran longer than its {kind.time_limit_s:g} s time limit"
-        )
-        return Outcome(error=error, retry_in_s=kind.retry_delay_s(record.attempt, exc))
     except Exception as exc:  # noqa: BLE001 (whatever a kind raises is its task's failure, logged with its id)
         raised = TaskError(type=type(exc).__name__, message=str(exc)[:2000])
         error = limit.check_error(raised)
-        retry_in_s = kind.retry_delay_s(record.attempt, exc) if error is raised else None
+        retry_in_s = kind.retry_delay_s(_tries(record), exc) if error is raised else None
         if retry_in_s is None:
             log.info("task %s (%s) failed: %s: %r", record.id, record.kind, error.type, error.message[:500])
         return Outcome(error=error, retry_in_s=retry_in_s)
     return Outcome(result=result)
+
+
+def _tries(record: TaskRecord) -> int:
+    """The attempts that count against the kind's ``max_retries``: runs lost to faults raise ``attempt`` but are
+    not the kind's failures."""
+    return record.attempt - record.lost_runs
+
+
+async def _ended(work: KindRun, run: Run | None, *, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the kind's code to end; False when it has not (also as soon as ``run`` is lost,
+    so that the caller cancels it)."""
+    if work.outcome.done():
+        return True
+    if timeout_s <= 0:
+        return False
+    waiters: set[asyncio.Future[Any]] = {work.outcome}
+    if run is not None:
+        if run.lost:
+            return False
+        run.waiter = asyncio.get_running_loop().create_future()
+        waiters.add(run.waiter)
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if run is not None:
+            run.waiter = None
+    return work.outcome.done()

@@ -1,8 +1,10 @@
 """The worker side: the per-process runtime that the ``run_task`` actor hands its runs to.
 
 Each worker process (Dramatiq forks them) builds one :class:`Runtime` before it takes any message, on the event
-loop thread that Dramatiq's AsyncIO middleware runs: a Redis pool, the task store, the task ledger and the
-delivery engine. The actor and the engine share that loop.
+loop thread that Dramatiq's AsyncIO middleware runs: a Redis pool, the task store, the task ledger, the delivery
+engine and the periodic jobs (lease renewal, the sweeper, the broker heartbeat). That loop runs Relay's own code
+only; kinds' code runs on kind loops of its own (:mod:`service.worker.kind_loops`), so that a kind that blocks
+its loop stalls neither a lease, nor the sweeper, nor a delivery, nor another tenant's task.
 
 A run holds its task's lease (see :mod:`service.tasks.ledger`) and renews it while it runs; a run whose lease
 is lost is cancelled. Redis errors never end a task: its writes are retried until Redis answers, and a run
@@ -43,11 +45,10 @@ from service.kinds import KindRegistry, load_kinds
 from service.settings import Settings
 from service.tasks.ledger import TaskLedger
 from service.tasks.store import TaskStore
+from service.worker.kind_loops import KindLoops, KindRun
 
 log = logging.getLogger("relay.worker")
 
-# A task still running after this long is marked `running` (shorter ones go from queued to their end).
-RUNNING_AFTER_S = 0.05
 # How often a worker process tells the broker it is alive (and requeues the work of dead ones).
 HEARTBEAT_INTERVAL_S = 2.0
 # How often each worker process looks for overdue tasks (with jitter, so processes take turns).
@@ -79,14 +80,19 @@ class Stopping(RelayError):
 
 @dataclass
 class Run:
-    """A task this process is running: its lease token and the future of the kind's code."""
+    """A task this process is running: its lease token and its kind's code on a kind loop."""
 
     token: str
-    work: asyncio.Future[Any] | None = None
+    work: KindRun | None = None
     lost: bool = False
+    # Woken by lose(): what the run waits on besides the kind's end (a plain future: cheaper than an Event's task).
+    waiter: asyncio.Future[None] | None = None
 
     def lose(self) -> None:
+        """This run is over (its lease is lost, the task was cancelled, the worker stops): cancel the kind's code."""
         self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
         if self.work is not None:
             self.work.cancel()
 
@@ -153,6 +159,7 @@ class Runtime:
         self._run_tasks: set[asyncio.Task[None]] = set()
         self._slots = threading.BoundedSemaphore(1)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.kind_loops = KindLoops()
 
     def set_capacity(self, runs: int) -> None:
         """At most ``runs`` runs at once in this process (Dramatiq's ``--threads``)."""
@@ -189,6 +196,7 @@ class Runtime:
     async def start(self) -> None:
         """Start the background loops; nothing here waits for Redis (it may be down when a worker starts)."""
         self._loop = asyncio.get_running_loop()
+        self.kind_loops.start()
         await self.engine.start()
         self.epoch.start()
         self._loops.append(asyncio.create_task(self._renew_leases(), name="relay-lease-renewal"))
@@ -254,6 +262,7 @@ class Runtime:
             await _cancel(loop)
         self._loops = []
         await self.epoch.stop()
+        await self.kind_loops.stop()
         await self.engine.stop()
         if self.ops is not None:
             await self.ops.stop()

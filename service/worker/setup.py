@@ -21,8 +21,9 @@ from service.worker.runtime import RuntimeMiddleware
 
 def setup() -> None:
     """Build the broker from the environment's settings, make it Dramatiq's, and declare the actor on it."""
-    # The actor and the delivery engine share the event loop that the AsyncIO middleware creates: make it
-    # uvloop, which cuts the loop's own share of a worker's CPU (measured with scripts/bench --profile).
+    # The runs' bookkeeping, the periodic jobs and the delivery engine share the event loop that the AsyncIO
+    # middleware creates, and kinds run on kind loops of their own (service.worker.kind_loops): make them all
+    # uvloop, which cuts a loop's own share of a worker's CPU (measured with scripts/bench --profile).
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     settings = Settings.from_env()
     broker = create_broker(settings)

@@ -238,6 +238,28 @@ async def test_a_stopping_worker_gives_back_its_runs_to_be_swept_at_once(redis: 
     assert (await ledger.start("task_1", "run-c")).outcome is Start.RUN  # the next worker runs it
 
 
+async def test_a_run_given_back_shows_its_task_queued_without_its_progress_as_the_next_attempt(
+    redis: aioredis.Redis,
+) -> None:
+    tasks = store(redis)
+    ledger = TaskLedger(redis=redis)
+    running = await accepted_and_started(tasks, ledger)
+    await tasks.mark_running(running, "run-a")
+    await tasks.append_progress(running, "run-a", tasks.progress_event(running, 40, "half way"))
+    ttl = await redis.ttl(keys.task("task_1"))
+
+    assert await ledger.release({"task_1": "run-a"}) == 1
+
+    waiting = await tasks.get("task_1")
+    assert waiting is not None
+    assert (waiting.status, waiting.progress, waiting.attempt, waiting.lost_runs) == (TaskStatus.QUEUED, None, 2, 1)
+    assert waiting.last_seq == running.last_seq  # the next event goes on from the last one stored
+    assert 0 < ttl - 1 <= await redis.ttl(keys.task("task_1")) <= ttl
+    started = await ledger.start("task_1", "run-b")
+    assert started.record is not None
+    assert started.record.attempt == 2
+
+
 async def test_a_cancel_ends_a_running_task_and_its_run_can_write_nothing_after(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     ledger = TaskLedger(redis=redis)
