@@ -10,7 +10,6 @@ answers 503 with the reason on every node, started before or after.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -22,7 +21,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from delivery import keys
+from delivery import background, keys
 
 __all__ = ["CHECK_INTERVAL_S", "EpochState", "StoreEpoch"]
 
@@ -112,11 +111,8 @@ class StoreEpoch:
         self._watcher = asyncio.create_task(self._watch(), name="relay-store-epoch")
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        await background.stop(self._watcher)
+        self._watcher = None
 
     async def _watch(self) -> None:
         while True:

@@ -23,7 +23,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from delivery import keys
+from delivery import background, keys
 from delivery.redis_batch import ScriptBatcher, batched
 from schemas.events import Event
 
@@ -130,8 +130,7 @@ class LiveHub:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await background.stop(task)
         self._tasks = []
 
     @functools.cached_property

@@ -13,7 +13,6 @@ does not flap between the two answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from delivery import keys
+from delivery import background, keys
 from delivery.store_refusals import WriteRefusal, refusal_of
 
 log = logging.getLogger("relay.api")
@@ -110,10 +109,7 @@ class StoreWatch:
         return self.reading.used_bytes + self._stored_since
 
     async def close(self) -> None:
-        if self._reading_task is not None:
-            self._reading_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                await self._reading_task
+        await background.stop(self._reading_task)
 
     async def _read(self) -> None:
         self._read_at = time.monotonic()  # a Redis that does not answer is not asked again at once

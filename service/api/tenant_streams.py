@@ -9,7 +9,6 @@ that drops expired members, counts and adds, so two nodes never both take the la
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -22,7 +21,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from delivery import keys
+from delivery import background, keys
 from delivery.redis_batch import ScriptBatcher, batched
 
 log = logging.getLogger("relay.api")
@@ -96,10 +95,8 @@ class TenantStreams:
         self._refresher = asyncio.create_task(self._refresh_loop(), name="relay-tenant-streams")
 
     async def stop(self) -> None:
-        for task in [t for t in (self._refresher,) if t is not None] + list(self._releasing):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in [self._refresher, *self._releasing]:
+            await background.stop(task)
         self._refresher = None
 
     async def _refresh_loop(self) -> None:

@@ -29,6 +29,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from redis.exceptions import RedisError
 
+from delivery import background
 from delivery.destinations import DestinationStore
 from delivery.engine import DeliveryEngine
 from delivery.epoch import StoreEpoch
@@ -359,10 +360,7 @@ class Runtime:
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await background.stop(task)
 
 
 def runtime() -> Runtime:
