@@ -414,6 +414,7 @@ def test_ready_answers_503_while_redis_is_down_and_200_again_after(
         api.close()
 
 
+@pytest.mark.slow  # four API processes and 360 racing requests
 def test_concurrent_requests_with_one_idempotency_key_make_one_task(start_relay: StartRelay) -> None:
     # Several API processes, as in production: a client retrying on a timeout races its own first request.
     url = start_relay("api", "--workers", "4").url

@@ -27,6 +27,7 @@ def event_types(api: Api, task_id: str) -> list[str]:
     return [e["type"] for e in response.json()["events"]]
 
 
+@pytest.mark.slow  # waits for a webhook behind a busy worker
 def test_a_queued_task_never_runs_and_its_cancel_is_delivered_by_webhook(
     start_relay: StartRelay, receiver: Receiver
 ) -> None:
@@ -126,6 +127,7 @@ def deliveries(api: Api, task_id: str) -> list[dict[str, Any]]:
     return list(response.json()["attempts"])
 
 
+@pytest.mark.slow  # several tenants' tasks run to their end
 def test_who_may_cancel_and_a_finished_task_is_a_409(start_relay: StartRelay) -> None:
     api_process = start_relay("api")
     start_relay("worker")

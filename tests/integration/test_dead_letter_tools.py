@@ -117,6 +117,7 @@ def test_dlq_cli_lists_shows_replays_and_purges_with_exit_status(relay: Relay, r
     assert dead_letters(relay.client) == []
 
 
+@pytest.mark.slow  # waits out a retention
 def test_dead_letters_are_kept_for_the_retention_and_then_gone(
     start_cluster: StartCluster, receiver: Receiver, redis_server: RedisServer
 ) -> None:

@@ -6,6 +6,8 @@ import subprocess
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import Relay
 from tests.support import (
     RELAY,
@@ -68,6 +70,7 @@ def test_replay_of_one_dead_letter_delivers_the_same_event_and_removes_it(relay:
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "failed"), (2, "delivered")]
 
 
+@pytest.mark.slow  # a dead letter, its replay and CLI processes
 def test_a_replay_leaves_its_trace_in_the_tasks_deliveries_and_timeline(relay: Relay, receiver: Receiver) -> None:
     # Failed attempts until it dies (the test schedule retries three times), then replayed and delivered.
     url = receiver.script("/flaky", 500, 500, 500, 500, 200)

@@ -189,6 +189,7 @@ def test_relay_destinations_commands(relay: Relay, receiver: Receiver) -> None:
     assert relay_cli("show", "dst_missing").returncode == 1
 
 
+@pytest.mark.slow  # waits out an ack window
 def test_a_paused_destination_never_holds_up_a_websocket_push(relay: Relay, receiver: Receiver) -> None:
     relay.client.submit("echo", 0, webhook=receiver.url("/ws"))
     receiver.wait_for("/ws", 1)

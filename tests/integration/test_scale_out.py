@@ -12,6 +12,7 @@ from tests.support import Api, Receiver, count_outcome
 TASKS = 50
 
 
+@pytest.mark.slow  # four Relay processes
 def test_two_apis_and_two_workers_deliver_every_task_exactly_once(start_relay: StartRelay, receiver: Receiver) -> None:
     api_a = start_relay("api", wait=False)
     api_b = start_relay("api", wait=False)
@@ -46,6 +47,7 @@ def test_two_apis_and_two_workers_deliver_every_task_exactly_once(start_relay: S
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.slow  # a RabbitMQ vhost of its own
 def test_rabbitmq_broker_runs_tasks_and_delivers_webhooks(
     start_cluster: StartCluster, receiver: Receiver, rabbitmq_url: str
 ) -> None:

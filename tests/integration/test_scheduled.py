@@ -17,6 +17,7 @@ def started_after(task: dict[str, object], moment: str) -> bool:
     return datetime.fromisoformat(str(task["started_at"])) >= datetime.fromisoformat(moment)
 
 
+@pytest.mark.slow  # waits out a delay
 def test_a_delayed_task_waits_scheduled_and_runs_once_at_its_time(
     start_cluster: StartCluster, receiver: Receiver
 ) -> None:
@@ -58,6 +59,7 @@ def test_a_scheduled_task_survives_a_restart_of_redis_the_api_and_the_worker(
     assert [e["type"] for e in events] == ["task.completed"]
 
 
+@pytest.mark.slow  # waits out a delay
 def test_a_scheduled_task_cancelled_while_it_waits_never_runs(start_cluster: StartCluster) -> None:
     relay = start_cluster()
     cancelled = relay.client.submit("echo", "never", body={"delay_s": 1.5})

@@ -141,6 +141,7 @@ def processes_with_env(entry: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # relay serve twice (12 s): the banner test keeps serve in the quick run
 def test_serve_runs_everything_prints_credentials_stops_on_ctrl_c_and_keeps_tasks(
     run_serve: RunServe, tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -195,6 +196,7 @@ def test_serve_runs_everything_prints_credentials_stops_on_ctrl_c_and_keeps_task
     assert processes_with_env(f"RELAY_DATA_DIR={data_dir}") == []
 
 
+@pytest.mark.slow  # another relay serve
 def test_serve_honours_relay_toml_in_the_working_directory(run_serve: RunServe, tmp_path: Path) -> None:
     (tmp_path / "relay.toml").write_text("max_body_bytes = 2048\n")
 
@@ -344,6 +346,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(run_serve: RunServe, tm
     assert "curl" not in out
 
 
+@pytest.mark.slow  # two relay serves
 def test_a_second_serve_on_the_same_data_dir_is_refused(run_serve: RunServe, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = run_serve(tmp_path, RELAY_DATA_DIR=str(data_dir))

@@ -242,6 +242,7 @@ def test_a_frame_over_64_kib_closes_the_socket_with_1009(open_ws: OpenWs) -> Non
     assert ws.wait_closed() == 1009
 
 
+@pytest.mark.slow  # a thousand subscribes
 def test_a_socket_follows_at_most_1000_tasks(shared: Relay, open_ws: OpenWs, redis_server: RedisServer) -> None:
     with ThreadPoolExecutor(8) as pool:  # a few at a time: 1000 one by one take seconds more
         tasks = list(pool.map(lambda i: shared.client.submit("echo", i), range(1000)))
