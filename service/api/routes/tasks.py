@@ -12,6 +12,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.enums import RequestEncodingType
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
@@ -19,7 +20,8 @@ from litestar.exceptions import (
     TooManyRequestsException,
     ValidationException,
 )
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.openapi.spec import Example
+from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import (
     HTTP_202_ACCEPTED,
@@ -54,6 +56,21 @@ from service.tasks.store import KeyReused, NotAdmitted, TaskEnded, TenantFull, r
 
 log = logging.getLogger("relay.api")
 
+# What "Try it out" starts from: bodies that work as they stand (the schema alone makes one that cannot: both
+# run_at and delay_s, a webhook URL of "string").
+SUBMISSION_EXAMPLES = [
+    Example(summary="echo, polled", value={"kind": "echo", "input": {"hello": "world"}}),
+    Example(
+        summary="sleep, followed live over the WebSocket or the stream",
+        value={"kind": "sleep", "input": {"seconds": 3}, "websocket": True},
+    ),
+    Example(
+        summary="echo, its result posted to a webhook",
+        value={"kind": "echo", "input": {"order": 42}, "webhook": {"url": "https://hooks.example.com/relay"}},
+    ),
+    Example(summary="echo in a minute", value={"kind": "echo", "input": {"later": True}, "delay_s": 60}),
+]
+
 # Idempotency keys longer than this are refused.
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 # No kind name is longer than this.
@@ -72,7 +89,7 @@ class TaskController(Controller):
         request: Request,  # type: ignore[type-arg]
         state_: NamedDependency[ApiState],
         principal: NamedDependency[Principal],
-        data: JSONBody[TaskSubmission],
+        data: Annotated[TaskSubmission, Body(media_type=RequestEncodingType.JSON, examples=SUBMISSION_EXAMPLES)],
         idempotency_key: Annotated[str | None, HeaderParameter(header="idempotency-key")] = None,
     ) -> Task:
         tenant = require_tenant(principal)
