@@ -29,8 +29,12 @@ from schemas.events import Event
 
 log = logging.getLogger("relay.live")
 
-# How long to wait before reconnecting a dropped pub/sub connection.
+# How long to wait before reconnecting a dropped pub/sub connection: doubling after each failed attempt, up to
+# the most (a Redis that stays away is asked twice a second at first, then every few seconds, not on and on).
 RECONNECT_DELAY_S = 0.5
+RECONNECT_MAX_DELAY_S = 4.0
+# While Redis stays away, a failed attempt is said again at WARNING this often (the others at DEBUG).
+RECONNECT_WARN_EVERY = 15
 # How often the hub looks at every socket's heartbeat, at most: a quarter of the ping interval or timeout when
 # that is shorter, so that a ping is late by at most a quarter interval (a tick as long as the interval would
 # let a ping slip to the next tick, twice the interval).
@@ -213,11 +217,15 @@ class LiveHub:
 
     async def _listen(self) -> None:
         first = True
+        failures = 0
         while True:
             pubsub = self._listen_redis.pubsub()
             try:
                 await pubsub.psubscribe(keys.LIVE_PATTERN)
                 self.connected.set()
+                if failures:
+                    log.info("live event subscription back after %d failed attempts", failures)
+                failures = 0
                 if not first:
                     for socket in list(self._sockets):
                         socket.resync()
@@ -229,8 +237,11 @@ class LiveHub:
                 raise
             except (RedisError, OSError) as exc:
                 self.connected.clear()
-                log.warning("live event subscription lost (%s); reconnecting", exc)
-                await asyncio.sleep(RECONNECT_DELAY_S)
+                failures += 1
+                delay_s = min(RECONNECT_MAX_DELAY_S, RECONNECT_DELAY_S * 2 ** (failures - 1))
+                said = log.warning if failures % RECONNECT_WARN_EVERY == 1 else log.debug
+                said("live event subscription lost (%s); reconnecting in %g s", exc, delay_s)
+                await asyncio.sleep(delay_s)
             except Exception:
                 # A bug here must not end live delivery for every socket of this node: log it and listen again.
                 self.connected.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -15,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from service.processes import free_port
 from tests.conftest import RedisServer
 from tests.integration.conftest import Relay, StartRelay, relay_for_many_tests
 from tests.support import Api, Receiver, wait_until, webhook_attempts
@@ -414,7 +416,28 @@ def test_ready_answers_503_while_redis_is_down_and_200_again_after(
         api.close()
 
 
-@pytest.mark.slow  # four API processes and 360 racing requests
+@pytest.mark.slow  # six seconds of a Redis that stays away
+def test_an_api_whose_redis_cannot_be_reached_says_nothing_was_stored_and_does_not_flood_its_log(
+    start_relay: StartRelay,
+) -> None:
+    process = start_relay("api", RELAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    api = Api(process.url)
+    try:
+        answer = api.post("/v1/tasks", json={"kind": "echo", "input": 1})
+        detail = assert_json_error(answer, 503)
+        # No connection was ever made: the task cannot have been accepted (a stall's 503 says it may have been).
+        assert "nothing was stored" in detail, detail
+        assert "may have been accepted" not in detail
+        assert int(answer.headers["retry-after"]) > 0
+        # Six seconds of a Redis that stays away: the live subscription backs off (0.5 s doubling to 4 s) and says
+        # so once, where it said so twice a second. The window is the measure: the count over it is the point.
+        time.sleep(6)
+        warnings = [line for line in process.output().splitlines() if "live event subscription lost" in line]
+        assert 1 <= len(warnings) <= 2, warnings
+    finally:
+        api.close()
+
+
 def test_concurrent_requests_with_one_idempotency_key_make_one_task(start_relay: StartRelay) -> None:
     # Several API processes, as in production: a client retrying on a timeout races its own first request.
     url = start_relay("api", "--workers", "4").url

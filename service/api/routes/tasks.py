@@ -154,8 +154,14 @@ class TaskController(Controller):
         except NotAdmitted:
             raise _refused(state_, refusal or WriteRefusal.FULL) from None
         except (RedisTimeoutError, RedisConnectionError) as exc:
-            # The step may have run in Redis although its answer never came back (a stall, a dropped connection).
             log.warning("submission: storage unavailable (%s: %s)", type(exc).__name__, exc)
+            if _never_connected(exc):
+                raise HTTPException(
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="the store is unreachable (no connection could be made): nothing was stored; retry later",
+                    headers={"Retry-After": "1"},
+                ) from None
+            # The step may have run in Redis although its answer never came back (a stall, a dropped connection).
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
                 detail="the store did not answer (stalled or unreachable): the task may have been accepted. Retry "
@@ -462,3 +468,18 @@ def _refused(state_: ApiState, refusal: WriteRefusal) -> HTTPException:
         detail=f"{refusal.cause}. Nothing was stored: submit again later (Retry-After)",
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether a Redis error happened before any connection was made (refused, or timed out connecting): then
+    nothing was sent, so nothing can have been stored. redis-py raises these from within the OSError it caught."""
+    if isinstance(exc, RedisTimeoutError) and str(exc).startswith("Timeout connecting"):
+        return True
+    seen: BaseException | None = exc
+    for _ in range(5):  # a short chain: redis-py's error, its retry's, the OSError
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
