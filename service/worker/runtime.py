@@ -248,9 +248,10 @@ class Runtime:
             )
             return
         log.warning(
-            "stopping: %d tasks still running after %g s were cancelled and will run again: %s",
-            given_back,
+            "stopping: %s still running after %g s %s cancelled and will run again: %s",
+            "1 task" if given_back == 1 else f"{given_back} tasks",
             grace_s,
+            "was" if given_back == 1 else "were",
             ", ".join(sorted(runs)[:20]),
         )
 

@@ -112,6 +112,27 @@ def test_cut_the_connection_resumes_without_gaps(relay: Relay, page: Page) -> No
     expect(page.locator("#stat-reconnects")).to_have_text("1")
 
 
+def test_on_a_phone_the_log_shows_each_events_data_and_an_ended_task_has_nothing_to_cut(
+    relay: Relay, page: Page
+) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(relay.api.url + "/#key=key-acme")
+    submit_sleep(page, 1)
+    expect(page.locator("#task-status")).to_have_text("succeeded", timeout=FINISH_TIMEOUT_MS)
+
+    # The log fits its box: no sideways scroll hides the data column, and each event's data is on screen.
+    wrap = page.evaluate(
+        "(() => { const w = document.getElementById('log-wrap'); return [w.scrollWidth, w.clientWidth]; })()"
+    )
+    assert wrap[0] <= wrap[1] + 1, wrap
+    width = page.evaluate("document.documentElement.clientWidth")
+    for box in page.locator("#log tr.event td.data").evaluate_all(
+        "cells => cells.map(c => c.getBoundingClientRect().right)"
+    ):
+        assert box <= width + 1, (box, width)
+    expect(page.locator("#cut")).to_be_disabled()
+
+
 def test_a_reload_resumes_after_the_last_seq_the_tab_saw(relay: Relay, page: Page) -> None:
     page.goto(relay.api.url + "/#key=key-acme")
     task_id = submit_sleep(page, 4)

@@ -299,6 +299,7 @@ function showTask(task) {
 }
 
 function showOutcome(status, value) {
+  ui.cut.disabled = true; // the task has ended: no connection left worth cutting
   ui.outcome.hidden = false;
   ui.outcome.dataset.status = status;
   ui.outcome.textContent =
