@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import os
 import signal
@@ -63,6 +64,7 @@ async def _held_by(task_id: str, work: Coroutine[Any, Any, Any]) -> Any:
 
 
 _HELD_BY_CODE = _held_by.__code__
+_handed = itertools.count()
 
 
 class KindRun:
@@ -74,6 +76,7 @@ class KindRun:
 
     def __init__(self, task_id: str, work: Callable[[], Coroutine[Any, Any, Any]], home: asyncio.AbstractEventLoop):
         self.task_id = task_id
+        self.order = next(_handed)  # runs move between loops in the order they came
         self.outcome: asyncio.Future[Any] = home.create_future()
         self.loop: KindLoop | None = None
         self._work = work
@@ -99,30 +102,49 @@ class KindRun:
         return True
 
     def _start(self, loop: KindLoop) -> None:
-        """On the kind loop: start the coroutine, unless the run moved to another loop or was cancelled."""
+        """On the kind loop: queue the run's first step, unless it moved to another loop or was cancelled."""
         with self._lock:
             if self._state is not RunState.WAITING or self.loop is not loop:
                 return
-            self._state = RunState.STARTED
-            self._task = loop.loop.create_task(_held_by(self.task_id, self._work()), name=f"relay-kind-{self.task_id}")
-        self._task.add_done_callback(self._ended)
+        loop.loop.create_task(self._begin(loop), name=f"relay-kind-{self.task_id}")
 
-    def _ended(self, task: asyncio.Task[Any]) -> None:
+    async def _begin(self, loop: KindLoop) -> Any:
+        """The run's first step, on the kind loop: only now has it started. Runs handed over together all wait for
+        their first step behind the one that runs first; if that one blocks the loop, the others have not started
+        and move to another loop, and this step, when the held loop finally gets to it, does nothing."""
+        with self._lock:
+            if self._state is not RunState.WAITING or self.loop is not loop:
+                return None
+            self._state = RunState.STARTED
+            self._task = task = asyncio.current_task()
+        assert task is not None
+        # The end is told to the machinery loop as the kind's code returns, not from a done callback, which would
+        # wait on this loop behind whatever runs next on it.
+        try:
+            result = await _held_by(self.task_id, self._work())
+        except asyncio.CancelledError:
+            self._ended(cancelled=True)
+            raise
+        except BaseException as exc:  # noqa: BLE001 (whatever the kind raised is its run's outcome)
+            self._ended(exc=exc)
+            return None
+        self._ended(result=result)
+        return None
+
+    def _ended(self, *, cancelled: bool = False, exc: BaseException | None = None, result: Any = None) -> None:
         if self.loop is not None:
             self.loop.runs.discard(self)
-        self._home.call_soon_threadsafe(self._settle, task)
+        self._home.call_soon_threadsafe(self._settle, cancelled, exc, result)
 
-    def _settle(self, task: asyncio.Task[Any]) -> None:
-        if self.outcome.done():  # given up already (see :meth:`give_up`): what it raised is dropped
-            if not task.cancelled():
-                task.exception()  # retrieved, so that asyncio does not log it as never retrieved
+    def _settle(self, cancelled: bool, exc: BaseException | None, result: Any) -> None:
+        if self.outcome.done():  # given up already (see :meth:`give_up`): what it raised or returned is dropped
             return
-        if task.cancelled():
+        if cancelled:
             self.outcome.cancel()
-        elif (exc := task.exception()) is not None:
+        elif exc is not None:
             self.outcome.set_exception(exc)
         else:
-            self.outcome.set_result(task.result())
+            self.outcome.set_result(result)
 
     def cancel(self) -> None:
         """Cancel the kind's code (asyncio cancellation: its ``finally`` runs); a run not started never starts."""
@@ -296,9 +318,15 @@ class KindLoops:
             self._move_off(self._current, now)
 
     def _move_off(self, held: KindLoop, now: float) -> None:
-        """Make a loop that answers the current one, and move the runs that ``held`` has not started to it."""
-        spare = next((loop for loop in self._loops if loop.held_since is None), None)
-        if spare is None:
+        """Make a loop that answers the current one, and move the runs that ``held`` has not started to loops that
+        answer, one each while there are loops to be had: they came in together with the run that holds ``held``
+        (a burst of one tenant's work), and any of them may block as it did; a run behind another on one loop
+        waits for it."""
+        pending = sorted((run for run in list(held.runs) if not run.started), key=lambda run: run.order)
+        spares = [loop for loop in self._loops if loop.held_since is None]
+        while len(spares) < len(pending) and len(self._loops) < self._max_loops:
+            spares.append(self._new_loop())
+        if not spares:
             if len(self._loops) >= self._max_loops:
                 newest_hold_s = min(now - (loop.held_since or now) for loop in self._loops)
                 if newest_hold_s >= RESTART_AFTER_S and not self._exhausted:
@@ -311,11 +339,10 @@ class KindLoops:
                     )
                     self._on_exhausted()
                 return
-            spare = self._new_loop()
-        self._current = spare
-        for kind_run in list(held.runs):
-            if not kind_run.started:
-                kind_run.hand_to(spare)
+            spares.append(self._new_loop())
+        self._current = spares[0]
+        for n, kind_run in enumerate(pending):
+            kind_run.hand_to(spares[n % len(spares)])
 
 
 def _restart_process() -> None:

@@ -75,6 +75,36 @@ def test_another_tenants_task_is_not_held_up_by_a_kind_that_blocks_its_loop(
         api.close()
 
 
+@pytest.mark.slow  # blocks a worker for 4 s, four times over
+def test_a_burst_of_blocking_tasks_and_another_tenants_echoes_submitted_together(
+    start_relay: StartRelay, tmp_path: Path
+) -> None:
+    """Arriving together, they reach one kind loop in one turn: the blockers must not run one after the other on it
+    with the echoes behind them (each echo took the sum of the blocks)."""
+    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
+    start_relay("worker", "--processes", "1", "--threads", "8", RELAY_TASK_MODULES=TEST_KINDS)
+    runs_file = tmp_path / "runs"
+    try:
+        blockers, echoes = [], []
+        started = time.monotonic()
+        for n in range(4):
+            blockers.append(api.submit("block", {"seconds": 4, "runs_file": str(runs_file)}))
+            echoes.append(api.submit("echo", {"n": n}, key="key-globex"))
+        echoed = [api.wait_task(e["id"], key="key-globex", timeout_s=30) for e in echoes]
+        echoes_took_s = time.monotonic() - started
+        ended = [api.wait_task(b["id"], timeout_s=30) for b in blockers]
+        all_took_s = time.monotonic() - started
+
+        assert [e["status"] for e in echoed] == ["succeeded"] * 4
+        assert echoes_took_s < ECHO_WITHIN_S + 1, echoes_took_s  # one after the other: 16 s
+        assert [b["status"] for b in ended] == ["succeeded"] * 4
+        assert all_took_s < 12, all_took_s  # side by side (one loop each), not 16 s end to end
+        assert runs(runs_file) == 4  # each ran once
+        assert all(len(final_events(api, b["id"])) == 1 for b in blockers)
+    finally:
+        api.close()
+
+
 @pytest.mark.slow  # blocks a worker for 18 s
 def test_a_kind_blocking_past_its_lease_runs_once_with_two_worker_processes(
     start_relay: StartRelay, tmp_path: Path
