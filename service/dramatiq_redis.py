@@ -31,6 +31,8 @@ from dramatiq.brokers.redis import _scripts as redis_broker_scripts
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 
+from delivery.store_refusals import refusal_of
+
 log = logging.getLogger("relay.worker")
 
 # The dispatch script unpacks in chunks of this size during maintenance (Dramatiq uses half Lua's stack).
@@ -210,6 +212,12 @@ class BatchAckConsumer(_RedisConsumer):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # Redis away or stalled: Dramatiq restarts the consumer, with one line in the log (an error it does
             # not know would be logged with its traceback, every second of a stall).
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        except redis.ResponseError as exc:
+            # Redis refusing writes (a read-only replica after a failover, a failed save, full): the same, a
+            # state of the store the API reports, not a bug to log with its traceback at each fetch.
+            if refusal_of(exc) is None:
+                raise
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
     def flush_acks(self) -> bool:

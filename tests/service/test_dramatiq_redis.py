@@ -24,6 +24,7 @@ from service.dramatiq_redis import (
     queue_keys,
     wake_key,
 )
+from service.processes import free_port
 from tests.conftest import RedisServer
 
 # A back-off far longer than any wait below: a consumer that slept it out would fail these tests.
@@ -211,4 +212,22 @@ def test_a_stalled_redis_closes_the_consumer_as_a_lost_connection_does(
             next(consumer)  # its fetch, or its wait on the wake list, times out
     finally:
         redis_server.thaw()
+    consumer.close()
+
+
+def test_a_redis_that_refuses_writes_closes_the_consumer_as_a_lost_connection_does(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    # A read-only replica after a failover (here: a replica of a loopback port where nothing listens).
+    broker = _relay_broker(redis_url)
+    consumer = broker.consume(QUEUE, prefetch=4, timeout=100)
+    assert next(consumer) is None
+    admin = redis.Redis.from_url(redis_url)
+    admin.replicaof("127.0.0.1", str(free_port()))
+    try:
+        with pytest.raises(ConnectionClosed):
+            next(consumer)  # its fetch script writes: READONLY
+    finally:
+        admin.replicaof("NO", "ONE")
+        admin.close()
     consumer.close()
