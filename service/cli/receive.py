@@ -37,7 +37,8 @@ def signature_ok(secret: str, headers: Any, body: bytes, *, now: float | None = 
     """Whether the Standard Webhooks headers sign ``body`` with ``secret`` (one of the signatures suffices: Relay
     signs with the old secret too for a while after a rotation) and its timestamp is recent."""
     msg_id, stamp, signatures = (headers.get(h) for h in ("webhook-id", "webhook-timestamp", "webhook-signature"))
-    if not (msg_id and stamp and signatures and stamp.isdigit()):
+    # ASCII digits only, and few of them (str.isdigit takes '²', and a 400-digit time overflows a float).
+    if not (msg_id and stamp and signatures and len(stamp) <= 12 and stamp.isascii() and stamp.isdigit()):
         return False
     if abs((time.time() if now is None else now) - int(stamp)) > TIMESTAMP_TOLERANCE_S:
         return False
@@ -65,7 +66,11 @@ def _handler(secret: str, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
         server_version = "relay-receive"
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
+            declared = self.headers.get("content-length") or "0"
+            if not (declared.isascii() and declared.isdigit()):
+                self._answer(400)
+                return
+            length = int(declared)
             if length > MAX_BODY_BYTES:
                 self._answer(413)
                 return

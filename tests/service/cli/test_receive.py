@@ -61,6 +61,18 @@ def test_receive_answers_204_to_a_signed_webhook_and_401_to_a_forged_one(
     assert "SIGNATURE WRONG (answered 401)" in forged
 
 
+def test_receive_answers_garbled_headers_instead_of_dropping_the_connection(running: tuple[str, str]) -> None:
+    url, secret = running
+    headers = webhook_headers([secret], "evt_1", int(time.time()), BODY, user_agent="relay/test")
+    for stamp in (b"9" * 400, b"\xb2", b"-5", b""):  # an overflow, '²' (a digit to str.isdigit), a sign, nothing
+        answer = httpx.post(url + "/relay", content=BODY, headers={**headers, "webhook-timestamp": stamp}, timeout=5)
+        assert answer.status_code == 401, stamp
+    with httpx.Client(timeout=5) as client:
+        request = client.build_request("POST", url + "/relay", content=BODY, headers=headers)
+        request.headers["content-length"] = "abc"
+        assert client.send(request).status_code == 400
+
+
 def test_receive_needs_a_secret_or_a_key_to_fetch_it() -> None:
     result = CliRunner().invoke(receive, ["--port", str(free_port())], env={"RELAY_API_KEY": None})
 
