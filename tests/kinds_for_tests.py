@@ -54,7 +54,7 @@ async def burst(data: BurstInput, ctx: TaskContext) -> dict[str, int]:
 class SizedInput(msgspec.Struct, forbid_unknown_fields=True):
     result_bytes: Annotated[int, msgspec.Meta(ge=0, le=20_000_000)] = 0
     progress_bytes: Annotated[int, msgspec.Meta(ge=0, le=20_000_000)] | None = None  # None: no progress
-    error_bytes: Annotated[int, msgspec.Meta(ge=0, le=2000)] | None = None  # raise an error this long
+    error_bytes: Annotated[int, msgspec.Meta(ge=0, le=20_000_000)] | None = None  # raise an error this long
     go_on: bool = False  # catch what progress raises, and go on
 
 

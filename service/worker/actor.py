@@ -17,6 +17,8 @@ from service.worker.result_limit import ResultLimit
 from service.worker.runtime import INFRA_ERRORS, START_PATIENCE_S, Run, Runtime, Stopping, runtime
 
 log = logging.getLogger("relay.worker")
+# A kind's error message is kept to this many characters (its start says what went wrong).
+MAX_ERROR_CHARS = 2000
 
 # A task still running after this long is marked `running` (shorter ones go from queued to their end).
 RUNNING_AFTER_S = 0.05
@@ -221,9 +223,13 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
         run.lose()
         return None
     except Exception as exc:  # noqa: BLE001 (whatever a kind raises is its task's failure, logged with its id)
-        raised = TaskError(type=type(exc).__name__, message=str(exc)[:2000])
+        # Measured whole against RELAY_MAX_RESULT_BYTES (one too large fails ResultTooLarge, as a result would),
+        # then kept to its first MAX_ERROR_CHARS, which say what went wrong.
+        raised = TaskError(type=type(exc).__name__, message=str(exc))
         error = limit.check_error(raised)
         retry_in_s = kind.retry_delay_s(_tries(record), exc) if error is raised else None
+        if error is raised and len(error.message) > MAX_ERROR_CHARS:
+            error = TaskError(type=error.type, message=error.message[:MAX_ERROR_CHARS] + " …(cut)")
         if retry_in_s is None:
             log.info("task %s (%s) failed: %s: %r", record.id, record.kind, error.type, error.message[:500])
         return Outcome(error=error, retry_in_s=retry_in_s)

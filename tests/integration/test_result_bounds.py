@@ -16,7 +16,7 @@ from tests.integration.test_api import assert_json_error
 from tests.support import RELAY, ROOT, Api, Receiver
 
 # Small enough that an error message (Relay keeps 2,000 characters of it) can be over it.
-MAX_RESULT_BYTES = 1500
+MAX_RESULT_BYTES = 3000  # above the 2,000 characters an error message is kept to
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,13 @@ def test_a_result_over_the_bound_fails_the_task_and_is_neither_stored_nor_sent(
     bounded: Relay, receiver: Receiver
 ) -> None:
     api = bounded.client
-    task = api.submit("sized", {"result_bytes": 4000}, webhook=receiver.url("/big"))
+    task = api.submit("sized", {"result_bytes": 8000}, webhook=receiver.url("/big"))
     done = api.wait_task(task["id"])
 
     assert done["status"] == "failed"
     assert done["result"] is None
     assert done["error"]["type"] == "ResultTooLarge"
-    assert "RELAY_MAX_RESULT_BYTES (1,500)" in done["error"]["message"]
+    assert "RELAY_MAX_RESULT_BYTES (3,000)" in done["error"]["message"]
     assert done["attempt"] == 1  # not retried, though the kind retries anything
     (hook,) = receiver.wait_for("/big")
     assert hook.json()["type"] == "task.failed"
@@ -64,9 +64,9 @@ def test_a_result_over_the_bound_fails_the_task_and_is_neither_stored_nor_sent(
 
 
 def test_a_result_within_the_bound_is_kept(bounded: Relay) -> None:
-    done = bounded.client.wait_task(bounded.client.submit("sized", {"result_bytes": 1400})["id"])
+    done = bounded.client.wait_task(bounded.client.submit("sized", {"result_bytes": 2800})["id"])
     assert done["status"] == "succeeded"
-    assert done["result"] == "r" * 1400
+    assert done["result"] == "r" * 2800
 
 
 @pytest.mark.parametrize("go_on", [False, True])
@@ -74,12 +74,12 @@ def test_a_progress_message_over_the_bound_fails_the_attempt_even_when_the_kind_
     bounded: Relay, go_on: bool
 ) -> None:
     api = bounded.client
-    task = api.submit("sized", {"progress_bytes": 4000, "go_on": go_on, "result_bytes": 10})
+    task = api.submit("sized", {"progress_bytes": 8000, "go_on": go_on, "result_bytes": 10})
     done = api.wait_task(task["id"])
 
     assert done["status"] == "failed"
     assert done["error"]["type"] == "ResultTooLarge"
-    assert "progress message of 4,002 bytes" in done["error"]["message"]
+    assert "progress message of 8,002 bytes" in done["error"]["message"]
     assert done["progress"] is None
     assert done["attempt"] == 1
     events, _ = every_event(api, task["id"])
@@ -88,7 +88,8 @@ def test_a_progress_message_over_the_bound_fails_the_attempt_even_when_the_kind_
 
 def test_an_error_over_the_bound_is_replaced_by_result_too_large(bounded: Relay) -> None:
     api = bounded.client
-    done = api.wait_task(api.submit("sized", {"error_bytes": 1800})["id"])
+    # Measured whole, not after it is cut to its first 2,000 characters (which would fit).
+    done = api.wait_task(api.submit("sized", {"error_bytes": 3600})["id"])
     assert done["status"] == "failed"
     assert done["error"]["type"] == "ResultTooLarge"
     assert "its ValueError error" in done["error"]["message"]
@@ -98,6 +99,10 @@ def test_an_error_over_the_bound_is_replaced_by_result_too_large(bounded: Relay)
     done = api.wait_task(api.submit("sized", {"error_bytes": 100})["id"])
     assert done["error"] == {"type": "ValueError", "message": "e" * 100}
     assert done["attempt"] == 3
+    # One within the bound but past 2,000 characters is the kind's own, cut, and says so.
+    done = api.wait_task(api.submit("sized", {"error_bytes": 2500})["id"])
+    assert done["error"]["type"] == "ValueError"
+    assert done["error"]["message"] == "e" * 2000 + " …(cut)"
 
 
 @pytest.mark.slow
