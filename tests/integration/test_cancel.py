@@ -91,10 +91,13 @@ def test_a_running_task_is_cancelled_on_its_worker_and_the_socket_gets_the_final
         assert types[-1] == "task.cancelled"
         assert "task.completed" not in types
         # WebSocket first: the acked push settles it, so no webhook goes out.
-        wait_until(
-            lambda: ("webhook", "skipped") in {(a["channel"], a["outcome"]) for a in deliveries(api, task["id"])},
-            message="the ack to settle the webhook",
-        )
+        try:
+            wait_until(
+                lambda: ("webhook", "skipped") in {(a["channel"], a["outcome"]) for a in deliveries(api, task["id"])},
+                message="the ack to settle the webhook",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {deliveries(api, task['id'])}") from None
         assert receiver.on("/running") == []
     finally:
         ws.close()
