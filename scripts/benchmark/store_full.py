@@ -2,7 +2,7 @@
 fast as possible for a while, then maxmemory lifted; how many were accepted, refused, completed and lost, and
 used_memory at its highest against maxmemory.
 
-    .venv/bin/python -m scripts.store_full [--room-mb 3] [--seconds 30] [--concurrency 16] [--json]
+    .venv/bin/python -m scripts.benchmark.store_full [--room-mb 3] [--seconds 30] [--concurrency 16] [--json]
 
 It starts its own Redis, ``relay api`` and ``relay worker`` (stopped at the end). Lost: accepted and never ended
 within ``--drain-s`` of maxmemory being lifted. Twice: tasks with more than one final event.
@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="scripts.store_full", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts.benchmark.store_full", description=__doc__.split("\n\n")[0])
     parser.add_argument("--room-mb", type=float, default=3.0, help="maxmemory above a fresh store's used_memory")
     parser.add_argument("--seconds", type=float, default=30.0, help="how long to submit")
     parser.add_argument("--concurrency", type=int, default=16, help="submissions in flight")
