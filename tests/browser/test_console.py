@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -293,7 +293,15 @@ def test_pausing_a_destination_from_the_page_holds_its_webhooks_and_resuming_dra
         row.locator("button", has_text="Pause").click()
         expect(row.locator(".badge")).to_have_text("paused")
         held = [relay.client.submit("echo", n, webhook=url)["id"] for n in range(10)]
-        time.sleep(2)
+        for task_id in held:
+            assert relay.client.wait_task(task_id)["status"] == "succeeded"
+
+        def destination() -> dict[str, Any]:
+            items = relay.client.get("/v1/destinations", key="admin-token").json()["items"]
+            return next(d for d in items if d["origin"] == origin)
+
+        # Every one of the ten is owed, none in flight: held, where a healthy destination would have sent them.
+        wait_until(lambda: (destination()["owed"], destination()["in_flight"]) == (10, 0), message="ten held")
         assert len(own.on("/held")) == 1  # none of the ten went out
         page.click("#dst-filter button[type=submit]")
         expect(row.locator("td:nth-child(5)")).to_have_text("10")  # owed, shown at once
