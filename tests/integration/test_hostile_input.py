@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import RedisServer
 from tests.integration.conftest import OpenWs, Relay, StartRelay, relay_for_many_tests
 from tests.integration.test_api import assert_json_error, post_task
-from tests.support import Api, WsClient, wait_until
+from tests.support import Api, Receiver, WsClient, wait_until
 
 
 def unreadable_count_of(client: Api) -> float:
@@ -414,3 +414,36 @@ def test_the_right_json_types_of_those_fields_are_still_accepted(shared: Relay) 
     for extra in ({"websocket": True}, {"delay_s": 0}, {"delay_s": 0.5}, {"run_at": "2020-01-01T00:00:00Z"}):
         response = post_task(shared.client, {"kind": "echo", "input": 1, **extra})
         assert response.status_code == 202, (extra, response.text)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "expected"),
+    [
+        ({"dry_run": "false"}, "dry_run", "expected `bool`, got `str`"),  # a real replay, had it been guessed
+        ({"dry_run": 0}, "dry_run", "expected `bool`, got `int`"),
+        ({"dry_run": True, "since": 1700000000}, "since", "RFC 3339"),
+    ],
+)
+def test_a_bulk_replay_field_of_the_wrong_json_type_is_a_422_naming_the_field(
+    shared: Relay, body: dict[str, object], field: str, expected: str
+) -> None:
+    response = shared.client.post("/v1/dead-letters/replay", json=body, key="admin-token")
+    detail = assert_json_error(response, 422)
+    assert detail.startswith(f"{field}: "), detail
+    assert expected in detail, detail
+
+
+def test_destination_caps_of_the_wrong_json_type_are_a_422_and_change_nothing(
+    shared: Relay, receiver: Receiver
+) -> None:
+    api = shared.client
+    task = api.wait_task(api.submit("echo", "caps", webhook=receiver.url("/caps"))["id"])
+    receiver.wait_for("/caps")
+    destination = next(d for d in api.get("/v1/destinations").json()["items"] if str(receiver.port) in d["origin"])
+    for body, field in (({"max_in_flight": "7"}, "max_in_flight"), ({"rate_per_s": "2.5"}, "rate_per_s")):
+        response = api.request("PATCH", f"/v1/destinations/{destination['id']}", json=body)
+        detail = assert_json_error(response, 422)
+        assert detail.startswith(f"{field}: "), detail
+    after = api.get(f"/v1/destinations/{destination['id']}").json()
+    assert (after["max_in_flight"], after["rate_per_s"]) == (destination["max_in_flight"], destination["rate_per_s"])
+    assert task["status"] == "succeeded"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -49,6 +48,7 @@ from service.api.openapi import errors
 from service.api.sse import EventStream, keepalive_s
 from service.api.state import ApiState
 from service.api.store_watch import RETRY_AFTER_S
+from service.api.strict import check_strictly
 from service.api.time_range import check_time_range
 from service.api.ws import client_address
 from service.tasks.listing import TaskFilter
@@ -93,7 +93,7 @@ class TaskController(Controller):
         idempotency_key: Annotated[str | None, HeaderParameter(header="idempotency-key")] = None,
     ) -> Task:
         tenant = require_tenant(principal)
-        _check_types(await request.body())
+        check_strictly(await request.body(), _Typed)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise ValidationException(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         refusal = state_.store_watch.refusal()
@@ -356,25 +356,6 @@ class _Typed(msgspec.Struct):
     websocket: bool = False
     run_at: datetime | None = None
     delay_s: float | None = None
-
-
-_decode_typed = msgspec.json.Decoder(_Typed).decode  # strict; the other fields are skipped
-_AT_FIELD = re.compile(r"^(.*) - at `\$\.(\w+)`$")
-
-
-def _check_types(body: bytes) -> None:
-    try:
-        _decode_typed(body)
-    except msgspec.ValidationError as exc:
-        match = _AT_FIELD.match(str(exc))
-        if match is None:
-            raise ValidationException(str(exc)) from None
-        reason, field = match.groups()
-        if field == "run_at":
-            reason = "give an RFC 3339 time with its offset (2026-12-24T18:00:00Z); " + reason[:1].lower() + reason[1:]
-        raise ValidationException(f"{field}: {reason[:1].lower()}{reason[1:]}") from None
-    except msgspec.DecodeError:
-        pass  # not JSON: the body's own decoding has refused it already
 
 
 def _last_event_id(value: str | None) -> int | None:
