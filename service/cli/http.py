@@ -162,14 +162,14 @@ def check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value.rstrip("/")
 
 
-def api_options(token_envvar: str | Sequence[str], token_help: str) -> Callable[[F], F]:
-    """``--url`` and ``--token``, which every client command takes."""
+def api_options(token_envvar: str | Sequence[str], token_help: str, *, token_required: bool = True) -> Callable[[F], F]:
+    """``--url`` and ``--token``, which every client command takes (``relay receive`` only when it fetches)."""
 
     def decorate(command: F) -> F:
         command = click.option(
             "--token",
             envvar=[token_envvar] if isinstance(token_envvar, str) else list(token_envvar),
-            required=True,
+            required=token_required,
             show_envvar=True,
             metavar="TOKEN",
             help=token_help,

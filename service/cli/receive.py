@@ -21,8 +21,7 @@ import msgspec
 from delivery.errors import InvalidSecret
 from delivery.signing import secret_bytes, sign
 from schemas.api import SigningSecret
-from service.cli.http import API_KEY_ENV, URL_ENV, call, check_url, client, decode
-from service.settings import DEFAULT_URL
+from service.cli.http import API_KEY_ENV, api_options, call, client, decode
 
 DEFAULT_PORT = 9000
 # A webhook-timestamp further than this from now is refused (Standard Webhooks' tolerance against replays).
@@ -114,22 +113,8 @@ def _fetch_secret(url: str, token: str) -> str:
     metavar="WHSEC",
     help="The signing secret to check signatures with (default: the tenant's, from the API with --token).",
 )
-@click.option(
-    "--url",
-    envvar=URL_ENV,
-    default=DEFAULT_URL,
-    show_default=True,
-    show_envvar=True,
-    metavar="URL",
-    callback=check_url,
-    help="Base URL of the Relay API (to fetch the secret).",
-)
-@click.option(
-    "--token",
-    envvar=API_KEY_ENV,
-    show_envvar=True,
-    metavar="TOKEN",
-    help="A tenant's API key, to fetch its signing secret (unless --secret gives one).",
+@api_options(
+    API_KEY_ENV, "A tenant's API key, to fetch its signing secret (unless --secret gives one).", token_required=False
 )
 def receive(host: str, port: int, secret: str | None, url: str, token: str | None) -> None:
     """Receive webhooks on this machine: print each one and check its signature (until Ctrl-C).

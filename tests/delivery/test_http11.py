@@ -174,16 +174,22 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_expiry() -> Non
     assert [len(heads) for heads in peer.connections] == [1, 1]
 
 
-async def test_never_more_connections_than_the_cap() -> None:
-    async def answer_slowly(peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def answer_after(delay_s: float) -> Handler:
+    """A peer's handler that answers each request on its connection ``delay_s`` after reading it."""
+
+    async def answer(peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         heads = peer.connections[-1]
         while True:
             await peer.read_request(reader, heads)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(delay_s)
             writer.write(OK)
             await writer.drain()
 
-    async with client(max_connections=3) as http, receiver(answer_slowly) as peer:
+    return answer
+
+
+async def test_never_more_connections_than_the_cap() -> None:
+    async with client(max_connections=3) as http, receiver(answer_after(0.2)) as peer:
         url = f"http://127.0.0.1:{peer.port}/hook"
         results = await asyncio.gather(*(send(http, url) for _ in range(4)))
     assert [result.status_code for result in results] == [200] * 4
@@ -196,18 +202,10 @@ async def test_the_wait_for_a_connection_counts_against_the_attempt() -> None:
     # One connection, held by a first request that the receiver answers after a second. A second request with 0.3 s
     # for its whole attempt (and 5 s for the pool alone) must time out waiting, never sent: had the wait not counted,
     # it would have had the freed connection at 1 s, well within the pool's 5 s, and sent on it.
-    async def answer_after_a_second(peer: Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heads = peer.connections[-1]
-        while True:
-            await peer.read_request(reader, heads)
-            await asyncio.sleep(1.0)
-            writer.write(OK)
-            await writer.drain()
-
     transport = Http11Transport(allow_private=True, max_connections=1)
     async with (
         httpx.AsyncClient(transport=transport) as http,
-        receiver(answer_after_a_second) as peer,
+        receiver(answer_after(1.0)) as peer,
     ):
         url = f"http://127.0.0.1:{peer.port}/hook"
         first = asyncio.create_task(http.post(url, content=BODY, timeout=httpx.Timeout(5.0)))

@@ -15,11 +15,18 @@ import redis
 from delivery import keys
 from tests.integration.conftest import StartRelay
 from tests.kinds_for_tests import BLOCK_TIME_LIMIT_S
-from tests.support import Api, wait_until
+from tests.support import Api, RelayProcess, wait_until
 
 TEST_KINDS = "tests.kinds_for_tests"
 # Another tenant's echo while a kind blocks: it ends within this (it took the whole block before).
 ECHO_WITHIN_S = 3.0
+
+
+def with_test_kinds(start_relay: StartRelay, *, processes: int = 1) -> tuple[Api, RelayProcess]:
+    """An API and a worker that know the test kinds (``block`` among them)."""
+    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
+    worker = start_relay("worker", "--processes", str(processes), "--threads", "8", RELAY_TASK_MODULES=TEST_KINDS)
+    return api, worker
 
 
 def runs(runs_file: Path) -> int:
@@ -48,8 +55,7 @@ def final_events(api: Api, task_id: str) -> list[dict[str, Any]]:
 def test_another_tenants_task_is_not_held_up_by_a_kind_that_blocks_its_loop(
     start_relay: StartRelay, tmp_path: Path
 ) -> None:
-    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
-    worker = start_relay("worker", "--processes", "1", "--threads", "8", RELAY_TASK_MODULES=TEST_KINDS)
+    api, worker = with_test_kinds(start_relay)
     runs_file = tmp_path / "runs"
     try:
         blocking = api.submit("block", {"seconds": 8, "runs_file": str(runs_file)})
@@ -81,8 +87,7 @@ def test_a_burst_of_blocking_tasks_and_another_tenants_echoes_submitted_together
 ) -> None:
     """Arriving together, they reach one kind loop in one turn: the blockers must not run one after the other on it
     with the echoes behind them (each echo took the sum of the blocks)."""
-    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
-    start_relay("worker", "--processes", "1", "--threads", "8", RELAY_TASK_MODULES=TEST_KINDS)
+    api, _ = with_test_kinds(start_relay)
     runs_file = tmp_path / "runs"
     try:
         blockers, echoes = [], []
@@ -111,8 +116,7 @@ def test_a_kind_blocking_past_its_lease_runs_once_with_two_worker_processes(
 ) -> None:
     # 18 s is past the 15 s lease: a blocked loop could not renew it, and the other process's sweeper ran the
     # task again (about 9 times in 3 minutes), blocking that process too.
-    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
-    start_relay("worker", "--processes", "2", "--threads", "8", RELAY_TASK_MODULES=TEST_KINDS)
+    api, _ = with_test_kinds(start_relay, processes=2)
     runs_file = tmp_path / "runs"
     try:
         blocking = api.submit("block", {"seconds": 18, "runs_file": str(runs_file)})
@@ -134,8 +138,7 @@ def test_a_kind_blocking_past_its_lease_runs_once_with_two_worker_processes(
 
 @pytest.mark.slow  # blocks a worker for 15 s
 def test_a_kind_that_blocks_past_its_time_limit_ends_failed_once(start_relay: StartRelay, tmp_path: Path) -> None:
-    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
-    worker = start_relay("worker", "--processes", "1", "--threads", "8", RELAY_TASK_MODULES=TEST_KINDS)
+    api, worker = with_test_kinds(start_relay)
     runs_file = tmp_path / "runs"
     try:
         started = time.monotonic()
@@ -186,8 +189,7 @@ def test_a_run_given_back_at_a_stop_shows_queued_and_reruns_as_the_next_attempt(
 def test_a_worker_stopped_while_a_kind_blocks_stops_in_time_and_gives_the_run_back(
     start_relay: StartRelay, tmp_path: Path
 ) -> None:
-    api = Api(start_relay("api", RELAY_TASK_MODULES=TEST_KINDS).url)
-    worker = start_relay("worker", "--processes", "1", "--threads", "8", RELAY_TASK_MODULES=TEST_KINDS)
+    api, worker = with_test_kinds(start_relay)
     runs_file = tmp_path / "runs"
     try:
         blocking = api.submit("block", {"seconds": 60, "runs_file": str(runs_file)})

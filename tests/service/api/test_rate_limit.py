@@ -4,7 +4,8 @@ bucket per tenant, and no more tokens than there are when API nodes ask at once.
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,21 +13,12 @@ import redis.asyncio as aioredis
 from delivery.redis_client import connect
 from service.api import rate_limit
 from service.api.rate_limit import RateLimiter
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def time(self) -> float:
-        return self.now
+from tests.service.api.conftest import Clock
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(rate_limit, "time", SimpleNamespace(time=fake.time))
-    return fake
+def clock(fake_time: Callable[[ModuleType], Clock]) -> Clock:
+    return fake_time(rate_limit)
 
 
 async def test_a_burst_of_the_rate_passes_then_retry_after_says_when(redis: aioredis.Redis, clock: Clock) -> None:

@@ -4,28 +4,20 @@ places expire (the clock passed in)."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
+from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 import redis.asyncio as aioredis
 
 from service.api import tenant_streams
 from service.api.tenant_streams import TenantStreams
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def time(self) -> float:
-        return self.now
+from tests.service.api.conftest import Clock
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(tenant_streams, "time", SimpleNamespace(time=fake.time))
-    return fake
+def clock(fake_time: Callable[[ModuleType], Clock]) -> Clock:
+    return fake_time(tenant_streams)
 
 
 async def test_two_nodes_share_a_tenants_places_and_tenants_do_not(redis: aioredis.Redis, clock: Clock) -> None:
