@@ -94,6 +94,7 @@ class TaskRecord(Task, kw_only=True):
     tenant: str
     last_seq: int = 0
     lost_runs: int = 0  # runs lost to a fault (a worker that stopped or died mid-run); each also raised `attempt`
+    died_runs: int = 0  # of those, runs whose worker died (not given back): more than a few and the task ends
 
     def public(self) -> Task:
         """The task as its owner sees it."""

@@ -42,9 +42,10 @@ MAX_UNPACK = 1000
 # its own first write is the heartbeat's ZADD, which Redis refuses at maxmemory, so a full store stopped every
 # fetch and heartbeat (and other workers then took a busy one for dead). A first write that Redis lets through
 # (this ZREM of a member that never exists) lets the rest through; what it writes is a heartbeat's score and
-# message ids moved between lists and sets (see delivery/store_refusals.py).
+# message ids moved between lists and sets (see delivery/store_refusals.py). Not an enqueue, which writes a whole
+# message: that one a full store refuses, as it refuses a submission.
 DISPATCH_LUA = (
-    b'redis.call("zrem", KEYS[1] .. ":__heartbeats__", "")  -- runs when the store is full (see above)\n'
+    b'if ARGV[1] ~= "enqueue" then redis.call("zrem", KEYS[1] .. ":__heartbeats__", "") end  -- see above\n'
     + redis_broker_scripts["dispatch"]
 )
 

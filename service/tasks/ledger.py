@@ -62,15 +62,17 @@ def new_run_token() -> str:
     return uuid.uuid4().hex
 
 
-def given_back(record: TaskRecord) -> TaskRecord:
-    """The task as it waits for a rerun after its run was lost (given back at a stop, or its worker died): queued,
-    without the lost run's progress, its ``attempt`` raised (the rerun is another try of the work)."""
+def given_back(record: TaskRecord, *, died: bool = False) -> TaskRecord:
+    """The task as it waits for a rerun after its run was lost (given back at a stop, or ``died`` with its worker):
+    queued, without the lost run's progress, its ``attempt`` raised (the rerun is another try of the work, which does
+    not spend the kind's retries). Only deaths count towards the bound on reruns: a deploy stops workers cleanly."""
     return msgspec.structs.replace(
         record,
         status=TaskStatus.QUEUED,
         progress=None,
         attempt=record.attempt + 1,
         lost_runs=record.lost_runs + 1,
+        died_runs=record.died_runs + died,
     )
 
 

@@ -25,9 +25,9 @@ RUNNING_AFTER_S = 0.05
 # A kind's code cancelled (its time limit, a cancel, a lost lease) gets this long to end; code that is still
 # running then holds its loop (blocking calls in an async kind), and the run ends without it.
 CANCEL_GRACE_S = 2.0
-# A task whose runs were lost more often than this (its worker stopped or died while running it) ends failed
+# A task whose runs died more often than this (its worker died while running it: not a clean stop) ends failed
 # rather than run again: a task that takes its worker down with it must not do so forever.
-MAX_LOST_RUNS = 3
+MAX_DIED_RUNS = 3
 
 
 def take_message(task_id: str) -> None:
@@ -58,12 +58,12 @@ async def run_task(task_id: str) -> None:
     record = started.record
     if record.status is TaskStatus.RUNNING:
         # The record still shows a run that was lost without being given back (its worker died): this is a rerun.
-        record = given_back(record)
+        record = given_back(record, died=True)
     rt.runs[task_id] = run
     lease = None
     try:
-        if record.lost_runs > MAX_LOST_RUNS:
-            log.warning("task %s: %d runs lost; it ends failed rather than run again", task_id, record.lost_runs)
+        if record.died_runs > MAX_DIED_RUNS:
+            log.warning("task %s: %d runs died; it ends failed rather than run again", task_id, record.died_runs)
             outcome: Outcome | None = Outcome(error=_runs_lost(record))
         else:
             outcome = await _execute(rt, record, run)
@@ -120,8 +120,7 @@ async def _retry_later(rt: Runtime, record: TaskRecord, run: Run, error: TaskErr
 def _runs_lost(record: TaskRecord) -> TaskError:
     return TaskError(
         type="RunsLost",
-        message=f"the task's run was lost {record.lost_runs} times (its worker stopped or died while running it); "
-        "it is not run again",
+        message=f"the task's run died {record.died_runs} times (its worker died while running it); it is not run again",
     )
 
 
@@ -219,9 +218,6 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
             )
             return Outcome(error=error, retry_in_s=kind.retry_delay_s(_tries(record), TimeoutError()))
         raise
-    except (Stopping, LeaseLost):
-        run.lose()
-        return None
     except Exception as exc:  # noqa: BLE001 (whatever a kind raises is its task's failure, logged with its id)
         # Measured whole against RELAY_MAX_RESULT_BYTES (one too large fails ResultTooLarge, as a result would),
         # then kept to its first MAX_ERROR_CHARS, which say what went wrong.

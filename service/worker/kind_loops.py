@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from delivery import background
+
 log = logging.getLogger("relay.worker")
 
 # How often the watchdog asks each kind loop to answer.
@@ -248,10 +250,7 @@ class KindLoops:
         self._watchdog = asyncio.create_task(self._watch(), name="relay-kind-loop-watchdog")
 
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        await background.stop(self._watchdog)
         for loop in self._loops:
             if loop.held_since is None:
                 await asyncio.to_thread(loop.stop)
@@ -264,9 +263,6 @@ class KindLoops:
         kind_run = KindRun(task_id, work, self._home)
         kind_run.hand_to(self._current)
         return kind_run
-
-    def is_held(self, kind_run: KindRun) -> bool:
-        return kind_run.loop is not None and kind_run.loop.held_since is not None
 
     def _new_loop(self) -> KindLoop:
         loop = KindLoop(len(self._loops))
@@ -314,8 +310,10 @@ class KindLoops:
                     waited_s,
                     ", ".join(loop.holders()) or "(none found)",
                 )
-        if self._current is not None and self._current.held_since is not None:
-            self._move_off(self._current, now)
+        # Every held loop with runs it has not started gives them up (the current one also its place as current).
+        for loop in self._loops:
+            if loop.held_since is not None and (loop is self._current or any(not r.started for r in list(loop.runs))):
+                self._move_off(loop, now)
 
     def _move_off(self, held: KindLoop, now: float) -> None:
         """Make a loop that answers the current one, and move the runs that ``held`` has not started to loops that

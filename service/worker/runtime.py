@@ -66,7 +66,8 @@ START_PATIENCE_S = 10.0
 # At a stop, runs in flight get this long to end; those still running then are cancelled and given back.
 SHUTDOWN_GRACE_S = 5.0
 # How long cancelled runs get to end before their tasks are given back.
-CANCEL_WAIT_S = 1.0
+CANCEL_WAIT_S = 2.5  # longer than the grace a cancelled kind's code gets (actor.CANCEL_GRACE_S, 2 s): a run is
+# given back only once its code has stopped, never while its cleanup still runs beside a rerun elsewhere
 # How often a Dramatiq thread waiting for a free run slot looks whether the worker is stopping.
 SLOT_POLL_S = 0.1
 # Failures of Redis or the broker, as the clients raise them.

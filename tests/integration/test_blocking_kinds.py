@@ -234,6 +234,7 @@ def test_a_task_whose_run_died_reruns_as_the_next_attempt_a_bounded_number_of_ti
             progress={"percent": 40.0, "message": "half way"},
             attempt=lost_before + 1,
             lost_runs=lost_before,
+            died_runs=lost_before,
         )
         start_relay("worker")
 

@@ -253,6 +253,7 @@ async def test_a_run_given_back_shows_its_task_queued_without_its_progress_as_th
     waiting = await tasks.get("task_1")
     assert waiting is not None
     assert (waiting.status, waiting.progress, waiting.attempt, waiting.lost_runs) == (TaskStatus.QUEUED, None, 2, 1)
+    assert waiting.died_runs == 0  # a clean stop (a deploy) does not count towards the bound on reruns
     assert waiting.last_seq == running.last_seq  # the next event goes on from the last one stored
     assert 0 < ttl - 1 <= await redis.ttl(keys.task("task_1")) <= ttl
     started = await ledger.start("task_1", "run-b")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dramatiq
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
@@ -20,7 +21,7 @@ from delivery.destinations import FlowSettings
 from delivery.redis_client import connect
 from delivery.store_refusals import WriteRefusal, refusal_of
 from schemas.tasks import TaskRecord, TaskStatus, TaskSubmission
-from service.broker import QUEUE, RedisEnqueuer
+from service.broker import ACTOR, QUEUE, RedisEnqueuer
 from service.dramatiq_redis import BrokerMaintenance, RelayRedisBroker
 from service.tasks.ledger import Start, TaskLedger
 from service.tasks.store import KeyReused, NotAdmitted, TaskStore, request_fingerprint
@@ -145,6 +146,11 @@ async def test_the_steps_that_keep_accepted_work_alive_run_when_full(
         await tasks.finish(held.record, "run-0", result={"n": 1})
     assert refusal_of(refused.value) is WriteRefusal.FULL
     assert await redis.zscore(keys.OWED_TASKS, "task_0") is not None
+    # So does a whole new message through Dramatiq's own enqueue (its retries, a broker of its own).
+    message = dramatiq.Message(queue_name=QUEUE, actor_name=ACTOR, args=("task_x",), kwargs={}, options={})
+    with pytest.raises(RedisError) as refused:
+        broker.enqueue(message)
+    assert refusal_of(refused.value) is WriteRefusal.FULL
     broker.close()
 
     full.config_set("maxmemory", 0)
