@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -147,11 +148,20 @@ class ApiState:
                 log.warning("task %s is stored but not yet enqueued (%s); the sweeper will enqueue it", record.id, exc)
         return submitted.answer
 
-    async def counted_stream(
+    def counted_stream(
         self, chunks: AsyncGenerator[bytes, None], client: str, place: str | None = None
     ) -> AsyncGenerator[bytes, None]:
         """``chunks``, counted in :attr:`sse_streams` and under ``client`` in :attr:`sse_clients` while they are sent;
-        ``place`` (the stream's in its tenant's count, see :class:`TenantStreams`) is given back at the end."""
+        ``place`` (the stream's in its tenant's count, see :class:`TenantStreams`) is given back at the end, and
+        forgotten (left to expire) if the stream never starts: a client gone before the first byte."""
+        stream = self._counted_stream(chunks, client, place)
+        if place is not None:
+            weakref.finalize(stream, self.tenant_streams.forget, place)
+        return stream
+
+    async def _counted_stream(
+        self, chunks: AsyncGenerator[bytes, None], client: str, place: str | None
+    ) -> AsyncGenerator[bytes, None]:
         self.sse_streams += 1
         self.sse_clients[client] += 1
         try:

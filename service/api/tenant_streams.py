@@ -74,6 +74,10 @@ class TenantStreams:
         self._held[member] = tenant
         return member
 
+    def forget(self, member: str) -> None:
+        """Stop refreshing a place without a word to Redis (safe anywhere, a finalizer included): it expires there."""
+        self._held.pop(member, None)
+
     def release(self, member: str | None) -> None:
         """Give a place back (in the background: a place Redis does not hear of expires on its own)."""
         if member is None:

@@ -4,13 +4,15 @@ places expire (the clock passed in)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from types import ModuleType
+import gc
+from collections.abc import AsyncGenerator, Callable
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import redis.asyncio as aioredis
 
 from service.api import tenant_streams
+from service.api.state import ApiState
 from service.api.tenant_streams import TenantStreams
 from tests.service.api.conftest import Clock
 
@@ -52,3 +54,24 @@ async def test_a_dead_nodes_places_expire_and_a_live_nodes_are_refreshed(redis: 
     clock.now += 40  # past the dead node's place, not the live one's
     assert await live.acquire("acme") is not None
     assert await live.acquire("acme") is None
+
+
+async def test_a_stream_that_never_starts_leaves_its_place_to_expire(redis: aioredis.Redis, clock: Clock) -> None:
+    """A client gone before a stream's first byte: its generator is dropped unstarted, and no finally runs. The place
+    must not be refreshed for ever (the tenant would lose it on every node until this node restarts)."""
+    places = TenantStreams(redis=redis, limit=1, ttl_s=60)
+    place = await places.acquire("acme")
+    assert place is not None
+
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        yield b""
+
+    holder = SimpleNamespace(tenant_streams=places, _counted_stream=lambda chunks, client, place: chunks)
+    stream = ApiState.counted_stream(holder, chunks(), "127.0.0.1", place)  # type: ignore[arg-type]
+    del stream  # never iterated
+    gc.collect()
+
+    clock.now += 40
+    await places.refresh()  # a refresh would keep a place it still held alive past its first 60 s
+    clock.now += 40
+    assert await places.acquire("acme") is not None
