@@ -183,15 +183,15 @@ class EventLog:
         """Up to ``limit`` retained events with ``seq > after_seq``, oldest first, of at most ``max_bytes`` (one
         event at least), and the ``after_seq`` of the next page (None when this one reaches the end of the log)."""
         key = keys.events(task_id)
-        # The event at index i has seq i + 1; the one before is read too, to be sure (and dropped).
-        start = max(0, after_seq - 1)
-        more, raw = await self._page(keys=[key], args=[start, limit + 1, max_bytes])
+        # The event at index i has seq i + 1 (the log is only ever appended to, and expires whole).
+        more, raw = await self._page(keys=[key], args=[after_seq, limit, max_bytes])
         events = [decode_or_skip(_decode_events, r, key=key) for r in raw]
         await count_unreadable(self._redis, events.count(None))
         page = [e for e in events if e is not None and e.seq > after_seq]
-        if len(page) > limit:
-            page, more = page[:limit], 1
-        return page, page[-1].seq if more and page else None
+        if not more:
+            return page, None
+        # Past what this page read (an unreadable event at its end included): the next page starts there.
+        return page, after_seq + len(raw)
 
     async def attempts(self, task_id: str) -> list[Attempt]:
         key = keys.attempts(task_id)

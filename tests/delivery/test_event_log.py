@@ -229,11 +229,21 @@ async def test_a_page_of_large_events_stops_at_its_byte_bound_and_reads_little_m
         page, after = await log.events_page("task_1", after, max_bytes=100_000)
         read = int((await redis.info("stats"))["total_net_output_bytes"]) - before
         assert sum(len(msgspec.json.encode(e)) for e in page) <= 100_000
-        assert read < 100_000 + 2 * 20_200  # what it answers with, and the one before at most
-        assert (
-            len(page) >= 3 or after is None
-        )  # what the bound allows (the event before the page is read too, and dropped)
+        assert read < 100_000 + 20_200  # what it answers with, and the one past the bound at most
+        assert len(page) >= 3 or after is None  # what the bound allows
         seen += page
         pages += 1
     assert seen == events
     assert pages <= 11
+
+
+async def test_events_each_more_than_half_the_byte_bound_come_one_a_page_to_the_end(
+    redis: aioredis.Redis, log: EventLog
+) -> None:
+    # The page after seq N starts at seq N + 1: with the event at N read too (and dropped), it filled the bound and
+    # the page came back empty, its next_after_seq null, and the reader stopped with events left.
+    events = await _log_of(redis, "task_1", [60_000] * 4)
+
+    pages = [await log.events_page("task_1", after, max_bytes=100_000) for after in range(4)]
+
+    assert pages == [([events[0]], 1), ([events[1]], 2), ([events[2]], 3), ([events[3]], None)]
