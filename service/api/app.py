@@ -36,6 +36,7 @@ from service.api.routes.stats import stats
 from service.api.routes.tasks import TaskController
 from service.api.state import ApiState
 from service.api.store_watch import RETRY_AFTER_S
+from service.api.strict import check_strictly
 from service.api.ws import ws_endpoint
 from service.settings import Settings
 
@@ -100,6 +101,9 @@ def create_app(settings: Settings) -> Litestar:
                 raise ValidationException(
                     f"the body nests deeper than RELAY_MAX_INPUT_DEPTH ({settings.max_input_depth}) levels"
                 )
+            data = request.route_handler.parsed_fn_signature.parameters.get("data")
+            if data is not None:
+                check_strictly(body, data.annotation)
 
     def http_error(request: Request, exc: HTTPException) -> Response[dict[str, object]]:  # type: ignore[type-arg]
         detail = exc.detail

@@ -48,7 +48,6 @@ from service.api.openapi import errors
 from service.api.sse import EventStream, keepalive_s
 from service.api.state import ApiState
 from service.api.store_watch import RETRY_AFTER_S
-from service.api.strict import check_strictly
 from service.api.time_range import check_time_range
 from service.api.ws import client_address
 from service.tasks.listing import TaskFilter
@@ -86,14 +85,12 @@ class TaskController(Controller):
     @post("/tasks", status_code=HTTP_202_ACCEPTED, summary="Submit a task", responses=errors(403, 413, 429))
     async def submit(
         self,
-        request: Request,  # type: ignore[type-arg]
         state_: NamedDependency[ApiState],
         principal: NamedDependency[Principal],
         data: Annotated[TaskSubmission, Body(media_type=RequestEncodingType.JSON, examples=SUBMISSION_EXAMPLES)],
         idempotency_key: Annotated[str | None, HeaderParameter(header="idempotency-key")] = None,
     ) -> Task:
         tenant = require_tenant(principal)
-        check_strictly(await request.body(), _Typed)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise ValidationException(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters")
         refusal = state_.store_watch.refusal()
@@ -346,16 +343,6 @@ class TaskController(Controller):
     ) -> Response[SigningSecret]:
         secret = await state_.secrets.rotate(require_tenant(principal))
         return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
-
-
-class _Typed(msgspec.Struct):
-    """The submission's fields that a lenient conversion (Litestar's, of every body) takes from other JSON types:
-    ``"websocket": 1`` as true, ``"delay_s": "5"`` as 5, ``"run_at": 12345`` as a unix time. They are read again,
-    strictly, so that a wrong type is a 422 that names the field (``run_at`` is an RFC 3339 string)."""
-
-    websocket: bool = False
-    run_at: datetime | None = None
-    delay_s: float | None = None
 
 
 def _last_event_id(value: str | None) -> int | None:
