@@ -58,6 +58,9 @@ elseif ARGV[21] ~= '' then
     redis.call('HDEL', KEYS[12], task_id)
     redis.call('ZADD', KEYS[17], ARGV[21], task_id)
     redis.call('ZADD', KEYS[22], ARGV[21], task_id)
+    -- Those whose time has passed are no longer waiting (as at submit: a tenant whose only scheduled work is
+    -- retries must not keep them all).
+    redis.call('ZREMRANGEBYSCORE', KEYS[22], '-inf', '(' .. redis.call('TIME')[1])
     redis.call('EXPIRE', KEYS[22], ARGV[2])
     redis.call('ZADD', KEYS[9], ARGV[22], task_id)
 end

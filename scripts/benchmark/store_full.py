@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -26,14 +25,9 @@ import httpx
 import redis
 
 from scripts.benchmark.stack import API_KEY, RELAY, Stack, http_ok, log, start_redis, wait_until
+from service.processes import free_port
 
 FINAL = (b'"type":"task.completed"', b'"type":"task.failed"', b'"type":"task.cancelled"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -11,7 +11,6 @@ answer's ``Allow`` is rebuilt from the app's routes as they finally are.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,8 +18,6 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 
 __all__ = ["answer_every_method"]
-
-_PARAM_TYPE = re.compile(r"\{(\w+):[^}]+\}")
 
 
 def answer_every_method(app: Litestar) -> None:
@@ -36,8 +33,8 @@ def _allowed(app: Litestar) -> dict[str, bytes]:
             methods = set(route.methods) | {"OPTIONS"}
             if "GET" in methods:
                 methods.add("HEAD")
-            # The router names a request's route by its path without the parameters' types.
-            allowed[_PARAM_TYPE.sub(r"{\1}", route.path)] = ", ".join(sorted(methods)).encode()
+            # The router names a request's route (scope["path_template"]) by its path_format.
+            allowed[route.path_format] = ", ".join(sorted(methods)).encode()
     return allowed
 
 

@@ -9,7 +9,6 @@ that drops expired members, counts and adds, so two nodes never both take the la
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import math
@@ -22,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from delivery import background, keys
-from delivery.redis_batch import ScriptBatcher, batched
+from delivery.redis_batch import batched
 
 log = logging.getLogger("relay.api")
 
@@ -49,16 +48,13 @@ class TenantStreams:
         self._redis = redis
         self.limit = limit
         self._ttl_s = ttl_s
-        self._take = batched(redis).register_script(_LUA)
+        self._batch = batched(redis)
+        self._take = self._batch.register_script(_LUA)
         self._node = uuid.uuid4().hex
         self._ids = itertools.count(1)
         self._held: dict[str, str] = {}  # member -> tenant
         self._refresher: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
-
-    @functools.cached_property
-    def _batch(self) -> ScriptBatcher:
-        return batched(self._redis)
 
     async def acquire(self, tenant: str) -> str | None:
         """A place for one socket or stream of ``tenant`` (the token to :meth:`release`), or None when the tenant

@@ -20,8 +20,8 @@ import msgspec
 
 from delivery.errors import InvalidSecret
 from delivery.signing import secret_bytes, sign
-from schemas.api import SigningSecret
-from service.cli.http import API_KEY_ENV, api_options, call, client, decode
+from service.cli.http import API_KEY_ENV, api_options, client
+from service.cli.signing_secret import fetch_signing_secret
 
 DEFAULT_PORT = 9000
 # A webhook-timestamp further than this from now is refused (Standard Webhooks' tolerance against replays).
@@ -102,7 +102,7 @@ def make_server(host: str, port: int, secret: str) -> ThreadingHTTPServer:
 
 def _fetch_secret(url: str, token: str) -> str:
     with client(url, token) as http:
-        return decode(call(http, "GET", "/v1/signing-secret"), SigningSecret).secret
+        return fetch_signing_secret(http)
 
 
 @click.command()

@@ -138,6 +138,7 @@ def _store_families(state_: ApiState) -> list[Any]:
     """The store's room as this API process last read it, and the submissions it refused (alert on
     ``relay_store_refusing == 1``, or on used against max before that)."""
     watch = state_.store_watch
+    watch.refusal()  # a reading more than a second old starts a new one: an idle node's gauges do not go stale
     used = GaugeMetricFamily("relay_store_used_memory_bytes", "Redis used_memory, as last read (about once a second)")
     used.add_metric([], watch.used_estimate_bytes)
     limit = GaugeMetricFamily("relay_store_maxmemory_bytes", "Redis maxmemory (0: no limit), as last read")
