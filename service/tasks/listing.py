@@ -106,7 +106,7 @@ class TaskList:
         spent = 0  # bytes of whole records read
         last: Position | None = None  # the last entry looked at
         async for batch in rows(self._redis, index, since=where.since, until=where.until, position=position):
-            entries = await self._heads(batch)
+            entries = await self._heads(batch, filtered=where.status is not None or where.kind is not None)
             i = 0
             while i < len(entries):
                 # Plan the next whole reads: the entries that may match, up to the tasks still wanted and the bytes
@@ -133,13 +133,16 @@ class TaskList:
                     return items, format_cursor(last)
         return items, None
 
-    async def _heads(self, batch: list[Position]) -> list[_Entry]:
-        """The size and head of each entry's record, in one trip."""
+    async def _heads(self, batch: list[Position], *, filtered: bool) -> list[_Entry]:
+        """The size of each entry's record, and its head when the list filters on it, in one trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for _, task_id in batch:
-                pipe.getrange(keys.task(task_id), 0, HEAD_BYTES - 1)
+                if filtered:
+                    pipe.getrange(keys.task(task_id), 0, HEAD_BYTES - 1)
                 pipe.strlen(keys.task(task_id))
             replies = await pipe.execute()
+        if not filtered:
+            return [_Entry(position=p, size=int(size), head=None) for p, size in zip(batch, replies, strict=True)]
         entries = []
         for n, position in enumerate(batch):
             prefix, size = replies[2 * n], int(replies[2 * n + 1])
