@@ -193,17 +193,14 @@ class EventLog:
         # Past what this page read (an unreadable event at its end included): the next page starts there.
         return page, after_seq + len(raw)
 
-    async def attempts(self, task_id: str) -> list[Attempt]:
-        key = keys.attempts(task_id)
-        raw = await self._redis.lrange(key, 0, -1)
-        attempts = [decode_or_skip(_decode_attempt, r, key=key) for r in raw]
-        await count_unreadable(self._redis, attempts.count(None))
-        return [a for a in attempts if a is not None]
-
-    async def steps(self, task_id: str) -> list[DeliveryStep]:
-        """The task's webhooks' dead-lettered and replayed steps, oldest first."""
-        key = keys.delivery_steps(task_id)
-        raw = await self._redis.lrange(key, 0, -1)
-        steps = [decode_or_skip(_decode_step, r, key=key) for r in raw]
-        await count_unreadable(self._redis, steps.count(None))
-        return [s for s in steps if s is not None]
+    async def deliveries(self, task_id: str) -> tuple[list[Attempt], list[DeliveryStep]]:
+        """The task's delivery attempts and its webhooks' dead-lettered and replayed steps, oldest first, read in
+        one trip."""
+        attempts_key, steps_key = keys.attempts(task_id), keys.delivery_steps(task_id)
+        raw_attempts, raw_steps = await self._batch.commands(
+            ("LRANGE", attempts_key, 0, -1), ("LRANGE", steps_key, 0, -1)
+        )
+        attempts = [decode_or_skip(_decode_attempt, r, key=attempts_key) for r in raw_attempts]
+        steps = [decode_or_skip(_decode_step, r, key=steps_key) for r in raw_steps]
+        await count_unreadable(self._redis, attempts.count(None) + steps.count(None))
+        return [a for a in attempts if a is not None], [s for s in steps if s is not None]

@@ -322,8 +322,8 @@ class TaskController(Controller):
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], task_id: FromPath[str]
     ) -> AttemptList:
         await _owned(state_, principal, task_id)
-        attempts = await state_.events.attempts(task_id)
-        return AttemptList(attempts=attempts, steps=await state_.events.steps(task_id))
+        attempts, steps = await state_.events.deliveries(task_id)
+        return AttemptList(attempts=attempts, steps=steps)
 
     @get("/signing-secret", summary="The secret that signs this tenant's webhooks", responses=errors(403))
     async def signing_secret(
