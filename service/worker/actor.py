@@ -164,8 +164,8 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
     try:
         data = kind.parse_input(record.input)
     except Exception as exc:  # noqa: BLE001 (an input that no longer fits the kind fails its task)
-        error = TaskError(type=type(exc).__name__, message=str(exc)[:2000])
-        return Outcome(error=error, retry_in_s=kind.retry_delay_s(_tries(record), exc))
+        error, own = _error_of(exc, limit)
+        return Outcome(error=error, retry_in_s=kind.retry_delay_s(_tries(record), exc) if own else None)
     work = run.work = rt.kind_loops.run(record.id, lambda: kind.run(data, ctx))
     if run.lost:  # lost while it was being handed over
         work.cancel()
@@ -219,17 +219,25 @@ async def _execute(rt: Runtime, record: TaskRecord, run: Run) -> Outcome | None:
             return Outcome(error=error, retry_in_s=kind.retry_delay_s(_tries(record), TimeoutError()))
         raise
     except Exception as exc:  # noqa: BLE001 (whatever a kind raises is its task's failure, logged with its id)
-        # Measured whole against RELAY_MAX_RESULT_BYTES (one too large fails ResultTooLarge, as a result would),
-        # then kept to its first MAX_ERROR_CHARS, which say what went wrong.
-        raised = TaskError(type=type(exc).__name__, message=str(exc))
-        error = limit.check_error(raised)
-        retry_in_s = kind.retry_delay_s(_tries(record), exc) if error is raised else None
-        if error is raised and len(error.message) > MAX_ERROR_CHARS:
-            error = TaskError(type=error.type, message=error.message[:MAX_ERROR_CHARS] + " …(cut)")
+        error, own = _error_of(exc, limit)
+        retry_in_s = kind.retry_delay_s(_tries(record), exc) if own else None
         if retry_in_s is None:
             log.info("task %s (%s) failed: %s: %r", record.id, record.kind, error.type, error.message[:500])
         return Outcome(error=error, retry_in_s=retry_in_s)
     return Outcome(result=result)
+
+
+def _error_of(exc: Exception, limit: ResultLimit) -> tuple[TaskError, bool]:
+    """The task's error for what its kind raised, and whether it is the kind's own (False: ResultTooLarge, which
+    is not retried). Measured whole against RELAY_MAX_RESULT_BYTES (too large fails as a result would), then kept
+    to its first MAX_ERROR_CHARS, which say what went wrong."""
+    raised = TaskError(type=type(exc).__name__, message=str(exc))
+    error = limit.check_error(raised)
+    if error is not raised:
+        return error, False
+    if len(error.message) > MAX_ERROR_CHARS:
+        error = TaskError(type=error.type, message=error.message[:MAX_ERROR_CHARS] + " …(cut)")
+    return error, True
 
 
 def _tries(record: TaskRecord) -> int:
