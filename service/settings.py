@@ -109,7 +109,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.redis_url is not None:
             _check_redis_url("RELAY_REDIS_URL", self.redis_url)
         if self.broker_url is not None:
-            if self.broker_url.strip().lower().startswith(("amqp://", "amqps://")):
+            if self.broker_url.startswith(("amqp://", "amqps://")):
                 _check_amqp_url("RELAY_BROKER_URL", self.broker_url)
             else:
                 _check_redis_url("RELAY_BROKER_URL", self.broker_url, other="amqp:// or amqps:// (RabbitMQ)")
@@ -286,14 +286,17 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix")
 def _check_redis_url(name: str, url: str, *, other: str = "") -> None:
     """A Redis URL that redis-py can connect with; the errors say what is wrong and never repeat the URL (it may
     hold a password)."""
-    text = url.strip()
+    # Checked as given, as the clients that connect with it read it (they neither trim it nor take REDIS://).
+    text = url
+    if text != text.strip():
+        raise ValueError(f"{name}: spaces around the URL")
     if "," in text:
         why = f"{name}: one URL expected, got several separated by commas"
         if name == "RELAY_REDIS_URL":
             why += " (seed nodes are for RELAY_REDIS_MODE=cluster, which this version does not support)"
         raise ValueError(why)
     parts = _split(name, text)
-    scheme = parts.scheme.lower()
+    scheme = text.split("://", 1)[0] if "://" in text else ""
     if scheme not in _REDIS_SCHEMES:
         wanted = "redis://, rediss:// or unix://" + (f", or {other}" if other else "")
         raise ValueError(f"{name}: expected {wanted}, not {scheme + '://' if scheme else 'no scheme'}")
