@@ -9,6 +9,7 @@ should, so that Relay retries it). Relay sends to it only when loopback callback
 from __future__ import annotations
 
 import hmac
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -93,9 +94,17 @@ def _handler(secret: str, lock: threading.Lock) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A sender that hangs up (Relay's attempt timed out, a client reset) is not worth a traceback on the screen.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(host: str, port: int, secret: str) -> ThreadingHTTPServer:
     """The receiver, listening on ``host:port``, checking signatures with ``secret``; serve_forever() runs it."""
-    server = ThreadingHTTPServer((host, port), _handler(secret, threading.Lock()))
+    server = _Server((host, port), _handler(secret, threading.Lock()))
     server.daemon_threads = True
     return server
 
