@@ -438,6 +438,7 @@ def test_an_api_whose_redis_cannot_be_reached_says_nothing_was_stored_and_does_n
         api.close()
 
 
+@pytest.mark.slow  # four API processes and 360 racing requests
 def test_concurrent_requests_with_one_idempotency_key_make_one_task(start_relay: StartRelay) -> None:
     # Several API processes, as in production: a client retrying on a timeout races its own first request.
     url = start_relay("api", "--workers", "4").url
