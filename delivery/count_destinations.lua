@@ -1,6 +1,6 @@
 -- Destinations of one index (every destination, or a tenant's) by state, with the webhooks they owe and hold, in
 -- one step: a dashboard's figures without a record leaving Redis. The state is read as state_of() reads it.
--- KEYS: the index; ARGV: the key prefix, now (unix ms)
+-- KEYS: the index; ARGV: what goes before and after an id in its keys' names, now (unix ms)
 -- Returns {healthy, degraded, open, paused, owed, held}.
 local counts = {healthy = 0, degraded = 0, open = 0, paused = 0}
 local owed, held = 0, 0
@@ -9,7 +9,7 @@ repeat
     local page = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', 1000)
     cursor = page[1]
     for _, id in ipairs(page[2]) do
-        local tag = ARGV[1] .. '{' .. id .. '}:'
+        local tag = ARGV[1] .. id .. ARGV[2]
         local v = redis.call('HMGET', tag .. 'meta', 'tenant', 'paused', 'opened_at', 'failures', 'last_failure_at',
             'last_success_at')
         if v[1] then
@@ -25,7 +25,7 @@ repeat
             local here = redis.call('ZCARD', tag .. 'due') + redis.call('ZCARD', tag .. 'flight')
             owed = owed + here
             if state == 'open' or state == 'paused' then
-                held = held + here - redis.call('ZCOUNT', tag .. 'flight', tonumber(ARGV[2]) + 1, '+inf')
+                held = held + here - redis.call('ZCOUNT', tag .. 'flight', tonumber(ARGV[3]) + 1, '+inf')
             end
         end
     end

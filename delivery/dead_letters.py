@@ -64,7 +64,7 @@ class DeadLetterStore:
         """Delete a dead letter that cannot be read (its event id is unknown: its event index entry expires)."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.dead_letter(dl_id))
-            pipe.zrem(keys.DEAD_LETTERS, dl_id)
+            pipe.zrem(keys.of(dl_id).dead_letters, dl_id)
             await pipe.execute()
 
     async def page(
@@ -81,7 +81,7 @@ class DeadLetterStore:
     def _scan(
         self, where: DeadLetterFilter, position: Position | None
     ) -> AsyncIterator[tuple[DeadLetter | None, Position]]:
-        index = keys.dead_letters_of(where.tenant) if where.tenant else keys.DEAD_LETTERS
+        index = [p.dead_letters_of(where.tenant) if where.tenant else p.dead_letters for p in keys.partitions()]
         return scan(
             self._redis, index, keys.dead_letter, _decode, since=where.since, until=where.until, position=position
         )
@@ -96,12 +96,25 @@ class DeadLetterStore:
         return (await self.replay_batch([dead]))[0]
 
     async def replay_batch(self, batch: Sequence[DeadLetter]) -> list[bool]:
-        """Replay each of ``batch`` in one atomic step: all are owed again (but those already in flight), or none."""
+        """Replay each of ``batch``: all are owed again (but those already in flight), or none, in one atomic step per
+        partition (the dead letters of one partition are replayed together)."""
         if not batch:
             return []
+        groups: dict[int, list[int]] = {}
+        for i, dead in enumerate(batch):
+            groups.setdefault(keys.of(dead.id).index, []).append(i)
+        out = [False] * len(batch)
+        for members in groups.values():
+            replayed = await self._replay_group([batch[i] for i in members])
+            for i, done in zip(members, replayed, strict=True):
+                out[i] = done
+        return out
+
+    async def _replay_group(self, batch: Sequence[DeadLetter]) -> list[bool]:
+        part = keys.of(batch[0].id)
         now = time.time()
         at = datetime.fromtimestamp(now, UTC)
-        args: list[str | bytes | float] = [now, keys.delivery(""), metrics.REPLAYED, self._outbox.attempts_ttl_s]
+        args: list[str | bytes | float] = [now, part.delivery_prefix, metrics.REPLAYED, self._outbox.attempts_ttl_s]
         for dead in batch:
             delivery = PendingDelivery(
                 tenant=dead.tenant,
@@ -118,5 +131,5 @@ class DeadLetterStore:
             )
             args += [dead.event.id, _encode(delivery), _encode(step)]
         steps = [keys.delivery_steps(dead.task_id) for dead in batch]
-        replayed = await self._replay(keys=[keys.DUE, keys.STATS, *steps], args=args)
+        replayed = await self._replay(keys=[part.due, part.stats, *steps], args=args)
         return [bool(r) for r in replayed]

@@ -1,8 +1,9 @@
 -- Flow control of one destination (a tenant plus a callback URL's origin): the functions every script that
--- touches a destination shares. Python prepends the key names (READY, ALL, TENANT_PREFIX, KEY_PREFIX) and each
+-- touches a destination shares. Python prepends the key names (READY, ALL, TENANT_PREFIX, DST_HEAD and DST_TAIL,
+-- those of the partition of the script's first key: see delivery.destinations.lua) and each
 -- script calls dst_init with the clock and the settings (the two of FlowSettings.header) before anything else.
 --
--- A destination's keys share the hash tag {dst_...}:
+-- A destination's keys share its partition's hash tag (on a standalone store of one partition, {dst_...}):
 --   meta      hash: tenant, origin, created_at, caps (max_in_flight, rate_per_s; absent: the defaults),
 --             breaker (failures, opened_at, next_probe_at, probe_wait, probe), hold_until (Retry-After), paused,
 --             the rate bucket (tokens, tokens_at), last_success_at, last_failure_at, last_error
@@ -32,7 +33,7 @@ local function dst_init(now, settings)
 end
 
 local function dst_keys(id)
-    local tag = KEY_PREFIX .. '{' .. id .. '}:'
+    local tag = DST_HEAD .. id .. DST_TAIL
     return {id = id, meta = tag .. 'meta', due = tag .. 'due', flight = tag .. 'flight', deadline = tag .. 'deadline'}
 end
 

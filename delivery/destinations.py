@@ -40,10 +40,11 @@ DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_BREAKER_THRESHOLD = 10
 DEFAULT_PROBE_S = 5.0
 
-# Drop from an index (KEYS[1]) the destinations (ARGV[2..]) whose record is gone (ARGV[1]: the key prefix).
+# Drop from an index (KEYS[1]) the destinations (ARGV[3..]) whose record is gone (ARGV[1] and ARGV[2]: what goes
+# before and after an id in its keys' names, see destination_key_base).
 _PRUNE_LUA = """
-for i = 2, #ARGV do
-    if redis.call('EXISTS', ARGV[1] .. '{' .. ARGV[i] .. '}:meta') == 0 then
+for i = 3, #ARGV do
+    if redis.call('EXISTS', ARGV[1] .. ARGV[i] .. ARGV[2] .. 'meta') == 0 then
         redis.call('SREM', KEYS[1], ARGV[i])
     end
 end
@@ -57,21 +58,30 @@ _ORDER = {
 
 
 def lua(name: str) -> str:
-    """Script ``name`` with the shared destination and task-line functions and the key names in front of it."""
-    header = "\n".join(
-        f"local {var} = '{value}'"
-        for var, value in (
-            ("READY", keys.DESTINATIONS_READY),
-            ("ALL", keys.DESTINATIONS),
-            ("TENANT_PREFIX", keys.DESTINATIONS_OF_PREFIX),
-            ("KEY_PREFIX", keys.PREFIX),
-            ("DUE_KEY", keys.DUE),
-            ("DELIVERY_PREFIX", keys.delivery("")),
-            ("ACK_PREFIX", keys.ack_marker("")),
-        )
-    )
+    """Script ``name`` with the shared destination and task-line functions and the key names in front of it.
+
+    The key names are those of the partition of the script's first key (every key of a partition carries its
+    hash tag, so a name built from it stays in the script's slot): the single partition of a standalone store has
+    no tag, and its keys are the ones Relay always wrote.
+    """
+    header = f"""
+local PART = string.match(KEYS[1], '^{keys.PREFIX}{{p[^}}]*}}:') or '{keys.PREFIX}'
+local READY, ALL, TENANT_PREFIX = PART .. 'dst:ready', PART .. 'dst:all', PART .. 'dst:tenant:'
+local DUE_KEY, DELIVERY_PREFIX, ACK_PREFIX = PART .. 'due', PART .. 'dlv:', PART .. 'ack:'
+local DST_HEAD, DST_TAIL = PART .. 'dst:', ':'
+if PART == '{keys.PREFIX}' then
+    DST_HEAD, DST_TAIL = '{keys.PREFIX}{{', '}}:'
+end
+"""
     shared = [(_HERE / "destination.lua").read_text(), (_HERE / "task_line.lua").read_text()]
     return "\n".join([header, *shared, (_HERE / name).read_text()])
+
+
+def destination_key_base(partition: keys.Partition) -> list[str]:
+    """What a script puts before and after a destination id to name its keys (``<before><id><after>meta``)."""
+    if partition.tag is None:
+        return [keys.PREFIX + "{", "}:"]
+    return [partition.prefix + "dst:", ":"]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -99,8 +109,8 @@ class DestinationRef:
         return keys.destination_keys(self.id)
 
 
-# Keys given to a script for a delivery that has no destination (WebSocket only); nothing is written there.
-NO_DESTINATION_KEYS = keys.destination_keys("dst_none")
+# The destination named in a script's keys for a delivery that has none (WebSocket only): nothing is written there.
+NO_DESTINATION = "dst_none"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -221,18 +231,23 @@ class DestinationStore:
 
     async def all(self, tenant: str | None = None) -> list[Destination]:
         """Every destination (of ``tenant``), worst first; index entries of forgotten ones are dropped."""
-        index = keys.DESTINATIONS if tenant is None else keys.destinations_of(tenant)
-        ids: list[str] = []
-        async for member in self._redis.sscan_iter(index, count=1000):
-            ids.append(as_text(member))
-            if len(ids) >= MAX_LISTED:
-                break
         found: list[Destination] = []
-        for start in range(0, len(ids), 500):
-            found += await self._read(ids[start : start + 500])
-        gone = set(ids) - {d.id for d in found}
-        if gone:  # forgotten while idle; checked again in one step, in case one was made again meanwhile
-            await self._prune(keys=[index], args=[keys.PREFIX, *gone])
+        for partition in keys.partitions():
+            index = partition.destinations if tenant is None else partition.destinations_of(tenant)
+            ids: list[str] = []
+            async for member in self._redis.sscan_iter(index, count=1000):
+                ids.append(as_text(member))
+                if len(ids) + len(found) >= MAX_LISTED:
+                    break
+            here: list[Destination] = []
+            for start in range(0, len(ids), 500):
+                here += await self._read(ids[start : start + 500])
+            gone = set(ids) - {d.id for d in here}
+            if gone:  # forgotten while idle; checked again in one step, in case one was made again meanwhile
+                await self._prune(keys=[index], args=[*destination_key_base(partition), *gone])
+            found += here
+            if len(found) >= MAX_LISTED:
+                break
         found.sort(key=sort_key)
         return found
 
@@ -250,7 +265,7 @@ class DestinationStore:
     async def change(self, dst_id: str, op: str, *args: Any) -> Destination | None:
         """Apply ``op`` ('pause', 'resume' or 'set' with max_in_flight and rate ('' keeps, 'none' clears))."""
         done = await self._admin(
-            keys=[*keys.destination_keys(dst_id), keys.DESTINATIONS_READY],
+            keys=[*keys.destination_keys(dst_id), keys.of(dst_id).destinations_ready],
             args=[*self._flow.header(), dst_id, op, *args],
         )
         if not done:
@@ -260,10 +275,13 @@ class DestinationStore:
     async def counts(self, tenant: str | None = None) -> DestinationCounts:
         """Destinations (every tenant's, or one's) by state, and the webhooks they owe and hold, counted in Redis
         in one step (no record is read out: a thousand destinations cost about a millisecond of Redis)."""
-        index = keys.DESTINATIONS if tenant is None else keys.destinations_of(tenant)
-        healthy, degraded, opened, paused, owed, held = await self._count(
-            keys=[index], args=[keys.PREFIX, int(time.time() * 1000)]
-        )
+        now_ms = int(time.time() * 1000)
+        totals = [0] * 6
+        for partition in keys.partitions():
+            index = partition.destinations if tenant is None else partition.destinations_of(tenant)
+            counted = await self._count(keys=[index], args=[*destination_key_base(partition), now_ms])
+            totals = [total + int(n) for total, n in zip(totals, counted, strict=True)]
+        healthy, degraded, opened, paused, owed, held = totals
         by_state = {
             DestinationState.HEALTHY: int(healthy),
             DestinationState.DEGRADED: int(degraded),

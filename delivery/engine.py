@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
+from delivery import keys
 from delivery.destinations import breaker_outcome
 from delivery.ops_events import OpsNotifier
 from delivery.outbox import Kind, Lease, Outbox, Recorded, webhook_attempt
@@ -62,6 +63,7 @@ class DeliveryEngine:
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         claim_batch: int = DEFAULT_CLAIM_BATCH,
         ops: OpsNotifier | None = None,
+        partitions: Callable[[], Sequence[keys.Partition]] = keys.partitions,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -72,6 +74,7 @@ class DeliveryEngine:
         self._poll_interval_s = poll_interval_s
         self._claim_batch = claim_batch
         self._ops = ops
+        self._partitions = partitions  # those to poll now (see delivery.shares)
         self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -205,15 +208,18 @@ class DeliveryEngine:
     async def _poll(self) -> None:
         refused_logged_at = float("-inf")
         while True:
-            free = self._concurrency - len(self._in_flight)
-            staged: list[tuple[PendingDelivery, bool]] = []
-            leases: list[Lease] = []
-            if free > 0:
+            busy = False
+            for partition in self._partitions():
+                free = self._concurrency - len(self._in_flight)
+                if free <= 0:
+                    break
+                staged: list[tuple[PendingDelivery, bool]] = []
+                leases: list[Lease] = []
                 try:
-                    staged = await self._outbox.claim(limit=min(free, self._claim_batch))
+                    staged = await self._outbox.claim(partition, limit=min(free, self._claim_batch))
                     free -= len(staged)
                     if free > 0:
-                        leases = await self._outbox.claim_destinations(limit=min(free, self._claim_batch))
+                        leases = await self._outbox.claim_destinations(partition, limit=min(free, self._claim_batch))
                 except Exception as exc:
                     refusal = refusal_of(exc)
                     if refusal is None:
@@ -221,14 +227,15 @@ class DeliveryEngine:
                     elif time.monotonic() - refused_logged_at > REFUSAL_LOG_EVERY_S:
                         refused_logged_at = time.monotonic()
                         log.warning("claiming due webhooks: %s; trying again", refusal.cause)
-            for delivery, pushed in staged:
-                if pushed or delivery.url is None:
-                    self._spawn(self._after_unacked_push(delivery))
-                else:
-                    self._spawn(self._handoff(delivery))
-            for lease in leases:
-                self.dispatch(lease)
-            if len(staged) < self._claim_batch and len(leases) < self._claim_batch:
-                await asyncio.sleep(self._poll_interval_s)
-            else:
+                for delivery, pushed in staged:
+                    if pushed or delivery.url is None:
+                        self._spawn(self._after_unacked_push(delivery))
+                    else:
+                        self._spawn(self._handoff(delivery))
+                for lease in leases:
+                    self.dispatch(lease)
+                busy = busy or len(staged) >= self._claim_batch or len(leases) >= self._claim_batch
+            if busy:
                 await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(self._poll_interval_s)

@@ -16,7 +16,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.destinations import NO_DESTINATION_KEYS, FlowSettings, destination_for, lua
+from delivery.destinations import NO_DESTINATION, FlowSettings, destination_for, lua
 from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_batch import batched
@@ -96,27 +96,31 @@ class EventLog:
         task_id = event.task_id
         body = _encode(event)
         dst = destination_for(tenant, delivery.url) if delivery is not None and delivery.url else None
+        part = keys.of(task_id)
+        single = keys.layout().single
         reply = await self._append(
             keys=[
                 keys.task(task_id),
                 keys.events(task_id),
-                keys.STATS,
+                part.stats,
                 keys.delivery(event.id),
-                keys.DUE,
-                keys.secrets(tenant),
+                part.due,
+                # On one partition the step reads the secrets it hands back; else they live in the tenant's own
+                # slot, and the caller reads them (see ``Leased``).
+                keys.secrets(tenant) if single else part.nothing,
                 keys.subscribers(task_id),
                 keys.ack_marker(event.id),
-                keys.OWED_TASKS,
+                part.owed_tasks,
                 keys.lease(task_id),
-                keys.open_tasks_of(tenant),
-                keys.REQUEUES,
-                *(dst.keys if dst else NO_DESTINATION_KEYS),
-                keys.SCHEDULED_TASKS,
+                part.open_tasks_of(tenant),
+                part.requeues,
+                *(dst.keys if dst else part.destination_keys(NO_DESTINATION)),
+                part.scheduled_tasks,
                 keys.webhook_head(task_id),
                 keys.webhook_line(task_id),
                 keys.attempts(task_id),
-                keys.stats_of(tenant),
-                keys.scheduled_of(tenant),
+                part.stats_of(tenant),
+                part.scheduled_of(tenant),
             ],
             args=[
                 task_state,
@@ -152,7 +156,10 @@ class EventLog:
             raise RecordChanged(task_id)
         if mode != "webhook":
             return None  # nothing owed; waiting for a socket's ack, in its destination, or behind the task's others
-        return Leased(token=as_text(reply[2]), raw_secrets=reply[1] if isinstance(reply[1], bytes) else None)
+        raw_secrets = reply[1] if isinstance(reply[1], bytes) else None
+        if not single:
+            raw_secrets = await self._batch.command("GET", keys.secrets(tenant))
+        return Leased(token=as_text(reply[2]), raw_secrets=raw_secrets)
 
     async def events_after(
         self, task_id: str, after_seq: int = 0, *, first: Sequence[Sequence[Any]] = ()

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from delivery import keys, metrics
 from delivery.destinations import (
     CLAIM_DESTINATIONS,
-    NO_DESTINATION_KEYS,
+    NO_DESTINATION,
     FlowSettings,
     breaker_outcome,
     destination_for,
@@ -98,11 +98,15 @@ class Outbox:
         """How long a task's attempts (and its delivery steps) are kept after the last one."""
         return self._attempts_ttl_s
 
-    async def claim(self, *, limit: int, now: float | None = None) -> list[tuple[PendingDelivery, bool]]:
-        """Lease up to ``limit`` due deliveries; each comes with True when its WebSocket ack never came."""
+    async def claim(
+        self, partition: keys.Partition, *, limit: int, now: float | None = None
+    ) -> list[tuple[PendingDelivery, bool]]:
+        """Lease up to ``limit`` due deliveries of ``partition``; each comes with True when its WebSocket ack never
+        came."""
         moment = time.time() if now is None else now
         raw = await self._claim(
-            keys=[keys.DUE], args=[moment, limit, moment + self._lease_s, keys.delivery(""), keys.ack_marker("")]
+            keys=[partition.due],
+            args=[moment, limit, moment + self._lease_s, partition.delivery_prefix, partition.ack_prefix],
         )
         claimed: list[tuple[PendingDelivery, bool]] = []
         unreadable: list[bytes] = []
@@ -114,15 +118,17 @@ class Outbox:
                 claimed.append((delivery, bool(raw[i + 2])))
         if unreadable:
             # Out of the schedule: it would come back every lease and fail again (its record stays, logged).
-            await self._redis.zrem(keys.DUE, *unreadable)
+            await self._redis.zrem(partition.due, *unreadable)
             await count_unreadable(self._redis, len(unreadable))
         return claimed
 
-    async def claim_destinations(self, *, limit: int, now: float | None = None) -> list[Lease]:
-        """Lease up to ``limit`` attempts that ready destinations let start now."""
+    async def claim_destinations(
+        self, partition: keys.Partition, *, limit: int, now: float | None = None
+    ) -> list[Lease]:
+        """Lease up to ``limit`` attempts that the ready destinations of ``partition`` let start now."""
         raw = await self._claim_destinations(
-            keys=[keys.DESTINATIONS_READY],
-            args=[*self._flow.header(now), limit, CLAIM_DESTINATIONS, keys.delivery("")],
+            keys=[partition.destinations_ready],
+            args=[*self._flow.header(now), limit, CLAIM_DESTINATIONS, partition.delivery_prefix],
         )
         leases: list[Lease] = []
         for i in range(0, len(raw), 5):
@@ -139,7 +145,7 @@ class Outbox:
         assert delivery.url is not None
         dst = destination_for(delivery.tenant, delivery.url)
         reply = await self._handoff(
-            keys=[keys.DUE, keys.delivery(delivery.event_id), *dst.keys],
+            keys=[keys.of(delivery.event_id).due, keys.delivery(delivery.event_id), *dst.keys],
             args=[*self._flow.header(), delivery.event_id, dst.id, dst.tenant, dst.origin, _untried_replay(delivery)],
         )
         if as_text(reply[0]) == "admitted":
@@ -165,17 +171,18 @@ class Outbox:
             else None
         )
         latency_s = max(0.0, now.timestamp() - created_at)
+        part = keys.of(event_id)
         settled = await self._ack(
             keys=[
                 keys.ack_marker(event_id),
-                keys.DUE,
+                part.due,
                 keys.delivery(event_id),
                 keys.attempts(task_id),
-                keys.STATS,
-                keys.LATENCY,
+                part.stats,
+                part.latency,
                 keys.webhook_head(task_id),
                 keys.webhook_line(task_id),
-                keys.stats_of(tenant),
+                part.stats_of(tenant),
             ],
             args=[
                 event_id,
@@ -249,7 +256,7 @@ class Outbox:
         else:
             assert decision.reason is not None
             dead = DeadLetter(
-                id=dl_id or new_id("dl"),
+                id=dl_id or new_id("dl", keys.of(delivery.event_id)),
                 tenant=delivery.tenant,
                 task_id=delivery.task_id,
                 event=delivery.event,
@@ -280,22 +287,26 @@ class Outbox:
                     )
                 ),
             ]
+        part = keys.of(delivery.event_id)
+        single = keys.layout().single
         reply = await self._record(
             keys=[
                 keys.attempts(delivery.task_id),
-                keys.STATS,
-                keys.DUE,
+                part.stats,
+                part.due,
                 keys.delivery(delivery.event_id),
-                keys.LATENCY,
-                keys.dead_letter(dl_id),
-                keys.DEAD_LETTERS,
-                keys.dead_letters_of(delivery.tenant),
+                part.latency,
+                keys.dead_letter(dl_id) if dl_id else part.nothing,
+                part.dead_letters,
+                part.dead_letters_of(delivery.tenant),
                 keys.dead_letter_of_event(delivery.event_id),
-                *(dst.keys if dst else NO_DESTINATION_KEYS),
-                keys.secrets(delivery.tenant),
+                *(dst.keys if dst else part.destination_keys(NO_DESTINATION)),
+                # On one partition the step reads the secrets of the next webhook it leases; else they live in the
+                # tenant's own slot, and are read after it.
+                keys.secrets(delivery.tenant) if single else part.nothing,
                 keys.webhook_head(delivery.task_id),
                 keys.webhook_line(delivery.task_id),
-                keys.stats_of(delivery.tenant),
+                part.stats_of(delivery.tenant),
                 keys.delivery_steps(delivery.task_id),
             ],
             args=args,
@@ -308,6 +319,9 @@ class Outbox:
                 await self._drop_unreadable(dst.id, next_id)
             else:
                 raw_secrets = reply[5] if isinstance(reply[5], bytes) else None
+                if not single:
+                    stored = await self._redis.get(keys.secrets(next_delivery.tenant))
+                    raw_secrets = stored if isinstance(stored, bytes) else None
                 following = Lease(delivery=next_delivery, token=as_text(reply[4]), secrets=live_secrets(raw_secrets))
         return Recorded(
             dead=dead if as_text(reply[0]) == "ok" else None,
@@ -332,10 +346,12 @@ def _untried_replay(delivery: PendingDelivery) -> str:
     return "replay" if delivery.dead_letter_id is not None and delivery.run_attempts == 0 else ""
 
 
-async def trim_dead_letter_index(redis: aioredis.Redis, *, retention_s: int, now: float | None = None) -> int:
-    """Drop index entries of dead letters older than the retention (their records have expired)."""
+async def trim_dead_letter_index(
+    redis: aioredis.Redis, partition: keys.Partition, *, retention_s: int, now: float | None = None
+) -> int:
+    """Drop index entries of ``partition``'s dead letters older than the retention (their records have expired)."""
     cutoff_ms = ((time.time() if now is None else now) - retention_s) * 1000
-    return int(await redis.zremrangebyscore(keys.DEAD_LETTERS, "-inf", cutoff_ms))
+    return int(await redis.zremrangebyscore(partition.dead_letters, "-inf", cutoff_ms))
 
 
 def webhook_attempt(
@@ -360,7 +376,8 @@ def webhook_attempt(
 
 
 def unlink_dead_letter(pipe: Any, dl_id: str, tenant: str, event_id: str) -> None:
+    part = keys.of(dl_id)
     pipe.delete(keys.dead_letter(dl_id))
-    pipe.zrem(keys.DEAD_LETTERS, dl_id)
-    pipe.zrem(keys.dead_letters_of(tenant), dl_id)
+    pipe.zrem(part.dead_letters, dl_id)
+    pipe.zrem(part.dead_letters_of(tenant), dl_id)
     pipe.delete(keys.dead_letter_of_event(event_id))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
@@ -54,9 +54,22 @@ async def count_unreadable(redis: aioredis.Redis, count: int) -> None:
     """Add ``count`` to the unreadable-records counter of ``/metrics`` (best effort: the log has each one)."""
     if count:
         try:
-            await redis.hincrby(keys.STATS, metrics.UNREADABLE_RECORDS, count)
+            await redis.hincrby(keys.partitions()[0].stats, metrics.UNREADABLE_RECORDS, count)
         except (RedisError, OSError) as exc:
             log.warning("counting %d unreadable records failed: %s", count, exc)
+
+
+async def get_many(redis: aioredis.Redis, names: Sequence[str]) -> list[Any]:
+    """The values of ``names``, in order: one MGET on a store of one partition; else GETs in one pipeline, which a
+    cluster client splits by node (an MGET across slots is refused)."""
+    if not names:
+        return []
+    if keys.layout().single:
+        return list(await redis.mget(names))
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.get(name)
+        return list(await pipe.execute())
 
 
 class PendingDelivery(msgspec.Struct, kw_only=True):

@@ -8,17 +8,20 @@ so a cursor stays valid while entries arrive, and no page repeats or skips one.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar, cast
 
 import redis.asyncio as aioredis
 
 from delivery.errors import InvalidCursor
-from delivery.records import count_unreadable, decode_or_skip
+from delivery.records import count_unreadable, decode_or_skip, get_many
 
 # Index entries read per round trip while filtering.
 SCAN_BATCH = 500
+# Entries read from each partition's index per round trip while merging several.
+MERGE_BATCH = 32
 # Most index entries one page may look at before it answers with what it found (and a cursor).
 MAX_SCAN_PER_PAGE = 20_000
 
@@ -48,20 +51,60 @@ def format_cursor(position: Position | None) -> str | None:
 
 async def rows(
     redis: aioredis.Redis,
-    index: str,
+    index: str | Sequence[str],
     *,
     since: datetime | None,
     until: datetime | None,
     position: Position | None,
 ) -> AsyncIterator[list[Position]]:
     """The index's entries after ``position``, newest first, :data:`SCAN_BATCH` at a time, as ``(score, id)``:
-    ``since`` inclusive, ``until`` exclusive."""
+    ``since`` inclusive, ``until`` exclusive. Several indexes (one per partition) are merged into one order, so
+    that a cursor means the same whichever partition its entry came from."""
+    if isinstance(index, str) or len(index) == 1:
+        one = index if isinstance(index, str) else index[0]
+        async for batch in _rows(redis, one, since=since, until=until, position=position, batch_size=SCAN_BATCH):
+            yield batch
+        return
+    # Each partition's index is read a little at a time, as the merge needs it.
+    size = max(MERGE_BATCH, SCAN_BATCH // len(index))
+    sources = [_rows(redis, i, since=since, until=until, position=position, batch_size=size) for i in index]
+    buffers: list[deque[Position]] = [deque() for _ in sources]
+    live = set(range(len(sources)))
+    out: list[Position] = []
+    while True:
+        for i in list(live):
+            if not buffers[i]:
+                try:
+                    buffers[i].extend(await anext(sources[i]))
+                except StopAsyncIteration:
+                    live.discard(i)
+        ready = [i for i, b in enumerate(buffers) if b]
+        if not ready:
+            break
+        newest = max(ready, key=lambda i: buffers[i][0])
+        out.append(buffers[newest].popleft())
+        if len(out) == SCAN_BATCH:
+            yield out
+            out = []
+    if out:
+        yield out
+
+
+async def _rows(
+    redis: aioredis.Redis,
+    index: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    position: Position | None,
+    batch_size: int,
+) -> AsyncIterator[list[Position]]:
     low: float | str = since.timestamp() * 1000 if since else "-inf"
     high: float | str = f"({until.timestamp() * 1000!r}" if until else "+inf"
     while True:
         if position is not None:
             high = position[0]
-        raw_rows = await redis.zrevrangebyscore(index, high, low, start=0, num=SCAN_BATCH, withscores=True)
+        raw_rows = await redis.zrevrangebyscore(index, high, low, start=0, num=batch_size, withscores=True)
         batch = [(float(s), m.decode()) for m, s in cast(list[tuple[bytes, float]], raw_rows)]
         if position is not None:
             # Members that share the cursor's score come in reverse order: skip up to the cursor's id.
@@ -75,7 +118,7 @@ async def rows(
 
 async def scan(
     redis: aioredis.Redis,
-    index: str,
+    index: str | Sequence[str],
     record_key: Callable[[str], str],
     decode: Callable[[bytes | str], T],
     *,
@@ -86,7 +129,7 @@ async def scan(
     """Each entry after ``position``, newest first, with its record decoded (None when it is gone, or cannot be
     read: that one is logged and counted): ``since`` inclusive, ``until`` exclusive."""
     async for batch in rows(redis, index, since=since, until=until, position=position):
-        records = await redis.mget([record_key(m) for _, m in batch])
+        records = await get_many(redis, [record_key(m) for _, m in batch])
         for (score, member), raw in zip(batch, records, strict=True):
             record = decode_or_skip(decode, raw, key=record_key(member)) if raw else None
             if raw and record is None:

@@ -22,6 +22,7 @@ from delivery.destinations import (
     FlowSettings,
 )
 from delivery.errors import ConfigError, InvalidCallbackUrl
+from delivery.keys import CLUSTER_PARTITIONS, MAX_PARTITIONS
 from schemas.destinations import MAX_IN_FLIGHT
 
 # The Standard Webhooks example schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
@@ -97,17 +98,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     breaker_probe_s: Annotated[float, Meta(gt=0, le=MAX_PROBE_S)] = DEFAULT_PROBE_S
     ops_webhook_url: str | None = None
     redis_mode: RedisMode = "standalone"
+    # Partitions of the keyspace, fixed when the store is new (None: one on a standalone Redis, more on a cluster).
+    partitions: Annotated[int, Meta(ge=1, le=MAX_PARTITIONS)] | None = None
 
     def __post_init__(self) -> None:
         # Every URL is checked here, at start, so that a bad one ends a command with one line naming its variable
         # rather than with a traceback from the client library that first connects.
-        if self.redis_mode == "cluster":
-            raise ValueError(
-                "RELAY_REDIS_MODE: cluster is not supported by this version of Relay; use standalone "
-                "(one Redis, RELAY_REDIS_URL names it)"
-            )
         if self.redis_url is not None:
-            _check_redis_url("RELAY_REDIS_URL", self.redis_url)
+            if self.redis_mode == "cluster":
+                for seed in self.redis_url.split(","):
+                    _check_redis_url("RELAY_REDIS_URL", seed.strip(), cluster=True)
+            else:
+                _check_redis_url("RELAY_REDIS_URL", self.redis_url)
+        seeds = [seed.strip() for seed in (self.redis_url or "").split(",")]
+        if self.redis_mode == "cluster" and (self.broker_url is None or self.broker_url.strip() in seeds):
+            raise ValueError(
+                "RELAY_BROKER_URL: a Redis Cluster cannot hold Dramatiq's queue; set RELAY_BROKER_URL to RabbitMQ "
+                "(amqp://…) or to a standalone Redis (redis://…) beside the cluster"
+            )
         if self.broker_url is not None:
             if self.broker_url.startswith(("amqp://", "amqps://")):
                 _check_amqp_url("RELAY_BROKER_URL", self.broker_url)
@@ -118,6 +126,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 parse_callback_url(self.ops_webhook_url)
             except InvalidCallbackUrl as exc:
                 raise ValueError(f"RELAY_OPS_WEBHOOK_URL: {exc}") from None
+
+    @property
+    def cluster(self) -> bool:
+        return self.redis_mode == "cluster"
+
+    @property
+    def partition_count(self) -> int:
+        """The partitions of the keyspace (see delivery.keys): as set, else one standalone and more on a cluster."""
+        if self.partitions is not None:
+            return self.partitions
+        return CLUSTER_PARTITIONS if self.cluster else 1
 
     @property
     def flow(self) -> FlowSettings:
@@ -241,6 +260,7 @@ ENV = {
     "RELAY_OPS_WEBHOOK_URL": "ops_webhook_url",
     "RELAY_TENANT_MAX_STREAMS": "tenant_max_streams",
     "RELAY_REDIS_MODE": "redis_mode",
+    "RELAY_PARTITIONS": "partitions",
 }
 _FIELD_ENV = {field_name: name for name, field_name in ENV.items()}
 _BOOLEANS = {"allow_private_callbacks"}
@@ -283,7 +303,7 @@ def _parse(field_name: str, raw: str) -> object:
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def _check_redis_url(name: str, url: str, *, other: str = "") -> None:
+def _check_redis_url(name: str, url: str, *, other: str = "", cluster: bool = False) -> None:
     """A Redis URL that redis-py can connect with; the errors say what is wrong and never repeat the URL (it may
     hold a password)."""
     # Checked as given, as the clients that connect with it read it (they neither trim it nor take REDIS://).
@@ -293,7 +313,7 @@ def _check_redis_url(name: str, url: str, *, other: str = "") -> None:
     if "," in text:
         why = f"{name}: one URL expected, got several separated by commas"
         if name == "RELAY_REDIS_URL":
-            why += " (seed nodes are for RELAY_REDIS_MODE=cluster, which this version does not support)"
+            why += " (seed nodes are for RELAY_REDIS_MODE=cluster)"
         raise ValueError(why)
     parts = _split(name, text)
     scheme = text.split("://", 1)[0] if "://" in text else ""
@@ -301,6 +321,8 @@ def _check_redis_url(name: str, url: str, *, other: str = "") -> None:
         wanted = "redis://, rediss:// or unix://" + (f", or {other}" if other else "")
         raise ValueError(f"{name}: expected {wanted}, not {scheme + '://' if scheme else 'no scheme'}")
     if scheme == "unix":
+        if cluster:
+            raise ValueError(f"{name}: a cluster's seed nodes are redis:// or rediss:// addresses")
         if not parts.path:
             raise ValueError(f"{name}: a unix:// URL needs the socket's path")
         return

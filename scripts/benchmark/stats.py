@@ -65,9 +65,10 @@ async def fill(redis_url: str, dead_letters: int, destinations: int) -> None:
                     )
                     score = at.timestamp() * 1000
                     pipe.set(keys.dead_letter(dead.id), _encode(dead), ex=86400)
-                    pipe.zadd(keys.DEAD_LETTERS, {dead.id: score})
-                    pipe.zadd(keys.dead_letters_of(TENANT), {dead.id: score})
-                    for counters in (keys.STATS, keys.stats_of(TENANT)):
+                    part = keys.of(dead.id)
+                    pipe.zadd(part.dead_letters, {dead.id: score})
+                    pipe.zadd(part.dead_letters_of(TENANT), {dead.id: score})
+                    for counters in (part.stats, part.stats_of(TENANT)):
                         pipe.hincrby(counters, metrics.DEAD_LETTERED, 1)
                         pipe.hincrby(counters, metrics.dead_letter_counter(reason.value), 1)
                 await pipe.execute()
@@ -81,8 +82,8 @@ async def fill(redis_url: str, dead_letters: int, destinations: int) -> None:
                 for k in range(n % 4):  # a few owed webhooks each
                     pipe.zadd(due, {f"evt_d{n}_{k}": now + 60})
                     pipe.zadd(deadline, {f"evt_d{n}_{k}": now + 86400})
-                pipe.sadd(keys.DESTINATIONS, dst.id)
-                pipe.sadd(keys.destinations_of(TENANT), dst.id)
+                pipe.sadd(keys.of(dst.id).destinations, dst.id)
+                pipe.sadd(keys.of(dst.id).destinations_of(TENANT), dst.id)
             await pipe.execute()
     finally:
         await redis.aclose()

@@ -14,6 +14,7 @@ import dramatiq
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from delivery import keys, store_layout
 from delivery.dead_letters import DeadLetterStore
 from delivery.destinations import DestinationStore
 from delivery.epoch import StoreEpoch
@@ -77,6 +78,7 @@ class ApiState:
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:
+        keys.use(keys.Layout.of(settings.partition_count))
         # Every command of a request is bounded, so a stalled Redis answers 503 rather than hanging the client.
         redis = connect(settings.storage_url, command_timeout_s=COMMAND_TIMEOUT_S, pool_wait_s=COMMAND_TIMEOUT_S)
         listen_redis = connect(settings.storage_url, max_connections=2, retries=0)
@@ -176,6 +178,9 @@ class ApiState:
             await chunks.aclose()
 
     async def start(self) -> None:
+        # A store cut into other partitions than this process's is refused (Redis away at start: not known yet).
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(store_layout.check(self.redis, keys.layout()), EPOCH_AT_START_S)
         # Learn the epoch (or write a new store's) before /ready is asked; Redis may be away at start: then later.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.epoch.check(), EPOCH_AT_START_S)

@@ -21,7 +21,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.records import count_unreadable, decode_or_skip
+from delivery.records import count_unreadable, decode_or_skip, get_many
 from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from schemas.tasks import TaskRecord, TaskStatus
@@ -89,7 +89,7 @@ class TaskLedger:
     async def start(self, task_id: str, run_token: str) -> Started:
         """Take ``task_id``'s lease for the run ``run_token``, unless it has ended or a live run holds it."""
         reply = await self._start(
-            keys=[keys.task(task_id), keys.lease(task_id), keys.OWED_TASKS],
+            keys=[keys.task(task_id), keys.lease(task_id), keys.of(task_id).owed_tasks],
             args=[task_id, run_token, int(self.lease_s * 1000), time.time() + self.lease_s],
         )
         outcome = Start(as_text(reply[0]))
@@ -98,59 +98,77 @@ class TaskLedger:
         record = decode_or_skip(_decode, reply[1], key=keys.task(task_id))
         if record is None:
             # It can never run: stop owing it rather than enqueue it again and again.
-            await self._redis.zrem(keys.OWED_TASKS, task_id)
+            await self._redis.zrem(keys.of(task_id).owed_tasks, task_id)
             await count_unreadable(self._redis, 1)
             return Started(Start.GONE)
         return Started(outcome, record)
 
     async def renew(self, runs: Mapping[str, str]) -> list[str]:
         """Renew the leases of ``runs`` (task id -> run token); return the tasks whose lease is lost."""
-        if not runs:
-            return []
-        args: list[str | float | int] = [keys.lease(""), int(self.lease_s * 1000), time.time() + self.lease_s]
-        for task_id, token in runs.items():
-            args += [task_id, token]
-        lost = await self._renew(keys=[keys.OWED_TASKS], args=args)
-        return [as_text(t) for t in lost]
+        lost: list[str] = []
+        for part, group in _by_partition(runs).items():
+            args: list[str | float | int] = [part.lease_prefix, int(self.lease_s * 1000), time.time() + self.lease_s]
+            for task_id, token in group.items():
+                args += [task_id, token]
+            lost += [as_text(t) for t in await self._renew(keys=[part.owed_tasks], args=args)]
+        return lost
 
     async def release(self, runs: Mapping[str, str], *, now: float | None = None) -> int:
         """Give back the leases of ``runs`` (task id -> run token) that a stopping worker abandons: each task is
         owed at once, so that the next sweep enqueues it again, and shows ``queued`` (its progress cleared, its
         ``attempt`` raised: see :func:`given_back`) until it runs again. Returns how many were given back."""
-        if not runs:
-            return 0
-        ids = list(runs)
-        raws = await self._redis.mget([keys.task(task_id) for task_id in ids])
-        args: list[str | float | int | bytes] = [keys.lease(""), keys.task(""), time.time() if now is None else now]
-        for task_id, raw in zip(ids, raws, strict=True):
-            record = decode_or_skip(_decode, raw, key=keys.task(task_id)) if raw else None
-            if raw is None or record is None or record.status.finished:
-                args += [task_id, runs[task_id], "", ""]
-            else:  # written only if the record is still as read (a cancel may end it meanwhile)
-                args += [task_id, runs[task_id], raw, _encode(given_back(record))]
-        return int(await self._release(keys=[keys.OWED_TASKS], args=args))
+        released = 0
+        for part, group in _by_partition(runs).items():
+            ids = list(group)
+            raws = await get_many(self._redis, [keys.task(task_id) for task_id in ids])
+            args: list[str | float | int | bytes] = [
+                part.lease_prefix,
+                part.task_prefix,
+                time.time() if now is None else now,
+            ]
+            for task_id, raw in zip(ids, raws, strict=True):
+                record = decode_or_skip(_decode, raw, key=keys.task(task_id)) if raw else None
+                if raw is None or record is None or record.status.finished:
+                    args += [task_id, group[task_id], "", ""]
+                else:  # written only if the record is still as read (a cancel may end it meanwhile)
+                    args += [task_id, group[task_id], raw, _encode(given_back(record))]
+            released += int(await self._release(keys=[part.owed_tasks], args=args))
+        return released
 
-    async def promote(self, *, now: float | None = None, limit: int = SWEEP_BATCH) -> list[str]:
-        """The scheduled tasks whose ``run_at`` has come, owed from now on: the caller enqueues them."""
+    async def promote(
+        self, partition: keys.Partition, *, now: float | None = None, limit: int = SWEEP_BATCH
+    ) -> list[str]:
+        """The scheduled tasks of ``partition`` whose ``run_at`` has come, owed from now on: the caller enqueues
+        them."""
         moment = time.time() if now is None else now
         due = await self._promote(
-            keys=[keys.SCHEDULED_TASKS, keys.OWED_TASKS], args=[moment, limit, moment + REQUEUE_GRACE_S]
+            keys=[partition.scheduled_tasks, partition.owed_tasks], args=[moment, limit, moment + REQUEUE_GRACE_S]
         )
         return [as_text(t) for t in due]
 
-    async def sweep(self, *, now: float | None = None, limit: int = SWEEP_BATCH) -> list[str]:
-        """The owed tasks that are overdue; each one's next deadline is pushed on (doubling) in the same step."""
+    async def sweep(
+        self, partition: keys.Partition, *, now: float | None = None, limit: int = SWEEP_BATCH
+    ) -> list[str]:
+        """The owed tasks of ``partition`` that are overdue; each one's next deadline is pushed on (doubling) in the
+        same step."""
         moment = time.time() if now is None else now
         due = await self._sweep(
-            keys=[keys.OWED_TASKS, keys.REQUEUES, keys.STATS],
+            keys=[partition.owed_tasks, partition.requeues, partition.stats],
             args=[
                 moment,
                 limit,
                 REQUEUE_GRACE_S,
                 MAX_REQUEUE_GRACE_S,
-                keys.task(""),
-                keys.lease(""),
+                partition.task_prefix,
+                partition.lease_prefix,
                 metrics.REQUEUED,
             ],
         )
         return [as_text(t) for t in due]
+
+
+def _by_partition(runs: Mapping[str, str]) -> dict[keys.Partition, dict[str, str]]:
+    groups: dict[keys.Partition, dict[str, str]] = {}
+    for task_id, token in runs.items():
+        groups.setdefault(keys.of(task_id), {})[task_id] = token
+    return groups

@@ -20,7 +20,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys
-from delivery.records import count_unreadable, decode_or_skip
+from delivery.records import count_unreadable, decode_or_skip, get_many
 from delivery.time_index import MAX_SCAN_PER_PAGE, Position, format_cursor, parse_cursor, rows
 from schemas.tasks import TaskRecord, TaskStatus
 
@@ -100,7 +100,7 @@ class TaskList:
         whichever bound it meets first ends it short of ``limit``, with a cursor.
         """
         position = parse_cursor(cursor, id_prefix="task_")
-        index = keys.tasks_of(where.tenant) if where.tenant else keys.TASKS
+        index = [p.tasks_of(where.tenant) if where.tenant else p.tasks for p in keys.partitions()]
         items: list[TaskRecord] = []
         scanned = 0
         spent = 0  # bytes of whole records read
@@ -153,7 +153,7 @@ class TaskList:
         """The records of ``planned`` that match, read whole in one trip."""
         if not planned:
             return []
-        raws = await self._redis.mget([keys.task(e.position[1]) for e in planned])
+        raws = await get_many(self._redis, [keys.task(e.position[1]) for e in planned])
         found: list[TaskRecord] = []
         unreadable = 0
         for entry, raw in zip(planned, raws, strict=True):

@@ -20,7 +20,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.destinations import FlowSettings
+from delivery.destinations import FlowSettings, destination_for
 from delivery.errors import LeaseLost, RecordChanged, RelayError, UnreadableRecord
 from delivery.event_log import EventLog
 from delivery.ids import new_id
@@ -38,6 +38,10 @@ IDEMPOTENCY_TTL_S = 24 * 3600
 
 _SUBMIT_LUA = Path(__file__).with_name("submit_task.lua").read_text()
 _MARK_RUNNING_LUA = Path(__file__).with_name("mark_running.lua").read_text()
+_CLAIM_KEY_LUA = Path(__file__).with_name("claim_key.lua").read_text()
+# A claimed Idempotency-Key whose task is not stored is another request's for this long (its store step may still
+# be on its way); after that, a request with another body takes the key over.
+CLAIM_SETTLE_S = 60
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TaskRecord).decode
@@ -101,6 +105,27 @@ def request_fingerprint(submission: TaskSubmission) -> str:
     return hashlib.sha256(_encode_canonical(submission)).hexdigest()
 
 
+def place(tenant: str, webhook_url: str | None, idempotency_key: str | None) -> keys.Partition:
+    """The partition of a new task: its webhook's destination's (so that the step that ends the task owes the
+    webhook to its destination atomically), else its Idempotency-Key's (so that a retry finds the first in one
+    step), else any (see delivery.keys)."""
+    layout = keys.layout()
+    if layout.single:
+        return layout.partitions[0]
+    if webhook_url is not None:
+        return keys.of(destination_for(tenant, webhook_url).id)
+    if idempotency_key is not None:
+        return layout.for_hash(tenant, idempotency_digest(idempotency_key))
+    return layout.any()
+
+
+def _parse_claim(value: bytes) -> tuple[str, str, bytes]:
+    """A claim's fingerprint, task id and first answer ('' for what cannot be read)."""
+    fingerprint, _, rest = value.partition(b"\n")
+    task_id, _, answer = rest.partition(b"\n")
+    return fingerprint.decode(errors="replace"), task_id.decode(errors="replace"), answer
+
+
 @dataclass(frozen=True, slots=True)
 class InlineMessage:
     """A broker message that the submit step itself enqueues (the Redis broker, in the storage Redis)."""
@@ -125,6 +150,13 @@ class KeyReused(RelayError):
 
     def __init__(self) -> None:
         super().__init__("this Idempotency-Key was used for another request")
+
+
+class KeyInProgress(RelayError):
+    """An Idempotency-Key claimed moments ago by another request (another body) whose task is not stored yet."""
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is in progress")
 
 
 class NotAdmitted(RelayError):
@@ -169,6 +201,7 @@ class TaskStore:
         self._batch = batched(redis)
         self._submit = self._batch.register_script(_SUBMIT_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
+        self._claim_key = redis.register_script(_CLAIM_KEY_LUA)
 
     async def get(self, task_id: str, *, visible: Callable[[str, str | None], bool] | None = None) -> TaskRecord | None:
         """The task, or None when there is none (or ``visible(tenant, ws_token)`` says the caller may not see it).
@@ -188,34 +221,106 @@ class TaskStore:
         message: InlineMessage | None = None,
         admit: bool = True,
     ) -> Submitted:
-        """Accept a new task in one step: claim the Idempotency-Key, store the task, owe it, enqueue ``message``.
+        """Accept a new task: claim the Idempotency-Key, store the task, owe it, enqueue ``message``.
 
         With an Idempotency-Key this tenant already used (for a task that still exists), nothing is written: for
         the same request (``fingerprint``, from :func:`request_fingerprint`) the first submission's answer comes
         back as it was given; for another one :class:`KeyReused` is raised. With ``admit`` False (the store is
         full) only such a first answer is given: a new task raises :class:`NotAdmitted`, writing nothing. Raises
         :class:`TenantFull` when the tenant has ``max_open_per_tenant`` tasks that have not ended.
+
+        One step when the key lives in the task's partition (always on a store of one partition, and for a task
+        without a webhook, which :func:`place` puts there). A task placed by its webhook's destination may live
+        elsewhere than its key: then the key is claimed first, for the task's id, and the task stored after; a
+        retry of the same request finds the claim and stores that same task if the first try did not (the store
+        step takes a task only once), so there is still one task per key.
         """
+        if idempotency_key is None:
+            return await self._store(record, idem=None, fingerprint=fingerprint, message=message, admit=admit)
+        digest = idempotency_digest(idempotency_key)
+        home = keys.of(record.id)
+        claim_part = keys.layout().for_hash(record.tenant, digest)
+        if claim_part == home:
+            idem = home.idempotency(record.tenant, digest)
+            return await self._store(record, idem=idem, fingerprint=fingerprint, message=message, admit=admit)
+        return await self._create_claimed(
+            record, claim_part.idempotency(record.tenant, digest), fingerprint, message=message, admit=admit
+        )
+
+    async def _create_claimed(
+        self, record: TaskRecord, claim: str, fingerprint: str, *, message: InlineMessage | None, admit: bool
+    ) -> Submitted:
+        fingerprint = fingerprint or "0"
+        value = f"{fingerprint}\n{record.id}\n".encode() + _encode(record.public())
+        reply = await self._claim_key(keys=[claim], args=["claim", value, IDEMPOTENCY_TTL_S])
+        retry = False
+        if as_text(reply[0]) == "held":
+            held = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
+            first_fingerprint, first_id, first_answer = _parse_claim(held)
+            stored = await self._batch.command("EXISTS", keys.task(first_id)) if first_id else 0
+            if stored:
+                if first_fingerprint != fingerprint:
+                    raise KeyReused
+                first = _decode_answer(first_answer)
+                if first is not None:
+                    return Submitted(answer=first, new=False)
+            if first_fingerprint == fingerprint and first_id and keys.of(first_id) == keys.of(record.id):
+                # The first try claimed the key and its task is not stored (it failed, or is on its way): store
+                # that same task; if the first try stores it meanwhile, the step says so and nothing is doubled.
+                record = msgspec.structs.replace(record, id=first_id)
+                retry = True
+            else:
+                # Another request's claim whose task is gone: expired, or never stored. Taken over if it is old
+                # enough that its own store step can no longer be on its way.
+                age_s = IDEMPOTENCY_TTL_S - int(reply[2])
+                if age_s < CLAIM_SETTLE_S:
+                    raise KeyInProgress
+                if not await self._claim_key(keys=[claim], args=["replace", held, value, IDEMPOTENCY_TTL_S]):
+                    raise KeyInProgress
+        try:
+            submitted = await self._store(
+                record, idem=None, fingerprint=fingerprint, message=message, admit=admit, retry=retry
+            )
+        except (TenantFull, NotAdmitted):
+            if not retry:
+                await self._claim_key(keys=[claim], args=["release", value])
+            raise
+        return submitted
+
+    async def _store(
+        self,
+        record: TaskRecord,
+        *,
+        idem: str | None,
+        fingerprint: str,
+        message: InlineMessage | None,
+        admit: bool,
+        retry: bool = False,
+    ) -> Submitted:
+        """The store step (see ``submit_task.lua``), in the task's partition."""
         answer = record.public()
-        idem = keys.idempotency(record.tenant, idempotency_digest(idempotency_key)) if idempotency_key else None
         task_key = keys.task(record.id)
+        part = keys.of(record.id)
         now = time.time()
         stored, answer_bytes = _encode(record), _encode(answer) if idem else b""
+        open_elsewhere = 0
+        if self._max_open and not keys.layout().single:
+            open_elsewhere = await self._open_elsewhere(record.tenant, part, now)
         reply = await self._submit(
             keys=[
                 task_key,
                 idem or task_key,
-                keys.OWED_TASKS,
-                keys.STATS,
-                keys.open_tasks_of(record.tenant),
+                part.owed_tasks,
+                part.stats,
+                part.open_tasks_of(record.tenant),
                 message.queue_key if message else task_key,
                 message.messages_key if message else task_key,
-                keys.TASKS,
-                keys.tasks_of(record.tenant),
-                keys.SCHEDULED_TASKS,
-                keys.stats_of(record.tenant),
+                part.tasks,
+                part.tasks_of(record.tenant),
+                part.scheduled_tasks,
+                part.stats_of(record.tenant),
                 message.wake_key if message else task_key,
-                keys.scheduled_of(record.tenant),
+                part.scheduled_of(record.tenant),
             ],
             args=[
                 record.id,
@@ -227,7 +332,7 @@ class TaskStore:
                 metrics.task_counter("submitted"),
                 self._max_open,
                 int(now * 1000),
-                keys.task(""),
+                part.task_prefix,
                 message.message_id if message else "",
                 message.body if message else "",
                 repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
@@ -235,6 +340,8 @@ class TaskStore:
                 metrics.task_counter("scheduled"),
                 fingerprint or "0",
                 "1" if admit else "",
+                "1" if retry else "",
+                open_elsewhere,
             ],
         )
         outcome = as_text(reply[0])
@@ -248,15 +355,28 @@ class TaskStore:
             first = _decode_answer(reply[1])
             if first is not None:
                 return Submitted(answer=first, new=False)
+        if outcome == "exists":
+            return Submitted(answer=_decode(reply[1]).public(), new=False)
         size = len(stored) + len(answer_bytes) + (len(message.body) if message else 0) + _SUBMIT_OVERHEAD_BYTES
         return Submitted(answer=answer, new=True, stored_bytes=size)
+
+    async def _open_elsewhere(self, tenant: str, home: keys.Partition, now: float) -> int:
+        """The tenant's open tasks in every partition but ``home`` (whose step counts its own), read just before the
+        step: across partitions the cap is kept to within the submissions of this tenant in flight at once."""
+        expired_before = (now - self._record_ttl_s) * 1000
+        others = [p for p in keys.partitions() if p != home]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for p in others:
+                pipe.zcount(p.open_tasks_of(tenant), f"({expired_before!r}", "+inf")
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts)
 
     async def mark_running(self, record: TaskRecord, run_token: str) -> None:
         """Show the task as running; raises :class:`LeaseLost` when this run no longer holds it."""
         running = msgspec.structs.replace(record, started_at=record.started_at or datetime.now(UTC))
         move(running, TaskStatus.RUNNING)
         written = await self._mark_running(
-            keys=[keys.task(record.id), keys.OWED_TASKS, keys.lease(record.id)],
+            keys=[keys.task(record.id), keys.of(record.id).owed_tasks, keys.lease(record.id)],
             args=[record.id, run_token, _encode(running), self._record_ttl_s],
         )
         if not written:
@@ -412,7 +532,7 @@ class TaskStore:
     def _next_event(record: TaskRecord, event_type: EventType, data: Any) -> Event:
         record.last_seq += 1
         return Event(
-            id=new_id("evt"),
+            id=new_id("evt", keys.of(record.id)),
             type=event_type,
             task_id=record.id,
             seq=record.last_seq,

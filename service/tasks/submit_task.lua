@@ -9,10 +9,13 @@
 --       created_at_ms, run_at ('' to run at once: a scheduled task waits in the scheduled set until then, owed
 --       from a grace after it, so that a promotion whose enqueue was lost still brings it back), the stats field
 --       that counts scheduled submissions, the request's fingerprint (kept with the key), admit ('1' to accept a
---       new task; '' when the store is full: only a key used before is answered)
+--       new task; '' when the store is full: only a key used before is answered), '1' when the task may exist
+--       already (a keyed submission whose key lives in another partition, tried again: see service.tasks.store),
+--       the tenant's open tasks in other partitions (counted by the caller just before)
 -- Returns {'new'}, {'first', answer} (the key was used before for the same request: the first answer),
 -- {'conflict'} (the key was used before for another request), {'refused'} (admit is '' and the key is new) or
--- {'full', open} (the tenant already has max_open tasks that have not ended).
+-- {'full', open} (the tenant already has max_open tasks that have not ended) or {'exists', record} (the task is
+-- stored already: the first try of this submission stored it).
 --
 -- When the store is full (Redis at maxmemory with noeviction) this step must write nothing. Redis checks memory
 -- for a script only at its first write, and only when that write is one that can grow memory (deny-oom): a first
@@ -41,6 +44,12 @@ if ARGV[5] ~= '' then
         -- the key's task has expired (or the value is not one this step wrote): this submission takes it over
     end
 end
+if ARGV[18] == '1' then
+    local stored = redis.call('GET', KEYS[1])
+    if stored then
+        return {'exists', stored}
+    end
+end
 if ARGV[17] ~= '1' then
     return {'refused'}
 end
@@ -50,7 +59,7 @@ local max_open = tonumber(ARGV[8])
 -- trimmed below, after the first write).
 local expired_before = now_ms - tonumber(ARGV[3]) * 1000
 if max_open > 0 then
-    local open = redis.call('ZCOUNT', KEYS[5], '(' .. expired_before, '+inf')
+    local open = redis.call('ZCOUNT', KEYS[5], '(' .. expired_before, '+inf') + (tonumber(ARGV[19]) or 0)
     if open >= max_open then
         return {'full', open}
     end

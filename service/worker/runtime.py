@@ -29,7 +29,7 @@ from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from redis.exceptions import RedisError
 
-from delivery import background
+from delivery import background, keys, store_layout
 from delivery.destinations import DestinationStore
 from delivery.engine import DeliveryEngine
 from delivery.epoch import StoreEpoch
@@ -37,6 +37,7 @@ from delivery.errors import RelayError
 from delivery.ops_events import OpsNotifier
 from delivery.outbox import Outbox, trim_dead_letter_index
 from delivery.redis_client import connect
+from delivery.shares import Shares
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
 from service import USER_AGENT
@@ -52,6 +53,8 @@ log = logging.getLogger("relay.worker")
 
 # How often a worker process tells the broker it is alive (and requeues the work of dead ones).
 HEARTBEAT_INTERVAL_S = 2.0
+# How long a worker's start waits to check the store's layout before it leaves that (Redis may be away).
+LAYOUT_CHECK_S = 1.0
 # How often each worker process looks for overdue tasks (with jitter, so processes take turns).
 SWEEP_INTERVAL_S = 1.0
 # How often a worker drops expired dead letters from their index.
@@ -111,6 +114,7 @@ class Runtime:
         # httpx logs every request at INFO: too loud at thousands a second, and URLs may carry tokens.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.kinds: KindRegistry = load_kinds(settings.task_modules)
+        keys.use(keys.Layout.of(settings.partition_count))
         self.redis = connect(settings.storage_url)
         ttl = settings.record_ttl_s
         self.tasks = TaskStore(
@@ -143,6 +147,8 @@ class Runtime:
                 secrets=secrets,
                 destinations=DestinationStore(redis=self.redis, flow=settings.flow),
             )
+        # This worker's share of the periodic work over the partitions (see delivery.shares).
+        self.shares = Shares(redis=self.redis)
         self.engine = DeliveryEngine(
             outbox=self.outbox,
             sender=WebhookSender(
@@ -151,6 +157,7 @@ class Runtime:
             secrets=secrets,
             schedule_s=settings.retry_schedule_s,
             ops=self.ops,
+            partitions=self.shares.poller(),
         )
         # Watched so that a store that lost its data is said once, at ERROR (see delivery.epoch).
         self.epoch = StoreEpoch(redis=self.redis, on_lost=self._store_lost)
@@ -198,7 +205,11 @@ class Runtime:
     async def start(self) -> None:
         """Start the background loops; nothing here waits for Redis (it may be down when a worker starts)."""
         self._loop = asyncio.get_running_loop()
+        # A store cut into other partitions than this process's is refused (Redis away at start: not known yet).
+        with contextlib.suppress(*INFRA_ERRORS, TimeoutError):
+            await asyncio.wait_for(store_layout.check(self.redis, keys.layout()), LAYOUT_CHECK_S)
         self.kind_loops.start()
+        self.shares.start()
         await self.engine.start()
         self.epoch.start()
         self._loops.append(asyncio.create_task(self._renew_leases(), name="relay-lease-renewal"))
@@ -267,6 +278,9 @@ class Runtime:
         await self.epoch.stop()
         await self.kind_loops.stop()
         await self.engine.stop()
+        await self.shares.stop()
+        with contextlib.suppress(*INFRA_ERRORS):
+            await self.shares.leave()  # its partitions move to the others now, not once its heartbeat expires
         if self.ops is not None:
             await self.ops.stop()
         if self.ops_http is not None:
@@ -323,27 +337,35 @@ class Runtime:
 
     async def _sweep(self) -> None:
         trimmed_at = 0.0
+        to_poll = self.shares.poller()
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S * random.uniform(0.5, 1.5))
-            try:
-                if time.monotonic() - trimmed_at > TRIM_INTERVAL_S:
-                    trimmed_at = time.monotonic()
-                    await trim_dead_letter_index(self.redis, retention_s=self.settings.dead_letter_retention_s)
-                due = await self.ledger.promote()
-                if due:
-                    await self.enqueuer.enqueue(due)
-                    log.info("enqueued %d scheduled tasks whose time has come", len(due))
-                overdue = await self.ledger.sweep()
-                if overdue:
-                    await self.enqueuer.enqueue(overdue)
-                    log.info(
-                        "enqueued %d owed tasks again (given back by a worker that stopped, or their messages or "
-                        "runs were lost)",
-                        len(overdue),
-                    )
-            except INFRA_ERRORS as exc:
-                # Their deadlines moved on already: the next sweep that finds them due enqueues them.
-                log.warning("sweeping overdue tasks failed (%s); trying again", exc)
+            trim = time.monotonic() - trimmed_at > TRIM_INTERVAL_S
+            if trim:
+                trimmed_at = time.monotonic()
+            for partition in to_poll():
+                try:
+                    await self._sweep_partition(partition, trim=trim)
+                except INFRA_ERRORS as exc:
+                    # Their deadlines moved on already: the next sweep that finds them due enqueues them.
+                    log.warning("sweeping overdue tasks failed (%s); trying again", exc)
+                    break
+
+    async def _sweep_partition(self, partition: keys.Partition, *, trim: bool) -> None:
+        if trim:
+            await trim_dead_letter_index(self.redis, partition, retention_s=self.settings.dead_letter_retention_s)
+        due = await self.ledger.promote(partition)
+        if due:
+            await self.enqueuer.enqueue(due)
+            log.info("enqueued %d scheduled tasks whose time has come", len(due))
+        overdue = await self.ledger.sweep(partition)
+        if overdue:
+            await self.enqueuer.enqueue(overdue)
+            log.info(
+                "enqueued %d owed tasks again (given back by a worker that stopped, or their messages or "
+                "runs were lost)",
+                len(overdue),
+            )
 
     async def _beat(self, broker: RedisBroker) -> None:
         """Keep this process's broker heartbeat fresh and run broker maintenance.

@@ -69,7 +69,7 @@ async def dead_letter(redis: aioredis.Redis, outbox: Outbox, n: int = 1) -> Dead
 
 async def replayed_lease(outbox: Outbox) -> Lease:
     """What a worker does with a replay: claim it from the schedule and hand it to its destination."""
-    ((delivery, pushed),) = await outbox.claim(limit=10)
+    ((delivery, pushed),) = await outbox.claim(keys.partitions()[0], limit=10)
     assert not pushed
     lease = await outbox.handoff(delivery)
     assert lease is not None
@@ -86,16 +86,16 @@ async def test_a_replay_owes_the_same_event_again_on_a_fresh_schedule_once(
     assert await store.replay(dead)
     assert not await store.replay(dead)  # in flight already
 
-    due_at = await redis.zscore(keys.DUE, "evt_1")
+    due_at = await redis.zscore(keys.partitions()[0].due, "evt_1")
     assert due_at is not None
     assert before <= due_at <= time.time()
-    assert await redis.zcard(keys.DUE) == 1
+    assert await redis.zcard(keys.partitions()[0].due) == 1
     owed = msgspec.json.decode(await redis.get(keys.delivery("evt_1")), type=PendingDelivery)
     assert owed.event == dead.event
     assert owed.run_attempts == 0  # the whole retry schedule again
     assert owed.attempts == 1  # the count across replays goes on
     assert owed.dead_letter_id == dead.id
-    assert await redis.hget(keys.STATS, metrics.REPLAYED) == b"1"
+    assert await redis.hget(keys.partitions()[0].stats, metrics.REPLAYED) == b"1"
     assert await store.get(dead.id) == dead  # kept until the replay is delivered
 
 
@@ -108,8 +108,8 @@ async def test_a_delivered_replay_takes_its_dead_letter_away(
     await attempt(outbox, await replayed_lease(outbox), 200, Decision(Verdict.DELIVERED))
 
     assert await store.get(dead.id) is None
-    assert await redis.zcard(keys.DEAD_LETTERS) == 0
-    assert await redis.zcard(keys.dead_letters_of("acme")) == 0
+    assert await redis.zcard(keys.partitions()[0].dead_letters) == 0
+    assert await redis.zcard(keys.partitions()[0].dead_letters_of("acme")) == 0
     assert not await redis.exists(keys.dead_letter_of_event("evt_1"))
     assert not await redis.exists(keys.delivery("evt_1"))
     assert await store.replay(dead)  # nothing in flight: a replay may be asked for again
@@ -127,7 +127,7 @@ async def test_a_replay_that_dies_again_keeps_one_dead_letter_and_counts_the_rep
     assert again.id == dead.id
     assert again.replays == 1
     assert again.attempts == 2
-    assert await redis.zcard(keys.DEAD_LETTERS) == 1
+    assert await redis.zcard(keys.partitions()[0].dead_letters) == 1
     assert await store.get(dead.id) == again
 
 
@@ -143,8 +143,8 @@ async def test_two_replays_of_one_dead_letter_at_once_owe_it_once(
     finally:
         await other.aclose()
     assert sorted(results) == [False, False, True]
-    assert await redis.zcard(keys.DUE) == 1
-    assert await redis.hget(keys.STATS, metrics.REPLAYED) == b"1"
+    assert await redis.zcard(keys.partitions()[0].due) == 1
+    assert await redis.hget(keys.partitions()[0].stats, metrics.REPLAYED) == b"1"
 
 
 async def test_a_batch_replays_all_but_those_in_flight(
@@ -154,5 +154,5 @@ async def test_a_batch_replays_all_but_those_in_flight(
     assert await store.replay(batch[1])
 
     assert await store.replay_batch(batch) == [True, False, True]
-    assert {m.decode() for m in await redis.zrange(keys.DUE, 0, -1)} == {"evt_1", "evt_2", "evt_3"}
-    assert await redis.hget(keys.STATS, metrics.REPLAYED) == b"3"
+    assert {m.decode() for m in await redis.zrange(keys.partitions()[0].due, 0, -1)} == {"evt_1", "evt_2", "evt_3"}
+    assert await redis.hget(keys.partitions()[0].stats, metrics.REPLAYED) == b"3"

@@ -88,7 +88,7 @@ def pending(n: int = 1) -> PendingDelivery:
 async def owed(redis: aioredis.Redis, outbox: Outbox, delivery: PendingDelivery) -> Lease:
     """``delivery``'s webhook owed to its destination and leased to this worker, as a run's final write leaves it."""
     await redis.set(keys.delivery(delivery.event_id), msgspec.json.encode(delivery))
-    await redis.zadd(keys.DUE, {delivery.event_id: time.time()})
+    await redis.zadd(keys.partitions()[0].due, {delivery.event_id: time.time()})
     lease = await outbox.handoff(delivery)
     assert lease is not None
     return lease
@@ -99,7 +99,7 @@ async def attempts(redis: aioredis.Redis, task_id: str = "task_1") -> list[Attem
 
 
 async def dead_letters(redis: aioredis.Redis) -> list[DeadLetter]:
-    ids = await redis.zrange(keys.DEAD_LETTERS, 0, -1)
+    ids = await redis.zrange(keys.partitions()[0].dead_letters, 0, -1)
     return [msgspec.json.decode(await redis.get(keys.dead_letter(i.decode())), type=DeadLetter) for i in ids]
 
 
@@ -170,15 +170,15 @@ async def test_a_500_is_retried_per_the_schedule_then_dead_lettered(
     assert start + 5 * 0.9 <= first <= time.time() + 5 * 1.1  # the first delay, with its jitter
     stored = msgspec.json.decode(await redis.get(keys.delivery("evt_1")), type=PendingDelivery)
     assert (stored.attempts, stored.run_attempts, stored.last_status_code) == (1, 1, 500)
-    assert await outbox.claim_destinations(limit=10, now=first - 0.1) == []
+    assert await outbox.claim_destinations(keys.partitions()[0], limit=10, now=first - 0.1) == []
 
-    (second,) = await outbox.claim_destinations(limit=10, now=first + 0.1)
+    (second,) = await outbox.claim_destinations(keys.partitions()[0], limit=10, now=first + 0.1)
     await engine.attempt(second)
     later = await retry_due_at(redis)
     assert later is not None
     assert time.time() + 300 * 0.9 - 1 <= later <= time.time() + 300 * 1.1
 
-    (third,) = await outbox.claim_destinations(limit=10, now=later + 0.1)
+    (third,) = await outbox.claim_destinations(keys.partitions()[0], limit=10, now=later + 0.1)
     await engine.attempt(third)
     assert route.call_count == 3
     (dead,) = await dead_letters(redis)
@@ -201,7 +201,7 @@ async def test_410_dead_letters_as_endpoint_gone_without_retry(
     assert dead.url == URL
     assert await retry_due_at(redis) is None
     assert not await redis.exists(keys.delivery("evt_1"))
-    assert await outbox.claim_destinations(limit=10, now=time.time() + 86400) == []
+    assert await outbox.claim_destinations(keys.partitions()[0], limit=10, now=time.time() + 86400) == []
 
 
 async def test_a_timeout_counts_as_a_failure_and_is_retried(
@@ -251,7 +251,7 @@ async def test_the_poller_delivers_a_replayed_dead_letter(
     await engine.stop(grace_s=2)
     assert await store.get(dead.id) is None
     assert [a.outcome for a in await attempts(redis)] == [DeliveryOutcome.FAILED, DeliveryOutcome.DELIVERED]
-    assert await redis.zcard(keys.DUE) == 0
+    assert await redis.zcard(keys.partitions()[0].due) == 0
 
 
 async def test_a_dispatched_webhook_hands_its_slot_to_the_next_one_owed(
@@ -265,7 +265,7 @@ async def test_a_dispatched_webhook_hands_its_slot_to_the_next_one_owed(
     for n in (2, 3):  # the destination's one slot is taken: these wait
         waiting = pending(n)
         await redis.set(keys.delivery(waiting.event_id), msgspec.json.encode(waiting))
-        await redis.zadd(keys.DUE, {waiting.event_id: time.time()})
+        await redis.zadd(keys.partitions()[0].due, {waiting.event_id: time.time()})
         assert await outbox.handoff(waiting) is None
 
     engine.dispatch(first)  # no poller: only the hand-over can send the other two
@@ -284,7 +284,7 @@ async def test_a_push_nobody_acked_in_time_goes_on_by_webhook(
     pushed = pending(1)
     await redis.set(keys.delivery(pushed.event_id), msgspec.json.encode(pushed))
     await redis.set(keys.ack_marker(pushed.event_id), "1")
-    await redis.zadd(keys.DUE, {pushed.event_id: time.time()})  # its ack timeout is up
+    await redis.zadd(keys.partitions()[0].due, {pushed.event_id: time.time()})  # its ack timeout is up
 
     await engine.start()
     await until(lambda: route.call_count == 1)
@@ -303,7 +303,7 @@ async def test_a_websocket_only_push_nobody_acked_is_dropped_from_the_schedule(
     pushed = msgspec.structs.replace(pending(1), url=None)
     await redis.set(keys.delivery(pushed.event_id), msgspec.json.encode(pushed))
     await redis.set(keys.ack_marker(pushed.event_id), "1")
-    await redis.zadd(keys.DUE, {pushed.event_id: time.time()})
+    await redis.zadd(keys.partitions()[0].due, {pushed.event_id: time.time()})
 
     await engine.start()
     await until(lambda: redis.exists(keys.attempts(pushed.task_id)))
@@ -311,5 +311,5 @@ async def test_a_websocket_only_push_nobody_acked_is_dropped_from_the_schedule(
     await engine.stop(grace_s=2)
     assert [(a.channel.value, a.outcome) for a in await attempts(redis)] == [("websocket", DeliveryOutcome.UNACKED)]
     assert not await redis.exists(keys.delivery(pushed.event_id))
-    assert await redis.zcard(keys.DUE) == 0
+    assert await redis.zcard(keys.partitions()[0].due) == 0
     assert len(receiver.calls) == 0

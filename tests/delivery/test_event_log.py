@@ -97,11 +97,11 @@ async def test_a_final_event_is_logged_published_and_its_webhook_leased_in_one_s
     assert msgspec.json.decode(published["data"], type=Event) == event
     await pubsub.aclose()
     assert await redis.get(keys.task("task_1")) == b'{"final": true}'
-    assert await redis.hget(keys.STATS, metrics.task_counter("succeeded")) == b"1"
+    assert await redis.hget(keys.partitions()[0].stats, metrics.task_counter("succeeded")) == b"1"
     # The task has ended: no longer owed, no lease, not open ...
-    assert await redis.zscore(keys.OWED_TASKS, "task_1") is None
+    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") is None
     assert not await redis.exists(keys.lease("task_1"))
-    assert await redis.zscore(keys.open_tasks_of("acme"), "task_1") is None
+    assert await redis.zscore(keys.partitions()[0].open_tasks_of("acme"), "task_1") is None
     # ... and its webhook is owed to its destination, in flight under the caller's lease.
     stored = msgspec.json.decode(await redis.get(keys.delivery(event.id)), type=PendingDelivery)
     assert stored.event == event
@@ -121,7 +121,7 @@ async def test_a_run_without_the_lease_writes_nothing(redis: aioredis.Redis, log
     assert not lost.value.ended
     assert await log.events_after("task_1") == []
     assert not await redis.exists(keys.delivery(event.id))
-    assert await redis.zscore(keys.OWED_TASKS, "task_1") is not None  # still owed: the holder ends it
+    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") is not None  # still owed: the holder ends it
     assert await redis.get(keys.lease("task_1")) == b"run-a"
     assert not await redis.exists(*destination_for("acme", URL).keys)
 
@@ -179,12 +179,12 @@ async def test_a_websocket_task_waits_for_an_ack_only_when_a_socket_may_give_one
     if pushed:
         assert leased is None
         assert await redis.exists(keys.ack_marker(event.id))
-        assert await redis.zscore(keys.DUE, event.id) == 1234.5
+        assert await redis.zscore(keys.partitions()[0].due, event.id) == 1234.5
         assert not await redis.exists(*destination_for("acme", URL).keys)
     else:
         assert leased is not None
         assert not await redis.exists(keys.ack_marker(event.id))
-        assert await redis.zscore(keys.DUE, event.id) is None
+        assert await redis.zscore(keys.partitions()[0].due, event.id) is None
 
 
 async def _log_of(redis: aioredis.Redis, task_id: str, sizes: list[int]) -> list[Event]:

@@ -128,8 +128,8 @@ async def test_a_tasks_webhooks_are_owed_one_at_a_time_and_a_waiting_progress_is
 
     _, due, _, _ = destination_for("acme", URL).keys
     await redis.zadd(due, {retrying.id: 0})  # its retry is due now
-    await redis.zadd(keys.DESTINATIONS_READY, {destination_for("acme", URL).id: 0})
-    (again,) = await outbox.claim_destinations(limit=10)
+    await redis.zadd(keys.partitions()[0].destinations_ready, {destination_for("acme", URL).id: 0})
+    (again,) = await outbox.claim_destinations(keys.partitions()[0], limit=10)
     last = await settle(outbox, again)
     assert last is not None
     assert last.delivery.event_id == final.id
@@ -185,8 +185,8 @@ async def test_an_ack_of_the_head_lets_the_next_webhook_be_owed(
     await redis.sadd(keys.subscribers("task_1"), "node-1")  # a socket follows: pushed first
     retrying, _ = await task.emit(EventType.RETRYING, ack_due_at=1e12)
     final, _ = await task.emit(EventType.COMPLETED, ack_due_at=2.0)
-    assert await redis.zscore(keys.DUE, retrying.id) == 1e12
-    assert await redis.zscore(keys.DUE, final.id) is None  # behind the retrying event
+    assert await redis.zscore(keys.partitions()[0].due, retrying.id) == 1e12
+    assert await redis.zscore(keys.partitions()[0].due, final.id) is None  # behind the retrying event
 
     settled = await outbox.ack(
         tenant="acme", event_id=retrying.id, task_id="task_1", created_at=0.0, has_webhook=True, duration_ms=1.0
@@ -194,7 +194,7 @@ async def test_an_ack_of_the_head_lets_the_next_webhook_be_owed(
 
     assert settled
     assert await redis.get(keys.webhook_head("task_1")) == f"f:{final.id}".encode()
-    due_at = await redis.zscore(keys.DUE, final.id)
+    due_at = await redis.zscore(keys.partitions()[0].due, final.id)
     assert due_at is not None
     assert due_at > 2.0  # its own ack time has passed: owed now, through the general schedule
 

@@ -344,9 +344,27 @@ def test_a_comma_in_a_standalone_redis_url_says_that_seed_nodes_are_for_cluster_
         Settings.from_env({"RELAY_REDIS_URL": "redis://a:1,redis://b:2"})
 
 
-def test_cluster_mode_is_refused_with_the_reason() -> None:
-    with pytest.raises(ConfigError, match=r"^RELAY_REDIS_MODE: cluster is not supported"):
-        Settings.from_env({"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": "redis://a:1,redis://b:2"})
+def test_cluster_mode_without_a_broker_of_its_own_is_refused_naming_relay_broker_url() -> None:
+    seeds = "redis://a:1,redis://b:2"
+    with pytest.raises(ConfigError, match=r"^RELAY_BROKER_URL: a Redis Cluster cannot hold"):
+        Settings.from_env({"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": seeds})
+    with pytest.raises(ConfigError, match=r"^RELAY_BROKER_URL: a Redis Cluster cannot hold"):
+        Settings.from_env({"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": seeds, "RELAY_BROKER_URL": "redis://b:2"})
+
+
+def test_cluster_mode_takes_seed_nodes_and_a_broker_and_cuts_the_store_into_partitions() -> None:
+    settings = Settings.from_env(
+        {"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": "redis://a:1, redis://b:2", "RELAY_BROKER_URL": "amqp://q/"}
+    )
+    assert settings.cluster and settings.partition_count == 64
+    assert Settings.from_env({"RELAY_REDIS_URL": "redis://a:1"}).partition_count == 1
+    assert Settings.from_env({"RELAY_REDIS_URL": "redis://a:1", "RELAY_PARTITIONS": "8"}).partition_count == 8
+    with pytest.raises(ConfigError, match="RELAY_PARTITIONS"):
+        Settings.from_env({"RELAY_PARTITIONS": "0"})
+    with pytest.raises(ConfigError, match="seed nodes are redis://"):
+        Settings.from_env(
+            {"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": "unix:///tmp/r.sock", "RELAY_BROKER_URL": "amqp://q/"}
+        )
 
 
 def test_an_unknown_redis_mode_names_the_variable() -> None:

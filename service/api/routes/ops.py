@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from delivery import keys, metrics
+from delivery import figures, metrics
 from delivery.store_refusals import WriteRefusal, refusal_of
 from service.api.auth import Principal, require_operator
 from service.api.openapi import errors
@@ -105,13 +105,16 @@ class _Snapshot:
 
 @get("/metrics", tags=["operations"], summary="Prometheus text exposition", media_type=CONTENT_TYPE_LATEST)
 async def prometheus_metrics(state_: NamedDependency[ApiState]) -> Response[bytes]:
-    async with state_.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.STATS)
-        pipe.hgetall(keys.LATENCY)
-        pipe.zcard(keys.DEAD_LETTERS)
-        pipe.zcard(keys.DUE)
-        pipe.zcard(keys.OWED_TASKS)
-        stats, latency, dead, due, owed = await pipe.execute()
+    stats, latency, dead, due, owed = await figures.gather(
+        state_.redis,
+        [
+            lambda p: ("HGETALL", p.stats),
+            lambda p: ("HGETALL", p.latency),
+            lambda p: ("ZCARD", p.dead_letters),
+            lambda p: ("ZCARD", p.due),
+            lambda p: ("ZCARD", p.owed_tasks),
+        ],
+    )
     destinations = await state_.destinations.counts()
     queued = None
     if isinstance(state_.broker, RedisBroker):

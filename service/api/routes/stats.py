@@ -15,7 +15,7 @@ what the histogram held since the store began (a replay of a day-old event count
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -25,7 +25,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
-from delivery import keys, metrics
+from delivery import figures, keys, metrics
 from schemas.dead_letters import DeadLetterReason
 from schemas.deliveries import Channel, DeliveryOutcome
 from schemas.stats import DeadLetters, Latency, Rates, Stats, TaskCounts, Webhooks
@@ -92,16 +92,19 @@ async def stats(
 async def _compute(state_: ApiState, scope: str | None) -> Stats:
     redis = state_.redis
     history = keys.stats_history(scope)
-    async with redis.pipeline(transaction=False) as pipe:
+    ahead = f"({time.time()!r}"
+    reads: list[Callable[[keys.Partition], tuple[str, ...]]] = [
         # Scheduled tasks waiting now: those whose run_at is still ahead (the others are being promoted).
-        pipe.zcount(keys.SCHEDULED_TASKS if scope is None else keys.scheduled_of(scope), f"({time.time()!r}", "+inf")
-        pipe.hgetall(keys.STATS if scope is None else keys.stats_of(scope))
-        if scope is None:
-            pipe.hgetall(keys.LATENCY)
-        pipe.zcard(keys.OWED_TASKS if scope is None else keys.open_tasks_of(scope))
-        pipe.zcard(keys.DEAD_LETTERS if scope is None else keys.dead_letters_of(scope))
-        pipe.lrange(history, 0, -1)
-        replies = await pipe.execute()
+        lambda p: ("ZCOUNT", p.scheduled_tasks if scope is None else p.scheduled_of(scope), ahead, "+inf"),
+        lambda p: ("HGETALL", p.stats if scope is None else p.stats_of(scope)),
+    ]
+    if scope is None:
+        reads.append(lambda p: ("HGETALL", p.latency))
+    reads += [
+        lambda p: ("ZCARD", p.owed_tasks if scope is None else p.open_tasks_of(scope)),
+        lambda p: ("ZCARD", p.dead_letters if scope is None else p.dead_letters_of(scope)),
+    ]
+    replies = [*await figures.gather(redis, reads), await redis.lrange(history, 0, -1)]
     scheduled, raw, *rest = replies
     counts = _counters(raw)
     if scope is None:

@@ -51,7 +51,15 @@ from service.api.store_watch import RETRY_AFTER_S
 from service.api.time_range import check_time_range
 from service.api.ws import client_address
 from service.tasks.listing import TaskFilter
-from service.tasks.store import KeyReused, NotAdmitted, TaskEnded, TenantFull, request_fingerprint
+from service.tasks.store import (
+    KeyInProgress,
+    KeyReused,
+    NotAdmitted,
+    TaskEnded,
+    TenantFull,
+    place,
+    request_fingerprint,
+)
 
 log = logging.getLogger("relay.api")
 
@@ -116,13 +124,14 @@ class TaskController(Controller):
             await _check_webhook(data.webhook.url, allow_private=state_.settings.allow_private_callbacks)
         created_at = utcnow()
         run_at = _run_at(data, created_at)
+        webhook = data.webhook.resolved() if data.webhook is not None else None
         record = TaskRecord(
-            id=new_id("task"),
+            id=new_id("task", place(tenant, webhook.url if webhook is not None else None, idempotency_key)),
             kind=data.kind,
             status=TaskStatus.QUEUED if run_at is None else TaskStatus.SCHEDULED,
             input=data.input,
             created_at=created_at,
-            webhook=data.webhook.resolved() if data.webhook is not None else None,
+            webhook=webhook,
             websocket=data.websocket,
             ws_token=secrets.token_urlsafe(24),
             tenant=tenant,
@@ -147,6 +156,12 @@ class TaskController(Controller):
             raise ValidationException(
                 "this Idempotency-Key was used for another request (another body) in the last 24 h: use a new key "
                 "for a new task; the same body with this key returns the first task"
+            ) from None
+        except KeyInProgress:
+            raise HTTPException(
+                status_code=HTTP_409_CONFLICT,
+                detail="a request with this Idempotency-Key and another body is in progress; retry in a moment",
+                headers={"Retry-After": "1"},
             ) from None
         except NotAdmitted:
             raise _refused(state_, refusal or WriteRefusal.FULL) from None

@@ -66,8 +66,8 @@ async def test_concurrent_submits_with_one_idempotency_key_store_one_task(client
     redis = clients[0]
     stored = [n for n in range(12) if await redis.exists(keys.task(f"task_{n}"))]
     assert stored == [int(first.removeprefix("task_"))]
-    assert await redis.zcard(keys.OWED_TASKS) == 1
-    assert await redis.zcard(keys.open_tasks_of("acme")) == 1
+    assert await redis.zcard(keys.partitions()[0].owed_tasks) == 1
+    assert await redis.zcard(keys.partitions()[0].open_tasks_of("acme")) == 1
 
 
 async def test_an_idempotency_key_is_the_tenants_own(redis: aioredis.Redis, clients: list[aioredis.Redis]) -> None:
@@ -89,8 +89,8 @@ async def test_concurrent_submits_never_pass_the_open_task_cap(clients: list[aio
     assert (len(accepted), len(refused)) == (3, 7)
     assert {r.open_tasks for r in refused} == {3}
     redis = clients[0]
-    assert await redis.zcard(keys.open_tasks_of("acme")) == 3
-    assert await redis.zcard(keys.OWED_TASKS) == 3
+    assert await redis.zcard(keys.partitions()[0].open_tasks_of("acme")) == 3
+    assert await redis.zcard(keys.partitions()[0].owed_tasks) == 3
 
 
 async def test_open_tasks_older_than_a_record_lives_do_not_count(
@@ -98,12 +98,12 @@ async def test_open_tasks_older_than_a_record_lives_do_not_count(
 ) -> None:
     tasks = stores(clients, max_open_per_tenant=1)[0]
     # A task accepted longer ago than its record lives expired without ending: it holds no place.
-    await redis.zadd(keys.open_tasks_of("acme"), {"task_old": (time.time() - RECORD_TTL_S - 5) * 1000})
+    await redis.zadd(keys.partitions()[0].open_tasks_of("acme"), {"task_old": (time.time() - RECORD_TTL_S - 5) * 1000})
 
     assert (await tasks.create(new_record("task_1"), idempotency_key=None)).new
     with pytest.raises(TenantFull):
         await tasks.create(new_record("task_2"), idempotency_key=None)
-    assert await redis.zscore(keys.open_tasks_of("acme"), "task_old") is None
+    assert await redis.zscore(keys.partitions()[0].open_tasks_of("acme"), "task_old") is None
 
 
 async def test_concurrent_starts_give_the_task_to_one_run(clients: list[aioredis.Redis]) -> None:
@@ -151,15 +151,17 @@ async def test_sweep_takes_a_dead_runs_task_after_its_lease_and_not_before(
     ledger = TaskLedger(redis=redis, lease_s=5)
     await tasks.create(new_record("task_1"), idempotency_key=None)
     await ledger.start("task_1", "run-a")
-    lease_end = await redis.zscore(keys.OWED_TASKS, "task_1")
+    lease_end = await redis.zscore(keys.partitions()[0].owed_tasks, "task_1")
     assert lease_end is not None
     await redis.delete(keys.lease("task_1"))  # its worker died: nobody renews the lease
     await tasks.create(new_record("task_2"), idempotency_key=None)  # queued, within its grace
 
-    assert await ledger.sweep(now=lease_end - 0.5) == []
-    assert await ledger.sweep(now=lease_end + 0.5) == ["task_1"]
-    assert await ledger.sweep(now=lease_end + 1) == []  # its next deadline moved on in the same step
-    assert await ledger.sweep(now=time.time() + REQUEUE_GRACE_S + 0.5) == ["task_2"]
+    assert await ledger.sweep(keys.partitions()[0], now=lease_end - 0.5) == []
+    assert await ledger.sweep(keys.partitions()[0], now=lease_end + 0.5) == ["task_1"]
+    assert (
+        await ledger.sweep(keys.partitions()[0], now=lease_end + 1) == []
+    )  # its next deadline moved on in the same step
+    assert await ledger.sweep(keys.partitions()[0], now=time.time() + REQUEUE_GRACE_S + 0.5) == ["task_2"]
 
 
 async def test_a_retry_gives_the_lease_back_and_the_task_waits_scheduled_until_its_time(
@@ -186,11 +188,11 @@ async def test_a_retry_gives_the_lease_back_and_the_task_waits_scheduled_until_i
     assert event.data == {"attempt": 2, "error": {"type": "Retry", "message": "busy"}, "run_at": ANY}
     assert not await redis.exists(keys.lease("task_1"))
     run_at = waiting.run_at.timestamp() if waiting.run_at else 0.0
-    assert await redis.zscore(keys.SCHEDULED_TASKS, "task_1") == pytest.approx(run_at)
-    assert await redis.zscore(keys.OWED_TASKS, "task_1") == pytest.approx(run_at + REQUEUE_GRACE_S)
-    assert await ledger.promote(now=run_at - 1) == []  # never early
-    assert await ledger.sweep(now=run_at + 1) == []  # owed only from a grace after its time
-    assert await ledger.promote(now=run_at + 0.01) == ["task_1"]
+    assert await redis.zscore(keys.partitions()[0].scheduled_tasks, "task_1") == pytest.approx(run_at)
+    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") == pytest.approx(run_at + REQUEUE_GRACE_S)
+    assert await ledger.promote(keys.partitions()[0], now=run_at - 1) == []  # never early
+    assert await ledger.sweep(keys.partitions()[0], now=run_at + 1) == []  # owed only from a grace after its time
+    assert await ledger.promote(keys.partitions()[0], now=run_at + 0.01) == ["task_1"]
     second = await ledger.start("task_1", "run-b")
     assert second.outcome is Start.RUN
     assert second.record is not None
@@ -214,4 +216,4 @@ async def test_a_run_that_lost_its_task_cannot_schedule_a_retry(
     stored = await tasks.get("task_1")
     assert stored is not None
     assert stored.status is TaskStatus.CANCELLED
-    assert await redis.zscore(keys.SCHEDULED_TASKS, "task_1") is None
+    assert await redis.zscore(keys.partitions()[0].scheduled_tasks, "task_1") is None

@@ -137,7 +137,7 @@ async def test_the_steps_that_keep_accepted_work_alive_run_when_full(
     assert started.record is not None
     await tasks.mark_running(started.record, "run-1")
     # The sweeper, its enqueue, the broker's heartbeat and Dramatiq's own fetch.
-    await ledger.sweep(now=10**10)
+    await ledger.sweep(keys.partitions()[0], now=10**10)
     await enqueuer.enqueue(["task_2"])
     await BrokerMaintenance(redis, broker, QUEUE).run_once()
     assert broker.do_fetch(QUEUE, 10)
@@ -145,7 +145,7 @@ async def test_the_steps_that_keep_accepted_work_alive_run_when_full(
     with pytest.raises(RedisError) as refused:
         await tasks.finish(held.record, "run-0", result={"n": 1})
     assert refusal_of(refused.value) is WriteRefusal.FULL
-    assert await redis.zscore(keys.OWED_TASKS, "task_0") is not None
+    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_0") is not None
     # So does a whole new message through Dramatiq's own enqueue (its retries, a broker of its own).
     message = dramatiq.Message(queue_name=QUEUE, actor_name=ACTOR, args=("task_x",), kwargs={}, options={})
     with pytest.raises(RedisError) as refused:
@@ -155,7 +155,7 @@ async def test_the_steps_that_keep_accepted_work_alive_run_when_full(
 
     full.config_set("maxmemory", 0)
     await tasks.finish(held.record, "run-0", result={"n": 1})
-    assert await redis.zscore(keys.OWED_TASKS, "task_0") is None
+    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_0") is None
 
 
 async def test_a_full_store_still_answers_a_key_used_before(redis: aioredis.Redis, full: sync_redis.Redis) -> None:
