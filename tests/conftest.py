@@ -13,8 +13,13 @@ import redis.asyncio as aioredis
 
 from delivery.redis_client import connect
 from service.processes import RedisServer
+from tests.slot_check import ClusterNode, checked_scripts
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# TEST_SLOT_CHECK=1: the in-process tests run on a Redis Cluster of one node, on a store of TEST_PARTITIONS (8)
+# partitions, with every Lua step marked so that Redis refuses any key it touches outside its first key's slot
+# (see tests/slot_check.py).
+SLOT_CHECK = os.environ.get("TEST_SLOT_CHECK", "").lower() in {"1", "true", "yes"}
 
 __all__ = ["CI", "RedisServer"]
 
@@ -37,8 +42,11 @@ def redis_server() -> Iterator[RedisServer]:
 
     Every write is fsynced before it is acknowledged, so a SIGKILL loses nothing a client was told is stored.
     """
-    server = RedisServer(
-        data_dir=Path(tempfile.mkdtemp(prefix="relay-redis-", dir=_memory_dir())), appendfsync="always"
+    data_dir = Path(tempfile.mkdtemp(prefix="relay-redis-", dir=_memory_dir()))
+    server = (
+        ClusterNode(data_dir=data_dir, appendfsync="always")
+        if SLOT_CHECK
+        else RedisServer(data_dir=data_dir, appendfsync="always")
     )
     try:
         server.start()
@@ -49,6 +57,13 @@ def redis_server() -> Iterator[RedisServer]:
     yield server
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=SLOT_CHECK)
+def slot_checked() -> Iterator[None]:
+    """In slot-check mode, every test's store is cut into partitions and every step is checked (see above)."""
+    with checked_scripts(int(os.environ.get("TEST_PARTITIONS") or 8)):
+        yield
 
 
 @pytest.fixture

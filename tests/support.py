@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from delivery import keys
 from service.processes import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,11 @@ def wait_until(
         raise AssertionError(str(exc)) from None
 
 
+def store_layout() -> keys.Layout:
+    """The partitions of the stores the tests' Relay processes use (TEST_PARTITIONS, else one)."""
+    return keys.Layout.of(int(os.environ.get("TEST_PARTITIONS") or 1))
+
+
 def relay_env(redis_url: str, **overrides: str) -> dict[str, str]:
     """A child environment for Relay: test tenants, fast retries, private callbacks allowed (loopback receiver)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
@@ -49,6 +55,8 @@ def relay_env(redis_url: str, **overrides: str) -> dict[str, str]:
         RELAY_WEBHOOK_TIMEOUT="3",
         PYTHONUNBUFFERED="1",
     )
+    if os.environ.get("TEST_PARTITIONS"):  # the suite on a store cut into that many partitions
+        env["RELAY_PARTITIONS"] = os.environ["TEST_PARTITIONS"]
     env.update(overrides)
     return env
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import RedisServer
 from tests.integration.conftest import OpenWs, Relay, StartRelay, relay_for_many_tests
 from tests.integration.test_api import assert_json_error, post_task
-from tests.support import Api, Receiver, WsClient, wait_until
+from tests.support import Api, Receiver, WsClient, store_layout, wait_until
 
 
 def unreadable_count_of(client: Api) -> float:
@@ -137,9 +137,10 @@ def poisoned_dead_letter(redis_server: RedisServer, dl_id: str, task_id: str, te
     )
     client = redis_server.client()
     score = time.time() * 1000
-    client.set(f"relay:dl:{dl_id}", body)
-    client.zadd("relay:dl:all", {dl_id: score})
-    client.zadd(f"relay:dl:tenant:{tenant}", {dl_id: score})
+    part = store_layout().for_id(dl_id)
+    client.set(f"{part.prefix}dl:{dl_id}", body)
+    client.zadd(part.dead_letters, {dl_id: score})
+    client.zadd(part.dead_letters_of(tenant), {dl_id: score})
     client.close()
 
 

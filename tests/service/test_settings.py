@@ -356,7 +356,8 @@ def test_cluster_mode_takes_seed_nodes_and_a_broker_and_cuts_the_store_into_part
     settings = Settings.from_env(
         {"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": "redis://a:1, redis://b:2", "RELAY_BROKER_URL": "amqp://q/"}
     )
-    assert settings.cluster and settings.partition_count == 64
+    assert settings.cluster
+    assert settings.partition_count == 64
     assert Settings.from_env({"RELAY_REDIS_URL": "redis://a:1"}).partition_count == 1
     assert Settings.from_env({"RELAY_REDIS_URL": "redis://a:1", "RELAY_PARTITIONS": "8"}).partition_count == 8
     with pytest.raises(ConfigError, match="RELAY_PARTITIONS"):
