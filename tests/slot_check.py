@@ -41,7 +41,7 @@ class ClusterNode(RedisServer):
         client = self.client()
         try:
             if int(client.cluster("info").get("cluster_slots_assigned", 0)) == 0:
-                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
             deadline = time.monotonic() + 10
             while client.cluster("info").get("cluster_state") != "ok":
                 if time.monotonic() > deadline:
@@ -72,4 +72,4 @@ def checked_scripts(partitions: int) -> Iterator[None]:
     finally:
         keys.use(old)
         for cls, original in originals:
-            cls.register_script = original  # type: ignore[method-assign]
+            cls.register_script = original
