@@ -13,8 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from delivery import keys
 from tests.conftest import CI
-from tests.support import Api, Receiver, RelayProcess, WsClient, relay_env, run_receiver
+from tests.support import Api, Receiver, RelayProcess, WsClient, relay_env, run_receiver, store_layout
+
+
+@pytest.fixture(autouse=True)
+def _store_layout() -> Iterator[None]:
+    """Keys a test reads or writes itself are named as the Relay processes under test name them."""
+    old = keys.use(store_layout())
+    yield
+    keys.use(old)
+
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from delivery import keys
 from tests.conftest import RedisServer
 from tests.integration.conftest import Relay, StartCluster
 from tests.integration.test_dead_letters import make_dead_letter, walk
@@ -125,8 +126,8 @@ def test_dead_letters_are_kept_for_the_retention_and_then_gone(
     dead = make_dead_letter(relay, receiver, "/gone")
     assert relay.client.get(f"/v1/dead-letters/{dead['id']}", key="admin-token").status_code == 200
     client = redis_server.client()
-    ttl_s = client.ttl(f"relay:dl:{dead['id']}")
-    tenant_ttl_s = client.ttl("relay:dl:tenant:acme")
+    ttl_s = client.ttl(keys.dead_letter(dead["id"]))
+    tenant_ttl_s = client.ttl(keys.of(dead["id"]).dead_letters_of("acme"))
     client.close()
     assert 0 < ttl_s <= 2
     assert 0 < tenant_ttl_s <= 2

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from delivery import keys
 from service.api.live import heartbeat_tick_s
 from service.api.ws import SEND_QUEUE_FRAMES
 from tests.integration.conftest import OpenWs, Relay, relay_for_many_tests
@@ -269,7 +270,7 @@ def test_a_socket_follows_at_most_1000_tasks(shared: Relay, open_ws: OpenWs, red
     # ack that cannot come before their webhooks go out).
     ws.close()
     redis = redis_server.client()
-    presence = [f"relay:subs:{task['id']}" for task in [*tasks, one_more]]
+    presence = [keys.subscribers(task["id"]) for task in [*tasks, one_more]]
     wait_until(lambda: redis.exists(*presence) == 0, timeout_s=10, message="the presence sets to be left")
     redis.close()
 
