@@ -14,6 +14,7 @@ On a store of one partition every worker polls it, as always.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -29,6 +30,7 @@ from delivery.redis_client import as_text
 log = logging.getLogger("relay.shares")
 
 WORKERS = keys.PREFIX + "workers"  # sorted set: worker id -> unix time its heartbeat expires
+API_NODES = keys.PREFIX + "api-nodes"  # sorted set: API process id -> unix time its heartbeat expires
 BEAT_S = 2.0
 MEMBER_TTL_S = 6.0
 # Every partition is polled at least this often by every worker, its own or not.
@@ -38,6 +40,49 @@ BACKSTOP_S = 5.0
 def owner(members: Sequence[str], partition: keys.Partition) -> str:
     """The member that owns ``partition`` (rendezvous hashing)."""
     return max(members, key=lambda m: hashlib.blake2b(f"{m}/{partition.index}".encode(), digest_size=8).digest())
+
+
+async def alive(redis: aioredis.Redis, key: str, member: str) -> list[str]:
+    """Renew ``member``'s heartbeat in the membership set ``key``; the members alive (one round trip)."""
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zadd(key, {member: now + MEMBER_TTL_S})
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zrange(key, 0, -1)
+        *_, raw = await pipe.execute()
+    return sorted({as_text(m) for m in raw} | {member})
+
+
+async def members(redis: aioredis.Redis, key: str) -> list[str]:
+    """The members of a membership set whose heartbeat has not expired."""
+    found = await redis.zrangebyscore(key, time.time(), "+inf")
+    return sorted(as_text(m) for m in found if isinstance(m, bytes | str))
+
+
+class Heartbeat:
+    """A process's heartbeat in a membership set (API nodes), renewed every :data:`BEAT_S` until stopped."""
+
+    def __init__(self, *, redis: aioredis.Redis, key: str, member: str) -> None:
+        self._redis = redis
+        self._key = key
+        self.member = member
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="relay-heartbeat")
+
+    async def stop(self) -> None:
+        await background.stop(self._task)
+        self._task = None
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.zrem(self._key, self.member)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await alive(self._redis, self._key, self.member)
+            await asyncio.sleep(BEAT_S)
 
 
 class Shares:
@@ -72,13 +117,7 @@ class Shares:
 
     async def beat(self) -> None:
         """Renew this worker's heartbeat and learn who else is alive (one round trip)."""
-        now = time.time()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(WORKERS, {self.member: now + MEMBER_TTL_S})
-            pipe.zremrangebyscore(WORKERS, "-inf", now)
-            pipe.zrange(WORKERS, 0, -1)
-            *_, raw = await pipe.execute()
-        members = tuple(sorted({as_text(m) for m in raw} | {self.member}))
+        members = tuple(await alive(self._redis, WORKERS, self.member))
         if members != self._members:
             self._members = members
             self._own = self._share(members)

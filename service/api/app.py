@@ -31,7 +31,7 @@ from service.api.openapi import declare_security, list_task_kinds
 from service.api.pages import console_page, demo_page
 from service.api.routes.dead_letters import DeadLetterController
 from service.api.routes.destinations import DestinationController, ops_signing_secret
-from service.api.routes.ops import acknowledge_store_loss, health, prometheus_metrics, ready
+from service.api.routes.ops import acknowledge_store_loss, cluster, health, prometheus_metrics, ready
 from service.api.routes.stats import stats
 from service.api.routes.tasks import TaskController
 from service.api.state import ApiState
@@ -128,6 +128,7 @@ def create_app(settings: Settings) -> Litestar:
             health,
             ready,
             acknowledge_store_loss,
+            cluster,
             prometheus_metrics,
             stats,
             ws_endpoint,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import weakref
 from collections import Counter
 from collections.abc import AsyncGenerator
@@ -21,6 +23,7 @@ from delivery.epoch import StoreEpoch
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from delivery.redis_client import connect
+from delivery.shares import API_NODES, Heartbeat
 from delivery.signing_secrets import SecretStore
 from schemas.stats import Stats
 from schemas.tasks import Task, TaskRecord, TaskStatus
@@ -68,6 +71,8 @@ class ApiState:
     tenant_streams: TenantStreams
     # The store's epoch, watched so that a store that lost its data is noticed (see delivery.epoch).
     epoch: StoreEpoch
+    # This process in the set of API processes alive (GET /v1/ops/cluster).
+    heartbeat: Heartbeat
     # Open WebSockets per client address in this process (RELAY_WS_MAX_PER_CLIENT).
     ws_clients: Counter[str] = field(default_factory=Counter)
     # Open Server-Sent Event streams in this process, and per client address (RELAY_WS_MAX_PER_CLIENT bounds both).
@@ -125,6 +130,7 @@ class ApiState:
             store_watch=StoreWatch(redis),
             tenant_streams=TenantStreams(redis=redis, limit=settings.tenant_max_streams),
             epoch=StoreEpoch(redis=redis, on_lost=hub.store_lost),
+            heartbeat=Heartbeat(redis=redis, key=API_NODES, member=f"{socket.gethostname()}:{os.getpid()}"),
         )
 
     async def create_task(
@@ -185,10 +191,12 @@ class ApiState:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.epoch.check(), EPOCH_AT_START_S)
         self.epoch.start()
+        self.heartbeat.start()
         await self.hub.start()
         self.tenant_streams.start()
 
     async def close(self) -> None:
+        await self.heartbeat.stop()
         await self.store_watch.close()
         await self.epoch.stop()
         await self.hub.stop()

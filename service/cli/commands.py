@@ -142,6 +142,7 @@ def worker(processes: int, threads: int) -> None:
 
 
 def _attach_client_commands() -> None:
+    from service.cli.cluster import cluster
     from service.cli.destinations import destinations
     from service.cli.dlq import dlq
     from service.cli.receive import receive
@@ -157,6 +158,7 @@ def _attach_client_commands() -> None:
     main.add_command(signing_secret)
     main.add_command(receive)
     main.add_command(store)
+    main.add_command(cluster)
 
 
 _attach_client_commands()

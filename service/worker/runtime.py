@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -148,7 +150,7 @@ class Runtime:
                 destinations=DestinationStore(redis=self.redis, flow=settings.flow),
             )
         # This worker's share of the periodic work over the partitions (see delivery.shares).
-        self.shares = Shares(redis=self.redis)
+        self.shares = Shares(redis=self.redis, member=f"{socket.gethostname()}:{os.getpid()}")
         self.engine = DeliveryEngine(
             outbox=self.outbox,
             sender=WebhookSender(
@@ -214,7 +216,7 @@ class Runtime:
         self.epoch.start()
         self._loops.append(asyncio.create_task(self._renew_leases(), name="relay-lease-renewal"))
         self._sweeper = asyncio.create_task(self._sweep(), name="relay-task-sweeper")
-        if isinstance(self.broker, RedisBroker) and self.settings.broker_in_storage:
+        if isinstance(self.broker, RedisBroker):
             self._loops.append(asyncio.create_task(self._beat(self.broker), name="relay-broker-heartbeat"))
 
     def _store_lost(self) -> None:
@@ -374,13 +376,19 @@ class Runtime:
         and it requeues a dead worker's messages only on a random 0.1 % of fetches. Both matter here: a
         killed worker's tasks must run again within seconds, and a busy one must not be taken for dead.
         """
-        maintenance = BrokerMaintenance(self.redis, broker, QUEUE)
-        while True:
-            try:
-                await maintenance.run_once()
-            except INFRA_ERRORS as exc:
-                log.warning("broker heartbeat failed (%s); trying again", exc)
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+        # The broker's own Redis: the storage Redis, or a standalone one beside it (a cluster's broker, say).
+        broker_redis = self.redis if self.settings.broker_in_storage else connect(self.settings.effective_broker_url)
+        maintenance = BrokerMaintenance(broker_redis, broker, QUEUE)
+        try:
+            while True:
+                try:
+                    await maintenance.run_once()
+                except INFRA_ERRORS as exc:
+                    log.warning("broker heartbeat failed (%s); trying again", exc)
+                await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+        finally:
+            if broker_redis is not self.redis:
+                await broker_redis.aclose()
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

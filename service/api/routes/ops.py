@@ -17,8 +17,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from delivery import figures, metrics
+from delivery import cluster_view, figures, metrics
 from delivery.store_refusals import WriteRefusal, refusal_of
+from schemas.cluster import ClusterView
 from service.api.auth import Principal, require_operator
 from service.api.openapi import errors
 from service.api.state import ApiState
@@ -74,6 +75,19 @@ async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
     checks = {"redis": redis_state, "broker": broker_state, "store": epoch_problem or store_state}
     healthy = all(v == "ok" for v in checks.values())
     return Response({"status": "ready" if healthy else "not ready", **checks}, status_code=200 if healthy else 503)
+
+
+@get(
+    "/v1/ops/cluster",
+    tags=["operations"],
+    summary="The storage's nodes, how Relay's partitions sit on them, the work owed on each, and the processes alive",
+    responses=errors(403),
+)
+async def cluster(state_: NamedDependency[ApiState], principal: NamedDependency[Principal]) -> ClusterView:
+    require_operator(principal)
+    return await cluster_view.read(
+        state_.redis, state_.destinations, url=state_.settings.storage_url, cluster=state_.settings.cluster
+    )
 
 
 @post(
