@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from delivery.redis_client import connect
 from service.processes import RedisServer
@@ -99,6 +100,14 @@ def cluster(redis_cluster: LocalCluster) -> LocalCluster:
     redis_cluster.heal()
     redis_cluster.flushall()
     return redis_cluster
+
+
+@pytest.fixture
+async def cluster_redis(cluster: LocalCluster) -> AsyncIterator[aiocluster.RedisCluster]:
+    """An asyncio client of the flushed cluster, made as Relay makes its own."""
+    client = connect(cluster.url, cluster=True)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture
