@@ -1,17 +1,38 @@
-"""Relay's Redis client on a real Redis Cluster (three masters; with replicas for the failover tests)."""
+"""Relay's Redis client and batcher on a real Redis Cluster (three masters; with replicas for the failover tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import pytest
+import redis
+import redis.asyncio.cluster as aiocluster
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from delivery.redis_batch import batched
 from delivery.redis_client import _quick_packing, connect, connect_sync, key_slot, parse_seeds
 from tests.cluster import SLOTS, LocalCluster, free_ports
 
 pytestmark = pytest.mark.cluster
+
+# Counts its calls in KEYS[1] and answers with its caller's ARGV[1].
+ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1]"
+# As ECHO, after keeping Redis busy for ARGV[2] milliseconds (so that a trip is in flight for that long).
+SLOW = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat
+  local now = redis.call('TIME')
+until (now[1] * 1000000 + now[2]) - start >= tonumber(ARGV[2]) * 1000
+redis.call('INCR', KEYS[1])
+return ARGV[1]
+"""
+CALLERS = 10
 
 
 def tags_by_master(cluster: LocalCluster) -> dict[int, str]:
@@ -23,6 +44,15 @@ def tags_by_master(cluster: LocalCluster) -> dict[int, str]:
         tags.setdefault(owner, tag)
     assert len(tags) == len(masters), "a tag for every master"
     return dict(sorted(tags.items()))
+
+
+def stats(observers: dict[int, redis.Redis]) -> dict[int, tuple[int, int]]:
+    """Each master's own count of the connections it accepted and of the reads it made from its clients."""
+    counts = {}
+    for port, client in observers.items():
+        info: dict[str, Any] = client.info("stats")
+        counts[port] = (int(info["total_connections_received"]), int(info["total_reads_processed"]))
+    return counts
 
 
 @pytest.fixture
@@ -141,21 +171,206 @@ def test_a_sync_client_reaches_the_cluster_and_a_single_redis(
             client.close()
 
 
+# -- the batcher -------------------------------------------------------------------------------------------------
+
+
+async def test_calls_of_one_turn_on_three_masters_each_get_their_own_reply_in_one_trip_per_master(
+    cluster: LocalCluster, cluster_redis: aiocluster.RedisCluster, tags: dict[int, str]
+) -> None:
+    script = batched(cluster_redis).register_script(ECHO)
+    for tag in tags.values():  # loads the script, opens a connection to each master
+        assert await script(keys=[f"{tag}calls"], args=["warm"]) == b"warm"
+    observers = {port: cluster.client(port) for port in tags}
+    try:
+        before = stats(observers)
+        replies = await asyncio.gather(
+            *(script(keys=[f"{tag}calls"], args=[f"{port}-{i}"]) for i in range(CALLERS) for port, tag in tags.items())
+        )
+        after = stats(observers)
+    finally:
+        for observer in observers.values():
+            observer.close()
+
+    assert replies == [f"{port}-{i}".encode() for i in range(CALLERS) for port in tags]
+    for tag in tags.values():
+        assert int(await cluster_redis.get(f"{tag}calls") or 0) == CALLERS + 1
+    for port in tags:
+        assert after[port][0] == before[port][0], "no new connection"
+        assert after[port][1] - before[port][1] - 1 <= 2, "one read as a rule (the second INFO's own read aside)"
+
+
+async def test_a_call_whose_keys_span_two_slots_fails_alone_with_a_clear_error(
+    cluster_redis: aiocluster.RedisCluster, tags: dict[int, str]
+) -> None:
+    batcher = batched(cluster_redis)
+    script = batcher.register_script(ECHO)
+    first, second = list(tags.values())[:2]
+
+    replies = await asyncio.wait_for(
+        asyncio.gather(
+            *(script(keys=[f"{tag}calls"], args=[tag]) for tag in tags.values()),
+            script(keys=[f"{first}calls", f"{second}calls"], args=["across"]),
+            batcher.command("MGET", f"{first}calls", f"{second}calls"),
+            batcher.commands(("INCR", f"{first}n"), ("MGET", f"{first}n", f"{second}n"), ("INCR", f"{first}n")),
+            batcher.command("INCR", f"{second}n"),
+            return_exceptions=True,
+        ),
+        timeout=5,
+    )
+
+    assert replies[:3] == [tag.encode() for tag in tags.values()]
+    for refused in replies[3:6]:
+        assert isinstance(refused, RedisClusterException), refused
+        assert "all keys must map to the same key slot" in str(refused)
+    assert replies[6] == 1
+    assert int(await cluster_redis.get(f"{first}n") or 0) == 2  # not a transaction: the group's others ran
+    for tag in tags.values():
+        assert int(await cluster_redis.get(f"{tag}calls") or 0) == 1
+
+
+async def test_after_one_master_forgets_its_scripts_every_call_still_runs_once(
+    cluster: LocalCluster, cluster_redis: aiocluster.RedisCluster, tags: dict[int, str]
+) -> None:
+    script = batched(cluster_redis).register_script(ECHO)
+    await asyncio.gather(*(script(keys=[f"{tag}calls"], args=["warm"]) for tag in tags.values()))
+    forgetful = next(iter(tags))
+    with cluster.client(forgetful) as node:
+        node.script_flush()  # as a master restarted without the scripts would be
+
+    several = await asyncio.gather(
+        *(script(keys=[f"{tag}calls"], args=[f"{port}-{i}"]) for i in range(5) for port, tag in tags.items())
+    )
+    with cluster.client(forgetful) as node:
+        node.script_flush()
+    alone = await script(keys=[f"{tags[forgetful]}calls"], args=["alone"])
+
+    assert several == [f"{port}-{i}".encode() for i in range(5) for port in tags]
+    assert alone == b"alone"
+    for port, tag in tags.items():
+        assert int(await cluster_redis.get(f"{tag}calls") or 0) == 1 + 5 + (port == forgetful)
+
+
+async def test_groups_keep_their_order_on_each_slot(
+    cluster_redis: aiocluster.RedisCluster, tags: dict[int, str]
+) -> None:
+    batcher = batched(cluster_redis)
+    first, second, third = tags.values()
+    script = batcher.register_script(ECHO)
+
+    one_slot, across, *others = await asyncio.gather(
+        batcher.commands(
+            ("DEL", f"{first}list"),
+            *(("RPUSH", f"{first}list", i) for i in range(10)),
+            ("LRANGE", f"{first}list", 0, -1),
+        ),
+        batcher.commands(
+            ("SET", f"{second}k", "a"),
+            ("SET", f"{third}k", "b"),
+            ("APPEND", f"{second}k", "c"),
+            ("GET", f"{third}k"),
+            ("GET", f"{second}k"),
+        ),
+        *(script(keys=[f"{tag}calls"], args=[tag]) for tag in tags.values()),
+        batcher.command("GET", f"{first}missing"),
+    )
+
+    assert one_slot[1:11] == list(range(1, 11))
+    assert one_slot[-1] == [str(i).encode() for i in range(10)]
+    assert across == [True, True, 2, b"b", b"ac"]
+    assert others == [*(tag.encode() for tag in tags.values()), None]
+
+
+async def test_a_bad_argument_or_a_failing_command_fails_only_its_own_caller(
+    cluster_redis: aiocluster.RedisCluster, tags: dict[int, str]
+) -> None:
+    batcher = batched(cluster_redis)
+    script = batcher.register_script(ECHO)
+    first, second, _ = tags.values()
+    await cluster_redis.set(f"{second}text", "not a list")
+
+    replies = await asyncio.gather(
+        script(keys=[f"{first}calls"], args=["a"]),
+        script(keys=[f"{first}calls"], args=[None]),
+        batcher.commands(("SET", f"{second}a", "1"), ("SET", f"{second}b", None)),
+        batcher.commands(("INCR", f"{second}ran"), ("LPUSH", f"{second}text", "x"), ("INCR", f"{second}ran")),
+        script(keys=[f"{second}calls"], args=["b"]),
+        return_exceptions=True,
+    )
+
+    assert replies[0] == b"a"
+    assert isinstance(replies[1], DataError)
+    assert isinstance(replies[2], DataError)
+    assert isinstance(replies[3], ResponseError)
+    assert "WRONGTYPE" in str(replies[3])
+    assert replies[4] == b"b"
+    assert await cluster_redis.get(f"{second}a") is None  # nothing of the refused group was sent
+    assert int(await cluster_redis.get(f"{second}ran") or 0) == 2
+
+
 # -- faults ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "replicated_cluster", [{"auto_failover": False, "node_timeout_ms": 5000}], ids=["manual-failover"], indirect=True
+)
+async def test_a_master_that_dies_fails_only_its_own_calls_until_its_replica_takes_over(
+    replicated_cluster: LocalCluster,
+) -> None:
+    # No automatic failover, and a node timeout long enough for the turns before the takeover to run while the
+    # cluster still serves the other masters' slots.
+    cluster = replicated_cluster
+    tags = tags_by_master(cluster)
+    dead, *alive = tags
+    client = connect(cluster.url, cluster=True)
+    script = batched(client).register_script(SLOW)
+
+    async def turn(busy_ms: int) -> list[Any]:
+        calls = (script(keys=[f"{tag}calls"], args=[str(port), busy_ms]) for port, tag in tags.items())
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
+
+    try:
+        await turn(0)
+        replica = cluster.replica_of(dead)
+        with cluster.client(dead) as node:
+            assert node.execute_command("WAIT", 1, 2000) == 1  # the replica holds the count
+
+        cluster.kill(dead)
+        on_open_connections = await turn(0)  # the dead master's connection fails while it reads
+        on_new_connections = await turn(200)  # now its connection is refused, while the others are busy
+        cluster.failover(replica)
+        after = await turn(0)
+        counts = [int(await client.get(f"{tag}calls") or 0) for tag in tags.values()]
+    finally:
+        await client.aclose()
+
+    for during in (on_open_connections, on_new_connections):
+        assert isinstance(during[0], RedisConnectionError), during[0]
+        assert during[1:] == [str(port).encode() for port in alive]
+    assert after == [str(port).encode() for port in tags]
+    assert counts == [2, 4, 4]  # each call ran once; the dead master's never (its replica had the first)
 
 
 @pytest.mark.slow
 async def test_a_client_follows_a_manual_failover_and_a_takeover(replicated_cluster: LocalCluster) -> None:
     cluster = replicated_cluster
-    tag = next(iter(tags_by_master(cluster).values()))
+    tag, other = list(tags_by_master(cluster).values())[:2]
     client = connect(cluster.url, cluster=True)
+    batcher = batched(client)
     try:
         await client.set(f"{tag}k", "v")
+        await asyncio.gather(batcher.command("GET", f"{tag}k"), batcher.command("GET", f"{other}k"))
         old_master = cluster.master_for_slot(key_slot(tag))
         replica = cluster.replica_of(old_master)
 
         cluster.failover(replica)  # coordinated: the old master now answers MOVED for the slot
         assert cluster.master_for_slot(key_slot(tag)).port == replica.port
+        batched_replies = await asyncio.gather(  # a turn's trip to the old master: each call follows its slot
+            batcher.command("GET", f"{tag}k"),
+            batcher.commands(("INCR", f"{tag}m"), ("INCR", f"{tag}m")),
+            batcher.command("GET", f"{other}k"),
+        )
+        assert batched_replies == [b"v", [1, 2], None]
         assert await client.get(f"{tag}k") == b"v"
         assert await client.incr(f"{tag}n") == 1
 
