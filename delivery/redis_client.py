@@ -1,4 +1,4 @@
-"""Redis connections, made the same way everywhere.
+"""Redis connections, made the same way everywhere: one Redis, or a Redis Cluster named by its seed nodes.
 
 redis-py 8 defaults to a 5 s socket timeout, which breaks blocking reads and, on Python 3.11, can swallow
 task cancellation; Relay turns it off and bounds its own blocking calls instead.
@@ -7,17 +7,29 @@ task cancellation; Relay turns it off and bounds its own blocking calls instead.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal, overload
 
+import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot as _crc_key_slot
+from redis.exceptions import ClusterDownError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry as SyncRetry
 
-# Connections one process may open; the API and the engine pipeline their commands, so few are needed.
+__all__ = ["as_text", "connect", "connect_sync", "key_slot", "parse_seeds"]
+
+# Connections one process may open; the API and the engine pipeline their commands, so few are needed. On a cluster
+# the bound is per node.
 DEFAULT_MAX_CONNECTIONS = 64
 # A command waits this long for a free connection when all are busy (a burst of subscribes after a restart).
 POOL_WAIT_S = 10.0
+# Without a command timeout, connecting still gives up after this long.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 
 
 def as_text(value: bytes | str) -> str:
@@ -25,22 +37,75 @@ def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster hash slot of ``key`` (its hash tag's, when it has one), as the server computes it."""
+    return _crc_key_slot(key.encode() if isinstance(key, str) else key)
+
+
+def parse_seeds(url: str) -> list[tuple[str, int]]:
+    """The seed nodes of a cluster URL, ``redis://h1:p1,redis://h2:p2`` (every seed with the same scheme, user,
+    password and options; no database but 0).
+
+    Raises:
+        ValueError: no seed, a seed without a host, a unix socket, a database other than 0, or seeds that differ in
+            more than their address. The message never repeats the URL (it may hold a password).
+    """
+    return _parse_cluster_url(url)[0]
+
+
+@overload
 def connect(
     url: str,
     *,
+    cluster: Literal[False] = False,
+    max_connections: int = ...,
+    command_timeout_s: float | None = ...,
+    pool_wait_s: float = ...,
+    retries: int = ...,
+) -> aioredis.Redis: ...
+
+
+@overload
+def connect(
+    url: str,
+    *,
+    cluster: Literal[True],
+    max_connections: int = ...,
+    command_timeout_s: float | None = ...,
+    pool_wait_s: float = ...,
+    retries: int = ...,
+) -> aiocluster.RedisCluster: ...
+
+
+def connect(
+    url: str,
+    *,
+    cluster: bool = False,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     command_timeout_s: float | None = None,
     pool_wait_s: float = POOL_WAIT_S,
     retries: int = 3,
-) -> aioredis.Redis:
-    """A client with its own pool.
+) -> aioredis.Redis | aiocluster.RedisCluster:
+    """A client with its own pool: :class:`redis.asyncio.Redis`, or with ``cluster`` a
+    :class:`redis.asyncio.cluster.RedisCluster` whose ``url`` lists seed nodes (``redis://h1:p1,redis://h2:p2``).
 
     ``command_timeout_s`` bounds each command (a stalled Redis then raises ``TimeoutError`` instead of hanging):
     right for request handlers, which answer 503 rather than wait; wrong for blocking reads such as pub/sub.
     ``retries``: connection errors retried on a fresh connection. A pub/sub listener takes 0, so that a drop
     reaches it (redis-py would otherwise reconnect and subscribe again inside ``listen()``, and what was
     published in the gap would pass unnoticed).
+
+    On a cluster, ``max_connections`` bounds each node's pool and a command past it fails at once with
+    ``MaxConnectionsError`` (redis-py's cluster pool does not wait; ``pool_wait_s`` does not apply). ``retries``
+    then counts what the cluster client retries after reading the slot map again: connection errors, ``CLUSTERDOWN``
+    and a slot no master serves. A timeout is not retried, as on a single Redis, but the next command reads the
+    slot map again. Redirections (``MOVED``, ``ASK``) and ``TRYAGAIN`` are followed up to 16 times whatever
+    ``retries`` says.
     """
+    if cluster:
+        return _connect_cluster(
+            url, max_connections=max_connections, command_timeout_s=command_timeout_s, retries=retries
+        )
     # A blocking pool: past max_connections a command waits for a connection instead of failing with
     # "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -57,6 +122,107 @@ def connect(
     )
     pool.connection_class = _quick_packing(pool.connection_class)  # type: ignore[arg-type]
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+def _connect_cluster(
+    url: str, *, max_connections: int, command_timeout_s: float | None, retries: int
+) -> aiocluster.RedisCluster:
+    seeds, options = _parse_cluster_url(url)
+    client = _Cluster(
+        startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in seeds],
+        max_connections=max_connections,
+        socket_timeout=command_timeout_s,
+        socket_connect_timeout=command_timeout_s or DEFAULT_CONNECT_TIMEOUT_S,
+        health_check_interval=30,
+        # Only the count is read (redis-py 8.1): the cluster client retries at once after a connection error, and
+        # 0.25 s after CLUSTERDOWN. Its connections themselves never retry.
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        **options,
+    )
+    _use_quick_packing(client)
+    return client
+
+
+# What the cluster clients retry, after reading the slot map again. redis-py retries a timeout too; Relay does not,
+# as on a single Redis (a stalled node would only make the caller wait longer), and the next command reads the slot
+# map again all the same.
+_CLUSTER_RETRIED = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
+
+
+class _Cluster(aiocluster.RedisCluster):
+    """redis-py's asyncio cluster client, without retries of a timeout."""
+
+    ERRORS_ALLOW_RETRY = _CLUSTER_RETRIED  # type: ignore[assignment]
+
+
+class _SyncCluster(redis.cluster.RedisCluster):
+    """redis-py's cluster client, without retries of a timeout."""
+
+    ERRORS_ALLOW_RETRY = _CLUSTER_RETRIED  # type: ignore[assignment]
+
+
+def _use_quick_packing(client: aiocluster.RedisCluster) -> None:
+    """Every node's connections pack as :class:`_QuickPack` does.
+
+    RedisCluster takes no connection class: it keeps one in the connection kwargs it shares with the nodes it finds
+    later, and each seed node made in its constructor holds its own. A test checks the connections it ends up with.
+    """
+    quick = _quick_packing(client.connection_kwargs["connection_class"])
+    client.connection_kwargs["connection_class"] = quick
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = quick
+
+
+def connect_sync(
+    url: str, *, cluster: bool = False, command_timeout_s: float | None = None, retries: int = 3
+) -> redis.Redis | redis.cluster.RedisCluster:
+    """A synchronous client (for tools and scripts), made as :func:`connect` makes its asyncio ones."""
+    connect_timeout_s = command_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
+    if not cluster:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=command_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            health_check_interval=30,
+            retry=SyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
+        )
+    seeds, options = _parse_cluster_url(url)
+    return _SyncCluster(
+        startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in seeds],  # type: ignore[no-untyped-call]
+        socket_timeout=command_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        health_check_interval=30,
+        retry=SyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        **options,
+    )
+
+
+def _parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """The seeds' addresses, and the client options they share (credentials, TLS, query options)."""
+    seeds: list[tuple[str, int]] = []
+    shared: dict[str, Any] | None = None
+    for number, text in enumerate(url.split(","), 1):
+        if not text:
+            raise ValueError(f"seed {number} of the cluster URL is empty")
+        if text.startswith("unix:"):
+            raise ValueError(f"seed {number} of the cluster URL is a unix socket; cluster nodes are reached over TCP")
+        try:
+            options: dict[str, Any] = dict(parse_url(text))
+        except ValueError as exc:
+            raise ValueError(f"seed {number} of the cluster URL: {exc}") from None
+        if not options.get("host"):
+            raise ValueError(f"seed {number} of the cluster URL has no host")
+        if options.pop("db", 0) != 0:
+            raise ValueError(f"seed {number} of the cluster URL names a database; a cluster has only database 0")
+        seeds.append((options.pop("host"), options.pop("port", 6379)))
+        # The cluster clients take ssl=True, not the connection class a rediss:// URL names.
+        options["ssl"] = options.pop("connection_class", None) is not None
+        if shared is None:
+            shared = options
+        elif options != shared:
+            raise ValueError(f"seed {number} of the cluster URL differs from the first in more than its address")
+    assert shared is not None
+    return seeds, shared
 
 
 class _QuickPack:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server per test session, flushed per test."""
+"""Shared fixtures: a real redis-server per test session, flushed per test; a Redis Cluster likewise, and one with
+replicas per test for failovers."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from delivery.redis_client import connect
 from service.processes import RedisServer
+from tests.cluster import ClusterUnavailable, LocalCluster
 from tests.slot_check import ClusterNode, checked_scripts
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -21,7 +25,7 @@ CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 # (see tests/slot_check.py).
 SLOT_CHECK = os.environ.get("TEST_SLOT_CHECK", "").lower() in {"1", "true", "yes"}
 
-__all__ = ["CI", "RedisServer"]
+__all__ = ["CI", "LocalCluster", "RedisServer"]
 
 
 def _memory_dir() -> str | None:
@@ -83,6 +87,55 @@ def redis_url(redis_server: RedisServer) -> str:
     client.flushall()
     client.close()
     return redis_server.url
+
+
+def _start_cluster(**options: Any) -> LocalCluster:
+    """A started :class:`LocalCluster` in memory; skipped (failed under CI) when no Redis 7 is here."""
+    cluster = LocalCluster(base_dir=Path(_memory_dir() or tempfile.gettempdir()), **options)
+    try:
+        return cluster.start()
+    except ClusterUnavailable as exc:
+        if CI:
+            raise
+        pytest.skip(f"no Redis Cluster: {exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A Redis Cluster of three masters without replicas for the whole session (about 2 s to start); the tests take
+    it through ``cluster``, which flushes it."""
+    cluster = _start_cluster(masters=3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster: LocalCluster) -> LocalCluster:
+    """The session's cluster, flushed (its killed nodes started again and its frozen ones thawed first)."""
+    redis_cluster.heal()
+    redis_cluster.flushall()
+    return redis_cluster
+
+
+@pytest.fixture
+async def cluster_redis(cluster: LocalCluster) -> AsyncIterator[aiocluster.RedisCluster]:
+    """An asyncio client of the flushed cluster, made as Relay makes its own."""
+    client = connect(cluster.url, cluster=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def replicated_cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """A cluster of three masters with a replica each, for this test alone (a failover changes it for good).
+
+    Other :class:`LocalCluster` options come from an indirect parameter:
+    ``@pytest.mark.parametrize("replicated_cluster", [{"auto_failover": False}], indirect=True)``.
+    """
+    options: dict[str, Any] = {"masters": 3, "replicas_per_master": 1, **getattr(request, "param", {})}
+    cluster = _start_cluster(**options)
+    yield cluster
+    cluster.stop()
 
 
 _REAL_PROCESSES = ("integration", "browser")
