@@ -7,7 +7,7 @@ task cancellation; Relay turns it off and bounds its own blocking calls instead.
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import redis
 import redis.asyncio as aioredis
@@ -260,3 +260,22 @@ class _QuickPack:
 @functools.cache
 def _quick_packing(connection_class: type[Any]) -> type[Any]:
     return type(f"Quick{connection_class.__name__}", (_QuickPack, connection_class), {})
+
+
+def connect_storage(
+    url: str, *, cluster: bool, command_timeout_s: float | None = None, pool_wait_s: float = POOL_WAIT_S
+) -> aioredis.Redis:
+    """Relay's storage: one Redis, or a Redis Cluster from its seed nodes. Typed as the standalone client: the
+    cluster client answers every command Relay sends its storage (each step touches one slot; see delivery.keys)."""
+    if cluster:
+        return cast(
+            aioredis.Redis, connect(url, cluster=True, command_timeout_s=command_timeout_s, pool_wait_s=pool_wait_s)
+        )
+    return connect(url, command_timeout_s=command_timeout_s, pool_wait_s=pool_wait_s)
+
+
+def listen_url(url: str, *, attempt: int = 0) -> str:
+    """The node a pub/sub listener connects to: the storage itself, or one of a cluster's seeds (in turn, by
+    ``attempt``), where a classic subscription receives what any node publishes."""
+    seeds = [seed.strip() for seed in url.split(",") if seed.strip()]
+    return seeds[attempt % len(seeds)]

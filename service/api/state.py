@@ -22,7 +22,7 @@ from delivery.destinations import DestinationStore
 from delivery.epoch import StoreEpoch
 from delivery.event_log import EventLog
 from delivery.outbox import Outbox
-from delivery.redis_client import connect
+from delivery.redis_client import connect, connect_storage, listen_url
 from delivery.shares import API_NODES, Heartbeat
 from delivery.signing_secrets import SecretStore
 from schemas.stats import Stats
@@ -85,8 +85,18 @@ class ApiState:
     def open(cls, settings: Settings) -> ApiState:
         keys.use(keys.Layout.of(settings.partition_count))
         # Every command of a request is bounded, so a stalled Redis answers 503 rather than hanging the client.
-        redis = connect(settings.storage_url, command_timeout_s=COMMAND_TIMEOUT_S, pool_wait_s=COMMAND_TIMEOUT_S)
-        listen_redis = connect(settings.storage_url, max_connections=2, retries=0)
+        redis = connect_storage(
+            settings.storage_url,
+            cluster=settings.cluster,
+            command_timeout_s=COMMAND_TIMEOUT_S,
+            pool_wait_s=COMMAND_TIMEOUT_S,
+        )
+
+        def listener(attempt: int) -> aioredis.Redis:
+            # A classic subscription on any one node: on a cluster every node passes on what any node publishes.
+            return connect(listen_url(settings.storage_url, attempt=attempt), max_connections=2, retries=0)
+
+        listen_redis = listener(0)
         ttl = settings.record_ttl_s
         outbox = Outbox(
             redis=redis,
@@ -101,6 +111,7 @@ class ApiState:
             # Presence outlives a few missed refreshes (the hub refreshes every third of it).
             presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s),
             tick_s=heartbeat_tick_s(settings.ws_ping_interval_s, settings.ws_ping_timeout_s),
+            listen_next=listener if settings.cluster else None,
         )
         return cls(
             settings=settings,

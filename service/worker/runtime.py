@@ -38,7 +38,7 @@ from delivery.epoch import StoreEpoch
 from delivery.errors import RelayError
 from delivery.ops_events import OpsNotifier
 from delivery.outbox import Outbox, trim_dead_letter_index
-from delivery.redis_client import connect
+from delivery.redis_client import connect, connect_storage
 from delivery.shares import Shares
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
@@ -117,7 +117,7 @@ class Runtime:
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.kinds: KindRegistry = load_kinds(settings.task_modules)
         keys.use(keys.Layout.of(settings.partition_count))
-        self.redis = connect(settings.storage_url)
+        self.redis = connect_storage(settings.storage_url, cluster=settings.cluster)
         ttl = settings.record_ttl_s
         self.tasks = TaskStore(
             redis=self.redis,
