@@ -17,7 +17,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot as _crc_key_slot
-from redis.exceptions import ClusterDownError, SlotNotCoveredError
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry as SyncRetry
 
@@ -150,9 +150,20 @@ _CLUSTER_RETRIED = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
 
 
 class _Cluster(aiocluster.RedisCluster):
-    """redis-py's asyncio cluster client, without retries of a timeout."""
+    """redis-py's asyncio cluster client, without retries of a timeout, and whose "no master serves this slot" is a
+    RedisError (a ClusterDownError) as every other failure of the storage is, so that callers answer it alike."""
 
     ERRORS_ALLOW_RETRY = _CLUSTER_RETRIED  # type: ignore[assignment]
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except SlotNotCoveredError as exc:
+            raise ClusterDownError(f"CLUSTERDOWN {exc}") from exc
+        except RedisClusterException as exc:
+            if "cannot be connected" in str(exc):  # no node of the cluster answers
+                raise RedisConnectionError(str(exc)) from exc
+            raise  # a command the cluster cannot route (keys of several slots): a bug, said as it is
 
 
 class _SyncCluster(redis.cluster.RedisCluster):

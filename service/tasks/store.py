@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from delivery import keys, metrics
 from delivery.destinations import FlowSettings, destination_for
@@ -28,6 +29,7 @@ from delivery.outbox import Lease
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
 from delivery.redis_batch import batched
 from delivery.redis_client import as_text
+from delivery.replication import ReplicatedStep
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus, TaskSubmission
@@ -202,6 +204,8 @@ class TaskStore:
         self._submit = self._batch.register_script(_SUBMIT_LUA)
         self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
         self._claim_key = redis.register_script(_CLAIM_KEY_LUA)
+        # On a cluster, a submission is answered once a replica of its master has it (when the master has one).
+        self._replicated = ReplicatedStep(redis) if isinstance(redis, RedisCluster) else None
 
     async def get(self, task_id: str, *, visible: Callable[[str, str | None], bool] | None = None) -> TaskRecord | None:
         """The task, or None when there is none (or ``visible(tenant, ws_token)`` says the caller may not see it).
@@ -306,44 +310,46 @@ class TaskStore:
         open_elsewhere = 0
         if self._max_open and not keys.layout().single:
             open_elsewhere = await self._open_elsewhere(record.tenant, part, now)
-        reply = await self._submit(
-            keys=[
-                task_key,
-                idem or task_key,
-                part.owed_tasks,
-                part.stats,
-                part.open_tasks_of(record.tenant),
-                message.queue_key if message else task_key,
-                message.messages_key if message else task_key,
-                part.tasks,
-                part.tasks_of(record.tenant),
-                part.scheduled_tasks,
-                part.stats_of(record.tenant),
-                message.wake_key if message else task_key,
-                part.scheduled_of(record.tenant),
-            ],
-            args=[
-                record.id,
-                stored,
-                self._record_ttl_s,
-                answer_bytes,
-                IDEMPOTENCY_TTL_S if idem else "",
-                (record.run_at.timestamp() if record.run_at is not None else now) + REQUEUE_GRACE_S,
-                metrics.task_counter("submitted"),
-                self._max_open,
-                int(now * 1000),
-                part.task_prefix,
-                message.message_id if message else "",
-                message.body if message else "",
-                repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
-                repr(record.run_at.timestamp()) if record.run_at is not None else "",
-                metrics.task_counter("scheduled"),
-                fingerprint or "0",
-                "1" if admit else "",
-                "1" if retry else "",
-                open_elsewhere,
-            ],
-        )
+        step_keys = [
+            task_key,
+            idem or task_key,
+            part.owed_tasks,
+            part.stats,
+            part.open_tasks_of(record.tenant),
+            message.queue_key if message else task_key,
+            message.messages_key if message else task_key,
+            part.tasks,
+            part.tasks_of(record.tenant),
+            part.scheduled_tasks,
+            part.stats_of(record.tenant),
+            message.wake_key if message else task_key,
+            part.scheduled_of(record.tenant),
+        ]
+        step_args = [
+            record.id,
+            stored,
+            self._record_ttl_s,
+            answer_bytes,
+            IDEMPOTENCY_TTL_S if idem else "",
+            (record.run_at.timestamp() if record.run_at is not None else now) + REQUEUE_GRACE_S,
+            metrics.task_counter("submitted"),
+            self._max_open,
+            int(now * 1000),
+            part.task_prefix,
+            message.message_id if message else "",
+            message.body if message else "",
+            repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
+            repr(record.run_at.timestamp()) if record.run_at is not None else "",
+            metrics.task_counter("scheduled"),
+            fingerprint or "0",
+            "1" if admit else "",
+            "1" if retry else "",
+            open_elsewhere,
+        ]
+        if self._replicated is not None:
+            reply = await self._replicated.run(self._submit.script, step_keys, step_args)
+        else:
+            reply = await self._submit(keys=step_keys, args=step_args)
         outcome = as_text(reply[0])
         if outcome == "full":
             raise TenantFull(int(reply[1]))

@@ -1,0 +1,164 @@
+"""Faults of a Redis Cluster under load: a master killed and its replica promoted; nothing accepted is lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster import LocalCluster
+from tests.integration.conftest import StartRelay
+from tests.support import Api, Outcome, Receiver, count_outcome, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.rabbitmq, pytest.mark.slow]
+
+TENANTS = ("acme", "globex", *(f"t{n}" for n in range(6)))
+API_KEYS = ",".join(f"{tenant}=key-{tenant}" for tenant in TENANTS)
+# How long a client keeps retrying one submission (503s and refused connections while the cluster fails over).
+SUBMIT_PATIENCE_S = 40.0
+
+
+class Submitter(threading.Thread):
+    """Submits tasks one after another, each with its own Idempotency-Key, retrying 503s and connection errors
+    with that key until it is answered 202, as a careful client does; keeps the ids it was answered."""
+
+    def __init__(self, base_url: str, webhook: str, *, count: int) -> None:
+        super().__init__(daemon=True)
+        self.base_url = base_url
+        self.webhook = webhook
+        self.count = count
+        self.accepted: list[str] = []
+        self.retries = 0
+        self.statuses: list[int] = []
+        self.gave_up = 0
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10) as client:
+            for n in range(self.count):
+                tenant = TENANTS[n % len(TENANTS)]
+                body = {"kind": "echo", "input": {"n": n}, "webhook": {"url": self.webhook}}
+                headers = {"Authorization": f"Bearer key-{tenant}", "Idempotency-Key": uuid.uuid4().hex}
+                deadline = time.monotonic() + SUBMIT_PATIENCE_S
+                while True:
+                    try:
+                        answer = client.post("/v1/tasks", json=body, headers=headers)
+                        self.statuses.append(answer.status_code)
+                        if answer.status_code == 202:
+                            self.accepted.append(answer.json()["id"])
+                            break
+                        assert answer.status_code == 503, answer.text  # never a 500 or another refusal
+                    except httpx.TransportError:
+                        pass
+                    self.retries += 1
+                    if time.monotonic() > deadline:
+                        self.gave_up += 1
+                        break
+                    time.sleep(0.1)
+                time.sleep(0.01)
+
+
+def test_a_master_killed_mid_flight_loses_no_accepted_task(
+    replicated_cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
+) -> None:
+    cluster = replicated_cluster
+    settings = {
+        "RELAY_REDIS_MODE": "cluster",
+        "RELAY_REDIS_URL": cluster.url,
+        "RELAY_BROKER_URL": rabbitmq_url,
+        "RELAY_PARTITIONS": "16",
+        "RELAY_API_KEYS": API_KEYS,
+    }
+    api_process = start_relay("api", wait=False, **settings)
+    worker = start_relay("worker", wait=False, **settings)
+    api_process.wait_ready()
+    worker.wait_ready()
+    api = Api(api_process.url)
+    try:
+        submitter = Submitter(api_process.url, receiver.url("/hook"), count=240)
+        submitter.start()
+        wait_until(lambda: len(submitter.accepted) >= 60, timeout_s=60, message="60 tasks accepted")
+        # The master of the first seed's slots: the API's live subscription is there too.
+        victim = next(n for n in cluster.nodes() if n.role == "master")
+        cluster.kill(victim)
+        killed_at = time.monotonic()
+        submitter.join(timeout=180)
+        assert not submitter.is_alive()
+        print(f"killed {victim.address} after 60 accepted; retries {submitter.retries}, gave up {submitter.gave_up}")
+        wait_until(
+            lambda: len([n for n in cluster.nodes() if n.role == "master" and n.slots and not n.failed]) == 3,
+            timeout_s=30,
+            message="the replica promoted",
+        )
+        print(f"failover and submissions done {time.monotonic() - killed_at:.1f} s after the kill")
+        accepted = submitter.accepted
+        assert submitter.gave_up == 0
+        assert len(accepted) == 240
+        assert len(set(accepted)) == 240  # a retried submission is the same task, never a second one
+
+        by_tenant: dict[str, list[str]] = {}
+        for n, task_id in enumerate(accepted):
+            by_tenant.setdefault(TENANTS[n % len(TENANTS)], []).append(task_id)
+
+        def outcome() -> Outcome:
+            total = Outcome()
+            for tenant, ids in by_tenant.items():
+                one = count_outcome(_AsTenant(api, f"key-{tenant}"), ids, receiver=receiver, name=tenant)
+                for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
+                    setattr(total, name, getattr(total, name) + getattr(one, name))
+                total.webhooks_missing += one.webhooks_missing
+                total.webhooks_duplicated += one.webhooks_duplicated
+            return total
+
+        try:
+            counted = wait_until(
+                lambda: (o := outcome()) and o.lost == 0 and o.webhooks_missing == 0 and o,
+                timeout_s=120,
+                message="every accepted task completed and its webhook delivered",
+            )
+        except AssertionError:
+            _explain(api, cluster, by_tenant)
+            raise
+        print(f"master killed: {counted}")
+        counted.assert_every_task_completed_once(240)
+    finally:
+        api.close()
+
+
+class _AsTenant(Api):
+    """The test's client with one tenant's key in every call."""
+
+    def __init__(self, api: Api, key: str) -> None:
+        self.client = api.client
+        self._key = key
+
+    def request(self, method: str, path: str, *, key: str | None = None, **kwargs: Any) -> httpx.Response:
+        return super().request(method, path, key=self._key, **kwargs)
+
+
+def _explain(api: Api, cluster: LocalCluster, by_tenant: dict[str, list[str]]) -> None:
+    """What the store holds about the tasks that did not end (printed when the test fails)."""
+    from delivery import keys
+    from delivery.redis_client import connect_sync
+
+    old = keys.use(keys.Layout.of(16))
+    client = connect_sync(cluster.url, cluster=True)
+    try:
+        for tenant, ids in by_tenant.items():
+            for task_id in ids:
+                task = _AsTenant(api, f"key-{tenant}").task(task_id)
+                if task["status"] in ("succeeded", "failed", "cancelled"):
+                    continue
+                part = keys.of(task_id)
+                print(
+                    f"not ended: {task_id} {task['status']} attempt {task.get('attempt')} partition {part.index}: "
+                    f"owed {client.zscore(part.owed_tasks, task_id)} now {time.time():.0f}, "
+                    f"lease {client.get(keys.lease(task_id))}, requeues {client.hget(part.requeues, task_id)}, "
+                    f"scheduled {client.zscore(part.scheduled_tasks, task_id)}"
+                )
+    finally:
+        client.close()
+        keys.use(old)
