@@ -9,7 +9,8 @@
 --       (else two empty), then the stored record expected ('' for none: the run's write), then for a retry
 --       the next attempt's run_at and the time it is owed from ('' for none: the run's lease is given back and
 --       the task waits in the scheduled set, as a scheduled submission does), then the counter of skipped webhooks,
---       now (RFC 3339), and the event's line kind ('p' for progress, which a newer event supersedes, else 'f')
+--       now (RFC 3339), the event's line kind ('p' for progress, which a newer event supersedes, else 'f'), and
+--       the publish command (PUBLISH, or SPUBLISH on a cluster)
 -- A webhook waits behind any other of its task that is still owed (see task_line.lua): {'lined'}.
 -- Only the run that holds the task writes: returns {'ended'} when the task has ended already and {'stolen'}
 -- when another run holds its lease, writing nothing. A write from outside any run (a cancel) gives the record
@@ -41,7 +42,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[3])
+redis.call(ARGV[26], ARGV[5], ARGV[3])  -- PUBLISH, or SPUBLISH on a cluster (its task's slot)
 if ARGV[6] ~= '' then
     redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
     redis.call('HINCRBY', KEYS[21], ARGV[6], 1)

@@ -147,6 +147,7 @@ class EventLog:
                 metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
                 _rfc3339_now(),
                 "p" if event.type is EventType.PROGRESS else "f",
+                "SPUBLISH" if keys.layout().cluster else "PUBLISH",
             ],
         )
         mode = as_text(reply[0])

@@ -194,18 +194,20 @@ class Layout:
     """The store's partitions; which one holds what (see the module's docstring)."""
 
     partitions: tuple[Partition, ...]
+    # On a Redis Cluster: events go out on sharded pub/sub (SPUBLISH), to the node of their task's slot.
+    cluster: bool = False
     _count: int = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_count", len(self.partitions))
 
     @classmethod
-    def of(cls, count: int) -> Layout:
+    def of(cls, count: int, *, cluster: bool = False) -> Layout:
         if not 1 <= count <= MAX_PARTITIONS:
             raise ValueError(f"a store has 1 to {MAX_PARTITIONS} partitions, not {count}")
         if count == 1:
-            return cls((Partition(0, None),))
-        return cls(tuple(Partition(i, _tag_for(i, count)) for i in range(count)))
+            return cls((Partition(0, None),), cluster)
+        return cls(tuple(Partition(i, _tag_for(i, count)) for i in range(count)), cluster)
 
     def __len__(self) -> int:
         return self._count
@@ -349,9 +351,11 @@ def stats_history(tenant: str | None) -> str:
     return f"{PREFIX}stats:history:" + ("all" if tenant is None else f"tenant:{tenant}")
 
 
-LIVE_PATTERN = PREFIX + "live:*"
+# Every task's channel, in any partition (a standalone store's API nodes subscribe to them all).
+LIVE_PATTERN = PREFIX + "*live:*"
+LIVE_INFIX = ":live:"
 
 
 def task_channel(task_id: str) -> str:
-    """Pub/sub channel of a task's live events."""
-    return f"{PREFIX}live:{task_id}"
+    """Pub/sub channel of a task's live events, in its partition's slot (a sharded channel on a cluster)."""
+    return f"{_layout.for_id(task_id).prefix}live:{task_id}"

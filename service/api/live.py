@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from delivery import background, keys
 from delivery.redis_batch import ScriptBatcher, batched
 from schemas.events import Event
+from service.api.live_sharded import ShardedListener
 
 log = logging.getLogger("relay.live")
 
@@ -46,7 +47,7 @@ def heartbeat_tick_s(ping_interval_s: float, ping_timeout_s: float) -> float:
     return max(MIN_HEARTBEAT_TICK_S, min(MAX_HEARTBEAT_TICK_S, ping_interval_s / 4, ping_timeout_s / 4))
 
 
-_CHANNEL_PREFIX = keys.task_channel("").encode()
+_LIVE_INFIX = keys.LIVE_INFIX.encode()
 
 
 class EventHead(msgspec.Struct):
@@ -110,6 +111,7 @@ class LiveHub:
         listen_redis: aioredis.Redis | None = None,
         tick_s: float = MAX_HEARTBEAT_TICK_S,
         listen_next: Callable[[int], aioredis.Redis] | None = None,
+        sharded: Callable[[LiveHub], ShardedListener] | None = None,
     ) -> None:
         self._redis = redis
         self._tick_s = tick_s
@@ -126,12 +128,18 @@ class LiveHub:
         self._leaving: set[str] = set()  # tasks no local socket follows any more: leave their presence sets
         self._leaver: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self.received = 0  # live events received by the pattern subscription (standalone)
+        # On a cluster: sharded subscriptions, one per task followed here (see service.api.live_sharded).
+        self._sharded = sharded(self) if sharded is not None else None
+        self._dropping: set[str] = set()
+        self._dropper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._listen(), name="relay-live-listen"),
-            asyncio.create_task(self._tick(), name="relay-live-heartbeat"),
-        ]
+        self._tasks = [asyncio.create_task(self._tick(), name="relay-live-heartbeat")]
+        if self._sharded is None:
+            self._tasks.append(asyncio.create_task(self._listen(), name="relay-live-listen"))
+        else:
+            self.connected.set()  # each subscription is made, and waited for, as a task is followed
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -139,6 +147,9 @@ class LiveHub:
         for task in self._tasks:
             await background.stop(task)
         self._tasks = []
+        if self._sharded is not None:
+            await background.stop(self._dropper)
+            await self._sharded.close()
         if self._listen_next is not None:  # the client it listens on now may be one it made itself
             with contextlib.suppress(Exception):
                 await self._listen_redis.aclose()
@@ -170,6 +181,15 @@ class LiveHub:
             await self._batch.commands(*self.start_following(task_id, socket))
         else:
             self._followers.setdefault(task_id, set()).add(socket)
+        await self.listening(task_id)
+
+    async def listening(self, task_id: str) -> None:
+        """Returns once this node receives ``task_id``'s live events (at once but on a cluster, where the task's
+        channel is subscribed on its master first): a follower reads the task's log after this, so that no event
+        falls between the two."""
+        if self._sharded is not None and task_id in self._followers:
+            self._dropping.discard(task_id)
+            await self._sharded.subscribe(keys.task_channel(task_id))
 
     def start_following(self, task_id: str, socket: Follower) -> list[tuple[Any, ...]]:
         """Hand ``task_id``'s events to ``socket`` from now on, as a follower that may ack; the commands that say
@@ -190,6 +210,10 @@ class LiveHub:
         followers.discard(socket)
         if not followers:
             del self._followers[task_id]
+            if self._sharded is not None:
+                self._dropping.add(task_id)
+                if self._dropper is None or self._dropper.done():
+                    self._dropper = asyncio.create_task(self._drop(), name="relay-live-drop")
         present = self._present.get(task_id)
         if present is None:
             return
@@ -221,6 +245,33 @@ class LiveHub:
                 except (RedisError, OSError) as exc:  # the members expire with their keys anyway
                     log.warning("leaving the presence sets of %d tasks failed: %s", len(batch), exc)
 
+    async def _drop(self) -> None:
+        """Stop listening to the tasks nobody here follows any more (a sharded subscription each)."""
+        assert self._sharded is not None
+        while self._dropping:
+            task_id = self._dropping.pop()
+            if task_id not in self._followers:
+                try:
+                    await self._sharded.unsubscribe(keys.task_channel(task_id))
+                except (RedisError, OSError) as exc:
+                    log.debug("dropping the live subscription of %s failed: %s", task_id, exc)
+
+    def resync_channels(self, channels: Iterable[bytes]) -> None:
+        """Live events of these channels may have been missed: their followers read them from the log."""
+        tasks = {channel.rpartition(_LIVE_INFIX)[2].decode() for channel in channels}
+        for socket in list(self._sockets):
+            if tasks.intersection(socket.followed_tasks()):
+                socket.resync()
+
+    @property
+    def events_received(self) -> int:
+        """Live events this process has received from Redis (on a cluster, only its followed tasks')."""
+        return self.received if self._sharded is None else self._sharded.received
+
+    @property
+    def tasks_followed(self) -> int:
+        return len(self._followers)
+
     async def _listen(self) -> None:
         first = True
         failures = 0
@@ -238,7 +289,8 @@ class LiveHub:
                 first = False
                 async for message in pubsub.listen():
                     if message["type"] == "pmessage":
-                        self._dispatch(message["channel"], message["data"])
+                        self.received += 1
+                        self.dispatch(message["channel"], message["data"])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -261,8 +313,8 @@ class LiveHub:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def _dispatch(self, channel: bytes, body: bytes) -> None:
-        task_id = channel[len(_CHANNEL_PREFIX) :].decode()
+    def dispatch(self, channel: bytes, body: bytes) -> None:
+        task_id = channel.rpartition(_LIVE_INFIX)[2].decode()
         followers = self._followers.get(task_id)
         if not followers:
             return

@@ -11,9 +11,11 @@ import weakref
 from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import cast
 
 import dramatiq
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from delivery import keys, store_layout
@@ -29,6 +31,7 @@ from schemas.stats import Stats
 from schemas.tasks import Task, TaskRecord, TaskStatus
 from service.api.auth import Authenticator
 from service.api.live import LiveHub, heartbeat_tick_s
+from service.api.live_sharded import ShardedListener, node_client
 from service.api.rate_limit import RateLimiter
 from service.api.store_watch import StoreWatch
 from service.api.tenant_streams import TenantStreams
@@ -83,7 +86,7 @@ class ApiState:
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:
-        keys.use(keys.Layout.of(settings.partition_count))
+        keys.use(keys.Layout.of(settings.partition_count, cluster=settings.cluster))
         # Every command of a request is bounded, so a stalled Redis answers 503 rather than hanging the client.
         redis = connect_storage(
             settings.storage_url,
@@ -112,6 +115,18 @@ class ApiState:
             presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s),
             tick_s=heartbeat_tick_s(settings.ws_ping_interval_s, settings.ws_ping_timeout_s),
             listen_next=listener if settings.cluster else None,
+            sharded=(
+                (
+                    lambda hub: ShardedListener(
+                        cast(RedisCluster, redis),
+                        connect_node=node_client(settings.storage_url),
+                        dispatch=hub.dispatch,
+                        resync=hub.resync_channels,
+                    )
+                )
+                if settings.cluster
+                else None
+            ),
         )
         return cls(
             settings=settings,

@@ -310,6 +310,7 @@ class Connection:
             # Present before the log is read (one trip): an event appended after the read then finds the socket
             # present, and waits for its ack rather than going out as a webhook at once.
             present = self._hub.start_following(record.id, self)
+            await self._hub.listening(record.id)  # on a cluster: its channel subscribed before the log is read
             retained = await self._events.events_after(record.id, frame.after_seq, first=present)
         except BaseException:
             self._unsubscribe(record.id)  # not half-registered: the client subscribes again

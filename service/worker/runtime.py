@@ -116,7 +116,7 @@ class Runtime:
         # httpx logs every request at INFO: too loud at thousands a second, and URLs may carry tokens.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.kinds: KindRegistry = load_kinds(settings.task_modules)
-        keys.use(keys.Layout.of(settings.partition_count))
+        keys.use(keys.Layout.of(settings.partition_count, cluster=settings.cluster))
         self.redis = connect_storage(settings.storage_url, cluster=settings.cluster)
         ttl = settings.record_ttl_s
         self.tasks = TaskStore(

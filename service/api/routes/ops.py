@@ -145,6 +145,15 @@ async def prometheus_metrics(state_: NamedDependency[ApiState]) -> Response[byte
     connections.add_metric(["websocket"], sum(state_.ws_clients.values()))
     connections.add_metric(["sse"], state_.sse_streams)
     families.append(connections)
+    received = CounterMetricFamily(
+        "relay_live_events_received",
+        "Live events this API process received from Redis (on a cluster: only those of the tasks it follows)",
+    )
+    received.add_metric([], state_.hub.events_received)
+    families.append(received)
+    followed = GaugeMetricFamily("relay_live_tasks_followed", "Tasks this API process's sockets and streams follow")
+    followed.add_metric([], state_.hub.tasks_followed)
+    families.append(followed)
     families.extend(_store_families(state_))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
