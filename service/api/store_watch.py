@@ -17,8 +17,10 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from delivery import background, keys
@@ -114,10 +116,13 @@ class StoreWatch:
     async def _read(self) -> None:
         self._read_at = time.monotonic()  # a Redis that does not answer is not asked again at once
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.info("memory")
-                pipe.delete(keys.WRITE_PROBE)  # a write that writes nothing: Redis's write checks answer
-                memory, probe = await pipe.execute(raise_on_error=False)
+            if isinstance(self._redis, RedisCluster):
+                memory, probe = await self._read_cluster(self._redis)
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.info("memory")
+                    pipe.delete(keys.WRITE_PROBE)  # a write that writes nothing: Redis's write checks answer
+                    memory, probe = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError):
             return
         if isinstance(memory, Exception):
@@ -137,6 +142,24 @@ class StoreWatch:
                 self.reading.policy,
             )
         self._judge()
+
+    @staticmethod
+    async def _read_cluster(cluster: RedisCluster) -> tuple[Any, Any]:
+        """The fullest master's memory (a master at maxmemory refuses the submissions of its slots: new work is
+        refused as soon as any master is full), and a write probe."""
+        per_node = await cluster.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        readings = [v for v in dict(per_node).values() if isinstance(v, dict)]
+
+        def fullness(memory: dict[str, Any]) -> float:
+            limit = int(memory.get("maxmemory", 0))
+            return int(memory.get("used_memory", 0)) / limit if limit else 0.0
+
+        fullest = max(readings, key=fullness) if readings else {}
+        try:
+            probe: Any = await cluster.delete(keys.WRITE_PROBE)
+        except RedisError as exc:
+            probe = exc
+        return fullest, probe
 
     def _judge(self, force: WriteRefusal | None = None) -> None:
         reading = self.reading
