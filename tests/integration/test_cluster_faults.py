@@ -210,3 +210,59 @@ def test_an_api_node_receives_the_events_of_the_tasks_it_follows_not_every_event
         ws.close()
         api.close()
         other.close()
+
+
+def test_a_worker_killed_hands_its_partitions_over_and_its_tasks_run_elsewhere(
+    cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
+) -> None:
+    settings = {
+        "RELAY_REDIS_MODE": "cluster",
+        "RELAY_REDIS_URL": cluster.url,
+        "RELAY_BROKER_URL": rabbitmq_url,
+        "RELAY_PARTITIONS": "16",
+        "RELAY_API_KEYS": API_KEYS,
+    }
+    api_process = start_relay("api", wait=False, **settings)
+    doomed = start_relay("worker", wait=False, **settings)
+    survivor = start_relay("worker", wait=False, **settings)
+    for process in (api_process, doomed, survivor):
+        process.wait_ready()
+    api = Api(api_process.url)
+    try:
+        view = wait_until(
+            lambda: len((v := api.get("/v1/ops/cluster", key="admin-token").json())["workers"]) == 2 and v,
+            message="both workers' heartbeats",
+        )
+        by_tenant: dict[str, list[str]] = {}
+        for n in range(48):
+            tenant = TENANTS[n % len(TENANTS)]
+            task = _AsTenant(api, f"key-{tenant}").submit("sleep", {"seconds": 2}, webhook=receiver.url("/hook"))
+            by_tenant.setdefault(tenant, []).append(task["id"])
+        time.sleep(1.0)  # both are running some
+        doomed.kill()
+        wait_until(
+            lambda: len(api.get("/v1/ops/cluster", key="admin-token").json()["workers"]) == 1,
+            timeout_s=20,
+            message="the killed worker's heartbeat to expire",
+        )
+        print(f"workers before the kill: {view['workers']}")
+
+        def outcome() -> Outcome:
+            total = Outcome()
+            for tenant, ids in by_tenant.items():
+                one = count_outcome(_AsTenant(api, f"key-{tenant}"), ids, receiver=receiver, name=tenant)
+                for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
+                    setattr(total, name, getattr(total, name) + getattr(one, name))
+                total.webhooks_missing += one.webhooks_missing
+                total.webhooks_duplicated += one.webhooks_duplicated
+            return total
+
+        counted = wait_until(
+            lambda: (o := outcome()) and o.lost == 0 and o.webhooks_missing == 0 and o,
+            timeout_s=90,
+            message="every task run by the surviving worker",
+        )
+        print(f"worker killed: {counted}")
+        counted.assert_every_task_completed_once(48)
+    finally:
+        api.close()
