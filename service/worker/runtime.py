@@ -329,6 +329,9 @@ class Runtime:
             except INFRA_ERRORS as exc:
                 log.warning("renewing %d leases failed (%s); trying again", len(runs), exc)
                 continue
+            except Exception:
+                log.exception("renewing %d leases failed; trying again", len(runs))
+                continue
             for task_id in lost:
                 run = self.runs.get(task_id)
                 if run is not None and run.token == runs.get(task_id):
@@ -351,6 +354,10 @@ class Runtime:
                 except INFRA_ERRORS as exc:
                     # Their deadlines moved on already: the next sweep that finds them due enqueues them.
                     log.warning("sweeping overdue tasks failed (%s); trying again", exc)
+                    break
+                except Exception:
+                    # A bug must not end the sweeper, which is what brings lost work back: say it, go on.
+                    log.exception("sweeping partition %d failed; trying again", partition.index)
                     break
 
     async def _sweep_partition(self, partition: keys.Partition, *, trim: bool) -> None:
