@@ -390,6 +390,36 @@ class LocalCluster:
 
     # -- data ------------------------------------------------------------------------------------------------
 
+    def reshard(self, source: Node | int, target: Node | int, slots: int, *, timeout_s: float = 120.0) -> None:
+        """Move ``slots`` slots (the lowest ``source`` holds) and their keys to ``target`` with ``redis-cli --cluster
+        reshard``, while clients go on (they meet ``ASK``, ``MOVED`` and ``TRYAGAIN`` meanwhile)."""
+        _, cli = cluster_binaries()
+        from_id, to_id = self._node(source).node_id, self._node(target).node_id
+        argv = [
+            cli,
+            "--cluster",
+            "reshard",
+            f"127.0.0.1:{self._port(source)}",
+            "--cluster-from",
+            from_id,
+            "--cluster-to",
+            to_id,
+            "--cluster-slots",
+            str(slots),
+            "--cluster-pipeline",
+            "100",
+            "--cluster-yes",
+        ]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"redis-cli --cluster reshard did not finish within {timeout_s:.0f} s") from None
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster reshard failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr}"
+            )
+        self.wait_settled()
+
     def flushall(self) -> None:
         """FLUSHALL on every master that answers (replicas follow)."""
         for node in self.nodes():

@@ -266,3 +266,61 @@ def test_a_worker_killed_hands_its_partitions_over_and_its_tasks_run_elsewhere(
         counted.assert_every_task_completed_once(48)
     finally:
         api.close()
+
+
+def test_slots_moved_to_another_master_under_load_cost_retries_never_data(
+    cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
+) -> None:
+    settings = {
+        "RELAY_REDIS_MODE": "cluster",
+        "RELAY_REDIS_URL": cluster.url,
+        "RELAY_BROKER_URL": rabbitmq_url,
+        "RELAY_PARTITIONS": "16",
+        "RELAY_API_KEYS": API_KEYS,
+    }
+    api_process = start_relay("api", wait=False, **settings)
+    worker = start_relay("worker", wait=False, **settings)
+    api_process.wait_ready()
+    worker.wait_ready()
+    api = Api(api_process.url)
+    try:
+        submitter = Submitter(api_process.url, receiver.url("/hook"), count=200)
+        submitter.start()
+        wait_until(lambda: len(submitter.accepted) >= 40, timeout_s=60, message="40 tasks accepted")
+        masters = sorted((n for n in cluster.nodes() if n.role == "master"), key=lambda n: min(n.slots)[0])
+        # The lowest 3,000 slots of the first master: partitions 0 to 2 of 16 live there, with their tasks.
+        started = time.monotonic()
+        cluster.reshard(masters[0], masters[1], 3000)
+        print(f"resharded 3000 slots in {time.monotonic() - started:.1f} s under load")
+        submitter.join(timeout=180)
+        assert not submitter.is_alive()
+        assert submitter.gave_up == 0
+        assert len(set(submitter.accepted)) == 200
+        print(f"resharding: {submitter.retries} retries of {len(submitter.statuses)} answers")
+        moved = cluster.nodes()
+        assert cluster.master_for_slot(0).port == masters[1].port
+        assert len([n for n in moved if n.role == "master" and n.slots]) == 3
+
+        by_tenant: dict[str, list[str]] = {}
+        for n, task_id in enumerate(submitter.accepted):
+            by_tenant.setdefault(TENANTS[n % len(TENANTS)], []).append(task_id)
+
+        def outcome() -> Outcome:
+            total = Outcome()
+            for tenant, ids in by_tenant.items():
+                one = count_outcome(_AsTenant(api, f"key-{tenant}"), ids, receiver=receiver, name=tenant)
+                for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
+                    setattr(total, name, getattr(total, name) + getattr(one, name))
+                total.webhooks_missing += one.webhooks_missing
+                total.webhooks_duplicated += one.webhooks_duplicated
+            return total
+
+        counted = wait_until(
+            lambda: (o := outcome()) and o.lost == 0 and o.webhooks_missing == 0 and o,
+            timeout_s=120,
+            message="every accepted task completed and delivered",
+        )
+        print(f"slots moved: {counted}")
+        counted.assert_every_task_completed_once(200)
+    finally:
+        api.close()
