@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -322,5 +323,61 @@ def test_slots_moved_to_another_master_under_load_cost_retries_never_data(
         )
         print(f"slots moved: {counted}")
         counted.assert_every_task_completed_once(200)
+    finally:
+        api.close()
+
+
+def test_a_master_frozen_past_the_client_timeouts_costs_503s_and_retries_never_data(
+    cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
+) -> None:
+    settings = {
+        "RELAY_REDIS_MODE": "cluster",
+        "RELAY_REDIS_URL": cluster.url,
+        "RELAY_BROKER_URL": rabbitmq_url,
+        "RELAY_PARTITIONS": "16",
+        "RELAY_API_KEYS": API_KEYS,
+    }
+    api_process = start_relay("api", wait=False, **settings)
+    worker = start_relay("worker", wait=False, **settings)
+    api_process.wait_ready()
+    worker.wait_ready()
+    api = Api(api_process.url)
+    try:
+        submitter = Submitter(api_process.url, receiver.url("/hook"), count=160)
+        submitter.start()
+        wait_until(lambda: len(submitter.accepted) >= 40, timeout_s=60, message="40 tasks accepted")
+        victim = next(n for n in cluster.nodes() if n.role == "master")
+        cluster.freeze(victim)
+        time.sleep(5.0)  # past the API's 2 s command timeout and the cluster's 2 s node timeout
+        cluster.thaw(victim)
+        submitter.join(timeout=180)
+        assert not submitter.is_alive()
+        assert submitter.gave_up == 0
+        assert len(set(submitter.accepted)) == 160
+        statuses = Counter(submitter.statuses)
+        print(f"frozen master: answers {dict(statuses)}, retries {submitter.retries}")
+        assert set(statuses) <= {202, 503}
+
+        by_tenant: dict[str, list[str]] = {}
+        for n, task_id in enumerate(submitter.accepted):
+            by_tenant.setdefault(TENANTS[n % len(TENANTS)], []).append(task_id)
+
+        def outcome() -> Outcome:
+            total = Outcome()
+            for tenant, ids in by_tenant.items():
+                one = count_outcome(_AsTenant(api, f"key-{tenant}"), ids, receiver=receiver, name=tenant)
+                for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
+                    setattr(total, name, getattr(total, name) + getattr(one, name))
+                total.webhooks_missing += one.webhooks_missing
+                total.webhooks_duplicated += one.webhooks_duplicated
+            return total
+
+        counted = wait_until(
+            lambda: (o := outcome()) and o.lost == 0 and o.webhooks_missing == 0 and o,
+            timeout_s=120,
+            message="every accepted task completed and delivered",
+        )
+        print(f"frozen master: {counted}")
+        counted.assert_every_task_completed_once(160)
     finally:
         api.close()
