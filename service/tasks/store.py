@@ -119,6 +119,13 @@ def place(tenant: str, webhook_url: str | None, idempotency_key: str | None) -> 
     return layout.any()
 
 
+def _id_mark(partition: keys.Partition) -> str:
+    """The two characters that name ``partition`` in the ids Relay makes ('' on a store of one partition, whose ids
+    name none)."""
+    layout = keys.layout()
+    return "" if layout.single else layout.mark("_..", partition)[1:]
+
+
 def _parse_claim(value: bytes) -> tuple[str, str, bytes]:
     """A claim's fingerprint, task id and first answer ('' for what cannot be read)."""
     fingerprint, _, rest = value.partition(b"\n")
@@ -169,6 +176,10 @@ class TenantFull(RelayError):
     def __init__(self, open_tasks: int) -> None:
         super().__init__(f"{open_tasks} tasks that have not ended")
         self.open_tasks = open_tasks
+
+
+class _KeyElsewhere(RelayError):
+    """The store step found its Idempotency-Key claimed for a task of another partition, and wrote nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,19 +244,21 @@ class TaskStore:
         without a webhook, which :func:`place` puts there). A task placed by its webhook's destination may live
         elsewhere than its key: then the key is claimed first, for the task's id, and the task stored after; a
         retry of the same request finds the claim and stores that same task if the first try did not (the store
-        step takes a task only once), so there is still one task per key.
+        step takes a task only once), so there is still one task per key. A key that the one step finds claimed
+        that way (for a task of another partition, by a request with a webhook) is settled the same way.
         """
         if idempotency_key is None:
             return await self._store(record, idem=None, fingerprint=fingerprint, message=message, admit=admit)
         digest = idempotency_digest(idempotency_key)
         home = keys.of(record.id)
         claim_part = keys.layout().for_hash(record.tenant, digest)
+        claim = claim_part.idempotency(record.tenant, digest)
         if claim_part == home:
-            idem = home.idempotency(record.tenant, digest)
-            return await self._store(record, idem=idem, fingerprint=fingerprint, message=message, admit=admit)
-        return await self._create_claimed(
-            record, claim_part.idempotency(record.tenant, digest), fingerprint, message=message, admit=admit
-        )
+            try:
+                return await self._store(record, idem=claim, fingerprint=fingerprint, message=message, admit=admit)
+            except _KeyElsewhere:
+                pass  # nothing was written
+        return await self._create_claimed(record, claim, fingerprint, message=message, admit=admit)
 
     async def _create_claimed(
         self, record: TaskRecord, claim: str, fingerprint: str, *, message: InlineMessage | None, admit: bool
@@ -297,7 +310,8 @@ class TaskStore:
         admit: bool,
         retry: bool = False,
     ) -> Submitted:
-        """The store step (see ``submit_task.lua``), in the task's partition."""
+        """The store step (see ``submit_task.lua``), in the task's partition. Raises :class:`_KeyElsewhere` (having
+        written nothing) when ``idem`` is claimed for a task of another partition."""
         answer = record.public()
         task_key = keys.task(record.id)
         part = keys.of(record.id)
@@ -342,9 +356,12 @@ class TaskStore:
                 "1" if admit else "",
                 "1" if retry else "",
                 open_elsewhere,
+                _id_mark(part),
             ],
         )
         outcome = as_text(reply[0])
+        if outcome == "elsewhere":
+            raise _KeyElsewhere
         if outcome == "full":
             raise TenantFull(int(reply[1]))
         if outcome == "conflict":

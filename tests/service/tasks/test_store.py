@@ -17,9 +17,18 @@ from delivery.destinations import FlowSettings
 from delivery.errors import LeaseLost
 from delivery.redis_client import connect
 from schemas.events import EventType
-from schemas.tasks import TaskError, TaskRecord, TaskStatus
+from schemas.tasks import TaskError, TaskRecord, TaskStatus, Webhook
 from service.tasks.ledger import REQUEUE_GRACE_S, Start, TaskLedger
-from service.tasks.store import Submitted, TaskStore, TenantFull
+from service.tasks.store import (
+    CLAIM_SETTLE_S,
+    IDEMPOTENCY_TTL_S,
+    KeyReused,
+    Submitted,
+    TaskStore,
+    TenantFull,
+    idempotency_digest,
+)
+from tests.placed import task_id, url_in
 
 RECORD_TTL_S = 3600
 FLOW = FlowSettings(lease_s=35.0, retry_span_s=60.0)
@@ -217,3 +226,54 @@ async def test_a_run_that_lost_its_task_cannot_schedule_a_retry(
     assert stored is not None
     assert stored.status is TaskStatus.CANCELLED
     assert await redis.zscore(keys.partitions()[0].scheduled_tasks, "task_1") is None
+
+
+async def test_a_key_used_for_a_task_placed_by_its_webhook_refuses_another_body_placed_by_the_key(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    """A task with a webhook lives in its destination's partition, and its Idempotency-Key may live in another: a
+    later request with that key and another body, without a webhook (so placed with its key), still finds the first
+    task there, and is refused; the first request, tried again, still gets its task."""
+    tasks = stores(clients)[0]
+    key_home = keys.layout().for_hash("acme", idempotency_digest("k"))
+    elsewhere = keys.partitions()[(key_home.index + 1) % len(keys.partitions())]
+    url = url_in(elsewhere, "acme", "http://receiver{}.test/hook")
+    with_webhook = new_record(task_id("task_1", "acme", url))
+    with_webhook.webhook = Webhook(url=url)
+    first = await tasks.create(with_webhook, idempotency_key="k", fingerprint="aa")
+    assert first.new
+
+    without = new_record(task_id("task_2", idempotency_key="k"))
+    with pytest.raises(KeyReused):
+        await tasks.create(without, idempotency_key="k", fingerprint="bb")
+
+    assert not await redis.exists(keys.task(without.id))
+    retried = new_record(task_id("task_3", "acme", url))
+    retried.webhook = Webhook(url=url)
+    again = await tasks.create(retried, idempotency_key="k", fingerprint="aa")
+    assert (again.new, again.answer.id) == (False, with_webhook.id)
+
+
+async def test_a_key_whose_task_placed_by_its_webhook_expired_is_taken_over_by_a_request_placed_by_the_key(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    tasks = stores(clients)[0]
+    key_home = keys.layout().for_hash("acme", idempotency_digest("k"))
+    elsewhere = keys.partitions()[(key_home.index + 1) % len(keys.partitions())]
+    url = url_in(elsewhere, "acme", "http://receiver{}.test/hook")
+    with_webhook = new_record(task_id("task_1", "acme", url))
+    with_webhook.webhook = Webhook(url=url)
+    await tasks.create(with_webhook, idempotency_key="k", fingerprint="aa")
+    await redis.delete(keys.task(with_webhook.id))  # expired
+    claim = key_home.idempotency("acme", idempotency_digest("k"))
+    await redis.expire(claim, IDEMPOTENCY_TTL_S - CLAIM_SETTLE_S - 1)  # claimed long enough ago
+
+    without = new_record(task_id("task_2", idempotency_key="k"))
+    taken = await tasks.create(without, idempotency_key="k", fingerprint="bb")
+
+    assert (taken.new, taken.answer.id) == (True, without.id)
+    assert await redis.exists(keys.task(without.id))
+    again = await tasks.create(
+        new_record(task_id("task_3", idempotency_key="k")), idempotency_key="k", fingerprint="bb"
+    )
+    assert (again.new, again.answer.id) == (False, without.id)
