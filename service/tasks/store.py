@@ -126,6 +126,15 @@ def _id_mark(partition: keys.Partition) -> str:
     return "" if layout.single else layout.mark("_..", partition)[1:]
 
 
+def _claimed_record(answer: bytes, task_id: str, record: TaskRecord) -> TaskRecord:
+    """The task that a claim was made for, as its first answer gave it (``record`` under ``task_id`` when that answer
+    cannot be read): a retry that stores it stores what the key answers with, its ws_token and created_at included."""
+    first = _decode_answer(answer)
+    if first is None or first.id != task_id:
+        return msgspec.structs.replace(record, id=task_id)
+    return TaskRecord(**{name: getattr(first, name) for name in Task.__struct_fields__}, tenant=record.tenant)
+
+
 def _parse_claim(value: bytes) -> tuple[str, str, bytes]:
     """A claim's fingerprint, task id and first answer ('' for what cannot be read)."""
     fingerprint, _, rest = value.partition(b"\n")
@@ -266,7 +275,7 @@ class TaskStore:
         fingerprint = fingerprint or "0"
         value = f"{fingerprint}\n{record.id}\n".encode() + _encode(record.public())
         reply = await self._claim_key(keys=[claim], args=["claim", value, IDEMPOTENCY_TTL_S])
-        retry = False
+        retry = False  # True: storing the task of another try's claim
         if as_text(reply[0]) == "held":
             held = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
             first_fingerprint, first_id, first_answer = _parse_claim(held)
@@ -279,8 +288,9 @@ class TaskStore:
                     return Submitted(answer=first, new=False)
             if first_fingerprint == fingerprint and first_id and keys.of(first_id) == keys.of(record.id):
                 # The first try claimed the key and its task is not stored (it failed, or is on its way): store
-                # that same task; if the first try stores it meanwhile, the step says so and nothing is doubled.
-                record = msgspec.structs.replace(record, id=first_id)
+                # that same task, as the key answers with it; whichever try stores it first, the other's step
+                # says so and nothing is doubled.
+                record = _claimed_record(first_answer, first_id, record)
                 retry = True
             else:
                 # Another request's claim whose task is gone: expired, or never stored. Taken over if it is old
@@ -291,8 +301,10 @@ class TaskStore:
                 if not await self._claim_key(keys=[claim], args=["replace", held, value, IDEMPOTENCY_TTL_S]):
                     raise KeyInProgress
         try:
+            # The step stores the task only if no try stored it already: a retry of this request, which found this
+            # claim, may store it first.
             submitted = await self._store(
-                record, idem=None, fingerprint=fingerprint, message=message, admit=admit, retry=retry
+                record, idem=None, fingerprint=fingerprint, message=message, admit=admit, retry=True
             )
         except (TenantFull, NotAdmitted):
             if not retry:

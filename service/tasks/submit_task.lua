@@ -10,7 +10,8 @@
 --       from a grace after it, so that a promotion whose enqueue was lost still brings it back), the stats field
 --       that counts scheduled submissions, the request's fingerprint (kept with the key), admit ('1' to accept a
 --       new task; '' when the store is full: only a key used before is answered), '1' when the task may exist
---       already (a keyed submission whose key lives in another partition, tried again: see service.tasks.store),
+--       already (a keyed submission whose key lives in another partition: a retry of it may have stored it, see
+--       service.tasks.store),
 --       the tenant's open tasks in other partitions (counted by the caller just before), the two characters that
 --       name this step's partition in an id ('' on a store of one partition)
 -- Returns {'new'}, {'first', answer} (the key was used before for the same request: the first answer),
