@@ -16,6 +16,7 @@ import redis.asyncio.cluster as aiocluster
 
 from delivery.redis_client import connect
 from service.processes import RedisServer
+from tests import slot_check
 from tests.cluster import ClusterUnavailable, LocalCluster
 from tests.slot_check import ClusterNode, checked_scripts
 
@@ -143,9 +144,65 @@ _REAL_PROCESSES = ("integration", "browser")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test under tests/integration and tests/browser ``integration``: they start real Relay
-    processes, so ``-m "not integration"`` is the run of the fast tests alone."""
+    processes, so ``-m "not integration"`` is the run of the fast tests alone. In slot-check mode, skip the tests
+    marked ``standalone_only``, with their reason."""
     root = Path(__file__).parent
     for item in items:
         parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
         if parts and parts[0] in _REAL_PROCESSES:
             item.add_marker(pytest.mark.integration)
+        standalone = item.get_closest_marker("standalone_only")
+        if SLOT_CHECK and standalone is not None:
+            reason = standalone.args[0] if standalone.args else standalone.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"standalone Redis only: {reason}"))
+
+
+# The end of a slot-checked run of the in-process tests: every Lua file of the repository must have run (see
+# tests/slot_check.py). Each test process notes the scripts it ran; the first process gathers them.
+_ROOT = Path(__file__).parents[1]
+_IN_PROCESS = (_ROOT / "tests" / "delivery", _ROOT / "tests" / "service")
+_ran_elsewhere: set[str] = set()
+_checked: list[str] = []  # the Lua files checked, once the check ran
+_never_run: list[str] = []
+
+
+def _whole_in_process_run(config: pytest.Config) -> bool:
+    """The run takes every in-process test (a run of a few files or of ``-k`` is not asked to run every script)."""
+    if any(getattr(config.option, name, None) for name in ("keyword", "lf", "deselect")):
+        return False
+    paths = [Path(arg) for arg in config.args]
+    if not all(path.is_dir() for path in paths):
+        return False
+    return all(any(wanted.is_relative_to(path.resolve()) for path in paths) for wanted in _IN_PROCESS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """An xdist test process is done: keep the Lua files it ran."""
+    _ran_elsewhere.update(getattr(node, "workeroutput", {}).get("slot_check_ran", ()))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not SLOT_CHECK:
+        return
+    ran = slot_check.ran_files(_ROOT)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist test process: the first one checks
+        workeroutput["slot_check_ran"] = sorted(ran)
+        return
+    if session.shouldstop or session.shouldfail or not _whole_in_process_run(session.config):
+        return
+    _checked[:] = [name for name in slot_check.lua_files(_ROOT) if name not in slot_check.NOT_RUN_HERE]
+    _never_run[:] = slot_check.never_run(_ROOT, ran | _ran_elsewhere)
+    if _never_run:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _never_run:
+        terminalreporter.section("Lua steps never run", sep="=", red=True, bold=True)
+        terminalreporter.line(
+            "In slot-check mode every Lua file must run at least once; no test ran: " + ", ".join(_never_run)
+        )
+    elif _checked:
+        terminalreporter.line(f"slot check: each of the {len(_checked)} Lua files ran, every step in one slot")

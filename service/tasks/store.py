@@ -121,6 +121,22 @@ def place(tenant: str, webhook_url: str | None, idempotency_key: str | None) -> 
     return layout.any()
 
 
+def _id_mark(partition: keys.Partition) -> str:
+    """The two characters that name ``partition`` in the ids Relay makes ('' on a store of one partition, whose ids
+    name none)."""
+    layout = keys.layout()
+    return "" if layout.single else layout.mark("_..", partition)[1:]
+
+
+def _claimed_record(answer: bytes, task_id: str, record: TaskRecord) -> TaskRecord:
+    """The task that a claim was made for, as its first answer gave it (``record`` under ``task_id`` when that answer
+    cannot be read): a retry that stores it stores what the key answers with, its ws_token and created_at included."""
+    first = _decode_answer(answer)
+    if first is None or first.id != task_id:
+        return msgspec.structs.replace(record, id=task_id)
+    return TaskRecord(**{name: getattr(first, name) for name in Task.__struct_fields__}, tenant=record.tenant)
+
+
 def _parse_claim(value: bytes) -> tuple[str, str, bytes]:
     """A claim's fingerprint, task id and first answer ('' for what cannot be read)."""
     fingerprint, _, rest = value.partition(b"\n")
@@ -171,6 +187,10 @@ class TenantFull(RelayError):
     def __init__(self, open_tasks: int) -> None:
         super().__init__(f"{open_tasks} tasks that have not ended")
         self.open_tasks = open_tasks
+
+
+class _KeyElsewhere(RelayError):
+    """The store step found its Idempotency-Key claimed for a task of another partition, and wrote nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,19 +257,21 @@ class TaskStore:
         without a webhook, which :func:`place` puts there). A task placed by its webhook's destination may live
         elsewhere than its key: then the key is claimed first, for the task's id, and the task stored after; a
         retry of the same request finds the claim and stores that same task if the first try did not (the store
-        step takes a task only once), so there is still one task per key.
+        step takes a task only once), so there is still one task per key. A key that the one step finds claimed
+        that way (for a task of another partition, by a request with a webhook) is settled the same way.
         """
         if idempotency_key is None:
             return await self._store(record, idem=None, fingerprint=fingerprint, message=message, admit=admit)
         digest = idempotency_digest(idempotency_key)
         home = keys.of(record.id)
         claim_part = keys.layout().for_hash(record.tenant, digest)
+        claim = claim_part.idempotency(record.tenant, digest)
         if claim_part == home:
-            idem = home.idempotency(record.tenant, digest)
-            return await self._store(record, idem=idem, fingerprint=fingerprint, message=message, admit=admit)
-        return await self._create_claimed(
-            record, claim_part.idempotency(record.tenant, digest), fingerprint, message=message, admit=admit
-        )
+            try:
+                return await self._store(record, idem=claim, fingerprint=fingerprint, message=message, admit=admit)
+            except _KeyElsewhere:
+                pass  # nothing was written
+        return await self._create_claimed(record, claim, fingerprint, message=message, admit=admit)
 
     async def _create_claimed(
         self, record: TaskRecord, claim: str, fingerprint: str, *, message: InlineMessage | None, admit: bool
@@ -257,7 +279,7 @@ class TaskStore:
         fingerprint = fingerprint or "0"
         value = f"{fingerprint}\n{record.id}\n".encode() + _encode(record.public())
         reply = await self._claim_key(keys=[claim], args=["claim", value, IDEMPOTENCY_TTL_S])
-        retry = False
+        retry = False  # True: storing the task of another try's claim
         if as_text(reply[0]) == "held":
             held = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
             first_fingerprint, first_id, first_answer = _parse_claim(held)
@@ -270,8 +292,9 @@ class TaskStore:
                     return Submitted(answer=first, new=False)
             if first_fingerprint == fingerprint and first_id and keys.of(first_id) == keys.of(record.id):
                 # The first try claimed the key and its task is not stored (it failed, or is on its way): store
-                # that same task; if the first try stores it meanwhile, the step says so and nothing is doubled.
-                record = msgspec.structs.replace(record, id=first_id)
+                # that same task, as the key answers with it; whichever try stores it first, the other's step
+                # says so and nothing is doubled.
+                record = _claimed_record(first_answer, first_id, record)
                 retry = True
             else:
                 # Another request's claim whose task is gone: expired, or never stored. Taken over if it is old
@@ -282,8 +305,10 @@ class TaskStore:
                 if not await self._claim_key(keys=[claim], args=["replace", held, value, IDEMPOTENCY_TTL_S]):
                     raise KeyInProgress
         try:
+            # The step stores the task only if no try stored it already: a retry of this request, which found this
+            # claim, may store it first.
             submitted = await self._store(
-                record, idem=None, fingerprint=fingerprint, message=message, admit=admit, retry=retry
+                record, idem=None, fingerprint=fingerprint, message=message, admit=admit, retry=True
             )
         except (TenantFull, NotAdmitted):
             if not retry:
@@ -301,7 +326,8 @@ class TaskStore:
         admit: bool,
         retry: bool = False,
     ) -> Submitted:
-        """The store step (see ``submit_task.lua``), in the task's partition."""
+        """The store step (see ``submit_task.lua``), in the task's partition. Raises :class:`_KeyElsewhere` (having
+        written nothing) when ``idem`` is claimed for a task of another partition."""
         answer = record.public()
         task_key = keys.task(record.id)
         part = keys.of(record.id)
@@ -345,12 +371,15 @@ class TaskStore:
             "1" if admit else "",
             "1" if retry else "",
             open_elsewhere,
+            _id_mark(part),
         ]
         if self._replicated is not None:
             reply = await self._replicated.run(self._submit.script, step_keys, step_args)
         else:
             reply = await self._submit(keys=step_keys, args=step_args)
         outcome = as_text(reply[0])
+        if outcome == "elsewhere":
+            raise _KeyElsewhere
         if outcome == "full":
             raise TenantFull(int(reply[1]))
         if outcome == "conflict":

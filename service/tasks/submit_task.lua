@@ -10,12 +10,15 @@
 --       from a grace after it, so that a promotion whose enqueue was lost still brings it back), the stats field
 --       that counts scheduled submissions, the request's fingerprint (kept with the key), admit ('1' to accept a
 --       new task; '' when the store is full: only a key used before is answered), '1' when the task may exist
---       already (a keyed submission whose key lives in another partition, tried again: see service.tasks.store),
---       the tenant's open tasks in other partitions (counted by the caller just before)
+--       already (a keyed submission whose key lives in another partition: a retry of it may have stored it, see
+--       service.tasks.store),
+--       the tenant's open tasks in other partitions (counted by the caller just before), the two characters that
+--       name this step's partition in an id ('' on a store of one partition)
 -- Returns {'new'}, {'first', answer} (the key was used before for the same request: the first answer),
 -- {'conflict'} (the key was used before for another request), {'refused'} (admit is '' and the key is new) or
 -- {'full', open} (the tenant already has max_open tasks that have not ended) or {'exists', record} (the task is
--- stored already: the first try of this submission stored it).
+-- stored already: the first try of this submission stored it) or {'elsewhere'} (the key names a task of another
+-- partition, out of this step's reach: nothing is written, the caller settles the key on its own).
 --
 -- When the store is full (Redis at maxmemory with noeviction) this step must write nothing. Redis checks memory
 -- for a script only at its first write, and only when that write is one that can grow memory (deny-oom): a first
@@ -34,6 +37,11 @@ if ARGV[5] ~= '' then
             if ok and type(decoded) == 'table' and type(decoded.id) == 'string' then
                 fingerprint, first_id, answer = ARGV[16], decoded.id, first
             end
+        end
+        -- A key claimed for a task placed in another partition (by its webhook's destination, see
+        -- service.tasks.store): whether that task still exists is not to be read from here.
+        if first_id and ARGV[20] ~= '' and string.match(first_id, '^[^_]*_(..)') ~= ARGV[20] then
+            return {'elsewhere'}
         end
         if first_id and redis.call('EXISTS', ARGV[10] .. first_id) == 1 then
             if fingerprint ~= ARGV[16] then

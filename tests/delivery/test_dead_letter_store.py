@@ -20,6 +20,7 @@ from delivery.records import PendingDelivery
 from delivery.redis_client import connect
 from schemas.dead_letters import DeadLetter, DeadLetterReason
 from schemas.events import Event, EventType
+from tests.placed import event_id, home, task_id
 
 FLOW = FlowSettings(lease_s=30.0, retry_span_s=600.0)
 URL = "http://127.0.0.1:9/hook"
@@ -48,12 +49,17 @@ async def attempt(outbox: Outbox, lease: Lease, status: int, decision: Decision)
     return await outbox.record(lease.delivery, made, decision, token=lease.token)
 
 
+def evt(n: int) -> str:
+    """The id of task ``n``'s final event (the task placed by its webhook's destination, as Relay places it)."""
+    return event_id(f"evt_{n}", task_id(f"task_{n}", "acme", URL))
+
+
 async def dead_letter(redis: aioredis.Redis, outbox: Outbox, n: int = 1) -> DeadLetter:
-    """Event ``evt_{n}``'s webhook, answered 410 on its first attempt."""
+    """Event ``evt(n)``'s webhook, answered 410 on its first attempt."""
     event = Event(
-        id=f"evt_{n}",
+        id=evt(n),
         type=EventType.COMPLETED,
-        task_id=f"task_{n}",
+        task_id=task_id(f"task_{n}", "acme", URL),
         seq=1,
         created_at=datetime.now(UTC),
         data={"status": "succeeded", "result": n},
@@ -69,7 +75,7 @@ async def dead_letter(redis: aioredis.Redis, outbox: Outbox, n: int = 1) -> Dead
 
 async def replayed_lease(outbox: Outbox) -> Lease:
     """What a worker does with a replay: claim it from the schedule and hand it to its destination."""
-    ((delivery, pushed),) = await outbox.claim(keys.partitions()[0], limit=10)
+    ((delivery, pushed),) = await outbox.claim(home("acme", URL), limit=10)
     assert not pushed
     lease = await outbox.handoff(delivery)
     assert lease is not None
@@ -86,16 +92,16 @@ async def test_a_replay_owes_the_same_event_again_on_a_fresh_schedule_once(
     assert await store.replay(dead)
     assert not await store.replay(dead)  # in flight already
 
-    due_at = await redis.zscore(keys.partitions()[0].due, "evt_1")
+    due_at = await redis.zscore(home("acme", URL).due, evt(1))
     assert due_at is not None
     assert before <= due_at <= time.time()
-    assert await redis.zcard(keys.partitions()[0].due) == 1
-    owed = msgspec.json.decode(await redis.get(keys.delivery("evt_1")), type=PendingDelivery)
+    assert await redis.zcard(home("acme", URL).due) == 1
+    owed = msgspec.json.decode(await redis.get(keys.delivery(evt(1))), type=PendingDelivery)
     assert owed.event == dead.event
     assert owed.run_attempts == 0  # the whole retry schedule again
     assert owed.attempts == 1  # the count across replays goes on
     assert owed.dead_letter_id == dead.id
-    assert await redis.hget(keys.partitions()[0].stats, metrics.REPLAYED) == b"1"
+    assert await redis.hget(home("acme", URL).stats, metrics.REPLAYED) == b"1"
     assert await store.get(dead.id) == dead  # kept until the replay is delivered
 
 
@@ -108,10 +114,10 @@ async def test_a_delivered_replay_takes_its_dead_letter_away(
     await attempt(outbox, await replayed_lease(outbox), 200, Decision(Verdict.DELIVERED))
 
     assert await store.get(dead.id) is None
-    assert await redis.zcard(keys.partitions()[0].dead_letters) == 0
-    assert await redis.zcard(keys.partitions()[0].dead_letters_of("acme")) == 0
-    assert not await redis.exists(keys.dead_letter_of_event("evt_1"))
-    assert not await redis.exists(keys.delivery("evt_1"))
+    assert await redis.zcard(home("acme", URL).dead_letters) == 0
+    assert await redis.zcard(home("acme", URL).dead_letters_of("acme")) == 0
+    assert not await redis.exists(keys.dead_letter_of_event(evt(1)))
+    assert not await redis.exists(keys.delivery(evt(1)))
     assert await store.replay(dead)  # nothing in flight: a replay may be asked for again
 
 
@@ -127,7 +133,7 @@ async def test_a_replay_that_dies_again_keeps_one_dead_letter_and_counts_the_rep
     assert again.id == dead.id
     assert again.replays == 1
     assert again.attempts == 2
-    assert await redis.zcard(keys.partitions()[0].dead_letters) == 1
+    assert await redis.zcard(home("acme", URL).dead_letters) == 1
     assert await store.get(dead.id) == again
 
 
@@ -143,8 +149,8 @@ async def test_two_replays_of_one_dead_letter_at_once_owe_it_once(
     finally:
         await other.aclose()
     assert sorted(results) == [False, False, True]
-    assert await redis.zcard(keys.partitions()[0].due) == 1
-    assert await redis.hget(keys.partitions()[0].stats, metrics.REPLAYED) == b"1"
+    assert await redis.zcard(home("acme", URL).due) == 1
+    assert await redis.hget(home("acme", URL).stats, metrics.REPLAYED) == b"1"
 
 
 async def test_a_batch_replays_all_but_those_in_flight(
@@ -154,5 +160,5 @@ async def test_a_batch_replays_all_but_those_in_flight(
     assert await store.replay(batch[1])
 
     assert await store.replay_batch(batch) == [True, False, True]
-    assert {m.decode() for m in await redis.zrange(keys.partitions()[0].due, 0, -1)} == {"evt_1", "evt_2", "evt_3"}
-    assert await redis.hget(keys.partitions()[0].stats, metrics.REPLAYED) == b"3"
+    assert {m.decode() for m in await redis.zrange(home("acme", URL).due, 0, -1)} == {evt(1), evt(2), evt(3)}
+    assert await redis.hget(home("acme", URL).stats, metrics.REPLAYED) == b"3"

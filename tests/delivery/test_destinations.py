@@ -18,6 +18,7 @@ from delivery.records import PendingDelivery
 from schemas.dead_letters import DeadLetterReason
 from schemas.destinations import DestinationCaps, DestinationState
 from schemas.events import Event, EventType
+from tests.placed import event_id, home, placed, task_id, url_in
 
 FLOW = FlowSettings(max_in_flight=2, breaker_threshold=3, probe_s=5.0, lease_s=120.0, retry_span_s=305.0)
 OK = AttemptResult(200, None, 1.0)
@@ -45,10 +46,11 @@ async def owe(redis: aioredis.Redis, outbox: Outbox, url: str, count: int, tenan
     leases = []
     for _ in range(count):
         _n += 1
+        task = task_id(f"task_{_n}", tenant, url)
         event = Event(
-            id=f"evt_{_n}",
+            id=event_id(f"evt_{_n}", task),
             type=EventType.COMPLETED,
-            task_id=f"task_{_n}",
+            task_id=task,
             seq=1,
             created_at=datetime.now(UTC),
             data={"status": "succeeded", "result": _n},
@@ -93,28 +95,31 @@ async def test_origin_ignores_path_query_and_default_port() -> None:
 
 
 async def test_at_most_max_in_flight_start_and_a_settle_frees_a_slot(redis: aioredis.Redis, outbox: Outbox) -> None:
-    started = await owe(redis, outbox, "http://a.test/hook", 5)
+    url = "http://a.test/hook"
+    started = await owe(redis, outbox, url, 5)  # numbered _n - 4 to _n
     assert len(started) == 2  # the cap; the other three wait in the destination, oldest first
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100) == []
+    assert await outbox.claim_destinations(home("acme", url), limit=100) == []
     # The freed slot goes straight to the oldest waiting webhook, leased to whoever settled.
     handed = (await settle(outbox, started[0], OK)).next
     assert handed is not None
-    assert handed.delivery.event_id == "evt_" + str(int(started[1].delivery.event_id[4:]) + 1)
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100) == []  # at the cap again
+    assert handed.delivery.event_id == placed(f"evt_{_n - 2}", home("acme", url))
+    assert await outbox.claim_destinations(home("acme", url), limit=100) == []  # at the cap again
 
 
 async def test_a_destination_at_its_cap_with_many_owed_costs_others_nothing(
     redis: aioredis.Redis, outbox: Outbox
 ) -> None:
-    await owe(redis, outbox, "http://slow.test/", 2000)  # two in flight, 1,998 waiting
-    fast = await owe(redis, outbox, "http://fast.test/", 1, tenant="other")
+    url = "http://slow.test/"
+    await owe(redis, outbox, url, 2000)  # two in flight, 1,998 waiting
+    # Another tenant's receiver whose destination shares the slow one's partition (so its claim meets both).
+    fast = await owe(redis, outbox, url_in(home("acme", url), "other", "http://fast{}.test/"), 1, tenant="other")
     assert len(fast) == 1
     await settle(outbox, fast[0], DOWN)  # due again in 5 s
-    claimed = await outbox.claim_destinations(keys.partitions()[0], limit=200, now=time.time() + 6)
+    claimed = await outbox.claim_destinations(home("acme", url), limit=200, now=time.time() + 6)
     assert ids(claimed) == ids(fast)  # nothing of the slow one's: its cap is full
     # The claim looked at the ready destinations only: the slow one is not ready before its leases run out.
-    ready = await redis.zrange(keys.partitions()[0].destinations_ready, 0, -1, withscores=True)
-    slow = destination_for("acme", "http://slow.test/")
+    ready = await redis.zrange(home("acme", url).destinations_ready, 0, -1, withscores=True)
+    slow = destination_for("acme", url)
     assert {k.decode(): v for k, v in ready}[slow.id] > time.time() + 100
 
 
@@ -126,7 +131,7 @@ async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
     changes = [(await settle(outbox, lease, DOWN)).change for lease in await owe(redis, outbox, url, 2)]
     changes += [
         (await settle(outbox, lease, DOWN)).change
-        for lease in await outbox.claim_destinations(keys.partitions()[0], limit=9, now=time.time() + 6)
+        for lease in await outbox.claim_destinations(home("acme", url), limit=9, now=time.time() + 6)
     ]
     assert changes[:2] == ["", ""]
     assert "opened" in changes[2:]
@@ -137,20 +142,20 @@ async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
     assert view.state is DestinationState.OPEN
     assert view.owed == 22
     # Held: nothing before the probe time, however long the held webhooks have been due.
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 4) == []
-    probe = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 5.5)
+    assert await outbox.claim_destinations(home("acme", url), limit=100, now=now + 4) == []
+    probe = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 5.5)
     assert [lease.kind for lease in probe] == [Kind.PROBE]
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 5.6) == []  # one probe at a time
+    assert await outbox.claim_destinations(home("acme", url), limit=100, now=now + 5.6) == []  # one probe at a time
     assert (await settle(outbox, probe[0], DOWN, now=now + 6)).change == ""
     assert (
-        await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 6 + 9) == []
+        await outbox.claim_destinations(home("acme", url), limit=100, now=now + 6 + 9) == []
     )  # the wait doubled to 10 s
-    probe = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 6 + 10.5)
+    probe = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 6 + 10.5)
     assert len(probe) == 1
     recovered = await settle(outbox, probe[0], OK, now=now + 17)
     assert recovered.change == "recovered"
     assert recovered.next is not None  # the probe's slot, handed to the oldest held webhook
-    drained = [recovered.next, *await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 17.5)]
+    drained = [recovered.next, *await outbox.claim_destinations(home("acme", url), limit=100, now=now + 17.5)]
     assert len(drained) == 2  # within the cap
     assert all(lease.kind == Kind.SEND for lease in drained)
     view = await store.get(dst.id)
@@ -160,14 +165,15 @@ async def test_breaker_opens_holds_probes_with_doubling_wait_and_closes(
 
 
 async def test_retry_after_holds_the_whole_destination(redis: aioredis.Redis, outbox: Outbox) -> None:
-    started = await owe(redis, outbox, "http://busy.test/", 4)
+    url = "http://busy.test/"
+    started = await owe(redis, outbox, url, 4)
     now = time.time()
     await settle(outbox, started[0], BUSY, now=now)
     assert (
-        await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 59) == []
+        await outbox.claim_destinations(home("acme", url), limit=100, now=now + 59) == []
     )  # a free slot, due webhooks: held
     assert (
-        len(await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 61)) == 1
+        len(await outbox.claim_destinations(home("acme", url), limit=100, now=now + 61)) == 1
     )  # one slot free (one in flight)
 
 
@@ -182,16 +188,17 @@ async def test_pause_holds_everything_and_resume_drains_within_the_cap(
     assert paused is not None
     assert paused.state is DestinationState.PAUSED
     assert await owe(redis, outbox, url, 5) == []
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100, now=time.time() + 86400 * 3) == []
+    assert await outbox.claim_destinations(home("acme", url), limit=100, now=time.time() + 86400 * 3) == []
     await store.change(dst.id, "resume")
-    assert len(await outbox.claim_destinations(keys.partitions()[0], limit=100)) == 2
+    assert len(await outbox.claim_destinations(home("acme", url), limit=100)) == 2
     assert await store.change("dst_missing", "pause") is None
 
 
 async def test_a_dead_workers_leases_come_back_after_the_lease(redis: aioredis.Redis, outbox: Outbox) -> None:
-    lost = await owe(redis, outbox, "http://a.test/", 3)
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100, now=time.time() + 100) == []
-    back = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=time.time() + 121)
+    url = "http://a.test/"
+    lost = await owe(redis, outbox, url, 3)
+    assert await outbox.claim_destinations(home("acme", url), limit=100, now=time.time() + 100) == []
+    back = await outbox.claim_destinations(home("acme", url), limit=100, now=time.time() + 121)
     assert sorted(ids(back)) == sorted(ids(lost))  # the slots and the webhooks, not the third one yet
     # The dead worker's late outcome no longer counts: another attempt holds the delivery now.
     assert (await settle(outbox, lost[0], OK)).change == ""
@@ -203,15 +210,15 @@ async def test_held_webhooks_dead_letter_only_after_their_retry_span(redis: aior
     first = await owe(redis, outbox, url, 2)
     for lease in first:
         await settle(outbox, lease, DOWN)
-    again = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=time.time() + 6)
+    again = await outbox.claim_destinations(home("acme", url), limit=100, now=time.time() + 6)
     assert (await settle(outbox, again[0], DOWN, now=time.time() + 6)).change == "opened"
     never_tried = await owe(redis, outbox, url, 3)  # owed while open: held, never attempted
     assert never_tried == []
     # Open: the retry span (305 s here) since they were first owed has not passed, nothing is dead yet.
-    claimed = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=time.time() + 200)
+    claimed = await outbox.claim_destinations(home("acme", url), limit=100, now=time.time() + 200)
     assert [c.kind for c in claimed] == [Kind.PROBE]
     assert (await settle(outbox, claimed[0], DOWN, now=time.time() + 201)).change == ""
-    expired = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=time.time() + 400)
+    expired = await outbox.claim_destinations(home("acme", url), limit=100, now=time.time() + 400)
     assert [c.kind for c in expired] == [Kind.EXPIRE] * 5  # all of them, with no attempt between
     for lease in expired:
         recorded = await outbox.record(
@@ -219,7 +226,7 @@ async def test_held_webhooks_dead_letter_only_after_their_retry_span(redis: aior
         )
         assert recorded.dead is not None
         assert recorded.dead.reason is DeadLetterReason.RETRIES_EXHAUSTED
-    assert await redis.zcard(keys.partitions()[0].dead_letters) == 5
+    assert await redis.zcard(home("acme", url).dead_letters) == 5
 
 
 async def test_rate_per_s_spaces_the_starts(redis: aioredis.Redis, outbox: Outbox, store: DestinationStore) -> None:
@@ -231,10 +238,10 @@ async def test_rate_per_s_spaces_the_starts(redis: aioredis.Redis, outbox: Outbo
     now = time.time()
     started = await owe(redis, outbox, url, 10)
     assert len(started) == 2  # the bucket's burst: one second of the rate
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 0.05) == []
-    assert len(await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 0.6)) == 1
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 0.7) == []
-    assert len(await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 1.15)) == 1
+    assert await outbox.claim_destinations(home("acme", url), limit=100, now=now + 0.05) == []
+    assert len(await outbox.claim_destinations(home("acme", url), limit=100, now=now + 0.6)) == 1
+    assert await outbox.claim_destinations(home("acme", url), limit=100, now=now + 0.7) == []
+    assert len(await outbox.claim_destinations(home("acme", url), limit=100, now=now + 1.15)) == 1
     view = await store.get(dst.id)
     assert view is not None
     assert view.rate_per_s == 2.0
@@ -247,19 +254,19 @@ async def test_the_probe_is_the_webhook_waiting_longest(redis: aioredis.Redis, o
     now = time.time()
     await settle(outbox, second, DOWN, now=now)  # waiting since now ...
     await settle(outbox, first, DOWN, now=now + 0.1)  # ... and this one a moment later
-    retries = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 6)
+    retries = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 6)
     assert ids(retries) == [second.delivery.event_id, first.delivery.event_id]
     # Their retries come back in the other order: the probe still goes to the one that has waited longest.
     assert (await settle(outbox, retries[1], DOWN, now=now + 6)).change == "opened"
     await settle(outbox, retries[0], DOWN, now=now + 6.1)
-    probe = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 11.5)
+    probe = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 11.5)
     assert [(p.kind, p.delivery.event_id) for p in probe] == [(Kind.PROBE, second.delivery.event_id)]
 
 
-async def _claim_commands(redis: aioredis.Redis, outbox: Outbox) -> tuple[int, list[Lease]]:
-    """Redis commands one claim ran (inside its Lua step included), and what it leased."""
+async def _claim_commands(redis: aioredis.Redis, outbox: Outbox, partition: keys.Partition) -> tuple[int, list[Lease]]:
+    """Redis commands one claim of ``partition`` ran (inside its Lua step included), and what it leased."""
     await redis.config_resetstat()
-    leases = await outbox.claim_destinations(keys.partitions()[0], limit=200)
+    leases = await outbox.claim_destinations(partition, limit=200)
     stats = await redis.info("commandstats")
     calls = sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_config", "cmdstat_info"))
     return calls, leases
@@ -270,10 +277,12 @@ async def test_what_an_open_destination_holds_costs_the_claim_nothing(redis: aio
     url = "http://down-with-a-backlog.test/"
     for lease in await owe(redis, outbox, url, 2):
         await settle(outbox, lease, DOWN)
-    (again, _) = await outbox.claim_destinations(keys.partitions()[0], limit=2, now=time.time() + 6)
+    (again, _) = await outbox.claim_destinations(home("acme", url), limit=2, now=time.time() + 6)
     assert (await settle(outbox, again, DOWN)).change == "opened"
     _, due, _, deadline = destination_for("acme", url).keys
-    fine = destination_for("other", "http://fine.test/")
+    # Another tenant's healthy receiver whose destination shares the open one's partition: its claim meets both.
+    fine_url = url_in(home("acme", url), "other", "http://fine{}.test/")
+    fine = destination_for("other", fine_url)
 
     async def hold(start: int, stop: int) -> None:  # a held backlog, written straight into the destination's keys
         for first in range(start, stop, 10_000):
@@ -282,11 +291,11 @@ async def test_what_an_open_destination_holds_costs_the_claim_nothing(redis: aio
             await redis.zadd(deadline, dict.fromkeys(members, time.time() + 86400))
 
     async def claim_one_healthy() -> int:
-        owed = await owe(redis, outbox, "http://fine.test/", 1, tenant="other")
+        owed = await owe(redis, outbox, fine_url, 1, tenant="other")
         await settle(outbox, owed[0], DOWN)  # owed again in 5 s; made due now below
         await redis.zadd(fine.keys[1], {owed[0].delivery.event_id: 0})
-        await redis.zadd(keys.partitions()[0].destinations_ready, {fine.id: 0})
-        calls, leased = await _claim_commands(redis, outbox)
+        await redis.zadd(home("acme", url).destinations_ready, {fine.id: 0})
+        calls, leased = await _claim_commands(redis, outbox, home("acme", url))
         assert ids(leased) == ids(owed)
         await settle(outbox, leased[0], OK)
         return calls
@@ -302,7 +311,7 @@ async def opened(redis: aioredis.Redis, outbox: Outbox, url: str, now: float) ->
     """``url``'s destination opened by three failures (two owed, then a retry); the other retry's lease too."""
     for lease in await owe(redis, outbox, url, 2):
         await settle(outbox, lease, DOWN, now=now)
-    retries = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 6)
+    retries = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 6)
     assert (await settle(outbox, retries[0], DOWN, now=now + 6)).change == "opened"
     return retries[1:]
 
@@ -315,9 +324,9 @@ async def test_a_probe_whose_record_is_gone_does_not_stop_the_probing(redis: aio
     oldest = await redis.zrange(destination_for("acme", url).keys[3], 0, -1)  # by the time first owed
     await redis.delete(keys.delivery(oldest[0].decode()))  # purged meanwhile, say
     assert (
-        await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 11.5) == []
+        await outbox.claim_destinations(home("acme", url), limit=100, now=now + 11.5) == []
     )  # the probe found nothing to send
-    probe = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 12)
+    probe = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 12)
     assert [(p.kind, p.delivery.event_id) for p in probe] == [(Kind.PROBE, other.delivery.event_id)]
 
 
@@ -327,10 +336,10 @@ async def _probe_out_past_the_span(redis: aioredis.Redis, outbox: Outbox, url: s
     (other,) = await opened(redis, outbox, url, now)
     await settle(outbox, other, DOWN, now=now + 6)
     (probe,) = await outbox.claim_destinations(
-        keys.partitions()[0], limit=1, now=now + 300
+        home("acme", url), limit=1, now=now + 300
     )  # the span is 305 s: still out at 306
     assert probe.kind == Kind.PROBE
-    expired = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 306)
+    expired = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 306)
     assert [(e.kind, e.delivery.event_id) for e in expired] == [(Kind.EXPIRE, other.delivery.event_id)]
     return probe, expired[0]
 
@@ -343,10 +352,11 @@ async def test_an_attempt_in_flight_is_never_expired_under_it(redis: aioredis.Re
 
 async def test_a_lost_expire_lease_expires_again(redis: aioredis.Redis, outbox: Outbox) -> None:
     now = time.time()
-    probe, expire = await _probe_out_past_the_span(redis, outbox, "http://lost-expire.test/", now)
+    url = "http://lost-expire.test/"
+    probe, expire = await _probe_out_past_the_span(redis, outbox, url, now)
     await settle(outbox, probe, DOWN, now=now + 307)  # still down: owed again, past its span too
     again = await outbox.claim_destinations(
-        keys.partitions()[0], limit=100, now=now + 306 + 121
+        home("acme", url), limit=100, now=now + 306 + 121
     )  # the expire lease ran out
     assert sorted((e.kind, e.delivery.event_id) for e in again) == sorted(
         (Kind.EXPIRE, lease.delivery.event_id) for lease in (probe, expire)
@@ -360,7 +370,7 @@ async def test_a_probe_the_receiver_answers_with_a_4xx_closes_the_circuit(
     now = time.time()
     (other,) = await opened(redis, outbox, url, now)
     await settle(outbox, other, DOWN, now=now + 6)
-    probe = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 11.5)
+    probe = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 11.5)
     assert (await settle(outbox, probe[0], AttemptResult(400, "HTTP 400", 1.0), now=now + 12)).change == "recovered"
     view = await store.get(destination_for("acme", url).id)
     assert view is not None
@@ -407,8 +417,8 @@ async def test_counts_by_state_owed_and_held_agree_with_the_destinations_themsel
         await redis.hset(meta, mapping={"tenant": tenant, "origin": dst.origin, "created_at": now, **fields})
         await redis.zadd(due, {f"evt_{n}_{k}": now for k in range(n + 1)})
         await redis.zadd(flight, {f"evt_{n}_live": int((now + 60) * 1000), f"evt_{n}_stale": int((now - 60) * 1000)})
-        await redis.sadd(keys.partitions()[0].destinations, dst.id)
-        await redis.sadd(keys.partitions()[0].destinations_of(tenant), dst.id)
+        await redis.sadd(keys.of(dst.id).destinations, dst.id)
+        await redis.sadd(keys.of(dst.id).destinations_of(tenant), dst.id)
 
     for tenant in (None, "acme", "globex"):
         listed = await store.all(tenant)
@@ -429,22 +439,28 @@ async def test_a_replay_into_an_open_destination_is_its_next_probe_and_never_exp
     now = time.time()
     (other,) = await opened(redis, outbox, url, now)
     await settle(outbox, other, DOWN, now=now + 6)
+    task = task_id("task_replayed", "acme", url)
     event = Event(
-        id="evt_replayed",
+        id=event_id("evt_replayed", task),
         type=EventType.COMPLETED,
-        task_id="task_replayed",
+        task_id=task,
         seq=1,
         created_at=datetime.now(UTC),
         data={"status": "succeeded", "result": 1},
     )
     replay = PendingDelivery(
-        tenant="acme", task_id=event.task_id, url=url, event=event, attempts=3, dead_letter_id="dl_replayed"
+        tenant="acme",
+        task_id=event.task_id,
+        url=url,
+        event=event,
+        attempts=3,
+        dead_letter_id=event_id("dl_replayed", task),
     )
     await redis.set(keys.delivery(event.id), msgspec.json.encode(replay))
     assert await outbox.handoff(replay) is None  # held by the open circuit
     # Past every retry span (305 s here) and the probe's wait: the webhooks held longest expire, the replay is the
     # probe (a replay is a request for a real attempt, not for another dead letter).
-    claimed = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 400)
+    claimed = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 400)
     kinds = {c.delivery.event_id: c.kind for c in claimed}
     assert kinds[event.id] == Kind.PROBE
     assert kinds[other.delivery.event_id] == Kind.EXPIRE
@@ -454,9 +470,9 @@ async def test_a_replay_into_an_open_destination_is_its_next_probe_and_never_exp
     # (The others' expire leases were never written down: they come back as expires too.)
     again = {
         a.delivery.event_id: a
-        for a in await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 401 + 300)
+        for a in await outbox.claim_destinations(home("acme", url), limit=100, now=now + 401 + 300)
     }
     assert again[event.id].kind == Kind.PROBE
     await settle(outbox, again[event.id], DOWN, now=now + 401 + 300)
-    expired = await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 401 + 306)
+    expired = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 401 + 306)
     assert [(e.kind, e.delivery.event_id) for e in expired] == [(Kind.EXPIRE, event.id)]

@@ -28,6 +28,7 @@ from delivery.webhook import WebhookSender, create_client
 from schemas.dead_letters import DeadLetter, DeadLetterReason
 from schemas.deliveries import Attempt, DeliveryOutcome
 from schemas.events import Event, EventType
+from tests.placed import event_id, home, task_id
 
 SCHEDULE_S = (5.0, 300.0)
 FLOW = FlowSettings(lease_s=30.0, retry_span_s=sum(SCHEDULE_S))
@@ -73,11 +74,16 @@ async def engine(redis: aioredis.Redis, outbox: Outbox, http: httpx.AsyncClient)
     await engine.stop(grace_s=1)
 
 
+def evt(n: int = 1) -> str:
+    """The id of the final event of task ``n`` (whose webhook goes to URL)."""
+    return event_id(f"evt_{n}", task_id(f"task_{n}", "acme", URL))
+
+
 def pending(n: int = 1) -> PendingDelivery:
     event = Event(
-        id=f"evt_{n}",
+        id=evt(n),
         type=EventType.COMPLETED,
-        task_id=f"task_{n}",
+        task_id=task_id(f"task_{n}", "acme", URL),
         seq=1,
         created_at=datetime.now(UTC),
         data={"status": "succeeded", "result": "é ✓"},
@@ -88,24 +94,27 @@ def pending(n: int = 1) -> PendingDelivery:
 async def owed(redis: aioredis.Redis, outbox: Outbox, delivery: PendingDelivery) -> Lease:
     """``delivery``'s webhook owed to its destination and leased to this worker, as a run's final write leaves it."""
     await redis.set(keys.delivery(delivery.event_id), msgspec.json.encode(delivery))
-    await redis.zadd(keys.partitions()[0].due, {delivery.event_id: time.time()})
+    await redis.zadd(home("acme", URL).due, {delivery.event_id: time.time()})
     lease = await outbox.handoff(delivery)
     assert lease is not None
     return lease
 
 
-async def attempts(redis: aioredis.Redis, task_id: str = "task_1") -> list[Attempt]:
-    return [msgspec.json.decode(raw, type=Attempt) for raw in await redis.lrange(keys.attempts(task_id), 0, -1)]
+async def attempts(redis: aioredis.Redis, task: str | None = None) -> list[Attempt]:
+    """The attempts of task ``task`` (task 1's when None)."""
+    task = task or task_id("task_1", "acme", URL)
+    return [msgspec.json.decode(raw, type=Attempt) for raw in await redis.lrange(keys.attempts(task), 0, -1)]
 
 
 async def dead_letters(redis: aioredis.Redis) -> list[DeadLetter]:
-    ids = await redis.zrange(keys.partitions()[0].dead_letters, 0, -1)
+    ids = await redis.zrange(home("acme", URL).dead_letters, 0, -1)
     return [msgspec.json.decode(await redis.get(keys.dead_letter(i.decode())), type=DeadLetter) for i in ids]
 
 
-async def retry_due_at(redis: aioredis.Redis, event_id: str = "evt_1") -> float | None:
+async def retry_due_at(redis: aioredis.Redis, event: str | None = None) -> float | None:
+    """When the webhook of ``event`` (task 1's final event when None) is due again at its destination."""
     _, due, _, _ = destination_for("acme", URL).keys
-    return await redis.zscore(due, event_id)
+    return await redis.zscore(due, event or evt(1))
 
 
 async def until(predicate: Callable[[], object], *, timeout_s: float = 5.0) -> None:
@@ -131,7 +140,7 @@ async def test_a_2xx_records_a_delivered_attempt_and_owes_nothing_more(
     assert route.call_count == 1
     (made,) = await attempts(redis)
     assert (made.outcome, made.status_code, made.attempt, made.error) == (DeliveryOutcome.DELIVERED, 204, 1, None)
-    assert not await redis.exists(keys.delivery("evt_1"))
+    assert not await redis.exists(keys.delivery(evt(1)))
     view = await DestinationStore(redis=redis, flow=FLOW).get(destination_for("acme", URL).id)
     assert view is not None
     assert (view.owed, view.in_flight, view.consecutive_failures) == (0, 0, 0)
@@ -149,7 +158,7 @@ async def test_the_webhook_is_the_event_signed_with_the_tenants_secret(
 
     request = route.calls.last.request
     assert request.content == msgspec.json.encode(delivery.event)
-    assert request.headers["webhook-id"] == "evt_1"
+    assert request.headers["webhook-id"] == evt(1)
     assert request.headers["user-agent"] == USER_AGENT
     (secret,) = await SecretStore(redis=redis).live("acme")
     assert Webhook(secret).verify(request.content, dict(request.headers)) == json.loads(request.content)
@@ -168,23 +177,23 @@ async def test_a_500_is_retried_per_the_schedule_then_dead_lettered(
     first = await retry_due_at(redis)
     assert first is not None
     assert start + 5 * 0.9 <= first <= time.time() + 5 * 1.1  # the first delay, with its jitter
-    stored = msgspec.json.decode(await redis.get(keys.delivery("evt_1")), type=PendingDelivery)
+    stored = msgspec.json.decode(await redis.get(keys.delivery(evt(1))), type=PendingDelivery)
     assert (stored.attempts, stored.run_attempts, stored.last_status_code) == (1, 1, 500)
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=10, now=first - 0.1) == []
+    assert await outbox.claim_destinations(home("acme", URL), limit=10, now=first - 0.1) == []
 
-    (second,) = await outbox.claim_destinations(keys.partitions()[0], limit=10, now=first + 0.1)
+    (second,) = await outbox.claim_destinations(home("acme", URL), limit=10, now=first + 0.1)
     await engine.attempt(second)
     later = await retry_due_at(redis)
     assert later is not None
     assert time.time() + 300 * 0.9 - 1 <= later <= time.time() + 300 * 1.1
 
-    (third,) = await outbox.claim_destinations(keys.partitions()[0], limit=10, now=later + 0.1)
+    (third,) = await outbox.claim_destinations(home("acme", URL), limit=10, now=later + 0.1)
     await engine.attempt(third)
     assert route.call_count == 3
     (dead,) = await dead_letters(redis)
     assert (dead.reason, dead.attempts, dead.last_status_code) == (DeadLetterReason.RETRIES_EXHAUSTED, 3, 500)
     assert await retry_due_at(redis) is None
-    assert not await redis.exists(keys.delivery("evt_1"))
+    assert not await redis.exists(keys.delivery(evt(1)))
 
 
 async def test_410_dead_letters_as_endpoint_gone_without_retry(
@@ -197,11 +206,11 @@ async def test_410_dead_letters_as_endpoint_gone_without_retry(
     assert route.call_count == 1
     (dead,) = await dead_letters(redis)
     assert (dead.reason, dead.attempts, dead.last_status_code) == (DeadLetterReason.ENDPOINT_GONE, 1, 410)
-    assert dead.event.id == "evt_1"
+    assert dead.event.id == evt(1)
     assert dead.url == URL
     assert await retry_due_at(redis) is None
-    assert not await redis.exists(keys.delivery("evt_1"))
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=10, now=time.time() + 86400) == []
+    assert not await redis.exists(keys.delivery(evt(1)))
+    assert await outbox.claim_destinations(home("acme", URL), limit=10, now=time.time() + 86400) == []
 
 
 async def test_a_timeout_counts_as_a_failure_and_is_retried(
@@ -251,7 +260,7 @@ async def test_the_poller_delivers_a_replayed_dead_letter(
     await engine.stop(grace_s=2)
     assert await store.get(dead.id) is None
     assert [a.outcome for a in await attempts(redis)] == [DeliveryOutcome.FAILED, DeliveryOutcome.DELIVERED]
-    assert await redis.zcard(keys.partitions()[0].due) == 0
+    assert await redis.zcard(home("acme", URL).due) == 0
 
 
 async def test_a_dispatched_webhook_hands_its_slot_to_the_next_one_owed(
@@ -265,16 +274,16 @@ async def test_a_dispatched_webhook_hands_its_slot_to_the_next_one_owed(
     for n in (2, 3):  # the destination's one slot is taken: these wait
         waiting = pending(n)
         await redis.set(keys.delivery(waiting.event_id), msgspec.json.encode(waiting))
-        await redis.zadd(keys.partitions()[0].due, {waiting.event_id: time.time()})
+        await redis.zadd(home("acme", URL).due, {waiting.event_id: time.time()})
         assert await outbox.handoff(waiting) is None
 
     engine.dispatch(first)  # no poller: only the hand-over can send the other two
     await until(lambda: route.call_count == 3)
 
     await engine.stop(grace_s=2)
-    assert [r.request.headers["webhook-id"] for r in route.calls] == ["evt_1", "evt_2", "evt_3"]
+    assert [r.request.headers["webhook-id"] for r in route.calls] == [evt(1), evt(2), evt(3)]
     for n in (1, 2, 3):
-        assert not await redis.exists(keys.delivery(f"evt_{n}"))
+        assert not await redis.exists(keys.delivery(evt(n)))
 
 
 async def test_a_push_nobody_acked_in_time_goes_on_by_webhook(
@@ -284,7 +293,7 @@ async def test_a_push_nobody_acked_in_time_goes_on_by_webhook(
     pushed = pending(1)
     await redis.set(keys.delivery(pushed.event_id), msgspec.json.encode(pushed))
     await redis.set(keys.ack_marker(pushed.event_id), "1")
-    await redis.zadd(keys.partitions()[0].due, {pushed.event_id: time.time()})  # its ack timeout is up
+    await redis.zadd(home("acme", URL).due, {pushed.event_id: time.time()})  # its ack timeout is up
 
     await engine.start()
     await until(lambda: route.call_count == 1)
@@ -303,7 +312,7 @@ async def test_a_websocket_only_push_nobody_acked_is_dropped_from_the_schedule(
     pushed = msgspec.structs.replace(pending(1), url=None)
     await redis.set(keys.delivery(pushed.event_id), msgspec.json.encode(pushed))
     await redis.set(keys.ack_marker(pushed.event_id), "1")
-    await redis.zadd(keys.partitions()[0].due, {pushed.event_id: time.time()})
+    await redis.zadd(home("acme", URL).due, {pushed.event_id: time.time()})
 
     await engine.start()
     await until(lambda: redis.exists(keys.attempts(pushed.task_id)))
@@ -311,5 +320,5 @@ async def test_a_websocket_only_push_nobody_acked_is_dropped_from_the_schedule(
     await engine.stop(grace_s=2)
     assert [(a.channel.value, a.outcome) for a in await attempts(redis)] == [("websocket", DeliveryOutcome.UNACKED)]
     assert not await redis.exists(keys.delivery(pushed.event_id))
-    assert await redis.zcard(keys.partitions()[0].due) == 0
+    assert await redis.zcard(home("acme", URL).due) == 0
     assert len(receiver.calls) == 0

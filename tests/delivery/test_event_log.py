@@ -19,6 +19,7 @@ from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus, Webhook
 from service.tasks.ledger import Start, TaskLedger
 from service.tasks.store import TaskStore
+from tests.placed import event_id, task_id
 
 FLOW = FlowSettings(max_in_flight=1, lease_s=35.0, retry_span_s=60.0)
 TTL_S = 3600
@@ -30,10 +31,10 @@ def log(redis: aioredis.Redis) -> EventLog:
     return EventLog(redis=redis, retention_s=600, flow=FLOW)
 
 
-async def running(redis: aioredis.Redis, task_id: str, *, url: str | None = URL, websocket: bool = False) -> TaskRecord:
-    """``task_id`` accepted and held by the run ``run-a``."""
+async def running(redis: aioredis.Redis, name: str, *, url: str | None = URL, websocket: bool = False) -> TaskRecord:
+    """Task ``name`` (placed as Relay places it) accepted and held by the run ``run-a``."""
     record = TaskRecord(
-        id=task_id,
+        id=task_id(name, "acme", url),
         kind="echo",
         status=TaskStatus.QUEUED,
         input=None,
@@ -43,16 +44,16 @@ async def running(redis: aioredis.Redis, task_id: str, *, url: str | None = URL,
         tenant="acme",
     )
     await TaskStore(redis=redis, record_ttl_s=TTL_S, retention_s=600, flow=FLOW).create(record, idempotency_key=None)
-    started = await TaskLedger(redis=redis).start(task_id, "run-a")
+    started = await TaskLedger(redis=redis).start(record.id, "run-a")
     assert started.outcome is Start.RUN
     return record
 
 
-def final_event(task_id: str, seq: int = 1) -> Event:
+def final_event(task: str, seq: int = 1) -> Event:
     return Event(
-        id=f"evt_{task_id}_{seq}",
+        id=event_id(f"evt_{task}_{seq}", task),
         type=EventType.COMPLETED,
-        task_id=task_id,
+        task_id=task,
         seq=seq,
         created_at=datetime.now(UTC),
         data={"status": "succeeded", "result": 42},
@@ -83,25 +84,25 @@ async def test_a_final_event_is_logged_published_and_its_webhook_leased_in_one_s
     record = await running(redis, "task_1")
     secrets = await SecretStore(redis=redis).live("acme")
     pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.task_channel("task_1"))
+    await pubsub.subscribe(keys.task_channel(record.id))
     assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
-    event = final_event("task_1")
+    event = final_event(record.id)
 
     leased = await finish(log, record, event)
 
     assert leased is not None
     assert live_secrets(leased.raw_secrets) == secrets  # the lease brings what signs it
-    assert await log.events_after("task_1") == [event]
+    assert await log.events_after(record.id) == [event]
     published = await pubsub.get_message(timeout=2)
     assert published is not None
     assert msgspec.json.decode(published["data"], type=Event) == event
     await pubsub.aclose()
-    assert await redis.get(keys.task("task_1")) == b'{"final": true}'
-    assert await redis.hget(keys.partitions()[0].stats, metrics.task_counter("succeeded")) == b"1"
+    assert await redis.get(keys.task(record.id)) == b'{"final": true}'
+    assert await redis.hget(keys.of(record.id).stats, metrics.task_counter("succeeded")) == b"1"
     # The task has ended: no longer owed, no lease, not open ...
-    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") is None
-    assert not await redis.exists(keys.lease("task_1"))
-    assert await redis.zscore(keys.partitions()[0].open_tasks_of("acme"), "task_1") is None
+    assert await redis.zscore(keys.of(record.id).owed_tasks, record.id) is None
+    assert not await redis.exists(keys.lease(record.id))
+    assert await redis.zscore(keys.of(record.id).open_tasks_of("acme"), record.id) is None
     # ... and its webhook is owed to its destination, in flight under the caller's lease.
     stored = msgspec.json.decode(await redis.get(keys.delivery(event.id)), type=PendingDelivery)
     assert stored.event == event
@@ -113,29 +114,29 @@ async def test_a_final_event_is_logged_published_and_its_webhook_leased_in_one_s
 
 async def test_a_run_without_the_lease_writes_nothing(redis: aioredis.Redis, log: EventLog) -> None:
     record = await running(redis, "task_1")
-    event = final_event("task_1")
+    event = final_event(record.id)
 
     with pytest.raises(LeaseLost) as lost:
         await finish(log, record, event, run="run-b")
 
     assert not lost.value.ended
-    assert await log.events_after("task_1") == []
+    assert await log.events_after(record.id) == []
     assert not await redis.exists(keys.delivery(event.id))
-    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") is not None  # still owed: the holder ends it
-    assert await redis.get(keys.lease("task_1")) == b"run-a"
+    assert await redis.zscore(keys.of(record.id).owed_tasks, record.id) is not None  # still owed: the holder ends it
+    assert await redis.get(keys.lease(record.id)) == b"run-a"
     assert not await redis.exists(*destination_for("acme", URL).keys)
 
 
 async def test_a_task_ends_once_and_its_webhook_is_owed_once(redis: aioredis.Redis, log: EventLog) -> None:
     record = await running(redis, "task_1")
-    assert await finish(log, record, final_event("task_1", 1)) is not None
-    late = final_event("task_1", 2)  # a second final event, from a run that did not see the first end
+    assert await finish(log, record, final_event(record.id, 1)) is not None
+    late = final_event(record.id, 2)  # a second final event, from a run that did not see the first end
 
     with pytest.raises(LeaseLost) as lost:
         await finish(log, record, late)
 
     assert lost.value.ended
-    assert [e.seq for e in await log.events_after("task_1")] == [1]
+    assert [e.seq for e in await log.events_after(record.id)] == [1]
     assert not await redis.exists(keys.delivery(late.id))
     _, due, flight, _ = destination_for("acme", URL).keys
     assert await redis.zcard(flight) + await redis.zcard(due) == 1
@@ -146,14 +147,15 @@ async def test_a_webhook_its_destination_cannot_start_now_is_owed_without_a_leas
 ) -> None:
     first = await running(redis, "task_1")
     second = await running(redis, "task_2")
-    assert await finish(log, first, final_event("task_1")) is not None  # takes the destination's one slot
+    first_event, second_event = final_event(first.id), final_event(second.id)
+    assert await finish(log, first, first_event) is not None  # takes the destination's one slot
 
-    assert await finish(log, second, final_event("task_2")) is None
+    assert await finish(log, second, second_event) is None
 
     _, due, flight, _ = destination_for("acme", URL).keys
-    assert [m.decode() for m in await redis.zrange(flight, 0, -1)] == ["evt_task_1_1"]
-    assert [m.decode() for m in await redis.zrange(due, 0, -1)] == ["evt_task_2_1"]
-    assert await redis.exists(keys.delivery("evt_task_2_1"))
+    assert [m.decode() for m in await redis.zrange(flight, 0, -1)] == [first_event.id]
+    assert [m.decode() for m in await redis.zrange(due, 0, -1)] == [second_event.id]
+    assert await redis.exists(keys.delivery(second_event.id))
 
 
 @pytest.mark.parametrize(
@@ -170,8 +172,8 @@ async def test_a_websocket_task_waits_for_an_ack_only_when_a_socket_may_give_one
 ) -> None:
     record = await running(redis, "task_1", url=url, websocket=True)
     if followed:
-        await redis.sadd(keys.subscribers("task_1"), "node-1")
-    event = final_event("task_1")
+        await redis.sadd(keys.subscribers(record.id), "node-1")
+    event = final_event(record.id)
 
     leased = await finish(log, record, event, ack_due_at=1234.5)
 
@@ -179,12 +181,12 @@ async def test_a_websocket_task_waits_for_an_ack_only_when_a_socket_may_give_one
     if pushed:
         assert leased is None
         assert await redis.exists(keys.ack_marker(event.id))
-        assert await redis.zscore(keys.partitions()[0].due, event.id) == 1234.5
+        assert await redis.zscore(keys.of(record.id).due, event.id) == 1234.5
         assert not await redis.exists(*destination_for("acme", URL).keys)
     else:
         assert leased is not None
         assert not await redis.exists(keys.ack_marker(event.id))
-        assert await redis.zscore(keys.partitions()[0].due, event.id) is None
+        assert await redis.zscore(keys.of(record.id).due, event.id) is None
 
 
 async def _log_of(redis: aioredis.Redis, task_id: str, sizes: list[int]) -> list[Event]:

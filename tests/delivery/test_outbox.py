@@ -21,6 +21,7 @@ from delivery.redis_client import connect
 from schemas.dead_letters import DeadLetterReason
 from schemas.deliveries import Attempt, DeliveryOutcome
 from schemas.events import Event, EventType
+from tests.placed import event_id, home, task_id, url_in
 
 FLOW = FlowSettings(lease_s=30.0, retry_span_s=600.0)
 URL = "http://127.0.0.1:9/hook"
@@ -43,11 +44,18 @@ def outbox(redis: aioredis.Redis) -> Outbox:
     return new_outbox(redis)
 
 
+def evt(n: int, url: str = URL) -> str:
+    """The id of the final event of task ``n``, whose webhook goes to ``url``."""
+    return event_id(f"evt_{n}", task_id(f"task_{n}", "acme", url))
+
+
 def pending(n: int, *, url: str | None = URL) -> PendingDelivery:
+    """Task ``n``'s final event, owed to ``url`` (placed with URL's destination when there is none)."""
+    task = task_id(f"task_{n}", "acme", url or URL)
     event = Event(
-        id=f"evt_{n}",
+        id=event_id(f"evt_{n}", task),
         type=EventType.COMPLETED,
-        task_id=f"task_{n}",
+        task_id=task,
         seq=1,
         created_at=datetime.now(UTC),
         data={"status": "succeeded", "result": n},
@@ -59,7 +67,7 @@ async def stage(redis: aioredis.Redis, deliveries: list[PendingDelivery], *, due
     """Deliveries in the general schedule, due at ``due_at`` (as a replay or a push waiting for its ack)."""
     for delivery in deliveries:
         await redis.set(keys.delivery(delivery.event_id), msgspec.json.encode(delivery))
-        await redis.zadd(keys.partitions()[0].due, {delivery.event_id: due_at})
+        await redis.zadd(keys.of(delivery.event_id).due, {delivery.event_id: due_at})
 
 
 async def attempts(redis: aioredis.Redis, task_id: str) -> list[Attempt]:
@@ -86,43 +94,45 @@ async def test_two_workers_claiming_at_once_get_each_due_delivery_once(
     await stage(redis, [pending(n) for n in range(50, 55)], due_at=now + 10)  # not due yet
 
     first, second = await asyncio.gather(
-        outbox.claim(keys.partitions()[0], limit=30), new_outbox(other_redis).claim(keys.partitions()[0], limit=30)
+        outbox.claim(home("acme", URL), limit=30), new_outbox(other_redis).claim(home("acme", URL), limit=30)
     )
 
     a = [d.event_id for d, _ in first]
     b = [d.event_id for d, _ in second]
     assert sorted([len(a), len(b)]) == [20, 30]
     assert set(a).isdisjoint(b)
-    assert set(a) | set(b) == {f"evt_{n}" for n in range(50)}
-    assert await outbox.claim(keys.partitions()[0], limit=100) == []  # leased: nobody else gets them meanwhile
+    assert set(a) | set(b) == {evt(n) for n in range(50)}
+    assert await outbox.claim(home("acme", URL), limit=100) == []  # leased: nobody else gets them meanwhile
     # A worker that died holding them only delays them: after the lease they come back, with the later ones.
     # (Counted from after the claims: on a busy box staging and claiming can take more than a second.)
-    back = await outbox.claim(keys.partitions()[0], limit=100, now=max(time.time(), now + 10) + FLOW.lease_s + 1)
-    assert {d.event_id for d, _ in back} == {f"evt_{n}" for n in range(55)}
+    back = await outbox.claim(home("acme", URL), limit=100, now=max(time.time(), now + 10) + FLOW.lease_s + 1)
+    assert {d.event_id for d, _ in back} == {evt(n) for n in range(55)}
 
 
 async def test_two_workers_claiming_destinations_at_once_get_each_webhook_once(
     redis: aioredis.Redis, other_redis: aioredis.Redis, outbox: Outbox
 ) -> None:
     now = time.time()
+    # Four destinations, in one partition (that the claims below go through).
+    urls = [url_in(home("acme", URL), "acme", "http://receiver{}.test/hook", skip=k) for k in range(4)]
     for n in range(40):
-        delivery = pending(n, url=f"http://127.0.0.1:{9000 + n % 4}/hook")  # four destinations
+        delivery = pending(n, url=urls[n % 4])
         await redis.set(keys.delivery(delivery.event_id), msgspec.json.encode(delivery))
         lease = await outbox.handoff(delivery)
         assert lease is not None
         await outbox.record(lease.delivery, None, Decision(Verdict.RETRY, delay_s=5), token=lease.token, now=now)
 
     first, second = await asyncio.gather(
-        outbox.claim_destinations(keys.partitions()[0], limit=25, now=now + 6),
-        new_outbox(other_redis).claim_destinations(keys.partitions()[0], limit=25, now=now + 6),
+        outbox.claim_destinations(home("acme", URL), limit=25, now=now + 6),
+        new_outbox(other_redis).claim_destinations(home("acme", URL), limit=25, now=now + 6),
     )
 
     a = [lease.delivery.event_id for lease in first]
     b = [lease.delivery.event_id for lease in second]
     assert sorted([len(a), len(b)]) == [15, 25]
     assert set(a).isdisjoint(b)
-    assert set(a) | set(b) == {f"evt_{n}" for n in range(40)}
-    assert await outbox.claim_destinations(keys.partitions()[0], limit=100, now=now + 7) == []
+    assert set(a) | set(b) == {evt(n, urls[n % 4]) for n in range(40)}
+    assert await outbox.claim_destinations(home("acme", URL), limit=100, now=now + 7) == []
 
 
 async def test_an_ack_in_time_settles_the_push_and_no_webhook_is_sent(redis: aioredis.Redis, outbox: Outbox) -> None:
@@ -141,13 +151,13 @@ async def test_an_ack_in_time_settles_the_push_and_no_webhook_is_sent(redis: aio
     )
 
     assert settled
-    assert await redis.zscore(keys.partitions()[0].due, delivery.event_id) is None
+    assert await redis.zscore(home("acme", URL).due, delivery.event_id) is None
     assert not await redis.exists(keys.delivery(delivery.event_id))
     assert [a.outcome for a in await attempts(redis, delivery.task_id)] == [
         DeliveryOutcome.ACKED,
         DeliveryOutcome.SKIPPED,
     ]
-    assert await outbox.claim(keys.partitions()[0], limit=10, now=due_at + 1) == []
+    assert await outbox.claim(home("acme", URL), limit=10, now=due_at + 1) == []
     again = await outbox.ack(
         tenant="acme",
         event_id=delivery.event_id,
@@ -166,7 +176,7 @@ async def test_an_ack_after_the_claim_took_the_push_settles_nothing(redis: aiore
     await stage(redis, [delivery], due_at=due_at)
     await redis.set(keys.ack_marker(delivery.event_id), "1")
 
-    claimed = await outbox.claim(keys.partitions()[0], limit=10, now=due_at + 1)
+    claimed = await outbox.claim(home("acme", URL), limit=10, now=due_at + 1)
 
     assert [(d.event_id, pushed) for d, pushed in claimed] == [(delivery.event_id, True)]
     late = await outbox.ack(
@@ -190,14 +200,14 @@ async def test_a_replay_is_handed_to_its_destination_once(redis: aioredis.Redis,
     lease = await outbox.handoff(delivery)
 
     assert lease is not None
-    assert await redis.zscore(keys.partitions()[0].due, delivery.event_id) is None
+    assert await redis.zscore(home("acme", URL).due, delivery.event_id) is None
     assert await redis.zscore(flight, delivery.event_id) == float(lease.token)
     # A second hand-off (a slow first one claimed again) owes nothing more.
-    await redis.zadd(keys.partitions()[0].due, {delivery.event_id: time.time()})
+    await redis.zadd(home("acme", URL).due, {delivery.event_id: time.time()})
     assert await outbox.handoff(delivery) is None
     assert await redis.zcard(flight) == 1
     assert await redis.zcard(due) == 0
-    assert await redis.zscore(keys.partitions()[0].due, delivery.event_id) is None
+    assert await redis.zscore(home("acme", URL).due, delivery.event_id) is None
 
 
 async def test_a_hand_off_whose_record_is_gone_owes_nothing(redis: aioredis.Redis, outbox: Outbox) -> None:
@@ -207,7 +217,7 @@ async def test_a_hand_off_whose_record_is_gone_owes_nothing(redis: aioredis.Redi
 
     assert await outbox.handoff(delivery) is None
 
-    assert await redis.zcard(keys.partitions()[0].due) == 0
+    assert await redis.zcard(home("acme", URL).due) == 0
     assert not await redis.exists(*destination_for("acme", URL).keys[1:])
 
 
@@ -217,14 +227,14 @@ async def test_an_outcome_under_a_stale_lease_is_only_noted(redis: aioredis.Redi
     stale = await outbox.handoff(delivery)
     assert stale is not None
     # Its worker stalled past the lease: another worker holds the attempt now.
-    (fresh,) = await outbox.claim_destinations(keys.partitions()[0], limit=10, now=time.time() + FLOW.lease_s + 1)
+    (fresh,) = await outbox.claim_destinations(home("acme", URL), limit=10, now=time.time() + FLOW.lease_s + 1)
     assert fresh.delivery.event_id == delivery.event_id
     assert fresh.token != stale.token
 
     gone = await record(outbox, stale, 410, Decision(Verdict.DEAD, reason=DeadLetterReason.ENDPOINT_GONE))
 
     assert gone.dead is None
-    assert await redis.zcard(keys.partitions()[0].dead_letters) == 0
+    assert await redis.zcard(home("acme", URL).dead_letters) == 0
     assert await redis.exists(keys.delivery(delivery.event_id))
     _, _, flight, _ = destination_for("acme", URL).keys
     assert await redis.zscore(flight, delivery.event_id) == float(fresh.token)

@@ -21,6 +21,7 @@ from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus, Webhook
 from service.tasks.ledger import Start, TaskLedger
 from service.tasks.store import TaskStore
+from tests.placed import event_id, home, task_id
 
 FLOW = FlowSettings(max_in_flight=4, lease_s=35.0, retry_span_s=600.0)
 TTL_S = 3600
@@ -38,9 +39,19 @@ def outbox(redis: aioredis.Redis) -> Outbox:
     return Outbox(redis=redis, flow=FLOW, attempts_ttl_s=TTL_S, dead_letter_retention_s=TTL_S)
 
 
-async def running(redis: aioredis.Redis, task_id: str = "task_1", *, websocket: bool = False) -> TaskRecord:
+def task_1() -> str:
+    """The id of the task these tests run (placed by its webhook's destination, as Relay places it)."""
+    return task_id("task_1", "acme", URL)
+
+
+def evt(n: int) -> str:
+    """The id of task 1's ``n``-th event."""
+    return event_id(f"evt_{n}", task_1())
+
+
+async def running(redis: aioredis.Redis, *, websocket: bool = False) -> TaskRecord:
     record = TaskRecord(
-        id=task_id,
+        id=task_1(),
         kind="echo",
         status=TaskStatus.QUEUED,
         input=None,
@@ -50,7 +61,7 @@ async def running(redis: aioredis.Redis, task_id: str = "task_1", *, websocket: 
         tenant="acme",
     )
     await TaskStore(redis=redis, record_ttl_s=TTL_S, retention_s=600, flow=FLOW).create(record, idempotency_key=None)
-    assert (await TaskLedger(redis=redis).start(task_id, "run-a")).outcome is Start.RUN
+    assert (await TaskLedger(redis=redis).start(record.id, "run-a")).outcome is Start.RUN
     return record
 
 
@@ -65,7 +76,7 @@ class Task:
     async def emit(self, event_type: EventType, *, ack_due_at: float = 0.0) -> tuple[Event, Lease | None]:
         self.seq += 1
         event = Event(
-            id=f"evt_{self.seq}",
+            id=evt(self.seq),
             type=event_type,
             task_id=self.record.id,
             seq=self.seq,
@@ -104,7 +115,7 @@ async def owed(redis: aioredis.Redis) -> list[str]:
 
 
 async def attempts(redis: aioredis.Redis) -> list[tuple[str, DeliveryOutcome]]:
-    raw = await redis.lrange(keys.attempts("task_1"), 0, -1)
+    raw = await redis.lrange(keys.attempts(task_1()), 0, -1)
     return [(a.event_id, a.outcome) for a in (msgspec.json.decode(r, type=Attempt) for r in raw)]
 
 
@@ -118,31 +129,31 @@ async def test_a_tasks_webhooks_are_owed_one_at_a_time_and_a_waiting_progress_is
     retrying, lined = await task.emit(EventType.RETRYING)
     assert lined is None
     final, _ = await task.emit(EventType.COMPLETED)
-    assert await owed(redis) == ["evt_1"]  # only the head, in flight
+    assert await owed(redis) == [evt(1)]  # only the head, in flight
 
     following = await settle(outbox, first)
     assert following is not None
     assert following.delivery.event_id == retrying.id  # the next in seq order, leased to the same worker
     assert await settle(outbox, following, 500) is None  # a failed retrying webhook is tried again, not skipped
-    assert await owed(redis) == ["evt_3"]  # the final still waits behind it
+    assert await owed(redis) == [evt(3)]  # the final still waits behind it
 
     _, due, _, _ = destination_for("acme", URL).keys
     await redis.zadd(due, {retrying.id: 0})  # its retry is due now
-    await redis.zadd(keys.partitions()[0].destinations_ready, {destination_for("acme", URL).id: 0})
-    (again,) = await outbox.claim_destinations(keys.partitions()[0], limit=10)
+    await redis.zadd(home("acme", URL).destinations_ready, {destination_for("acme", URL).id: 0})
+    (again,) = await outbox.claim_destinations(home("acme", URL), limit=10)
     last = await settle(outbox, again)
     assert last is not None
     assert last.delivery.event_id == final.id
     assert await settle(outbox, last) is None
 
     assert await attempts(redis) == [
-        ("evt_2", DeliveryOutcome.SKIPPED),  # superseded by the retrying event while it waited
-        ("evt_1", DeliveryOutcome.DELIVERED),
-        ("evt_3", DeliveryOutcome.FAILED),
-        ("evt_3", DeliveryOutcome.DELIVERED),
-        ("evt_4", DeliveryOutcome.DELIVERED),
+        (evt(2), DeliveryOutcome.SKIPPED),  # superseded by the retrying event while it waited
+        (evt(1), DeliveryOutcome.DELIVERED),
+        (evt(3), DeliveryOutcome.FAILED),
+        (evt(3), DeliveryOutcome.DELIVERED),
+        (evt(4), DeliveryOutcome.DELIVERED),
     ]
-    assert not await redis.exists(keys.webhook_head("task_1"), keys.webhook_line("task_1"))
+    assert not await redis.exists(keys.webhook_head(task_1()), keys.webhook_line(task_1()))
 
 
 async def test_a_progress_webhook_not_yet_sent_is_skipped_for_a_newer_one_and_a_final_is_never_skipped(
@@ -152,13 +163,13 @@ async def test_a_progress_webhook_not_yet_sent_is_skipped_for_a_newer_one_and_a_
     task = Task(log, await running(redis))
     for _ in range(3):
         await task.emit(EventType.PROGRESS)
-    assert await owed(redis) == ["evt_3"]  # each newer one superseded the waiting head
+    assert await owed(redis) == [evt(3)]  # each newer one superseded the waiting head
     await task.emit(EventType.COMPLETED)
-    assert await owed(redis) == ["evt_4"]
-    assert await attempts(redis) == [(f"evt_{n}", DeliveryOutcome.SKIPPED) for n in (1, 2, 3)]
+    assert await owed(redis) == [evt(4)]
+    assert await attempts(redis) == [(evt(n), DeliveryOutcome.SKIPPED) for n in (1, 2, 3)]
     for n in (1, 2, 3):
-        assert not await redis.exists(keys.delivery(f"evt_{n}"))
-    assert await redis.exists(keys.delivery("evt_4"))
+        assert not await redis.exists(keys.delivery(evt(n)))
+    assert await redis.exists(keys.delivery(evt(4)))
 
 
 async def test_a_failed_progress_webhook_with_a_newer_one_waiting_is_skipped_not_retried(
@@ -173,8 +184,8 @@ async def test_a_failed_progress_webhook_with_a_newer_one_waiting_is_skipped_not
 
     assert following is not None
     assert following.delivery.event_id == final.id
-    assert await attempts(redis) == [("evt_1", DeliveryOutcome.FAILED), ("evt_1", DeliveryOutcome.SKIPPED)]
-    raw = await redis.lrange(keys.attempts("task_1"), 0, -1)
+    assert await attempts(redis) == [(evt(1), DeliveryOutcome.FAILED), (evt(1), DeliveryOutcome.SKIPPED)]
+    raw = await redis.lrange(keys.attempts(task_1()), 0, -1)
     assert [msgspec.json.decode(r, type=Attempt).attempt for r in raw] == [1, 2]
 
 
@@ -182,19 +193,19 @@ async def test_an_ack_of_the_head_lets_the_next_webhook_be_owed(
     redis: aioredis.Redis, log: EventLog, outbox: Outbox
 ) -> None:
     task = Task(log, await running(redis, websocket=True))
-    await redis.sadd(keys.subscribers("task_1"), "node-1")  # a socket follows: pushed first
+    await redis.sadd(keys.subscribers(task_1()), "node-1")  # a socket follows: pushed first
     retrying, _ = await task.emit(EventType.RETRYING, ack_due_at=1e12)
     final, _ = await task.emit(EventType.COMPLETED, ack_due_at=2.0)
-    assert await redis.zscore(keys.partitions()[0].due, retrying.id) == 1e12
-    assert await redis.zscore(keys.partitions()[0].due, final.id) is None  # behind the retrying event
+    assert await redis.zscore(home("acme", URL).due, retrying.id) == 1e12
+    assert await redis.zscore(home("acme", URL).due, final.id) is None  # behind the retrying event
 
     settled = await outbox.ack(
-        tenant="acme", event_id=retrying.id, task_id="task_1", created_at=0.0, has_webhook=True, duration_ms=1.0
+        tenant="acme", event_id=retrying.id, task_id=task_1(), created_at=0.0, has_webhook=True, duration_ms=1.0
     )
 
     assert settled
-    assert await redis.get(keys.webhook_head("task_1")) == f"f:{final.id}".encode()
-    due_at = await redis.zscore(keys.partitions()[0].due, final.id)
+    assert await redis.get(keys.webhook_head(task_1())) == f"f:{final.id}".encode()
+    due_at = await redis.zscore(home("acme", URL).due, final.id)
     assert due_at is not None
     assert due_at > 2.0  # its own ack time has passed: owed now, through the general schedule
 
@@ -207,9 +218,9 @@ async def test_each_new_head_gives_the_line_its_whole_time_again(
     assert head is not None
     for _ in range(2):
         await task.emit(EventType.RETRYING)
-    await redis.expire(keys.webhook_line("task_1"), 5)  # the first head took most of the line's time
+    await redis.expire(keys.webhook_line(task_1()), 5)  # the first head took most of the line's time
 
     await settle(outbox, head)
 
-    assert await redis.ttl(keys.webhook_line("task_1")) > TTL_S - 5
-    assert await redis.ttl(keys.webhook_head("task_1")) > TTL_S - 5
+    assert await redis.ttl(keys.webhook_line(task_1())) > TTL_S - 5
+    assert await redis.ttl(keys.webhook_head(task_1())) > TTL_S - 5

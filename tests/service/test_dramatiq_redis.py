@@ -27,6 +27,12 @@ from service.dramatiq_redis import (
 from service.processes import free_port
 from tests.conftest import RedisServer
 
+# These drive the Dramatiq Redis broker in the storage Redis, whose keys sit beside Relay's and whose steps touch keys
+# of several slots: on a Redis Cluster the broker is a Redis of its own, by design.
+pytestmark = pytest.mark.standalone_only(
+    "the Dramatiq Redis broker in the storage Redis (a cluster has a broker of its own)"
+)
+
 # A back-off far longer than any wait below: a consumer that slept it out would fail these tests.
 LONG_TIMEOUT_MS = 20_000
 

@@ -15,9 +15,12 @@ from delivery.event_log import EventLog
 from schemas.tasks import TaskRecord, TaskStatus
 from service.tasks.ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
 from service.tasks.store import InlineMessage, TaskEnded, TaskStore, TenantFull
+from tests.placed import task_id
 
 RECORD_TTL_S = 3600
 FLOW = FlowSettings(lease_s=35.0, retry_span_s=60.0)
+# Why the tests of the submit step's own enqueue need a standalone Redis.
+INLINE = "the submit step writes the message itself only for the Redis broker in the storage Redis (a cluster has a broker of its own)"
 
 
 def new_record(task_id: str = "task_1", tenant: str = "acme") -> TaskRecord:
@@ -45,6 +48,7 @@ async def accepted_and_started(tasks: TaskStore, ledger: TaskLedger) -> TaskReco
     return started.record
 
 
+@pytest.mark.standalone_only(INLINE)
 async def test_submit_stores_owes_and_enqueues_in_one_step(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     message = InlineMessage(queue_key="q", messages_key="q.msgs", wake_key="q.wake", message_id="m1", body=b"body")
@@ -53,15 +57,16 @@ async def test_submit_stores_owes_and_enqueues_in_one_step(redis: aioredis.Redis
 
     assert submitted.new
     assert await redis.exists(keys.task("task_1"))
-    owed_until = await redis.zscore(keys.partitions()[0].owed_tasks, "task_1")
+    owed_until = await redis.zscore(keys.of("task_1").owed_tasks, "task_1")
     assert owed_until is not None
     assert before + REQUEUE_GRACE_S <= owed_until <= time.time() + REQUEUE_GRACE_S
     assert await redis.lrange("q", 0, -1) == [b"m1"]
     assert await redis.hget("q.msgs", "m1") == b"body"
     assert await redis.lrange("q.wake", 0, -1) == [b"1"]  # an idle worker wakes for it
-    assert await redis.zcard(keys.partitions()[0].open_tasks_of("acme")) == 1
+    assert await redis.zcard(keys.of("task_1").open_tasks_of("acme")) == 1
 
 
+@pytest.mark.standalone_only(INLINE)
 async def test_the_wake_list_holds_one_token_however_many_are_enqueued(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     for i in range(5):
@@ -72,6 +77,7 @@ async def test_the_wake_list_holds_one_token_however_many_are_enqueued(redis: ai
     assert await redis.lrange("q.wake", 0, -1) == [b"1"]
 
 
+@pytest.mark.standalone_only(INLINE)
 async def test_a_wake_key_gone_wrong_does_not_fail_a_submission(redis: aioredis.Redis) -> None:
     tasks = store(redis)
     await redis.set("q.wake", "not a list")
@@ -86,22 +92,24 @@ async def test_a_wake_key_gone_wrong_does_not_fail_a_submission(redis: aioredis.
 
 async def test_a_used_idempotency_key_answers_the_first_task_and_writes_nothing(redis: aioredis.Redis) -> None:
     tasks = store(redis)
-    await tasks.create(new_record("task_1"), idempotency_key="k")
-    again = await tasks.create(new_record("task_2"), idempotency_key="k")
+    first, second = (task_id(name, idempotency_key="k") for name in ("task_1", "task_2"))  # placed by their key
+    await tasks.create(new_record(first), idempotency_key="k")
+    again = await tasks.create(new_record(second), idempotency_key="k")
 
     assert not again.new
-    assert again.answer.id == "task_1"
-    assert not await redis.exists(keys.task("task_2"))
-    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_2") is None
+    assert again.answer.id == first
+    assert not await redis.exists(keys.task(second))
+    assert await redis.zscore(keys.of(second).owed_tasks, second) is None
 
 
 async def test_a_key_whose_task_expired_is_taken_over(redis: aioredis.Redis) -> None:
     tasks = store(redis)
-    await tasks.create(new_record("task_1"), idempotency_key="k")
-    await redis.delete(keys.task("task_1"))
-    again = await tasks.create(new_record("task_2"), idempotency_key="k")
+    first, second = (task_id(name, idempotency_key="k") for name in ("task_1", "task_2"))  # placed by their key
+    await tasks.create(new_record(first), idempotency_key="k")
+    await redis.delete(keys.task(first))
+    again = await tasks.create(new_record(second), idempotency_key="k")
     assert again.new
-    assert again.answer.id == "task_2"
+    assert again.answer.id == second
 
 
 async def test_a_tenant_over_its_open_tasks_is_refused_until_one_ends(redis: aioredis.Redis) -> None:
@@ -133,13 +141,13 @@ async def test_one_run_holds_a_task_and_a_second_message_is_dropped(redis: aiore
     assert first.record is not None
     assert first.record.id == "task_1"
     assert (await ledger.start("task_1", "run-b")).outcome is Start.LEASED
-    lease_end = await redis.zscore(keys.partitions()[0].owed_tasks, "task_1")
+    lease_end = await redis.zscore(keys.of("task_1").owed_tasks, "task_1")
     assert lease_end is not None
     assert lease_end > time.time()
 
     await tasks.finish(first.record, "run-a", result={"ok": True})
     assert (await ledger.start("task_1", "run-c")).outcome is Start.ENDED
-    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") is None
+    assert await redis.zscore(keys.of("task_1").owed_tasks, "task_1") is None
     assert not await redis.exists(keys.lease("task_1"))
     assert (await ledger.start("task_404", "run-d")).outcome is Start.GONE
 
@@ -193,16 +201,16 @@ async def test_sweep_enqueues_overdue_tasks_again_with_a_doubling_grace(redis: a
     await redis.delete(keys.task("task_3"))  # task_3 expired
     now = time.time() + REQUEUE_GRACE_S + 1
 
-    assert await ledger.sweep(keys.partitions()[0], now=now + ledger.lease_s) == ["task_1"]
-    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_3") is None  # forgotten
+    assert await ledger.sweep(keys.of("task_1"), now=now + ledger.lease_s) == ["task_1"]
+    assert await redis.zscore(keys.of("task_3").owed_tasks, "task_3") is None  # forgotten
     graces = []
     moment = now + ledger.lease_s
     for _ in range(8):
-        due = await redis.zscore(keys.partitions()[0].owed_tasks, "task_1")
+        due = await redis.zscore(keys.of("task_1").owed_tasks, "task_1")
         assert due is not None
         graces.append(round(due - moment))
         moment = due
-        assert await ledger.sweep(keys.partitions()[0], now=moment) == ["task_1"]
+        assert await ledger.sweep(keys.of("task_1"), now=moment) == ["task_1"]
     assert graces[:3] == [REQUEUE_GRACE_S, 2 * REQUEUE_GRACE_S, 4 * REQUEUE_GRACE_S]
     assert max(graces) == MAX_REQUEUE_GRACE_S
 
@@ -227,14 +235,14 @@ async def test_a_stopping_worker_gives_back_its_runs_to_be_swept_at_once(redis: 
     await tasks.create(new_record("task_2"), idempotency_key=None)
     assert (await ledger.start("task_2", "run-b")).outcome is Start.RUN
     now = time.time()
-    assert await ledger.sweep(keys.partitions()[0], now=now) == []  # both held by live runs
+    assert await ledger.sweep(keys.of("task_1"), now=now) == []  # both held by live runs
 
     # run-x never held task_2: only task_1's lease is given back.
     assert await ledger.release({"task_1": "run-a", "task_2": "run-x"}, now=now) == 1
 
     assert await redis.get(keys.lease("task_1")) is None
     assert await redis.get(keys.lease("task_2")) == b"run-b"
-    assert await ledger.sweep(keys.partitions()[0], now=now) == ["task_1"]
+    assert await ledger.sweep(keys.of("task_1"), now=now) == ["task_1"]
     assert (await ledger.start("task_1", "run-c")).outcome is Start.RUN  # the next worker runs it
 
 
@@ -271,7 +279,7 @@ async def test_a_cancel_ends_a_running_task_and_its_run_can_write_nothing_after(
 
     assert cancelled is not None
     assert cancelled.status is TaskStatus.CANCELLED
-    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") is None  # its message, if any, is dropped
+    assert await redis.zscore(keys.of("task_1").owed_tasks, "task_1") is None  # its message, if any, is dropped
     assert await redis.get(keys.lease("task_1")) is None
     with pytest.raises(LeaseLost) as ended:
         await tasks.append_progress(running, "run-a", tasks.progress_event(running, 20, "late"))
@@ -298,7 +306,7 @@ async def test_a_cancel_from_a_stale_read_writes_nothing(redis: aioredis.Redis) 
             final, tenant="acme", run_token="", task_state=b"{}", task_ttl_s=60, final=True, read_state=b"stale"
         )
     assert await redis.llen(keys.events("task_1")) == 0
-    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") is not None
+    assert await redis.zscore(keys.of("task_1").owed_tasks, "task_1") is not None
 
 
 async def test_a_scheduled_task_is_enqueued_once_its_time_has_come_and_never_before(redis: aioredis.Redis) -> None:
@@ -309,13 +317,13 @@ async def test_a_scheduled_task_is_enqueued_once_its_time_has_come_and_never_bef
     record.status = TaskStatus.SCHEDULED
     record.run_at = datetime.fromtimestamp(now + 60, UTC)
     await tasks.create(record, idempotency_key=None)
-    assert await ledger.promote(keys.partitions()[0], now=now + 59.9) == []
+    assert await ledger.promote(keys.of("task_1"), now=now + 59.9) == []
     assert (
-        await ledger.sweep(keys.partitions()[0], now=now + 59.9) == []
+        await ledger.sweep(keys.of("task_1"), now=now + 59.9) == []
     )  # not overdue either: owed from a grace after its time
-    assert await ledger.promote(keys.partitions()[0], now=now + 60.001) == ["task_1"]
-    assert await ledger.promote(keys.partitions()[0], now=now + 61) == []  # once
-    assert await redis.zscore(keys.partitions()[0].scheduled_tasks, "task_1") is None
+    assert await ledger.promote(keys.of("task_1"), now=now + 60.001) == ["task_1"]
+    assert await ledger.promote(keys.of("task_1"), now=now + 61) == []  # once
+    assert await redis.zscore(keys.of("task_1").scheduled_tasks, "task_1") is None
     assert (await ledger.start("task_1", "run-a")).outcome is Start.RUN
 
 
@@ -332,6 +340,6 @@ async def test_a_cancelled_scheduled_task_is_never_enqueued(redis: aioredis.Redi
 
     assert cancelled is not None
     assert cancelled.status is TaskStatus.CANCELLED
-    assert await ledger.promote(keys.partitions()[0], now=now + 10) == []
-    assert await ledger.sweep(keys.partitions()[0], now=now + 3600) == []
+    assert await ledger.promote(keys.of("task_1"), now=now + 10) == []
+    assert await ledger.sweep(keys.of("task_1"), now=now + 3600) == []
     assert (await ledger.start("task_1", "run-a")).outcome is Start.ENDED

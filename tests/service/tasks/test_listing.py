@@ -18,10 +18,10 @@ async def test_a_submission_enters_both_indexes_in_its_step(redis: aioredis.Redi
     await store(redis).create(record, idempotency_key=None)
 
     expected = record.created_at.timestamp() * 1000
-    assert await redis.zscore(keys.partitions()[0].tasks, "task_a") == expected
-    assert await redis.zscore(keys.partitions()[0].tasks_of("acme"), "task_a") == expected
-    assert await redis.zscore(keys.partitions()[0].tasks_of("globex"), "task_a") is None
-    assert 0 < await redis.ttl(keys.partitions()[0].tasks_of("acme")) <= RECORD_TTL_S
+    assert await redis.zscore(keys.of("task_a").tasks, "task_a") == expected
+    assert await redis.zscore(keys.of("task_a").tasks_of("acme"), "task_a") == expected
+    assert await redis.zscore(keys.of("task_a").tasks_of("globex"), "task_a") is None
+    assert 0 < await redis.ttl(keys.of("task_a").tasks_of("acme")) <= RECORD_TTL_S
 
 
 async def test_entries_whose_records_expired_are_skipped_and_trimmed(redis: aioredis.Redis) -> None:
@@ -34,8 +34,8 @@ async def test_entries_whose_records_expired_are_skipped_and_trimmed(redis: aior
 
     # An entry older than a record lives is trimmed by the next submission (here, its own); one whose record
     # is gone is skipped.
-    assert await redis.zscore(keys.partitions()[0].tasks, "task_old") is None
-    assert await redis.zscore(keys.partitions()[0].tasks, "task_gone") is not None
+    assert await redis.zscore(keys.of("task_old").tasks, "task_old") is None
+    assert await redis.zscore(keys.of("task_gone").tasks, "task_gone") is not None
     await tasks.create(new_record("task_new"), idempotency_key=None)
     items, cursor = await listing.page(TaskFilter(), limit=10)
     assert [t.id for t in items] == ["task_new"]

@@ -12,14 +12,23 @@ from unittest.mock import ANY
 import pytest
 import redis.asyncio as aioredis
 
-from delivery import keys
+from delivery import keys, metrics
 from delivery.destinations import FlowSettings
 from delivery.errors import LeaseLost
 from delivery.redis_client import connect
 from schemas.events import EventType
-from schemas.tasks import TaskError, TaskRecord, TaskStatus
+from schemas.tasks import TaskError, TaskRecord, TaskStatus, Webhook
 from service.tasks.ledger import REQUEUE_GRACE_S, Start, TaskLedger
-from service.tasks.store import Submitted, TaskStore, TenantFull
+from service.tasks.store import (
+    CLAIM_SETTLE_S,
+    IDEMPOTENCY_TTL_S,
+    KeyReused,
+    Submitted,
+    TaskStore,
+    TenantFull,
+    idempotency_digest,
+)
+from tests.placed import task_id, url_in
 
 RECORD_TTL_S = 3600
 FLOW = FlowSettings(lease_s=35.0, retry_span_s=60.0)
@@ -54,9 +63,21 @@ def stores(clients: list[aioredis.Redis], **options: int) -> list[TaskStore]:
     return [TaskStore(redis=c, record_ttl_s=RECORD_TTL_S, retention_s=600, flow=FLOW, **options) for c in clients]
 
 
-async def test_concurrent_submits_with_one_idempotency_key_store_one_task(clients: list[aioredis.Redis]) -> None:
+@pytest.mark.parametrize("webhook", [False, True])
+async def test_concurrent_submits_with_one_idempotency_key_store_one_task(
+    clients: list[aioredis.Redis], webhook: bool
+) -> None:
+    # Placed with the key (one step), or by a webhook's destination in another partition than the key (the key
+    # claimed first; on one partition, one step all the same).
+    key_home = keys.layout().for_hash("acme", idempotency_digest("order-7"))
+    url = url_in(keys.partitions()[(key_home.index + 1) % len(keys.partitions())], "acme", "http://receiver{}.test/")
+    records = [
+        new_record(task_id(f"task_{n}", "acme", url if webhook else None, idempotency_key="order-7")) for n in range(12)
+    ]
+    for record in records:
+        record.webhook = Webhook(url=url) if webhook else None
     nodes = stores(clients)
-    submits = [nodes[n % 4].create(new_record(f"task_{n}"), idempotency_key="order-7") for n in range(12)]
+    submits = [nodes[n % 4].create(record, idempotency_key="order-7") for n, record in enumerate(records)]
 
     results: list[Submitted] = await asyncio.gather(*submits)
 
@@ -64,18 +85,19 @@ async def test_concurrent_submits_with_one_idempotency_key_store_one_task(client
     (first,) = [r.answer.id for r in results if r.new]
     assert {r.answer.id for r in results} == {first}
     redis = clients[0]
-    stored = [n for n in range(12) if await redis.exists(keys.task(f"task_{n}"))]
-    assert stored == [int(first.removeprefix("task_"))]
-    assert await redis.zcard(keys.partitions()[0].owed_tasks) == 1
-    assert await redis.zcard(keys.partitions()[0].open_tasks_of("acme")) == 1
+    stored = [record.id for record in records if await redis.exists(keys.task(record.id))]
+    assert stored == [first]
+    assert await redis.zcard(keys.of(first).owed_tasks) == 1
+    assert await redis.zcard(keys.of(first).open_tasks_of("acme")) == 1
 
 
 async def test_an_idempotency_key_is_the_tenants_own(redis: aioredis.Redis, clients: list[aioredis.Redis]) -> None:
     tasks = stores(clients)[0]
-    assert (await tasks.create(new_record("task_1"), idempotency_key="k")).new
-    other = await tasks.create(new_record("task_2", tenant="globex"), idempotency_key="k")
+    assert (await tasks.create(new_record(task_id("task_1", idempotency_key="k")), idempotency_key="k")).new
+    theirs = task_id("task_2", "globex", idempotency_key="k")
+    other = await tasks.create(new_record(theirs, tenant="globex"), idempotency_key="k")
     assert other.new
-    assert other.answer.id == "task_2"
+    assert other.answer.id == theirs
 
 
 async def test_concurrent_submits_never_pass_the_open_task_cap(clients: list[aioredis.Redis]) -> None:
@@ -89,8 +111,8 @@ async def test_concurrent_submits_never_pass_the_open_task_cap(clients: list[aio
     assert (len(accepted), len(refused)) == (3, 7)
     assert {r.open_tasks for r in refused} == {3}
     redis = clients[0]
-    assert await redis.zcard(keys.partitions()[0].open_tasks_of("acme")) == 3
-    assert await redis.zcard(keys.partitions()[0].owed_tasks) == 3
+    assert await redis.zcard(keys.of("task_0").open_tasks_of("acme")) == 3  # one partition: the cap is one step's
+    assert await redis.zcard(keys.of("task_0").owed_tasks) == 3
 
 
 async def test_open_tasks_older_than_a_record_lives_do_not_count(
@@ -98,12 +120,12 @@ async def test_open_tasks_older_than_a_record_lives_do_not_count(
 ) -> None:
     tasks = stores(clients, max_open_per_tenant=1)[0]
     # A task accepted longer ago than its record lives expired without ending: it holds no place.
-    await redis.zadd(keys.partitions()[0].open_tasks_of("acme"), {"task_old": (time.time() - RECORD_TTL_S - 5) * 1000})
+    await redis.zadd(keys.of("task_1").open_tasks_of("acme"), {"task_old": (time.time() - RECORD_TTL_S - 5) * 1000})
 
     assert (await tasks.create(new_record("task_1"), idempotency_key=None)).new
     with pytest.raises(TenantFull):
         await tasks.create(new_record("task_2"), idempotency_key=None)
-    assert await redis.zscore(keys.partitions()[0].open_tasks_of("acme"), "task_old") is None
+    assert await redis.zscore(keys.of("task_1").open_tasks_of("acme"), "task_old") is None
 
 
 async def test_concurrent_starts_give_the_task_to_one_run(clients: list[aioredis.Redis]) -> None:
@@ -151,17 +173,15 @@ async def test_sweep_takes_a_dead_runs_task_after_its_lease_and_not_before(
     ledger = TaskLedger(redis=redis, lease_s=5)
     await tasks.create(new_record("task_1"), idempotency_key=None)
     await ledger.start("task_1", "run-a")
-    lease_end = await redis.zscore(keys.partitions()[0].owed_tasks, "task_1")
+    lease_end = await redis.zscore(keys.of("task_1").owed_tasks, "task_1")
     assert lease_end is not None
     await redis.delete(keys.lease("task_1"))  # its worker died: nobody renews the lease
     await tasks.create(new_record("task_2"), idempotency_key=None)  # queued, within its grace
 
-    assert await ledger.sweep(keys.partitions()[0], now=lease_end - 0.5) == []
-    assert await ledger.sweep(keys.partitions()[0], now=lease_end + 0.5) == ["task_1"]
-    assert (
-        await ledger.sweep(keys.partitions()[0], now=lease_end + 1) == []
-    )  # its next deadline moved on in the same step
-    assert await ledger.sweep(keys.partitions()[0], now=time.time() + REQUEUE_GRACE_S + 0.5) == ["task_2"]
+    assert await ledger.sweep(keys.of("task_1"), now=lease_end - 0.5) == []
+    assert await ledger.sweep(keys.of("task_1"), now=lease_end + 0.5) == ["task_1"]
+    assert await ledger.sweep(keys.of("task_2"), now=lease_end + 1) == []  # its next deadline moved on in the same step
+    assert await ledger.sweep(keys.of("task_1"), now=time.time() + REQUEUE_GRACE_S + 0.5) == ["task_2"]
 
 
 async def test_a_retry_gives_the_lease_back_and_the_task_waits_scheduled_until_its_time(
@@ -188,11 +208,11 @@ async def test_a_retry_gives_the_lease_back_and_the_task_waits_scheduled_until_i
     assert event.data == {"attempt": 2, "error": {"type": "Retry", "message": "busy"}, "run_at": ANY}
     assert not await redis.exists(keys.lease("task_1"))
     run_at = waiting.run_at.timestamp() if waiting.run_at else 0.0
-    assert await redis.zscore(keys.partitions()[0].scheduled_tasks, "task_1") == pytest.approx(run_at)
-    assert await redis.zscore(keys.partitions()[0].owed_tasks, "task_1") == pytest.approx(run_at + REQUEUE_GRACE_S)
-    assert await ledger.promote(keys.partitions()[0], now=run_at - 1) == []  # never early
-    assert await ledger.sweep(keys.partitions()[0], now=run_at + 1) == []  # owed only from a grace after its time
-    assert await ledger.promote(keys.partitions()[0], now=run_at + 0.01) == ["task_1"]
+    assert await redis.zscore(keys.of("task_1").scheduled_tasks, "task_1") == pytest.approx(run_at)
+    assert await redis.zscore(keys.of("task_1").owed_tasks, "task_1") == pytest.approx(run_at + REQUEUE_GRACE_S)
+    assert await ledger.promote(keys.of("task_1"), now=run_at - 1) == []  # never early
+    assert await ledger.sweep(keys.of("task_1"), now=run_at + 1) == []  # owed only from a grace after its time
+    assert await ledger.promote(keys.of("task_1"), now=run_at + 0.01) == ["task_1"]
     second = await ledger.start("task_1", "run-b")
     assert second.outcome is Start.RUN
     assert second.record is not None
@@ -216,4 +236,100 @@ async def test_a_run_that_lost_its_task_cannot_schedule_a_retry(
     stored = await tasks.get("task_1")
     assert stored is not None
     assert stored.status is TaskStatus.CANCELLED
-    assert await redis.zscore(keys.partitions()[0].scheduled_tasks, "task_1") is None
+    assert await redis.zscore(keys.of("task_1").scheduled_tasks, "task_1") is None
+
+
+async def test_a_key_used_for_a_task_placed_by_its_webhook_refuses_another_body_placed_by_the_key(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    """A task with a webhook lives in its destination's partition, and its Idempotency-Key may live in another: a
+    later request with that key and another body, without a webhook (so placed with its key), still finds the first
+    task there, and is refused; the first request, tried again, still gets its task."""
+    tasks = stores(clients)[0]
+    key_home = keys.layout().for_hash("acme", idempotency_digest("k"))
+    elsewhere = keys.partitions()[(key_home.index + 1) % len(keys.partitions())]
+    url = url_in(elsewhere, "acme", "http://receiver{}.test/hook")
+    with_webhook = new_record(task_id("task_1", "acme", url))
+    with_webhook.webhook = Webhook(url=url)
+    first = await tasks.create(with_webhook, idempotency_key="k", fingerprint="aa")
+    assert first.new
+
+    without = new_record(task_id("task_2", idempotency_key="k"))
+    with pytest.raises(KeyReused):
+        await tasks.create(without, idempotency_key="k", fingerprint="bb")
+
+    assert not await redis.exists(keys.task(without.id))
+    retried = new_record(task_id("task_3", "acme", url))
+    retried.webhook = Webhook(url=url)
+    again = await tasks.create(retried, idempotency_key="k", fingerprint="aa")
+    assert (again.new, again.answer.id) == (False, with_webhook.id)
+
+
+async def test_a_key_whose_task_placed_by_its_webhook_expired_is_taken_over_by_a_request_placed_by_the_key(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    tasks = stores(clients)[0]
+    key_home = keys.layout().for_hash("acme", idempotency_digest("k"))
+    elsewhere = keys.partitions()[(key_home.index + 1) % len(keys.partitions())]
+    url = url_in(elsewhere, "acme", "http://receiver{}.test/hook")
+    with_webhook = new_record(task_id("task_1", "acme", url))
+    with_webhook.webhook = Webhook(url=url)
+    await tasks.create(with_webhook, idempotency_key="k", fingerprint="aa")
+    await redis.delete(keys.task(with_webhook.id))  # expired
+    claim = key_home.idempotency("acme", idempotency_digest("k"))
+    await redis.expire(claim, IDEMPOTENCY_TTL_S - CLAIM_SETTLE_S - 1)  # claimed long enough ago
+
+    without = new_record(task_id("task_2", idempotency_key="k"))
+    taken = await tasks.create(without, idempotency_key="k", fingerprint="bb")
+
+    assert (taken.new, taken.answer.id) == (True, without.id)
+    assert await redis.exists(keys.task(without.id))
+    again = await tasks.create(
+        new_record(task_id("task_3", idempotency_key="k")), idempotency_key="k", fingerprint="bb"
+    )
+    assert (again.new, again.answer.id) == (False, without.id)
+
+
+async def test_a_retry_that_stores_the_task_of_a_claim_first_leaves_the_first_try_nothing_to_double(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    """A task placed by its webhook's destination, elsewhere than its key: the first try claims the key, and its
+    retry comes while the first try's store step is still on its way. One of the two stores the task, as the key
+    answers with it; the other's step finds it stored."""
+    if keys.layout().single:
+        pytest.skip("on one partition a key and its task are written in one step")
+    first_node, retry_node = stores(clients)[:2]
+    key_home = keys.layout().for_hash("acme", idempotency_digest("k"))
+    url = url_in(
+        keys.partitions()[(key_home.index + 1) % len(keys.partitions())], "acme", "http://receiver{}.test/hook"
+    )
+
+    def submission(name: str) -> TaskRecord:
+        record = new_record(task_id(name, "acme", url))
+        record.webhook, record.ws_token = Webhook(url=url), f"token-of-{name}"
+        return record
+
+    claimed, go_on = asyncio.Event(), asyncio.Event()
+    claim_key = first_node._claim_key
+
+    async def slow_after_its_claim(*, keys: list[str], args: list[object]) -> object:
+        reply = await claim_key(keys=keys, args=args)
+        if args[0] == "claim":
+            claimed.set()
+            await go_on.wait()
+        return reply
+
+    first_node._claim_key = slow_after_its_claim  # type: ignore[method-assign]
+    first = submission("task_1")
+    first_try = asyncio.create_task(first_node.create(first, idempotency_key="k", fingerprint="aa"))
+    await claimed.wait()
+    retried = await retry_node.create(submission("task_2"), idempotency_key="k", fingerprint="aa")
+    go_on.set()
+    answered = await first_try
+
+    assert [answered.new, retried.new].count(True) == 1
+    assert answered.answer == retried.answer == first.public()  # the first try's task, its ws_token too
+    stored = await first_node.get(first.id)
+    assert stored is not None
+    assert stored.ws_token == first.ws_token
+    assert await redis.hget(keys.of(first.id).stats, metrics.task_counter("submitted")) == b"1"
