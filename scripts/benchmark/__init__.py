@@ -7,9 +7,10 @@ what it measures with): the webhook figures (:mod:`scripts.benchmark.webhooks`) 
 Each phase reports the CPU seconds every process used: with every process on one small box, that shows what
 the limit is. ``--profile DIR`` also runs py-spy on the servers and prints their hot spots.
 
-  stack        the processes of a run (Redis through ``service.processes``), started and stopped in order
-  meter        CPU seconds per group of processes, percentiles
-  profiling    py-spy and its hot spots
+  stack          the processes of a run (Redis through ``service.processes``), started and stopped in order
+  redis_cluster  a Redis Cluster of such Redis processes (``--cluster``)
+  meter          CPU seconds per group of processes, percentiles
+  profiling      py-spy and its hot spots
 
 Everything listens on 127.0.0.1 only and everything started is stopped at the end, also on Ctrl-C.
 """

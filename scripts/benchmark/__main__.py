@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from delivery.keys import MAX_PARTITIONS
 from scripts.benchmark import stats as stats_bench
+from scripts.benchmark.redis_cluster import MIN_MASTERS
+from scripts.benchmark.webhooks import on_cluster
 from scripts.benchmark.webhooks import report as webhooks_report
 from scripts.benchmark.webhooks.run import run_webhooks
 from scripts.benchmark.ws import report as ws_report
@@ -62,6 +65,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--bad-owed", type=int, default=DEFAULT_BAD_OWED, help="webhooks owed to each bad receiver on the bad day"
     )
+    cl = parser.add_argument_group("a Redis Cluster beside the standalone Redis (--cluster, with the webhook figures)")
+    cl.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the throughput phase again on a Redis Cluster (redis-server 7+ on PATH), set beside the standalone "
+        "Redis's; both with a broker Redis of its own and many tenants",
+    )
+    cl.add_argument("--masters", type=int, default=on_cluster.DEFAULT_MASTERS, help="the cluster's masters")
+    cl.add_argument(
+        "--partitions", type=int, default=on_cluster.DEFAULT_PARTITIONS, help="RELAY_PARTITIONS on the cluster"
+    )
+    cl.add_argument(
+        "--tenants", type=int, default=on_cluster.DEFAULT_TENANTS, help="tenants the throughput phase submits for"
+    )
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--all", dest="mode", action="store_const", const="all", help="webhooks and WebSocket (default)")
     modes.add_argument("--webhooks", dest="mode", action="store_const", const="webhooks", help="webhook figures only")
@@ -105,6 +122,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.cluster:
+        if args.mode not in ("all", "webhooks"):
+            parser.error("--cluster goes with the webhook figures (--webhooks or --all)")
+        if args.masters < MIN_MASTERS:
+            parser.error(f"--masters must be at least {MIN_MASTERS} (redis-cli --cluster create refuses fewer)")
+        if not args.masters <= args.partitions <= MAX_PARTITIONS:
+            parser.error(f"--partitions must be from --masters ({args.masters}) to {MAX_PARTITIONS}")
+        if args.tenants < 1:
+            parser.error("--tenants must be at least 1")
     if args.ws_sse_streams < 0:
         parser.error("--ws-sse-streams must be 0 or more")
     if args.rate is not None and args.rate <= 0:

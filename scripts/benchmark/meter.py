@@ -7,12 +7,17 @@ import time
 
 import psutil
 
-from scripts.benchmark.stack import Stack
+from scripts.benchmark.stack import Service, Stack
 
 # The webhook run's columns; the WebSocket run has its own (scripts.benchmark.ws.control.CpuMeter).
 GROUPS = ("api", "worker", "redis", "receiver", "client", "other")
 # The service's own CPU: both runs have these columns (the receivers and load generators are not the service).
 SERVICE_GROUPS = ("api", "worker", "redis")
+# The webhook run's columns when the task queue has a Redis of its own (``--cluster``): the broker is counted
+# apart from the storage, so that a standalone Redis and a cluster are set side by side on what differs.
+BROKER_GROUPS = (*SERVICE_GROUPS, "broker", "receiver", "client", "other")
+# A node of a Redis Cluster is a service named ``redis-<port>``: counted under ``redis`` and reported alone too.
+NODE_PREFIX = "redis-"
 
 
 class CpuMeter:
@@ -36,10 +41,7 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         totals = dict.fromkeys(self.groups, 0.0)
         for name, service in self._stack.services.items():
-            for proc in service.tree():
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    t = proc.cpu_times()
-                    totals[self.group(name)] += t.user + t.system
+            totals[self.group(name)] += service_cpu_s(service)
         t = self._self.cpu_times()
         totals[self.self_group] = t.user + t.system
         # Everything else busy on the box (other people's tests, py-spy): figures are noisy when this is high.
@@ -51,6 +53,34 @@ class CpuMeter:
     @staticmethod
     def diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         return {k: round(after[k] - before[k], 3) for k in before}
+
+
+class BrokerCpuMeter(CpuMeter):
+    """The webhook run's columns with the broker's Redis apart (:data:`BROKER_GROUPS`); the nodes of a Redis Cluster
+    add up under ``redis``, and each is also read alone, under its service's name (``redis-<port>``)."""
+
+    groups = BROKER_GROUPS
+
+    @staticmethod
+    def group(service: str) -> str:
+        return "redis" if service.startswith(NODE_PREFIX) else service
+
+    def read(self) -> dict[str, float]:
+        totals = super().read()
+        for name, service in self._stack.services.items():
+            if name.startswith(NODE_PREFIX):
+                totals[name] = service_cpu_s(service)
+        return totals
+
+
+def service_cpu_s(service: Service) -> float:
+    """CPU seconds (user + system) a service's processes have used so far."""
+    total = 0.0
+    for proc in service.tree():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
 
 
 def cpu_per_task(cpu_s: dict[str, float], tasks: int) -> dict[str, int]:

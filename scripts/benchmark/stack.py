@@ -166,6 +166,23 @@ def start_redis(stack: Stack) -> str:
     return server.url
 
 
+def start_broker(stack: Stack) -> str:
+    """Start a Redis for the task queue alone (``broker``, no persistence), beside the storage, and point Relay's
+    environment at it; return its URL."""
+    server = RedisServer(
+        data_dir=stack.workdir / "broker",
+        appendonly=False,
+        log_path=stack.workdir / "broker.log",
+        new_session=True,
+        start_timeout_s=STARTUP_TIMEOUT_S,
+    )
+    server.start()
+    assert server.process is not None
+    stack.adopt("broker", server.process, server.log_path)
+    stack.env["RELAY_BROKER_URL"] = server.url
+    return server.url
+
+
 def new_loop() -> asyncio.AbstractEventLoop:
     """uvloop when it is installed (uvicorn[standard] brings it), as the API runs on it too."""
     try:

@@ -11,11 +11,16 @@ arrived), ``relay api`` and ``relay worker``, then runs:
   bad day     thousands of webhooks owed to a receiver that hangs and to one that drops connections,
               then throughput and half rate again against the healthy one (``--no-bad-day`` skips it)
 
-``--profile DIR`` runs py-spy on the API and the worker during the throughput phase.
+``--profile DIR`` runs py-spy on the API and the worker during the throughput phase. ``--cluster`` runs the
+throughput phase again on a Redis Cluster and sets the two side by side, with the spread over the masters and a
+projection to more of them (both halves with a broker Redis of its own and many tenants; see ``on_cluster``).
 
-  receiver    the receiver process (``python -m scripts.benchmark.webhooks.receiver``)
-  client      the bench's HTTP side: submit, ask the receiver, count Redis commands
-  phases      the phases above
-  run         the stack and the order of the phases
-  report      the tables
+  receiver        the receiver process (``python -m scripts.benchmark.webhooks.receiver``)
+  client          the bench's HTTP side: submit, ask the receiver, count Redis commands
+  phases          the phases above
+  run             the stack and the order of the phases
+  report          the tables
+  on_cluster      the cluster half: its tenants, its stack, its figures
+  scaling         the spread over the masters and the projection to more of them (pure arithmetic)
+  cluster_report  the cluster half's tables
 """

@@ -15,7 +15,7 @@ import msgspec
 from delivery.signing import generate_secret, sign, webhook_headers
 from scripts.benchmark.meter import CpuMeter, cpu_per_task, percentile, rounded
 from scripts.benchmark.profiling import Profiler
-from scripts.benchmark.webhooks.client import Client, redis_calls
+from scripts.benchmark.webhooks.client import Client, calls_since, redis_calls, storage_nodes
 
 # In flight during the ceiling phase (the figure FIELD.md quotes is at 64).
 CEILING_IN_FLIGHT = 64
@@ -94,20 +94,27 @@ async def phase_throughput(
     client: Client, meter: CpuMeter, n: int, concurrency: int, drain_timeout_s: float, profile: Profiler | None
 ) -> dict[str, Any]:
     sent: dict[str, float] = {}
+    tenant_of: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         bodies = [client.submission(i) for i in range(n)]
 
         async def one(i: int) -> None:
             started = time.time()
-            task_id = await client.submit(session, bodies[i])
+            task_id = await client.submit(session, bodies[i], tenant=i)  # the client's tenants in turn
             if task_id is not None:
                 sent[task_id] = started
+                tenant_of[task_id] = i
 
         client.errors.clear()
         if profile is not None:
             profile.start()
-        calls0 = redis_calls(client.urls["redis"])  # blocks the loop a moment, with nothing in flight
+        # Each of the storage's nodes and the broker's Redis, if it has one: blocks the loop a moment, with nothing
+        # in flight.
+        nodes = storage_nodes(client.urls)
+        broker = client.urls.get("broker")
+        calls0 = {address: redis_calls(url) for address, url in nodes.items()}
+        broker0 = redis_calls(broker) if broker else None
         cpu0 = meter.read()
         first = time.time()
         await run_closed(n, concurrency, one)
@@ -115,16 +122,17 @@ async def phase_throughput(
         await client.wait_for(session, len(sent), drain_timeout_s)
         ended = time.time()
         cpu = meter.diff(cpu0, meter.read())
-        calls = redis_calls(client.urls["redis"]) - calls0
-        calls.subtract({"info": 1})
+        by_node = {address: calls_since(url, calls0[address]) for address, url in nodes.items()}
+        broker_calls = calls_since(broker, broker0) if broker and broker0 is not None else None
         if profile is not None:
             profile.stop()
         drained = await client.drain(session)
-        signature = await check_signature(client, session, drained.sample)
+        signature = await check_signature(client, session, drained.sample, tenant_of)
         unexplained = await client.explain(session, [t for t in sent if t not in drained.arrivals][:3])
     arrived = [drained.arrivals[t] for t in sent if t in drained.arrivals]
     last = max(arrived) if arrived else ended
-    return {
+    calls = sum(by_node.values(), collections.Counter[str]())
+    figures = {
         "tasks": n,
         "accepted": len(sent),
         "submit_errors": dict(client.errors),
@@ -138,10 +146,17 @@ async def phase_throughput(
         "missing_sample": unexplained,
         "cpu_s": cpu,
         "cpu_us_per_task": cpu_per_task(cpu, len(arrived)),
-        "redis_calls_per_task": {
-            k: round(v / max(1, len(arrived)), 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0
-        },
+        "redis_calls_per_task": per_task(calls, len(arrived)),
+        "redis_calls_by_node": {address: calls.total() for address, calls in by_node.items()},
     }
+    if broker_calls is not None:
+        figures["broker_calls_per_task"] = per_task(broker_calls, len(arrived))
+    return figures
+
+
+def per_task(calls: collections.Counter[str], tasks: int) -> dict[str, float]:
+    """Calls of each command per task, the most called first."""
+    return {k: round(v / max(1, tasks), 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
 async def phase_paced(
@@ -240,31 +255,34 @@ async def phase_bad_day(client: Client, meter: CpuMeter, args: argparse.Namespac
 
 
 async def warm_up(client: Client, n: int, drain_timeout_s: float) -> None:
-    """Open connections, load code paths and make the tenant's signing secret before measuring."""
+    """Open connections, load code paths and make each tenant's signing secret and destination before measuring
+    (two tasks of each tenant at least)."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session:
         accepted = 0
 
         async def one(i: int) -> None:
             nonlocal accepted
-            if await client.submit(session, client.submission(i)) is not None:
+            if await client.submit(session, client.submission(i), tenant=i) is not None:
                 accepted += 1
 
-        await run_closed(n, 16, one)
+        await run_closed(max(n, 2 * client.tenants), 16, one)
         await client.wait_for(session, accepted, drain_timeout_s)
         await client.drain(session)
         if client.errors:
             raise RuntimeError(f"warm-up submissions failed: {dict(client.errors)}")
 
 
-async def check_signature(client: Client, session: aiohttp.ClientSession, sample: dict[str, Any] | None) -> str:
-    """Verify one received webhook against the tenant's secret, as a receiver would."""
+async def check_signature(
+    client: Client, session: aiohttp.ClientSession, sample: dict[str, Any] | None, tenant_of: dict[str, int]
+) -> str:
+    """Verify one received webhook against its task's tenant's secret, as a receiver would."""
     if sample is None:
         return "no webhook"
     headers, body = sample["headers"], sample["body"].encode()
     try:
-        expected = sign(
-            await client.signing_secret(session), headers["webhook-id"], int(headers["webhook-timestamp"]), body
-        )
-    except (KeyError, ValueError) as exc:
-        return f"bad headers ({exc})"
+        tenant = tenant_of[msgspec.json.decode(body)["task_id"]]
+        secret = await client.signing_secret(session, tenant)
+        expected = sign(secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body)
+    except (KeyError, ValueError, TypeError) as exc:
+        return f"bad headers or body ({exc!r})"
     return "ok" if expected in headers.get("webhook-signature", "").split() else "MISMATCH"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from scripts.benchmark.meter import GROUPS, SERVICE_GROUPS
+from scripts.benchmark.meter import BROKER_GROUPS, GROUPS, SERVICE_GROUPS
 from scripts.benchmark.webhooks.phases import CEILING_IN_FLIGHT
 
 if TYPE_CHECKING:
@@ -19,9 +19,12 @@ def print_report(result: dict[str, Any]) -> None:
 
     console = Console()
     cfg = result["config"]
+    spread = f", {cfg['tenants']} tenants in turn" if cfg.get("tenants", 1) > 1 else ""
+    broker = ", the broker on a Redis of its own" if cfg.get("broker") == "own redis" else ""
     console.print(
-        f"\n[bold]Relay bench[/]  {cfg['tasks']} tasks, {cfg['concurrency']} in flight, "
-        f"api x{cfg['api_workers']}, worker x{cfg['worker_processes']} ({cfg['threads']} threads), {cfg['cpus']} cpus"
+        f"\n[bold]Relay bench[/]  {cfg['tasks']} tasks{spread}, {cfg['concurrency']} in flight, "
+        f"api x{cfg['api_workers']}, worker x{cfg['worker_processes']} ({cfg['threads']} threads), "
+        f"{cfg['cpus']} cpus{broker}"
     )
     speed = result.get("box_speed")
     if speed:
@@ -99,7 +102,7 @@ def print_report(result: dict[str, Any]) -> None:
         cpu.add_column(phase, justify="right")
     cpu.add_column("µs / task (throughput)", justify="right")
     walls = (ceiling["seconds"], thr["seconds"], paced["seconds"])
-    for group in GROUPS:
+    for group in BROKER_GROUPS if "broker" in thr["cpu_s"] else GROUPS:
         cells = [
             f"{p['cpu_s'][group]:.2f} ({100 * p['cpu_s'][group] / max(w, 1e-9):.0f}%)"
             for p, w in zip((ceiling, thr, paced), walls, strict=True)
@@ -109,6 +112,14 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(cpu)
     top_calls = ", ".join(f"{k} {v:g}" for k, v in list(per_task.items())[:10])
     console.print(f"Redis commands per task (throughput, incl. inside Lua): {top_calls}", highlight=False)
+    if "broker_calls_per_task" in thr:
+        top_calls = ", ".join(f"{k} {v:g}" for k, v in list(thr["broker_calls_per_task"].items())[:10])
+        console.print(f"The broker's Redis commands per task (throughput): {top_calls}", highlight=False)
+
+    if "cluster" in result:
+        from scripts.benchmark.webhooks.cluster_report import print_cluster  # it draws on this module's helpers
+
+        print_cluster(console, result)
 
     for name, spots in result.get("profile", {}).items():
         console.print(f"\n[bold]py-spy --gil: {name}[/] ({spots['samples']} samples holding the GIL, throughput phase)")
