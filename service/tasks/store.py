@@ -44,6 +44,11 @@ _CLAIM_KEY_LUA = Path(__file__).with_name("claim_key.lua").read_text()
 # A claimed Idempotency-Key whose task is not stored is another request's for this long (its store step may still
 # be on its way); after that, a request with another body takes the key over.
 CLAIM_SETTLE_S = 60
+# A tenant's open tasks across partitions are read again after this long, and at every submission once they are at
+# this fraction of RELAY_TENANT_MAX_OPEN_TASKS; at most this many tenants' figures are kept.
+QUOTA_READ_EVERY_S = 1.0
+QUOTA_EXACT_FROM = 0.5
+MAX_QUOTA_TENANTS = 10_000
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(TaskRecord).decode
@@ -226,6 +231,8 @@ class TaskStore:
         self._claim_key = redis.register_script(_CLAIM_KEY_LUA)
         # On a cluster, a submission is answered once a replica of its master has it (when the master has one).
         self._replicated = ReplicatedStep(redis) if isinstance(redis, RedisCluster) else None
+        # Each tenant's open tasks per partition as last read, and when (see _open_elsewhere).
+        self._open_counts: dict[str, tuple[list[int], float]] = {}
 
     async def get(self, task_id: str, *, visible: Callable[[str, str | None], bool] | None = None) -> TaskRecord | None:
         """The task, or None when there is none (or ``visible(tenant, ws_token)`` says the caller may not see it).
@@ -392,19 +399,37 @@ class TaskStore:
                 return Submitted(answer=first, new=False)
         if outcome == "exists":
             return Submitted(answer=_decode(reply[1]).public(), new=False)
+        known = self._open_counts.get(record.tenant)
+        if known is not None:
+            known[0][part.index] += 1  # this process's own submissions count at once; other processes' when read
         size = len(stored) + len(answer_bytes) + (len(message.body) if message else 0) + _SUBMIT_OVERHEAD_BYTES
         return Submitted(answer=answer, new=True, stored_bytes=size)
 
     async def _open_elsewhere(self, tenant: str, home: keys.Partition, now: float) -> int:
-        """The tenant's open tasks in every partition but ``home`` (whose step counts its own), read just before the
-        step: across partitions the cap is kept to within the submissions of this tenant in flight at once."""
+        """The tenant's open tasks in every partition but ``home`` (whose step counts its own).
+
+        Read from every partition (a command each) at most once a second per tenant and API process while the tenant
+        is under half its cap (:data:`QUOTA_EXACT_FROM`), counting this process's own submissions meanwhile, and
+        before every submission from half on. So the cap holds exactly for one API process (but for submissions in
+        flight at the same moment); with several, what the others accept in the second since the last read is not
+        seen while the tenant is under half: the cap can be passed only if those rise it from under half to over
+        the whole in that second (by at most what they accepted beyond half the cap).
+        """
+        cached = self._open_counts.get(tenant)
+        if cached is not None:
+            counts, read_at = cached
+            if now - read_at < QUOTA_READ_EVERY_S and sum(counts) < QUOTA_EXACT_FROM * self._max_open:
+                return sum(counts) - counts[home.index]
         expired_before = (now - self._record_ttl_s) * 1000
-        others = [p for p in keys.partitions() if p != home]
+        parts = keys.partitions()
         async with self._redis.pipeline(transaction=False) as pipe:
-            for p in others:
+            for p in parts:
                 pipe.zcount(p.open_tasks_of(tenant), f"({expired_before!r}", "+inf")
-            counts = await pipe.execute()
-        return sum(int(c) for c in counts)
+            counts = [int(c) for c in await pipe.execute()]
+        if len(self._open_counts) >= MAX_QUOTA_TENANTS:
+            self._open_counts.clear()
+        self._open_counts[tenant] = (counts, now)
+        return sum(counts) - counts[home.index]
 
     async def mark_running(self, record: TaskRecord, run_token: str) -> None:
         """Show the task as running; raises :class:`LeaseLost` when this run no longer holds it."""

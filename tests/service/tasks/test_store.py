@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from unittest.mock import ANY
 
@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from delivery import keys, metrics
 from delivery.destinations import FlowSettings
 from delivery.errors import LeaseLost
+from delivery.ids import new_id
 from delivery.redis_client import connect
 from schemas.events import EventType
 from schemas.tasks import TaskError, TaskRecord, TaskStatus, Webhook
@@ -333,3 +334,60 @@ async def test_a_retry_that_stores_the_task_of_a_claim_first_leaves_the_first_tr
     assert stored is not None
     assert stored.ws_token == first.ws_token
     assert await redis.hget(keys.of(first.id).stats, metrics.task_counter("submitted")) == b"1"
+
+
+@pytest.fixture
+def eight_partitions() -> Iterator[keys.Layout]:
+    old = keys.use(keys.Layout.of(8))
+    yield keys.layout()
+    keys.use(old)
+
+
+def spread_record(n: int) -> TaskRecord:
+    """A task without webhook or key, placed as the API places one: any partition."""
+    return new_record(new_id("task", keys.layout().any()))
+
+
+async def test_across_partitions_one_process_keeps_the_cap_exactly(
+    clients: list[aioredis.Redis], eight_partitions: keys.Layout
+) -> None:
+    (store,) = stores(clients[:1], max_open_per_tenant=20)
+    accepted = 0
+    for n in range(60):
+        try:
+            await store.create(spread_record(n), idempotency_key=None)
+            accepted += 1
+        except TenantFull:
+            pass
+    assert accepted == 20
+    spread = [await clients[0].zcard(p.open_tasks_of("acme")) for p in keys.partitions()]
+    assert sum(spread) == 20
+    assert len([n for n in spread if n]) > 1  # the tasks did spread over partitions
+
+
+async def test_across_partitions_several_processes_pass_the_cap_by_at_most_what_the_bound_says(
+    clients: list[aioredis.Redis], eight_partitions: keys.Layout
+) -> None:
+    cap = 20
+    nodes = stores(clients, max_open_per_tenant=cap)
+    accepted = 0
+    for n in range(120):  # four API processes in turn, well within one second
+        try:
+            await nodes[n % 4].create(spread_record(n), idempotency_key=None)
+            accepted += 1
+        except TenantFull:
+            pass
+    # Each process sees the others' submissions from half the cap on (and at its first read): at most
+    # (processes - 1) x half the cap beyond the cap.
+    print(f"cap {cap}, four processes: accepted {accepted}")
+    assert cap <= accepted <= cap + 3 * (cap // 2)
+    # Once a second has passed every process reads again, and none accepts past the cap any more.
+    await asyncio.sleep(1.1)
+    late = 0
+    for n in range(20):
+        try:
+            await nodes[n % 4].create(spread_record(n), idempotency_key=None)
+            late += 1
+        except TenantFull:
+            pass
+    assert late == 0
