@@ -38,6 +38,8 @@ DEFAULT_CONCURRENCY = 256
 DEFAULT_POLL_INTERVAL_S = 0.25
 # Most webhooks claimed in one poll.
 DEFAULT_CLAIM_BATCH = 200
+# On a store of several partitions, the longest a partition that had nothing due waits to be looked at again.
+QUIET_MAX_S = 1.0
 # A store that refuses writes (read-only, a failed save) is said once this often, not at every poll.
 REFUSAL_LOG_EVERY_S = 60.0
 
@@ -75,6 +77,7 @@ class DeliveryEngine:
         self._claim_batch = claim_batch
         self._ops = ops
         self._partitions = partitions  # those to poll now (see delivery.shares)
+        self._quiet: dict[int, tuple[float, float]] = {}  # partition -> (not looked at before, the wait it had)
         self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -209,10 +212,15 @@ class DeliveryEngine:
         refused_logged_at = float("-inf")
         while True:
             busy = False
-            for partition in self._partitions():
+            partitions = self._partitions()
+            now = time.monotonic()
+            for partition in partitions:
                 free = self._concurrency - len(self._in_flight)
                 if free <= 0:
                     break
+                quiet = self._quiet.get(partition.index)
+                if quiet is not None and now < quiet[0]:
+                    continue
                 staged: list[tuple[PendingDelivery, bool]] = []
                 leases: list[Lease] = []
                 try:
@@ -235,6 +243,14 @@ class DeliveryEngine:
                 for lease in leases:
                     self.dispatch(lease)
                 busy = busy or len(staged) >= self._claim_batch or len(leases) >= self._claim_batch
+                if len(partitions) > 1:
+                    # A partition with nothing due is looked at less often, up to QUIET_MAX_S (webhooks that start
+                    # at once are leased by the step that owes them; what waits here waited seconds already).
+                    if staged or leases:
+                        self._quiet.pop(partition.index, None)
+                    else:
+                        wait_s = min(QUIET_MAX_S, 2 * (quiet[1] if quiet is not None else self._poll_interval_s / 2))
+                        self._quiet[partition.index] = (now + wait_s, wait_s)
             if busy:
                 await asyncio.sleep(0)
             else:
