@@ -553,10 +553,25 @@ def test_dead_letters_of_many_tenants_list_with_cursors_and_a_bulk_replay_delive
     assert len(receiver.received) == sent_before
     arrived_before = Counter(h.headers["webhook-id"] for h in receiver.received)
 
-    # The receiver is fixed; one bulk replay of everything.
+    # One letter is deleted by its owner: it is never sent again.
+    deleted = by_task[gone[-1]["id"]]
+    path = f"/v1/dead-letters/{deleted['id']}"
+    assert api.delete(path, key=key_of("globex")).status_code == 404  # another tenant's: not there for it
+    assert api.delete(path, key=key_of(deleted["tenant"])).status_code == 204
+    assert api.get(path, key=ADMIN).status_code == 404
+    assert deleted["id"] not in {d["id"] for d in walk(api, "/v1/dead-letters", limit=10)}
+
+    # The receiver is fixed. One letter is replayed on its own by its owner, then the rest in bulk.
     receiver.script("/gone", 200)
     receiver.script("/down", 200)
-    assert replay(api, {"dry_run": False}) == {"matched": total, "replayed": total}
+    alone = by_task[down[-1]["id"]]
+    answer = api.post(f"/v1/dead-letters/{alone['id']}/replay", key=key_of(alone["tenant"]))
+    assert (answer.status_code, answer.json()) == (202, {"replayed": 1})
+    wait_until(
+        lambda: api.get(f"/v1/dead-letters/{alone['id']}", key=ADMIN).status_code == 404,
+        message="the replayed letter delivered and gone",
+    )
+    assert replay(api, {"dry_run": False}) == {"matched": total - 2, "replayed": total - 2}
 
     wait_until(
         lambda: walk(api, "/v1/dead-letters", limit=50) == [],
@@ -571,16 +586,20 @@ def test_dead_letters_of_many_tenants_list_with_cursors_and_a_bulk_replay_delive
     )
     arrived = Counter(h.headers["webhook-id"] for h in receiver.received)
     after = arrived - arrived_before
-    events = {d["event"]["id"] for d in listed}
+    events = {d["event"]["id"] for d in listed if d["id"] != deleted["id"]}
     lost = sorted(events - set(after))
     duplicated = sum(n - 1 for n in after.values() if n > 1)
     print(
-        f"bulk replay: dead {total}, replayed {total}, delivered {len(after)}, lost {len(lost)}, duplicated {duplicated}"
+        f"replay: dead {total}, deleted 1, replayed {total - 1}, delivered {len(after)}, lost {len(lost)}, "
+        f"duplicated {duplicated}"
     )
     assert (lost, duplicated) == ([], 0)
-    assert set(after) == events
+    assert set(after) == events  # and the deleted one was not sent
     for task_id in submitted:
         outcomes = [a["outcome"] for a in webhook_attempts(api, task_id, ADMIN)]
+        if task_id == deleted["task_id"]:
+            assert outcomes == ["failed"]
+            continue
         assert outcomes[-1] == "delivered", (task_id, outcomes)
         assert outcomes.count("delivered") == 1, (task_id, outcomes)
     stats = api.get("/v1/stats", key=ADMIN).json()
