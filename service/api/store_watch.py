@@ -4,6 +4,12 @@ Read from Redis at most once a second (``INFO memory`` and a write that writes n
 submission costs no extra round trip. Between two readings the bytes this process has stored since the last one
 are added to the reading, so that a burst cannot run far past the mark before the next one.
 
+On a Redis Cluster every master is read (``INFO`` is a command of one node, and a pipeline of a cluster client
+refuses it): the reading is the master nearest its ``maxmemory`` (with none set, the one using the most), and a
+refusal is any master's, its write probed through a key of each partition. Tasks are placed by their destination or
+at random, not by room, so a master past the mark would take its share of new work and then refuse the writes that
+work needs to end: the store refuses new work as a whole, as one Redis does.
+
 New tasks are refused from HIGH_WATER of ``maxmemory`` on, not only at ``maxmemory``: the rest is left for the work
 already accepted to end in (its events and results), and Redis itself refuses what grows memory past ``maxmemory``
 (see ``delivery.store_refusals``). Refusing stops only once memory is below LOW_WATER, so that a store at the mark
@@ -17,9 +23,11 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+import redis.asyncio.cluster as aiocluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from delivery import background, keys
 from delivery.store_refusals import WriteRefusal, refusal_of
@@ -47,6 +55,28 @@ class Reading:
     max_bytes: int = 0
     policy: str = ""
     refusal: WriteRefusal | None = None  # from the write probe (FULL only when Redis itself said so)
+
+
+async def _read_cluster(redis: aiocluster.RedisCluster) -> tuple[Any, Any]:
+    """A cluster's reading, as one Redis's pipeline gives it: the memory of the master nearest its maxmemory (an
+    exception when no master answered), and the first refusal of a write probe (else any failure of one, else 0)."""
+    masters = redis.get_primaries() or (await redis.initialize()).get_primaries()  # (a client not yet used)
+    infos = await asyncio.gather(*(redis.info("memory", target_nodes=node) for node in masters), return_exceptions=True)
+    answered = [info for info in infos if isinstance(info, dict)]
+    memory: Any = max(answered, key=_fullness) if answered else next(iter(infos), RedisClusterException("no master"))
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in keys.partitions():
+            pipe.delete(partition.write_probe)
+        probes = await pipe.execute(raise_on_error=False)
+    failures = [p for p in probes if isinstance(p, Exception)]
+    probe = next((p for p in failures if refusal_of(p) is not None), failures[0] if failures else 0)
+    return memory, probe
+
+
+def _fullness(memory: dict[str, Any]) -> tuple[bool, float]:
+    """How near its maxmemory a node is (a node with a maxmemory before one without; then the most used)."""
+    used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    return (limit > 0, used / limit if limit else float(used))
 
 
 def _mb(n: int) -> str:
@@ -114,11 +144,14 @@ class StoreWatch:
     async def _read(self) -> None:
         self._read_at = time.monotonic()  # a Redis that does not answer is not asked again at once
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.info("memory")
-                pipe.delete(keys.WRITE_PROBE)  # a write that writes nothing: Redis's write checks answer
-                memory, probe = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError):
+            if isinstance(self._redis, aiocluster.RedisCluster):
+                memory, probe = await _read_cluster(self._redis)
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.info("memory")
+                    pipe.delete(keys.WRITE_PROBE)  # a write that writes nothing: Redis's write checks answer
+                    memory, probe = await pipe.execute(raise_on_error=False)
+        except (RedisError, RedisClusterException, OSError):
             return
         if isinstance(memory, Exception):
             return

@@ -873,6 +873,14 @@ def test_stats_and_lists_of_each_tenant_count_what_it_submitted_across_the_parti
 ) -> None:
     relay = on_cluster()
     api = relay.client
+    # Ready, the store's room read from its masters (and shown in /metrics).
+    ready = api.get("/ready", key=None)
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "redis": "ok", "broker": "ok", "store": "ok"})
+    gauges = dict(
+        line.split() for line in api.get("/metrics", key=None).text.splitlines() if line.startswith("relay_store_")
+    )
+    assert float(gauges["relay_store_used_memory_bytes"]) > 0, gauges
+    assert float(gauges['relay_store_refusing{reason="full"}']) == 0, gauges
 
     def shown(key: str, **params: str) -> dict[str, Any]:
         response = api.get("/v1/stats", key=key, params=params)
