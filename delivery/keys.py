@@ -56,7 +56,8 @@ LAYOUT = PREFIX + "layout"  # hash: partitions (written once, when the store is 
 OPS_SECRETS = PREFIX + "ops:secrets"  # the operator's signing secrets (operational events)
 # Hash: the store's epoch, written once when the store is new (see delivery.epoch).
 EPOCH = PREFIX + "epoch"
-# Never holds anything: a DEL of it asks Redis whether it takes writes now (see service.api.store_watch).
+# Never holds anything: a DEL of it asks Redis whether it takes writes now (see service.api.store_watch). On a
+# cluster each partition has its own (Partition.write_probe), so that every master holding a partition is asked.
 WRITE_PROBE = PREFIX + "write-probe"
 
 
@@ -132,6 +133,12 @@ class Partition:
     @property
     def destinations(self) -> str:
         return self.prefix + "dst:all"  # set of destination ids
+
+    @property
+    def write_probe(self) -> str:
+        """Never holds anything: a DEL of it asks this partition's node whether it takes writes now (on a store of
+        one partition, :data:`WRITE_PROBE`)."""
+        return self.prefix + "write-probe"
 
     @property
     def nothing(self) -> str:

@@ -355,22 +355,29 @@ class Outcome:
 
 
 def count_outcome(
-    api: Api, task_ids: Iterable[str], *, receiver: Receiver | None = None, path: str = "/hook", name: str = ""
+    api: Api,
+    task_ids: Iterable[str],
+    *,
+    receiver: Receiver | None = None,
+    path: str = "/hook",
+    name: str = "",
+    key: str = "key-acme",
 ) -> Outcome:
-    """Read every task and its event log (and, with ``receiver``, the webhooks that reached ``path``) and count
-    what became of them; print the counts under ``name``."""
+    """Read every task and its event log (with ``key``: its tenant's, or the admin token for many tenants' tasks;
+    and, with ``receiver``, the webhooks that reached ``path``) and count what became of them; print the counts
+    under ``name``."""
     outcome = Outcome()
     hooks = Counter(h.headers["webhook-id"] for h in receiver.on(path)) if receiver is not None else Counter[str]()
     for task_id in dict.fromkeys(task_ids):
         outcome.accepted += 1
-        task = api.task(task_id)
+        task = api.task(task_id, key)
         if task["status"] not in ENDED_STATUSES:
             outcome.lost += 1
             continue
         outcome.completed += task["status"] == "succeeded"
         outcome.failed += task["status"] == "failed"
         outcome.cancelled += task["status"] == "cancelled"
-        events = task_events(api, task_id)
+        events = task_events(api, task_id, key)
         finals = [e for e in events if e["type"] in FINAL_EVENT_TYPES]
         if len(finals) != 1 or events[-1] is not finals[0]:
             outcome.not_ended_once += 1

@@ -4,6 +4,12 @@ Read from Redis at most once a second (``INFO memory`` and a write that writes n
 submission costs no extra round trip. Between two readings the bytes this process has stored since the last one
 are added to the reading, so that a burst cannot run far past the mark before the next one.
 
+On a Redis Cluster every master is read (``INFO`` is a command of one node, and a pipeline of a cluster client
+refuses it): the reading is the master nearest its ``maxmemory`` (with none set, the one using the most), and a
+refusal is any master's, its write probed through a key of each partition. Tasks are placed by their destination or
+at random, not by room, so a master past the mark would take its share of new work and then refuse the writes that
+work needs to end: the store refuses new work as a whole, as one Redis does.
+
 New tasks are refused from HIGH_WATER of ``maxmemory`` on, not only at ``maxmemory``: the rest is left for the work
 already accepted to end in (its events and results), and Redis itself refuses what grows memory past ``maxmemory``
 (see ``delivery.store_refusals``). Refusing stops only once memory is below LOW_WATER, so that a store at the mark
@@ -20,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+import redis.asyncio.cluster as aiocluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from delivery import background, keys
 from delivery.store_refusals import WriteRefusal, refusal_of
@@ -49,6 +55,28 @@ class Reading:
     max_bytes: int = 0
     policy: str = ""
     refusal: WriteRefusal | None = None  # from the write probe (FULL only when Redis itself said so)
+
+
+async def _read_cluster(redis: aiocluster.RedisCluster) -> tuple[Any, Any]:
+    """A cluster's reading, as one Redis's pipeline gives it: the memory of the master nearest its maxmemory (an
+    exception when no master answered), and the first refusal of a write probe (else any failure of one, else 0)."""
+    masters = redis.get_primaries() or (await redis.initialize()).get_primaries()  # (a client not yet used)
+    infos = await asyncio.gather(*(redis.info("memory", target_nodes=node) for node in masters), return_exceptions=True)
+    answered = [info for info in infos if isinstance(info, dict)]
+    memory: Any = max(answered, key=_fullness) if answered else next(iter(infos), RedisClusterException("no master"))
+    async with redis.pipeline(transaction=False) as pipe:
+        for partition in keys.partitions():
+            pipe.delete(partition.write_probe)
+        probes = await pipe.execute(raise_on_error=False)
+    failures = [p for p in probes if isinstance(p, Exception)]
+    probe = next((p for p in failures if refusal_of(p) is not None), failures[0] if failures else 0)
+    return memory, probe
+
+
+def _fullness(memory: dict[str, Any]) -> tuple[bool, float]:
+    """How near its maxmemory a node is (a node with a maxmemory before one without; then the most used)."""
+    used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    return (limit > 0, used / limit if limit else float(used))
 
 
 def _mb(n: int) -> str:
@@ -116,14 +144,14 @@ class StoreWatch:
     async def _read(self) -> None:
         self._read_at = time.monotonic()  # a Redis that does not answer is not asked again at once
         try:
-            if isinstance(self._redis, RedisCluster):
-                memory, probe = await self._read_cluster(self._redis)
+            if isinstance(self._redis, aiocluster.RedisCluster):
+                memory, probe = await _read_cluster(self._redis)
             else:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.info("memory")
                     pipe.delete(keys.WRITE_PROBE)  # a write that writes nothing: Redis's write checks answer
                     memory, probe = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError):
+        except (RedisError, RedisClusterException, OSError):
             return
         if isinstance(memory, Exception):
             return
@@ -142,24 +170,6 @@ class StoreWatch:
                 self.reading.policy,
             )
         self._judge()
-
-    @staticmethod
-    async def _read_cluster(cluster: RedisCluster) -> tuple[Any, Any]:
-        """The fullest master's memory (a master at maxmemory refuses the submissions of its slots: new work is
-        refused as soon as any master is full), and a write probe."""
-        per_node = await cluster.info("memory", target_nodes=RedisCluster.PRIMARIES)
-        readings = [v for v in dict(per_node).values() if isinstance(v, dict)]
-
-        def fullness(memory: dict[str, Any]) -> float:
-            limit = int(memory.get("maxmemory", 0))
-            return int(memory.get("used_memory", 0)) / limit if limit else 0.0
-
-        fullest = max(readings, key=fullness) if readings else {}
-        try:
-            probe: Any = await cluster.delete(keys.WRITE_PROBE)
-        except RedisError as exc:
-            probe = exc
-        return fullest, probe
 
     def _judge(self, force: WriteRefusal | None = None) -> None:
         reading = self.reading
