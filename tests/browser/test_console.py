@@ -73,6 +73,14 @@ def test_the_overview_moves_while_tasks_run(
     expect(page.locator("#n-latency")).to_contain_text(re.compile(r"^\d+ deliveries in the last \d+ s"))
     p50, p99 = (float(v.replace(",", "")) for v in page.inner_text("#v-latency").split(" / "))
     assert 0 < p50 <= p99 < 1000
+    # The storage card: one node holding every slot, the worker and the API process alive.
+    expect(page.locator("#storage")).to_be_visible(timeout=15_000)
+    expect(page.locator("#storage-summary")).to_contain_text(
+        re.compile(r"^standalone: 1 master, 0 replicas, \d+ partition")
+    )
+    expect(page.locator("#storage-rows tr")).to_have_count(1)
+    expect(page.locator("#storage-rows tr td").nth(1)).to_have_text("master")
+    expect(page.locator("#storage-processes")).to_contain_text("Workers alive: 1. API processes alive: 1.")
     page.screenshot(path=str(shots / "overview-desktop.png"), full_page=True)
 
     phone = browser.new_context(viewport=PHONE).new_page()
@@ -116,6 +124,8 @@ def test_a_tenants_key_shows_that_tenants_figures_only(relay: Relay, page: Page)
     assert shown["tasks"]["submitted"] == acme["tasks"]["submitted"]
     assert shown["queue_depth"] is None  # the broker's queue is everyone's
     expect(page.locator("#v-queue")).to_contain_text(NO_FIGURE)
+    page.wait_for_timeout(1500)
+    expect(page.locator("#storage")).to_be_hidden()  # the storage is the operator's to see
 
 
 @pytest.fixture(scope="module")

@@ -64,10 +64,10 @@ function askForToken(why) {
 
 // What one token saw is not shown to the next.
 function forgetViews() {
-  for (const id of ["letters-rows", "dst-rows", "tasks-rows", "letter-fields", "letter-attempts", "task-fields", "task-timeline"]) {
+  for (const id of ["letters-rows", "dst-rows", "tasks-rows", "letter-fields", "letter-attempts", "task-fields", "task-timeline", "storage-rows"]) {
     $(id).replaceChildren();
   }
-  for (const id of ["letter", "dst-caps", "task", "bulk", "letters-error", "dst-error", "tasks-error", "error"]) {
+  for (const id of ["letter", "dst-caps", "task", "bulk", "letters-error", "dst-error", "tasks-error", "error", "storage"]) {
     $(id).hidden = true;
   }
   letters.open = null;
@@ -79,6 +79,7 @@ function forgetViews() {
   tasks.open = null;
   clearTimeout(tasks.refresh);
   window.consoleState.last = null;
+  storageReadAt = 0;
 }
 
 function begin() {
@@ -202,7 +203,52 @@ function show(stats) {
     "retried",
     "scheduled",
   ]);
+  if (stats.tenant === null && Date.now() - storageReadAt > STORAGE_EVERY_MS) loadStorage();
   $("updated").textContent = `Updated ${utc(stats.at).slice(11)}${r ? ` (rates over ${Math.round(r.window_s)} s)` : " (rates once a few seconds are kept)"}.`;
+}
+
+// The storage's nodes and the processes alive (GET /v1/ops/cluster, an operator's): read every few seconds.
+const STORAGE_EVERY_MS = 5000;
+let storageReadAt = 0;
+
+async function loadStorage() {
+  storageReadAt = Date.now();
+  let view;
+  try {
+    view = await api("GET", "/v1/ops/cluster");
+  } catch {
+    $("storage").hidden = true; // not an operator's token, or not answering: the figures above say enough
+    return;
+  }
+  $("storage").hidden = false;
+  const masters = view.nodes.filter((n) => n.role === "master").length;
+  const down = view.nodes.filter((n) => !n.up).length;
+  $("storage-summary").textContent =
+    `${view.mode}: ${masters} master${masters === 1 ? "" : "s"}, ${view.nodes.length - masters} replicas, ` +
+    `${view.partitions} partition${view.partitions === 1 ? "" : "s"}${down ? `, ${down} down` : ""}`;
+  const rows = $("storage-rows");
+  rows.replaceChildren();
+  for (const n of view.nodes) {
+    const row = document.createElement("tr");
+    row.dataset.up = String(n.up);
+    const master = n.role === "master";
+    const cells = [
+      td(master ? n.address : `└ ${n.address}`),
+      td(n.up ? n.role : `${n.role} down`, n.up ? "" : "bad"),
+      td(master ? whole.format(n.slots) : "", "num"),
+      td(master ? whole.format(n.partitions) : "", "num"),
+      td(n.keys === null ? "–" : whole.format(n.keys), "num"),
+      td(n.memory_bytes === null ? "–" : `${(n.memory_bytes / 1048576).toFixed(1)} MB`, "num"),
+      td(n.commands_per_s === null ? "–" : whole.format(n.commands_per_s), "num"),
+      td(master ? whole.format(n.owed_tasks) : "", "num"),
+      td(master ? whole.format(n.owed_webhooks) : "", "num"),
+    ];
+    row.append(...cells);
+    rows.append(row);
+  }
+  $("storage-processes").textContent =
+    `Workers alive: ${view.workers.length}. API processes alive: ${view.api_nodes.length}. ` +
+    "Each partition of Relay's keyspace lives in one slot; tasks and webhooks owed are counted in the partitions a master holds.";
 }
 
 // What the latency figures are: of which deliveries, over which span (the API keeps about five minutes).
