@@ -246,6 +246,15 @@ class _QuickPack:
 
     encoder: Any
 
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """As redis-py sends, but a write on a transport closed under the connection (uvloop raises RuntimeError
+        when a timeout closed it: seen with a master frozen past the command timeout) is the connection error it is,
+        which callers answer (503, a retry) rather than a bug (500). redis-py has dropped the connection already."""
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except RuntimeError as exc:
+            raise RedisConnectionError(f"the connection was closed under a write ({exc})") from exc
+
     def pack_command(self, *args: Any) -> list[bytes]:
         name = args[0]
         if isinstance(name, str):

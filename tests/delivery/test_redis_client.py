@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
@@ -61,4 +62,30 @@ async def test_commands_and_pipelines_round_trip(redis_url: str) -> None:
     finally:
         for key in ("relay-test:k", "relay-test:f"):  # one by one: on a cluster they live in two slots
             await client.delete(key)
+        await client.aclose()
+
+
+async def test_a_write_on_a_transport_closed_under_the_connection_is_a_connection_error(redis_url: str) -> None:
+    """uvloop raises RuntimeError when a write meets a transport a timeout closed: a connection error to callers
+    (a 503, a retry), never a bug's 500; the retry on a fresh connection then succeeds."""
+    client = connect(redis_url, command_timeout_s=2.0)  # as the API's: a write bounded by the timeout
+    try:
+        await client.set("probe", "1")
+        pool = client.connection_pool
+        connection = await pool.get_connection()
+        broken = {"left": 1}
+        original = connection._send_packed_command
+
+        async def closed(command: Any) -> None:
+            if broken["left"]:
+                broken["left"] -= 1
+                raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+            await original(command)
+
+        connection._send_packed_command = closed  # type: ignore[method-assign]
+        with pytest.raises(redis.exceptions.ConnectionError, match="closed under a write"):
+            await connection.send_packed_command(connection.pack_command("GET", "probe"))
+        await pool.release(connection)
+        assert await client.get("probe") == b"1"
+    finally:
         await client.aclose()
