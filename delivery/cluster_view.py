@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError
 
 from delivery import keys, shares
 from delivery.destinations import DestinationStore
@@ -26,15 +26,33 @@ def partition_slot(partition: keys.Partition) -> int | None:
     return None if partition.tag is None else key_slot(partition.tag.encode())
 
 
-async def owed_by_partition(redis: aioredis.Redis, destinations: DestinationStore) -> tuple[list[int], list[int]]:
-    """Owed tasks and owed webhooks of each partition, in partition order."""
+async def owed_by_partition(
+    redis: aioredis.Redis, destinations: DestinationStore
+) -> tuple[list[int | None], list[int | None]]:
+    """Owed tasks and owed webhooks of each partition, in partition order; None for a partition that does not
+    answer (its master down: the view is wanted most then)."""
     parts = keys.partitions()
-    async with redis.pipeline(transaction=False) as pipe:
-        for p in parts:
-            pipe.zcard(p.owed_tasks)
-        tasks = [int(n) for n in await pipe.execute()]
-    webhooks = [c.owed for c in await asyncio.gather(*(destinations.counts_in(p) for p in parts))]
-    return tasks, webhooks
+
+    async def owed_tasks(p: keys.Partition) -> int | None:
+        try:
+            return int(await redis.zcard(p.owed_tasks))
+        except (RedisError, RedisClusterException, OSError):
+            return None
+
+    async def owed_webhooks(p: keys.Partition) -> int | None:
+        try:
+            return (await destinations.counts_in(p)).owed
+        except (RedisError, RedisClusterException, OSError):
+            return None
+
+    tasks = await asyncio.gather(*(owed_tasks(p) for p in parts))
+    webhooks = await asyncio.gather(*(owed_webhooks(p) for p in parts))
+    return list(tasks), list(webhooks)
+
+
+def _total(values: list[int | None]) -> int | None:
+    """The sum, or None when a value is unknown."""
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
 
 def _parse_nodes(raw: Any) -> list[dict[str, Any]]:
@@ -77,6 +95,25 @@ def _parse_nodes(raw: Any) -> list[dict[str, Any]]:
     return nodes
 
 
+async def _cluster_nodes(redis: aioredis.Redis, url: str) -> Any:
+    """``CLUSTER NODES`` from the client's node, else from the first seed that answers (a node may be down)."""
+    try:
+        return await redis.execute_command("CLUSTER NODES")  # type: ignore[no-untyped-call]
+    except (RedisError, RedisClusterException, OSError):
+        pass
+    for seed in url.split(","):
+        client = aioredis.Redis.from_url(
+            seed.strip(), socket_timeout=NODE_TIMEOUT_S, socket_connect_timeout=NODE_TIMEOUT_S
+        )
+        try:
+            return await asyncio.wait_for(client.execute_command("CLUSTER", "NODES"), NODE_TIMEOUT_S)  # type: ignore[no-untyped-call]
+        except (RedisError, OSError, TimeoutError):
+            continue
+        finally:
+            await client.aclose()
+    return ""
+
+
 async def _info(url: str, address: str) -> dict[str, Any] | None:
     """INFO of the node at ``address``, with the credentials of ``url`` (a seed's); None when it does not answer."""
     parts = urlsplit(url)
@@ -106,7 +143,7 @@ async def read(redis: aioredis.Redis, destinations: DestinationStore, *, url: st
     """The view, read now. ``url``: the storage URL (a cluster's seeds), whose credentials reach each node."""
     parts = keys.partitions()
     owed_tasks, owed_webhooks = await owed_by_partition(redis, destinations)
-    workers, api_nodes = await shares.members(redis, shares.WORKERS), await shares.members(redis, shares.API_NODES)
+    workers, api_nodes = await _members(redis, shares.WORKERS), await _members(redis, shares.API_NODES)
     if not cluster:
         info = dict(await redis.info())
         node = StorageNode(
@@ -115,8 +152,8 @@ async def read(redis: aioredis.Redis, destinations: DestinationStore, *, url: st
             up=True,
             slots=SLOTS,
             partitions=len(parts),
-            owed_tasks=sum(owed_tasks),
-            owed_webhooks=sum(owed_webhooks),
+            owed_tasks=_total(owed_tasks),
+            owed_webhooks=_total(owed_webhooks),
         )
         return ClusterView(
             mode="standalone",
@@ -125,10 +162,7 @@ async def read(redis: aioredis.Redis, destinations: DestinationStore, *, url: st
             workers=workers,
             api_nodes=api_nodes,
         )
-    try:
-        raw = await redis.execute_command("CLUSTER NODES")  # type: ignore[no-untyped-call]
-    except ResponseError:
-        raw = ""
+    raw = await _cluster_nodes(redis, url)
     found = _parse_nodes(raw)
     by_id = {n["id"]: n["address"] for n in found}
     seeds = url.split(",")
@@ -144,12 +178,19 @@ async def read(redis: aioredis.Redis, destinations: DestinationStore, *, url: st
             master=None if master else by_id.get(n["master_id"]),
             slots=sum(high - low + 1 for low, high in n["ranges"]),
             partitions=len(held),
-            owed_tasks=sum(owed_tasks[p] for p in held),
-            owed_webhooks=sum(owed_webhooks[p] for p in held),
+            owed_tasks=_total([owed_tasks[p] for p in held]),
+            owed_webhooks=_total([owed_webhooks[p] for p in held]),
         )
         nodes.append(_figures(node, node_info) if node.up else node)
     nodes.sort(key=lambda n: (n.master or n.address, n.role != "master", n.address))
     return ClusterView(mode="cluster", partitions=len(parts), nodes=nodes, workers=workers, api_nodes=api_nodes)
+
+
+async def _members(redis: aioredis.Redis, key: str) -> list[str]:
+    try:
+        return await shares.members(redis, key)
+    except (RedisError, RedisClusterException, OSError):
+        return []  # its slot's master is away: shown as none rather than no view at all
 
 
 def _holds(ranges: Sequence[Sequence[int]], slot: int | None) -> bool:

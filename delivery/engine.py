@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from delivery import keys
 from delivery.destinations import breaker_outcome
@@ -229,12 +230,19 @@ class DeliveryEngine:
                     if free > 0:
                         leases = await self._outbox.claim_destinations(partition, limit=min(free, self._claim_batch))
                 except Exception as exc:
+                    # Said once in a while, not at every poll of every partition (a storage away for a minute would
+                    # otherwise write thousands of tracebacks); the partition waits as a quiet one does.
+                    self._quiet[partition.index] = (now + QUIET_MAX_S, QUIET_MAX_S)
                     refusal = refusal_of(exc)
-                    if refusal is None:
-                        log.exception("claiming due webhooks failed; trying again")
-                    elif time.monotonic() - refused_logged_at > REFUSAL_LOG_EVERY_S:
+                    if time.monotonic() - refused_logged_at > REFUSAL_LOG_EVERY_S:
                         refused_logged_at = time.monotonic()
-                        log.warning("claiming due webhooks: %s; trying again", refusal.cause)
+                        if refusal is not None:
+                            log.warning("claiming due webhooks: %s; trying again", refusal.cause)
+                        elif isinstance(exc, RedisError | OSError):
+                            log.warning("claiming due webhooks failed (%s: %s); trying again", type(exc).__name__, exc)
+                        else:
+                            log.exception("claiming due webhooks failed; trying again")
+                    continue
                 for delivery, pushed in staged:
                     if pushed or delivery.url is None:
                         self._spawn(self._after_unacked_push(delivery))

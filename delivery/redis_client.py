@@ -17,7 +17,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot as _crc_key_slot
-from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry as SyncRetry
 
@@ -137,6 +137,9 @@ def _connect_cluster(
         # Only the count is read (redis-py 8.1): the cluster client retries at once after a connection error, and
         # 0.25 s after CLUSTERDOWN. Its connections themselves never retry.
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        # A master down with no replica to take its place leaves its slots without one: the other masters' slots go
+        # on answering (redis-py's default refuses every command until every slot is served again).
+        require_full_coverage=False,
         **options,
     )
     _use_quick_packing(client)
@@ -154,6 +157,32 @@ class _Cluster(aiocluster.RedisCluster):
     RedisError (a ClusterDownError) as every other failure of the storage is, so that callers answer it alike."""
 
     ERRORS_ALLOW_RETRY = _CLUSTER_RETRIED  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # redis-py reads the command table (COMMAND) from the "default" node each time it reads the slot map again,
+        # and the default node is the first master the map lists: a master that is down with no replica to take
+        # its place stays in the map, and every command of the client failed then, whatever its slot. The table
+        # does not change: read it once, from any node that answers.
+        parser = self.commands_parser
+        read_table = parser.initialize
+
+        async def initialize(node: Any = None) -> None:
+            if parser.commands:
+                return
+            candidates = [node] if node is not None else []
+            candidates += [n for n in self.nodes_manager.nodes_cache.values() if n is not node]
+            failure: Exception | None = None
+            for candidate in candidates:
+                try:
+                    await read_table(candidate)
+                    return
+                except (RedisError, OSError) as exc:
+                    failure = exc
+            if failure is not None:
+                raise failure
+
+        parser.initialize = initialize  # type: ignore[method-assign]
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -252,7 +281,7 @@ class _QuickPack:
         which callers answer (503, a retry) rather than a bug (500). redis-py has dropped the connection already."""
         try:
             await super().send_packed_command(command, check_health)  # type: ignore[misc]
-        except RuntimeError as exc:
+        except (RuntimeError, AttributeError) as exc:  # AttributeError: its writer already gone (None)
             raise RedisConnectionError(f"the connection was closed under a write ({exc})") from exc
 
     def pack_command(self, *args: Any) -> list[bytes]:

@@ -17,8 +17,8 @@ class StorageNode(msgspec.Struct, kw_only=True):
     keys: int | None = None
     memory_bytes: int | None = None
     commands_per_s: int | None = None
-    owed_tasks: int = 0  # accepted tasks not ended, in its partitions
-    owed_webhooks: int = 0  # webhooks owed to destinations of its partitions, in flight included
+    owed_tasks: int | None = 0  # accepted tasks not ended, in its partitions (None: a partition did not answer)
+    owed_webhooks: int | None = 0  # webhooks owed to destinations of its partitions, in flight included
 
 
 class ClusterView(msgspec.Struct, kw_only=True):

@@ -19,7 +19,8 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from delivery.store_refusals import refusal_of
 from service import __version__
@@ -147,6 +148,7 @@ def create_app(settings: Settings) -> Litestar:
             ValidationException: _validation_error,
             HTTPException: http_error,
             RedisError: _storage_unavailable,
+            RedisClusterException: _cluster_unavailable,
             Exception: _unexpected_error,
         },
         openapi_config=docs_config(title="Relay", version=__version__, static_url=STATIC_URL),
@@ -194,6 +196,14 @@ def _storage_unavailable(request: Request, exc: RedisError) -> Response[dict[str
         headers={"Retry-After": str(retry_after_s)},
         media_type=MediaType.JSON,
     )
+
+
+def _cluster_unavailable(request: Request, exc: RedisClusterException) -> Response[dict[str, object]]:  # type: ignore[type-arg]
+    # The cluster client's own failures: no node answers, or a slot has no master (a failover under way) are the
+    # storage being away (503); anything else (keys of several slots in one command) is a bug (500).
+    if isinstance(exc, SlotNotCoveredError) or "cannot be connected" in str(exc):
+        return _storage_unavailable(request, RedisConnectionError(str(exc)))
+    return _unexpected_error(request, exc)
 
 
 def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, object]]:  # type: ignore[type-arg]

@@ -58,8 +58,8 @@ def table(view: ClusterView) -> Table:
             _count(node.keys),
             _size(node.memory_bytes),
             _count(node.commands_per_s),
-            str(node.owed_tasks) if master else "",
-            str(node.owed_webhooks) if master else "",
+            _count(node.owed_tasks) if master else "",
+            _count(node.owed_webhooks) if master else "",
         )
     return grid
 

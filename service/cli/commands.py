@@ -26,6 +26,16 @@ def _settings(*, toml: bool = False) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def _check_storage(settings: Settings) -> None:
+    """Stop at once, with one line, when the storage is not what the settings say (see service.preflight)."""
+    from service.preflight import check_storage
+
+    try:
+        check_storage(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _check_task_modules(settings: Settings) -> None:
     """Fail at once, with the reason, on a RELAY_TASK_MODULES entry that cannot be imported (not deep in a child)."""
     from service.kinds import load_kinds
@@ -87,6 +97,7 @@ def api(host: str, port: int, workers: int) -> None:
         raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
     _check_task_modules(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_storage(settings)
     uvicorn.run(
         "service.api.app:app_from_env",
         log_config=_uvicorn_log_config(),
@@ -136,6 +147,7 @@ def worker(processes: int, threads: int) -> None:
     if settings.redis_url is None:
         raise click.ClickException("RELAY_REDIS_URL is not set (or use `relay serve`, which embeds Redis)")
     _check_task_modules(settings)
+    _check_storage(settings)
     from service.worker.supervisor import main as supervise
 
     supervise(processes, threads)

@@ -381,3 +381,48 @@ def test_a_master_frozen_past_the_client_timeouts_costs_503s_and_retries_never_d
         counted.assert_every_task_completed_once(160)
     finally:
         api.close()
+
+
+def test_a_master_down_with_no_replica_leaves_the_other_masters_answering(
+    cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str
+) -> None:
+    for node in cluster.nodes():
+        client = cluster.client(node)
+        client.config_set("cluster-require-full-coverage", "no")  # as the README asks of a cluster Relay runs on
+        client.close()
+    settings = {
+        "RELAY_REDIS_MODE": "cluster",
+        "RELAY_REDIS_URL": cluster.url,
+        "RELAY_BROKER_URL": rabbitmq_url,
+        "RELAY_PARTITIONS": "16",
+    }
+    api_process = start_relay("api", wait=False, **settings)
+    worker = start_relay("worker", wait=False, **settings)
+    api_process.wait_ready()
+    worker.wait_ready()
+    api = Api(api_process.url)
+    try:
+        before = [api.submit("echo", {"n": n})["id"] for n in range(30)]
+        victim = next(n for n in cluster.nodes() if n.role == "master")
+        cluster.kill(victim)
+        time.sleep(4.0)  # past the node timeout: the others mark it failed, its slots have no master
+        answers = Counter()
+        accepted: list[str] = []
+        for n in range(60):
+            answer = api.post("/v1/tasks", json={"kind": "echo", "input": {"after": n}})
+            answers[answer.status_code] += 1
+            if answer.status_code == 202:
+                accepted.append(answer.json()["id"])
+            else:
+                assert answer.status_code == 503, answer.text
+                assert answer.headers.get("Retry-After")
+        print(f"one master of three down: {dict(answers)}")
+        assert answers[202] >= 20  # about two thirds land on the masters still up
+        for task_id in accepted:
+            assert api.wait_task(task_id, timeout_s=30)["status"] == "succeeded"
+        readable = Counter(api.get(f"/v1/tasks/{t}").status_code for t in before)
+        print(f"tasks from before, read while it is down: {dict(readable)}")
+        assert set(readable) <= {200, 503}
+        assert readable[200] >= 10
+    finally:
+        api.close()

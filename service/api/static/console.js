@@ -240,8 +240,8 @@ async function loadStorage() {
       td(n.keys === null ? "–" : whole.format(n.keys), "num"),
       td(n.memory_bytes === null ? "–" : `${(n.memory_bytes / 1048576).toFixed(1)} MB`, "num"),
       td(n.commands_per_s === null ? "–" : whole.format(n.commands_per_s), "num"),
-      td(master ? whole.format(n.owed_tasks) : "", "num"),
-      td(master ? whole.format(n.owed_webhooks) : "", "num"),
+      td(master ? (n.owed_tasks === null ? "–" : whole.format(n.owed_tasks)) : "", "num"),
+      td(master ? (n.owed_webhooks === null ? "–" : whole.format(n.owed_webhooks)) : "", "num"),
     ];
     row.append(...cells);
     rows.append(row);
