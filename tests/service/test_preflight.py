@@ -16,6 +16,7 @@ from tests.conftest import RedisServer
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 
+@pytest.mark.standalone_only("the test's Redis must not be a cluster node, which the slot-checked run's is")
 def test_a_standalone_redis_given_as_a_cluster_is_refused(redis_server: RedisServer, redis_url: str) -> None:
     settings = Settings.from_env(
         {"RELAY_REDIS_MODE": "cluster", "RELAY_REDIS_URL": redis_url.removesuffix("/0"), "RELAY_BROKER_URL": AMQP}
