@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
@@ -14,7 +13,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from delivery import keys, shares
 from delivery.destinations import DestinationStore
-from delivery.redis_client import as_text
+from delivery.redis_client import address_of, as_text, node_url
 from schemas.cluster import ClusterView, StorageNode
 
 SLOTS = 16384
@@ -116,10 +115,9 @@ async def _cluster_nodes(redis: aioredis.Redis, url: str) -> Any:
 
 async def _info(url: str, address: str) -> dict[str, Any] | None:
     """INFO of the node at ``address``, with the credentials of ``url`` (a seed's); None when it does not answer."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    node_url = urlunsplit((parts.scheme, f"{userinfo}@{address}" if userinfo else address, "", "", ""))
-    client = aioredis.Redis.from_url(node_url, socket_timeout=NODE_TIMEOUT_S, socket_connect_timeout=NODE_TIMEOUT_S)
+    client = aioredis.Redis.from_url(
+        node_url(url, address), socket_timeout=NODE_TIMEOUT_S, socket_connect_timeout=NODE_TIMEOUT_S
+    )
     try:
         return dict(await asyncio.wait_for(client.info(), NODE_TIMEOUT_S))
     except (RedisError, OSError, TimeoutError):
@@ -147,7 +145,7 @@ async def read(redis: aioredis.Redis, destinations: DestinationStore, *, url: st
     if not cluster:
         info = dict(await redis.info())
         node = StorageNode(
-            address=_address(url),
+            address=address_of(url),
             role="master" if info.get("role") == "master" else "replica",
             up=True,
             slots=SLOTS,
@@ -195,10 +193,3 @@ async def _members(redis: aioredis.Redis, key: str) -> list[str]:
 
 def _holds(ranges: Sequence[Sequence[int]], slot: int | None) -> bool:
     return slot is not None and any(low <= slot <= high for low, high in ranges)
-
-
-def _address(url: str) -> str:
-    parts = urlsplit(url.split(",")[0].strip())
-    if parts.scheme == "unix":
-        return parts.path
-    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"

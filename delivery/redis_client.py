@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from typing import Any, Literal, cast, overload
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -323,8 +324,21 @@ def connect_storage(
     return connect(url, command_timeout_s=command_timeout_s, pool_wait_s=pool_wait_s)
 
 
-def listen_url(url: str, *, attempt: int = 0) -> str:
-    """The node a pub/sub listener connects to: the storage itself, or one of a cluster's seeds (in turn, by
-    ``attempt``), where a classic subscription receives what any node publishes."""
-    seeds = [seed.strip() for seed in url.split(",") if seed.strip()]
-    return seeds[attempt % len(seeds)]
+def node_url(url: str, address: str) -> str:
+    """The URL of one node of a cluster (``host:port``), with the scheme and credentials of ``url``'s first seed."""
+    first = urlsplit(url.split(",")[0].strip())
+    userinfo = first.netloc.rpartition("@")[0]
+    return urlunsplit((first.scheme, f"{userinfo}@{address}" if userinfo else address, "", "", ""))
+
+
+def address_of(url: str) -> str:
+    """``host:port`` of a Redis URL (a cluster's first seed), or a unix socket's path; never its credentials."""
+    parts = urlsplit(url.split(",")[0].strip())
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+
+
+def listen_url(url: str) -> str:
+    """The storage's URL, or a cluster's first seed (a client of one node)."""
+    return url.split(",")[0].strip()

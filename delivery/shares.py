@@ -60,7 +60,8 @@ async def members(redis: aioredis.Redis, key: str) -> list[str]:
 
 
 class Heartbeat:
-    """A process's heartbeat in a membership set (API nodes), renewed every :data:`BEAT_S` until stopped."""
+    """A process's heartbeat in a membership set (API nodes), renewed every :data:`BEAT_S` until stopped; stopping
+    leaves the set at once (the others see the process gone now, not once its heartbeat expires)."""
 
     def __init__(self, *, redis: aioredis.Redis, key: str, member: str) -> None:
         self._redis = redis
@@ -78,20 +79,26 @@ class Heartbeat:
         with contextlib.suppress(RedisError, OSError):
             await self._redis.zrem(self._key, self.member)
 
+    async def beat(self) -> None:
+        """Renew the heartbeat (one round trip)."""
+        await alive(self._redis, self._key, self.member)
+
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(RedisError, OSError):
-                await alive(self._redis, self._key, self.member)
+            try:
+                await self.beat()
+            except (RedisError, OSError) as exc:  # Redis away: what was known stands
+                log.debug("heartbeat in %s failed (%s); trying again", self._key, exc)
             await asyncio.sleep(BEAT_S)
 
 
-class Shares:
+class Shares(Heartbeat):
+    """A worker's heartbeat among the workers, and the partitions that are its share (see above)."""
+
     def __init__(self, *, redis: aioredis.Redis, member: str | None = None) -> None:
-        self._redis = redis
-        self.member = member or uuid.uuid4().hex
+        super().__init__(redis=redis, key=WORKERS, member=member or uuid.uuid4().hex)
         self._members: tuple[str, ...] = (self.member,)
         self._own: tuple[keys.Partition, ...] = tuple(keys.partitions())
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -133,22 +140,3 @@ class Shares:
         if keys.layout().single:
             return tuple(keys.partitions())
         return tuple(p for p in keys.partitions() if owner(members, p) == self.member)
-
-    async def leave(self) -> None:
-        await self._redis.zrem(WORKERS, self.member)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="relay-shares")
-
-    async def stop(self) -> None:
-        await background.stop(self._task)
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.beat()
-            except (RedisError, OSError) as exc:  # Redis away: keep the share known so far
-                log.warning("worker heartbeat failed (%s); trying again", exc)
-            await asyncio.sleep(BEAT_S)

@@ -6,14 +6,13 @@ mismatch stops the command with one line naming the setting; a storage that does
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 import redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from delivery import keys
 from delivery.errors import ConfigError
-from delivery.redis_client import connect_sync
+from delivery.redis_client import address_of, connect_sync
 from service.settings import Settings
 
 log = logging.getLogger("relay.preflight")
@@ -35,7 +34,7 @@ def check_storage(settings: Settings) -> None:
         finally:
             client.close()
         answered = True
-        where = _address(seed)
+        where = address_of(seed)
         if settings.cluster and not enabled:
             raise ConfigError(
                 f"RELAY_REDIS_MODE: cluster, but {where} is not a Redis Cluster node (cluster support disabled): "
@@ -65,9 +64,3 @@ def check_storage(settings: Settings) -> None:
             f"RELAY_PARTITIONS: this store was made with {int(stored)} partitions and this process would use "
             f"{settings.partition_count}: set RELAY_PARTITIONS={int(stored)} (a store's partitions are fixed for its life)"
         )
-
-
-def _address(url: str) -> str:
-    """host:port of a Redis URL (never its credentials)."""
-    parts = urlsplit(url)
-    return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"

@@ -110,15 +110,12 @@ class LiveHub:
         presence_ttl_s: float,
         listen_redis: aioredis.Redis | None = None,
         tick_s: float = MAX_HEARTBEAT_TICK_S,
-        listen_next: Callable[[int], aioredis.Redis] | None = None,
         sharded: Callable[[LiveHub], ShardedListener] | None = None,
     ) -> None:
         self._redis = redis
         self._tick_s = tick_s
         # The pub/sub connection blocks while nothing is published: it needs a client without a command timeout.
         self._listen_redis = listen_redis or redis
-        # Where to listen after a failure (a cluster's next seed node), given the count of failures so far.
-        self._listen_next = listen_next
         self._presence_ttl_s = max(1, int(presence_ttl_s))
         self._followers: dict[str, set[Follower]] = {}
         self._present: dict[str, set[Follower]] = {}  # the followers of each task that count for its presence key
@@ -150,9 +147,6 @@ class LiveHub:
         if self._sharded is not None:
             await background.stop(self._dropper)
             await self._sharded.close()
-        if self._listen_next is not None:  # the client it listens on now may be one it made itself
-            with contextlib.suppress(Exception):
-                await self._listen_redis.aclose()
 
     @functools.cached_property
     def _batch(self) -> ScriptBatcher:
@@ -300,10 +294,6 @@ class LiveHub:
                 said = log.warning if failures % RECONNECT_WARN_EVERY == 1 else log.debug
                 said("live event subscription lost (%s); reconnecting in %g s", exc, delay_s)
                 await asyncio.sleep(delay_s)
-                if self._listen_next is not None:
-                    old, self._listen_redis = self._listen_redis, self._listen_next(failures)
-                    with contextlib.suppress(Exception):
-                        await old.aclose()
             except Exception:
                 # A bug here must not end live delivery for every socket of this node: log it and listen again.
                 self.connected.clear()

@@ -23,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from delivery import background
-from delivery.redis_client import as_text
+from delivery.redis_client import as_text, node_url
 
 log = logging.getLogger("relay.live")
 
@@ -175,13 +175,8 @@ class ShardedListener:
 
 def node_client(url: str) -> Callable[[str, int], aioredis.Redis]:
     """Connections to a cluster's nodes with the credentials of its first seed (pub/sub: no command timeout)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    first = urlsplit(url.split(",")[0].strip())
-    userinfo = first.netloc.rpartition("@")[0]
 
     def connect(host: str, port: int) -> aioredis.Redis:
-        netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
-        return aioredis.Redis.from_url(urlunsplit((first.scheme, netloc, "", "", "")), socket_connect_timeout=5)
+        return aioredis.Redis.from_url(node_url(url, f"{host}:{port}"), socket_connect_timeout=5)
 
     return connect

@@ -95,11 +95,8 @@ class ApiState:
             pool_wait_s=COMMAND_TIMEOUT_S,
         )
 
-        def listener(attempt: int) -> aioredis.Redis:
-            # A classic subscription on any one node: on a cluster every node passes on what any node publishes.
-            return connect(listen_url(settings.storage_url, attempt=attempt), max_connections=2, retries=0)
-
-        listen_redis = listener(0)
+        # The pattern subscription of a standalone store (on a cluster, sharded subscriptions: see ShardedListener).
+        listen_redis = connect(listen_url(settings.storage_url), max_connections=2, retries=0)
         ttl = settings.record_ttl_s
         outbox = Outbox(
             redis=redis,
@@ -114,7 +111,6 @@ class ApiState:
             # Presence outlives a few missed refreshes (the hub refreshes every third of it).
             presence_ttl_s=max(30.0, 3 * settings.ws_ping_interval_s),
             tick_s=heartbeat_tick_s(settings.ws_ping_interval_s, settings.ws_ping_timeout_s),
-            listen_next=listener if settings.cluster else None,
             sharded=(
                 (
                     lambda hub: ShardedListener(

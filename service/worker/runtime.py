@@ -280,9 +280,7 @@ class Runtime:
         await self.epoch.stop()
         await self.kind_loops.stop()
         await self.engine.stop()
-        await self.shares.stop()
-        with contextlib.suppress(*INFRA_ERRORS):
-            await self.shares.leave()  # its partitions move to the others now, not once its heartbeat expires
+        await self.shares.stop()  # leaves the set: its partitions move to the others now
         if self.ops is not None:
             await self.ops.stop()
         if self.ops_http is not None:

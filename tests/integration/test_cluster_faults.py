@@ -6,14 +6,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from typing import cast
 
 import httpx
 import pytest
 
 from tests.cluster import LocalCluster
 from tests.integration.conftest import StartRelay
-from tests.support import Api, Outcome, Receiver, WsClient, count_outcome, task_events, wait_until
+from tests.support import Api, Outcome, Receiver, RelayProcess, WsClient, count_outcome, task_events, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -63,21 +63,66 @@ class Submitter(threading.Thread):
                 time.sleep(0.01)
 
 
-def test_a_master_killed_mid_flight_loses_no_accepted_task(
-    replicated_cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
-) -> None:
-    cluster = replicated_cluster
-    settings = {
+def cluster_env(cluster: LocalCluster, rabbitmq_url: str, **extra: str) -> dict[str, str]:
+    """Relay's settings on the test cluster: 16 partitions, the tenants above, RabbitMQ as the broker."""
+    return {
         "RELAY_REDIS_MODE": "cluster",
         "RELAY_REDIS_URL": cluster.url,
         "RELAY_BROKER_URL": rabbitmq_url,
         "RELAY_PARTITIONS": "16",
         "RELAY_API_KEYS": API_KEYS,
+        **extra,
     }
-    api_process = start_relay("api", wait=False, **settings)
-    worker = start_relay("worker", wait=False, **settings)
-    api_process.wait_ready()
-    worker.wait_ready()
+
+
+def start_on(
+    start_relay: StartRelay, env: dict[str, str], *, workers: int = 1
+) -> tuple[RelayProcess, list[RelayProcess]]:
+    """An API process and ``workers`` worker processes with ``env``, ready."""
+    api = start_relay("api", wait=False, **env)
+    started = [start_relay("worker", wait=False, **env) for _ in range(workers)]
+    for process in (api, *started):
+        process.wait_ready()
+    return api, started
+
+
+def by_tenant(accepted: list[str]) -> dict[str, list[str]]:
+    """The accepted task ids of each tenant (the submitters take the tenants in turn)."""
+    groups: dict[str, list[str]] = {}
+    for n, task_id in enumerate(accepted):
+        groups.setdefault(TENANTS[n % len(TENANTS)], []).append(task_id)
+    return groups
+
+
+def outcome_of(api: Api, groups: dict[str, list[str]], receiver: Receiver) -> Outcome:
+    """What became of every tenant's tasks and webhooks, added up."""
+    total = Outcome()
+    for tenant, ids in groups.items():
+        one = count_outcome(api, ids, receiver=receiver, name=tenant, key=f"key-{tenant}")
+        for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
+            setattr(total, name, getattr(total, name) + getattr(one, name))
+        total.webhooks_missing += one.webhooks_missing
+        total.webhooks_duplicated += one.webhooks_duplicated
+    return total
+
+
+def all_delivered(api: Api, groups: dict[str, list[str]], receiver: Receiver, *, timeout_s: float = 120) -> Outcome:
+    """Waits until every accepted task has ended and its webhook arrived; what became of them."""
+    return cast(
+        Outcome,
+        wait_until(
+            lambda: (o := outcome_of(api, groups, receiver)) and o.lost == 0 and o.webhooks_missing == 0 and o,
+            timeout_s=timeout_s,
+            message="every accepted task completed and its webhook delivered",
+        ),
+    )
+
+
+def test_a_master_killed_mid_flight_loses_no_accepted_task(
+    replicated_cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
+) -> None:
+    cluster = replicated_cluster
+    api_process, _ = start_on(start_relay, cluster_env(cluster, rabbitmq_url))
     api = Api(api_process.url)
     try:
         submitter = Submitter(api_process.url, receiver.url("/hook"), count=240)
@@ -101,44 +146,16 @@ def test_a_master_killed_mid_flight_loses_no_accepted_task(
         assert len(accepted) == 240
         assert len(set(accepted)) == 240  # a retried submission is the same task, never a second one
 
-        by_tenant: dict[str, list[str]] = {}
-        for n, task_id in enumerate(accepted):
-            by_tenant.setdefault(TENANTS[n % len(TENANTS)], []).append(task_id)
-
-        def outcome() -> Outcome:
-            total = Outcome()
-            for tenant, ids in by_tenant.items():
-                one = count_outcome(_AsTenant(api, f"key-{tenant}"), ids, receiver=receiver, name=tenant)
-                for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
-                    setattr(total, name, getattr(total, name) + getattr(one, name))
-                total.webhooks_missing += one.webhooks_missing
-                total.webhooks_duplicated += one.webhooks_duplicated
-            return total
-
+        groups = by_tenant(accepted)
         try:
-            counted = wait_until(
-                lambda: (o := outcome()) and o.lost == 0 and o.webhooks_missing == 0 and o,
-                timeout_s=120,
-                message="every accepted task completed and its webhook delivered",
-            )
+            counted = all_delivered(api, groups, receiver)
         except AssertionError:
-            _explain(api, cluster, by_tenant)
+            _explain(api, cluster, groups)
             raise
         print(f"master killed: {counted}")
         counted.assert_every_task_completed_once(240)
     finally:
         api.close()
-
-
-class _AsTenant(Api):
-    """The test's client with one tenant's key in every call."""
-
-    def __init__(self, api: Api, key: str) -> None:
-        self.client = api.client
-        self._key = key
-
-    def request(self, method: str, path: str, *, key: str | None = None, **kwargs: Any) -> httpx.Response:
-        return super().request(method, path, key=self._key, **kwargs)
 
 
 def _explain(api: Api, cluster: LocalCluster, by_tenant: dict[str, list[str]]) -> None:
@@ -151,7 +168,7 @@ def _explain(api: Api, cluster: LocalCluster, by_tenant: dict[str, list[str]]) -
     try:
         for tenant, ids in by_tenant.items():
             for task_id in ids:
-                task = _AsTenant(api, f"key-{tenant}").task(task_id)
+                task = api.task(task_id, key=f"key-{tenant}")
                 if task["status"] in ("succeeded", "failed", "cancelled"):
                     continue
                 part = keys.of(task_id)
@@ -176,13 +193,7 @@ def _metric(api: Api, name: str) -> float:
 def test_an_api_node_receives_the_events_of_the_tasks_it_follows_not_every_event(
     cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str
 ) -> None:
-    settings = {
-        "RELAY_REDIS_MODE": "cluster",
-        "RELAY_REDIS_URL": cluster.url,
-        "RELAY_BROKER_URL": rabbitmq_url,
-        "RELAY_PARTITIONS": "16",
-        "RELAY_TASK_MODULES": TEST_KINDS,
-    }
+    settings = cluster_env(cluster, rabbitmq_url, RELAY_TASK_MODULES=TEST_KINDS)
     following, idle = start_relay("api", wait=False, **settings), start_relay("api", wait=False, **settings)
     worker = start_relay("worker", wait=False, **settings)
     for process in (following, idle, worker):
@@ -216,29 +227,20 @@ def test_an_api_node_receives_the_events_of_the_tasks_it_follows_not_every_event
 def test_a_worker_killed_hands_its_partitions_over_and_its_tasks_run_elsewhere(
     cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
 ) -> None:
-    settings = {
-        "RELAY_REDIS_MODE": "cluster",
-        "RELAY_REDIS_URL": cluster.url,
-        "RELAY_BROKER_URL": rabbitmq_url,
-        "RELAY_PARTITIONS": "16",
-        "RELAY_API_KEYS": API_KEYS,
-    }
-    api_process = start_relay("api", wait=False, **settings)
-    doomed = start_relay("worker", wait=False, **settings)
-    survivor = start_relay("worker", wait=False, **settings)
-    for process in (api_process, doomed, survivor):
-        process.wait_ready()
+    api_process, (doomed, _) = start_on(start_relay, cluster_env(cluster, rabbitmq_url), workers=2)
     api = Api(api_process.url)
     try:
         view = wait_until(
             lambda: len((v := api.get("/v1/ops/cluster", key="admin-token").json())["workers"]) == 2 and v,
             message="both workers' heartbeats",
         )
-        by_tenant: dict[str, list[str]] = {}
-        for n in range(48):
-            tenant = TENANTS[n % len(TENANTS)]
-            task = _AsTenant(api, f"key-{tenant}").submit("sleep", {"seconds": 2}, webhook=receiver.url("/hook"))
-            by_tenant.setdefault(tenant, []).append(task["id"])
+        accepted = [
+            api.submit("sleep", {"seconds": 2}, webhook=receiver.url("/hook"), key=f"key-{TENANTS[n % len(TENANTS)]}")[
+                "id"
+            ]
+            for n in range(48)
+        ]
+        groups = by_tenant(accepted)
         time.sleep(1.0)  # both are running some
         doomed.kill()
         wait_until(
@@ -247,22 +249,7 @@ def test_a_worker_killed_hands_its_partitions_over_and_its_tasks_run_elsewhere(
             message="the killed worker's heartbeat to expire",
         )
         print(f"workers before the kill: {view['workers']}")
-
-        def outcome() -> Outcome:
-            total = Outcome()
-            for tenant, ids in by_tenant.items():
-                one = count_outcome(_AsTenant(api, f"key-{tenant}"), ids, receiver=receiver, name=tenant)
-                for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
-                    setattr(total, name, getattr(total, name) + getattr(one, name))
-                total.webhooks_missing += one.webhooks_missing
-                total.webhooks_duplicated += one.webhooks_duplicated
-            return total
-
-        counted = wait_until(
-            lambda: (o := outcome()) and o.lost == 0 and o.webhooks_missing == 0 and o,
-            timeout_s=90,
-            message="every task run by the surviving worker",
-        )
+        counted = all_delivered(api, groups, receiver)
         print(f"worker killed: {counted}")
         counted.assert_every_task_completed_once(48)
     finally:
@@ -272,17 +259,7 @@ def test_a_worker_killed_hands_its_partitions_over_and_its_tasks_run_elsewhere(
 def test_slots_moved_to_another_master_under_load_cost_retries_never_data(
     cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
 ) -> None:
-    settings = {
-        "RELAY_REDIS_MODE": "cluster",
-        "RELAY_REDIS_URL": cluster.url,
-        "RELAY_BROKER_URL": rabbitmq_url,
-        "RELAY_PARTITIONS": "16",
-        "RELAY_API_KEYS": API_KEYS,
-    }
-    api_process = start_relay("api", wait=False, **settings)
-    worker = start_relay("worker", wait=False, **settings)
-    api_process.wait_ready()
-    worker.wait_ready()
+    api_process, _ = start_on(start_relay, cluster_env(cluster, rabbitmq_url))
     api = Api(api_process.url)
     try:
         submitter = Submitter(api_process.url, receiver.url("/hook"), count=200)
@@ -302,25 +279,8 @@ def test_slots_moved_to_another_master_under_load_cost_retries_never_data(
         assert cluster.master_for_slot(0).port == masters[1].port
         assert len([n for n in moved if n.role == "master" and n.slots]) == 3
 
-        by_tenant: dict[str, list[str]] = {}
-        for n, task_id in enumerate(submitter.accepted):
-            by_tenant.setdefault(TENANTS[n % len(TENANTS)], []).append(task_id)
-
-        def outcome() -> Outcome:
-            total = Outcome()
-            for tenant, ids in by_tenant.items():
-                one = count_outcome(_AsTenant(api, f"key-{tenant}"), ids, receiver=receiver, name=tenant)
-                for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
-                    setattr(total, name, getattr(total, name) + getattr(one, name))
-                total.webhooks_missing += one.webhooks_missing
-                total.webhooks_duplicated += one.webhooks_duplicated
-            return total
-
-        counted = wait_until(
-            lambda: (o := outcome()) and o.lost == 0 and o.webhooks_missing == 0 and o,
-            timeout_s=120,
-            message="every accepted task completed and delivered",
-        )
+        groups = by_tenant(submitter.accepted)
+        counted = all_delivered(api, groups, receiver)
         print(f"slots moved: {counted}")
         counted.assert_every_task_completed_once(200)
     finally:
@@ -330,17 +290,7 @@ def test_slots_moved_to_another_master_under_load_cost_retries_never_data(
 def test_a_master_frozen_past_the_client_timeouts_costs_503s_and_retries_never_data(
     cluster: LocalCluster, start_relay: StartRelay, rabbitmq_url: str, receiver: Receiver
 ) -> None:
-    settings = {
-        "RELAY_REDIS_MODE": "cluster",
-        "RELAY_REDIS_URL": cluster.url,
-        "RELAY_BROKER_URL": rabbitmq_url,
-        "RELAY_PARTITIONS": "16",
-        "RELAY_API_KEYS": API_KEYS,
-    }
-    api_process = start_relay("api", wait=False, **settings)
-    worker = start_relay("worker", wait=False, **settings)
-    api_process.wait_ready()
-    worker.wait_ready()
+    api_process, _ = start_on(start_relay, cluster_env(cluster, rabbitmq_url))
     api = Api(api_process.url)
     try:
         submitter = Submitter(api_process.url, receiver.url("/hook"), count=160)
@@ -358,25 +308,8 @@ def test_a_master_frozen_past_the_client_timeouts_costs_503s_and_retries_never_d
         print(f"frozen master: answers {dict(statuses)}, retries {submitter.retries}")
         assert set(statuses) <= {202, 503}
 
-        by_tenant: dict[str, list[str]] = {}
-        for n, task_id in enumerate(submitter.accepted):
-            by_tenant.setdefault(TENANTS[n % len(TENANTS)], []).append(task_id)
-
-        def outcome() -> Outcome:
-            total = Outcome()
-            for tenant, ids in by_tenant.items():
-                one = count_outcome(_AsTenant(api, f"key-{tenant}"), ids, receiver=receiver, name=tenant)
-                for name in ("accepted", "completed", "failed", "cancelled", "lost", "not_ended_once"):
-                    setattr(total, name, getattr(total, name) + getattr(one, name))
-                total.webhooks_missing += one.webhooks_missing
-                total.webhooks_duplicated += one.webhooks_duplicated
-            return total
-
-        counted = wait_until(
-            lambda: (o := outcome()) and o.lost == 0 and o.webhooks_missing == 0 and o,
-            timeout_s=120,
-            message="every accepted task completed and delivered",
-        )
+        groups = by_tenant(submitter.accepted)
+        counted = all_delivered(api, groups, receiver)
         print(f"frozen master: {counted}")
         counted.assert_every_task_completed_once(160)
     finally:
@@ -390,16 +323,7 @@ def test_a_master_down_with_no_replica_leaves_the_other_masters_answering(
         client = cluster.client(node)
         client.config_set("cluster-require-full-coverage", "no")  # as the README asks of a cluster Relay runs on
         client.close()
-    settings = {
-        "RELAY_REDIS_MODE": "cluster",
-        "RELAY_REDIS_URL": cluster.url,
-        "RELAY_BROKER_URL": rabbitmq_url,
-        "RELAY_PARTITIONS": "16",
-    }
-    api_process = start_relay("api", wait=False, **settings)
-    worker = start_relay("worker", wait=False, **settings)
-    api_process.wait_ready()
-    worker.wait_ready()
+    api_process, _ = start_on(start_relay, cluster_env(cluster, rabbitmq_url))
     api = Api(api_process.url)
     try:
         before = [api.submit("echo", {"n": n})["id"] for n in range(30)]

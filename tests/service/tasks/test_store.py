@@ -343,23 +343,27 @@ def eight_partitions() -> Iterator[keys.Layout]:
     keys.use(old)
 
 
-def spread_record(n: int) -> TaskRecord:
+def spread_record() -> TaskRecord:
     """A task without webhook or key, placed as the API places one: any partition."""
     return new_record(new_id("task", keys.layout().any()))
+
+
+async def accepted_of(nodes: list[TaskStore], count: int) -> int:
+    """How many of ``count`` submissions, made by ``nodes`` in turn, were accepted."""
+    accepted = 0
+    for n in range(count):
+        try:
+            await nodes[n % len(nodes)].create(spread_record(), idempotency_key=None)
+            accepted += 1
+        except TenantFull:
+            pass
+    return accepted
 
 
 async def test_across_partitions_one_process_keeps_the_cap_exactly(
     clients: list[aioredis.Redis], eight_partitions: keys.Layout
 ) -> None:
-    (store,) = stores(clients[:1], max_open_per_tenant=20)
-    accepted = 0
-    for n in range(60):
-        try:
-            await store.create(spread_record(n), idempotency_key=None)
-            accepted += 1
-        except TenantFull:
-            pass
-    assert accepted == 20
+    assert await accepted_of(stores(clients[:1], max_open_per_tenant=20), 60) == 20
     spread = [await clients[0].zcard(p.open_tasks_of("acme")) for p in keys.partitions()]
     assert sum(spread) == 20
     assert len([n for n in spread if n]) > 1  # the tasks did spread over partitions
@@ -370,24 +374,11 @@ async def test_across_partitions_several_processes_pass_the_cap_by_at_most_what_
 ) -> None:
     cap = 20
     nodes = stores(clients, max_open_per_tenant=cap)
-    accepted = 0
-    for n in range(120):  # four API processes in turn, well within one second
-        try:
-            await nodes[n % 4].create(spread_record(n), idempotency_key=None)
-            accepted += 1
-        except TenantFull:
-            pass
+    accepted = await accepted_of(nodes, 120)  # four API processes in turn, well within one second
     # Each process sees the others' submissions from half the cap on (and at its first read): at most
     # (processes - 1) x half the cap beyond the cap.
     print(f"cap {cap}, four processes: accepted {accepted}")
     assert cap <= accepted <= cap + 3 * (cap // 2)
     # Once a second has passed every process reads again, and none accepts past the cap any more.
     await asyncio.sleep(1.1)
-    late = 0
-    for n in range(20):
-        try:
-            await nodes[n % 4].create(spread_record(n), idempotency_key=None)
-            late += 1
-        except TenantFull:
-            pass
-    assert late == 0
+    assert await accepted_of(nodes, 20) == 0
