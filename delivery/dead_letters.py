@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import msgspec
 import redis.asyncio as aioredis
@@ -15,6 +14,7 @@ from delivery import keys, metrics
 from delivery.errors import UnreadableRecord
 from delivery.outbox import Outbox, unlink_dead_letter
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
+from delivery.scripts import step
 from delivery.time_index import Position, parse_cursor, scan, take_page
 from schemas.dead_letters import DeadLetter, DeadLetterReason
 from schemas.deliveries import DeliveryStep, StepKind
@@ -24,7 +24,7 @@ REPLAY_BATCH = 200
 
 _decode = msgspec.json.Decoder(DeadLetter).decode
 _encode = msgspec.json.Encoder().encode
-_REPLAY_LUA = Path(__file__).with_name("replay.lua").read_text()
+_REPLAY = step(__file__, "replay.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class DeadLetterStore:
     def __init__(self, *, redis: aioredis.Redis, outbox: Outbox) -> None:
         self._redis = redis
         self._outbox = outbox
-        self._replay = redis.register_script(_REPLAY_LUA)
+        self._replay = _REPLAY.bind(redis)
 
     async def get(self, dl_id: str) -> DeadLetter | None:
         """The dead letter, None when there is none; raises :class:`UnreadableRecord` when it cannot be read."""

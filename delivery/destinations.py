@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,10 +24,10 @@ from delivery.address_guard import parse_callback_url
 from delivery.errors import InvalidCursor
 from delivery.policy import AttemptResult
 from delivery.redis_client import as_text
+from delivery.scripts import step
 from schemas.api import MAX_ID_CHARS
 from schemas.destinations import Destination, DestinationState
 
-_HERE = Path(__file__).parent
 # An idle destination (nothing owed, nothing set by hand) is forgotten after this long.
 IDLE_TTL_S = 7 * 86400
 # Most destinations one claim visits.
@@ -43,41 +42,15 @@ DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_BREAKER_THRESHOLD = 10
 DEFAULT_PROBE_S = 5.0
 
-# Drop from an index (KEYS[1]) the destinations (ARGV[3..]) whose record is gone (ARGV[1] and ARGV[2]: what goes
-# before and after an id in its keys' names, see destination_key_base).
-_PRUNE_LUA = """
-for i = 3, #ARGV do
-    if redis.call('EXISTS', ARGV[1] .. ARGV[i] .. ARGV[2] .. 'meta') == 0 then
-        redis.call('SREM', KEYS[1], ARGV[i])
-    end
-end
-"""
+_ADMIN = step(__file__, "destination_admin.lua", flow=True)
+_PRUNE = step(__file__, "prune_destinations.lua")
+_COUNT = step(__file__, "count_destinations.lua")
 _ORDER = {
     DestinationState.OPEN: 0,
     DestinationState.PAUSED: 1,
     DestinationState.DEGRADED: 2,
     DestinationState.HEALTHY: 3,
 }
-
-
-def lua(name: str) -> str:
-    """Script ``name`` with the shared destination and task-line functions and the key names in front of it.
-
-    The key names are those of the partition of the script's first key (every key of a partition carries its
-    hash tag, so a name built from it stays in the script's slot): the single partition of a standalone store has
-    no tag, and its keys are the ones Relay always wrote.
-    """
-    header = f"""
-local PART = string.match(KEYS[1], '^{keys.PREFIX}{{p[^}}]*}}:') or '{keys.PREFIX}'
-local READY, ALL, TENANT_PREFIX = PART .. 'dst:ready', PART .. 'dst:all', PART .. 'dst:tenant:'
-local DUE_KEY, DELIVERY_PREFIX, ACK_PREFIX = PART .. 'due', PART .. 'dlv:', PART .. 'ack:'
-local DST_HEAD, DST_TAIL = PART .. 'dst:', ':'
-if PART == '{keys.PREFIX}' then
-    DST_HEAD, DST_TAIL = '{keys.PREFIX}{{', '}}:'
-end
-"""
-    shared = [(_HERE / "destination.lua").read_text(), (_HERE / "task_line.lua").read_text()]
-    return "\n".join([header, *shared, (_HERE / name).read_text()])
 
 
 def destination_key_base(partition: keys.Partition) -> list[str]:
@@ -205,9 +178,9 @@ class DestinationStore:
     def __init__(self, *, redis: aioredis.Redis, flow: FlowSettings) -> None:
         self._redis = redis
         self._flow = flow
-        self._admin = redis.register_script(lua("destination_admin.lua"))
-        self._prune = redis.register_script(_PRUNE_LUA)
-        self._count = redis.register_script((_HERE / "count_destinations.lua").read_text())
+        self._admin = _ADMIN.bind(redis)
+        self._prune = _PRUNE.bind(redis)
+        self._count = _COUNT.bind(redis)
 
     async def get(self, dst_id: str) -> Destination | None:
         found = await self._read([dst_id])

@@ -16,12 +16,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from delivery import background, keys
+from delivery.scripts import step
 
 __all__ = ["CHECK_INTERVAL_S", "EpochState", "StoreEpoch"]
 
@@ -30,7 +30,7 @@ log = logging.getLogger("relay.store")
 # How often each process looks at the epoch.
 CHECK_INTERVAL_S = 1.0
 
-_LUA = Path(__file__).with_name("epoch.lua").read_text()
+_EPOCH = step(__file__, "epoch.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ class StoreEpoch:
         interval_s: float = CHECK_INTERVAL_S,
     ) -> None:
         self._redis = redis
-        self._script = redis.register_script(_LUA)
+        self._script = _EPOCH.bind(redis)
         self._on_lost = on_lost
         self._interval_s = interval_s
         self.known: str | None = None

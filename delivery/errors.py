@@ -18,7 +18,7 @@ RelayError
 ├── TenantFull                  a tenant at RELAY_TENANT_MAX_OPEN_TASKS (service.tasks.store; the API's 429)
 ├── KeyReused                   an Idempotency-Key used before for another request (service.tasks.store; a 422)
 ├── NotAdmitted                 a new task while the store is full (service.tasks.store; the API's 503)
-├── TaskFailure                 what the built-in ``fail`` kind raises (service.tasks.builtin)
+├── TaskFailure                 what the built-in ``fail`` kind raises (service.kinds.builtin)
 ├── Stopping                    a worker shuts down while a write waits for Redis (service.worker.runtime)
 ├── FollowError                 ``relay submit --wait`` cannot follow over the socket (service.cli.follow)
 └── NotRecovered                a followed task's events are no longer retained (service.cli.follow)

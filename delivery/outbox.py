@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,18 +25,21 @@ from delivery.destinations import (
     FlowSettings,
     breaker_outcome,
     destination_for,
-    lua,
 )
 from delivery.ids import new_id
 from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
-from delivery.redis_batch import batched
 from delivery.redis_client import as_text
+from delivery.scripts import step
 from delivery.signing_secrets import live_secrets
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep, StepKind
 
-_CLAIM_LUA = Path(__file__).with_name("claim_due.lua").read_text()
+_CLAIM = step(__file__, "claim_due.lua")
+_RECORD = step(__file__, "record_attempt.lua", flow=True)
+_CLAIM_DESTINATIONS = step(__file__, "claim_destinations.lua", flow=True)
+_HANDOFF = step(__file__, "handoff.lua", flow=True)
+_ACK = step(__file__, "ack.lua", flow=True)
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
 
@@ -83,11 +85,11 @@ class Outbox:
         self._lease_s = flow.lease_s
         self._attempts_ttl_s = attempts_ttl_s
         self._dead_letter_retention_s = dead_letter_retention_s
-        self._claim = redis.register_script(_CLAIM_LUA)
-        self._record = batched(redis).register_script(lua("record_attempt.lua"))
-        self._claim_destinations = redis.register_script(lua("claim_destinations.lua"))
-        self._handoff = redis.register_script(lua("handoff.lua"))
-        self._ack = batched(redis).register_script(lua("ack.lua"))
+        self._claim = _CLAIM.bind(redis)
+        self._record = _RECORD.batched(redis)
+        self._claim_destinations = _CLAIM_DESTINATIONS.bind(redis)
+        self._handoff = _HANDOFF.bind(redis)
+        self._ack = _ACK.batched(redis)
 
     @property
     def lease_s(self) -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
 
 import dramatiq
 import redis.asyncio as aioredis
@@ -15,15 +14,15 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from delivery.errors import ConfigError
-from service.dramatiq_redis import RelayRedisBroker, message_for, queue_keys, wake_key
+from delivery.scripts import step
+from service.dramatiq_redis import InlineMessage, RelayRedisBroker, message_for, queue_keys, wake_key
 from service.settings import Settings
-from service.tasks.store import InlineMessage
 
 QUEUE = "relay"
 ACTOR = "run_task"
 # A worker that has not been heard from for this long is presumed dead; its tasks run again elsewhere.
 HEARTBEAT_TIMEOUT_MS = 10_000
-_ENQUEUE_LUA = Path(__file__).with_name("enqueue.lua").read_text()
+_ENQUEUE = step(__file__, "enqueue.lua")
 # Dramatiq's own limit on an actor, above every kind's limit (Relay enforces the kind's limit itself).
 ACTOR_TIME_LIMIT_MS = 2 * 3600 * 1000
 
@@ -74,7 +73,7 @@ class RedisEnqueuer(Enqueuer):
         self._redis = redis
         self.queue_key, self.messages_key = queue_keys(broker, QUEUE)
         self.wake_key = wake_key(broker, QUEUE)
-        self._enqueue = redis.register_script(_ENQUEUE_LUA)
+        self._enqueue = _ENQUEUE.bind(redis)
 
     def inline(self, task_id: str) -> InlineMessage:
         message_id, body = message_for(QUEUE, ACTOR, task_id)

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -31,7 +32,20 @@ from dramatiq.brokers.redis import _scripts as redis_broker_scripts
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 
+from delivery.scripts import Step, step
 from delivery.store_refusals import refusal_of
+
+
+@dataclass(frozen=True, slots=True)
+class InlineMessage:
+    """A broker message that the submit step itself enqueues (the Redis broker, in the storage Redis)."""
+
+    queue_key: str
+    messages_key: str
+    wake_key: str  # pushed so that an idle worker fetches the message at once (see :func:`wake_key`)
+    message_id: str
+    body: bytes
+
 
 log = logging.getLogger("relay.worker")
 
@@ -44,9 +58,10 @@ MAX_UNPACK = 1000
 # (this ZREM of a member that never exists) lets the rest through; what it writes is a heartbeat's score and
 # message ids moved between lists and sets (see delivery/store_refusals.py). Not an enqueue, which writes a whole
 # message: that one a full store refuses, as it refuses a submission.
-DISPATCH_LUA = (
+DISPATCH = Step.of_text(
+    "dramatiq:dispatch",
     b'if ARGV[1] ~= "enqueue" then redis.call("zrem", KEYS[1] .. ":__heartbeats__", "") end  -- see above\n'
-    + redis_broker_scripts["dispatch"]
+    + redis_broker_scripts["dispatch"],
 )
 
 
@@ -72,7 +87,7 @@ class BrokerMaintenance:
     def __init__(self, redis: aioredis.Redis, broker: RedisBroker, queue: str) -> None:
         self._broker = broker
         self._queue = queue
-        self._script = redis.register_script(DISPATCH_LUA)
+        self._script = DISPATCH.bind(redis)
 
     async def run_once(self) -> None:
         args = dispatch_args(self._broker, "qsize", self._queue, timestamp_ms=int(time.time() * 1000), maintenance=True)
@@ -136,18 +151,7 @@ ACK_BATCH = 256
 # messages stay in the fetched set and come back once this process is gone (their tasks have ended by then).
 MAX_PENDING_ACKS = 100_000
 
-# Ack many fetched messages at once, as Dramatiq's dispatch script acks one (``ack``): drop each id from this
-# worker's fetched set, and its body with it.
-_ACK_MANY_LUA = """
-local acked = 0
-for i = 1, #ARGV do
-    if redis.call("srem", KEYS[1], ARGV[i]) > 0 then
-        redis.call("hdel", KEYS[2], ARGV[i])
-        acked = acked + 1
-    end
-end
-return acked
-"""
+_ACK_MANY = step(__file__, "ack_many.lua")
 
 
 def fetched_key(broker: RedisBroker, queue: str) -> str:
@@ -172,7 +176,7 @@ class BatchAckConsumer(_RedisConsumer):
         self._pending: list[str] = []
         self._lock = threading.Lock()
         self._keys = [fetched_key(broker, queue_name), f"{broker.namespace}:{queue_name}.msgs"]
-        self._ack_many = broker.client.register_script(_ACK_MANY_LUA)
+        self._ack_many = _ACK_MANY.bind(broker.client)
         self._wake = wake_key(broker, queue_name)
 
     def ack(self, message: dramatiq.broker.MessageProxy) -> None:
@@ -248,7 +252,7 @@ class RelayRedisBroker(RedisBroker):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
-        self.scripts["dispatch"] = self.client.register_script(DISPATCH_LUA)
+        self.scripts["dispatch"] = DISPATCH.bind(self.client)
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:

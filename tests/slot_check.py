@@ -70,9 +70,9 @@ class ClusterNode(RedisServer):
 # Every script registered in this process (its sha1 -> the flagged text), and the sha1s of those that answered.
 REGISTERED: dict[str, str] = {}
 RAN: set[str] = set()
-# The Lua files that need not run in the slot-checked tests: the Redis broker's enqueue in the storage Redis (a
-# cluster needs a broker of its own, by design).
-NOT_RUN_HERE = frozenset({"service/enqueue.lua"})
+# The Lua files that need not run in the slot-checked tests: the Redis broker's enqueue and batched ack in the
+# storage Redis (a cluster needs a broker of its own, by design).
+NOT_RUN_HERE = frozenset({"service/enqueue.lua", "service/ack_many.lua"})
 
 
 def _note(commands: Iterable[Sequence[Any]], replies: Iterable[Any]) -> None:

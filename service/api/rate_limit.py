@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from delivery import keys
+from delivery.scripts import step
 
-_LUA = Path(__file__).with_name("rate_limit.lua").read_text()
+_TAKE = step(__file__, "rate_limit.lua")
 
 
 class RateLimiter:
@@ -19,7 +19,7 @@ class RateLimiter:
             raise ValueError("rate must be above 0")
         self._rate = rate
         self._burst = max(1.0, rate)
-        self._script = redis.register_script(_LUA)
+        self._script = _TAKE.bind(redis)
 
     async def retry_after_s(self, tenant: str) -> int | None:
         """None when ``tenant`` may submit now (and takes a token), else whole seconds to wait."""

@@ -18,12 +18,12 @@ from collections.abc import AsyncGenerator
 import msgspec
 from redis.exceptions import RedisError
 
-from delivery.event_log import EventLog
 from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord
 from service.api.http_protocol import ConnectionControl
 from service.api.live import EventHead, LiveHub, event_body, stored_event
 from service.api.ws import STORE_LOST_MESSAGE, subscribed_frame
+from service.tasks.event_log import EventLog
 
 log = logging.getLogger("relay.sse")
 

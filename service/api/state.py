@@ -22,7 +22,6 @@ from delivery import keys, store_layout
 from delivery.dead_letters import DeadLetterStore
 from delivery.destinations import DestinationStore
 from delivery.epoch import StoreEpoch
-from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from delivery.redis_client import connect, connect_storage, listen_url
 from delivery.shares import API_NODES, Heartbeat
@@ -38,6 +37,7 @@ from service.api.tenant_streams import TenantStreams
 from service.broker import BrokerCheck, Enqueuer, create_broker, enqueuer_for
 from service.kinds import KindRegistry, load_kinds
 from service.settings import Settings
+from service.tasks.event_log import EventLog
 from service.tasks.listing import TaskList
 from service.tasks.store import TaskStore
 

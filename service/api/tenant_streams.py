@@ -15,17 +15,17 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from delivery import background, keys
 from delivery.redis_batch import batched
+from delivery.scripts import step
 
 log = logging.getLogger("relay.api")
 
-_LUA = Path(__file__).with_name("tenant_streams.lua").read_text()
+_TAKE = step(__file__, "tenant_streams.lua")
 
 # How long a place outlives its node's last refresh; the node refreshes every third of it.
 PLACE_TTL_S = 60.0
@@ -49,7 +49,7 @@ class TenantStreams:
         self.limit = limit
         self._ttl_s = ttl_s
         self._batch = batched(redis)
-        self._take = self._batch.register_script(_LUA)
+        self._take = _TAKE.batched(redis)
         self._node = uuid.uuid4().hex
         self._ids = itertools.count(1)
         self._held: dict[str, str] = {}  # member -> tenant

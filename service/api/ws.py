@@ -26,7 +26,6 @@ from litestar.exceptions import WebSocketDisconnect
 from redis.exceptions import RedisError
 
 from delivery.errors import UnreadableRecord
-from delivery.event_log import EventLog
 from delivery.outbox import Outbox
 from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus, Webhook
@@ -35,6 +34,7 @@ from service.api.json_depth import json_depth_exceeds
 from service.api.live import EventHead, LiveHub, event_frame, stored_event
 from service.api.state import ApiState
 from service.api.tenant_streams import TenantStreams
+from service.tasks.event_log import EventLog
 from service.tasks.store import TaskStore
 
 log = logging.getLogger("relay.ws")

@@ -15,15 +15,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
 from delivery.records import count_unreadable, decode_or_skip, get_many
-from delivery.redis_batch import batched
 from delivery.redis_client import as_text
+from delivery.scripts import step
 from schemas.tasks import TaskRecord, TaskStatus
 
 # A run's lease: renewed every third of it; a worker silent for this long is taken for dead.
@@ -35,12 +34,11 @@ MAX_REQUEUE_GRACE_S = 600.0
 # Most overdue tasks one sweep takes.
 SWEEP_BATCH = 500
 
-_HERE = Path(__file__).parent
-_START_LUA = (_HERE / "start_task.lua").read_text()
-_RENEW_LUA = (_HERE / "renew_leases.lua").read_text()
-_SWEEP_LUA = (_HERE / "sweep_tasks.lua").read_text()
-_RELEASE_LUA = (_HERE / "release_runs.lua").read_text()
-_PROMOTE_LUA = (_HERE / "promote_scheduled.lua").read_text()
+_START = step(__file__, "start_task.lua")
+_RENEW = step(__file__, "renew_leases.lua")
+_SWEEP = step(__file__, "sweep_tasks.lua")
+_RELEASE = step(__file__, "release_runs.lua")
+_PROMOTE = step(__file__, "promote_scheduled.lua")
 _decode = msgspec.json.Decoder(TaskRecord).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -80,11 +78,11 @@ class TaskLedger:
     def __init__(self, *, redis: aioredis.Redis, lease_s: float = LEASE_S) -> None:
         self._redis = redis
         self.lease_s = lease_s
-        self._start = batched(redis).register_script(_START_LUA)
-        self._renew = redis.register_script(_RENEW_LUA)
-        self._sweep = redis.register_script(_SWEEP_LUA)
-        self._release = redis.register_script(_RELEASE_LUA)
-        self._promote = redis.register_script(_PROMOTE_LUA)
+        self._start = _START.batched(redis)
+        self._renew = _RENEW.bind(redis)
+        self._sweep = _SWEEP.bind(redis)
+        self._release = _RELEASE.bind(redis)
+        self._promote = _PROMOTE.bind(redis)
 
     async def start(self, task_id: str, run_token: str) -> Started:
         """Take ``task_id``'s lease for the run ``run_token``, unless it has ended or a live run holds it."""

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -25,16 +24,18 @@ from redis.exceptions import RedisClusterException, RedisError
 from delivery import keys, metrics
 from delivery.destinations import FlowSettings, destination_for
 from delivery.errors import LeaseLost, RecordChanged, RelayError, UnreadableRecord
-from delivery.event_log import EventLog
 from delivery.ids import new_id
 from delivery.outbox import Lease
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
 from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from delivery.replication import ReplicatedStep
+from delivery.scripts import step
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus, TaskSubmission
+from service.dramatiq_redis import InlineMessage
+from service.tasks.event_log import EventLog
 from service.tasks.ledger import REQUEUE_GRACE_S
 
 log = logging.getLogger("relay.tasks")
@@ -42,9 +43,9 @@ log = logging.getLogger("relay.tasks")
 # How long an Idempotency-Key keeps answering with the first task.
 IDEMPOTENCY_TTL_S = 24 * 3600
 
-_SUBMIT_LUA = Path(__file__).with_name("submit_task.lua").read_text()
-_MARK_RUNNING_LUA = Path(__file__).with_name("mark_running.lua").read_text()
-_CLAIM_KEY_LUA = Path(__file__).with_name("claim_key.lua").read_text()
+_SUBMIT = step(__file__, "submit_task.lua")
+_MARK_RUNNING = step(__file__, "mark_running.lua")
+_CLAIM_KEY = step(__file__, "claim_key.lua")
 # A claimed Idempotency-Key whose task is not stored is another request's for this long (its store step may still
 # be on its way); after that, a request with another body takes the key over.
 CLAIM_SETTLE_S = 60
@@ -153,17 +154,6 @@ def _parse_claim(value: bytes) -> tuple[str, str, bytes]:
     return fingerprint.decode(errors="replace"), task_id.decode(errors="replace"), answer
 
 
-@dataclass(frozen=True, slots=True)
-class InlineMessage:
-    """A broker message that the submit step itself enqueues (the Redis broker, in the storage Redis)."""
-
-    queue_key: str
-    messages_key: str
-    wake_key: str  # pushed so that an idle worker fetches the message at once (see service.dramatiq_redis)
-    message_id: str
-    body: bytes
-
-
 class TaskEnded(RelayError):
     """The task has ended already: it cannot be cancelled."""
 
@@ -230,9 +220,9 @@ class TaskStore:
         self._max_open = max_open_per_tenant
         self._log = EventLog(redis=redis, retention_s=retention_s, flow=flow)
         self._batch = batched(redis)
-        self._submit = self._batch.register_script(_SUBMIT_LUA)
-        self._mark_running = redis.register_script(_MARK_RUNNING_LUA)
-        self._claim_key = redis.register_script(_CLAIM_KEY_LUA)
+        self._submit = _SUBMIT.batched(redis)
+        self._mark_running = _MARK_RUNNING.bind(redis)
+        self._claim_key = _CLAIM_KEY.bind(redis)
         # On a cluster, a submission is answered once a replica of its master has it (when the master has one).
         self._replicated = ReplicatedStep(redis) if isinstance(redis, RedisCluster) else None
         # Each tenant's open tasks per partition as last read, and when (see _open_elsewhere).

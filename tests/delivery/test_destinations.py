@@ -476,3 +476,26 @@ async def test_a_replay_into_an_open_destination_is_its_next_probe_and_never_exp
     await settle(outbox, again[event.id], DOWN, now=now + 401 + 300)
     expired = await outbox.claim_destinations(home("acme", url), limit=100, now=now + 401 + 306)
     assert [(e.kind, e.delivery.event_id) for e in expired] == [(Kind.EXPIRE, event.id)]
+
+
+async def test_a_listing_drops_forgotten_destinations_from_the_indexes_and_keeps_the_others(
+    redis: aioredis.Redis, store: DestinationStore
+) -> None:
+    now = time.time()
+    made = [destination_for("acme", f"https://forgotten{n}.example/hook") for n in range(3)]
+    for dst in made:
+        meta, *_ = dst.keys
+        await redis.hset(meta, mapping={"tenant": "acme", "origin": dst.origin, "created_at": now, "failures": 0})
+        await redis.sadd(keys.of(dst.id).destinations, dst.id)
+        await redis.sadd(keys.of(dst.id).destinations_of("acme"), dst.id)
+    forgotten = made[:2]
+    for dst in forgotten:  # idle long enough: its record expired, its index entries stayed
+        await redis.delete(dst.keys[0])
+
+    assert [d.id for d in await store.all("acme")] == [made[2].id]
+    assert [d.id for d in await store.all()] == [made[2].id]
+    for dst in made:
+        part = keys.of(dst.id)
+        kept = dst not in forgotten
+        assert await redis.sismember(part.destinations, dst.id) == kept
+        assert await redis.sismember(part.destinations_of("acme"), dst.id) == kept

@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 
 from delivery import keys
 from delivery.destinations import FlowSettings, destination_for
-from delivery.event_log import EventLog
 from delivery.outbox import Lease, Outbox, webhook_attempt
 from delivery.policy import Decision, Verdict
 from delivery.records import PendingDelivery
@@ -19,6 +18,7 @@ from delivery.signing_secrets import live_secrets
 from schemas.deliveries import Attempt, DeliveryOutcome
 from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus, Webhook
+from service.tasks.event_log import EventLog
 from service.tasks.ledger import Start, TaskLedger
 from service.tasks.store import TaskStore
 from tests.placed import event_id, home, task_id

@@ -34,7 +34,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delivery.address_guard import check_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, RecordChanged, UnreadableRecord
-from delivery.event_log import MAX_EVENTS_PER_PAGE
 from delivery.ids import new_id, utcnow
 from delivery.store_refusals import WriteRefusal, refusal_of
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
@@ -50,6 +49,7 @@ from service.api.state import ApiState
 from service.api.store_watch import RETRY_AFTER_S
 from service.api.time_range import check_time_range
 from service.api.ws import client_address
+from service.tasks.event_log import MAX_EVENTS_PER_PAGE
 from service.tasks.listing import TaskFilter
 from service.tasks.store import (
     KeyInProgress,

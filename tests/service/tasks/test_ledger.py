@@ -11,10 +11,11 @@ import redis.asyncio as aioredis
 from delivery import keys
 from delivery.destinations import FlowSettings
 from delivery.errors import LeaseLost, RecordChanged
-from delivery.event_log import EventLog
 from schemas.tasks import TaskRecord, TaskStatus
+from service.dramatiq_redis import InlineMessage
+from service.tasks.event_log import EventLog
 from service.tasks.ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
-from service.tasks.store import InlineMessage, TaskEnded, TaskStore, TenantFull
+from service.tasks.store import TaskEnded, TaskStore, TenantFull
 from tests.placed import task_id
 
 RECORD_TTL_S = 3600

@@ -12,11 +12,11 @@ import redis.asyncio as aioredis
 from delivery import keys, metrics
 from delivery.destinations import FlowSettings, destination_for
 from delivery.errors import LeaseLost
-from delivery.event_log import EventLog, Leased
 from delivery.records import PendingDelivery
 from delivery.signing_secrets import SecretStore, live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus, Webhook
+from service.tasks.event_log import EventLog, Leased
 from service.tasks.ledger import Start, TaskLedger
 from service.tasks.store import TaskStore
 from tests.placed import event_id, task_id

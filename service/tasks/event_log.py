@@ -9,18 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.destinations import NO_DESTINATION, FlowSettings, destination_for, lua
+from delivery.destinations import NO_DESTINATION, FlowSettings, destination_for
 from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_batch import batched
 from delivery.redis_client import as_text
+from delivery.scripts import step
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep
 from schemas.events import Event, EventType
 
@@ -29,7 +29,8 @@ MAX_EVENTS_PER_PAGE = 1000
 # Bytes of events one page reads at most (always one event at least); past it the page ends early.
 MAX_EVENTS_PAGE_BYTES = 4 * 1024 * 1024
 
-_EVENTS_PAGE_LUA = (Path(__file__).parent / "events_page.lua").read_text()
+_APPEND = step(__file__, "append_event.lua", flow=True)
+_EVENTS_PAGE = step(__file__, "events_page.lua")
 
 _encode = msgspec.json.Encoder().encode
 _decode_events = msgspec.json.Decoder(Event).decode
@@ -55,8 +56,8 @@ class EventLog:
         self._retention_s = retention_s
         self._flow = flow
         self._batch = batched(redis)
-        self._append = self._batch.register_script(lua("append_event.lua"))
-        self._page = self._batch.register_script(_EVENTS_PAGE_LUA)
+        self._append = _APPEND.batched(redis)
+        self._page = _EVENTS_PAGE.batched(redis)
 
     async def append(
         self,

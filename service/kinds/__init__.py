@@ -1,7 +1,7 @@
 """Task kinds: named callables with a msgspec input type, registered by decorator.
 
 Like Dramatiq's actors, kinds register into one module-level registry at import time; the built-in kinds
-live in :mod:`service.tasks.builtin`, others in the modules named by ``RELAY_TASK_MODULES``::
+live in :mod:`service.kinds.builtin`, others in the modules named by ``RELAY_TASK_MODULES``::
 
     from service.kinds import kind, TaskContext
 
@@ -204,7 +204,8 @@ def load_kinds(modules: tuple[str, ...]) -> KindRegistry:
     Modules are found as ``python -m`` would from the directory Relay starts in (as Dramatiq's CLI does), after
     everything installed, so that a ``kinds.py`` beside one's ``relay.toml`` just works.
     """
-    importlib.import_module("service.tasks.builtin")
+    from service.kinds import builtin  # noqa: F401  (its kinds register as it is imported)
+
     if modules and os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     for module in modules:

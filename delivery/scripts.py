@@ -1,0 +1,82 @@
+"""Every Lua step Relay runs, loaded one way.
+
+A step is a ``.lua`` file beside the module that runs it, read once at import: ``step(__file__, "ack.lua")``. The
+steps that move a destination's flow or a task's line of webhooks (``flow=True``) start with the functions they
+share (``delivery/destination.lua``, ``delivery/task_line.lua``) and with the names of their partition's keys,
+derived from the step's first key: every key of a partition carries its hash tag, so a name built from it stays in
+the step's slot (see :mod:`delivery.keys`). A step is then bound to a client, either plainly (one trip per call) or
+batched (its calls share the trips of their event-loop turn, see :mod:`delivery.redis_batch`).
+
+Nothing else in Relay builds a script: no inline text, no file read elsewhere. The one exception is Dramatiq's own
+dispatch script, wrapped with :meth:`Step.of_text` so that it is bound like the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from delivery import keys
+from delivery.redis_batch import BatchedScript, batched
+
+_HERE = Path(__file__).parent
+_ROOT = _HERE.parent
+# The functions shared by the steps of destinations and of tasks' webhook lines.
+_FLOW_FUNCTIONS = ("destination.lua", "task_line.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One Lua step: the file it came from (from the project's root) and the text Redis runs."""
+
+    name: str
+    text: str
+
+    @classmethod
+    def of_text(cls, name: str, text: str | bytes) -> Step:
+        """A step whose text comes from elsewhere (a library's script)."""
+        return cls(name, text.decode() if isinstance(text, bytes) else text)
+
+    def bind(self, redis: Any) -> Any:
+        """The step on ``redis`` (asyncio, sync or cluster client), one trip per call: redis-py's ``Script``,
+        called with ``keys=`` and ``args=``; loaded again by itself after a ``SCRIPT FLUSH`` or a restart."""
+        return redis.register_script(self.text)
+
+    def batched(self, redis: Any) -> BatchedScript:
+        """The step on ``redis``, its calls sharing the trips of their event-loop turn with the other calls made
+        through the same client's batcher."""
+        return batched(redis).register_script(self.text)
+
+
+def _flow_prelude() -> str:
+    """The key names a flow step builds, from its first key's partition: the single partition of a standalone
+    store has no tag, and its keys are the ones Relay always wrote."""
+    return f"""
+local PART = string.match(KEYS[1], '^{keys.PREFIX}{{p[^}}]*}}:') or '{keys.PREFIX}'
+local READY, ALL, TENANT_PREFIX = PART .. 'dst:ready', PART .. 'dst:all', PART .. 'dst:tenant:'
+local DUE_KEY, DELIVERY_PREFIX, ACK_PREFIX = PART .. 'due', PART .. 'dlv:', PART .. 'ack:'
+local DST_HEAD, DST_TAIL = PART .. 'dst:', ':'
+if PART == '{keys.PREFIX}' then
+    DST_HEAD, DST_TAIL = '{keys.PREFIX}{{', '}}:'
+end
+"""
+
+
+def step(beside: str, name: str, *, flow: bool = False) -> Step:
+    """The step in file ``name`` of the folder of module file ``beside`` (a module passes its ``__file__``).
+
+    ``flow``: the step moves destinations or tasks' webhook lines, and starts with their shared functions.
+    """
+    path = Path(beside).parent / name
+    body = path.read_text()
+    text = (
+        "\n".join([_flow_prelude(), *((_HERE / shared).read_text() for shared in _FLOW_FUNCTIONS), body])
+        if flow
+        else body
+    )
+    try:
+        shown = str(path.resolve().relative_to(_ROOT.resolve()))
+    except ValueError:
+        shown = path.name
+    return Step(shown, text)
