@@ -11,6 +11,7 @@ its lease.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from delivery import keys, metrics
 from delivery.destinations import (
     CLAIM_DESTINATIONS,
     NO_DESTINATION,
+    DestinationRef,
     FlowSettings,
     breaker_outcome,
     destination_for,
@@ -30,16 +32,119 @@ from delivery.ids import new_id
 from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_client import as_text
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 from delivery.signing_secrets import live_secrets
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep, StepKind
 
 _CLAIM = step(__file__, "claim_due.lua")
-_RECORD = step(__file__, "record_attempt.lua", flow=True)
 _CLAIM_DESTINATIONS = step(__file__, "claim_destinations.lua", flow=True)
 _HANDOFF = step(__file__, "handoff.lua", flow=True)
 _ACK = step(__file__, "ack.lua", flow=True)
+
+
+class RecordKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``record_attempt.lua``: the delivery's, its task's, its destination's and its dead letter's."""
+
+    attempts: str
+    stats: str
+    due: str
+    delivery: str
+    latency: str
+    dead_letter: str
+    dead_letters: str
+    tenant_dead_letters: str
+    dead_letter_of_event: str
+    dst_meta: str
+    dst_due: str
+    dst_flight: str
+    dst_deadline: str
+    secrets: str  # the tenant's signing secrets on one partition (for the next webhook leased); else nothing
+    webhook_head: str
+    webhook_line: str
+    tenant_stats: str
+    steps: str
+
+    @classmethod
+    def of(cls, delivery: PendingDelivery, dl_id: str, dst: DestinationRef | None, *, single: bool) -> RecordKeys:
+        part = keys.of(delivery.event_id)
+        dst_meta, dst_due, dst_flight, dst_deadline = dst.keys if dst else part.destination_keys(NO_DESTINATION)
+        return cls(
+            attempts=keys.attempts(delivery.task_id),
+            stats=part.stats,
+            due=part.due,
+            delivery=keys.delivery(delivery.event_id),
+            latency=part.latency,
+            dead_letter=keys.dead_letter(dl_id) if dl_id else part.nothing,
+            dead_letters=part.dead_letters,
+            tenant_dead_letters=part.dead_letters_of(delivery.tenant),
+            dead_letter_of_event=keys.dead_letter_of_event(delivery.event_id),
+            dst_meta=dst_meta,
+            dst_due=dst_due,
+            dst_flight=dst_flight,
+            dst_deadline=dst_deadline,
+            secrets=keys.secrets(delivery.tenant) if single else part.nothing,
+            webhook_head=keys.webhook_head(delivery.task_id),
+            webhook_line=keys.webhook_line(delivery.task_id),
+            tenant_stats=part.stats_of(delivery.tenant),
+            steps=keys.delivery_steps(delivery.task_id),
+        )
+
+
+class RecordArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``record_attempt.lua`` (its header says what each means). Those of one verdict only are
+    set after the others, by verdict; the rest stay empty."""
+
+    flow_now: str
+    flow_settings: str
+    attempt: bytes | str
+    attempts_ttl_s: int
+    attempt_counter: str
+    verdict: str
+    event_id: str
+    destination_id: str
+    destination_tenant: str
+    destination_origin: str
+    token: str
+    outcome: str
+    error: str
+    hold_until: str
+    skipped_counter: str
+    at: str
+    retry_delivery: bytes | str = ""
+    retry_at: float | str = ""
+    latency_bucket: str = ""
+    latency_s: float | str = ""
+    dead_letter_id: str = ""
+    dead_letter: bytes | str = ""
+    dead_at_ms: float | str = ""
+    dead_lettered_counter: str = ""
+    dead_letter_retention_s: int | str = ""
+    dead_letter_counter: str = ""
+    dead_step: bytes | str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordReply:
+    """What ``record_attempt.lua`` answered: 'ok' or 'fenced', the breaker's change, and the destination's next
+    webhook when it leased one to the caller (its event id, record, lease and, on one partition, the secrets)."""
+
+    status: str
+    change: str
+    next_id: str = ""
+    next_record: Any = None
+    next_token: str = ""
+    secrets: bytes | None = None
+
+    @classmethod
+    def read(cls, reply: Sequence[Any]) -> RecordReply:
+        if len(reply) <= 2:
+            return cls(as_text(reply[0]), as_text(reply[1]))
+        secrets = reply[5] if isinstance(reply[5], bytes) else None
+        return cls(as_text(reply[0]), as_text(reply[1]), as_text(reply[2]), reply[3], as_text(reply[4]), secrets)
+
+
+_RECORD = step(__file__, "record_attempt.lua", flow=True, keys=RecordKeys, args=RecordArgs)
 _encode = msgspec.json.Encoder().encode
 _decode_delivery = msgspec.json.Decoder(PendingDelivery).decode
 
@@ -231,30 +336,35 @@ class Outbox:
                 hold_until = repr(moment + min(result.retry_after_s, MAX_RETRY_AFTER_S))
         dead: DeadLetter | None = None
         dl_id = delivery.dead_letter_id or ""
-        args: list[Any] = [
-            *self._flow.header(moment),
-            _encode(attempt) if attempt is not None else "",
-            self._attempts_ttl_s,
-            metrics.delivery_counter(attempt.channel, attempt.outcome) if attempt is not None else "",
-            decision.verdict.value,
-            delivery.event_id,
-            dst.id if dst else "",
-            dst.tenant if dst else "",
-            dst.origin if dst else "",
-            token,
-            outcome,
-            (attempt.error or "") if attempt is not None else "",
-            hold_until,
-            metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
-            datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z"),
-        ]
+        flow_now, flow_settings = self._flow.header(moment)
+        args = RecordArgs(
+            flow_now=flow_now,
+            flow_settings=flow_settings,
+            attempt=_encode(attempt) if attempt is not None else "",
+            attempts_ttl_s=self._attempts_ttl_s,
+            attempt_counter=metrics.delivery_counter(attempt.channel, attempt.outcome) if attempt is not None else "",
+            verdict=decision.verdict.value,
+            event_id=delivery.event_id,
+            destination_id=dst.id if dst else "",
+            destination_tenant=dst.tenant if dst else "",
+            destination_origin=dst.origin if dst else "",
+            token=token,
+            outcome=outcome,
+            error=(attempt.error or "") if attempt is not None else "",
+            hold_until=hold_until,
+            skipped_counter=metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
+            at=datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z"),
+        )
         if decision.verdict is Verdict.RETRY:
-            args += [_encode(delivery), moment + decision.delay_s]
+            args.retry_delivery = _encode(delivery)
+            args.retry_at = moment + decision.delay_s
         elif decision.verdict in (Verdict.DROPPED, Verdict.NOTED):
             pass
         elif decision.verdict is Verdict.DELIVERED:
             latency_s = max(0.0, moment - delivery.event.created_at.timestamp())
-            args += [metrics.latency_bucket(latency_s), latency_s, dl_id]
+            args.latency_bucket = metrics.latency_bucket(latency_s)
+            args.latency_s = latency_s
+            args.dead_letter_id = dl_id
         else:
             assert decision.reason is not None
             dead = DeadLetter(
@@ -272,62 +382,39 @@ class Outbox:
                 replays=delivery.replays + (1 if delivery.dead_letter_id else 0),
             )
             dl_id = dead.id
-            args += [
-                _encode(dead),
-                dl_id,
-                dead.dead_at.timestamp() * 1000,
-                metrics.DEAD_LETTERED,
-                self._dead_letter_retention_s,
-                metrics.dead_letter_counter(decision.reason.value),
-                _encode(
-                    DeliveryStep(
-                        event_id=delivery.event_id,
-                        step=StepKind.DEAD_LETTERED,
-                        at=dead.dead_at,
-                        dead_letter_id=dl_id,
-                        reason=dead.reason,
-                    )
-                ),
-            ]
-        part = keys.of(delivery.event_id)
+            args.dead_letter_id = dl_id
+            args.dead_letter = _encode(dead)
+            args.dead_at_ms = dead.dead_at.timestamp() * 1000
+            args.dead_lettered_counter = metrics.DEAD_LETTERED
+            args.dead_letter_retention_s = self._dead_letter_retention_s
+            args.dead_letter_counter = metrics.dead_letter_counter(decision.reason.value)
+            args.dead_step = _encode(
+                DeliveryStep(
+                    event_id=delivery.event_id,
+                    step=StepKind.DEAD_LETTERED,
+                    at=dead.dead_at,
+                    dead_letter_id=dl_id,
+                    reason=dead.reason,
+                )
+            )
         single = keys.layout().single
-        reply = await self._record(
-            keys=[
-                keys.attempts(delivery.task_id),
-                part.stats,
-                part.due,
-                keys.delivery(delivery.event_id),
-                part.latency,
-                keys.dead_letter(dl_id) if dl_id else part.nothing,
-                part.dead_letters,
-                part.dead_letters_of(delivery.tenant),
-                keys.dead_letter_of_event(delivery.event_id),
-                *(dst.keys if dst else part.destination_keys(NO_DESTINATION)),
-                # On one partition the step reads the secrets of the next webhook it leases; else they live in the
-                # tenant's own slot, and are read after it.
-                keys.secrets(delivery.tenant) if single else part.nothing,
-                keys.webhook_head(delivery.task_id),
-                keys.webhook_line(delivery.task_id),
-                part.stats_of(delivery.tenant),
-                keys.delivery_steps(delivery.task_id),
-            ],
-            args=args,
+        reply = RecordReply.read(
+            await self._record(keys=wire(RecordKeys.of(delivery, dl_id, dst, single=single)), args=wire(args))
         )
         following = None
-        if len(reply) > 2 and dst is not None:
-            next_id = as_text(reply[2])
-            next_delivery = decode_or_skip(_decode_delivery, reply[3], key=keys.delivery(next_id))
+        if reply.next_id and dst is not None:
+            next_delivery = decode_or_skip(_decode_delivery, reply.next_record, key=keys.delivery(reply.next_id))
             if next_delivery is None:
-                await self._drop_unreadable(dst.id, next_id)
+                await self._drop_unreadable(dst.id, reply.next_id)
             else:
-                raw_secrets = reply[5] if isinstance(reply[5], bytes) else None
+                raw_secrets = reply.secrets
                 if not single:
                     stored = await self._redis.get(keys.secrets(next_delivery.tenant))
                     raw_secrets = stored if isinstance(stored, bytes) else None
-                following = Lease(delivery=next_delivery, token=as_text(reply[4]), secrets=live_secrets(raw_secrets))
+                following = Lease(delivery=next_delivery, token=reply.next_token, secrets=live_secrets(raw_secrets))
         return Recorded(
-            dead=dead if as_text(reply[0]) == "ok" else None,
-            change=as_text(reply[1]),
+            dead=dead if reply.status == "ok" else None,
+            change=reply.change,
             destination_id=dst.id if dst else None,
             next=following,
         )

@@ -1,22 +1,24 @@
 -- Record one delivery attempt and what follows it, in one step: the attempt log, the delivery's schedule, its
 -- destination's slot and breaker, and the dead letter when it died.
--- KEYS: attempts, stats, due (the general schedule), delivery, latency, dead_letter, dead_letters,
---       dead_letters_of_tenant, dead_letter_of_event, then the destination's meta, due, flight, deadline, the
---       tenant's signing secrets, the task's webhook head and line, the tenant's counters, and the task's
---       delivery steps (dead-lettered, replayed)
--- ARGV: the two of dst_init,
---       3 attempt ('' when none was made), 4 attempts_ttl_s, 5 outcome_field ('' for none),
---       6 verdict ('delivered' | 'retry' | 'dead' | 'dropped' | 'noted'), 7 event_id,
---       8 destination id, 9 tenant, 10 origin, 11 lease token ('' for none), 12 breaker outcome ('ok' | 'fail' |
---       'other' | 'none'), 13 error text, 14 hold_until ('' for none), 15 the counter of skipped webhooks,
---       16 now (RFC 3339), then by verdict:
---         retry:     17 delivery, 18 due_at
---         delivered: 17 latency_bucket, 18 latency_s, 19 replayed dead letter id ('' for none)
---         dead:      17 dead letter, 18 dead letter id, 19 dead_at_ms, 20 dead_lettered_field (the stats counter),
---                    21 retention_s (how long dead letters are kept), 22 the counter of its reason, 23 its
---                    dead_lettered step (kept attempts_ttl_s, as the attempts)
---         noted:     nothing (an unacked push: the webhook is owed to its destination from now on)
---         dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
+-- KEYS (RecordKeys): attempts, stats, due, delivery, latency, dead_letter, dead_letters, tenant_dead_letters,
+--   dead_letter_of_event, dst_meta, dst_due, dst_flight, dst_deadline, secrets, webhook_head, webhook_line,
+--   tenant_stats, steps
+-- ARGV (RecordArgs): flow_now, flow_settings, attempt, attempts_ttl_s, attempt_counter, verdict, event_id,
+--   destination_id, destination_tenant, destination_origin, token, outcome, error, hold_until, skipped_counter, at,
+--   retry_delivery, retry_at, latency_bucket, latency_s, dead_letter_id, dead_letter, dead_at_ms,
+--   dead_lettered_counter, dead_letter_retention_s, dead_letter_counter, dead_step
+-- due is the general schedule; secrets the tenant's signing secrets; steps the task's delivery steps
+-- (dead-lettered, replayed). flow_now and flow_settings are the two of dst_init; attempt is '' when none was made;
+-- attempt_counter the stats field it counts in ('' for none); verdict 'delivered' | 'retry' | 'dead' | 'dropped' |
+-- 'noted'; token the lease of the attempt ('' for none); outcome what moves the breaker ('ok' | 'fail' | 'other' |
+-- 'none'); hold_until '' for none; at the time (RFC 3339). Then what only one verdict reads ('' for the others):
+--   retry:     retry_delivery (the delivery record, its attempts counted), retry_at (its next due time)
+--   delivered: latency_bucket, latency_s, dead_letter_id (the replayed dead letter it came from, '' for none)
+--   dead:      dead_letter_id, dead_letter, dead_at_ms, dead_lettered_counter (the stats counter),
+--              dead_letter_retention_s (how long dead letters are kept), dead_letter_counter (of its reason),
+--              dead_step (its dead-lettered step, kept attempts_ttl_s, as the attempts)
+--   noted:     nothing (an unacked push: the webhook is owed to its destination from now on)
+--   dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
 -- Returns {status, change[, event id, record, lease token, the tenant's secrets]}: status 'ok' or 'fenced' (another
 -- attempt holds the delivery now: only the attempt was written down); change is 'opened', 'recovered' or ''; then
 -- the webhook leased to the caller in the same step, when there is one that may start now: the destination's next
@@ -76,10 +78,10 @@ else
     redis.call('ZREM', KEYS[13], event_id)
 end
 if verdict == 'delivered' then
-    redis.call('HINCRBY', KEYS[5], ARGV[17], 1)
-    redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[18])
-    redis.call('HINCRBY', KEYS[17], 'latency:' .. ARGV[17], 1)
-    local replayed = ARGV[19]
+    redis.call('HINCRBY', KEYS[5], ARGV[19], 1)
+    redis.call('HINCRBYFLOAT', KEYS[5], 'sum', ARGV[20])
+    redis.call('HINCRBY', KEYS[17], 'latency:' .. ARGV[19], 1)
+    local replayed = ARGV[21]
     if replayed ~= '' then
         redis.call('DEL', KEYS[6])
         redis.call('ZREM', KEYS[7], replayed)
@@ -89,19 +91,19 @@ if verdict == 'delivered' then
 elseif verdict == 'dead' then
     -- kept retention_s. The tenant's index drops entries older than that as new ones come (workers trim the
     -- global index once a minute: they know no tenants)
-    local retention_s = tonumber(ARGV[21])
-    local cutoff_ms = tonumber(ARGV[19]) - retention_s * 1000
-    redis.call('SET', KEYS[6], ARGV[17], 'EX', retention_s)
-    redis.call('ZADD', KEYS[7], ARGV[19], ARGV[18])
-    redis.call('ZADD', KEYS[8], ARGV[19], ARGV[18])
+    local retention_s = tonumber(ARGV[25])
+    local cutoff_ms = tonumber(ARGV[23]) - retention_s * 1000
+    redis.call('SET', KEYS[6], ARGV[22], 'EX', retention_s)
+    redis.call('ZADD', KEYS[7], ARGV[23], ARGV[21])
+    redis.call('ZADD', KEYS[8], ARGV[23], ARGV[21])
     redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', cutoff_ms)
     redis.call('EXPIRE', KEYS[8], retention_s)
-    redis.call('SET', KEYS[9], ARGV[18], 'EX', retention_s)
-    redis.call('HINCRBY', KEYS[2], ARGV[20], 1)
-    redis.call('HINCRBY', KEYS[2], ARGV[22], 1)
-    redis.call('HINCRBY', KEYS[17], ARGV[20], 1)
-    redis.call('HINCRBY', KEYS[17], ARGV[22], 1)
-    redis.call('RPUSH', KEYS[18], ARGV[23])
+    redis.call('SET', KEYS[9], ARGV[21], 'EX', retention_s)
+    redis.call('HINCRBY', KEYS[2], ARGV[24], 1)
+    redis.call('HINCRBY', KEYS[2], ARGV[26], 1)
+    redis.call('HINCRBY', KEYS[17], ARGV[24], 1)
+    redis.call('HINCRBY', KEYS[17], ARGV[26], 1)
+    redis.call('RPUSH', KEYS[18], ARGV[27])
     redis.call('EXPIRE', KEYS[18], ARGV[4])
 end
 if verdict == 'delivered' or verdict == 'dead' then

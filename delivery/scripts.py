@@ -7,6 +7,11 @@ derived from the step's first key: every key of a partition carries its hash tag
 the step's slot (see :mod:`delivery.keys`). A step is then bound to a client, either plainly (one trip per call) or
 batched (its calls share the trips of their event-loop turn, see :mod:`delivery.redis_batch`).
 
+A step whose keys and arguments are many declares them as Structs (:class:`StepKeys`, :class:`StepArgs`): their fields
+in the order the script reads them, named as the script's header names them (``-- KEYS (AppendKeys): task,
+events, ...``), which ``tests/delivery/test_scripts.py`` checks; the call sends them as they are
+(:func:`wire`), with no copy into a list by hand. Its reply is read into a Struct of its own by the caller.
+
 Nothing else in Relay builds a script: no inline text, no file read elsewhere. The one exception is Dramatiq's own
 dispatch script, wrapped with :meth:`Step.of_text` so that it is bound like the others.
 """
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from delivery import keys
 from delivery.redis_batch import BatchedScript, batched
 
@@ -26,12 +33,34 @@ _ROOT = _HERE.parent
 _FLOW_FUNCTIONS = ("destination.lua", "task_line.lua")
 
 
+class StepKeys(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The keys of a step, in the order its script reads them (``KEYS[1]``, ``KEYS[2]``, ...)."""
+
+
+class StepArgs(msgspec.Struct, array_like=True, gc=False):
+    """The arguments of a step, in the order its script reads them (``ARGV[1]``, ...), each as Redis takes it
+    (``str``, ``bytes``, ``int`` or ``float``; a flag is ``"1"`` or ``""``)."""
+
+
+def wire(values: StepKeys | StepArgs) -> tuple[Any, ...]:
+    """The values of ``values`` in their order, as a script call sends them."""
+    return msgspec.structs.astuple(values)
+
+
+def flag(value: bool) -> str:
+    """A flag as the scripts read it."""
+    return "1" if value else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One Lua step: the file it came from (from the project's root) and the text Redis runs."""
+    """One Lua step: the file it came from (from the project's root), the text Redis runs, and the Structs of its
+    keys and arguments when it declares them."""
 
     name: str
     text: str
+    keys: type[StepKeys] | None = None
+    args: type[StepArgs] | None = None
 
     @classmethod
     def of_text(cls, name: str, text: str | bytes) -> Step:
@@ -63,10 +92,22 @@ end
 """
 
 
-def step(beside: str, name: str, *, flow: bool = False) -> Step:
+# Every step loaded from a file, so that a test can check each one's declarations against its script.
+STEPS: list[Step] = []
+
+
+def step(
+    beside: str,
+    name: str,
+    *,
+    flow: bool = False,
+    keys: type[StepKeys] | None = None,
+    args: type[StepArgs] | None = None,
+) -> Step:
     """The step in file ``name`` of the folder of module file ``beside`` (a module passes its ``__file__``).
 
     ``flow``: the step moves destinations or tasks' webhook lines, and starts with their shared functions.
+    ``keys``, ``args``: the Structs it is called with, when it declares them.
     """
     path = Path(beside).parent / name
     body = path.read_text()
@@ -79,4 +120,6 @@ def step(beside: str, name: str, *, flow: bool = False) -> Step:
         shown = str(path.resolve().relative_to(_ROOT.resolve()))
     except ValueError:
         shown = path.name
-    return Step(shown, text)
+    loaded = Step(shown, text, keys, args)
+    STEPS.append(loaded)
+    return loaded

@@ -1,16 +1,18 @@
 -- Write a task's new state and one event in one step; for a final event, end the task and owe its delivery.
--- KEYS: task, events, stats, delivery, due, secrets, subscribers, ack_marker, owed tasks, lease,
---       open tasks of the tenant, requeue counts, then the destination's meta, due, flight, deadline,
---       then scheduled tasks, the task's webhook head, line and attempt log, the tenant's counters, the tenant's
---       scheduled tasks
--- ARGV: record, record_ttl_s, event, retention_s, channel, stats_field ("" for none),
---       delivery ("" for none), destination id ("" for none), event_id, websocket ("1" or ""), ack_due_at, has_webhook ("1" or ""),
---       task_id, run token, final ("1" or ""), then with a webhook: the two of dst_init, tenant, origin
---       (else two empty), then the stored record expected ('' for none: the run's write), then for a retry
---       the next attempt's run_at and the time it is owed from ('' for none: the run's lease is given back and
---       the task waits in the scheduled set, as a scheduled submission does), then the counter of skipped webhooks,
---       now (RFC 3339), the event's line kind ('p' for progress, which a newer event supersedes, else 'f'), and
---       the publish command (PUBLISH, or SPUBLISH on a cluster)
+-- KEYS (AppendKeys): task, events, stats, delivery, due, secrets, subscribers, ack_marker, owed_tasks, lease,
+--   open_tasks, requeues, dst_meta, dst_due, dst_flight, dst_deadline, scheduled_tasks, webhook_head,
+--   webhook_line, attempts, tenant_stats, tenant_scheduled
+-- ARGV (AppendArgs): record, record_ttl_s, event, retention_s, channel, stats_field, delivery, destination_id,
+--   event_id, websocket, ack_due_at, has_webhook, task_id, run_token, final, flow_now, flow_settings,
+--   destination_tenant, destination_origin, read_state, retry_at, owed_from, skipped_counter, at, line_kind,
+--   publish
+-- stats_field and delivery are '' for none; websocket, has_webhook and final are flags ('1' or ''); with a webhook,
+-- flow_now and flow_settings are the two of dst_init (else two empty); read_state is the stored record expected
+-- ('' for none: the run's write); for a retry, retry_at is the next attempt's run_at and owed_from the time it is
+-- owed from ('' for none: the run's lease is given back and the task waits in the scheduled set, as a scheduled
+-- submission does); skipped_counter is the counter of skipped webhooks, at the time (RFC 3339), line_kind the
+-- event's kind in its task's line ('p' for progress, which a newer event supersedes, else 'f'), and publish the
+-- publish command (PUBLISH, or SPUBLISH on a cluster)
 -- A webhook waits behind any other of its task that is still owed (see task_line.lua): {'lined'}.
 -- Only the run that holds the task writes: returns {'ended'} when the task has ended already and {'stolen'}
 -- when another run holds its lease, writing nothing. A write from outside any run (a cancel) gives the record

@@ -15,12 +15,12 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.destinations import NO_DESTINATION, FlowSettings, destination_for
+from delivery.destinations import NO_DESTINATION, DestinationRef, FlowSettings, destination_for
 from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_batch import batched
 from delivery.redis_client import as_text
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, flag, step, wire
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep
 from schemas.events import Event, EventType
 
@@ -29,7 +29,6 @@ MAX_EVENTS_PER_PAGE = 1000
 # Bytes of events one page reads at most (always one event at least); past it the page ends early.
 MAX_EVENTS_PAGE_BYTES = 4 * 1024 * 1024
 
-_APPEND = step(__file__, "append_event.lua", flow=True)
 _EVENTS_PAGE = step(__file__, "events_page.lua")
 
 _encode = msgspec.json.Encoder().encode
@@ -40,6 +39,115 @@ _decode_step = msgspec.json.Decoder(DeliveryStep).decode
 
 def _rfc3339_now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class AppendKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``append_event.lua``: the task's, and its destination's when its event is owed by webhook."""
+
+    task: str
+    events: str
+    stats: str
+    delivery: str
+    due: str
+    secrets: str  # the tenant's signing secrets on one partition (handed back with a lease); else nothing
+    subscribers: str
+    ack_marker: str
+    owed_tasks: str
+    lease: str
+    open_tasks: str  # the tenant's open tasks
+    requeues: str
+    dst_meta: str
+    dst_due: str
+    dst_flight: str
+    dst_deadline: str
+    scheduled_tasks: str
+    webhook_head: str
+    webhook_line: str
+    attempts: str
+    tenant_stats: str
+    tenant_scheduled: str
+
+    @classmethod
+    def of(cls, task_id: str, event_id: str, tenant: str, dst: DestinationRef | None, *, single: bool) -> AppendKeys:
+        part = keys.of(task_id)
+        dst_meta, dst_due, dst_flight, dst_deadline = dst.keys if dst else part.destination_keys(NO_DESTINATION)
+        return cls(
+            task=keys.task(task_id),
+            events=keys.events(task_id),
+            stats=part.stats,
+            delivery=keys.delivery(event_id),
+            due=part.due,
+            # On one partition the step reads the secrets it hands back; else they live in the tenant's own slot, and
+            # the caller reads them (see ``Leased``).
+            secrets=keys.secrets(tenant) if single else part.nothing,
+            subscribers=keys.subscribers(task_id),
+            ack_marker=keys.ack_marker(event_id),
+            owed_tasks=part.owed_tasks,
+            lease=keys.lease(task_id),
+            open_tasks=part.open_tasks_of(tenant),
+            requeues=part.requeues,
+            dst_meta=dst_meta,
+            dst_due=dst_due,
+            dst_flight=dst_flight,
+            dst_deadline=dst_deadline,
+            scheduled_tasks=part.scheduled_tasks,
+            webhook_head=keys.webhook_head(task_id),
+            webhook_line=keys.webhook_line(task_id),
+            attempts=keys.attempts(task_id),
+            tenant_stats=part.stats_of(tenant),
+            tenant_scheduled=part.scheduled_of(tenant),
+        )
+
+
+class AppendArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``append_event.lua`` (its header says what each means)."""
+
+    record: bytes
+    record_ttl_s: int
+    event: bytes
+    retention_s: int
+    channel: str
+    stats_field: str
+    delivery: bytes | str
+    destination_id: str
+    event_id: str
+    websocket: str
+    ack_due_at: float
+    has_webhook: str
+    task_id: str
+    run_token: str
+    final: str
+    flow_now: str  # the two of dst_init (see FlowSettings.header), or two empty
+    flow_settings: str
+    destination_tenant: str
+    destination_origin: str
+    read_state: bytes | str
+    retry_at: str
+    owed_from: str
+    skipped_counter: str
+    at: str
+    line_kind: str
+    publish: str
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What ``append_event.lua`` answered: its mode, and with ``webhook`` the lease of the webhook handed to the
+    caller and (on one partition) the tenant's stored secrets."""
+
+    mode: str
+    secrets: bytes | None = None
+    token: str = ""
+
+    @classmethod
+    def read(cls, reply: Sequence[Any]) -> Appended:
+        mode = as_text(reply[0])
+        if mode != "webhook":
+            return cls(mode)
+        return cls(mode, reply[1] if isinstance(reply[1], bytes) else None, as_text(reply[2]))
+
+
+_APPEND = step(__file__, "append_event.lua", flow=True, keys=AppendKeys, args=AppendArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,71 +205,52 @@ class EventLog:
         task_id = event.task_id
         body = _encode(event)
         dst = destination_for(tenant, delivery.url) if delivery is not None and delivery.url else None
-        part = keys.of(task_id)
         single = keys.layout().single
+        flow = self._flow.header() if dst else ["", ""]
         reply = await self._append(
-            keys=[
-                keys.task(task_id),
-                keys.events(task_id),
-                part.stats,
-                keys.delivery(event.id),
-                part.due,
-                # On one partition the step reads the secrets it hands back; else they live in the tenant's own
-                # slot, and the caller reads them (see ``Leased``).
-                keys.secrets(tenant) if single else part.nothing,
-                keys.subscribers(task_id),
-                keys.ack_marker(event.id),
-                part.owed_tasks,
-                keys.lease(task_id),
-                part.open_tasks_of(tenant),
-                part.requeues,
-                *(dst.keys if dst else part.destination_keys(NO_DESTINATION)),
-                part.scheduled_tasks,
-                keys.webhook_head(task_id),
-                keys.webhook_line(task_id),
-                keys.attempts(task_id),
-                part.stats_of(tenant),
-                part.scheduled_of(tenant),
-            ],
-            args=[
-                task_state,
-                task_ttl_s,
-                body,
-                self._retention_s,
-                keys.task_channel(task_id),
-                stats_field or "",
-                _encode(delivery) if delivery is not None else "",
-                dst.id if dst else "",
-                event.id,
-                "1" if websocket else "",
-                ack_due_at,
-                "1" if delivery is not None and delivery.url else "",
-                task_id,
-                run_token,
-                "1" if final else "",
-                *(self._flow.header() if dst else ["", ""]),
-                dst.tenant if dst else "",
-                dst.origin if dst else "",
-                read_state or "",
-                repr(retry_at) if retry_at is not None else "",
-                repr(owed_from),
-                metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
-                _rfc3339_now(),
-                "p" if event.type is EventType.PROGRESS else "f",
-                "SPUBLISH" if keys.layout().cluster else "PUBLISH",
-            ],
+            keys=wire(AppendKeys.of(task_id, event.id, tenant, dst, single=single)),
+            args=wire(
+                AppendArgs(
+                    record=task_state,
+                    record_ttl_s=task_ttl_s,
+                    event=body,
+                    retention_s=self._retention_s,
+                    channel=keys.task_channel(task_id),
+                    stats_field=stats_field or "",
+                    delivery=_encode(delivery) if delivery is not None else "",
+                    destination_id=dst.id if dst else "",
+                    event_id=event.id,
+                    websocket=flag(websocket),
+                    ack_due_at=ack_due_at,
+                    has_webhook=flag(dst is not None),
+                    task_id=task_id,
+                    run_token=run_token,
+                    final=flag(final),
+                    flow_now=flow[0],
+                    flow_settings=flow[1],
+                    destination_tenant=dst.tenant if dst else "",
+                    destination_origin=dst.origin if dst else "",
+                    read_state=read_state or "",
+                    retry_at=repr(retry_at) if retry_at is not None else "",
+                    owed_from=repr(owed_from),
+                    skipped_counter=metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
+                    at=_rfc3339_now(),
+                    line_kind="p" if event.type is EventType.PROGRESS else "f",
+                    publish="SPUBLISH" if keys.layout().cluster else "PUBLISH",
+                )
+            ),
         )
-        mode = as_text(reply[0])
-        if mode in ("ended", "stolen"):
-            raise LeaseLost(task_id, ended=mode == "ended")
-        if mode == "changed":
+        answer = Appended.read(reply)
+        if answer.mode in ("ended", "stolen"):
+            raise LeaseLost(task_id, ended=answer.mode == "ended")
+        if answer.mode == "changed":
             raise RecordChanged(task_id)
-        if mode != "webhook":
+        if answer.mode != "webhook":
             return None  # nothing owed; waiting for a socket's ack, in its destination, or behind the task's others
-        raw_secrets = reply[1] if isinstance(reply[1], bytes) else None
+        raw_secrets = answer.secrets
         if not single:
             raw_secrets = await self._batch.command("GET", keys.secrets(tenant))
-        return Leased(token=as_text(reply[2]), raw_secrets=raw_secrets)
+        return Leased(token=answer.token, raw_secrets=raw_secrets)
 
     async def events_after(
         self, task_id: str, after_seq: int = 0, *, first: Sequence[Sequence[Any]] = ()
