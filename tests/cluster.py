@@ -1,4 +1,5 @@
-"""A Redis Cluster of child processes on loopback, for tests that need one and for the faults they inject.
+"""A Redis Cluster of child processes (on loopback unless told another address), for tests that need one and for
+the faults they inject.
 
 :class:`LocalCluster` starts ``masters`` nodes (and ``replicas_per_master`` replicas of each) from the
 ``redis-server`` on PATH, joins them with ``redis-cli --cluster create``, and waits until every node agrees that
@@ -44,6 +45,7 @@ DEFAULT_START_TIMEOUT_S = 60.0
 DEFAULT_SETTLE_TIMEOUT_S = 30.0
 # One command to one node of ours may take this long (a node answers at once unless frozen).
 NODE_COMMAND_TIMEOUT_S = 2.0
+LOOPBACK = "127.0.0.1"
 
 Role = Literal["master", "replica"]
 
@@ -62,10 +64,11 @@ class Node:
     master_id: str | None  # a replica's master
     slots: tuple[tuple[int, int], ...]  # inclusive ranges a master serves
     failed: bool  # flagged ``fail`` or ``fail?`` by the node asked
+    host: str = LOOPBACK  # the address it announces
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def serves(self, slot: int) -> bool:
         return any(first <= slot <= last for first, last in self.slots)
@@ -98,19 +101,22 @@ def cluster_binaries() -> tuple[str, str]:
     return server, cli
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held open together, so that none is handed out twice)."""
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """``count`` distinct free TCP ports on ``host`` (held open together, so that none is handed out twice)."""
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
         for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((host, 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 class _Process:
     """One node's ``redis-server``: its ports, directory and child process."""
 
-    def __init__(self, executable: str, port: int, bus_port: int, directory: Path, node_timeout_ms: int) -> None:
+    def __init__(
+        self, executable: str, port: int, bus_port: int, directory: Path, node_timeout_ms: int, host: str = LOOPBACK
+    ) -> None:
+        self.host = host
         self.port = port
         self.bus_port = bus_port
         self.dir = directory
@@ -122,9 +128,10 @@ class _Process:
             "--cluster-port",
             str(bus_port),
             "--bind",
-            "127.0.0.1",
+            host,
+            # Off the loopback, a node without a password answers only with protected mode off.
             "--protected-mode",
-            "yes",
+            "yes" if host == LOOPBACK else "no",
             "--dir",
             str(directory),
             "--cluster-enabled",
@@ -143,6 +150,8 @@ class _Process:
             "--daemonize",
             "no",
         ]
+        if host != LOOPBACK:  # the others and the clients reach it where it listens
+            self.argv += ["--cluster-announce-ip", host]
         self.process: subprocess.Popen[bytes] | None = None
         self.frozen = False
 
@@ -176,7 +185,7 @@ class _Process:
 
     def client(self) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1",
+            host=self.host,
             port=self.port,
             decode_responses=True,
             socket_timeout=NODE_COMMAND_TIMEOUT_S,
@@ -192,7 +201,7 @@ class _Process:
 
 
 class LocalCluster:
-    """A Redis Cluster of ``redis-server`` child processes on 127.0.0.1, each in its own temporary directory.
+    """A Redis Cluster of ``redis-server`` child processes on ``host``, each in its own temporary directory.
 
     Args:
         masters: how many masters share the slots (3 at least: a failover needs a majority of masters).
@@ -201,6 +210,8 @@ class LocalCluster:
         auto_failover: let a replica take over from a failed master by itself (off: only :meth:`failover` does).
         base_dir: where the nodes' directories go; a new temporary directory when not given.
         start_timeout_s: how long :meth:`start` may take.
+        host: the address every node listens on and announces (an address of this machine; protected mode is off
+            when it is not the loopback, so keep it on a network of the test's own).
 
     Raises:
         ClusterUnavailable: (from :meth:`start`) no Redis 7 here.
@@ -215,6 +226,7 @@ class LocalCluster:
         auto_failover: bool = True,
         base_dir: Path | None = None,
         start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
+        host: str = LOOPBACK,
     ) -> None:
         if masters < 3:
             raise ValueError("a cluster needs 3 masters at least")
@@ -225,6 +237,7 @@ class LocalCluster:
         self.node_timeout_ms = node_timeout_ms
         self.auto_failover = auto_failover
         self.start_timeout_s = start_timeout_s
+        self.host = host
         self._base_dir = base_dir
         self.dir: Path | None = None
         self._processes: dict[int, _Process] = {}
@@ -244,10 +257,10 @@ class LocalCluster:
         server, cli = cluster_binaries()
         self.dir = Path(tempfile.mkdtemp(prefix="relay-cluster-", dir=self._base_dir))
         count = self.masters * (1 + self.replicas_per_master)
-        ports = free_ports(2 * count)
+        ports = free_ports(2 * count, self.host)
         try:
             for port, bus_port in zip(ports[:count], ports[count:], strict=True):
-                process = _Process(server, port, bus_port, self.dir / str(port), self.node_timeout_ms)
+                process = _Process(server, port, bus_port, self.dir / str(port), self.node_timeout_ms, self.host)
                 if not self.auto_failover:
                     process.argv += ["--cluster-replica-no-failover", "yes"]
                 self._processes[port] = process
@@ -285,8 +298,8 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """Every node as a seed: ``redis://127.0.0.1:p1,redis://127.0.0.1:p2,...``."""
-        return ",".join(f"redis://127.0.0.1:{port}" for port in self._processes)
+        """Every node as a seed: ``redis://127.0.0.1:p1,redis://127.0.0.1:p2,...`` (its ``host`` for 127.0.0.1)."""
+        return ",".join(f"redis://{self.host}:{port}" for port in self._processes)
 
     @property
     def ports(self) -> list[int]:
@@ -399,7 +412,7 @@ class LocalCluster:
             cli,
             "--cluster",
             "reshard",
-            f"127.0.0.1:{self._port(source)}",
+            f"{self.host}:{self._port(source)}",
             "--cluster-from",
             from_id,
             "--cluster-to",
@@ -496,7 +509,7 @@ class LocalCluster:
             cli,
             "--cluster",
             "create",
-            *(f"127.0.0.1:{port}" for port in self._processes),
+            *(f"{self.host}:{port}" for port in self._processes),
             "--cluster-replicas",
             str(self.replicas_per_master),
             "--cluster-yes",
@@ -561,7 +574,7 @@ def _parse_nodes(text: str) -> list[Node]:
             continue
         node_id, address, flags_text, master = fields[:4]
         flags = set(flags_text.split(","))
-        port = int(address.split("@", 1)[0].rsplit(":", 1)[1])
+        host, _, port_text = address.split("@", 1)[0].rpartition(":")
         slots = []
         for part in fields[8:]:
             if part.startswith("["):  # a slot being migrated or imported: its owner still lists it plainly
@@ -570,12 +583,13 @@ def _parse_nodes(text: str) -> list[Node]:
             slots.append((int(first), int(last or first)))
         nodes.append(
             Node(
-                port=port,
+                port=int(port_text),
                 node_id=node_id,
                 role="replica" if "slave" in flags else "master",
                 master_id=None if master == "-" else master,
                 slots=tuple(slots),
                 failed=bool(flags & {"fail", "fail?"}),
+                host=host or LOOPBACK,
             )
         )
     return nodes

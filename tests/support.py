@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +62,20 @@ def relay_env(redis_url: str, **overrides: str) -> dict[str, str]:
 
 
 class RelayProcess:
-    """One `relay api` or `relay worker` child process, its output kept in a log file."""
+    """One `relay api` or `relay worker` child process, its output kept in a log file.
 
-    def __init__(self, role: str, env: Mapping[str, str], *args: str) -> None:
+    ``prefix`` goes before the command (``ip netns exec <ns>`` runs it on another host, see tests/hosts.py; it must
+    exec the command, so that the child's id is the process's own); an API listens on ``host``.
+    """
+
+    def __init__(
+        self, role: str, env: Mapping[str, str], *args: str, prefix: Sequence[str] = (), host: str = "127.0.0.1"
+    ) -> None:
         self.role = role
         self.env = dict(env)
         self.args = list(args)
+        self.prefix = list(prefix)
+        self.host = host
         self.port = free_port() if role == "api" else None
         self.log_path = Path(tempfile.mkstemp(prefix=f"relay-{role}-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
@@ -76,12 +84,12 @@ class RelayProcess:
     @property
     def url(self) -> str:
         assert self.port is not None
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, *, wait: bool = True) -> RelayProcess:
-        cmd = [*RELAY, self.role, *self.args]
+        cmd = [*self.prefix, *RELAY, self.role, *self.args]
         if self.role == "api":
-            cmd += ["--port", str(self.port)]
+            cmd += ["--host", self.host, "--port", str(self.port)]
         self._signalled = False
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -172,6 +180,7 @@ class Receiver:
     """
 
     port: int
+    host: str = "127.0.0.1"
     received: list[Received] = field(default_factory=list)
     responses: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -180,7 +189,7 @@ class Receiver:
     peak_open_requests: int = 0  # the most answered at once so far
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def script(self, path: str, *answers: int | tuple[int, dict[str, str]]) -> str:
         self.responses[path] = [a if isinstance(a, tuple) else (a, {}) for a in answers]
@@ -204,12 +213,13 @@ class Receiver:
 
 
 @contextmanager
-def run_receiver(port: int | None = None) -> Iterator[Receiver]:
+def run_receiver(port: int | None = None, host: str = "127.0.0.1") -> Iterator[Receiver]:
+    """A :class:`Receiver` listening on ``host`` (loopback unless another address of this machine is given)."""
     import asyncio
 
     from aiohttp import web
 
-    receiver = Receiver(port=port or free_port())
+    receiver = Receiver(port=port or free_port(), host=host)
     loop = asyncio.new_event_loop()
     started = threading.Event()
 
@@ -241,7 +251,7 @@ def run_receiver(port: int | None = None) -> Iterator[Receiver]:
     def serve() -> None:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", receiver.port).start())
+        loop.run_until_complete(web.TCPSite(runner, host, receiver.port).start())
         started.set()
         loop.run_forever()
         loop.run_until_complete(runner.cleanup())

@@ -34,6 +34,14 @@ if TYPE_CHECKING:
 def rabbitmq_url() -> Iterator[str]:
     """A RabbitMQ vhost of this test's own on the machine's RabbitMQ (so that tests running side by side, or
     earlier runs, never share a queue), deleted afterwards."""
+    with rabbitmq_vhost() as url:
+        yield url
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """The URL of a new RabbitMQ vhost on the machine's RabbitMQ, deleted when the block ends; skips the test (fails
+    it under CI) when RabbitMQ is not there."""
     if not _reachable("127.0.0.1", 5672) or shutil.which("rabbitmqctl") is None:
         if CI:
             pytest.fail("RabbitMQ (and rabbitmqctl) are needed on 127.0.0.1:5672")
