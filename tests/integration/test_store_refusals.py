@@ -67,7 +67,21 @@ def check_ended_once(relay: Relay, receiver: Receiver, task_ids: list[str], *, t
         events = relay.client.get(f"/v1/tasks/{task_id}/events").json()["events"]
         finals[task_id] = sum(1 for e in events if e["type"] in FINAL)
     wait_until(lambda: len({r.json()["task_id"] for r in receiver.on("/hook")}) >= len(task_ids), timeout_s=60)
-    time.sleep(1)  # a second webhook of one task, had there been one, would be here by now
+    # Nothing owed to the receiver any more, none in flight: a second webhook of one task, had there been one, has
+    # arrived (no event is owed twice at once, and what is owed or in flight is counted until it is answered).
+    origin = receiver.url("").rstrip("/")
+    wait_until(
+        lambda: (
+            [
+                (d["owed"], d["in_flight"])
+                for d in relay.client.get("/v1/destinations", key="admin-token").json()["items"]
+                if d["origin"] == origin
+            ]
+            == [(0, 0)]
+        ),
+        timeout_s=60,
+        message="nothing owed to the receiver",
+    )
     hooks = Counter(r.json()["task_id"] for r in receiver.on("/hook"))
     return {
         "ended": sum(1 for t in task_ids if finals[t] >= 1),
