@@ -39,6 +39,8 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from delivery.script_call import run_async
+
 # Most calls one trip carries; a longer turn is split into several trips (a group is never split).
 MAX_BATCH = 128
 
@@ -167,9 +169,10 @@ class ScriptBatcher:
                 _answer(item, mine)
 
     async def _alone(self, item: _Item) -> None:
-        """A Lua step or a single command by itself, through redis-py's own call (which loads a forgotten script)."""
+        """A Lua step or a single command by itself, through the client (which follows the slot to its master); a
+        forgotten script is sent whole to that node (see :mod:`delivery.script_call`)."""
         if item.script is not None:
-            await _settle(item.future, item.script(keys=item.keys, args=item.args))
+            await _settle(item.future, run_async(self._redis, item.script, item.keys, item.args))
         else:
             await _settle(item.future, self._redis.execute_command(*item.commands[0]))
 

@@ -16,6 +16,8 @@ from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ClusterDownError, NoScriptError, RedisError
 
+from delivery.script_call import run_async
+
 # How long a submission waits for a replica before it is answered 503.
 WAIT_MS = 2000
 
@@ -32,13 +34,13 @@ class ReplicatedStep:
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         node = self._cluster.get_node_from_key(keys[0])
         if node is None:
-            return await script(keys=keys, args=args)
+            return await run_async(self._cluster, script, keys, args)
         replicas = len(self._cluster.nodes_manager.slots_cache.get(self._cluster.keyslot(keys[0]), [])) - 1
         if replicas <= 0:
-            return await script(keys=keys, args=args)
+            return await run_async(self._cluster, script, keys, args)
         reply, acked = await self._with_wait(node, script, keys, args)
-        if isinstance(reply, NoScriptError):  # the node restarted and forgot it: load it there, then once more
-            await self._cluster.script_load(script.script)
+        if isinstance(reply, NoScriptError):  # the node restarted and forgot it: load it there (only), then once more
+            await self._cluster.execute_command("SCRIPT LOAD", script.script, target_nodes=node)
             reply, acked = await self._with_wait(node, script, keys, args)
         if isinstance(reply, Exception):
             raise reply

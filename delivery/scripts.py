@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from redis.commands.core import AsyncScript
 
 from delivery import keys
 from delivery.redis_batch import BatchedScript, batched
+from delivery.script_call import AsyncStepCall, StepCall
 
 _HERE = Path(__file__).parent
 _ROOT = _HERE.parent
@@ -68,9 +70,11 @@ class Step:
         return cls(name, text.decode() if isinstance(text, bytes) else text)
 
     def bind(self, redis: Any) -> Any:
-        """The step on ``redis`` (asyncio, sync or cluster client), one trip per call: redis-py's ``Script``,
-        called with ``keys=`` and ``args=``; loaded again by itself after a ``SCRIPT FLUSH`` or a restart."""
-        return redis.register_script(self.text)
+        """The step on ``redis`` (asyncio, sync or cluster client), one trip per call, called with ``keys=`` and
+        ``args=`` as redis-py's ``Script`` is; sent whole to the node of its keys after a ``SCRIPT FLUSH`` or a
+        restart (see :mod:`delivery.script_call`)."""
+        script = redis.register_script(self.text)
+        return AsyncStepCall(redis, script) if isinstance(script, AsyncScript) else StepCall(redis, script)
 
     def batched(self, redis: Any) -> BatchedScript:
         """The step on ``redis``, its calls sharing the trips of their event-loop turn with the other calls made

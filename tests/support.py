@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from delivery import keys
+from delivery import keys, shares
 from service.processes import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,24 @@ def wait_until(
         return wait_for(predicate, timeout_s=timeout_s, interval_s=interval_s, message=message)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
+
+
+def wait_heartbeats_past(
+    redis: Any, moment: float, *, sets: Iterable[str] = (shares.WORKERS, shares.API_NODES), timeout_s: float = 30.0
+) -> None:
+    """Wait until every process in the membership ``sets`` (workers, API nodes) has renewed its heartbeat at
+    ``moment`` (unix time) or later. A process's heartbeat runs on the loop of its periodic jobs (the sweeper, lease
+    renewal, the epoch's looks), so a beat it wrote after ``moment`` shows that loop ran past it, which a sleep of
+    the test's own cannot show. ``redis``: a synchronous client of the store."""
+
+    def renewed() -> bool:
+        for key in sets:
+            expiries = [score for _, score in redis.zrange(key, 0, -1, withscores=True)]
+            if not expiries or min(expiries) - shares.MEMBER_TTL_S < moment:
+                return False
+        return True
+
+    wait_until(renewed, timeout_s=timeout_s, message=f"every process's heartbeat renewed after {moment:.3f}")
 
 
 def store_layout() -> keys.Layout:

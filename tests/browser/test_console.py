@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,7 +190,18 @@ def test_a_filtered_bulk_replay_after_the_receiver_is_back_reaches_it_once_each(
     assert lagging == []  # each "n of 200" with a bar at n/200, as drawn at that moment
 
     wait_until(lambda: len(receiver.on("/gone")) - before >= 200, timeout_s=30, message="the 200 replays")
-    time.sleep(0.5)  # nothing more comes
+    origin = receiver.url("").rstrip("/")
+    wait_until(  # nothing more comes: nothing is owed to the receiver any more, none in flight
+        lambda: (
+            {
+                (d["owed"], d["in_flight"])
+                for d in relay.client.get("/v1/destinations", key="admin-token").json()["items"]
+                if d["origin"] == origin
+            }
+            == {(0, 0)}
+        ),
+        message="nothing owed to the receiver",
+    )
     replayed = [r.json()["task_id"] for r in receiver.on("/gone")[before:]]
     assert sorted(replayed) == sorted(acme)  # each of acme's once, none of globex's
     assert not set(replayed) & set(globex)

@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from delivery.redis_batch import batched
 from delivery.redis_client import _quick_packing, connect, connect_sync, key_slot, parse_seeds
+from delivery.scripts import Step
 from tests.cluster import SLOTS, LocalCluster, free_ports
 
 pytestmark = pytest.mark.cluster
@@ -140,7 +141,8 @@ async def test_every_node_connection_packs_commands_the_quick_way(cluster: Local
 async def test_a_command_to_a_frozen_master_times_out_once_and_the_others_still_answer(
     cluster: LocalCluster, tags: dict[int, str]
 ) -> None:
-    client = connect(cluster.url, cluster=True, command_timeout_s=0.3)
+    timeout_s = 1.0
+    client = connect(cluster.url, cluster=True, command_timeout_s=timeout_s)
     frozen, other = list(tags)[:2]
     try:
         await client.set(f"{tags[frozen]}k", "v")
@@ -149,7 +151,7 @@ async def test_a_command_to_a_frozen_master_times_out_once_and_the_others_still_
         started = time.monotonic()
         with pytest.raises(RedisTimeoutError):
             await client.get(f"{tags[frozen]}k")
-        assert time.monotonic() - started < 1.0  # one timeout, not one per retry
+        assert time.monotonic() - started < 2 * timeout_s  # one timeout, not one per retry (a retry takes two)
         assert await client.get(f"{tags[other]}k") == b"v"
     finally:
         cluster.thaw(frozen)
@@ -248,6 +250,36 @@ async def test_after_one_master_forgets_its_scripts_every_call_still_runs_once(
     assert alone == b"alone"
     for port, tag in tags.items():
         assert int(await cluster_redis.get(f"{tag}calls") or 0) == 1 + 5 + (port == forgetful)
+
+
+async def test_with_a_master_down_a_step_not_yet_loaded_runs_on_the_masters_still_up(
+    cluster: LocalCluster, cluster_redis: aiocluster.RedisCluster, tags: dict[int, str]
+) -> None:
+    # redis-py's own reload loads a forgotten script on every master: with one down, that fails for every key.
+    dead, *alive = tags
+    nodes = cluster.nodes()
+    for node in nodes:
+        with cluster.client(node) as client:
+            client.config_set("cluster-require-full-coverage", "no")  # the others keep serving their slots
+    try:
+        cluster.kill(dead)
+        one_by_one = Step.of_text("echo", ECHO).bind(cluster_redis)
+        in_turns = batched(cluster_redis).register_script(f"{ECHO} -- batched")
+        sync_client = connect_sync(cluster.url, cluster=True)
+        try:
+            sync_step = Step.of_text("echo", f"{ECHO} -- sync").bind(sync_client)
+            answers = [sync_step(keys=[f"{tags[port]}sync"], args=[str(port)]) for port in alive]
+        finally:
+            sync_client.close()
+        answers += [await one_by_one(keys=[f"{tags[port]}bound"], args=[str(port)]) for port in alive]
+        answers += await asyncio.gather(*(in_turns(keys=[f"{tags[port]}batched"], args=[str(port)]) for port in alive))
+    finally:
+        for node in nodes:
+            if node.port != dead:
+                with cluster.client(node) as client:
+                    client.config_set("cluster-require-full-coverage", "yes")
+
+    assert answers == [str(port).encode() for port in alive] * 3
 
 
 async def test_groups_keep_their_order_on_each_slot(

@@ -215,13 +215,15 @@ def test_a_tenant_over_its_open_tasks_gets_429_until_some_end(start_relay: Start
 
 @pytest.mark.slow  # timing: waits out an idle timeout
 def test_sockets_per_client_are_capped_and_idle_ones_are_closed(start_relay: StartRelay) -> None:
-    api = start_relay("api", RELAY_WS_MAX_PER_CLIENT="3", RELAY_WS_IDLE_TIMEOUT="1.5")
+    # Pings every half second: the second one after the idle limit comes from a look at the sockets made after it.
+    api = start_relay("api", RELAY_WS_MAX_PER_CLIENT="3", RELAY_WS_IDLE_TIMEOUT="1.5", RELAY_WS_PING_INTERVAL="0.5")
     start_relay("worker")
     client = Api(api.url)
     sockets: list[WsClient] = []
     try:
         task = client.submit("sleep", {"seconds": 0.2}, body={"websocket": True})
         follower = WsClient(api.url)
+        idle_limit_at = time.monotonic() + 1.5  # the server counts from no later than this
         sockets.append(follower)
         follower.subscribe(task)
         assert follower.recv()["type"] == "subscribed"
@@ -233,7 +235,13 @@ def test_sockets_per_client_are_capped_and_idle_ones_are_closed(start_relay: Sta
 
         for ws in idle:  # following nothing: closed once the idle limit has passed
             assert ws.wait_closed(10) == 1008
-        time.sleep(1.0)
+        # Each ping answered after its idle limit was sent by a later look at the socket, one that would have closed
+        # it had it been idle (a look closes an idle socket before it pings it).
+        wait_until(
+            lambda: sum(1 for at in follower.ping_times if at > idle_limit_at) >= 2 or follower.closed.is_set(),
+            timeout_s=10,
+            message="two pings to the follower after its idle limit",
+        )
         assert not follower.closed.is_set()  # following a task is not idle
         follower.send({"type": "unsubscribe", "task_id": task["id"]})
         assert follower.wait_closed(10) == 1008

@@ -15,11 +15,12 @@ from tests.integration.conftest import Relay, StartRelay
 from tests.integration.test_destinations import destination_of
 from tests.support import RELAY, ROOT, Api, Receiver, dead_letters, relay_env, wait_dead_letter, wait_until
 
-# One failure opens a circuit; its first probe waits 3 s; a webhook's whole retry span is half a second, so what
+# One failure opens a circuit; its first probe waits 6 s; a webhook's whole retry span is half a second, so what
 # the circuit holds dead-letters long before the probe.
 pytestmark = pytest.mark.slow  # a Relay of its own per test, and waits of seconds
 
-OPENS_AT_ONCE = {"RELAY_BREAKER_THRESHOLD": "1", "RELAY_BREAKER_PROBE_S": "3", "RELAY_RETRY_SCHEDULE": "0.5"}
+PROBE_S = 6.0
+OPENS_AT_ONCE = {"RELAY_BREAKER_THRESHOLD": "1", "RELAY_BREAKER_PROBE_S": str(PROBE_S), "RELAY_RETRY_SCHEDULE": "0.5"}
 
 
 @pytest.fixture
@@ -92,7 +93,8 @@ def test_held_webhooks_dead_letter_as_never_attempted_then_the_next_one_owed_pro
     sent_at = time.time()
     relay.client.submit("echo", "next", webhook=receiver.url("/down"))
     (_, probe) = receiver.wait_for("/down", 2)
-    assert probe.at - sent_at < 2.0  # a poll of the schedule (0.25 s) and the task's run, not a wait of its own
+    # A poll of the schedule (0.25 s) and the task's run, not a wait of its own (PROBE_S), with seconds to spare.
+    assert probe.at - sent_at < PROBE_S / 2
     wait_until(
         lambda: relay.client.get(f"/v1/destinations/{dst['id']}", key="admin-token").json()["state"] == "healthy",
         message="the destination healthy again",
@@ -105,7 +107,7 @@ def test_a_replay_into_an_open_destination_gets_a_real_attempt_before_its_span_e
     first, dst = _opened(relay, receiver, "/back-soon")
     letter = wait_dead_letter(relay.client, first["id"])
     receiver.script("/back-soon", 200)
-    # Replayed at once: its half-second span ends long before the probe (3 s after the circuit opened).
+    # Replayed at once: its half-second span ends long before the probe (PROBE_S after the circuit opened).
     replayed = relay.client.post(f"/v1/dead-letters/{letter['id']}/replay", key="admin-token")
     assert replayed.status_code == 202, replayed.text
     (_, again) = receiver.wait_for("/back-soon", 2, timeout_s=15)  # sent as the probe

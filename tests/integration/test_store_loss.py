@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from delivery import shares
+from delivery.epoch import CHECK_INTERVAL_S
 from tests.integration.conftest import Relay
-from tests.support import RELAY, ROOT, Streamed, WsClient, stream_task, wait_until
+from tests.support import RELAY, ROOT, Streamed, WsClient, stream_task, wait_heartbeats_past, wait_until
 
 if TYPE_CHECKING:
     from tests.conftest import RedisServer
@@ -104,7 +106,10 @@ def test_a_store_that_lost_its_data_is_said_once_and_its_followers_are_told(
         assert re.search(r"\bERROR\b", errors[0]), errors
     lines = {t["id"]: lines_about(relay.worker.output(), t["id"]) for t in [task, *others]}
     assert all(len(said) <= 1 for said in lines.values()), lines
-    time.sleep(3)  # past a few sweeps and lease renewals: nothing more about them
+    # Past a few sweeps and lease renewals (each about every second, on the loop of the worker's heartbeat), as a
+    # heartbeat the worker wrote 3 s later shows: nothing more about them.
+    with redis_server.client() as store:
+        wait_heartbeats_past(store, time.time() + 3, sets=[shares.WORKERS])
     assert {t: lines_about(relay.worker.output(), t) for t in lines} == lines
 
 
@@ -120,7 +125,8 @@ def test_a_redis_restarted_on_its_files_has_lost_nothing(
     redis_server.start()
 
     wait_until(lambda: relay.client.get("/ready", key=None).status_code == 200, message="ready again")
-    time.sleep(2)  # past two looks at the epoch by every process
+    with redis_server.client() as store:  # past two looks at the epoch (one a second) by every process
+        wait_heartbeats_past(store, time.time() + 2 * CHECK_INTERVAL_S)
     assert relay.client.get("/ready", key=None).json()["store"] == "ok"
     assert not ws.closed.is_set()
     ws.subscribe(task)  # the task is still there, and so is the socket (its progress events come meanwhile)

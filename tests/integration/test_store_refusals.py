@@ -6,6 +6,7 @@ ends exactly once (one final event, one webhook)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
@@ -67,7 +68,21 @@ def check_ended_once(relay: Relay, receiver: Receiver, task_ids: list[str], *, t
         events = relay.client.get(f"/v1/tasks/{task_id}/events").json()["events"]
         finals[task_id] = sum(1 for e in events if e["type"] in FINAL)
     wait_until(lambda: len({r.json()["task_id"] for r in receiver.on("/hook")}) >= len(task_ids), timeout_s=60)
-    time.sleep(1)  # a second webhook of one task, had there been one, would be here by now
+    # Nothing owed to the receiver any more, none in flight: a second webhook of one task, had there been one, has
+    # arrived (no event is owed twice at once, and what is owed or in flight is counted until it is answered).
+    origin = receiver.url("").rstrip("/")
+    wait_until(
+        lambda: (
+            [
+                (d["owed"], d["in_flight"])
+                for d in relay.client.get("/v1/destinations", key="admin-token").json()["items"]
+                if d["origin"] == origin
+            ]
+            == [(0, 0)]
+        ),
+        timeout_s=60,
+        message="nothing owed to the receiver",
+    )
     hooks = Counter(r.json()["task_id"] for r in receiver.on("/hook"))
     return {
         "ended": sum(1 for t in task_ids if finals[t] >= 1),
@@ -124,6 +139,12 @@ def test_a_full_store_refuses_new_work_and_ends_all_accepted_work_once_memory_is
         assert ready.status_code == 503
         assert ready.json()["store"].startswith("full"), ready.text
         assert 'relay_store_refusing{reason="full"} 1.0' in metrics
+        # The line an alert can use: said at ERROR, with the figures, once per time the store became full.
+        full_lines = [line for line in relay.api.output().splitlines() if "store full:" in line]
+        assert full_lines, relay.api.output()[-3000:]
+        assert all(re.search(r"\bERROR\b", line) for line in full_lines), full_lines
+        assert re.search(rf"used_memory [\d.]+ MB of maxmemory {limit / 1_000_000:.1f} MB", full_lines[0]), full_lines
+        assert "new work gets 503" in full_lines[0]
         assert peak[0] <= limit * (1 + MAX_OVERSHOOT), (peak[0], limit)
 
         # A retry of an accepted submission (same key, same body) still gets its task while the store is full.
@@ -149,6 +170,13 @@ def test_a_full_store_refuses_new_work_and_ends_all_accepted_work_once_memory_is
         }
         wait_until(lambda: relay.client.get("/ready", key=None).status_code == 200, timeout_s=10)
         wait_until(lambda: relay.client.post("/v1/tasks", json={"kind": "echo"}).status_code == 202, timeout_s=5)
+        # And its end, which an alert can clear on: each "full" is followed by "takes new work again", the last one
+        # included.
+        said = [line for line in relay.api.output().splitlines() if "store full:" in line or "takes new work" in line]
+        turns = ["full" if "store full:" in line else "again" for line in said]
+        assert len(turns) >= 2, said
+        assert turns == ["full", "again"] * (len(turns) // 2), said
+        assert "store takes new work again (it refused it: full)" in said[-1], said
     finally:
         admin.config_set("maxmemory", 0)
         admin.close()

@@ -761,6 +761,8 @@ function showDestination(d) {
   );
   if (!dst.byId.has(d.id)) $("dst-rows").append(row);
   dst.byId.set(d.id, row);
+  row.shown = d;
+  reshowWhenTheWaitEnds(d, row);
   labelCells(row);
 }
 
@@ -768,8 +770,35 @@ function lastError(d) {
   if (!d.last_error) return td("-");
   const recent = !d.last_success_at || (d.last_failure_at && d.last_failure_at > d.last_success_at);
   const when = d.last_failure_at ? ` at ${utc(d.last_failure_at).slice(11)}` : "";
-  const probe = d.state === "open" && d.next_probe_at ? ` · next probe ${utc(d.next_probe_at).slice(11)}` : "";
-  return td(`${d.last_error}${when}${probe}`, recent ? "error-text" : "muted-text");
+  const probe = nextProbe(d);
+  return td(`${d.last_error}${when}${probe ? ` · ${probe}` : ""}`, recent ? "error-text" : "muted-text");
+}
+
+// When an open destination probes (as `relay destinations show` says it): with nothing owed there is nothing to
+// probe with, so once its wait is over it waits for the next webhook owed, which is sent at once.
+function nextProbe(d, now = Date.now()) {
+  if (d.state !== "open" || !d.next_probe_at) return "";
+  const at = utc(d.next_probe_at).slice(11);
+  if (d.owed === 0) {
+    if (new Date(d.next_probe_at).getTime() <= now) {
+      return `waiting for a webhook to probe with (its wait ended at ${at}; the next one owed probes at once)`;
+    }
+    return `next probe ${at}, with the next webhook owed (none is owed now)`;
+  }
+  if (d.in_flight > 0) return "a probe is in flight";
+  return `next probe ${at}`;
+}
+
+// A row that says "next probe" with nothing owed is shown again when that wait ends, so it does not keep a time
+// that has passed (the row must still be this destination's, from the same answer).
+function reshowWhenTheWaitEnds(d, row) {
+  clearTimeout(row.probeTimer);
+  if (d.state !== "open" || !d.next_probe_at || d.owed !== 0) return;
+  const left = new Date(d.next_probe_at).getTime() - Date.now();
+  if (left < 0) return;
+  row.probeTimer = setTimeout(() => {
+    if (dst.byId.get(d.id) === row && row.shown === d) showDestination(d);
+  }, left + 50);
 }
 
 async function pauseOrResume(d, button) {

@@ -49,21 +49,25 @@ async def test_a_run_behind_a_blocked_loop_moves_to_another_and_the_holder_is_lo
 async def test_runs_handed_over_together_do_not_queue_behind_the_first_that_blocks() -> None:
     """A burst: one tenant's blocking runs and another's echo handed to the same loop in one turn. Only the run the
     loop got to first holds it; the others had not started and run elsewhere, each blocker on a loop of its own."""
+    # Blocks long enough that "not behind one" leaves seconds of margin on a loaded machine: the echo moves once the
+    # loop has stalled (STALL_S, half a second), far sooner than any block ends.
+    block_s = 4.0
     loops = KindLoops()
     loops.start()
     try:
-        blockers = [loops.run(f"task_block_{n}", lambda: _blocks(1.5)) for n in range(3)]
+        blockers = [loops.run(f"task_block_{n}", lambda: _blocks(block_s)) for n in range(3)]
         echo = loops.run("task_echo", lambda: _answers("echo"))
         started = time.monotonic()
 
-        assert await asyncio.wait_for(echo.outcome, timeout=1.4) == "echo"  # not behind three blocks (4.5 s)
+        assert await asyncio.wait_for(echo.outcome, timeout=block_s - 1) == "echo"  # not behind a block
         echoed_s = time.monotonic() - started
-        results = await asyncio.wait_for(asyncio.gather(*(b.outcome for b in blockers)), timeout=6)
+        assert not any(b.outcome.done() for b in blockers)  # answered while all three still block
+        results = await asyncio.wait_for(asyncio.gather(*(b.outcome for b in blockers)), timeout=3 * block_s)
 
         assert results == ["blocked"] * 3
-        # Side by side, not one after another: the three would take 4.5 s on one loop.
-        assert time.monotonic() - started < 3.5, time.monotonic() - started
-        assert echoed_s < 1.4
+        # Side by side, not one after another: two in a row would take 8 s, three 12 s.
+        assert time.monotonic() - started < 2 * block_s - 1, time.monotonic() - started
+        assert echoed_s < block_s - 1
     finally:
         await loops.stop()
 
