@@ -11,7 +11,11 @@ from tests.support import ROOT
 def test_no_package_imports_one_above_it() -> None:
     # Run apart, from the project's root: import-linter reads the packages as they are on disk there.
     checked = subprocess.run(
-        [sys.executable, "-c", "import sys, importlinter.cli as c; sys.exit(c.lint_imports(no_cache=True, no_logo=True))"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, importlinter.cli as c; sys.exit(c.lint_imports(no_cache=True, no_logo=True))",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

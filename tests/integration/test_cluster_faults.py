@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import cast
 
 import pytest
 
 from tests.cluster import LocalCluster
 from tests.faults import TENANTS, TEST_KINDS, Submitter, all_delivered, by_tenant, cluster_env
 from tests.integration.conftest import StartRelay
-from tests.support import Api, Receiver, RelayProcess, WsClient, task_events, wait_until
+from tests.support import Api, Outcome, Receiver, RelayProcess, WsClient, count_outcome, task_events, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.rabbitmq, pytest.mark.slow]
 
