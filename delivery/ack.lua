@@ -2,7 +2,7 @@
 -- KEYS: ack_marker, due, delivery, attempts, stats, latency, the task's webhook head and line, the tenant's
 --       counters
 -- ARGV: event_id, attempts_ttl_s, acked attempt, skipped webhook attempt ('' when the task has no webhook),
---       latency_bucket, latency_s, acked_field, skipped_field (the stats counters to raise), now (unix time)
+--       latency_bucket, latency_s, acked_field, skipped_field (the stats counters to raise)
 -- The task's next webhook, if one waited behind this one, is owed from then on (task_line.lua).
 -- Returns 1 when this ack settled the delivery, 0 when it was not waiting for one (already acked, timed out,
 -- or a progress event).
@@ -24,5 +24,5 @@ redis.call('EXPIRE', KEYS[4], ARGV[2])
 redis.call('HINCRBY', KEYS[6], ARGV[5], 1)
 redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[6])
 redis.call('HINCRBY', KEYS[9], 'latency:' .. ARGV[5], 1)
-line_advance({head = KEYS[7], line = KEYS[8], ttl = tonumber(ARGV[2]), now = tonumber(ARGV[9])}, ARGV[1], nil)
+line_advance({head = KEYS[7], line = KEYS[8], ttl = tonumber(ARGV[2]), now = redis_now(nil)}, ARGV[1], nil)
 return 1

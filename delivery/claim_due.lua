@@ -1,5 +1,6 @@
 -- Lease the deliveries that are due and return them.
--- KEYS[1]: the due sorted set; ARGV: now, limit, lease_until, delivery key prefix, ack marker key prefix
+-- KEYS[1]: the due sorted set; ARGV: now ('' for Redis's clock, which wrote the due times), limit, lease_s,
+-- delivery key prefix, ack marker key prefix
 -- Returns a flat list: id, record, pushed, id, record, pushed, ... where pushed is 1 when the delivery was waiting
 -- for a WebSocket ack (whose time is now up: the marker is taken, so a late ack no longer settles it).
 -- A leased delivery stays in the set with its score pushed to lease_until, so a worker that dies
@@ -8,12 +9,18 @@
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
 -- Scores moved: sending owed webhooks frees their stored events once recorded.
 redis.call('ZREM', KEYS[1], '')
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if ARGV[1] ~= '' then
+    now = tonumber(ARGV[1])
+end
+local lease_until = now + tonumber(ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, id in ipairs(ids) do
     local record = redis.call('GET', ARGV[4] .. id)
     if record then
-        redis.call('ZADD', KEYS[1], ARGV[3], id)
+        redis.call('ZADD', KEYS[1], lease_until, id)
         table.insert(out, id)
         table.insert(out, record)
         table.insert(out, redis.call('DEL', ARGV[5] .. id))

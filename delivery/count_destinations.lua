@@ -1,7 +1,10 @@
 -- Destinations of one index (every destination, or a tenant's) by state, with the webhooks they owe and hold, in
 -- one step: a dashboard's figures without a record leaving Redis. The state is read as state_of() reads it.
--- KEYS: the index; ARGV: what goes before and after an id in its keys' names, now (unix ms)
+-- KEYS: the index; ARGV: what goes before and after an id in its keys' names
 -- Returns {healthy, degraded, open, paused, owed, held}.
+-- Leases live in flight until a time by Redis's clock (see redis_now in destination.lua): read by it.
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local counts = {healthy = 0, degraded = 0, open = 0, paused = 0}
 local owed, held = 0, 0
 local cursor = '0'
@@ -25,7 +28,7 @@ repeat
             local here = redis.call('ZCARD', tag .. 'due') + redis.call('ZCARD', tag .. 'flight')
             owed = owed + here
             if state == 'open' or state == 'paused' then
-                held = held + here - redis.call('ZCOUNT', tag .. 'flight', tonumber(ARGV[3]) + 1, '+inf')
+                held = held + here - redis.call('ZCOUNT', tag .. 'flight', now_ms + 1, '+inf')
             end
         end
     end

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,9 +111,8 @@ class DeadLetterStore:
 
     async def _replay_group(self, batch: Sequence[DeadLetter]) -> list[bool]:
         part = keys.of(batch[0].id)
-        now = time.time()
-        at = datetime.fromtimestamp(now, UTC)
-        args: list[str | bytes | float] = [now, part.delivery_prefix, metrics.REPLAYED, self._outbox.attempts_ttl_s]
+        at = datetime.now(UTC)  # the replayed step's time, which people read (the step owes it by Redis's clock)
+        args: list[str | bytes | float] = ["", part.delivery_prefix, metrics.REPLAYED, self._outbox.attempts_ttl_s]
         for dead in batch:
             delivery = PendingDelivery(
                 tenant=dead.tenant,

@@ -107,8 +107,9 @@ class FlowSettings:
     idle_ttl_s: int = IDLE_TTL_S
 
     def header(self, now: float | None = None) -> list[Any]:
-        """The first two arguments of every destination script (see ``dst_init``): the time and the settings."""
-        return [repr(time.time() if now is None else now), self._packed]
+        """The first two arguments of every destination script (see ``dst_init``): the time ('' for Redis's own
+        clock, which every step reads unless a caller stands in for it) and the settings."""
+        return ["" if now is None else repr(now), self._packed]
 
     @functools.cached_property
     def _packed(self) -> str:
@@ -187,7 +188,7 @@ class DestinationStore:
         return found[0] if found else None
 
     async def _read(self, ids: Sequence[str]) -> list[Destination]:
-        now = time.time()
+        now = time.time()  # leases end by Redis's clock: with this host's off, a shown count is off for that long
         async with self._redis.pipeline(transaction=False) as pipe:
             for dst in ids:
                 meta, due, flight, _ = keys.destination_keys(dst)
@@ -251,22 +252,21 @@ class DestinationStore:
     async def counts(self, tenant: str | None = None) -> DestinationCounts:
         """Destinations (every tenant's, or one's) by state, and the webhooks they owe and hold, counted in Redis
         in one step (no record is read out: a thousand destinations cost about a millisecond of Redis)."""
-        now_ms = int(time.time() * 1000)
         parts = keys.partitions()
-        counted = await asyncio.gather(*(self._count_raw(p, tenant, now_ms) for p in parts[:1]))
+        counted = await asyncio.gather(*(self._count_raw(p, tenant) for p in parts[:1]))
         if len(parts) > 1:  # a few at once: each is a step on its own partition's node
             for start in range(1, len(parts), COUNT_CONCURRENCY):
                 batch = parts[start : start + COUNT_CONCURRENCY]
-                counted += await asyncio.gather(*(self._count_raw(p, tenant, now_ms) for p in batch))
+                counted += await asyncio.gather(*(self._count_raw(p, tenant) for p in batch))
         return _counts([sum(column) for column in zip(*counted, strict=True)])
 
     async def counts_in(self, partition: keys.Partition, tenant: str | None = None) -> DestinationCounts:
         """As :meth:`counts`, for the destinations of one partition."""
-        return _counts(await self._count_raw(partition, tenant, int(time.time() * 1000)))
+        return _counts(await self._count_raw(partition, tenant))
 
-    async def _count_raw(self, partition: keys.Partition, tenant: str | None, now_ms: int) -> list[int]:
+    async def _count_raw(self, partition: keys.Partition, tenant: str | None) -> list[int]:
         index = partition.destinations if tenant is None else partition.destinations_of(tenant)
-        counted = await self._count(keys=[index], args=[*destination_key_base(partition), now_ms])
+        counted = await self._count(keys=[index], args=destination_key_base(partition))
         return [int(n) for n in counted]
 
 

@@ -108,11 +108,11 @@ class RecordArgs(StepArgs, array_like=True, gc=False):
     token: str
     outcome: str
     error: str
-    hold_until: str
+    hold_s: str  # a Retry-After: how long the destination is held
     skipped_counter: str
     at: str
     retry_delivery: bytes | str = ""
-    retry_at: float | str = ""
+    retry_in_s: float | str = ""  # counted from Redis's clock in the step
     latency_bucket: str = ""
     latency_s: float | str = ""
     dead_letter_id: str = ""
@@ -210,10 +210,9 @@ class Outbox:
     ) -> list[tuple[PendingDelivery, bool]]:
         """Lease up to ``limit`` due deliveries of ``partition``; each comes with True when its WebSocket ack never
         came."""
-        moment = time.time() if now is None else now
         raw = await self._claim(
             keys=[partition.due],
-            args=[moment, limit, moment + self._lease_s, partition.delivery_prefix, partition.ack_prefix],
+            args=["" if now is None else now, limit, self._lease_s, partition.delivery_prefix, partition.ack_prefix],
         )
         claimed: list[tuple[PendingDelivery, bool]] = []
         unreadable: list[bytes] = []
@@ -300,7 +299,6 @@ class Outbox:
                 latency_s,
                 metrics.delivery_counter(Channel.WEBSOCKET, DeliveryOutcome.ACKED),
                 metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
-                now.timestamp(),
             ],
         )
         return bool(settled)
@@ -319,6 +317,10 @@ class Outbox:
 
         ``token`` is the lease the attempt was made under and ``result`` what came back (it moves the
         destination's breaker); an outcome written under a lease another attempt holds now is only noted.
+
+        The step schedules by Redis's clock (``now`` stands in for it when given): a retry's delay and a
+        Retry-After hold go as durations. This host's clock gives only what people read (the attempt's and the dead
+        letter's times) and the latency figures.
         """
         moment = time.time() if now is None else now
         if attempt is not None and attempt.channel is Channel.WEBHOOK:
@@ -329,14 +331,14 @@ class Outbox:
             if delivery.first_attempt_at is None:
                 delivery.first_attempt_at = attempt.at
         dst = destination_for(delivery.tenant, delivery.url) if delivery.url else None
-        outcome, hold_until = "none", ""
+        outcome, hold_s = "none", ""
         if result is not None:
             outcome = breaker_outcome(result)
             if result.status_code in (429, 503) and result.retry_after_s is not None:
-                hold_until = repr(moment + min(result.retry_after_s, MAX_RETRY_AFTER_S))
+                hold_s = repr(min(result.retry_after_s, MAX_RETRY_AFTER_S))
         dead: DeadLetter | None = None
         dl_id = delivery.dead_letter_id or ""
-        flow_now, flow_settings = self._flow.header(moment)
+        flow_now, flow_settings = self._flow.header(now)
         args = RecordArgs(
             flow_now=flow_now,
             flow_settings=flow_settings,
@@ -351,13 +353,13 @@ class Outbox:
             token=token,
             outcome=outcome,
             error=(attempt.error or "") if attempt is not None else "",
-            hold_until=hold_until,
+            hold_s=hold_s,
             skipped_counter=metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
             at=datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z"),
         )
         if decision.verdict is Verdict.RETRY:
             args.retry_delivery = _encode(delivery)
-            args.retry_at = moment + decision.delay_s
+            args.retry_in_s = decision.delay_s
         elif decision.verdict in (Verdict.DROPPED, Verdict.NOTED):
             pass
         elif decision.verdict is Verdict.DELIVERED:

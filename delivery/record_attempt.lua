@@ -4,18 +4,20 @@
 --   dead_letter_of_event, dst_meta, dst_due, dst_flight, dst_deadline, secrets, webhook_head, webhook_line,
 --   tenant_stats, steps
 -- ARGV (RecordArgs): flow_now, flow_settings, attempt, attempts_ttl_s, attempt_counter, verdict, event_id,
---   destination_id, destination_tenant, destination_origin, token, outcome, error, hold_until, skipped_counter, at,
---   retry_delivery, retry_at, latency_bucket, latency_s, dead_letter_id, dead_letter, dead_at_ms,
+--   destination_id, destination_tenant, destination_origin, token, outcome, error, hold_s, skipped_counter, at,
+--   retry_delivery, retry_in_s, latency_bucket, latency_s, dead_letter_id, dead_letter, dead_at_ms,
 --   dead_lettered_counter, dead_letter_retention_s, dead_letter_counter, dead_step
 -- due is the general schedule; secrets the tenant's signing secrets; steps the task's delivery steps
--- (dead-lettered, replayed). flow_now and flow_settings are the two of dst_init; attempt is '' when none was made;
--- attempt_counter the stats field it counts in ('' for none); verdict 'delivered' | 'retry' | 'dead' | 'dropped' |
--- 'noted'; token the lease of the attempt ('' for none); outcome what moves the breaker ('ok' | 'fail' | 'other' |
--- 'none'); hold_until '' for none; at the time (RFC 3339). Then what only one verdict reads ('' for the others):
---   retry:     retry_delivery (the delivery record, its attempts counted), retry_at (its next due time)
+-- (dead-lettered, replayed). flow_now ('' for Redis's clock, see redis_now) and flow_settings are the two of
+-- dst_init; attempt is '' when none was made; attempt_counter the stats field it counts in ('' for none); verdict
+-- 'delivered' | 'retry' | 'dead' | 'dropped' | 'noted'; token the lease of the attempt ('' for none); outcome what
+-- moves the breaker ('ok' | 'fail' | 'other' | 'none'); hold_s how long a Retry-After holds the destination ('' for
+-- none); at the time people read (RFC 3339). Then what only one verdict reads ('' for the others):
+--   retry:     retry_delivery (the delivery record, its attempts counted), retry_in_s (due that long from now)
 --   delivered: latency_bucket, latency_s, dead_letter_id (the replayed dead letter it came from, '' for none)
---   dead:      dead_letter_id, dead_letter, dead_at_ms, dead_lettered_counter (the stats counter),
---              dead_letter_retention_s (how long dead letters are kept), dead_letter_counter (of its reason),
+--   dead:      dead_letter_id, dead_letter, dead_at_ms (the time it shows, its indexes' score; they are trimmed by
+--              Redis's clock), dead_lettered_counter (the stats counter), dead_letter_retention_s (how long dead
+--              letters are kept), dead_letter_counter (of its reason),
 --              dead_step (its dead-lettered step, kept attempts_ttl_s, as the attempts)
 --   noted:     nothing (an unacked push: the webhook is owed to its destination from now on)
 --   dropped:   nothing (a WebSocket-only event nobody acked: it stays in the log for resume and polling)
@@ -64,14 +66,14 @@ local holds = dst_holds(d, event_id, ARGV[11])
 if holds == false or (holds == nil and redis.call('EXISTS', KEYS[4]) == 0) then
     return {'fenced', ''}
 end
-local change = dst_settle(d, event_id, ARGV[12], ARGV[13], ARGV[14])
+local change = dst_settle(d, event_id, ARGV[12], ARGV[13], ARGV[14] ~= '' and NOW + tonumber(ARGV[14]) or '')
 if verdict == 'retry' and line_superseded(L, event_id) then
     local ok, decoded = pcall(cjson.decode, ARGV[17])
     line_skip(L, event_id, d, ok and type(decoded) == 'table' and tonumber(decoded.attempts) or 0)
     line_advance(L, event_id, d)
 elseif verdict == 'retry' then
     redis.call('SET', KEYS[4], ARGV[17])
-    dst_owe(d, event_id, ARGV[18])
+    dst_owe(d, event_id, NOW + tonumber(ARGV[18]))
 else
     redis.call('ZREM', KEYS[3], event_id)
     redis.call('DEL', KEYS[4])
@@ -92,7 +94,7 @@ elseif verdict == 'dead' then
     -- kept retention_s. The tenant's index drops entries older than that as new ones come (workers trim the
     -- global index once a minute: they know no tenants)
     local retention_s = tonumber(ARGV[25])
-    local cutoff_ms = tonumber(ARGV[23]) - retention_s * 1000
+    local cutoff_ms = NOW_MS - retention_s * 1000
     redis.call('SET', KEYS[6], ARGV[22], 'EX', retention_s)
     redis.call('ZADD', KEYS[7], ARGV[23], ARGV[21])
     redis.call('ZADD', KEYS[8], ARGV[23], ARGV[21])

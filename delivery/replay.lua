@@ -1,9 +1,14 @@
 -- Owe dead letters' events again, on a fresh schedule, in one step per batch.
 -- KEYS: due, stats, then the delivery steps list of each event's task, in the order of the events
--- ARGV: now, delivery key prefix, replayed_field, steps_ttl_s, then per event: event_id, delivery, replayed step
+-- ARGV: now ('' for Redis's clock, by which the schedule is read), delivery key prefix, replayed_field, steps_ttl_s, then per event: event_id, delivery, replayed step
 -- An event whose delivery is already owed (a replay in flight) is left alone; one replayed gets its 'replayed' step
 -- in its task's steps (beside the attempts, kept as long).
 -- Returns one 1 (replayed) or 0 (already in flight) per event, in order.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if ARGV[1] ~= '' then
+    now = tonumber(ARGV[1])
+end
 local out = {}
 local replayed = 0
 local n = 0
@@ -11,7 +16,7 @@ for i = 5, #ARGV, 3 do
     n = n + 1
     local event_id = ARGV[i]
     if redis.call('SET', ARGV[2] .. event_id, ARGV[i + 1], 'NX') then
-        redis.call('ZADD', KEYS[1], ARGV[1], event_id)
+        redis.call('ZADD', KEYS[1], now, event_id)
         redis.call('RPUSH', KEYS[2 + n], ARGV[i + 2])
         redis.call('EXPIRE', KEYS[2 + n], ARGV[4])
         replayed = replayed + 1

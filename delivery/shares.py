@@ -2,7 +2,7 @@
 ones, claiming due webhooks and ready destinations, trimming).
 
 Every worker keeps a heartbeat in one small set of live workers (``relay:workers``, a member and the time it
-expires) and reads the others from it. A partition belongs to the live worker with the highest hash of (worker,
+expires, by Redis's clock: see ``membership.lua``) and reads the others from it. A partition belongs to the live worker with the highest hash of (worker,
 partition) (rendezvous hashing): a worker that joins takes about 1/n of the partitions from the others, one that
 dies hands its own out, and every other partition stays where it was. A worker polls its own partitions often and
 every partition now and then (:data:`BACKSTOP_S`), so that nothing waits long while membership settles (a worker
@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from delivery import background, keys
 from delivery.redis_client import as_text
+from delivery.scripts import step
 
 log = logging.getLogger("relay.shares")
 
@@ -36,6 +37,8 @@ MEMBER_TTL_S = 6.0
 # Every partition is polled at least this often by every worker, its own or not.
 BACKSTOP_S = 5.0
 
+_MEMBERSHIP = step(__file__, "membership.lua")
+
 
 def owner(members: Sequence[str], partition: keys.Partition) -> str:
     """The member that owns ``partition`` (rendezvous hashing)."""
@@ -44,18 +47,13 @@ def owner(members: Sequence[str], partition: keys.Partition) -> str:
 
 async def alive(redis: aioredis.Redis, key: str, member: str) -> list[str]:
     """Renew ``member``'s heartbeat in the membership set ``key``; the members alive (one round trip)."""
-    now = time.time()
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zadd(key, {member: now + MEMBER_TTL_S})
-        pipe.zremrangebyscore(key, "-inf", now)
-        pipe.zrange(key, 0, -1)
-        *_, raw = await pipe.execute()
+    raw = await _MEMBERSHIP.bind(redis)(keys=[key], args=["beat", member, MEMBER_TTL_S])
     return sorted({as_text(m) for m in raw} | {member})
 
 
 async def members(redis: aioredis.Redis, key: str) -> list[str]:
     """The members of a membership set whose heartbeat has not expired."""
-    found = await redis.zrangebyscore(key, time.time(), "+inf")
+    found = await _MEMBERSHIP.bind(redis)(keys=[key], args=["read"])
     return sorted(as_text(m) for m in found if isinstance(m, bytes | str))
 
 

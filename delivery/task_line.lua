@@ -6,7 +6,7 @@
 -- Entries are '<p|f>:<event id>' ('p': a progress webhook, which a newer event supersedes; 'f': any other).
 -- L = {head = the task's head key, line = its line key, ttl = seconds they are kept, attempts = its attempt log,
 --      stats = the counters, tenant_stats = the tenant's own, skipped = the counter of skipped webhooks,
---      at = now (RFC 3339), now = unix time}
+--      at = now (RFC 3339: the time a skipped attempt shows), now = unix time (Redis's: see redis_now)}
 -- A line never holds a progress entry with another entry after it: joining the line skips it first.
 
 local function line_id(entry)

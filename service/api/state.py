@@ -156,7 +156,13 @@ class ApiState:
         )
 
     async def create_task(
-        self, record: TaskRecord, *, idempotency_key: str | None, fingerprint: str, admit: bool = True
+        self,
+        record: TaskRecord,
+        *,
+        idempotency_key: str | None,
+        fingerprint: str,
+        admit: bool = True,
+        delay_s: float | None = None,
     ) -> Task:
         """Accept ``record`` and enqueue it (or return the task an Idempotency-Key already made).
 
@@ -164,11 +170,17 @@ class ApiState:
         Elsewhere it is sent after that step; if the broker fails then, the task is still owed and the
         workers' sweeper enqueues it once the broker answers, so the submission is accepted all the same.
         ``admit`` False (the store is full): only an Idempotency-Key used before is answered (see TaskStore.create).
+        ``delay_s``: a scheduled task's wait, counted from now by Redis's clock (see TaskStore.create).
         """
         scheduled = record.status is TaskStatus.SCHEDULED  # enqueued by a worker's sweep when its time comes
         message = None if scheduled else self.enqueuer.inline(record.id)
         submitted = await self.tasks.create(
-            record, idempotency_key=idempotency_key, fingerprint=fingerprint, message=message, admit=admit
+            record,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            message=message,
+            admit=admit,
+            delay_s=delay_s,
         )
         self.store_watch.stored(submitted.stored_bytes)
         if submitted.new and message is None and not scheduled:

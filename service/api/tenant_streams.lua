@@ -1,12 +1,29 @@
--- Take one of a tenant's stream places, if it has one left.
--- KEYS[1]: the tenant's streams (sorted set: member -> unix time it expires).
--- ARGV: member, now (s), expires at (s), the tenant's limit, the key's time to live (s).
--- Returns 1 when taken (or already held), 0 when the tenant has its limit open already.
-local member = ARGV[1]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if not redis.call('ZSCORE', KEYS[1], member) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+-- A tenant's stream places: take one, if the tenant has one left, or push on the expiry of places held.
+-- KEYS[1]: the tenant's streams (sorted set: member -> unix time it expires, by Redis's clock: every API process
+--          writes and reads it, so one clock decides when a place of a dead node has expired).
+-- ARGV: 'take', now ('' for Redis's clock), member, ttl_s (the place lasts that long), the tenant's limit,
+--       the key's time to live (s)
+--       'refresh', now ('' for Redis's clock), ttl_s, the key's time to live (s), then the members held
+--       (XX: a place given back meanwhile stays gone)
+-- Returns for take 1 when taken (or already held), 0 when the tenant has its limit open already; for refresh 1.
+local now = tonumber(ARGV[2])
+if ARGV[2] == '' then
+    local clock = redis.call('TIME')
+    now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+end
+if ARGV[1] == 'refresh' then
+    local expires_at = now + tonumber(ARGV[3])
+    for i = 5, #ARGV do
+        redis.call('ZADD', KEYS[1], 'XX', expires_at, ARGV[i])
+    end
+    redis.call('EXPIRE', KEYS[1], ARGV[4])
+    return 1
+end
+local member = ARGV[3]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], member) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then
     return 0
 end
-redis.call('ZADD', KEYS[1], ARGV[3], member)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), member)
+redis.call('EXPIRE', KEYS[1], ARGV[6])
 return 1

@@ -12,9 +12,9 @@ import asyncio
 import itertools
 import logging
 import math
-import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -40,14 +40,24 @@ class TenantStreams:
         redis: the storage client.
         limit: places per tenant (RELAY_TENANT_MAX_STREAMS).
         ttl_s: how long a place lasts without a refresh.
+        clock: what stands in for Redis's clock (None: Redis's own, which times every place of every API process,
+            so that a node whose clock is off neither drops live places nor keeps dead ones).
     """
 
-    def __init__(self, *, redis: aioredis.Redis, limit: int, ttl_s: float = PLACE_TTL_S) -> None:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        limit: int,
+        ttl_s: float = PLACE_TTL_S,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self._redis = redis
         self.limit = limit
         self._ttl_s = ttl_s
+        self._clock = clock
         self._batch = batched(redis)
         self._take = _TAKE.batched(redis)
         self._node = uuid.uuid4().hex
@@ -60,10 +70,9 @@ class TenantStreams:
         """A place for one socket or stream of ``tenant`` (the token to :meth:`release`), or None when the tenant
         has its limit open already. Raises RedisError when Redis does not answer."""
         member = f"{self._node}:{next(self._ids)}"
-        now = time.time()
         taken = await self._take(
             keys=[keys.tenant_streams(tenant)],
-            args=[member, now, now + self._ttl_s, self.limit, math.ceil(self._ttl_s)],
+            args=["take", self._now(), member, self._ttl_s, self.limit, math.ceil(self._ttl_s)],
         )
         if not int(taken):
             return None
@@ -112,11 +121,12 @@ class TenantStreams:
         by_tenant: defaultdict[str, list[str]] = defaultdict(list)
         for member, tenant in self._held.items():
             by_tenant[tenant].append(member)
-        expires_at = time.time() + self._ttl_s
         ttl = math.ceil(self._ttl_s)
         for tenant, members in by_tenant.items():
             key = keys.tenant_streams(tenant)
             for start in range(0, len(members), REFRESH_BATCH):
                 chunk = members[start : start + REFRESH_BATCH]
-                pairs = [part for m in chunk for part in (expires_at, m)]
-                await self._batch.commands(("ZADD", key, "XX", *pairs), ("EXPIRE", key, ttl))
+                await self._take(keys=[key], args=["refresh", self._now(), self._ttl_s, ttl, *chunk])
+
+    def _now(self) -> str | float:
+        return "" if self._clock is None else self._clock()

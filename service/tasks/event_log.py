@@ -112,18 +112,18 @@ class AppendArgs(StepArgs, array_like=True, gc=False):
     destination_id: str
     event_id: str
     websocket: str
-    ack_due_at: float
+    ack_timeout_s: float
     has_webhook: str
     task_id: str
     run_token: str
     final: str
-    flow_now: str  # the two of dst_init (see FlowSettings.header), or two empty
+    flow_now: str  # the two of dst_init (see FlowSettings.header: '' for Redis's clock), or two empty
     flow_settings: str
     destination_tenant: str
     destination_origin: str
     read_state: bytes | str
-    retry_at: str
-    owed_from: str
+    retry_in_s: str
+    owed_grace_s: str
     skipped_counter: str
     at: str
     line_kind: str
@@ -179,16 +179,16 @@ class EventLog:
         stats_field: str | None = None,
         delivery: PendingDelivery | None = None,
         websocket: bool = False,
-        ack_due_at: float = 0.0,
+        ack_timeout_s: float = 0.0,
         read_state: bytes | None = None,
-        retry_at: float | None = None,
-        owed_from: float = 0.0,
+        retry_in_s: float | None = None,
+        owed_grace_s: float = 0.0,
     ) -> Leased | None:
         """Store the task's new state, append ``event`` to its log and publish it, in one step.
 
         Only the run holding the task's lease (``run_token``) writes; any other raises :class:`LeaseLost` and
         writes nothing. A ``final`` event ends the task: it is no longer owed. With ``delivery``, the delivery is
-        owed too: pushed first when ``websocket`` (waiting for an ack until ``ack_due_at``), else by webhook to its
+        owed too: pushed first when ``websocket`` (waiting ``ack_timeout_s`` for an ack), else by webhook to its
         destination, leased to the caller (the answer) when the destination lets it start at once.
 
         A write from outside any run (a cancel) passes ``read_state``, the stored record it read, instead of a
@@ -198,9 +198,11 @@ class EventLog:
         A webhook of a task that still owes another waits behind it (in ``seq`` order); a progress webhook still
         waiting when a newer one is owed is skipped (see ``task_line.lua``).
 
-        With ``retry_at`` (a run's failed attempt that is tried again), the run gives its lease back and the task
-        waits in the scheduled set until then, owed from ``owed_from`` on (so that a lost promotion still brings
-        it back).
+        With ``retry_in_s`` (a run's failed attempt that is tried again), the run gives its lease back and the task
+        waits in the scheduled set that long, owed from ``owed_grace_s`` after that (so that a lost promotion still
+        brings it back).
+
+        Durations, not times: the step counts them from Redis's clock, as every step that reads them does.
         """
         task_id = event.task_id
         body = _encode(event)
@@ -221,7 +223,7 @@ class EventLog:
                     destination_id=dst.id if dst else "",
                     event_id=event.id,
                     websocket=flag(websocket),
-                    ack_due_at=ack_due_at,
+                    ack_timeout_s=ack_timeout_s,
                     has_webhook=flag(dst is not None),
                     task_id=task_id,
                     run_token=run_token,
@@ -231,10 +233,10 @@ class EventLog:
                     destination_tenant=dst.tenant if dst else "",
                     destination_origin=dst.origin if dst else "",
                     read_state=read_state or "",
-                    retry_at=repr(retry_at) if retry_at is not None else "",
-                    owed_from=repr(owed_from),
+                    retry_in_s=repr(retry_in_s) if retry_in_s is not None else "",
+                    owed_grace_s=repr(owed_grace_s),
                     skipped_counter=metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
-                    at=_rfc3339_now(),
+                    at=_rfc3339_now(),  # the time a skipped attempt shows (this host's: only read by people)
                     line_kind="p" if event.type is EventType.PROGRESS else "f",
                     publish="SPUBLISH" if keys.layout().cluster else "PUBLISH",
                 )

@@ -11,7 +11,6 @@ task that has ended, or that a live run holds, is dropped, so a task may run aga
 from __future__ import annotations
 
 import enum
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,7 +87,7 @@ class TaskLedger:
         """Take ``task_id``'s lease for the run ``run_token``, unless it has ended or a live run holds it."""
         reply = await self._start(
             keys=[keys.task(task_id), keys.lease(task_id), keys.of(task_id).owed_tasks],
-            args=[task_id, run_token, int(self.lease_s * 1000), time.time() + self.lease_s],
+            args=[task_id, run_token, int(self.lease_s * 1000)],
         )
         outcome = Start(as_text(reply[0]))
         if outcome is not Start.RUN:
@@ -105,7 +104,7 @@ class TaskLedger:
         """Renew the leases of ``runs`` (task id -> run token); return the tasks whose lease is lost."""
         lost: list[str] = []
         for part, group in _by_partition(runs).items():
-            args: list[str | float | int] = [part.lease_prefix, int(self.lease_s * 1000), time.time() + self.lease_s]
+            args: list[str | float | int] = [part.lease_prefix, int(self.lease_s * 1000)]
             for task_id, token in group.items():
                 args += [task_id, token]
             lost += [as_text(t) for t in await self._renew(keys=[part.owed_tasks], args=args)]
@@ -122,7 +121,7 @@ class TaskLedger:
             args: list[str | float | int | bytes] = [
                 part.lease_prefix,
                 part.task_prefix,
-                time.time() if now is None else now,
+                _moment(now),
             ]
             for task_id, raw in zip(ids, raws, strict=True):
                 record = decode_or_skip(_decode, raw, key=keys.task(task_id)) if raw else None
@@ -138,9 +137,8 @@ class TaskLedger:
     ) -> list[str]:
         """The scheduled tasks of ``partition`` whose ``run_at`` has come, owed from now on: the caller enqueues
         them."""
-        moment = time.time() if now is None else now
         due = await self._promote(
-            keys=[partition.scheduled_tasks, partition.owed_tasks], args=[moment, limit, moment + REQUEUE_GRACE_S]
+            keys=[partition.scheduled_tasks, partition.owed_tasks], args=[_moment(now), limit, REQUEUE_GRACE_S]
         )
         return [as_text(t) for t in due]
 
@@ -149,11 +147,10 @@ class TaskLedger:
     ) -> list[str]:
         """The owed tasks of ``partition`` that are overdue; each one's next deadline is pushed on (doubling) in the
         same step."""
-        moment = time.time() if now is None else now
         due = await self._sweep(
             keys=[partition.owed_tasks, partition.requeues, partition.stats],
             args=[
-                moment,
+                _moment(now),
                 limit,
                 REQUEUE_GRACE_S,
                 MAX_REQUEUE_GRACE_S,
@@ -163,6 +160,12 @@ class TaskLedger:
             ],
         )
         return [as_text(t) for t in due]
+
+
+def _moment(now: float | None) -> str | float:
+    """A step's ``now`` argument: '' lets the step read Redis's clock (the default: one clock decides within a
+    partition, whatever the workers' clocks say); a time is a caller's stand-in for it."""
+    return "" if now is None else now
 
 
 def _by_partition(runs: Mapping[str, str]) -> dict[keys.Partition, dict[str, str]]:

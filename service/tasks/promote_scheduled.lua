@@ -2,17 +2,23 @@
 -- grace to start, as a new submission), and is returned to be enqueued. A task that has ended meanwhile (a
 -- cancel) is only forgotten.
 -- KEYS: scheduled tasks, owed tasks
--- ARGV: now, limit, owed_until
+-- ARGV: now ('' for Redis's clock, which wrote the scheduled times), limit, grace_s (owed that long after now)
 -- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
 -- An entry moves from one set to the other: accepted work starts when its time comes.
 redis.call('ZREM', KEYS[1], '')
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if ARGV[1] ~= '' then
+    now = tonumber(ARGV[1])
+end
+local owed_until = now + tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, task_id in ipairs(due) do
     redis.call('ZREM', KEYS[1], task_id)
     if redis.call('ZSCORE', KEYS[2], task_id) then
-        redis.call('ZADD', KEYS[2], ARGV[3], task_id)
+        redis.call('ZADD', KEYS[2], owed_until, task_id)
         table.insert(out, task_id)
     end
 end

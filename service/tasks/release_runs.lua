@@ -2,13 +2,18 @@
 -- next sweep (of any worker, or of this one after a restart) enqueues it again without waiting for its lease,
 -- and its record shows it queued again (unless it changed since the worker read it: a cancel ended it).
 -- KEYS[1]: owed tasks
--- ARGV: lease key prefix, task key prefix, now, then for each run: task_id, run token, the record as read
+-- ARGV: lease key prefix, task key prefix, now ('' for Redis's clock), then for each run: task_id, run token, the record as read
 --       (or ''), the record given back (or '')
 -- Returns how many runs were given back (a run whose task ended or that another run holds is left alone).
 -- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
 -- A stopping worker gives its runs back however full the store is.
 redis.call('ZREM', KEYS[1], '')
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if ARGV[3] ~= '' then
+    now = tonumber(ARGV[3])
+end
 local released = 0
 for i = 4, #ARGV, 4 do
     local task_id, token, read, given_back = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -16,7 +21,7 @@ for i = 4, #ARGV, 4 do
     if redis.call('GET', key) == token then
         redis.call('DEL', key)
         if redis.call('ZSCORE', KEYS[1], task_id) then
-            redis.call('ZADD', KEYS[1], ARGV[3], task_id)
+            redis.call('ZADD', KEYS[1], now, task_id)
             released = released + 1
             local task_key = ARGV[2] .. task_id
             if read ~= '' and redis.call('GET', task_key) == read then

@@ -1,6 +1,6 @@
 -- A worker is about to run a task: take its lease unless the task has ended or a live run holds it.
 -- KEYS: task, lease, owed tasks
--- ARGV: task_id, run token, lease_ms, owed_until (the lease's end)
+-- ARGV: task_id, run token, lease_ms (the task is owed again from the lease's end, by Redis's clock)
 -- Returns {'run', record}, {'gone'} (no record: expired or never stored), {'ended'} or {'leased'}.
 -- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
@@ -18,5 +18,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     return {'leased'}
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]) / 1000, ARGV[1])
 return {'run', record}

@@ -245,6 +245,7 @@ class TaskStore:
         fingerprint: str = "",
         message: InlineMessage | None = None,
         admit: bool = True,
+        delay_s: float | None = None,
     ) -> Submitted:
         """Accept a new task: claim the Idempotency-Key, store the task, owe it, enqueue ``message``.
 
@@ -252,7 +253,8 @@ class TaskStore:
         the same request (``fingerprint``, from :func:`request_fingerprint`) the first submission's answer comes
         back as it was given; for another one :class:`KeyReused` is raised. With ``admit`` False (the store is
         full) only such a first answer is given: a new task raises :class:`NotAdmitted`, writing nothing. Raises
-        :class:`TenantFull` when the tenant has ``max_open_per_tenant`` tasks that have not ended.
+        :class:`TenantFull` when the tenant has ``max_open_per_tenant`` tasks that have not ended. ``delay_s``: the
+        scheduled task (its ``run_at`` set) was asked to run this long after now, counted by Redis's clock.
 
         One step when the key lives in the task's partition (always on a store of one partition, and for a task
         without a webhook, which :func:`place` puts there). A task placed by its webhook's destination may live
@@ -262,20 +264,31 @@ class TaskStore:
         that way (for a task of another partition, by a request with a webhook) is settled the same way.
         """
         if idempotency_key is None:
-            return await self._store(record, idem=None, fingerprint=fingerprint, message=message, admit=admit)
+            return await self._store(
+                record, idem=None, fingerprint=fingerprint, message=message, admit=admit, delay_s=delay_s
+            )
         digest = idempotency_digest(idempotency_key)
         home = keys.of(record.id)
         claim_part = keys.layout().for_hash(record.tenant, digest)
         claim = claim_part.idempotency(record.tenant, digest)
         if claim_part == home:
             try:
-                return await self._store(record, idem=claim, fingerprint=fingerprint, message=message, admit=admit)
+                return await self._store(
+                    record, idem=claim, fingerprint=fingerprint, message=message, admit=admit, delay_s=delay_s
+                )
             except _KeyElsewhere:
                 pass  # nothing was written
-        return await self._create_claimed(record, claim, fingerprint, message=message, admit=admit)
+        return await self._create_claimed(record, claim, fingerprint, message=message, admit=admit, delay_s=delay_s)
 
     async def _create_claimed(
-        self, record: TaskRecord, claim: str, fingerprint: str, *, message: InlineMessage | None, admit: bool
+        self,
+        record: TaskRecord,
+        claim: str,
+        fingerprint: str,
+        *,
+        message: InlineMessage | None,
+        admit: bool,
+        delay_s: float | None,
     ) -> Submitted:
         fingerprint = fingerprint or "0"
         value = f"{fingerprint}\n{record.id}\n".encode() + _encode(record.public())
@@ -309,7 +322,7 @@ class TaskStore:
             # The step stores the task only if no try stored it already: a retry of this request, which found this
             # claim, may store it first.
             submitted = await self._store(
-                record, idem=None, fingerprint=fingerprint, message=message, admit=admit, retry=True
+                record, idem=None, fingerprint=fingerprint, message=message, admit=admit, retry=True, delay_s=delay_s
             )
         except (TenantFull, NotAdmitted):
             if not retry:
@@ -326,6 +339,7 @@ class TaskStore:
         message: InlineMessage | None,
         admit: bool,
         retry: bool = False,
+        delay_s: float | None = None,
     ) -> Submitted:
         """The store step (see ``submit_task.lua``), in the task's partition. Raises :class:`_KeyElsewhere` (having
         written nothing) when ``idem`` is claimed for a task of another partition."""
@@ -358,15 +372,18 @@ class TaskStore:
             self._record_ttl_s,
             answer_bytes,
             IDEMPOTENCY_TTL_S if idem else "",
-            (record.run_at.timestamp() if record.run_at is not None else now) + REQUEUE_GRACE_S,
+            REQUEUE_GRACE_S,
             metrics.task_counter("submitted"),
             self._max_open,
-            int(now * 1000),
+            # A delay runs from Redis's clock (the step's own now), not from this host's: a scheduled task runs
+            # neither early nor late however far this clock is off. Its record's run_at, shown to the client, is
+            # this host's reckoning of the same moment.
+            repr(delay_s) if delay_s is not None and record.run_at is not None else "",
             part.task_prefix,
             message.message_id if message else "",
             message.body if message else "",
             repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
-            repr(record.run_at.timestamp()) if record.run_at is not None else "",
+            repr(record.run_at.timestamp()) if record.run_at is not None and delay_s is None else "",
             metrics.task_counter("scheduled"),
             fingerprint or "0",
             "1" if admit else "",
@@ -506,13 +523,16 @@ class TaskStore:
         Raises :class:`LeaseLost` (writing nothing) when the task has ended (a cancel) or another run holds it.
         """
         assert waiting.run_at is not None
+        # The wait left, read off this host's clock as run_at was: the step counts it from Redis's, so the retry
+        # runs after its delay however far this clock is off (and a write tried again keeps the first schedule).
+        retry_in_s = max(0.0, waiting.run_at.timestamp() - time.time())
         return await self._write(
             waiting,
             event,
             run_token=run_token,
             stats_field=metrics.task_counter("retried"),
-            retry_at=waiting.run_at.timestamp(),
-            owed_from=waiting.run_at.timestamp() + REQUEUE_GRACE_S,
+            retry_in_s=retry_in_s,
+            owed_grace_s=REQUEUE_GRACE_S,
         )
 
     async def cancel(self, task_id: str, *, visible: Callable[[str, str | None], bool]) -> TaskRecord | None:
@@ -563,8 +583,8 @@ class TaskStore:
         final: bool = False,
         stats_field: str | None = None,
         read_state: bytes | None = None,
-        retry_at: float | None = None,
-        owed_from: float = 0.0,
+        retry_in_s: float | None = None,
+        owed_grace_s: float = 0.0,
     ) -> Lease | None:
         """Write ``record`` and ``event`` in one step, owing the event's delivery when a channel wants it: a final
         event goes to the WebSocket (when asked) and to the webhook when it lists the event's type; any other
@@ -583,10 +603,10 @@ class TaskStore:
             stats_field=stats_field,
             delivery=delivery,
             websocket=record.websocket,
-            ack_due_at=time.time() + self._ack_timeout_s,
+            ack_timeout_s=self._ack_timeout_s,
             read_state=read_state,
-            retry_at=retry_at,
-            owed_from=owed_from,
+            retry_in_s=retry_in_s,
+            owed_grace_s=owed_grace_s,
         )
         if leased is None or delivery is None:
             return None

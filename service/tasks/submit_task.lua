@@ -4,10 +4,12 @@
 --       broker queue, broker queue messages (any keys when the message is not enqueued here),
 --       the list index of all tasks, the tenant's list index, scheduled tasks, the tenant's counters,
 --       the broker queue's wake list (any key when the message is not enqueued here), the tenant's scheduled tasks
--- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), owed_until, stats_field,
---       max_open (0: no cap), now_ms, task key prefix, message_id ('' when not enqueued here), message,
---       created_at_ms, run_at ('' to run at once: a scheduled task waits in the scheduled set until then, owed
---       from a grace after it, so that a promotion whose enqueue was lost still brings it back), the stats field
+-- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), grace_s (the task is owed
+--       that long after it may start), stats_field, max_open (0: no cap), delay_s (a scheduled task's wait from now,
+--       by Redis's clock; '' for none), task key prefix, message_id ('' when not enqueued here), message,
+--       created_at_ms, run_at (unix s, a time the client gave; '' to run at once or after delay_s: a scheduled
+--       task waits in the scheduled set until then, owed from a grace after it, so that a promotion whose enqueue
+--       was lost still brings it back), the stats field
 --       that counts scheduled submissions, the request's fingerprint (kept with the key), admit ('1' to accept a
 --       new task; '' when the store is full: only a key used before is answered), '1' when the task may exist
 --       already (a keyed submission whose key lives in another partition: a retry of it may have stored it, see
@@ -61,7 +63,15 @@ end
 if ARGV[17] ~= '1' then
     return {'refused'}
 end
-local now_ms = tonumber(ARGV[9])
+-- Now by Redis's clock: every time a later step compares (the owed-by time, the scheduled time, the open tasks'
+-- expiry) is written by the clock that reads it, whatever the API host's clock says.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now_ms = now * 1000
+local run_at = ARGV[14]
+if ARGV[9] ~= '' then
+    run_at = now + tonumber(ARGV[9])
+end
 local max_open = tonumber(ARGV[8])
 -- Entries older than a task record lives are tasks that expired without ending: not open any more (they are
 -- trimmed below, after the first write).
@@ -76,7 +86,7 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])  -- the first write: deny-oom
 if ARGV[5] ~= '' then
     redis.call('SET', KEYS[2], ARGV[16] .. '\n' .. task_id .. '\n' .. ARGV[4], 'EX', ARGV[5])
 end
-redis.call('ZADD', KEYS[3], ARGV[6], task_id)
+redis.call('ZADD', KEYS[3], (run_at ~= '' and tonumber(run_at) or now) + tonumber(ARGV[6]), task_id)
 if max_open > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', expired_before)
 end
@@ -90,13 +100,13 @@ for _, index in ipairs({KEYS[8], KEYS[9]}) do
     redis.call('ZREMRANGEBYSCORE', index, '-inf', expired_before)
 end
 redis.call('EXPIRE', KEYS[9], ARGV[3])
-if ARGV[14] ~= '' then
-    redis.call('ZADD', KEYS[10], ARGV[14], task_id)
+if run_at ~= '' then
+    redis.call('ZADD', KEYS[10], run_at, task_id)
     redis.call('HINCRBY', KEYS[4], ARGV[15], 1)
     redis.call('HINCRBY', KEYS[11], ARGV[15], 1)
     -- The tenant's own set only counts what waits: entries whose time has passed go as new ones come.
-    redis.call('ZADD', KEYS[13], ARGV[14], task_id)
-    redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', '(' .. (now_ms / 1000))
+    redis.call('ZADD', KEYS[13], run_at, task_id)
+    redis.call('ZREMRANGEBYSCORE', KEYS[13], '-inf', '(' .. now)
     redis.call('EXPIRE', KEYS[13], ARGV[3])
 end
 if ARGV[11] ~= '' then

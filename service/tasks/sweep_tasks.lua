@@ -1,6 +1,6 @@
 -- Find the owed tasks that are overdue and push their deadline on; return those to enqueue again.
 -- KEYS: owed tasks, requeue counts, stats
--- ARGV: now, limit, first grace_s, most grace_s, task key prefix, lease key prefix, requeued stats field
+-- ARGV: now ('' for Redis's clock: see below), limit, first grace_s, most grace_s, task key prefix, lease key prefix, requeued stats field
 -- A task is overdue when its message was lost (Redis crashed before it was fetched, the broker dropped a
 -- retry, a fetch landed in a live worker's ack set) or its run died (the lease was not renewed). Each
 -- requeue doubles the grace before the next one, so a long backlog is not enqueued again and again.
@@ -8,7 +8,13 @@
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
 -- Deadlines moved and counters raised: a few bytes per task, and lost work is enqueued again.
 redis.call('ZREM', KEYS[1], '')
-local now = tonumber(ARGV[1])
+-- Deadlines are written by Redis's clock, so they are read by it: however far a worker's clock is off, it neither
+-- enqueues a task early (it would run twice) nor late. (A given now is a test's.)
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if ARGV[1] ~= '' then
+    now = tonumber(ARGV[1])
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, task_id in ipairs(due) do

@@ -3,6 +3,7 @@ before it is settled; a progress webhook still waiting is skipped when a newer o
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import msgspec
@@ -73,7 +74,7 @@ class Task:
         self.record = record
         self.seq = 0
 
-    async def emit(self, event_type: EventType, *, ack_due_at: float = 0.0) -> tuple[Event, Lease | None]:
+    async def emit(self, event_type: EventType, *, ack_timeout_s: float = 0.0) -> tuple[Event, Lease | None]:
         self.seq += 1
         event = Event(
             id=evt(self.seq),
@@ -93,7 +94,7 @@ class Task:
             final=event_type.final,
             delivery=delivery,
             websocket=self.record.websocket,
-            ack_due_at=ack_due_at,
+            ack_timeout_s=ack_timeout_s,
         )
         if leased is None:
             return event, None
@@ -194,9 +195,9 @@ async def test_an_ack_of_the_head_lets_the_next_webhook_be_owed(
 ) -> None:
     task = Task(log, await running(redis, websocket=True))
     await redis.sadd(keys.subscribers(task_1()), "node-1")  # a socket follows: pushed first
-    retrying, _ = await task.emit(EventType.RETRYING, ack_due_at=1e12)
-    final, _ = await task.emit(EventType.COMPLETED, ack_due_at=2.0)
-    assert await redis.zscore(home("acme", URL).due, retrying.id) == 1e12
+    retrying, _ = await task.emit(EventType.RETRYING, ack_timeout_s=1e9)
+    final, _ = await task.emit(EventType.COMPLETED, ack_timeout_s=0.0)
+    assert await redis.zscore(home("acme", URL).due, retrying.id) == pytest.approx(time.time() + 1e9, abs=60)
     assert await redis.zscore(home("acme", URL).due, final.id) is None  # behind the retrying event
 
     settled = await outbox.ack(

@@ -143,6 +143,7 @@ class TaskController(Controller):
                 idempotency_key=idempotency_key,
                 fingerprint=request_fingerprint(data),
                 admit=refusal is None,
+                delay_s=data.delay_s,
             )
         except TenantFull as exc:
             raise TooManyRequestsException(

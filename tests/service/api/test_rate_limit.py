@@ -4,25 +4,22 @@ bucket per tenant, and no more tokens than there are when API nodes ask at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from types import ModuleType
 
 import pytest
 import redis.asyncio as aioredis
 
 from delivery.redis_client import connect
-from service.api import rate_limit
 from service.api.rate_limit import RateLimiter
 from tests.service.api.conftest import Clock
 
 
 @pytest.fixture
-def clock(fake_time: Callable[[ModuleType], Clock]) -> Clock:
-    return fake_time(rate_limit)
+def clock() -> Clock:
+    return Clock()
 
 
 async def test_a_burst_of_the_rate_passes_then_retry_after_says_when(redis: aioredis.Redis, clock: Clock) -> None:
-    limiter = RateLimiter(redis=redis, rate=5)
+    limiter = RateLimiter(redis=redis, clock=clock.time, rate=5)
     assert [await limiter.retry_after_s("acme") for _ in range(5)] == [None] * 5
     assert await limiter.retry_after_s("acme") == 1  # a token comes in 0.2 s: rounded up to a whole second
     clock.now += 0.21
@@ -31,7 +28,7 @@ async def test_a_burst_of_the_rate_passes_then_retry_after_says_when(redis: aior
 
 
 async def test_a_slow_rate_asks_for_the_whole_wait(redis: aioredis.Redis, clock: Clock) -> None:
-    limiter = RateLimiter(redis=redis, rate=0.25)  # one every 4 s; the burst is one
+    limiter = RateLimiter(redis=redis, clock=clock.time, rate=0.25)  # one every 4 s; the burst is one
     assert await limiter.retry_after_s("acme") is None
     assert await limiter.retry_after_s("acme") == 4
     clock.now += 2.5
@@ -41,14 +38,14 @@ async def test_a_slow_rate_asks_for_the_whole_wait(redis: aioredis.Redis, clock:
 
 
 async def test_an_idle_tenant_gets_no_more_than_its_burst(redis: aioredis.Redis, clock: Clock) -> None:
-    limiter = RateLimiter(redis=redis, rate=2)
+    limiter = RateLimiter(redis=redis, clock=clock.time, rate=2)
     await limiter.retry_after_s("acme")
     clock.now += 3600
     assert [await limiter.retry_after_s("acme") for _ in range(3)] == [None, None, 1]
 
 
 async def test_each_tenant_has_its_own_bucket(redis: aioredis.Redis, clock: Clock) -> None:
-    limiter = RateLimiter(redis=redis, rate=1)
+    limiter = RateLimiter(redis=redis, clock=clock.time, rate=1)
     assert await limiter.retry_after_s("acme") is None
     assert await limiter.retry_after_s("acme") == 1
     assert await limiter.retry_after_s("globex") is None
@@ -57,7 +54,7 @@ async def test_each_tenant_has_its_own_bucket(redis: aioredis.Redis, clock: Cloc
 async def test_nodes_asking_at_once_share_one_bucket(redis_url: str, clock: Clock) -> None:
     clients = [connect(redis_url) for _ in range(4)]
     try:
-        limiters = [RateLimiter(redis=c, rate=10) for c in clients]
+        limiters = [RateLimiter(redis=c, clock=clock.time, rate=10) for c in clients]
         answers = await asyncio.gather(*(limiters[n % 4].retry_after_s("acme") for n in range(40)))
     finally:
         for client in clients:

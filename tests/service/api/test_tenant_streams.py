@@ -5,25 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncGenerator, Callable
-from types import ModuleType, SimpleNamespace
+from collections.abc import AsyncGenerator
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aioredis
 
-from service.api import tenant_streams
 from service.api.state import ApiState
 from service.api.tenant_streams import TenantStreams
 from tests.service.api.conftest import Clock
 
 
 @pytest.fixture
-def clock(fake_time: Callable[[ModuleType], Clock]) -> Clock:
-    return fake_time(tenant_streams)
+def clock() -> Clock:
+    return Clock()
 
 
 async def test_two_nodes_share_a_tenants_places_and_tenants_do_not(redis: aioredis.Redis, clock: Clock) -> None:
-    first, second = TenantStreams(redis=redis, limit=3), TenantStreams(redis=redis, limit=3)
+    first, second = (
+        TenantStreams(redis=redis, clock=clock.time, limit=3),
+        TenantStreams(redis=redis, clock=clock.time, limit=3),
+    )
 
     taken = [await first.acquire("acme"), await second.acquire("acme"), await first.acquire("acme")]
     assert all(taken)
@@ -38,13 +40,16 @@ async def test_two_nodes_share_a_tenants_places_and_tenants_do_not(redis: aiored
 
 
 async def test_at_once_no_more_than_the_limit_are_taken(redis: aioredis.Redis, clock: Clock) -> None:
-    nodes = [TenantStreams(redis=redis, limit=5) for _ in range(4)]
+    nodes = [TenantStreams(redis=redis, clock=clock.time, limit=5) for _ in range(4)]
     taken = await asyncio.gather(*(node.acquire("acme") for node in nodes for _ in range(10)))
     assert sum(place is not None for place in taken) == 5
 
 
 async def test_a_dead_nodes_places_expire_and_a_live_nodes_are_refreshed(redis: aioredis.Redis, clock: Clock) -> None:
-    dead, live = TenantStreams(redis=redis, limit=2, ttl_s=60), TenantStreams(redis=redis, limit=2, ttl_s=60)
+    dead, live = (
+        TenantStreams(redis=redis, clock=clock.time, limit=2, ttl_s=60),
+        TenantStreams(redis=redis, clock=clock.time, limit=2, ttl_s=60),
+    )
     assert await dead.acquire("acme") is not None
     assert await live.acquire("acme") is not None
     assert await live.acquire("acme") is None
@@ -59,7 +64,7 @@ async def test_a_dead_nodes_places_expire_and_a_live_nodes_are_refreshed(redis: 
 async def test_a_stream_that_never_starts_leaves_its_place_to_expire(redis: aioredis.Redis, clock: Clock) -> None:
     """A client gone before a stream's first byte: its generator is dropped unstarted, and no finally runs. The place
     must not be refreshed for ever (the tenant would lose it on every node until this node restarts)."""
-    places = TenantStreams(redis=redis, limit=1, ttl_s=60)
+    places = TenantStreams(redis=redis, clock=clock.time, limit=1, ttl_s=60)
     place = await places.acquire("acme")
     assert place is not None
 

@@ -1,0 +1,13 @@
+-- A membership set of live processes (sorted set: member -> unix time its heartbeat expires). Every process writes
+-- and reads it, so Redis's clock times it: a host whose clock is off neither drops live members nor keeps dead ones.
+-- KEYS[1]: the set
+-- ARGV: 'beat', member, ttl_s (renew the member's heartbeat and drop those expired) | 'read'
+-- Returns the members alive.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if ARGV[1] == 'beat' then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    return redis.call('ZRANGE', KEYS[1], 0, -1)
+end
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
