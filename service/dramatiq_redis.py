@@ -58,10 +58,18 @@ MAX_UNPACK = 1000
 # (this ZREM of a member that never exists) lets the rest through; what it writes is a heartbeat's score and
 # message ids moved between lists and sets (see delivery/store_refusals.py). Not an enqueue, which writes a whole
 # message: that one a full store refuses, as it refuses a submission.
+# Its timestamp (ARGV[2], the calling host's clock) is Redis's clock instead: workers' heartbeats are compared with
+# each other's by the maintenance of any worker, and a host whose clock ran ahead took the others for dead (their
+# fetched messages were requeued while they ran them). The argument is still passed, and no longer read.
+_DRAMATIQ_TIMESTAMP = b"local timestamp = ARGV[2]\n"
+_REDIS_TIMESTAMP = (
+    b"local clock = redis.call('TIME')\n"
+    b"local timestamp = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)\n"
+)
 DISPATCH = Step.of_text(
     "dramatiq:dispatch",
     b'if ARGV[1] ~= "enqueue" then redis.call("zrem", KEYS[1] .. ":__heartbeats__", "") end  -- see above\n'
-    + redis_broker_scripts["dispatch"],
+    + redis_broker_scripts["dispatch"].replace(_DRAMATIQ_TIMESTAMP, _REDIS_TIMESTAMP, 1),
 )
 
 

@@ -152,3 +152,19 @@ BLOCK_TIME_LIMIT_S = 2.0
 async def block_limited(data: BlockInput, ctx: TaskContext) -> dict[str, float]:
     """``block`` with a two-second time limit."""
     return _blocks(data)
+
+
+class RecordedInput(msgspec.Struct, forbid_unknown_fields=True):
+    runs_file: str  # a line per run: task id, attempt, time.monotonic() (the machine's clock, never a faked one)
+    failures: Annotated[int, msgspec.Meta(ge=0, le=3)] = 0  # attempts that fail (Retry) before one succeeds
+    delay_s: float | None = None  # the Retry's delay (None: the kind's)
+
+
+@kind("recorded", input_type=RecordedInput, max_retries=3, retry_delays_s=(2.0,))
+async def recorded(data: RecordedInput, ctx: TaskContext) -> dict[str, int]:
+    """Writes down each of its runs, with when it started, then fails its first ``failures`` attempts."""
+    with open(data.runs_file, "a") as runs:
+        runs.write(f"{ctx.task_id} {ctx.attempt} {time.monotonic()!r}\n")
+    if ctx.attempt <= data.failures:
+        raise Retry(f"attempt {ctx.attempt} failed on purpose", delay_s=data.delay_s)
+    return {"attempts": ctx.attempt}

@@ -20,6 +20,7 @@ STEP_MODULES = (
     "delivery.destinations",
     "delivery.epoch",
     "delivery.outbox",
+    "delivery.shares",
     "service.api.rate_limit",
     "service.api.tenant_streams",
     "service.broker",

@@ -11,11 +11,13 @@ import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import _scripts as redis_broker_scripts
 from dramatiq.errors import ConnectionClosed
 
 from delivery.redis_client import connect
 from service.broker import ACTOR, QUEUE, RedisEnqueuer, task_message
 from service.dramatiq_redis import (
+    _DRAMATIQ_TIMESTAMP,
     ACK_BATCH,
     RelayRedisBroker,
     dispatch_args,
@@ -54,6 +56,25 @@ def test_dispatch_arguments_are_the_ones_dramatiq_passes(redis_url: str) -> None
     assert len(ours) == len(theirs)
     assert [a for i, a in enumerate(ours) if i != 7] == [a for i, a in enumerate(theirs) if i != 7]
     assert isinstance(theirs[7], int)
+
+
+def test_heartbeats_are_timed_by_redis_and_not_by_a_worker_whose_clock_runs_ahead(redis_url: str) -> None:
+    assert _DRAMATIQ_TIMESTAMP in redis_broker_scripts["dispatch"]  # the line replaced is Dramatiq's still
+    client = redis.Redis.from_url(redis_url)
+    ahead, on_time = RelayRedisBroker(url=redis_url, heartbeat_timeout=10_000), RelayRedisBroker(url=redis_url)
+    ahead.do_qsize(QUEUE)
+    # The next maintenance comes from a host a minute ahead: by its own clock the other worker looks dead. Dramatiq
+    # would requeue what that worker fetched; by Redis's clock it is alive.
+    on_time.scripts["dispatch"](
+        keys=[ahead.namespace],
+        args=dispatch_args(ahead, "qsize", QUEUE, timestamp_ms=int((time.time() + 60) * 1000), maintenance=True),
+    )
+    seconds, micros = client.time()
+    heartbeat = client.zscore(f"{ahead.namespace}:__heartbeats__", ahead.broker_id)
+    assert heartbeat == pytest.approx(seconds * 1000 + micros // 1000, abs=5_000)
+    ahead.close()
+    on_time.close()
+    client.close()
 
 
 def test_an_inline_message_is_stored_as_the_broker_stores_one(redis_url: str) -> None:
