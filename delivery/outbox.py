@@ -41,6 +41,7 @@ _CLAIM = step(__file__, "claim_due.lua")
 _CLAIM_DESTINATIONS = step(__file__, "claim_destinations.lua", flow=True)
 _HANDOFF = step(__file__, "handoff.lua", flow=True)
 _ACK = step(__file__, "ack.lua", flow=True)
+_TRIM_DEAD_LETTERS = step(__file__, "trim_dead_letters.lua")
 
 
 class RecordKeys(StepKeys, frozen=True, array_like=True, gc=False):
@@ -440,9 +441,10 @@ def _untried_replay(delivery: PendingDelivery) -> str:
 async def trim_dead_letter_index(
     redis: aioredis.Redis, partition: keys.Partition, *, retention_s: int, now: float | None = None
 ) -> int:
-    """Drop index entries of ``partition``'s dead letters older than the retention (their records have expired)."""
-    cutoff_ms = ((time.time() if now is None else now) - retention_s) * 1000
-    return int(await redis.zremrangebyscore(partition.dead_letters, "-inf", cutoff_ms))
+    """Drop index entries of ``partition``'s dead letters older than the retention (their records have expired), by
+    Redis's clock (``now`` stands in for it)."""
+    trim = _TRIM_DEAD_LETTERS.bind(redis)
+    return int(await trim(keys=[partition.dead_letters], args=[retention_s, "" if now is None else now]))
 
 
 def webhook_attempt(

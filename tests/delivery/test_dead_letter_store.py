@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from delivery import keys, metrics
 from delivery.dead_letters import DeadLetterStore
 from delivery.destinations import FlowSettings
-from delivery.outbox import Lease, Outbox, Recorded, webhook_attempt
+from delivery.outbox import Lease, Outbox, Recorded, trim_dead_letter_index, webhook_attempt
 from delivery.policy import Decision, Verdict
 from delivery.records import PendingDelivery
 from delivery.redis_client import connect
@@ -162,3 +162,16 @@ async def test_a_batch_replays_all_but_those_in_flight(
     assert await store.replay_batch(batch) == [True, False, True]
     assert {m.decode() for m in await redis.zrange(home("acme", URL).due, 0, -1)} == {evt(1), evt(2), evt(3)}
     assert await redis.hget(home("acme", URL).stats, metrics.REPLAYED) == b"3"
+
+
+async def test_the_index_of_dead_letters_is_trimmed_past_their_retention_by_redis_clock(redis: aioredis.Redis) -> None:
+    seconds, _ = await redis.time()
+    partition = keys.partitions()[0]
+    day_ms = 86_400_000
+    await redis.zadd(
+        partition.dead_letters, {"dl_old": (seconds - 3 * 86_400) * 1000, "dl_new": seconds * 1000 - day_ms}
+    )
+    # Kept two days: the first is past that by Redis's clock, whatever the clock of the worker that trims.
+    assert await trim_dead_letter_index(redis, partition, retention_s=2 * 86_400) == 1
+    assert await redis.zrange(partition.dead_letters, 0, -1) == [b"dl_new"]
+    assert await trim_dead_letter_index(redis, partition, retention_s=2 * 86_400, now=seconds + 2 * 86_400) == 1

@@ -1,0 +1,10 @@
+-- Drop the index entries of dead letters older than the retention (their records have expired by then).
+-- KEYS[1]: a dead-letter index (sorted set: id -> unix ms the letter died, the time it shows)
+-- ARGV: retention_s, now (unix s; '' for Redis's clock, which expires the records: any worker's trim agrees)
+-- Returns how many entries were dropped.
+local now = tonumber(ARGV[2])
+if ARGV[2] == '' then
+    local clock = redis.call('TIME')
+    now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+end
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', (now - tonumber(ARGV[1])) * 1000)
