@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 from redis.commands.core import AsyncScript
@@ -36,17 +36,32 @@ _FLOW_FUNCTIONS = ("destination.lua", "task_line.lua")
 
 
 class StepKeys(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """The keys of a step, in the order its script reads them (``KEYS[1]``, ``KEYS[2]``, ...)."""
+    """The keys of a step, in the order its script reads them (``KEYS[1]``, ``KEYS[2]``, ...).
+
+    A step that takes a list of like keys after its others (one per item) sets ``repeated`` and declares that list as
+    its last field; its header names it after ``then each of``.
+    """
+
+    repeated: ClassVar[bool] = False
 
 
 class StepArgs(msgspec.Struct, array_like=True, gc=False):
     """The arguments of a step, in the order its script reads them (``ARGV[1]``, ...), each as Redis takes it
-    (``str``, ``bytes``, ``int`` or ``float``; a flag is ``"1"`` or ``""``)."""
+    (``str``, ``bytes``, ``int`` or ``float``; a flag is ``"1"`` or ``""``).
+
+    A step that takes a list of items after its other arguments sets ``repeated`` and declares the items, flat, as
+    its last field; its header names it after ``then each of`` with what each item is.
+    """
+
+    repeated: ClassVar[bool] = False
 
 
 def wire(values: StepKeys | StepArgs) -> tuple[Any, ...]:
-    """The values of ``values`` in their order, as a script call sends them."""
-    return msgspec.structs.astuple(values)
+    """The values of ``values`` in their order, as a script call sends them (a repeated last field spread out)."""
+    fields = msgspec.structs.astuple(values)
+    if values.repeated:
+        return (*fields[:-1], *fields[-1])
+    return fields
 
 
 def flag(value: bool) -> str:

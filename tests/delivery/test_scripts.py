@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import re
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -39,12 +38,17 @@ def loaded_steps() -> list[Step]:
     return list(STEPS)
 
 
-def declared_names(text: str, part: str) -> tuple[str, list[str]]:
-    """The Struct a script's header names for ``part`` (KEYS or ARGV) and the names it lists, in order."""
+def declared_names(text: str, part: str) -> tuple[str, list[str], bool]:
+    """The Struct a script's header names for ``part`` (KEYS or ARGV), the names it lists in order, and whether the
+    last is a repeated list (``then each of items: what each is``)."""
     found = re.search(rf"^-- {part} \((\w+)\): (.*?)$((?:\n--   .*$)*)", text, re.MULTILINE)
     assert found is not None, f"no '-- {part} (Struct): ...' line"
     listed = found.group(2) + " " + found.group(3).replace("\n--   ", " ")
-    return found.group(1), [name.strip() for name in listed.split(",") if name.strip()]
+    head, repeated, rest = listed.partition("then each of ")
+    names = [name.strip() for name in head.split(",") if name.strip() and name.strip() != "none"]
+    if repeated:
+        names.append(rest.split(":")[0].strip())
+    return found.group(1), names, bool(repeated)
 
 
 def test_every_lua_file_is_a_step_loaded_through_the_loader_or_functions_they_share() -> None:
@@ -53,25 +57,29 @@ def test_every_lua_file_is_a_step_loaded_through_the_loader_or_functions_they_sh
     assert not any(name.startswith("/") for name in names)  # named from the project's root
 
 
-@pytest.mark.parametrize("step", [s for s in loaded_steps() if s.keys or s.args], ids=lambda s: s.name)
+@pytest.mark.parametrize("step", [s for s in loaded_steps() if s.keys and s.args], ids=lambda s: s.name)
 def test_a_steps_structs_match_its_scripts_header(step: Step) -> None:
     text = (ROOT / step.name).read_text()
     for part, struct in (("KEYS", step.keys), ("ARGV", step.args)):
         assert struct is not None
-        name, listed = declared_names(text, part)
+        name, listed, repeated = declared_names(text, part)
         assert name == struct.__name__
         assert listed == list(struct.__struct_fields__)
+        assert repeated == struct.repeated
         assert struct.__struct_config__.array_like  # sent as the values in order
 
 
-def test_the_highest_key_and_argument_a_declared_script_reads_is_declared() -> None:
-    for step in loaded_steps():
-        if not (step.keys and step.args):
-            continue
-        body = Path(ROOT / step.name).read_text()
-        for part, struct in (("KEYS", step.keys), ("ARGV", step.args)):
-            used = [int(n) for n in re.findall(rf"{part}\[(\d+)\]", body)]
-            assert max(used) == len(struct.__struct_fields__), (step.name, part)
+@pytest.mark.parametrize("step", [s for s in loaded_steps() if s.keys and s.args], ids=lambda s: s.name)
+def test_the_highest_key_and_argument_a_script_reads_by_number_is_declared(step: Step) -> None:
+    body = (ROOT / step.name).read_text()
+    for part, struct in (("KEYS", step.keys), ("ARGV", step.args)):
+        assert struct is not None
+        used = [int(n) for n in re.findall(rf"{part}\[(\d+)\]", body)]
+        fixed = len(struct.__struct_fields__) - (1 if struct.repeated else 0)
+        if struct.repeated:
+            assert max(used, default=0) <= fixed + 1, (step.name, part)  # the first item's, at most, by number
+        else:
+            assert max(used, default=0) == fixed, (step.name, part)
 
 
 def test_wire_sends_the_fields_in_order() -> None:
@@ -82,6 +90,13 @@ def test_wire_sends_the_fields_in_order() -> None:
         second: int
         third: str = ""
 
+    class Listed(StepArgs, array_like=True, gc=False):
+        repeated = True
+        first: str
+        items: list[str]
+
     assert wire(Three("a", 2)) == ("a", 2, "")
     assert wire(Three("a", 2, flag(True))) == ("a", 2, "1")
     assert msgspec.structs.astuple(Three("x", 0, flag(False))) == ("x", 0, "")
+    assert wire(Listed("a", ["b", "c"])) == ("a", "b", "c")
+    assert wire(Listed("a", [])) == ("a",)
