@@ -1,8 +1,9 @@
 -- A socket acked an event in time: settle its delivery, so no webhook is sent.
--- KEYS: ack_marker, due, delivery, attempts, stats, latency, the task's webhook head and line, the tenant's
---       counters
--- ARGV: event_id, attempts_ttl_s, acked attempt, skipped webhook attempt ('' when the task has no webhook),
---       latency_bucket, latency_s, acked_field, skipped_field (the stats counters to raise)
+-- KEYS (AckKeys): ack_marker, due, delivery, attempts, stats, latency, webhook_head, webhook_line, tenant_stats
+-- ARGV (AckArgs): event_id, attempts_ttl_s, acked, skipped, latency_bucket, latency_s, acked_counter,
+--   skipped_counter
+-- acked is the acked attempt, skipped the skipped webhook attempt ('' when the task has no webhook); the counters
+-- are the stats fields to raise
 -- The task's next webhook, if one waited behind this one, is owed from then on (task_line.lua).
 -- Returns 1 when this ack settled the delivery, 0 when it was not waiting for one (already acked, timed out,
 -- or a progress event).

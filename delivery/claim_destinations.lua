@@ -1,5 +1,8 @@
 -- Lease the attempts that ready destinations let start now, within each one's caps.
--- ARGV: the two of dst_init, budget (most attempts in all), most destinations visited, delivery key prefix
+-- KEYS (ReadyKeys): ready
+-- ARGV (ReadyArgs): flow_now, flow_settings, budget, most_destinations, delivery_prefix
+-- ready is the partition's ready destinations (the other keys derive from its tag); flow_now and flow_settings are
+-- the two of dst_init; budget the most attempts in all, most_destinations the most destinations visited
 -- Returns a flat list: destination id, event id, kind ('send' | 'probe' | 'expire'), lease token, record, ...
 -- Work grows with the destinations that are ready, never with the webhooks a destination holds.
 -- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets

@@ -1,6 +1,8 @@
 -- Lease the deliveries that are due and return them.
--- KEYS[1]: the due sorted set; ARGV: now ('' for Redis's clock, which wrote the due times), limit, lease_s,
--- delivery key prefix, ack marker key prefix
+-- KEYS (ClaimKeys): due
+-- ARGV (ClaimArgs): now, limit, lease_s, delivery_prefix, ack_prefix
+-- due is the partition's sorted set of due deliveries; now '' for Redis's clock (which wrote the due times); the
+-- prefixes are those of delivery records and of ack markers
 -- Returns a flat list: id, record, pushed, id, record, pushed, ... where pushed is 1 when the delivery was waiting
 -- for a WebSocket ack (whose time is now up: the marker is taken, so a late ack no longer settles it).
 -- A leased delivery stays in the set with its score pushed to lease_until, so a worker that dies

@@ -1,6 +1,9 @@
 -- Destinations of one index (every destination, or a tenant's) by state, with the webhooks they owe and hold, in
 -- one step: a dashboard's figures without a record leaving Redis. The state is read as state_of() reads it.
--- KEYS: the index; ARGV: what goes before and after an id in its keys' names
+-- KEYS (IndexKeys): index
+-- ARGV (CountArgs): key_head, key_tail
+-- index is every destination of a partition, or a tenant's; key_head and key_tail are what goes before and after an
+-- id in its keys' names
 -- Returns {healthy, degraded, open, paused, owed, held}.
 -- Leases live in flight until a time by Redis's clock (see redis_now in destination.lua): read by it.
 local clock = redis.call('TIME')

@@ -13,7 +13,7 @@ from delivery import keys, metrics
 from delivery.errors import UnreadableRecord
 from delivery.outbox import Outbox, unlink_dead_letter
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 from delivery.time_index import Position, parse_cursor, scan, take_page
 from schemas.dead_letters import DeadLetter, DeadLetterReason
 from schemas.deliveries import DeliveryStep, StepKind
@@ -23,7 +23,27 @@ REPLAY_BATCH = 200
 
 _decode = msgspec.json.Decoder(DeadLetter).decode
 _encode = msgspec.json.Encoder().encode
-_REPLAY = step(__file__, "replay.lua")
+
+
+class ReplayKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``replay.lua``: a partition's schedule and counters, then each event's task's delivery steps."""
+
+    repeated = True
+    due: str
+    stats: str
+    steps: list[str]
+
+
+class ReplayArgs(StepArgs, array_like=True, gc=False):
+    repeated = True
+    now: float | str  # '' for Redis's clock
+    delivery_prefix: str
+    replayed_counter: str
+    steps_ttl_s: int
+    events: list[str | bytes]  # per event: its id, its delivery record, its replayed step
+
+
+_REPLAY = step(__file__, "replay.lua", keys=ReplayKeys, args=ReplayArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +132,7 @@ class DeadLetterStore:
     async def _replay_group(self, batch: Sequence[DeadLetter]) -> list[bool]:
         part = keys.of(batch[0].id)
         at = datetime.now(UTC)  # the replayed step's time, which people read (the step owes it by Redis's clock)
-        args: list[str | bytes | float] = ["", part.delivery_prefix, metrics.REPLAYED, self._outbox.attempts_ttl_s]
+        events: list[str | bytes] = []
         for dead in batch:
             delivery = PendingDelivery(
                 tenant=dead.tenant,
@@ -127,7 +147,10 @@ class DeadLetterStore:
             step = DeliveryStep(
                 event_id=dead.event.id, step=StepKind.REPLAYED, at=at, dead_letter_id=dead.id, reason=dead.reason
             )
-            args += [dead.event.id, _encode(delivery), _encode(step)]
+            events += [dead.event.id, _encode(delivery), _encode(step)]
         steps = [keys.delivery_steps(dead.task_id) for dead in batch]
-        replayed = await self._replay(keys=[part.due, part.stats, *steps], args=args)
+        replayed = await self._replay(
+            keys=wire(ReplayKeys(part.due, part.stats, steps)),
+            args=wire(ReplayArgs("", part.delivery_prefix, metrics.REPLAYED, self._outbox.attempts_ttl_s, events)),
+        )
         return [bool(r) for r in replayed]

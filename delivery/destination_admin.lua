@@ -1,7 +1,8 @@
 -- An operator's or owner's change to one destination, then its place in READY again.
--- KEYS: meta, due, flight, deadline, ready
--- ARGV: the two of dst_init, destination id, op ('pause' | 'resume' | 'set'),
---       for set: max_in_flight ('' keeps it), rate_per_s ('' keeps it, 'none' removes it)
+-- KEYS (AdminKeys): dst_meta, dst_due, dst_flight, dst_deadline
+-- ARGV (AdminArgs): flow_now, flow_settings, destination_id, op, max_in_flight, rate_per_s
+-- flow_now and flow_settings are the two of dst_init; op is 'pause' | 'resume' | 'set'; for set, max_in_flight
+-- ('' keeps it) and rate_per_s ('' keeps it, 'none' removes it)
 -- Returns 0 when there is no such destination.
 dst_init(ARGV[1], ARGV[2])
 local d = {id = ARGV[3], meta = KEYS[1], due = KEYS[2], flight = KEYS[3], deadline = KEYS[4]}

@@ -15,7 +15,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -24,7 +23,7 @@ from delivery.address_guard import parse_callback_url
 from delivery.errors import InvalidCursor
 from delivery.policy import AttemptResult
 from delivery.redis_client import as_text
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 from schemas.api import MAX_ID_CHARS
 from schemas.destinations import Destination, DestinationState
 
@@ -42,9 +41,46 @@ DEFAULT_MAX_IN_FLIGHT = 64
 DEFAULT_BREAKER_THRESHOLD = 10
 DEFAULT_PROBE_S = 5.0
 
-_ADMIN = step(__file__, "destination_admin.lua", flow=True)
-_PRUNE = step(__file__, "prune_destinations.lua")
-_COUNT = step(__file__, "count_destinations.lua")
+
+class AdminKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``destination_admin.lua``: the destination's (its partition's ready set derives from them)."""
+
+    dst_meta: str
+    dst_due: str
+    dst_flight: str
+    dst_deadline: str
+
+
+class AdminArgs(StepArgs, array_like=True, gc=False):
+    flow_now: str
+    flow_settings: str
+    destination_id: str
+    op: str
+    max_in_flight: str = ""
+    rate_per_s: str = ""
+
+
+class IndexKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of a step over one index of destinations (every destination of a partition, or a tenant's)."""
+
+    index: str
+
+
+class PruneArgs(StepArgs, array_like=True, gc=False):
+    repeated = True
+    key_head: str
+    key_tail: str
+    ids: list[str]
+
+
+class CountArgs(StepArgs, array_like=True, gc=False):
+    key_head: str
+    key_tail: str
+
+
+_ADMIN = step(__file__, "destination_admin.lua", flow=True, keys=AdminKeys, args=AdminArgs)
+_PRUNE = step(__file__, "prune_destinations.lua", keys=IndexKeys, args=PruneArgs)
+_COUNT = step(__file__, "count_destinations.lua", keys=IndexKeys, args=CountArgs)
 _ORDER = {
     DestinationState.OPEN: 0,
     DestinationState.PAUSED: 1,
@@ -53,11 +89,11 @@ _ORDER = {
 }
 
 
-def destination_key_base(partition: keys.Partition) -> list[str]:
+def destination_key_base(partition: keys.Partition) -> tuple[str, str]:
     """What a script puts before and after a destination id to name its keys (``<before><id><after>meta``)."""
     if partition.tag is None:
-        return [keys.PREFIX + "{", "}:"]
-    return [partition.prefix + "dst:", ":"]
+        return (keys.PREFIX + "{", "}:")
+    return (partition.prefix + "dst:", ":")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -106,10 +142,10 @@ class FlowSettings:
     probe_s: float = DEFAULT_PROBE_S
     idle_ttl_s: int = IDLE_TTL_S
 
-    def header(self, now: float | None = None) -> list[Any]:
+    def header(self, now: float | None = None) -> tuple[str, str]:
         """The first two arguments of every destination script (see ``dst_init``): the time ('' for Redis's own
         clock, which every step reads unless a caller stands in for it) and the settings."""
-        return ["" if now is None else repr(now), self._packed]
+        return ("" if now is None else repr(now), self._packed)
 
     @functools.cached_property
     def _packed(self) -> str:
@@ -221,7 +257,8 @@ class DestinationStore:
                 here += await self._read(ids[start : start + 500])
             gone = set(ids) - {d.id for d in here}
             if gone:  # forgotten while idle; checked again in one step, in case one was made again meanwhile
-                await self._prune(keys=[index], args=[*destination_key_base(partition), *gone])
+                head, tail = destination_key_base(partition)
+                await self._prune(keys=wire(IndexKeys(index)), args=wire(PruneArgs(head, tail, sorted(gone))))
             found += here
             if len(found) >= MAX_LISTED:
                 break
@@ -239,11 +276,12 @@ class DestinationStore:
         more = len(items) > limit
         return page, (_encode_cursor(sort_key(page[-1])) if more and page else None)
 
-    async def change(self, dst_id: str, op: str, *args: Any) -> Destination | None:
+    async def change(self, dst_id: str, op: str, *args: str) -> Destination | None:
         """Apply ``op`` ('pause', 'resume' or 'set' with max_in_flight and rate ('' keeps, 'none' clears))."""
+        flow_now, flow_settings = self._flow.header()
         done = await self._admin(
-            keys=[*keys.destination_keys(dst_id), keys.of(dst_id).destinations_ready],
-            args=[*self._flow.header(), dst_id, op, *args],
+            keys=wire(AdminKeys(*keys.destination_keys(dst_id))),
+            args=wire(AdminArgs(flow_now, flow_settings, dst_id, op, *args)),
         )
         if not done:
             return None
@@ -266,7 +304,8 @@ class DestinationStore:
 
     async def _count_raw(self, partition: keys.Partition, tenant: str | None) -> list[int]:
         index = partition.destinations if tenant is None else partition.destinations_of(tenant)
-        counted = await self._count(keys=[index], args=destination_key_base(partition))
+        head, tail = destination_key_base(partition)
+        counted = await self._count(keys=wire(IndexKeys(index)), args=wire(CountArgs(head, tail)))
         return [int(n) for n in counted]
 
 

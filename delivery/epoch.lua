@@ -1,6 +1,8 @@
 -- Read the store's epoch, writing it when the store has none.
--- KEYS[1]: the epoch (hash: id, created_at, and lost_at while a loss is not acknowledged).
--- ARGV: a new id, now (unix s), the id the caller knew ('' when it knew none yet).
+-- KEYS (EpochKeys): epoch
+-- ARGV (EpochArgs): new_id, now, known
+-- epoch is a hash: id, created_at, and lost_at while a loss is not acknowledged; now is unix s; known is the id the
+-- caller knew ('' when it knew none yet)
 -- Returns {id, lost_at or false}.
 -- A caller that knew an id and finds another (or none) has seen the store lose its data: lost_at is set then, so
 -- that every process, and those started later, say so until an operator acknowledges it.

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from delivery import background, keys
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 
 __all__ = ["CHECK_INTERVAL_S", "EpochState", "StoreEpoch"]
 
@@ -30,7 +30,18 @@ log = logging.getLogger("relay.store")
 # How often each process looks at the epoch.
 CHECK_INTERVAL_S = 1.0
 
-_EPOCH = step(__file__, "epoch.lua")
+
+class EpochKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    epoch: str
+
+
+class EpochArgs(StepArgs, array_like=True, gc=False):
+    new_id: str
+    now: float
+    known: str  # '' when the caller knew none yet
+
+
+_EPOCH = step(__file__, "epoch.lua", keys=EpochKeys, args=EpochArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +90,9 @@ class StoreEpoch:
 
     async def check(self) -> bool:
         """Read the epoch (writing it into a new store); True when the one this process knew is gone."""
-        epoch_id, _ = await self._script(keys=[keys.EPOCH], args=[uuid.uuid4().hex, time.time(), self.known or ""])
+        epoch_id, _ = await self._script(
+            keys=wire(EpochKeys(keys.EPOCH)), args=wire(EpochArgs(uuid.uuid4().hex, time.time(), self.known or ""))
+        )
         epoch_id = _text(epoch_id)
         known, self.known = self.known, epoch_id
         if known is None or known == epoch_id:

@@ -1,9 +1,11 @@
 -- A webhook leaves the general schedule for its destination (a replayed dead letter, or an entry written before
 -- destinations existed): it is owed there from now on, and leased to the caller at once when the destination
 -- lets it start now.
--- KEYS: due (the general schedule), delivery, meta, dst due, flight, deadline
--- ARGV: the two of dst_init, event id, destination id, tenant, origin, 'replay' for a replay not attempted yet
---       (it gets a real attempt before it can expire: see dst_untried) or ''
+-- KEYS (HandoffKeys): due, delivery, dst_meta, dst_due, dst_flight, dst_deadline
+-- ARGV (HandoffArgs): flow_now, flow_settings, event_id, destination_id, destination_tenant, destination_origin,
+--   untried_replay
+-- due is the general schedule; flow_now and flow_settings the two of dst_init; untried_replay is 'replay' for a
+-- replay not attempted yet (it gets a real attempt before it can expire: see dst_untried), else ''
 -- Returns {'gone'}, {'owed'} or {'admitted', lease token}.
 dst_init(ARGV[1], ARGV[2])
 local event_id = ARGV[3]

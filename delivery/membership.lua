@@ -1,7 +1,8 @@
 -- A membership set of live processes (sorted set: member -> unix time its heartbeat expires). Every process writes
 -- and reads it, so Redis's clock times it: a host whose clock is off neither drops live members nor keeps dead ones.
--- KEYS[1]: the set
--- ARGV: 'beat', member, ttl_s (renew the member's heartbeat and drop those expired) | 'read'
+-- KEYS (MembershipKeys): members
+-- ARGV (MembershipArgs): op, member, ttl_s
+-- op 'beat' renews member's heartbeat for ttl_s and drops those expired; 'read' (member and ttl_s empty) only reads
 -- Returns the members alive.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000

@@ -37,11 +37,112 @@ from delivery.signing_secrets import live_secrets
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep, StepKind
 
-_CLAIM = step(__file__, "claim_due.lua")
-_CLAIM_DESTINATIONS = step(__file__, "claim_destinations.lua", flow=True)
-_HANDOFF = step(__file__, "handoff.lua", flow=True)
-_ACK = step(__file__, "ack.lua", flow=True)
-_TRIM_DEAD_LETTERS = step(__file__, "trim_dead_letters.lua")
+
+class ClaimKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``claim_due.lua``: a partition's schedule of due deliveries."""
+
+    due: str
+
+
+class ClaimArgs(StepArgs, array_like=True, gc=False):
+    now: float | str  # '' for Redis's clock
+    limit: int
+    lease_s: float
+    delivery_prefix: str
+    ack_prefix: str
+
+
+class ReadyKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``claim_destinations.lua``: a partition's ready destinations (the rest it derives from there)."""
+
+    ready: str
+
+
+class ReadyArgs(StepArgs, array_like=True, gc=False):
+    flow_now: str
+    flow_settings: str
+    budget: int
+    most_destinations: int
+    delivery_prefix: str
+
+
+class HandoffKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``handoff.lua``: the general schedule, the delivery and its destination's."""
+
+    due: str
+    delivery: str
+    dst_meta: str
+    dst_due: str
+    dst_flight: str
+    dst_deadline: str
+
+
+class HandoffArgs(StepArgs, array_like=True, gc=False):
+    flow_now: str
+    flow_settings: str
+    event_id: str
+    destination_id: str
+    destination_tenant: str
+    destination_origin: str
+    untried_replay: str
+
+
+class AckKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``ack.lua``: the event's ack marker and delivery, its task's attempts and line, the counters."""
+
+    ack_marker: str
+    due: str
+    delivery: str
+    attempts: str
+    stats: str
+    latency: str
+    webhook_head: str
+    webhook_line: str
+    tenant_stats: str
+
+    @classmethod
+    def of(cls, event_id: str, task_id: str, tenant: str) -> AckKeys:
+        part = keys.of(event_id)
+        return cls(
+            ack_marker=keys.ack_marker(event_id),
+            due=part.due,
+            delivery=keys.delivery(event_id),
+            attempts=keys.attempts(task_id),
+            stats=part.stats,
+            latency=part.latency,
+            webhook_head=keys.webhook_head(task_id),
+            webhook_line=keys.webhook_line(task_id),
+            tenant_stats=part.stats_of(tenant),
+        )
+
+
+class AckArgs(StepArgs, array_like=True, gc=False):
+    event_id: str
+    attempts_ttl_s: int
+    acked: bytes
+    skipped: bytes | str
+    latency_bucket: str
+    latency_s: float
+    acked_counter: str
+    skipped_counter: str
+
+
+class TrimKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``trim_dead_letters.lua``: one dead-letter index."""
+
+    index: str
+
+
+class TrimArgs(StepArgs, array_like=True, gc=False):
+    retention_s: int
+    now: float | str  # '' for Redis's clock
+
+
+_CLAIM = step(__file__, "claim_due.lua", keys=ClaimKeys, args=ClaimArgs)
+_CLAIM_DESTINATIONS = step(__file__, "claim_destinations.lua", flow=True, keys=ReadyKeys, args=ReadyArgs)
+_HANDOFF = step(__file__, "handoff.lua", flow=True, keys=HandoffKeys, args=HandoffArgs)
+_ACK = step(__file__, "ack.lua", flow=True, keys=AckKeys, args=AckArgs)
+_TRIM_DEAD_LETTERS = step(__file__, "trim_dead_letters.lua", keys=TrimKeys, args=TrimArgs)
 
 
 class RecordKeys(StepKeys, frozen=True, array_like=True, gc=False):
@@ -212,8 +313,16 @@ class Outbox:
         """Lease up to ``limit`` due deliveries of ``partition``; each comes with True when its WebSocket ack never
         came."""
         raw = await self._claim(
-            keys=[partition.due],
-            args=["" if now is None else now, limit, self._lease_s, partition.delivery_prefix, partition.ack_prefix],
+            keys=wire(ClaimKeys(partition.due)),
+            args=wire(
+                ClaimArgs(
+                    now="" if now is None else now,
+                    limit=limit,
+                    lease_s=self._lease_s,
+                    delivery_prefix=partition.delivery_prefix,
+                    ack_prefix=partition.ack_prefix,
+                )
+            ),
         )
         claimed: list[tuple[PendingDelivery, bool]] = []
         unreadable: list[bytes] = []
@@ -233,9 +342,18 @@ class Outbox:
         self, partition: keys.Partition, *, limit: int, now: float | None = None
     ) -> list[Lease]:
         """Lease up to ``limit`` attempts that the ready destinations of ``partition`` let start now."""
+        flow_now, flow_settings = self._flow.header(now)
         raw = await self._claim_destinations(
-            keys=[partition.destinations_ready],
-            args=[*self._flow.header(now), limit, CLAIM_DESTINATIONS, partition.delivery_prefix],
+            keys=wire(ReadyKeys(partition.destinations_ready)),
+            args=wire(
+                ReadyArgs(
+                    flow_now=flow_now,
+                    flow_settings=flow_settings,
+                    budget=limit,
+                    most_destinations=CLAIM_DESTINATIONS,
+                    delivery_prefix=partition.delivery_prefix,
+                )
+            ),
         )
         leases: list[Lease] = []
         for i in range(0, len(raw), 5):
@@ -251,9 +369,20 @@ class Outbox:
         """Owe ``delivery`` (from the general schedule) to its destination; a lease when it may start at once."""
         assert delivery.url is not None
         dst = destination_for(delivery.tenant, delivery.url)
+        flow_now, flow_settings = self._flow.header()
         reply = await self._handoff(
-            keys=[keys.of(delivery.event_id).due, keys.delivery(delivery.event_id), *dst.keys],
-            args=[*self._flow.header(), delivery.event_id, dst.id, dst.tenant, dst.origin, _untried_replay(delivery)],
+            keys=wire(HandoffKeys(keys.of(delivery.event_id).due, keys.delivery(delivery.event_id), *dst.keys)),
+            args=wire(
+                HandoffArgs(
+                    flow_now=flow_now,
+                    flow_settings=flow_settings,
+                    event_id=delivery.event_id,
+                    destination_id=dst.id,
+                    destination_tenant=dst.tenant,
+                    destination_origin=dst.origin,
+                    untried_replay=_untried_replay(delivery),
+                )
+            ),
         )
         if as_text(reply[0]) == "admitted":
             return Lease(delivery=delivery, token=as_text(reply[1]))
@@ -278,29 +407,20 @@ class Outbox:
             else None
         )
         latency_s = max(0.0, now.timestamp() - created_at)
-        part = keys.of(event_id)
         settled = await self._ack(
-            keys=[
-                keys.ack_marker(event_id),
-                part.due,
-                keys.delivery(event_id),
-                keys.attempts(task_id),
-                part.stats,
-                part.latency,
-                keys.webhook_head(task_id),
-                keys.webhook_line(task_id),
-                part.stats_of(tenant),
-            ],
-            args=[
-                event_id,
-                self._attempts_ttl_s,
-                _encode(acked),
-                _encode(skipped) if skipped is not None else "",
-                metrics.latency_bucket(latency_s),
-                latency_s,
-                metrics.delivery_counter(Channel.WEBSOCKET, DeliveryOutcome.ACKED),
-                metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
-            ],
+            keys=wire(AckKeys.of(event_id, task_id, tenant)),
+            args=wire(
+                AckArgs(
+                    event_id=event_id,
+                    attempts_ttl_s=self._attempts_ttl_s,
+                    acked=_encode(acked),
+                    skipped=_encode(skipped) if skipped is not None else "",
+                    latency_bucket=metrics.latency_bucket(latency_s),
+                    latency_s=latency_s,
+                    acked_counter=metrics.delivery_counter(Channel.WEBSOCKET, DeliveryOutcome.ACKED),
+                    skipped_counter=metrics.delivery_counter(Channel.WEBHOOK, DeliveryOutcome.SKIPPED),
+                )
+            ),
         )
         return bool(settled)
 
@@ -444,7 +564,11 @@ async def trim_dead_letter_index(
     """Drop index entries of ``partition``'s dead letters older than the retention (their records have expired), by
     Redis's clock (``now`` stands in for it)."""
     trim = _TRIM_DEAD_LETTERS.bind(redis)
-    return int(await trim(keys=[partition.dead_letters], args=[retention_s, "" if now is None else now]))
+    return int(
+        await trim(
+            keys=wire(TrimKeys(partition.dead_letters)), args=wire(TrimArgs(retention_s, "" if now is None else now))
+        )
+    )
 
 
 def webhook_attempt(

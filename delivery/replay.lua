@@ -1,6 +1,9 @@
 -- Owe dead letters' events again, on a fresh schedule, in one step per batch.
--- KEYS: due, stats, then the delivery steps list of each event's task, in the order of the events
--- ARGV: now ('' for Redis's clock, by which the schedule is read), delivery key prefix, replayed_field, steps_ttl_s, then per event: event_id, delivery, replayed step
+-- KEYS (ReplayKeys): due, stats, then each of steps: the delivery steps list of an event's task, in the order of
+--   the events
+-- ARGV (ReplayArgs): now, delivery_prefix, replayed_counter, steps_ttl_s, then each of events: event_id, delivery,
+--   replayed step
+-- now is '' for Redis's clock, by which the schedule is read
 -- An event whose delivery is already owed (a replay in flight) is left alone; one replayed gets its 'replayed' step
 -- in its task's steps (beside the attempts, kept as long).
 -- Returns one 1 (replayed) or 0 (already in flight) per event, in order.

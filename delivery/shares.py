@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from delivery import background, keys
 from delivery.redis_client import as_text
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 
 log = logging.getLogger("relay.shares")
 
@@ -37,7 +37,18 @@ MEMBER_TTL_S = 6.0
 # Every partition is polled at least this often by every worker, its own or not.
 BACKSTOP_S = 5.0
 
-_MEMBERSHIP = step(__file__, "membership.lua")
+
+class MembershipKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    members: str
+
+
+class MembershipArgs(StepArgs, array_like=True, gc=False):
+    op: str  # 'beat' or 'read'
+    member: str = ""
+    ttl_s: float | str = ""
+
+
+_MEMBERSHIP = step(__file__, "membership.lua", keys=MembershipKeys, args=MembershipArgs)
 
 
 def owner(members: Sequence[str], partition: keys.Partition) -> str:
@@ -47,13 +58,15 @@ def owner(members: Sequence[str], partition: keys.Partition) -> str:
 
 async def alive(redis: aioredis.Redis, key: str, member: str) -> list[str]:
     """Renew ``member``'s heartbeat in the membership set ``key``; the members alive (one round trip)."""
-    raw = await _MEMBERSHIP.bind(redis)(keys=[key], args=["beat", member, MEMBER_TTL_S])
+    raw = await _MEMBERSHIP.bind(redis)(
+        keys=wire(MembershipKeys(key)), args=wire(MembershipArgs("beat", member, MEMBER_TTL_S))
+    )
     return sorted({as_text(m) for m in raw} | {member})
 
 
 async def members(redis: aioredis.Redis, key: str) -> list[str]:
     """The members of a membership set whose heartbeat has not expired."""
-    found = await _MEMBERSHIP.bind(redis)(keys=[key], args=["read"])
+    found = await _MEMBERSHIP.bind(redis)(keys=wire(MembershipKeys(key)), args=wire(MembershipArgs("read")))
     return sorted(as_text(m) for m in found if isinstance(m, bytes | str))
 
 

@@ -1,6 +1,8 @@
 -- Drop the index entries of dead letters older than the retention (their records have expired by then).
--- KEYS[1]: a dead-letter index (sorted set: id -> unix ms the letter died, the time it shows)
--- ARGV: retention_s, now (unix s; '' for Redis's clock, which expires the records: any worker's trim agrees)
+-- KEYS (TrimKeys): index
+-- ARGV (TrimArgs): retention_s, now
+-- index is a dead-letter index (sorted set: id -> unix ms the letter died, the time it shows); now is unix s, or ''
+-- for Redis's clock (which expires the records: any worker's trim agrees)
 -- Returns how many entries were dropped.
 local now = tonumber(ARGV[2])
 if ARGV[2] == '' then

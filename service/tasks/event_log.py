@@ -208,7 +208,7 @@ class EventLog:
         body = _encode(event)
         dst = destination_for(tenant, delivery.url) if delivery is not None and delivery.url else None
         single = keys.layout().single
-        flow = self._flow.header() if dst else ["", ""]
+        flow = self._flow.header() if dst else ("", "")
         reply = await self._append(
             keys=wire(AppendKeys.of(task_id, event.id, tenant, dst, single=single)),
             args=wire(
