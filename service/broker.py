@@ -14,7 +14,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from delivery.errors import ConfigError
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 from service.dramatiq_redis import InlineMessage, RelayRedisBroker, message_for, queue_keys, wake_key
 from service.settings import Settings
 
@@ -22,9 +22,32 @@ QUEUE = "relay"
 ACTOR = "run_task"
 # A worker that has not been heard from for this long is presumed dead; its tasks run again elsewhere.
 HEARTBEAT_TIMEOUT_MS = 10_000
-_ENQUEUE = step(__file__, "enqueue.lua")
 # Dramatiq's own limit on an actor, above every kind's limit (Relay enforces the kind's limit itself).
 ACTOR_TIME_LIMIT_MS = 2 * 3600 * 1000
+
+
+class EnqueueKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``enqueue.lua``: the Redis broker's queue, its messages and its wake list."""
+
+    queue: str
+    queue_messages: str
+    wake: str
+
+    @classmethod
+    def of(cls, broker: RedisBroker, queue: str) -> EnqueueKeys:
+        queue_key, messages_key = queue_keys(broker, queue)
+        return cls(queue=queue_key, queue_messages=messages_key, wake=wake_key(broker, queue))
+
+
+class EnqueueArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``enqueue.lua``: each message's id and body."""
+
+    repeated = True
+    messages: list[str | bytes]
+
+
+# Answers how many messages it enqueued.
+_ENQUEUE = step(__file__, "enqueue.lua", keys=EnqueueKeys, args=EnqueueArgs)
 
 
 def create_broker(settings: Settings) -> dramatiq.Broker:
@@ -71,8 +94,9 @@ class RedisEnqueuer(Enqueuer):
     def __init__(self, broker: RedisBroker, redis: aioredis.Redis) -> None:
         super().__init__(broker)
         self._redis = redis
-        self.queue_key, self.messages_key = queue_keys(broker, QUEUE)
-        self.wake_key = wake_key(broker, QUEUE)
+        step_keys = EnqueueKeys.of(broker, QUEUE)
+        self.queue_key, self.messages_key, self.wake_key = step_keys.queue, step_keys.queue_messages, step_keys.wake
+        self._keys = wire(step_keys)
         self._enqueue = _ENQUEUE.bind(redis)
 
     def inline(self, task_id: str) -> InlineMessage:
@@ -88,11 +112,11 @@ class RedisEnqueuer(Enqueuer):
     async def enqueue(self, task_ids: Sequence[str]) -> None:
         if not task_ids:
             return
-        args: list[str | bytes] = []
+        messages: list[str | bytes] = []
         for task_id in task_ids:
             message_id, body = message_for(QUEUE, ACTOR, task_id)
-            args += [message_id, body]
-        await self._enqueue(keys=[self.queue_key, self.messages_key, self.wake_key], args=args)
+            messages += [message_id, body]
+        await self._enqueue(keys=self._keys, args=wire(EnqueueArgs(messages=messages)))
 
 
 def enqueuer_for(broker: dramatiq.Broker, redis: aioredis.Redis, settings: Settings) -> Enqueuer:

@@ -32,7 +32,7 @@ from dramatiq.brokers.redis import _scripts as redis_broker_scripts
 from dramatiq.common import compute_backoff
 from dramatiq.errors import ConnectionClosed
 
-from delivery.scripts import Step, step
+from delivery.scripts import Step, StepArgs, StepKeys, step, wire
 from delivery.store_refusals import refusal_of
 
 
@@ -159,12 +159,32 @@ ACK_BATCH = 256
 # messages stay in the fetched set and come back once this process is gone (their tasks have ended by then).
 MAX_PENDING_ACKS = 100_000
 
-_ACK_MANY = step(__file__, "ack_many.lua")
-
 
 def fetched_key(broker: RedisBroker, queue: str) -> str:
     """The set of message ids this broker (one worker process) has fetched from ``queue`` and not acked."""
     return f"{broker.namespace}:__acks__.{broker.broker_id}.{queue}"
+
+
+class AckKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``ack_many.lua``: this worker process's fetched set of ``queue`` and the queue's messages."""
+
+    fetched: str
+    queue_messages: str
+
+    @classmethod
+    def of(cls, broker: RedisBroker, queue: str) -> AckKeys:
+        return cls(fetched=fetched_key(broker, queue), queue_messages=queue_keys(broker, queue)[1])
+
+
+class AckArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``ack_many.lua``: the ids of the messages acked."""
+
+    repeated = True
+    message_ids: list[str]
+
+
+# Answers how many of them were still fetched (and are acked now).
+_ACK_MANY = step(__file__, "ack_many.lua", keys=AckKeys, args=AckArgs)
 
 
 class BatchAckConsumer(_RedisConsumer):
@@ -183,7 +203,7 @@ class BatchAckConsumer(_RedisConsumer):
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
         self._pending: list[str] = []
         self._lock = threading.Lock()
-        self._keys = [fetched_key(broker, queue_name), f"{broker.namespace}:{queue_name}.msgs"]
+        self._keys = wire(AckKeys.of(broker, queue_name))
         self._ack_many = _ACK_MANY.bind(broker.client)
         self._wake = wake_key(broker, queue_name)
 
@@ -240,7 +260,7 @@ class BatchAckConsumer(_RedisConsumer):
         if not ids:
             return True
         try:
-            self._ack_many(keys=self._keys, args=ids)
+            self._ack_many(keys=self._keys, args=wire(AckArgs(message_ids=ids)))
         except redis.RedisError as exc:
             with self._lock:
                 self._pending[:0] = ids

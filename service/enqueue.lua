@@ -1,7 +1,8 @@
 -- Enqueue run_task messages as the Redis broker's own enqueue does (dramatiq's dispatch.lua, command 'enqueue'),
 -- many in one step, and wake an idle worker.
--- KEYS: broker queue, broker queue messages, the queue's wake list
--- ARGV: message_id, message, message_id, message, ...
+-- KEYS (EnqueueKeys): queue, queue_messages, wake
+-- ARGV (EnqueueArgs): then each of messages: message_id, message
+-- queue, queue_messages and wake are the broker queue, its messages and its wake list.
 -- Runs when the store is full (the sweeper's and the scheduler's enqueues of accepted work): its first write is
 -- this HDEL of a field that never exists, which Redis lets through at maxmemory (see delivery/store_refusals.py).
 -- A transaction could not: Redis refuses every command queued in MULTI at maxmemory.

@@ -1,4 +1,7 @@
--- A token bucket per tenant. KEYS[1]: the bucket; ARGV: rate (tokens/s), burst, now (s; '' for Redis's clock).
+-- A token bucket per tenant.
+-- KEYS (BucketKeys): bucket
+-- ARGV (BucketArgs): rate, burst, now
+-- bucket is the tenant's; rate in tokens/s; now in s ('' for Redis's clock).
 -- Returns {allowed (1/0), seconds until a token is free}.
 -- Every API process fills the same bucket: Redis's clock times it, not theirs (one ahead would refill it early).
 local rate = tonumber(ARGV[1])

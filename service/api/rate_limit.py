@@ -3,14 +3,47 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from delivery import keys
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 
-_TAKE = step(__file__, "rate_limit.lua")
+
+class BucketKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``rate_limit.lua``: the tenant's bucket."""
+
+    bucket: str
+
+    @classmethod
+    def of(cls, tenant: str) -> BucketKeys:
+        return cls(bucket=keys.rate(tenant))
+
+
+class BucketArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``rate_limit.lua``."""
+
+    rate: float
+    burst: float
+    now: str | float
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What ``rate_limit.lua`` answered: whether a token was taken, else how long until one is free."""
+
+    allowed: bool
+    wait_s: float
+
+    @classmethod
+    def read(cls, reply: Sequence[Any]) -> Taken:
+        return cls(bool(int(reply[0])), float(reply[1]))
+
+
+_TAKE = step(__file__, "rate_limit.lua", keys=BucketKeys, args=BucketArgs)
 
 
 class RateLimiter:
@@ -26,9 +59,12 @@ class RateLimiter:
 
     async def retry_after_s(self, tenant: str) -> int | None:
         """None when ``tenant`` may submit now (and takes a token), else whole seconds to wait."""
-        allowed, wait = await self._script(
-            keys=[keys.rate(tenant)], args=[self._rate, self._burst, "" if self._clock is None else self._clock()]
+        now = "" if self._clock is None else self._clock()
+        taken = Taken.read(
+            await self._script(
+                keys=wire(BucketKeys.of(tenant)), args=wire(BucketArgs(rate=self._rate, burst=self._burst, now=now))
+            )
         )
-        if int(allowed):
+        if taken.allowed:
             return None
-        return max(1, math.ceil(float(wait)))
+        return max(1, math.ceil(taken.wait_s))

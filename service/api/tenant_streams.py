@@ -21,11 +21,37 @@ from redis.exceptions import RedisError
 
 from delivery import background, keys
 from delivery.redis_batch import batched
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 
 log = logging.getLogger("relay.api")
 
-_TAKE = step(__file__, "tenant_streams.lua")
+
+class StreamsKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``tenant_streams.lua``: the tenant's places."""
+
+    streams: str
+
+    @classmethod
+    def of(cls, tenant: str) -> StreamsKeys:
+        return cls(streams=keys.tenant_streams(tenant))
+
+
+class StreamsArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``tenant_streams.lua``, in its widest form: 'take' sets ``member`` and ``limit``, 'refresh'
+    the ``members`` it pushes on."""
+
+    repeated = True
+    mode: str
+    now: str | float
+    ttl_s: float
+    key_ttl_s: int
+    member: str = ""
+    limit: int | str = ""
+    members: list[str] = []
+
+
+# Answers for 'take' 1 when taken, 0 when the tenant has its limit open already; for 'refresh' 1.
+_TAKE = step(__file__, "tenant_streams.lua", keys=StreamsKeys, args=StreamsArgs)
 
 # How long a place outlives its node's last refresh; the node refreshes every third of it.
 PLACE_TTL_S = 60.0
@@ -70,10 +96,15 @@ class TenantStreams:
         """A place for one socket or stream of ``tenant`` (the token to :meth:`release`), or None when the tenant
         has its limit open already. Raises RedisError when Redis does not answer."""
         member = f"{self._node}:{next(self._ids)}"
-        taken = await self._take(
-            keys=[keys.tenant_streams(tenant)],
-            args=["take", self._now(), member, self._ttl_s, self.limit, math.ceil(self._ttl_s)],
+        take = StreamsArgs(
+            mode="take",
+            now=self._now(),
+            ttl_s=self._ttl_s,
+            key_ttl_s=math.ceil(self._ttl_s),
+            member=member,
+            limit=self.limit,
         )
+        taken = await self._take(keys=wire(StreamsKeys.of(tenant)), args=wire(take))
         if not int(taken):
             return None
         self._held[member] = tenant
@@ -123,10 +154,11 @@ class TenantStreams:
             by_tenant[tenant].append(member)
         ttl = math.ceil(self._ttl_s)
         for tenant, members in by_tenant.items():
-            key = keys.tenant_streams(tenant)
+            streams = wire(StreamsKeys.of(tenant))
             for start in range(0, len(members), REFRESH_BATCH):
                 chunk = members[start : start + REFRESH_BATCH]
-                await self._take(keys=[key], args=["refresh", self._now(), self._ttl_s, ttl, *chunk])
+                refresh = StreamsArgs(mode="refresh", now=self._now(), ttl_s=self._ttl_s, key_ttl_s=ttl, members=chunk)
+                await self._take(keys=streams, args=wire(refresh))
 
     def _now(self) -> str | float:
         return "" if self._clock is None else self._clock()

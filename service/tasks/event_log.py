@@ -29,8 +29,6 @@ MAX_EVENTS_PER_PAGE = 1000
 # Bytes of events one page reads at most (always one event at least); past it the page ends early.
 MAX_EVENTS_PAGE_BYTES = 4 * 1024 * 1024
 
-_EVENTS_PAGE = step(__file__, "events_page.lua")
-
 _encode = msgspec.json.Encoder().encode
 _decode_events = msgspec.json.Decoder(Event).decode
 _decode_attempt = msgspec.json.Decoder(Attempt).decode
@@ -148,6 +146,39 @@ class Appended:
 
 
 _APPEND = step(__file__, "append_event.lua", flow=True, keys=AppendKeys, args=AppendArgs)
+
+
+class PageKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``events_page.lua``: the task's event log."""
+
+    events: str
+
+    @classmethod
+    def of(cls, task_id: str) -> PageKeys:
+        return cls(events=keys.events(task_id))
+
+
+class PageArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``events_page.lua``."""
+
+    start: int
+    limit: int
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventsPage:
+    """What ``events_page.lua`` answered: the events read (stored, undecoded), and whether another follows them."""
+
+    more: bool
+    events: list[bytes]
+
+    @classmethod
+    def read(cls, reply: Sequence[Any]) -> EventsPage:
+        return cls(bool(int(reply[0])), reply[1])
+
+
+_EVENTS_PAGE = step(__file__, "events_page.lua", keys=PageKeys, args=PageArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,16 +313,21 @@ class EventLog:
     ) -> tuple[list[Event], int | None]:
         """Up to ``limit`` retained events with ``seq > after_seq``, oldest first, of at most ``max_bytes`` (one
         event at least), and the ``after_seq`` of the next page (None when this one reaches the end of the log)."""
-        key = keys.events(task_id)
+        page_keys = PageKeys.of(task_id)
+        key = page_keys.events
         # The event at index i has seq i + 1 (the log is only ever appended to, and expires whole).
-        more, raw = await self._page(keys=[key], args=[after_seq, limit, max_bytes])
-        events = [decode_or_skip(_decode_events, r, key=key) for r in raw]
+        read = EventsPage.read(
+            await self._page(
+                keys=wire(page_keys), args=wire(PageArgs(start=after_seq, limit=limit, max_bytes=max_bytes))
+            )
+        )
+        events = [decode_or_skip(_decode_events, r, key=key) for r in read.events]
         await count_unreadable(self._redis, events.count(None))
         page = [e for e in events if e is not None and e.seq > after_seq]
-        if not more:
+        if not read.more:
             return page, None
         # Past what this page read (an unreadable event at its end included): the next page starts there.
-        return page, after_seq + len(raw)
+        return page, after_seq + len(read.events)
 
     async def deliveries(self, task_id: str) -> tuple[list[Attempt], list[DeliveryStep]]:
         """The task's delivery attempts and its webhooks' dead-lettered and replayed steps, oldest first, read in

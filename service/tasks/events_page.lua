@@ -1,7 +1,9 @@
 -- One page of a task's event log, bounded in count and in bytes, so that a page of large events never sends
 -- (or holds in this script) much more than it answers with.
--- KEYS: the task's event log
--- ARGV: the index to start from, the most events, the most bytes (the first event is returned whatever its size)
+-- KEYS (PageKeys): events
+-- ARGV (PageArgs): start, limit, max_bytes
+-- events is the task's event log; start the index to start from, limit the most events, max_bytes the most bytes
+-- (the first event is returned whatever its size).
 -- Returns {more, events}: more is 1 when an event follows the last one returned, else 0.
 local start, count, max_bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local chunk = 16

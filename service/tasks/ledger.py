@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 from delivery import keys, metrics
 from delivery.records import count_unreadable, decode_or_skip, get_many
 from delivery.redis_client import as_text
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, step, wire
 from schemas.tasks import TaskRecord, TaskStatus
 
 # A run's lease: renewed every third of it; a worker silent for this long is taken for dead.
@@ -33,11 +34,6 @@ MAX_REQUEUE_GRACE_S = 600.0
 # Most overdue tasks one sweep takes.
 SWEEP_BATCH = 500
 
-_START = step(__file__, "start_task.lua")
-_RENEW = step(__file__, "renew_leases.lua")
-_SWEEP = step(__file__, "sweep_tasks.lua")
-_RELEASE = step(__file__, "release_runs.lua")
-_PROMOTE = step(__file__, "promote_scheduled.lua")
 _decode = msgspec.json.Decoder(TaskRecord).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -53,6 +49,140 @@ class Start(enum.Enum):
 class Started:
     outcome: Start
     record: TaskRecord | None = None
+
+
+class StartKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``start_task.lua``: the task's."""
+
+    task: str
+    lease: str
+    owed_tasks: str
+
+    @classmethod
+    def of(cls, task_id: str) -> StartKeys:
+        return cls(task=keys.task(task_id), lease=keys.lease(task_id), owed_tasks=keys.of(task_id).owed_tasks)
+
+
+class StartArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``start_task.lua``."""
+
+    task_id: str
+    run_token: str
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartReply:
+    """What ``start_task.lua`` answered: its outcome and, for a run, the task's record as stored."""
+
+    outcome: Start
+    record: bytes = b""
+
+    @classmethod
+    def read(cls, reply: Sequence[Any]) -> StartReply:
+        outcome = Start(as_text(reply[0]))
+        return cls(outcome, reply[1]) if outcome is Start.RUN else cls(outcome)
+
+
+_START = step(__file__, "start_task.lua", keys=StartKeys, args=StartArgs)
+
+
+class RenewKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``renew_leases.lua``: the owed tasks of the runs' partition."""
+
+    owed_tasks: str
+
+    @classmethod
+    def of(cls, part: keys.Partition) -> RenewKeys:
+        return cls(owed_tasks=part.owed_tasks)
+
+
+class RenewArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``renew_leases.lua``, then each run's task id and run token."""
+
+    repeated = True
+    lease_prefix: str
+    lease_ms: int
+    runs: list[str]
+
+
+# Answers the ids of the tasks whose lease is lost.
+_RENEW = step(__file__, "renew_leases.lua", keys=RenewKeys, args=RenewArgs)
+
+
+class SweepKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``sweep_tasks.lua``: the partition's owed tasks, their requeue counts and its counters."""
+
+    owed_tasks: str
+    requeues: str
+    stats: str
+
+    @classmethod
+    def of(cls, part: keys.Partition) -> SweepKeys:
+        return cls(owed_tasks=part.owed_tasks, requeues=part.requeues, stats=part.stats)
+
+
+class SweepArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``sweep_tasks.lua`` (its header says what each means)."""
+
+    now: str | float
+    limit: int
+    first_grace_s: float
+    max_grace_s: float
+    task_prefix: str
+    lease_prefix: str
+    requeued_field: str
+
+
+# Answers the ids of the overdue tasks, to enqueue again.
+_SWEEP = step(__file__, "sweep_tasks.lua", keys=SweepKeys, args=SweepArgs)
+
+
+class ReleaseKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``release_runs.lua``: the owed tasks of the runs' partition."""
+
+    owed_tasks: str
+
+    @classmethod
+    def of(cls, part: keys.Partition) -> ReleaseKeys:
+        return cls(owed_tasks=part.owed_tasks)
+
+
+class ReleaseArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``release_runs.lua``, then four for each run (its header says which)."""
+
+    repeated = True
+    lease_prefix: str
+    task_prefix: str
+    now: str | float
+    runs: list[str | bytes]
+
+
+# Answers how many runs were given back.
+_RELEASE = step(__file__, "release_runs.lua", keys=ReleaseKeys, args=ReleaseArgs)
+
+
+class PromoteKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``promote_scheduled.lua``: the partition's scheduled and owed tasks."""
+
+    scheduled_tasks: str
+    owed_tasks: str
+
+    @classmethod
+    def of(cls, part: keys.Partition) -> PromoteKeys:
+        return cls(scheduled_tasks=part.scheduled_tasks, owed_tasks=part.owed_tasks)
+
+
+class PromoteArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``promote_scheduled.lua``."""
+
+    now: str | float
+    limit: int
+    grace_s: float
+
+
+# Answers the ids of the tasks promoted, to enqueue.
+_PROMOTE = step(__file__, "promote_scheduled.lua", keys=PromoteKeys, args=PromoteArgs)
 
 
 def new_run_token() -> str:
@@ -85,14 +215,16 @@ class TaskLedger:
 
     async def start(self, task_id: str, run_token: str) -> Started:
         """Take ``task_id``'s lease for the run ``run_token``, unless it has ended or a live run holds it."""
-        reply = await self._start(
-            keys=[keys.task(task_id), keys.lease(task_id), keys.of(task_id).owed_tasks],
-            args=[task_id, run_token, int(self.lease_s * 1000)],
+        reply = StartReply.read(
+            await self._start(
+                keys=wire(StartKeys.of(task_id)),
+                args=wire(StartArgs(task_id=task_id, run_token=run_token, lease_ms=int(self.lease_s * 1000))),
+            )
         )
-        outcome = Start(as_text(reply[0]))
+        outcome = reply.outcome
         if outcome is not Start.RUN:
             return Started(outcome)
-        record = decode_or_skip(_decode, reply[1], key=keys.task(task_id))
+        record = decode_or_skip(_decode, reply.record, key=keys.task(task_id))
         if record is None:
             # It can never run: stop owing it rather than enqueue it again and again.
             await self._redis.zrem(keys.of(task_id).owed_tasks, task_id)
@@ -104,10 +236,11 @@ class TaskLedger:
         """Renew the leases of ``runs`` (task id -> run token); return the tasks whose lease is lost."""
         lost: list[str] = []
         for part, group in _by_partition(runs).items():
-            args: list[str | float | int] = [part.lease_prefix, int(self.lease_s * 1000)]
+            runs_of_part: list[str] = []
             for task_id, token in group.items():
-                args += [task_id, token]
-            lost += [as_text(t) for t in await self._renew(keys=[part.owed_tasks], args=args)]
+                runs_of_part += [task_id, token]
+            args = RenewArgs(lease_prefix=part.lease_prefix, lease_ms=int(self.lease_s * 1000), runs=runs_of_part)
+            lost += [as_text(t) for t in await self._renew(keys=wire(RenewKeys.of(part)), args=wire(args))]
         return lost
 
     async def release(self, runs: Mapping[str, str], *, now: float | None = None) -> int:
@@ -118,18 +251,17 @@ class TaskLedger:
         for part, group in _by_partition(runs).items():
             ids = list(group)
             raws = await get_many(self._redis, [keys.task(task_id) for task_id in ids])
-            args: list[str | float | int | bytes] = [
-                part.lease_prefix,
-                part.task_prefix,
-                _moment(now),
-            ]
+            released_runs: list[str | bytes] = []
             for task_id, raw in zip(ids, raws, strict=True):
                 record = decode_or_skip(_decode, raw, key=keys.task(task_id)) if raw else None
                 if raw is None or record is None or record.status.finished:
-                    args += [task_id, group[task_id], "", ""]
+                    released_runs += [task_id, group[task_id], "", ""]
                 else:  # written only if the record is still as read (a cancel may end it meanwhile)
-                    args += [task_id, group[task_id], raw, _encode(given_back(record))]
-            released += int(await self._release(keys=[part.owed_tasks], args=args))
+                    released_runs += [task_id, group[task_id], raw, _encode(given_back(record))]
+            args = ReleaseArgs(
+                lease_prefix=part.lease_prefix, task_prefix=part.task_prefix, now=_moment(now), runs=released_runs
+            )
+            released += int(await self._release(keys=wire(ReleaseKeys.of(part)), args=wire(args)))
         return released
 
     async def promote(
@@ -138,7 +270,8 @@ class TaskLedger:
         """The scheduled tasks of ``partition`` whose ``run_at`` has come, owed from now on: the caller enqueues
         them."""
         due = await self._promote(
-            keys=[partition.scheduled_tasks, partition.owed_tasks], args=[_moment(now), limit, REQUEUE_GRACE_S]
+            keys=wire(PromoteKeys.of(partition)),
+            args=wire(PromoteArgs(now=_moment(now), limit=limit, grace_s=REQUEUE_GRACE_S)),
         )
         return [as_text(t) for t in due]
 
@@ -148,16 +281,18 @@ class TaskLedger:
         """The owed tasks of ``partition`` that are overdue; each one's next deadline is pushed on (doubling) in the
         same step."""
         due = await self._sweep(
-            keys=[partition.owed_tasks, partition.requeues, partition.stats],
-            args=[
-                _moment(now),
-                limit,
-                REQUEUE_GRACE_S,
-                MAX_REQUEUE_GRACE_S,
-                partition.task_prefix,
-                partition.lease_prefix,
-                metrics.REQUEUED,
-            ],
+            keys=wire(SweepKeys.of(partition)),
+            args=wire(
+                SweepArgs(
+                    now=_moment(now),
+                    limit=limit,
+                    first_grace_s=REQUEUE_GRACE_S,
+                    max_grace_s=MAX_REQUEUE_GRACE_S,
+                    task_prefix=partition.task_prefix,
+                    lease_prefix=partition.lease_prefix,
+                    requeued_field=metrics.REQUEUED,
+                )
+            ),
         )
         return [as_text(t) for t in due]
 

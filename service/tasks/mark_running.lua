@@ -1,6 +1,6 @@
 -- Write a task's record as running, if this run still holds it.
--- KEYS: task, owed tasks, lease
--- ARGV: task_id, run token, record, record_ttl_s
+-- KEYS (RunningKeys): task, owed_tasks, lease
+-- ARGV (RunningArgs): task_id, run_token, record, record_ttl_s
 -- Returns 1 when written, 0 when the task has ended or another run holds it (nothing written).
 -- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).

@@ -1,8 +1,9 @@
 -- Scheduled tasks whose time has come, in one step: each leaves the scheduled set and is owed from now on (a
 -- grace to start, as a new submission), and is returned to be enqueued. A task that has ended meanwhile (a
 -- cancel) is only forgotten.
--- KEYS: scheduled tasks, owed tasks
--- ARGV: now ('' for Redis's clock, which wrote the scheduled times), limit, grace_s (owed that long after now)
+-- KEYS (PromoteKeys): scheduled_tasks, owed_tasks
+-- ARGV (PromoteArgs): now, limit, grace_s
+-- now is '' for Redis's clock, which wrote the scheduled times; a promoted task is owed grace_s after now.
 -- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
 -- An entry moves from one set to the other: accepted work starts when its time comes.

@@ -1,9 +1,10 @@
 -- A worker that stops gives back the runs it abandoned, in one step: each is owed at once, so that the
 -- next sweep (of any worker, or of this one after a restart) enqueues it again without waiting for its lease,
 -- and its record shows it queued again (unless it changed since the worker read it: a cancel ended it).
--- KEYS[1]: owed tasks
--- ARGV: lease key prefix, task key prefix, now ('' for Redis's clock), then for each run: task_id, run token, the record as read
---       (or ''), the record given back (or '')
+-- KEYS (ReleaseKeys): owed_tasks
+-- ARGV (ReleaseArgs): lease_prefix, task_prefix, now, then each of runs: task_id, run_token, the record as read
+--   (or ''), the record given back (or '')
+-- lease_prefix and task_prefix are the lease and task key prefixes; now is '' for Redis's clock.
 -- Returns how many runs were given back (a run whose task ended or that another run holds is left alone).
 -- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).

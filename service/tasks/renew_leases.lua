@@ -1,6 +1,7 @@
 -- Renew the leases of the runs a worker holds, in one step.
--- KEYS[1]: owed tasks
--- ARGV: lease key prefix, lease_ms, then task_id, run token, task_id, run token, ...
+-- KEYS (RenewKeys): owed_tasks
+-- ARGV (RenewArgs): lease_prefix, lease_ms, then each of runs: task_id, run_token
+-- lease_prefix is the lease key prefix.
 -- Each renewed task is owed again from its lease's end, by Redis's clock (as its lease expires).
 -- Returns the task ids whose lease is lost: the task has ended, or another run holds it.
 -- A lease that merely expired (Redis stalled longer than the lease) is taken back if nobody took it.

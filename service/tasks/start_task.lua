@@ -1,6 +1,7 @@
 -- A worker is about to run a task: take its lease unless the task has ended or a live run holds it.
--- KEYS: task, lease, owed tasks
--- ARGV: task_id, run token, lease_ms (the task is owed again from the lease's end, by Redis's clock)
+-- KEYS (StartKeys): task, lease, owed_tasks
+-- ARGV (StartArgs): task_id, run_token, lease_ms
+-- lease_ms is how long the lease lasts: the task is owed again from the lease's end, by Redis's clock.
 -- Returns {'run', record}, {'gone'} (no record: expired or never stored), {'ended'} or {'leased'}.
 -- Runs when the store is full: its first write is this ZREM of a member that never exists, which Redis lets
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).

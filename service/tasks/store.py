@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +30,7 @@ from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
 from delivery.redis_batch import batched
 from delivery.redis_client import as_text
 from delivery.replication import ReplicatedStep
-from delivery.scripts import step
+from delivery.scripts import StepArgs, StepKeys, flag, step, wire
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus, TaskSubmission
@@ -43,9 +43,6 @@ log = logging.getLogger("relay.tasks")
 # How long an Idempotency-Key keeps answering with the first task.
 IDEMPOTENCY_TTL_S = 24 * 3600
 
-_SUBMIT = step(__file__, "submit_task.lua")
-_MARK_RUNNING = step(__file__, "mark_running.lua")
-_CLAIM_KEY = step(__file__, "claim_key.lua")
 # A claimed Idempotency-Key whose task is not stored is another request's for this long (its store step may still
 # be on its way); after that, a request with another body takes the key over.
 CLAIM_SETTLE_S = 60
@@ -203,6 +200,152 @@ class Submitted:
 _SUBMIT_OVERHEAD_BYTES = 512
 
 
+class SubmitKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``submit_task.lua``: the task's and its tenant's in its partition, its Idempotency-Key's claim, and
+    the broker queue's when the step enqueues its message (the task's own key stands in for those it has not)."""
+
+    task: str
+    idempotency: str
+    owed_tasks: str
+    stats: str
+    open_tasks: str  # the tenant's open tasks
+    queue: str
+    queue_messages: str
+    tasks: str
+    tenant_tasks: str
+    scheduled_tasks: str
+    tenant_stats: str
+    wake: str
+    tenant_scheduled: str
+
+    @classmethod
+    def of(
+        cls, part: keys.Partition, task_id: str, tenant: str, *, idem: str | None, message: InlineMessage | None
+    ) -> SubmitKeys:
+        task = keys.task(task_id)
+        return cls(
+            task=task,
+            idempotency=idem or task,
+            owed_tasks=part.owed_tasks,
+            stats=part.stats,
+            open_tasks=part.open_tasks_of(tenant),
+            queue=message.queue_key if message else task,
+            queue_messages=message.messages_key if message else task,
+            tasks=part.tasks,
+            tenant_tasks=part.tasks_of(tenant),
+            scheduled_tasks=part.scheduled_tasks,
+            tenant_stats=part.stats_of(tenant),
+            wake=message.wake_key if message else task,
+            tenant_scheduled=part.scheduled_of(tenant),
+        )
+
+
+class SubmitArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``submit_task.lua`` (its header says what each means)."""
+
+    task_id: str
+    record: bytes
+    record_ttl_s: int
+    answer: bytes
+    idempotency_ttl_s: int | str
+    grace_s: float
+    stats_field: str
+    max_open: int
+    delay_s: str
+    task_prefix: str
+    message_id: str
+    message: bytes | str
+    created_at_ms: str
+    run_at: str
+    scheduled_field: str
+    fingerprint: str
+    admit: str
+    may_exist: str
+    open_elsewhere: int
+    partition_mark: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReply:
+    """What ``submit_task.lua`` answered: its outcome, and with 'first' the first answer, with 'exists' the stored
+    record, with 'full' the tenant's open tasks."""
+
+    outcome: str
+    value: Any = None
+
+    @classmethod
+    def read(cls, reply: Sequence[Any]) -> SubmitReply:
+        return cls(as_text(reply[0]), reply[1] if len(reply) > 1 else None)
+
+
+_SUBMIT = step(__file__, "submit_task.lua", keys=SubmitKeys, args=SubmitArgs)
+
+
+class RunningKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``mark_running.lua``: the task's."""
+
+    task: str
+    owed_tasks: str
+    lease: str
+
+    @classmethod
+    def of(cls, task_id: str) -> RunningKeys:
+        return cls(task=keys.task(task_id), owed_tasks=keys.of(task_id).owed_tasks, lease=keys.lease(task_id))
+
+
+class RunningArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``mark_running.lua``."""
+
+    task_id: str
+    run_token: str
+    record: bytes
+    record_ttl_s: int
+
+
+# Answers 1 when written, 0 when the run no longer holds the task.
+_MARK_RUNNING = step(__file__, "mark_running.lua", keys=RunningKeys, args=RunningArgs)
+
+
+class ClaimKeys(StepKeys, frozen=True, array_like=True, gc=False):
+    """The keys of ``claim_key.lua``: an Idempotency-Key's claim, in the key's own partition."""
+
+    claim: str
+
+    @classmethod
+    def of(cls, part: keys.Partition, tenant: str, digest: str) -> ClaimKeys:
+        return cls(claim=part.idempotency(tenant, digest))
+
+
+class ClaimArgs(StepArgs, array_like=True, gc=False):
+    """The arguments of ``claim_key.lua``, in its widest form ('replace'); each mode reads what it needs."""
+
+    mode: str  # 'claim', 'release' or 'replace'
+    value: bytes
+    ttl_s: int | str = ""  # 'claim', 'replace'
+    new_value: bytes | str = ""  # 'replace'
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimReply:
+    """What ``claim_key.lua`` answered to 'claim': 'claimed', or 'held' with the value held and its TTL left (the
+    other modes answer 1 or 0)."""
+
+    status: str
+    held: bytes = b""
+    ttl_s: int = 0
+
+    @classmethod
+    def read(cls, reply: Sequence[Any]) -> ClaimReply:
+        status = as_text(reply[0])
+        if status != "held":
+            return cls(status)
+        held = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
+        return cls(status, held, int(reply[2]))
+
+
+_CLAIM_KEY = step(__file__, "claim_key.lua", keys=ClaimKeys, args=ClaimArgs)
+
+
 class TaskStore:
     def __init__(
         self,
@@ -270,11 +413,11 @@ class TaskStore:
         digest = idempotency_digest(idempotency_key)
         home = keys.of(record.id)
         claim_part = keys.layout().for_hash(record.tenant, digest)
-        claim = claim_part.idempotency(record.tenant, digest)
+        claim = ClaimKeys.of(claim_part, record.tenant, digest)
         if claim_part == home:
             try:
                 return await self._store(
-                    record, idem=claim, fingerprint=fingerprint, message=message, admit=admit, delay_s=delay_s
+                    record, idem=claim.claim, fingerprint=fingerprint, message=message, admit=admit, delay_s=delay_s
                 )
             except _KeyElsewhere:
                 pass  # nothing was written
@@ -283,7 +426,7 @@ class TaskStore:
     async def _create_claimed(
         self,
         record: TaskRecord,
-        claim: str,
+        claim: ClaimKeys,
         fingerprint: str,
         *,
         message: InlineMessage | None,
@@ -292,10 +435,12 @@ class TaskStore:
     ) -> Submitted:
         fingerprint = fingerprint or "0"
         value = f"{fingerprint}\n{record.id}\n".encode() + _encode(record.public())
-        reply = await self._claim_key(keys=[claim], args=["claim", value, IDEMPOTENCY_TTL_S])
+        claim_keys = wire(claim)
+        claim_args = ClaimArgs(mode="claim", value=value, ttl_s=IDEMPOTENCY_TTL_S)
+        reply = ClaimReply.read(await self._claim_key(keys=claim_keys, args=wire(claim_args)))
         retry = False  # True: storing the task of another try's claim
-        if as_text(reply[0]) == "held":
-            held = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
+        if reply.status == "held":
+            held = reply.held
             first_fingerprint, first_id, first_answer = _parse_claim(held)
             stored = await self._batch.command("EXISTS", keys.task(first_id)) if first_id else 0
             if stored:
@@ -313,10 +458,11 @@ class TaskStore:
             else:
                 # Another request's claim whose task is gone: expired, or never stored. Taken over if it is old
                 # enough that its own store step can no longer be on its way.
-                age_s = IDEMPOTENCY_TTL_S - int(reply[2])
+                age_s = IDEMPOTENCY_TTL_S - reply.ttl_s
                 if age_s < CLAIM_SETTLE_S:
                     raise KeyInProgress
-                if not await self._claim_key(keys=[claim], args=["replace", held, value, IDEMPOTENCY_TTL_S]):
+                replace = ClaimArgs(mode="replace", value=held, ttl_s=IDEMPOTENCY_TTL_S, new_value=value)
+                if not await self._claim_key(keys=claim_keys, args=wire(replace)):
                     raise KeyInProgress
         try:
             # The step stores the task only if no try stored it already: a retry of this request, which found this
@@ -326,7 +472,7 @@ class TaskStore:
             )
         except (TenantFull, NotAdmitted):
             if not retry:
-                await self._claim_key(keys=[claim], args=["release", value])
+                await self._claim_key(keys=claim_keys, args=wire(ClaimArgs(mode="release", value=value)))
             raise
         return submitted
 
@@ -344,72 +490,61 @@ class TaskStore:
         """The store step (see ``submit_task.lua``), in the task's partition. Raises :class:`_KeyElsewhere` (having
         written nothing) when ``idem`` is claimed for a task of another partition."""
         answer = record.public()
-        task_key = keys.task(record.id)
         part = keys.of(record.id)
         now = time.time()
         stored, answer_bytes = _encode(record), _encode(answer) if idem else b""
         open_elsewhere = 0
         if self._max_open and not keys.layout().single:
             open_elsewhere = await self._open_elsewhere(record.tenant, part, now)
-        step_keys = [
-            task_key,
-            idem or task_key,
-            part.owed_tasks,
-            part.stats,
-            part.open_tasks_of(record.tenant),
-            message.queue_key if message else task_key,
-            message.messages_key if message else task_key,
-            part.tasks,
-            part.tasks_of(record.tenant),
-            part.scheduled_tasks,
-            part.stats_of(record.tenant),
-            message.wake_key if message else task_key,
-            part.scheduled_of(record.tenant),
-        ]
-        step_args = [
-            record.id,
-            stored,
-            self._record_ttl_s,
-            answer_bytes,
-            IDEMPOTENCY_TTL_S if idem else "",
-            REQUEUE_GRACE_S,
-            metrics.task_counter("submitted"),
-            self._max_open,
-            # A delay runs from Redis's clock (the step's own now), not from this host's: a scheduled task runs
-            # neither early nor late however far this clock is off. Its record's run_at, shown to the client, is
-            # this host's reckoning of the same moment.
-            repr(delay_s) if delay_s is not None and record.run_at is not None else "",
-            part.task_prefix,
-            message.message_id if message else "",
-            message.body if message else "",
-            repr(record.created_at.timestamp() * 1000),  # to the microsecond: `since` a task's own time finds it
-            repr(record.run_at.timestamp()) if record.run_at is not None and delay_s is None else "",
-            metrics.task_counter("scheduled"),
-            fingerprint or "0",
-            "1" if admit else "",
-            "1" if retry else "",
-            open_elsewhere,
-            _id_mark(part),
-        ]
+        step_keys = wire(SubmitKeys.of(part, record.id, record.tenant, idem=idem, message=message))
+        step_args = wire(
+            SubmitArgs(
+                task_id=record.id,
+                record=stored,
+                record_ttl_s=self._record_ttl_s,
+                answer=answer_bytes,
+                idempotency_ttl_s=IDEMPOTENCY_TTL_S if idem else "",
+                grace_s=REQUEUE_GRACE_S,
+                stats_field=metrics.task_counter("submitted"),
+                max_open=self._max_open,
+                # A delay runs from Redis's clock (the step's own now), not from this host's: a scheduled task runs
+                # neither early nor late however far this clock is off. Its record's run_at, shown to the client, is
+                # this host's reckoning of the same moment.
+                delay_s=repr(delay_s) if delay_s is not None and record.run_at is not None else "",
+                task_prefix=part.task_prefix,
+                message_id=message.message_id if message else "",
+                message=message.body if message else "",
+                # To the microsecond: `since` a task's own time finds it.
+                created_at_ms=repr(record.created_at.timestamp() * 1000),
+                run_at=repr(record.run_at.timestamp()) if record.run_at is not None and delay_s is None else "",
+                scheduled_field=metrics.task_counter("scheduled"),
+                fingerprint=fingerprint or "0",
+                admit=flag(admit),
+                may_exist=flag(retry),
+                open_elsewhere=open_elsewhere,
+                partition_mark=_id_mark(part),
+            )
+        )
         if self._replicated is not None:
-            reply = await self._replicated.run(self._submit.script, step_keys, step_args)
+            raw = await self._replicated.run(self._submit.script, step_keys, step_args)
         else:
-            reply = await self._submit(keys=step_keys, args=step_args)
-        outcome = as_text(reply[0])
+            raw = await self._submit(keys=step_keys, args=step_args)
+        reply = SubmitReply.read(raw)
+        outcome = reply.outcome
         if outcome == "elsewhere":
             raise _KeyElsewhere
         if outcome == "full":
-            raise TenantFull(int(reply[1]))
+            raise TenantFull(int(reply.value))
         if outcome == "conflict":
             raise KeyReused
         if outcome == "refused":
             raise NotAdmitted("the store takes no new task now")
         if outcome == "first":
-            first = _decode_answer(reply[1])
+            first = _decode_answer(reply.value)
             if first is not None:
                 return Submitted(answer=first, new=False)
         if outcome == "exists":
-            return Submitted(answer=_decode(reply[1]).public(), new=False)
+            return Submitted(answer=_decode(reply.value).public(), new=False)
         known = self._open_counts.get(record.tenant)
         if known is not None:
             known[0][part.index] += 1  # this process's own submissions count at once; other processes' when read
@@ -457,8 +592,12 @@ class TaskStore:
         running = msgspec.structs.replace(record, started_at=record.started_at or datetime.now(UTC))
         move(running, TaskStatus.RUNNING)
         written = await self._mark_running(
-            keys=[keys.task(record.id), keys.of(record.id).owed_tasks, keys.lease(record.id)],
-            args=[record.id, run_token, _encode(running), self._record_ttl_s],
+            keys=wire(RunningKeys.of(record.id)),
+            args=wire(
+                RunningArgs(
+                    task_id=record.id, run_token=run_token, record=_encode(running), record_ttl_s=self._record_ttl_s
+                )
+            ),
         )
         if not written:
             raise LeaseLost(record.id, ended=False)

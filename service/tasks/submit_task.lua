@@ -1,21 +1,23 @@
 -- Accept a task in one step: claim its Idempotency-Key, store it, owe it and enqueue its message, so that a
 -- failure anywhere leaves either all of it or none (a client retrying a 503 with its key then gets a new task).
--- KEYS: task, idempotency (any key when there is none), owed tasks, stats, open tasks of the tenant,
---       broker queue, broker queue messages (any keys when the message is not enqueued here),
---       the list index of all tasks, the tenant's list index, scheduled tasks, the tenant's counters,
---       the broker queue's wake list (any key when the message is not enqueued here), the tenant's scheduled tasks
--- ARGV: task_id, record, record_ttl_s, answer, idempotency_ttl_s ('' for no key), grace_s (the task is owed
---       that long after it may start), stats_field, max_open (0: no cap), delay_s (a scheduled task's wait from now,
---       by Redis's clock; '' for none), task key prefix, message_id ('' when not enqueued here), message,
---       created_at_ms, run_at (unix s, a time the client gave; '' to run at once or after delay_s: a scheduled
---       task waits in the scheduled set until then, owed from a grace after it, so that a promotion whose enqueue
---       was lost still brings it back), the stats field
---       that counts scheduled submissions, the request's fingerprint (kept with the key), admit ('1' to accept a
---       new task; '' when the store is full: only a key used before is answered), '1' when the task may exist
---       already (a keyed submission whose key lives in another partition: a retry of it may have stored it, see
---       service.tasks.store),
---       the tenant's open tasks in other partitions (counted by the caller just before), the two characters that
---       name this step's partition in an id ('' on a store of one partition)
+-- KEYS (SubmitKeys): task, idempotency, owed_tasks, stats, open_tasks, queue, queue_messages, tasks, tenant_tasks,
+--   scheduled_tasks, tenant_stats, wake, tenant_scheduled
+-- ARGV (SubmitArgs): task_id, record, record_ttl_s, answer, idempotency_ttl_s, grace_s, stats_field, max_open,
+--   delay_s, task_prefix, message_id, message, created_at_ms, run_at, scheduled_field, fingerprint, admit,
+--   may_exist, open_elsewhere, partition_mark
+-- idempotency is the key's claim (any key when there is none); open_tasks the tenant's open tasks; queue,
+-- queue_messages and wake the broker queue, its messages and its wake list (any keys when the message is not
+-- enqueued here); tasks and tenant_tasks the list index of all tasks and the tenant's; tenant_stats the tenant's
+-- counters. idempotency_ttl_s is '' for no key; grace_s how long after it may start the task is owed; max_open 0
+-- for no cap; delay_s a scheduled task's wait from now, by Redis's clock ('' for none); task_prefix the task key
+-- prefix; message_id '' when the message is not enqueued here; run_at unix s, a time the client gave ('' to run at
+-- once or after delay_s: a scheduled task waits in the scheduled set until then, owed from a grace after it, so
+-- that a promotion whose enqueue was lost still brings it back); scheduled_field the stats field that counts
+-- scheduled submissions; fingerprint the request's (kept with the key); admit '1' to accept a new task ('' when the
+-- store is full: only a key used before is answered); may_exist '1' when the task may exist already (a keyed
+-- submission whose key lives in another partition: a retry of it may have stored it, see service.tasks.store);
+-- open_elsewhere the tenant's open tasks in other partitions (counted by the caller just before); partition_mark
+-- the two characters that name this step's partition in an id ('' on a store of one partition).
 -- Returns {'new'}, {'first', answer} (the key was used before for the same request: the first answer),
 -- {'conflict'} (the key was used before for another request), {'refused'} (admit is '' and the key is new) or
 -- {'full', open} (the tenant already has max_open tasks that have not ended) or {'exists', record} (the task is

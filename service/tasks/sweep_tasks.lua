@@ -1,6 +1,9 @@
 -- Find the owed tasks that are overdue and push their deadline on; return those to enqueue again.
--- KEYS: owed tasks, requeue counts, stats
--- ARGV: now ('' for Redis's clock: see below), limit, first grace_s, most grace_s, task key prefix, lease key prefix, requeued stats field
+-- KEYS (SweepKeys): owed_tasks, requeues, stats
+-- ARGV (SweepArgs): now, limit, first_grace_s, max_grace_s, task_prefix, lease_prefix, requeued_field
+-- requeues holds each task's requeue count; now is '' for Redis's clock (see below); first_grace_s and max_grace_s
+-- the first and the most grace; task_prefix and lease_prefix the task and lease key prefixes; requeued_field the
+-- stats field that counts requeues.
 -- A task is overdue when its message was lost (Redis crashed before it was fetched, the broker dropped a
 -- retry, a fetch landed in a live worker's ack set) or its run died (the lease was not renewed). Each
 -- requeue doubles the grace before the next one, so a long backlog is not enqueued again and again.

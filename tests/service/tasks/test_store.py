@@ -23,6 +23,7 @@ from service.tasks.ledger import REQUEUE_GRACE_S, Start, TaskLedger
 from service.tasks.store import (
     CLAIM_SETTLE_S,
     IDEMPOTENCY_TTL_S,
+    KeyInProgress,
     KeyReused,
     Submitted,
     TaskStore,
@@ -334,6 +335,66 @@ async def test_a_retry_that_stores_the_task_of_a_claim_first_leaves_the_first_tr
     assert stored is not None
     assert stored.ws_token == first.ws_token
     assert await redis.hget(keys.of(first.id).stats, metrics.task_counter("submitted")) == b"1"
+
+
+def placed_by_webhook_away_from_key(name: str, key: str) -> TaskRecord:
+    """A task whose webhook's destination places it in another partition than its Idempotency-Key ``key``."""
+    key_home = keys.layout().for_hash("acme", idempotency_digest(key))
+    url = url_in(
+        keys.partitions()[(key_home.index + 1) % len(keys.partitions())], "acme", "http://receiver{}.test/hook"
+    )
+    record = new_record(task_id(name, "acme", url))
+    record.webhook = Webhook(url=url)
+    return record
+
+
+async def test_a_claim_whose_task_is_gone_is_taken_over_by_another_request_only_once_settled(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    """A request placed by its webhook claims its key before it stores its task: another request's claim whose task
+    is not stored is left alone while that request may still store it, and taken over (the new request's task, for
+    the whole time a key lives) after."""
+    if keys.layout().single:
+        pytest.skip("on one partition a key and its task are written in one step")
+    tasks = stores(clients)[0]
+    first = placed_by_webhook_away_from_key("task_1", "k")
+    assert (await tasks.create(first, idempotency_key="k", fingerprint="aa")).new
+    await redis.delete(keys.task(first.id))  # expired, or never stored
+    claim = keys.layout().for_hash("acme", idempotency_digest("k")).idempotency("acme", idempotency_digest("k"))
+
+    second = placed_by_webhook_away_from_key("task_2", "k")
+    with pytest.raises(KeyInProgress):
+        await tasks.create(second, idempotency_key="k", fingerprint="bb")
+    await redis.expire(claim, IDEMPOTENCY_TTL_S - CLAIM_SETTLE_S - 1)  # claimed long enough ago
+    taken = await tasks.create(second, idempotency_key="k", fingerprint="bb")
+
+    assert (taken.new, taken.answer.id) == (True, second.id)
+    held = await redis.get(claim)
+    assert held is not None
+    assert held.startswith(f"bb\n{second.id}\n".encode())
+    assert IDEMPOTENCY_TTL_S - 60 < await redis.ttl(claim) <= IDEMPOTENCY_TTL_S
+    again = await tasks.create(placed_by_webhook_away_from_key("task_3", "k"), idempotency_key="k", fingerprint="bb")
+    assert (again.new, again.answer.id) == (False, second.id)
+
+
+async def test_a_claim_whose_task_is_refused_is_given_back(
+    redis: aioredis.Redis, clients: list[aioredis.Redis]
+) -> None:
+    """A request placed by its webhook that claimed its key and whose task is then refused (its tenant is full) gives
+    the key back: another request with that key is not kept waiting for a task that will never be stored."""
+    if keys.layout().single:
+        pytest.skip("on one partition a key and its task are written in one step")
+    tasks = stores(clients, max_open_per_tenant=1)[0]
+    assert (await tasks.create(new_record(task_id("task_0")), idempotency_key=None)).new
+    claim = keys.layout().for_hash("acme", idempotency_digest("k")).idempotency("acme", idempotency_digest("k"))
+
+    with pytest.raises(TenantFull):
+        await tasks.create(placed_by_webhook_away_from_key("task_1", "k"), idempotency_key="k", fingerprint="aa")
+
+    assert not await redis.exists(claim)
+    roomy = stores(clients)[0]
+    other = placed_by_webhook_away_from_key("task_2", "k")
+    assert (await roomy.create(other, idempotency_key="k", fingerprint="bb")).answer.id == other.id
 
 
 @pytest.fixture
