@@ -15,14 +15,14 @@ import msgspec
 import redis.asyncio as aioredis
 
 from delivery import keys, metrics
-from delivery.destinations import NO_DESTINATION, DestinationRef, FlowSettings, destination_for
+from delivery.destinations import FlowSettings, destination_for
 from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_batch import batched
-from delivery.redis_client import as_text
-from delivery.scripts import StepArgs, StepKeys, flag, step, wire
+from delivery.scripts import flag, wire
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep
 from schemas.events import Event, EventType
+from service.tasks.steps import APPEND, EVENTS_PAGE, AppendArgs, Appended, AppendKeys, EventsPage, PageArgs, PageKeys
 
 # Events one page of GET /v1/tasks/{id}/events holds at most (and by default).
 MAX_EVENTS_PER_PAGE = 1000
@@ -39,148 +39,6 @@ def _rfc3339_now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-class AppendKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``append_event.lua``: the task's, and its destination's when its event is owed by webhook."""
-
-    task: str
-    events: str
-    stats: str
-    delivery: str
-    due: str
-    secrets: str  # the tenant's signing secrets on one partition (handed back with a lease); else nothing
-    subscribers: str
-    ack_marker: str
-    owed_tasks: str
-    lease: str
-    open_tasks: str  # the tenant's open tasks
-    requeues: str
-    dst_meta: str
-    dst_due: str
-    dst_flight: str
-    dst_deadline: str
-    scheduled_tasks: str
-    webhook_head: str
-    webhook_line: str
-    attempts: str
-    tenant_stats: str
-    tenant_scheduled: str
-
-    @classmethod
-    def of(cls, task_id: str, event_id: str, tenant: str, dst: DestinationRef | None, *, single: bool) -> AppendKeys:
-        part = keys.of(task_id)
-        dst_meta, dst_due, dst_flight, dst_deadline = dst.keys if dst else part.destination_keys(NO_DESTINATION)
-        return cls(
-            task=keys.task(task_id),
-            events=keys.events(task_id),
-            stats=part.stats,
-            delivery=keys.delivery(event_id),
-            due=part.due,
-            # On one partition the step reads the secrets it hands back; else they live in the tenant's own slot, and
-            # the caller reads them (see ``Leased``).
-            secrets=keys.secrets(tenant) if single else part.nothing,
-            subscribers=keys.subscribers(task_id),
-            ack_marker=keys.ack_marker(event_id),
-            owed_tasks=part.owed_tasks,
-            lease=keys.lease(task_id),
-            open_tasks=part.open_tasks_of(tenant),
-            requeues=part.requeues,
-            dst_meta=dst_meta,
-            dst_due=dst_due,
-            dst_flight=dst_flight,
-            dst_deadline=dst_deadline,
-            scheduled_tasks=part.scheduled_tasks,
-            webhook_head=keys.webhook_head(task_id),
-            webhook_line=keys.webhook_line(task_id),
-            attempts=keys.attempts(task_id),
-            tenant_stats=part.stats_of(tenant),
-            tenant_scheduled=part.scheduled_of(tenant),
-        )
-
-
-class AppendArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``append_event.lua`` (its header says what each means)."""
-
-    record: bytes
-    record_ttl_s: int
-    event: bytes
-    retention_s: int
-    channel: str
-    stats_field: str
-    delivery: bytes | str
-    destination_id: str
-    event_id: str
-    websocket: str
-    ack_timeout_s: float
-    has_webhook: str
-    task_id: str
-    run_token: str
-    final: str
-    flow_now: str  # the two of dst_init (see FlowSettings.header: '' for Redis's clock), or two empty
-    flow_settings: str
-    destination_tenant: str
-    destination_origin: str
-    read_state: bytes | str
-    retry_in_s: str
-    owed_grace_s: str
-    skipped_counter: str
-    at: str
-    line_kind: str
-    publish: str
-
-
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """What ``append_event.lua`` answered: its mode, and with ``webhook`` the lease of the webhook handed to the
-    caller and (on one partition) the tenant's stored secrets."""
-
-    mode: str
-    secrets: bytes | None = None
-    token: str = ""
-
-    @classmethod
-    def read(cls, reply: Sequence[Any]) -> Appended:
-        mode = as_text(reply[0])
-        if mode != "webhook":
-            return cls(mode)
-        return cls(mode, reply[1] if isinstance(reply[1], bytes) else None, as_text(reply[2]))
-
-
-_APPEND = step(__file__, "append_event.lua", flow=True, keys=AppendKeys, args=AppendArgs)
-
-
-class PageKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``events_page.lua``: the task's event log."""
-
-    events: str
-
-    @classmethod
-    def of(cls, task_id: str) -> PageKeys:
-        return cls(events=keys.events(task_id))
-
-
-class PageArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``events_page.lua``."""
-
-    start: int
-    limit: int
-    max_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class EventsPage:
-    """What ``events_page.lua`` answered: the events read (stored, undecoded), and whether another follows them."""
-
-    more: bool
-    events: list[bytes]
-
-    @classmethod
-    def read(cls, reply: Sequence[Any]) -> EventsPage:
-        return cls(bool(int(reply[0])), reply[1])
-
-
-_EVENTS_PAGE = step(__file__, "events_page.lua", keys=PageKeys, args=PageArgs)
-
-
 @dataclass(frozen=True, slots=True)
 class Leased:
     """A final event's webhook that ``append`` leased to the caller, to attempt at once."""
@@ -195,8 +53,8 @@ class EventLog:
         self._retention_s = retention_s
         self._flow = flow
         self._batch = batched(redis)
-        self._append = _APPEND.batched(redis)
-        self._page = _EVENTS_PAGE.batched(redis)
+        self._append = APPEND.batched(redis)
+        self._page = EVENTS_PAGE.batched(redis)
 
     async def append(
         self,

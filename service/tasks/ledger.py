@@ -10,11 +10,9 @@ task that has ended, or that a live run holds, is dropped, so a task may run aga
 
 from __future__ import annotations
 
-import enum
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -22,8 +20,27 @@ import redis.asyncio as aioredis
 from delivery import keys, metrics
 from delivery.records import count_unreadable, decode_or_skip, get_many
 from delivery.redis_client import as_text
-from delivery.scripts import StepArgs, StepKeys, step, wire
+from delivery.scripts import wire
 from schemas.tasks import TaskRecord, TaskStatus
+from service.tasks.steps import (
+    PROMOTE,
+    RELEASE,
+    RENEW,
+    START,
+    SWEEP,
+    PromoteArgs,
+    PromoteKeys,
+    ReleaseArgs,
+    ReleaseKeys,
+    RenewArgs,
+    RenewKeys,
+    Start,
+    StartArgs,
+    StartKeys,
+    StartReply,
+    SweepArgs,
+    SweepKeys,
+)
 
 # A run's lease: renewed every third of it; a worker silent for this long is taken for dead.
 LEASE_S = 15.0
@@ -38,151 +55,10 @@ _decode = msgspec.json.Decoder(TaskRecord).decode
 _encode = msgspec.json.Encoder().encode
 
 
-class Start(enum.Enum):
-    RUN = "run"  # the lease is this run's
-    GONE = "gone"  # no such task (expired, or never stored)
-    ENDED = "ended"  # a redelivered message of a task that has ended
-    LEASED = "leased"  # a live run holds it (a duplicate message)
-
-
 @dataclass(frozen=True, slots=True)
 class Started:
     outcome: Start
     record: TaskRecord | None = None
-
-
-class StartKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``start_task.lua``: the task's."""
-
-    task: str
-    lease: str
-    owed_tasks: str
-
-    @classmethod
-    def of(cls, task_id: str) -> StartKeys:
-        return cls(task=keys.task(task_id), lease=keys.lease(task_id), owed_tasks=keys.of(task_id).owed_tasks)
-
-
-class StartArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``start_task.lua``."""
-
-    task_id: str
-    run_token: str
-    lease_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class StartReply:
-    """What ``start_task.lua`` answered: its outcome and, for a run, the task's record as stored."""
-
-    outcome: Start
-    record: bytes = b""
-
-    @classmethod
-    def read(cls, reply: Sequence[Any]) -> StartReply:
-        outcome = Start(as_text(reply[0]))
-        return cls(outcome, reply[1]) if outcome is Start.RUN else cls(outcome)
-
-
-_START = step(__file__, "start_task.lua", keys=StartKeys, args=StartArgs)
-
-
-class RenewKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``renew_leases.lua``: the owed tasks of the runs' partition."""
-
-    owed_tasks: str
-
-    @classmethod
-    def of(cls, part: keys.Partition) -> RenewKeys:
-        return cls(owed_tasks=part.owed_tasks)
-
-
-class RenewArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``renew_leases.lua``, then each run's task id and run token."""
-
-    repeated = True
-    lease_prefix: str
-    lease_ms: int
-    runs: list[str]
-
-
-# Answers the ids of the tasks whose lease is lost.
-_RENEW = step(__file__, "renew_leases.lua", keys=RenewKeys, args=RenewArgs)
-
-
-class SweepKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``sweep_tasks.lua``: the partition's owed tasks, their requeue counts and its counters."""
-
-    owed_tasks: str
-    requeues: str
-    stats: str
-
-    @classmethod
-    def of(cls, part: keys.Partition) -> SweepKeys:
-        return cls(owed_tasks=part.owed_tasks, requeues=part.requeues, stats=part.stats)
-
-
-class SweepArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``sweep_tasks.lua`` (its header says what each means)."""
-
-    now: str | float
-    limit: int
-    first_grace_s: float
-    max_grace_s: float
-    task_prefix: str
-    lease_prefix: str
-    requeued_field: str
-
-
-# Answers the ids of the overdue tasks, to enqueue again.
-_SWEEP = step(__file__, "sweep_tasks.lua", keys=SweepKeys, args=SweepArgs)
-
-
-class ReleaseKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``release_runs.lua``: the owed tasks of the runs' partition."""
-
-    owed_tasks: str
-
-    @classmethod
-    def of(cls, part: keys.Partition) -> ReleaseKeys:
-        return cls(owed_tasks=part.owed_tasks)
-
-
-class ReleaseArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``release_runs.lua``, then four for each run (its header says which)."""
-
-    repeated = True
-    lease_prefix: str
-    task_prefix: str
-    now: str | float
-    runs: list[str | bytes]
-
-
-# Answers how many runs were given back.
-_RELEASE = step(__file__, "release_runs.lua", keys=ReleaseKeys, args=ReleaseArgs)
-
-
-class PromoteKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``promote_scheduled.lua``: the partition's scheduled and owed tasks."""
-
-    scheduled_tasks: str
-    owed_tasks: str
-
-    @classmethod
-    def of(cls, part: keys.Partition) -> PromoteKeys:
-        return cls(scheduled_tasks=part.scheduled_tasks, owed_tasks=part.owed_tasks)
-
-
-class PromoteArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``promote_scheduled.lua``."""
-
-    now: str | float
-    limit: int
-    grace_s: float
-
-
-# Answers the ids of the tasks promoted, to enqueue.
-_PROMOTE = step(__file__, "promote_scheduled.lua", keys=PromoteKeys, args=PromoteArgs)
 
 
 def new_run_token() -> str:
@@ -207,11 +83,11 @@ class TaskLedger:
     def __init__(self, *, redis: aioredis.Redis, lease_s: float = LEASE_S) -> None:
         self._redis = redis
         self.lease_s = lease_s
-        self._start = _START.batched(redis)
-        self._renew = _RENEW.bind(redis)
-        self._sweep = _SWEEP.bind(redis)
-        self._release = _RELEASE.bind(redis)
-        self._promote = _PROMOTE.bind(redis)
+        self._start = START.batched(redis)
+        self._renew = RENEW.bind(redis)
+        self._sweep = SWEEP.bind(redis)
+        self._release = RELEASE.bind(redis)
+        self._promote = PROMOTE.bind(redis)
 
     async def start(self, task_id: str, run_token: str) -> Started:
         """Take ``task_id``'s lease for the run ``run_token``, unless it has ended or a live run holds it."""

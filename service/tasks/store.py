@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,15 +28,27 @@ from delivery.ids import new_id
 from delivery.outbox import Lease
 from delivery.records import DECODE_ERRORS, PendingDelivery, owner_of
 from delivery.redis_batch import batched
-from delivery.redis_client import as_text
 from delivery.replication import ReplicatedStep
-from delivery.scripts import StepArgs, StepKeys, flag, step, wire
+from delivery.scripts import flag, wire
 from delivery.signing_secrets import live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import Progress, Task, TaskError, TaskRecord, TaskStatus, TaskSubmission
 from service.dramatiq_redis import InlineMessage
 from service.tasks.event_log import EventLog
 from service.tasks.ledger import REQUEUE_GRACE_S
+from service.tasks.steps import (
+    CLAIM_KEY,
+    MARK_RUNNING,
+    SUBMIT,
+    ClaimArgs,
+    ClaimKeys,
+    ClaimReply,
+    RunningArgs,
+    RunningKeys,
+    SubmitArgs,
+    SubmitKeys,
+    SubmitReply,
+)
 
 log = logging.getLogger("relay.tasks")
 
@@ -200,152 +212,6 @@ class Submitted:
 _SUBMIT_OVERHEAD_BYTES = 512
 
 
-class SubmitKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``submit_task.lua``: the task's and its tenant's in its partition, its Idempotency-Key's claim, and
-    the broker queue's when the step enqueues its message (the task's own key stands in for those it has not)."""
-
-    task: str
-    idempotency: str
-    owed_tasks: str
-    stats: str
-    open_tasks: str  # the tenant's open tasks
-    queue: str
-    queue_messages: str
-    tasks: str
-    tenant_tasks: str
-    scheduled_tasks: str
-    tenant_stats: str
-    wake: str
-    tenant_scheduled: str
-
-    @classmethod
-    def of(
-        cls, part: keys.Partition, task_id: str, tenant: str, *, idem: str | None, message: InlineMessage | None
-    ) -> SubmitKeys:
-        task = keys.task(task_id)
-        return cls(
-            task=task,
-            idempotency=idem or task,
-            owed_tasks=part.owed_tasks,
-            stats=part.stats,
-            open_tasks=part.open_tasks_of(tenant),
-            queue=message.queue_key if message else task,
-            queue_messages=message.messages_key if message else task,
-            tasks=part.tasks,
-            tenant_tasks=part.tasks_of(tenant),
-            scheduled_tasks=part.scheduled_tasks,
-            tenant_stats=part.stats_of(tenant),
-            wake=message.wake_key if message else task,
-            tenant_scheduled=part.scheduled_of(tenant),
-        )
-
-
-class SubmitArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``submit_task.lua`` (its header says what each means)."""
-
-    task_id: str
-    record: bytes
-    record_ttl_s: int
-    answer: bytes
-    idempotency_ttl_s: int | str
-    grace_s: float
-    stats_field: str
-    max_open: int
-    delay_s: str
-    task_prefix: str
-    message_id: str
-    message: bytes | str
-    created_at_ms: str
-    run_at: str
-    scheduled_field: str
-    fingerprint: str
-    admit: str
-    may_exist: str
-    open_elsewhere: int
-    partition_mark: str
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitReply:
-    """What ``submit_task.lua`` answered: its outcome, and with 'first' the first answer, with 'exists' the stored
-    record, with 'full' the tenant's open tasks."""
-
-    outcome: str
-    value: Any = None
-
-    @classmethod
-    def read(cls, reply: Sequence[Any]) -> SubmitReply:
-        return cls(as_text(reply[0]), reply[1] if len(reply) > 1 else None)
-
-
-_SUBMIT = step(__file__, "submit_task.lua", keys=SubmitKeys, args=SubmitArgs)
-
-
-class RunningKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``mark_running.lua``: the task's."""
-
-    task: str
-    owed_tasks: str
-    lease: str
-
-    @classmethod
-    def of(cls, task_id: str) -> RunningKeys:
-        return cls(task=keys.task(task_id), owed_tasks=keys.of(task_id).owed_tasks, lease=keys.lease(task_id))
-
-
-class RunningArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``mark_running.lua``."""
-
-    task_id: str
-    run_token: str
-    record: bytes
-    record_ttl_s: int
-
-
-# Answers 1 when written, 0 when the run no longer holds the task.
-_MARK_RUNNING = step(__file__, "mark_running.lua", keys=RunningKeys, args=RunningArgs)
-
-
-class ClaimKeys(StepKeys, frozen=True, array_like=True, gc=False):
-    """The keys of ``claim_key.lua``: an Idempotency-Key's claim, in the key's own partition."""
-
-    claim: str
-
-    @classmethod
-    def of(cls, part: keys.Partition, tenant: str, digest: str) -> ClaimKeys:
-        return cls(claim=part.idempotency(tenant, digest))
-
-
-class ClaimArgs(StepArgs, array_like=True, gc=False):
-    """The arguments of ``claim_key.lua``, in its widest form ('replace'); each mode reads what it needs."""
-
-    mode: str  # 'claim', 'release' or 'replace'
-    value: bytes
-    ttl_s: int | str = ""  # 'claim', 'replace'
-    new_value: bytes | str = ""  # 'replace'
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimReply:
-    """What ``claim_key.lua`` answered to 'claim': 'claimed', or 'held' with the value held and its TTL left (the
-    other modes answer 1 or 0)."""
-
-    status: str
-    held: bytes = b""
-    ttl_s: int = 0
-
-    @classmethod
-    def read(cls, reply: Sequence[Any]) -> ClaimReply:
-        status = as_text(reply[0])
-        if status != "held":
-            return cls(status)
-        held = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
-        return cls(status, held, int(reply[2]))
-
-
-_CLAIM_KEY = step(__file__, "claim_key.lua", keys=ClaimKeys, args=ClaimArgs)
-
-
 class TaskStore:
     def __init__(
         self,
@@ -363,9 +229,9 @@ class TaskStore:
         self._max_open = max_open_per_tenant
         self._log = EventLog(redis=redis, retention_s=retention_s, flow=flow)
         self._batch = batched(redis)
-        self._submit = _SUBMIT.batched(redis)
-        self._mark_running = _MARK_RUNNING.bind(redis)
-        self._claim_key = _CLAIM_KEY.bind(redis)
+        self._submit = SUBMIT.batched(redis)
+        self._mark_running = MARK_RUNNING.bind(redis)
+        self._claim_key = CLAIM_KEY.bind(redis)
         # On a cluster, a submission is answered once a replica of its master has it (when the master has one).
         self._replicated = ReplicatedStep(redis) if isinstance(redis, RedisCluster) else None
         # Each tenant's open tasks per partition as last read, and when (see _open_elsewhere).

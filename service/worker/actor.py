@@ -11,7 +11,8 @@ from typing import Any
 from delivery.errors import LeaseLost
 from schemas.tasks import TaskError, TaskRecord, TaskStatus
 from service.kinds import TaskContext
-from service.tasks.ledger import Start, given_back, new_run_token
+from service.tasks.ledger import given_back, new_run_token
+from service.tasks.steps import Start
 from service.worker.kind_loops import KindRun
 from service.worker.result_limit import ResultLimit
 from service.worker.runtime import INFRA_ERRORS, START_PATIENCE_S, Run, Runtime, Stopping, runtime

@@ -19,6 +19,7 @@ STEP_MODULES = (
     "delivery.destinations",
     "delivery.epoch",
     "delivery.outbox",
+    "delivery.outbox_steps",
     "delivery.shares",
     "service.api.rate_limit",
     "service.api.tenant_streams",
@@ -26,6 +27,7 @@ STEP_MODULES = (
     "service.dramatiq_redis",
     "service.tasks.event_log",
     "service.tasks.ledger",
+    "service.tasks.steps",
     "service.tasks.store",
 )
 # Files of functions that steps start with, not steps themselves.
@@ -55,6 +57,11 @@ def test_every_lua_file_is_a_step_loaded_through_the_loader_or_functions_they_sh
     names = {step.name for step in loaded_steps()}
     assert sorted(set(lua_files(ROOT)) - SHARED_FUNCTIONS - names) == []
     assert not any(name.startswith("/") for name in names)  # named from the project's root
+
+
+def test_every_step_declares_its_keys_and_arguments() -> None:
+    undeclared = [step.name for step in loaded_steps() if step.keys is None or step.args is None]
+    assert undeclared == []
 
 
 @pytest.mark.parametrize("step", [s for s in loaded_steps() if s.keys and s.args], ids=lambda s: s.name)

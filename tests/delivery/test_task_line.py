@@ -20,7 +20,8 @@ from schemas.deliveries import Attempt, DeliveryOutcome
 from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus, Webhook
 from service.tasks.event_log import EventLog
-from service.tasks.ledger import Start, TaskLedger
+from service.tasks.ledger import TaskLedger
+from service.tasks.steps import Start
 from service.tasks.store import TaskStore
 from tests.placed import event_id, home, task_id
 

@@ -18,7 +18,8 @@ from delivery.signing_secrets import SecretStore, live_secrets
 from schemas.events import Event, EventType
 from schemas.tasks import TaskRecord, TaskStatus, Webhook
 from service.tasks.event_log import EventLog, Leased
-from service.tasks.ledger import Start, TaskLedger
+from service.tasks.ledger import TaskLedger
+from service.tasks.steps import Start
 from service.tasks.store import TaskStore
 from tests.placed import event_id, task_id
 

@@ -14,7 +14,8 @@ from delivery.errors import LeaseLost, RecordChanged
 from schemas.tasks import TaskRecord, TaskStatus
 from service.dramatiq_redis import InlineMessage
 from service.tasks.event_log import EventLog
-from service.tasks.ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, Start, TaskLedger, new_run_token
+from service.tasks.ledger import MAX_REQUEUE_GRACE_S, REQUEUE_GRACE_S, TaskLedger, new_run_token
+from service.tasks.steps import Start
 from service.tasks.store import TaskEnded, TaskStore, TenantFull
 from tests.placed import task_id
 

@@ -19,7 +19,8 @@ from delivery.ids import new_id
 from delivery.redis_client import connect
 from schemas.events import EventType
 from schemas.tasks import TaskError, TaskRecord, TaskStatus, Webhook
-from service.tasks.ledger import REQUEUE_GRACE_S, Start, TaskLedger
+from service.tasks.ledger import REQUEUE_GRACE_S, TaskLedger
+from service.tasks.steps import Start
 from service.tasks.store import (
     CLAIM_SETTLE_S,
     IDEMPOTENCY_TTL_S,

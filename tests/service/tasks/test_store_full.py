@@ -23,7 +23,8 @@ from delivery.store_refusals import WriteRefusal, refusal_of
 from schemas.tasks import TaskRecord, TaskStatus, TaskSubmission
 from service.broker import ACTOR, QUEUE, RedisEnqueuer
 from service.dramatiq_redis import BrokerMaintenance, RelayRedisBroker
-from service.tasks.ledger import Start, TaskLedger
+from service.tasks.ledger import TaskLedger
+from service.tasks.steps import Start
 from service.tasks.store import KeyReused, NotAdmitted, TaskStore, request_fingerprint
 from tests.conftest import RedisServer
 from tests.placed import task_id
