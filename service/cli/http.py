@@ -49,7 +49,7 @@ class ApiUnreachable(CommandFailed):
     """No answer from the API: refused, unresolvable, timed out."""
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"cannot reach the API at {url} ({reason})")
+        super().__init__(f"cannot reach the API at {url} ({reason}); another API: --url or RELAY_URL")
         self.url = url
         self.reason = reason
 

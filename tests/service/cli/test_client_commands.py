@@ -873,7 +873,9 @@ def test_unreachable_api_exits_1_with_one_line(command: click.Command, args: lis
     result = run(command, [*args, "--url", url, "--token", ADMIN_TOKEN])
 
     assert result.exit_code == 1
-    assert stderr_lines(result) == [f"relay: cannot reach the API at {url} (connection refused)"]
+    assert stderr_lines(result) == [
+        f"relay: cannot reach the API at {url} (connection refused); another API: --url or RELAY_URL"
+    ]
     assert ADMIN_TOKEN not in result.output
 
 
