@@ -184,11 +184,12 @@ async def read(redis: aioredis.Redis, destinations: DestinationStore, *, url: st
     return ClusterView(mode="cluster", partitions=len(parts), nodes=nodes, workers=workers, api_nodes=api_nodes)
 
 
-async def _members(redis: aioredis.Redis, key: str) -> list[str]:
+async def _members(redis: aioredis.Redis, key: str) -> list[str] | None:
+    """The processes alive in ``key``; None when its slot's master is away (not known, which is not none)."""
     try:
         return await shares.members(redis, key)
     except (RedisError, RedisClusterException, OSError):
-        return []  # its slot's master is away: shown as none rather than no view at all
+        return None
 
 
 def _holds(ranges: Sequence[Sequence[int]], slot: int | None) -> bool:

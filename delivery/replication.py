@@ -20,6 +20,8 @@ from delivery.script_call import run_async
 
 # How long a submission waits for a replica before it is answered 503.
 WAIT_MS = 2000
+# WAIT ends this long before the connection's read would time out: an empty WAIT must be read as one, not as a stall.
+WAIT_MARGIN_MS = 500
 
 
 class NotReplicated(ClusterDownError):
@@ -30,6 +32,13 @@ class ReplicatedStep:
     def __init__(self, cluster: RedisCluster, *, wait_ms: int = WAIT_MS) -> None:
         self._cluster = cluster
         self._wait_ms = wait_ms
+
+    def wait_ms_on(self, node: Any) -> int:
+        """How long ``WAIT`` waits on ``node``: :attr:`wait_ms`, ended before the connection's read times out."""
+        timeout_s = node.connection_kwargs.get("socket_timeout")
+        if timeout_s is None:
+            return self._wait_ms
+        return max(1, min(self._wait_ms, int(timeout_s * 1000) - WAIT_MARGIN_MS))
 
     async def run(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         node = self._cluster.get_node_from_key(keys[0])
@@ -47,7 +56,7 @@ class ReplicatedStep:
         if isinstance(acked, Exception):
             raise acked
         if int(acked) < 1:
-            raise NotReplicated(f"no replica of {node.name} acknowledged the write in {self._wait_ms} ms")
+            raise NotReplicated(f"no replica of {node.name} acknowledged the write in {self.wait_ms_on(node)} ms")
         return reply
 
     async def _with_wait(
@@ -55,7 +64,7 @@ class ReplicatedStep:
     ) -> tuple[Any, Any]:
         commands = [
             PipelineCommand(0, "EVALSHA", script.sha, len(keys), *keys, *args),
-            PipelineCommand(1, "WAIT", 1, self._wait_ms),
+            PipelineCommand(1, "WAIT", 1, self.wait_ms_on(node)),
         ]
         try:
             await node.execute_pipeline(commands)

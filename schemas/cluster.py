@@ -25,5 +25,7 @@ class ClusterView(msgspec.Struct, kw_only=True):
     mode: Literal["standalone", "cluster"]
     partitions: int  # of Relay's keyspace, fixed when the store was made
     nodes: list[StorageNode]
-    workers: list[str]  # ids of the worker processes alive (heartbeat in the last few seconds)
-    api_nodes: list[str]  # ids of the API processes alive
+    # ids of the worker processes alive (heartbeat in the last few seconds); None: not known, the master holding
+    # the heartbeats does not answer
+    workers: list[str] | None
+    api_nodes: list[str] | None  # ids of the API processes alive; None: not known

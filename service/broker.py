@@ -15,6 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from delivery.errors import ConfigError
 from delivery.scripts import StepArgs, StepKeys, step, wire
+from service.amqp import AmqpLink
 from service.dramatiq_redis import InlineMessage, RelayRedisBroker, message_for, queue_keys, wake_key
 from service.settings import Settings
 
@@ -72,6 +73,16 @@ class Enqueuer:
     def __init__(self, broker: dramatiq.Broker) -> None:
         self._broker = broker
 
+    def start(self) -> None:
+        """Start what keeps the broker's connections alive (in the running event loop); nothing by default."""
+
+    async def close(self) -> None:
+        """Close this enqueuer's own connections; the broker's are the broker's to close."""
+
+    async def ping(self) -> None:
+        """Check that the broker answers; raises when it does not."""
+        await asyncio.to_thread(ping, self._broker)
+
     def inline(self, task_id: str) -> InlineMessage | None:
         """The message for the submit step to enqueue itself, when the broker lives in the storage Redis."""
         return None
@@ -82,6 +93,38 @@ class Enqueuer:
                 self._broker.enqueue(task_message(task_id))
 
         await asyncio.to_thread(send)
+
+
+class RabbitmqEnqueuer(Enqueuer):
+    """RabbitMQ: every call goes through the process's :class:`~service.amqp.AmqpLink`, whose connections are
+    kept alive between submissions and opened again, within the same call, when the broker has closed them."""
+
+    def __init__(self, broker: RabbitmqBroker) -> None:
+        super().__init__(broker)
+        self._rabbitmq = broker
+        self._link = AmqpLink(broker)
+
+    def start(self) -> None:
+        self._link.start()
+
+    async def close(self) -> None:
+        await self._link.close()
+
+    async def ping(self) -> None:
+        await self._link.call(lambda: ping(self._broker))
+
+    async def declare(self) -> None:
+        """Declare the queue on one of the link's connections, so that a consumer finds it declared and opens no
+        connection of its own for that (one that nothing would then service: RabbitMQ drops it for missed
+        heartbeats)."""
+        await self._link.call(lambda: self._rabbitmq.declare_queue(QUEUE, ensure=True))
+
+    async def enqueue(self, task_ids: Sequence[str]) -> None:
+        def send() -> None:
+            for task_id in task_ids:
+                self._broker.enqueue(task_message(task_id))
+
+        await self._link.call(send)
 
 
 class RedisEnqueuer(Enqueuer):
@@ -122,6 +165,8 @@ class RedisEnqueuer(Enqueuer):
 def enqueuer_for(broker: dramatiq.Broker, redis: aioredis.Redis, settings: Settings) -> Enqueuer:
     if isinstance(broker, RedisBroker) and settings.broker_in_storage:
         return RedisEnqueuer(broker, redis)
+    if isinstance(broker, RabbitmqBroker):
+        return RabbitmqEnqueuer(broker)
     return Enqueuer(broker)
 
 
@@ -140,13 +185,13 @@ def ping(broker: dramatiq.Broker) -> None:
 
 
 class BrokerCheck:
-    """Pings the broker from one thread at a time: a check that hangs is not joined by another thread per call."""
+    """Pings the broker one call at a time: a check that hangs is not joined by another thread per call."""
 
-    def __init__(self, broker: dramatiq.Broker) -> None:
-        self._broker = broker
+    def __init__(self, enqueuer: Enqueuer) -> None:
+        self._enqueuer = enqueuer
         self._pending: asyncio.Future[None] | None = None
 
     async def __call__(self, timeout_s: float) -> None:
         if self._pending is None or self._pending.done():
-            self._pending = asyncio.ensure_future(asyncio.to_thread(ping, self._broker))
+            self._pending = asyncio.ensure_future(self._enqueuer.ping())
         await asyncio.wait_for(asyncio.shield(self._pending), timeout_s)

@@ -180,6 +180,14 @@ def _is_json(content_type: str | None) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
+def storage_unavailable_detail(method: str) -> str:
+    """What a 503 for an unavailable store says, by whether the request may have written anything."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "storage is unavailable; nothing was changed: try again shortly"
+    # A write sent before the store stopped answering may have been applied although its answer never came.
+    return "storage is unavailable; what this request changes may have been stored or not: check, or try again shortly"
+
+
 def _storage_unavailable(request: Request, exc: RedisError) -> Response[dict[str, object]]:  # type: ignore[type-arg]
     # Redis is down or stalled (every command of a request is bounded), or refuses writes (full, a failed save, a
     # read-only replica: a refused step writes nothing): the client may try again.
@@ -189,7 +197,7 @@ def _storage_unavailable(request: Request, exc: RedisError) -> Response[dict[str
         detail, retry_after_s = f"{refusal.cause}; nothing was changed: try again later", RETRY_AFTER_S
     else:
         log.warning("%s %s: storage unavailable (%s)", request.method, request.url.path, type(exc).__name__)
-        detail, retry_after_s = "storage is unavailable; try again shortly", 1
+        detail, retry_after_s = storage_unavailable_detail(request.method), 1
     return Response(
         _body(HTTP_503_SERVICE_UNAVAILABLE, detail),
         status_code=HTTP_503_SERVICE_UNAVAILABLE,

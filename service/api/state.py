@@ -105,6 +105,7 @@ class ApiState:
             dead_letter_retention_s=settings.dead_letter_retention_s,
         )
         broker = create_broker(settings)
+        enqueuer = enqueuer_for(broker, redis, settings)
         hub = LiveHub(
             redis=redis,
             listen_redis=listen_redis,
@@ -146,9 +147,9 @@ class ApiState:
             secrets=SecretStore(redis=redis),
             rate_limiter=RateLimiter(redis=redis, rate=settings.submit_rate) if settings.submit_rate > 0 else None,
             hub=hub,
-            enqueuer=enqueuer_for(broker, redis, settings),
+            enqueuer=enqueuer,
             listen_redis=listen_redis,
-            broker_check=BrokerCheck(broker),
+            broker_check=BrokerCheck(enqueuer),
             store_watch=StoreWatch(redis),
             tenant_streams=TenantStreams(redis=redis, limit=settings.tenant_max_streams),
             epoch=StoreEpoch(redis=redis, on_lost=hub.store_lost),
@@ -224,6 +225,7 @@ class ApiState:
         # Learn the epoch (or write a new store's) before /ready is asked; Redis may be away at start: then later.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await asyncio.wait_for(self.epoch.check(), EPOCH_AT_START_S)
+        self.enqueuer.start()
         self.epoch.start()
         self.heartbeat.start()
         await self.hub.start()
@@ -235,6 +237,7 @@ class ApiState:
         await self.epoch.stop()
         await self.hub.stop()
         await self.tenant_streams.stop()
+        await self.enqueuer.close()
         await asyncio.to_thread(self.broker.close)
         await self.redis.aclose()
         await self.listen_redis.aclose()

@@ -92,7 +92,9 @@ def cluster(url: str, token: str, as_json: bool) -> None:
     click.echo(_members("API nodes alive", view.api_nodes))
 
 
-def _members(label: str, ids: list[str]) -> str:
+def _members(label: str, ids: list[str] | None) -> str:
+    if ids is None:
+        return f"{label}: unknown (the master holding the heartbeats does not answer)"
     if not ids:
         return f"{label}: 0"
     shown = ", ".join(ids[:3]) + (", …" if len(ids) > 3 else "")

@@ -43,7 +43,8 @@ from delivery.shares import Shares
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
 from service import USER_AGENT
-from service.broker import QUEUE, Enqueuer, enqueuer_for
+from service.amqp import LINK_ERRORS
+from service.broker import QUEUE, Enqueuer, RabbitmqEnqueuer, enqueuer_for
 from service.dramatiq_redis import BrokerMaintenance
 from service.kinds import KindRegistry, load_kinds
 from service.settings import Settings
@@ -57,6 +58,8 @@ log = logging.getLogger("relay.worker")
 HEARTBEAT_INTERVAL_S = 2.0
 # How long a worker's start waits to check the store's layout before it leaves that (Redis may be away).
 LAYOUT_CHECK_S = 1.0
+# How long start-up waits for RabbitMQ to declare the queue (a pika connection attempt alone may take 10 s).
+DECLARE_AT_START_S = 5.0
 # How often each worker process looks for overdue tasks (with jitter, so processes take turns).
 SWEEP_INTERVAL_S = 1.0
 # How often a worker drops expired dead letters from their index.
@@ -210,6 +213,12 @@ class Runtime:
         # A store cut into other partitions than this process's is refused (Redis away at start: not known yet).
         with contextlib.suppress(*INFRA_ERRORS, TimeoutError):
             await asyncio.wait_for(store_layout.check(self.redis, keys.layout()), LAYOUT_CHECK_S)
+        self.enqueuer.start()
+        if isinstance(self.enqueuer, RabbitmqEnqueuer):
+            # Declared here, the queue needs no connection of the consumers' threads (see RabbitmqEnqueuer.declare);
+            # RabbitMQ away at start: the consumers declare it once it answers.
+            with contextlib.suppress(*INFRA_ERRORS, *LINK_ERRORS, TimeoutError):
+                await asyncio.wait_for(self.enqueuer.declare(), DECLARE_AT_START_S)
         self.kind_loops.start()
         self.shares.start()
         await self.engine.start()
@@ -286,6 +295,7 @@ class Runtime:
         if self.ops_http is not None:
             await self.ops_http.aclose()
         await self.http.aclose()
+        await self.enqueuer.close()
         await self.redis.aclose()
 
     async def until_redis_answers(

@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from delivery.address_guard import check_callback_url
 from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor, RecordChanged, UnreadableRecord
 from delivery.ids import new_id, utcnow
+from delivery.replication import NotReplicated
 from delivery.store_refusals import WriteRefusal, refusal_of
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.deliveries import AttemptList
@@ -80,6 +81,11 @@ SUBMISSION_EXAMPLES = [
 
 # Idempotency keys longer than this are refused.
 MAX_IDEMPOTENCY_KEY_CHARS = 255
+# The 503 of a submission its master stored but no replica acknowledged in time: a failover may still lose it.
+NOT_REPLICATED_DETAIL = (
+    "no replica of the store acknowledged the write in time: the task may have been accepted. Retry with the same "
+    "Idempotency-Key header, which returns that task rather than making a second one"
+)
 # No kind name is longer than this.
 MAX_KIND_CHARS = 200
 # A ws_token is 32 characters; anything much longer is not one.
@@ -179,6 +185,14 @@ class TaskController(Controller):
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
                 detail="the store did not answer (stalled or unreachable): the task may have been accepted. Retry "
                 "with the same Idempotency-Key header, which returns that task rather than making a second one"
+                + ("" if idempotency_key else " (this request had none: send one with every submission)"),
+                headers={"Retry-After": "1"},
+            ) from None
+        except NotReplicated as exc:
+            log.warning("submission: not replicated (%s)", exc)
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail=NOT_REPLICATED_DETAIL
                 + ("" if idempotency_key else " (this request had none: send one with every submission)"),
                 headers={"Retry-After": "1"},
             ) from None

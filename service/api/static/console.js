@@ -247,8 +247,13 @@ async function loadStorage() {
     rows.append(row);
   }
   $("storage-processes").textContent =
-    `Workers alive: ${view.workers.length}. API processes alive: ${view.api_nodes.length}. ` +
+    `Workers alive: ${alive(view.workers)}. API processes alive: ${alive(view.api_nodes)}. ` +
     "Each partition of Relay's keyspace lives in one slot; tasks and webhooks owed are counted in the partitions a master holds.";
+}
+
+// How many processes are alive; null when the master holding their heartbeats does not answer.
+function alive(ids) {
+  return ids === null ? "unknown (the master holding the heartbeats does not answer)" : whole.format(ids.length);
 }
 
 // What the latency figures are: of which deliveries, over which span (the API keeps about five minutes).
