@@ -3,8 +3,9 @@
 Webhooks are signed with the secrets read fresh for each attempt, so that a rotated secret signs from then on. On a
 Redis Cluster a tenant's secrets are one key on one master, while its tasks and destinations spread over all of
 them: when that master is away, a webhook ready on another master is signed with the secrets this process read last
-for the tenant (stale if error) rather than wait for it. They are at most what a rotation during the outage would
-have retired, and a rotated-out secret signs for 24 h anyway, so a receiver that verified before still verifies.
+for the tenant (stale if error) rather than wait for it. No rotation can happen while the key is away (it is written
+there), and a read is used for at most ``ROTATION_OVERLAP_S``: whatever signed at the last read still signs by the
+contract (a rotated-out secret signs for 24 h beside the new one), so a receiver that verified then verifies now.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -70,14 +71,23 @@ class SecretStore:
     Args:
         redis: the storage client.
         remembered: how many keys' secrets to keep for that (least recently used dropped first).
+        clock: seconds on a monotonic clock, that times how old a read is.
     """
 
-    def __init__(self, *, redis: aioredis.Redis, remembered: int = DEFAULT_REMEMBERED_TENANTS) -> None:
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        remembered: int = DEFAULT_REMEMBERED_TENANTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if remembered < 1:
             raise ValueError("remembered must be at least 1")
         self._redis = redis
         self._remembered = remembered
-        self._last: OrderedDict[str, list[str]] = OrderedDict()  # key -> the secrets last read, newest first
+        self._clock = clock
+        # key -> (when read, on the monotonic clock; the secrets then, newest first)
+        self._last: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
         self._stale: set[str] = set()  # keys signed with from memory since their last read (a subset of _last)
 
     async def live(self, tenant: str) -> list[str]:
@@ -114,8 +124,8 @@ class SecretStore:
             if not is_away(exc):
                 raise
             cause = f"{type(exc).__name__}: {exc}"
-            last = self._last.get(key)
-            if last is None:
+            read_at, last = self._last.get(key, (None, []))
+            if read_at is None or self._clock() - read_at > ROTATION_OVERLAP_S:
                 raise SecretsUnavailable(tenant, cause) from None
             self._last.move_to_end(key)
             if key not in self._stale:
@@ -146,7 +156,7 @@ class SecretStore:
     def _keep(self, key: str, secrets: list[str]) -> None:
         if not secrets:
             return
-        self._last[key] = secrets[:REMEMBERED_SECRETS]
+        self._last[key] = (self._clock(), secrets[:REMEMBERED_SECRETS])
         self._last.move_to_end(key)
         while len(self._last) > self._remembered:
             dropped, _ = self._last.popitem(last=False)

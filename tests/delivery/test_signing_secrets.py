@@ -12,9 +12,10 @@ import redis.asyncio as aioredis
 from delivery import keys
 from delivery.errors import SecretsUnavailable
 from delivery.redis_client import connect
-from delivery.signing_secrets import SecretStore, read_apart
+from delivery.signing_secrets import ROTATION_OVERLAP_S, SecretStore, read_apart
 from service.processes import RedisServer
 from tests.cluster import free_ports
+from tests.service.api.conftest import Clock
 
 
 @pytest.fixture
@@ -129,3 +130,16 @@ async def test_a_read_apart_from_its_step_is_none_while_redis_is_away(
     assert await read_apart(away.get(keys.secrets("acme"))) is None
     await SecretStore(redis=redis).live("acme")
     assert await read_apart(redis.get(keys.secrets("acme"))) == await redis.get(keys.secrets("acme"))
+
+
+async def test_a_read_older_than_the_rotation_overlap_is_not_signed_with(away: aioredis.Redis) -> None:
+    """Within the overlap, the current secret of the last read still signs whatever was rotated since; past it,
+    it may not."""
+    clock = Clock()
+    store = SecretStore(redis=away, clock=clock.time)
+    store.remember("acme", ["whsec_YQ=="])
+    clock.now += ROTATION_OVERLAP_S
+    assert await store.signing("acme") == ["whsec_YQ=="]
+    clock.now += 1
+    with pytest.raises(SecretsUnavailable):
+        await store.signing("acme")
