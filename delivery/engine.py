@@ -21,11 +21,13 @@ from redis.exceptions import RedisError
 
 from delivery import keys
 from delivery.destinations import breaker_outcome
+from delivery.errors import SecretsUnavailable
 from delivery.ops_events import OpsNotifier
 from delivery.outbox import Kind, Lease, Outbox, Recorded, webhook_attempt
 from delivery.policy import Decision, Verdict, decide
 from delivery.records import PendingDelivery
 from delivery.signing_secrets import SecretStore
+from delivery.storage_away import is_away
 from delivery.store_refusals import refusal_of
 from delivery.webhook import WebhookSender
 from schemas.dead_letters import DeadLetterReason
@@ -151,11 +153,32 @@ class DeliveryEngine:
                 this = current
                 try:
                     current = await (self.expire(this) if this.kind == Kind.EXPIRE else self.attempt(this))
-                except Exception:
-                    # Redis went away or a bug: the lease runs out and this webhook is claimed again.
-                    log.exception(
-                        "webhook attempt for event %s of task %s failed", this.delivery.event_id, this.delivery.task_id
+                except SecretsUnavailable as exc:
+                    # Nothing to sign with until the node of the tenant's secrets is back: the lease runs out and
+                    # this webhook is claimed again. One line, not a traceback: nothing here is a bug.
+                    log.warning(
+                        "webhook attempt for event %s of task %s waits: %s",
+                        this.delivery.event_id,
+                        this.delivery.task_id,
+                        exc,
                     )
+                    return
+                except Exception as exc:
+                    # Redis went away or a bug: the lease runs out and this webhook is claimed again.
+                    if is_away(exc):
+                        log.warning(
+                            "webhook attempt for event %s of task %s failed, storage away (%s: %s)",
+                            this.delivery.event_id,
+                            this.delivery.task_id,
+                            type(exc).__name__,
+                            exc,
+                        )
+                    else:
+                        log.exception(
+                            "webhook attempt for event %s of task %s failed",
+                            this.delivery.event_id,
+                            this.delivery.task_id,
+                        )
                     return
                 if self._stopping:
                     return  # a webhook handed over now waits for its lease to run out, then any worker sends it
@@ -164,7 +187,13 @@ class DeliveryEngine:
         """Make one attempt and record what follows it; the destination's next webhook, when it handed one over."""
         delivery = lease.delivery
         assert delivery.url is not None, "a WebSocket-only delivery has no webhook to attempt"
-        live = lease.secrets or await self._secrets.live(delivery.tenant)
+        if lease.secrets:
+            live = lease.secrets  # read fresh by the step that leased it
+            self._secrets.remember(delivery.tenant, live)
+        else:
+            # Read apart from the step (on a cluster the secrets live on another master), or not yet made: read now,
+            # or sign with the last read while their master is away (SecretStore.signing says why that is safe).
+            live = await self._secrets.signing(delivery.tenant)
         at = datetime.now(UTC)
         result = await self._sender.send(delivery.url, delivery.event_id, _encode(delivery.event), live)
         # A probe that finds the receiver still down is the destination's failure, not the webhook's.

@@ -11,6 +11,7 @@ RelayError
 ├── UnreadableRecord            a stored record that cannot be decoded (readers skip it and count it)
 ├── InvalidCursor               a list cursor this API did not hand out
 ├── InvalidSecret               a webhook signing secret that is not whsec_ and base64
+├── SecretsUnavailable          a tenant's signing secrets cannot be read, and this process never read them
 ├── NotFound                    no such task / dead letter for this caller
 │
 │   raised by the programs in service/, beside what they concern:
@@ -99,3 +100,14 @@ class InvalidCursor(RelayError, ValueError):
 
 class InvalidSecret(RelayError, ValueError):
     """A webhook signing secret that is not ``whsec_`` followed by non-empty base64."""
+
+
+class SecretsUnavailable(RelayError):
+    """The signing secrets of ``tenant`` (None: the operator's) cannot be read, their node being away, and this
+    process has none of its own to sign with: the attempt waits for its lease to run out and is made again."""
+
+    def __init__(self, tenant: str | None, cause: str) -> None:
+        whose = f"tenant {tenant}" if tenant is not None else "the operator"
+        super().__init__(f"the signing secrets of {whose} cannot be read ({cause}) and this process has none yet")
+        self.tenant = tenant
+        self.cause = cause

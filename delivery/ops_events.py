@@ -15,6 +15,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from delivery.destinations import DestinationStore
+from delivery.errors import SecretsUnavailable
 from delivery.ids import new_id
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender
@@ -64,8 +65,8 @@ class OpsNotifier:
                 id=new_id("evt"), type=f"destination.{change}", created_at=datetime.now(UTC), data=destination
             )
             body = _encode(event)
-            secrets = await self._secrets.live_ops()
-        except (RedisError, OSError) as exc:
+            secrets = await self._secrets.signing_ops()
+        except (RedisError, OSError, SecretsUnavailable) as exc:
             log.warning("could not build the operational event destination.%s (%s)", change, exc)
             return
         for wait in (*self._retry_waits_s, None):

@@ -51,7 +51,7 @@ from delivery.policy import MAX_RETRY_AFTER_S, AttemptResult, Decision, Verdict
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_client import as_text
 from delivery.scripts import wire
-from delivery.signing_secrets import live_secrets
+from delivery.signing_secrets import live_secrets, read_apart
 from schemas.dead_letters import DeadLetter
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep, StepKind
 
@@ -340,8 +340,7 @@ class Outbox:
             else:
                 raw_secrets = reply.secrets
                 if not single:
-                    stored = await self._redis.get(keys.secrets(next_delivery.tenant))
-                    raw_secrets = stored if isinstance(stored, bytes) else None
+                    raw_secrets = await read_apart(self._redis.get(keys.secrets(next_delivery.tenant)))
                 following = Lease(delivery=next_delivery, token=reply.next_token, secrets=live_secrets(raw_secrets))
         return Recorded(
             dead=dead if reply.status == "ok" else None,

@@ -1,19 +1,40 @@
-"""Each tenant's signing secrets, newest first; a rotated-out secret keeps signing for 24 h."""
+"""Each tenant's signing secrets, newest first; a rotated-out secret keeps signing for 24 h.
+
+Webhooks are signed with the secrets read fresh for each attempt, so that a rotated secret signs from then on. On a
+Redis Cluster a tenant's secrets are one key on one master, while its tasks and destinations spread over all of
+them: when that master is away, a webhook ready on another master is signed with the secrets this process read last
+for the tenant (stale if error) rather than wait for it. No rotation can happen while the key is away (it is written
+there), and a read is used for at most ``ROTATION_OVERLAP_S``: whatever signed at the last read still signs by the
+contract (a rotated-out secret signs for 24 h beside the new one), so a receiver that verified then verifies now.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
 from delivery import keys
+from delivery.errors import SecretsUnavailable
 from delivery.records import SecretEntry
 from delivery.signing import generate_secret
+from delivery.storage_away import is_away
+
+log = logging.getLogger("relay.delivery")
 
 # How long a replaced secret keeps signing beside the new one.
 ROTATION_OVERLAP_S = 24 * 3600.0
+# Tenants whose last read secrets one process keeps to sign with while their node is away (least recently used
+# dropped first): a few KB each, so a few thousand tenants cost a few MB at most.
+DEFAULT_REMEMBERED_TENANTS = 4096
+# Secrets kept per tenant, newest first: the current one and those a few rotations within 24 h left signing.
+REMEMBERED_SECRETS = 4
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(list[SecretEntry]).decode
@@ -27,9 +48,47 @@ def live_secrets(raw: bytes | str | None, *, now: float | None = None) -> list[s
     return [e.secret for e in _decode(raw) if e.expires_at is None or e.expires_at > moment]
 
 
+async def read_apart(read: Awaitable[Any]) -> bytes | None:
+    """The stored secrets that ``read`` (a GET of a tenant's key) answers, read apart from the step that leased one of
+    its webhooks (on a cluster they live on another master than the step's keys). None when that master is away:
+    the step has been written already, and the engine then signs as :meth:`SecretStore.signing` says."""
+    try:
+        raw = await read
+    except (RedisError, OSError) as exc:
+        if is_away(exc):
+            return None
+        raise
+    return raw if isinstance(raw, bytes) else None
+
+
 class SecretStore:
-    def __init__(self, *, redis: aioredis.Redis) -> None:
+    """The signing secrets of each tenant and of the operator, read from Redis.
+
+    :meth:`live` and :meth:`live_ops` read them (the API answers with them; a read that fails raises).
+    :meth:`signing` and :meth:`signing_ops` read them to sign with: when the read fails because the node of the key
+    is away, they answer the secrets this process read last for it, saying so once per outage.
+
+    Args:
+        redis: the storage client.
+        remembered: how many keys' secrets to keep for that (least recently used dropped first).
+        clock: seconds on a monotonic clock, that times how old a read is.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        remembered: int = DEFAULT_REMEMBERED_TENANTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if remembered < 1:
+            raise ValueError("remembered must be at least 1")
         self._redis = redis
+        self._remembered = remembered
+        self._clock = clock
+        # key -> (when read, on the monotonic clock; the secrets then, newest first)
+        self._last: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
+        self._stale: set[str] = set()  # keys signed with from memory since their last read (a subset of _last)
 
     async def live(self, tenant: str) -> list[str]:
         """The secrets that sign now; makes the tenant's first secret when it has none."""
@@ -39,13 +98,69 @@ class SecretStore:
         """The operator's secrets, that sign operational events; made on first use."""
         return await self._live(keys.OPS_SECRETS)
 
+    async def signing(self, tenant: str) -> list[str]:
+        """The secrets to sign a webhook of ``tenant`` with: read now, else (its node away) the last read.
+
+        Raises:
+            SecretsUnavailable: the node is away and this process never read them.
+        """
+        return await self._signing(keys.secrets(tenant), tenant)
+
+    async def signing_ops(self) -> list[str]:
+        """The operator's secrets to sign an operational event with, as :meth:`signing`."""
+        return await self._signing(keys.OPS_SECRETS, None)
+
+    def remember(self, tenant: str, secrets: list[str]) -> None:
+        """Keep ``secrets``, read by a step of ``tenant``'s delivery, as the tenant's last read."""
+        key = keys.secrets(tenant)
+        self._keep(key, secrets)
+        self._read_again(key, f"tenant {tenant}")
+
+    async def _signing(self, key: str, tenant: str | None) -> list[str]:
+        whose = f"tenant {tenant}" if tenant is not None else "the operator"
+        try:
+            secrets = await self._live(key)
+        except (RedisError, OSError) as exc:
+            if not is_away(exc):
+                raise
+            cause = f"{type(exc).__name__}: {exc}"
+            read_at, last = self._last.get(key, (None, []))
+            if read_at is None or self._clock() - read_at > ROTATION_OVERLAP_S:
+                raise SecretsUnavailable(tenant, cause) from None
+            self._last.move_to_end(key)
+            if key not in self._stale:
+                self._stale.add(key)
+                log.warning(
+                    "the signing secrets of %s cannot be read (%s); signing with the last read until they can",
+                    whose,
+                    cause,
+                )
+            return list(last)
+        self._read_again(key, whose)
+        return secrets
+
+    def _read_again(self, key: str, whose: str) -> None:
+        if key in self._stale:
+            self._stale.discard(key)
+            log.info("the signing secrets of %s are read again", whose)
+
     async def _live(self, key: str) -> list[str]:
         secrets = live_secrets(await self._redis.get(key))
-        if secrets:
-            return secrets
-        first = [SecretEntry(secret=generate_secret(), created_at=time.time())]
-        await self._redis.set(key, _encode(first), nx=True)
-        return live_secrets(await self._redis.get(key))
+        if not secrets:
+            first = [SecretEntry(secret=generate_secret(), created_at=time.time())]
+            await self._redis.set(key, _encode(first), nx=True)
+            secrets = live_secrets(await self._redis.get(key))
+        self._keep(key, secrets)
+        return secrets
+
+    def _keep(self, key: str, secrets: list[str]) -> None:
+        if not secrets:
+            return
+        self._last[key] = (self._clock(), secrets[:REMEMBERED_SECRETS])
+        self._last.move_to_end(key)
+        while len(self._last) > self._remembered:
+            dropped, _ = self._last.popitem(last=False)
+            self._stale.discard(dropped)
 
     async def current(self, tenant: str) -> str:
         return (await self.live(tenant))[0]

@@ -20,6 +20,7 @@ from delivery.errors import LeaseLost, RecordChanged
 from delivery.records import PendingDelivery, count_unreadable, decode_or_skip
 from delivery.redis_batch import batched
 from delivery.scripts import flag, wire
+from delivery.signing_secrets import read_apart
 from schemas.deliveries import Attempt, Channel, DeliveryOutcome, DeliveryStep
 from schemas.events import Event, EventType
 from service.tasks.steps import APPEND, EVENTS_PAGE, AppendArgs, Appended, AppendKeys, EventsPage, PageArgs, PageKeys
@@ -140,7 +141,7 @@ class EventLog:
             return None  # nothing owed; waiting for a socket's ack, in its destination, or behind the task's others
         raw_secrets = answer.secrets
         if not single:
-            raw_secrets = await self._batch.command("GET", keys.secrets(tenant))
+            raw_secrets = await read_apart(self._batch.command("GET", keys.secrets(tenant)))
         return Leased(token=answer.token, raw_secrets=raw_secrets)
 
     async def events_after(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -23,11 +24,13 @@ from delivery.destinations import DestinationStore, FlowSettings, destination_fo
 from delivery.engine import DeliveryEngine
 from delivery.outbox import Lease, Outbox
 from delivery.records import PendingDelivery
+from delivery.redis_client import connect
 from delivery.signing_secrets import SecretStore
 from delivery.webhook import WebhookSender, create_client
 from schemas.dead_letters import DeadLetter, DeadLetterReason
 from schemas.deliveries import Attempt, DeliveryOutcome
 from schemas.events import Event, EventType
+from tests.cluster import free_ports
 from tests.placed import event_id, home, task_id
 
 SCHEDULE_S = (5.0, 300.0)
@@ -322,3 +325,69 @@ async def test_a_websocket_only_push_nobody_acked_is_dropped_from_the_schedule(
     assert not await redis.exists(keys.delivery(pushed.event_id))
     assert await redis.zcard(home("acme", URL).due) == 0
     assert len(receiver.calls) == 0
+
+
+@pytest.fixture
+async def secrets_away() -> AsyncIterator[SecretStore]:
+    """A secret store whose Redis refuses every command (nothing listens on its port), as a worker's is when the
+    master of a tenant's secrets is down while its destination's master answers."""
+    (port,) = free_ports(1)
+    client = connect(f"redis://127.0.0.1:{port}", retries=0)
+    yield SecretStore(redis=client)
+    await client.aclose()
+
+
+def engine_with(secrets: SecretStore, outbox: Outbox, http: httpx.AsyncClient) -> DeliveryEngine:
+    return DeliveryEngine(
+        outbox=outbox,
+        sender=WebhookSender(client=http, allow_private=True, user_agent=USER_AGENT),
+        secrets=secrets,
+        schedule_s=SCHEDULE_S,
+    )
+
+
+async def test_a_webhook_whose_secrets_are_away_is_signed_with_the_last_read(
+    redis: aioredis.Redis,
+    outbox: Outbox,
+    http: httpx.AsyncClient,
+    receiver: respx.MockRouter,
+    secrets_away: SecretStore,
+) -> None:
+    route = receiver.post(URL).respond(204)
+    (secret,) = await SecretStore(redis=redis).live("acme")
+    engine = engine_with(secrets_away, outbox, http)
+    earlier = await owed(redis, outbox, pending(1))
+    # Leased with the secrets its step read (a run's final step does), which the engine keeps.
+    assert await engine.attempt(Lease(delivery=earlier.delivery, token=earlier.token, secrets=[secret])) is None
+
+    # As a cluster's step leases it when the secrets' master is away: without them.
+    lease = await owed(redis, outbox, pending(2))
+    assert await engine.attempt(Lease(delivery=lease.delivery, token=lease.token, secrets=None)) is None
+
+    request = route.calls.last.request
+    assert request.headers["webhook-id"] == evt(2)
+    assert Webhook(secret).verify(request.content, dict(request.headers)) == json.loads(request.content)
+    (made,) = await attempts(redis, task_id("task_2", "acme", URL))
+    assert made.outcome == DeliveryOutcome.DELIVERED
+
+
+async def test_a_webhook_with_no_secrets_to_sign_with_waits_for_its_lease_with_one_line(
+    redis: aioredis.Redis,
+    outbox: Outbox,
+    http: httpx.AsyncClient,
+    receiver: respx.MockRouter,
+    secrets_away: SecretStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    route = receiver.post(URL).respond(204)
+    engine = engine_with(secrets_away, outbox, http)
+    lease = await owed(redis, outbox, pending())
+    with caplog.at_level(logging.WARNING, logger="relay.delivery"):
+        engine.dispatch(Lease(delivery=lease.delivery, token=lease.token, secrets=None))
+        await engine.stop(grace_s=5)
+
+    assert route.call_count == 0
+    (line,) = [r for r in caplog.records if evt(1) in r.getMessage()]
+    assert "waits: the signing secrets of tenant acme cannot be read" in line.getMessage()
+    assert (line.levelno, line.exc_info) == (logging.WARNING, None)
+    assert await attempts(redis) == []  # nothing recorded: the lease runs out and the webhook is claimed again

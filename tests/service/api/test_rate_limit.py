@@ -4,12 +4,15 @@ bucket per tenant, and no more tokens than there are when API nodes ask at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 import redis.asyncio as aioredis
 
 from delivery.redis_client import connect
-from service.api.rate_limit import RateLimiter
+from service.api.rate_limit import LocalBuckets, RateLimiter
+from service.processes import RedisServer
+from tests.cluster import free_ports
 from tests.service.api.conftest import Clock
 
 
@@ -66,3 +69,51 @@ async def test_nodes_asking_at_once_share_one_bucket(redis_url: str, clock: Cloc
 def test_a_rate_of_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="above 0"):
         RateLimiter(redis=aioredis.Redis(), rate=0)
+
+
+async def test_with_the_tenants_key_away_this_process_limits_at_the_same_rate(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    (port,) = free_ports(1)  # nothing listens: the tenant's bucket is on a node that is away
+    away = connect(f"redis://127.0.0.1:{port}", retries=0)
+    try:
+        limiter = RateLimiter(redis=away, clock=clock.time, rate=5)
+        with caplog.at_level(logging.WARNING, logger="relay.api"):
+            assert [await limiter.retry_after_s("acme") for _ in range(5)] == [None] * 5
+            assert await limiter.retry_after_s("acme") == 1
+            assert await limiter.retry_after_s("globex") is None  # each tenant its own bucket
+            clock.now += 0.21
+            assert await limiter.retry_after_s("acme") is None
+            assert await limiter.retry_after_s("acme") == 1
+    finally:
+        await away.aclose()
+    lines = [r for r in caplog.records if "submit rate of tenant acme cannot be counted" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].exc_info is None
+
+
+async def test_the_shared_bucket_is_used_again_once_the_key_answers(
+    redis_server: RedisServer, redis_url: str, clock: Clock
+) -> None:
+    client = connect(redis_url, retries=0)
+    try:
+        limiter, other_node = (RateLimiter(redis=client, clock=clock.time, rate=1) for _ in range(2))
+        redis_server.kill()
+        assert await limiter.retry_after_s("acme") is None  # from this process's bucket
+        redis_server.start()
+        assert await other_node.retry_after_s("acme") is None  # the shared bucket, untouched meanwhile
+        assert await limiter.retry_after_s("acme") == 1  # shared again: the other node took its token
+    finally:
+        if not redis_server.running:
+            redis_server.start()
+        await client.aclose()
+
+
+def test_local_buckets_are_bounded() -> None:
+    clock = Clock()
+    buckets = LocalBuckets(rate=1, burst=1, clock=clock.time, tenants=2)
+    for tenant in ("acme", "globex", "initech"):
+        assert buckets.take(tenant).allowed
+    assert len(buckets) == 2
+    assert buckets.take("acme").allowed  # dropped first: a full bucket again, as an idle tenant's
+    assert not buckets.take("initech").allowed

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncGenerator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aioredis
 
+from delivery import keys
+from delivery.redis_client import connect
 from service.api.state import ApiState
 from service.api.tenant_streams import TenantStreams
+from service.processes import RedisServer
+from tests.cluster import free_ports
 from tests.service.api.conftest import Clock
 
 
@@ -80,3 +85,55 @@ async def test_a_stream_that_never_starts_leaves_its_place_to_expire(redis: aior
     await places.refresh()  # a refresh would keep a place it still held alive past its first 60 s
     clock.now += 40
     assert await places.acquire("acme") is not None
+
+
+@pytest.fixture
+async def away() -> AsyncIterator[aioredis.Redis]:
+    """A client of a port where nothing listens: the tenant's key is on a node that is away."""
+    (port,) = free_ports(1)
+    client = connect(f"redis://127.0.0.1:{port}", retries=0)
+    yield client
+    await client.aclose()
+
+
+async def test_with_the_tenants_key_away_places_are_counted_on_this_node_up_to_the_limit(
+    away: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    places = TenantStreams(redis=away, limit=2)
+    with caplog.at_level(logging.WARNING, logger="relay.api"):
+        taken = [await places.acquire("acme"), await places.acquire("acme")]
+        assert all(taken)
+        assert await places.acquire("acme") is None  # the same limit, on this node
+        assert await places.acquire("globex") is not None  # each tenant its own
+
+        places.release(taken[0])  # given back here, at once
+        assert await places.acquire("acme") is not None
+        assert await places.acquire("acme") is None
+        places.forget(taken[1])  # a stream collected without a release gives its place back too
+        assert await places.acquire("acme") is not None
+
+    lines = [r for r in caplog.records if "stream places of tenant acme cannot be counted" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].exc_info is None
+
+
+async def test_places_taken_here_stay_here_when_the_key_is_back(
+    redis_server: RedisServer, redis_url: str, clock: Clock
+) -> None:
+    client = connect(redis_url, retries=0)
+    try:
+        places = TenantStreams(redis=client, clock=clock.time, limit=2)
+        redis_server.kill()
+        here = await places.acquire("acme")
+        assert here is not None
+        redis_server.start()
+        in_redis = [await places.acquire("acme"), await places.acquire("acme")]
+        assert all(in_redis)  # counted in Redis again, where the place taken here is not
+        assert await places.acquire("acme") is None
+        places.release(here)
+        await places.refresh()  # refreshes only what Redis holds
+        assert await client.zcard(keys.tenant_streams("acme")) == 2
+    finally:
+        if not redis_server.running:
+            redis_server.start()
+        await client.aclose()
