@@ -79,7 +79,7 @@ def by_tenant(accepted: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def outcome_of(api: Api, groups: dict[str, list[str]], receiver: Receiver) -> Outcome:
+def outcome_of(api: Api, groups: dict[str, list[str]], receiver: Receiver | None) -> Outcome:
     """What became of every tenant's tasks and webhooks, added up."""
     total = Outcome()
     for tenant, ids in groups.items():
@@ -89,6 +89,18 @@ def outcome_of(api: Api, groups: dict[str, list[str]], receiver: Receiver) -> Ou
         total.webhooks_missing += one.webhooks_missing
         total.webhooks_duplicated += one.webhooks_duplicated
     return total
+
+
+def all_ended(api: Api, groups: dict[str, list[str]], *, timeout_s: float = 120) -> Outcome:
+    """Waits until every accepted task (with no webhook) has ended; what became of them."""
+    return cast(
+        Outcome,
+        wait_until(
+            lambda: (o := outcome_of(api, groups, None)) and o.lost == 0 and o,
+            timeout_s=timeout_s,
+            message="every accepted task ended",
+        ),
+    )
 
 
 def all_delivered(api: Api, groups: dict[str, list[str]], receiver: Receiver, *, timeout_s: float = 120) -> Outcome:
