@@ -70,6 +70,7 @@ async def run_task(task_id: str) -> None:
             outcome = await _execute(rt, record, run)
         if outcome is None:
             return
+        run.ending = True
         if outcome.retry_in_s is not None and outcome.error is not None:
             await _retry_later(rt, record, run, outcome.error, outcome.retry_in_s)
             return

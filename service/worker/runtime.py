@@ -95,6 +95,9 @@ class Run:
     token: str
     work: KindRun | None = None
     lost: bool = False
+    # Its end (or retry) is being written: the task leaves the owed set in that step, so a renewal that meanwhile
+    # finds it gone found this run's own end, not a cancel or another run.
+    ending: bool = False
     # Woken by lose(): what the run waits on besides the kind's end (a plain future: cheaper than an Event's task).
     waiter: asyncio.Future[None] | None = None
 
@@ -342,7 +345,7 @@ class Runtime:
                 continue
             for task_id in lost:
                 run = self.runs.get(task_id)
-                if run is not None and run.token == runs.get(task_id):
+                if run is not None and run.token == runs.get(task_id) and not run.ending:
                     log.warning(
                         "task %s: this run lost its lease (the task ended or runs elsewhere); cancelling", task_id
                     )
