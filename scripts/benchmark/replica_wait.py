@@ -21,65 +21,58 @@ import uuid
 import httpx
 
 from service.processes import free_port
+from tests import rabbitmq
 from tests.cluster import LocalCluster
 
 RELAY = os.path.join(os.path.dirname(sys.executable), "relay")
 
 
 def measure(replicas: int, count: int) -> tuple[float, float]:
-    vhost = f"relay-bench-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
-    subprocess.run(
-        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    try:
-        with LocalCluster(masters=3, replicas_per_master=replicas) as cluster:
-            port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-            env |= {
-                "RELAY_REDIS_MODE": "cluster",
-                "RELAY_REDIS_URL": cluster.url,
-                "RELAY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
-                "RELAY_API_KEYS": "acme=key-acme",
-                "RELAY_PARTITIONS": "16",
-            }
-            api = subprocess.Popen(
-                [RELAY, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-            try:
-                base = f"http://127.0.0.1:{port}"
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    try:
-                        if httpx.get(base + "/ready").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.2)
-                with httpx.Client(base_url=base, headers={"Authorization": "Bearer key-acme"}) as client:
-                    for n in range(100):  # warm up
-                        client.post("/v1/tasks", json={"kind": "echo", "input": n})
-                    latencies = []
-                    for n in range(count):
-                        started = time.perf_counter()
-                        answer = client.post(
-                            "/v1/tasks",
-                            json={"kind": "echo", "input": n},
-                            headers={"Idempotency-Key": uuid.uuid4().hex},
-                        )
-                        latencies.append((time.perf_counter() - started) * 1000)
-                        if answer.status_code != 202:
-                            raise RuntimeError(f"submission answered {answer.status_code}: {answer.text}")
-                latencies.sort()
-                return statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
-            finally:
-                api.send_signal(signal.SIGTERM)
-                api.wait(20)
-    finally:
-        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+    with (
+        rabbitmq.vhost("relay-bench") as broker_url,
+        LocalCluster(masters=3, replicas_per_master=replicas) as cluster,
+    ):
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        env |= {
+            "RELAY_REDIS_MODE": "cluster",
+            "RELAY_REDIS_URL": cluster.url,
+            "RELAY_BROKER_URL": broker_url,
+            "RELAY_API_KEYS": "acme=key-acme",
+            "RELAY_PARTITIONS": "16",
+        }
+        api = subprocess.Popen(
+            [RELAY, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(base + "/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            with httpx.Client(base_url=base, headers={"Authorization": "Bearer key-acme"}) as client:
+                for n in range(100):  # warm up
+                    client.post("/v1/tasks", json={"kind": "echo", "input": n})
+                latencies = []
+                for n in range(count):
+                    started = time.perf_counter()
+                    answer = client.post(
+                        "/v1/tasks",
+                        json={"kind": "echo", "input": n},
+                        headers={"Idempotency-Key": uuid.uuid4().hex},
+                    )
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    if answer.status_code != 202:
+                        raise RuntimeError(f"submission answered {answer.status_code}: {answer.text}")
+            latencies.sort()
+            return statistics.median(latencies), latencies[int(len(latencies) * 0.99)]
+        finally:
+            api.send_signal(signal.SIGTERM)
+            api.wait(20)
 
 
 def main() -> None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from delivery import keys
+from tests import rabbitmq
 from tests.conftest import CI
 from tests.support import Api, Receiver, RelayProcess, WsClient, relay_env, run_receiver, store_layout
 
@@ -42,30 +39,12 @@ def rabbitmq_url() -> Iterator[str]:
 def rabbitmq_vhost() -> Iterator[str]:
     """The URL of a new RabbitMQ vhost on the machine's RabbitMQ, deleted when the block ends; skips the test (fails
     it under CI) when RabbitMQ is not there."""
-    if not _reachable("127.0.0.1", 5672) or shutil.which("rabbitmqctl") is None:
+    if not rabbitmq.available():
         if CI:
             pytest.fail("RabbitMQ (and rabbitmqctl) are needed on 127.0.0.1:5672")
         pytest.skip("RabbitMQ is not reachable on 127.0.0.1:5672")
-    vhost = f"relay-test-{uuid.uuid4().hex[:12]}"
-    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True, timeout=60)
-    subprocess.run(
-        ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    try:
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+    with rabbitmq.vhost() as url:
+        yield url
 
 
 def purge_queues(amqp_url: str) -> None:
