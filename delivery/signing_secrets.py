@@ -24,9 +24,12 @@ from delivery import keys
 from delivery.errors import SecretsUnavailable
 from delivery.records import SecretEntry
 from delivery.signing import generate_secret
-from delivery.storage_away import is_away
+from delivery.storage_away import Outages, is_away
 
 log = logging.getLogger("relay.delivery")
+
+# How the operator's secrets are named beside tenants' ("tenant acme") in what this process remembers and logs.
+_OPERATOR = "the operator"
 
 # How long a replaced secret keeps signing beside the new one.
 ROTATION_OVERLAP_S = 24 * 3600.0
@@ -86,17 +89,22 @@ class SecretStore:
         self._redis = redis
         self._remembered = remembered
         self._clock = clock
-        # key -> (when read, on the monotonic clock; the secrets then, newest first)
+        # whose ("tenant acme", "the operator") -> (when read, on the monotonic clock; the secrets then, newest first)
         self._last: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
-        self._stale: set[str] = set()  # keys signed with from memory since their last read (a subset of _last)
+        self._outages = Outages(
+            log,
+            "the signing secrets",
+            fallback="cannot be read ({cause}); signing with the last read until they can",
+            again="are read again",
+        )
 
     async def live(self, tenant: str) -> list[str]:
         """The secrets that sign now; makes the tenant's first secret when it has none."""
-        return await self._live(keys.secrets(tenant))
+        return await self._live(keys.secrets(tenant), f"tenant {tenant}")
 
     async def live_ops(self) -> list[str]:
         """The operator's secrets, that sign operational events; made on first use."""
-        return await self._live(keys.OPS_SECRETS)
+        return await self._live(keys.OPS_SECRETS, _OPERATOR)
 
     async def signing(self, tenant: str) -> list[str]:
         """The secrets to sign a webhook of ``tenant`` with: read now, else (its node away) the last read.
@@ -112,55 +120,43 @@ class SecretStore:
 
     def remember(self, tenant: str, secrets: list[str]) -> None:
         """Keep ``secrets``, read by a step of ``tenant``'s delivery, as the tenant's last read."""
-        key = keys.secrets(tenant)
-        self._keep(key, secrets)
-        self._read_again(key, f"tenant {tenant}")
+        self._keep(f"tenant {tenant}", secrets)
+        self._outages.back(f"tenant {tenant}")
 
     async def _signing(self, key: str, tenant: str | None) -> list[str]:
-        whose = f"tenant {tenant}" if tenant is not None else "the operator"
+        whose = f"tenant {tenant}" if tenant is not None else _OPERATOR
         try:
-            secrets = await self._live(key)
+            secrets = await self._live(key, whose)
         except (RedisError, OSError) as exc:
             if not is_away(exc):
                 raise
             cause = f"{type(exc).__name__}: {exc}"
-            read_at, last = self._last.get(key, (None, []))
+            read_at, last = self._last.get(whose, (None, []))
             if read_at is None or self._clock() - read_at > ROTATION_OVERLAP_S:
                 raise SecretsUnavailable(tenant, cause) from None
-            self._last.move_to_end(key)
-            if key not in self._stale:
-                self._stale.add(key)
-                log.warning(
-                    "the signing secrets of %s cannot be read (%s); signing with the last read until they can",
-                    whose,
-                    cause,
-                )
+            self._last.move_to_end(whose)
+            self._outages.away(whose, exc)
             return list(last)
-        self._read_again(key, whose)
+        self._outages.back(whose)
         return secrets
 
-    def _read_again(self, key: str, whose: str) -> None:
-        if key in self._stale:
-            self._stale.discard(key)
-            log.info("the signing secrets of %s are read again", whose)
-
-    async def _live(self, key: str) -> list[str]:
+    async def _live(self, key: str, whose: str) -> list[str]:
         secrets = live_secrets(await self._redis.get(key))
         if not secrets:
             first = [SecretEntry(secret=generate_secret(), created_at=time.time())]
             await self._redis.set(key, _encode(first), nx=True)
             secrets = live_secrets(await self._redis.get(key))
-        self._keep(key, secrets)
+        self._keep(whose, secrets)
         return secrets
 
-    def _keep(self, key: str, secrets: list[str]) -> None:
+    def _keep(self, whose: str, secrets: list[str]) -> None:
         if not secrets:
             return
-        self._last[key] = (self._clock(), secrets[:REMEMBERED_SECRETS])
-        self._last.move_to_end(key)
+        self._last[whose] = (self._clock(), secrets[:REMEMBERED_SECRETS])
+        self._last.move_to_end(whose)
         while len(self._last) > self._remembered:
             dropped, _ = self._last.popitem(last=False)
-            self._stale.discard(dropped)
+            self._outages.forget(dropped)
 
     async def current(self, tenant: str) -> str:
         return (await self.live(tenant))[0]

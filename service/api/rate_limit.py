@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from delivery import keys
 from delivery.scripts import StepArgs, StepKeys, step, wire
-from delivery.storage_away import is_away
+from delivery.storage_away import Outages, is_away
 
 log = logging.getLogger("relay.api")
 
@@ -101,7 +101,12 @@ class RateLimiter:
         self._burst = max(1.0, rate)
         self._script = _TAKE.bind(redis)
         self._local = LocalBuckets(rate=rate, burst=self._burst, clock=clock or time.monotonic)
-        self._away: set[str] = set()  # tenants limited here since their key was last reached (said once each)
+        self._outages = Outages(
+            log,
+            "the submit rate",
+            fallback="cannot be counted in Redis ({cause}); limiting it in this process until it can",
+            again="is counted across the cluster again",
+        )
 
     async def retry_after_s(self, tenant: str) -> int | None:
         """None when ``tenant`` may submit now (and takes a token), else whole seconds to wait."""
@@ -115,20 +120,10 @@ class RateLimiter:
         except (RedisError, OSError) as exc:
             if not is_away(exc):
                 raise
-            if tenant not in self._away:
-                self._away.add(tenant)
-                log.warning(
-                    "the submit rate of tenant %s cannot be counted in Redis (%s: %s); limiting it in this process "
-                    "until it can",
-                    tenant,
-                    type(exc).__name__,
-                    exc,
-                )
+            self._outages.away(f"tenant {tenant}", exc)
             taken = self._local.take(tenant)
         else:
-            if tenant in self._away:
-                self._away.discard(tenant)
-                log.info("the submit rate of tenant %s is counted across the cluster again", tenant)
+            self._outages.back(f"tenant {tenant}")
         if taken.allowed:
             return None
         return max(1, math.ceil(taken.wait_s))

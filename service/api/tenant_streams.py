@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from delivery import background, keys
 from delivery.redis_batch import batched
 from delivery.scripts import StepArgs, StepKeys, step, wire
-from delivery.storage_away import is_away
+from delivery.storage_away import Outages, is_away
 
 log = logging.getLogger("relay.api")
 
@@ -99,7 +99,12 @@ class TenantStreams:
         # number (entries of tenants with none are dropped, so both stay as small as what is open).
         self._local: dict[str, str] = {}
         self._local_count: dict[str, int] = {}
-        self._away: set[str] = set()  # tenants counted here since their key was last reached (said once each)
+        self._outages = Outages(
+            log,
+            "the stream places",
+            fallback=f"cannot be counted in Redis ({{cause}}); counting them on this node (up to {limit}) until they can",
+            again="are counted across the cluster again",
+        )
         self._refresher: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
 
@@ -122,25 +127,14 @@ class TenantStreams:
             if not is_away(exc):
                 raise
             return self._acquire_here(tenant, member, exc)
-        if tenant in self._away:
-            self._away.discard(tenant)
-            log.info("the stream places of tenant %s are counted across the cluster again", tenant)
+        self._outages.back(f"tenant {tenant}")
         if not int(taken):
             return None
         self._held[member] = tenant
         return member
 
     def _acquire_here(self, tenant: str, member: str, exc: BaseException) -> str | None:
-        if tenant not in self._away:
-            self._away.add(tenant)
-            log.warning(
-                "the stream places of tenant %s cannot be counted in Redis (%s: %s); counting them on this node "
-                "(up to %d) until they can",
-                tenant,
-                type(exc).__name__,
-                exc,
-                self.limit,
-            )
+        self._outages.away(f"tenant {tenant}", exc)
         count = self._local_count.get(tenant, 0)
         if count >= self.limit:
             return None
