@@ -24,6 +24,8 @@ import pika.exceptions
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.errors import ConnectionClosed
 
+from delivery import background
+
 __all__ = ["AmqpLink", "service_interval_s"]
 
 log = logging.getLogger("relay.amqp")
@@ -93,11 +95,8 @@ class AmqpLink:
 
     async def close(self) -> None:
         """Stop servicing, close each lane's connection in its own thread, and let the threads go."""
-        if self._keeper is not None:
-            self._keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keeper
-            self._keeper = None
+        await background.stop(self._keeper)
+        self._keeper = None
         closing = [self._on(lane, self._drop) for lane in self._lanes]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), CLOSE_WAIT_S)

@@ -137,17 +137,15 @@ class RedisEnqueuer(Enqueuer):
     def __init__(self, broker: RedisBroker, redis: aioredis.Redis) -> None:
         super().__init__(broker)
         self._redis = redis
-        step_keys = EnqueueKeys.of(broker, QUEUE)
-        self.queue_key, self.messages_key, self.wake_key = step_keys.queue, step_keys.queue_messages, step_keys.wake
-        self._keys = wire(step_keys)
+        self._queue = EnqueueKeys.of(broker, QUEUE)
         self._enqueue = _ENQUEUE.bind(redis)
 
     def inline(self, task_id: str) -> InlineMessage:
         message_id, body = message_for(QUEUE, ACTOR, task_id)
         return InlineMessage(
-            queue_key=self.queue_key,
-            messages_key=self.messages_key,
-            wake_key=self.wake_key,
+            queue_key=self._queue.queue,
+            messages_key=self._queue.queue_messages,
+            wake_key=self._queue.wake,
             message_id=message_id,
             body=body,
         )
@@ -159,7 +157,7 @@ class RedisEnqueuer(Enqueuer):
         for task_id in task_ids:
             message_id, body = message_for(QUEUE, ACTOR, task_id)
             messages += [message_id, body]
-        await self._enqueue(keys=self._keys, args=wire(EnqueueArgs(messages=messages)))
+        await self._enqueue(keys=wire(self._queue), args=wire(EnqueueArgs(messages=messages)))
 
 
 def enqueuer_for(broker: dramatiq.Broker, redis: aioredis.Redis, settings: Settings) -> Enqueuer:
