@@ -11,11 +11,7 @@
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
 -- Scores moved: sending owed webhooks frees their stored events once recorded.
 redis.call('ZREM', KEYS[1], '')
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-if ARGV[1] ~= '' then
-    now = tonumber(ARGV[1])
-end
+local now = redis_now(ARGV[1])
 local lease_until = now + tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}

@@ -5,9 +5,8 @@
 -- index is every destination of a partition, or a tenant's; key_head and key_tail are what goes before and after an
 -- id in its keys' names
 -- Returns {healthy, degraded, open, paused, owed, held}.
--- Leases live in flight until a time by Redis's clock (see redis_now in destination.lua): read by it.
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+-- Leases live in flight until a time by Redis's clock (see redis_now in clock.lua): read by it.
+local now_ms = math.floor(redis_now(nil) * 1000)
 local counts = {healthy = 0, degraded = 0, open = 0, paused = 0}
 local owed, held = 0, 0
 local cursor = '0'

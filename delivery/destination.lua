@@ -17,18 +17,6 @@
 local NOW, NOW_MS, DEFAULT_MAX, THRESHOLD, PROBE_S, IDLE_TTL, LEASE_MS, SPAN_S
 local MAX_PROBE_S = 300
 
--- Now, in unix seconds, by Redis's own clock. Every time a step writes (a webhook's due time, a lease, a breaker's
--- probe time, a rate bucket's) is written and later read by the clock of the Redis that holds it, so within a
--- partition one clock decides, however far apart the hosts' clocks are. given: a time that stands in for it (a
--- test's; '' or nil for Redis's). One TIME per step: a read, which a full store lets through.
-local function redis_now(given)
-    if given ~= nil and given ~= '' then
-        return tonumber(given)
-    end
-    local t = redis.call('TIME')
-    return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-
 -- now: unix time ('' for Redis's clock: see redis_now); settings: "max_in_flight threshold probe_s idle_ttl_s
 -- lease_s retry_span_s" (one string, so that a script call carries two arguments for them, not seven).
 local function dst_init(now, settings)

@@ -4,8 +4,7 @@
 -- ARGV (MembershipArgs): op, member, ttl_s
 -- op 'beat' renews member's heartbeat for ttl_s and drops those expired; 'read' (member and ttl_s empty) only reads
 -- Returns the members alive.
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now = redis_now(nil)
 if ARGV[1] == 'beat' then
     redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)

@@ -7,11 +7,7 @@
 -- An event whose delivery is already owed (a replay in flight) is left alone; one replayed gets its 'replayed' step
 -- in its task's steps (beside the attempts, kept as long).
 -- Returns one 1 (replayed) or 0 (already in flight) per event, in order.
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-if ARGV[1] ~= '' then
-    now = tonumber(ARGV[1])
-end
+local now = redis_now(ARGV[1])
 local out = {}
 local replayed = 0
 local n = 0

@@ -1,6 +1,7 @@
 """Every Lua step Relay runs, loaded one way.
 
-A step is a ``.lua`` file beside the module that runs it, read once at import: ``step(__file__, "ack.lua")``. The
+A step is a ``.lua`` file beside the module that runs it, read once at import: ``step(__file__, "ack.lua")``. Every
+step starts with ``redis_now()`` (``delivery/clock.lua``): the times a step writes and compares are Redis's. The
 steps that move a destination's flow or a task's line of webhooks (``flow=True``) start with the functions they
 share (``delivery/destination.lua``, ``delivery/task_line.lua``) and with the names of their partition's keys,
 derived from the step's first key: every key of a partition carries its hash tag, so a name built from it stays in
@@ -33,6 +34,8 @@ _HERE = Path(__file__).parent
 _ROOT = _HERE.parent
 # The functions shared by the steps of destinations and of tasks' webhook lines.
 _FLOW_FUNCTIONS = ("destination.lua", "task_line.lua")
+# What every step starts with: redis_now(), Redis's own clock.
+_CLOCK = (_HERE / "clock.lua").read_text()
 
 
 class StepKeys(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -130,11 +133,10 @@ def step(
     """
     path = Path(beside).parent / name
     body = path.read_text()
-    text = (
-        "\n".join([_flow_prelude(), *((_HERE / shared).read_text() for shared in _FLOW_FUNCTIONS), body])
-        if flow
-        else body
-    )
+    parts = [_CLOCK]
+    if flow:
+        parts += [_flow_prelude(), *((_HERE / shared).read_text() for shared in _FLOW_FUNCTIONS)]
+    text = "\n".join([*parts, body])
     try:
         shown = str(path.resolve().relative_to(_ROOT.resolve()))
     except ValueError:

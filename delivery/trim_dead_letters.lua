@@ -4,9 +4,5 @@
 -- index is a dead-letter index (sorted set: id -> unix ms the letter died, the time it shows); now is unix s, or ''
 -- for Redis's clock (which expires the records: any worker's trim agrees)
 -- Returns how many entries were dropped.
-local now = tonumber(ARGV[2])
-if ARGV[2] == '' then
-    local clock = redis.call('TIME')
-    now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-end
+local now = redis_now(ARGV[2])
 return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', (now - tonumber(ARGV[1])) * 1000)

@@ -6,11 +6,7 @@
 -- Every API process fills the same bucket: Redis's clock times it, not theirs (one ahead would refill it early).
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-if ARGV[3] == '' then
-    local clock = redis.call('TIME')
-    now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-end
+local now = redis_now(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now

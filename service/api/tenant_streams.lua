@@ -8,11 +8,7 @@
 -- 'take': member (the place to take), limit (the tenant's)
 -- 'refresh': members (XX: a place given back meanwhile stays gone)
 -- Returns for take 1 when taken (or already held), 0 when the tenant has its limit open already; for refresh 1.
-local now = tonumber(ARGV[2])
-if ARGV[2] == '' then
-    local clock = redis.call('TIME')
-    now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-end
+local now = redis_now(ARGV[2])
 if ARGV[1] == 'refresh' then
     local expires_at = now + tonumber(ARGV[3])
     for i = 7, #ARGV do

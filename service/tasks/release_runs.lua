@@ -10,11 +10,7 @@
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
 -- A stopping worker gives its runs back however full the store is.
 redis.call('ZREM', KEYS[1], '')
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-if ARGV[3] ~= '' then
-    now = tonumber(ARGV[3])
-end
+local now = redis_now(ARGV[3])
 local released = 0
 for i = 4, #ARGV, 4 do
     local task_id, token, read, given_back = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]

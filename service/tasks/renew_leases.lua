@@ -9,8 +9,7 @@
 -- through at maxmemory (see delivery/store_refusals.py for why this step may, and which may not).
 -- Else a run waiting for memory to write its end would lose its lease, and its task would run twice.
 redis.call('ZREM', KEYS[1], '')
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now = redis_now(nil)
 local owed_until = now + tonumber(ARGV[2]) / 1000
 local lost = {}
 for i = 3, #ARGV, 2 do

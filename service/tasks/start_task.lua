@@ -19,7 +19,6 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     return {'leased'}
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now = redis_now(nil)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]) / 1000, ARGV[1])
 return {'run', record}

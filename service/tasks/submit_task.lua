@@ -67,8 +67,7 @@ if ARGV[17] ~= '1' then
 end
 -- Now by Redis's clock: every time a later step compares (the owed-by time, the scheduled time, the open tasks'
 -- expiry) is written by the clock that reads it, whatever the API host's clock says.
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now = redis_now(nil)
 local now_ms = now * 1000
 local run_at = ARGV[14]
 if ARGV[9] ~= '' then

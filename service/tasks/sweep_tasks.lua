@@ -13,11 +13,7 @@
 redis.call('ZREM', KEYS[1], '')
 -- Deadlines are written by Redis's clock, so they are read by it: however far a worker's clock is off, it neither
 -- enqueues a task early (it would run twice) nor late. (A given now is a test's.)
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-if ARGV[1] ~= '' then
-    now = tonumber(ARGV[1])
-end
+local now = redis_now(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
 for _, task_id in ipairs(due) do

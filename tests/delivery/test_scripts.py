@@ -31,7 +31,7 @@ STEP_MODULES = (
     "service.tasks.store",
 )
 # Files of functions that steps start with, not steps themselves.
-SHARED_FUNCTIONS = {"delivery/destination.lua", "delivery/task_line.lua"}
+SHARED_FUNCTIONS = {"delivery/clock.lua", "delivery/destination.lua", "delivery/task_line.lua"}
 
 
 def loaded_steps() -> list[Step]:
