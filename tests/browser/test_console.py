@@ -12,15 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import CI
+from tests.browser.playwright_guard import expect
 from tests.support import Receiver, run_receiver, wait_dead_letter, wait_until, webhook_attempts
-
-try:
-    from playwright.sync_api import expect
-except ImportError as exc:  # a dev extra: missing only where setup did not run
-    if CI:
-        raise
-    pytest.skip(f"playwright is not installed ({exc})", allow_module_level=True)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page

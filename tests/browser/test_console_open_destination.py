@@ -11,17 +11,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import CI
+from tests.browser.playwright_guard import expect
 from tests.integration.conftest import relay_for_many_tests
 from tests.integration.test_destinations import destination_of
 from tests.support import run_receiver, wait_dead_letter
-
-try:
-    from playwright.sync_api import expect
-except ImportError as exc:  # a dev extra: missing only where setup did not run
-    if CI:
-        raise
-    pytest.skip(f"playwright is not installed ({exc})", allow_module_level=True)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -8,14 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import CI
-
-try:
-    from playwright.sync_api import expect
-except ImportError as exc:  # a dev extra: missing only where setup did not run
-    if CI:
-        raise
-    pytest.skip(f"playwright is not installed ({exc})", allow_module_level=True)
+from tests.browser.playwright_guard import expect
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
