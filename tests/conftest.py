@@ -17,7 +17,7 @@ import redis.asyncio.cluster as aiocluster
 from delivery.redis_client import connect
 from service.processes import RedisServer
 from tests import slot_check
-from tests.cluster import ClusterUnavailable, LocalCluster
+from tests.cluster import ClusterUnavailable, LocalCluster, free_ports
 from tests.slot_check import ClusterNode, checked_scripts
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -75,6 +75,15 @@ def slot_checked() -> Iterator[None]:
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """An asyncio client of the flushed Redis, made as Relay makes its own."""
     client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def away() -> AsyncIterator[aioredis.Redis]:
+    """A client of a port where nothing listens: every command is refused, as by a node that is away."""
+    (port,) = free_ports(1)
+    client = connect(f"redis://127.0.0.1:{port}", retries=0)
     yield client
     await client.aclose()
 

@@ -4,7 +4,6 @@ outage), none for a process that never read them, and no more tenants kept than 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,17 +13,7 @@ from delivery.errors import SecretsUnavailable
 from delivery.redis_client import connect
 from delivery.signing_secrets import ROTATION_OVERLAP_S, SecretStore, read_apart
 from service.processes import RedisServer
-from tests.cluster import free_ports
 from tests.service.api.conftest import Clock
-
-
-@pytest.fixture
-async def away() -> AsyncIterator[aioredis.Redis]:
-    """A client of a port where nothing listens: every command is refused."""
-    (port,) = free_ports(1)
-    client = connect(f"redis://127.0.0.1:{port}", retries=0)
-    yield client
-    await client.aclose()
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture, whose: str) -> list[logging.LogRecord]:

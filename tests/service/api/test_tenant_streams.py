@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +17,6 @@ from delivery.redis_client import connect
 from service.api.state import ApiState
 from service.api.tenant_streams import TenantStreams
 from service.processes import RedisServer
-from tests.cluster import free_ports
 from tests.service.api.conftest import Clock
 
 
@@ -85,15 +84,6 @@ async def test_a_stream_that_never_starts_leaves_its_place_to_expire(redis: aior
     await places.refresh()  # a refresh would keep a place it still held alive past its first 60 s
     clock.now += 40
     assert await places.acquire("acme") is not None
-
-
-@pytest.fixture
-async def away() -> AsyncIterator[aioredis.Redis]:
-    """A client of a port where nothing listens: the tenant's key is on a node that is away."""
-    (port,) = free_ports(1)
-    client = connect(f"redis://127.0.0.1:{port}", retries=0)
-    yield client
-    await client.aclose()
 
 
 async def test_with_the_tenants_key_away_places_are_counted_on_this_node_up_to_the_limit(
