@@ -42,6 +42,9 @@ EXIT_FORCED = 4
 POLL_MS = 100
 # Past this long after SIGTERM the process exits whatever is still running.
 HARD_STOP_S = 12.0
+# A SIGTERM this soon after the first is the same stop, not a second one that forces the exit: systemd (and a shell
+# stopping a job) sends it to every process of the group, and the supervisor then passes its own on to each worker.
+SAME_STOP_S = 2.0
 # How often the main thread looks whether a SIGTERM came.
 STOP_POLL_S = 0.1
 LOG_FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
@@ -49,12 +52,17 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
 
 def run(threads: int) -> int:
     signals = 0
+    first_at = 0.0
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        # Only a counter here: a lock taken in a signal handler (an Event's, a Timer's) can be the one the main
-        # thread holds at that moment, and the process would hang.
-        nonlocal signals
+        # Only a counter and a time here: a lock taken in a signal handler (an Event's, a Timer's) can be the one the
+        # main thread holds at that moment, and the process would hang.
+        nonlocal signals, first_at
+        now = time.monotonic()
+        if signals and now - first_at < SAME_STOP_S:
+            return  # the same stop told twice: the process group's SIGTERM, then the supervisor's own
         signals += 1
+        first_at = first_at or now
         if signals > 1:
             os._exit(EXIT_FORCED)
 

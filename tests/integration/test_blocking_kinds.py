@@ -3,7 +3,9 @@ go on, its run keeps its lease and runs once, its time limit stops it; and runs 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -160,7 +162,10 @@ def test_a_kind_that_blocks_past_its_time_limit_ends_failed_once(start_relay: St
 
 
 @pytest.mark.slow  # a worker stopped mid-run
-def test_a_run_given_back_at_a_stop_shows_queued_and_reruns_as_the_next_attempt(start_relay: StartRelay) -> None:
+@pytest.mark.parametrize("whom", ["supervisor", "group"])
+def test_a_run_given_back_at_a_stop_shows_queued_and_reruns_as_the_next_attempt(
+    start_relay: StartRelay, whom: str
+) -> None:
     api = Api(start_relay("api").url)
     worker = start_relay("worker")
     try:
@@ -170,6 +175,11 @@ def test_a_run_given_back_at_a_stop_shows_queued_and_reruns_as_the_next_attempt(
             message="the task to run and report progress",
         )
 
+        if whom == "group":
+            # As systemd stops a service (and a shell its job): SIGTERM to every process at once, the supervisor's
+            # own SIGTERM to each worker process following it.
+            assert worker.process is not None
+            os.killpg(worker.process.pid, signal.SIGTERM)
         assert worker.stop() == 0  # a clean stop: the run is cancelled after the grace and given back
 
         waiting = api.task(task["id"])
