@@ -72,6 +72,8 @@ def test_the_overview_moves_while_tasks_run(
     )
     expect(page.locator("#storage-rows tr")).to_have_count(1)
     expect(page.locator("#storage-rows tr td").nth(1)).to_have_text("master")
+    # Each cell names its column, which a phone shows beside it (the header row is hidden there).
+    expect(page.locator("#storage-rows tr td").nth(1)).to_have_attribute("data-label", "role")
     expect(page.locator("#storage-processes")).to_contain_text("Workers alive: 1. API processes alive: 1.")
     page.screenshot(path=str(shots / "overview-desktop.png"), full_page=True)
 

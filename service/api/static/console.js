@@ -245,6 +245,7 @@ async function loadStorage() {
     ];
     row.append(...cells);
     rows.append(row);
+    labelCells(row);
   }
   $("storage-processes").textContent =
     `Workers alive: ${alive(view.workers)}. API processes alive: ${alive(view.api_nodes)}. ` +
