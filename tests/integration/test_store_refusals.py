@@ -171,7 +171,8 @@ def test_a_full_store_refuses_new_work_and_ends_all_accepted_work_once_memory_is
         wait_until(lambda: relay.client.get("/ready", key=None).status_code == 200, timeout_s=10)
         wait_until(lambda: relay.client.post("/v1/tasks", json={"kind": "echo"}).status_code == 202, timeout_s=5)
         # And its end, which an alert can clear on: each "full" is followed by "takes new work again", the last one
-        # included.
+        # included. The API writes its log from a thread of its own, so the line may follow the answers by a moment.
+        wait_until(lambda: "takes new work again" in relay.api.output(), timeout_s=5)
         said = [line for line in relay.api.output().splitlines() if "store full:" in line or "takes new work" in line]
         turns = ["full" if "store full:" in line else "again" for line in said]
         assert len(turns) >= 2, said
