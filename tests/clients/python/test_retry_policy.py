@@ -3,6 +3,7 @@ scripted with respx (no Relay): what is retried, with which key, how long it wai
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from relay_client import (
     Retries,
     TaskStatus,
     Unavailable,
+    UnexpectedAnswer,
 )
 from relay_client import _core as core
 from relay_client.errors import RateLimited
@@ -202,3 +204,62 @@ def test_a_list_follows_next_cursor_to_the_last_page(mocked: respx.MockRouter) -
     assert ids == ["task_1", "task_2", "task_3"]
     assert [call.request.url.params.get("limit") for call in route.calls] == ["2", "2"]
     assert route.calls[1].request.url.params["status"] == "queued"
+
+
+def _sse(*events: tuple[int, str]) -> bytes:
+    chunks = [b'event: subscribed\ndata: {"type":"subscribed","task_id":"task_1"}\n\n', b": keepalive\n\n"]
+    for seq, kind in events:
+        event = {
+            "id": f"evt_{seq}",
+            "type": kind,
+            "task_id": "task_1",
+            "seq": seq,
+            "created_at": "2026-12-07T00:00:00Z",
+            "data": {},
+        }
+        chunks.append(f"id: {seq}\nevent: {kind}\ndata: {json.dumps(event)}\n\n".encode())
+    return b"".join(chunks)
+
+
+def test_a_stream_that_ends_early_is_resumed_after_the_last_event_and_gives_each_once(
+    mocked: respx.MockRouter,
+) -> None:
+    route = mocked.get("/v1/tasks/task_1/stream").mock(
+        side_effect=[
+            httpx.Response(200, content=_sse((1, "task.progress"), (2, "task.progress"))),  # then the connection ends
+            httpx.ReadError("dropped"),
+            httpx.Response(503, json={"status_code": 503, "detail": "restarting"}, headers={"Retry-After": "0"}),
+            # The server may send again what the client saw (a resume point it keeps): handed on once only.
+            httpx.Response(200, content=_sse((2, "task.progress"), (3, "task.progress"), (4, "task.completed"))),
+        ]
+    )
+    with Relay(URL, "key", retries=FAST) as relay:
+        seqs = [event.seq for event in relay.tasks.stream("task_1")]
+
+    assert seqs == [1, 2, 3, 4]
+    assert [call.request.headers.get("last-event-id") for call in route.calls] == [None, "2", "2", "2"]
+
+
+def test_a_stream_resumed_after_its_final_event_ends_on_the_204(mocked: respx.MockRouter) -> None:
+    route = mocked.get("/v1/tasks/task_1/stream").mock(return_value=httpx.Response(204))
+    with Relay(URL, "key") as relay:
+        assert list(relay.tasks.stream("task_1", after_seq=4)) == []
+    assert route.calls[0].request.headers["last-event-id"] == "4"
+
+
+async def test_the_async_stream_resumes_the_same_way(mocked: respx.MockRouter) -> None:
+    mocked.get("/v1/tasks/task_1/stream").mock(
+        side_effect=[
+            httpx.Response(200, content=_sse((1, "task.progress"))),
+            httpx.Response(200, content=_sse((1, "task.progress"), (2, "task.failed"))),
+        ]
+    )
+    async with AsyncRelay(URL, "key", retries=FAST) as relay:
+        seqs = [event.seq async for event in relay.tasks.stream("task_1")]
+    assert seqs == [1, 2]
+
+
+def test_an_answer_the_client_cannot_read_is_an_unexpected_answer(mocked: respx.MockRouter) -> None:
+    mocked.get("/v1/tasks/task_1").mock(return_value=httpx.Response(200, text="<html>a proxy's page</html>"))
+    with Relay(URL, "key") as relay, pytest.raises(UnexpectedAnswer):
+        relay.tasks.get("task_1")

@@ -23,6 +23,7 @@ from relay_client.errors import (
     TransportError,
     Unauthorized,
     Unavailable,
+    UnexpectedAnswer,
     WaitTimeout,
     WebhookVerificationError,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "UnexpectedAnswer",
     "WaitTimeout",
     "WebhookVerificationError",
     "__version__",

@@ -203,7 +203,10 @@ class Call(Generic[T]):
     def decode(self, content: bytes) -> T:
         if self.answer is None:
             return None  # type: ignore[return-value]  # Call[None]
-        return msgspec.json.decode(content, type=self.answer)
+        try:
+            return msgspec.json.decode(content, type=self.answer)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise errors.UnexpectedAnswer(f"{self.method} {self.path}: {exc}") from None
 
     def with_params(self, **params: str) -> Call[T]:
         return replace(self, params={**self.params, **params})
@@ -497,7 +500,10 @@ class StreamFollow:
             raise errors.Unavailable(503, f"the stream of task {self.task_id} broke off: {message.data}")
         if message.event == "subscribed" or (message.event == "message" and not message.data):
             return None
-        event = _event.decode(message.data)
+        try:
+            event = _event.decode(message.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise errors.UnexpectedAnswer(f"the stream of task {self.task_id}: {exc}") from None
         if event.seq <= self.last_seq:
             return None  # already handed on before a reconnect
         self.last_seq = event.seq

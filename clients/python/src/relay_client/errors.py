@@ -14,6 +14,7 @@ RelayError                      everything below; catch this to catch any of the
 │   ├── ConnectError            no connection could be made
 │   └── RequestTimeout          connected, but no answer in time
 ├── WaitTimeout                 ``wait`` gave up before the task ended (the task goes on)
+├── UnexpectedAnswer            a 2xx answer this client cannot read (a proxy's page, a much newer Relay)
 └── WebhookVerificationError    a webhook whose signature, timestamp or body does not verify
 
 Submissions and reads are retried (same ``Idempotency-Key``) on transport errors, 429 and 503 before any of those
@@ -36,6 +37,7 @@ __all__ = [
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "UnexpectedAnswer",
     "WaitTimeout",
     "WebhookVerificationError",
 ]
@@ -125,6 +127,10 @@ class WaitTimeout(RelayError, TimeoutError):
         super().__init__(f"task {task_id} did not end within {timeout_s:g} s")
         self.task_id = task_id
         self.timeout_s = timeout_s
+
+
+class UnexpectedAnswer(RelayError):
+    """Relay (or something in front of it) answered 2xx with a body that is not what this call returns."""
 
 
 class WebhookVerificationError(RelayError):
