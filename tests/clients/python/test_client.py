@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import httpx
@@ -310,3 +311,44 @@ def test_an_unknown_key_is_unauthorized_and_a_tenants_key_is_forbidden_the_ops_p
         stranger.tasks.submit("echo", 1)
     with Relay(shared.api.url, TENANT_KEY) as tenant, pytest.raises(relay_client.Forbidden):
         tenant.ops.cluster()
+
+
+class _ForwardingProxy(BaseHTTPRequestHandler):
+    """A plain HTTP proxy: takes ``METHOD http://host/path``, notes it, and forwards it (answers buffered)."""
+
+    seen: list[str]
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.seen.append(f"{self.command} {self.path}")
+        hop_by_hop = {"host", "proxy-connection", "connection", "content-length", "keep-alive"}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in hop_by_hop}
+        answer = httpx.request(self.command, self.path, headers=headers, content=body, timeout=30, trust_env=False)
+        self.send_response(answer.status_code)
+        for name in ("content-type", "retry-after"):
+            if name in answer.headers:
+                self.send_header(name, answer.headers[name])
+        self.send_header("content-length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_proxy_given_in_code_carries_every_request(shared: RelayProcesses) -> None:
+    seen: list[str] = []
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), type("Proxy", (_ForwardingProxy,), {"seen": seen}))
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        with Relay(shared.api.url, TENANT_KEY, proxy=f"http://127.0.0.1:{proxy.server_address[1]}") as relay:
+            done = relay.tasks.submit("echo", "proxied").wait(timeout=20)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+    assert done.result == "proxied"
+    assert seen[0] == f"POST {shared.api.url}/v1/tasks"
+    assert f"GET {shared.api.url}/v1/tasks/{done.id}/stream" in seen
