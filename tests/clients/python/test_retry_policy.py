@@ -21,8 +21,8 @@ from relay_client import (
     TaskStatus,
     Unavailable,
     UnexpectedAnswer,
+    _retry,
 )
-from relay_client import _core as core
 from relay_client.errors import RateLimited
 
 URL = "http://relay.test"
@@ -38,10 +38,10 @@ class FakeClock:
         return self.now
 
 
-def retrier(policy: Retries | None = None, *, safe: bool = True) -> tuple[core.Retrier, FakeClock]:
+def retrier(policy: Retries | None = None, *, safe: bool = True) -> tuple[_retry.Retrier, FakeClock]:
     """The decisions of one call, on a clock the test moves and a seeded random source."""
     clock = FakeClock()
-    return core.Retrier(policy or Retries(), safe=safe, clock=clock, rng=random.Random(7)), clock
+    return _retry.Retrier(policy or Retries(), safe=safe, clock=clock, rng=random.Random(7)), clock
 
 
 def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
@@ -79,10 +79,10 @@ def test_only_errors_a_retry_can_fix_are_retried_and_only_for_calls_safe_to_repe
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
-    assert core.retry_after_s("2") == 2
-    assert core.retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480) == 10
-    assert core.retry_after_s("soon") is None
-    assert core.retry_after_s(None) is None
+    assert _retry.retry_after_s("2") == 2
+    assert _retry.retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480) == 10
+    assert _retry.retry_after_s("soon") is None
+    assert _retry.retry_after_s(None) is None
 
 
 @pytest.fixture

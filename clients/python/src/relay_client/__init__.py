@@ -7,7 +7,8 @@ Wire types are in :mod:`relay_client.types`; errors in :mod:`relay_client.errors
 from __future__ import annotations
 
 from relay_client._async import AsyncRelay, AsyncSubmittedTask
-from relay_client._core import DEFAULT_RETRIES, NO_RETRIES, Retries, __version__
+from relay_client._core import __version__
+from relay_client._retry import DEFAULT_RETRIES, NO_RETRIES, Retries
 from relay_client._sync import Relay, SubmittedTask
 from relay_client.errors import (
     ApiError,

@@ -14,6 +14,8 @@ import httpx
 import msgspec
 
 from relay_client import _core as core
+from relay_client import _retry as retry
+from relay_client import _sse as sse
 from relay_client import errors
 from relay_client.types import (
     AttemptList,
@@ -64,7 +66,7 @@ class AsyncRelay:
         timeout: float | httpx.Timeout | None = None,
         http_client: httpx.AsyncClient | None = None,
         proxy: str | httpx.Proxy | None = None,
-        retries: core.Retries = core.DEFAULT_RETRIES,
+        retries: retry.Retries = retry.DEFAULT_RETRIES,
     ) -> None:
         if http_client is not None and proxy is not None:
             raise ValueError("give proxy= or http_client=, not both: set the proxy on your own client")
@@ -101,7 +103,7 @@ class AsyncRelay:
     # The I/O: the one place that sends.
 
     async def _send(self, call: core.Call[T], *, deadline: float | None = None) -> T:
-        retrier = core.Retrier(self._retries, safe=call.safe, deadline=deadline)
+        retrier = retry.Retrier(self._retries, safe=call.safe, deadline=deadline)
         url = self._base_url + call.path
         while True:
             try:
@@ -133,8 +135,8 @@ class AsyncRelay:
                 yield item
             page_call = core.next_page(page_call, page)
 
-    async def _follow(self, follow: core.StreamFollow, *, deadline: float | None = None) -> AsyncIterator[Event]:
-        retrier = core.Retrier(self._retries, safe=True, deadline=deadline)
+    async def _follow(self, follow: sse.StreamFollow, *, deadline: float | None = None) -> AsyncIterator[Event]:
+        retrier = retry.Retrier(self._retries, safe=True, deadline=deadline)
         url = self._base_url + core.stream_path(follow.task_id)
         while not follow.ended:
             cause: BaseException | None = None
@@ -156,7 +158,7 @@ class AsyncRelay:
                             yield event
                             if follow.ended:
                                 return
-                error: errors.RelayError = core.ended_early(follow)
+                error: errors.RelayError = sse.ended_early(follow)
             except httpx.TransportError as exc:
                 error, cause = core.transport_error(exc, "GET", url), exc
             except (errors.RateLimited, errors.Unavailable) as exc:
@@ -278,7 +280,7 @@ class AsyncTasks:
         A dropped connection is resumed after the last event handed to you, so you get each event once, in
         ``seq`` order, none skipped; events already past are sent first. Retries follow the client's policy.
         """
-        return self._relay._follow(core.StreamFollow(task_id, after_seq=after_seq))
+        return self._relay._follow(sse.StreamFollow(task_id, after_seq=after_seq))
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> Task:  # noqa: ASYNC109 -- as Relay's
         """Wait until a task has ended (succeeded, failed or cancelled) and return it.
@@ -291,7 +293,7 @@ class AsyncTasks:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            async for _ in self._relay._follow(core.StreamFollow(task_id), deadline=deadline):
+            async for _ in self._relay._follow(sse.StreamFollow(task_id), deadline=deadline):
                 pass
         except (errors.NotFound, errors.Unauthorized, errors.Forbidden):
             raise

@@ -1,5 +1,5 @@
-"""What ``Relay`` and ``AsyncRelay`` share: every request as data, the retry policy, error mapping, pagination and
-the reading of a task's Server-Sent Events.
+"""What ``Relay`` and ``AsyncRelay`` share: every request as data, error mapping, pagination and timeouts (the
+retry policy is in ``_retry``, the reading of a task's stream in ``_sse``).
 
 Both clients build each request here (a :class:`Call`) and only send it their own way, so the two surfaces cannot
 drift apart: a path, a parameter, a retry rule or an error class is written once.
@@ -7,11 +7,9 @@ drift apart: a path, a parameter, a retry rule or an error class is written once
 
 from __future__ import annotations
 
-import email.utils
-import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -20,6 +18,7 @@ import httpx
 import msgspec
 
 from relay_client import errors
+from relay_client._retry import retry_after_s
 from relay_client.types import (
     AttemptList,
     ClusterView,
@@ -30,7 +29,6 @@ from relay_client.types import (
     DestinationPage,
     DestinationState,
     ErrorBody,
-    Event,
     EventList,
     EventType,
     ReplayOne,
@@ -50,106 +48,12 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_TIMEOUT_S = 30.0
 # A stream sends a comment at least every 15 s: this long without a byte means it is dead, and it is resumed.
 DEFAULT_STREAM_IDLE_S = 45.0
-# Retries of one call stop this long after its first attempt: what is still failing then is raised.
-DEFAULT_RETRY_DEADLINE_S = 60.0
-# The first backoff, doubled after each failure up to the second (each wait jittered between half and all of it).
-DEFAULT_BACKOFF_INITIAL_S = 0.25
-DEFAULT_BACKOFF_MAX_S = 5.0
 # A waiting ``wait`` polls this often when it cannot stream.
 DEFAULT_POLL_INTERVAL_S = 1.0
 
-FINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Retries:
-    """How calls that are safe to repeat (reads and submissions, which always carry an ``Idempotency-Key``) are
-    retried on connection errors, timeouts, 429 and 503: exponential backoff with jitter that waits at least what
-    ``Retry-After`` asks, until ``deadline_s`` after the first attempt. Nothing else is ever retried.
-
-    Attributes:
-        deadline_s: Give up (raise the last error) once this long has passed since the first attempt, or when the
-            next wait would end past it. 0 turns retries off.
-        initial_s: The first backoff.
-        max_s: The longest backoff (a ``Retry-After`` may ask for more, within the deadline).
-    """
-
-    deadline_s: float = DEFAULT_RETRY_DEADLINE_S
-    initial_s: float = DEFAULT_BACKOFF_INITIAL_S
-    max_s: float = DEFAULT_BACKOFF_MAX_S
-
-    def __post_init__(self) -> None:
-        if self.deadline_s < 0 or self.initial_s <= 0 or self.max_s < self.initial_s:
-            raise ValueError("Retries: need deadline_s >= 0 and 0 < initial_s <= max_s")
-
-
-DEFAULT_RETRIES = Retries()
-NO_RETRIES = Retries(deadline_s=0)
-
-
-class Retrier:
-    """The retry decisions of one call: after each failure, how long to wait before the next attempt, or None to
-    give up. Pure apart from its clock and random source, which tests pass in.
-    """
-
-    def __init__(
-        self,
-        policy: Retries,
-        *,
-        safe: bool,
-        deadline: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._policy = policy
-        self._safe = safe
-        self._clock = clock
-        self._rng = rng or random.Random()
-        self._outer_deadline = deadline
-        self.reset()
-
-    def reset(self) -> None:
-        """Progress was made (a stream delivered events): the backoff and the deadline start again."""
-        self._failures = 0
-        own = self._clock() + self._policy.deadline_s
-        self._deadline = own if self._outer_deadline is None else min(own, self._outer_deadline)
-
-    def delay_s(self, error: errors.RelayError) -> float | None:
-        """The wait before retrying after ``error``, or None when it must be raised."""
-        if not self._safe or not retryable(error):
-            return None
-        base = min(self._policy.max_s, self._policy.initial_s * 2.0**self._failures)
-        self._failures += 1
-        wait = base / 2 + self._rng.uniform(0, base / 2)
-        if isinstance(error, errors.RateLimited | errors.Unavailable) and error.retry_after_s is not None:
-            wait = max(wait, error.retry_after_s)
-        if self._clock() + wait > self._deadline:
-            return None
-        return wait
-
-
-def retryable(error: errors.RelayError) -> bool:
-    """Whether trying the same request again may fix ``error`` (for a request that is safe to repeat)."""
-    return isinstance(error, (errors.TransportError, errors.RateLimited, errors.Unavailable))
-
-
-def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 _STATUS_ERRORS: dict[int, type[errors.ApiError]] = {
@@ -426,99 +330,6 @@ def next_events_page(call: Call[EventList], page: EventList) -> Call[EventList] 
     """The call for the events after ``page``, or None on the last page."""
     after = page.next_after_seq
     return None if after is None or not page.events else call.with_params(after_seq=str(after))
-
-
-# Server-Sent Events.
-
-
-@dataclass(slots=True)
-class SseMessage:
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-
-
-class SseDecoder:
-    """Turns the lines of ``text/event-stream`` (without their line ends) into messages, as the HTML standard
-    says: ``field: value`` lines, ``:`` comments, a blank line ends a message."""
-
-    def __init__(self) -> None:
-        self._event = ""
-        self._data: list[str] = []
-        self._id: str | None = None
-
-    def line(self, line: str) -> SseMessage | None:
-        if not line:
-            if not self._data and not self._event:
-                return None
-            message = SseMessage(event=self._event or "message", data="\n".join(self._data), id=self._id)
-            self._event, self._data, self._id = "", [], None
-            return message
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        return None
-
-
-_event = msgspec.json.Decoder(Event)
-
-
-class StreamFollow:
-    """What a stream of one task has delivered so far, so that a new connection resumes after the last event seen
-    (``Last-Event-ID``) and nothing is handed on twice or skipped."""
-
-    def __init__(self, task_id: str, *, after_seq: int = 0) -> None:
-        self.task_id = task_id
-        self.last_seq = after_seq
-        self.ended = False
-        self._decoder = SseDecoder()
-
-    def headers(self) -> dict[str, str]:
-        """Headers of the next connection: resume after the last event seen."""
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
-        if self.last_seq:
-            headers["Last-Event-ID"] = str(self.last_seq)
-        return headers
-
-    def connected(self) -> None:
-        """A new connection: whatever the last one left half-read is dropped (its events will be sent again)."""
-        self._decoder = SseDecoder()
-
-    def line(self, line: str) -> Event | None:
-        """Feed one line; returns an Event the first time its seq is seen, after every earlier one."""
-        message = self._decoder.line(line)
-        if message is None:
-            return None
-        if message.event == "error":
-            raise errors.Unavailable(503, f"the stream of task {self.task_id} broke off: {message.data}")
-        if message.event == "subscribed" or (message.event == "message" and not message.data):
-            return None
-        try:
-            event = _event.decode(message.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise errors.UnexpectedAnswer(f"the stream of task {self.task_id}: {exc}") from None
-        if event.seq <= self.last_seq:
-            return None  # already handed on before a reconnect
-        self.last_seq = event.seq
-        if event.type in FINAL_EVENT_TYPES:
-            self.ended = True
-        return event
-
-    def finished_without_body(self) -> None:
-        """A 204: the stream has nothing more (its final event was seen before)."""
-        self.ended = True
-
-
-def ended_early(follow: StreamFollow) -> errors.TransportError:
-    """A stream that ended before its task's final event (the server shut down, or this reader fell behind)."""
-    return errors.TransportError(f"the stream of task {follow.task_id} ended before the task's final event")
 
 
 # Timeouts and deadlines.
