@@ -195,7 +195,7 @@ def _is_error_body(response: object) -> bool:
 
 
 def _examples(named: Sequence[Named]) -> dict[str, Example | Reference]:
-    return {example.name: Example(summary=example.summary, value=example.value) for example in named}
+    return {example.name: example.example() for example in named}
 
 
 def _add_examples(operation: Operation) -> None:

@@ -8,10 +8,12 @@ characters), times are RFC 3339 in UTC, secrets look like secrets and are none.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from litestar.openapi.spec import Example
 
 from schemas.api import ErrorBody, SigningSecret
 from schemas.cluster import ClusterView, StorageNode
@@ -28,6 +30,7 @@ __all__ = [
     "REQUEST_EXAMPLES",
     "RESPONSE_EXAMPLES",
     "WEBHOOK_EXAMPLES",
+    "ExactExample",
     "Named",
 ]
 
@@ -62,6 +65,20 @@ class Named(msgspec.Struct, frozen=True):
     name: str
     summary: str
     value: Any
+
+    def example(self) -> Example:
+        return ExactExample(summary=self.summary, value=self.value)
+
+
+@dataclass
+class ExactExample(Example):
+    """An Example whose value the document shows as it is: Litestar leaves out every null of a spec object when it
+    writes the document, values of an example included, and a null an example's schema requires is part of it."""
+
+    def to_schema(self) -> dict[str, Any]:
+        schema = super().to_schema()
+        schema["value"] = self.value
+        return schema
 
 
 # --- Tasks -----------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ makes Relay do (read from :func:`delivery.policy.decide` and :mod:`delivery.ops_
 from __future__ import annotations
 
 from litestar.openapi.spec import (
-    Example,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
@@ -24,7 +23,7 @@ from litestar.openapi.spec import (
 )
 
 from schemas.events import EventType
-from service.api.openapi_examples import OPS_EVENT_EXAMPLES, WEBHOOK_EXAMPLES
+from service.api.openapi_examples import OPS_EVENT_EXAMPLES, WEBHOOK_EXAMPLES, ExactExample
 
 __all__ = ["WEBHOOKS_TAG", "webhooks"]
 
@@ -176,7 +175,7 @@ def _task_webhook(event_type: EventType) -> PathItem:
                     "application/json": OpenAPIMediaType(
                         schema=body,
                         examples={
-                            event_type.value: Example(summary=event_type.value, value=WEBHOOK_EXAMPLES[event_type])
+                            event_type.value: ExactExample(summary=event_type.value, value=WEBHOOK_EXAMPLES[event_type])
                         },
                     )
                 },
@@ -210,7 +209,7 @@ def _ops_webhook(event_type: str, when: str) -> PathItem:
                 content={
                     "application/json": OpenAPIMediaType(
                         schema=body,
-                        examples={event_type: Example(summary=event_type, value=OPS_EVENT_EXAMPLES[event_type])},
+                        examples={event_type: ExactExample(summary=event_type, value=OPS_EVENT_EXAMPLES[event_type])},
                     )
                 },
             ),
