@@ -308,13 +308,17 @@ CLUSTER = ClusterView(
 # --- Errors -----------------------------------------------------------------------------------------------------
 
 
-def _error(status_code: int, detail: str, extra: list[Any] | None = None) -> Any:
-    return msgspec.to_builtins(ErrorBody(status_code=status_code, detail=detail, extra=extra))
+def _error(status_code: int, detail: str, extra: list[dict[str, Any]] | None = None) -> Any:
+    # As the API writes it: without ``extra`` when there is none.
+    body: dict[str, Any] = msgspec.to_builtins(ErrorBody(status_code=status_code, detail=detail, extra=extra))
+    if extra is None:
+        del body["extra"]
+    return body
 
 
 # Every route's error answers unless ERROR_EXAMPLES says otherwise for its operation.
 DEFAULT_ERRORS: dict[int, Any] = {
-    400: _error(400, "the body is not valid JSON: JSON is malformed: invalid character (byte 12)"),
+    400: _error(400, "the body is not valid JSON: JSON is malformed: object keys must be strings (byte 1)"),
     401: _error(401, "unknown API key or admin token"),
     403: _error(403, "this endpoint takes a tenant's API key, not the admin token"),
     404: _error(404, f"no task {TASK_ID}"),
@@ -331,11 +335,7 @@ DEFAULT_ERRORS: dict[int, Any] = {
 }
 _NO_DEAD_LETTER = _error(404, f"no dead letter {DEAD_LETTER_ID}")
 _NO_DESTINATION = _error(404, f"no destination {DESTINATION_ID}")
-_BAD_BODY_FIELD = _error(
-    422,
-    "the body's max_in_flight: Expected `int` <= 1000",
-    [{"message": "Expected `int` <= 1000", "key": "max_in_flight", "source": "body"}],
-)
+_BAD_BODY_FIELD = _error(422, "max_in_flight: expected `int` <= 1000")
 ERROR_EXAMPLES: dict[str, dict[int, Any]] = {
     "tasks_submit": {
         409: _error(409, "a request with this Idempotency-Key and another body is in progress; retry in a moment"),
@@ -348,7 +348,7 @@ ERROR_EXAMPLES: dict[str, dict[int, Any]] = {
     },
     "tasks_cancel": {409: _error(409, f"task {TASK_ID} has already ended (succeeded)")},
     "tasks_stream": {
-        422: _error(422, "header Last-Event-ID: expected the seq of an event, 0 to 9007199254740991, not 'abc'"),
+        422: _error(422, "header Last-Event-ID: expected the seq of an event, 0 to 9007199254740992, not 'abc'"),
         429: _error(
             429,
             "100 streams are open from this address already (RELAY_WS_MAX_PER_CLIENT); close one, or try again later",
@@ -367,8 +367,8 @@ ERROR_EXAMPLES: dict[str, dict[int, Any]] = {
     "dead_letters_replay_bulk": {
         422: _error(
             422,
-            "the body's dry_run: Object missing required field `dry_run`",
-            [{"message": "Object missing required field `dry_run`", "key": "dry_run", "source": "body"}],
+            "the body: Object missing required field `dry_run`",
+            [{"message": "Object missing required field `dry_run`", "key": "data", "source": "body"}],
         )
     },
     "destinations_get": {404: _NO_DESTINATION},

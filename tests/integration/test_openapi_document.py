@@ -66,6 +66,7 @@ UNKNOWN_IDS = {
 }
 TASK_EVENT_TYPES = {"task.completed", "task.failed", "task.cancelled", "task.progress", "task.retrying"}
 STANDARD_WEBHOOK_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature"}
+ERROR = {"$ref": "#/components/schemas/ErrorBody"}
 GENERATE = [sys.executable, "-m", "openapi_python_client", "generate"]
 
 
@@ -161,11 +162,19 @@ def test_each_operation_takes_the_tokens_it_declares_and_refuses_the_others(
         assert names <= set(schemes)
         if path.startswith("/v1/ops/"):
             assert names == {"adminToken"}, f"{method} {path}"
-        answers = {
-            None: _call(shared, document, method, path, None).status_code,
-            "tenantKey": _call(shared, document, method, path, TENANT_KEY).status_code,
-            "adminToken": _call(shared, document, method, path, ADMIN_TOKEN).status_code,
+        responses = {
+            None: _call(shared, document, method, path, None),
+            "tenantKey": _call(shared, document, method, path, TENANT_KEY),
+            "adminToken": _call(shared, document, method, path, ADMIN_TOKEN),
         }
+        answers = {token: response.status_code for token, response in responses.items()}
+        for response in responses.values():  # each answer one the document names, an error an ErrorBody
+            if str(response.status_code) not in operation["responses"]:
+                wrong.append(f"{method} {path} answered {response.status_code}, which it does not declare")
+            elif response.status_code >= 400 and path != "/ready":
+                wrong += [
+                    f"{method} {path} {response.status_code}: {p}" for p in misfits(document, ERROR, response.json())
+                ]
         if not security:
             if answers[None] in (401, 403):
                 wrong.append(f"{method} {path} declares no token but answered {answers[None]} without one")
