@@ -29,6 +29,7 @@ __all__ = [
     "OPS_EVENT_EXAMPLES",
     "REQUEST_EXAMPLES",
     "RESPONSE_EXAMPLES",
+    "SECRET",
     "WEBHOOK_EXAMPLES",
     "ExactExample",
     "Named",

@@ -10,6 +10,10 @@ makes Relay do (read from :func:`delivery.policy.decide` and :mod:`delivery.ops_
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
+import msgspec
 from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIResponse,
@@ -22,8 +26,10 @@ from litestar.openapi.spec import (
     Schema,
 )
 
+from delivery.signing import sign
 from schemas.events import EventType
-from service.api.openapi_examples import OPS_EVENT_EXAMPLES, WEBHOOK_EXAMPLES, ExactExample
+from service import USER_AGENT
+from service.api.openapi_examples import OPS_EVENT_EXAMPLES, SECRET, WEBHOOK_EXAMPLES, ExactExample
 
 __all__ = ["WEBHOOKS_TAG", "webhooks"]
 
@@ -79,44 +85,52 @@ _WHEN: dict[EventType, str] = {
     "until `data.run_at`. Sent only when the submission's `webhook.events` lists `task.retrying`.",
 }
 
-_HEADERS = [
-    Parameter(
-        name="webhook-id",
-        param_in="header",
-        required=True,
-        description="The event's id: the same on every attempt and every replay of this event. Dedupe on it "
-        "(delivery is at least once).",
-        schema=_string("An event id", pattern="^evt_"),
-        example="evt_3b3p4x5tsshdci7uluxwfsgd",
-    ),
-    Parameter(
-        name="webhook-timestamp",
-        param_in="header",
-        required=True,
-        description="When this attempt was sent, in Unix seconds. Refuse one far from your clock (Standard Webhooks "
-        "suggests 5 minutes either way): it is part of what is signed, so an old request replayed fails.",
-        schema=_string("Unix seconds", pattern="^[0-9]+$"),
-        example="1765099800",
-    ),
-    Parameter(
-        name="webhook-signature",
-        param_in="header",
-        required=True,
-        description="`v1,` and the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` under the secret's "
-        "key (the base64 after `whsec_`). While a rotation's old secret still signs (24 h), two signatures, "
-        "space-separated: accept the request when any one matches a secret you hold.",
-        schema=_string("Space-separated signatures", pattern="^v1,[A-Za-z0-9+/=]+( v1,[A-Za-z0-9+/=]+)*$"),
-        example="v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
-    ),
-    Parameter(
-        name="user-agent",
-        param_in="header",
-        required=True,
-        description="`relay/` and Relay's version.",
-        schema=_string("relay/<version>"),
-        example="relay/0.1.0",
-    ),
-]
+
+def _headers(example: dict[str, Any]) -> list[Parameter | Reference]:
+    """The headers of a webhook, their examples those of ``example`` sent at its ``created_at``, signed with the
+    example secret (the one ``GET /v1/signing-secret`` shows): a receiver's verification can be checked against them."""
+    body = msgspec.json.encode(example)  # the bytes Relay sends: compact, in the Event's field order
+    timestamp = int(datetime.fromisoformat(example["created_at"]).timestamp())
+    return [
+        Parameter(
+            name="webhook-id",
+            param_in="header",
+            required=True,
+            description="The event's id: the same on every attempt and every replay of this event. Dedupe on it "
+            "(delivery is at least once).",
+            schema=_string("An event id", pattern="^evt_"),
+            example=example["id"],
+        ),
+        Parameter(
+            name="webhook-timestamp",
+            param_in="header",
+            required=True,
+            description="When this attempt was sent, in Unix seconds. Refuse one far from your clock (Standard "
+            "Webhooks suggests 5 minutes either way): it is part of what is signed, so an old request replayed fails.",
+            schema=_string("Unix seconds", pattern="^[0-9]+$"),
+            example=str(timestamp),
+        ),
+        Parameter(
+            name="webhook-signature",
+            param_in="header",
+            required=True,
+            description="`v1,` and the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` (the body's "
+            "exact bytes) under the secret's key (the base64 after `whsec_`). While a rotation's old secret still "
+            "signs (24 h), two signatures, space-separated: accept the request when any one matches a secret you "
+            "hold. The example is the example body's, sent compact as Relay sends it, under the example secret.",
+            schema=_string("Space-separated signatures", pattern="^v1,[A-Za-z0-9+/=]+( v1,[A-Za-z0-9+/=]+)*$"),
+            example=sign(SECRET, example["id"], timestamp, body),
+        ),
+        Parameter(
+            name="user-agent",
+            param_in="header",
+            required=True,
+            description="`relay/` and Relay's version.",
+            schema=_string("relay/<version>", pattern="^relay/"),
+            example=USER_AGENT,
+        ),
+    ]
+
 
 _TASK_ANSWERS = {
     "2XX": OpenAPIResponse(
@@ -168,7 +182,7 @@ def _task_webhook(event_type: EventType) -> PathItem:
             summary=f"{event_type.value}: Relay POSTs it to the task's webhook.url",
             description=_WHEN[event_type] + " Signed with the tenant's secret (`GET /v1/signing-secret`); the same "
             "Event is the WebSocket's and the stream's payload.",
-            parameters=list(_HEADERS),
+            parameters=_headers(WEBHOOK_EXAMPLES[event_type]),
             request_body=RequestBody(
                 required=True,
                 content={
@@ -203,7 +217,7 @@ def _ops_webhook(event_type: str, when: str) -> PathItem:
             summary=f"{event_type}: Relay POSTs it to RELAY_OPS_WEBHOOK_URL",
             description=when + " Signed with the operator secret (`GET /v1/ops/signing-secret`); `data` is the "
             "destination as it is now.",
-            parameters=list(_HEADERS),
+            parameters=_headers(OPS_EVENT_EXAMPLES[event_type]),
             request_body=RequestBody(
                 required=True,
                 content={

@@ -6,10 +6,12 @@ client generated from it that submits a task and reads it back."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +286,26 @@ def test_the_webhooks_section_describes_every_event_relay_posts(document: dict[s
             assert {"$ref": "#/components/schemas/Event"} in schema["allOf"]
             assert "endpoint_gone" in post["responses"]["410"]["description"]
             assert "Retry-After" in post["responses"]["429"]["description"]
+
+
+def test_each_webhook_example_is_signed_as_the_document_says(document: dict[str, Any]) -> None:
+    """A receiver's author can check their verification against the document alone: each webhook's example headers
+    sign its example body (compact JSON) with the example secret of the route that gives the secret."""
+
+    def secret_of(path: str) -> str:
+        answer = document["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+        return str(example_values(answer)[0]["secret"])
+
+    for name, item in document["webhooks"].items():
+        post = item["post"]
+        secret = secret_of("/v1/ops/signing-secret" if name.startswith("destination.") else "/v1/signing-secret")
+        (body,) = example_values(post["requestBody"]["content"]["application/json"])
+        headers = {p["name"]: p["example"] for p in post["parameters"]}
+        assert headers["webhook-id"] == body["id"]
+        sent_at = datetime.fromtimestamp(int(headers["webhook-timestamp"]), UTC)
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        expected = standardwebhooks.Webhook(secret).sign(body["id"], sent_at, payload)
+        assert headers["webhook-signature"] == expected, name
 
 
 def test_the_webhooks_a_receiver_gets_are_the_ones_described(
