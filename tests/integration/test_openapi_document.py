@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ UNKNOWN_IDS = {
 }
 TASK_EVENT_TYPES = {"task.completed", "task.failed", "task.cancelled", "task.progress", "task.retrying"}
 STANDARD_WEBHOOK_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature"}
+GENERIC_DESCRIPTIONS = {status.description for status in HTTPStatus}
 ERROR = {"$ref": "#/components/schemas/ErrorBody"}
 GENERATE = [sys.executable, "-m", "openapi_python_client", "generate"]
 
@@ -131,6 +133,9 @@ def test_every_operation_has_one_tag_and_every_tag_a_sentence(document: dict[str
             assert len(operation.get("tags", [])) == 1, f"{method} {path}: {operation.get('tags')}"
             used.add(operation["tags"][0])
             assert operation.get("summary"), f"{method} {path} has no summary"
+            for status, response in operation["responses"].items():
+                # Litestar's default is the status's phrase ("Request fulfilled, document follows"): say what it is.
+                assert response["description"] not in GENERIC_DESCRIPTIONS, f"{method} {path} {status}"
     assert used == set(described)
     tags = {path: operation["tags"][0] for _, path, operation in operations(document)}
     assert tags["/v1/signing-secret"] == tags["/v1/signing-secret/rotate"] == "signing secret"

@@ -25,7 +25,13 @@ class DeadLetterController(Controller):
     path = "/v1/dead-letters"
     tags = ["dead letters"]
 
-    @get("/", operation_id="dead_letters_list", summary="Dead letters, newest first", responses=errors())
+    @get(
+        "/",
+        operation_id="dead_letters_list",
+        response_description="A page of dead letters, newest first",
+        summary="Dead letters, newest first",
+        responses=errors(),
+    )
     async def list_dead_letters(
         self,
         state_: NamedDependency[ApiState],
@@ -48,7 +54,13 @@ class DeadLetterController(Controller):
             raise ValidationException(str(exc)) from None
         return DeadLetterPage(items=items, next_cursor=next_cursor)
 
-    @get("/{dl_id:str}", operation_id="dead_letters_get", summary="One dead letter", responses=errors(404, 409))
+    @get(
+        "/{dl_id:str}",
+        operation_id="dead_letters_get",
+        response_description="The dead letter",
+        summary="One dead letter",
+        responses=errors(404, 409),
+    )
     async def read(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
     ) -> DeadLetter:
@@ -57,6 +69,7 @@ class DeadLetterController(Controller):
     @post(
         "/{dl_id:str}/replay",
         operation_id="dead_letters_replay",
+        response_description="Sent again",
         status_code=HTTP_202_ACCEPTED,
         summary="Send a dead letter again",
         description="The same Event (the same `webhook-id`) on a fresh retry schedule. It leaves the dead letters "
@@ -72,6 +85,7 @@ class DeadLetterController(Controller):
     @post(
         "/replay",
         operation_id="dead_letters_replay_bulk",
+        response_description="How many matched, and how many were sent again (0 for a dry run)",
         status_code=HTTP_202_ACCEPTED,
         summary="Replay every dead letter that matches",
         description="`dry_run` is required: `true` counts what matches and sends nothing (`replayed: 0`). A tenant's "
@@ -103,6 +117,7 @@ class DeadLetterController(Controller):
     @delete(
         "/{dl_id:str}",
         operation_id="dead_letters_delete",
+        response_description="Deleted",
         status_code=HTTP_204_NO_CONTENT,
         summary="Delete a dead letter",
         responses=errors(404),

@@ -25,6 +25,7 @@ class DestinationController(Controller):
     @get(
         "/",
         operation_id="destinations_list",
+        response_description="A page of destinations, worst first",
         summary="Destinations, worst first",
         description="`open`, `paused`, `degraded`, `healthy`, then most owed first.",
         responses=errors(),
@@ -49,7 +50,13 @@ class DestinationController(Controller):
             raise ValidationException(str(exc)) from None
         return DestinationPage(items=items, next_cursor=next_cursor)
 
-    @get("/{destination_id:str}", operation_id="destinations_get", summary="One destination", responses=errors(404))
+    @get(
+        "/{destination_id:str}",
+        operation_id="destinations_get",
+        response_description="The destination",
+        summary="One destination",
+        responses=errors(404),
+    )
     async def read(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], destination_id: FromPath[str]
     ) -> Destination:
@@ -58,6 +65,7 @@ class DestinationController(Controller):
     @patch(
         "/{destination_id:str}",
         operation_id="destinations_update",
+        response_description="The destination with its new caps",
         summary="Change a destination's caps",
         description="A field left out is left as it is; `rate_per_s: null` removes the rate.",
         responses=errors(*BODY_ERRORS, 404),
@@ -82,6 +90,7 @@ class DestinationController(Controller):
     @post(
         "/{destination_id:str}/pause",
         operation_id="destinations_pause",
+        response_description="The destination, now paused",
         status_code=200,
         summary="Hold every webhook of a destination",
         responses=errors(404),
@@ -95,6 +104,7 @@ class DestinationController(Controller):
     @post(
         "/{destination_id:str}/resume",
         operation_id="destinations_resume",
+        response_description="The destination, released",
         status_code=200,
         summary="Release a paused destination",
         responses=errors(404),
@@ -109,6 +119,7 @@ class DestinationController(Controller):
 @get(
     "/v1/ops/signing-secret",
     operation_id="ops_signing_secret_get",
+    response_description="The operator secret",
     tags=["operations"],
     security=OPERATOR_ONLY,
     summary="The secret that signs operational events",

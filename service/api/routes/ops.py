@@ -32,7 +32,14 @@ log = logging.getLogger("relay.api")
 READY_TIMEOUT_S = 0.8
 
 
-@get("/health", operation_id="health", tags=["health"], summary="200 while the process runs", exclude_from_auth=True)
+@get(
+    "/health",
+    operation_id="health",
+    response_description="The process runs",
+    tags=["health"],
+    summary="200 while the process runs",
+    exclude_from_auth=True,
+)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -40,6 +47,7 @@ async def health() -> dict[str, str]:
 @get(
     "/ready",
     operation_id="ready",
+    response_description="Ready: every check says ok",
     tags=["health"],
     summary="200 when Redis and the broker answer and the store has its data and takes new work, else 503 with the reason",
     responses={
@@ -89,6 +97,7 @@ async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
 @get(
     "/v1/ops/cluster",
     operation_id="ops_cluster_get",
+    response_description="The storage's nodes, partitions and the processes alive",
     tags=["operations"],
     security=OPERATOR_ONLY,
     summary="The storage's nodes, how Relay's partitions sit on them, the work owed on each, and the processes alive",
@@ -104,6 +113,7 @@ async def cluster(state_: NamedDependency[ApiState], principal: NamedDependency[
 @post(
     "/v1/ops/store/acknowledge",
     operation_id="ops_store_acknowledge",
+    response_description="Whether a loss was there to acknowledge",
     tags=["operations"],
     security=OPERATOR_ONLY,
     summary="Acknowledge that the store lost its data, so that /ready may answer 200 again",
@@ -133,6 +143,7 @@ class _Snapshot:
 @get(
     "/metrics",
     operation_id="metrics",
+    response_description="Prometheus text exposition format",
     tags=["health"],
     summary="Prometheus text exposition",
     description="Cluster-wide figures (tasks, deliveries, dead letters, destinations by state, latency) and this "

@@ -19,6 +19,7 @@ class SigningSecretController(Controller):
     @get(
         "/",
         operation_id="signing_secret_get",
+        response_description="The current secret",
         summary="The secret that signs this tenant's webhooks",
         description="Verify each webhook's `webhook-signature` with it (Standard Webhooks). During a rotation the old "
         "secret signs beside this one for 24 h.",
@@ -33,6 +34,7 @@ class SigningSecretController(Controller):
     @post(
         "/rotate",
         operation_id="signing_secret_rotate",
+        response_description="The new secret",
         status_code=200,
         summary="Rotate the signing secret (the old one signs 24 h more)",
         description="Answers the new secret, which `GET /v1/signing-secret` returns from then on; webhooks carry a "

@@ -62,6 +62,7 @@ _decode_snapshot = msgspec.json.Decoder(_Snapshot).decode
 @get(
     "/v1/stats",
     operation_id="stats_get",
+    response_description="The figures",
     tags=["stats"],
     summary="Figures for dashboards: tasks, deliveries, webhooks owed and held, dead letters, destinations, "
     "queue depth, delivery latency, and their rates over the last minute",

@@ -106,6 +106,7 @@ class TaskController(Controller):
     @post(
         "/tasks",
         operation_id="tasks_submit",
+        response_description="Accepted: the task, queued or scheduled (with the first answer's task again for an Idempotency-Key used before)",
         status_code=HTTP_202_ACCEPTED,
         summary="Submit a task",
         description="Accepted (202) with the task, `queued`, or `scheduled` with `run_at` or `delay_s`. Its events "
@@ -243,7 +244,13 @@ class TaskController(Controller):
         # The broker's own failures are the sweeper's (see ApiState.create_task).
         return stored
 
-    @get("/tasks", operation_id="tasks_list", summary="Tasks, newest first", responses=errors())
+    @get(
+        "/tasks",
+        operation_id="tasks_list",
+        response_description="A page of tasks, newest first",
+        summary="Tasks, newest first",
+        responses=errors(),
+    )
     async def list_tasks(
         self,
         state_: NamedDependency[ApiState],
@@ -267,6 +274,7 @@ class TaskController(Controller):
     @get(
         "/tasks/{task_id:str}",
         operation_id="tasks_get",
+        response_description="The task",
         summary="Read a task",
         security=TASK_READERS,
         responses=errors(404, 409),
@@ -280,6 +288,7 @@ class TaskController(Controller):
     @post(
         "/tasks/{task_id:str}/cancel",
         operation_id="tasks_cancel",
+        response_description="The task, now cancelled (a running one's run stops on its worker within seconds)",
         status_code=HTTP_202_ACCEPTED,
         summary="Cancel a queued or running task (409 when it has ended)",
         responses=errors(
@@ -307,6 +316,7 @@ class TaskController(Controller):
     @get(
         "/tasks/{task_id:str}/events",
         operation_id="tasks_events",
+        response_description="A page of the task's events, oldest first",
         security=TASK_READERS,
         summary="A task's events, oldest first, a page at a time",
         description="Events with `seq > after_seq`, at most `limit`; a page of large events may hold fewer. "
@@ -328,6 +338,7 @@ class TaskController(Controller):
     @get(
         "/tasks/{task_id:str}/stream",
         operation_id="tasks_stream",
+        response_description="The event stream (text/event-stream), until the task's final event",
         security=STREAM_READERS,
         summary="A task's events as Server-Sent Events, live, up to its final event",
         description=(
@@ -413,6 +424,7 @@ class TaskController(Controller):
     @get(
         "/tasks/{task_id:str}/deliveries",
         operation_id="tasks_deliveries",
+        response_description="Every delivery attempt of the task's events, oldest first",
         summary="Every delivery attempt of a task's events, and its webhooks' dead-lettered and replayed steps",
         responses=errors(404, 409),
     )
