@@ -199,6 +199,8 @@ def _examples(named: Sequence[Named]) -> dict[str, Example | Reference]:
 
 
 def _add_examples(operation: Operation) -> None:
+    """The operation's examples by its id: of its request body, of its success answer, of its other answers, and of
+    each error (the route's own where it has one, else the usual one of that status)."""
     op_id = operation.operation_id or ""
     body = operation.request_body
     if op_id in REQUEST_EXAMPLES and body is not None and not isinstance(body, Reference):

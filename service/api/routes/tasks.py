@@ -45,13 +45,7 @@ from schemas.tasks import MAX_SCHEDULE_AHEAD_S, Task, TaskPage, TaskRecord, Task
 from schemas.ws import MAX_SEQ
 from service.api.auth import Principal, Reader, bearer_token, require_tenant, tenant_scope
 from service.api.http_protocol import connection_control
-from service.api.openapi import (
-    BODY_ERRORS,
-    STREAM_READERS,
-    TASK_READERS,
-    TENANT_ONLY,
-    errors,
-)
+from service.api.openapi import BODY_ERRORS, STREAM_READERS, TASK_READERS, TENANT_ONLY, errors
 from service.api.sse import EventStream, keepalive_s
 from service.api.state import ApiState
 from service.api.store_watch import RETRY_AFTER_S
@@ -106,7 +100,7 @@ class TaskController(Controller):
     @post(
         "/tasks",
         operation_id="tasks_submit",
-        response_description="Accepted: the task, queued or scheduled (with the first answer's task again for an Idempotency-Key used before)",
+        response_description="The task, queued or scheduled (for an Idempotency-Key used before: the first one)",
         status_code=HTTP_202_ACCEPTED,
         summary="Submit a task",
         description="Accepted (202) with the task, `queued`, or `scheduled` with `run_at` or `delay_s`. Its events "
