@@ -18,7 +18,7 @@ from relay_client import _async, _sync
 
 from tests.support import ROOT
 
-GENERATOR = ROOT / "scripts" / "client-types"
+GENERATOR = ROOT / "scripts" / "client_types.py"
 TYPES = ROOT / "clients" / "python" / "src" / "relay_client" / "types.py"
 
 

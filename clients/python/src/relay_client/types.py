@@ -295,9 +295,13 @@ class SigningSecret(msgspec.Struct, kw_only=True):
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error answer: its status, what went wrong for a person to read, and for a request that does not fit
+    (422) the problems one by one (``[{"message", "key", "source"}]``).
+    """
+
     status_code: int
     detail: str
-    extra: dict[str, Any] | None = None
+    extra: list[dict[str, Any]] | dict[str, Any] | None = None
 
 
 class Subscribed(msgspec.Struct, kw_only=True):
