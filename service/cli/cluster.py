@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import click
-import msgspec
+from relay_client.types import ClusterView, StorageNode
 from rich.table import Column, Table
 
-from schemas.cluster import ClusterView, StorageNode
-from service.cli.http import ADMIN_TOKEN_ENV, ENCODER, api_options, call, client
+from service.cli.client import ADMIN_TOKEN_ENV, ENCODER, api_options, open_relay
 from service.cli.render import stdout
 
 
@@ -74,9 +73,8 @@ def cluster(url: str, token: str, as_json: bool) -> None:
     keys, memory and commands per second, and the tasks and webhooks owed in its partitions. Then the workers and
     API processes whose heartbeat is fresh. A standalone Redis is one node holding everything.
     """
-    with client(url, token) as http:
-        answer = call(http, "GET", "/v1/ops/cluster")
-    view = msgspec.json.decode(answer.content, type=ClusterView)
+    with open_relay(url, token) as relay:
+        view = relay.ops.cluster()
     if as_json:
         click.echo(ENCODER.encode(view).decode())
         return

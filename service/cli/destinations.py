@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import click
+import msgspec
+from relay_client import Relay
+from relay_client.types import Destination, DestinationState
 from rich.table import Column, Table
 from rich.text import Text
 
-from schemas.destinations import (
-    MAX_IN_FLIGHT,
-    MAX_RATE_PER_S,
-    MIN_RATE_PER_S,
-    Destination,
-    DestinationPage,
-    DestinationState,
-)
-from service.cli.http import (
-    ADMIN_TOKEN_ENV,
-    ENCODER,
-    CommandFailed,
-    F,
-    api_options,
-    call,
-    client,
-    decode,
-    iter_pages,
-    resource_path,
-)
+from schemas.destinations import MAX_IN_FLIGHT, MAX_RATE_PER_S, MIN_RATE_PER_S
+from service.cli.client import ADMIN_TOKEN_ENV, ENCODER, CommandFailed, F, api_options, open_relay, page_size
 from service.cli.render import fields_grid, print_list, stdout, time_text
 
 # Terminal widths from which the list shows the last error, and the last success too.
@@ -43,10 +27,6 @@ _STYLE = {
 }
 
 _token = api_options(ADMIN_TOKEN_ENV, "Operator (admin) token, or a tenant's API key for its own destinations.")
-
-
-def _path(destination_id: str) -> str:
-    return resource_path("destinations", destination_id)
 
 
 def _rate(d: Destination) -> str:
@@ -109,7 +89,7 @@ def _table(destinations: Sequence[Destination], width: int) -> Table:
     for d in destinations:
         row: list[str | Text] = [
             Text(d.id),
-            Text(d.state.value, style=_STYLE[d.state]),
+            Text(d.state.value, style=_STYLE.get(d.state, "")),
             f"{d.in_flight}/{d.max_in_flight}",
             str(d.owed),
             Text(d.tenant),
@@ -128,7 +108,7 @@ def _fields(d: Destination) -> Table:
         ("id", d.id),
         ("tenant", d.tenant),
         ("origin", d.origin),
-        ("state", Text(d.state.value, style=_STYLE[d.state])),
+        ("state", Text(d.state.value, style=_STYLE.get(d.state, ""))),
         ("in flight", f"{d.in_flight} of at most {d.max_in_flight}"),
         ("rate", _rate(d)),
         ("owed", str(d.owed)),
@@ -163,9 +143,9 @@ def destinations() -> None:
 @_token
 def list_destinations(state: str | None, tenant: str | None, as_json: bool, url: str, token: str) -> None:
     """List destinations, worst first (open, paused, degraded, healthy; then the most owed)."""
-    with client(url, token) as http:
+    with open_relay(url, token) as relay:
         print_list(
-            iter_pages(http, "/v1/destinations", DestinationPage, {"state": state, "tenant": tenant}, None),
+            relay.destinations.list(state=state, tenant=tenant, page_size=page_size(None)),
             as_json=as_json,
             table=lambda found: _table(found, stdout().width),
             empty="No destinations.",
@@ -179,31 +159,31 @@ def _one_destination(command: F) -> F:
     return click.argument("destination_id", metavar="ID")(command)
 
 
-def _on(destination_id: str, as_json: bool, url: str, token: str, method: str, action: str = "", **kwargs: Any) -> None:
+def _on(url: str, token: str, as_json: bool, action: Callable[[Relay], Destination]) -> None:
     """Call the API on one destination and show what it answers."""
-    with client(url, token) as http:
-        _show(decode(call(http, method, _path(destination_id) + action, **kwargs), Destination), as_json)
+    with open_relay(url, token) as relay:
+        _show(action(relay), as_json)
 
 
 @destinations.command()
 @_one_destination
 def show(destination_id: str, as_json: bool, url: str, token: str) -> None:
     """Show one destination."""
-    _on(destination_id, as_json, url, token, "GET")
+    _on(url, token, as_json, lambda relay: relay.destinations.get(destination_id))
 
 
 @destinations.command()
 @_one_destination
 def pause(destination_id: str, as_json: bool, url: str, token: str) -> None:
     """Hold every webhook of a destination (none sent, none dead-lettered) until it is resumed."""
-    _on(destination_id, as_json, url, token, "POST", "/pause")
+    _on(url, token, as_json, lambda relay: relay.destinations.pause(destination_id))
 
 
 @destinations.command()
 @_one_destination
 def resume(destination_id: str, as_json: bool, url: str, token: str) -> None:
     """Release a paused destination: its backlog drains within its caps, oldest first."""
-    _on(destination_id, as_json, url, token, "POST", "/resume")
+    _on(url, token, as_json, lambda relay: relay.destinations.resume(destination_id))
 
 
 @destinations.command("set")
@@ -231,16 +211,16 @@ def set_caps(
     """Change a destination's caps."""
     if rate is not None and no_rate:
         raise click.UsageError("give --rate or --no-rate, not both")
-    body: dict[str, Any] = {}
-    if max_in_flight is not None:
-        body["max_in_flight"] = max_in_flight
-    if rate is not None:
-        body["rate_per_s"] = rate
-    if no_rate:
-        body["rate_per_s"] = None
-    if not body:
+    if max_in_flight is None and rate is None and not no_rate:
         raise click.UsageError("nothing to set: give --max-in-flight, --rate or --no-rate")
-    _on(destination_id, as_json, url, token, "PATCH", json=body)
+    # What is not given stays as it is: UNSET leaves the rate out of the request, None removes it.
+    rate_per_s: float | msgspec.UnsetType | None = None if no_rate else msgspec.UNSET if rate is None else rate
+    _on(
+        url,
+        token,
+        as_json,
+        lambda relay: relay.destinations.update(destination_id, max_in_flight=max_in_flight, rate_per_s=rate_per_s),
+    )
 
 
 __all__ = ["CommandFailed", "destinations"]

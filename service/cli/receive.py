@@ -21,8 +21,7 @@ import msgspec
 
 from delivery.errors import InvalidSecret
 from delivery.signing import secret_bytes, sign
-from service.cli.http import API_KEY_ENV, api_options, client
-from service.cli.signing_secret import fetch_signing_secret
+from service.cli.client import API_KEY_ENV, api_options, open_relay
 
 DEFAULT_PORT = 9000
 # A webhook-timestamp further than this from now is refused (Standard Webhooks' tolerance against replays).
@@ -110,8 +109,8 @@ def make_server(host: str, port: int, secret: str) -> ThreadingHTTPServer:
 
 
 def _fetch_secret(url: str, token: str) -> str:
-    with client(url, token) as http:
-        return fetch_signing_secret(http)
+    with open_relay(url, token) as relay:
+        return relay.signing_secret.get()
 
 
 @click.command()

@@ -9,13 +9,14 @@ from typing import TypeVar
 
 import click
 import msgspec
+from relay_client import ApiError
+from relay_client.types import Attempt, DeliveryStep, StepKind
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Column, Table
 from rich.text import Text
 
-from schemas.deliveries import Attempt, DeliveryStep, StepKind
-from service.cli.http import ENCODER, ApiError
+from service.cli.client import ENCODER, answered
 
 # Columns rich may use when stdout is not a terminal, so piped rows keep to one line each.
 PIPE_WIDTH = 1000
@@ -75,7 +76,7 @@ def for_each(ids: Sequence[str], action: Callable[[str], object], description: s
             try:
                 action(item)
             except ApiError as exc:
-                click.echo(f"relay: {item}: {exc.detail} (HTTP {exc.status_code})", err=True)
+                click.echo(f"relay: {item}: {answered(exc)}", err=True)
             else:
                 done += 1
             advance()
@@ -134,8 +135,10 @@ def _step_cells(step: DeliveryStep) -> list[str | Text]:
     """A dead-lettered or replayed step, in the columns of an attempt: what happened, to which dead letter."""
     if step.step is StepKind.DEAD_LETTERED:
         outcome, note = "dead-lettered", f"{step.reason.value if step.reason else 'dead'}: {step.dead_letter_id}"
-    else:
+    elif step.step is StepKind.REPLAYED:
         outcome, note = "replayed", f"sent again from {step.dead_letter_id}"
+    else:  # a step a newer Relay records
+        outcome, note = step.step.value, step.dead_letter_id
     return ["", "webhook", time_text(step.at), Text(outcome, style="bold"), "-", Text(note), ""]
 
 

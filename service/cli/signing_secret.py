@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import click
-import httpx
 
-from schemas.api import SigningSecret
-from service.cli.http import API_KEY_ENV, api_options, call, client, decode
+from service.cli.client import API_KEY_ENV, api_options, open_relay
 
 # How long a rotated-out secret keeps signing beside the new one (the API's promise, told to the user).
 ROTATION_OVERLAP = "24 h"
-
-
-def fetch_signing_secret(http: httpx.Client) -> str:
-    """The tenant's signing secret (``GET /v1/signing-secret``)."""
-    return decode(call(http, "GET", "/v1/signing-secret"), SigningSecret).secret
-
-
-def rotate_signing_secret(http: httpx.Client) -> str:
-    """A new signing secret for the tenant (``POST /v1/signing-secret/rotate``)."""
-    return decode(call(http, "POST", "/v1/signing-secret/rotate"), SigningSecret).secret
 
 
 @click.command("signing-secret")
@@ -35,8 +23,8 @@ def signing_secret(rotate: bool, url: str, token: str) -> None:
     Every webhook carries webhook-id, webhook-timestamp and webhook-signature (Standard Webhooks); a receiver
     checks them with this secret, e.g. standardwebhooks' Webhook(secret).verify(body, headers).
     """
-    with client(url, token) as http:
-        secret = rotate_signing_secret(http) if rotate else fetch_signing_secret(http)
+    with open_relay(url, token) as relay:
+        secret = relay.signing_secret.rotate() if rotate else relay.signing_secret.get()
     click.echo(secret)
     if rotate:
         click.echo(f"relay: rotated; the old secret keeps signing beside this one for {ROTATION_OVERLAP}", err=True)

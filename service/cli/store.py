@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from service.cli.http import ADMIN_TOKEN_ENV, api_options, call, client
+from service.cli.client import ADMIN_TOKEN_ENV, api_options, open_relay
 
 
 @click.group("store")
@@ -21,9 +21,9 @@ def acknowledge(url: str, token: str) -> None:
     answers 503 with the reason, and sockets and streams following tasks get an error and close. What was in
     the store is gone; this only says that an operator has seen it.
     """
-    with client(url, token) as http:
-        answer = call(http, "POST", "/v1/ops/store/acknowledge").json()
-    if answer.get("acknowledged"):
+    with open_relay(url, token) as relay:
+        acknowledged = relay.ops.acknowledge_store_loss()
+    if acknowledged:
         click.echo("acknowledged: /ready answers 200 again (once Redis and the broker answer)")
     else:
         click.echo("nothing to acknowledge: the store has not lost its data")

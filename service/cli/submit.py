@@ -9,25 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 import msgspec
+from relay_client import Relay
+from relay_client.types import EventType, Progress, Task, TaskStatus
 
-from schemas.events import Event, EventType
-from schemas.tasks import MAX_SCHEDULE_AHEAD_S, Task, TaskStatus, TaskSubmission, Webhook
-from schemas.tasks import Progress as TaskProgress
+from schemas.tasks import MAX_SCHEDULE_AHEAD_S
+from service.cli.client import API_KEY_ENV, CommandFailed, Rfc3339, api_options, open_relay
 from service.cli.follow import FollowError, NotRecovered, follow_task
-from service.cli.http import (
-    API_KEY_ENV,
-    ENCODER,
-    CommandFailed,
-    Rfc3339,
-    api_options,
-    call,
-    client,
-    decode,
-    iter_events,
-    resource_path,
-)
 from service.cli.render import pretty
 
 # The most input read from a file or standard input (the API refuses bigger bodies anyway).
@@ -36,6 +24,8 @@ MAX_INPUT_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_POLL_INTERVAL_S = 0.3
 # Seconds without a final event after which --wait reads the task itself (its events may have expired).
 TASK_CHECK_INTERVAL_S = 5.0
+FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+FINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 
 
 def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -131,24 +121,16 @@ def submit(
         raise click.UsageError("--timeout only applies with --wait.")
     if events is not None and not webhook:
         raise click.UsageError("--events only applies with --webhook.")
-    body = TaskSubmission(
-        kind=kind,
-        input=input_,
-        webhook=Webhook(url=webhook, events=events) if webhook else None,
-        websocket=websocket,
-        run_at=run_at,
-        delay_s=delay_s,
-    )
-    with client(url, token) as http:
-        response = call(
-            http, "POST", "/v1/tasks", content=ENCODER.encode(body), headers={"content-type": "application/json"}
+    with open_relay(url, token) as relay:
+        # Retried, with one Idempotency-Key, through 429, 503 and a lost answer: never a second task.
+        task: Task = relay.tasks.submit(
+            kind, input_, webhook=webhook, events=events, websocket=websocket, run_at=run_at, delay_s=delay_s
         )
-        task = decode(response, Task)
         if not wait:
             click.echo(pretty(task))
             return
         click.echo(f"{task.id} {task.status.value}", err=True)
-        task = wait_for_task(http, task, timeout_s=timeout_s)
+        task = wait_for_task(relay, url, task, timeout_s=timeout_s)
     if task.status is TaskStatus.FAILED:
         click.echo(pretty(task.error))
         raise CommandFailed(f"task {task.id} failed: {task.error.message if task.error else 'no error given'}")
@@ -156,7 +138,8 @@ def submit(
 
 
 def wait_for_task(
-    http: httpx.Client,
+    relay: Relay,
+    url: str,
     task: Task,
     *,
     timeout_s: float | None = None,
@@ -173,34 +156,40 @@ def wait_for_task(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     if task.ws_token is not None:
         try:
-            follow_task(str(http.base_url), task.id, task.ws_token, on_event=_report_progress, deadline=deadline)
+            follow_task(
+                url,
+                task.id,
+                task.ws_token,
+                on_event=lambda e: _report_progress(e.type.value, e.data),
+                deadline=deadline,
+            )
         except TimeoutError:
             raise CommandFailed(f"task {task.id} still not finished after {timeout_s:g} s") from None
         except NotRecovered:
             pass
         except FollowError as exc:
             click.echo(f"relay: {exc}; polling instead", err=True)
-            return _poll_task(http, task, deadline=deadline, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
-        return decode(call(http, "GET", resource_path("tasks", task.id)), Task)
-    return _poll_task(http, task, deadline=deadline, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+            return _poll_task(relay, task, deadline=deadline, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
+        return relay.tasks.get(task.id)
+    return _poll_task(relay, task, deadline=deadline, timeout_s=timeout_s, poll_interval_s=poll_interval_s)
 
 
 def _poll_task(
-    http: httpx.Client, task: Task, *, deadline: float | None, timeout_s: float | None, poll_interval_s: float
+    relay: Relay, task: Task, *, deadline: float | None, timeout_s: float | None, poll_interval_s: float
 ) -> Task:
     after_seq = 0
     final_seen = False
     checked_at = time.monotonic()
-    while not task.status.finished:
+    while task.status not in FINISHED:
         _pause(task, deadline, poll_interval_s, timeout_s)
         if not final_seen:
-            for event in iter_events(http, task.id, after_seq):
+            for event in relay.tasks.events(task.id, after_seq=after_seq):
                 after_seq = event.seq
-                final_seen = final_seen or event.type.final
-                _report_progress(event)
+                final_seen = final_seen or event.type in FINAL_EVENT_TYPES
+                _report_progress(event.type.value, event.data)
         # Without a final event for a while the events may have expired: read the task itself.
         if final_seen or time.monotonic() - checked_at >= TASK_CHECK_INTERVAL_S:
-            task = decode(call(http, "GET", resource_path("tasks", task.id)), Task)
+            task = relay.tasks.get(task.id)
             checked_at = time.monotonic()
     return task
 
@@ -215,19 +204,20 @@ def _pause(task: Task, deadline: float | None, interval_s: float, timeout_s: flo
     time.sleep(min(interval_s, left_s))
 
 
-def _report_progress(event: Event) -> None:
-    if event.type is EventType.RETRYING and isinstance(event.data, dict):
-        error = event.data.get("error") or {}
+def _report_progress(event_type: str, data: Any) -> None:
+    """Progress and retries on stderr, from an event of the socket or of the events list."""
+    if event_type == EventType.RETRYING and isinstance(data, dict):
+        error = data.get("error") or {}
         click.echo(
-            f"retrying: attempt {event.data.get('attempt')} at {event.data.get('run_at')} "
+            f"retrying: attempt {data.get('attempt')} at {data.get('run_at')} "
             f"({error.get('type')}: {error.get('message')})",
             err=True,
         )
         return
-    if event.type is not EventType.PROGRESS:
+    if event_type != EventType.PROGRESS:
         return
     try:
-        progress = msgspec.convert(event.data, TaskProgress)
+        progress = msgspec.convert(data, Progress)
     except msgspec.ValidationError:
         return
     click.echo(f"{progress.percent:5.1f}% {progress.message or ''}".rstrip(), err=True)

@@ -120,13 +120,14 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _query(**values: Any) -> dict[str, str]:
-    """Query parameters, the ones left None dropped; times as RFC 3339, enums as their value."""
+    """Query parameters, the ones left None dropped; times as RFC 3339 (as in a body: ``Z`` for UTC), enums as their
+    value."""
     out: dict[str, str] = {}
     for name, value in values.items():
         if value is None:
             continue
         if isinstance(value, datetime):
-            out[name] = value.isoformat()
+            out[name] = _encode(value).decode()[1:-1]
         elif isinstance(value, TaskStatus | DeadLetterReason | DestinationState):
             out[name] = value.value
         else:

@@ -29,11 +29,18 @@ class Retries:
             next wait would end past it. 0 turns retries off.
         initial_s: The first backoff.
         max_s: The longest backoff (a ``Retry-After`` may ask for more, within the deadline).
+        connect: Retry when no connection could be made (:class:`ConnectError`: nothing was sent). False raises it
+            at once, as curl does without ``--retry-connrefused``: for a person at a terminal, a URL where nothing
+            listens is better told now than after the deadline.
+        on_retry: Called before each wait with the error and the wait, to log retries or show them to a person (a
+            retry is otherwise silent). What it raises is raised to the caller instead of retrying.
     """
 
     deadline_s: float = DEFAULT_RETRY_DEADLINE_S
     initial_s: float = DEFAULT_BACKOFF_INITIAL_S
     max_s: float = DEFAULT_BACKOFF_MAX_S
+    connect: bool = True
+    on_retry: Callable[[errors.RelayError, float], None] | None = None
 
     def __post_init__(self) -> None:
         if self.deadline_s < 0 or self.initial_s <= 0 or self.max_s < self.initial_s:
@@ -75,6 +82,8 @@ class Retrier:
         """The wait before retrying after ``error``, or None when it must be raised."""
         if not self._safe or not retryable(error):
             return None
+        if isinstance(error, errors.ConnectError) and not self._policy.connect:
+            return None
         base = min(self._policy.max_s, self._policy.initial_s * 2.0**self._failures)
         self._failures += 1
         wait = base / 2 + self._rng.uniform(0, base / 2)
@@ -82,6 +91,8 @@ class Retrier:
             wait = max(wait, error.retry_after_s)
         if self._clock() + wait > self._deadline:
             return None
+        if self._policy.on_retry is not None:
+            self._policy.on_retry(error, wait)
         return wait
 
 
