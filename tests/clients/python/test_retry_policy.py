@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -76,6 +77,23 @@ def test_only_errors_a_retry_can_fix_are_retried_and_only_for_calls_safe_to_repe
     assert decide.delay_s(RequestTimeout("slow")) is not None
     unsafe, _ = retrier(safe=False)
     assert unsafe.delay_s(Unavailable(503, "stalled")) is None
+
+
+def test_connect_false_raises_a_refused_connection_at_once_and_retries_the_rest() -> None:
+    decide, _ = retrier(Retries(connect=False))
+    assert decide.delay_s(ConnectError("refused")) is None
+    assert decide.delay_s(RequestTimeout("slow")) is not None
+    assert decide.delay_s(Unavailable(503, "stalled")) is not None
+
+
+def test_on_retry_hears_each_retry_with_its_wait_and_nothing_that_is_raised() -> None:
+    heard: list[tuple[str, float]] = []
+    decide, clock = retrier(Retries(deadline_s=5, on_retry=lambda error, wait: heard.append((str(error), wait))))
+    first = decide.delay_s(Unavailable(503, "stalled", retry_after_s=2))
+    clock.now += 2
+    assert decide.delay_s(Invalid(422, "no such kind")) is None
+    assert decide.delay_s(RateLimited(429, "slow down", retry_after_s=10)) is None  # past the deadline: raised
+    assert heard == [("503: stalled", first)]
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
@@ -189,6 +207,55 @@ async def test_the_async_client_does_not_retry_a_cancel(mocked: respx.MockRouter
         with pytest.raises(ConnectError):
             await relay.tasks.cancel("task_1")
     assert route.call_count == 1
+
+
+def test_a_refused_connection_is_raised_at_once_with_connect_false_and_each_retry_is_heard(
+    mocked: respx.MockRouter,
+) -> None:
+    refused = mocked.get("/v1/tasks/task_1").mock(side_effect=httpx.ConnectError("refused"))
+    route = mocked.post("/v1/tasks").mock(side_effect=[httpx.ReadTimeout("no answer"), httpx.Response(202, json=TASK)])
+    heard: list[type[Exception]] = []
+    policy = Retries(
+        deadline_s=5, initial_s=0.01, max_s=0.04, connect=False, on_retry=lambda e, _: heard.append(type(e))
+    )
+    with Relay(URL, "key", retries=policy) as relay:
+        with pytest.raises(ConnectError):
+            relay.tasks.get("task_1")
+        relay.tasks.submit("echo", 1)
+    assert refused.call_count == 1
+    assert route.call_count == 2
+    assert heard == [RequestTimeout]
+
+
+async def test_the_async_client_takes_the_same_connect_and_on_retry(mocked: respx.MockRouter) -> None:
+    refused = mocked.get("/v1/tasks/task_1").mock(side_effect=httpx.ConnectError("refused"))
+    route = mocked.post("/v1/tasks").mock(
+        side_effect=[
+            httpx.Response(503, json={"status_code": 503, "detail": "stalled"}, headers={"Retry-After": "0"}),
+            httpx.Response(202, json=TASK),
+        ]
+    )
+    heard: list[type[Exception]] = []
+    policy = Retries(
+        deadline_s=5, initial_s=0.01, max_s=0.04, connect=False, on_retry=lambda e, _: heard.append(type(e))
+    )
+    async with AsyncRelay(URL, "key", retries=policy) as relay:
+        with pytest.raises(ConnectError):
+            await relay.tasks.get("task_1")
+        await relay.tasks.submit("echo", 1)
+    assert (refused.call_count, route.call_count) == (1, 2)
+    assert heard == [Unavailable]
+
+
+def test_times_in_a_query_are_rfc3339_with_z_for_utc(mocked: respx.MockRouter) -> None:
+    route = mocked.get("/v1/dead-letters").mock(
+        return_value=httpx.Response(200, json={"items": [], "next_cursor": None})
+    )
+    since = datetime(2025, 3, 1, tzinfo=UTC)
+    with Relay(URL, "key") as relay:
+        assert list(relay.dead_letters.list(since=since, until=since + timedelta(days=1))) == []
+    params = route.calls[0].request.url.params
+    assert (params["since"], params["until"]) == ("2025-03-01T00:00:00Z", "2025-03-02T00:00:00Z")
 
 
 def test_a_list_follows_next_cursor_to_the_last_page(mocked: respx.MockRouter) -> None:

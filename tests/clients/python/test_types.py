@@ -12,9 +12,10 @@ import venv
 from pathlib import Path
 from types import ModuleType
 
+import msgspec
 import pytest
 import relay_client
-from relay_client import _async, _sync
+from relay_client import _async, _sync, types
 
 from tests.support import ROOT
 
@@ -47,6 +48,71 @@ def test_the_client_types_import_nothing_of_the_server() -> None:
     for server_package in ("schemas", "service", "delivery", "litestar", "dramatiq", "redis"):
         assert f"from {server_package}" not in source
         assert f"import {server_package}" not in source
+
+
+def test_a_newer_relays_status_event_type_and_fields_decode() -> None:
+    # A Relay newer than this client: a status, an event type, a delivery outcome and a state it does not list, and
+    # fields it does not know.
+    task = msgspec.json.decode(
+        b'{"id": "task_1", "kind": "echo", "status": "paused_for_review", "input": 1, "priority": 7,'
+        b' "created_at": "2026-12-07T00:00:00Z", "webhook": {"url": "https://h.example/in", "events":'
+        b' ["task.completed", "task.escalated"], "headers": {}}}',
+        type=types.Task,
+    )
+    event = msgspec.json.decode(
+        b'{"id": "evt_1", "type": "task.escalated", "task_id": "task_1", "seq": 3, "created_at":'
+        b' "2026-12-07T00:00:00Z", "data": {"to": "ops"}, "trace": "abc"}',
+        type=types.Event,
+    )
+    attempt = msgspec.json.decode(
+        b'{"event_id": "evt_1", "channel": "sms", "attempt": 1, "at": "2026-12-07T00:00:00Z", "outcome": "deferred"}',
+        type=types.Attempt,
+    )
+
+    assert isinstance(task.status, types.TaskStatus)
+    assert (task.status.value, task.status.known, task.status == "paused_for_review") == (
+        "paused_for_review",
+        False,
+        True,
+    )
+    assert task.status not in {types.TaskStatus.SUCCEEDED, types.TaskStatus.FAILED, types.TaskStatus.CANCELLED}
+    assert task.webhook is not None
+    assert task.webhook.events is not None
+    completed, escalated = task.webhook.events
+    assert completed is types.EventType.COMPLETED
+    assert completed.known
+    assert (escalated.value, escalated.known) == ("task.escalated", False)
+    assert (event.type.value, event.type.known, event.data) == ("task.escalated", False, {"to": "ops"})
+    assert (attempt.channel.value, attempt.outcome.value) == ("sms", "deferred")
+    # Encoded again, a value the client does not know is what the server sent.
+    assert msgspec.json.decode(msgspec.json.encode(event))["type"] == "task.escalated"
+
+
+def test_a_value_that_is_not_a_string_is_still_refused() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(
+            b'{"id": "evt_1", "type": 7, "task_id": "t", "seq": 1, "created_at": "2026-12-07T00:00:00Z", "data": 1}',
+            type=types.Event,
+        )
+
+
+def test_the_enums_list_every_value_the_server_sends() -> None:
+    # Open for reading, but not a way to drift: every server value is a member with its server name.
+    from schemas import deliveries, destinations, events, tasks
+    from schemas.dead_letters import DeadLetterReason
+
+    for server in (
+        tasks.TaskStatus,
+        events.EventType,
+        deliveries.Channel,
+        deliveries.DeliveryOutcome,
+        deliveries.StepKind,
+        DeadLetterReason,
+        destinations.DestinationState,
+    ):
+        client = getattr(types, server.__name__)
+        assert {(m.name, m.value) for m in client} == {(m.name, m.value) for m in server}, server.__name__
+        assert all(m.known for m in client)
 
 
 def _public_methods(cls: type) -> dict[str, inspect.Signature]:
