@@ -78,6 +78,7 @@ class Seen:
     query: dict[str, list[str]]
     body: Any
     authorization: str | None
+    idempotency_key: str | None = None
 
 
 def _destination(n: int, *, state: str, **fields: Any) -> dict[str, Any]:
@@ -141,6 +142,7 @@ class FakeRelay:
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     revealed: dict[str, int] = field(default_factory=dict)
     empty_pages: int = 0  # lists answer this many pages with no item and a cursor first (a filter matching little)
+    stalled_submits: int = 0  # submissions answer 503 this many times first (a store that stalls)
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -212,6 +214,9 @@ class FakeRelay:
         return 202, {"matched": matched, "replayed": 0 if body.get("dry_run") else matched}
 
     def _submit(self, req: Seen) -> tuple[int, Any]:
+        if self.stalled_submits > 0:
+            self.stalled_submits -= 1
+            return _error(503, "The store is stalled")
         kind = req.body["kind"]
         if kind not in ("echo", "fail"):
             return _error(422, f"Unknown task kind {kind!r}")
@@ -320,6 +325,7 @@ def _handler_for(fake: FakeRelay) -> type[BaseHTTPRequestHandler]:
                 query=parse_qs(parts.query),
                 body=json.loads(raw) if raw else None,
                 authorization=self.headers.get("authorization"),
+                idempotency_key=self.headers.get("idempotency-key"),
             )
             status, payload = fake.handle(seen)
             body = b"" if payload is None else json.dumps(payload).encode()
@@ -698,6 +704,18 @@ def test_destinations_show_an_open_one_with_nothing_owed_waits_for_a_webhook_to_
     assert probe.split(None, 2)[2].strip() == "2025-03-01 10:20:14Z"
 
 
+def test_destinations_of_a_newer_relay_show_a_state_this_cli_does_not_know(fake_api: FakeRelay) -> None:
+    draining = _destination(9, state="draining", owed=4, headers={"x-tenant": "***"})
+    fake_api.destinations[draining["id"]] = draining
+    listed = run(destinations, as_admin(fake_api, "list"))
+    shown = run(destinations, as_admin(fake_api, "show", draining["id"]))
+
+    assert listed.exit_code == 0, listed.output
+    assert _row(listed.stdout, draining["id"]).split()[1:3] == ["draining", "0/64"]
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"^state\s+draining\s*$", shown.stdout, re.MULTILINE)
+
+
 # --- signing-secret -------------------------------------------------------------------------------
 
 
@@ -839,6 +857,23 @@ def test_submit_wait_exits_1_when_the_task_failed(fake_api: FakeRelay) -> None:
     assert json.loads(result.stdout) == {"type": "RuntimeError", "message": "boom"}
     (task_id,) = fake_api.tasks
     assert stderr_lines(result)[-1] == f"relay: task {task_id} failed: boom"
+
+
+def test_submit_through_a_stalled_store_is_retried_with_one_key_and_each_retry_is_told(fake_api: FakeRelay) -> None:
+    fake_api.stalled_submits = 2
+    result = run(submit, as_tenant(fake_api, "echo", "--input", "1"))
+
+    assert result.exit_code == 0, result.output
+    posts = fake_api.requests("POST", "/v1/tasks")
+    assert len(posts) == 3
+    assert posts[0].idempotency_key
+    assert {p.idempotency_key for p in posts} == {posts[0].idempotency_key}  # a repeat, never a second task
+    told = stderr_lines(result)
+    assert len(told) == 2
+    assert all(
+        re.fullmatch(r"relay: The store is stalled \(HTTP 503\); trying again in \d\.\d s", line) for line in told
+    )
+    assert msgspec.json.decode(result.stdout, type=Task).id in fake_api.tasks
 
 
 def test_submit_needs_a_tenant_key_not_the_admin_token(fake_api: FakeRelay) -> None:
