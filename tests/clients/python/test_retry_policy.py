@@ -214,9 +214,13 @@ def test_a_refused_connection_is_raised_at_once_with_connect_false_and_each_retr
 ) -> None:
     refused = mocked.get("/v1/tasks/task_1").mock(side_effect=httpx.ConnectError("refused"))
     route = mocked.post("/v1/tasks").mock(side_effect=[httpx.ReadTimeout("no answer"), httpx.Response(202, json=TASK)])
-    heard: list[type[Exception]] = []
+    heard: list[tuple[type[Exception], type[BaseException] | None]] = []
     policy = Retries(
-        deadline_s=5, initial_s=0.01, max_s=0.04, connect=False, on_retry=lambda e, _: heard.append(type(e))
+        deadline_s=5,
+        initial_s=0.01,
+        max_s=0.04,
+        connect=False,
+        on_retry=lambda e, _: heard.append((type(e), type(e.__cause__) if e.__cause__ else None)),
     )
     with Relay(URL, "key", retries=policy) as relay:
         with pytest.raises(ConnectError):
@@ -224,7 +228,7 @@ def test_a_refused_connection_is_raised_at_once_with_connect_false_and_each_retr
         relay.tasks.submit("echo", 1)
     assert refused.call_count == 1
     assert route.call_count == 2
-    assert heard == [RequestTimeout]
+    assert heard == [(RequestTimeout, httpx.ReadTimeout)]  # with its cause already, for a hook to read
 
 
 async def test_the_async_client_takes_the_same_connect_and_on_retry(mocked: respx.MockRouter) -> None:

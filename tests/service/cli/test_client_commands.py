@@ -31,6 +31,7 @@ from service.processes import free_port
 ADMIN_TOKEN = "admin-secret-7f3a"
 TENANT_KEY = "acme-key-91c2"
 PAGE_SIZE = 2  # the fake's largest page, so three dead letters take two pages
+DROP = 0  # a status that means: close the connection without an answer
 
 
 def _event(task_id: str, seq: int, type_: str, data: object) -> dict[str, Any]:
@@ -141,8 +142,10 @@ class FakeRelay:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     revealed: dict[str, int] = field(default_factory=dict)
+    by_key: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> task id
     empty_pages: int = 0  # lists answer this many pages with no item and a cursor first (a filter matching little)
     stalled_submits: int = 0  # submissions answer 503 this many times first (a store that stalls)
+    dropped_submits: int = 0  # submissions are taken, then the connection closed unanswered, this many times first
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -217,6 +220,8 @@ class FakeRelay:
         if self.stalled_submits > 0:
             self.stalled_submits -= 1
             return _error(503, "The store is stalled")
+        if req.idempotency_key in self.by_key:  # the same key: the first answer, and nothing made again
+            return 202, self.tasks[self.by_key[req.idempotency_key]]
         kind = req.body["kind"]
         if kind not in ("echo", "fail"):
             return _error(422, f"Unknown task kind {kind!r}")
@@ -243,6 +248,11 @@ class FakeRelay:
         )
         self.events[task_id] = [_event(task_id, 1, "task.progress", {"percent": 50, "message": "halfway"}), final]
         self.revealed[task_id] = 0
+        if req.idempotency_key is not None:
+            self.by_key[req.idempotency_key] = task_id
+        if self.dropped_submits > 0:
+            self.dropped_submits -= 1
+            return DROP, None
         return 202, self.tasks[task_id]
 
     def _get_task(self, req: Seen, task_id: str) -> tuple[int, Any]:
@@ -328,6 +338,9 @@ def _handler_for(fake: FakeRelay) -> type[BaseHTTPRequestHandler]:
                 idempotency_key=self.headers.get("idempotency-key"),
             )
             status, payload = fake.handle(seen)
+            if status == DROP:
+                self.close_connection = True
+                return
             body = b"" if payload is None else json.dumps(payload).encode()
             self.send_response(status)
             if payload is not None:
@@ -873,6 +886,22 @@ def test_submit_through_a_stalled_store_is_retried_with_one_key_and_each_retry_i
     assert all(
         re.fullmatch(r"relay: The store is stalled \(HTTP 503\); trying again in \d\.\d s", line) for line in told
     )
+    assert msgspec.json.decode(result.stdout, type=Task).id in fake_api.tasks
+
+
+def test_submit_whose_answer_was_lost_is_sent_again_and_makes_one_task(fake_api: FakeRelay) -> None:
+    fake_api.dropped_submits = 1
+    result = run(submit, as_tenant(fake_api, "echo", "--input", "1"))
+
+    assert result.exit_code == 0, result.output
+    assert len(fake_api.requests("POST", "/v1/tasks")) == 2
+    assert len(fake_api.tasks) == 1  # the repeat carried the first one's key
+    (told,) = stderr_lines(result)
+    assert re.fullmatch(
+        rf"relay: no answer from the API at {fake_api.url} \(server disconnected without sending a response\.\); "
+        r"trying again in \d\.\d s",
+        told,
+    ), told
     assert msgspec.json.decode(result.stdout, type=Task).id in fake_api.tasks
 
 

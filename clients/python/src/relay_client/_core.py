@@ -82,13 +82,18 @@ def api_error(status: int, headers: Mapping[str, str], content: bytes) -> errors
 
 
 def transport_error(exc: httpx.TransportError, method: str, url: str) -> errors.TransportError:
-    """Our error for one of httpx's transport errors (raised ``from`` it, so the cause stays in the traceback)."""
+    """Our error for one of httpx's transport errors, with it as its ``__cause__`` from the start (a retry's
+    ``on_retry`` sees it too, not only a traceback)."""
     what = f"{method} {url}: {type(exc).__name__}: {exc}".rstrip(": ")
+    error: errors.TransportError
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return errors.ConnectError(what)
-    if isinstance(exc, httpx.TimeoutException):
-        return errors.RequestTimeout(what)
-    return errors.TransportError(what)
+        error = errors.ConnectError(what)
+    elif isinstance(exc, httpx.TimeoutException):
+        error = errors.RequestTimeout(what)
+    else:
+        error = errors.TransportError(what)
+    error.__cause__ = exc
+    return error
 
 
 @dataclass(frozen=True, kw_only=True)
