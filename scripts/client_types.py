@@ -45,8 +45,20 @@ ROOTS: tuple[type[Any], ...] = (
     cluster.ClusterView,
     api.SigningSecret,
     api.ErrorBody,
+    # What /v1/ws sends, tagged by ``type`` as the server tags it (a follower decodes their union).
     ws.Subscribed,
+    ws.EventFrame,
+    ws.Ping,
+    ws.Error,
 )
+
+# Names that would mislead beside the rest of the client (``relay_client.errors`` holds its errors).
+RENAMED: dict[type[Any], str] = {ws.Error: "ErrorFrame", ws.Ping: "PingFrame"}
+
+
+def name_of(cls: type[Any]) -> str:
+    return RENAMED.get(cls, cls.__name__)
+
 
 HEADER = '''"""Relay's wire types, as the client reads them.
 
@@ -84,7 +96,7 @@ def annotation(t: mi.Type) -> str:
     if isinstance(t, mi.DateTimeType):
         return "datetime"
     if isinstance(t, (mi.EnumType, mi.StructType)):
-        return t.cls.__name__
+        return name_of(t.cls)
     if isinstance(t, mi.ListType):
         return f"list[{annotation(t.item_type)}]"
     if isinstance(t, mi.DictType):
@@ -163,18 +175,22 @@ def render() -> str:
     out = [HEADER]
     names: list[str] = []
     for cls in enums:
-        names.append(cls.__name__)
-        out += ["", f"class {cls.__name__}(OpenEnum):", *docstring(cls)]
+        names.append(name_of(cls))
+        out += ["", f"class {name_of(cls)}(OpenEnum):", *docstring(cls)]
         out += [f"    {member.name} = {member.value!r}".replace("'", '"') for member in cls]
         out.append("")
     for struct in structs:
         cls = struct.cls
-        names.append(cls.__name__)
+        names.append(name_of(cls))
         # omit_defaults as the server's: what the client encodes again (the CLI's JSON) reads as the server wrote it.
         options = ", omit_defaults=True" if cls.__struct_config__.omit_defaults else ""
-        out += ["", f"class {cls.__name__}(msgspec.Struct, kw_only=True{options}):", *docstring(cls)]
+        if struct.tag_field is not None:
+            options += f', tag="{struct.tag}", tag_field="{struct.tag_field}"'
+        out += ["", f"class {name_of(cls)}(msgspec.Struct, kw_only=True{options}):", *docstring(cls)]
         for field in struct.fields:
             out.append(f"    {field.name}: {annotation(field.type)}{default(field)}")
+        if not struct.fields:
+            out.append("    pass")
         out.append("")
     out += ["", "__all__ = ["] + [f'    "{n}",' for n in sorted([*names, "OpenEnum"])] + ["]"]
     return "\n".join(out).replace("\n\n\n\n", "\n\n\n") + "\n"

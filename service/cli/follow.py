@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable
 
 import msgspec
+from relay_client.types import ErrorFrame, Event, EventFrame, EventType, PingFrame, Subscribed
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from delivery.errors import RelayError
-from schemas.events import Event
-from schemas.ws import Ack, Error, EventFrame, Ping, Pong, ServerFrame, Subscribe, Subscribed
+from schemas.ws import Ack, Pong, Subscribe
 
 # Reconnect backoff: full jitter between 0 and min(MAX, BASE * 2**attempt).
 BACKOFF_BASE_S = 0.5
@@ -26,6 +26,10 @@ FIRST_CONNECT_PATIENCE_S = 30.0
 # How long one receive may wait before the deadline is looked at again.
 RECEIVE_SLICE_S = 1.0
 
+FINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
+
+# What the server sends, read as the client library reads it: a newer Relay's event types and statuses decode.
+ServerFrame = Subscribed | EventFrame | PingFrame | ErrorFrame
 _decode = msgspec.json.Decoder(ServerFrame).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -71,9 +75,9 @@ def follow_task(
                 ws.send(_encode(Subscribe(task_id=task_id, token=token, after_seq=last_seq)))
                 while True:
                     frame = _receive(ws, deadline)
-                    if isinstance(frame, Ping):
+                    if isinstance(frame, PingFrame):
                         ws.send(_encode(Pong()))
-                    elif isinstance(frame, Error):
+                    elif isinstance(frame, ErrorFrame):
                         raise FollowError(f"the server refused to follow {task_id}: {frame.message}")
                     elif isinstance(frame, Subscribed) and not frame.recovered:
                         raise NotRecovered(task_id)
@@ -81,7 +85,7 @@ def follow_task(
                         on_event(frame.event)
                         last_seq = frame.event.seq
                         ws.send(_encode(Ack(event_id=frame.event.id)))
-                        if frame.event.type.final:
+                        if frame.event.type in FINAL_EVENT_TYPES:
                             return frame.event
         except (InvalidStatus, InvalidURI) as exc:
             # The server answered, but not as a Relay socket: no point in trying again.
@@ -105,5 +109,8 @@ def _receive(ws: ClientConnection, deadline: float | None) -> ServerFrame:
             raw = ws.recv(timeout=RECEIVE_SLICE_S)
         except TimeoutError:
             continue
-        frame: ServerFrame = _decode(raw)
+        try:
+            frame: ServerFrame = _decode(raw)
+        except msgspec.ValidationError:
+            continue  # a frame a newer Relay sends that this follower does not know: nothing it must answer
         return frame

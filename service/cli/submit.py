@@ -11,11 +11,11 @@ from typing import Any
 import click
 import msgspec
 from relay_client import Relay
-from relay_client.types import EventType, Progress, Task, TaskStatus
+from relay_client.types import Event, EventType, Progress, Task, TaskStatus
 
 from schemas.tasks import MAX_SCHEDULE_AHEAD_S
 from service.cli.client import API_KEY_ENV, CommandFailed, Rfc3339, api_options, open_relay
-from service.cli.follow import FollowError, NotRecovered, follow_task
+from service.cli.follow import FINAL_EVENT_TYPES, FollowError, NotRecovered, follow_task
 from service.cli.render import pretty
 
 # The most input read from a file or standard input (the API refuses bigger bodies anyway).
@@ -25,7 +25,6 @@ DEFAULT_POLL_INTERVAL_S = 0.3
 # Seconds without a final event after which --wait reads the task itself (its events may have expired).
 TASK_CHECK_INTERVAL_S = 5.0
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
-FINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 
 
 def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -156,13 +155,7 @@ def wait_for_task(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     if task.ws_token is not None:
         try:
-            follow_task(
-                url,
-                task.id,
-                task.ws_token,
-                on_event=lambda e: _report_progress(e.type.value, e.data),
-                deadline=deadline,
-            )
+            follow_task(url, task.id, task.ws_token, on_event=_report_progress, deadline=deadline)
         except TimeoutError:
             raise CommandFailed(f"task {task.id} still not finished after {timeout_s:g} s") from None
         except NotRecovered:
@@ -186,7 +179,7 @@ def _poll_task(
             for event in relay.tasks.events(task.id, after_seq=after_seq):
                 after_seq = event.seq
                 final_seen = final_seen or event.type in FINAL_EVENT_TYPES
-                _report_progress(event.type.value, event.data)
+                _report_progress(event)
         # Without a final event for a while the events may have expired: read the task itself.
         if final_seen or time.monotonic() - checked_at >= TASK_CHECK_INTERVAL_S:
             task = relay.tasks.get(task.id)
@@ -204,20 +197,20 @@ def _pause(task: Task, deadline: float | None, interval_s: float, timeout_s: flo
     time.sleep(min(interval_s, left_s))
 
 
-def _report_progress(event_type: str, data: Any) -> None:
+def _report_progress(event: Event) -> None:
     """Progress and retries on stderr, from an event of the socket or of the events list."""
-    if event_type == EventType.RETRYING and isinstance(data, dict):
-        error = data.get("error") or {}
+    if event.type is EventType.RETRYING and isinstance(event.data, dict):
+        error = event.data.get("error") or {}
         click.echo(
-            f"retrying: attempt {data.get('attempt')} at {data.get('run_at')} "
+            f"retrying: attempt {event.data.get('attempt')} at {event.data.get('run_at')} "
             f"({error.get('type')}: {error.get('message')})",
             err=True,
         )
         return
-    if event_type != EventType.PROGRESS:
+    if event.type is not EventType.PROGRESS:
         return
     try:
-        progress = msgspec.convert(data, Progress)
+        progress = msgspec.convert(event.data, Progress)
     except msgspec.ValidationError:
         return
     click.echo(f"{progress.percent:5.1f}% {progress.message or ''}".rstrip(), err=True)

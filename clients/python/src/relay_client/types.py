@@ -305,11 +305,25 @@ class ErrorBody(msgspec.Struct, kw_only=True):
     extra: list[dict[str, Any]] | dict[str, Any] | None = None
 
 
-class Subscribed(msgspec.Struct, kw_only=True):
+class Subscribed(msgspec.Struct, kw_only=True, tag="subscribed", tag_field="type"):
     task_id: str
     status: TaskStatus
     last_seq: int
     recovered: bool
+
+
+class EventFrame(msgspec.Struct, kw_only=True, tag="event", tag_field="type"):
+    event: Event
+
+
+class PingFrame(msgspec.Struct, kw_only=True, tag="ping", tag_field="type"):
+    pass
+
+
+class ErrorFrame(msgspec.Struct, kw_only=True, tag="error", tag_field="type"):
+    code: str
+    message: str
+    task_id: str | None = None
 
 
 __all__ = [
@@ -327,12 +341,15 @@ __all__ = [
     "DestinationPage",
     "DestinationState",
     "ErrorBody",
+    "ErrorFrame",
     "Event",
+    "EventFrame",
     "EventList",
     "EventType",
     "Latency",
     "OpenEnum",
     "OpsEvent",
+    "PingFrame",
     "Progress",
     "Rates",
     "ReplayOne",
