@@ -5,16 +5,32 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from service.processes import free_port
 from tests.support import ROOT
 
 CLIENT = ROOT / "clients" / "python"
+# What a fresh clone does not hold: a wheel built from a copy without them holds only what the sources say (a
+# build/lib left by an earlier build would put a module since removed into the wheel).
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git", ".venv", "build", "*.egg-info", "__pycache__", "*_cache", ".relay", "node_modules"
+)
+
+
+@pytest.fixture(scope="module")
+def clean_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the sources, to build wheels from without writing into the tree or reading what it left."""
+    tree = tmp_path_factory.mktemp("tree") / "relay"
+    shutil.copytree(ROOT, tree, ignore=NOT_SOURCES)
+    return tree
 
 
 def _build(hook: str, out: Path, *, project: Path = ROOT) -> Path:
@@ -51,9 +67,9 @@ def test_the_editable_install_builds_without_a_warning_and_imports_every_package
     }
 
 
-def test_the_wheel_carries_the_client_library_as_its_own_wheel_has_it(tmp_path: Path) -> None:
-    server = _build("build_wheel", tmp_path / "server")
-    client = _build("build_wheel", tmp_path / "client", project=CLIENT)
+def test_the_wheel_carries_the_client_library_as_its_own_wheel_has_it(tmp_path: Path, clean_tree: Path) -> None:
+    server = _build("build_wheel", tmp_path / "server", project=clean_tree)
+    client = _build("build_wheel", tmp_path / "client", project=clean_tree / "clients" / "python")
 
     with zipfile.ZipFile(server) as archive:
         carried = {name: archive.read(name) for name in archive.namelist() if name.startswith("relay_client/")}
@@ -64,8 +80,8 @@ def test_the_wheel_carries_the_client_library_as_its_own_wheel_has_it(tmp_path: 
     assert not [name for name in own if name.split("/")[0] in ("service", "delivery", "schemas")]
 
 
-def test_the_cli_of_the_wheel_runs_on_the_client_library_it_carries(tmp_path: Path) -> None:
-    server = _build("build_wheel", tmp_path / "dist")
+def test_the_cli_of_the_wheel_runs_on_the_client_library_it_carries(tmp_path: Path, clean_tree: Path) -> None:
+    server = _build("build_wheel", tmp_path / "dist", project=clean_tree)
     site = tmp_path / "site"
     with zipfile.ZipFile(server) as archive:
         archive.extractall(site)
