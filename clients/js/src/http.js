@@ -118,13 +118,17 @@ export class Transport {
     const timeout = setTimeout(() => timer.abort(), this.timeoutS * 1000);
     const onAbort = () => timer.abort(signal.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
+    let streaming = false; // a streamed body stays tied to `signal`: aborting it closes the connection
     try {
       const response = await this.fetch(url, {
         ...init,
         headers: { Authorization: `Bearer ${this.token}`, ...this.headers, ...init.headers },
         signal: timer.signal,
       });
-      if (!wholeBody) return response;
+      if (!wholeBody) {
+        streaming = true;
+        return response;
+      }
       const text = await response.text();
       return { ok: response.ok, status: response.status, headers: response.headers, text };
     } catch (error) {
@@ -136,7 +140,7 @@ export class Transport {
       throw new TransportError(`${init.method} ${url}: ${describe(error)}`, { cause: error });
     } finally {
       clearTimeout(timeout);
-      signal?.removeEventListener("abort", onAbort);
+      if (!streaming) signal?.removeEventListener("abort", onAbort);
     }
   }
 
