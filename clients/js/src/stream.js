@@ -56,7 +56,7 @@ export async function* streamEvents(transport, taskId, options = {}) {
         } else {
           armIdle();
           try {
-            for await (const message of messages(response.body, armIdle)) {
+            for await (const message of messages(response.body, armIdle, controller.signal)) {
               if (message.event === "subscribed") {
                 const frame = JSON.parse(message.data);
                 onSubscribed?.(frame);
@@ -73,7 +73,9 @@ export async function* streamEvents(transport, taskId, options = {}) {
                 if (FINAL_TYPES.has(event.type)) return;
               }
             }
-            why = new TransportError("the stream ended before the task's final event");
+            if (signal?.aborted) throw signal.reason;
+            const silent = controller.signal.aborted && controller.signal.reason instanceof TransportError;
+            why = silent ? controller.signal.reason : new TransportError("the stream ended before the task's final event");
           } catch (error) {
             if (signal?.aborted) throw signal.reason;
             if (error instanceof StreamError) throw error;
@@ -100,9 +102,14 @@ export async function* streamEvents(transport, taskId, options = {}) {
   }
 }
 
-/** The messages of an event stream's body: `{event, data, id}`, comments left out (each chunk re-arms `alive`). */
-async function* messages(body, alive) {
+/**
+ * The messages of an event stream's body: `{event, data, id}`, comments left out (each chunk re-arms `alive`).
+ * An abort of `signal` ends them, even from a fetch that does not tie its body to the signal.
+ */
+async function* messages(body, alive, signal) {
   const reader = body.getReader();
+  const stop = () => reader.cancel(signal.reason).catch(() => {});
+  signal.addEventListener("abort", stop, { once: true });
   const decoder = new TextDecoder();
   let buffer = "";
   let event = "message";
@@ -136,6 +143,7 @@ async function* messages(body, alive) {
       }
     }
   } finally {
+    signal.removeEventListener("abort", stop);
     reader.cancel().catch(() => {});
   }
 }
