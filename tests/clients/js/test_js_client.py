@@ -64,12 +64,10 @@ def shared(redis_server: RedisServer) -> Iterator[Relay]:
         yield relay
 
 
-Handlers = Mapping[str, Callable[[], None]]
+Handlers = Mapping[str, Callable[[], object]]
 
 
-def run_node(
-    test_file: str, relay: Relay, receiver: Receiver, *, handlers: Handlers | None = None, **env: str
-) -> str:
+def run_node(test_file: str, relay: Relay, receiver: Receiver, *, handlers: Handlers | None = None, **env: str) -> str:
     """Run one ``node --test`` file against ``relay``; its output, or a failure that shows it."""
     _need_node()
     assert NODE is not None
@@ -262,7 +260,9 @@ def _nullable(schema: Mapping[str, Any]) -> bool:
 def test_wire_drift_names_what_differs() -> None:
     # The comparison above, on a document that moved away from the types: each difference is named.
     shapes = {
-        "interfaces": {"Task": {"id": {"optional": False, "nullable": False}, "old": {"optional": True, "nullable": False}}},
+        "interfaces": {
+            "Task": {"id": {"optional": False, "nullable": False}, "old": {"optional": True, "nullable": False}}
+        },
         "enums": {"TaskStatus": ["queued"]},
     }
     schemas = {
@@ -308,7 +308,8 @@ def test_the_server_ships_the_subscriber_itself(tmp_path: Path) -> None:
     # carries the file's content rather than a link that would point nowhere.
     static = ROOT / "service" / "api" / "static" / "relay.js"
     subscriber = JS / "src" / "subscriber.js"
-    assert static.is_symlink() and static.resolve() == subscriber.resolve()
+    assert static.is_symlink()
+    assert static.resolve() == subscriber.resolve()
     tree = tmp_path / "tree"
     tree.mkdir()
     for name in ("pyproject.toml", "README.md"):
