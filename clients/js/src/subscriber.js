@@ -1,6 +1,8 @@
 // Relay's browser client: follow tasks over one WebSocket, get each event once and in order, survive drops.
+// This file is @relay/client's `subscriber` (clients/js/src/subscriber.js) and the API serves it as /static/relay.js
+// (service/api/static/relay.js links to it; a wheel carries its content): no build step, one source.
 //
-//   import { RelayClient } from "/static/relay.js";
+//   import { RelayClient } from "/static/relay.js"; // or from "@relay/client/subscriber"
 //   const relay = new RelayClient(location.origin);
 //   relay.subscribe(task.id, task.ws_token, { onEvent(event) { ... }, onStatus(status) { ... } });
 //

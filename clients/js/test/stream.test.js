@@ -3,7 +3,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { ask, relay } from "./support.js";
+import { RelayClient } from "../src/index.js";
+import { RELAY_URL, ask, relay } from "./support.js";
 
 test("a stream resumes after the API restarts mid-task, with no event lost or repeated", async () => {
   const client = relay();
@@ -55,4 +56,31 @@ test("leaving a stream early closes it", async () => {
   }
   const ended = await task.wait({ timeout: 20 });
   assert.equal(ended.status, "succeeded");
+});
+
+test("the browser subscriber runs here too: each event once, in order, over whichever channel Node has", async () => {
+  const client = relay();
+  const task = await client.tasks.submit("sleep", { seconds: 1 });
+  const subscriber = new RelayClient(RELAY_URL);
+  const seqs = [];
+  try {
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no final event; got ${seqs}`)), 20_000);
+      subscriber.subscribe(task.id, task.ws_token, {
+        onEvent: (event) => {
+          seqs.push(event.seq);
+          if (event.type === "task.completed") {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      });
+    });
+  } finally {
+    subscriber.close();
+  }
+  assert.deepEqual(
+    seqs,
+    Array.from({ length: seqs.length }, (_, i) => i + 1),
+  );
 });
