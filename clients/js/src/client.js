@@ -28,9 +28,9 @@ export class Relay {
     this.ops = new Ops(transport);
   }
 
-  /** Figures for dashboards: the tenant's own, or every tenant's for the admin token. */
-  stats({ signal } = {}) {
-    return this.transport.request("GET", "/v1/stats", { retry: true, signal });
+  /** Figures for dashboards: the tenant's own; every tenant's for the admin token, or one's with `tenant`. */
+  stats({ tenant, signal } = {}) {
+    return this.transport.request("GET", "/v1/stats", { query: { tenant }, retry: true, signal });
   }
 }
 
@@ -227,9 +227,9 @@ class DeadLetters {
     return this.transport.request("GET", deadLetterPath(id), { retry: true, signal });
   }
 
-  /** Send one dead letter again (same webhook-id, a fresh schedule): `{replayed: 1}`. */
-  replay(id, { signal } = {}) {
-    return this.transport.request("POST", `${deadLetterPath(id)}/replay`, { signal });
+  /** Send one dead letter again (same webhook-id, a fresh schedule); how many were replayed (1). */
+  async replay(id, { signal } = {}) {
+    return (await this.transport.request("POST", `${deadLetterPath(id)}/replay`, { signal })).replayed;
   }
 
   /**
@@ -315,9 +315,9 @@ class Ops {
     return this.transport.request("GET", "/v1/ops/cluster", { retry: true, signal });
   }
 
-  /** Acknowledge that the store lost its data, so that /ready may answer 200 again: `{acknowledged}`. */
-  acknowledgeStoreLoss({ signal } = {}) {
-    return this.transport.request("POST", "/v1/ops/store/acknowledge", { signal });
+  /** Acknowledge that the store lost its data, so that /ready may answer 200 again; false when it had not. */
+  async acknowledgeStoreLoss({ signal } = {}) {
+    return (await this.transport.request("POST", "/v1/ops/store/acknowledge", { signal })).acknowledged;
   }
 }
 

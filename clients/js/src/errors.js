@@ -2,7 +2,8 @@
 //
 //   RelayError
 //   ├── ApiError                  Relay answered with an error status: .status, .detail, .retryAfterS
-//   │   ├── InvalidError          400, 413, 422: a request that does not fit (the detail says what)
+//   │   ├── BadRequestError       400, 413: a request Relay cannot take (413: a body over RELAY_MAX_BODY_BYTES)
+//   │   │   └── InvalidError      422: an unknown kind, an input that does not fit it, a refused webhook URL
 //   │   ├── UnauthorizedError     401: no key, or one Relay does not know
 //   │   ├── ForbiddenError        403: a key without the right (an admin token where a tenant's key is needed)
 //   │   ├── NotFoundError         404: no such thing for this caller (another tenant's ids answer the same)
@@ -11,6 +12,7 @@
 //   │   └── UnavailableError      503: storage or broker away (retried for submissions and reads first)
 //   ├── TransportError            no answer at all: connection refused or reset, DNS, a request timeout
 //   │   └── RequestTimeoutError   no answer within the client's timeout
+//   ├── UnexpectedAnswerError     a 2xx answer this client cannot read (a proxy's page, say)
 //   ├── StreamError               a task's stream ended for good with an error (its task is gone with the store)
 //   ├── WaitTimeoutError          wait() gave up: the task had not ended within its timeout
 //   └── WebhookVerificationError  verifyWebhook() refused a request (bad or missing signature, stale timestamp)
@@ -37,7 +39,8 @@ export class ApiError extends RelayError {
   }
 }
 
-export class InvalidError extends ApiError {}
+export class BadRequestError extends ApiError {}
+export class InvalidError extends BadRequestError {}
 export class UnauthorizedError extends ApiError {}
 export class ForbiddenError extends ApiError {}
 export class NotFoundError extends ApiError {}
@@ -46,12 +49,12 @@ export class RateLimitedError extends ApiError {}
 export class UnavailableError extends ApiError {}
 
 const BY_STATUS = new Map([
-  [400, InvalidError],
+  [400, BadRequestError],
   [401, UnauthorizedError],
   [403, ForbiddenError],
   [404, NotFoundError],
   [409, ConflictError],
-  [413, InvalidError],
+  [413, BadRequestError],
   [422, InvalidError],
   [429, RateLimitedError],
   [503, UnavailableError],
@@ -63,6 +66,7 @@ export function apiErrorClass(status) {
 }
 
 export class TransportError extends RelayError {}
+export class UnexpectedAnswerError extends RelayError {}
 export class RequestTimeoutError extends TransportError {}
 
 export class StreamError extends RelayError {

@@ -6,7 +6,7 @@
 // no answer, 429 and 503, with exponential backoff and jitter, never sooner than Retry-After. Nothing else is retried
 // (a replay or a rotation sent twice would be done twice).
 
-import { RelayError, RequestTimeoutError, TransportError, apiErrorClass } from "./errors.js";
+import { RelayError, RequestTimeoutError, TransportError, UnexpectedAnswerError, apiErrorClass } from "./errors.js";
 
 // Seconds a request may take before it counts as unanswered (a stream: until its headers arrive).
 export const DEFAULT_TIMEOUT_S = 30;
@@ -89,7 +89,11 @@ export class Transport {
       }
       if (response.ok) {
         if (response.status === 204 || text === "") return undefined;
-        return JSON.parse(text);
+        try {
+          return JSON.parse(text);
+        } catch {
+          throw new UnexpectedAnswerError(`${method} ${path} answered ${response.status} with no JSON: ${text.slice(0, 200)}`);
+        }
       }
       const error = apiError(response, text, method, path);
       if (retry && RETRY_STATUSES.has(response.status) && attempt < this.maxRetries) {

@@ -12,7 +12,6 @@ import type {
   DestinationState,
   Event,
   EventType,
-  ReplayOne,
   ReplayResult,
   Stats,
   Subscribed,
@@ -162,7 +161,7 @@ export interface DeadLettersApi {
   list(options?: DeadLetterListOptions): Pager<DeadLetter, DeadLetterPage>;
   get(id: string, options?: CallOptions): Promise<DeadLetter>;
   /** Send it again: the same Event and webhook-id, on a fresh schedule. */
-  replay(id: string, options?: CallOptions): Promise<ReplayOne>;
+  replay(id: string, options?: CallOptions): Promise<number>;
   replayBulk(options: ReplayBulkOptions): Promise<ReplayResult>;
   delete(id: string, options?: CallOptions): Promise<void>;
 }
@@ -201,7 +200,8 @@ export interface OpsApi {
   /** The secret that signs operational events. */
   signingSecret(options?: CallOptions): Promise<string>;
   cluster(options?: CallOptions): Promise<ClusterView>;
-  acknowledgeStoreLoss(options?: CallOptions): Promise<{ acknowledged: boolean }>;
+  /** false when there was no loss to acknowledge. */
+  acknowledgeStoreLoss(options?: CallOptions): Promise<boolean>;
 }
 
 export class Relay {
@@ -216,8 +216,8 @@ export class Relay {
   readonly signingSecret: SigningSecretsApi;
   /** Needs the admin token. */
   readonly ops: OpsApi;
-  /** Figures for dashboards: the tenant's own, or every tenant's for the admin token. */
-  stats(options?: CallOptions): Promise<Stats>;
+  /** Figures for dashboards: the tenant's own; every tenant's for the admin token, or one's with `tenant`. */
+  stats(options?: CallOptions & { tenant?: string }): Promise<Stats>;
 }
 
 export interface VerifyOptions {
@@ -258,8 +258,10 @@ export class ApiError extends RelayError {
   /** Seconds Retry-After asked for, or null. */
   readonly retryAfterS: number | null;
 }
-/** 400, 413, 422: a request that does not fit. */
-export class InvalidError extends ApiError {}
+/** 400, 413: a request Relay cannot take. */
+export class BadRequestError extends ApiError {}
+/** 422: an unknown kind, an input that does not fit it, a refused webhook URL. */
+export class InvalidError extends BadRequestError {}
 /** 401. */
 export class UnauthorizedError extends ApiError {}
 /** 403. */
@@ -272,6 +274,8 @@ export class ConflictError extends ApiError {}
 export class RateLimitedError extends ApiError {}
 /** 503, after the retries a submission or a read gets. */
 export class UnavailableError extends ApiError {}
+/** A 2xx answer this client cannot read (a proxy's page, say). */
+export class UnexpectedAnswerError extends RelayError {}
 /** No answer at all: refused, reset, DNS. */
 export class TransportError extends RelayError {}
 /** No answer within the client's timeout. */

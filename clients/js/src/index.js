@@ -9,6 +9,7 @@
 export { DEFAULT_PAGE_SIZE, Pager, Relay, TaskHandle } from "./client.js";
 export {
   ApiError,
+  BadRequestError,
   ConflictError,
   ForbiddenError,
   InvalidError,
@@ -20,6 +21,7 @@ export {
   TransportError,
   UnauthorizedError,
   UnavailableError,
+  UnexpectedAnswerError,
   WaitTimeoutError,
   WebhookVerificationError,
 } from "./errors.js";

@@ -47,7 +47,7 @@ test("bulk replay: a dry run counts and sends nothing, the replay sends each aga
   assert.throws(() => client.deadLetters.replayBulk({}), TypeError); // dryRun must be said
 
   const [first] = await deadOf();
-  assert.deepEqual(await client.deadLetters.replay(first.id), { replayed: 1 });
+  assert.equal(await client.deadLetters.replay(first.id), 1);
   await client.deadLetters.delete(first.id);
   await assert.rejects(client.deadLetters.get(first.id), NotFoundError);
 });

@@ -4,7 +4,15 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { ConflictError, NotFoundError, RateLimitedError, Relay, RequestTimeoutError, UnavailableError } from "../src/index.js";
+import {
+  ConflictError,
+  NotFoundError,
+  RateLimitedError,
+  Relay,
+  RequestTimeoutError,
+  UnavailableError,
+  UnexpectedAnswerError,
+} from "../src/index.js";
 
 const TASK = { id: "task_x", kind: "echo", status: "queued", input: null, created_at: "2026-12-07T00:00:00Z" };
 
@@ -173,4 +181,9 @@ test("a stream that goes silent is opened again", async () => {
   for await (const event of relay.tasks.stream("task_x", { idleTimeout: 0.2 })) seen.push(event.seq);
   assert.deepEqual(seen, [1, 2]);
   assert.equal(calls[1].headers["Last-Event-ID"], "1");
+});
+
+test("a 2xx that is not JSON is an UnexpectedAnswerError", async () => {
+  const { fetch } = scripted(new Response("<html>proxy</html>", { status: 200 }));
+  await assert.rejects(new Relay("http://relay.test", "key", { fetch }).tasks.get("task_x"), UnexpectedAnswerError);
 });

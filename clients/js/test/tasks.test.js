@@ -162,4 +162,5 @@ test("an admin token reads every tenant's figures and the operator's secret", as
   assert.match(await admin.ops.signingSecret(), /^whsec_/);
   assert.equal((await admin.ops.cluster()).mode, "standalone");
   assert.equal((await relay().stats()).tenant, "acme");
+  assert.equal((await admin.stats({ tenant: "globex" })).tenant, "globex");
 });
