@@ -71,13 +71,11 @@ function parseEvent(bytes) {
   }
 }
 
+// Header names are case-insensitive: a Headers, a Map or Node's plain object (req.headers), whatever their case.
 function header(headers, name) {
   if (!headers) return null;
-  if (typeof headers.get === "function") {
-    const value = headers.get(name) ?? headers.get(name.toLowerCase());
-    return value === undefined ? null : value; // a Map answers undefined, Headers null
-  }
-  for (const [key, value] of Object.entries(headers)) {
+  const entries = typeof headers.entries === "function" ? headers.entries() : Object.entries(headers);
+  for (const [key, value] of entries) {
     if (key.toLowerCase() === name) return Array.isArray(value) ? value.join(" ") : (value ?? null);
   }
   return null;

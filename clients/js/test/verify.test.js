@@ -22,6 +22,8 @@ test("a real webhook verifies and gives its Event", async () => {
   // The body as a string and the headers as a Headers object verify the same.
   const asString = new TextDecoder().decode(bodyOf(before));
   assert.deepEqual(await verifyWebhook(asString, new Headers(before.headers), oldSecret), event);
+  const upper = new Map(Object.entries(before.headers).map(([key, value]) => [key.toUpperCase(), value]));
+  assert.deepEqual(await verifyWebhook(new Uint8Array(bodyOf(before)).buffer, upper, oldSecret), event);
 });
 
 test("during a rotation, either secret verifies, and both given together", async () => {
