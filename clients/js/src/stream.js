@@ -10,6 +10,8 @@ import { apiError, sleep } from "./http.js";
 
 // Seconds without a byte after which a stream counts as dead (the server writes a comment at least every 15 s).
 export const DEFAULT_IDLE_TIMEOUT_S = 45;
+// A stream open this long before it dropped was healthy: the next reconnect starts the backoff over.
+const HEALTHY_AFTER_S = 5;
 
 const FINAL_TYPES = new Set(["task.completed", "task.failed", "task.cancelled"]);
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
@@ -24,7 +26,7 @@ const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 export async function* streamEvents(transport, taskId, options = {}) {
   const { afterSeq = 0, signal, idleTimeout = DEFAULT_IDLE_TIMEOUT_S, onSubscribed } = options;
   let lastSeq = afterSeq;
-  let failures = 0; // drops and refusals in a row; a stream that delivered something starts counting again
+  let failures = 0; // drops and refusals in a row; a stream that delivered or lasted starts counting again
   const path = `/v1/tasks/${encodeURIComponent(taskId)}/stream`;
   for (;;) {
     signal?.throwIfAborted();
@@ -37,6 +39,7 @@ export async function* streamEvents(transport, taskId, options = {}) {
       idle = setTimeout(() => controller.abort(new TransportError(`no data for ${idleTimeout} s`)), idleTimeout * 1000);
     };
     let why;
+    let openedAt = null;
     try {
       const headers = { Accept: "text/event-stream" };
       if (lastSeq > 0) headers["Last-Event-ID"] = String(lastSeq);
@@ -50,10 +53,12 @@ export async function* streamEvents(transport, taskId, options = {}) {
       if (response !== undefined) {
         if (response.status === 204) return; // the task has ended and its final event is ours already
         if (!response.ok) {
-          const error = apiError(response, await response.text(), "GET", path);
+          const text = await response.text().catch(() => "");
+          const error = apiError(response, text, "GET", path);
           if (!(error instanceof UnavailableError || error instanceof RateLimitedError)) throw error;
           why = error;
         } else {
+          openedAt = Date.now();
           armIdle();
           try {
             for await (const message of messages(response.body, armIdle, controller.signal)) {
@@ -69,8 +74,10 @@ export async function* streamEvents(transport, taskId, options = {}) {
                 if (typeof event.seq !== "number" || event.seq <= lastSeq) continue; // had it before the drop
                 lastSeq = event.seq;
                 failures = 0;
+                clearTimeout(idle); // the time the consumer takes is not the stream's silence
                 yield event;
                 if (FINAL_TYPES.has(event.type)) return;
+                armIdle();
               }
             }
             if (signal?.aborted) throw signal.reason;
@@ -94,6 +101,7 @@ export async function* streamEvents(transport, taskId, options = {}) {
       signal?.removeEventListener("abort", onAbort);
       controller.abort(); // closes the connection when the consumer stopped early, or the stream ended
     }
+    if (openedAt !== null && Date.now() - openedAt >= HEALTHY_AFTER_S * 1000) failures = 0;
     if (failures >= transport.maxRetries) throw why;
     const waitS = transport.backoffS(failures, why?.retryAfterS ?? null);
     if (waitS === null) throw why;
