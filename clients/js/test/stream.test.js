@@ -8,7 +8,7 @@ import { RELAY_URL, ask, relay } from "./support.js";
 
 test("a stream resumes after the API restarts mid-task, with no event lost or repeated", async () => {
   const client = relay();
-  const task = await client.tasks.submit("sleep", { seconds: 6 });
+  const task = await client.tasks.submit("sleep", { seconds: 4 });
   const subscribed = [];
   const seqs = [];
   const types = [];
