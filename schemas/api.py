@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 # No id Relay makes is longer than this (a prefix and 24 characters): a longer one is not looked up.
@@ -16,6 +18,9 @@ class SigningSecret(msgspec.Struct):
 
 
 class ErrorBody(msgspec.Struct):
+    """Every error answer: its status, what went wrong for a person to read, and for a request that does not fit
+    (422) the problems one by one (``[{"message", "key", "source"}]``)."""
+
     status_code: int
     detail: str
-    extra: dict[str, object] | None = None
+    extra: list[dict[str, Any]] | dict[str, Any] | None = None

@@ -28,11 +28,12 @@ from service.api.auth import Principal, Reader, bearer_token
 from service.api.docs import docs_config
 from service.api.json_depth import json_depth_exceeds
 from service.api.methods import answer_every_method
-from service.api.openapi import declare_security, list_task_kinds
+from service.api.openapi import finish_document
 from service.api.pages import console_page, demo_page
 from service.api.routes.dead_letters import DeadLetterController
 from service.api.routes.destinations import DestinationController, ops_signing_secret
 from service.api.routes.ops import acknowledge_store_loss, cluster, health, prometheus_metrics, ready
+from service.api.routes.signing_secret import SigningSecretController
 from service.api.routes.stats import stats
 from service.api.routes.tasks import TaskController
 from service.api.state import ApiState
@@ -57,8 +58,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         holder["state"] = ApiState.open(settings)
         await holder["state"].start()
-        list_task_kinds(app, holder["state"].kinds.names())
-        declare_security(app)
+        finish_document(app, kinds=holder["state"].kinds.names())
         try:
             yield
         finally:
@@ -123,6 +123,7 @@ def create_app(settings: Settings) -> Litestar:
         before_request=check_body,
         route_handlers=[
             TaskController,
+            SigningSecretController,
             DeadLetterController,
             DestinationController,
             ops_signing_secret,

@@ -22,7 +22,7 @@ from litestar.openapi.spec import Components
 from litestar.params import FromPath
 from litestar.response import File
 
-from service.api.openapi import SECURITY_SCHEMES
+from service.api.openapi import SECURITY_SCHEMES, TAGS
 
 if TYPE_CHECKING:
     from litestar import Request
@@ -42,6 +42,16 @@ SWAGGER_UI_FILES = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
     "swagger-ui.css": "text/css; charset=utf-8",
 }
+# What the document says of the API as a whole (Markdown), above its operations.
+DESCRIPTION = """Relay runs work on workers and delivers each task's events to its client: by WebSocket push first, then \
+by signed HTTP webhook with retries; what cannot be delivered lands in the dead letters.
+
+Send `Authorization: Bearer <token>`: a tenant's API key for its own things, the admin token for everyone's and for \
+`/v1/ops/`. Every error is JSON with a human-readable `detail`. Times are RFC 3339 in UTC. Lists page with \
+`next_cursor` (null on the last page). A submission with an `Idempotency-Key` header may be retried safely: the same \
+key returns the first answer.
+
+The `webhooks` section describes what Relay POSTs to receivers (Standard Webhooks headers and signature)."""
 # The files change only with the package's version, which a restart brings.
 ASSET_CACHE_CONTROL = "public, max-age=3600"
 
@@ -120,7 +130,9 @@ def docs_config(*, title: str, version: str, static_url: str) -> OpenAPIConfig:
     return OpenAPIConfig(
         title=title,
         version=version,
+        description=DESCRIPTION,
         components=Components(security_schemes=dict(SECURITY_SCHEMES)),
+        tags=list(TAGS),
         # The first plugin also answers the root, /schema.
         render_plugins=[swagger, YamlRenderPlugin(path=["/openapi.yaml", "/openapi.yml"])],
         openapi_router=router,

@@ -115,10 +115,11 @@ def test_the_document_declares_the_bearer_tokens_and_every_protected_operation_t
         for method, operation in item.items()
     }
     either = [{"tenantKey": []}, {"adminToken": []}]
-    assert security[("POST", "/v1/tasks")] == either
+    assert security[("POST", "/v1/tasks")] == [{"tenantKey": []}]  # a task is a tenant's
     assert security[("GET", "/v1/dead-letters")] == either
     assert security[("PATCH", "/v1/destinations/{destination_id}")] == either
-    assert security[("GET", "/v1/tasks/{task_id}/stream")] == [*either, {"taskToken": []}]
+    assert security[("GET", "/v1/tasks/{task_id}")] == [*either, {"taskBearer": []}]
+    assert security[("GET", "/v1/tasks/{task_id}/stream")] == [*either, {"taskBearer": []}, {"taskToken": []}]
     assert security[("GET", "/v1/ops/signing-secret")] == [{"adminToken": []}]
     assert security[("GET", "/health")] == []
     assert security[("GET", "/ready")] == []

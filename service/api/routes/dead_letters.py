@@ -16,7 +16,7 @@ from delivery.errors import InvalidCursor, UnreadableRecord
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE
 from schemas.dead_letters import DeadLetter, DeadLetterPage, DeadLetterReason, ReplayFilter, ReplayOne, ReplayResult
 from service.api.auth import Principal, tenant_scope
-from service.api.openapi import errors
+from service.api.openapi import BODY_ERRORS, errors
 from service.api.state import ApiState
 from service.api.time_range import check_time_range
 
@@ -25,7 +25,13 @@ class DeadLetterController(Controller):
     path = "/v1/dead-letters"
     tags = ["dead letters"]
 
-    @get("/", summary="Dead letters, newest first", responses=errors())
+    @get(
+        "/",
+        operation_id="dead_letters_list",
+        response_description="A page of dead letters, newest first",
+        summary="Dead letters, newest first",
+        responses=errors(),
+    )
     async def list_dead_letters(
         self,
         state_: NamedDependency[ApiState],
@@ -48,7 +54,13 @@ class DeadLetterController(Controller):
             raise ValidationException(str(exc)) from None
         return DeadLetterPage(items=items, next_cursor=next_cursor)
 
-    @get("/{dl_id:str}", summary="One dead letter", responses=errors(404, 409))
+    @get(
+        "/{dl_id:str}",
+        operation_id="dead_letters_get",
+        response_description="The dead letter",
+        summary="One dead letter",
+        responses=errors(404, 409),
+    )
     async def read(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
     ) -> DeadLetter:
@@ -56,8 +68,12 @@ class DeadLetterController(Controller):
 
     @post(
         "/{dl_id:str}/replay",
+        operation_id="dead_letters_replay",
+        response_description="Sent again",
         status_code=HTTP_202_ACCEPTED,
         summary="Send a dead letter again",
+        description="The same Event (the same `webhook-id`) on a fresh retry schedule. It leaves the dead letters "
+        "once delivered, and comes back with `replays` raised if it fails again.",
         responses=errors(404, 409),
     )
     async def replay_one(
@@ -68,9 +84,13 @@ class DeadLetterController(Controller):
 
     @post(
         "/replay",
+        operation_id="dead_letters_replay_bulk",
+        response_description="How many matched, and how many were sent again (0 for a dry run)",
         status_code=HTTP_202_ACCEPTED,
         summary="Replay every dead letter that matches",
-        responses=errors(413),
+        description="`dry_run` is required: `true` counts what matches and sends nothing (`replayed: 0`). A tenant's "
+        "key replays its own dead letters only, whatever `tenant` says.",
+        responses=errors(*BODY_ERRORS),
     )
     async def replay_many(
         self,
@@ -94,7 +114,14 @@ class DeadLetterController(Controller):
         replayed += sum(await state_.dead_letters.replay_batch(batch))
         return ReplayResult(matched=matched, replayed=replayed)
 
-    @delete("/{dl_id:str}", status_code=HTTP_204_NO_CONTENT, summary="Delete a dead letter", responses=errors(404))
+    @delete(
+        "/{dl_id:str}",
+        operation_id="dead_letters_delete",
+        response_description="Deleted",
+        status_code=HTTP_204_NO_CONTENT,
+        summary="Delete a dead letter",
+        responses=errors(404),
+    )
     async def remove(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], dl_id: FromPath[str]
     ) -> None:

@@ -14,7 +14,7 @@ from delivery.errors import InvalidCursor
 from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
 from schemas.destinations import Destination, DestinationCaps, DestinationPage, DestinationState
 from service.api.auth import NO_TENANT, Principal, require_operator, tenant_scope
-from service.api.openapi import errors
+from service.api.openapi import BODY_ERRORS, OPERATOR_ONLY, errors
 from service.api.state import ApiState
 
 
@@ -22,7 +22,14 @@ class DestinationController(Controller):
     path = "/v1/destinations"
     tags = ["destinations"]
 
-    @get("/", summary="Destinations, worst first", responses=errors())
+    @get(
+        "/",
+        operation_id="destinations_list",
+        response_description="A page of destinations, worst first",
+        summary="Destinations, worst first",
+        description="`open`, `paused`, `degraded`, `healthy`, then most owed first.",
+        responses=errors(),
+    )
     async def list_destinations(
         self,
         state_: NamedDependency[ApiState],
@@ -43,13 +50,26 @@ class DestinationController(Controller):
             raise ValidationException(str(exc)) from None
         return DestinationPage(items=items, next_cursor=next_cursor)
 
-    @get("/{destination_id:str}", summary="One destination", responses=errors(404))
+    @get(
+        "/{destination_id:str}",
+        operation_id="destinations_get",
+        response_description="The destination",
+        summary="One destination",
+        responses=errors(404),
+    )
     async def read(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], destination_id: FromPath[str]
     ) -> Destination:
         return await _visible(state_, principal, destination_id)
 
-    @patch("/{destination_id:str}", summary="Change a destination's caps", responses=errors(404))
+    @patch(
+        "/{destination_id:str}",
+        operation_id="destinations_update",
+        response_description="The destination with its new caps",
+        summary="Change a destination's caps",
+        description="A field left out is left as it is; `rate_per_s: null` removes the rate.",
+        responses=errors(*BODY_ERRORS, 404),
+    )
     async def set_caps(
         self,
         state_: NamedDependency[ApiState],
@@ -69,6 +89,8 @@ class DestinationController(Controller):
 
     @post(
         "/{destination_id:str}/pause",
+        operation_id="destinations_pause",
+        response_description="The destination, now paused",
         status_code=200,
         summary="Hold every webhook of a destination",
         responses=errors(404),
@@ -80,7 +102,12 @@ class DestinationController(Controller):
         return await _changed(state_, destination_id, "pause")
 
     @post(
-        "/{destination_id:str}/resume", status_code=200, summary="Release a paused destination", responses=errors(404)
+        "/{destination_id:str}/resume",
+        operation_id="destinations_resume",
+        response_description="The destination, released",
+        status_code=200,
+        summary="Release a paused destination",
+        responses=errors(404),
     )
     async def resume(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], destination_id: FromPath[str]
@@ -91,9 +118,12 @@ class DestinationController(Controller):
 
 @get(
     "/v1/ops/signing-secret",
+    operation_id="ops_signing_secret_get",
+    response_description="The operator secret",
     tags=["operations"],
+    security=OPERATOR_ONLY,
     summary="The secret that signs operational events",
-    responses=errors(403),
+    responses=errors(403, why={403: "A tenant's API key where the admin token is needed"}),
 )
 async def ops_signing_secret(
     state_: NamedDependency[ApiState], principal: NamedDependency[Principal]

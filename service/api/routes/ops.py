@@ -11,6 +11,7 @@ from typing import Any
 from dramatiq.brokers.redis import RedisBroker
 from litestar import Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,7 +22,7 @@ from delivery import cluster_view, figures, metrics
 from delivery.store_refusals import WriteRefusal, refusal_of
 from schemas.cluster import ClusterView
 from service.api.auth import Principal, require_operator
-from service.api.openapi import errors
+from service.api.openapi import OPERATOR_ONLY, errors
 from service.api.state import ApiState
 from service.broker import QUEUE
 
@@ -31,15 +32,31 @@ log = logging.getLogger("relay.api")
 READY_TIMEOUT_S = 0.8
 
 
-@get("/health", tags=["operations"], summary="200 while the process runs", exclude_from_auth=True)
+@get(
+    "/health",
+    operation_id="health",
+    response_description="The process runs",
+    tags=["health"],
+    summary="200 while the process runs",
+    exclude_from_auth=True,
+)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @get(
     "/ready",
-    tags=["operations"],
+    operation_id="ready",
+    response_description="Ready: every check says ok",
+    tags=["health"],
     summary="200 when Redis and the broker answer and the store has its data and takes new work, else 503 with the reason",
+    responses={
+        503: ResponseSpec(
+            data_container=dict[str, str],
+            description="Not ready: each check says what it found (`ok` or what is wrong)",
+            generate_examples=False,
+        )
+    },
 )
 async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
     epoch_problem: str | None = None
@@ -79,9 +96,12 @@ async def ready(state_: NamedDependency[ApiState]) -> Response[dict[str, str]]:
 
 @get(
     "/v1/ops/cluster",
+    operation_id="ops_cluster_get",
+    response_description="The storage's nodes, partitions and the processes alive",
     tags=["operations"],
+    security=OPERATOR_ONLY,
     summary="The storage's nodes, how Relay's partitions sit on them, the work owed on each, and the processes alive",
-    responses=errors(403),
+    responses=errors(403, why={403: "A tenant's API key where the admin token is needed"}),
 )
 async def cluster(state_: NamedDependency[ApiState], principal: NamedDependency[Principal]) -> ClusterView:
     require_operator(principal)
@@ -92,10 +112,13 @@ async def cluster(state_: NamedDependency[ApiState], principal: NamedDependency[
 
 @post(
     "/v1/ops/store/acknowledge",
+    operation_id="ops_store_acknowledge",
+    response_description="Whether a loss was there to acknowledge",
     tags=["operations"],
+    security=OPERATOR_ONLY,
     summary="Acknowledge that the store lost its data, so that /ready may answer 200 again",
     status_code=HTTP_200_OK,
-    responses=errors(403),
+    responses=errors(403, why={403: "A tenant's API key where the admin token is needed"}),
 )
 async def acknowledge_store_loss(
     state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
@@ -117,7 +140,17 @@ class _Snapshot:
         yield from self._families
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus text exposition", media_type=CONTENT_TYPE_LATEST)
+@get(
+    "/metrics",
+    operation_id="metrics",
+    response_description="Prometheus text exposition format",
+    tags=["health"],
+    summary="Prometheus text exposition",
+    description="Cluster-wide figures (tasks, deliveries, dead letters, destinations by state, latency) and this "
+    "process's own (live connections, the store's room).",
+    media_type=CONTENT_TYPE_LATEST,
+    responses=errors(503, anonymous=True),
+)
 async def prometheus_metrics(state_: NamedDependency[ApiState]) -> Response[bytes]:
     stats, latency, dead, due, owed = await figures.gather(
         state_.redis,

@@ -61,7 +61,9 @@ _decode_snapshot = msgspec.json.Decoder(_Snapshot).decode
 
 @get(
     "/v1/stats",
-    tags=["operations"],
+    operation_id="stats_get",
+    response_description="The figures",
+    tags=["stats"],
     summary="Figures for dashboards: tasks, deliveries, webhooks owed and held, dead letters, destinations, "
     "queue depth, delivery latency, and their rates over the last minute",
     description="The admin token sees every tenant's figures (or one tenant's with `tenant=`); a tenant's API key "

@@ -1,4 +1,4 @@
-"""``/v1/tasks`` and the tenant's signing secret."""
+"""``/v1/tasks``: submit, list, read, follow and cancel tasks."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from litestar.exceptions import (
     TooManyRequestsException,
     ValidationException,
 )
+from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, FromPath, HeaderParameter, QueryParameter
 from litestar.response import Stream
@@ -37,14 +38,14 @@ from delivery.errors import ForbiddenAddress, InvalidCallbackUrl, InvalidCursor,
 from delivery.ids import new_id, utcnow
 from delivery.replication import NotReplicated
 from delivery.store_refusals import WriteRefusal, refusal_of
-from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE, SigningSecret
+from schemas.api import DEFAULT_PAGE_SIZE, MAX_ID_CHARS, MAX_PAGE_SIZE
 from schemas.deliveries import AttemptList
 from schemas.events import EventList
 from schemas.tasks import MAX_SCHEDULE_AHEAD_S, Task, TaskPage, TaskRecord, TaskStatus, TaskSubmission
 from schemas.ws import MAX_SEQ
 from service.api.auth import Principal, Reader, bearer_token, require_tenant, tenant_scope
 from service.api.http_protocol import connection_control
-from service.api.openapi import errors
+from service.api.openapi import BODY_ERRORS, STREAM_READERS, TASK_READERS, TENANT_ONLY, errors
 from service.api.sse import EventStream, keepalive_s
 from service.api.state import ApiState
 from service.api.store_watch import RETRY_AFTER_S
@@ -96,13 +97,45 @@ class TaskController(Controller):
     path = "/v1"
     tags = ["tasks"]
 
-    @post("/tasks", status_code=HTTP_202_ACCEPTED, summary="Submit a task", responses=errors(403, 413, 429))
+    @post(
+        "/tasks",
+        operation_id="tasks_submit",
+        response_description="The task, queued or scheduled (for an Idempotency-Key used before: the first one)",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Submit a task",
+        description="Accepted (202) with the task, `queued`, or `scheduled` with `run_at` or `delay_s`. Its events "
+        "go to the WebSocket (`websocket: true`) and then to `webhook.url`; with neither, poll it. Send an "
+        "`Idempotency-Key` and retry with the same key after a 503 or a lost answer: the first task comes back.",
+        security=TENANT_ONLY,
+        responses=errors(
+            *BODY_ERRORS,
+            403,
+            409,
+            429,
+            why={
+                409: "A request with this Idempotency-Key and another body is in progress; retry after Retry-After",
+                422: "An unknown kind, an input that does not fit the kind, a webhook URL that is not absolute "
+                "http(s) or resolves to a forbidden address, run_at and delay_s both, or an Idempotency-Key used "
+                "for another body",
+                429: "Over RELAY_SUBMIT_RATE, or the tenant has RELAY_TENANT_MAX_OPEN_TASKS tasks not yet ended; "
+                "Retry-After says when to try again",
+            },
+        ),
+    )
     async def submit(
         self,
         state_: NamedDependency[ApiState],
         principal: NamedDependency[Principal],
         data: Annotated[TaskSubmission, Body(media_type=RequestEncodingType.JSON, examples=SUBMISSION_EXAMPLES)],
-        idempotency_key: Annotated[str | None, HeaderParameter(header="idempotency-key")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                header="idempotency-key",
+                description="Up to 255 characters of your choosing, one per task: the same key (per tenant, 24 h) "
+                "with the same body returns the first answer and runs nothing again.",
+                examples=[Example(value="order-42-receipt")],
+            ),
+        ] = None,
     ) -> Task:
         tenant = require_tenant(principal)
         if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
@@ -205,7 +238,13 @@ class TaskController(Controller):
         # The broker's own failures are the sweeper's (see ApiState.create_task).
         return stored
 
-    @get("/tasks", summary="Tasks, newest first", responses=errors())
+    @get(
+        "/tasks",
+        operation_id="tasks_list",
+        response_description="A page of tasks, newest first",
+        summary="Tasks, newest first",
+        responses=errors(),
+    )
     async def list_tasks(
         self,
         state_: NamedDependency[ApiState],
@@ -226,7 +265,14 @@ class TaskController(Controller):
             raise ValidationException(f"query parameter cursor: {exc}") from None
         return TaskPage(items=[_shown(record, principal) for record in records], next_cursor=next_cursor)
 
-    @get("/tasks/{task_id:str}", summary="Read a task", responses=errors(404, 409))
+    @get(
+        "/tasks/{task_id:str}",
+        operation_id="tasks_get",
+        response_description="The task",
+        summary="Read a task",
+        security=TASK_READERS,
+        responses=errors(404, 409),
+    )
     async def read(
         self, state_: NamedDependency[ApiState], reader: NamedDependency[Reader], task_id: FromPath[str]
     ) -> Task:
@@ -235,9 +281,13 @@ class TaskController(Controller):
 
     @post(
         "/tasks/{task_id:str}/cancel",
+        operation_id="tasks_cancel",
+        response_description="The task, now cancelled (a running one's run stops on its worker within seconds)",
         status_code=HTTP_202_ACCEPTED,
         summary="Cancel a queued or running task (409 when it has ended)",
-        responses=errors(404, 409),
+        responses=errors(
+            404, 409, why={409: "It has ended already, or it is stored but cannot be read (it nests too deep)"}
+        ),
     )
     async def cancel(
         self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal], task_id: FromPath[str]
@@ -259,6 +309,9 @@ class TaskController(Controller):
 
     @get(
         "/tasks/{task_id:str}/events",
+        operation_id="tasks_events",
+        response_description="A page of the task's events, oldest first",
+        security=TASK_READERS,
         summary="A task's events, oldest first, a page at a time",
         description="Events with `seq > after_seq`, at most `limit`; a page of large events may hold fewer. "
         "`next_after_seq` is the `after_seq` of the next page, null on the last one.",
@@ -278,6 +331,9 @@ class TaskController(Controller):
 
     @get(
         "/tasks/{task_id:str}/stream",
+        operation_id="tasks_stream",
+        response_description="The event stream (text/event-stream), until the task's final event",
+        security=STREAM_READERS,
         summary="A task's events as Server-Sent Events, live, up to its final event",
         description=(
             "Authenticates with an API key, the admin token, or the task's ws_token (as bearer, or as ?token= for "
@@ -287,7 +343,23 @@ class TaskController(Controller):
             "final event's gets 204, which tells EventSource to stop. A stream never acks a delivery."
         ),
         media_type="text/event-stream",
-        responses=errors(404, 409),
+        responses={
+            HTTP_204_NO_CONTENT: ResponseSpec(
+                data_container=None,
+                description="Last-Event-ID is the final event's: nothing more will come (EventSource stops)",
+                generate_examples=False,
+            ),
+            **errors(
+                404,
+                409,
+                429,
+                why={
+                    422: "A Last-Event-ID or after_seq that is not a seq",
+                    429: "Too many streams open from this address (RELAY_WS_MAX_PER_CLIENT) or for this tenant "
+                    "(RELAY_TENANT_MAX_STREAMS)",
+                },
+            ),
+        },
     )
     async def stream(
         self,
@@ -345,6 +417,8 @@ class TaskController(Controller):
 
     @get(
         "/tasks/{task_id:str}/deliveries",
+        operation_id="tasks_deliveries",
+        response_description="Every delivery attempt of the task's events, oldest first",
         summary="Every delivery attempt of a task's events, and its webhooks' dead-lettered and replayed steps",
         responses=errors(404, 409),
     )
@@ -354,25 +428,6 @@ class TaskController(Controller):
         await _owned(state_, principal, task_id)
         attempts, steps = await state_.events.deliveries(task_id)
         return AttemptList(attempts=attempts, steps=steps)
-
-    @get("/signing-secret", summary="The secret that signs this tenant's webhooks", responses=errors(403))
-    async def signing_secret(
-        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
-    ) -> Response[SigningSecret]:
-        secret = await state_.secrets.current(require_tenant(principal))
-        return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
-
-    @post(
-        "/signing-secret/rotate",
-        status_code=200,
-        summary="Rotate the signing secret (the old one signs 24 h more)",
-        responses=errors(403),
-    )
-    async def rotate(
-        self, state_: NamedDependency[ApiState], principal: NamedDependency[Principal]
-    ) -> Response[SigningSecret]:
-        secret = await state_.secrets.rotate(require_tenant(principal))
-        return Response(SigningSecret(secret=secret), headers={"Cache-Control": "no-store"})
 
 
 def _last_event_id(value: str | None) -> int | None:

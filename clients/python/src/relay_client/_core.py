@@ -1,0 +1,368 @@
+"""What ``Relay`` and ``AsyncRelay`` share: every request as data, error mapping, pagination and timeouts (the
+retry policy is in ``_retry``, the reading of a task's stream in ``_sse``).
+
+Both clients build each request here (a :class:`Call`) and only send it their own way, so the two surfaces cannot
+drift apart: a path, a parameter, a retry rule or an error class is written once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import httpx
+import msgspec
+
+from relay_client import errors
+from relay_client._retry import retry_after_s
+from relay_client.types import (
+    AttemptList,
+    ClusterView,
+    DeadLetter,
+    DeadLetterPage,
+    DeadLetterReason,
+    Destination,
+    DestinationPage,
+    DestinationState,
+    ErrorBody,
+    EventList,
+    EventType,
+    ReplayOne,
+    ReplayResult,
+    SigningSecret,
+    Stats,
+    Task,
+    TaskPage,
+    TaskStatus,
+)
+
+__version__ = "0.1.0"
+
+USER_AGENT = f"relay-client-python/{__version__}"
+# Seconds to connect, and to wait for each answer; a caller's own ``timeout`` replaces both.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_TIMEOUT_S = 30.0
+# A stream sends a comment at least every 15 s: this long without a byte means it is dead, and it is resumed.
+DEFAULT_STREAM_IDLE_S = 45.0
+# A waiting ``wait`` polls this often when it cannot stream.
+DEFAULT_POLL_INTERVAL_S = 1.0
+
+FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+T = TypeVar("T")
+
+
+_STATUS_ERRORS: dict[int, type[errors.ApiError]] = {
+    400: errors.BadRequest,
+    401: errors.Unauthorized,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.BadRequest,
+    422: errors.Invalid,
+}
+
+_error_body = msgspec.json.Decoder(ErrorBody)
+
+
+def api_error(status: int, headers: Mapping[str, str], content: bytes) -> errors.ApiError:
+    """The error for an answer with an error status: its class by status, Relay's ``detail`` as the message."""
+    try:
+        detail = _error_body.decode(content).detail
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        detail = content[:500].decode("utf-8", "replace").strip() or httpx.codes.get_reason_phrase(status)
+    if status in (429, 503):
+        retry_cls = errors.RateLimited if status == 429 else errors.Unavailable
+        return retry_cls(status, detail, retry_after_s(headers.get("retry-after")))
+    return _STATUS_ERRORS.get(status, errors.ApiError)(status, detail)
+
+
+def transport_error(exc: httpx.TransportError, method: str, url: str) -> errors.TransportError:
+    """Our error for one of httpx's transport errors (raised ``from`` it, so the cause stays in the traceback)."""
+    what = f"{method} {url}: {type(exc).__name__}: {exc}".rstrip(": ")
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return errors.ConnectError(what)
+    if isinstance(exc, httpx.TimeoutException):
+        return errors.RequestTimeout(what)
+    return errors.TransportError(what)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Call(Generic[T]):
+    """One request: what to send, how to read the answer, and whether it may be repeated."""
+
+    method: str
+    path: str
+    answer: type[T] | None  # None: an answer without a body (204)
+    params: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Safe to send again: reads, and submissions (whose Idempotency-Key makes a repeat return the first task).
+    safe: bool = False
+
+    def decode(self, content: bytes) -> T:
+        if self.answer is None:
+            return None  # type: ignore[return-value]  # Call[None]
+        try:
+            return msgspec.json.decode(content, type=self.answer)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise errors.UnexpectedAnswer(f"{self.method} {self.path}: {exc}") from None
+
+    def with_params(self, **params: str) -> Call[T]:
+        return replace(self, params={**self.params, **params})
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _query(**values: Any) -> dict[str, str]:
+    """Query parameters, the ones left None dropped; times as RFC 3339, enums as their value."""
+    out: dict[str, str] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            out[name] = value.isoformat()
+        elif isinstance(value, TaskStatus | DeadLetterReason | DestinationState):
+            out[name] = value.value
+        else:
+            out[name] = str(value)
+    return out
+
+
+def new_idempotency_key() -> str:
+    """A key for one submission, made once per call and sent with each of its attempts."""
+    return f"relay-client-{uuid.uuid4().hex}"
+
+
+# The requests, one builder each.
+
+
+def submit_task(
+    kind: str,
+    input: Any,
+    *,
+    webhook: str | None,
+    events: Iterable[EventType | str] | None,
+    websocket: bool,
+    run_at: datetime | None,
+    delay_s: float | None,
+    idempotency_key: str | None,
+) -> Call[Task]:
+    body: dict[str, Any] = {"kind": kind, "input": input, "websocket": websocket}
+    if webhook is not None:
+        hook: dict[str, Any] = {"url": webhook}
+        if events is not None:
+            hook["events"] = [e.value if isinstance(e, EventType) else e for e in events]
+        body["webhook"] = hook
+    elif events is not None:
+        raise ValueError("events= names the webhook's event types: give webhook= too")
+    if run_at is not None:
+        body["run_at"] = run_at
+    if delay_s is not None:
+        body["delay_s"] = delay_s
+    key = idempotency_key if idempotency_key is not None else new_idempotency_key()
+    return Call(
+        method="POST",
+        path="/v1/tasks",
+        answer=Task,
+        body=_encode(body),
+        headers={"Idempotency-Key": key},
+        safe=True,
+    )
+
+
+def get_task(task_id: str) -> Call[Task]:
+    return Call(method="GET", path=f"/v1/tasks/{_segment(task_id)}", answer=Task, safe=True)
+
+
+def list_tasks(
+    *,
+    status: TaskStatus | str | None,
+    kind: str | None,
+    tenant: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    page_size: int | None,
+) -> Call[TaskPage]:
+    params = _query(status=status, kind=kind, tenant=tenant, since=since, until=until, limit=page_size)
+    return Call(method="GET", path="/v1/tasks", answer=TaskPage, params=params, safe=True)
+
+
+def cancel_task(task_id: str) -> Call[Task]:
+    return Call(method="POST", path=f"/v1/tasks/{_segment(task_id)}/cancel", answer=Task)
+
+
+def task_events(task_id: str, *, after_seq: int, page_size: int | None) -> Call[EventList]:
+    params = _query(after_seq=after_seq, limit=page_size)
+    return Call(method="GET", path=f"/v1/tasks/{_segment(task_id)}/events", answer=EventList, params=params, safe=True)
+
+
+def task_deliveries(task_id: str) -> Call[AttemptList]:
+    return Call(method="GET", path=f"/v1/tasks/{_segment(task_id)}/deliveries", answer=AttemptList, safe=True)
+
+
+def stream_path(task_id: str) -> str:
+    return f"/v1/tasks/{_segment(task_id)}/stream"
+
+
+def list_dead_letters(
+    *,
+    reason: DeadLetterReason | str | None,
+    tenant: str | None,
+    task_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    page_size: int | None,
+) -> Call[DeadLetterPage]:
+    params = _query(reason=reason, tenant=tenant, task_id=task_id, since=since, until=until, limit=page_size)
+    return Call(method="GET", path="/v1/dead-letters", answer=DeadLetterPage, params=params, safe=True)
+
+
+def get_dead_letter(dead_letter_id: str) -> Call[DeadLetter]:
+    return Call(method="GET", path=f"/v1/dead-letters/{_segment(dead_letter_id)}", answer=DeadLetter, safe=True)
+
+
+def replay_dead_letter(dead_letter_id: str) -> Call[ReplayOne]:
+    return Call(method="POST", path=f"/v1/dead-letters/{_segment(dead_letter_id)}/replay", answer=ReplayOne)
+
+
+def replay_dead_letters(
+    *,
+    dry_run: bool,
+    reason: DeadLetterReason | str | None,
+    tenant: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Call[ReplayResult]:
+    body: dict[str, Any] = {"dry_run": dry_run}
+    body.update(_query(reason=reason, tenant=tenant))
+    body.update({k: v for k, v in (("since", since), ("until", until)) if v is not None})
+    # A dry run changes nothing, so it may be repeated; a real one may not (it could replay twice).
+    return Call(method="POST", path="/v1/dead-letters/replay", answer=ReplayResult, body=_encode(body), safe=dry_run)
+
+
+def delete_dead_letter(dead_letter_id: str) -> Call[None]:
+    return Call(method="DELETE", path=f"/v1/dead-letters/{_segment(dead_letter_id)}", answer=None)
+
+
+def list_destinations(
+    *, state: DestinationState | str | None, tenant: str | None, page_size: int | None
+) -> Call[DestinationPage]:
+    params = _query(state=state, tenant=tenant, limit=page_size)
+    return Call(method="GET", path="/v1/destinations", answer=DestinationPage, params=params, safe=True)
+
+
+def get_destination(destination_id: str) -> Call[Destination]:
+    return Call(method="GET", path=f"/v1/destinations/{_segment(destination_id)}", answer=Destination, safe=True)
+
+
+def destination_action(destination_id: str, action: str) -> Call[Destination]:
+    return Call(method="POST", path=f"/v1/destinations/{_segment(destination_id)}/{action}", answer=Destination)
+
+
+def update_destination(
+    destination_id: str, *, max_in_flight: int | None, rate_per_s: float | msgspec.UnsetType | None
+) -> Call[Destination]:
+    body: dict[str, Any] = {}
+    if max_in_flight is not None:
+        body["max_in_flight"] = max_in_flight
+    if rate_per_s is not msgspec.UNSET:
+        body["rate_per_s"] = rate_per_s
+    return Call(
+        method="PATCH", path=f"/v1/destinations/{_segment(destination_id)}", answer=Destination, body=_encode(body)
+    )
+
+
+def stats(*, tenant: str | None) -> Call[Stats]:
+    return Call(method="GET", path="/v1/stats", answer=Stats, params=_query(tenant=tenant), safe=True)
+
+
+def get_signing_secret() -> Call[SigningSecret]:
+    return Call(method="GET", path="/v1/signing-secret", answer=SigningSecret, safe=True)
+
+
+def rotate_signing_secret() -> Call[SigningSecret]:
+    return Call(method="POST", path="/v1/signing-secret/rotate", answer=SigningSecret)
+
+
+def ops_signing_secret() -> Call[SigningSecret]:
+    return Call(method="GET", path="/v1/ops/signing-secret", answer=SigningSecret, safe=True)
+
+
+def ops_cluster() -> Call[ClusterView]:
+    return Call(method="GET", path="/v1/ops/cluster", answer=ClusterView, safe=True)
+
+
+class _Acknowledged(msgspec.Struct):
+    acknowledged: bool
+
+
+def ops_acknowledge_store_loss() -> Call[_Acknowledged]:
+    return Call(method="POST", path="/v1/ops/store/acknowledge", answer=_Acknowledged)
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment (an id with a slash in it must not reach another route)."""
+    if not value or "/" in value or "?" in value or "#" in value:
+        raise ValueError(f"not an id: {value!r}")
+    return value
+
+
+# Pagination: a list is one call repeated with the cursor (or the after_seq) each page hands on.
+
+
+class _Paged(msgspec.Struct):
+    next_cursor: str | None
+
+
+def next_page(call: Call[Any], page: _Paged | Any) -> Call[Any] | None:
+    """The call for the page after ``page``, or None on the last one."""
+    cursor = page.next_cursor
+    return None if cursor is None else call.with_params(cursor=cursor)
+
+
+def next_events_page(call: Call[EventList], page: EventList) -> Call[EventList] | None:
+    """The call for the events after ``page``, or None on the last page."""
+    after = page.next_after_seq
+    return None if after is None or not page.events else call.with_params(after_seq=str(after))
+
+
+# Timeouts and deadlines.
+
+
+def timeout_of(timeout: float | httpx.Timeout | None, *, own_client: bool) -> Any:
+    """The ``timeout`` to pass with each request: the caller's, else ours for a client we made, else the caller's
+    client's own (``httpx.USE_CLIENT_DEFAULT``)."""
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    if timeout is not None:
+        return httpx.Timeout(timeout)
+    if own_client:
+        return httpx.Timeout(DEFAULT_TIMEOUT_S, connect=DEFAULT_CONNECT_TIMEOUT_S)
+    return httpx.USE_CLIENT_DEFAULT
+
+
+def stream_timeout(deadline: float | None) -> httpx.Timeout:
+    """Timeouts for one stream connection: reads may wait for the server's keep-alive comments, but not past the
+    caller's deadline."""
+    read_s = DEFAULT_STREAM_IDLE_S
+    if deadline is not None:
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            raise errors.RequestTimeout("the deadline passed")
+        read_s = min(read_s, left_s)
+    return httpx.Timeout(DEFAULT_TIMEOUT_S, connect=min(DEFAULT_CONNECT_TIMEOUT_S, read_s), read=read_s)
+
+
+def past(deadline: float | None, *, ahead_s: float = 0.0) -> bool:
+    """Whether ``deadline`` (``time.monotonic()``) has passed, or will have in ``ahead_s``."""
+    return deadline is not None and time.monotonic() + ahead_s >= deadline
+
+
+def body_headers(call: Call[Any]) -> dict[str, str]:
+    return {"Content-Type": "application/json"} if call.body is not None else {}

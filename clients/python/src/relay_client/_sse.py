@@ -1,0 +1,103 @@
+"""A task's Server-Sent Events (``GET /v1/tasks/{id}/stream``): the lines decoded into messages, and what a stream
+has handed on so far, so that a new connection resumes after it without losing or repeating an event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from relay_client import errors
+from relay_client.types import Event, EventType
+
+FINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
+
+
+@dataclass(slots=True)
+class SseMessage:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+
+class SseDecoder:
+    """Turns the lines of ``text/event-stream`` (without their line ends) into messages, as the HTML standard
+    says: ``field: value`` lines, ``:`` comments, a blank line ends a message."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+
+    def line(self, line: str) -> SseMessage | None:
+        if not line:
+            if not self._data and not self._event:
+                return None
+            message = SseMessage(event=self._event or "message", data="\n".join(self._data), id=self._id)
+            self._event, self._data, self._id = "", [], None
+            return message
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        return None
+
+
+_event = msgspec.json.Decoder(Event)
+
+
+class StreamFollow:
+    """What a stream of one task has delivered so far, so that a new connection resumes after the last event seen
+    (``Last-Event-ID``) and nothing is handed on twice or skipped."""
+
+    def __init__(self, task_id: str, *, after_seq: int = 0) -> None:
+        self.task_id = task_id
+        self.last_seq = after_seq
+        self.ended = False
+        self._decoder = SseDecoder()
+
+    def headers(self) -> dict[str, str]:
+        """Headers of the next connection: resume after the last event seen."""
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        if self.last_seq:
+            headers["Last-Event-ID"] = str(self.last_seq)
+        return headers
+
+    def connected(self) -> None:
+        """A new connection: whatever the last one left half-read is dropped (its events will be sent again)."""
+        self._decoder = SseDecoder()
+
+    def line(self, line: str) -> Event | None:
+        """Feed one line; returns an Event the first time its seq is seen, after every earlier one."""
+        message = self._decoder.line(line)
+        if message is None:
+            return None
+        if message.event == "error":
+            raise errors.Unavailable(503, f"the stream of task {self.task_id} broke off: {message.data}")
+        if message.event == "subscribed" or (message.event == "message" and not message.data):
+            return None
+        try:
+            event = _event.decode(message.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise errors.UnexpectedAnswer(f"the stream of task {self.task_id}: {exc}") from None
+        if event.seq <= self.last_seq:
+            return None  # already handed on before a reconnect
+        self.last_seq = event.seq
+        if event.type in FINAL_EVENT_TYPES:
+            self.ended = True
+        return event
+
+    def finished_without_body(self) -> None:
+        """A 204: the stream has nothing more (its final event was seen before)."""
+        self.ended = True
+
+
+def ended_early(follow: StreamFollow) -> errors.TransportError:
+    """A stream that ended before its task's final event (the server shut down, or this reader fell behind)."""
+    return errors.TransportError(f"the stream of task {follow.task_id} ended before the task's final event")
