@@ -9,6 +9,7 @@ request into ``RELAY_CONTROL_DIR`` and waits for ``<name>.done`` (see clients/js
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -44,9 +45,25 @@ FREEZE_S = 6.0
 NODE_TIMEOUT_S = 90.0
 
 
+# The oldest Node the package supports (package.json's engines).
+MIN_NODE_MAJOR = 20
+
+
+@functools.cache
+def _node_problem() -> str | None:
+    if NODE is None:
+        return "node is not on PATH"
+    version = subprocess.run([NODE, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    if int(version.lstrip("v").split(".")[0] or 0) < MIN_NODE_MAJOR:
+        return f"node {version} is older than the {MIN_NODE_MAJOR} the package needs"
+    if not TSC.exists():
+        return f"{TSC} is missing (scripts/setup runs npm ci there)"
+    return None
+
+
 def _need_node() -> None:
-    if NODE is None or not TSC.exists():
-        why = "node is not on PATH" if NODE is None else f"{TSC} is missing (scripts/setup runs npm ci there)"
+    why = _node_problem()
+    if why is not None:
         if CI:
             pytest.fail(why)
         pytest.skip(why)
