@@ -122,9 +122,11 @@ class Tasks {
     }
     if (events !== undefined && !webhook) throw new TypeError("events are the webhook's: give a webhook URL too");
     const body = { kind, input };
-    if (webhook) body.webhook = { url: typeof webhook === "string" ? webhook : String(webhook), ...(events ? { events } : {}) };
+    if (webhook)
+      body.webhook = { url: typeof webhook === "string" ? webhook : String(webhook), ...(events ? { events } : {}) };
     if (websocket !== undefined) body.websocket = Boolean(websocket);
-    if (runAt !== undefined && runAt !== null) body.run_at = runAt instanceof Date ? runAt.toISOString() : String(runAt);
+    if (runAt !== undefined && runAt !== null)
+      body.run_at = runAt instanceof Date ? runAt.toISOString() : String(runAt);
     if (delayS !== undefined && delayS !== null) body.delay_s = delayS;
     // One key per call, made before the first try: every retry of this call carries it.
     const key = idempotencyKey ?? crypto.randomUUID();

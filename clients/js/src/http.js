@@ -92,7 +92,9 @@ export class Transport {
         try {
           return JSON.parse(text);
         } catch {
-          throw new UnexpectedAnswerError(`${method} ${path} answered ${response.status} with no JSON: ${text.slice(0, 200)}`);
+          throw new UnexpectedAnswerError(
+            `${method} ${path} answered ${response.status} with no JSON: ${text.slice(0, 200)}`,
+          );
         }
       }
       const error = apiError(response, text, method, path);

@@ -82,7 +82,9 @@ export async function* streamEvents(transport, taskId, options = {}) {
             }
             if (signal?.aborted) throw signal.reason;
             const silent = controller.signal.aborted && controller.signal.reason instanceof TransportError;
-            why = silent ? controller.signal.reason : new TransportError("the stream ended before the task's final event");
+            why = silent
+              ? controller.signal.reason
+              : new TransportError("the stream ended before the task's final event");
           } catch (error) {
             if (signal?.aborted) throw signal.reason;
             if (error instanceof StreamError) throw error;

@@ -254,7 +254,11 @@ export class RelayClient {
     this.openedAt = Date.now();
     this.everOpened = true;
     this.listen(socket);
-    this.status({ type: "open", channel: "websocket", text: "connected: a WebSocket opens again, so no more Server-Sent Events" });
+    this.status({
+      type: "open",
+      channel: "websocket",
+      text: "connected: a WebSocket opens again, so no more Server-Sent Events",
+    });
     this.armDeadTimer();
     for (const [taskId, sub] of this.subs) this.sendSubscribe(taskId, sub);
   }
@@ -269,7 +273,13 @@ export class RelayClient {
     if (!sub || this.closed) return;
     const known = this.streams.get(taskId);
     this.closeStream(taskId);
-    const stream = { controller: new AbortController(), timer: null, silentTimer: null, attempt: known ? known.attempt : 0, openedAt: 0 };
+    const stream = {
+      controller: new AbortController(),
+      timer: null,
+      silentTimer: null,
+      attempt: known ? known.attempt : 0,
+      openedAt: 0,
+    };
     this.streams.set(taskId, stream);
     sub.sentAfter = sub.lastSeq;
     sub.resyncing = false;
@@ -401,7 +411,12 @@ export class RelayClient {
       });
       if (response.status === 401 || response.status === 404) {
         const message = "unknown task, or a token that is not this task's";
-        this.taskStatus(taskId, { type: "error", code: "forbidden", message, text: `server error forbidden: ${message}` });
+        this.taskStatus(taskId, {
+          type: "error",
+          code: "forbidden",
+          message,
+          text: `server error forbidden: ${message}`,
+        });
         this.subs.delete(taskId);
         this.streams.delete(taskId);
         return;

@@ -29,7 +29,11 @@ test("50 submissions across a Redis freeze: each stored once, none failed", asyn
 
   const stored = await client.tasks.list().toArray();
   const inputs = stored.map((task) => task.input.n).sort((a, b) => a - b);
-  assert.deepEqual(inputs, Array.from({ length: COUNT }, (_, n) => n), "not exactly one task per submission");
+  assert.deepEqual(
+    inputs,
+    Array.from({ length: COUNT }, (_, n) => n),
+    "not exactly one task per submission",
+  );
   const ended = await Promise.all(answered.map((task) => task.wait({ timeout: 60 })));
   assert.ok(ended.every((task) => task.status === "succeeded"));
 });

@@ -25,7 +25,6 @@ function scripted(...script) {
     const answer = typeof next === "function" ? await next(url, init) : next;
     if (answer instanceof Error) throw answer;
     return answer instanceof Response ? answer.clone() : answer; // the script's own copy stays unread
-
   };
   return { fetch, calls };
 }
@@ -58,17 +57,25 @@ test("a submission is retried on no answer, 429 and 503, with one Idempotency-Ke
   await new Relay("http://relay.test", "key", { fetch: again.fetch }).tasks.submit("echo", null);
   assert.notEqual(again.calls[0].headers["Idempotency-Key"], keys[0]);
   const own = scripted(json(202, TASK));
-  await new Relay("http://relay.test", "key", { fetch: own.fetch }).tasks.submit("echo", null, { idempotencyKey: "k1" });
+  await new Relay("http://relay.test", "key", { fetch: own.fetch }).tasks.submit("echo", null, {
+    idempotencyKey: "k1",
+  });
   assert.equal(own.calls[0].headers["Idempotency-Key"], "k1");
 });
 
 test("reads are retried; other writes and other errors are not", async () => {
   const read = scripted(json(503, { detail: "away" }), json(200, TASK));
-  assert.equal((await new Relay("http://relay.test", "key", { fetch: read.fetch, ...fast }).tasks.get("task_x")).id, "task_x");
+  assert.equal(
+    (await new Relay("http://relay.test", "key", { fetch: read.fetch, ...fast }).tasks.get("task_x")).id,
+    "task_x",
+  );
   assert.equal(read.calls.length, 2);
 
   const cancel = scripted(json(503, { detail: "away" }), json(202, TASK));
-  await assert.rejects(new Relay("http://relay.test", "key", { fetch: cancel.fetch, ...fast }).tasks.cancel("task_x"), UnavailableError);
+  await assert.rejects(
+    new Relay("http://relay.test", "key", { fetch: cancel.fetch, ...fast }).tasks.cancel("task_x"),
+    UnavailableError,
+  );
   assert.equal(cancel.calls.length, 1);
 
   const replay = scripted(new TypeError("fetch failed"), json(202, { matched: 1, replayed: 1 }));
@@ -79,11 +86,17 @@ test("reads are retried; other writes and other errors are not", async () => {
   assert.equal(replay.calls.length, 1);
 
   const missing = scripted(json(404, { status_code: 404, detail: "no task task_x" }));
-  await assert.rejects(new Relay("http://relay.test", "key", { fetch: missing.fetch, ...fast }).tasks.get("task_x"), NotFoundError);
+  await assert.rejects(
+    new Relay("http://relay.test", "key", { fetch: missing.fetch, ...fast }).tasks.get("task_x"),
+    NotFoundError,
+  );
   assert.equal(missing.calls.length, 1);
 
   const conflict = scripted(json(409, { detail: "ended" }), json(202, TASK));
-  await assert.rejects(new Relay("http://relay.test", "key", { fetch: conflict.fetch, ...fast }).tasks.submit("echo"), ConflictError);
+  await assert.rejects(
+    new Relay("http://relay.test", "key", { fetch: conflict.fetch, ...fast }).tasks.submit("echo"),
+    ConflictError,
+  );
   assert.equal(conflict.calls.length, 1);
 });
 
@@ -95,32 +108,44 @@ test("Retry-After is waited for; one longer than the longest wait is the caller'
   assert.ok(Date.now() - started < 3000);
 
   const long = scripted(json(429, { detail: "later" }, { "retry-after": "3600" }), json(202, TASK));
-  await assert.rejects(new Relay("http://relay.test", "key", { fetch: long.fetch, ...fast }).tasks.submit("echo"), (error) => {
-    assert.ok(error instanceof RateLimitedError);
-    assert.equal(error.retryAfterS, 3600);
-    return true;
-  });
+  await assert.rejects(
+    new Relay("http://relay.test", "key", { fetch: long.fetch, ...fast }).tasks.submit("echo"),
+    (error) => {
+      assert.ok(error instanceof RateLimitedError);
+      assert.equal(error.retryAfterS, 3600);
+      return true;
+    },
+  );
   assert.equal(long.calls.length, 1);
 });
 
 test("retries stop after maxRetries, and the last error is thrown", async () => {
   const { fetch, calls } = scripted(json(503, { detail: "still away" }));
-  await assert.rejects(new Relay("http://relay.test", "key", { fetch, ...fast, maxRetries: 3 }).tasks.get("task_x"), /still away/);
+  await assert.rejects(
+    new Relay("http://relay.test", "key", { fetch, ...fast, maxRetries: 3 }).tasks.get("task_x"),
+    /still away/,
+  );
   assert.equal(calls.length, 4);
 });
 
 test("backoff doubles from its base, with jitter of half to all of it, up to its ceiling", async () => {
-  const relay = (random) => new Relay("http://relay.test", "key", { fetch: () => {}, retryBaseDelay: 0.5, retryMaxDelay: 4, random });
+  const relay = (random) =>
+    new Relay("http://relay.test", "key", { fetch: () => {}, retryBaseDelay: 0.5, retryMaxDelay: 4, random });
   const low = relay(() => 0).transport;
   const high = relay(() => 0.999999).transport;
-  assert.deepEqual([0, 1, 2, 3, 4, 5].map((n) => low.backoffS(n, null)), [0.25, 0.5, 1, 2, 2, 2]);
+  assert.deepEqual(
+    [0, 1, 2, 3, 4, 5].map((n) => low.backoffS(n, null)),
+    [0.25, 0.5, 1, 2, 2, 2],
+  );
   assert.ok(Math.abs(high.backoffS(2, null) - 2) < 1e-5);
   assert.equal(low.backoffS(0, 3), 3);
 });
 
 test("no answer within the timeout is a RequestTimeoutError (and a read is tried again)", async () => {
   const hang = (_url, init) =>
-    new Promise((_, reject) => init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))));
+    new Promise((_, reject) =>
+      init.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError"))),
+    );
   const { fetch, calls } = scripted(hang);
   const relay = new Relay("http://relay.test", "key", { fetch, timeout: 0.05, maxRetries: 1, ...fast });
   await assert.rejects(relay.tasks.get("task_x"), RequestTimeoutError);
@@ -154,12 +179,20 @@ const frame = (seq, type, status = "running") =>
   `id: ${seq}\r\nevent: ${type}\r\ndata: ${JSON.stringify({ id: `evt_${seq}`, type, task_id: "task_x", seq, data: { status } })}\r\n\r\n`;
 
 test("a stream that drops is opened again after its last seq; nothing is yielded twice", async () => {
-  const subscribed = (lastSeq) => `event: subscribed\ndata: ${JSON.stringify({ type: "subscribed", task_id: "task_x", status: "running", last_seq: lastSeq, recovered: true })}\n\n`;
+  const subscribed = (lastSeq) =>
+    `event: subscribed\ndata: ${JSON.stringify({ type: "subscribed", task_id: "task_x", status: "running", last_seq: lastSeq, recovered: true })}\n\n`;
   const first = frame(2, "task.progress");
   const { fetch, calls } = scripted(
     () => eventStream(subscribed(0), ": keepalive\n\n", frame(1, "task.progress"), first.slice(0, 17), first.slice(17)),
     json(503, { detail: "restarting" }, { "retry-after": "0" }),
-    () => eventStream(subscribed(2), frame(2, "task.progress"), frame(3, "task.progress"), frame(4, "task.completed", "succeeded"), frame(5, "task.progress")),
+    () =>
+      eventStream(
+        subscribed(2),
+        frame(2, "task.progress"),
+        frame(3, "task.progress"),
+        frame(4, "task.completed", "succeeded"),
+        frame(5, "task.progress"),
+      ),
   );
   const relay = new Relay("http://relay.test", "key", { fetch, ...fast });
   const seen = [];
@@ -172,9 +205,16 @@ test("a stream that drops is opened again after its last seq; nothing is yielded
 
 test("a stream that goes silent is opened again", async () => {
   const silent = () =>
-    new Response(new ReadableStream({ start(controller) { controller.enqueue(new TextEncoder().encode(frame(1, "task.progress"))); } }), {
-      status: 200,
-    });
+    new Response(
+      new ReadableStream({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(frame(1, "task.progress")));
+        },
+      }),
+      {
+        status: 200,
+      },
+    );
   const { fetch, calls } = scripted(silent, () => eventStream(frame(2, "task.completed", "succeeded")));
   const relay = new Relay("http://relay.test", "key", { fetch, ...fast });
   const seen = [];

@@ -25,7 +25,11 @@ test("a stream resumes after the API restarts mid-task, with no event lost or re
   assert.ok(subscribed.length >= 2, `the stream was never opened again (${subscribed.length} subscribed)`);
   assert.equal(types.at(-1), "task.completed");
   const stored = await client.tasks.events(task.id);
-  assert.deepEqual(seqs, stored.map((event) => event.seq), "the stream and the log differ");
+  assert.deepEqual(
+    seqs,
+    stored.map((event) => event.seq),
+    "the stream and the log differ",
+  );
   assert.deepEqual(
     seqs,
     Array.from({ length: seqs.length }, (_, i) => i + 1),

@@ -40,7 +40,11 @@ test("submit, wait and read back", async () => {
 
 test("a webhook is delivered and its attempt read back", async () => {
   const client = relay();
-  const task = await client.tasks.submit("echo", { n: 1 }, { webhook: `${RECEIVER_URL}/hook`, events: ["task.completed"] });
+  const task = await client.tasks.submit(
+    "echo",
+    { n: 1 },
+    { webhook: `${RECEIVER_URL}/hook`, events: ["task.completed"] },
+  );
   assert.deepEqual(task.webhook, { url: `${RECEIVER_URL}/hook`, events: ["task.completed"] });
   await task.wait({ timeout: 20 });
   const attempts = await eventually(
@@ -76,9 +80,7 @@ test("listing follows every page: 120 tasks, none repeated, none skipped, while 
   const since = new Date(Date.now() - 1000);
   const ours = new Set();
   for (let batch = 0; batch < 6; batch += 1) {
-    const tasks = await Promise.all(
-      Array.from({ length: 20 }, (_, n) => client.tasks.submit("echo", { batch, n })),
-    );
+    const tasks = await Promise.all(Array.from({ length: 20 }, (_, n) => client.tasks.submit("echo", { batch, n })));
     for (const task of tasks) ours.add(task.id);
   }
   // More arrive while the list is read, a page at a time.
@@ -120,7 +122,10 @@ test("cancel a running task and a scheduled one; cancelling again is a conflict"
   assert.equal(ended.status, "cancelled");
   const events = await client.tasks.events(running.id);
   assert.equal(events.at(-1).type, "task.cancelled");
-  await assert.rejects(client.tasks.cancel(running.id), (error) => error instanceof ConflictError && error.status === 409);
+  await assert.rejects(
+    client.tasks.cancel(running.id),
+    (error) => error instanceof ConflictError && error.status === 409,
+  );
 
   const scheduled = await client.tasks.submit("echo", {}, { delayS: 600 });
   assert.equal((await client.tasks.cancel(scheduled.id)).status, "cancelled");

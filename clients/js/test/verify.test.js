@@ -10,8 +10,7 @@ import { WebhookVerificationError, verifyWebhook } from "../src/index.js";
 const captured = JSON.parse(readFileSync(process.env.RELAY_WEBHOOKS_FILE, "utf8"));
 const { old_secret: oldSecret, new_secret: newSecret } = captured;
 const bodyOf = (webhook) => Buffer.from(webhook.body, "base64");
-const header = (webhook, name) =>
-  Object.entries(webhook.headers).find(([key]) => key.toLowerCase() === name)[1];
+const header = (webhook, name) => Object.entries(webhook.headers).find(([key]) => key.toLowerCase() === name)[1];
 
 test("a real webhook verifies and gives its Event", async () => {
   const { before } = captured;
@@ -33,7 +32,10 @@ test("during a rotation, either secret verifies, and both given together", async
     assert.equal(event.task_id, during.task_id);
   }
   // The webhook sent before the rotation knows only the old secret.
-  await assert.rejects(verifyWebhook(bodyOf(captured.before), captured.before.headers, newSecret), WebhookVerificationError);
+  await assert.rejects(
+    verifyWebhook(bodyOf(captured.before), captured.before.headers, newSecret),
+    WebhookVerificationError,
+  );
 });
 
 test("a changed body, another secret, an old or a future timestamp are refused", async () => {
@@ -47,10 +49,7 @@ test("a changed body, another secret, an old or a future timestamp are refused",
     WebhookVerificationError,
   );
   const sentMs = Number(header(before, "webhook-timestamp")) * 1000;
-  await assert.rejects(
-    verifyWebhook(body, before.headers, oldSecret, { now: () => sentMs + 301_000 }),
-    /too old/,
-  );
+  await assert.rejects(verifyWebhook(body, before.headers, oldSecret, { now: () => sentMs + 301_000 }), /too old/);
   await assert.rejects(
     verifyWebhook(body, before.headers, oldSecret, { now: () => sentMs - 301_000 }),
     /in the future/,

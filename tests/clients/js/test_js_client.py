@@ -214,6 +214,16 @@ def test_types_compile_and_the_usage_file_type_checks() -> None:
     assert checked.returncode == 0, f"tsc --noEmit failed:\n{checked.stdout}{checked.stderr}"
 
 
+def test_the_sources_are_formatted() -> None:
+    # Prettier at 120 columns (clients/js/.prettierrc.json), as ruff formats the Python: `npx prettier --write .`.
+    _need_node()
+    prettier = JS / "node_modules" / ".bin" / "prettier"
+    checked = subprocess.run([str(prettier), "--check", "."], cwd=JS, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, (
+        f"prettier --check (run `npx prettier --write .` in clients/js):\n{checked.stdout}{checked.stderr}"
+    )
+
+
 def test_wire_types_match_the_openapi_document(shared: Relay) -> None:
     _need_node()
     assert NODE is not None

@@ -20,12 +20,16 @@ import { RelayClient as Subscriber } from "@relay/client/subscriber";
 export async function usage(): Promise<void> {
   const relay = new Relay("http://127.0.0.1:8000", "key", { timeout: 10, maxRetries: 3, fetch: globalThis.fetch });
 
-  const task: TaskHandle = await relay.tasks.submit("echo", { hello: "world" }, {
-    webhook: "https://example.com/hook",
-    events: ["task.completed", "task.progress"],
-    delayS: 2,
-    idempotencyKey: "order-42",
-  });
+  const task: TaskHandle = await relay.tasks.submit(
+    "echo",
+    { hello: "world" },
+    {
+      webhook: "https://example.com/hook",
+      events: ["task.completed", "task.progress"],
+      delayS: 2,
+      idempotencyKey: "order-42",
+    },
+  );
   const ended: Task = await task.wait({ timeout: 30 });
   const status: "scheduled" | "queued" | "running" | "succeeded" | "failed" | "cancelled" = ended.status;
   void status;
