@@ -309,8 +309,8 @@ def test_wire_drift_names_what_differs() -> None:
 
 
 def readme_examples() -> list[tuple[str, str]]:
-    """The JavaScript examples of the "Use it from your code" sections: clients/js/README.md's, and the top README's
-    once it holds one too, as (where, code)."""
+    """The JavaScript examples of the "Use it from your code" sections of the top README and clients/js/README.md,
+    as (where, code)."""
     found = []
     for readme in (ROOT / "README.md", JS / "README.md"):
         text = readme.read_text()
@@ -327,7 +327,8 @@ def test_readme_example_runs_as_written(shared: Relay, tmp_path: Path) -> None:
     _need_node()
     assert NODE is not None
     examples = readme_examples()
-    assert any(where == "clients/js/README.md" for where, _ in examples), "no example in clients/js/README.md"
+    for readme in ("README.md", "clients/js/README.md"):
+        assert any(where == readme for where, _ in examples), f"no example in {readme}"
     # As an integrator has it: the package installed under node_modules, the example in a file of their own.
     (tmp_path / "node_modules" / "@relay").mkdir(parents=True)
     (tmp_path / "node_modules" / "@relay" / "client").symlink_to(JS)
