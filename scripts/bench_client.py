@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """What a submission costs on the client's side: the same N submissions made with curl (a process per call, and
-one process keeping its connection alive through ``--config``), raw httpx, ``Relay`` and ``AsyncRelay``.
+one process keeping its connection alive through ``--config``), raw httpx, ``Relay`` and ``AsyncRelay``, and in
+Node (when it is on PATH) a bare ``fetch`` and ``@relay/client``'s ``Relay`` (scripts/bench_client.mjs; each row
+counts the start of its Node process).
 
 Against a Relay that is already running: RELAY_URL (default http://127.0.0.1:8000) and RELAY_API_KEY. One
 submission at a time, each with its own Idempotency-Key (as the libraries send), so each figure is the time a
@@ -123,6 +125,15 @@ def async_client(url: str, key: str, n: int) -> None:
     asyncio.run(run())
 
 
+def node(way: str) -> Callable[[str, str, int], None]:
+    def run(url: str, key: str, n: int) -> None:
+        node = shutil.which("node")
+        assert node is not None
+        subprocess.run([node, str(ROOT / "scripts" / "bench_client.mjs"), url, key, str(n), way], check=True)
+
+    return run
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=DEFAULT_N, help=f"submissions per way (default {DEFAULT_N})")
@@ -138,6 +149,10 @@ def main() -> int:
         ("relay_client.Relay", sync_client),
         ("relay_client.AsyncRelay", async_client),
     ]
+    if shutil.which("node") is not None:
+        ways += [("Node fetch, raw", node("fetch")), ("@relay/client Relay (Node)", node("client"))]
+    else:
+        print("node is not on PATH: the JavaScript rows are left out")
     if shutil.which("curl") is None:
         ways = ways[2:]
         print("curl is not on PATH: its rows are left out")

@@ -3,6 +3,7 @@ start and Litestar receiver run, its other receivers and snippets compiled."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -74,17 +75,30 @@ def test_the_litestar_receiver_takes_a_real_webhook_and_refuses_a_forged_one(
         monkeypatch.setenv("RELAY_WEBHOOK_SECRET", relay.signing_secret.get())
         task = relay.tasks.submit("echo", {"order": 7}, webhook=receiver.url("/readme"))
     (webhook,) = receiver.wait_for("/readme")
+    root_handlers = list(logging.root.handlers)
     module = ModuleType("readme_receiver")  # Litestar reads a handler's annotations in its module
     monkeypatch.setitem(sys.modules, module.__name__, module)
     exec(compile(litestar_block, "README.md (Litestar)", "exec"), module.__dict__)  # noqa: S102 -- the README's code
 
-    with TestClient(module.app) as client:
-        delivered = client.post("/relay-webhook", content=webhook.body, headers=webhook.headers)
-        again = client.post("/relay-webhook", content=webhook.body, headers=webhook.headers)
-        forged = client.post("/relay-webhook", content=webhook.body.replace(b"7", b"8"), headers=webhook.headers)
+    try:
+        with TestClient(module.app) as client:
+            delivered = client.post("/relay-webhook", content=webhook.body, headers=webhook.headers)
+            again = client.post("/relay-webhook", content=webhook.body, headers=webhook.headers)
+            forged = client.post("/relay-webhook", content=webhook.body.replace(b"7", b"8"), headers=webhook.headers)
+    finally:
+        _undo_logging_of(root_handlers)
 
     assert (delivered.status_code, again.status_code, forged.status_code) == (204, 204, 400)
     assert capsys.readouterr().out.count(f"task.completed {task.id}") == 1  # the repeat was deduplicated
+
+
+def _undo_logging_of(root_handlers: list[logging.Handler]) -> None:
+    """Take back the root handler a Litestar app adds (a queue whose thread writes to the stderr of its time): left
+    in place, the next tests' log lines go to a stream pytest has closed. Its thread, idle from then on, is stopped
+    at exit, as Litestar registered it."""
+    for handler in list(logging.root.handlers):
+        if handler not in root_handlers:
+            logging.root.removeHandler(handler)
 
 
 def test_every_other_python_block_of_the_client_readme_compiles() -> None:
