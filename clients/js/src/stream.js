@@ -122,27 +122,34 @@ async function* messages(body, alive, signal, limitBytes) {
   const stop = () => reader.cancel(signal.reason).catch(() => {});
   signal.addEventListener("abort", stop, { once: true });
   const decoder = new TextDecoder();
-  let buffer = "";
-  let scanned = 0; // the buffer before this holds no line break: each chunk is searched once, not the whole line again
+  // The unfinished line as pieces, each chunk searched once: joining them on every chunk would copy a long line
+  // again and again.
+  let pieces = [];
+  let piecesLength = 0;
+  let afterCR = false; // the last chunk ended with \r: a \n that starts the next one is the same line break
   let event = "message";
   let data = [];
   let dataLength = 0;
   let id = null;
+  const tooLong = (what) =>
+    new UnexpectedAnswerError(`the event stream sent ${what} longer than ${limitBytes} (maxAnswerBytes)`);
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
       alive();
-      buffer += decoder.decode(value, { stream: true });
-      let start = 0;
+      const text = decoder.decode(value, { stream: true });
+      let start = afterCR && text.startsWith("\n") ? 1 : 0;
+      afterCR = false;
       for (;;) {
-        const end = lineBreak(buffer, scanned);
+        const end = lineBreak(text, start);
         if (end < 0) break;
-        // A lone \r at the chunk's end may be the first half of \r\n: wait for the next chunk.
-        if (buffer[end] === "\r" && end === buffer.length - 1) break;
-        const line = buffer.slice(start, end);
-        start = end + (buffer.startsWith("\r\n", end) ? 2 : 1);
-        scanned = start;
+        pieces.push(text.slice(start, end));
+        const line = pieces.length === 1 ? pieces[0] : pieces.join("");
+        pieces = [];
+        piecesLength = 0;
+        if (text[end] === "\r" && end === text.length - 1) afterCR = true;
+        start = end + (text.startsWith("\r\n", end) ? 2 : 1);
         if (line === "") {
           if (data.length > 0) yield { event, data: data.join("\n"), id };
           event = "message";
@@ -161,17 +168,15 @@ async function* messages(body, alive, signal, limitBytes) {
           if (dataLength > limitBytes) throw tooLong("an event");
         } else if (field === "id") id = fieldValue;
       }
-      buffer = buffer.slice(start);
-      scanned = Math.max(0, buffer.length - 1);
-      if (buffer.length > limitBytes) throw tooLong("a line");
+      if (start < text.length) {
+        pieces.push(text.slice(start));
+        piecesLength += text.length - start;
+        if (piecesLength > limitBytes) throw tooLong("a line");
+      }
     }
   } finally {
     signal.removeEventListener("abort", stop);
     reader.cancel().catch(() => {});
-  }
-
-  function tooLong(what) {
-    return new UnexpectedAnswerError(`the event stream sent ${what} longer than ${limitBytes} (maxAnswerBytes)`);
   }
 }
 

@@ -116,6 +116,31 @@ test("a stream that never ends its line or its event is an UnexpectedAnswerError
   }
 });
 
+test("lines broken across chunks, and \\r\\n split between two, still make each event once", async () => {
+  const event = (seq, type) => JSON.stringify({ id: `evt_${seq}`, seq, type, task_id: "task_x", data: { seq } });
+  const text = `${SUBSCRIBED}: ping\r\nid: 1\r\nevent: task.progress\r\ndata: ${event(1, "task.progress")}\r\n\r\nid: 2\revent: task.completed\rdata: ${event(2, "task.completed")}\r\r`;
+  const pieces = [];
+  for (let at = 0; at < text.length; at += 7) pieces.push(text.slice(at, at + 7));
+  const server = await serve(async (_request, response) => {
+    response.writeHead(200, { "content-type": "text/event-stream" });
+    for (const piece of pieces) {
+      response.write(piece);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    response.end();
+  });
+  try {
+    const seen = [];
+    for await (const one of new Relay(server.url, KEY, fast).tasks.stream("task_x")) seen.push([one.seq, one.type]);
+    assert.deepEqual(seen, [
+      [1, "task.progress"],
+      [2, "task.completed"],
+    ]);
+  } finally {
+    await server.close();
+  }
+});
+
 test("an event that is not JSON is an UnexpectedAnswerError", async () => {
   const server = await serve((_request, response) => {
     response.writeHead(200, { "content-type": "text/event-stream" });
