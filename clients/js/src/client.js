@@ -1,7 +1,7 @@
 // `Relay`: the HTTP API as objects and promises. Lists are async iterables that follow `next_cursor`; a task's events
 // stream over Server-Sent Events; times given as numbers are seconds, as in the Python client.
 
-import { WaitTimeoutError } from "./errors.js";
+import { UnexpectedAnswerError, WaitTimeoutError } from "./errors.js";
 import { Transport, sleep } from "./http.js";
 import { streamEvents } from "./stream.js";
 
@@ -80,14 +80,23 @@ export class Pager {
 
   async *pages() {
     let cursor;
+    const followed = new Set(); // a cursor answered again would page forever: not Relay's answer
     do {
       const page = await this.transport.request("GET", this.path, {
         query: { ...this.query, cursor },
         retry: true,
         signal: this.signal,
       });
+      if (!Array.isArray(page?.items))
+        throw new UnexpectedAnswerError(`GET ${this.path} answered a page with no items`);
       yield { ...page, items: page.items.map(this.wrap) };
+      followed.add(cursor);
       cursor = page.next_cursor;
+      if (cursor && followed.has(cursor)) {
+        throw new UnexpectedAnswerError(
+          `GET ${this.path} answered a cursor it had answered before: the list would not end`,
+        );
+      }
     } while (cursor);
   }
 
@@ -165,8 +174,16 @@ class Tasks {
         retry: true,
         signal,
       });
-      events.push(...page.events);
+      if (!Array.isArray(page?.events))
+        throw new UnexpectedAnswerError(`GET ${taskPath(taskId)}/events answered no events`);
+      for (const event of page.events) events.push(event);
       if (page.next_after_seq === null || page.next_after_seq === undefined) return events;
+      // Each page starts after the last: one that does not move on would be asked for forever.
+      if (!(page.next_after_seq > after)) {
+        throw new UnexpectedAnswerError(
+          `GET ${taskPath(taskId)}/events answered next_after_seq ${page.next_after_seq} after ${after}`,
+        );
+      }
       after = page.next_after_seq;
     }
   }

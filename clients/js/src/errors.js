@@ -12,7 +12,8 @@
 //   │   └── UnavailableError      503: storage or broker away (retried for submissions and reads first)
 //   ├── TransportError            no answer at all: connection refused or reset, DNS, a request timeout
 //   │   └── RequestTimeoutError   no answer within the client's timeout
-//   ├── UnexpectedAnswerError     a 2xx answer this client cannot read (a proxy's page, say)
+//   ├── UnexpectedAnswerError     an answer this client cannot read: a 2xx that is not JSON (a proxy's page), one over
+//   │                             maxAnswerBytes, a redirect (Relay sends none), a list whose cursor comes back
 //   ├── StreamError               a task's stream ended for good with an error (its task is gone with the store)
 //   ├── WaitTimeoutError          wait() gave up: the task had not ended within its timeout
 //   └── WebhookVerificationError  verifyWebhook() refused a request (bad or missing signature, stale timestamp)

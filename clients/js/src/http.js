@@ -16,10 +16,18 @@ export const DEFAULT_MAX_RETRIES = 8;
 export const DEFAULT_RETRY_BASE_DELAY_S = 0.5;
 // The longest one wait between two tries; a Retry-After longer than this is not waited for (the error says it).
 export const DEFAULT_RETRY_MAX_DELAY_S = 30;
+// The most bytes of one answer read into memory. Relay's largest (a page of tasks, about 4 MB; a task's result) stay
+// far below it; what goes past it is not Relay's (a proxy's download, a hostile host) and must not exhaust memory.
+export const DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024;
+// The most bytes of an error answer kept: its detail is all that is shown of it.
+export const MAX_ERROR_BYTES = 64 * 1024;
 
 const RETRY_STATUSES = new Set([429, 503]);
 
 export class Transport {
+  // Private: neither console.log, util.inspect nor JSON.stringify of a client (or of a list it made) shows the key.
+  #token;
+
   /**
    * @param {string} baseUrl Relay's base URL
    * @param {string} token an API key or the admin token
@@ -28,8 +36,8 @@ export class Transport {
   constructor(baseUrl, token, options = {}) {
     if (!baseUrl) throw new TypeError("Relay needs its base URL, such as http://127.0.0.1:8000");
     if (!token) throw new TypeError("Relay needs an API key or an admin token");
-    this.baseUrl = String(baseUrl).replace(/\/+$/, "");
-    this.token = token;
+    this.baseUrl = checkedBaseUrl(baseUrl);
+    this.#token = String(token);
     const {
       fetch: fetchImpl = globalThis.fetch,
       timeout = DEFAULT_TIMEOUT_S,
@@ -38,9 +46,16 @@ export class Transport {
       retryMaxDelay = DEFAULT_RETRY_MAX_DELAY_S,
       headers = {},
       random = Math.random,
+      maxAnswerBytes = DEFAULT_MAX_ANSWER_BYTES,
     } = options;
     if (typeof fetchImpl !== "function") throw new TypeError("no fetch here: pass options.fetch");
-    for (const [name, value] of Object.entries({ timeout, maxRetries, retryBaseDelay, retryMaxDelay })) {
+    for (const [name, value] of Object.entries({
+      timeout,
+      maxRetries,
+      retryBaseDelay,
+      retryMaxDelay,
+      maxAnswerBytes,
+    })) {
       if (typeof value !== "number" || !(value >= 0)) throw new TypeError(`options.${name} must be a number >= 0`);
     }
     // Called as a plain function: a browser's fetch refuses to run with another `this`.
@@ -51,6 +66,7 @@ export class Transport {
     this.retryMaxDelayS = retryMaxDelay;
     this.headers = headers;
     this.random = random;
+    this.maxAnswerBytes = maxAnswerBytes;
   }
 
   url(path, query) {
@@ -76,6 +92,7 @@ export class Transport {
       init.body = JSON.stringify(body);
     }
     const url = this.url(path, query);
+    const startedMs = Date.now();
     for (let attempt = 0; ; attempt += 1) {
       let response;
       let text;
@@ -83,7 +100,8 @@ export class Transport {
         response = await this.send(url, init, signal, { wholeBody: true });
         text = response.text;
       } catch (error) {
-        if (!(error instanceof TransportError) || !retry || attempt >= this.maxRetries) throw error;
+        if (!(error instanceof TransportError) || !retry) throw error;
+        if (attempt >= this.maxRetries) throw gaveUp(error, attempt + 1, startedMs);
         await sleep(this.backoffS(attempt, null), signal);
         continue;
       }
@@ -128,14 +146,26 @@ export class Transport {
     try {
       const response = await this.fetch(url, {
         ...init,
-        headers: { Authorization: `Bearer ${this.token}`, ...this.headers, ...init.headers },
+        headers: { Authorization: `Bearer ${this.#token}`, ...this.headers, ...init.headers },
         signal: timer.signal,
+        // Relay never redirects: one that does is a misconfigured URL or someone else's host, which must not get the
+        // request's body (a submission's input) or hand back an answer of its own.
+        redirect: "manual",
       });
+      if (response.type === "opaqueredirect" || (response.status >= 300 && response.status < 400)) {
+        response.body?.cancel().catch(() => {});
+        const location = response.headers.get("location");
+        throw new UnexpectedAnswerError(
+          `${init.method} ${url} answered a redirect${location ? ` to ${location}` : ""}, which Relay never sends:` +
+            " is this Relay's URL?",
+        );
+      }
       if (!wholeBody) {
         streaming = true;
         return response;
       }
-      const text = await response.text();
+      const limit = response.ok ? this.maxAnswerBytes : MAX_ERROR_BYTES;
+      const text = await readText(response, limit, !response.ok, `${init.method} ${url}`);
       return { ok: response.ok, status: response.status, headers: response.headers, text };
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
@@ -164,6 +194,65 @@ export class Transport {
   }
 }
 
+/**
+ * The body of `response` as text, reading at most `limitBytes`: past it, an UnexpectedAnswerError (or, with
+ * `truncate`, the text so far, for an error answer whose start is its detail). The connection is closed either way.
+ */
+export async function readText(response, limitBytes, truncate, what) {
+  if (response.body === null) return "";
+  const declared = Number(response.headers.get("content-length"));
+  if (!truncate && declared > limitBytes) {
+    response.body.cancel().catch(() => {});
+    throw tooLarge(what, limitBytes);
+  }
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  let bytes = 0;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return text + decoder.decode();
+      bytes += value.byteLength;
+      if (bytes > limitBytes) {
+        if (!truncate) throw tooLarge(what, limitBytes);
+        return text + decoder.decode(value.subarray(0, value.byteLength - (bytes - limitBytes)));
+      }
+      text += decoder.decode(value, { stream: true });
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+}
+
+function tooLarge(what, limitBytes) {
+  return new UnexpectedAnswerError(
+    `${what} answered more than ${limitBytes} bytes (maxAnswerBytes): not Relay's answer`,
+  );
+}
+
+/** The TransportError of the last try, saying how many were made and for how long. */
+function gaveUp(error, tries, startedMs) {
+  if (tries <= 1) return error;
+  const seconds = ((Date.now() - startedMs) / 1000).toFixed(0);
+  const Class = error.constructor;
+  return new Class(`${error.message} (no answer in ${tries} tries over ${seconds} s)`, { cause: error.cause ?? error });
+}
+
+/** `url` without its trailing slashes, once it is known to be an http or https URL (else a TypeError that says so). */
+function checkedBaseUrl(baseUrl) {
+  let url;
+  try {
+    url = new URL(String(baseUrl));
+  } catch {
+    url = null;
+  }
+  if (url === null || (url.protocol !== "http:" && url.protocol !== "https:")) {
+    throw new TypeError(`Relay needs an http:// or https:// base URL, such as http://127.0.0.1:8000; got ${baseUrl}`);
+  }
+  return String(baseUrl).replace(/\/+$/, "");
+}
+
 /** The ApiError for an error answer, with Relay's `detail` (or the body's start when it is not Relay's JSON). */
 export function apiError(response, text, method, path) {
   let body = null;
@@ -184,6 +273,8 @@ export function parseRetryAfter(value) {
   if (value === null || value === undefined || value.trim() === "") return null;
   const text = value.trim();
   if (/^\d+(\.\d+)?$/.test(text)) return Number(text);
+  // An HTTP date names its weekday; a bare "-5" or "1e3" is neither form, though Date.parse would read some of them.
+  if (!/^[A-Za-z]/.test(text)) return null;
   const at = Date.parse(text);
   return Number.isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
 }

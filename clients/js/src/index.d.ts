@@ -38,6 +38,10 @@ export const DEFAULT_IDLE_TIMEOUT_S: number;
 export const DEFAULT_PAGE_SIZE: number;
 /** Seconds a webhook's timestamp may be from now, either way. */
 export const DEFAULT_TOLERANCE_S: number;
+/** The most bytes of one answer (or one streamed event) read into memory. */
+export const DEFAULT_MAX_ANSWER_BYTES: number;
+/** The most signatures a webhook-signature header may carry. */
+export const MAX_SIGNATURES: number;
 
 export interface RelayOptions {
   /** The fetch to use (a proxy's, a test's); default: the global one. */
@@ -52,6 +56,8 @@ export interface RelayOptions {
   retryMaxDelay?: number;
   /** Headers sent with every request. */
   headers?: Record<string, string>;
+  /** The most bytes of one answer, or of one streamed event, read (default 64 MiB); more is an UnexpectedAnswerError. */
+  maxAnswerBytes?: number;
 }
 
 export interface CallOptions {
@@ -228,7 +234,9 @@ export interface VerifyOptions {
 }
 
 /**
- * Check a webhook's Standard Webhooks signature and timestamp; its Event, or a WebhookVerificationError.
+ * Check a webhook's Standard Webhooks signature and timestamp; its Event, or a WebhookVerificationError (also for a
+ * secret that is not `whsec_` and base64, or none at all). A body or secret of another type, or a toleranceS that is
+ * not a number >= 0, is a TypeError.
  *
  * @param body the raw request body, as received
  * @param headers the request's headers (a Headers, a Map, or Node's plain object)
@@ -274,7 +282,10 @@ export class ConflictError extends ApiError {}
 export class RateLimitedError extends ApiError {}
 /** 503, after the retries a submission or a read gets. */
 export class UnavailableError extends ApiError {}
-/** A 2xx answer this client cannot read (a proxy's page, say). */
+/**
+ * An answer this client cannot read: a 2xx that is not JSON (a proxy's page, say), one over maxAnswerBytes, a
+ * redirect (Relay never sends one), a list whose cursors would never end.
+ */
 export class UnexpectedAnswerError extends RelayError {}
 /** No answer at all: refused, reset, DNS. */
 export class TransportError extends RelayError {}

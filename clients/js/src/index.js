@@ -26,6 +26,7 @@ export {
   WebhookVerificationError,
 } from "./errors.js";
 export {
+  DEFAULT_MAX_ANSWER_BYTES,
   DEFAULT_MAX_RETRIES,
   DEFAULT_RETRY_BASE_DELAY_S,
   DEFAULT_RETRY_MAX_DELAY_S,
@@ -33,4 +34,4 @@ export {
 } from "./http.js";
 export { DEFAULT_IDLE_TIMEOUT_S } from "./stream.js";
 export { RelayClient } from "./subscriber.js";
-export { DEFAULT_TOLERANCE_S, verifyWebhook } from "./webhooks.js";
+export { DEFAULT_TOLERANCE_S, MAX_SIGNATURES, verifyWebhook } from "./webhooks.js";

@@ -5,8 +5,8 @@
 // proxy cut it, it went silent for longer than the server's keepalive allows) is opened again with Last-Event-ID set
 // to the last seq yielded, so nothing is lost; an event sent again after a resume is not yielded twice.
 
-import { StreamError, TransportError, UnavailableError, RateLimitedError } from "./errors.js";
-import { apiError, sleep } from "./http.js";
+import { StreamError, TransportError, UnavailableError, RateLimitedError, UnexpectedAnswerError } from "./errors.js";
+import { MAX_ERROR_BYTES, apiError, readText, sleep } from "./http.js";
 
 // Seconds without a byte after which a stream counts as dead (the server writes a comment at least every 15 s).
 export const DEFAULT_IDLE_TIMEOUT_S = 45;
@@ -53,7 +53,7 @@ export async function* streamEvents(transport, taskId, options = {}) {
       if (response !== undefined) {
         if (response.status === 204) return; // the task has ended and its final event is ours already
         if (!response.ok) {
-          const text = await response.text().catch(() => "");
+          const text = await readText(response, MAX_ERROR_BYTES, true, `GET ${path}`).catch(() => "");
           const error = apiError(response, text, "GET", path);
           if (!(error instanceof UnavailableError || error instanceof RateLimitedError)) throw error;
           why = error;
@@ -61,16 +61,17 @@ export async function* streamEvents(transport, taskId, options = {}) {
           openedAt = Date.now();
           armIdle();
           try {
-            for await (const message of messages(response.body, armIdle, controller.signal)) {
+            const limitBytes = transport.maxAnswerBytes;
+            for await (const message of messages(response.body, armIdle, controller.signal, limitBytes)) {
               if (message.event === "subscribed") {
-                const frame = JSON.parse(message.data);
+                const frame = parseJson(message.data, taskId);
                 onSubscribed?.(frame);
                 if (ENDED.has(frame.status) && frame.last_seq <= lastSeq) return; // nothing more will come
               } else if (message.event === "error") {
                 const { code = "error", message: text = message.data } = safeParse(message.data) ?? {};
                 throw new StreamError(code, text);
               } else if (message.data) {
-                const event = JSON.parse(message.data);
+                const event = parseJson(message.data, taskId);
                 if (typeof event.seq !== "number" || event.seq <= lastSeq) continue; // had it before the drop
                 lastSeq = event.seq;
                 failures = 0;
@@ -87,11 +88,9 @@ export async function* streamEvents(transport, taskId, options = {}) {
               : new TransportError("the stream ended before the task's final event");
           } catch (error) {
             if (signal?.aborted) throw signal.reason;
-            if (error instanceof StreamError) throw error;
+            if (error instanceof StreamError || error instanceof UnexpectedAnswerError) throw error;
             if (controller.signal.aborted && controller.signal.reason instanceof TransportError) {
               why = controller.signal.reason; // went silent
-            } else if (error instanceof SyntaxError) {
-              throw error;
             } else {
               why = new TransportError(`the stream dropped: ${error?.message ?? error}`, { cause: error });
             }
@@ -114,47 +113,87 @@ export async function* streamEvents(transport, taskId, options = {}) {
 
 /**
  * The messages of an event stream's body: `{event, data, id}`, comments left out (each chunk re-arms `alive`).
- * An abort of `signal` ends them, even from a fetch that does not tie its body to the signal.
+ * An abort of `signal` ends them, even from a fetch that does not tie its body to the signal. A line or a message
+ * longer than `limitBytes` (characters, here) is an UnexpectedAnswerError: an endless line or endless data lines
+ * would otherwise be kept until memory runs out.
  */
-async function* messages(body, alive, signal) {
+async function* messages(body, alive, signal, limitBytes) {
   const reader = body.getReader();
   const stop = () => reader.cancel(signal.reason).catch(() => {});
   signal.addEventListener("abort", stop, { once: true });
   const decoder = new TextDecoder();
-  let buffer = "";
+  // The unfinished line as pieces, each chunk searched once: joining them on every chunk would copy a long line
+  // again and again.
+  let pieces = [];
+  let piecesLength = 0;
+  let afterCR = false; // the last chunk ended with \r: a \n that starts the next one is the same line break
   let event = "message";
   let data = [];
+  let dataLength = 0;
   let id = null;
+  const tooLong = (what) =>
+    new UnexpectedAnswerError(`the event stream sent ${what} longer than ${limitBytes} (maxAnswerBytes)`);
   try {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
       alive();
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.search(/\r\n|\r|\n/)) >= 0) {
-        const line = buffer.slice(0, end);
-        // A lone \r at the chunk's end may be the first half of \r\n: wait for the next chunk.
-        if (buffer[end] === "\r" && end === buffer.length - 1) break;
-        buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
+      const text = decoder.decode(value, { stream: true });
+      let start = afterCR && text.startsWith("\n") ? 1 : 0;
+      afterCR = false;
+      for (;;) {
+        const end = lineBreak(text, start);
+        if (end < 0) break;
+        pieces.push(text.slice(start, end));
+        const line = pieces.length === 1 ? pieces[0] : pieces.join("");
+        pieces = [];
+        piecesLength = 0;
+        if (text[end] === "\r" && end === text.length - 1) afterCR = true;
+        start = end + (text.startsWith("\r\n", end) ? 2 : 1);
         if (line === "") {
           if (data.length > 0) yield { event, data: data.join("\n"), id };
           event = "message";
           data = [];
+          dataLength = 0;
           continue;
         }
         if (line.startsWith(":")) continue;
         const colon = line.indexOf(":");
         const field = colon < 0 ? line : line.slice(0, colon);
-        const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-        if (field === "event") event = value;
-        else if (field === "data") data.push(value);
-        else if (field === "id") id = value;
+        const fieldValue = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") event = fieldValue;
+        else if (field === "data") {
+          data.push(fieldValue);
+          dataLength += fieldValue.length + 1;
+          if (dataLength > limitBytes) throw tooLong("an event");
+        } else if (field === "id") id = fieldValue;
+      }
+      if (start < text.length) {
+        pieces.push(text.slice(start));
+        piecesLength += text.length - start;
+        if (piecesLength > limitBytes) throw tooLong("a line");
       }
     }
   } finally {
     signal.removeEventListener("abort", stop);
     reader.cancel().catch(() => {});
+  }
+}
+
+/** The index of the first \r or \n in `text` from `from`, or -1. */
+function lineBreak(text, from) {
+  for (let i = from; i < text.length; i += 1) {
+    const code = text.charCodeAt(i);
+    if (code === 10 || code === 13) return i;
+  }
+  return -1;
+}
+
+function parseJson(text, taskId) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new UnexpectedAnswerError(`the stream of task ${taskId} sent data that is not JSON: ${text.slice(0, 200)}`);
   }
 }
 

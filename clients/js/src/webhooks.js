@@ -12,6 +12,10 @@ import { WebhookVerificationError } from "./errors.js";
 // Seconds a webhook's timestamp may be from now, either way, as in the Standard Webhooks libraries.
 export const DEFAULT_TOLERANCE_S = 300;
 
+// The most signatures one webhook-signature header may carry. Relay sends one, two while a secret is rotated; each
+// costs an HMAC per secret, so a header of thousands (a few hundred kB) would cost seconds of CPU per request.
+export const MAX_SIGNATURES = 16;
+
 const SECRET_PREFIX = "whsec_";
 const encoder = new TextEncoder();
 
@@ -25,6 +29,8 @@ const encoder = new TextEncoder();
  * @returns {Promise<object>} the Event
  */
 export async function verifyWebhook(body, headers, secret, { toleranceS = DEFAULT_TOLERANCE_S, now = Date.now } = {}) {
+  // NaN or a string would make both comparisons below false, and let a webhook of any age through.
+  if (typeof toleranceS !== "number" || !(toleranceS >= 0)) throw new TypeError("toleranceS must be a number >= 0");
   const msgId = header(headers, "webhook-id");
   const timestamp = header(headers, "webhook-timestamp");
   const signatures = header(headers, "webhook-signature");
@@ -43,19 +49,24 @@ export async function verifyWebhook(body, headers, secret, { toleranceS = DEFAUL
   signed.set(prefix);
   signed.set(bodyBytes, prefix.length);
 
+  const parts = signatures.split(" ").filter((part) => part !== "");
+  if (parts.length > MAX_SIGNATURES) {
+    throw new WebhookVerificationError(
+      `webhook-signature carries ${parts.length} signatures, more than ${MAX_SIGNATURES}`,
+    );
+  }
   const given = [];
-  for (const part of signatures.split(" ")) {
+  for (const part of parts) {
     const [version, encoded] = part.split(",", 2);
     if (version !== "v1" || !encoded) continue; // another scheme (v1a) or noise: not ours to judge
     const decoded = base64Bytes(encoded);
     if (decoded !== null) given.push(decoded);
   }
   const secrets = Array.isArray(secret) ? secret : [secret];
-  if (secrets.length === 0) throw new TypeError("verifyWebhook needs a secret");
-  for (const one of secrets) {
-    const key = await crypto.subtle.importKey("raw", secretBytes(one), { name: "HMAC", hash: "SHA-256" }, false, [
-      "verify",
-    ]);
+  if (secrets.length === 0) throw new WebhookVerificationError("no secret to verify with");
+  const keys = secrets.map(secretBytes); // every secret checked before any is used: a bad one is said at once
+  for (const one of keys) {
+    const key = await crypto.subtle.importKey("raw", one, { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
     for (const signature of given) {
       if (await crypto.subtle.verify("HMAC", key, signature, signed)) return parseEvent(bodyBytes);
     }
@@ -76,7 +87,9 @@ function header(headers, name) {
   if (!headers) return null;
   const entries = typeof headers.entries === "function" ? headers.entries() : Object.entries(headers);
   for (const [key, value] of entries) {
-    if (key.toLowerCase() === name) return Array.isArray(value) ? value.join(" ") : (value ?? null);
+    if (key.toLowerCase() !== name) continue;
+    if (value === undefined || value === null) return null;
+    return Array.isArray(value) ? value.join(" ") : String(value);
   }
   return null;
 }
@@ -92,8 +105,11 @@ function bytesOf(body) {
 function secretBytes(secret) {
   if (typeof secret !== "string") throw new TypeError("a webhook secret is a string, whsec_…");
   const key = base64Bytes(secret.startsWith(SECRET_PREFIX) ? secret.slice(SECRET_PREFIX.length) : secret);
-  // Never the secret itself in the message: errors end up in logs.
-  if (key === null || key.length === 0) throw new TypeError("a webhook secret is whsec_ followed by base64");
+  // Never the secret itself in the message: errors end up in logs. A WebhookVerificationError, as in the Python
+  // client: a receiver's one `catch` answers it, and the message says what to fix.
+  if (key === null || key.length === 0) {
+    throw new WebhookVerificationError("a secret is not whsec_ followed by base64 (GET /v1/signing-secret gives it)");
+  }
   return key;
 }
 

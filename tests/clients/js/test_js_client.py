@@ -144,6 +144,11 @@ def test_requests_retry_only_when_safe(shared: Relay, receiver: Receiver) -> Non
     run_node("retries.test.js", shared, receiver)
 
 
+def test_answers_and_webhooks_that_are_not_relays_stay_bounded(shared: Relay, receiver: Receiver) -> None:
+    # Against servers of the test's own: huge answers, endless streams, redirects, endless cursors, hostile webhooks.
+    run_node("hostile.test.js", shared, receiver)
+
+
 def test_stream_resumes_across_an_api_restart_without_loss_or_repeat(shared: Relay, receiver: Receiver) -> None:
     run_node("stream.test.js", shared, receiver, handlers={"restart-api": shared.api.restart})
 
