@@ -3,7 +3,8 @@
 A worker process that exits unexpectedly (a SIGKILL, the out-of-memory killer) is started again on its own
 after a backoff that doubles while it keeps dying young; the others go on. One that cannot start (bad settings
 or task modules) stops them all. The first SIGTERM or SIGINT passes one SIGTERM to every process (a clean,
-bounded stop, see :mod:`service.worker.process`); a second one kills them at once. The tasks a dead process
+bounded stop, see :mod:`service.worker.process`); a second one kills them at once (a second SIGTERM only when it
+comes ``SAME_STOP_S`` or more after the first: sooner, it is the same stop told twice). The tasks a dead process
 held are not lost either way: their leases run out and the sweeper enqueues them again.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from service.worker.process import EXIT_CANNOT_START, LOG_FORMAT
+from service.worker.process import EXIT_CANNOT_START, LOG_FORMAT, SAME_STOP_S
 
 log = logging.getLogger("relay.worker")
 
@@ -45,10 +46,18 @@ def supervise(processes: int, threads: int) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until asked to stop; return the exit code."""
     argv = [sys.executable, "-m", "service.worker.process", "--threads", str(threads)]
     signals = 0
+    first_at = 0.0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals
+        # As in each worker process: a SIGTERM within SAME_STOP_S of the first signal is the same stop (the process
+        # group's SIGTERM and one sent to the supervisor alone, as a service manager may send both), not the second
+        # that kills. A second Ctrl-C (SIGINT) is a person asking for it at once, however soon it comes.
+        nonlocal signals, first_at
+        now = time.monotonic()
+        if signum == signal.SIGTERM and signals and now - first_at < SAME_STOP_S:
+            return
         signals += 1
+        first_at = first_at or now
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
