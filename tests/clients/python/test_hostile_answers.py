@@ -227,7 +227,7 @@ def test_an_answer_past_the_bound_is_cut_there_and_refused(
     hostile: tuple[str, dict[str, int]], call: Callable[..., Any]
 ) -> None:
     url, written = hostile
-    error, took_s = _timed(lambda: call(url + "/big", "get", max_answer_bytes=MIB))
+    error, _ = _timed(lambda: call(url + "/big", "get", max_answer_bytes=MIB))
     assert isinstance(error, UnexpectedAnswer)
     assert f"more than {MIB} bytes" in str(error)
     time.sleep(0.5)  # the server notices the hang-up
@@ -303,13 +303,18 @@ def test_a_url_httpx_cannot_send_to_is_never_retried() -> None:
         raise httpx.UnsupportedProtocol("no transport for this URL")
 
     sync_client = httpx.Client(transport=httpx.MockTransport(refuse))
-    with Relay("http://127.0.0.1:9", "key", http_client=sync_client) as relay, pytest.raises(ValueError):
+    with (
+        Relay("http://127.0.0.1:9", "key", http_client=sync_client) as relay,
+        pytest.raises(ValueError, match="not a URL"),
+    ):
         relay.tasks.get("task_1")
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
-            async with AsyncRelay("http://127.0.0.1:9", "key", http_client=client) as relay:
-                await relay.tasks.get("task_1")
+        async with (
+            httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client,
+            AsyncRelay("http://127.0.0.1:9", "key", http_client=client) as relay,
+        ):
+            await relay.tasks.get("task_1")
 
     with pytest.raises(ValueError, match="not a URL"):
         asyncio.run(run())
