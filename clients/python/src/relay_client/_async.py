@@ -185,7 +185,10 @@ class AsyncRelay:
                         return
                     if not response.is_success:
                         answer = core.Answer(
-                            f"GET {url}", limit_bytes=core.MAX_ERROR_BYTES, truncate=True, deadline=None
+                            f"GET {url}",
+                            limit_bytes=core.MAX_ERROR_BYTES,
+                            truncate=True,
+                            deadline=core.answer_deadline(httpx.Timeout(core.DEFAULT_TIMEOUT_S), deadline),
                         )
                         await _read(response, answer)
                         raise core.api_error(response.status_code, response.headers, answer.content())

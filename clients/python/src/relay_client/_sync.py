@@ -193,7 +193,10 @@ class Relay:
                         return
                     if not response.is_success:
                         answer = core.Answer(
-                            f"GET {url}", limit_bytes=core.MAX_ERROR_BYTES, truncate=True, deadline=None
+                            f"GET {url}",
+                            limit_bytes=core.MAX_ERROR_BYTES,
+                            truncate=True,
+                            deadline=core.answer_deadline(httpx.Timeout(core.DEFAULT_TIMEOUT_S), deadline),
                         )
                         for chunk in response.iter_bytes():
                             if not answer.add(chunk):
