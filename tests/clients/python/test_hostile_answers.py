@@ -302,24 +302,27 @@ def test_a_url_httpx_cannot_send_to_is_never_retried() -> None:
         tries.append(str(request.url))
         raise httpx.UnsupportedProtocol("no transport for this URL")
 
-    sync_client = httpx.Client(transport=httpx.MockTransport(refuse))
     with (
-        Relay("http://127.0.0.1:9", "key", http_client=sync_client) as relay,
-        pytest.raises(ValueError, match="not a URL"),
+        httpx.Client(transport=httpx.MockTransport(refuse)) as own,
+        Relay("http://127.0.0.1:9", "k", http_client=own) as relay,
     ):
-        relay.tasks.get("task_1")
+        with pytest.raises(ValueError, match="not a URL"):
+            relay.tasks.get("task_1")
+        with pytest.raises(ValueError, match="not a URL"):
+            list(relay.tasks.stream("task_1"))
 
     async def run() -> None:
         async with (
             httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client,
             AsyncRelay("http://127.0.0.1:9", "key", http_client=client) as relay,
         ):
-            await relay.tasks.get("task_1")
+            with pytest.raises(ValueError, match="not a URL"):
+                await relay.tasks.get("task_1")
+            with pytest.raises(ValueError, match="not a URL"):
+                [event async for event in relay.tasks.stream("task_1")]
 
-    with pytest.raises(ValueError, match="not a URL"):
-        asyncio.run(run())
-    assert len(tries) == 2  # once each, no retry
-    sync_client.close()
+    asyncio.run(run())
+    assert len(tries) == 4  # once each, no retry
 
 
 def test_the_error_after_retries_says_how_many_tries_over_how_long(call: Callable[..., Any]) -> None:

@@ -207,6 +207,8 @@ class AsyncRelay:
                                 if follow.ended:
                                     return
                 error: errors.RelayError = sse.ended_early(follow)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise core.unusable_url(exc, "GET", url) from exc
             except httpx.TransportError as exc:
                 error, cause = core.transport_error(exc, "GET", url), exc
             except (errors.RateLimited, errors.Unavailable, errors.RequestTimeout) as exc:

@@ -220,6 +220,8 @@ class Relay:
                             raise
                         cutoff.check(f"GET {url}")
                 error: errors.RelayError = sse.ended_early(follow)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise core.unusable_url(exc, "GET", url) from exc
             except httpx.TransportError as exc:
                 error, cause = core.transport_error(exc, "GET", url), exc
             except (errors.RateLimited, errors.Unavailable, errors.RequestTimeout) as exc:
