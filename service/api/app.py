@@ -152,7 +152,7 @@ def create_app(settings: Settings) -> Litestar:
             RedisClusterException: _cluster_unavailable,
             Exception: _unexpected_error,
         },
-        openapi_config=docs_config(title="Relay", version=__version__, static_url=STATIC_URL),
+        openapi_config=docs_config(title="Relay API", version=__version__, static_url=STATIC_URL),
         debug=False,
     )
     answer_every_method(app)

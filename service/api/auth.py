@@ -34,7 +34,7 @@ class Authenticator:
             raise NotAuthorizedException("send Authorization: Bearer <api key or admin token>")
         principal = self.lookup(token)
         if principal is None:
-            raise NotAuthorizedException("unknown API key or admin token")
+            raise NotAuthorizedException("unknown API key or token")
         return principal
 
     def lookup(self, token: str) -> Principal | None:

@@ -83,7 +83,7 @@ class SwaggerPage(OpenAPIRenderPlugin):
 <head>
   <meta charset="utf-8">
   <meta name="viewport" content="width=device-width, initial-scale=1">
-  <title>{title} API</title>
+  <title>{title}</title>
   {self.favicon}
   <link rel="stylesheet" href="{html.escape(self.css_url)}">
   <script src="{html.escape(self.js_url)}" defer></script>

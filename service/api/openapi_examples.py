@@ -320,7 +320,7 @@ def _error(status_code: int, detail: str, extra: list[dict[str, Any]] | None = N
 # Every route's error answers unless ERROR_EXAMPLES says otherwise for its operation.
 DEFAULT_ERRORS: dict[int, Any] = {
     400: _error(400, "the body is not valid JSON: JSON is malformed: object keys must be strings (byte 1)"),
-    401: _error(401, "unknown API key or admin token"),
+    401: _error(401, "unknown API key or token"),
     403: _error(403, "this endpoint takes a tenant's API key, not the admin token"),
     404: _error(404, f"no task {TASK_ID}"),
     409: _error(409, f"task {TASK_ID} is stored but cannot be read (it nests too deep)"),

@@ -93,7 +93,7 @@ def test_a_refused_token_asks_again_with_why_and_a_good_one_opens_the_console(
     page.goto(relay.api.url + "/console#token=not-a-token")
 
     expect(page.locator("#sign-in")).to_be_visible()
-    expect(page.locator("#token-error")).to_contain_text("That token was refused: unknown API key or admin token")
+    expect(page.locator("#token-error")).to_contain_text("That token was refused: unknown API key or token")
     assert page.evaluate("sessionStorage.getItem('relay:console:token')") is None
     page.screenshot(path=str(shots / "sign-in-refused.png"))
 

@@ -360,23 +360,26 @@ def test_a_generated_client_submits_a_task_and_reads_it_back(
     spec.write_text(shared.client.get("/schema/openapi.json", key=None).text)
     config = tmp_path / "config.yaml"
     config.write_text("post_hooks: []\n")  # no formatter run over the code: it is imported, not read
-    package = tmp_path / "relay_generated"
     generated = subprocess.run(
-        [*GENERATE, "--path", str(spec), "--config", str(config), "--meta", "none", "--output-path", str(package)],
+        [*GENERATE, "--path", str(spec), "--config", str(config), "--meta", "none"],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=tmp_path,
     )
     assert generated.returncode == 0, generated.stdout + generated.stderr
     assert "WARNING" not in generated.stdout + generated.stderr, "the generator skipped a part of the document"
+    # Named after the document's title: "Relay" would make it relay_client, and installing it would replace the
+    # official client.
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["relay_api_client"]
 
     sys.path.insert(0, str(tmp_path))
     try:
-        client_module = importlib.import_module("relay_generated.client")
-        submit = importlib.import_module("relay_generated.api.tasks.tasks_submit")
-        get = importlib.import_module("relay_generated.api.tasks.tasks_get")
-        list_tasks = importlib.import_module("relay_generated.api.tasks.tasks_list")
-        models = importlib.import_module("relay_generated.models")
+        client_module = importlib.import_module("relay_api_client.client")
+        submit = importlib.import_module("relay_api_client.api.tasks.tasks_submit")
+        get = importlib.import_module("relay_api_client.api.tasks.tasks_get")
+        list_tasks = importlib.import_module("relay_api_client.api.tasks.tasks_list")
+        models = importlib.import_module("relay_api_client.models")
 
         with client_module.AuthenticatedClient(base_url=shared.api.url, token=TENANT_KEY) as client:
             body = models.TaskSubmission(kind=models.TaskSubmissionKind.ECHO, input_={"order": 42})
@@ -410,5 +413,5 @@ def test_a_generated_client_submits_a_task_and_reads_it_back(
             assert "no task" in missing.detail
     finally:
         sys.path.remove(str(tmp_path))
-        for name in [m for m in sys.modules if m == "relay_generated" or m.startswith("relay_generated.")]:
+        for name in [m for m in sys.modules if m == "relay_api_client" or m.startswith("relay_api_client.")]:
             del sys.modules[name]

@@ -236,7 +236,7 @@ export interface VerifyOptions {
 /**
  * Check a webhook's Standard Webhooks signature and timestamp; its Event, or a WebhookVerificationError (also for a
  * secret that is not `whsec_` and base64, or none at all). A body or secret of another type, or a toleranceS that is
- * not a number >= 0, is a TypeError.
+ * not a finite number >= 0, is a TypeError.
  *
  * @param body the raw request body, as received
  * @param headers the request's headers (a Headers, a Map, or Node's plain object)

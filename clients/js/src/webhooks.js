@@ -29,8 +29,11 @@ const encoder = new TextEncoder();
  * @returns {Promise<object>} the Event
  */
 export async function verifyWebhook(body, headers, secret, { toleranceS = DEFAULT_TOLERANCE_S, now = Date.now } = {}) {
-  // NaN or a string would make both comparisons below false, and let a webhook of any age through.
-  if (typeof toleranceS !== "number" || !(toleranceS >= 0)) throw new TypeError("toleranceS must be a number >= 0");
+  // NaN or a string would make both comparisons below false, and Infinity both true: either lets a webhook of any age
+  // through.
+  if (typeof toleranceS !== "number" || !Number.isFinite(toleranceS) || toleranceS < 0) {
+    throw new TypeError("toleranceS must be a finite number >= 0");
+  }
   const msgId = header(headers, "webhook-id");
   const timestamp = header(headers, "webhook-timestamp");
   const signatures = header(headers, "webhook-signature");

@@ -83,7 +83,7 @@ def test_wait_gives_up_at_its_timeout_and_the_task_goes_on(relay: Relay) -> None
     with pytest.raises(WaitTimeout):
         task.wait(timeout=0.5)
 
-    assert time.monotonic() - started < 2.5
+    assert 0.5 <= time.monotonic() - started < 1.0  # at its timeout, not a poll or a read later
     assert task.wait(timeout=20).status is TaskStatus.SUCCEEDED
 
 

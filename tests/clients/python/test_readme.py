@@ -67,6 +67,21 @@ def test_the_client_readmes_quick_start_runs_as_written(shared: RelayProcesses) 
     assert lines[-1] == "succeeded"  # as the README says: a status is a string (a StrEnum)
 
 
+def test_the_client_readmes_async_example_runs_as_written_with_a_webhook_and_without(
+    shared: RelayProcesses, receiver: Receiver
+) -> None:
+    async_block = python_blocks(CLIENT_README, after="Quick start")[1]
+
+    with_webhook = run(async_block, shared, RELAY_WEBHOOK_URL=receiver.url("/async-readme"))
+    without = run(async_block, shared)
+
+    for ran in (with_webhook, without):
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.splitlines()[0] == "{'n': 1}"
+    (webhook,) = receiver.wait_for("/async-readme")
+    assert b'"type":"task.completed"' in webhook.body
+
+
 def test_the_litestar_receiver_takes_a_real_webhook_and_refuses_a_forged_one(
     shared: RelayProcesses, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -117,3 +117,73 @@ def test_a_signed_body_that_is_not_an_event_is_refused() -> None:
     }
     with pytest.raises(WebhookVerificationError, match="not an Event"):
         verify_webhook(body, headers, secret)
+
+
+def _hostile(case: str, secret: str) -> tuple[object, object, object]:
+    """The body, headers and secret of one hostile call: each was a raw TypeError, AttributeError or OverflowError
+    (a 500 in a receiver) before it was refused as a webhook that does not verify."""
+    good = signed([secret])
+    return {
+        "400-digit timestamp": (BODY, {**good, "webhook-timestamp": "9" * 400}, secret),
+        "negative timestamp": (BODY, {**good, "webhook-timestamp": "-5"}, secret),
+        "str body": (BODY.decode(), good, secret),
+        "no body": (None, good, secret),
+        "headers None": (BODY, None, secret),
+        "secret None": (BODY, good, None),
+        "bytes secret": (BODY, good, secret.encode()),
+        "a list holding None": (BODY, good, [secret, None]),
+        "no secret": (BODY, good, []),
+        "17 signatures": (BODY, {**good, "webhook-signature": " ".join([good["webhook-signature"]] * 17)}, secret),
+    }[case]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "400-digit timestamp",
+        "negative timestamp",
+        "str body",
+        "no body",
+        "headers None",
+        "secret None",
+        "bytes secret",
+        "a list holding None",
+        "no secret",
+        "17 signatures",
+    ],
+)
+def test_hostile_or_mistaken_arguments_are_a_verification_error_that_never_shows_the_secret(case: str) -> None:
+    secret = generate_secret()
+    body, headers, given = _hostile(case, secret)
+
+    with pytest.raises(WebhookVerificationError) as raised:
+        verify_webhook(body, headers, given)  # type: ignore[arg-type]  # what a receiver's mistake passes
+
+    assert secret not in str(raised.value)
+    assert secret.removeprefix("whsec_") not in str(raised.value)
+
+
+def test_sixteen_signatures_are_still_read_and_the_matching_one_verifies() -> None:
+    secret = generate_secret()
+    good = signed([secret])
+    others = " ".join(signed([generate_secret()])["webhook-signature"] for _ in range(15))
+
+    event = verify_webhook(BODY, {**good, "webhook-signature": f"{others} {good['webhook-signature']}"}, secret)
+
+    assert event.id == "evt_1"
+
+
+@pytest.mark.parametrize("tolerance_s", [float("nan"), float("inf"), -1])
+def test_a_tolerance_that_would_turn_the_age_check_off_is_refused_at_once(tolerance_s: float) -> None:
+    secret = generate_secret()
+    a_year_old = signed([secret], at=time.time() - 365 * 86400)
+
+    with pytest.raises(ValueError, match="tolerance_s"):
+        verify_webhook(BODY, a_year_old, secret, tolerance_s=tolerance_s)
+
+
+def test_a_tolerance_that_is_not_a_number_is_a_type_error() -> None:
+    secret = generate_secret()
+
+    with pytest.raises(TypeError, match="tolerance_s"):
+        verify_webhook(BODY, signed([secret]), secret, tolerance_s="300")  # type: ignore[arg-type]

@@ -56,6 +56,11 @@ class AsyncRelay:
             as it is and not closed by :meth:`aclose`. Relay's URLs are absolute, so its ``base_url`` is not used.
         proxy: A proxy URL for the client this one makes (not with ``http_client``).
         retries: The retry policy; :data:`NO_RETRIES` turns retries off.
+        max_answer_bytes: The most bytes of one answer, or of one line or event of a stream, read into memory (an
+            error answer: 64 KiB); past it, :class:`UnexpectedAnswer`. Default 64 MiB.
+
+    Raises:
+        ValueError: ``url`` is not an absolute http:// or https:// URL.
     """
 
     def __init__(
@@ -67,10 +72,14 @@ class AsyncRelay:
         http_client: httpx.AsyncClient | None = None,
         proxy: str | httpx.Proxy | None = None,
         retries: retry.Retries = retry.DEFAULT_RETRIES,
+        max_answer_bytes: int = core.DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         if http_client is not None and proxy is not None:
             raise ValueError("give proxy= or http_client=, not both: set the proxy on your own client")
-        self._base_url = url.rstrip("/")
+        if max_answer_bytes <= 0:
+            raise ValueError("max_answer_bytes must be > 0")
+        self._base_url = core.checked_base_url(url)
+        self._max_answer_bytes = max_answer_bytes
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": core.USER_AGENT}
         self._timeout = core.timeout_of(timeout, own_client=http_client is None)
         self._owns_client = http_client is None
@@ -105,35 +114,61 @@ class AsyncRelay:
     async def _send(self, call: core.Call[T], *, deadline: float | None = None) -> T:
         retrier = retry.Retrier(self._retries, safe=call.safe, deadline=deadline)
         url = self._base_url + call.path
+        started, tries = time.monotonic(), 0
         while True:
+            tries += 1
             try:
-                response = await self._http.request(
-                    call.method,
-                    url,
-                    params=call.params,
-                    content=call.body,
-                    headers={**self._headers, **call.headers, **core.body_headers(call)},
-                    timeout=self._timeout,
-                )
+                content = await self._exchange(call, url, deadline)
             except httpx.TransportError as exc:
+                if isinstance(exc, httpx.UnsupportedProtocol):
+                    raise core.unusable_url(exc, call.method, url) from exc
                 error: errors.RelayError = core.transport_error(exc, call.method, url)
                 cause: BaseException | None = exc
+            except httpx.InvalidURL as exc:
+                raise core.unusable_url(exc, call.method, url) from exc
+            except errors.RequestTimeout as exc:
+                error, cause = exc, None
+            except errors.ApiError as exc:
+                error, cause = exc, None
             else:
-                if response.is_success:
-                    return call.decode(response.content)
-                error, cause = core.api_error(response.status_code, response.headers, response.content), None
+                return call.decode(content)
             delay = retrier.delay_s(error)
             if delay is None:
-                raise error from cause
+                raise core.gave_up(error, tries, started) from cause
             await asyncio.sleep(delay)
+
+    async def _exchange(self, call: core.Call[Any], url: str, deadline: float | None) -> bytes:
+        """One try: the body of a 2xx answer, read within its bounds; an error answer as ApiError."""
+        timeout = core.capped(core.effective_timeout(self._timeout, self._http), deadline)
+        async with self._http.stream(
+            call.method,
+            url,
+            params=call.params,
+            content=call.body,
+            headers={**self._headers, **call.headers, **core.body_headers(call)},
+            timeout=timeout,
+        ) as response:
+            core.refuse_redirect(response.status_code, response.headers, call.method, url)
+            answer = core.Answer(
+                f"{call.method} {url}",
+                limit_bytes=self._max_answer_bytes if response.is_success else core.MAX_ERROR_BYTES,
+                truncate=not response.is_success,
+                deadline=core.answer_deadline(timeout, deadline),
+            )
+            answer.declared(response.headers)
+            await _read(response, answer)
+            if not response.is_success:
+                raise core.api_error(response.status_code, response.headers, answer.content())
+            return answer.content()
 
     async def _pages(self, call: core.Call[Any]) -> AsyncIterator[Any]:
         page_call: core.Call[Any] | None = call
+        cursors = core.Cursors()
         while page_call is not None:
             page = await self._send(page_call)
             for item in page.items:
                 yield item
-            page_call = core.next_page(page_call, page)
+            page_call = cursors.next_page(page_call, page)
 
     async def _follow(self, follow: sse.StreamFollow, *, deadline: float | None = None) -> AsyncIterator[Event]:
         retrier = retry.Retrier(self._retries, safe=True, deadline=deadline)
@@ -144,29 +179,67 @@ class AsyncRelay:
                 async with self._http.stream(
                     "GET", url, headers={**self._headers, **follow.headers()}, timeout=core.stream_timeout(deadline)
                 ) as response:
+                    core.refuse_redirect(response.status_code, response.headers, "GET", url)
                     if response.status_code == 204:
                         follow.finished_without_body()
                         return
                     if not response.is_success:
-                        await response.aread()
-                        raise core.api_error(response.status_code, response.headers, response.content)
+                        answer = core.Answer(
+                            f"GET {url}",
+                            limit_bytes=core.MAX_ERROR_BYTES,
+                            truncate=True,
+                            deadline=core.answer_deadline(httpx.Timeout(core.DEFAULT_TIMEOUT_S), deadline),
+                        )
+                        await _read(response, answer)
+                        raise core.api_error(response.status_code, response.headers, answer.content())
                     follow.connected()
-                    async for line in response.aiter_lines():
-                        event = follow.line(line)
-                        if event is not None:
-                            retrier.reset()
-                            yield event
-                            if follow.ended:
-                                return
+                    lines = sse.LineSplitter(follow.task_id, limit_bytes=self._max_answer_bytes)
+                    chunks = response.aiter_bytes()
+                    while True:
+                        chunk = await _next_before(chunks, deadline, f"GET {url}")
+                        if chunk is None:
+                            break
+                        for line in lines.feed(chunk):
+                            event = follow.line(line)
+                            if event is not None:
+                                retrier.reset()
+                                yield event
+                                if follow.ended:
+                                    return
                 error: errors.RelayError = sse.ended_early(follow)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise core.unusable_url(exc, "GET", url) from exc
             except httpx.TransportError as exc:
                 error, cause = core.transport_error(exc, "GET", url), exc
-            except (errors.RateLimited, errors.Unavailable) as exc:
+            except (errors.RateLimited, errors.Unavailable, errors.RequestTimeout) as exc:
                 error = exc
             delay = retrier.delay_s(error)
             if delay is None:
                 raise error from cause
             await asyncio.sleep(delay)
+
+
+async def _next_before(chunks: AsyncIterator[bytes], deadline: float | None, what: str) -> bytes | None:
+    """The next chunk of a body, or None at its end; a read still waiting at ``deadline`` is cut there
+    (:class:`RequestTimeout`): httpx's read timeout is per read, and a body may trickle."""
+    if deadline is None:
+        return await anext(chunks, None)
+    left_s = deadline - time.monotonic()
+    if left_s <= 0:
+        raise errors.RequestTimeout(f"{what}: the deadline passed")
+    try:
+        return await asyncio.wait_for(anext(chunks, None), left_s)
+    except TimeoutError:
+        raise errors.RequestTimeout(f"{what}: the deadline passed") from None
+
+
+async def _read(response: httpx.Response, answer: core.Answer) -> None:
+    """Read ``response``'s body into ``answer``, up to its limit and no later than its deadline."""
+    chunks = response.aiter_bytes()
+    while True:
+        chunk = await _next_before(chunks, answer.deadline, answer.what)
+        if chunk is None or not answer.add(chunk):
+            return
 
 
 class AsyncSubmittedTask(Task, kw_only=True, dict=True):
@@ -280,7 +353,9 @@ class AsyncTasks:
         A dropped connection is resumed after the last event handed to you, so you get each event once, in
         ``seq`` order, none skipped; events already past are sent first. Retries follow the client's policy.
         """
-        return self._relay._follow(sse.StreamFollow(task_id, after_seq=after_seq))
+        return self._relay._follow(
+            sse.StreamFollow(task_id, after_seq=after_seq, max_bytes=self._relay._max_answer_bytes)
+        )
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> Task:  # noqa: ASYNC109 -- as Relay's
         """Wait until a task has ended (succeeded, failed or cancelled) and return it.
@@ -293,7 +368,8 @@ class AsyncTasks:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            async for _ in self._relay._follow(sse.StreamFollow(task_id), deadline=deadline):
+            follow = sse.StreamFollow(task_id, max_bytes=self._relay._max_answer_bytes)
+            async for _ in self._relay._follow(follow, deadline=deadline):
                 pass
         except (errors.NotFound, errors.Unauthorized, errors.Forbidden):
             raise
@@ -309,9 +385,9 @@ class AsyncTasks:
                 raise
             if task.status in core.FINISHED:
                 return task
-            if core.past(deadline, ahead_s=core.DEFAULT_POLL_INTERVAL_S):
+            if core.past(deadline):
                 raise errors.WaitTimeout(task_id, timeout or 0)
-            await asyncio.sleep(core.DEFAULT_POLL_INTERVAL_S)
+            await asyncio.sleep(core.poll_wait_s(deadline))
 
 
 class AsyncDeadLetters:

@@ -50,6 +50,12 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_STREAM_IDLE_S = 45.0
 # A waiting ``wait`` polls this often when it cannot stream.
 DEFAULT_POLL_INTERVAL_S = 1.0
+# The most bytes of one answer (and of one line or one event of a stream) read into memory. Relay's largest answers
+# (a page of tasks, about 4 MB; a task's result) stay far below it; what goes past it is not Relay's (a proxy's
+# download, a hostile host) and must not exhaust memory. ``max_answer_bytes`` replaces it.
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# The most bytes of an error answer read: its ``detail`` is all that is shown of it.
+MAX_ERROR_BYTES = 64 * 1024
 
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
@@ -79,6 +85,96 @@ def api_error(status: int, headers: Mapping[str, str], content: bytes) -> errors
         retry_cls = errors.RateLimited if status == 429 else errors.Unavailable
         return retry_cls(status, detail, retry_after_s(headers.get("retry-after")))
     return _STATUS_ERRORS.get(status, errors.ApiError)(status, detail)
+
+
+def checked_base_url(url: str) -> str:
+    """``url`` without its trailing slashes, once it is known to be an absolute http(s) URL: anything else (no
+    scheme, ``127.0.0.1:8000``) would fail on every call, and is better told at once."""
+    try:
+        parsed = httpx.URL(url) if isinstance(url, str) else None
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"Relay needs an http:// or https:// base URL, such as http://127.0.0.1:8000; got {url!r}")
+    return url.rstrip("/")
+
+
+def unusable_url(exc: Exception, method: str, url: str) -> ValueError:
+    """A URL httpx cannot send to (a scheme it has no transport for, a malformed host): no retry can fix it."""
+    error = ValueError(f"{method} {url}: not a URL this client can send to: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def gave_up(error: errors.RelayError, tries: int, started: float) -> errors.RelayError:
+    """The error of a call's last try; after retries, a transport error says how many tries over how long."""
+    if tries <= 1 or not isinstance(error, errors.TransportError):
+        return error
+    over_s = time.monotonic() - started
+    said = type(error)(f"{error} (no answer in {tries} tries over {over_s:.0f} s)")
+    said.__cause__ = error.__cause__
+    return said
+
+
+def refuse_redirect(status: int, headers: Mapping[str, str], method: str, url: str) -> None:
+    """Relay never redirects: one that does is a misconfigured URL or someone else's host, which must not be
+    followed (it would get the request again) nor taken for an answer."""
+    if 300 <= status < 400:
+        location = headers.get("location")
+        where = f" to {location}" if location else ""
+        raise errors.UnexpectedAnswer(
+            f"{method} {url} answered {status}, a redirect{where}, which Relay never sends: is this Relay's URL?"
+        )
+
+
+class Answer:
+    """An answer's body as it is read, at most ``limit_bytes`` of it, and no later than ``deadline``.
+
+    Past the limit, a 2xx answer is an :class:`UnexpectedAnswer`; an error answer is kept up to the limit (its start
+    is its detail). Past the deadline (a body that trickles), a :class:`RequestTimeout`: httpx's read timeout is per
+    read, so a byte a second would never end.
+    """
+
+    def __init__(self, what: str, *, limit_bytes: int, truncate: bool, deadline: float | None) -> None:
+        self.what = what
+        self.limit_bytes = limit_bytes
+        self.truncate = truncate
+        self.deadline = deadline
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def declared(self, headers: Mapping[str, str]) -> None:
+        """Refuse at once an answer whose Content-Length is past the limit."""
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            return
+        if length > self.limit_bytes and not self.truncate:
+            raise self.too_large()
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False when the answer is whole as far as it will be read (an error answer's limit)."""
+        self.check_deadline()
+        self._size += len(chunk)
+        if self._size > self.limit_bytes:
+            if not self.truncate:
+                raise self.too_large()
+            self._chunks.append(chunk[: len(chunk) - (self._size - self.limit_bytes)])
+            return False
+        self._chunks.append(chunk)
+        return True
+
+    def check_deadline(self) -> None:
+        if past(self.deadline):
+            raise errors.RequestTimeout(f"{self.what}: the answer did not end in time")
+
+    def content(self) -> bytes:
+        return b"".join(self._chunks)
+
+    def too_large(self) -> errors.UnexpectedAnswer:
+        return errors.UnexpectedAnswer(
+            f"{self.what} answered more than {self.limit_bytes} bytes (max_answer_bytes): not Relay's answer"
+        )
 
 
 def transport_error(exc: httpx.TransportError, method: str, url: str) -> errors.TransportError:
@@ -326,16 +422,39 @@ class _Paged(msgspec.Struct):
     next_cursor: str | None
 
 
-def next_page(call: Call[Any], page: _Paged | Any) -> Call[Any] | None:
-    """The call for the page after ``page``, or None on the last one."""
-    cursor = page.next_cursor
-    return None if cursor is None else call.with_params(cursor=cursor)
+class Cursors:
+    """The cursors one list has followed. Relay's list may answer a page with no items and a cursor (a page looks
+    at so many entries at most, and none of them matched): that page moves on, and is followed. A cursor answered
+    a second time would page forever, and is not Relay's answer."""
+
+    def __init__(self) -> None:
+        self._followed: set[str] = set()
+
+    def next_page(self, call: Call[Any], page: _Paged | Any) -> Call[Any] | None:
+        """The call for the page after ``page``, or None on the last one."""
+        cursor = page.next_cursor
+        if cursor is None:
+            return None
+        if cursor in self._followed or cursor == call.params.get("cursor"):
+            raise errors.UnexpectedAnswer(
+                f"{call.method} {call.path} answered a cursor it had answered before: the list would not end"
+            )
+        self._followed.add(cursor)
+        return call.with_params(cursor=cursor)
 
 
 def next_events_page(call: Call[EventList], page: EventList) -> Call[EventList] | None:
-    """The call for the events after ``page``, or None on the last page."""
+    """The call for the events after ``page``, or None on the last page. A page may hold no event and still move on
+    (the events it read could not be decoded); a ``next_after_seq`` that does not move on would page forever."""
     after = page.next_after_seq
-    return None if after is None or not page.events else call.with_params(after_seq=str(after))
+    if after is None:
+        return None
+    if after <= int(call.params.get("after_seq", "0")):
+        raise errors.UnexpectedAnswer(
+            f"{call.method} {call.path} answered next_after_seq {after} after {call.params.get('after_seq', '0')}:"
+            " the events would not end"
+        )
+    return call.with_params(after_seq=str(after))
 
 
 # Timeouts and deadlines.
@@ -353,6 +472,36 @@ def timeout_of(timeout: float | httpx.Timeout | None, *, own_client: bool) -> An
     return httpx.USE_CLIENT_DEFAULT
 
 
+def effective_timeout(timeout: Any, client: httpx.Client | httpx.AsyncClient) -> httpx.Timeout:
+    """The timeouts one request will have: the caller's, or its client's own."""
+    return timeout if isinstance(timeout, httpx.Timeout) else client.timeout
+
+
+def capped(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
+    """``timeout``, each part no longer than what is left until ``deadline`` (a ``wait``'s)."""
+    if deadline is None:
+        return timeout
+    left_s = deadline - time.monotonic()
+    if left_s <= 0:
+        raise errors.RequestTimeout("the deadline passed")
+
+    def cap(value: float | None) -> float:
+        return left_s if value is None else min(value, left_s)
+
+    return httpx.Timeout(
+        connect=cap(timeout.connect), read=cap(timeout.read), write=cap(timeout.write), pool=cap(timeout.pool)
+    )
+
+
+def answer_deadline(timeout: httpx.Timeout, deadline: float | None) -> float | None:
+    """When an answer whose headers are in must have ended: its read timeout over the whole body (not per read),
+    and never past the caller's ``deadline``."""
+    own = None if timeout.read is None else time.monotonic() + timeout.read
+    if own is None or deadline is None:
+        return own if deadline is None else deadline
+    return min(own, deadline)
+
+
 def stream_timeout(deadline: float | None) -> httpx.Timeout:
     """Timeouts for one stream connection: reads may wait for the server's keep-alive comments, but not past the
     caller's deadline."""
@@ -368,6 +517,13 @@ def stream_timeout(deadline: float | None) -> httpx.Timeout:
 def past(deadline: float | None, *, ahead_s: float = 0.0) -> bool:
     """Whether ``deadline`` (``time.monotonic()``) has passed, or will have in ``ahead_s``."""
     return deadline is not None and time.monotonic() + ahead_s >= deadline
+
+
+def poll_wait_s(deadline: float | None) -> float:
+    """How long a polling ``wait`` sleeps: its interval, or what is left until its deadline."""
+    if deadline is None:
+        return DEFAULT_POLL_INTERVAL_S
+    return max(0.0, min(DEFAULT_POLL_INTERVAL_S, deadline - time.monotonic()))
 
 
 def body_headers(call: Call[Any]) -> dict[str, str]:

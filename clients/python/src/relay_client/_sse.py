@@ -3,6 +3,7 @@ has handed on so far, so that a new connection resumes after it without losing o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import msgspec
@@ -20,13 +21,52 @@ class SseMessage:
     id: str | None = None
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class LineSplitter:
+    """Cuts a stream's bytes into lines (``\r\n``, ``\r`` or ``\n``), none longer than ``limit_bytes``: an endless
+    line would otherwise be kept until memory runs out (httpx's own ``iter_lines`` has no bound)."""
+
+    def __init__(self, task_id: str, *, limit_bytes: int) -> None:
+        self._task_id = task_id
+        self._limit_bytes = limit_bytes
+        self._pending = bytearray()
+        self._after_cr = False  # the last chunk ended with \r: a \n that starts the next one ends the same line
+
+    def feed(self, chunk: bytes) -> list[str]:
+        lines: list[str] = []
+        start = 1 if self._after_cr and chunk.startswith(b"\n") else 0
+        self._after_cr = False
+        for end in _LINE_END.finditer(chunk, start):
+            self._pending += chunk[start : end.start()]
+            lines.append(self._pending.decode("utf-8", "replace"))
+            self._pending.clear()
+            start = end.end()
+            self._after_cr = end.group() == b"\r" and start == len(chunk)
+        self._pending += chunk[start:]
+        if len(self._pending) > self._limit_bytes:
+            raise too_long(self._task_id, "a line", self._limit_bytes)
+        return lines
+
+
+def too_long(task_id: str, what: str, limit_bytes: int) -> errors.UnexpectedAnswer:
+    return errors.UnexpectedAnswer(
+        f"the stream of task {task_id} sent {what} longer than {limit_bytes} bytes (max_answer_bytes)"
+    )
+
+
 class SseDecoder:
     """Turns the lines of ``text/event-stream`` (without their line ends) into messages, as the HTML standard
-    says: ``field: value`` lines, ``:`` comments, a blank line ends a message."""
+    says: ``field: value`` lines, ``:`` comments, a blank line ends a message. A message whose data grows past
+    ``limit_bytes`` (endless ``data:`` lines) is an :class:`UnexpectedAnswer`."""
 
-    def __init__(self) -> None:
+    def __init__(self, task_id: str = "", *, limit_bytes: int | None = None) -> None:
+        self._task_id = task_id
+        self._limit_bytes = limit_bytes
         self._event = ""
         self._data: list[str] = []
+        self._data_length = 0
         self._id: str | None = None
 
     def line(self, line: str) -> SseMessage | None:
@@ -34,7 +74,7 @@ class SseDecoder:
             if not self._data and not self._event:
                 return None
             message = SseMessage(event=self._event or "message", data="\n".join(self._data), id=self._id)
-            self._event, self._data, self._id = "", [], None
+            self._event, self._data, self._data_length, self._id = "", [], 0, None
             return message
         if line.startswith(":"):
             return None
@@ -43,6 +83,9 @@ class SseDecoder:
         if name == "event":
             self._event = value
         elif name == "data":
+            self._data_length += len(value) + 1
+            if self._limit_bytes is not None and self._data_length > self._limit_bytes:
+                raise too_long(self._task_id, "an event", self._limit_bytes)
             self._data.append(value)
         elif name == "id" and "\0" not in value:
             self._id = value
@@ -56,11 +99,12 @@ class StreamFollow:
     """What a stream of one task has delivered so far, so that a new connection resumes after the last event seen
     (``Last-Event-ID``) and nothing is handed on twice or skipped."""
 
-    def __init__(self, task_id: str, *, after_seq: int = 0) -> None:
+    def __init__(self, task_id: str, *, after_seq: int = 0, max_bytes: int | None = None) -> None:
         self.task_id = task_id
         self.last_seq = after_seq
         self.ended = False
-        self._decoder = SseDecoder()
+        self.max_bytes = max_bytes
+        self._decoder = SseDecoder(task_id, limit_bytes=max_bytes)
 
     def headers(self) -> dict[str, str]:
         """Headers of the next connection: resume after the last event seen."""
@@ -71,7 +115,7 @@ class StreamFollow:
 
     def connected(self) -> None:
         """A new connection: whatever the last one left half-read is dropped (its events will be sent again)."""
-        self._decoder = SseDecoder()
+        self._decoder = SseDecoder(self.task_id, limit_bytes=self.max_bytes)
 
     def line(self, line: str) -> Event | None:
         """Feed one line; returns an Event the first time its seq is seen, after every earlier one."""

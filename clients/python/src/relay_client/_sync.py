@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -54,6 +57,11 @@ class Relay:
             as it is and not closed by :meth:`close`. Relay's URLs are absolute, so its ``base_url`` is not used.
         proxy: A proxy URL for the client this one makes (not with ``http_client``).
         retries: The retry policy; :data:`NO_RETRIES` turns retries off.
+        max_answer_bytes: The most bytes of one answer, or of one line or event of a stream, read into memory (an
+            error answer: 64 KiB); past it, :class:`UnexpectedAnswer`. Default 64 MiB.
+
+    Raises:
+        ValueError: ``url`` is not an absolute http:// or https:// URL.
     """
 
     def __init__(
@@ -65,10 +73,14 @@ class Relay:
         http_client: httpx.Client | None = None,
         proxy: str | httpx.Proxy | None = None,
         retries: retry.Retries = retry.DEFAULT_RETRIES,
+        max_answer_bytes: int = core.DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
         if http_client is not None and proxy is not None:
             raise ValueError("give proxy= or http_client=, not both: set the proxy on your own client")
-        self._base_url = url.rstrip("/")
+        if max_answer_bytes <= 0:
+            raise ValueError("max_answer_bytes must be > 0")
+        self._base_url = core.checked_base_url(url)
+        self._max_answer_bytes = max_answer_bytes
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": core.USER_AGENT}
         self._timeout = core.timeout_of(timeout, own_client=http_client is None)
         self._owns_client = http_client is None
@@ -103,34 +115,68 @@ class Relay:
     def _send(self, call: core.Call[T], *, deadline: float | None = None) -> T:
         retrier = retry.Retrier(self._retries, safe=call.safe, deadline=deadline)
         url = self._base_url + call.path
+        started, tries = time.monotonic(), 0
         while True:
+            tries += 1
             try:
-                response = self._http.request(
-                    call.method,
-                    url,
-                    params=call.params,
-                    content=call.body,
-                    headers={**self._headers, **call.headers, **core.body_headers(call)},
-                    timeout=self._timeout,
-                )
+                content = self._exchange(call, url, deadline)
             except httpx.TransportError as exc:
+                if isinstance(exc, httpx.UnsupportedProtocol):
+                    raise core.unusable_url(exc, call.method, url) from exc
                 error: errors.RelayError = core.transport_error(exc, call.method, url)
                 cause: BaseException | None = exc
+            except httpx.InvalidURL as exc:
+                raise core.unusable_url(exc, call.method, url) from exc
+            except errors.RequestTimeout as exc:
+                error, cause = exc, None
+            except errors.ApiError as exc:
+                error, cause = exc, None
             else:
-                if response.is_success:
-                    return call.decode(response.content)
-                error, cause = core.api_error(response.status_code, response.headers, response.content), None
+                return call.decode(content)
             delay = retrier.delay_s(error)
             if delay is None:
-                raise error from cause
+                raise core.gave_up(error, tries, started) from cause
             time.sleep(delay)
+
+    def _exchange(self, call: core.Call[Any], url: str, deadline: float | None) -> bytes:
+        """One try: the body of a 2xx answer, read within its bounds; an error answer as ApiError."""
+        timeout = core.capped(core.effective_timeout(self._timeout, self._http), deadline)
+        with self._http.stream(
+            call.method,
+            url,
+            params=call.params,
+            content=call.body,
+            headers={**self._headers, **call.headers, **core.body_headers(call)},
+            timeout=timeout,
+        ) as response:
+            core.refuse_redirect(response.status_code, response.headers, call.method, url)
+            answer = core.Answer(
+                f"{call.method} {url}",
+                limit_bytes=self._max_answer_bytes if response.is_success else core.MAX_ERROR_BYTES,
+                truncate=not response.is_success,
+                deadline=core.answer_deadline(timeout, deadline),
+            )
+            answer.declared(response.headers)
+            with _Cutoff(response, deadline) as cutoff:
+                try:
+                    for chunk in response.iter_bytes():
+                        if not answer.add(chunk):
+                            break
+                except httpx.TransportError:
+                    cutoff.check(answer.what)
+                    raise
+                cutoff.check(answer.what)
+            if not response.is_success:
+                raise core.api_error(response.status_code, response.headers, answer.content())
+            return answer.content()
 
     def _pages(self, call: core.Call[Any]) -> Iterator[Any]:
         page_call: core.Call[Any] | None = call
+        cursors = core.Cursors()
         while page_call is not None:
             page = self._send(page_call)
             yield from page.items
-            page_call = core.next_page(page_call, page)
+            page_call = cursors.next_page(page_call, page)
 
     def _follow(self, follow: sse.StreamFollow, *, deadline: float | None = None) -> Iterator[Event]:
         retrier = retry.Retrier(self._retries, safe=True, deadline=deadline)
@@ -141,29 +187,84 @@ class Relay:
                 with self._http.stream(
                     "GET", url, headers={**self._headers, **follow.headers()}, timeout=core.stream_timeout(deadline)
                 ) as response:
+                    core.refuse_redirect(response.status_code, response.headers, "GET", url)
                     if response.status_code == 204:
                         follow.finished_without_body()
                         return
                     if not response.is_success:
-                        response.read()
-                        raise core.api_error(response.status_code, response.headers, response.content)
+                        answer = core.Answer(
+                            f"GET {url}",
+                            limit_bytes=core.MAX_ERROR_BYTES,
+                            truncate=True,
+                            deadline=core.answer_deadline(httpx.Timeout(core.DEFAULT_TIMEOUT_S), deadline),
+                        )
+                        for chunk in response.iter_bytes():
+                            if not answer.add(chunk):
+                                break
+                        raise core.api_error(response.status_code, response.headers, answer.content())
                     follow.connected()
-                    for line in response.iter_lines():
-                        event = follow.line(line)
-                        if event is not None:
-                            retrier.reset()
-                            yield event
-                            if follow.ended:
-                                return
+                    lines = sse.LineSplitter(follow.task_id, limit_bytes=self._max_answer_bytes)
+                    with _Cutoff(response, deadline) as cutoff:
+                        try:
+                            for chunk in response.iter_bytes():
+                                cutoff.check(f"GET {url}")
+                                for line in lines.feed(chunk):
+                                    event = follow.line(line)
+                                    if event is not None:
+                                        retrier.reset()
+                                        yield event
+                                        if follow.ended:
+                                            return
+                        except httpx.TransportError:
+                            cutoff.check(f"GET {url}")
+                            raise
+                        cutoff.check(f"GET {url}")
                 error: errors.RelayError = sse.ended_early(follow)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise core.unusable_url(exc, "GET", url) from exc
             except httpx.TransportError as exc:
                 error, cause = core.transport_error(exc, "GET", url), exc
-            except (errors.RateLimited, errors.Unavailable) as exc:
+            except (errors.RateLimited, errors.Unavailable, errors.RequestTimeout) as exc:
                 error = exc
             delay = retrier.delay_s(error)
             if delay is None:
                 raise error from cause
             time.sleep(delay)
+
+
+class _Cutoff:
+    """Ends a response at ``deadline`` (a ``wait``'s), wherever its reading is: a blocking read cannot be
+    interrupted, and httpx's read timeout is per read, so a timer shuts the connection's socket down at the
+    deadline, and :meth:`check` turns what that caused into a :class:`RequestTimeout`. Without a socket to hand
+    (a transport of the caller's own), the deadline is checked between reads only."""
+
+    def __init__(self, response: httpx.Response, deadline: float | None) -> None:
+        self.fired = False
+        self._deadline = deadline
+        self._timer: threading.Timer | None = None
+        stream = response.extensions.get("network_stream") if deadline is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if deadline is not None and isinstance(sock, socket.socket):
+            self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire, args=(sock,))
+            self._timer.daemon = True
+
+    def _fire(self, sock: socket.socket) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):  # closed already
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def check(self, what: str) -> None:
+        if self.fired or core.past(self._deadline):
+            raise errors.RequestTimeout(f"{what}: the deadline passed")
+
+    def __enter__(self) -> _Cutoff:
+        if self._timer is not None:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class SubmittedTask(Task, kw_only=True, dict=True):
@@ -276,7 +377,9 @@ class Tasks:
         A dropped connection is resumed after the last event handed to you, so you get each event once, in
         ``seq`` order, none skipped; events already past are sent first. Retries follow the client's policy.
         """
-        return self._relay._follow(sse.StreamFollow(task_id, after_seq=after_seq))
+        return self._relay._follow(
+            sse.StreamFollow(task_id, after_seq=after_seq, max_bytes=self._relay._max_answer_bytes)
+        )
 
     def wait(self, task_id: str, *, timeout: float | None = None) -> Task:
         """Block until a task has ended (succeeded, failed or cancelled) and return it.
@@ -289,7 +392,8 @@ class Tasks:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            for _ in self._relay._follow(sse.StreamFollow(task_id), deadline=deadline):
+            follow = sse.StreamFollow(task_id, max_bytes=self._relay._max_answer_bytes)
+            for _ in self._relay._follow(follow, deadline=deadline):
                 pass
         except (errors.NotFound, errors.Unauthorized, errors.Forbidden):
             raise
@@ -305,9 +409,9 @@ class Tasks:
                 raise
             if task.status in core.FINISHED:
                 return task
-            if core.past(deadline, ahead_s=core.DEFAULT_POLL_INTERVAL_S):
+            if core.past(deadline):
                 raise errors.WaitTimeout(task_id, timeout or 0)
-            time.sleep(core.DEFAULT_POLL_INTERVAL_S)
+            time.sleep(core.poll_wait_s(deadline))
 
 
 class DeadLetters:
