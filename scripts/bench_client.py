@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """What a submission costs on the client's side: the same N submissions made with curl (a process per call, and
-one process keeping its connection alive through ``--config``), raw httpx, ``Relay`` and ``AsyncRelay``, and in
+one process keeping its connection alive through ``--config``), raw httpx (sync and async), ``Relay`` and ``AsyncRelay``, and in
 Node (when it is on PATH) a bare ``fetch`` and ``@relay/client``'s ``Relay`` (scripts/bench_client.mjs; each row
 counts the start of its Node process).
 
@@ -110,6 +110,18 @@ def raw_httpx(url: str, key: str, n: int) -> None:
                 raise SystemExit(f"httpx: HTTP {response.status_code}")
 
 
+def raw_httpx_async(url: str, key: str, n: int) -> None:
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+            for _ in range(n):
+                idempotency = {"Idempotency-Key": f"bench-{uuid.uuid4().hex}"}
+                response = await client.post("/v1/tasks", json=BODY, headers=idempotency)
+                if response.status_code != 202:
+                    raise SystemExit(f"httpx async: HTTP {response.status_code}")
+
+    asyncio.run(run())
+
+
 def sync_client(url: str, key: str, n: int) -> None:
     with Relay(url, key) as relay:
         for _ in range(n):
@@ -146,6 +158,7 @@ def main() -> int:
         ("curl, a process per submit", curl_per_call),
         ("curl --config, one kept connection", curl_keep_alive),
         ("httpx.Client, raw", raw_httpx),
+        ("httpx.AsyncClient, raw", raw_httpx_async),
         ("relay_client.Relay", sync_client),
         ("relay_client.AsyncRelay", async_client),
     ]
