@@ -10,7 +10,8 @@ import pytest
 from tests.integration.conftest import StartRelay
 from tests.support import wait_until
 
-pytestmark = [pytest.mark.rabbitmq]
+# Connections dropped by the broker, and idle past its heartbeat: fault tests, out of the quick run.
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
 # A heartbeat short enough that RabbitMQ drops, within seconds, a connection nobody services.
 HEARTBEAT_S = 4

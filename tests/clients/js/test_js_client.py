@@ -149,6 +149,7 @@ def test_answers_and_webhooks_that_are_not_relays_stay_bounded(shared: Relay, re
     run_node("hostile.test.js", shared, receiver)
 
 
+@pytest.mark.slow  # the API process restarted under the stream
 def test_stream_resumes_across_an_api_restart_without_loss_or_repeat(shared: Relay, receiver: Receiver) -> None:
     run_node("stream.test.js", shared, receiver, handlers={"restart-api": shared.api.restart})
 

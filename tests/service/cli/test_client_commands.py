@@ -187,10 +187,10 @@ class FakeRelay:
         query = {name: values[0] for name, values in req.query.items()}
         items = sorted(self.dead_letters.values(), key=lambda d: d["dead_at"], reverse=True)
         items = [d for d in items if all(d[f] == query[f] for f in ("reason", "tenant", "task_id") if f in query)]
-        start = int(query.get("cursor", "0"))
-        if self.empty_pages > 0:
+        start = int(query.get("cursor", "0").split("~")[0])
+        if self.empty_pages > 0:  # as Relay's: the cursor of a page that looked at entries and matched none moves on
             self.empty_pages -= 1
-            return 200, {"items": [], "next_cursor": str(start)}
+            return 200, {"items": [], "next_cursor": f"{start}~{self.empty_pages}"}
         end = start + min(int(query.get("limit", "100")), PAGE_SIZE)
         return 200, {"items": items[start:end], "next_cursor": str(end) if end < len(items) else None}
 
