@@ -25,6 +25,7 @@ class TaskStatus(enum.Enum):
 
     @property
     def finished(self) -> bool:
+        """The task has ended: it runs no more."""
         return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 

@@ -169,6 +169,23 @@ def docstring(cls: type[Any], indent: str = "    ") -> list[str]:
     return [*body, indent + '"""', ""]
 
 
+def predicates(cls: type[enum.Enum]) -> list[str]:
+    """The enum's own yes-or-no properties (``TaskStatus.finished``, ``EventType.final``), each written out as the
+    members for which the server's answers yes: a value this client does not know answers no, whatever the server's
+    own rule would make of it."""
+    out: list[str] = []
+    for name, attribute in vars(cls).items():
+        if not isinstance(attribute, property) or name.startswith("_"):
+            continue
+        yes = [member for member in cls if getattr(member, name) is True]
+        members = ", ".join(f"{name_of(cls)}.{member.name}" for member in yes)
+        doc = inspect.cleandoc(attribute.__doc__ or "").splitlines()
+        out += ["", "    @property", f"    def {name}(self) -> bool:"]
+        out += [f'        """{doc[0]}"""'] if doc else []
+        out.append(f"        return self in ({members}{',' if len(yes) == 1 else ''})")
+    return out
+
+
 def render() -> str:
     """The text of types.py for the schemas as they are now."""
     enums, structs = ordered(ROOTS)
@@ -178,6 +195,7 @@ def render() -> str:
         names.append(name_of(cls))
         out += ["", f"class {name_of(cls)}(OpenEnum):", *docstring(cls)]
         out += [f"    {member.name} = {member.value!r}".replace("'", '"') for member in cls]
+        out += predicates(cls)
         out.append("")
     for struct in structs:
         cls = struct.cls

@@ -25,8 +25,10 @@ from schemas.stats import DeadLetters, Latency, Rates, Stats, TaskCounts, Webhoo
 from schemas.tasks import Progress, Task, TaskError, TaskPage, TaskStatus, Webhook
 
 __all__ = [
+    "DEFAULT_ERRORS",
     "ERROR_EXAMPLES",
     "OPS_EVENT_EXAMPLES",
+    "OTHER_ANSWER_EXAMPLES",
     "REQUEST_EXAMPLES",
     "RESPONSE_EXAMPLES",
     "SECRET",

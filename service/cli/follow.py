@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 import msgspec
-from relay_client.types import ErrorFrame, Event, EventFrame, EventType, PingFrame, Subscribed
+from relay_client.types import ErrorFrame, Event, EventFrame, PingFrame, Subscribed
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
@@ -26,7 +26,6 @@ FIRST_CONNECT_PATIENCE_S = 30.0
 # How long one receive may wait before the deadline is looked at again.
 RECEIVE_SLICE_S = 1.0
 
-FINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
 
 # What the server sends, read as the client library reads it: a newer Relay's event types and statuses decode.
 ServerFrame = Subscribed | EventFrame | PingFrame | ErrorFrame
@@ -85,7 +84,7 @@ def follow_task(
                         on_event(frame.event)
                         last_seq = frame.event.seq
                         ws.send(_encode(Ack(event_id=frame.event.id)))
-                        if frame.event.type in FINAL_EVENT_TYPES:
+                        if frame.event.type.final:
                             return frame.event
         except (InvalidStatus, InvalidURI) as exc:
             # The server answered, but not as a Relay socket: no point in trying again.

@@ -15,7 +15,7 @@ from relay_client.types import Event, EventType, Progress, Task, TaskStatus
 
 from schemas.tasks import MAX_SCHEDULE_AHEAD_S
 from service.cli.client import API_KEY_ENV, CommandFailed, Rfc3339, api_options, open_relay
-from service.cli.follow import FINAL_EVENT_TYPES, FollowError, NotRecovered, follow_task
+from service.cli.follow import FollowError, NotRecovered, follow_task
 from service.cli.render import pretty
 
 # The most input read from a file or standard input (the API refuses bigger bodies anyway).
@@ -24,7 +24,6 @@ MAX_INPUT_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_POLL_INTERVAL_S = 0.3
 # Seconds without a final event after which --wait reads the task itself (its events may have expired).
 TASK_CHECK_INTERVAL_S = 5.0
-FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
 def _parse_json(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -173,12 +172,12 @@ def _poll_task(
     after_seq = 0
     final_seen = False
     checked_at = time.monotonic()
-    while task.status not in FINISHED:
+    while not task.status.finished:
         _pause(task, deadline, poll_interval_s, timeout_s)
         if not final_seen:
             for event in relay.tasks.events(task.id, after_seq=after_seq):
                 after_seq = event.seq
-                final_seen = final_seen or event.type in FINAL_EVENT_TYPES
+                final_seen = final_seen or event.type.final
                 _report_progress(event)
         # Without a final event for a while the events may have expired: read the task itself.
         if final_seen or time.monotonic() - checked_at >= TASK_CHECK_INTERVAL_S:

@@ -29,7 +29,6 @@ _STYLE = {
     TaskStatus.FAILED: "bold red",
     TaskStatus.CANCELLED: "dim",
 }
-FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 _token = api_options(
     [API_KEY_ENV, ADMIN_TOKEN_ENV], "A tenant's API key (its own tasks), or the admin token (every tenant's)."
@@ -41,7 +40,7 @@ def _outcome(task: Task) -> str:
         return shorten(f"{task.error.type}: {task.error.message}", OUTCOME_WIDTH)
     if task.status is TaskStatus.CANCELLED:
         return "cancelled"
-    if task.status in FINISHED:
+    if task.status.finished:
         return shorten(msgspec.json.encode(task.result).decode(), OUTCOME_WIDTH)
     if task.progress is not None:
         return shorten(f"{task.progress.percent:g}% {task.progress.message or ''}".rstrip(), OUTCOME_WIDTH)

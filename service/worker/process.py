@@ -50,20 +50,33 @@ STOP_POLL_S = 0.1
 LOG_FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
 
 
+class StopSignals:
+    """The stops asked for by signal, counted as a person means them: a SIGTERM within ``SAME_STOP_S`` of the first
+    signal is the same stop told twice (systemd and a shell send it to the whole process group, and the supervisor
+    passes its own on to each worker process); any other signal, a second Ctrl-C above all, is one more.
+
+    Only a counter and a time, so that it is safe in a signal handler: a lock taken there (an Event's, a Timer's) can
+    be the one the main thread holds at that moment, and the process would hang.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._first_at = 0.0
+
+    def note(self, signum: int) -> int:
+        """Count ``signum`` (unless it repeats the first stop); the stops asked for so far."""
+        now = time.monotonic()
+        if not (signum == signal.SIGTERM and self.count and now - self._first_at < SAME_STOP_S):
+            self.count += 1
+            self._first_at = self._first_at or now
+        return self.count
+
+
 def run(threads: int) -> int:
-    signals = 0
-    first_at = 0.0
+    stops = StopSignals()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        # Only a counter and a time here: a lock taken in a signal handler (an Event's, a Timer's) can be the one the
-        # main thread holds at that moment, and the process would hang.
-        nonlocal signals, first_at
-        now = time.monotonic()
-        if signals and now - first_at < SAME_STOP_S:
-            return  # the same stop told twice: the process group's SIGTERM, then the supervisor's own
-        signals += 1
-        first_at = first_at or now
-        if signals > 1:
+        if stops.note(signum) > 1:
             os._exit(EXIT_FORCED)
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -83,7 +96,7 @@ def run(threads: int) -> int:
         return EXIT_NO_BROKER
     # The line the supervisor, the tests and the benchmark wait for.
     log.info("Worker process is ready for action.")
-    while not signals:
+    while not stops.count:
         time.sleep(STOP_POLL_S)
     watchdog = threading.Timer(HARD_STOP_S, _force_exit)
     watchdog.daemon = True

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from service.worker.process import EXIT_CANNOT_START, LOG_FORMAT, SAME_STOP_S
+from service.worker.process import EXIT_CANNOT_START, LOG_FORMAT, StopSignals
 
 log = logging.getLogger("relay.worker")
 
@@ -45,25 +45,16 @@ class Slot:
 def supervise(processes: int, threads: int) -> int:
     """Run ``processes`` worker processes of ``threads`` threads until asked to stop; return the exit code."""
     argv = [sys.executable, "-m", "service.worker.process", "--threads", str(threads)]
-    signals = 0
-    first_at = 0.0
+    stops = StopSignals()  # as in each worker process: the group's SIGTERM and the supervisor's own are one stop
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        # As in each worker process: a SIGTERM within SAME_STOP_S of the first signal is the same stop (the process
-        # group's SIGTERM and one sent to the supervisor alone, as a service manager may send both), not the second
-        # that kills. A second Ctrl-C (SIGINT) is a person asking for it at once, however soon it comes.
-        nonlocal signals, first_at
-        now = time.monotonic()
-        if signum == signal.SIGTERM and signals and now - first_at < SAME_STOP_S:
-            return
-        signals += 1
-        first_at = first_at or now
+        stops.note(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     slots = [Slot(index=i) for i in range(processes)]
     code = 0
-    while not signals:
+    while not stops.count:
         now = time.monotonic()
         for slot in slots:
             if slot.process is None:
@@ -78,7 +69,7 @@ def supervise(processes: int, threads: int) -> int:
             if exit_code == EXIT_CANNOT_START:
                 log.error("worker process %d cannot start; stopping the others", slot.index)
                 code = exit_code
-                signals = 1
+                stops.count = 1
                 break
             if now - slot.started_at > HEALTHY_AFTER_S:
                 slot.backoff_s = FIRST_BACKOFF_S
@@ -88,7 +79,7 @@ def supervise(processes: int, threads: int) -> int:
             slot.restart_at = now + slot.backoff_s
             slot.backoff_s = min(slot.backoff_s * 2, MAX_BACKOFF_S)
         time.sleep(POLL_S)
-    _stop([slot.process for slot in slots if slot.process is not None], lambda: signals > 1)
+    _stop([slot.process for slot in slots if slot.process is not None], lambda: stops.count > 1)
     return code
 
 

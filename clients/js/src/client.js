@@ -3,14 +3,12 @@
 
 import { UnexpectedAnswerError, WaitTimeoutError } from "./errors.js";
 import { Transport, sleep } from "./http.js";
-import { streamEvents } from "./stream.js";
+import { ENDED, streamEvents } from "./stream.js";
 
 // Items per page when a list is followed (the server allows 1 to 500).
 export const DEFAULT_PAGE_SIZE = 100;
 // How often wait() reads a task again when its final event is in but its record is not yet (it never is for long).
 const SETTLE_POLL_S = 0.05;
-
-const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 
 export class Relay {
   /**

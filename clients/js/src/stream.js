@@ -14,7 +14,8 @@ export const DEFAULT_IDLE_TIMEOUT_S = 45;
 const HEALTHY_AFTER_S = 5;
 
 const FINAL_TYPES = new Set(["task.completed", "task.failed", "task.cancelled"]);
-const ENDED = new Set(["succeeded", "failed", "cancelled"]);
+// The statuses of a task that has ended (client.js reads them too).
+export const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 
 /**
  * The events of a task after `afterSeq`, live, up to its final event.

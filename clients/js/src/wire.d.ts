@@ -262,7 +262,8 @@ export interface ClusterView {
 export interface ErrorBody {
   status_code: number;
   detail: string;
-  extra?: Record<string, unknown> | null;
+  /** What did not fit, for a 422: one entry per problem. */
+  extra?: Array<{ message: string; key?: string; source?: string }> | Record<string, unknown> | null;
 }
 
 /** The first message of a task's stream (and the WebSocket's `subscribed` frame). */

@@ -57,7 +57,6 @@ DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # The most bytes of an error answer read: its ``detail`` is all that is shown of it.
 MAX_ERROR_BYTES = 64 * 1024
 
-FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 T = TypeVar("T")
 

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 import msgspec
 
 from relay_client import errors
-from relay_client.types import Event, EventType
-
-FINAL_EVENT_TYPES = frozenset({EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED})
+from relay_client.types import Event
 
 
 @dataclass(slots=True)
@@ -133,7 +131,7 @@ class StreamFollow:
         if event.seq <= self.last_seq:
             return None  # already handed on before a reconnect
         self.last_seq = event.seq
-        if event.type in FINAL_EVENT_TYPES:
+        if event.type.final:
             self.ended = True
         return event
 

@@ -407,7 +407,7 @@ class Tasks:
                 if core.past(deadline):
                     raise errors.WaitTimeout(task_id, timeout or 0) from exc
                 raise
-            if task.status in core.FINISHED:
+            if task.status.finished:
                 return task
             if core.past(deadline):
                 raise errors.WaitTimeout(task_id, timeout or 0)

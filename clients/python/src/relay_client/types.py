@@ -24,6 +24,11 @@ class TaskStatus(OpenEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    @property
+    def finished(self) -> bool:
+        """The task has ended: it runs no more."""
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
 
 class EventType(OpenEnum):
     PROGRESS = "task.progress"
@@ -31,6 +36,11 @@ class EventType(OpenEnum):
     FAILED = "task.failed"
     CANCELLED = "task.cancelled"
     RETRYING = "task.retrying"
+
+    @property
+    def final(self) -> bool:
+        """The task's last event: it has ended."""
+        return self in (EventType.COMPLETED, EventType.FAILED, EventType.CANCELLED)
 
 
 class Channel(OpenEnum):
