@@ -174,11 +174,14 @@ def _declare_security(path: str, operation: Operation) -> None:
 
 def _drop_generic_errors(operation: Operation) -> None:
     """Litestar describes a 400 for every route with parameters, with a schema of its own; Relay answers a parameter
-    that does not fit with 422, and 400 only for a body that is not JSON (:data:`BODY_ERRORS`, an ErrorBody)."""
+    that does not fit with 422, and 400 only for a body that is not JSON (:data:`BODY_ERRORS`, an ErrorBody). An
+    operation that takes no parameter and no body cannot answer 422."""
     responses = operation.responses or {}
     generic = responses.get("400")
     if generic is not None and not _is_error_body(generic):
         del responses["400"]
+    if not operation.parameters and operation.request_body is None:
+        responses.pop("422", None)  # nothing sent to not fit: errors() gives it to every route with a token
 
 
 def _text_as_string(operation: Operation) -> None:
