@@ -95,6 +95,10 @@ class _Hostile(BaseHTTPRequestHandler):
         self._head(200, {"content-type": "application/json", "content-length": "1000"})
         self._pour("trickle", b" ", total=1000, every_s=0.1)
 
+    def _trickle_error(self) -> None:  # an error answer, to a stream as to any call, that trickles
+        self._head(500, {"content-type": "text/plain", "content-length": "1000"})
+        self._pour("trickle-error", b"x", total=1000, every_s=0.1)
+
     def _long_line(self) -> None:
         self._head(200, {"content-type": "text/event-stream", "connection": "close"})
         self.wfile.write(b"data: ")
@@ -251,6 +255,15 @@ def test_an_answer_that_trickles_ends_at_the_timeout_though_each_read_is_quick(
 ) -> None:
     url, _ = hostile
     error, took_s = _timed(lambda: call(url + "/trickle", "get", timeout=1.0))
+    assert isinstance(error, RequestTimeout)
+    assert took_s < 2.5  # the whole answer took 100 s
+
+
+def test_a_streams_error_answer_ends_at_the_clients_timeout_as_any_answer_does(
+    hostile: tuple[str, dict[str, int]], call: Callable[..., Any]
+) -> None:
+    url, _ = hostile
+    error, took_s = _timed(lambda: call(url + "/trickle-error", "stream", timeout=1.0))
     assert isinstance(error, RequestTimeout)
     assert took_s < 2.5  # the whole answer took 100 s
 

@@ -149,13 +149,13 @@ class AsyncRelay:
             timeout=timeout,
         ) as response:
             core.refuse_redirect(response.status_code, response.headers, call.method, url)
-            answer = core.Answer(
+            answer = core.answer_to(
                 f"{call.method} {url}",
-                limit_bytes=self._max_answer_bytes if response.is_success else core.MAX_ERROR_BYTES,
-                truncate=not response.is_success,
-                deadline=core.answer_deadline(timeout, deadline),
+                response,
+                max_answer_bytes=self._max_answer_bytes,
+                timeout=timeout,
+                deadline=deadline,
             )
-            answer.declared(response.headers)
             await _read(response, answer)
             if not response.is_success:
                 raise core.api_error(response.status_code, response.headers, answer.content())
@@ -173,22 +173,27 @@ class AsyncRelay:
     async def _follow(self, follow: sse.StreamFollow, *, deadline: float | None = None) -> AsyncIterator[Event]:
         retrier = retry.Retrier(self._retries, safe=True, deadline=deadline)
         url = self._base_url + core.stream_path(follow.task_id)
+        timeout = core.effective_timeout(self._timeout, self._http)
         while not follow.ended:
             cause: BaseException | None = None
             try:
                 async with self._http.stream(
-                    "GET", url, headers={**self._headers, **follow.headers()}, timeout=core.stream_timeout(deadline)
+                    "GET",
+                    url,
+                    headers={**self._headers, **follow.headers()},
+                    timeout=core.stream_timeout(timeout, deadline),
                 ) as response:
                     core.refuse_redirect(response.status_code, response.headers, "GET", url)
                     if response.status_code == 204:
                         follow.finished_without_body()
                         return
                     if not response.is_success:
-                        answer = core.Answer(
+                        answer = core.answer_to(
                             f"GET {url}",
-                            limit_bytes=core.MAX_ERROR_BYTES,
-                            truncate=True,
-                            deadline=core.answer_deadline(httpx.Timeout(core.DEFAULT_TIMEOUT_S), deadline),
+                            response,
+                            max_answer_bytes=self._max_answer_bytes,
+                            timeout=timeout,
+                            deadline=deadline,
                         )
                         await _read(response, answer)
                         raise core.api_error(response.status_code, response.headers, answer.content())

@@ -127,6 +127,21 @@ def refuse_redirect(status: int, headers: Mapping[str, str], method: str, url: s
         )
 
 
+def answer_to(
+    what: str, response: httpx.Response, *, max_answer_bytes: int, timeout: httpx.Timeout, deadline: float | None
+) -> Answer:
+    """The :class:`Answer` to read ``response``'s body into: a 2xx one up to ``max_answer_bytes``, an error one's
+    start; within ``timeout``'s read over the whole body, and never past ``deadline``."""
+    answer = Answer(
+        what,
+        limit_bytes=max_answer_bytes if response.is_success else MAX_ERROR_BYTES,
+        truncate=not response.is_success,
+        deadline=answer_deadline(timeout, deadline),
+    )
+    answer.declared(response.headers)
+    return answer
+
+
 class Answer:
     """An answer's body as it is read, at most ``limit_bytes`` of it, and no later than ``deadline``.
 
@@ -502,16 +517,13 @@ def answer_deadline(timeout: httpx.Timeout, deadline: float | None) -> float | N
     return min(own, deadline)
 
 
-def stream_timeout(deadline: float | None) -> httpx.Timeout:
-    """Timeouts for one stream connection: reads may wait for the server's keep-alive comments, but not past the
-    caller's deadline."""
-    read_s = DEFAULT_STREAM_IDLE_S
-    if deadline is not None:
-        left_s = deadline - time.monotonic()
-        if left_s <= 0:
-            raise errors.RequestTimeout("the deadline passed")
-        read_s = min(read_s, left_s)
-    return httpx.Timeout(DEFAULT_TIMEOUT_S, connect=min(DEFAULT_CONNECT_TIMEOUT_S, read_s), read=read_s)
+def stream_timeout(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
+    """Timeouts for one stream connection: the client's ``timeout``, but reads may wait for the server's keep-alive
+    comments; none past the caller's deadline."""
+    return capped(
+        httpx.Timeout(connect=timeout.connect, read=DEFAULT_STREAM_IDLE_S, write=timeout.write, pool=timeout.pool),
+        deadline,
+    )
 
 
 def past(deadline: float | None, *, ahead_s: float = 0.0) -> bool:

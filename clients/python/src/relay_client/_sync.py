@@ -150,13 +150,13 @@ class Relay:
             timeout=timeout,
         ) as response:
             core.refuse_redirect(response.status_code, response.headers, call.method, url)
-            answer = core.Answer(
+            answer = core.answer_to(
                 f"{call.method} {url}",
-                limit_bytes=self._max_answer_bytes if response.is_success else core.MAX_ERROR_BYTES,
-                truncate=not response.is_success,
-                deadline=core.answer_deadline(timeout, deadline),
+                response,
+                max_answer_bytes=self._max_answer_bytes,
+                timeout=timeout,
+                deadline=deadline,
             )
-            answer.declared(response.headers)
             with _Cutoff(response, deadline) as cutoff:
                 try:
                     for chunk in response.iter_bytes():
@@ -181,26 +181,29 @@ class Relay:
     def _follow(self, follow: sse.StreamFollow, *, deadline: float | None = None) -> Iterator[Event]:
         retrier = retry.Retrier(self._retries, safe=True, deadline=deadline)
         url = self._base_url + core.stream_path(follow.task_id)
+        timeout = core.effective_timeout(self._timeout, self._http)
         while not follow.ended:
             cause: BaseException | None = None
             try:
                 with self._http.stream(
-                    "GET", url, headers={**self._headers, **follow.headers()}, timeout=core.stream_timeout(deadline)
+                    "GET",
+                    url,
+                    headers={**self._headers, **follow.headers()},
+                    timeout=core.stream_timeout(timeout, deadline),
                 ) as response:
                     core.refuse_redirect(response.status_code, response.headers, "GET", url)
                     if response.status_code == 204:
                         follow.finished_without_body()
                         return
                     if not response.is_success:
-                        answer = core.Answer(
+                        answer = core.answer_to(
                             f"GET {url}",
-                            limit_bytes=core.MAX_ERROR_BYTES,
-                            truncate=True,
-                            deadline=core.answer_deadline(httpx.Timeout(core.DEFAULT_TIMEOUT_S), deadline),
+                            response,
+                            max_answer_bytes=self._max_answer_bytes,
+                            timeout=timeout,
+                            deadline=deadline,
                         )
-                        for chunk in response.iter_bytes():
-                            if not answer.add(chunk):
-                                break
+                        _read(response, answer)
                         raise core.api_error(response.status_code, response.headers, answer.content())
                     follow.connected()
                     lines = sse.LineSplitter(follow.task_id, limit_bytes=self._max_answer_bytes)
@@ -230,6 +233,14 @@ class Relay:
             if delay is None:
                 raise error from cause
             time.sleep(delay)
+
+
+def _read(response: httpx.Response, answer: core.Answer) -> None:
+    """Read ``response``'s body into ``answer``, up to its limit and no later than its deadline (checked as each
+    chunk comes: each read's own timeout is capped to it already)."""
+    for chunk in response.iter_bytes():
+        if not answer.add(chunk):
+            return
 
 
 class _Cutoff:
