@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
@@ -199,18 +200,15 @@ class AsyncRelay:
                         raise core.api_error(response.status_code, response.headers, answer.content())
                     follow.connected()
                     lines = sse.LineSplitter(follow.task_id, limit_bytes=self._max_answer_bytes)
-                    chunks = response.aiter_bytes()
-                    while True:
-                        chunk = await _next_before(chunks, deadline, f"GET {url}")
-                        if chunk is None:
-                            break
-                        for line in lines.feed(chunk):
-                            event = follow.line(line)
-                            if event is not None:
-                                retrier.reset()
-                                yield event
-                                if follow.ended:
-                                    return
+                    async with _before(deadline, f"GET {url}"):
+                        async for chunk in response.aiter_bytes():
+                            for line in lines.feed(chunk):
+                                event = follow.line(line)
+                                if event is not None:
+                                    retrier.reset()
+                                    yield event
+                                    if follow.ended:
+                                        return
                 error: errors.RelayError = sse.ended_early(follow)
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 raise core.unusable_url(exc, "GET", url) from exc
@@ -224,27 +222,30 @@ class AsyncRelay:
             await asyncio.sleep(delay)
 
 
-async def _next_before(chunks: AsyncIterator[bytes], deadline: float | None, what: str) -> bytes | None:
-    """The next chunk of a body, or None at its end; a read still waiting at ``deadline`` is cut there
-    (:class:`RequestTimeout`): httpx's read timeout is per read, and a body may trickle."""
+@contextlib.asynccontextmanager
+async def _before(deadline: float | None, what: str) -> AsyncIterator[None]:
+    """Cut what runs within at ``deadline`` (``time.monotonic()``, a ``wait``'s or an answer's), as a
+    :class:`RequestTimeout`: httpx's read timeout is per read, and a body may trickle. One timer for a whole read,
+    not one per chunk. A stream yields from within: its deadline is ``wait``'s alone, which reads on at once."""
     if deadline is None:
-        return await anext(chunks, None)
-    left_s = deadline - time.monotonic()
-    if left_s <= 0:
-        raise errors.RequestTimeout(f"{what}: the deadline passed")
+        yield
+        return
+    scope = asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic()))
     try:
-        return await asyncio.wait_for(anext(chunks, None), left_s)
+        async with scope:
+            yield
     except TimeoutError:
+        if not scope.expired():
+            raise
         raise errors.RequestTimeout(f"{what}: the deadline passed") from None
 
 
 async def _read(response: httpx.Response, answer: core.Answer) -> None:
     """Read ``response``'s body into ``answer``, up to its limit and no later than its deadline."""
-    chunks = response.aiter_bytes()
-    while True:
-        chunk = await _next_before(chunks, answer.deadline, answer.what)
-        if chunk is None or not answer.add(chunk):
-            return
+    async with _before(answer.deadline, answer.what):
+        async for chunk in response.aiter_bytes():
+            if not answer.add(chunk):
+                return
 
 
 class AsyncSubmittedTask(Task, kw_only=True, dict=True):
