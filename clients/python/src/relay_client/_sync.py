@@ -157,15 +157,7 @@ class Relay:
                 timeout=timeout,
                 deadline=deadline,
             )
-            with _Cutoff(response, deadline) as cutoff:
-                try:
-                    for chunk in response.iter_bytes():
-                        if not answer.add(chunk):
-                            break
-                except httpx.TransportError:
-                    cutoff.check(answer.what)
-                    raise
-                cutoff.check(answer.what)
+            _read(response, answer)
             if not response.is_success:
                 raise core.api_error(response.status_code, response.headers, answer.content())
             return answer.content()
@@ -244,10 +236,11 @@ def _read(response: httpx.Response, answer: core.Answer) -> None:
 
 
 class _Cutoff:
-    """Ends a response at ``deadline`` (a ``wait``'s), wherever its reading is: a blocking read cannot be
+    """Ends a stream at ``deadline`` (a ``wait``'s), wherever its reading is: a blocking read cannot be
     interrupted, and httpx's read timeout is per read, so a timer shuts the connection's socket down at the
     deadline, and :meth:`check` turns what that caused into a :class:`RequestTimeout`. Without a socket to hand
-    (a transport of the caller's own), the deadline is checked between reads only."""
+    (a transport of the caller's own), the deadline is checked between reads only. A stream alone has one: an
+    answer's reads are each capped to the time left, and :class:`core.Answer` checks it between them."""
 
     def __init__(self, response: httpx.Response, deadline: float | None) -> None:
         self.fired = False
