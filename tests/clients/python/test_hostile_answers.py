@@ -338,12 +338,13 @@ def test_a_url_httpx_cannot_send_to_is_never_retried() -> None:
     assert len(tries) == 4  # once each, no retry
 
 
-def test_the_error_after_retries_says_how_many_tries_over_how_long(call: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("operation", ["get", "stream"])
+def test_the_error_after_retries_says_how_many_tries_over_how_long(call: Callable[..., Any], operation: str) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]  # closed again when the with ends: nothing listens there
     quick = Retries(deadline_s=1.0, initial_s=0.05, max_s=0.1)
-    error, _ = _timed(lambda: call(f"http://127.0.0.1:{port}", "get", retries=quick))
+    error, _ = _timed(lambda: call(f"http://127.0.0.1:{port}", operation, retries=quick))
     assert isinstance(error, ConnectError)
     assert "tries over 1 s)" in str(error) or "tries over 0 s)" in str(error)
     assert str(error).index("no answer in ") > 0

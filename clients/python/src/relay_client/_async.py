@@ -115,27 +115,13 @@ class AsyncRelay:
     async def _send(self, call: core.Call[T], *, deadline: float | None = None) -> T:
         retrier = retry.Retrier(self._retries, safe=call.safe, deadline=deadline)
         url = self._base_url + call.path
-        started, tries = time.monotonic(), 0
         while True:
-            tries += 1
             try:
                 content = await self._exchange(call, url, deadline)
-            except httpx.TransportError as exc:
-                if isinstance(exc, httpx.UnsupportedProtocol):
-                    raise core.unusable_url(exc, call.method, url) from exc
-                error: errors.RelayError = core.transport_error(exc, call.method, url)
-                cause: BaseException | None = exc
-            except httpx.InvalidURL as exc:
-                raise core.unusable_url(exc, call.method, url) from exc
-            except errors.RequestTimeout as exc:
-                error, cause = exc, None
-            except errors.ApiError as exc:
-                error, cause = exc, None
+            except core.TRY_FAILURES as exc:
+                delay = core.retry_delay_s(exc, retrier, call.method, url)
             else:
                 return call.decode(content)
-            delay = retrier.delay_s(error)
-            if delay is None:
-                raise core.gave_up(error, tries, started) from cause
             await asyncio.sleep(delay)
 
     async def _exchange(self, call: core.Call[Any], url: str, deadline: float | None) -> bytes:
@@ -176,7 +162,6 @@ class AsyncRelay:
         url = self._base_url + core.stream_path(follow.task_id)
         timeout = core.effective_timeout(self._timeout, self._http)
         while not follow.ended:
-            cause: BaseException | None = None
             try:
                 async with self._http.stream(
                     "GET",
@@ -209,16 +194,9 @@ class AsyncRelay:
                                     yield event
                                     if follow.ended:
                                         return
-                error: errors.RelayError = sse.ended_early(follow)
-            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-                raise core.unusable_url(exc, "GET", url) from exc
-            except httpx.TransportError as exc:
-                error, cause = core.transport_error(exc, "GET", url), exc
-            except (errors.RateLimited, errors.Unavailable, errors.RequestTimeout) as exc:
-                error = exc
-            delay = retrier.delay_s(error)
-            if delay is None:
-                raise error from cause
+                raise sse.ended_early(follow)
+            except core.TRY_FAILURES as exc:
+                delay = core.retry_delay_s(exc, retrier, "GET", url)
             await asyncio.sleep(delay)
 
 

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 
 from relay_client import errors
-from relay_client._retry import retry_after_s
+from relay_client._retry import Retrier, retry_after_s
 from relay_client.types import (
     AttemptList,
     ClusterView,
@@ -106,12 +106,33 @@ def unusable_url(exc: Exception, method: str, url: str) -> ValueError:
     return error
 
 
-def gave_up(error: errors.RelayError, tries: int, started: float) -> errors.RelayError:
+# What one try may fail with that the retry policy judges (any other exception ends the call as it is).
+TRY_FAILURES: tuple[type[Exception], ...] = (httpx.TransportError, httpx.InvalidURL, errors.RelayError)
+
+
+def retry_delay_s(exc: Exception, retrier: Retrier, method: str, url: str) -> float:
+    """How long to wait before trying again after ``exc`` (one of :data:`TRY_FAILURES`), or raise what ends the
+    call: a URL httpx cannot send to (no retry can fix it) at once; else our error for ``exc``, after retries saying
+    how many tries over how long it had no answer. The one mapping of both clients' calls and streams."""
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        raise unusable_url(exc, method, url) from exc
+    error = transport_error(exc, method, url) if isinstance(exc, httpx.TransportError) else exc
+    if not isinstance(error, errors.RelayError):
+        raise exc
+    delay = retrier.delay_s(error)
+    if delay is None:
+        final = gave_up(error, retrier)
+        if final is exc:
+            raise exc  # as it came, its context with it
+        raise final from final.__cause__
+    return delay
+
+
+def gave_up(error: errors.RelayError, retrier: Retrier) -> errors.RelayError:
     """The error of a call's last try; after retries, a transport error says how many tries over how long."""
-    if tries <= 1 or not isinstance(error, errors.TransportError):
+    if retrier.tries <= 1 or not isinstance(error, errors.TransportError):
         return error
-    over_s = time.monotonic() - started
-    said = type(error)(f"{error} (no answer in {tries} tries over {over_s:.0f} s)")
+    said = type(error)(f"{error} (no answer in {retrier.tries} tries over {retrier.elapsed_s():.0f} s)")
     said.__cause__ = error.__cause__
     return said
 

@@ -75,8 +75,18 @@ class Retrier:
     def reset(self) -> None:
         """Progress was made (a stream delivered events): the backoff and the deadline start again."""
         self._failures = 0
-        own = self._clock() + self._policy.deadline_s
+        self._started = self._clock()
+        own = self._started + self._policy.deadline_s
         self._deadline = own if self._outer_deadline is None else min(own, self._outer_deadline)
+
+    @property
+    def tries(self) -> int:
+        """The tries since the start (or the last :meth:`reset`), the one that just failed with them."""
+        return self._failures + 1
+
+    def elapsed_s(self) -> float:
+        """Seconds since the start (or the last :meth:`reset`)."""
+        return self._clock() - self._started
 
     def delay_s(self, error: errors.RelayError) -> float | None:
         """The wait before retrying after ``error``, or None when it must be raised."""
