@@ -268,6 +268,16 @@ def test_a_streams_error_answer_ends_at_the_clients_timeout_as_any_answer_does(
     assert took_s < 2.5  # the whole answer took 100 s
 
 
+def test_a_streams_error_answer_ends_at_the_timeout_of_a_client_of_ones_own(
+    hostile: tuple[str, dict[str, int]],
+) -> None:
+    url, _ = hostile
+    with httpx.Client(timeout=1.0) as own:
+        error, took_s = _timed(lambda: _sync_call(url + "/trickle-error", _stream_sync, http_client=own))
+    assert isinstance(error, RequestTimeout)
+    assert took_s < 2.5
+
+
 @pytest.mark.parametrize("kind", ["long-line", "long-event"])
 def test_an_endless_stream_line_or_event_is_refused_at_the_bound(
     hostile: tuple[str, dict[str, int]], call: Callable[..., Any], kind: str

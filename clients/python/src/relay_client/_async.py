@@ -82,7 +82,7 @@ class AsyncRelay:
         self._base_url = core.checked_base_url(url)
         self._max_answer_bytes = max_answer_bytes
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": core.USER_AGENT}
-        self._timeout = core.timeout_of(timeout, own_client=http_client is None)
+        self._timeout = core.settled_timeout(timeout, http_client)
         self._owns_client = http_client is None
         self._http = http_client if http_client is not None else httpx.AsyncClient(proxy=proxy, timeout=self._timeout)
         self._retries = retries
@@ -126,7 +126,7 @@ class AsyncRelay:
 
     async def _exchange(self, call: core.Call[Any], url: str, deadline: float | None) -> bytes:
         """One try: the body of a 2xx answer, read within its bounds; an error answer as ApiError."""
-        timeout = core.capped(core.effective_timeout(self._timeout, self._http), deadline)
+        timeout = core.capped(self._timeout, deadline)
         async with self._http.stream(
             call.method,
             url,
@@ -160,14 +160,13 @@ class AsyncRelay:
     async def _follow(self, follow: sse.StreamFollow, *, deadline: float | None = None) -> AsyncIterator[Event]:
         retrier = retry.Retrier(self._retries, safe=True, deadline=deadline)
         url = self._base_url + core.stream_path(follow.task_id)
-        timeout = core.effective_timeout(self._timeout, self._http)
         while not follow.ended:
             try:
                 async with self._http.stream(
                     "GET",
                     url,
                     headers={**self._headers, **follow.headers()},
-                    timeout=core.stream_timeout(timeout, deadline),
+                    timeout=core.stream_timeout(self._timeout, deadline),
                 ) as response:
                     core.refuse_redirect(response.status_code, response.headers, "GET", url)
                     if response.status_code == 204:
@@ -178,7 +177,7 @@ class AsyncRelay:
                             f"GET {url}",
                             response,
                             max_answer_bytes=self._max_answer_bytes,
-                            timeout=timeout,
+                            timeout=self._timeout,
                             deadline=deadline,
                         )
                         await _read(response, answer)

@@ -454,10 +454,6 @@ def _segment(value: str) -> str:
 # Pagination: a list is one call repeated with the cursor (or the after_seq) each page hands on.
 
 
-class _Paged(msgspec.Struct):
-    next_cursor: str | None
-
-
 class Cursors:
     """The cursors one list has followed. Relay's list may answer a page with no items and a cursor (a page looks
     at so many entries at most, and none of them matched): that page moves on, and is followed. A cursor answered
@@ -466,12 +462,12 @@ class Cursors:
     def __init__(self) -> None:
         self._followed: set[str] = set()
 
-    def next_page(self, call: Call[Any], page: _Paged | Any) -> Call[Any] | None:
+    def next_page(self, call: Call[Any], page: Any) -> Call[Any] | None:
         """The call for the page after ``page``, or None on the last one."""
         cursor = page.next_cursor
         if cursor is None:
             return None
-        if cursor in self._followed or cursor == call.params.get("cursor"):
+        if cursor in self._followed:
             raise errors.UnexpectedAnswer(
                 f"{call.method} {call.path} answered a cursor it had answered before: the list would not end"
             )
@@ -496,21 +492,18 @@ def next_events_page(call: Call[EventList], page: EventList) -> Call[EventList] 
 # Timeouts and deadlines.
 
 
-def timeout_of(timeout: float | httpx.Timeout | None, *, own_client: bool) -> Any:
-    """The ``timeout`` to pass with each request: the caller's, else ours for a client we made, else the caller's
-    client's own (``httpx.USE_CLIENT_DEFAULT``)."""
+def settled_timeout(
+    timeout: float | httpx.Timeout | None, client: httpx.Client | httpx.AsyncClient | None
+) -> httpx.Timeout:
+    """The timeouts of every request of one client, settled when it is made: the caller's, else its ``client``'s
+    own, else ours (5 s to connect, 30 s for the rest)."""
     if isinstance(timeout, httpx.Timeout):
         return timeout
     if timeout is not None:
         return httpx.Timeout(timeout)
-    if own_client:
-        return httpx.Timeout(DEFAULT_TIMEOUT_S, connect=DEFAULT_CONNECT_TIMEOUT_S)
-    return httpx.USE_CLIENT_DEFAULT
-
-
-def effective_timeout(timeout: Any, client: httpx.Client | httpx.AsyncClient) -> httpx.Timeout:
-    """The timeouts one request will have: the caller's, or its client's own."""
-    return timeout if isinstance(timeout, httpx.Timeout) else client.timeout
+    if client is not None:
+        return client.timeout
+    return httpx.Timeout(DEFAULT_TIMEOUT_S, connect=DEFAULT_CONNECT_TIMEOUT_S)
 
 
 def capped(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
@@ -547,9 +540,9 @@ def stream_timeout(timeout: httpx.Timeout, deadline: float | None) -> httpx.Time
     )
 
 
-def past(deadline: float | None, *, ahead_s: float = 0.0) -> bool:
-    """Whether ``deadline`` (``time.monotonic()``) has passed, or will have in ``ahead_s``."""
-    return deadline is not None and time.monotonic() + ahead_s >= deadline
+def past(deadline: float | None) -> bool:
+    """Whether ``deadline`` (``time.monotonic()``) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def poll_wait_s(deadline: float | None) -> float:

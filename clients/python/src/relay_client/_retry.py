@@ -51,6 +51,10 @@ DEFAULT_RETRIES = Retries()
 NO_RETRIES = Retries(deadline_s=0)
 
 
+# The jitter of every call's backoff: one source, not one seeded per call.
+_RANDOM = random.Random()
+
+
 class Retrier:
     """The retry decisions of one call: after each failure, how long to wait before the next attempt, or None to
     give up. Pure apart from its clock and random source, which tests pass in.
@@ -68,7 +72,7 @@ class Retrier:
         self._policy = policy
         self._safe = safe
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._rng = rng or _RANDOM
         self._outer_deadline = deadline
         self.reset()
 
