@@ -95,6 +95,10 @@ class _Hostile(BaseHTTPRequestHandler):
         self._head(200, {"content-type": "application/json", "content-length": "1000"})
         self._pour("trickle", b" ", total=1000, every_s=0.1)
 
+    def _trickle_error(self) -> None:  # an error answer, to a stream as to any call, that trickles
+        self._head(500, {"content-type": "text/plain", "content-length": "1000"})
+        self._pour("trickle-error", b"x", total=1000, every_s=0.1)
+
     def _long_line(self) -> None:
         self._head(200, {"content-type": "text/event-stream", "connection": "close"})
         self.wfile.write(b"data: ")
@@ -255,6 +259,25 @@ def test_an_answer_that_trickles_ends_at_the_timeout_though_each_read_is_quick(
     assert took_s < 2.5  # the whole answer took 100 s
 
 
+def test_a_streams_error_answer_ends_at_the_clients_timeout_as_any_answer_does(
+    hostile: tuple[str, dict[str, int]], call: Callable[..., Any]
+) -> None:
+    url, _ = hostile
+    error, took_s = _timed(lambda: call(url + "/trickle-error", "stream", timeout=1.0))
+    assert isinstance(error, RequestTimeout)
+    assert took_s < 2.5  # the whole answer took 100 s
+
+
+def test_a_streams_error_answer_ends_at_the_timeout_of_a_client_of_ones_own(
+    hostile: tuple[str, dict[str, int]],
+) -> None:
+    url, _ = hostile
+    with httpx.Client(timeout=1.0) as own:
+        error, took_s = _timed(lambda: _sync_call(url + "/trickle-error", _stream_sync, http_client=own))
+    assert isinstance(error, RequestTimeout)
+    assert took_s < 2.5
+
+
 @pytest.mark.parametrize("kind", ["long-line", "long-event"])
 def test_an_endless_stream_line_or_event_is_refused_at_the_bound(
     hostile: tuple[str, dict[str, int]], call: Callable[..., Any], kind: str
@@ -325,12 +348,13 @@ def test_a_url_httpx_cannot_send_to_is_never_retried() -> None:
     assert len(tries) == 4  # once each, no retry
 
 
-def test_the_error_after_retries_says_how_many_tries_over_how_long(call: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("operation", ["get", "stream"])
+def test_the_error_after_retries_says_how_many_tries_over_how_long(call: Callable[..., Any], operation: str) -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]  # closed again when the with ends: nothing listens there
     quick = Retries(deadline_s=1.0, initial_s=0.05, max_s=0.1)
-    error, _ = _timed(lambda: call(f"http://127.0.0.1:{port}", "get", retries=quick))
+    error, _ = _timed(lambda: call(f"http://127.0.0.1:{port}", operation, retries=quick))
     assert isinstance(error, ConnectError)
     assert "tries over 1 s)" in str(error) or "tries over 0 s)" in str(error)
     assert str(error).index("no answer in ") > 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
@@ -81,7 +82,7 @@ class AsyncRelay:
         self._base_url = core.checked_base_url(url)
         self._max_answer_bytes = max_answer_bytes
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": core.USER_AGENT}
-        self._timeout = core.timeout_of(timeout, own_client=http_client is None)
+        self._timeout = core.settled_timeout(timeout, http_client)
         self._owns_client = http_client is None
         self._http = http_client if http_client is not None else httpx.AsyncClient(proxy=proxy, timeout=self._timeout)
         self._retries = retries
@@ -114,32 +115,18 @@ class AsyncRelay:
     async def _send(self, call: core.Call[T], *, deadline: float | None = None) -> T:
         retrier = retry.Retrier(self._retries, safe=call.safe, deadline=deadline)
         url = self._base_url + call.path
-        started, tries = time.monotonic(), 0
         while True:
-            tries += 1
             try:
                 content = await self._exchange(call, url, deadline)
-            except httpx.TransportError as exc:
-                if isinstance(exc, httpx.UnsupportedProtocol):
-                    raise core.unusable_url(exc, call.method, url) from exc
-                error: errors.RelayError = core.transport_error(exc, call.method, url)
-                cause: BaseException | None = exc
-            except httpx.InvalidURL as exc:
-                raise core.unusable_url(exc, call.method, url) from exc
-            except errors.RequestTimeout as exc:
-                error, cause = exc, None
-            except errors.ApiError as exc:
-                error, cause = exc, None
+            except core.TRY_FAILURES as exc:
+                delay = core.retry_delay_s(exc, retrier, call.method, url)
             else:
                 return call.decode(content)
-            delay = retrier.delay_s(error)
-            if delay is None:
-                raise core.gave_up(error, tries, started) from cause
             await asyncio.sleep(delay)
 
     async def _exchange(self, call: core.Call[Any], url: str, deadline: float | None) -> bytes:
         """One try: the body of a 2xx answer, read within its bounds; an error answer as ApiError."""
-        timeout = core.capped(core.effective_timeout(self._timeout, self._http), deadline)
+        timeout = core.capped(self._timeout, deadline)
         async with self._http.stream(
             call.method,
             url,
@@ -149,13 +136,13 @@ class AsyncRelay:
             timeout=timeout,
         ) as response:
             core.refuse_redirect(response.status_code, response.headers, call.method, url)
-            answer = core.Answer(
+            answer = core.answer_to(
                 f"{call.method} {url}",
-                limit_bytes=self._max_answer_bytes if response.is_success else core.MAX_ERROR_BYTES,
-                truncate=not response.is_success,
-                deadline=core.answer_deadline(timeout, deadline),
+                response,
+                max_answer_bytes=self._max_answer_bytes,
+                timeout=timeout,
+                deadline=deadline,
             )
-            answer.declared(response.headers)
             await _read(response, answer)
             if not response.is_success:
                 raise core.api_error(response.status_code, response.headers, answer.content())
@@ -174,72 +161,68 @@ class AsyncRelay:
         retrier = retry.Retrier(self._retries, safe=True, deadline=deadline)
         url = self._base_url + core.stream_path(follow.task_id)
         while not follow.ended:
-            cause: BaseException | None = None
             try:
                 async with self._http.stream(
-                    "GET", url, headers={**self._headers, **follow.headers()}, timeout=core.stream_timeout(deadline)
+                    "GET",
+                    url,
+                    headers={**self._headers, **follow.headers()},
+                    timeout=core.stream_timeout(self._timeout, deadline),
                 ) as response:
                     core.refuse_redirect(response.status_code, response.headers, "GET", url)
                     if response.status_code == 204:
                         follow.finished_without_body()
                         return
                     if not response.is_success:
-                        answer = core.Answer(
+                        answer = core.answer_to(
                             f"GET {url}",
-                            limit_bytes=core.MAX_ERROR_BYTES,
-                            truncate=True,
-                            deadline=core.answer_deadline(httpx.Timeout(core.DEFAULT_TIMEOUT_S), deadline),
+                            response,
+                            max_answer_bytes=self._max_answer_bytes,
+                            timeout=self._timeout,
+                            deadline=deadline,
                         )
                         await _read(response, answer)
                         raise core.api_error(response.status_code, response.headers, answer.content())
                     follow.connected()
                     lines = sse.LineSplitter(follow.task_id, limit_bytes=self._max_answer_bytes)
-                    chunks = response.aiter_bytes()
-                    while True:
-                        chunk = await _next_before(chunks, deadline, f"GET {url}")
-                        if chunk is None:
-                            break
-                        for line in lines.feed(chunk):
-                            event = follow.line(line)
-                            if event is not None:
-                                retrier.reset()
-                                yield event
-                                if follow.ended:
-                                    return
-                error: errors.RelayError = sse.ended_early(follow)
-            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-                raise core.unusable_url(exc, "GET", url) from exc
-            except httpx.TransportError as exc:
-                error, cause = core.transport_error(exc, "GET", url), exc
-            except (errors.RateLimited, errors.Unavailable, errors.RequestTimeout) as exc:
-                error = exc
-            delay = retrier.delay_s(error)
-            if delay is None:
-                raise error from cause
+                    async with _before(deadline, f"GET {url}"):
+                        async for chunk in response.aiter_bytes():
+                            for line in lines.feed(chunk):
+                                event = follow.line(line)
+                                if event is not None:
+                                    retrier.reset()
+                                    yield event
+                                    if follow.ended:
+                                        return
+                raise sse.ended_early(follow)
+            except core.TRY_FAILURES as exc:
+                delay = core.retry_delay_s(exc, retrier, "GET", url)
             await asyncio.sleep(delay)
 
 
-async def _next_before(chunks: AsyncIterator[bytes], deadline: float | None, what: str) -> bytes | None:
-    """The next chunk of a body, or None at its end; a read still waiting at ``deadline`` is cut there
-    (:class:`RequestTimeout`): httpx's read timeout is per read, and a body may trickle."""
+@contextlib.asynccontextmanager
+async def _before(deadline: float | None, what: str) -> AsyncIterator[None]:
+    """Cut what runs within at ``deadline`` (``time.monotonic()``, a ``wait``'s or an answer's), as a
+    :class:`RequestTimeout`: httpx's read timeout is per read, and a body may trickle. One timer for a whole read,
+    not one per chunk. A stream yields from within: its deadline is ``wait``'s alone, which reads on at once."""
     if deadline is None:
-        return await anext(chunks, None)
-    left_s = deadline - time.monotonic()
-    if left_s <= 0:
-        raise errors.RequestTimeout(f"{what}: the deadline passed")
+        yield
+        return
+    scope = asyncio.timeout_at(asyncio.get_running_loop().time() + (deadline - time.monotonic()))
     try:
-        return await asyncio.wait_for(anext(chunks, None), left_s)
+        async with scope:
+            yield
     except TimeoutError:
+        if not scope.expired():
+            raise
         raise errors.RequestTimeout(f"{what}: the deadline passed") from None
 
 
 async def _read(response: httpx.Response, answer: core.Answer) -> None:
     """Read ``response``'s body into ``answer``, up to its limit and no later than its deadline."""
-    chunks = response.aiter_bytes()
-    while True:
-        chunk = await _next_before(chunks, answer.deadline, answer.what)
-        if chunk is None or not answer.add(chunk):
-            return
+    async with _before(answer.deadline, answer.what):
+        async for chunk in response.aiter_bytes():
+            if not answer.add(chunk):
+                return
 
 
 class AsyncSubmittedTask(Task, kw_only=True, dict=True):

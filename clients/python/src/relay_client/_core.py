@@ -18,7 +18,7 @@ import httpx
 import msgspec
 
 from relay_client import errors
-from relay_client._retry import retry_after_s
+from relay_client._retry import Retrier, retry_after_s
 from relay_client.types import (
     AttemptList,
     ClusterView,
@@ -105,12 +105,33 @@ def unusable_url(exc: Exception, method: str, url: str) -> ValueError:
     return error
 
 
-def gave_up(error: errors.RelayError, tries: int, started: float) -> errors.RelayError:
+# What one try may fail with that the retry policy judges (any other exception ends the call as it is).
+TRY_FAILURES: tuple[type[Exception], ...] = (httpx.TransportError, httpx.InvalidURL, errors.RelayError)
+
+
+def retry_delay_s(exc: Exception, retrier: Retrier, method: str, url: str) -> float:
+    """How long to wait before trying again after ``exc`` (one of :data:`TRY_FAILURES`), or raise what ends the
+    call: a URL httpx cannot send to (no retry can fix it) at once; else our error for ``exc``, after retries saying
+    how many tries over how long it had no answer. The one mapping of both clients' calls and streams."""
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        raise unusable_url(exc, method, url) from exc
+    error = transport_error(exc, method, url) if isinstance(exc, httpx.TransportError) else exc
+    if not isinstance(error, errors.RelayError):
+        raise exc
+    delay = retrier.delay_s(error)
+    if delay is None:
+        final = gave_up(error, retrier)
+        if final is exc:
+            raise exc  # as it came, its context with it
+        raise final from final.__cause__
+    return delay
+
+
+def gave_up(error: errors.RelayError, retrier: Retrier) -> errors.RelayError:
     """The error of a call's last try; after retries, a transport error says how many tries over how long."""
-    if tries <= 1 or not isinstance(error, errors.TransportError):
+    if retrier.tries <= 1 or not isinstance(error, errors.TransportError):
         return error
-    over_s = time.monotonic() - started
-    said = type(error)(f"{error} (no answer in {tries} tries over {over_s:.0f} s)")
+    said = type(error)(f"{error} (no answer in {retrier.tries} tries over {retrier.elapsed_s():.0f} s)")
     said.__cause__ = error.__cause__
     return said
 
@@ -124,6 +145,21 @@ def refuse_redirect(status: int, headers: Mapping[str, str], method: str, url: s
         raise errors.UnexpectedAnswer(
             f"{method} {url} answered {status}, a redirect{where}, which Relay never sends: is this Relay's URL?"
         )
+
+
+def answer_to(
+    what: str, response: httpx.Response, *, max_answer_bytes: int, timeout: httpx.Timeout, deadline: float | None
+) -> Answer:
+    """The :class:`Answer` to read ``response``'s body into: a 2xx one up to ``max_answer_bytes``, an error one's
+    start; within ``timeout``'s read over the whole body, and never past ``deadline``."""
+    answer = Answer(
+        what,
+        limit_bytes=max_answer_bytes if response.is_success else MAX_ERROR_BYTES,
+        truncate=not response.is_success,
+        deadline=answer_deadline(timeout, deadline),
+    )
+    answer.declared(response.headers)
+    return answer
 
 
 class Answer:
@@ -417,10 +453,6 @@ def _segment(value: str) -> str:
 # Pagination: a list is one call repeated with the cursor (or the after_seq) each page hands on.
 
 
-class _Paged(msgspec.Struct):
-    next_cursor: str | None
-
-
 class Cursors:
     """The cursors one list has followed. Relay's list may answer a page with no items and a cursor (a page looks
     at so many entries at most, and none of them matched): that page moves on, and is followed. A cursor answered
@@ -429,12 +461,12 @@ class Cursors:
     def __init__(self) -> None:
         self._followed: set[str] = set()
 
-    def next_page(self, call: Call[Any], page: _Paged | Any) -> Call[Any] | None:
+    def next_page(self, call: Call[Any], page: Any) -> Call[Any] | None:
         """The call for the page after ``page``, or None on the last one."""
         cursor = page.next_cursor
         if cursor is None:
             return None
-        if cursor in self._followed or cursor == call.params.get("cursor"):
+        if cursor in self._followed:
             raise errors.UnexpectedAnswer(
                 f"{call.method} {call.path} answered a cursor it had answered before: the list would not end"
             )
@@ -459,21 +491,18 @@ def next_events_page(call: Call[EventList], page: EventList) -> Call[EventList] 
 # Timeouts and deadlines.
 
 
-def timeout_of(timeout: float | httpx.Timeout | None, *, own_client: bool) -> Any:
-    """The ``timeout`` to pass with each request: the caller's, else ours for a client we made, else the caller's
-    client's own (``httpx.USE_CLIENT_DEFAULT``)."""
+def settled_timeout(
+    timeout: float | httpx.Timeout | None, client: httpx.Client | httpx.AsyncClient | None
+) -> httpx.Timeout:
+    """The timeouts of every request of one client, settled when it is made: the caller's, else its ``client``'s
+    own, else ours (5 s to connect, 30 s for the rest)."""
     if isinstance(timeout, httpx.Timeout):
         return timeout
     if timeout is not None:
         return httpx.Timeout(timeout)
-    if own_client:
-        return httpx.Timeout(DEFAULT_TIMEOUT_S, connect=DEFAULT_CONNECT_TIMEOUT_S)
-    return httpx.USE_CLIENT_DEFAULT
-
-
-def effective_timeout(timeout: Any, client: httpx.Client | httpx.AsyncClient) -> httpx.Timeout:
-    """The timeouts one request will have: the caller's, or its client's own."""
-    return timeout if isinstance(timeout, httpx.Timeout) else client.timeout
+    if client is not None:
+        return client.timeout
+    return httpx.Timeout(DEFAULT_TIMEOUT_S, connect=DEFAULT_CONNECT_TIMEOUT_S)
 
 
 def capped(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
@@ -501,21 +530,18 @@ def answer_deadline(timeout: httpx.Timeout, deadline: float | None) -> float | N
     return min(own, deadline)
 
 
-def stream_timeout(deadline: float | None) -> httpx.Timeout:
-    """Timeouts for one stream connection: reads may wait for the server's keep-alive comments, but not past the
-    caller's deadline."""
-    read_s = DEFAULT_STREAM_IDLE_S
-    if deadline is not None:
-        left_s = deadline - time.monotonic()
-        if left_s <= 0:
-            raise errors.RequestTimeout("the deadline passed")
-        read_s = min(read_s, left_s)
-    return httpx.Timeout(DEFAULT_TIMEOUT_S, connect=min(DEFAULT_CONNECT_TIMEOUT_S, read_s), read=read_s)
+def stream_timeout(timeout: httpx.Timeout, deadline: float | None) -> httpx.Timeout:
+    """Timeouts for one stream connection: the client's ``timeout``, but reads may wait for the server's keep-alive
+    comments; none past the caller's deadline."""
+    return capped(
+        httpx.Timeout(connect=timeout.connect, read=DEFAULT_STREAM_IDLE_S, write=timeout.write, pool=timeout.pool),
+        deadline,
+    )
 
 
-def past(deadline: float | None, *, ahead_s: float = 0.0) -> bool:
-    """Whether ``deadline`` (``time.monotonic()``) has passed, or will have in ``ahead_s``."""
-    return deadline is not None and time.monotonic() + ahead_s >= deadline
+def past(deadline: float | None) -> bool:
+    """Whether ``deadline`` (``time.monotonic()``) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def poll_wait_s(deadline: float | None) -> float:

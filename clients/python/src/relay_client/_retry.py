@@ -51,6 +51,10 @@ DEFAULT_RETRIES = Retries()
 NO_RETRIES = Retries(deadline_s=0)
 
 
+# The jitter of every call's backoff: one source, not one seeded per call.
+_RANDOM = random.Random()
+
+
 class Retrier:
     """The retry decisions of one call: after each failure, how long to wait before the next attempt, or None to
     give up. Pure apart from its clock and random source, which tests pass in.
@@ -68,15 +72,25 @@ class Retrier:
         self._policy = policy
         self._safe = safe
         self._clock = clock
-        self._rng = rng or random.Random()
+        self._rng = rng or _RANDOM
         self._outer_deadline = deadline
         self.reset()
 
     def reset(self) -> None:
         """Progress was made (a stream delivered events): the backoff and the deadline start again."""
         self._failures = 0
-        own = self._clock() + self._policy.deadline_s
+        self._started = self._clock()
+        own = self._started + self._policy.deadline_s
         self._deadline = own if self._outer_deadline is None else min(own, self._outer_deadline)
+
+    @property
+    def tries(self) -> int:
+        """The tries since the start (or the last :meth:`reset`), the one that just failed with them."""
+        return self._failures + 1
+
+    def elapsed_s(self) -> float:
+        """Seconds since the start (or the last :meth:`reset`)."""
+        return self._clock() - self._started
 
     def delay_s(self, error: errors.RelayError) -> float | None:
         """The wait before retrying after ``error``, or None when it must be raised."""

@@ -59,7 +59,7 @@ class SseDecoder:
     says: ``field: value`` lines, ``:`` comments, a blank line ends a message. A message whose data grows past
     ``limit_bytes`` (endless ``data:`` lines) is an :class:`UnexpectedAnswer`."""
 
-    def __init__(self, task_id: str = "", *, limit_bytes: int | None = None) -> None:
+    def __init__(self, task_id: str, *, limit_bytes: int) -> None:
         self._task_id = task_id
         self._limit_bytes = limit_bytes
         self._event = ""
@@ -82,7 +82,7 @@ class SseDecoder:
             self._event = value
         elif name == "data":
             self._data_length += len(value) + 1
-            if self._limit_bytes is not None and self._data_length > self._limit_bytes:
+            if self._data_length > self._limit_bytes:
                 raise too_long(self._task_id, "an event", self._limit_bytes)
             self._data.append(value)
         elif name == "id" and "\0" not in value:
@@ -97,7 +97,7 @@ class StreamFollow:
     """What a stream of one task has delivered so far, so that a new connection resumes after the last event seen
     (``Last-Event-ID``) and nothing is handed on twice or skipped."""
 
-    def __init__(self, task_id: str, *, after_seq: int = 0, max_bytes: int | None = None) -> None:
+    def __init__(self, task_id: str, *, after_seq: int = 0, max_bytes: int) -> None:
         self.task_id = task_id
         self.last_seq = after_seq
         self.ended = False

@@ -82,7 +82,7 @@ class Relay:
         self._base_url = core.checked_base_url(url)
         self._max_answer_bytes = max_answer_bytes
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": core.USER_AGENT}
-        self._timeout = core.timeout_of(timeout, own_client=http_client is None)
+        self._timeout = core.settled_timeout(timeout, http_client)
         self._owns_client = http_client is None
         self._http = http_client if http_client is not None else httpx.Client(proxy=proxy, timeout=self._timeout)
         self._retries = retries
@@ -115,32 +115,18 @@ class Relay:
     def _send(self, call: core.Call[T], *, deadline: float | None = None) -> T:
         retrier = retry.Retrier(self._retries, safe=call.safe, deadline=deadline)
         url = self._base_url + call.path
-        started, tries = time.monotonic(), 0
         while True:
-            tries += 1
             try:
                 content = self._exchange(call, url, deadline)
-            except httpx.TransportError as exc:
-                if isinstance(exc, httpx.UnsupportedProtocol):
-                    raise core.unusable_url(exc, call.method, url) from exc
-                error: errors.RelayError = core.transport_error(exc, call.method, url)
-                cause: BaseException | None = exc
-            except httpx.InvalidURL as exc:
-                raise core.unusable_url(exc, call.method, url) from exc
-            except errors.RequestTimeout as exc:
-                error, cause = exc, None
-            except errors.ApiError as exc:
-                error, cause = exc, None
+            except core.TRY_FAILURES as exc:
+                delay = core.retry_delay_s(exc, retrier, call.method, url)
             else:
                 return call.decode(content)
-            delay = retrier.delay_s(error)
-            if delay is None:
-                raise core.gave_up(error, tries, started) from cause
             time.sleep(delay)
 
     def _exchange(self, call: core.Call[Any], url: str, deadline: float | None) -> bytes:
         """One try: the body of a 2xx answer, read within its bounds; an error answer as ApiError."""
-        timeout = core.capped(core.effective_timeout(self._timeout, self._http), deadline)
+        timeout = core.capped(self._timeout, deadline)
         with self._http.stream(
             call.method,
             url,
@@ -150,22 +136,14 @@ class Relay:
             timeout=timeout,
         ) as response:
             core.refuse_redirect(response.status_code, response.headers, call.method, url)
-            answer = core.Answer(
+            answer = core.answer_to(
                 f"{call.method} {url}",
-                limit_bytes=self._max_answer_bytes if response.is_success else core.MAX_ERROR_BYTES,
-                truncate=not response.is_success,
-                deadline=core.answer_deadline(timeout, deadline),
+                response,
+                max_answer_bytes=self._max_answer_bytes,
+                timeout=timeout,
+                deadline=deadline,
             )
-            answer.declared(response.headers)
-            with _Cutoff(response, deadline) as cutoff:
-                try:
-                    for chunk in response.iter_bytes():
-                        if not answer.add(chunk):
-                            break
-                except httpx.TransportError:
-                    cutoff.check(answer.what)
-                    raise
-                cutoff.check(answer.what)
+            _read(response, answer)
             if not response.is_success:
                 raise core.api_error(response.status_code, response.headers, answer.content())
             return answer.content()
@@ -182,25 +160,26 @@ class Relay:
         retrier = retry.Retrier(self._retries, safe=True, deadline=deadline)
         url = self._base_url + core.stream_path(follow.task_id)
         while not follow.ended:
-            cause: BaseException | None = None
             try:
                 with self._http.stream(
-                    "GET", url, headers={**self._headers, **follow.headers()}, timeout=core.stream_timeout(deadline)
+                    "GET",
+                    url,
+                    headers={**self._headers, **follow.headers()},
+                    timeout=core.stream_timeout(self._timeout, deadline),
                 ) as response:
                     core.refuse_redirect(response.status_code, response.headers, "GET", url)
                     if response.status_code == 204:
                         follow.finished_without_body()
                         return
                     if not response.is_success:
-                        answer = core.Answer(
+                        answer = core.answer_to(
                             f"GET {url}",
-                            limit_bytes=core.MAX_ERROR_BYTES,
-                            truncate=True,
-                            deadline=core.answer_deadline(httpx.Timeout(core.DEFAULT_TIMEOUT_S), deadline),
+                            response,
+                            max_answer_bytes=self._max_answer_bytes,
+                            timeout=self._timeout,
+                            deadline=deadline,
                         )
-                        for chunk in response.iter_bytes():
-                            if not answer.add(chunk):
-                                break
+                        _read(response, answer)
                         raise core.api_error(response.status_code, response.headers, answer.content())
                     follow.connected()
                     lines = sse.LineSplitter(follow.task_id, limit_bytes=self._max_answer_bytes)
@@ -219,24 +198,26 @@ class Relay:
                             cutoff.check(f"GET {url}")
                             raise
                         cutoff.check(f"GET {url}")
-                error: errors.RelayError = sse.ended_early(follow)
-            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-                raise core.unusable_url(exc, "GET", url) from exc
-            except httpx.TransportError as exc:
-                error, cause = core.transport_error(exc, "GET", url), exc
-            except (errors.RateLimited, errors.Unavailable, errors.RequestTimeout) as exc:
-                error = exc
-            delay = retrier.delay_s(error)
-            if delay is None:
-                raise error from cause
+                raise sse.ended_early(follow)
+            except core.TRY_FAILURES as exc:
+                delay = core.retry_delay_s(exc, retrier, "GET", url)
             time.sleep(delay)
 
 
+def _read(response: httpx.Response, answer: core.Answer) -> None:
+    """Read ``response``'s body into ``answer``, up to its limit and no later than its deadline (checked as each
+    chunk comes: each read's own timeout is capped to it already)."""
+    for chunk in response.iter_bytes():
+        if not answer.add(chunk):
+            return
+
+
 class _Cutoff:
-    """Ends a response at ``deadline`` (a ``wait``'s), wherever its reading is: a blocking read cannot be
+    """Ends a stream at ``deadline`` (a ``wait``'s), wherever its reading is: a blocking read cannot be
     interrupted, and httpx's read timeout is per read, so a timer shuts the connection's socket down at the
     deadline, and :meth:`check` turns what that caused into a :class:`RequestTimeout`. Without a socket to hand
-    (a transport of the caller's own), the deadline is checked between reads only."""
+    (a transport of the caller's own), the deadline is checked between reads only. A stream alone has one: an
+    answer's reads are each capped to the time left, and :class:`core.Answer` checks it between them."""
 
     def __init__(self, response: httpx.Response, deadline: float | None) -> None:
         self.fired = False
