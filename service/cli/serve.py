@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import secrets
 import signal
@@ -35,6 +36,8 @@ STOP_TIMEOUT_S = 15.0
 # How long the API may take to answer /health after it was started.
 START_TIMEOUT_S = 60.0
 POLL_S = 0.05
+# An embedded Redis that dies sooner than this after it started is not started again (it would only die again).
+REDIS_HEALTHY_AFTER_S = 10.0
 DEV_TENANT = "dev"
 LOCK_FILE = "serve.lock"
 
@@ -178,12 +181,17 @@ def serve(
         if not _wait_for_api(_local_url(host, port), children, lambda: signals > 0):
             return 1 if not signals else 0
         _banner(settings, host=host, port=port, embedded=embedded, creds=creds)
+        restarted_at = -math.inf  # when serve last started Redis again: the first death is always worth a restart
         while not signals:
             for name, child in children.items():
                 if child.poll() is not None:
                     say(f"relay: the {name} process exited (status {child.returncode}); stopping", err=True)
                     code = 1
                     signals = 1
+            if not signals and embedded is not None and not embedded.running:
+                if not _restart_redis(embedded, lived_s=time.monotonic() - restarted_at):
+                    code = signals = 1
+                restarted_at = time.monotonic()
             time.sleep(POLL_S * 4)
         return code
     finally:
@@ -193,6 +201,27 @@ def serve(
             embedded.stop()
         lock.release()
         say("relay: stopped", err=True)
+
+
+def _restart_redis(embedded: EmbeddedRedis, *, lived_s: float) -> bool:
+    """Start the embedded Redis again after it died (killed, out of memory), on the same port and append-only file:
+    the API and the workers answer 503 and retry meanwhile, and nothing accepted is lost. False, having said why, when
+    it cannot start or dies again within ``REDIS_HEALTHY_AFTER_S`` of its restart (``lived_s``): then serve stops."""
+    status = embedded.process.returncode if embedded.process is not None else None
+    if lived_s < REDIS_HEALTHY_AFTER_S:
+        say(
+            f"relay: the embedded Redis exited again (status {status}) {lived_s:.0f} s after it started; stopping",
+            err=True,
+        )
+        return False
+    say(f"relay: the embedded Redis exited (status {status}); starting it again on the same data", err=True)
+    try:
+        embedded.start()
+    except ConfigError as exc:
+        say(f"relay: {exc}; stopping", err=True)
+        return False
+    say("relay: the embedded Redis is back; the owed work goes on", err=True)
+    return True
 
 
 def _local_url(host: str, port: int) -> str:

@@ -10,11 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -412,4 +414,37 @@ def test_the_readmes_first_example_works_as_pasted(run_serve: RunServe, tmp_path
         receiver.send_signal(signal.SIGINT)
         receiver.wait(10)
     assert receiver.returncode == 0, log.read_text()
+    assert serve.ctrl_c() == 0
+
+
+@pytest.mark.slow  # Redis killed: a fault test
+def test_an_embedded_redis_that_dies_is_started_again_and_every_accepted_task_ends_delivered(
+    run_serve: RunServe, tmp_path: Path, receiver: Receiver
+) -> None:
+    data_dir = tmp_path / "data"
+    serve = run_serve(tmp_path, "--allow-private-callbacks", RELAY_DATA_DIR=str(data_dir))
+    key = serve.banner_value("dev API key")
+    api = Api(serve.url)
+    try:
+        accepted = [api.submit("sleep", {"seconds": 2}, webhook=receiver.url(), key=key)["id"] for _ in range(10)]
+        time.sleep(1.5)  # past the append-only file's fsync (every second): what follows is on disk
+        # Redis runs in its data directory (its --dir), which tells serve's from every other on the machine.
+        redis_dir = str((data_dir / "redis").resolve())
+        (redis,) = [p for p in psutil.process_iter(["name", "cwd"]) if p.info["cwd"] == redis_dir]
+        redis.kill()
+        wait_until(lambda: "the embedded Redis is back" in serve.output(), timeout_s=30, message="Redis started again")
+        accepted += [api.submit("echo", n, webhook=receiver.url(), key=key)["id"] for n in range(10)]
+
+        ended = [api.wait_task(task_id, key=key, timeout_s=60) for task_id in accepted]
+        hooks = receiver.wait_for("/hook", len(accepted), timeout_s=60)
+        delivered = [json.loads(hook.body)["task_id"] for hook in hooks]
+        print(
+            f"accepted {len(accepted)}, succeeded {sum(t['status'] == 'succeeded' for t in ended)}, "
+            f"webhooks {len(delivered)} for {len(set(delivered))} tasks"
+        )
+        assert [t["status"] for t in ended] == ["succeeded"] * len(accepted)
+        assert sorted(set(delivered)) == sorted(accepted)  # none lost (a repeat of one sent at the kill may come)
+        assert "the embedded Redis exited (status -9); starting it again on the same data" in serve.output()
+    finally:
+        api.close()
     assert serve.ctrl_c() == 0
